@@ -1,0 +1,154 @@
+"""Continuous weight functions: trainable control values, sampled anywhere by interpolation.
+
+A :class:`ContinuousFunction` holds a tensor of control values. Some of its dimensions are
+continuous (they run over a partition's control points in [0, 1]); the others are discrete
+(kernel taps, heads, a network's input channels). Sampling evaluates the function at new points
+along every continuous dimension, one dimension after the other (the interpolation is separable).
+
+Interpolation is cubic convolution (Keys, a = -0.75: what ``grid_sample(mode="bicubic",
+align_corners=True)`` computes in the seed's Listing 1, with ``border`` padding) or linear. It is
+written as a gather of 4 (or 2) neighbouring control values per sampled point, so it costs
+O(points x 4) per row instead of the dense O(points x controls) of an interpolation matrix, and
+works for any number of continuous and discrete dimensions (``grid_sample`` is limited to 2-D
+and 3-D images and has no bicubic mode in 3-D). Control points may be unevenly spaced
+(Gauss-Legendre): a point's position between its two neighbouring control points is mapped
+linearly to the index axis before interpolating.
+
+>>> import torch
+>>> from torchinn.partition import Chunk
+>>> f = ContinuousFunction(torch.tensor([0.0, 1.0, 4.0, 9.0]), dims=(0,))
+>>> grid = torch.linspace(0, 1, 4)
+>>> f.sample({0: [Chunk(grid.clone(), grid)]}).tolist()   # on the control grid: the control values
+[0.0, 1.0, 4.0, 9.0]
+>>> f.sample({0: [Chunk(torch.tensor([0.5]), grid)]}).tolist()
+[2.125]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from .partition import Chunk
+
+__all__ = ["ContinuousFunction", "interpolation_taps", "KINDS"]
+
+KINDS = ("cubic", "linear")
+_A = -0.75  # Keys' cubic convolution parameter used by PyTorch's bicubic modes
+
+
+def _cubic_weights(f: Tensor) -> Tensor:
+    """Keys' cubic convolution weights for taps at i-1, i, i+1, i+2 given the fraction ``f``."""
+    a = _A
+
+    def near(s: Tensor) -> Tensor:  # |s| <= 1
+        return ((a + 2) * s - (a + 3)) * s * s + 1
+
+    def far(s: Tensor) -> Tensor:  # 1 < |s| < 2
+        return ((a * s - 5 * a) * s + 8 * a) * s - 4 * a
+
+    return torch.stack([far(1 + f), near(f), near(1 - f), far(2 - f)], dim=-1)
+
+
+def interpolation_taps(points: Tensor, control: Tensor, kind: str = "cubic") -> tuple[Tensor, Tensor]:
+    """Indices ``(k, T)`` into the ``m`` control values and their weights ``(k, T)`` for sampling
+    at ``points``; ``T`` is 4 for cubic and 2 for linear. Differentiable in ``points``.
+
+    Points outside ``[control[0], control[-1]]`` take the value at the nearest end.
+    """
+    m = control.numel()
+    k = points.numel()
+    taps = 4 if kind == "cubic" else 2
+    if m == 1:
+        idx = torch.zeros(k, taps, dtype=torch.long, device=points.device)
+        w = torch.zeros(k, taps, dtype=points.dtype, device=points.device)
+        w[:, 0] = 1
+        return idx, w
+    x = torch.clamp(points, float(control[0]), float(control[-1])) if control.device.type != "meta" else points
+    j = torch.searchsorted(control.detach(), x.detach(), right=True) - 1
+    j = j.clamp(0, m - 2)
+    t = j.to(x.dtype) + (x - control[j]) / (control[j + 1] - control[j])
+    i = torch.floor(t.detach()).long().clamp(0, m - 2)
+    f = t - i.to(t.dtype)
+    if kind == "cubic":
+        offsets = torch.arange(-1, 3, device=points.device)
+        w = _cubic_weights(f)
+    elif kind == "linear":
+        offsets = torch.arange(0, 2, device=points.device)
+        w = torch.stack([1 - f, f], dim=-1)
+    else:
+        raise ValueError(f"unknown interpolation kind {kind!r}; choose one of {KINDS}")
+    idx = (i[:, None] + offsets).clamp(0, m - 1)
+    return idx, w
+
+
+class ContinuousFunction(nn.Module):
+    """Control values of a function of the continuous dimensions ``dims`` of ``values``.
+
+    Args:
+        values: initial control values (copied into a trainable ``nn.Parameter``).
+        dims: which dimensions of ``values`` are continuous.
+        kind: ``"cubic"`` (default, the paper's choice) or ``"linear"`` interpolation.
+    """
+
+    def __init__(self, values: Tensor, dims: Sequence[int],
+                 kind: Literal["cubic", "linear"] = "cubic") -> None:
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"unknown interpolation kind {kind!r}; choose one of {KINDS}")
+        dims = tuple(int(d) % values.ndim for d in dims) if values.ndim else ()
+        if len(set(dims)) != len(dims):
+            raise ValueError(f"continuous dims must be distinct, got {dims}")
+        self.values = nn.Parameter(values.detach().clone())
+        self.dims = dims
+        self.kind = kind
+
+    def sample(self, grids: Mapping[int, Sequence[Chunk] | None]) -> Tensor:
+        """Evaluate on new points: ``grids[d]`` lists, for continuous dim ``d``, the chunks (points
+        and control points) laid side by side along it; ``None`` or a missing dim keeps the
+        control values. Gradients flow to the control values and to the points."""
+        out = self.values
+        for d, chunks in grids.items():
+            if chunks is None:
+                continue
+            if d not in self.dims:
+                raise ValueError(f"dim {d} is not continuous; continuous dims are {self.dims}")
+            out = self._sample_dim(out, d, chunks)
+        return out
+
+    forward = sample
+
+    def _sample_dim(self, values: Tensor, d: int, chunks: Sequence[Chunk]) -> Tensor:
+        counts = [c.control.numel() for c in chunks]
+        if sum(counts) != values.shape[d]:
+            raise ValueError(
+                f"dim {d} has {values.shape[d]} control values but the partition's chunks have "
+                f"{counts} (sum {sum(counts)})"
+            )
+        if all(c.points is c.control for c in chunks):
+            return values
+        idx_parts, w_parts, start = [], [], 0
+        for c in chunks:
+            if c.points.device != values.device:
+                raise ValueError(
+                    f"partition points are on {c.points.device} but the function's values are on "
+                    f"{values.device}; move the model with .to(device)"
+                )
+            idx, w = interpolation_taps(c.points, c.control, self.kind)
+            idx_parts.append(idx + start)
+            w_parts.append(w.to(values.dtype))
+            start += c.control.numel()
+        idx = torch.cat(idx_parts)
+        w = torch.cat(w_parts)
+        k, taps = idx.shape
+        gathered = values.index_select(d, idx.reshape(-1))
+        shape = list(values.shape)
+        gathered = gathered.reshape(shape[:d] + [k, taps] + shape[d + 1:])
+        w = w.reshape([k, taps] + [1] * (values.ndim - d - 1))
+        return (gathered * w).sum(d + 1)
+
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.values.shape)}, dims={self.dims}, kind={self.kind!r}"

@@ -1,0 +1,470 @@
+"""Partitions of [0, 1]: the points where a group's continuous functions are sampled.
+
+A partition belongs to a channel *group*: every weight dimension in the group is sampled on the
+same points, so one call resizes every layer that shares it. Its ``max_size`` is the number of
+control values of those functions; its ``size`` is how many channels it currently gives.
+
+* :class:`UniformPartition` - the quadrature's standard nodes (equally spaced, or the Gauss-Legendre
+  nodes), resizable to any size in ``[1, max_size]``;
+* :class:`FixedPartition` - points given by the user;
+* :class:`TrainablePartition` - the seed's Listing 3: positions learned by gradient descent;
+* :class:`CompositePartition` - several partitions side by side (concatenated channels).
+
+Random sizes for training with randomized discretization are drawn by :class:`RandomSizes`.
+
+>>> p = UniformPartition(8, "trapezoid")
+>>> p.resize(5).points()
+tensor([0.0000, 0.2500, 0.5000, 0.7500, 1.0000])
+>>> p.weights()
+tensor([0.1250, 0.2500, 0.2500, 0.2500, 0.1250])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .quadrature import GaussLegendre, Quadrature, check_points, get_quadrature
+
+__all__ = [
+    "Chunk",
+    "Partition",
+    "UniformPartition",
+    "GaussLegendrePartition",
+    "FixedPartition",
+    "TrainablePartition",
+    "CompositePartition",
+    "RandomSizes",
+    "partitions",
+    "resize",
+]
+
+Device = torch.device | str | None
+
+
+class Chunk(NamedTuple):
+    """One continuous segment of a partition: where to sample, and where the control values sit."""
+
+    points: Tensor
+    control: Tensor
+
+
+def _check_size(size: object, max_size: int, what: str) -> int:
+    if isinstance(size, bool) or not isinstance(size, int):
+        if isinstance(size, Tensor) and size.numel() == 1 and not size.is_floating_point():
+            size = int(size)
+        else:
+            raise TypeError(f"{what}: size must be an int, got {type(size).__name__} {size!r}")
+    if not 1 <= size <= max_size:
+        raise ValueError(f"{what} has {max_size} channels; size must be in [1, {max_size}], got {size}")
+    return size
+
+
+class Partition(nn.Module):
+    """Base class. Subclasses give :meth:`points`; the quadrature gives the weights."""
+
+    def __init__(self, max_size: int, quadrature: str | Quadrature = "trapezoid") -> None:
+        super().__init__()
+        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+            raise ValueError(f"max_size must be an int >= 1, got {max_size!r}")
+        self.max_size = max_size
+        self.quadrature = get_quadrature(quadrature)
+        self.quadrature.check_size(max_size)
+
+    # -- what subclasses provide ------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        raise NotImplementedError
+
+    def points(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
+        """The current points, strictly increasing in [0, 1]."""
+        raise NotImplementedError
+
+    def cache_key(self) -> tuple:
+        """Changes whenever :meth:`points` would change (used by layers' eval-mode caches)."""
+        raise NotImplementedError
+
+    @property
+    def is_standard(self) -> bool:
+        """True when :meth:`points` are exactly the control points (sampling is the identity)."""
+        return False
+
+    # -- shared -------------------------------------------------------------------------
+    @property
+    def resizable(self) -> bool:
+        return False
+
+    def weights(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
+        """Quadrature weights for :meth:`points`; they sum to 1."""
+        return self.quadrature.weights(self.points(device, dtype), validate=False)
+
+    def control_points(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
+        """Where the control values of functions on this partition sit: the standard nodes of
+        ``max_size`` points, so that the full-size standard partition samples them exactly."""
+        return self.quadrature.nodes(self.max_size, device=device, dtype=dtype)
+
+    def full_weights(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
+        """Quadrature weights at the control points (the full-size standard partition)."""
+        return self.quadrature.weights(self.control_points(device, dtype), validate=False)
+
+    def chunks(self, device: Device = None, dtype: torch.dtype | None = None) -> list[Chunk]:
+        """The continuous segments along this partition (one, except for composites). When the
+        points are the control points, both fields hold the same tensor (sampling is skipped)."""
+        points = self.points(device, dtype)
+        if self.is_standard:
+            return [Chunk(points, points)]
+        return [Chunk(points, self.control_points(device, dtype))]
+
+    def sizes(self) -> list[tuple[int, int]]:
+        """``(size, max_size)`` of every chunk."""
+        return [(self.size, self.max_size)]
+
+    def leaves(self) -> list[Partition]:
+        """The partitions this one is made of (itself, except for composites)."""
+        return [self]
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, max_size={self.max_size}, quadrature={self.quadrature.name!r}"
+
+
+class UniformPartition(Partition):
+    """The quadrature's standard nodes for the current size; resizable in ``[1, max_size]``.
+
+    The points are equally spaced for every rule except Gauss-Legendre, which uses its own nodes.
+    """
+
+    def __init__(self, max_size: int, quadrature: str | Quadrature = "trapezoid",
+                 size: int | None = None) -> None:
+        super().__init__(max_size, quadrature)
+        self._size = max_size
+        self._cache: dict[tuple, Tensor] = {}
+        if size is not None:
+            self.resize(size)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def resizable(self) -> bool:
+        return True
+
+    def resize(self, size: int) -> UniformPartition:
+        """Set the number of points; returns ``self``."""
+        size = _check_size(size, self.max_size, f"{type(self).__name__}")
+        self.quadrature.check_size(size)
+        self._size = size
+        return self
+
+    @property
+    def is_standard(self) -> bool:
+        return self._size == self.max_size
+
+    def points(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
+        dtype = dtype or torch.get_default_dtype()
+        key = (self._size, str(torch.device(device or "cpu")), dtype)
+        out = self._cache.get(key)
+        if out is None:
+            out = self._cache[key] = self.quadrature.nodes(self._size, device=device, dtype=dtype)
+        return out
+
+    def weights(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
+        dtype = dtype or torch.get_default_dtype()
+        key = ("q", self._size, str(torch.device(device or "cpu")), dtype)
+        out = self._cache.get(key)
+        if out is None:
+            out = self._cache[key] = super().weights(device, dtype)
+        return out
+
+    def control_points(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
+        dtype = dtype or torch.get_default_dtype()
+        key = ("c", self.max_size, str(torch.device(device or "cpu")), dtype)
+        out = self._cache.get(key)
+        if out is None:
+            out = self._cache[key] = super().control_points(device, dtype)
+        return out
+
+    def cache_key(self) -> tuple:
+        return (self._size,)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_cache"] = {}
+        return state
+
+
+class GaussLegendrePartition(UniformPartition):
+    """Gauss-Legendre nodes of the current size (the quadrature is Gauss-Legendre)."""
+
+    def __init__(self, max_size: int, size: int | None = None) -> None:
+        super().__init__(max_size, GaussLegendre(), size)
+
+
+class FixedPartition(Partition):
+    """User-given points (strictly increasing, in [0, 1]); not resizable.
+
+    ``max_size`` is the number of control values of the functions sampled on it (default: as many
+    as there are points).
+    """
+
+    def __init__(self, points: Tensor | Iterable[float], quadrature: str | Quadrature = "trapezoid",
+                 max_size: int | None = None) -> None:
+        pts = points if isinstance(points, Tensor) else torch.tensor(list(points), dtype=torch.float64)
+        check_points(pts)
+        super().__init__(max_size if max_size is not None else pts.numel(), quadrature)
+        _check_size(pts.numel(), self.max_size, "FixedPartition")
+        self.quadrature.weights(pts)  # raises if the rule cannot use these points
+        self.register_buffer("_points", pts.detach().clone(), persistent=True)
+
+    @property
+    def size(self) -> int:
+        return self._points.numel()
+
+    def points(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
+        return self._points.to(device=device or self._points.device, dtype=dtype or torch.get_default_dtype())
+
+    def cache_key(self) -> tuple:
+        return (self.size, self._points._version)
+
+
+class TrainablePartition(Partition):
+    """A partition whose points are learned (the seed's Listing 3, generalised).
+
+    The ``size + 1`` gaps between ``0``, the points, and ``1`` are ``delta**2 + eps`` normalised to
+    sum to one, so the points stay strictly increasing inside [0, 1] whatever the optimizer does.
+    A gap that starts at zero (the first point at 0 or the last at 1, as for the trapezoid rule)
+    stays zero: Listing 3 fixes the first point at 0 the same way.
+    """
+
+    def __init__(self, init: Partition | Tensor, quadrature: str | Quadrature | None = None,
+                 max_size: int | None = None, eps: float = 1e-8) -> None:
+        if isinstance(init, Partition):
+            if isinstance(init, CompositePartition):
+                raise TypeError("make each sub-partition of a CompositePartition trainable instead")
+            quadrature = quadrature or init.quadrature
+            max_size = max_size or init.max_size
+            init = init.points(dtype=torch.float64)
+        quadrature = get_quadrature(quadrature or "trapezoid")
+        if isinstance(quadrature, GaussLegendre):
+            raise ValueError("a trainable partition cannot use the Gauss-Legendre rule: its weights "
+                             "exist only at its own nodes; use trapezoid, simpson, midpoint, left or right")
+        check_points(init, "initial partition")
+        super().__init__(max_size if max_size is not None else init.numel(), quadrature)
+        _check_size(init.numel(), self.max_size, "TrainablePartition")
+        quadrature.check_size(init.numel())
+        self.eps = eps
+        gaps = torch.diff(init.detach().double(), prepend=init.new_zeros(1).double(),
+                          append=init.new_ones(1).double())
+        fixed = gaps <= 0
+        # The gaps sum to 1, so delta**2 + eps = gap reproduces them after normalisation.
+        delta = torch.sqrt(torch.clamp(gaps - eps, min=0.0))
+        self.delta = nn.Parameter(delta.to(torch.get_default_dtype()))
+        self.register_buffer("_free", ~fixed, persistent=True)
+
+    @property
+    def size(self) -> int:
+        return self.delta.numel() - 1
+
+    def gaps(self) -> Tensor:
+        g = torch.where(self._free, self.delta**2 + self.eps, torch.zeros_like(self.delta))
+        return g / g.sum()
+
+    def points(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
+        pts = torch.cumsum(self.gaps(), 0)[:-1]
+        if device is not None and pts.device != torch.device(device):
+            raise ValueError(
+                f"trainable partition lives on {pts.device} but was asked for points on {device}; "
+                "move the model with .to(device)"
+            )
+        return pts if dtype is None else pts.to(dtype)
+
+    def cache_key(self) -> tuple:
+        return (self.size, self.delta._version, self.delta.data_ptr())
+
+
+class CompositePartition(Partition):
+    """Partitions laid side by side, for concatenated channels: each part keeps its own continuous
+    functions (no interpolation across a seam); part ``i`` covers a share of [0, 1] proportional
+    to its ``max_size``."""
+
+    def __init__(self, parts: Iterable[Partition]) -> None:
+        parts = list(parts)
+        if not parts:
+            raise ValueError("CompositePartition needs at least one part")
+        for p in parts:
+            if not isinstance(p, Partition):
+                raise TypeError(f"CompositePartition parts must be Partitions, got {type(p).__name__}")
+        total = sum(p.max_size for p in parts)
+        super().__init__(total, parts[0].quadrature)
+        self.parts = nn.ModuleList(parts)
+
+    @property
+    def size(self) -> int:
+        return sum(p.size for p in self.parts)
+
+    def _shares(self) -> list[float]:
+        return [p.max_size / self.max_size for p in self.parts]
+
+    def points(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
+        out, start = [], 0.0
+        for p, share in zip(self.parts, self._shares()):
+            out.append(start + share * p.points(device, dtype))
+            start += share
+        return torch.cat(out)
+
+    def weights(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
+        return torch.cat([share * p.weights(device, dtype) for p, share in zip(self.parts, self._shares())])
+
+    def control_points(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
+        raise TypeError("a CompositePartition has no single control grid; use chunks()")
+
+    def full_weights(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
+        return torch.cat([share * p.full_weights(device, dtype)
+                          for p, share in zip(self.parts, self._shares())])
+
+    def chunks(self, device: Device = None, dtype: torch.dtype | None = None) -> list[Chunk]:
+        return [c for p in self.parts for c in p.chunks(device, dtype)]
+
+    def sizes(self) -> list[tuple[int, int]]:
+        return [s for p in self.parts for s in p.sizes()]
+
+    def leaves(self) -> list[Partition]:
+        return [leaf for p in self.parts for leaf in p.leaves()]
+
+    def cache_key(self) -> tuple:
+        return tuple(p.cache_key() for p in self.parts)
+
+    @property
+    def is_standard(self) -> bool:
+        return all(p.is_standard for p in self.parts)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, max_size={self.max_size}"
+
+
+# -- collections of partitions ----------------------------------------------------------------
+
+def partitions(model: nn.Module, *, resizable_only: bool = False) -> dict[str, Partition]:
+    """The leaf partitions used in ``model``, each named by the first path it is found at."""
+    found: dict[str, Partition] = {}
+    seen: set[int] = set()
+    for name, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, Partition) and not isinstance(module, CompositePartition):
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            if resizable_only and not module.resizable:
+                continue
+            found[name] = module
+    return found
+
+
+def _target_size(ratio_or_size: float | int, max_size: int, what: str) -> int:
+    if isinstance(ratio_or_size, float):
+        if not 0.0 < ratio_or_size <= 1.0:
+            raise ValueError(f"{what}: a ratio must be in (0, 1], got {ratio_or_size}")
+        return max(1, round(ratio_or_size * max_size))
+    return _check_size(ratio_or_size, max_size, what)
+
+
+def resize(model: nn.Module, sizes: float | int | Mapping[str, float | int]) -> dict[str, int]:
+    """Resize the partitions of ``model``: one ratio in (0, 1] for all (a float), or a mapping
+    from partition name (see :func:`partitions`) to a size (int) or ratio (float).
+
+    Returns the sizes set. Simpson partitions are rounded down to an odd size.
+    """
+    parts = partitions(model, resizable_only=True)
+    if isinstance(sizes, Mapping):
+        unknown = sorted(set(sizes) - set(parts))
+        if unknown:
+            raise KeyError(f"unknown partition(s) {unknown}; known: {sorted(parts)}")
+        plan = dict(sizes)
+    else:
+        plan = {name: sizes for name in parts}
+    done = {}
+    for name, value in plan.items():
+        p = parts[name]
+        size = _target_size(value, p.max_size, f"partition {name!r}")
+        if isinstance(value, float) and p.quadrature.name == "simpson" and size % 2 == 0:
+            size -= 1 if size > 1 else -1
+        p.resize(size)
+        done[name] = size
+    return done
+
+
+class RandomSizes:
+    """Draw a new size for every resizable partition of a model at each training step.
+
+    The size of a partition with ``max_size`` n is drawn from ``[ceil(low * n), ceil(high * n)]``
+    (``low``/``high`` are fractions), from a generator the caller controls:
+
+    * ``"uniform"`` - every size in the range equally likely (the seed's Figure 1);
+    * ``"full-biased"`` - sizes near the top of the range more likely (density grows linearly
+      towards the full size), which keeps full-size accuracy while still teaching small sizes.
+
+    Call :meth:`step` before each forward pass; :meth:`full` restores the full sizes.
+
+    >>> import torch
+    >>> from torchinn import IntegralLinear, UniformPartition
+    >>> p = UniformPartition(16)
+    >>> net = torch.nn.Sequential(IntegralLinear(4, p), IntegralLinear(p, 2))
+    >>> sizes = RandomSizes(net, low=0.5, seed=0)
+    >>> all(8 <= s <= 16 for s in sizes.step().values())
+    True
+    """
+
+    def __init__(self, model: nn.Module | Mapping[str, Partition], low: float = 0.5, high: float = 1.0,
+                 distribution: Literal["uniform", "full-biased"] = "uniform", *,
+                 generator: torch.Generator | None = None, seed: int | None = None) -> None:
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"need 0 < low <= high <= 1, got low={low}, high={high}")
+        if distribution not in ("uniform", "full-biased"):
+            raise ValueError(f"distribution must be 'uniform' or 'full-biased', got {distribution!r}")
+        if generator is not None and seed is not None:
+            raise ValueError("give either a generator or a seed, not both")
+        self.partitions = (dict(model) if isinstance(model, Mapping)
+                           else partitions(model, resizable_only=True))
+        if not self.partitions:
+            raise ValueError("the model has no resizable partitions")
+        self.low, self.high, self.distribution = low, high, distribution
+        if generator is None:
+            generator = torch.Generator()
+            generator.manual_seed(0 if seed is None else seed)
+        self.generator = generator
+
+    def bounds(self, p: Partition) -> tuple[int, int]:
+        lo = max(1, math.ceil(self.low * p.max_size - 1e-9))
+        hi = max(lo, math.ceil(self.high * p.max_size - 1e-9))
+        return lo, hi
+
+    def draw(self, p: Partition) -> int:
+        lo, hi = self.bounds(p)
+        u = float(torch.rand((), generator=self.generator))
+        if self.distribution == "full-biased":
+            u = math.sqrt(u)  # density 2u on [0, 1]
+        size = min(hi, lo + int(u * (hi - lo + 1)))
+        if p.quadrature.name == "simpson" and size % 2 == 0:
+            size = size + 1 if size == lo and size + 1 <= hi else size - 1
+        return max(size, 1)
+
+    def step(self) -> dict[str, int]:
+        """Draw and set a new size for every partition (in a fixed order); returns them."""
+        sizes = {}
+        for name in sorted(self.partitions):
+            p = self.partitions[name]
+            sizes[name] = self.draw(p)
+            p.resize(sizes[name])
+        return sizes
+
+    def full(self) -> None:
+        """Set every partition back to its full size."""
+        for p in self.partitions.values():
+            p.resize(p.max_size)
+
+    def __iter__(self) -> Iterator[dict[str, int]]:
+        while True:
+            yield self.step()
