@@ -119,7 +119,8 @@ def _pad(points: Tensor, left: float | None, right: float | None) -> Tensor:
 
 class LeftRiemann(Quadrature):
     """Left Riemann sum: ``q_i = x_{i+1} - x_i`` with ``x_n = 1`` (the seed's Appendix B when the
-    last point is 1, which then gets weight 0). Standard nodes: ``i / n``."""
+    last point is 1, which then gets weight 0). If the first point is above 0, it also stands for
+    ``[0, x_0]``, so the rule still integrates over all of [0, 1]. Standard nodes: ``i / n``."""
 
     name = "left"
     exact_degree = 0
@@ -128,11 +129,14 @@ class LeftRiemann(Quadrature):
         return [i / n for i in range(n)]
 
     def _weights(self, points: Tensor) -> Tensor:
-        return torch.diff(_pad(points, None, 1.0))
+        q = torch.diff(_pad(points, None, 1.0))
+        return q + torch.cat([points[:1], torch.zeros_like(points[1:])])
 
 
 class RightRiemann(Quadrature):
-    """Right Riemann sum: ``q_i = x_i - x_{i-1}`` with ``x_{-1} = 0``. Standard nodes: ``(i+1)/n``."""
+    """Right Riemann sum: ``q_i = x_i - x_{i-1}`` with ``x_{-1} = 0``. If the last point is below
+    1, it also stands for ``[x_last, 1]``, so the rule still integrates over all of [0, 1].
+    Standard nodes: ``(i+1)/n``."""
 
     name = "right"
     exact_degree = 0
@@ -141,7 +145,8 @@ class RightRiemann(Quadrature):
         return [(i + 1) / n for i in range(n)]
 
     def _weights(self, points: Tensor) -> Tensor:
-        return torch.diff(_pad(points, 0.0, None))
+        q = torch.diff(_pad(points, 0.0, None))
+        return q + torch.cat([torch.zeros_like(points[:-1]), 1.0 - points[-1:]])
 
 
 class Midpoint(Quadrature):

@@ -1,0 +1,54 @@
+"""Shared helpers and hypothesis strategies for the torchinn test suite."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import settings
+from hypothesis import strategies as st
+
+settings.register_profile("torchinn", deadline=None, derandomize=False, print_blob=True)
+settings.load_profile("torchinn")
+
+RULES = ("left", "right", "midpoint", "trapezoid", "simpson", "gauss-legendre")
+
+
+@st.composite
+def gap_partitions(draw, min_points: int = 2, max_points: int = 16, odd: bool = False,
+                   max_ratio: float = 20.0) -> torch.Tensor:
+    """A random, non-uniform float64 partition of [0, 1] that contains 0 and 1.
+
+    Neighbouring gaps differ by at most ``max_ratio`` (keeps high-order rules well conditioned).
+    """
+    n = draw(st.integers(min_points, max_points))
+    if odd and n % 2 == 0:
+        n = n + 1 if n < max_points else n - 1
+    gaps = draw(st.lists(st.floats(1.0, max_ratio), min_size=n - 1, max_size=n - 1))
+    g = torch.tensor(gaps, dtype=torch.float64)
+    pts = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(g, 0) / g.sum()])
+    pts[-1] = 1.0
+    return pts
+
+
+@st.composite
+def polynomials(draw, degree: int) -> list[float]:
+    """Coefficients ``c_0..c_degree`` in [-1, 1] (the leading one bounded away from 0)."""
+    coeffs = draw(st.lists(st.floats(-1.0, 1.0), min_size=degree + 1, max_size=degree + 1))
+    lead = draw(st.floats(0.25, 1.0)) * draw(st.sampled_from([-1.0, 1.0]))
+    coeffs[-1] = lead
+    return coeffs
+
+
+def poly_eval(coeffs: list[float], x: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros_like(x)
+    for c in reversed(coeffs):
+        out = out * x + c
+    return out
+
+
+def poly_integral(coeffs: list[float]) -> float:
+    """Exact integral over [0, 1]."""
+    return sum(c / (k + 1) for k, c in enumerate(coeffs))
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
