@@ -234,10 +234,14 @@ class FixedPartition(Partition):
 class TrainablePartition(Partition):
     """A partition whose points are learned (the seed's Listing 3, generalised).
 
-    The ``size + 1`` gaps between ``0``, the points, and ``1`` are ``delta**2 + eps`` normalised to
-    sum to one, so the points stay strictly increasing inside [0, 1] whatever the optimizer does.
+    The ``size + 1`` gaps between ``0``, the points, and ``1`` are ``delta**2`` normalised to sum
+    to one, each raised to at least ``floor = max(eps, 2 * finfo(dtype).eps)`` (Listing 3 adds
+    ``1e-8``): ``gap = floor + (1 - m * floor) * delta**2 / sum(delta**2)`` over the ``m`` free
+    gaps. The scale of ``delta`` does not matter (no overflow), so the points stay strictly
+    increasing inside [0, 1], in the working precision, whatever the optimizer does.
     A gap that starts at zero (the first point at 0 or the last at 1, as for the trapezoid rule)
-    stays zero: Listing 3 fixes the first point at 0 the same way.
+    stays zero, and that point stays exactly 0 or 1: Listing 3 fixes the first point at 0 the
+    same way.
     """
 
     def __init__(self, init: Partition | Tensor, quadrature: str | Quadrature | None = None,
@@ -260,21 +264,36 @@ class TrainablePartition(Partition):
         gaps = torch.diff(init.detach().double(), prepend=init.new_zeros(1).double(),
                           append=init.new_ones(1).double())
         fixed = gaps <= 0
-        # The gaps sum to 1, so delta**2 + eps = gap reproduces them after normalisation.
-        delta = torch.sqrt(torch.clamp(gaps - eps, min=0.0))
-        self.delta = nn.Parameter(delta.to(torch.get_default_dtype()))
+        # Invert gaps(): with sum(delta**2) = 1 the free gaps are floor + (1 - m*floor) * delta**2.
+        dtype = torch.get_default_dtype()
+        floor, m = self._floor(dtype, gaps.numel()), int((~fixed).sum())
+        delta = torch.sqrt(torch.clamp((gaps - floor) / (1 - m * floor), min=0.0))
+        self.delta = nn.Parameter(torch.where(fixed, 0.0, delta).to(dtype))
         self.register_buffer("_free", ~fixed, persistent=True)
+
+    def _floor(self, dtype: torch.dtype, n_gaps: int) -> float:
+        """The smallest free gap: large enough that neighbouring points differ in ``dtype``."""
+        return min(max(self.eps, 2 * torch.finfo(dtype).eps), 0.5 / n_gaps)
 
     @property
     def size(self) -> int:
         return self.delta.numel() - 1
 
     def gaps(self) -> Tensor:
-        g = torch.where(self._free, self.delta**2 + self.eps, torch.zeros_like(self.delta))
-        return g / g.sum()
+        d, free = self.delta, self._free
+        tiny = torch.finfo(d.dtype).tiny
+        # delta / max|delta| keeps delta**2 finite; the normalised gaps do not depend on the scale.
+        d = d / d.detach().abs().max().clamp_min(tiny)
+        w = torch.where(free, d**2 + tiny, torch.zeros_like(d))
+        floor = self._floor(d.dtype, d.numel())
+        m = free.sum().to(d.dtype)
+        return torch.where(free, floor + (1 - m * floor) * (w / w.sum()), torch.zeros_like(d))
 
     def points(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
-        pts = torch.cumsum(self.gaps(), 0)[:-1]
+        c = torch.cumsum(self.gaps(), 0)
+        # c[-1] is 1 up to rounding: dividing by it keeps every point <= 1, and a point followed
+        # only by a fixed (zero) gap exactly 1.
+        pts = c[:-1] / c[-1].detach()
         if device is not None and pts.device != torch.device(device):
             raise ValueError(
                 f"trainable partition lives on {pts.device} but was asked for points on {device}; "
