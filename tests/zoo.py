@@ -209,10 +209,9 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(stem)
         self.relu = nn.ReLU(inplace=True)
         self.inplanes = stem
-        stages = []
+        self.num_stages = len(layers)
         for i, (n, planes) in enumerate(zip(layers, widths)):
-            stages.append(self._make_layer(block, planes, n, 1 if i == 0 else 2, **block_kw))
-        self.layer1, self.layer2, self.layer3 = stages
+            setattr(self, f"layer{i + 1}", self._make_layer(block, planes, n, 1 if i == 0 else 2, **block_kw))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.inplanes, num_classes)
 
@@ -230,9 +229,20 @@ class ResNet(nn.Module):
 
     def forward(self, x):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer3(self.layer2(self.layer1(x)))
+        for i in range(self.num_stages):
+            x = getattr(self, f"layer{i + 1}")(x)
         x = torch.flatten(self.avgpool(x), 1)
         return self.fc(x)
+
+
+def resnet18(num_classes: int = 1000) -> ResNet:
+    """Full-size ResNet-18 (11.7 M parameters) for timing; not in the zoo."""
+    return ResNet(BasicBlock, [2, 2, 2, 2], [64, 128, 256, 512], num_classes, stem=64, imagenet_stem=True)
+
+
+def resnet50(num_classes: int = 1000) -> ResNet:
+    """Full-size ResNet-50 (25.6 M parameters) for timing; not in the zoo."""
+    return ResNet(Bottleneck, [3, 4, 6, 3], [64, 128, 256, 512], num_classes, stem=64, imagenet_stem=True)
 
 
 @register("resnet_basic")
