@@ -7,6 +7,8 @@ plain, smaller ``nn.Module``.
 
 from .functions import ContinuousFunction
 from .model import to_discrete
+from .convert import ConvertConfig, UnsupportedOpError, convert
+from .integral_model import Group, Groups, IntegralModel
 from .layers import (
     IntegralConv1d,
     IntegralConv2d,
@@ -47,6 +49,12 @@ __version__ = "0.1.0"
 __all__ = [
     "ContinuousFunction",
     "to_discrete",
+    "convert",
+    "ConvertConfig",
+    "UnsupportedOpError",
+    "IntegralModel",
+    "Group",
+    "Groups",
     "IntegralLayer",
     "IntegralLinear",
     "IntegralConv1d",

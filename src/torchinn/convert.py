@@ -1,0 +1,264 @@
+"""Convert a trained network into an integral one (the paper's Algorithm 1), exact at full size.
+
+>>> import torch, torchinn as inn
+>>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16),
+...                           torch.nn.ReLU(), torch.nn.Conv2d(16, 8, 3), torch.nn.Flatten(),
+...                           torch.nn.Linear(8 * 6 * 6, 10)).eval()
+>>> x = torch.randn(2, 3, 8, 8)
+>>> imodel = inn.convert(net, (x,))
+>>> bool(torch.allclose(imodel(x), net(x), atol=1e-5))
+True
+>>> sorted(imodel.sizes().values())
+[8, 16]
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .functions import KINDS
+from .graph.analysis import analyse
+from .graph.build import build_runtime
+from .graph.fuse import fuse_batch_norms
+from .graph.groups import Plan, finalize
+from .graph.trace import Traced, trace
+from .integral_model import IntegralModel
+from .partition import UniformPartition
+from .quadrature import QUADRATURES
+from .structured import DimPlan, StructuredFunction
+
+__all__ = ["ConvertConfig", "convert", "UnsupportedOpError"]
+
+log = logging.getLogger(__name__)
+
+
+class UnsupportedOpError(ValueError):
+    """The network uses an operation on channels that torchinn cannot follow."""
+
+
+@dataclass
+class ConvertConfig:
+    """How :func:`convert` works.
+
+    Args:
+        quadrature: rule for every group (``"trapezoid"``, ``"simpson"``, ``"midpoint"``,
+            ``"left"``, ``"right"``, ``"gauss-legendre"``).
+        kind: interpolation of the continuous functions, ``"cubic"`` (the paper) or ``"linear"``.
+        permute: reorder each group's channels to minimise total variation (TSP), so the weights
+            are smooth along channels; the network computes exactly the same function.
+        tsp_time_limit: seconds of TSP search per group (``None``: scaled with the group size).
+        seed: seed of the TSP search.
+        fuse_batch_norm: fold batch norms into the conv/linear before them (exact in eval mode).
+        keep_discrete: tensor or module names (prefixes) whose channels must not change.
+        unsupported: ``"error"`` (default) raises on an op on channels torchinn cannot follow;
+            ``"keep"`` keeps the channels it touches at full size and logs a warning.
+        check: compare the integral model with the network on the example inputs (exact at full
+            size) and run it once at smaller sizes.
+        progress: show a progress bar while permuting (``None``: only for big networks).
+    """
+
+    quadrature: str = "trapezoid"
+    kind: Literal["cubic", "linear"] = "cubic"
+    permute: bool = True
+    tsp_time_limit: float | None = None
+    seed: int = 0
+    fuse_batch_norm: bool = True
+    keep_discrete: Sequence[str] = field(default_factory=tuple)
+    unsupported: Literal["error", "keep"] = "error"
+    check: bool = True
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.quadrature not in QUADRATURES:
+            raise ValueError(f"quadrature must be one of {sorted(QUADRATURES)}, got {self.quadrature!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.unsupported not in ("error", "keep"):
+            raise ValueError(f"unsupported must be 'error' or 'keep', got {self.unsupported!r}")
+        if self.tsp_time_limit is not None and not self.tsp_time_limit > 0:
+            raise ValueError(f"tsp_time_limit must be > 0 seconds, got {self.tsp_time_limit}")
+        if isinstance(self.keep_discrete, str):
+            self.keep_discrete = (self.keep_discrete,)
+        self.keep_discrete = tuple(self.keep_discrete)
+        if not all(isinstance(k, str) for k in self.keep_discrete):
+            raise TypeError(f"keep_discrete must be names (str), got {self.keep_discrete!r}")
+
+
+def _check_model(model: nn.Module, example_inputs: tuple) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert() needs an nn.Module, got {type(model).__name__}")
+    if isinstance(model, IntegralModel):
+        raise TypeError("this model is already an IntegralModel")
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.device.type == "meta":
+            raise ValueError(f"tensor {name!r} is on the meta device: load real weights before converting")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(f"tensor {name!r} has {bad} NaN/Inf values; torchinn needs finite weights")
+    if not any(True for _ in model.parameters()):
+        raise ValueError(f"{type(model).__name__} has no parameters: nothing to convert")
+
+
+def _members(tensors: dict[str, Tensor], plans: dict[str, tuple[DimPlan, ...]], group: str
+             ) -> list[tuple[str, int, int, int, list[int]]]:
+    """Where a group's channels are: (tensor, dim, segment start, segment length, atom sizes, atom index)."""
+    out = []
+    for name, plan in plans.items():
+        for d, dim_plan in enumerate(plan):
+            start = 0
+            for seg in dim_plan:
+                length = math.prod(a.size for a in seg)
+                for k, a in enumerate(seg):
+                    if a.group == group:
+                        out.append((name, d, start, length, [x.size for x in seg], k))
+                start += length
+    return out
+
+
+def _view(t: Tensor, d: int, start: int, length: int, sizes: list[int], k: int) -> Tensor:
+    """The slice of ``t`` for one segment, with the group's atom moved to dim 0."""
+    block = t.narrow(d, start, length)
+    block = block.reshape(list(t.shape[:d]) + sizes + list(t.shape[d + 1:]))
+    return block.movedim(d + k, 0)
+
+
+def _permuted(t: Tensor, d: int, start: int, length: int, sizes: list[int], k: int, perm: Tensor) -> Tensor:
+    """A copy of ``t`` with one segment's atom ``k`` reordered by ``perm``."""
+    block = t.narrow(d, start, length)
+    shaped = block.reshape(list(t.shape[:d]) + sizes + list(t.shape[d + 1:]))
+    out = t.clone()
+    out.narrow(d, start, length).copy_(shaped.index_select(d + k, perm).reshape(block.shape))
+    return out
+
+
+def _permute_groups(tensors: dict[str, Tensor], plan: Plan, config: ConvertConfig) -> dict[str, float]:
+    from .permute import order_channels, total_variation
+
+    stats = {"tv_before": 0.0, "tv_after": 0.0}
+    show = config.progress if config.progress is not None else len(plan.groups) > 30
+    for g in tqdm(plan.groups, desc="permuting channels", disable=not show, leave=False):
+        where = _members(tensors, plan.tensors, g.name)
+        members = [(_view(tensors[n], d, s, ln, sz, k), 0) for n, d, s, ln, sz, k in where]
+        before = total_variation(members)
+        perm = order_channels(members, seed=config.seed, time_limit=config.tsp_time_limit)
+        for n, d, s, ln, sz, k in where:
+            tensors[n] = _permuted(tensors[n], d, s, ln, sz, k, perm)
+        after = total_variation([(_view(tensors[n], d, s, ln, sz, k), 0) for n, d, s, ln, sz, k in where])
+        stats["tv_before"] += before
+        stats["tv_after"] += after
+    return stats
+
+
+def _problems(an, config: ConvertConfig) -> None:
+    if not an.problems:
+        return
+    lines = "\n".join(f"  - {p}" for p in an.problems)
+    if config.unsupported == "error":
+        raise UnsupportedOpError(
+            f"torchinn cannot follow channels through {len(an.problems)} operation(s):\n{lines}\n"
+            "Keep the channels around them discrete with ConvertConfig(keep_discrete=[<module names>]) "
+            "or ConvertConfig(unsupported='keep'), or register a handler with "
+            "torchinn.graph.register_op.")
+    log.warning("keeping channels at full size around unsupported operations:\n%s", lines)
+
+
+def convert(model: nn.Module, example_inputs: tuple | Tensor,
+            config: ConvertConfig | None = None) -> IntegralModel:
+    """Turn ``model`` into an :class:`IntegralModel` that reproduces it at full size.
+
+    ``model`` is traced with ``torch.export`` on ``example_inputs`` (a copy, in eval mode; the
+    model itself is not modified), its batch norms are folded, its channel groups are found,
+    each group's channels are reordered to make the weights smooth, and every grouped tensor
+    becomes a continuous function of its groups. Network inputs and outputs stay discrete.
+    """
+    config = config or ConvertConfig()
+    if isinstance(example_inputs, Tensor):
+        example_inputs = (example_inputs,)
+    if not isinstance(example_inputs, tuple):
+        raise TypeError(f"example_inputs must be a tuple of inputs, got {type(example_inputs).__name__}")
+    _check_model(model, example_inputs)
+    report: dict[str, float] = {}
+    t0 = time.perf_counter()
+    traced: Traced = trace(model, example_inputs)
+    report["trace_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    folded = fuse_batch_norms(traced) if config.fuse_batch_norm else []
+    report["fuse_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    an = analyse(traced, config.keep_discrete)
+    _problems(an, config)
+    plan = finalize(an)
+    report["analyse_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tensors = dict(traced.tensors)
+    if config.permute and plan.groups:
+        report.update(_permute_groups(tensors, plan, config))
+    report["permute_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if config.quadrature == "simpson":
+        even = [f"{g.name} ({g.size})" for g in plan.groups if g.size % 2 == 0]
+        if even:
+            raise ValueError(f"Simpson's rule needs an odd number of channels, but these groups have an "
+                             f"even number: {even[:5]}{'...' if len(even) > 5 else ''}; use another quadrature")
+    partitions = {g.name: UniformPartition(g.size, config.quadrature) for g in plan.groups}
+    full_weights = {n: p.full_weights(dtype=torch.float64) for n, p in partitions.items()}
+    functions = {}
+    for name, dim_plans in plan.tensors.items():
+        t = tensors[name]
+        if not t.is_floating_point():
+            raise TypeError(f"tensor {name!r} of dtype {t.dtype} has channels in a group; only "
+                            "floating tensors can be continuous")
+        functions[name] = StructuredFunction(t, dim_plans, full_weights, config.kind)
+    fixed = {n: t for n, t in tensors.items() if n not in functions}
+    tensor_names = [traced.source[n] for n in traced.graph.nodes if n in traced.source]
+    group_index = {root: i for root, i in plan.group_of_root.items()}
+    runtime = build_runtime(an, group_index, tensor_names)
+    imodel = IntegralModel(runtime, tensor_names, functions, fixed, traced.trainable, plan.groups,
+                           partitions, plan.contractions, traced.in_spec, traced.out_spec)
+    report["fit_s"] = time.perf_counter() - t0
+    report["folded_batch_norms"] = len(folded)
+    imodel.report = report
+    imodel.pinned = {n: r for n, r in plan.pinned.items()}
+    imodel.eval()
+    if config.check:
+        _check(model, imodel, example_inputs)
+    return imodel
+
+
+def _check(model: nn.Module, imodel: IntegralModel, example_inputs: tuple) -> None:
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            ref = model(*example_inputs)
+            got = imodel(*example_inputs)
+    finally:
+        model.train(was_training)
+    for r, g in zip(torch.utils._pytree.tree_leaves(ref), torch.utils._pytree.tree_leaves(got)):
+        if isinstance(r, Tensor) and r.is_floating_point():
+            scale = float(r.abs().max()) or 1.0
+            err = float((r - g).abs().max()) / scale
+            if not err <= 1e-4:
+                raise RuntimeError(
+                    f"internal error: the integral model differs from the network at full size "
+                    f"(relative error {err:.2e}); please report this model")
+    sizes = imodel.sizes()
+    try:
+        imodel.resize(0.75)
+        with torch.no_grad():
+            small = imodel(*example_inputs)
+        for r, s in zip(torch.utils._pytree.tree_leaves(ref), torch.utils._pytree.tree_leaves(small)):
+            if isinstance(r, Tensor) and r.shape != s.shape:
+                raise RuntimeError(f"internal error: output shape {tuple(s.shape)} at smaller sizes, "
+                                   f"expected {tuple(r.shape)}")
+    finally:
+        imodel.resize(sizes)

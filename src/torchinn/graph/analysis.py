@@ -1,0 +1,321 @@
+"""Find the channel groups of a traced network.
+
+:func:`analyse` walks the graph once in order and gives every tensor dimension a structure (see
+:mod:`.labels`). What each operation does to channels is said by a handler registered for it
+with :func:`register_op`; a handler unifies the dimensions that must match, splits or pins axes,
+and returns the structures of the operation's outputs. It also records:
+
+* which parameter dimensions are *integrated* (a conv's or linear's input channels): their
+  quadrature weights are fused into the sampled tensor;
+* *contractions* between activations over a channel axis (``q @ k.T`` in attention, a sum over
+  channels): one operand is multiplied by the ratio of current to full-size quadrature weights;
+* *rewrites*: arguments that hold channel counts (``view`` shapes, ``groups`` of a depthwise conv,
+  ``normalized_shape``, split sizes), recomputed from the current sizes when the network is built.
+
+An operation without a handler is fine as long as none of its inputs has a channel axis; if one
+does, the axes are kept at full size and the operation is reported (an error unless the caller
+allows it), so the result is never silently wrong.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx
+
+from .labels import Axes, Fixed, LabelError, Prod, Struct, Var  # noqa: F401
+from .trace import Traced, node_location
+
+__all__ = ["Analysis", "Contraction", "Problem", "analyse", "register_op", "OPS"]
+
+Label = Any  # list[Struct] for a tensor, a list of labels for a tuple/list, None otherwise
+Handler = Callable[["Analysis", fx.Node], Label]
+Rewrite = Callable[[Any, fx.Node, tuple, dict], tuple[tuple, dict]]
+
+#: op (an OpOverload, an OpOverloadPacket or a Python callable) -> handler
+OPS: dict[Any, Handler] = {}
+
+
+def register_op(*targets: Any) -> Callable[[Handler], Handler]:
+    """Decorator: ``handler(analysis, node) -> output label`` for the given ops. Targets may be
+    ``torch.ops.aten.x`` packets (all overloads) or single overloads."""
+
+    def deco(fn: Handler) -> Handler:
+        for t in targets:
+            OPS[t] = fn
+        return fn
+
+    return deco
+
+
+@dataclass
+class Contraction:
+    """Multiply input ``arg`` of ``node`` along ``dim`` by the ratio of current to full quadrature
+    weights of the channels there (``mean``: also by current/full size)."""
+
+    node: fx.Node
+    arg: int
+    dim: int
+    mean: bool = False
+
+
+@dataclass
+class Problem:
+    node: fx.Node
+    op: str
+    message: str
+    axes: list[int] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"{self.op} at node '{self.node.name}' ({node_location(self.node)}): {self.message}"
+
+
+def hint(x: Any) -> int:
+    """The example value of an int or SymInt."""
+    if isinstance(x, int):
+        return x
+    if isinstance(x, torch.SymInt):
+        h = x.node.hint
+        if h is None:
+            raise ValueError(f"symbolic size {x} has no example value")
+        return int(h)
+    return int(x)
+
+
+class Analysis:
+    """State of one pass over a traced graph."""
+
+    def __init__(self, traced: Traced) -> None:
+        self.traced = traced
+        self.axes = Axes()
+        self.labels: dict[fx.Node, Label] = {}
+        self.integrate_requests: list[tuple[str, int, fx.Node, int, int]] = []
+        self.contractions: list[Contraction] = []
+        self.rewrites: dict[fx.Node, Rewrite] = {}
+        self.problems: list[Problem] = []
+        self.pinned_notes: list[str] = []
+
+    # -- labels ------------------------------------------------------------------------------
+    def label(self, arg: Any) -> Label:
+        if isinstance(arg, fx.Node):
+            return self.labels.get(arg)
+        return None
+
+    def tensor_label(self, arg: Any) -> list[Struct] | None:
+        lab = self.label(arg)
+        if isinstance(lab, list) and all(isinstance(s, (Fixed, Var, Prod)) or hasattr(s, "parts") for s in lab):
+            return lab
+        return None
+
+    def shape(self, node: fx.Node) -> list[int] | None:
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            return [hint(s) for s in val.shape]
+        return None
+
+    def fixed_label(self, val: Any) -> Label:
+        """Labels of all-fixed dimensions for a value from ``node.meta['val']``."""
+        if isinstance(val, torch.Tensor):
+            return [Fixed(hint(s)) for s in val.shape]
+        if isinstance(val, (list, tuple)):
+            return [self.fixed_label(v) for v in val]
+        return None
+
+    def fresh_label(self, shape: Iterable[int]) -> list[Struct]:
+        return [self.axes.new(n) for n in shape]
+
+    def size(self, s: Struct) -> int:
+        return self.axes.size(s)
+
+    def resolve(self, s: Struct) -> Struct:
+        return self.axes.resolve(s)
+
+    def has_var(self, lab: Label) -> bool:
+        if lab is None:
+            return False
+        if isinstance(lab, list):
+            return any(self.has_var(x) for x in lab)
+        return bool(self.axes.vars(lab))
+
+    # -- constraints -------------------------------------------------------------------------
+    def unify(self, a: Struct, b: Struct, node: fx.Node) -> None:
+        try:
+            self.axes.unify(a, b, f"{node.target} at node '{node.name}'")
+        except LabelError as err:
+            raise RuntimeError(f"internal error at node '{node.name}' ({node.target}): {err}") from err
+
+    def pin(self, lab: Label, node: fx.Node, why: str) -> None:
+        """Keep every axis in ``lab`` at full size because of ``node`` (a documented limitation,
+        not an error)."""
+        for s in _flat(lab):
+            if self.axes.vars(s):
+                self.axes.pin(s, f"{why} at node '{node.name}' ({node_location(node)})")
+
+    def unsupported(self, node: fx.Node, message: str) -> Label:
+        """Record an op that touches channel axes and has no handler; pin what it touches."""
+        touched: list[int] = []
+        for arg in _node_args(node):
+            for s in _flat(self.label(arg)):
+                touched.extend(self.axes.vars(s))
+        if touched:
+            self.problems.append(Problem(node, _op_name(node), message, sorted(set(touched))))
+            for arg in _node_args(node):
+                for s in _flat(self.label(arg)):
+                    self.axes.pin(s, f"unsupported {_op_name(node)} at node '{node.name}'")
+        return self.fixed_label(node.meta.get("val"))
+
+    def broadcast(self, node: fx.Node, args: Iterable[Any]) -> list[Struct]:
+        """Elementwise broadcasting: dimensions of equal size (not broadcast) are unified."""
+        out_shape = self.shape(node)
+        if out_shape is None:
+            return self.fixed_label(node.meta.get("val"))
+        n = len(out_shape)
+        out: list[Struct | None] = [None] * n
+        for arg in args:
+            lab = self.tensor_label(arg)
+            if lab is None:
+                continue
+            offset = n - len(lab)
+            for i, s in enumerate(lab):
+                j = offset + i
+                if self.size(s) != out_shape[j] or out_shape[j] == 1:
+                    continue
+                if out[j] is None:
+                    out[j] = s
+                else:
+                    self.unify(out[j], s, node)
+        return [s if s is not None else Fixed(out_shape[j]) for j, s in enumerate(out)]
+
+    # -- parameters --------------------------------------------------------------------------
+    def param_source(self, arg: Any, dim: int) -> tuple[str, int, list[fx.Node]] | None:
+        """If ``arg`` is a parameter seen through dimension-preserving views (transpose, chunks,
+        contiguous...), the parameter's name and which of its dims ``dim`` is."""
+        node = arg
+        path: list[fx.Node] = []
+        while isinstance(node, fx.Node):
+            if node in self.traced.source:
+                return self.traced.source[node], dim, path
+            path.append(node)
+            t = node.target
+            packet = getattr(t, "overloadpacket", None)
+            if t is operator.getitem:
+                parent = node.args[0]
+                if not isinstance(parent, fx.Node) or getattr(parent.target, "overloadpacket", None) not in (
+                        torch.ops.aten.chunk, torch.ops.aten.split, torch.ops.aten.split_with_sizes):
+                    return None
+                node = parent
+                path.append(parent)
+                node = parent.args[0]
+                continue
+            if packet in (torch.ops.aten.contiguous, torch.ops.aten.clone, torch.ops.aten.alias,
+                          torch.ops.aten.detach, torch.ops.aten._to_copy, torch.ops.aten.to):
+                node = node.args[0]
+                continue
+            if packet is torch.ops.aten.t:
+                dim = 1 - (dim % 2)
+                node = node.args[0]
+                continue
+            if packet is torch.ops.aten.transpose:
+                val = node.meta.get("val")
+                nd = val.ndim if isinstance(val, torch.Tensor) else 0
+                d0, d1 = node.args[1] % nd, node.args[2] % nd
+                dim = dim % nd
+                dim = d1 if dim == d0 else d0 if dim == d1 else dim
+                node = node.args[0]
+                continue
+            if packet is torch.ops.aten.permute:
+                perm = list(node.args[1])
+                dim = perm[dim % len(perm)] % len(perm)
+                node = node.args[0]
+                continue
+            return None
+        return None
+
+    def integrate(self, node: fx.Node, weight_arg: int, dim: int, input_arg: int, input_dim: int) -> None:
+        """Channels along ``dim`` of input ``weight_arg`` are summed over by ``node``: fuse the
+        quadrature into that parameter when possible, else scale the activation input."""
+        lab = self.tensor_label(node.args[weight_arg])
+        if lab is None or not self.axes.vars(lab[dim]):
+            return
+        src = self.param_source(node.args[weight_arg], dim)
+        if src is None:
+            self.contractions.append(Contraction(node, input_arg, input_dim))
+        else:
+            name, pdim, _ = src
+            self.integrate_requests.append((name, pdim, node, input_arg, input_dim))
+
+    def contract(self, node: fx.Node, arg: int, dim: int, mean: bool = False) -> None:
+        lab = self.tensor_label(node.args[arg])
+        if lab is not None and self.axes.vars(lab[dim]):
+            self.contractions.append(Contraction(node, arg, dim, mean))
+
+
+def _flat(lab: Label) -> list[Struct]:
+    if lab is None:
+        return []
+    if isinstance(lab, list):
+        return [s for x in lab for s in _flat(x)]
+    return [lab]
+
+
+def _node_args(node: fx.Node) -> list[fx.Node]:
+    out: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), lambda n: out.append(n) or n)
+    return out
+
+
+def _op_name(node: fx.Node) -> str:
+    t = node.target
+    return str(getattr(t, "__name__", t)) if not hasattr(t, "overloadpacket") else str(t)
+
+
+def _handler(target: Any) -> Handler | None:
+    if target in OPS:
+        return OPS[target]
+    packet = getattr(target, "overloadpacket", None)
+    return OPS.get(packet) if packet is not None else None
+
+
+def analyse(traced: Traced, keep: Iterable[str] = ()) -> Analysis:
+    """Run every handler over ``traced.graph`` and resolve what must stay at full size.
+
+    ``keep``: tensor names (or prefixes: module names) whose every dimension stays discrete.
+    """
+    from . import ops, shape_ops  # noqa: F401 - register the handlers
+
+    an = Analysis(traced)
+    keep = tuple(keep)
+    for node in traced.graph.nodes:
+        if node.op == "placeholder":
+            shape = an.shape(node)
+            if node in traced.source:
+                name = traced.source[node]
+                lab = an.fresh_label(shape or [])
+                an.labels[node] = lab
+                if any(name == k or name.startswith(k + ".") for k in keep):
+                    an.pin(lab, node, f"'{name}' kept discrete by the caller")
+            else:
+                an.labels[node] = an.fixed_label(node.meta.get("val"))
+        elif node.op == "call_function":
+            handler = _handler(node.target)
+            if handler is None:
+                an.labels[node] = an.unsupported(node, "no torchinn handler for this op")
+            else:
+                an.labels[node] = handler(an, node)
+        elif node.op == "output":
+            for arg in _node_args(node):
+                an.pin(an.label(arg), node, "network output")
+        elif node.op == "get_attr":
+            an.labels[node] = an.fixed_label(node.meta.get("val"))
+        else:
+            an.labels[node] = an.unsupported(node, f"graph node of kind {node.op}")
+    return an
+
+
+def describe(an: Analysis, lab: Label) -> str:
+    return repr([an.resolve(s) for s in _flat(lab)])
+

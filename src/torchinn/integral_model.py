@@ -1,0 +1,270 @@
+"""IntegralModel: a converted network whose channel groups can be resized at will.
+
+Returned by :func:`torchinn.convert`. It runs the traced graph of the original network with every
+grouped tensor sampled from its continuous functions on the groups' current partitions.
+
+>>> import torch, torchinn as inn
+>>> net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+>>> imodel = inn.convert(net, (torch.randn(2, 8),))
+>>> imodel.groups
+Groups(
+  '0.weight:0': 32/32 channels, 4 tensor dims
+)
+>>> _ = imodel.resize(0.5)
+>>> small = imodel.to_discrete()
+>>> small.get_parameter("0.weight").shape
+torch.Size([16, 8])
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+from torch.utils import _pytree as pytree
+
+from .functions import interpolation_taps
+from .graph.build import specialize
+from .graph.groups import ContractionSpec, GroupInfo
+from .partition import Partition
+from .structured import StructuredFunction, plan_size, plan_vector
+
+__all__ = ["Group", "Groups", "IntegralModel"]
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "/")
+
+
+@dataclass
+class Group:
+    """A set of tensor dimensions that share one partition (one number of channels)."""
+
+    name: str
+    partition: Partition
+    members: list[tuple[str, int]]
+
+    @property
+    def size(self) -> int:
+        return self.partition.size
+
+    @property
+    def max_size(self) -> int:
+        return self.partition.max_size
+
+    @property
+    def modules(self) -> list[str]:
+        """Qualified names of the modules whose tensors are in the group."""
+        out: list[str] = []
+        for tensor, _ in self.members:
+            mod = tensor.rsplit(".", 1)[0] if "." in tensor else ""
+            if mod not in out:
+                out.append(mod)
+        return out
+
+    def __repr__(self) -> str:
+        return f"Group({self.name!r}, size={self.size}/{self.max_size}, members={len(self.members)})"
+
+
+class Groups(Mapping[str, Group]):
+    """Groups by name (``"layer1.0.conv1.weight:0"``); a module name that produces exactly one
+    group (``"layer1.0.conv1"``) finds it too. Unknown names raise ``KeyError`` with suggestions."""
+
+    def __init__(self, groups: list[Group]) -> None:
+        self._groups = {g.name: g for g in groups}
+
+    def __getitem__(self, name: str) -> Group:
+        if name in self._groups:
+            return self._groups[name]
+        if isinstance(name, str):
+            hits = [g for n, g in self._groups.items() if n.startswith(name + ".") and n.count(":") == 1
+                    and n[len(name) + 1:].split(":")[0].count(".") == 0]
+            produced = [g for g in hits if not g.name.endswith("'")]
+            if len(produced) == 1:
+                return produced[0]
+            if len(produced) > 1:
+                raise KeyError(f"{name!r} matches several groups: {[g.name for g in produced]}")
+        close = difflib.get_close_matches(str(name), list(self._groups), n=3, cutoff=0.5)
+        hint = f"; did you mean {close}?" if close else f"; known groups: {list(self._groups)[:8]}..."
+        raise KeyError(f"no group named {name!r}{hint}")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._groups)
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+    def __repr__(self) -> str:
+        lines = [f"  {n!r}: {g.size}/{g.max_size} channels, {len(g.members)} tensor dims"
+                 for n, g in self._groups.items()]
+        return "Groups(\n" + "\n".join(lines) + "\n)"
+
+
+def ratio_vector(p: Partition, like: Tensor) -> Tensor:
+    """Current quadrature weights over the full-size ones (interpolated): 1 at full size."""
+    if p.is_standard:
+        return torch.ones(p.size, dtype=like.dtype, device=like.device)
+    points = p.points(like.device, like.dtype)
+    inv_full = 1.0 / p.full_weights(like.device, like.dtype)
+    idx, w = interpolation_taps(points, p.control_points(like.device, like.dtype), "linear")
+    return p.weights(like.device, like.dtype) * (inv_full[idx] * w).sum(-1)
+
+
+class IntegralModel(nn.Module):
+    """A network with continuous channel groups (see :func:`torchinn.convert`).
+
+    * ``groups``: the channel groups by name, each with its partition;
+    * :meth:`resize`: new sizes for all or some groups;
+    * :meth:`to_discrete`: a plain ``nn.Module`` at the current sizes;
+    * ``forward``: the network at the current sizes, differentiable in every continuous
+      function and trainable partition.
+    """
+
+    def __init__(self, runtime: fx.GraphModule, tensor_names: list[str],
+                 functions: Mapping[str, StructuredFunction], fixed: Mapping[str, Tensor],
+                 trainable: set[str], groups: list[GroupInfo], partitions: Mapping[str, Partition],
+                 contractions: list[ContractionSpec], in_spec: pytree.TreeSpec,
+                 out_spec: pytree.TreeSpec) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.tensor_names = list(tensor_names)
+        self.functions = nn.ModuleDict({_key(n): f for n, f in functions.items()})
+        self.fixed = nn.Module()
+        for name, t in fixed.items():
+            if name in trainable and t.is_floating_point():
+                self.fixed.register_parameter(_key(name), nn.Parameter(t))
+            else:
+                self.fixed.register_buffer(_key(name), t)
+        self.trainable = set(trainable)
+        self.partitions = nn.ModuleDict({_key(g.name): partitions[g.name] for g in groups})
+        self._members = {g.name: list(g.members) for g in groups}
+        self.group_names = [g.name for g in groups]
+        self.contractions = list(contractions)
+        self.in_spec, self.out_spec = in_spec, out_spec
+        self.report: dict[str, Any] = {}
+        self._cache: tuple[Any, list[Tensor], list[Tensor]] | None = None
+
+    # -- groups and sizes -------------------------------------------------------------------
+    @property
+    def groups(self) -> Groups:
+        return Groups([Group(n, self.partitions[_key(n)], self._members[n]) for n in self.group_names])
+
+    def partition(self, group: str) -> Partition:
+        return self.partitions[_key(self.groups[group].name)]
+
+    def set_partition(self, group: str, partition: Partition) -> None:
+        """Replace a group's partition (e.g. by a :class:`TrainablePartition`)."""
+        old = self.partition(group)
+        if partition.max_size != old.max_size:
+            raise ValueError(f"group {group!r} has {old.max_size} channels; the new partition has "
+                             f"max_size={partition.max_size}")
+        self.partitions[_key(self.groups[group].name)] = partition
+        self._cache = None
+
+    def sizes(self) -> dict[str, int]:
+        """Current size of every group."""
+        return {n: self.partitions[_key(n)].size for n in self.group_names}
+
+    def resize(self, sizes: float | int | Mapping[str, float | int]) -> dict[str, int]:
+        """Set group sizes: one ratio in (0, 1] for every group (a float), or a mapping from group
+        name (or the module that produces it) to a size (int) or a ratio (float). Returns all sizes."""
+        groups = self.groups
+        plan = dict(sizes) if isinstance(sizes, Mapping) else {n: sizes for n in self.group_names}
+        for name, value in plan.items():
+            g = groups[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"size for group {g.name!r} must be an int or a float ratio, got {value!r}")
+            if isinstance(value, float):
+                if not 0.0 < value <= 1.0:
+                    raise ValueError(f"group {g.name!r}: a ratio must be in (0, 1], got {value}")
+                size = max(1, round(value * g.max_size))
+                if g.partition.quadrature.name == "simpson" and size % 2 == 0:
+                    size -= 1
+            else:
+                size = value
+            if not g.partition.resizable:
+                raise ValueError(f"group {g.name!r} has a {type(g.partition).__name__}, which has a fixed size")
+            if not 1 <= size <= g.max_size:
+                raise ValueError(f"group {g.name!r} has {g.max_size} channels; size must be in "
+                                 f"[1, {g.max_size}], got {size}")
+            g.partition.resize(size)
+        return self.sizes()
+
+    # -- running ------------------------------------------------------------------------------
+    def _partition_map(self) -> dict[str, Partition]:
+        return {n: self.partitions[_key(n)] for n in self.group_names}
+
+    def _sample(self) -> tuple[list[Tensor], list[Tensor]]:
+        parts = self._partition_map()
+        tensors = []
+        for name in self.tensor_names:
+            key = _key(name)
+            if key in self.functions:
+                tensors.append(self.functions[key].sample(parts))
+            else:
+                tensors.append(getattr(self.fixed, key))
+        like = tensors[0] if tensors else torch.empty(0)
+        like = next((t for t in tensors if t.is_floating_point()), like)
+        scales = []
+        ratios: dict[str, Tensor] = {}
+        for spec in self.contractions:
+            for seg in spec.plan:
+                for a in seg:
+                    if a.group is not None and a.group not in ratios:
+                        ratios[a.group] = ratio_vector(parts[a.group], like)
+            v = plan_vector(spec.plan, ratios, like)
+            if spec.mean:
+                sizes = {n: p.size for n, p in parts.items()}
+                v = v * (plan_size(spec.plan, sizes) / plan_size(spec.plan))
+            scales.append(v.reshape([-1] + [1] * (spec.ndim - spec.dim - 1)))
+        return tensors, scales
+
+    def _cache_key(self) -> tuple:
+        return (tuple(p.cache_key() for p in self.partitions.values()),
+                tuple((t.data_ptr(), t._version) for t in self.parameters()),
+                tuple(type(p) for p in self.partitions.values()))
+
+    def sampled(self) -> tuple[list[Tensor], list[Tensor]]:
+        """Tensors and contraction scales at the current sizes (cached in eval mode while nothing
+        needs a gradient)."""
+        cacheable = not self.training and not (
+            torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))
+        if not cacheable:
+            self._cache = None
+            return self._sample()
+        key = self._cache_key()
+        if self._cache is None or self._cache[0] != key:
+            tensors, scales = self._sample()
+            self._cache = (key, tensors, scales)
+        return self._cache[1], self._cache[2]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        flat, spec = pytree.tree_flatten((args, kwargs))
+        if spec != self.in_spec:
+            raise ValueError(f"the integral model was traced with inputs structured as {self.in_spec}, "
+                             f"got {spec}")
+        tensors, scales = self.sampled()
+        sizes = [self.partitions[_key(n)].size for n in self.group_names]
+        out = self.runtime(tensors, sizes, scales, self.training, False, *flat)
+        return pytree.tree_unflatten(list(out), self.out_spec)
+
+    # -- discrete ---------------------------------------------------------------------------
+    def to_discrete(self) -> fx.GraphModule:
+        """A fresh plain network at the current sizes (a ``torch.fx.GraphModule`` whose tensors
+        keep the original names). It has no torchinn class inside; ``self`` is unchanged."""
+        with torch.no_grad():
+            tensors, scales = self._sample()
+        sizes = [self.partitions[_key(n)].size for n in self.group_names]
+        gm = specialize(self.runtime, self.tensor_names, tensors, sizes, scales, self.trainable,
+                        self.in_spec, self.out_spec)
+        return gm.train(self.training)
+
+    def extra_repr(self) -> str:
+        sizes = ", ".join(f"{n}={s}" for n, s in list(self.sizes().items())[:6])
+        more = "..." if len(self.group_names) > 6 else ""
+        return f"groups={len(self.group_names)} ({sizes}{more})"
+

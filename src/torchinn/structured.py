@@ -1,0 +1,144 @@
+"""A tensor of a converted network as continuous functions of its channel groups.
+
+Each dimension of a tensor has a *plan*: a concatenation of segments, each segment a row-major
+product of atoms, each atom either fixed positions or the channels of one group (see
+:mod:`torchinn.graph.labels` for where plans come from). Examples:
+
+* a conv weight ``(out, in, 3, 3)``: ``[[out group]], [[in group]], [[3]], [[3]]``;
+* a linear layer after ``flatten`` of a ``(C, 4, 4)`` map: input dim ``[[C group, 16]]``;
+* a conv reading ``torch.cat([a, b], 1)``: input dim ``[[a group], [b group]]``;
+* a fused ``qkv`` projection reshaped into heads: output dim ``[[3, heads, head-dim group]]``.
+
+:class:`StructuredFunction` cuts the tensor into blocks (one per combination of segments),
+views each block with its atoms as separate dimensions, and keeps it as a
+:class:`~torchinn.functions.ContinuousFunction` of its group atoms. Atoms marked ``integrate``
+(a layer's input channels) hold ``tensor / q_full`` and are multiplied by the current quadrature
+weights when sampled, so at the full size the original tensor comes back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from .functions import ContinuousFunction
+from .partition import Partition
+
+__all__ = ["Atom", "DimPlan", "StructuredFunction", "plan_size", "plan_vector"]
+
+
+@dataclass(frozen=True)
+class Atom:
+    """``size`` positions: fixed (``group is None``) or the channels of ``group``."""
+
+    size: int
+    group: str | None = None
+    integrate: bool = False
+
+
+Segment = tuple[Atom, ...]
+DimPlan = tuple[Segment, ...]
+
+
+def plan_size(plan: DimPlan, sizes: Mapping[str, int] | None = None) -> int:
+    """Number of positions of a dimension (current sizes from ``sizes``, else full)."""
+    def atom(a: Atom) -> int:
+        return sizes[a.group] if sizes is not None and a.group is not None else a.size
+    return sum(math.prod(atom(a) for a in seg) for seg in plan)
+
+
+def plan_vector(plan: DimPlan, vectors: Mapping[str, Tensor], like: Tensor) -> Tensor:
+    """A vector along a dimension: per group atom the given vector, ones for fixed atoms
+    (Kronecker product within a segment, concatenated across segments)."""
+    out = []
+    for seg in plan:
+        v = torch.ones((), dtype=like.dtype, device=like.device)
+        for a in seg:
+            w = vectors[a.group] if a.group is not None else torch.ones(a.size, dtype=like.dtype,
+                                                                           device=like.device)
+            v = torch.outer(v.reshape(-1), w).reshape(-1)
+        out.append(v.reshape(-1))
+    return torch.cat(out)
+
+
+class StructuredFunction(nn.Module):
+    """The continuous version of one tensor, sampled on the partitions of its groups."""
+
+    def __init__(self, tensor: Tensor, plan: tuple[DimPlan, ...], full_weights: Mapping[str, Tensor],
+                 kind: Literal["cubic", "linear"] = "cubic") -> None:
+        super().__init__()
+        if len(plan) != tensor.ndim:
+            raise ValueError(f"plan has {len(plan)} dims but the tensor has {tensor.ndim}")
+        for d, p in enumerate(plan):
+            if plan_size(p) != tensor.shape[d]:
+                raise ValueError(f"plan of dim {d} covers {plan_size(p)} positions, tensor has {tensor.shape[d]}")
+        self.plan = plan
+        self.shape = tuple(tensor.shape)
+        self.keys = list(itertools.product(*(range(len(p)) for p in plan)))
+        blocks = []
+        for key in self.keys:
+            block = tensor
+            for d, s in enumerate(key):
+                start = sum(math.prod(a.size for a in seg) for seg in plan[d][:s])
+                length = math.prod(a.size for a in plan[d][s])
+                block = block.narrow(d, start, length)
+            atoms = self._atoms(key)
+            values = block.reshape([a.size for a in atoms])
+            for pos, a in enumerate(atoms):
+                if a.group is not None and a.integrate:
+                    shape = [1] * len(atoms)
+                    shape[pos] = -1
+                    values = values / full_weights[a.group].to(values).reshape(shape)
+            dims = [pos for pos, a in enumerate(atoms) if a.group is not None]
+            blocks.append(ContinuousFunction(values, dims, kind))
+        self.blocks = nn.ModuleList(blocks)
+
+    def _atoms(self, key: tuple[int, ...]) -> list[Atom]:
+        return [a for d, s in enumerate(key) for a in self.plan[d][s]]
+
+    def groups(self) -> set[str]:
+        return {a.group for p in self.plan for seg in p for a in seg if a.group is not None}
+
+    def sample(self, partitions: Mapping[str, Partition]) -> Tensor:
+        """The tensor at the partitions' current sizes (quadrature fused where integrated)."""
+        out: dict[tuple[int, ...], Tensor] = {}
+        for key, fn in zip(self.keys, self.blocks):
+            values = fn.values
+            dev, dt = values.device, values.dtype
+            atoms = self._atoms(key)
+            grids = {pos: partitions[a.group].chunks(dev, dt) for pos, a in enumerate(atoms)
+                     if a.group is not None}
+            block = fn.sample(grids)
+            for pos, a in enumerate(atoms):
+                if a.group is not None and a.integrate:
+                    shape = [1] * len(atoms)
+                    shape[pos] = -1
+                    block = block * partitions[a.group].weights(dev, dt).reshape(shape)
+            lengths = []
+            i = 0
+            for d, s in enumerate(key):
+                n = len(self.plan[d][s])
+                lengths.append(math.prod(block.shape[i:i + n]))
+                i += n
+            out[key] = block.reshape(lengths)
+        if len(self.keys) == 1:
+            return out[self.keys[0]]
+        return self._assemble(out, ())
+
+    def _assemble(self, blocks: dict[tuple[int, ...], Tensor], prefix: tuple[int, ...]) -> Tensor:
+        d = len(prefix)
+        if d == len(self.plan):
+            return blocks[prefix]
+        parts = [self._assemble(blocks, prefix + (s,)) for s in range(len(self.plan[d]))]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, d)
+
+    def extra_repr(self) -> str:
+        def dim(p: DimPlan) -> str:
+            return "|".join("*".join(a.group or str(a.size) for a in seg) for seg in p)
+        return f"shape={self.shape}, plan=({', '.join(dim(p) for p in self.plan)})"
