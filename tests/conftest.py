@@ -51,4 +51,6 @@ def poly_integral(coeffs: list[float]) -> float:
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|."""
+    a, b = a.detach(), b.detach()
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
