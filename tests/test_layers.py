@@ -261,6 +261,30 @@ def test_trainable_and_fixed_partitions(name):
     assert rel_err(layer(x), ref(x)) > 1e-3  # the points really moved
 
 
+@pytest.mark.parametrize("name", ["linear", "conv1d", "convT2d"])
+def test_composite_partitions(name):
+    """Concatenated channels: each block keeps its own function; resizing one block leaves the
+    other block's weights untouched (no interpolation across the seam)."""
+    torch.manual_seed(14)
+    a, b = UniformPartition(3), UniformPartition(4, "midpoint")
+    o1, o2 = UniformPartition(2), UniformPartition(3, "simpson")
+    ref = randomize(make_nn(name, 7, 5))
+    layer = SPECS[name][1].from_discrete(ref, torchinn.CompositePartition([a, b]),
+                                         torchinn.CompositePartition([o1, o2]))
+    x = make_input(name, 7)
+    assert rel_err(layer(x), ref(x)) <= 1e-6
+    b.resize(2)
+    o2.resize(1)
+    assert (layer.in_size, layer.out_size) == (5, 3)
+    d = layer.to_discrete()
+    w, w_ref = (d.weight, ref.weight) if not name.startswith("convT") else \
+        (d.weight.transpose(0, 1), ref.weight.transpose(0, 1))
+    torch.testing.assert_close(w[:2, :3], w_ref[:2, :3], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(d.bias[:2], ref.bias[:2], rtol=0, atol=0)
+    x5 = make_input(name, 5)
+    torch.testing.assert_close(layer(x5), d(x5), rtol=1e-6, atol=1e-6)
+
+
 # -- depthwise and grouped convolutions ----------------------------------------------------------
 
 @pytest.mark.parametrize("name", CONVS)

@@ -119,6 +119,20 @@ def test_uniform_deepcopy_and_pickle():
     assert "size=4, max_size=7, quadrature='midpoint'" in repr(p)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_partitions_follow_device_and_dtype(dtype):
+    parts = [UniformPartition(5, size=3), GaussLegendrePartition(4), FixedPartition([0.0, 0.3, 1.0]),
+             CompositePartition([UniformPartition(2), UniformPartition(3, "simpson")])]
+    for p in parts:
+        for device in ("cpu", "meta"):
+            pts, w = p.points(device, dtype), p.weights(device, dtype)
+            assert pts.device.type == device and w.device.type == device, p
+            assert pts.dtype == dtype and w.dtype == dtype, p
+            assert pts.shape == w.shape == (p.size,)
+            if device == "cpu":
+                assert float(w.sum()) == pytest.approx(1.0, abs=1e-6)
+
+
 # -- Gauss-Legendre -------------------------------------------------------------------------------
 
 def test_gauss_legendre_partition():
