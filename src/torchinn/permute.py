@@ -1,0 +1,557 @@
+"""Channel permutation: order a group's channels so that its weights are smooth (Algorithm 1).
+
+A channel *group* is a set of tensors that all carry the group's ``n`` channels along one dimension
+each: a conv's filters (dim 0) and bias, the next conv's input slices (dim 1), batch-norm vectors...
+One permutation must reorder all of them, so the network computes exactly the same function.
+
+The permutation that makes the weights smoothest along the channel axis minimises their *total
+variation*, the sum of ``|T[i+1] - T[i]|`` along that axis. With ``D[i, j]`` the L1 distance
+between channel ``i`` and channel ``j`` (summed over the group's tensors), the total variation of
+an order is the length of the corresponding path, so the best order is the shortest Hamiltonian
+*path* through ``D``: an open travelling-salesman problem.
+
+* :func:`total_variation` and :func:`distance_matrix` measure a group;
+* :func:`solve_path` finds a short path: the exact optimum for tiny groups, otherwise a
+  deterministic 2-opt + Or-opt local search (default, bit-reproducible), or the ``fast_tsp``
+  solver (better paths in the same time, but not reproducible: it has no seed, see below);
+* :func:`order_channels` does both for one group; :func:`apply_permutation` applies the result.
+
+Every result is at least as good as the identity order: the total variation never increases.
+
+``fast_tsp`` (MIT) reads ``uint16`` distances and runs an Or-opt/Lin-Kernighan search for a
+wall-clock budget with an internal random generator seeded from the clock; it exposes no seed.
+Two runs on the same matrix return different tours for more than ~100 nodes, and with a time
+budget the amount of search also depends on the machine's load, so no wrapper can make it
+reproducible. Hence ``solver="local"`` is the default and ``solver="fast_tsp"`` is opt-in.
+
+>>> x = torch.tensor([[3.0], [0.0], [2.0], [1.0]])      # 4 channels, 1 value each
+>>> total_variation([(x, 0)])
+6.0
+>>> perm = order_channels([(x, 0)])
+>>> perm.tolist()
+[0, 2, 3, 1]
+>>> (y,) = apply_permutation([(x, 0)], perm)
+>>> y.flatten().tolist(), total_variation([(y, 0)])
+([3.0, 2.0, 1.0, 0.0], 3.0)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Member",
+    "Solver",
+    "total_variation",
+    "distance_matrix",
+    "path_length",
+    "greedy_path",
+    "solve_path",
+    "default_time_limit",
+    "order_channels",
+    "apply_permutation",
+]
+
+log = logging.getLogger(__name__)
+
+Member = tuple[Tensor, int]
+"""A tensor and the dimension along which it carries the group's channels."""
+
+Solver = Literal["local", "fast_tsp"]
+
+EXACT_MAX = 10
+"""Groups of at most this many channels are solved exactly (Held-Karp dynamic programming)."""
+
+_UINT16_MAX = 65535
+
+
+# ---------------------------------------------------------------------------------------------
+# measuring a group
+# ---------------------------------------------------------------------------------------------
+def _check_members(members: Sequence[Member]) -> int:
+    """Validate ``members`` and return the number of channels they share."""
+    if len(members) == 0:
+        raise ValueError("a channel group needs at least one (tensor, dim) member, got none")
+    n = None
+    for k, member in enumerate(members):
+        if not (isinstance(member, tuple) and len(member) == 2 and isinstance(member[0], Tensor)):
+            raise TypeError(f"member {k} must be a (Tensor, dim) tuple, got {type(member).__name__}")
+        t, dim = member
+        if t.dim() == 0 or not -t.dim() <= dim < t.dim():
+            raise ValueError(f"member {k} has shape {tuple(t.shape)}; dim must be in "
+                             f"[{-t.dim()}, {t.dim() - 1}], got {dim}")
+        size = t.shape[dim]
+        if n is None:
+            n = size
+        elif size != n:
+            raise ValueError(f"member {k} has {size} channels along dim {dim} "
+                             f"(shape {tuple(t.shape)}), but member 0 has {n}")
+    assert n is not None
+    return n
+
+
+def _rows(members: Sequence[Member], dtype: torch.dtype | None = None) -> Tensor:
+    """All members side by side: row ``i`` holds every value of channel ``i``, shape ``(n, K)``."""
+    n = _check_members(members)
+    dtype = dtype or torch.promote_types(torch.float32, members[0][0].dtype)
+    parts = [t.detach().movedim(d, 0).reshape(n, -1).to(dtype) for t, d in members]
+    return torch.cat(parts, dim=1)
+
+
+def total_variation(members: Sequence[Member]) -> float:
+    """Total variation of a group along its channel axis, on the raw values.
+
+    ``sum over members of sum |T[i+1] - T[i]|``, differences taken along each member's channel
+    dimension over all its other entries; accumulated in float64.
+
+    >>> total_variation([(torch.tensor([0.0, 2.0, 1.0]), 0), (torch.ones(2, 3), 1)])
+    3.0
+    """
+    _check_members(members)
+    total = 0.0
+    for t, d in members:
+        total += float(t.detach().to(torch.float64).diff(dim=d).abs().sum())
+    return total
+
+
+def _scipy_available() -> bool:
+    return importlib.util.find_spec("scipy") is not None
+
+
+def _scipy_l1(x: np.ndarray, threads: int) -> np.ndarray:
+    """Exact float64 L1 distances between the rows of ``x``, each pair computed once.
+
+    SciPy's C loops release the GIL, so row blocks of the upper triangle run in parallel
+    threads; the blocks' edges make their areas (the work) equal.
+    """
+    from scipy.spatial.distance import cdist, pdist, squareform
+
+    n = len(x)
+    if n < 2:
+        return np.zeros((n, n))
+    if threads <= 1 or n < 256:
+        return squareform(pdist(x, "cityblock"))
+    out = np.zeros((n, n))
+    parts = 4 * threads
+    edges = sorted({round(n * (1 - math.sqrt(1 - k / parts))) for k in range(parts + 1)})
+
+    def block(a: int, b: int) -> None:
+        out[a:b, a:] = cdist(x[a:b], x[a:], "cityblock")
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda ab: block(*ab), zip(edges[:-1], edges[1:])))
+    upper = np.triu(out, 1)
+    return upper + upper.T
+
+
+def distance_matrix(members: Sequence[Member], *,
+                    backend: Literal["auto", "scipy", "torch"] = "auto") -> Tensor:
+    """Pairwise L1 distances between channels, summed over the group: a float64 ``(n, n)`` tensor.
+
+    ``D[i, j] = sum over members of sum |T[i] - T[j]|`` (slices along each member's channel
+    dim), so the length of a path through ``D`` is the total variation of the group permuted in
+    that order. Values are used raw (not rescaled per member): that is what total variation is.
+
+    Backends (the same numbers up to float rounding):
+
+    * ``"scipy"``: SciPy's ``cityblock`` distance in float64, each pair computed once, row blocks
+      in ``torch.get_num_threads()`` threads; the fastest on CPU (``benchmarks/RESULTS.md``);
+    * ``"torch"``: ``torch.cdist(p=1)`` on column blocks, accumulated in float64; runs on the
+      members' device (fast on GPU);
+    * ``"auto"``: ``"scipy"`` for CPU tensors when SciPy is installed, else ``"torch"``.
+
+    >>> distance_matrix([(torch.tensor([0.0, 1.0, 3.0]), 0)])
+    tensor([[0., 1., 3.],
+            [1., 0., 2.],
+            [3., 2., 0.]], dtype=torch.float64)
+    """
+    if backend not in ("auto", "scipy", "torch"):
+        raise ValueError(f"backend must be 'auto', 'scipy' or 'torch', got {backend!r}")
+    device = members[0][0].device if members else torch.device("cpu")
+    if backend == "auto":
+        backend = "scipy" if device.type == "cpu" and _scipy_available() else "torch"
+    if backend == "scipy":
+        x = _rows(members, torch.float64).cpu().numpy()
+        return torch.from_numpy(_scipy_l1(x, torch.get_num_threads())).to(device)
+    x = _rows(members)
+    n, k = x.shape
+    out = torch.zeros(n, n, dtype=torch.float64, device=x.device)
+    # float32 blocks of 512 columns: cdist's own error stays ~1e-7 relative per block, and the
+    # float64 sum of the blocks keeps it there however many values a channel has.
+    block = 512 if x.dtype != torch.float64 else k
+    for start in range(0, k, max(block, 1)):
+        xs = x[:, start:start + block].contiguous()
+        out += torch.cdist(xs, xs, p=1).to(torch.float64)
+    out = (out + out.T) / 2  # exactly symmetric
+    out.fill_diagonal_(0.0)
+    return out
+
+
+def path_length(D: Tensor, perm: Tensor | Sequence[int]) -> float:
+    """Length of the open path visiting the channels in order ``perm``: ``sum D[p_i, p_i+1]``.
+
+    With ``D = distance_matrix(members)`` this is the total variation of the permuted members.
+    """
+    p = torch.as_tensor(perm, dtype=torch.long, device=D.device)
+    if p.numel() < 2:
+        return 0.0
+    return float(D[p[:-1], p[1:]].to(torch.float64).sum())
+
+
+# ---------------------------------------------------------------------------------------------
+# paths
+# ---------------------------------------------------------------------------------------------
+def _check_square(D: Tensor) -> int:
+    if D.dim() != 2 or D.shape[0] != D.shape[1]:
+        raise ValueError(f"distance matrix must be square (n, n), got shape {tuple(D.shape)}")
+    return D.shape[0]
+
+
+def _greedy(D: np.ndarray, start: int) -> np.ndarray:
+    n = len(D)
+    visited = np.zeros(n, dtype=bool)
+    path = np.empty(n, dtype=np.int64)
+    cur = start
+    for k in range(n):
+        path[k] = cur
+        visited[cur] = True
+        if k + 1 < n:
+            row = np.where(visited, np.inf, D[cur])
+            cur = int(np.argmin(row))  # ties: the lowest index
+    return path
+
+
+def greedy_path(D: Tensor, start: int = 0) -> Tensor:
+    """Nearest-neighbour path: from ``start``, always go to the closest unvisited channel.
+
+    A baseline (ties go to the lowest index). Returns a ``LongTensor`` on ``D``'s device.
+
+    >>> D = distance_matrix([(torch.tensor([0.0, 5.0, 1.0, 4.0]), 0)])
+    >>> greedy_path(D).tolist()
+    [0, 2, 3, 1]
+    """
+    n = _check_square(D)
+    if n == 0:
+        return torch.empty(0, dtype=torch.long, device=D.device)
+    if not 0 <= start < n:
+        raise ValueError(f"start must be in [0, {n - 1}], got {start}")
+    d = D.detach().to(torch.float64).cpu().numpy()
+    return torch.from_numpy(_greedy(d, start)).to(D.device)
+
+
+def _exact(D: np.ndarray) -> np.ndarray:
+    """Shortest Hamiltonian path by Held-Karp dynamic programming, O(2^n n^2); n <= ~12."""
+    n = len(D)
+    full = 1 << n
+    bits = 1 << np.arange(n)
+    dp = np.full((full, n), np.inf)
+    parent = np.full((full, n), -1, dtype=np.int64)
+    dp[bits, np.arange(n)] = 0.0
+    DT = D.T  # DT[j, i] = D[i, j]
+    for mask in range(1, full):
+        inside = (mask & bits) != 0
+        if inside.sum() < 2:
+            continue
+        js = np.nonzero(inside)[0]
+        prev = dp[mask ^ bits[js]]  # (len(js), n): paths over mask minus j, ending at i
+        cand = prev + DT[js]  # ... then i -> j
+        best = np.argmin(cand, axis=1)
+        dp[mask, js] = cand[np.arange(len(js)), best]
+        parent[mask, js] = best
+    mask, last = full - 1, int(np.argmin(dp[full - 1]))
+    path = []
+    while last >= 0:
+        path.append(last)
+        mask, last = mask ^ (1 << last), int(parent[mask, last])
+    return np.array(path[::-1], dtype=np.int64)
+
+
+class _LocalSearch:
+    """2-opt and Or-opt moves on an open path, with neighbour lists and a work queue.
+
+    The open path is a closed tour through an extra *dummy* node at distance 0 from every node,
+    kept at position 0; cutting the tour there gives the path. Deterministic: no randomness, the
+    moves depend only on the distances and the start path.
+    """
+
+    def __init__(self, D: np.ndarray, neighbours: int = 16, deadline: float | None = None):
+        n = len(D)
+        self.n, self.m, self.dummy = n, n + 1, n
+        self.W = np.zeros((n + 1, n + 1))
+        self.W[:n, :n] = D
+        self.deadline = deadline
+        k = min(neighbours, n - 1)
+        off = D + np.diag(np.full(n, np.inf))
+        nb = np.argpartition(off, k - 1, axis=1)[:, :k] if k < n - 1 else np.argsort(off, 1)[:, :k]
+        nb = np.take_along_axis(nb, np.take_along_axis(off, nb, 1).argsort(1, kind="stable"), 1)
+        # ascending distance; the dummy (distance 0) first
+        self.nb = np.concatenate([np.full((n, 1), self.dummy), nb], axis=1)
+        self.everyone = np.arange(n)  # the dummy's candidates
+        # Or-opt candidates are laid out as [nb[s0], nb[s1], nb[s0], nb[s1]]: which segment end
+        # goes next to c, and whether the other new neighbour is the node after or before c
+        kk = self.nb.shape[1]
+        self.first_end = np.tile(np.repeat([True, False], kk), 2)
+        self.side = np.repeat([1, -1], 2 * kk)
+        self.timed_out = False
+
+    def run(self, path: np.ndarray, tol: float = 1e-12, todo: Sequence[int] | None = None) -> np.ndarray:
+        """Improve ``path`` until no move helps; ``todo``: the nodes to look at first (all)."""
+        n, m, dummy, W = self.n, self.m, self.dummy, self.W
+        tour = np.concatenate([[dummy], path]).astype(np.int64)
+        pos = np.empty(m, dtype=np.int64)
+        pos[tour] = np.arange(m)
+        # scale the tolerance with the distances, so float noise never makes a cycle of moves
+        tol = tol * max(float(W.max()), 1.0) * m
+
+        def reverse(s: int, e: int) -> None:
+            # reverse tour[s..e] (cyclic, inclusive); reversing the complement instead keeps
+            # the dummy at position 0 and gives the same tour
+            if s > e or s == 0:
+                s, e = e + 1, (s - 1 if s > 0 else m - 1)
+            if s < e:
+                seg = tour[s:e + 1][::-1].copy()
+                tour[s:e + 1] = seg
+                pos[seg] = np.arange(s, e + 1)
+
+        queue = list(range(m - 1, -1, -1)) if todo is None else [int(x) for x in todo]
+        queued = np.zeros(m, dtype=bool)
+        queued[queue] = True
+
+        def push(*nodes: int) -> None:
+            for x in nodes:
+                if not queued[x]:
+                    queued[x] = True
+                    queue.append(x)
+
+        steps = 0
+        while queue:
+            steps += 1
+            if self.deadline is not None and steps % 64 == 0 and time.perf_counter() > self.deadline:
+                self.timed_out = True
+                break
+            a = queue.pop()
+            queued[a] = False
+            if self._two_opt(a, tour, pos, reverse, push, tol):
+                continue
+            if a != dummy:
+                self._or_opt(a, tour, pos, push, tol)
+        return tour[1:].copy()
+
+    def _two_opt(self, a: int, tour: np.ndarray, pos: np.ndarray, reverse, push, tol: float) -> bool:
+        """Best 2-opt move that replaces the edge (a, next/previous of a); True if one was made."""
+        n, m, W = self.n, self.m, self.W
+        i = int(pos[a])
+        cands = self.everyone if a == self.dummy else self.nb[a]
+        for step in (1, -1):
+            b = int(tour[(i + step) % m])
+            d = tour[(pos[cands] + step) % m]
+            gains = W[a, b] + W[cands, d] - W[a, cands] - W[b, d]
+            gains[(cands == b) | (d == a)] = -np.inf
+            k = int(np.argmax(gains))
+            if gains[k] > tol:
+                c, dd = int(cands[k]), int(d[k])
+                j = int(pos[c])
+                if step == 1:
+                    reverse(i + 1, j) if i < j else reverse(j + 1, i)
+                else:
+                    reverse(j, i - 1) if j < i else reverse(i, j - 1)
+                push(a, b, c, dd)
+                return True
+        return False
+
+    def _or_opt(self, a: int, tour: np.ndarray, pos: np.ndarray, push, tol: float) -> bool:
+        """Best move of the 1-3 nodes starting at a to between two neighbours of its ends."""
+        m, dummy, W = self.m, self.dummy, self.W
+        i = int(pos[a])
+        for length in (1, 2, 3):
+            if i + length - 1 > m - 1:
+                break
+            seg = tour[i:i + length]
+            s0, s1 = int(seg[0]), int(seg[-1])
+            p, q = int(tour[i - 1]), int(tour[(i + length) % m])
+            removal = W[p, s0] + W[s1, q] - W[p, q]
+            if removal <= tol:
+                continue
+            c = self.nb[np.array([s0, s1, s0, s1])].ravel()
+            end = np.where(self.first_end, s0, s1)
+            other = np.where(self.first_end, s1, s0)
+            e = tour[(pos[c] + self.side) % m]
+            gains = removal - (W[c, end] + W[other, e] - W[c, e])
+            bad = ((c == p) & (e == q)) | ((c == q) & (e == p))
+            for x in seg:
+                bad |= (c == x) | (e == x)
+            gains[bad] = -np.inf
+            best = int(np.argmax(gains))
+            if not gains[best] > tol:
+                continue
+            cb, eb, endb = int(c[best]), int(e[best]), int(end[best])
+            rest = np.concatenate([tour[:i], tour[i + length:]])
+            where = np.empty(m, dtype=np.int64)
+            where[rest] = np.arange(len(rest))
+            pc, pe = int(where[cb]), int(where[eb])
+            piece = seg if endb == s0 else seg[::-1]  # `end` goes next to c
+            if (pe - pc) % len(rest) == 1:  # ... c, piece, e ...
+                new = np.concatenate([rest[:pc + 1], piece, rest[pc + 1:]])
+            else:  # ... e, reversed piece, c ...
+                new = np.concatenate([rest[:pe + 1], piece[::-1], rest[pe + 1:]])
+            new = np.roll(new, -int(np.nonzero(new == dummy)[0][0]))
+            tour[:] = new
+            pos[tour] = np.arange(m)
+            push(a, s0, s1, p, q, cb, eb)
+            return True
+        return False
+
+
+def _local(D: np.ndarray, seed: int, deadline: float | None, starts: int) -> tuple[np.ndarray, bool]:
+    """Deterministic: greedy paths from ``starts`` seeded start nodes, each improved by local
+    search; the shortest wins."""
+    n = len(D)
+    gen = torch.Generator().manual_seed(seed)
+    first = torch.randperm(n, generator=gen)[:starts].tolist()
+    search = _LocalSearch(D, deadline=deadline)
+    best, best_len = None, math.inf
+    for s in first:
+        path = search.run(_greedy(D, s))
+        length = float(D[path[:-1], path[1:]].sum())
+        if length < best_len:
+            best, best_len = path, length
+        if search.timed_out:
+            break
+    assert best is not None
+    return best, search.timed_out
+
+
+def _integer_matrix(D: np.ndarray) -> np.ndarray:
+    """``D`` as fast_tsp needs it: integers in [0, 65535], plus a dummy node for open paths.
+
+    Every off-diagonal entry has the smallest one subtracted, then the rest is stretched to the
+    full ``uint16`` range: an open path has n - 1 edges, so the shift changes every path by the
+    same amount and the resolution goes where the distances differ (high-dimensional L1
+    distances concentrate around their mean). The dummy is at distance 0 from every node; the
+    shortest tour through it, cut there, is the shortest open path. Rounding costs at most
+    ``0.5 * (max - min) / 65535`` per edge.
+    """
+    n = len(D)
+    off = ~np.eye(n, dtype=bool)
+    lo, hi = float(D[off].min()), float(D[off].max())
+    scale = _UINT16_MAX / (hi - lo) if hi > lo else 0.0
+    S = np.zeros((n + 1, n + 1), dtype=np.int64)
+    S[:n, :n] = np.rint((D - lo) * scale).clip(0, _UINT16_MAX)
+    np.fill_diagonal(S, 0)
+    S = np.minimum(S, S.T)  # exactly symmetric whatever D's rounding
+    return S
+
+
+def _fast_tsp(D: np.ndarray, time_limit: float) -> np.ndarray:
+    import fast_tsp
+
+    n = len(D)
+    tour = fast_tsp.find_tour(_integer_matrix(D), duration_seconds=max(time_limit, 1e-3))
+    k = tour.index(n)
+    return np.array(tour[k + 1:] + tour[:k], dtype=np.int64)
+
+
+def default_time_limit(n: int) -> float:
+    """Seconds of search for a group of ``n`` channels: ``0.5 ms`` per channel, in [0.05, 1].
+
+    A ResNet-50 has about 40 groups of 64..2048 channels (about 11,500 in all): about 6 s.
+    """
+    return min(1.0, max(0.05, 5e-4 * n))
+
+
+def solve_path(D: Tensor, *, seed: int = 0, time_limit: float | None = None,
+               solver: Solver = "local") -> Tensor:
+    """A short open Hamiltonian path through the distance matrix ``D``: a ``LongTensor`` order.
+
+    * ``n <= 10``: the exact optimum (Held-Karp), whatever ``solver`` says.
+    * ``solver="local"`` (default): greedy paths from a few start nodes drawn with ``seed``,
+      each improved by 2-opt and Or-opt to a local optimum; the same ``D`` and ``seed`` give the
+      same order on every run and machine. ``time_limit`` is only a safety cap here (it is not
+      reached in practice; if it is, a warning says the result depends on timing).
+    * ``solver="fast_tsp"``: the ``fast_tsp`` package's iterated local search for ``time_limit``
+      seconds (default :func:`default_time_limit`). Shorter paths, but it has no seed: results
+      differ from run to run (and ``seed`` is not used).
+
+    The path is oriented so that its first node is smaller than its last, and it is never
+    longer than the identity order (which is returned instead if it is not longer).
+
+    >>> D = distance_matrix([(torch.tensor([0.0, 5.0, 1.0, 4.0, 2.0]), 0)])
+    >>> solve_path(D).tolist()
+    [0, 2, 4, 3, 1]
+    """
+    n = _check_square(D)
+    if solver not in ("local", "fast_tsp"):
+        raise ValueError(f"solver must be 'local' or 'fast_tsp', got {solver!r}")
+    if time_limit is not None and not time_limit > 0:
+        raise ValueError(f"time_limit must be > 0 seconds or None, got {time_limit}")
+    identity = torch.arange(n, device=D.device)
+    if n <= 2:
+        return identity
+    d = D.detach().to(torch.float64).cpu().numpy()
+    if not np.isfinite(d).all():
+        raise ValueError("distance matrix has non-finite entries (nan or inf)")
+    asym = float(np.abs(d - d.T).max())
+    if asym > 1e-9 * float(np.abs(d).max()):
+        raise ValueError(f"distance matrix must be symmetric; |D - D.T| is up to {asym:.3g}")
+    if n <= EXACT_MAX:
+        path = _exact(d)
+    elif solver == "fast_tsp":
+        path = _fast_tsp(d, time_limit if time_limit is not None else default_time_limit(n))
+    else:
+        deadline = None if time_limit is None else time.perf_counter() + time_limit
+        path, timed_out = _local(d, seed, deadline, starts=4 if n <= 512 else 2)
+        if timed_out:
+            log.warning("local TSP search on %d channels stopped at its time limit (%.3g s); "
+                        "the order depends on timing and may differ between runs", n, time_limit)
+    if path[0] > path[-1]:
+        path = path[::-1].copy()
+    length = float(d[path[:-1], path[1:]].sum())
+    if not length < float(np.trace(d, offset=1)):
+        return identity
+    return torch.from_numpy(path).to(D.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# one group
+# ---------------------------------------------------------------------------------------------
+def order_channels(members: Sequence[Member], *, seed: int = 0, time_limit: float | None = None,
+                   solver: Solver = "local") -> Tensor:
+    """The order of a group's channels that (nearly) minimises its total variation.
+
+    :func:`distance_matrix` then :func:`solve_path`; see there for ``seed``, ``time_limit``
+    and ``solver``. The total variation of ``apply_permutation(members, order)`` is never larger
+    than that of ``members``. Returns a ``LongTensor`` on the members' device.
+    """
+    D = distance_matrix(members)
+    return solve_path(D, seed=seed, time_limit=time_limit, solver=solver)
+
+
+def apply_permutation(members: Sequence[Member], perm: Tensor) -> list[Tensor]:
+    """New tensors: each member reordered by ``perm`` along its channel dim (``index_select``).
+
+    The inputs are not modified.
+
+    >>> apply_permutation([(torch.arange(6.0).view(2, 3), 1)], torch.tensor([2, 0, 1]))
+    [tensor([[2., 0., 1.],
+            [5., 3., 4.]])]
+    """
+    n = _check_members(members)
+    perm = torch.as_tensor(perm)
+    if perm.dim() != 1 or perm.numel() != n or perm.is_floating_point():
+        raise ValueError(f"perm must be a 1-D integer tensor of length {n}, got shape "
+                         f"{tuple(perm.shape)} and dtype {perm.dtype}")
+    check = torch.zeros(n, dtype=torch.long)
+    check[perm.cpu().long()] = 1
+    if int(check.sum()) != n:
+        raise ValueError(f"perm is not a permutation of 0..{n - 1}: {perm.tolist()[:20]}")
+    return [t.index_select(d, perm.to(device=t.device, dtype=torch.long)) for t, d in members]
