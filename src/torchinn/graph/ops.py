@@ -530,10 +530,13 @@ def _channel_shuffle(an: Analysis, node: fx.Node) -> Label:
     return [x[0], Prod((inner, Fixed(g)))] + list(x[2:])
 
 
-@register_op(aten.roll, aten.flip)
+@register_op(aten.roll, aten.flip, aten.fliplr, aten.flipud)
 def _roll(an: Analysis, node: fx.Node) -> Label:
     x = _lab(an, node, 0)
-    dims = node.args[2] if node.target.overloadpacket is aten.roll else node.args[1]
+    packet = node.target.overloadpacket
+    dims = {aten.roll: lambda: node.args[2] if len(node.args) > 2 else None,
+            aten.flip: lambda: node.args[1], aten.fliplr: lambda: [1],
+            aten.flipud: lambda: [0]}[packet]()
     dims = [dims] if isinstance(dims, int) else list(dims or range(len(x)))
     for d in dims:
         an.pin(x[d], node, f"{node.target} along channels")

@@ -1,0 +1,214 @@
+"""Conversion of the model zoo: exact at full size, consistent and smaller when resized."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import torchinn as inn
+from zoo import ZOO
+
+# Channel groups a correct tracer finds (hand counts; see each builder's docstring).
+EXPECTED_GROUPS = {
+    "mlp": 2, "vgg_bn": 5, "resnet_basic": 8, "resnet_bottleneck": 12, "resnext": 10,
+    "preact_resnet": 8, "densenet": 12, "mobilenet_v2": 9, "se_net": 6, "edsr": 5, "unet": 15,
+    # stream + 2 MLP hidden + the head dim of each nn.MultiheadAttention (q, k, v share it:
+    # the packed in-projection is unflattened into 3 equal parts)
+    "vit_mha": 5,
+    # stream + 2 MLP hidden + the head dim of each fused-qkv attention
+    "vit_timm": 5,
+    "conv1d": 3, "shape_check": 2, "view_flatten": 3, "torch_flatten": 3, "groupnorm": 2,
+    "channel_buffer": 2, "tied_weights": 1,
+}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
+
+
+def n_params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def flops(m: torch.nn.Module, inputs: tuple) -> int:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        m(*inputs)
+    return counter.get_total_flops()
+
+
+@pytest.fixture(scope="module")
+def converted() -> dict:
+    cache: dict = {}
+
+    def get(name: str):
+        if name not in cache:
+            torch.manual_seed(0)
+            model, inputs = ZOO[name]()
+            state = copy.deepcopy(model.state_dict())
+            imodel = inn.convert(model, inputs, inn.ConvertConfig(tsp_time_limit=0.05))
+            cache[name] = (model, inputs, state, imodel)
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_zoo_exact_resized_and_smaller(name: str, converted) -> None:
+    model, inputs, state, imodel = converted(name)
+    # the user's model is untouched
+    assert not model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert len(imodel.groups) == EXPECTED_GROUPS[name], imodel.groups
+    with torch.no_grad():
+        ref = model(*inputs)
+        out = imodel(*inputs)
+    assert rel_err(ref, out) <= 1e-5
+    # every group to a random size: the discrete network equals the integral one, and is smaller
+    gen = torch.Generator().manual_seed(1)
+    sizes = {n: int(torch.randint(1, g.max_size, (), generator=gen)) if g.max_size > 1 else 1
+             for n, g in imodel.groups.items()}
+    full = imodel.sizes()
+    try:
+        imodel.resize(sizes)
+        small = imodel.to_discrete()
+        with torch.no_grad():
+            a = imodel(*inputs)
+            b = small(*inputs)
+        assert a.shape == ref.shape and b.shape == ref.shape
+        assert rel_err(a, b) <= 1e-5
+        assert not any(type(m).__module__.startswith("torchinn") for m in small.modules())
+        assert n_params(small) < n_params(model)
+        assert flops(small, inputs) < flops(model, inputs)
+    finally:
+        imodel.resize(full)
+
+
+def test_discrete_at_full_size_matches_original(converted) -> None:
+    model, inputs, _, imodel = converted("resnet_bottleneck")
+    small = imodel.to_discrete()
+    with torch.no_grad():
+        assert rel_err(model(*inputs), small(*inputs)) <= 1e-5
+    # batch norms were folded: fewer tensors, same parameter count minus the BN affine pairs
+    assert not any("bn" in n for n, _ in small.named_parameters())
+    # other batch sizes work (the batch dimension was traced as dynamic)
+    x = torch.cat([inputs[0]] * 3)
+    with torch.no_grad():
+        assert rel_err(model(x), small(x)) <= 1e-5
+
+
+@pytest.mark.parametrize("rule", ["left", "right", "midpoint", "trapezoid", "gauss-legendre"])
+@pytest.mark.parametrize("name", ["resnet_basic", "vit_timm"])
+def test_exact_for_every_quadrature(name: str, rule: str) -> None:
+    torch.manual_seed(0)
+    model, inputs = ZOO[name]()
+    imodel = inn.convert(model, inputs, inn.ConvertConfig(quadrature=rule, permute=False))
+    with torch.no_grad():
+        assert rel_err(model(*inputs), imodel(*inputs)) <= 1e-5
+
+
+def test_simpson_needs_odd_groups() -> None:
+    torch.manual_seed(0)
+    odd = torch.nn.Sequential(torch.nn.Linear(4, 9), torch.nn.ReLU(), torch.nn.Linear(9, 15),
+                              torch.nn.Tanh(), torch.nn.Linear(15, 3))
+    x = torch.randn(5, 4)
+    imodel = inn.convert(odd, (x,), inn.ConvertConfig(quadrature="simpson"))
+    with torch.no_grad():
+        assert rel_err(odd(x), imodel(x)) <= 1e-5
+    even = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    with pytest.raises(ValueError, match=r"Simpson.*odd.*'0\.weight:0 \(8\)'"):
+        inn.convert(even, (x,), inn.ConvertConfig(quadrature="simpson"))
+
+
+def test_torch_export_and_compile_of_discrete(converted) -> None:
+    model, inputs, _, imodel = converted("vit_timm")
+    imodel.resize(0.5)
+    try:
+        small = imodel.to_discrete()
+    finally:
+        imodel.resize(1.0)
+    with torch.no_grad():
+        expected = small(*inputs)
+        exported = torch.export.export(small, inputs).module()
+        assert rel_err(expected, exported(*inputs)) <= 1e-6
+        compiled = torch.compile(small, backend="eager")
+        assert rel_err(expected, compiled(*inputs)) <= 1e-6
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+def test_unsupported_op_names_node_and_how_to_keep_discrete() -> None:
+    class Odd(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Linear(4, 6)
+            self.b = torch.nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.b(torch.cumsum(self.a(x), 0) + torch.fliplr(self.a(x)).sort(-1).values)
+
+    x = torch.randn(3, 4)
+    model = Odd()
+    imodel = inn.convert(model, (x,))  # sort over channels is known: the group is kept whole
+    assert len(imodel.groups) == 0
+    with torch.no_grad():
+        assert rel_err(model(x), imodel(x)) <= 1e-5
+
+    class Strange(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Linear(4, 6)
+            self.b = torch.nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.b(torch.special.i0(self.a(x)))
+
+    with pytest.raises(inn.UnsupportedOpError, match=r"(?s)special_i0.*at node .special_i0. \(test_convert.py:\d+.*keep_discrete"):
+        inn.convert(Strange(), (x,))
+    kept = inn.convert(Strange(), (x,), inn.ConvertConfig(unsupported="keep"))
+    assert len(kept.groups) == 0
+
+
+def test_bad_inputs() -> None:
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    x = torch.randn(3, 4)
+    imodel = inn.convert(net, (x,))
+    with pytest.raises(KeyError, match=r"no group named '0\.weigth:0'; did you mean \['0\.weight:0'\]"):
+        imodel.groups["0.weigth:0"]
+    with pytest.raises(ValueError, match=r"has 8 channels; size must be in \[1, 8\], got 0"):
+        imodel.resize({"0.weight:0": 0})
+    with pytest.raises(ValueError, match=r"has 8 channels; size must be in \[1, 8\], got 9"):
+        imodel.resize({"0": 9})
+    with pytest.raises(ValueError, match=r"ratio must be in \(0, 1\], got 1.5"):
+        imodel.resize(1.5)
+    bad = copy.deepcopy(net)
+    with torch.no_grad():
+        bad[0].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"'0\.weight' has 1 NaN/Inf"):
+        inn.convert(bad, (x,))
+    with pytest.raises(TypeError, match="needs an nn.Module"):
+        inn.convert(lambda t: t, (x,))
+    with pytest.raises(ValueError, match="quadrature must be one of"):
+        inn.ConvertConfig(quadrature="simpsons")
+
+
+def test_model_in_training_mode_is_converted_with_eval_statistics() -> None:
+    torch.manual_seed(0)
+    model, inputs = ZOO["vgg_bn"]()
+    model.train()
+    imodel = inn.convert(model, inputs)
+    assert model.training  # left as it was
+    model.eval()
+    with torch.no_grad():
+        assert rel_err(model(*inputs), imodel(*inputs)) <= 1e-5
+
+
+def test_module_name_finds_its_group(converted) -> None:
+    _, _, _, imodel = converted("resnet_basic")
+    name = next(iter(imodel.groups))
+    module = name.rsplit(".", 1)[0]
+    assert imodel.groups[module] is not None
+    assert imodel.groups[module].name == name
