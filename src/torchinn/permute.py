@@ -23,7 +23,7 @@ wall-clock budget with an internal random generator seeded from the clock; it ex
 Two runs on the same matrix return different tours (measured from 64 channels up), and with a
 time budget the amount of search also depends on the machine's load, so no wrapper can make it
 reproducible. Hence ``solver="local"`` is the default and ``solver="fast_tsp"`` is opt-in: it
-finds paths about 0.1-0.7 % shorter (``benchmarks/RESULTS.md``).
+finds paths about 0.1-0.8 % shorter (``benchmarks/RESULTS.md``).
 
 >>> x = torch.tensor([[3.0], [0.0], [2.0], [1.0]])      # 4 channels, 1 value each
 >>> total_variation([(x, 0)])
