@@ -318,6 +318,13 @@ def test_permuting_coupled_layers_keeps_the_function():
     assert total_variation([(wa, 0), (ba, 0), (wb, 1)]) < total_variation(members)
 
 
+def test_mixed_dtypes_use_the_widest():
+    a = torch.tensor([0.0, 1.0, 2.0])
+    b = torch.tensor([[0.0], [1e-12], [2e-12]], dtype=torch.float64)
+    D = distance_matrix([(a, 0), (b, 0)])
+    assert float(D[0, 1]) == 1.0 + 1e-12  # float64 throughout: the tiny member is not lost
+
+
 def test_apply_permutation_follows_each_members_dim():
     t = torch.arange(24.0).view(2, 3, 4)
     perm = torch.tensor([2, 0, 1])
@@ -339,6 +346,8 @@ def test_errors_say_what_and_the_numbers():
         total_variation([(torch.zeros(4, 2), 2)])
     with pytest.raises(ValueError, match="not a permutation"):
         apply_permutation([(torch.zeros(3), 0)], torch.tensor([0, 0, 1]))
+    with pytest.raises(ValueError, match="not a permutation"):
+        apply_permutation([(torch.zeros(3), 0)], torch.tensor([0, 1, 3]))
     with pytest.raises(ValueError, match="length 3"):
         apply_permutation([(torch.zeros(3), 0)], torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="square"):

@@ -104,7 +104,10 @@ def _check_members(members: Sequence[Member]) -> int:
 def _rows(members: Sequence[Member], dtype: torch.dtype | None = None) -> Tensor:
     """All members side by side: row ``i`` holds every value of channel ``i``, shape ``(n, K)``."""
     n = _check_members(members)
-    dtype = dtype or torch.promote_types(torch.float32, members[0][0].dtype)
+    if dtype is None:  # at least float32; float64 if any member is
+        dtype = torch.float32
+        for t, _ in members:
+            dtype = torch.promote_types(dtype, t.dtype)
     parts = [t.detach().movedim(d, 0).reshape(n, -1).to(dtype) for t, d in members]
     return torch.cat(parts, dim=1)
 
@@ -432,14 +435,15 @@ def solve_path(D: Tensor, *, seed: int = 0, time_limit: float | None = None,
     * ``n <= 10``: the exact optimum (Held-Karp), whatever ``solver`` says.
     * ``solver="local"`` (default): the nearest-neighbour path from a start node drawn with
       ``seed``, improved by 2-opt and Or-opt moves to a local optimum; the same ``D`` and
-      ``seed`` give the same order on every run and machine. ``time_limit`` is only a safety cap here (it is not
-      reached in practice; if it is, a warning says the result depends on timing).
+      ``seed`` give the same order on every run and machine. ``time_limit`` is only a safety
+      cap here (0.8 s are enough for 2048 channels; if the cap stops the search, a warning says
+      that the result depends on timing).
     * ``solver="fast_tsp"``: the ``fast_tsp`` package's iterated local search for ``time_limit``
       seconds (default :func:`default_time_limit`). Shorter paths, but it has no seed: results
       differ from run to run (and ``seed`` is not used).
 
-    The path is oriented so that its first node is smaller than its last, and it is never
-    longer than the identity order (which is returned instead if it is not longer).
+    The path is oriented so that its first node is smaller than its last. The identity order is
+    returned unless the path found is strictly shorter, so the result is never longer.
 
     >>> D = distance_matrix([(torch.tensor([0.0, 5.0, 1.0, 4.0, 2.0]), 0)])
     >>> solve_path(D).tolist()
@@ -506,8 +510,7 @@ def apply_permutation(members: Sequence[Member], perm: Tensor) -> list[Tensor]:
     if perm.dim() != 1 or perm.numel() != n or perm.is_floating_point():
         raise ValueError(f"perm must be a 1-D integer tensor of length {n}, got shape "
                          f"{tuple(perm.shape)} and dtype {perm.dtype}")
-    check = torch.zeros(n, dtype=torch.long)
-    check[perm.cpu().long()] = 1
-    if int(check.sum()) != n:
+    p = perm.cpu().long()
+    if n and not (0 <= int(p.min()) and int(p.max()) < n and int(p.unique().numel()) == n):
         raise ValueError(f"perm is not a permutation of 0..{n - 1}: {perm.tolist()[:20]}")
     return [t.index_select(d, perm.to(device=t.device, dtype=torch.long)) for t, d in members]
