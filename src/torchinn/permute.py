@@ -116,7 +116,7 @@ def total_variation(members: Sequence[Member]) -> float:
     """Total variation of a group along its channel axis, on the raw values.
 
     ``sum over members of sum |T[i+1] - T[i]|``, differences taken along each member's channel
-    dimension over all its other entries; accumulated in float64.
+    dimension over all its other entries; summed in float64.
 
     >>> total_variation([(torch.tensor([0.0, 2.0, 1.0]), 0), (torch.ones(2, 3), 1)])
     3.0
@@ -124,7 +124,8 @@ def total_variation(members: Sequence[Member]) -> float:
     _check_members(members)
     total = 0.0
     for t, d in members:
-        total += float(t.detach().to(torch.float64).diff(dim=d).abs().sum())
+        # differences in the tensor's dtype (exact to its rounding), summed in float64
+        total += float(t.detach().diff(dim=d).abs_().sum(dtype=torch.float64))
     return total
 
 
@@ -336,46 +337,52 @@ class _LocalSearch:
         return False
 
     def _or_opt(self, a: int, tour: np.ndarray, pos: np.ndarray, push, tol: float) -> bool:
-        """Best move of the 1-3 nodes starting at a to between two neighbours of its ends."""
+        """Best move of the 1, 2 or 3 nodes starting at a to between a neighbour of one of its
+        ends and that neighbour's next or previous node; True if one was made."""
         m, dummy, W = self.m, self.dummy, self.W
         i = int(pos[a])
-        for length in (1, 2, 3):
-            if i + length - 1 > m - 1:
-                break
-            seg = tour[i:i + length]
-            s0, s1 = int(seg[0]), int(seg[-1])
-            p, q = int(tour[i - 1]), int(tour[(i + length) % m])
-            removal = W[p, s0] + W[s1, q] - W[p, q]
-            if removal <= tol:
-                continue
-            c = self.nb[np.array([s0, s1, s0, s1])].ravel()
-            end = np.where(self.first_end, s0, s1)
-            other = np.where(self.first_end, s1, s0)
-            e = tour[(pos[c] + self.side) % m]
-            gains = removal - (W[c, end] + W[other, e] - W[c, e])
-            bad = ((c == p) & (e == q)) | ((c == q) & (e == p))
-            for x in seg:
-                bad |= (c == x) | (e == x)
-            gains[bad] = -np.inf
-            best = int(np.argmax(gains))
-            if not gains[best] > tol:
-                continue
-            cb, eb, endb = int(c[best]), int(e[best]), int(end[best])
-            rest = np.concatenate([tour[:i], tour[i + length:]])
-            where = np.empty(m, dtype=np.int64)
-            where[rest] = np.arange(len(rest))
-            pc, pe = int(where[cb]), int(where[eb])
-            piece = seg if endb == s0 else seg[::-1]  # `end` goes next to c
-            if (pe - pc) % len(rest) == 1:  # ... c, piece, e ...
-                new = np.concatenate([rest[:pc + 1], piece, rest[pc + 1:]])
-            else:  # ... e, reversed piece, c ...
-                new = np.concatenate([rest[:pe + 1], piece[::-1], rest[pe + 1:]])
-            new = np.roll(new, -int(np.nonzero(new == dummy)[0][0]))
-            tour[:] = new
-            pos[tour] = np.arange(m)
-            push(a, s0, s1, p, q, cb, eb)
-            return True
-        return False
+        lengths = np.arange(1, min(3, m - i) + 1)  # segments tour[i : i + length], no wrap
+        s0, p = a, int(tour[i - 1])
+        s1 = tour[i + lengths - 1]
+        q = tour[(i + lengths) % m]
+        removal = W[p, s0] + W[s1, q] - W[p, q]
+        keep = removal > tol
+        if not keep.any():
+            return False
+        lengths, s1, q, removal = lengths[keep], s1[keep], q[keep], removal[keep]
+        # candidates, one row per segment length: [nb[s0], nb[s1], nb[s0], nb[s1]]
+        ends = np.stack([np.full_like(s1, s0), s1, np.full_like(s1, s0), s1], axis=1)
+        c = self.nb[ends].reshape(len(lengths), -1)
+        end = np.where(self.first_end, s0, s1[:, None])
+        other = np.where(self.first_end, s1[:, None], s0)
+        pc = pos[c]
+        e = tour[(pc + self.side) % m]
+        pe = pos[e]
+        gains = removal[:, None] - (W[c, end] + W[other, e] - W[c, e])
+        last = i + lengths[:, None]
+        bad = ((pc >= i) & (pc < last)) | ((pe >= i) & (pe < last))  # c or e in the segment
+        bad |= ((c == p) & (e == q[:, None])) | ((c == q[:, None]) & (e == p))  # where it was
+        gains[bad] = -np.inf
+        row, col = np.unravel_index(int(np.argmax(gains)), gains.shape)
+        if not gains[row, col] > tol:
+            return False
+        length = int(lengths[row])
+        cb, eb, endb = int(c[row, col]), int(e[row, col]), int(end[row, col])
+        seg = tour[i:i + length]
+        rest = np.concatenate([tour[:i], tour[i + length:]])
+        where = np.empty(m, dtype=np.int64)
+        where[rest] = np.arange(len(rest))
+        at_c, at_e = int(where[cb]), int(where[eb])
+        piece = seg if endb == s0 else seg[::-1]  # `end` goes next to c
+        if (at_e - at_c) % len(rest) == 1:  # ... c, piece, e ...
+            new = np.concatenate([rest[:at_c + 1], piece, rest[at_c + 1:]])
+        else:  # ... e, reversed piece, c ...
+            new = np.concatenate([rest[:at_e + 1], piece[::-1], rest[at_e + 1:]])
+        new = np.roll(new, -int(np.nonzero(new == dummy)[0][0]))
+        tour[:] = new
+        pos[tour] = np.arange(m)
+        push(a, int(seg[-1]), p, int(q[row]), cb, eb)
+        return True
 
 
 def _local(D: np.ndarray, seed: int, deadline: float | None) -> tuple[np.ndarray, bool]:
