@@ -23,8 +23,8 @@ wall-clock budget. Its random generator (the Rust ``fastrand`` crate's global on
 and cannot be set from Python: two runs on the same matrix usually return different orders
 (measured from 64 channels up; small groups sometimes agree), and with a time budget the amount
 of search also depends on the machine's load, so no wrapper can make it reproducible. Hence
-``solver="local"`` is the default and ``solver="fast_tsp"`` is opt-in: it finds paths about
-0.1-0.7 % shorter (``benchmarks/RESULTS.md``).
+``solver="local"`` is the default and ``solver="fast_tsp"`` is opt-in: it finds paths up to
+0.7 % shorter (``benchmarks/RESULTS.md``).
 
 >>> x = torch.tensor([[3.0], [0.0], [2.0], [1.0]])      # 4 channels, 1 value each
 >>> total_variation([(x, 0)])
@@ -143,7 +143,7 @@ def distance_matrix(members: Sequence[Member]) -> Tensor:
     Computed with ``torch.nn.functional.pdist(p=1)`` (each pair once, vectorised, all threads)
     on blocks of 1024 values per channel, in the members' dtype (at least float32), and the
     blocks summed in float64: within ~1e-7 of exact float64, on the members' device. On 2 CPU
-    cores this is 3-7x faster than SciPy's ``cityblock`` and 10-15x faster than
+    cores this is 3-11x faster than SciPy's ``cityblock`` and 10-25x faster than
     ``torch.cdist(p=1)`` (``benchmarks/RESULTS.md``).
 
     >>> distance_matrix([(torch.tensor([0.0, 1.0, 3.0]), 0)])
