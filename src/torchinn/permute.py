@@ -442,7 +442,8 @@ def solve_path(D: Tensor, *, seed: int = 0, time_limit: float | None = None,
     * ``n <= 10``: the exact optimum (Held-Karp), whatever ``solver`` says.
     * ``solver="local"`` (default): the nearest-neighbour path from a start node drawn with
       ``seed``, improved by 2-opt and Or-opt moves to a local optimum; the same ``D`` and
-      ``seed`` give the same order on every run and machine. ``time_limit`` is only a safety
+      ``seed`` give the same order on every run. (Across machines, ``distance_matrix``'s last
+      bits may follow the CPU's vector width, and near-ties can then go the other way.) ``time_limit`` is only a safety
       cap here (0.8 s are enough for 2048 channels; if the cap stops the search, a warning says
       that the result depends on timing).
     * ``solver="fast_tsp"``: the ``fast_tsp`` package's iterated local search for ``time_limit``
