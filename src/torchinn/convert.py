@@ -55,7 +55,9 @@ class ConvertConfig:
         kind: interpolation of the continuous functions, ``"cubic"`` (the paper) or ``"linear"``.
         permute: reorder each group's channels to minimise total variation (TSP), so the weights
             are smooth along channels; the network computes exactly the same function.
-        tsp_time_limit: seconds of TSP search per group (``None``: scaled with the group size).
+        tsp_time_limit: cap on the seconds of TSP search per group (``None``: scaled with size).
+        tsp_solver: ``"local"`` (2-opt/Or-opt, reproducible from ``seed``) or ``"fast_tsp"``
+            (slightly shorter paths, not reproducible: the package has no seed).
         seed: seed of the TSP search.
         fuse_batch_norm: fold batch norms into the conv/linear before them (exact in eval mode).
         keep_discrete: tensor or module names (prefixes) whose channels must not change.
@@ -70,6 +72,7 @@ class ConvertConfig:
     kind: Literal["cubic", "linear"] = "cubic"
     permute: bool = True
     tsp_time_limit: float | None = None
+    tsp_solver: Literal["local", "fast_tsp"] = "local"
     seed: int = 0
     fuse_batch_norm: bool = True
     keep_discrete: Sequence[str] = field(default_factory=tuple)
@@ -84,6 +87,8 @@ class ConvertConfig:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.unsupported not in ("error", "keep"):
             raise ValueError(f"unsupported must be 'error' or 'keep', got {self.unsupported!r}")
+        if self.tsp_solver not in ("local", "fast_tsp"):
+            raise ValueError(f"tsp_solver must be 'local' or 'fast_tsp', got {self.tsp_solver!r}")
         if self.tsp_time_limit is not None and not self.tsp_time_limit > 0:
             raise ValueError(f"tsp_time_limit must be > 0 seconds, got {self.tsp_time_limit}")
         if isinstance(self.keep_discrete, str):
@@ -149,7 +154,8 @@ def _permute_groups(tensors: dict[str, Tensor], plan: Plan, config: ConvertConfi
         where = _members(tensors, plan.tensors, g.name)
         members = [(_view(tensors[n], d, s, ln, sz, k), 0) for n, d, s, ln, sz, k in where]
         before = total_variation(members)
-        perm = order_channels(members, seed=config.seed, time_limit=config.tsp_time_limit)
+        perm = order_channels(members, seed=config.seed, time_limit=config.tsp_time_limit,
+                              solver=config.tsp_solver)
         for n, d, s, ln, sz, k in where:
             tensors[n] = _permuted(tensors[n], d, s, ln, sz, k, perm)
         after = total_variation([(_view(tensors[n], d, s, ln, sz, k), 0) for n, d, s, ln, sz, k in where])

@@ -8,7 +8,7 @@ grouped tensor sampled from its continuous functions on the groups' current part
 >>> imodel = inn.convert(net, (torch.randn(2, 8),))
 >>> imodel.groups
 Groups(
-  '0.weight:0': 32/32 channels, 4 tensor dims
+  '0.weight:0': 32/32 channels, 3 tensor dims
 )
 >>> _ = imodel.resize(0.5)
 >>> small = imodel.to_discrete()
@@ -19,6 +19,7 @@ torch.Size([16, 8])
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +31,7 @@ from torch.utils import _pytree as pytree
 from .functions import interpolation_taps
 from .graph.build import specialize
 from .graph.groups import ContractionSpec, GroupInfo
-from .partition import Partition
+from .partition import Partition, UniformPartition
 from .structured import StructuredFunction, plan_size, plan_vector
 
 __all__ = ["Group", "Groups", "IntegralModel"]
@@ -195,11 +196,12 @@ class IntegralModel(nn.Module):
         return self.sizes()
 
     # -- running ------------------------------------------------------------------------------
-    def _partition_map(self) -> dict[str, Partition]:
+    def partition_map(self) -> dict[str, Partition]:
+        """Every group's partition, by group name."""
         return {n: self.partitions[_key(n)] for n in self.group_names}
 
     def _sample(self) -> tuple[list[Tensor], list[Tensor]]:
-        parts = self._partition_map()
+        parts = self.partition_map()
         tensors = []
         for name in self.tensor_names:
             key = _key(name)
@@ -251,6 +253,52 @@ class IntegralModel(nn.Module):
         sizes = [self.partitions[_key(n)].size for n in self.group_names]
         out = self.runtime(tensors, sizes, scales, self.training, False, *flat)
         return pytree.tree_unflatten(list(out), self.out_spec)
+
+    # -- tensors and counts -------------------------------------------------------------------
+    def plans(self) -> dict[str, tuple]:
+        """The channel plan of every grouped tensor (see :mod:`torchinn.structured`)."""
+        return {name: self.functions[_key(name)].plan for name in self.tensor_names
+                if _key(name) in self.functions}
+
+    def full_partitions(self) -> dict[str, Partition]:
+        """Fresh full-size standard partitions for every group (the converted network's)."""
+        return {n: UniformPartition(p.max_size, p.quadrature) for n, p in self.partition_map().items()}
+
+    def tensors(self, partitions: Mapping[str, Partition] | None = None) -> dict[str, Tensor]:
+        """Every tensor of the network sampled on ``partitions`` (default: the current ones)."""
+        parts = self.partition_map() if partitions is None else dict(partitions)
+        out = {}
+        for name in self.tensor_names:
+            key = _key(name)
+            out[name] = self.functions[key].sample(parts) if key in self.functions else getattr(self.fixed, key)
+        return out
+
+    def num_parameters(self, sizes: Mapping[str, int] | None = None) -> int:
+        """Parameters of :meth:`to_discrete` at ``sizes`` (group -> size; default: current)."""
+        sizes = dict(self.sizes(), **(sizes or {}))
+        plans = self.plans()
+        total = 0
+        for name in self.tensor_names:
+            if name not in self.trainable:
+                continue
+            if name in plans:
+                total += math.prod(plan_size(p, sizes) for p in plans[name])
+            else:
+                total += getattr(self.fixed, _key(name)).numel()
+        return total
+
+    def discrete_from(self, tensors: Mapping[str, Tensor], sizes: Mapping[str, int],
+                      scales: list[Tensor] | None = None) -> fx.GraphModule:
+        """A plain network from given tensors at given group sizes (used by the baselines);
+        contraction scales default to ones (plain channel selection does not rescale)."""
+        sizes = dict(self.sizes(), **sizes)
+        if scales is None:
+            like = next(t for t in tensors.values() if t.is_floating_point())
+            scales = [torch.ones(plan_size(c.plan, sizes), dtype=like.dtype, device=like.device)
+                      .reshape([-1] + [1] * (c.ndim - c.dim - 1)) for c in self.contractions]
+        return specialize(self.runtime, self.tensor_names, [tensors[n] for n in self.tensor_names],
+                          [sizes[n] for n in self.group_names], scales, self.trainable,
+                          self.in_spec, self.out_spec).train(self.training)
 
     # -- discrete ---------------------------------------------------------------------------
     def to_discrete(self) -> fx.GraphModule:

@@ -425,6 +425,10 @@ class RandomSizes:
     * ``"full-biased"`` - sizes near the top of the range more likely (density grows linearly
       towards the full size), which keeps full-size accuracy while still teaching small sizes.
 
+    ``ranges`` gives some partitions (by name) their own ``(low, high)``. With an
+    :class:`~torchinn.IntegralModel` the names are its group names. Every process that builds a
+    ``RandomSizes`` with the same seed draws the same sizes (distributed training needs that).
+
     Call :meth:`step` before each forward pass; :meth:`full` restores the full sizes.
 
     >>> import torch
@@ -438,30 +442,42 @@ class RandomSizes:
 
     def __init__(self, model: nn.Module | Mapping[str, Partition], low: float = 0.5, high: float = 1.0,
                  distribution: Literal["uniform", "full-biased"] = "uniform", *,
+                 ranges: Mapping[str, tuple[float, float]] | None = None,
                  generator: torch.Generator | None = None, seed: int | None = None) -> None:
-        if not 0.0 < low <= high <= 1.0:
-            raise ValueError(f"need 0 < low <= high <= 1, got low={low}, high={high}")
+        for lo_, hi_ in [(low, high)] + list((ranges or {}).values()):
+            if not 0.0 < lo_ <= hi_ <= 1.0:
+                raise ValueError(f"need 0 < low <= high <= 1, got low={lo_}, high={hi_}")
         if distribution not in ("uniform", "full-biased"):
             raise ValueError(f"distribution must be 'uniform' or 'full-biased', got {distribution!r}")
         if generator is not None and seed is not None:
             raise ValueError("give either a generator or a seed, not both")
-        self.partitions = (dict(model) if isinstance(model, Mapping)
-                           else partitions(model, resizable_only=True))
+        if isinstance(model, Mapping):
+            found = dict(model)
+        elif hasattr(model, "partition_map"):  # an IntegralModel: partitions by group name
+            found = dict(model.partition_map())
+        else:
+            found = partitions(model)
+        self.partitions = {n: p for n, p in found.items() if p.resizable}
         if not self.partitions:
             raise ValueError("the model has no resizable partitions")
+        unknown = sorted(set(ranges or {}) - set(self.partitions))
+        if unknown:
+            raise KeyError(f"ranges for unknown partition(s) {unknown}; known: {sorted(self.partitions)[:10]}")
+        self.ranges = dict(ranges or {})
         self.low, self.high, self.distribution = low, high, distribution
         if generator is None:
             generator = torch.Generator()
             generator.manual_seed(0 if seed is None else seed)
         self.generator = generator
 
-    def bounds(self, p: Partition) -> tuple[int, int]:
-        lo = max(1, math.ceil(self.low * p.max_size - 1e-9))
-        hi = max(lo, math.ceil(self.high * p.max_size - 1e-9))
+    def bounds(self, p: Partition, name: str | None = None) -> tuple[int, int]:
+        low, high = self.ranges.get(name, (self.low, self.high)) if name is not None else (self.low, self.high)
+        lo = max(1, math.ceil(low * p.max_size - 1e-9))
+        hi = max(lo, math.ceil(high * p.max_size - 1e-9))
         return lo, hi
 
-    def draw(self, p: Partition) -> int:
-        lo, hi = self.bounds(p)
+    def draw(self, p: Partition, name: str | None = None) -> int:
+        lo, hi = self.bounds(p, name)
         u = float(torch.rand((), generator=self.generator))
         if self.distribution == "full-biased":
             u = math.sqrt(u)  # density 2u on [0, 1]
@@ -475,7 +491,7 @@ class RandomSizes:
         sizes = {}
         for name in sorted(self.partitions):
             p = self.partitions[name]
-            sizes[name] = self.draw(p)
+            sizes[name] = self.draw(p, name)
             p.resize(sizes[name])
         return sizes
 

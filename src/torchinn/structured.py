@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from .functions import ContinuousFunction
 from .partition import Partition
 
-__all__ = ["Atom", "DimPlan", "StructuredFunction", "plan_size", "plan_vector"]
+__all__ = ["Atom", "DimPlan", "StructuredFunction", "plan_size", "plan_vector", "take_channels"]
 
 
 @dataclass(frozen=True)
@@ -142,3 +142,25 @@ class StructuredFunction(nn.Module):
         def dim(p: DimPlan) -> str:
             return "|".join("*".join(a.group or str(a.size) for a in seg) for seg in p)
         return f"shape={self.shape}, plan=({', '.join(dim(p) for p in self.plan)})"
+
+
+def take_channels(tensor: Tensor, plan: tuple[DimPlan, ...], indices: Mapping[str, Tensor]) -> Tensor:
+    """``tensor`` keeping only the channels ``indices[group]`` of each group in its plan (plain
+    structured pruning: no interpolation, no quadrature). Groups not in ``indices`` are kept whole."""
+    out = tensor
+    for d, dim_plan in enumerate(plan):
+        if not any(a.group in indices for seg in dim_plan for a in seg):
+            continue
+        pieces, start = [], 0
+        for seg in dim_plan:
+            length = math.prod(a.size for a in seg)
+            block = out.narrow(d, start, length)
+            block = block.reshape(list(out.shape[:d]) + [a.size for a in seg] + list(out.shape[d + 1:]))
+            for k, a in enumerate(seg):
+                if a.group in indices:
+                    block = block.index_select(d + k, indices[a.group].to(block.device))
+            sizes = list(block.shape[d:d + len(seg)])
+            pieces.append(block.reshape(list(out.shape[:d]) + [math.prod(sizes)] + list(out.shape[d + 1:])))
+            start += length
+        out = torch.cat(pieces, d) if len(pieces) > 1 else pieces[0]
+    return out

@@ -1,0 +1,232 @@
+"""Training integral models: randomized discretization and integration grid tuning.
+
+**Randomized discretization** (the paper's Figure 1) works in any ordinary training loop: draw
+new sizes for every group before each step with :class:`~torchinn.RandomSizes`::
+
+    sizes = inn.RandomSizes(imodel, low=0.5, seed=0)       # same seed on every process
+    for x, y in loader:
+        sizes.step()
+        loss = F.cross_entropy(imodel(x), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+
+**Integration grid tuning** (post-training structured pruning, the blog's one minute): at the
+chosen sizes, each group's partition becomes a :class:`~torchinn.TrainablePartition` (the
+seed's Listing 3), everything else is frozen (biases and norms may be allowed to move), and the
+partitions are trained on a small calibration set, by default to reproduce the full-size
+network's outputs (distillation: no labels needed). :func:`tune_grid` does it all;
+``imodel.to_discrete()`` then gives the compressed network.
+
+Under ``torch.distributed``, call :func:`make_grid_trainable` before wrapping the model in
+``DistributedDataParallel``, then pass the wrapped model to :func:`tune_grid`.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils import _pytree as pytree
+from tqdm.auto import tqdm
+
+from .integral_model import IntegralModel
+from .partition import TrainablePartition
+
+__all__ = ["TuneConfig", "make_grid_trainable", "tune_grid", "distillation_loss", "batch_inputs"]
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[[Any, Any, Any], Tensor]
+
+
+@dataclass
+class TuneConfig:
+    """How :func:`tune_grid` trains.
+
+    Args:
+        steps: number of optimizer steps (``None``: until ``seconds``).
+        seconds: wall-clock budget (``None``: until ``steps``); at least one must be set.
+        lr: Adam learning rate of the partitions.
+        lr_params: learning rate of the biases / norms when ``train`` allows them.
+        train: what may move besides the partitions: ``"biases"``, ``"norms"`` (1-D tensors).
+        decay_every, decay: multiply the learning rates by ``decay`` every ``decay_every`` steps
+            (the paper: 0.33 every 300 of 1000 steps).
+        progress: show a progress bar.
+    """
+
+    steps: int | None = None
+    seconds: float | None = 60.0
+    lr: float = 1e-2
+    lr_params: float = 1e-4
+    train: Sequence[str] = ()
+    decay_every: int = 300
+    decay: float = 0.33
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps is None and self.seconds is None:
+            raise ValueError("set steps, seconds, or both")
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
+                                       or self.steps < 1):
+            raise ValueError(f"steps must be a positive int, got {self.steps!r}")
+        if self.seconds is not None and not self.seconds > 0:
+            raise ValueError(f"seconds must be > 0, got {self.seconds!r}")
+        if not self.lr > 0 or not self.lr_params > 0:
+            raise ValueError(f"learning rates must be > 0, got lr={self.lr}, lr_params={self.lr_params}")
+        self.train = tuple(self.train)
+        bad = sorted(set(self.train) - {"biases", "norms"})
+        if bad:
+            raise ValueError(f"train may contain 'biases' and 'norms', got {bad}")
+
+
+def _unwrap(model: nn.Module) -> IntegralModel:
+    inner = getattr(model, "module", model)  # DistributedDataParallel / DataParallel
+    if not isinstance(inner, IntegralModel):
+        raise TypeError(f"expected an IntegralModel (from torchinn.convert), got {type(inner).__name__}")
+    return inner
+
+
+def make_grid_trainable(imodel: IntegralModel, groups: Iterable[str] | None = None) -> list[str]:
+    """Give every group below its full size (or the named ``groups``) a trainable partition
+    starting at its current points. Returns the names of the groups made trainable."""
+    imodel = _unwrap(imodel)
+    names = [imodel.groups[g].name for g in groups] if groups is not None else [
+        n for n, g in imodel.groups.items() if g.size < g.max_size]
+    device = next(imodel.parameters()).device
+    for name in names:
+        p = imodel.partition(name)
+        if isinstance(p, TrainablePartition):
+            continue
+        if p.quadrature.name == "gauss-legendre":
+            raise ValueError(f"group {name!r} uses Gauss-Legendre nodes, which cannot be tuned; "
+                             "convert with another quadrature")
+        imodel.set_partition(name, TrainablePartition(p).to(device))
+    return names
+
+
+def batch_inputs(batch: Any) -> tuple:
+    """The model inputs in a batch: a tensor, or the first element of a ``(inputs, labels)`` pair."""
+    if isinstance(batch, Tensor):
+        return (batch,)
+    if isinstance(batch, (tuple, list)) and batch:
+        first = batch[0]
+        return tuple(first) if isinstance(first, (tuple, list)) else (first,)
+    if isinstance(batch, dict):
+        raise TypeError("dict batches need a loss_fn and an inputs function; pass (inputs, labels) pairs")
+    raise TypeError(f"cannot find the inputs in a batch of type {type(batch).__name__}")
+
+
+def distillation_loss(output: Any, batch: Any, teacher_output: Any) -> Tensor:
+    """Mean squared error between the outputs and the teacher's, over every output tensor."""
+    losses = [F.mse_loss(o, t) for o, t in zip(pytree.tree_leaves(output), pytree.tree_leaves(teacher_output))
+              if isinstance(o, Tensor) and o.is_floating_point()]
+    if not losses:
+        raise ValueError("the model has no floating-point outputs to distil")
+    return torch.stack(losses).sum()
+
+
+def _frozen(imodel: IntegralModel, train: Sequence[str]) -> tuple[list[Tensor], list[Tensor]]:
+    """Freeze everything; return (partition parameters, other parameters allowed to train)."""
+    for p in imodel.parameters():
+        p.requires_grad_(False)
+    grid = [p for part in imodel.partition_map().values() for p in part.parameters()]
+    extra: list[Tensor] = []
+    for key, fn in imodel.functions.items():
+        name = key.replace("/", ".")
+        is_bias = name.endswith("bias")
+        is_norm = not is_bias and len(fn.shape) == 1
+        if ("biases" in train and is_bias) or ("norms" in train and is_norm):
+            extra.extend(fn.parameters())
+    for name, t in imodel.fixed.named_parameters():
+        is_bias = name.endswith("bias")
+        if ("biases" in train and is_bias) or ("norms" in train and not is_bias and t.ndim == 1):
+            extra.append(t)
+    for p in grid + extra:
+        p.requires_grad_(True)
+    return grid, extra
+
+
+def tune_grid(model: nn.Module, loader: Iterable[Any], *, teacher: nn.Module | None = None,
+              loss_fn: LossFn | None = None, config: TuneConfig | None = None) -> dict[str, Any]:
+    """Tune the integration grids of ``model`` (an :class:`IntegralModel`, possibly wrapped in
+    ``DistributedDataParallel``) at its current sizes, in place.
+
+    ``loader`` yields batches (a tensor of inputs, or ``(inputs, labels)``); it is cycled until
+    the step or time budget is spent. ``loss_fn(output, batch, teacher_output)`` defaults to
+    :func:`distillation_loss` against ``teacher`` (default: the model at full size, frozen).
+    Returns a report: steps, seconds, first and last loss.
+    """
+    config = config or TuneConfig()
+    imodel = _unwrap(model)
+    if not imodel.group_names:
+        raise ValueError("the model has no channel groups to tune")
+    if not any(isinstance(p, TrainablePartition) for p in imodel.partition_map().values()):
+        if model is not imodel:
+            raise ValueError("call make_grid_trainable(model) before wrapping it in DistributedDataParallel")
+        if not make_grid_trainable(imodel):
+            log.warning("every group is at its full size: nothing to tune")
+            return {"steps": 0, "seconds": 0.0, "first_loss": None, "last_loss": None}
+    loss_fn = loss_fn or distillation_loss
+    if teacher is None:
+        teacher = copy.deepcopy(imodel)
+        for name, p in imodel.full_partitions().items():
+            teacher.set_partition(name, p)
+    teacher.eval()
+    saved = {id(p): p.requires_grad for p in imodel.parameters()}
+    grid, extra = _frozen(imodel, config.train)
+    groups = [{"params": grid, "lr": config.lr}]
+    if extra:
+        groups.append({"params": extra, "lr": config.lr_params})
+    opt = torch.optim.Adam(groups)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=config.decay_every, gamma=config.decay)
+    was_training = model.training
+    model.train()
+    start = time.perf_counter()
+    step, first, last = 0, None, None
+    bar = tqdm(total=config.steps, desc="tuning grids", disable=not config.progress, leave=False)
+    batches = iter(_cycle(loader))
+    try:
+        while True:
+            if config.steps is not None and step >= config.steps:
+                break
+            if config.seconds is not None and time.perf_counter() - start >= config.seconds:
+                break
+            batch = next(batches)
+            inputs = batch_inputs(batch)
+            with torch.no_grad():
+                target = teacher(*inputs)
+            loss = loss_fn(model(*inputs), batch, target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            last = float(loss.detach())
+            first = last if first is None else first
+            bar.update(1)
+            bar.set_postfix(loss=f"{last:.4g}")
+    finally:
+        bar.close()
+        model.train(was_training)
+        for p in imodel.parameters():
+            p.requires_grad_(saved.get(id(p), True))
+    return {"steps": step, "seconds": time.perf_counter() - start, "first_loss": first, "last_loss": last}
+
+
+def _cycle(loader: Iterable[Any]) -> Iterable[Any]:
+    empty = True
+    for epoch in itertools.count():
+        if hasattr(getattr(loader, "sampler", None), "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("the calibration loader is empty")
