@@ -99,7 +99,8 @@ def make_grid_trainable(imodel: IntegralModel, groups: Iterable[str] | None = No
     imodel = _unwrap(imodel)
     names = [imodel.groups[g].name for g in groups] if groups is not None else [
         n for n, g in imodel.groups.items() if g.size < g.max_size]
-    device = next(imodel.parameters()).device
+    like = next((t for t in imodel.parameters() if t.is_floating_point()), None)
+    device, dtype = (like.device, like.dtype) if like is not None else (None, None)
     for name in names:
         p = imodel.partition(name)
         if isinstance(p, TrainablePartition):
@@ -107,7 +108,7 @@ def make_grid_trainable(imodel: IntegralModel, groups: Iterable[str] | None = No
         if p.quadrature.name == "gauss-legendre":
             raise ValueError(f"group {name!r} uses Gauss-Legendre nodes, which cannot be tuned; "
                              "convert with another quadrature")
-        imodel.set_partition(name, TrainablePartition(p).to(device))
+        imodel.set_partition(name, TrainablePartition(p).to(device=device, dtype=dtype))
     return names
 
 
@@ -132,10 +133,13 @@ def distillation_loss(output: Any, batch: Any, teacher_output: Any) -> Tensor:
     return torch.stack(losses).sum()
 
 
-def _frozen(imodel: IntegralModel, train: Sequence[str]) -> tuple[list[Tensor], list[Tensor]]:
-    """Freeze everything; return (partition parameters, other parameters allowed to train)."""
-    for p in imodel.parameters():
-        p.requires_grad_(False)
+def _frozen(imodel: IntegralModel, train: Sequence[str], freeze: bool = True) -> tuple[list[Tensor], list[Tensor]]:
+    """Freeze everything (unless ``freeze=False``: a DistributedDataParallel wrapper expects a
+    gradient for every parameter that required one when it was built, so the optimizer alone
+    leaves the others unchanged); return (partition parameters, other parameters allowed to train)."""
+    if freeze:
+        for p in imodel.parameters():
+            p.requires_grad_(False)
     grid = [p for part in imodel.partition_map().values() for p in part.parameters()]
     extra: list[Tensor] = []
     for key, fn in imodel.functions.items():
@@ -148,6 +152,9 @@ def _frozen(imodel: IntegralModel, train: Sequence[str]) -> tuple[list[Tensor], 
         is_bias = name.endswith("bias")
         if ("biases" in train and is_bias) or ("norms" in train and not is_bias and t.ndim == 1):
             extra.append(t)
+    if not freeze and not all(p.requires_grad for p in grid + extra):
+        raise ValueError("a parameter to tune does not require grad, so DistributedDataParallel does not "
+                         "synchronise it: leave it trainable before wrapping the model")
     for p in grid + extra:
         p.requires_grad_(True)
     return grid, extra
@@ -180,7 +187,9 @@ def tune_grid(model: nn.Module, loader: Iterable[Any], *, teacher: nn.Module | N
             teacher.set_partition(name, p)
     teacher.eval()
     saved = {id(p): p.requires_grad for p in imodel.parameters()}
-    grid, extra = _frozen(imodel, config.train)
+    wrapped = model is not imodel
+    grid, extra = _frozen(imodel, config.train, freeze=not wrapped)
+    tuned = {id(p) for p in grid + extra}
     groups = [{"params": grid, "lr": config.lr}]
     if extra:
         groups.append({"params": extra, "lr": config.lr_params})
@@ -217,6 +226,8 @@ def tune_grid(model: nn.Module, loader: Iterable[Any], *, teacher: nn.Module | N
         model.train(was_training)
         for p in imodel.parameters():
             p.requires_grad_(saved.get(id(p), True))
+            if wrapped and id(p) not in tuned:
+                p.grad = None  # computed for DistributedDataParallel, not used
     return {"steps": step, "seconds": time.perf_counter() - start, "first_loss": first, "last_loss": last}
 
 
