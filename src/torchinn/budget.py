@@ -74,11 +74,11 @@ class _FlopsByTensor(TorchDispatchMode):
         packet = func._overloadpacket
         if packet in flop_registry:
             flops = flop_registry[packet](*args, **kwargs, out_val=out)
-            owner = None
+            # the largest owned operand is the weight (addmm(bias, x, weight.t()) lists the bias first)
+            owner, largest = None, -1
             for a in pytree.tree_leaves((args, kwargs)):
-                if isinstance(a, Tensor) and a.untyped_storage().data_ptr() in self.owners:
-                    owner = self.owners[a.untyped_storage().data_ptr()]
-                    break
+                if isinstance(a, Tensor) and a.untyped_storage().data_ptr() in self.owners and a.numel() > largest:
+                    owner, largest = self.owners[a.untyped_storage().data_ptr()], a.numel()
             if owner is None:
                 self.other += flops
             else:
@@ -230,6 +230,23 @@ def _greedy(imodel: IntegralModel, cost: _Cost, target_cost: float,
     return sizes
 
 
+def _uniform(imodel: IntegralModel, cost: _Cost, target_cost: float, min_ratio: float) -> dict[str, int]:
+    """One ratio for every group: the largest whose predicted cost fits ``target_cost``."""
+    groups = imodel.groups
+
+    def at(r: float) -> dict[str, int]:
+        return {n: max(1, math.ceil(min_ratio * g.max_size), round(r * g.max_size)) for n, g in groups.items()}
+
+    lo, hi = min_ratio, 1.0
+    if cost.model(at(lo)) > target_cost:
+        raise ValueError(f"cannot reach the target: at the smallest sizes allowed (min_ratio={min_ratio}) "
+                         f"the network still has {cost.model(at(lo)):.4g} > {target_cost:.4g}")
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cost.model(at(mid)) <= target_cost else (lo, mid)
+    return at(lo)
+
+
 def _batches(calibration: Iterable[Any] | None, example_inputs: tuple, n: int) -> list[tuple]:
     if calibration is None:
         return [example_inputs]
@@ -256,6 +273,8 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
         raise ValueError(f"target is the fraction of the {metric} to keep and must be in (0, 1), got {target!r}")
     if metric not in ("params", "flops", "latency"):
         raise ValueError(f"metric must be 'params', 'flops' or 'latency', got {metric!r}")
+    if method not in ("sensitivity", "uniform"):
+        raise ValueError(f"method must be 'sensitivity' or 'uniform', got {method!r}")
     if not isinstance(imodel, IntegralModel):
         raise TypeError(f"choose_sizes needs an IntegralModel (from torchinn.convert), got {type(imodel).__name__}")
     if metric != "params" and example_inputs is None:
@@ -267,13 +286,13 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
     full_sizes = {n: g.max_size for n, g in imodel.groups.items()}
     original = cost.measure(full_sizes)
     goal = target * original
-    curves = sensitivities(imodel, cal) if method == "sensitivity" else {
-        n: [(1.0, 0.0), (0.0, 1.0)] for n in full_sizes}
+    curves = sensitivities(imodel, cal) if method == "sensitivity" else {}
     scale = 1.0
     sizes = full_sizes
     for _ in range(6):
         predicted_goal = goal * scale * cost.model(full_sizes) / original
-        sizes = _greedy(imodel, cost, predicted_goal, curves, min_ratio)
+        sizes = (_greedy(imodel, cost, predicted_goal, curves, min_ratio) if method == "sensitivity"
+                 else _uniform(imodel, cost, predicted_goal, min_ratio))
         got = cost.measure(sizes)
         if abs(got / goal - 1.0) <= tolerance or (metric == "params" and got <= goal):
             break
@@ -334,6 +353,9 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
     cal = _batches(calibration, example_inputs, 4)
     with torch.no_grad():
         reference = [imodel(*b) for b in cal]
+    full = imodel.to_discrete().eval()  # measured now: tuned (trainable) partitions cannot be resized back
+    before = float(sum(p.numel() for p in full.parameters())) if metric == "params" else (
+        float(count_flops(full, example_inputs)) if metric == "flops" else measure_latency(full, example_inputs))
     imodel.resize(sizes)
     err0 = _distill_error(imodel, cal, reference)
     t0 = time.perf_counter()
@@ -343,9 +365,6 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
     imodel.eval()
     err1 = _distill_error(imodel, cal, reference)
     small = imodel.to_discrete().eval()
-    cost = _Cost(imodel, metric, example_inputs)
-    before = cost.measure({n: g.max_size for n, g in imodel.groups.items()}) if metric != "params" else \
-        float(imodel.num_parameters({n: g.max_size for n, g in imodel.groups.items()}))
     after = float(sum(p.numel() for p in small.parameters())) if metric == "params" else (
         float(count_flops(small, example_inputs)) if metric == "flops" else measure_latency(small, example_inputs))
     report = CompressReport(

@@ -1,0 +1,224 @@
+"""Sizes for a budget: choose_sizes meets params/FLOPs targets, beats one uniform ratio, and
+compress() returns a plain network with a report whose numbers can be recounted."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import torchinn as inn
+from torchinn.budget import choose_sizes, compress, count_flops, measure_latency
+from torchinn.train import TuneConfig
+from zoo import ZOO
+
+FAST = inn.ConvertConfig(permute=False)
+_CONVERTED: dict[str, tuple] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads on a busy 2-core machine: every forward 100x slower
+    yield
+    torch.set_num_threads(saved)
+
+
+def converted(name: str) -> tuple:
+    """(network, example inputs, integral model), converted once; do not resize the model."""
+    if name not in _CONVERTED:
+        torch.manual_seed(0)
+        model, inputs = ZOO[name]()
+        _CONVERTED[name] = (model, inputs, inn.convert(model, inputs, FAST))
+    return _CONVERTED[name]
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def discrete_at(imodel: inn.IntegralModel, sizes: dict[str, int]) -> nn.Module:
+    saved = imodel.sizes()
+    imodel.resize(sizes)
+    try:
+        return imodel.to_discrete().eval()
+    finally:
+        imodel.resize(saved)
+
+
+def rel_sq_err(model: nn.Module, reference: list, inputs: list) -> float:
+    with torch.no_grad():
+        errs = [float(((model(x) - r) ** 2).mean() / (r**2).mean()) for x, r in zip(inputs, reference)]
+    return sum(errs) / len(errs)
+
+
+@pytest.mark.parametrize("target", [0.25, 0.5, 0.75])
+@pytest.mark.parametrize("metric", ["params", "flops"])
+@pytest.mark.parametrize("name", ["resnet_basic", "vit_timm"])
+def test_choose_sizes_meets_target(name, metric, target):
+    _, inputs, imodel = converted(name)
+    before = imodel.sizes()
+    sizes = choose_sizes(imodel, target, metric, example_inputs=inputs)
+    assert imodel.sizes() == before  # choose_sizes does not resize the model
+    assert set(sizes) == set(imodel.groups)
+    assert all(1 <= s <= imodel.groups[n].max_size for n, s in sizes.items())
+    full = imodel.to_discrete().eval()
+    small = discrete_at(imodel, sizes)
+    if metric == "params":
+        ratio = n_params(small) / n_params(full)
+        assert n_params(small) == imodel.num_parameters(sizes)
+    else:
+        ratio = count_flops(small, inputs) / count_flops(full, inputs)
+    # measured (params / flops): resnet_basic 0.247 0.496 0.742 / 0.249 0.500 0.748,
+    # vit_timm 0.250 0.500 0.750 / 0.250 0.496 0.745
+    assert abs(ratio / target - 1) <= 0.02, f"{metric} ratio {ratio:.4f} for target {target}"
+
+
+def test_sensitivity_beats_one_uniform_ratio():
+    """At the same parameter count or fewer, the sensitivity method's sizes give a smaller error
+    than one ratio for every group (the uniform network gets the benefit of rounding up)."""
+    model, inputs, imodel = converted("resnet_basic")
+    g = torch.Generator().manual_seed(1)
+    cal = [(torch.randn(8, 3, 16, 16, generator=g),) for _ in range(2)]
+    test = [torch.randn(16, 3, 16, 16, generator=g) for _ in range(2)]
+    with torch.no_grad():
+        ref = [model(x) for x in test]
+
+    def uniform_at_least(n: int) -> dict[str, int]:
+        for k in range(1, 1001):
+            sizes = {name: max(1, round(k / 1000 * grp.max_size)) for name, grp in imodel.groups.items()}
+            if imodel.num_parameters(sizes) >= n:
+                return sizes
+        raise AssertionError
+
+    results = {}
+    for target in (0.25, 0.75):
+        sens = choose_sizes(imodel, target, "params", calibration=cal)
+        uni = uniform_at_least(imodel.num_parameters(sens))
+        assert imodel.num_parameters(uni) >= imodel.num_parameters(sens)
+        results[target] = (rel_sq_err(discrete_at(imodel, sens), ref, test),
+                           rel_sq_err(discrete_at(imodel, uni), ref, test))
+    # measured (sensitivity, uniform): 0.25: (78.6, 527), 0.75: (0.188, 0.272)
+    for target, (e_sens, e_uni) in results.items():
+        assert e_sens <= e_uni, (target, e_sens, e_uni)
+
+
+def test_uniform_method_is_one_ratio():
+    _, inputs, imodel = converted("resnet_basic")
+    sizes = choose_sizes(imodel, 0.5, "params", method="uniform")
+    groups = imodel.groups
+    lo = max((s - 0.5) / groups[n].max_size for n, s in sizes.items())
+    hi = min((s + 0.5) / groups[n].max_size for n, s in sizes.items())
+    assert lo <= hi, sizes  # one ratio r rounds to every size
+    assert len(set(sizes.values())) > 1  # groups of 8, 12 and 20 channels
+    assert imodel.num_parameters(sizes) <= 0.5 * imodel.num_parameters()
+
+
+def test_latency_target_gives_a_faster_network():
+    _, _, imodel = converted("resnet_basic")
+    x = (torch.randn(32, 3, 16, 16),)
+    sizes = choose_sizes(imodel, 0.5, "latency", example_inputs=x)
+    assert set(sizes) == set(imodel.groups)
+    assert any(s < imodel.groups[n].max_size for n, s in sizes.items())
+    full, small = imodel.to_discrete().eval(), discrete_at(imodel, sizes)
+    # best of 3 medians, interleaved (the machine may be busy); measured: 3.5 ms -> 2.0-2.5 ms
+    t_full, t_small = [], []
+    for _ in range(3):
+        t_full.append(measure_latency(full, x, repeats=15))
+        t_small.append(measure_latency(small, x, repeats=15))
+    assert min(t_small) < 0.9 * min(t_full), (t_small, t_full)
+
+
+@pytest.mark.parametrize("metric", ["params", "flops"])
+def test_compress_returns_plain_model_and_true_report(metric):
+    torch.manual_seed(0)
+    model, inputs = ZOO["resnet_basic"]()
+    small, report = compress(model, inputs, target=0.5, metric=metric, config=FAST,
+                             tune=TuneConfig(steps=10, seconds=None, progress=False))
+    assert isinstance(small, nn.Module) and not small.training
+    assert not any(type(m).__module__.startswith("torchinn") for m in small.modules())
+    with torch.no_grad():
+        out, ref = small(*inputs), model(*inputs)
+    assert out.shape == ref.shape
+    # the report's numbers, recounted
+    full = inn.convert(model, inputs, FAST)
+    sizes = {n: after for n, (_, after) in report.sizes.items()}
+    assert set(sizes) == set(full.groups)
+    assert all(b == full.groups[n].max_size and 1 <= a <= b for n, (b, a) in report.sizes.items())
+    assert report.params_after == n_params(small) == full.num_parameters(sizes)
+    assert report.params_before == n_params(model)
+    if metric == "params":
+        assert report.before == full.num_parameters() and report.after == n_params(small)
+    else:
+        assert report.before == count_flops(full.to_discrete().eval(), inputs)
+        assert report.after == count_flops(small, inputs)
+    assert abs(report.ratio / 0.5 - 1) <= 0.02
+    # errors: the untuned resized network and the tuned plain one against the original outputs
+    untuned = copy.deepcopy(full)
+    untuned.resize(sizes)
+    untuned.eval()
+    err0 = rel_sq_err(untuned, [ref], [inputs[0]])
+    err1 = rel_sq_err(small, [ref], [inputs[0]])
+    assert report.error_before_tuning == pytest.approx(err0, rel=1e-3)
+    assert report.error_after_tuning == pytest.approx(err1, rel=1e-3)
+    assert err1 < err0
+    assert report.tuning["steps"] == 10
+    text = str(report)
+    assert f"{report.params_after:,}" in text and "target 50%" in text
+
+
+def test_compress_for_latency():
+    torch.manual_seed(0)
+    model, _ = ZOO["resnet_basic"]()
+    x = (torch.randn(32, 3, 16, 16),)
+    small, report = compress(model, x, target=0.5, metric="latency", config=FAST,
+                             tune=TuneConfig(steps=2, seconds=None, progress=False))
+    assert report.metric == "latency" and report.tuning["steps"] == 2
+    assert 0 < report.after < report.before  # seconds, measured on the example inputs
+    assert report.params_after == n_params(small) < report.params_before
+
+
+def test_compress_with_a_calibration_loader():
+    torch.manual_seed(0)
+    model, inputs = ZOO["mlp"]()
+    g = torch.Generator().manual_seed(2)
+    cal = [(torch.randn(16, 32, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(3)]
+    small, report = compress(model, inputs, target=0.25, calibration=cal, config=FAST,
+                             tune=TuneConfig(steps=20, seconds=None, progress=False))
+    assert report.params_after == n_params(small)
+    assert abs(report.after / report.before / 0.25 - 1) <= 0.02
+    assert report.error_after_tuning < report.error_before_tuning
+
+
+@pytest.mark.parametrize("target", [0, 1, 1.0, 1.5, -0.1, True])
+def test_target_outside_open_interval(target):
+    _, inputs, imodel = converted("resnet_basic")
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        choose_sizes(imodel, target, "params")
+
+
+def test_compress_rejects_bad_target():
+    model, inputs, _ = converted("mlp")
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        compress(model, inputs, target=1.5, config=FAST)
+
+
+def test_budget_errors():
+    _, inputs, imodel = converted("resnet_basic")
+    with pytest.raises(ValueError, match="metric"):
+        choose_sizes(imodel, 0.5, "energy", example_inputs=inputs)
+    with pytest.raises(ValueError, match="example_inputs"):
+        choose_sizes(imodel, 0.5, "flops")
+    with pytest.raises(ValueError, match="method"):
+        choose_sizes(imodel, 0.5, "params", method="magic")
+    with pytest.raises(TypeError, match="IntegralModel"):
+        choose_sizes(nn.Linear(4, 4), 0.5, "params")
+    with pytest.raises(ValueError, match="cannot reach"):
+        choose_sizes(imodel, 0.05, "params", example_inputs=inputs, min_ratio=0.5)
+    with pytest.raises(ValueError, match="cannot reach"):
+        choose_sizes(imodel, 0.05, "params", method="uniform", min_ratio=0.5)
+    with pytest.raises(ValueError, match="empty"):
+        choose_sizes(imodel, 0.5, "params", calibration=[])
+    assert imodel.sizes() == {n: g.max_size for n, g in imodel.groups.items()}
