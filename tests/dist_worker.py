@@ -53,7 +53,7 @@ def load_for_tuning(path: str) -> inn.IntegralModel:
 
 
 def tune_config(steps: int) -> TuneConfig:
-    return TuneConfig(steps=steps, seconds=None, progress=False, decay_every=2, decay=0.5)
+    return TuneConfig(steps=steps, seconds=None, progress=False, decay_every=2, decay=0.5, lr=1e-2)
 
 
 def function_values(imodel: inn.IntegralModel) -> dict[str, torch.Tensor]:

@@ -242,7 +242,7 @@ def tuned_mlp():
     imodel.eval()
     err_before = rel_sq_err(imodel, ref, held_out)
     values = snapshot(imodel)
-    report = tune_grid(imodel, cal, config=TuneConfig(steps=60, seconds=None, progress=False))
+    report = tune_grid(imodel, cal, config=TuneConfig(steps=60, seconds=None, progress=False, lr=1e-2))
     imodel.eval()
     return dict(model=model, imodel=imodel, flags=flags, values=values, report=report,
                 err_before=err_before, err_after=rel_sq_err(imodel, ref, held_out), held_out=held_out)
@@ -323,7 +323,7 @@ def test_tuning_a_conv_net():
     imodel.eval()
     before = rel_sq_err(imodel, ref, held_out)
     values = snapshot(imodel)
-    tune_grid(imodel, cal, config=TuneConfig(steps=25, seconds=None, progress=False))
+    tune_grid(imodel, cal, config=TuneConfig(steps=25, seconds=None, progress=False, lr=1e-2))
     imodel.eval()
     after = rel_sq_err(imodel, ref, held_out)
     assert after < 0.8 * before, (before, after)  # measured: 437 -> 3.76
@@ -333,6 +333,39 @@ def test_tuning_a_conv_net():
     with torch.no_grad():
         assert float((small(held_out[0]) - imodel(held_out[0])).abs().max()) < 1e-5 * float(ref[0].abs().max())
     assert sum(p.numel() for p in small.parameters()) == imodel.num_parameters()
+
+
+@pytest.mark.parametrize("name", ["densenet", "preact_resnet"])
+def test_unfolded_batch_norms_train_and_tune(name):
+    """Batch norms that cannot be folded (after a concat, before a conv) keep their running
+    statistics as continuous buffers: training steps and grid tuning run, and the statistics get
+    no gradient (aten.batch_norm refuses to differentiate them)."""
+    model, inputs, imodel = converted(name)
+    stats = [n for n in imodel.plans() if n.endswith(("running_mean", "running_var"))]
+    assert stats
+    x = batches(inputs, 1, 8, seed=0)[0]
+    imodel.train()
+    inn.RandomSizes(imodel, 0.5, seed=0).step()
+    imodel(x).square().mean().backward()
+    for n in imodel.plans():
+        grads = [p.grad for p in imodel.functions[n.replace(".", "/")].parameters()]
+        if n in stats:
+            assert all(g is None for g in grads), n
+        else:
+            assert all(g is not None for g in grads), n
+    imodel.zero_grad(set_to_none=True)
+    imodel.resize(0.5)
+    imodel.eval()
+    cal, held_out = batches(inputs, 2, 8, seed=1), batches(inputs, 1, 8, seed=2)
+    with torch.no_grad():
+        ref = [model(h) for h in held_out]
+    before = rel_sq_err(imodel, ref, held_out)
+    values = snapshot(imodel)
+    tune_grid(imodel, cal, config=TuneConfig(steps=10, seconds=None, progress=False, lr=1e-2))
+    imodel.eval()
+    assert all(torch.equal(snapshot(imodel)[k], v) for k, v in values.items())
+    assert check_partitions_valid(imodel) == len(imodel.groups)
+    assert rel_sq_err(imodel, ref, held_out) < before
 
 
 def test_default_teacher_is_the_full_size_network():

@@ -206,7 +206,10 @@ class IntegralModel(nn.Module):
         for name in self.tensor_names:
             key = _key(name)
             if key in self.functions:
-                tensors.append(self.functions[key].sample(parts))
+                t = self.functions[key].sample(parts)
+                # buffers (e.g. batch-norm running statistics, which aten.batch_norm refuses to
+                # differentiate) follow the partitions but get no gradient
+                tensors.append(t if name in self.trainable else t.detach())
             else:
                 tensors.append(getattr(self.fixed, key))
         like = tensors[0] if tensors else torch.empty(0)
