@@ -120,15 +120,6 @@ def test_same_shapes_for_both_networks():
     assert digits.count_params(small) == digits.count_params(plain)
 
 
-def test_param_groups_scale_integral_weights_only():
-    p = UniformPartition(16)
-    net = nn.Sequential(IntegralLinear(4, p), nn.ReLU(), IntegralLinear(p, 3))
-    groups = digits.param_groups(net, 1e-3)
-    assert groups[0]["params"][0] is net[2].weight_fn.values and groups[0]["lr"] == pytest.approx(16e-3)
-    assert groups[-1]["lr"] == 1e-3 and len(groups[-1]["params"]) == 3
-    assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
-
-
 # -- the demo ----------------------------------------------------------------------------------
 
 def test_quick_demo_end_to_end(data):

@@ -602,3 +602,14 @@ def test_reprs():
     for s in ("in, out=2, 3/8", "stride=(2, 2)", "padding=(1, 1)", "dilation=(2, 2)",
               "padding_mode='reflect'", "bias=False"):
         assert s in r, (s, r)
+
+
+def test_stored_values_keep_the_weights_magnitude():
+    """Values are the weight over n * q_full: equal to it where q_full = 1/n (interior trapezoid
+    points are 1/(n-1), so the ratio is (n-1)/n), so a plain learning rate suits them."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(16, 3)
+    for rule, interior in (("midpoint", 1.0), ("trapezoid", 15 / 16)):
+        layer = IntegralLinear.from_discrete(lin, UniformPartition(16, rule), None)
+        ratio = layer.weight_fn.values.detach()[:, 1:-1] / lin.weight.detach()[:, 1:-1]
+        assert torch.allclose(ratio, torch.full_like(ratio, interior), rtol=1e-5)

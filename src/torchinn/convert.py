@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .functions import KINDS
+from .functions import KINDS, Kind
 from .graph.analysis import analyse
 from .graph.build import build_runtime
 from .graph.fuse import fuse_batch_norms
@@ -69,7 +69,7 @@ class ConvertConfig:
     """
 
     quadrature: str = "trapezoid"
-    kind: Literal["cubic", "linear"] = "cubic"
+    kind: Kind = "cubic"
     permute: bool = True
     tsp_time_limit: float | None = None
     tsp_solver: Literal["local", "fast_tsp"] = "local"

@@ -5,8 +5,10 @@ continuous (they run over a partition's control points in [0, 1]); the others ar
 (kernel taps, heads, a network's input channels). Sampling evaluates the function at new points
 along every continuous dimension, one dimension after the other (the interpolation is separable).
 
-Interpolation is cubic convolution (Keys, a = -0.75: what ``grid_sample(mode="bicubic",
-align_corners=True)`` computes in the seed's Listing 1, with ``border`` padding) or linear. It is
+Interpolation (``kind``) is cubic convolution, ``"cubic"`` (Keys, a = -0.75: what
+``grid_sample(mode="bicubic", align_corners=True)`` computes in the seed's Listing 1, with
+``border`` padding) or ``"catmull-rom"`` (a = -1/2, which reproduces quadratics and is third-order
+accurate, where a = -0.75 is first-order), or ``"linear"``. It is
 written as a gather of 4 (or 2) neighbouring control values per sampled point, so it costs
 O(points x 4) per row instead of the dense O(points x controls) of an interpolation matrix, and
 works for any number of continuous and discrete dimensions (``grid_sample`` is limited to 2-D
@@ -34,15 +36,16 @@ from torch import Tensor, nn
 
 from .partition import Chunk
 
-__all__ = ["ContinuousFunction", "interpolation_taps", "KINDS"]
+__all__ = ["ContinuousFunction", "interpolation_taps", "KINDS", "Kind"]
 
-KINDS = ("cubic", "linear")
-_A = -0.75  # Keys' cubic convolution parameter used by PyTorch's bicubic modes
+KINDS = ("cubic", "catmull-rom", "linear")
+Kind = Literal["cubic", "catmull-rom", "linear"]
+#: Keys' cubic convolution parameter: PyTorch's bicubic modes use -0.75, Catmull-Rom is -1/2.
+_KEYS_A = {"cubic": -0.75, "catmull-rom": -0.5}
 
 
-def _cubic_weights(f: Tensor) -> Tensor:
+def _cubic_weights(f: Tensor, a: float) -> Tensor:
     """Keys' cubic convolution weights for taps at i-1, i, i+1, i+2 given the fraction ``f``."""
-    a = _A
 
     def near(s: Tensor) -> Tensor:  # |s| <= 1
         return ((a + 2) * s - (a + 3)) * s * s + 1
@@ -61,7 +64,9 @@ def interpolation_taps(points: Tensor, control: Tensor, kind: str = "cubic") -> 
     """
     m = control.numel()
     k = points.numel()
-    taps = 4 if kind == "cubic" else 2
+    if kind not in KINDS:
+        raise ValueError(f"unknown interpolation kind {kind!r}; choose one of {KINDS}")
+    taps = 4 if kind in _KEYS_A else 2
     if m == 1:
         idx = torch.zeros(k, taps, dtype=torch.long, device=points.device)
         w = torch.zeros(k, taps, dtype=points.dtype, device=points.device)
@@ -73,14 +78,12 @@ def interpolation_taps(points: Tensor, control: Tensor, kind: str = "cubic") -> 
     t = j.to(x.dtype) + (x - control[j]) / (control[j + 1] - control[j])
     i = torch.floor(t.detach()).long().clamp(0, m - 2)
     f = t - i.to(t.dtype)
-    if kind == "cubic":
+    if kind in _KEYS_A:
         offsets = torch.arange(-1, 3, device=points.device)
-        w = _cubic_weights(f)
-    elif kind == "linear":
+        w = _cubic_weights(f, _KEYS_A[kind])
+    else:
         offsets = torch.arange(0, 2, device=points.device)
         w = torch.stack([1 - f, f], dim=-1)
-    else:
-        raise ValueError(f"unknown interpolation kind {kind!r}; choose one of {KINDS}")
     idx = (i[:, None] + offsets).clamp(0, m - 1)
     return idx, w
 
@@ -91,11 +94,11 @@ class ContinuousFunction(nn.Module):
     Args:
         values: initial control values (copied into a trainable ``nn.Parameter``).
         dims: which dimensions of ``values`` are continuous.
-        kind: ``"cubic"`` (default, the paper's choice) or ``"linear"`` interpolation.
+        kind: ``"cubic"`` (default, the paper's choice), ``"catmull-rom"`` or ``"linear"``.
     """
 
     def __init__(self, values: Tensor, dims: Sequence[int],
-                 kind: Literal["cubic", "linear"] = "cubic") -> None:
+                 kind: Kind = "cubic") -> None:
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"unknown interpolation kind {kind!r}; choose one of {KINDS}")

@@ -24,13 +24,14 @@ Conv2d(3, 8, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import skip_init
 
-from .functions import ContinuousFunction
+from .functions import ContinuousFunction, Kind
 from .partition import Partition
 
 __all__ = [
@@ -87,7 +88,7 @@ class IntegralLayer(nn.Module):
     out_dim = 0
 
     def _setup(self, in_ch: Channels, out_ch: Channels, template: nn.Module,
-               kind: Literal["cubic", "linear"], depthwise: bool = False) -> None:
+               kind: Kind, depthwise: bool = False) -> None:
         """Take weight and bias from ``template`` (an ``nn`` layer at full size) and fit the
         continuous functions so that sampling at full size reproduces it exactly."""
         self.in_partition = in_ch if isinstance(in_ch, Partition) else None
@@ -136,13 +137,16 @@ class IntegralLayer(nn.Module):
         return dims
 
     def _in_quadrature(self, like: Tensor, full: bool = False) -> Tensor | None:
+        """Quadrature weights of the input partition times its ``max_size`` (1 on average at full
+        size), shaped to broadcast along the input dimension. The stored values are the weight
+        divided by the full-size ones, so they keep the weight's magnitude (and learning rate)."""
         p = self.in_partition
         if p is None or self.depthwise:
             return None
         q = p.full_weights(like.device, like.dtype) if full else p.weights(like.device, like.dtype)
         shape = [1] * like.ndim
         shape[self.in_dim] = -1
-        return q.reshape(shape)
+        return (q * p.max_size).reshape(shape)
 
     def sample(self) -> tuple[Tensor, Tensor | None]:
         """The discrete weight (quadrature fused in) and bias at the current sizes."""
@@ -203,7 +207,8 @@ class IntegralLayer(nn.Module):
         raise NotImplementedError
 
     def to_discrete(self) -> nn.Module:
-        """A fresh plain ``nn`` layer with the weights sampled at the current sizes."""
+        """A fresh plain ``nn`` layer with the weights sampled at the current sizes (built without
+        a random initialisation: the global RNG is not touched)."""
         with torch.no_grad():
             weight, bias = self.sample()
         layer = self._make_discrete(weight, bias)
@@ -242,7 +247,7 @@ class IntegralLinear(IntegralLayer):
     in_dim, out_dim = 1, 0
 
     def __init__(self, in_features: Channels, out_features: Channels, bias: bool = True, *,
-                 kind: Literal["cubic", "linear"] = "cubic", device: Any = None, dtype: Any = None) -> None:
+                 kind: Kind = "cubic", device: Any = None, dtype: Any = None) -> None:
         super().__init__()
         template = nn.Linear(_max(in_features, "in_features"), _max(out_features, "out_features"),
                              bias, device=device, dtype=dtype)
@@ -250,7 +255,7 @@ class IntegralLinear(IntegralLayer):
 
     @classmethod
     def from_discrete(cls, layer: nn.Linear, in_features: Channels | None = None,
-                      out_features: Channels | None = None, *, kind: Literal["cubic", "linear"] = "cubic"
+                      out_features: Channels | None = None, *, kind: Kind = "cubic"
                       ) -> IntegralLinear:
         """The integral layer that reproduces ``layer`` exactly at full size."""
         self = cls.__new__(cls)
@@ -267,7 +272,7 @@ class IntegralLinear(IntegralLayer):
         return F.linear(input, weight, bias)
 
     def _make_discrete(self, weight: Tensor, bias: Tensor | None) -> nn.Module:
-        return nn.Linear(self.in_size, self.out_size, bias is not None, **self._discrete_kwargs())
+        return skip_init(nn.Linear, self.in_size, self.out_size, bias is not None, **self._discrete_kwargs())
 
     def extra_repr(self) -> str:
         return f"in, out={self._channels_repr()}, bias={self.bias_fn is not None}, kind={self.kind!r}"
@@ -289,7 +294,7 @@ class _IntegralConvNd(IntegralLayer):
     def __init__(self, in_channels: Channels, out_channels: Channels, kernel_size: int | tuple,
                  stride: int | tuple = 1, padding: int | tuple | str = 0, dilation: int | tuple = 1,
                  groups: int | Partition = 1, bias: bool = True, padding_mode: str = "zeros", *,
-                 output_padding: int | tuple = 0, kind: Literal["cubic", "linear"] = "cubic",
+                 output_padding: int | tuple = 0, kind: Kind = "cubic",
                  device: Any = None, dtype: Any = None, _template: nn.Module | None = None) -> None:
         super().__init__()
         depthwise = isinstance(groups, Partition)
@@ -318,7 +323,7 @@ class _IntegralConvNd(IntegralLayer):
 
     @classmethod
     def from_discrete(cls, layer: nn.Module, in_channels: Channels | None = None,
-                      out_channels: Channels | None = None, *, kind: Literal["cubic", "linear"] = "cubic",
+                      out_channels: Channels | None = None, *, kind: Kind = "cubic",
                       depthwise: bool = False) -> _IntegralConvNd:
         """The integral layer that reproduces the ``nn`` convolution ``layer`` exactly at full size.
 
@@ -357,7 +362,7 @@ class _IntegralConvNd(IntegralLayer):
                                   padding_mode=self.padding_mode, **self._discrete_kwargs())
         if self.transposed:
             kw["output_padding"] = self.output_padding
-        return self._nn_conv(self.in_size, self.out_size, self.kernel_size, **kw)
+        return skip_init(self._nn_conv, self.in_size, self.out_size, self.kernel_size, **kw)
 
     def extra_repr(self) -> str:
         s = f"in, out={self._channels_repr()}, kernel_size={self.kernel_size}, stride={self.stride}"

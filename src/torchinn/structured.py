@@ -12,8 +12,9 @@ product of atoms, each atom either fixed positions or the channels of one group 
 :class:`StructuredFunction` cuts the tensor into blocks (one per combination of segments),
 views each block with its atoms as separate dimensions, and keeps it as a
 :class:`~torchinn.functions.ContinuousFunction` of its group atoms. Atoms marked ``integrate``
-(a layer's input channels) hold ``tensor / q_full`` and are multiplied by the current quadrature
-weights when sampled, so at the full size the original tensor comes back.
+(a layer's input channels) hold ``tensor / (n * q_full)`` (``n`` channels; ``n * q_full`` is 1 on
+average, so the values keep the tensor's magnitude) and are multiplied by ``n * q`` of the
+current partition when sampled, so at the full size the original tensor comes back.
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from .functions import ContinuousFunction
+from .functions import ContinuousFunction, Kind
 from .partition import Partition
 
 __all__ = ["Atom", "DimPlan", "StructuredFunction", "plan_size", "plan_vector", "take_channels"]
@@ -71,7 +71,7 @@ class StructuredFunction(nn.Module):
     """The continuous version of one tensor, sampled on the partitions of its groups."""
 
     def __init__(self, tensor: Tensor, plan: tuple[DimPlan, ...], full_weights: Mapping[str, Tensor],
-                 kind: Literal["cubic", "linear"] = "cubic") -> None:
+                 kind: Kind = "cubic") -> None:
         super().__init__()
         if len(plan) != tensor.ndim:
             raise ValueError(f"plan has {len(plan)} dims but the tensor has {tensor.ndim}")
@@ -94,7 +94,8 @@ class StructuredFunction(nn.Module):
                 if a.group is not None and a.integrate:
                     shape = [1] * len(atoms)
                     shape[pos] = -1
-                    values = values / full_weights[a.group].to(values).reshape(shape)
+                    q = full_weights[a.group].to(values)
+                    values = values / (q * q.numel()).reshape(shape)
             dims = [pos for pos, a in enumerate(atoms) if a.group is not None]
             blocks.append(ContinuousFunction(values, dims, kind))
         self.blocks = nn.ModuleList(blocks)
@@ -119,7 +120,8 @@ class StructuredFunction(nn.Module):
                 if a.group is not None and a.integrate:
                     shape = [1] * len(atoms)
                     shape[pos] = -1
-                    block = block * partitions[a.group].weights(dev, dt).reshape(shape)
+                    p = partitions[a.group]
+                    block = block * (p.weights(dev, dt) * p.max_size).reshape(shape)
             lengths = []
             i = 0
             for d, s in enumerate(key):

@@ -63,7 +63,7 @@ class TuneConfig:
 
     steps: int | None = None
     seconds: float | None = 60.0
-    lr: float = 1e-2
+    lr: float = 1e-3
     lr_params: float = 1e-4
     train: Sequence[str] = ()
     decay_every: int = 300

@@ -36,7 +36,7 @@ from ..model import to_discrete
 from ..partition import RandomSizes, UniformPartition, resize
 
 __all__ = ["DemoConfig", "DemoResult", "COLUMNS", "integral_cnn", "discrete_cnn", "naive_cut",
-           "hidden_sizes", "count_params", "accuracy", "param_groups", "run", "format_table"]
+           "hidden_sizes", "count_params", "accuracy", "run", "format_table"]
 
 log = logging.getLogger(__name__)
 
@@ -252,25 +252,6 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500) -> f
     return correct / len(y)
 
 
-def param_groups(model: nn.Module, lr: float) -> list[dict]:
-    """Adam parameter groups that make a step on an integral layer's control values match a step
-    of ``lr`` on its sampled weight.
-
-    A layer with a continuous input stores its weight divided by the quadrature weights (about
-    ``1 / max_size`` each), so its control values are ``max_size`` times larger than the weights
-    it produces, and Adam (whose steps do not scale with the gradient) would move them
-    ``max_size`` times too slowly. Their learning rate is multiplied by ``max_size``; biases and
-    everything else keep ``lr``.
-    """
-    scaled, seen = [], set()
-    for m in model.modules():
-        if isinstance(m, IntegralLayer) and m.in_partition is not None and not m.depthwise:
-            scaled.append({"params": [m.weight_fn.values], "lr": lr * m.in_partition.max_size})
-            seen.add(id(m.weight_fn.values))
-    rest = [p for p in model.parameters() if id(p) not in seen]
-    return scaled + [{"params": rest, "lr": lr}]
-
-
 def _augment(x: Tensor, cfg: DemoConfig, generator: torch.Generator) -> Tensor:
     """Random small shifts, rotations and scalings (one per image), from ``generator``."""
     if cfg.shift == 0 and cfg.rotate == 0 and cfg.scale == 0:
@@ -308,7 +289,7 @@ def _fit(which: str, cfg: DemoConfig, x: Tensor, y: Tensor, threads: int | None 
     model = _build(which, cfg)
     sizes = (RandomSizes(model, low=cfg.low, distribution=cfg.distribution, seed=cfg.seed)
              if which == "integral" else None)
-    opt = torch.optim.Adam(param_groups(model, cfg.lr))
+    opt = torch.optim.Adam(model.parameters(), cfg.lr)
     steps_per_epoch = (len(y) + cfg.batch_size - 1) // cfg.batch_size
     total = cfg.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
