@@ -9,6 +9,7 @@ from .functions import ContinuousFunction
 from .model import to_discrete
 from .convert import ConvertConfig, UnsupportedOpError, convert
 from .integral_model import Group, Groups, IntegralModel
+from .serialize import FormatError, load, save
 from .layers import (
     IntegralConv1d,
     IntegralConv2d,
@@ -55,6 +56,9 @@ __all__ = [
     "IntegralModel",
     "Group",
     "Groups",
+    "save",
+    "load",
+    "FormatError",
     "IntegralLayer",
     "IntegralLinear",
     "IntegralConv1d",

@@ -224,6 +224,8 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor,
             raise TypeError(f"tensor {name!r} of dtype {t.dtype} has channels in a group; only "
                             "floating tensors can be continuous")
         functions[name] = StructuredFunction(t, dim_plans, full_weights, config.kind)
+        if name not in traced.trainable:  # a buffer (running statistics): follows sizes, never trained
+            functions[name].requires_grad_(False)
     fixed = {n: t for n, t in tensors.items() if n not in functions}
     tensor_names = [traced.source[n] for n in traced.graph.nodes if n in traced.source]
     group_index = {root: i for root, i in plan.group_of_root.items()}

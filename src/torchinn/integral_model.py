@@ -314,6 +314,27 @@ class IntegralModel(nn.Module):
                         self.in_spec, self.out_spec)
         return gm.train(self.training)
 
+    def save(self, path: str) -> None:
+        """Write the model to one file (see :func:`torchinn.save`)."""
+        from .serialize import save
+
+        save(self, path)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        # TreeSpecs as strings: copying the objects trips a deprecation warning in torch's pytree
+        state["in_spec"] = pytree.treespec_dumps(self.in_spec)
+        state["out_spec"] = pytree.treespec_dumps(self.out_spec)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        for k in ("in_spec", "out_spec"):
+            if isinstance(state.get(k), str):
+                state[k] = pytree.treespec_loads(state[k])
+        self.__dict__.update(state)
+
     def extra_repr(self) -> str:
         sizes = ", ".join(f"{n}={s}" for n, s in list(self.sizes().items())[:6])
         more = "..." if len(self.group_names) > 6 else ""

@@ -196,7 +196,7 @@ def tune_grid(model: nn.Module, loader: Iterable[Any], *, teacher: nn.Module | N
     opt = torch.optim.Adam(groups)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=config.decay_every, gamma=config.decay)
     was_training = model.training
-    model.train()
+    model.eval()  # the network as it will be used: no dropout; gradients still flow
     start = time.perf_counter()
     step, first, last = 0, None, None
     bar = tqdm(total=config.steps, desc="tuning grids", disable=not config.progress, leave=False)
