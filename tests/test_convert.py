@@ -212,3 +212,28 @@ def test_module_name_finds_its_group(converted) -> None:
     module = name.rsplit(".", 1)[0]
     assert imodel.groups[module] is not None
     assert imodel.groups[module].name == name
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_other_dtypes_convert_and_run(dtype: torch.dtype) -> None:
+    """float64 is exact; 16-bit models keep float32 control values, so without batch norms to
+    fold the full-size model is bit-exact, and with them within a few 16-bit ulps."""
+    for name, exact in (("vit_timm", True), ("resnet_basic", False)):
+        torch.manual_seed(0)
+        model, inputs = ZOO[name]()
+        model = model.to(dtype)
+        inputs = tuple(x.to(dtype) for x in inputs)
+        imodel = inn.convert(model, inputs, inn.ConvertConfig(permute=False))
+        with torch.no_grad():
+            err = rel_err(model(*inputs).float(), imodel(*inputs).float())
+        if dtype == torch.float64:
+            assert err <= 1e-12
+        elif exact:
+            assert err == 0.0
+        else:
+            assert err <= 16 * torch.finfo(dtype).eps
+        imodel.resize(0.5)
+        small = imodel.to_discrete()
+        assert all(p.dtype == dtype for p in small.parameters())
+        with torch.no_grad():
+            assert torch.equal(small(*inputs), imodel(*inputs))

@@ -255,7 +255,9 @@ def _check(model: nn.Module, imodel: IntegralModel, example_inputs: tuple) -> No
         if isinstance(r, Tensor) and r.is_floating_point():
             scale = float(r.abs().max()) or 1.0
             err = float((r - g).abs().max()) / scale
-            if not err <= 1e-4:
+            # folding batch norms rounds differently from running them: allow a few 16-bit ulps
+            tol = 1e-4 if torch.finfo(r.dtype).bits > 16 else 16 * torch.finfo(r.dtype).eps
+            if not err <= tol:
                 raise RuntimeError(
                     f"internal error: the integral model differs from the network at full size "
                     f"(relative error {err:.2e}); please report this model")

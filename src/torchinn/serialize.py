@@ -229,7 +229,7 @@ def save(imodel: IntegralModel, path: str | os.PathLike) -> None:
             for i, block in enumerate(fn.blocks):
                 tensors[f"f/{name}/{i}"] = block.values.detach()
             functions[name] = {"plan": _plan_json(fn.plan), "kind": fn.blocks[0].kind,
-                               "shape": list(fn.shape),
+                               "shape": list(fn.shape), "dtype": str(fn.out_dtype).removeprefix("torch."),
                                "block_dims": [list(b.dims) for b in fn.blocks]}
         else:
             tensors[f"x/{name}"] = getattr(imodel.fixed, key).detach()
@@ -289,7 +289,10 @@ def _build(meta: dict, tensors: dict[str, Tensor]) -> IntegralModel:
     functions = {}
     for name, info in meta["functions"].items():
         plan = _plan_from(info["plan"])
-        fn = StructuredFunction(torch.zeros(info["shape"]), plan, full_weights, info["kind"])
+        dtype = getattr(torch, info.get("dtype", "float32"), None)
+        if not isinstance(dtype, torch.dtype):
+            raise FormatError(f"unknown dtype {info.get('dtype')!r} for tensor {name!r}")
+        fn = StructuredFunction(torch.zeros(info["shape"], dtype=dtype), plan, full_weights, info["kind"])
         with torch.no_grad():
             for i, block in enumerate(fn.blocks):
                 values = tensors[f"f/{name}/{i}"]

@@ -80,6 +80,11 @@ class StructuredFunction(nn.Module):
                 raise ValueError(f"plan of dim {d} covers {plan_size(p)} positions, tensor has {tensor.shape[d]}")
         self.plan = plan
         self.shape = tuple(tensor.shape)
+        # 16-bit tensors keep float32 control values (like master weights in mixed precision), so
+        # sampling at full size rounds back to exactly the original values
+        self.out_dtype = tensor.dtype
+        if tensor.dtype in (torch.float16, torch.bfloat16):
+            tensor = tensor.float()
         self.keys = list(itertools.product(*(range(len(p)) for p in plan)))
         blocks = []
         for key in self.keys:
@@ -129,9 +134,8 @@ class StructuredFunction(nn.Module):
                 lengths.append(math.prod(block.shape[i:i + n]))
                 i += n
             out[key] = block.reshape(lengths)
-        if len(self.keys) == 1:
-            return out[self.keys[0]]
-        return self._assemble(out, ())
+        result = out[self.keys[0]] if len(self.keys) == 1 else self._assemble(out, ())
+        return result if result.dtype == self.out_dtype else result.to(self.out_dtype)
 
     def _assemble(self, blocks: dict[tuple[int, ...], Tensor], prefix: tuple[int, ...]) -> Tensor:
         d = len(prefix)

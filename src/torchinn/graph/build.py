@@ -231,6 +231,21 @@ def specialize(runtime: fx.GraphModule, tensor_names: list[str], tensors: list[T
     for name in ("tensors", "sizes", "scales", "training", "norm_training"):
         graph.erase_node(placeholders[name])
     graph.eliminate_dead_code()
+    if _flat_signature(in_spec) and out_spec.is_leaf():
+        # positional tensors in, one tensor out: plain code, which TorchScript can also script
+        output = next(n for n in graph.nodes if n.op == "output")
+        result = output.args[0]
+        output.args = (result[0] if isinstance(result, (list, tuple)) else result,)
+    else:
+        graph._codegen = _pytree_codegen(in_spec, out_spec)
     graph.lint()
-    graph._codegen = _pytree_codegen(in_spec, out_spec)
     return fx.GraphModule(root, graph, class_name="DiscreteNetwork")
+
+
+def _flat_signature(in_spec: pytree.TreeSpec) -> bool:
+    """Called as ``f(*tensors)``: a tuple of (args tuple of leaves, empty kwargs dict)."""
+    if in_spec.type is not tuple or in_spec.num_children != 2:
+        return False
+    args, kwargs = in_spec.child(0), in_spec.child(1)
+    return (args.type is tuple and all(args.child(i).is_leaf() for i in range(args.num_children))
+            and kwargs.type is dict and kwargs.num_children == 0)
