@@ -199,7 +199,8 @@ def test_model_in_training_mode_is_converted_with_eval_statistics() -> None:
     torch.manual_seed(0)
     model, inputs = ZOO["vgg_bn"]()
     model.train()
-    imodel = inn.convert(model, inputs)
+    with pytest.warns(UserWarning, match="training mode; it is converted as in eval mode"):
+        imodel = inn.convert(model, inputs)
     assert model.training  # left as it was
     model.eval()
     with torch.no_grad():

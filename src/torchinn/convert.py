@@ -17,12 +17,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.fx.experimental.symbolic_shapes import is_concrete_int
 from tqdm.auto import tqdm
 
 from .functions import KINDS, Kind
@@ -192,6 +194,10 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor,
     if not isinstance(example_inputs, tuple):
         raise TypeError(f"example_inputs must be a tuple of inputs, got {type(example_inputs).__name__}")
     _check_model(model, example_inputs)
+    if model.training and any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout))
+                              for m in model.modules()):
+        warnings.warn(f"{type(model).__name__} is in training mode; it is converted as in eval mode "
+                      "(batch norms use their running statistics, dropout is off)", stacklevel=2)
     report: dict[str, float] = {}
     t0 = time.perf_counter()
     traced: Traced = trace(model, example_inputs)
@@ -235,6 +241,8 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor,
     report["fit_s"] = time.perf_counter() - t0
     report["folded_batch_norms"] = len(folded)
     imodel.report = report
+    imodel.input_shapes = [tuple(int(d) if is_concrete_int(d) else None for d in n.meta["val"].shape)
+                           if isinstance(n.meta.get("val"), Tensor) else None for n in traced.inputs]
     imodel.pinned = {n: r for n, r in plan.pinned.items()}
     imodel.eval()
     if config.check:

@@ -147,6 +147,8 @@ class IntegralModel(nn.Module):
         self.contractions = list(contractions)
         self.in_spec, self.out_spec = in_spec, out_spec
         self.report: dict[str, Any] = {}
+        #: per flattened input: its shape when converted, ``None`` where any size works
+        self.input_shapes: list[tuple[int | None, ...] | None] = []
         self._cache: tuple[Any, list[Tensor], list[Tensor]] | None = None
 
     # -- groups and sizes -------------------------------------------------------------------
@@ -252,10 +254,20 @@ class IntegralModel(nn.Module):
         if spec != self.in_spec:
             raise ValueError(f"the integral model was traced with inputs structured as {self.in_spec}, "
                              f"got {spec}")
+        self._check_inputs(flat)
         tensors, scales = self.sampled()
         sizes = [self.partitions[_key(n)].size for n in self.group_names]
         out = self.runtime(tensors, sizes, scales, self.training, False, *flat)
         return pytree.tree_unflatten(list(out), self.out_spec)
+
+    def _check_inputs(self, flat: list[Any]) -> None:
+        for i, (x, shape) in enumerate(zip(flat, self.input_shapes)):
+            if shape is None or not isinstance(x, Tensor):
+                continue
+            if x.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, x.shape)):
+                want = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"
+                raise ValueError(f"input {i} has shape {tuple(x.shape)}, but the network was converted "
+                                 f"for inputs of shape {want}")
 
     # -- tensors and counts -------------------------------------------------------------------
     def plans(self) -> dict[str, tuple]:

@@ -244,6 +244,7 @@ def save(imodel: IntegralModel, path: str | os.PathLike) -> None:
                          for c in imodel.contractions],
         "in_spec": pytree.treespec_dumps(imodel.in_spec), "out_spec": pytree.treespec_dumps(imodel.out_spec),
         "training": imodel.training,
+        "input_shapes": [list(s) if s is not None else None for s in imodel.input_shapes],
     }
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     save_file(tensors, os.fspath(path), metadata={"torchinn": json.dumps(meta)})
@@ -311,4 +312,5 @@ def _build(meta: dict, tensors: dict[str, Tensor]) -> IntegralModel:
     imodel = IntegralModel(runtime, meta["tensor_names"], functions, fixed, set(meta["trainable"]), groups,
                            partitions, contractions, pytree.treespec_loads(meta["in_spec"]),
                            pytree.treespec_loads(meta["out_spec"]))
+    imodel.input_shapes = [tuple(s) if s is not None else None for s in meta.get("input_shapes", [])]
     return imodel.train(meta.get("training", False))

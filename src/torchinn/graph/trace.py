@@ -103,6 +103,12 @@ def trace(model: nn.Module, example_inputs: tuple) -> Traced:
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     module = copy.deepcopy(model).eval()
+    try:
+        with torch.no_grad():
+            module(*example_inputs)
+    except Exception as err:  # noqa: BLE001 - reported with its cause
+        raise RuntimeError(f"{type(model).__name__} fails on the example inputs "
+                           f"({type(err).__name__}: {err}); pass inputs the model accepts") from err
     ep = _export(module, example_inputs)
     gm = ep.graph_module
     graph = copy.deepcopy(gm.graph)

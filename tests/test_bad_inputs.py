@@ -1,0 +1,220 @@
+"""Every bad input in docs/bad-inputs.md, and the answer it gets (the page and this list agree)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import torchinn as inn
+from torchinn.budget import choose_sizes
+from torchinn.train import TuneConfig, tune_grid
+from zoo import ZOO
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-inputs.md"
+
+
+def small() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+
+
+X = torch.randn(2, 3, 8, 8)
+
+
+def converted() -> inn.IntegralModel:
+    return inn.convert(small(), (X,), inn.ConvertConfig(permute=False))
+
+
+def nan_weights() -> None:
+    m = small()
+    with torch.no_grad():
+        m[0].weight[0, 0, 0, 0] = float("nan")
+    inn.convert(m, (X,))
+
+
+def meta_device() -> None:
+    with torch.device("meta"):
+        m = small()
+    inn.convert(m, (X,))
+
+
+def wrong_input_shape() -> None:
+    converted()(torch.randn(2, 4, 8, 8))
+
+
+def broken_example_inputs() -> None:
+    inn.convert(small(), (torch.randn(2, 5, 8, 8),))
+
+
+def data_dependent_forward() -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 8)
+            self.b = nn.Linear(8, 2)
+
+        def forward(self, x):
+            y = self.a(x)
+            if y.sum() > 0:  # depends on the values: not traceable
+                y = y * 2
+            return self.b(y)
+
+    inn.convert(Branchy(), (torch.randn(2, 4),))
+
+
+def unsupported_op() -> None:
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 8)
+            self.b = nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.b(torch.special.i0(self.a(x)))
+
+    inn.convert(Odd(), (torch.randn(2, 4),))
+
+
+def size_zero() -> None:
+    converted().resize({"0.weight:0": 0})
+
+
+def size_too_big() -> None:
+    converted().resize({"0.weight:0": 9})
+
+
+def ratio_out_of_range() -> None:
+    converted().resize(0.0)
+
+
+def unknown_group() -> None:
+    converted().resize({"0.wieght:0": 4})
+
+
+def target_out_of_range() -> None:
+    choose_sizes(converted(), 1.5)
+
+
+def empty_calibration() -> None:
+    m = converted()
+    m.resize(0.5)
+    tune_grid(m, [], config=TuneConfig(steps=1, seconds=None, progress=False))
+
+
+def not_converted() -> None:
+    tune_grid(small(), [X], config=TuneConfig(steps=1, seconds=None, progress=False))
+
+
+def even_simpson() -> None:
+    inn.convert(small(), (X,), inn.ConvertConfig(quadrature="simpson"))
+
+
+def not_a_module() -> None:
+    inn.convert(lambda x: x, (X,))
+
+
+def empty_model() -> None:
+    inn.convert(nn.Sequential(), (X,))
+
+
+def layer_bad_size() -> None:
+    inn.UniformPartition(8).resize(9)
+
+
+def partition_not_increasing() -> None:
+    inn.FixedPartition([0.0, 0.5, 0.4, 1.0])
+
+
+def partition_outside() -> None:
+    inn.FixedPartition([0.0, 0.5, 1.2])
+
+
+def simpson_even_points() -> None:
+    inn.get_quadrature("simpson").weights(torch.linspace(0, 1, 4))
+
+
+def device_mismatch() -> None:
+    layer = inn.IntegralLinear(4, inn.UniformPartition(8))
+    layer(torch.randn(2, 4, device="meta"))
+
+
+def load_foreign_file(tmp: Path) -> None:
+    path = tmp / "x.inn"
+    path.write_bytes(b"hello")
+    inn.load(path)
+
+
+# (what, how it is triggered, the exception, a regex of its message)
+CASES: list[tuple[str, Callable, type[BaseException], str]] = [
+    ("NaN or Inf weights", nan_weights, ValueError, r"'0\.weight' has 1 NaN/Inf values"),
+    ("empty model (no parameters)", empty_model, ValueError, r"has no parameters: nothing to convert"),
+    ("model on the meta device", meta_device, ValueError, r"is on the meta device: load real weights"),
+    ("not an nn.Module", not_a_module, TypeError, r"convert\(\) needs an nn\.Module"),
+    ("example inputs the model itself rejects", broken_example_inputs, RuntimeError,
+     r"Sequential fails on the example inputs \(RuntimeError: .*expected input\[2, 5, 8, 8\] to have 3 channels"),
+    ("forward with Python control flow on tensor values", data_dependent_forward, RuntimeError,
+     r"torch\.export could not trace Branchy"),
+    ("an op on channels torchinn cannot follow", unsupported_op, inn.UnsupportedOpError,
+     r"(?s)aten\.special_i0\.default at node 'special_i0'.*keep_discrete"),
+    ("inputs of the wrong shape", wrong_input_shape, ValueError,
+     r"input 0 has shape \(2, 4, 8, 8\), but the network was converted for inputs of shape \(any, 3, any, any\)"),
+    ("a group size of 0", size_zero, ValueError, r"has 8 channels; size must be in \[1, 8\], got 0"),
+    ("a group size above its channels", size_too_big, ValueError, r"size must be in \[1, 8\], got 9"),
+    ("a ratio outside (0, 1]", ratio_out_of_range, ValueError, r"a ratio must be in \(0, 1\], got 0\.0"),
+    ("an unknown group name", unknown_group, KeyError, r"no group named '0\.wieght:0'; did you mean \['0\.weight:0'\]"),
+    ("a budget target outside (0, 1)", target_out_of_range, ValueError, r"must be in \(0, 1\), got 1\.5"),
+    ("an empty calibration loader", empty_calibration, ValueError, r"the calibration loader is empty"),
+    ("tuning a model that was not converted", not_converted, TypeError, r"expected an IntegralModel"),
+    ("Simpson's rule on groups of even size", even_simpson, ValueError, r"Simpson's rule needs an odd number"),
+    ("a partition size above its maximum", layer_bad_size, ValueError,
+     r"has 8 channels; size must be in \[1, 8\], got 9"),
+    ("a partition that is not increasing", partition_not_increasing, ValueError,
+     r"strictly increasing, but point 2 \(0\.4\) <= point 1 \(0\.5\)"),
+    ("a partition that leaves [0, 1]", partition_outside, ValueError, r"leaves \[0, 1\]: its points span \[0, 1\.2\]"),
+    ("Simpson's rule on an even point count", simpson_even_points, ValueError, r"odd number of points .* got 4"),
+    ("input and weights on different devices", device_mismatch, ValueError, r"input is on meta but the layer's weights are on cpu"),
+    ("loading a file that is not a torchinn model", load_foreign_file, inn.FormatError, r"not a torchinn model file"),
+]
+
+
+@pytest.mark.parametrize("what,fn,exc,pattern", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gets_a_clear_error(what: str, fn: Callable, exc: type, pattern: str, tmp_path: Path) -> None:
+    with pytest.raises(exc, match=pattern):
+        fn(tmp_path) if fn is load_foreign_file else fn()
+
+
+# Documented behaviours that are not errors.
+def test_16_and_64_bit_models_convert() -> None:
+    for dtype in (torch.float64, torch.bfloat16, torch.float16):
+        m = small().to(dtype)
+        imodel = inn.convert(m, (X.to(dtype),), inn.ConvertConfig(permute=False))
+        assert imodel(X.to(dtype)).dtype == dtype
+
+
+def test_tied_weights_and_channel_buffers_convert() -> None:
+    for name in ("tied_weights", "channel_buffer"):
+        torch.manual_seed(0)
+        model, inputs = ZOO[name]()
+        imodel = inn.convert(model, inputs, inn.ConvertConfig(permute=False))
+        assert len(imodel.groups) >= 1
+        imodel.resize(0.5)
+        with torch.no_grad():
+            assert torch.allclose(imodel(*inputs), imodel.to_discrete()(*inputs), atol=1e-5)
+
+
+def test_training_mode_model_warns() -> None:
+    with pytest.warns(UserWarning, match="converted as in eval mode"):
+        inn.convert(small().train(), (X,), inn.ConvertConfig(permute=False))
+
+
+def test_docs_page_lists_every_case() -> None:
+    text = DOC.read_text()
+    rows = re.findall(r"^\| ([^|]+?) \|", text, re.M)
+    for what, *_ in CASES:
+        assert what in rows, f"docs/bad-inputs.md has no row for {what!r}"
