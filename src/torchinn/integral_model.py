@@ -318,7 +318,17 @@ class IntegralModel(nn.Module):
     # -- discrete ---------------------------------------------------------------------------
     def to_discrete(self) -> fx.GraphModule:
         """A fresh plain network at the current sizes (a ``torch.fx.GraphModule`` whose tensors
-        keep the original names). It has no torchinn class inside; ``self`` is unchanged."""
+        keep the original names). It has no torchinn class inside; ``self`` is unchanged.
+
+        It runs as is under ``torch.compile``, ``torch.export.export`` (the batch dimension can
+        be dynamic), ``torch.onnx.export(..., dynamo=True)``, ``torch.jit.trace`` and
+        ``torch.save`` / ``torch.load(weights_only=False)`` (no torchinn import needed to load).
+        Two TorchScript limits (tests/test_export.py): ``torch.jit.script`` rejects the
+        ``torch.ops.aten.<op>.<overload>`` calls in its code, so first replace each
+        ``node.target`` that is a ``torch._ops.OpOverload`` by ``node.target.overloadpacket``
+        and ``recompile()``; and ``torch.jit.trace`` keeps the traced batch size in graphs
+        that compute shapes from it (ViT reshapes), so use torch.export or ONNX for those.
+        """
         with torch.no_grad():
             tensors, scales = self._sample()
         sizes = [self.partitions[_key(n)].size for n in self.group_names]

@@ -232,7 +232,8 @@ def specialize(runtime: fx.GraphModule, tensor_names: list[str], tensors: list[T
         graph.erase_node(placeholders[name])
     graph.eliminate_dead_code()
     if _flat_signature(in_spec) and out_spec.is_leaf():
-        # positional tensors in, one tensor out: plain code, which TorchScript can also script
+        # positional tensors in, one tensor out: plain code (torch.jit.trace works; jit.script needs
+        # the aten overloads replaced by their packets, see IntegralModel.to_discrete)
         output = next(n for n in graph.nodes if n.op == "output")
         result = output.args[0]
         output.args = (result[0] if isinstance(result, (list, tuple)) else result,)
