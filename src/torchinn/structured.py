@@ -105,6 +105,11 @@ class StructuredFunction(nn.Module):
             blocks.append(ContinuousFunction(values, dims, kind))
         self.blocks = nn.ModuleList(blocks)
 
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        # .double(), .half(), .to(dtype): the sampled tensor follows the conversion too
+        self.out_dtype = fn(torch.empty(0, dtype=self.out_dtype)).dtype
+        return super()._apply(fn, recurse)
+
     def _atoms(self, key: tuple[int, ...]) -> list[Atom]:
         return [a for d, s in enumerate(key) for a in self.plan[d][s]]
 
