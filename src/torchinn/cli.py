@@ -1,14 +1,47 @@
-"""The ``torchinn`` command line: ``torchinn demo`` (``compress``, ``bench``, ``inspect`` to come)."""
+"""The ``torchinn`` command line: ``inspect``, ``compress`` and ``bench`` a network, and ``demo``.
+
+``MODEL`` is one of:
+
+* a file written by ``torch.save(module)`` (read with ``torch.load(weights_only=False)``, which
+  unpickles arbitrary Python objects: only load files you trust);
+* a TorchScript file (``torch.jit.save``): ``bench`` runs it, but ``inspect`` and ``compress``
+  need the Python module, because ``torch.export`` cannot trace a ``ScriptModule``;
+* a ``torch.export`` program (``.pt2``, ``torch.export.save``): ``bench`` only;
+* an integral model saved by torchinn (``.inn``, :func:`torchinn.save`): ``inspect`` and ``bench``;
+* ``package.module:callable`` or ``path/to/file.py:callable``: imported (the current directory
+  is put on ``sys.path``) and called without arguments; it must return an ``nn.Module``
+  (``module:name`` of an ``nn.Module`` instance uses the instance).
+
+Errors print one ``torchinn: error: ...`` line and exit with status 1 (argument errors: status 2);
+``-v`` shows the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
+import importlib.util
+import json
 import logging
+import math
 import os
+import platform
+import struct
 import sys
+import zipfile
+from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "load_model", "CLIError"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+class CLIError(Exception):
+    """A mistake in the command's input, reported as one line without a traceback."""
 
 
 def _available_cores() -> int:
@@ -18,6 +51,7 @@ def _available_cores() -> int:
         return os.cpu_count() or 1
 
 
+# -- argument types -----------------------------------------------------------------------------
 def _widths(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in text.split(",") if v.strip())
@@ -38,13 +72,489 @@ def _positive(text: str) -> int:
     return value
 
 
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a shape is comma-separated positive integers like 1,3,224,224; got {text!r}")
+    if not dims or any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"every dimension must be a positive integer; got {text!r}")
+    return dims
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1) like 0.5, got {text!r}")
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"the target is the fraction of the metric to keep and must be "
+                                         f"in (0, 1), got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}")
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"seconds must be > 0, got {text}")
+    return value
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.485,0.456,0.406; got {text!r}")
+    return values
+
+
+# -- loading models -----------------------------------------------------------------------------
+@dataclasses.dataclass
+class Loaded:
+    """A model read from a MODEL argument; ``kind`` is module, torchscript, exported or integral."""
+
+    obj: Any
+    kind: str
+    source: str
+
+
+def _zip_kind(path: Path) -> str:
+    names = zipfile.ZipFile(path).namelist()
+    inner = [n.split("/", 1)[-1] for n in names]
+    if any(n.startswith("code/") for n in inner):
+        return "torchscript"
+    if any(n.startswith("models/") or n == "archive_format" for n in inner):
+        return "exported"
+    return "pickle"
+
+
+def _is_safetensors(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9:
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return head[8:9] == b"{" and 0 < n < path.stat().st_size
+
+
+def _load_file(path: Path) -> Loaded:
+    import torch
+    from torch import nn
+
+    if path.is_dir():
+        raise CLIError(f"MODEL {str(path)!r} is a directory; expected a model file or module:callable")
+    try:
+        if zipfile.is_zipfile(path):
+            kind = _zip_kind(path)
+            if kind == "torchscript":
+                return Loaded(torch.jit.load(str(path), map_location="cpu").eval(), "torchscript", str(path))
+            if kind == "exported":
+                return Loaded(torch.export.load(str(path)).module(), "exported", str(path))
+        elif _is_safetensors(path):
+            from .serialize import load
+
+            return Loaded(load(path), "integral", str(path))
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise CLIError(f"cannot read MODEL {str(path)!r} (is it a torch.save, TorchScript, torch.export or "
+                       f"torchinn file?): {type(err).__name__}: {err}") from err
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CLIError(f"{str(path)!r} holds a state_dict (tensors only), not a module: save the whole "
+                       "module with torch.save(model, path), or pass module:callable that builds it")
+    if not isinstance(obj, nn.Module):
+        raise CLIError(f"{str(path)!r} holds {_a(type(obj).__name__)}, not an nn.Module")
+    return Loaded(obj, "module", str(path))
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
+def _import_callable(spec: str) -> Loaded:
+    from torch import nn
+
+    where, _, attr = spec.rpartition(":")
+    if not where or not attr:
+        raise CLIError(f"MODEL {spec!r} is not a file, nor module:callable")
+    try:
+        if where.endswith(".py"):
+            file = Path(where)
+            if not file.is_file():
+                raise CLIError(f"MODEL {spec!r}: no such file: {where}")
+            name = file.stem if file.stem not in sys.modules else f"_torchinn_model_{file.stem}"
+            mod_spec = importlib.util.spec_from_file_location(name, file)
+            module = importlib.util.module_from_spec(mod_spec)
+            sys.modules[name] = module  # dataclasses and pickling look classes up there
+            mod_spec.loader.exec_module(module)
+        else:
+            if os.getcwd() not in sys.path:
+                sys.path.insert(0, os.getcwd())
+            module = importlib.import_module(where)
+    except CLIError:
+        raise
+    except Exception as err:
+        raise CLIError(f"cannot import {where!r} for MODEL {spec!r}: {type(err).__name__}: {err}") from err
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise CLIError(f"MODEL {spec!r}: {where!r} has no attribute {part!r}")
+        obj = getattr(obj, part)
+    if not isinstance(obj, nn.Module):
+        if not callable(obj):
+            raise CLIError(f"MODEL {spec!r} is {_a(type(obj).__name__)}, neither an nn.Module nor a callable")
+        try:
+            obj = obj()
+        except Exception as err:
+            raise CLIError(f"MODEL {spec!r}: calling {attr}() failed: {type(err).__name__}: {err}") from err
+        if not isinstance(obj, nn.Module):
+            raise CLIError(f"MODEL {spec!r}: {attr}() returned {_a(type(obj).__name__)}, not an nn.Module")
+    return Loaded(obj, "module", spec)
+
+
+def load_model(spec: str) -> Loaded:
+    """Read a MODEL argument (a file or ``module:callable``; see the module docstring)."""
+    path = Path(spec)
+    if path.exists():
+        return _load_file(path)
+    if ":" in spec:
+        return _import_callable(spec)
+    raise CLIError(f"MODEL {spec!r}: no such file (or give module:callable)")
+
+
+def _convertible(loaded: Loaded, command: str) -> Any:
+    """The nn.Module to convert; a clear error for what torch.export cannot trace."""
+    if loaded.kind == "torchscript":
+        raise CLIError(f"{loaded.source!r} is a TorchScript file: torch.export (which torchinn uses to trace) "
+                       f"cannot trace a ScriptModule; pass the Python module to {command!r} instead "
+                       "(a torch.save(module) file or module:callable)")
+    if loaded.kind == "exported":
+        raise CLIError(f"{loaded.source!r} is a torch.export program, which cannot be converted; pass the "
+                       f"Python module to {command!r} (a torch.save(module) file or module:callable)")
+    return loaded.obj
+
+
+# -- inputs -------------------------------------------------------------------------------------
+def _dtype_of(model: Any) -> Any:
+    import torch
+
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.get_default_dtype()
+
+
+def _shapes_text(shapes: Sequence[tuple[int, ...]]) -> str:
+    return ", ".join("x".join(map(str, s)) for s in shapes)
+
+
+def _random_inputs(shapes: Sequence[tuple[int, ...]], dtype: Any, seed: int) -> tuple:
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(s, generator=gen).to(dtype) for s in shapes)
+
+
+def load_images(folder: str, shape: tuple[int, ...], mean: Sequence[float] | None = None,
+                std: Sequence[float] | None = None, limit: int | None = None) -> list:
+    """Images under ``folder`` (png/jpg/jpeg/bmp, recursively, sorted by path) as batches of
+    ``shape = (N, C, H, W)``: resized so they cover H x W, centre-cropped, scaled to [0, 1], then
+    ``(x - mean) / std`` per channel when given. A last incomplete batch is dropped."""
+    import numpy as np
+    import torch
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise CLIError(f"--calibration {folder!r} is not a directory of images")
+    if len(shape) != 4 or shape[1] not in (1, 3):
+        raise CLIError(f"--calibration needs one image input of shape N,C,H,W with C = 1 or 3, got {shape}")
+    try:
+        from PIL import Image
+    except ImportError as err:
+        raise CLIError("--calibration reads images with Pillow: pip install pillow") from err
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    n, c, h, w = shape
+    if limit is not None:
+        files = files[:limit]
+    if len(files) < n:
+        raise CLIError(f"--calibration {folder!r} has {len(files)} image(s) ({'/'.join(IMAGE_SUFFIXES)}); "
+                       f"a batch of --input-shape needs {n}")
+    images = []
+    for f in files[: len(files) // n * n]:
+        try:
+            with Image.open(f) as im:
+                im = im.convert("RGB" if c == 3 else "L")
+                scale = max(h / im.height, w / im.width)
+                size = (max(w, round(im.width * scale)), max(h, round(im.height * scale)))
+                im = im.resize(size, Image.Resampling.BILINEAR)
+                left, top = (im.width - w) // 2, (im.height - h) // 2
+                im = im.crop((left, top, left + w, top + h))
+                arr = np.asarray(im, dtype=np.float32) / 255.0
+        except Exception as err:
+            raise CLIError(f"cannot read image {str(f)!r}: {err}") from err
+        images.append(torch.from_numpy(arr.reshape(h, w, c)).permute(2, 0, 1))
+    x = torch.stack(images)
+    for name, values in (("mean", mean), ("std", std)):
+        if values is not None and len(values) not in (1, c):
+            raise CLIError(f"--{name} needs 1 or {c} values (one per channel), got {len(values)}")
+    if mean is not None:
+        x = x - torch.tensor(mean, dtype=x.dtype).reshape(-1, 1, 1)
+    if std is not None:
+        if any(v <= 0 for v in std):
+            raise CLIError(f"--std values must be > 0, got {list(std)}")
+        x = x / torch.tensor(std, dtype=x.dtype).reshape(-1, 1, 1)
+    return list(x.split(n))
+
+
+# -- inspect ------------------------------------------------------------------------------------
+def _human(x: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= div:
+            return f"{x / div:.2f}{unit}"
+    return f"{x:.0f}"
+
+
+def _pinned_summary(pinned: dict | None) -> list[dict]:
+    """Pin reasons grouped by their kind (the text before "at node"), with one example each."""
+    if pinned is None:
+        return []
+    kinds: Counter = Counter()
+    example: dict[str, str] = {}
+    for reason in pinned.values():
+        kind = reason.split(" at node")[0].strip()
+        kinds[kind] += 1
+        example.setdefault(kind, reason)
+    return [{"reason": k, "axes": n, "example": example[k]} for k, n in kinds.most_common()]
+
+
+def _print_pinned(pinned: list[dict]) -> None:
+    taps = sum(p["axes"] for p in pinned if p["reason"] == "kernel taps")
+    channels = [p for p in pinned if p["reason"] != "kernel taps"]
+    print("Channels kept at full size (decided during conversion; the network's inputs and outputs always are):")
+    for p in channels:
+        text = p["example"] if p["axes"] == 1 else f"{p['axes']} x {p['reason']}, e.g. {p['example']}"
+        print(f"  {text if len(text) <= 96 else text[:93] + '...'}")
+    if not channels:
+        print("  none")
+    if taps:
+        print(f"  (and {taps} kernel-tap axes of convolution weights: spatial, never resized)")
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import torch
+
+    from .budget import _FlopsByTensor, count_flops
+    from .convert import ConvertConfig, convert
+
+    loaded = load_model(args.model)
+    original = None
+    if loaded.kind == "integral":
+        imodel = loaded.obj
+        inputs = _random_inputs(args.input_shape, _dtype_of(imodel), args.seed)
+    else:
+        model = _convertible(loaded, "inspect")
+        original = sum(p.numel() for p in model.parameters())
+        inputs = _random_inputs(args.input_shape, _dtype_of(model), args.seed)
+        imodel = convert(model, inputs, ConvertConfig(permute=False, progress=False))
+    small = imodel.to_discrete().eval()
+    named = dict(list(small.named_parameters()) + list(small.named_buffers()))
+    params = {n: t.numel() for n, t in small.named_parameters()}
+    mode = _FlopsByTensor({t.untyped_storage().data_ptr(): n for n, t in named.items()})
+    with mode, torch.no_grad():
+        small(*inputs)
+    total_flops = count_flops(small, inputs)
+    groups, grouped = [], set()
+    for g in imodel.groups.values():
+        tensors = list(dict.fromkeys(t for t, _ in g.members))
+        grouped.update(tensors)
+        groups.append({"name": g.name, "size": g.size, "max_size": g.max_size,
+                       "tensors": [[t, d] for t, d in g.members], "modules": g.modules,
+                       "params": sum(params.get(t, 0) for t in tensors),
+                       "flops": sum(mode.by_tensor.get(t, 0) for t in tensors)})
+    total_params = sum(params.values())
+    info = {"model": loaded.source, "input_shapes": [list(s) for s in args.input_shape],
+            "params": total_params, "params_original": original, "flops": total_flops,
+            "params_in_groups": sum(n for t, n in params.items() if t in grouped),
+            "groups": groups, "pinned": _pinned_summary(getattr(imodel, "pinned", None)),
+            "pinned_recorded": getattr(imodel, "pinned", None) is not None}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    folded = "" if original is None or original == total_params else f" ({original:,} before folding batch norms)"
+    at = "" if all(g["size"] == g["max_size"] for g in groups) else " at its saved sizes"
+    print(f"{loaded.source}: {len(groups)} channel groups, {total_params:,} parameters{folded}, "
+          f"{_human(total_flops)} FLOPs for inputs {_shapes_text(args.input_shape)}{at}")
+    print("(params / FLOPs of a group: of the tensors with a dimension in it; a weight counts in its input and "
+          "output groups)\n")
+    width = min(44, max([len("group")] + [len(g["name"]) for g in groups]))
+    print(f"{'group':{width}s} {'channels':>9s} {'tensors':>7s} {'params':>10s} {'FLOPs':>8s}  modules")
+    for g in groups:
+        ch = str(g["max_size"]) if g["size"] == g["max_size"] else f"{g['size']}/{g['max_size']}"
+        mods = ", ".join(m or "<root>" for m in g["modules"])
+        if len(mods) > 60:
+            mods = mods[:57] + "..."
+        print(f"{g['name'][:width]:{width}s} {ch:>9s} {len(g['tensors']):7d} {g['params']:10,d} "
+              f"{_human(g['flops']):>8s}  {mods}")
+        if args.members:
+            for t, d in g["tensors"]:
+                print(f"{'':{width}s}   {t}[dim {d}]")
+    share = info["params_in_groups"] / total_params if total_params else 0.0
+    print(f"\n{info['params_in_groups']:,} of {total_params:,} parameters ({share:.0%}) are in tensors that "
+          "can shrink.")
+    if not info["pinned_recorded"]:
+        print("Kept at full size: not recorded in this file (inspect the original network to see why).")
+    else:
+        _print_pinned(info["pinned"])
+    return 0
+
+
+# -- compress -----------------------------------------------------------------------------------
+def _report_paths(out: Path) -> tuple[Path, Path]:
+    base = out.with_suffix("") if out.suffix else out
+    return base.with_name(base.name + ".report.json"), base.with_name(base.name + ".report.txt")
+
+
+def _compress(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import __version__
+    from .budget import compress
+    from .train import TuneConfig
+
+    if args.calibration is None and (args.mean is not None or args.std is not None):
+        raise CLIError("--mean/--std normalise --calibration images; give --calibration too")
+    loaded = load_model(args.model)
+    if loaded.kind == "integral":
+        raise CLIError(f"{loaded.source!r} is an integral model: compress needs the original network "
+                       "(a torch.save(module) file or module:callable)")
+    model = _convertible(loaded, "compress")
+    out = Path(args.output)
+    if out.is_dir():
+        raise CLIError(f"-o {args.output!r} is a directory; give a file name like small.pt")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dtype = _dtype_of(model)
+    if args.calibration is not None:
+        if len(args.input_shape) != 1:
+            raise CLIError("--calibration feeds one image input; the model has "
+                           f"{len(args.input_shape)} --input-shape")
+        batches = [b.to(dtype) for b in load_images(args.calibration, args.input_shape[0], args.mean,
+                                                    args.std, args.max_images)]
+        calibration = {"source": args.calibration, "images": sum(len(b) for b in batches),
+                       "batches": len(batches), "scaling": "[0, 1]", "mean": args.mean, "std": args.std}
+        example = (batches[0],)
+        loader: list = batches
+        described = f"{calibration['images']} images from {args.calibration}"
+    else:
+        print("torchinn: warning: no --calibration folder: choosing sizes and tuning on random normal "
+              f"inputs of shape {_shapes_text(args.input_shape)}; this is only a smoke test of the pipeline, not a "
+              "real compression", file=sys.stderr)
+        loader = [_random_inputs(args.input_shape, dtype, args.seed + i) for i in range(4)]
+        example = loader[0]
+        calibration = {"source": "random normal inputs (smoke test)", "batches": len(loader)}
+        described = calibration["source"]
+        loader = [(b,) if len(b) > 1 else b[0] for b in loader]  # batch_inputs: a tensor or ((inputs),)
+    tune = TuneConfig(seconds=args.seconds, progress=not args.no_progress)
+    small, report = compress(model, example, args.target, args.metric, calibration=loader, tune=tune)
+    torch.save(small, out)
+    again = torch.load(out, weights_only=False)
+    with torch.no_grad():
+        ref, got = small(*example), again(*example)
+    leaves = zip(torch.utils._pytree.tree_leaves(ref), torch.utils._pytree.tree_leaves(got))
+    if not all(torch.equal(a, b) for a, b in leaves):
+        raise CLIError(f"internal error: {out} does not load back to the same network; please report this")
+    data = dataclasses.asdict(report)
+    data.update(ratio=report.ratio, model=loaded.source, output=str(out),
+                input_shapes=[list(s) for s in args.input_shape], calibration=calibration,
+                load_with="torch.load(path, weights_only=False)", torchinn=__version__, torch=torch.__version__)
+    text = (f"torchinn compress {loaded.source} -> {out} (target {args.target:g} of the {args.metric}, "
+            f"{args.seconds:g} s of grid tuning, calibration: {described})\n{report}\n")
+    json_path, text_path = _report_paths(out)
+    json_path.write_text(json.dumps(data, indent=2) + "\n")
+    text_path.write_text(text)
+    print(text, end="")
+    print(f"wrote {out} (load with torch.load(path, weights_only=False)), {json_path.name}, {text_path.name}")
+    return 0
+
+
+# -- bench --------------------------------------------------------------------------------------
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _runnable(loaded: Loaded) -> tuple[Any, str]:
+    if loaded.kind == "integral":
+        return loaded.obj.eval().to_discrete().eval(), "to_discrete() at its saved sizes"
+    model = loaded.obj
+    if loaded.kind != "exported":
+        model = model.eval()
+    return model, {"module": "nn.Module", "torchscript": "TorchScript", "exported": "torch.export"}[loaded.kind]
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from .budget import measure_latency
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    rows = []
+    for role, spec in (("original", args.model), ("compressed", args.compressed)):
+        if spec is None:
+            continue
+        model, kind = _runnable(load_model(spec))
+        inputs = _random_inputs(args.input_shape, _dtype_of(model), args.seed)
+        try:
+            seconds = measure_latency(model, inputs, repeats=args.repeats, warmup=args.warmup)
+        except Exception as err:
+            raise CLIError(f"running {spec!r} on inputs of shape {_shapes_text(args.input_shape)} failed: "
+                           f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+        batch = args.input_shape[0][0]
+        rows.append({"role": role, "model": spec, "kind": kind,
+                     "params": sum(p.numel() for p in model.parameters()),
+                     "latency_ms": seconds * 1e3, "items_per_s": batch / seconds})
+    for r in rows:
+        r["speedup"] = rows[0]["latency_ms"] / r["latency_ms"]
+    info = {"rows": rows, "input_shapes": [list(s) for s in args.input_shape], "threads": torch.get_num_threads(),
+            "cores": _available_cores(), "cpu": _cpu_name(), "torch": torch.__version__,
+            "repeats": args.repeats, "warmup": args.warmup}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"machine: {info['cpu']}, {info['cores']} cores available; torch {info['torch']} with "
+          f"{info['threads']} thread(s); inputs {_shapes_text(args.input_shape)}; "
+          f"median of {args.repeats} runs after {args.warmup} warm-up")
+    names = [f"{r['model']} ({r['kind']})" for r in rows]
+    width = max(len(n) for n in names)
+    print(f"{'':10s} {'model':{width}s} {'params':>11s} {'latency ms':>11s} {'items/s':>10s} {'speed-up':>8s}")
+    for r, name in zip(rows, names):
+        print(f"{r['role']:10s} {name:{width}s} {r['params']:11,d} {r['latency_ms']:11.3f} "
+              f"{r['items_per_s']:10.1f} {r['speedup']:7.2f}x")
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------------
+_MODEL_HELP = ("a torch.save(module) file (loaded with torch.load(weights_only=False), which can run "
+               "code: only load files you trust), {extra}or module:callable / path/to/file.py:callable "
+               "that returns an nn.Module")
+_SHAPE_HELP = "shape of the (random or calibration) input batch, like 1,3,224,224; repeat for several inputs"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(
         prog="torchinn", description="Integral Neural Networks for PyTorch: train once, run at any width.")
     parser.add_argument("--version", action="version", version=f"torchinn {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details; tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(
@@ -63,6 +573,66 @@ def build_parser() -> argparse.ArgumentParser:
                            "torch threads (default: two parallel single-threaded processes on 2+ cores)")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     demo.set_defaults(func=_demo)
+
+    ins = sub.add_parser(
+        "inspect", help="the channel groups of a network: sizes, tensors, parameters, FLOPs",
+        description="Convert MODEL (without the channel permutation, which inspect does not need) and list "
+                    "its channel groups: the tensor dimensions that must keep one common size, with the "
+                    "parameters and FLOPs of their tensors, and which channels stay at full size and why.")
+    ins.add_argument("model", metavar="MODEL", help=_MODEL_HELP.format(extra="a torchinn .inn file, "))
+    ins.add_argument("--input-shape", type=_shape, action="append", required=True, metavar="N,C,H,W",
+                     help=_SHAPE_HELP)
+    ins.add_argument("--members", action="store_true", help="list every tensor dimension of every group")
+    ins.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ins.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    ins.set_defaults(func=_inspect)
+
+    com = sub.add_parser(
+        "compress", help="shrink a trained network to a budget and save the plain smaller network",
+        description="Convert MODEL to an integral network, choose every group's size so the discrete "
+                    "network keeps --target of the --metric, tune the integration grids on --calibration "
+                    "images for --seconds, and save the plain compressed network (torch.save of a "
+                    "torch.fx.GraphModule: load it with torch.load(path, weights_only=False); torchinn is "
+                    "not needed to load it) with a report next to it (OUT.report.json, OUT.report.txt).")
+    com.add_argument("model", metavar="MODEL", help=_MODEL_HELP.format(extra=""))
+    com.add_argument("--input-shape", type=_shape, action="append", required=True, metavar="N,C,H,W",
+                     help=_SHAPE_HELP + "; with --calibration, N images make one batch")
+    com.add_argument("--target", type=_fraction, required=True,
+                     help="fraction of the metric to keep, in (0, 1): 0.5 halves it")
+    com.add_argument("--metric", choices=("params", "flops", "latency"), default="params",
+                     help="what the target counts (default params)")
+    com.add_argument("--calibration", metavar="FOLDER",
+                     help="folder of images (png/jpg, searched recursively) to choose sizes and tune on: each "
+                          "is resized to cover H x W, centre-cropped, scaled to [0, 1] (RGB, or grey when C = 1), "
+                          "then normalised by --mean/--std if given. Without it, random inputs are used: a "
+                          "smoke test only")
+    com.add_argument("--mean", type=_floats, metavar="M1,M2,M3",
+                     help="per-channel mean subtracted from the [0, 1] images (ImageNet: 0.485,0.456,0.406)")
+    com.add_argument("--std", type=_floats, metavar="S1,S2,S3",
+                     help="per-channel std the images are divided by (ImageNet: 0.229,0.224,0.225)")
+    com.add_argument("--max-images", type=_positive, default=256, help="use at most this many images (default 256)")
+    com.add_argument("--seconds", type=_seconds, default=60.0, help="seconds of grid tuning (default 60)")
+    com.add_argument("-o", "--output", required=True, metavar="OUT", help="file for the compressed network (.pt)")
+    com.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    com.add_argument("--no-progress", action="store_true", help="hide the tuning progress bar")
+    com.set_defaults(func=_compress)
+
+    ben = sub.add_parser(
+        "bench", help="latency and throughput of a network, and of its compressed version",
+        description="Time forward passes (no grad, eval mode) on random inputs: median latency and items "
+                    "per second (batch size / latency), for MODEL and --compressed side by side.")
+    ben.add_argument("model", metavar="MODEL",
+                     help=_MODEL_HELP.format(extra="a TorchScript or torch.export (.pt2) file, a torchinn .inn "
+                                                   "file (run as to_discrete() at its saved sizes), "))
+    ben.add_argument("--input-shape", type=_shape, action="append", required=True, metavar="N,C,H,W",
+                     help=_SHAPE_HELP)
+    ben.add_argument("--compressed", metavar="OUT", help="a compressed network (the -o of compress) to compare")
+    ben.add_argument("--threads", type=_positive, default=None, help="torch threads (default: torch's choice)")
+    ben.add_argument("--repeats", type=_positive, default=20, help="timed runs; the median is shown (default 20)")
+    ben.add_argument("--warmup", type=_positive, default=3, help="untimed runs first (default 3)")
+    ben.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ben.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    ben.set_defaults(func=_bench)
     return parser
 
 
@@ -100,7 +670,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("torchinn: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `torchinn inspect ... | head`: stop quietly, as Unix tools do
+        sys.stdout = open(os.devnull, "w")
+        return 141
+    except Exception as err:
+        if args.verbose:
+            raise
+        if isinstance(err, CLIError):
+            print(f"torchinn: error: {err}", file=sys.stderr)
+        else:
+            print(f"torchinn: error: {type(err).__name__}: {err}\n(run with -v for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover
