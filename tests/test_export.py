@@ -145,11 +145,16 @@ def test_onnx_dynamo_onnxruntime(case, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     _, small, inputs, other, ref, ref_other = case
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" notes
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(small, inputs, dynamo=True, verbose=False,
-                                    dynamic_shapes=({0: Dim("batch")},))
+    onnx_log = logging.getLogger("torch.onnx")
+    level = onnx_log.level
+    onnx_log.setLevel(logging.ERROR)  # "torchvision is not installed" notes
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(small, inputs, dynamo=True, verbose=False,
+                                        dynamic_shapes=({0: Dim("batch")},))
+    finally:
+        onnx_log.setLevel(level)
     path = tmp_path / "model.onnx"
     program.save(str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
