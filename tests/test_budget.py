@@ -176,7 +176,10 @@ def test_compress_for_latency():
     small, report = compress(model, x, target=0.5, metric="latency", config=FAST,
                              tune=TuneConfig(steps=2, seconds=None, progress=False))
     assert report.metric == "latency" and report.tuning["steps"] == 2
-    assert 0 < report.after < report.before  # seconds, measured on the example inputs
+    # seconds, measured on the example inputs: positive, but too noisy on a shared machine to
+    # compare in a test (benchmarks compare timings); the FLOPs the sizes imply must drop
+    assert report.after > 0 and report.before > 0
+    assert count_flops(small, x) < count_flops(model, x)
     assert report.params_after == n_params(small) < report.params_before
 
 

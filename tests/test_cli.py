@@ -141,7 +141,7 @@ def test_inspect_json_matches_recounts(work, capsys):
     conv0 = 2 * 8 * 3 * 9 * 16 * 16 * 2
     conv1 = 2 * 16 * 8 * 9 * 8 * 8 * 2  # after the 2x2 max-pool
     assert first["flops"] == conv0 + conv1
-    reasons = " ".join(p["example"] for p in info["pinned"])
+    reasons = " ".join(p["reason"] for p in info["pinned"])
     assert "network output" in reasons
 
 
@@ -178,7 +178,7 @@ def test_inspect_saved_integral_model(work, capsys):
     assert "at its saved sizes" in out
     row = next(ln for ln in out.splitlines() if ln.startswith("0.weight:0"))
     assert row.split()[1] == "4/8"
-    assert "not recorded in this file" in out
+    assert "0.weight:1: network input" in out  # pin reasons are saved in the .inn file
 
 
 # -- compress -----------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from .integral_model import IntegralModel
 from .structured import plan_size
 from .train import TuneConfig, batch_inputs, tune_grid
 
-__all__ = ["Metric", "count_flops", "measure_latency", "choose_sizes", "compress", "CompressReport"]
+__all__ = ["Metric", "count_flops", "flops_by_tensor", "measure_latency", "choose_sizes", "compress", "CompressReport"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,17 @@ def measure_latency(model: nn.Module, inputs: tuple, *, repeats: int = 10, warmu
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]
+
+
+def flops_by_tensor(model: nn.Module, inputs: tuple) -> tuple[dict[str, int], int]:
+    """FLOPs of one forward pass attributed to the parameter or buffer each counted op multiplies
+    by (by name), and the FLOPs of ops between activations only."""
+    owners = {t.untyped_storage().data_ptr(): n
+              for n, t in list(model.named_parameters()) + list(model.named_buffers())}
+    mode = _FlopsByTensor(owners)
+    with mode, torch.no_grad():
+        model(*inputs)
+    return mode.by_tensor, mode.other
 
 
 class _FlopsByTensor(TorchDispatchMode):
@@ -101,14 +112,10 @@ class _Cost:
                 small = imodel.to_discrete().eval()
             finally:
                 imodel.resize(full)
-            owners = {t.untyped_storage().data_ptr(): n for n, t in
-                      list(small.named_parameters()) + list(small.named_buffers())}
-            mode = _FlopsByTensor(owners)
-            with mode, torch.no_grad():
-                small(*inputs)
+            by_tensor, other = flops_by_tensor(small, inputs)
             numel = {n: t.numel() for n, t in list(small.named_parameters()) + list(small.named_buffers())}
-            self.other = float(mode.other)
-            for name, flops in mode.by_tensor.items():
+            self.other = float(other)
+            for name, flops in by_tensor.items():
                 if name in self.plans:
                     self.per_element[name] = flops / numel[name]
                 else:  # a tensor outside every group: its FLOPs do not change

@@ -317,35 +317,23 @@ def _human(x: float) -> str:
 
 
 def _pinned_summary(pinned: dict | None) -> list[dict]:
-    """Pin reasons grouped by their kind (the text before "at node"), with one example each."""
-    if pinned is None:
-        return []
-    kinds: Counter = Counter()
-    example: dict[str, str] = {}
-    for reason in pinned.values():
-        kind = reason.split(" at node")[0].strip()
-        kinds[kind] += 1
-        example.setdefault(kind, reason)
-    return [{"reason": k, "axes": n, "example": example[k]} for k, n in kinds.most_common()]
+    """The tensor dimensions kept at full size, with the reason recorded at conversion."""
+    return [{"tensor_dim": k, "reason": v} for k, v in (pinned or {}).items()]
 
 
 def _print_pinned(pinned: list[dict]) -> None:
-    taps = sum(p["axes"] for p in pinned if p["reason"] == "kernel taps")
-    channels = [p for p in pinned if p["reason"] != "kernel taps"]
-    print("Channels kept at full size (decided during conversion; the network's inputs and outputs always are):")
-    for p in channels:
-        text = p["example"] if p["axes"] == 1 else f"{p['axes']} x {p['reason']}, e.g. {p['example']}"
-        print(f"  {text if len(text) <= 96 else text[:93] + '...'}")
-    if not channels:
+    print("Channels kept at full size (the network's inputs and outputs always are):")
+    for p in pinned:
+        text = f"{p['tensor_dim']}: {p['reason']}"
+        print(f"  {text if len(text) <= 110 else text[:107] + '...'}")
+    if not pinned:
         print("  none")
-    if taps:
-        print(f"  (and {taps} kernel-tap axes of convolution weights: spatial, never resized)")
 
 
 def _inspect(args: argparse.Namespace) -> int:
     import torch
 
-    from .budget import _FlopsByTensor, count_flops
+    from .budget import count_flops, flops_by_tensor
     from .convert import ConvertConfig, convert
 
     loaded = load_model(args.model)
@@ -359,11 +347,8 @@ def _inspect(args: argparse.Namespace) -> int:
         inputs = _random_inputs(args.input_shape, _dtype_of(model), args.seed)
         imodel = convert(model, inputs, ConvertConfig(permute=False, progress=False))
     small = imodel.to_discrete().eval()
-    named = dict(list(small.named_parameters()) + list(small.named_buffers()))
     params = {n: t.numel() for n, t in small.named_parameters()}
-    mode = _FlopsByTensor({t.untyped_storage().data_ptr(): n for n, t in named.items()})
-    with mode, torch.no_grad():
-        small(*inputs)
+    by_tensor, _ = flops_by_tensor(small, inputs)
     total_flops = count_flops(small, inputs)
     groups, grouped = [], set()
     for g in imodel.groups.values():
@@ -372,13 +357,12 @@ def _inspect(args: argparse.Namespace) -> int:
         groups.append({"name": g.name, "size": g.size, "max_size": g.max_size,
                        "tensors": [[t, d] for t, d in g.members], "modules": g.modules,
                        "params": sum(params.get(t, 0) for t in tensors),
-                       "flops": sum(mode.by_tensor.get(t, 0) for t in tensors)})
+                       "flops": sum(by_tensor.get(t, 0) for t in tensors)})
     total_params = sum(params.values())
     info = {"model": loaded.source, "input_shapes": [list(s) for s in args.input_shape],
             "params": total_params, "params_original": original, "flops": total_flops,
             "params_in_groups": sum(n for t, n in params.items() if t in grouped),
-            "groups": groups, "pinned": _pinned_summary(getattr(imodel, "pinned", None)),
-            "pinned_recorded": getattr(imodel, "pinned", None) is not None}
+            "groups": groups, "pinned": _pinned_summary(imodel.pinned)}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -403,10 +387,7 @@ def _inspect(args: argparse.Namespace) -> int:
     share = info["params_in_groups"] / total_params if total_params else 0.0
     print(f"\n{info['params_in_groups']:,} of {total_params:,} parameters ({share:.0%}) are in tensors that "
           "can shrink.")
-    if not info["pinned_recorded"]:
-        print("Kept at full size: not recorded in this file (inspect the original network to see why).")
-    else:
-        _print_pinned(info["pinned"])
+    _print_pinned(info["pinned"])
     return 0
 
 

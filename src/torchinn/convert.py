@@ -243,7 +243,7 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor,
     imodel.report = report
     imodel.input_shapes = [tuple(int(d) if is_concrete_int(d) else None for d in n.meta["val"].shape)
                            if isinstance(n.meta.get("val"), Tensor) else None for n in traced.inputs]
-    imodel.pinned = {n: r for n, r in plan.pinned.items()}
+    imodel.pinned = dict(plan.pinned)
     imodel.eval()
     if config.check:
         _check(model, imodel, example_inputs)

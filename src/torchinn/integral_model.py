@@ -147,6 +147,8 @@ class IntegralModel(nn.Module):
         self.contractions = list(contractions)
         self.in_spec, self.out_spec = in_spec, out_spec
         self.report: dict[str, Any] = {}
+        #: tensor dimensions (``"name:dim"``) kept at full size, and why (from conversion)
+        self.pinned: dict[str, str] = {}
         #: per flattened input: its shape when converted, ``None`` where any size works
         self.input_shapes: list[tuple[int | None, ...] | None] = []
         self._cache: tuple[Any, list[Tensor], list[Tensor]] | None = None

@@ -245,6 +245,7 @@ def save(imodel: IntegralModel, path: str | os.PathLike) -> None:
         "in_spec": pytree.treespec_dumps(imodel.in_spec), "out_spec": pytree.treespec_dumps(imodel.out_spec),
         "training": imodel.training,
         "input_shapes": [list(s) if s is not None else None for s in imodel.input_shapes],
+        "pinned": imodel.pinned,
     }
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     save_file(tensors, os.fspath(path), metadata={"torchinn": json.dumps(meta)})
@@ -313,4 +314,5 @@ def _build(meta: dict, tensors: dict[str, Tensor]) -> IntegralModel:
                            partitions, contractions, pytree.treespec_loads(meta["in_spec"]),
                            pytree.treespec_loads(meta["out_spec"]))
     imodel.input_shapes = [tuple(s) if s is not None else None for s in meta.get("input_shapes", [])]
+    imodel.pinned = dict(meta.get("pinned", {}))
     return imodel.train(meta.get("training", False))

@@ -144,7 +144,7 @@ class Analysis:
     # -- constraints -------------------------------------------------------------------------
     def unify(self, a: Struct, b: Struct, node: fx.Node) -> None:
         try:
-            self.axes.unify(a, b, f"{node.target} at node '{node.name}'")
+            self.axes.unify(a, b, f"{node.target} at node '{node.name}' ({node_location(node)})")
         except LabelError as err:
             raise RuntimeError(f"internal error at node '{node.name}' ({node.target}): {err}") from err
 
@@ -299,7 +299,9 @@ def analyse(traced: Traced, keep: Iterable[str] = ()) -> Analysis:
                 if any(name == k or name.startswith(k + ".") for k in keep):
                     an.pin(lab, node, f"'{name}' kept discrete by the caller")
             else:
-                an.labels[node] = an.fixed_label(node.meta.get("val"))
+                shape = an.shape(node)
+                an.labels[node] = ([Fixed(n, f"network input '{node.name}' (dim {i})") for i, n in enumerate(shape)]
+                                   if shape is not None else None)
         elif node.op == "call_function":
             handler = _handler(node.target)
             if handler is None:
@@ -307,8 +309,12 @@ def analyse(traced: Traced, keep: Iterable[str] = ()) -> Analysis:
             else:
                 an.labels[node] = handler(an, node)
         elif node.op == "output":
-            for arg in _node_args(node):
-                an.pin(an.label(arg), node, "network output")
+            for k, arg in enumerate(_node_args(node)):
+                lab = an.label(arg)
+                if isinstance(lab, list):
+                    for i, s in enumerate(lab):
+                        if not isinstance(s, list):
+                            an.axes.pin(s, f"network output {k} (dim {i})")
         elif node.op == "get_attr":
             an.labels[node] = an.fixed_label(node.meta.get("val"))
         else:

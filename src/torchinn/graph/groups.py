@@ -54,7 +54,7 @@ class Plan:
     group_of_root: dict[int, int]
     tensors: dict[str, tuple[DimPlan, ...]]          # only tensors with at least one group atom
     contractions: list[ContractionSpec]
-    pinned: dict[int, str]                           # root axis -> why it stays at full size
+    pinned: dict[str, str]                           # 'tensor:dim' -> why it stays at full size
 
 
 def _terminal_users(node: fx.Node) -> set[fx.Node]:
@@ -177,5 +177,13 @@ def finalize(an: Analysis) -> Plan:
         contractions.append(ContractionSpec(plan, val.ndim, c.dim % val.ndim, c.mean))
         active.append(c)
     an.contractions[:] = active  # the runtime graph numbers its scale inputs in this order
-    pinned = dict(an.axes.pin_reasons)
+    pinned: dict[str, str] = {}
+    for node in placeholders:
+        tname = an.traced.source[node]
+        for d, s in enumerate(an.labels[node]):
+            if an.axes.vars(s) or an.axes.size(s) <= 1:
+                continue
+            why = [r for r in an.axes.reasons(s) if not r.startswith(("kernel taps", "depthwise kernel"))]
+            if why:
+                pinned[f"{tname}:{d}"] = "; ".join(why)
     return Plan(groups, group_of_root, tensors, contractions, pinned)

@@ -20,7 +20,7 @@ After tracing, the unpinned axes that reach a parameter are the network's channe
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Union
 
 __all__ = ["Fixed", "Var", "Prod", "Cat", "Struct", "Axes", "LabelError"]
@@ -33,6 +33,7 @@ class LabelError(Exception):
 @dataclass(frozen=True)
 class Fixed:
     size: int
+    why: str = field(default="", compare=False)  # where the fixed size comes from, for messages
 
     def __repr__(self) -> str:
         return f"{self.size}"
@@ -174,7 +175,7 @@ class Axes:
             if var.axis in self.vars(other):
                 self.pin(Prod((x, y)), reason)
             elif isinstance(other, Fixed):
-                self.pin(var, reason)
+                self.pin(var, other.why or reason)
             else:
                 self._bind(var.axis, other)
             return
@@ -218,6 +219,21 @@ class Axes:
                 return
         if xs or ys:
             self.pin(Prod((x, y)), reason)
+
+    def reasons(self, s: Struct) -> list[str]:
+        """Why axes in ``s`` (followed through splits) were pinned, in order, without repeats."""
+        out: list[str] = []
+        if isinstance(s, Var):
+            root = self.find(s.axis)
+            if root in self.pin_reasons:
+                out.append(self.pin_reasons[root])
+            bound = self._binding.get(root)
+            if bound is not None and not isinstance(bound, Fixed):
+                out.extend(self.reasons(bound))
+        elif isinstance(s, (Prod, Cat)):
+            for p in s.parts:
+                out.extend(self.reasons(p))
+        return list(dict.fromkeys(out))
 
     def describe(self, s: Struct) -> str:
         s = self.resolve(s)
