@@ -40,7 +40,6 @@ of search also depends on the machine's load, so no wrapper can make it reproduc
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
 from typing import Literal
@@ -273,7 +272,7 @@ class _LocalSearch:
 
     def run(self, path: np.ndarray, tol: float = 1e-12, todo: Sequence[int] | None = None) -> np.ndarray:
         """Improve ``path`` until no move helps; ``todo``: the nodes to look at first (all)."""
-        n, m, dummy, W = self.n, self.m, self.dummy, self.W
+        m, dummy, W = self.m, self.dummy, self.W
         tour = np.concatenate([[dummy], path]).astype(np.int64)
         pos = np.empty(m, dtype=np.int64)
         pos[tour] = np.arange(m)
@@ -316,7 +315,7 @@ class _LocalSearch:
 
     def _two_opt(self, a: int, tour: np.ndarray, pos: np.ndarray, reverse, push, tol: float) -> bool:
         """Best 2-opt move that replaces the edge (a, next/previous of a); True if one was made."""
-        n, m, W = self.n, self.m, self.W
+        m, W = self.m, self.W
         i = int(pos[a])
         cands = self.everyone if a == self.dummy else self.nb[a]
         for step in (1, -1):

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
 from ..data import Split, load_digits
-from ..layers import IntegralConv2d, IntegralLayer, IntegralLinear
+from ..layers import IntegralConv2d, IntegralLinear
 from ..model import to_discrete
 from ..partition import RandomSizes, UniformPartition, resize
 
