@@ -238,3 +238,29 @@ def test_other_dtypes_convert_and_run(dtype: torch.dtype) -> None:
         assert all(p.dtype == dtype for p in small.parameters())
         with torch.no_grad():
             assert torch.equal(small(*inputs), imodel(*inputs))
+
+
+def test_slice_bounds_computed_from_input_sizes() -> None:
+    # Swin pads its feature map to a multiple of the window, then crops it back with bounds
+    # computed from the (dynamic) input size: the bound is a graph node, not an int
+    class PadCrop(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.b = torch.nn.Conv2d(8, 4, 3, padding=1)
+
+        def forward(self, x):
+            h, w = x.shape[2] // 2 * 2, x.shape[3] // 2 * 2
+            y = torch.nn.functional.pad(torch.relu(self.a(x)), (0, 3, 0, 3))[:, :, :h, :w]
+            return self.b(y)
+
+    torch.manual_seed(0)
+    model, x = PadCrop().eval(), torch.randn(2, 3, 9, 11)
+    imodel = inn.convert(model, (x,))
+    assert [g.max_size for g in imodel.groups.values()] == [8]
+    with torch.no_grad():
+        assert rel_err(model(x), imodel(x)) <= 1e-5
+        imodel.resize(0.5)
+        small = imodel.to_discrete()
+        assert rel_err(imodel(x), small(x)) <= 1e-5
+    assert small.get_parameter("b.weight").shape == (4, 4, 3, 3)

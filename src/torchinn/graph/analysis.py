@@ -83,6 +83,11 @@ def hint(x: Any) -> int:
         if h is None:
             raise ValueError(f"symbolic size {x} has no example value")
         return int(h)
+    if isinstance(x, fx.Node):  # a size computed in the graph (e.g. ``h // 2``): its example value
+        val = x.meta.get("val")
+        if isinstance(val, (int, torch.SymInt)):
+            return hint(val)
+        raise ValueError(f"node '{x.name}' is used as a size but has no example value")
     return int(x)
 
 
