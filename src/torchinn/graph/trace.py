@@ -64,7 +64,8 @@ def node_location(node: fx.Node) -> str:
 def _dynamic_shapes(args: Sequence[Any]) -> Any:
     def spec(x: Any) -> Any:
         if isinstance(x, Tensor):
-            return {d: Dim.AUTO for d in range(x.ndim)} if x.ndim else None
+            # a dimension of size 0 or 1 would be specialized anyway (with a warning per convert)
+            return {d: Dim.AUTO for d in range(x.ndim) if x.shape[d] > 1} if x.ndim else None
         return None
     return tuple(pytree.tree_map(spec, a) if not isinstance(a, Tensor) else spec(a) for a in args)
 
