@@ -18,8 +18,8 @@ from pathlib import Path
 MODULES = [
     "torchinn.quadrature", "torchinn.partition", "torchinn.functions", "torchinn.layers",
     "torchinn.model", "torchinn.convert", "torchinn.integral_model", "torchinn.train",
-    "torchinn.budget", "torchinn.baselines", "torchinn.permute", "torchinn.serialize",
-    "torchinn.structured", "torchinn.graph",
+    "torchinn.budget", "torchinn.baselines", "torchinn.tsp", "torchinn.permute",
+    "torchinn.serialize", "torchinn.structured", "torchinn.graph",
 ]
 OUT = Path(__file__).resolve().parent / "api.md"
 
@@ -52,11 +52,15 @@ def render() -> str:
              "Generated from the docstrings by `docs/gen_api.py` (a test checks it is up to date).",
              "Workflows with runnable examples: [convert](convert.md), [from scratch](scratch.md),",
              "[grid tuning](grid-tuning.md), [budgets](budgets.md), [distributed](distributed.md).", ""]
+    documented: set[int] = set()  # a name re-exported by a later module is documented once
     for modname in MODULES:
         mod = importlib.import_module(modname)
         lines += [f"## `{modname}`", "", _doc(mod).split("\n\n")[0], ""]
         for name in getattr(mod, "__all__", []):
             obj = getattr(mod, name)
+            if id(obj) in documented:
+                continue
+            documented.add(id(obj))
             if inspect.isclass(obj):
                 lines += [f"### class `{name}{_signature(obj)}`", "", _doc(obj), ""]
                 for mname, member in _members(obj):

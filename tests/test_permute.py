@@ -1,4 +1,4 @@
-"""Channel permutation by TSP on total variation (torchinn.permute)."""
+"""Channel permutation by TSP on total variation (torchinn.permute, its solvers in torchinn.tsp)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from torch import nn
 
 from torchinn.permute import (
-    _integer_matrix,
     apply_permutation,
     default_time_limit,
     distance_matrix,
@@ -23,6 +22,7 @@ from torchinn.permute import (
     solve_path,
     total_variation,
 )
+from torchinn.tsp import _integer_matrix
 
 try:
     import fast_tsp  # noqa: F401
