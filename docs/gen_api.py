@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 MODULES = [
-    "torchinn.quadrature", "torchinn.partition", "torchinn.functions", "torchinn.layers",
-    "torchinn.model", "torchinn.convert", "torchinn.integral_model", "torchinn.train",
-    "torchinn.budget", "torchinn.baselines", "torchinn.tsp", "torchinn.permute",
+    "torchinn.quadrature", "torchinn.partition", "torchinn.sizes", "torchinn.functions",
+    "torchinn.layers", "torchinn.model", "torchinn.convert", "torchinn.integral_model",
+    "torchinn.train", "torchinn.budget", "torchinn.baselines", "torchinn.tsp", "torchinn.permute",
     "torchinn.serialize", "torchinn.structured", "torchinn.graph",
 ]
 OUT = Path(__file__).resolve().parent / "api.md"

@@ -26,11 +26,8 @@ from .partition import (
     FixedPartition,
     GaussLegendrePartition,
     Partition,
-    RandomSizes,
     TrainablePartition,
     UniformPartition,
-    partitions,
-    resize,
 )
 from .quadrature import (
     GaussLegendre,
@@ -44,6 +41,7 @@ from .quadrature import (
     integrate,
     register_quadrature,
 )
+from .sizes import RandomSizes, partitions, resize
 
 __version__ = "0.1.0"
 

@@ -33,7 +33,8 @@ from torch.nn.utils import skip_init
 from ..data import Split, load_digits
 from ..layers import IntegralConv2d, IntegralLinear
 from ..model import to_discrete
-from ..partition import RandomSizes, UniformPartition, resize
+from ..partition import UniformPartition
+from ..sizes import RandomSizes, resize
 
 __all__ = ["DemoConfig", "DemoResult", "COLUMNS", "integral_cnn", "discrete_cnn", "naive_cut",
            "hidden_sizes", "count_params", "accuracy", "run", "format_table"]
