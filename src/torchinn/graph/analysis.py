@@ -290,7 +290,7 @@ def analyse(traced: Traced, keep: Iterable[str] = ()) -> Analysis:
 
     ``keep``: tensor names (or prefixes: module names) whose every dimension stays discrete.
     """
-    from . import ops, shape_ops  # noqa: F401 - register the handlers
+    from . import linear_ops, ops, shape_ops  # noqa: F401 - register the handlers
 
     an = Analysis(traced)
     keep = tuple(keep)
