@@ -169,6 +169,6 @@ def test_compress_edsr_quick(capsys, monkeypatch):
     assert "| 50% (64 -> 32)" in out and "INN + grid tuning" in out and "images/s" in out
     (row,) = res["levels"]
     assert row["tuning"]["steps"] >= 1 and row["params"] < res["original"]["params"]
-    for key in ("inn", "inn_tuned", "l1", "random", "l1_ft", "random_ft"):
+    for key in ("inn", "inn_tuned", "l1", "random", "inn_ft", "l1_ft", "random_ft"):
         assert np.isfinite(row[key]["psnr"]) and 0 < row[key]["ssim"] <= 1
     assert {r["model"] for r in res["speed"]} == set(res["params"])
