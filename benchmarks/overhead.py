@@ -1,12 +1,12 @@
 """What the continuous representation costs: integral model vs plain network at equal size.
 
-Side by side in one run, for a converted ResNet-18 (CIFAR-size inputs) and the digits demo's
-from-scratch integral CNN, each at 50% of every group:
+Side by side in one run (interleaved rounds, medians), for a converted ResNet-18 (CIFAR-size
+inputs) and the digits demo's from-scratch integral CNN:
 
 * training step (forward + backward + Adam) of the integral model vs its ``to_discrete()``
-  network trained the same way (goal: at most 1.3x);
-* grid-tuning step (only the partitions train) vs the same plain training step;
-* eval-mode forward of the integral model (cached sampled weights) vs ``to_discrete()``.
+  network trained the same way, at full size and at 50% of every group (goal: at most 1.3x);
+* grid-tuning step at 50% (only the partitions train) vs the same plain training step;
+* eval-mode forward at 50% of the integral model (cached sampled weights) vs ``to_discrete()``.
 
     python benchmarks/overhead.py [--threads 2] [--batch 32] [--repeats 20]
 """
@@ -33,15 +33,22 @@ from torchinn.demos.digits import integral_cnn  # noqa: E402
 from torchinn.train import make_grid_trainable  # noqa: E402
 
 
-def timed(fn: Callable[[], None], repeats: int) -> float:
-    """Median seconds of ``fn`` after two warm-up calls."""
-    fn(), fn()
-    times = []
+def timed(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    """Median seconds of each function, timed in interleaved rounds (so that a change in the
+    machine's load hits all of them alike) after two warm-up calls each."""
+    for fn in fns.values():
+        fn(), fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+def row(name: str, what: str, t_int: float, t_dis: float) -> None:
+    print(f"| {name} | {what} | {t_int * 1e3:.1f} | {t_dis * 1e3:.1f} | {t_int / t_dis:.2f} |")
 
 
 def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, params: list) -> Callable[[], None]:
@@ -64,12 +71,16 @@ def forward(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return run
 
 
-def compare(name: str, imodel: torch.nn.Module, small: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-            repeats: int, tunable: Callable[[], torch.nn.Module] | None) -> None:
-    imodel.train(), small.train()
-    t_int = timed(train_step(imodel, x, y, list(imodel.parameters())), repeats)
-    t_dis = timed(train_step(small, x, y, list(small.parameters())), repeats)
-    print(f"| {name} | training step | {t_int * 1e3:.1f} | {t_dis * 1e3:.1f} | {t_int / t_dis:.2f} |")
+def compare(name: str, imodel: torch.nn.Module, resize: Callable[[float], None], x: torch.Tensor,
+            y: torch.Tensor, repeats: int, tunable: Callable[[], torch.nn.Module] | None) -> None:
+    """Training steps at full size and at 50%, grid tuning and eval forward at 50%."""
+    for ratio in (1.0, 0.5):
+        resize(ratio)
+        small = to_discrete(imodel)
+        imodel.train(), small.train()
+        t = timed({"int": train_step(imodel, x, y, list(imodel.parameters())),
+                   "dis": train_step(small, x, y, list(small.parameters()))}, repeats)
+        row(name, f"training step, {ratio:.0%} of every group", t["int"], t["dis"])
     if tunable is not None:
         tuned = tunable()
         tuned.eval()
@@ -78,12 +89,16 @@ def compare(name: str, imodel: torch.nn.Module, small: torch.nn.Module, x: torch
             p.requires_grad_(False)
         for p in grid:
             p.requires_grad_(True)
-        t_tune = timed(train_step(tuned, x, y, grid), repeats)
-        print(f"| {name} | grid-tuning step | {t_tune * 1e3:.1f} | {t_dis * 1e3:.1f} | {t_tune / t_dis:.2f} |")
+        t = timed({"int": train_step(tuned, x, y, grid), "dis": train_step(small, x, y, list(small.parameters()))},
+                  repeats)
+        row(name, "grid-tuning step, 50% (vs plain training step)", t["int"], t["dis"])
     imodel.eval(), small.eval()
-    f_int = timed(forward(imodel, x), repeats)
-    f_dis = timed(forward(small, x), repeats)
-    print(f"| {name} | eval forward | {f_int * 1e3:.1f} | {f_dis * 1e3:.1f} | {f_int / f_dis:.2f} |")
+    t = timed({"int": forward(imodel, x), "dis": forward(small, x)}, repeats)
+    row(name, "eval forward, 50%", t["int"], t["dis"])
+
+
+def to_discrete(model: torch.nn.Module) -> torch.nn.Module:
+    return model.to_discrete() if isinstance(model, inn.IntegralModel) else inn.to_discrete(model)
 
 
 def main() -> None:
@@ -105,8 +120,6 @@ def main() -> None:
     x = torch.randn(args.batch, 3, 32, 32)
     y = torch.randint(0, 10, (args.batch,))
     imodel = inn.convert(model, (x[:2],), inn.ConvertConfig(tsp_time_limit=0.05))
-    imodel.resize(0.5)
-    small = imodel.to_discrete()
 
     def tunable() -> torch.nn.Module:
         t = inn.convert(model, (x[:2],), inn.ConvertConfig(permute=False))
@@ -114,14 +127,12 @@ def main() -> None:
         make_grid_trainable(t)
         return t
 
-    compare("ResNet-18 (converted)", imodel, small, x, y, args.repeats, tunable)
+    compare("ResNet-18 (converted)", imodel, imodel.resize, x, y, args.repeats, tunable)
 
     # the demo's from-scratch integral CNN at half width, on 28x28 digits
     net = integral_cnn()
-    inn.resize(net, 0.5)
-    plain = inn.to_discrete(net)
     xd = torch.randn(args.batch, 1, 28, 28)
-    compare("digits CNN (from scratch)", net, plain, xd, y, args.repeats, None)
+    compare("digits CNN (from scratch)", net, lambda r: inn.resize(net, r), xd, y, args.repeats, None)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ Interpolation (``kind``) is cubic convolution, ``"cubic"`` (Keys, a = -0.75: wha
 ``grid_sample(mode="bicubic", align_corners=True)`` computes in the seed's Listing 1, with
 ``border`` padding) or ``"catmull-rom"`` (a = -1/2, which reproduces quadratics and is third-order
 accurate, where a = -0.75 is first-order), or ``"linear"``. It is
-written as a gather of 4 (or 2) neighbouring control values per sampled point, so it costs
+written as a weighted sum of 4 (or 2) neighbouring control values per sampled point, so it costs
 O(points x 4) per row instead of the dense O(points x controls) of an interpolation matrix, and
 works for any number of continuous and discrete dimensions (``grid_sample`` is limited to 2-D
 and 3-D images and has no bicubic mode in 3-D). Control points may be unevenly spaced
@@ -28,11 +28,13 @@ linearly to the index axis before interpolating.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from .partition import Chunk
 
@@ -109,22 +111,25 @@ class ContinuousFunction(nn.Module):
         self.dims = dims
         self.kind = kind
 
-    def sample(self, grids: Mapping[int, Sequence[Chunk] | None]) -> Tensor:
+    def sample(self, grids: Mapping[int, Sequence[Chunk] | None], memo: dict | None = None) -> Tensor:
         """Evaluate on new points: ``grids[d]`` lists, for continuous dim ``d``, the chunks (points
         and control points) laid side by side along it; ``None`` or a missing dim keeps the
-        control values. Gradients flow to the control values and to the points."""
+        control values. Gradients flow to the control values and to the points.
+
+        ``memo``: a dict shared by the functions sampled on the same chunk objects in one pass,
+        so that each chunk's interpolation taps are computed once (fewer small ops per step)."""
         out = self.values
         for d, chunks in grids.items():
             if chunks is None:
                 continue
             if d not in self.dims:
                 raise ValueError(f"dim {d} is not continuous; continuous dims are {self.dims}")
-            out = self._sample_dim(out, d, chunks)
+            out = self._sample_dim(out, d, chunks, memo)
         return out
 
     forward = sample
 
-    def _sample_dim(self, values: Tensor, d: int, chunks: Sequence[Chunk]) -> Tensor:
+    def _sample_dim(self, values: Tensor, d: int, chunks: Sequence[Chunk], memo: dict | None) -> Tensor:
         counts = [c.control.numel() for c in chunks]
         if sum(counts) != values.shape[d]:
             raise ValueError(
@@ -140,18 +145,28 @@ class ContinuousFunction(nn.Module):
                     f"partition points are on {c.points.device} but the function's values are on "
                     f"{values.device}; move the model with .to(device)"
                 )
-            idx, w = interpolation_taps(c.points, c.control, self.kind)
+            key = (id(c.points), id(c.control), self.kind, values.dtype)
+            if memo is not None and key in memo:
+                idx, w = memo[key][:2]
+            else:
+                idx, w = interpolation_taps(c.points, c.control, self.kind)
+                w = w.to(values.dtype)
+                if memo is not None:  # the chunk is kept alive with its taps: its id stays unique
+                    memo[key] = (idx, w, c)
             idx_parts.append(idx + start)
-            w_parts.append(w.to(values.dtype))
+            w_parts.append(w)
             start += c.control.numel()
         idx = torch.cat(idx_parts)
         w = torch.cat(w_parts)
-        k, taps = idx.shape
-        gathered = values.index_select(d, idx.reshape(-1))
-        shape = list(values.shape)
-        gathered = gathered.reshape(shape[:d] + [k, taps] + shape[d + 1:])
-        w = w.reshape([k, taps] + [1] * (values.ndim - d - 1))
-        return (gathered * w).sum(d + 1)
+        # out[i] = sum_t w[i, t] * values[idx[i, t]] along dim d: exactly what embedding_bag's
+        # weighted sum computes, in one fused kernel with gradients for both the values and the
+        # weights (the points). Measured 2-3x faster than an index_select + multiply + sum in a
+        # training step, which materialises a (k, taps, ...) tensor (benchmarks/overhead.py).
+        moved = values.movedim(d, 0)
+        rest = moved.shape[1:]
+        out = F.embedding_bag(idx, moved.reshape(values.shape[d], math.prod(rest)), mode="sum",
+                              per_sample_weights=w)
+        return out.reshape(idx.shape[0], *rest).movedim(0, d)
 
     def extra_repr(self) -> str:
         return f"shape={tuple(self.values.shape)}, dims={self.dims}, kind={self.kind!r}"

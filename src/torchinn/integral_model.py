@@ -207,10 +207,11 @@ class IntegralModel(nn.Module):
     def _sample(self) -> tuple[list[Tensor], list[Tensor]]:
         parts = self.partition_map()
         tensors = []
+        memo: dict = {}  # each partition's points, weights and taps computed once per pass
         for name in self.tensor_names:
             key = _key(name)
             if key in self.functions:
-                t = self.functions[key].sample(parts)
+                t = self.functions[key].sample(parts, memo)
                 # buffers (e.g. batch-norm running statistics, which aten.batch_norm refuses to
                 # differentiate) follow the partitions but get no gradient
                 tensors.append(t if name in self.trainable else t.detach())
@@ -284,10 +285,10 @@ class IntegralModel(nn.Module):
     def tensors(self, partitions: Mapping[str, Partition] | None = None) -> dict[str, Tensor]:
         """Every tensor of the network sampled on ``partitions`` (default: the current ones)."""
         parts = self.partition_map() if partitions is None else dict(partitions)
-        out = {}
+        out, memo = {}, {}
         for name in self.tensor_names:
             key = _key(name)
-            out[name] = self.functions[key].sample(parts) if key in self.functions else getattr(self.fixed, key)
+            out[name] = self.functions[key].sample(parts, memo) if key in self.functions else getattr(self.fixed, key)
         return out
 
     def num_parameters(self, sizes: Mapping[str, int] | None = None) -> int:

@@ -153,14 +153,15 @@ class IntegralLayer(nn.Module):
         values = self.weight_fn.values
         dev, dt = values.device, values.dtype
         grids = {d: p.chunks(dev, dt) for d, p in self._continuous_dims().items()}
-        weight = self.weight_fn.sample(grids)
+        memo: dict = {}  # the weight's and the bias's output taps are computed once
+        weight = self.weight_fn.sample(grids, memo)
         q = self._in_quadrature(weight)
         if q is not None:
             weight = weight * q
         bias = None
         if self.bias_fn is not None:
             out_grid = self.out_partition.chunks(dev, dt) if self.out_partition is not None else None
-            bias = self.bias_fn.sample({0: out_grid})
+            bias = self.bias_fn.sample({0: out_grid}, memo)
         return weight, bias
 
     def _cache_key(self) -> tuple:

@@ -23,6 +23,7 @@ import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -116,22 +117,32 @@ class StructuredFunction(nn.Module):
     def groups(self) -> set[str]:
         return {a.group for p in self.plan for seg in p for a in seg if a.group is not None}
 
-    def sample(self, partitions: Mapping[str, Partition]) -> Tensor:
-        """The tensor at the partitions' current sizes (quadrature fused where integrated)."""
+    def sample(self, partitions: Mapping[str, Partition], memo: dict | None = None) -> Tensor:
+        """The tensor at the partitions' current sizes (quadrature fused where integrated).
+
+        ``memo``: a dict shared by the functions sampled in one pass over the same partitions, so
+        that each partition's points, weights and interpolation taps are computed once."""
+        memo = {} if memo is None else memo
+
+        def cached(what: str, p: Partition, dev: torch.device, dt: torch.dtype) -> Any:
+            key = (what, id(p), dev, dt)
+            if key not in memo:  # the partition is kept alive with its entry: its id stays unique
+                memo[key] = (p.chunks(dev, dt) if what == "chunks" else p.weights(dev, dt) * p.max_size, p)
+            return memo[key][0]
+
         out: dict[tuple[int, ...], Tensor] = {}
         for key, fn in zip(self.keys, self.blocks):
             values = fn.values
             dev, dt = values.device, values.dtype
             atoms = self._atoms(key)
-            grids = {pos: partitions[a.group].chunks(dev, dt) for pos, a in enumerate(atoms)
+            grids = {pos: cached("chunks", partitions[a.group], dev, dt) for pos, a in enumerate(atoms)
                      if a.group is not None}
-            block = fn.sample(grids)
+            block = fn.sample(grids, memo)
             for pos, a in enumerate(atoms):
                 if a.group is not None and a.integrate:
                     shape = [1] * len(atoms)
                     shape[pos] = -1
-                    p = partitions[a.group]
-                    block = block * (p.weights(dev, dt) * p.max_size).reshape(shape)
+                    block = block * cached("weights", partitions[a.group], dev, dt).reshape(shape)
             lengths = []
             i = 0
             for d, s in enumerate(key):
