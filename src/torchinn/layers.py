@@ -152,15 +152,19 @@ class IntegralLayer(nn.Module):
         """The discrete weight (quadrature fused in) and bias at the current sizes."""
         values = self.weight_fn.values
         dev, dt = values.device, values.dtype
-        grids = {d: p.chunks(dev, dt) for d, p in self._continuous_dims().items()}
-        memo: dict = {}  # the weight's and the bias's output taps are computed once
+        dims = self._continuous_dims()
+        # each partition's chunks and taps once, shared by the weight and the bias
+        parts = {id(p): p for p in (*dims.values(), self.out_partition) if p is not None}
+        chunks = {k: p.chunks(dev, dt) for k, p in parts.items()}
+        grids = {d: chunks[id(p)] for d, p in dims.items()}
+        memo: dict = {}
         weight = self.weight_fn.sample(grids, memo)
         q = self._in_quadrature(weight)
         if q is not None:
             weight = weight * q
         bias = None
         if self.bias_fn is not None:
-            out_grid = self.out_partition.chunks(dev, dt) if self.out_partition is not None else None
+            out_grid = chunks[id(self.out_partition)] if self.out_partition is not None else None
             bias = self.bias_fn.sample({0: out_grid}, memo)
         return weight, bias
 
