@@ -65,7 +65,7 @@ def _check_members(members: Sequence[Member]) -> int:
     """Validate ``members`` and return the number of channels they share."""
     if len(members) == 0:
         raise ValueError("a channel group needs at least one (tensor, dim) member, got none")
-    n = None
+    sizes = []
     for k, member in enumerate(members):
         if not (isinstance(member, tuple) and len(member) == 2 and isinstance(member[0], Tensor)):
             raise TypeError(f"member {k} must be a (Tensor, dim) tuple, got {type(member).__name__}")
@@ -74,13 +74,11 @@ def _check_members(members: Sequence[Member]) -> int:
             raise ValueError(f"member {k} has shape {tuple(t.shape)}; dim must be in "
                              f"[{-t.dim()}, {t.dim() - 1}], got {dim}")
         size = t.shape[dim]
-        if n is None:
-            n = size
-        elif size != n:
+        if sizes and size != sizes[0]:
             raise ValueError(f"member {k} has {size} channels along dim {dim} "
-                             f"(shape {tuple(t.shape)}), but member 0 has {n}")
-    assert n is not None
-    return n
+                             f"(shape {tuple(t.shape)}), but member 0 has {sizes[0]}")
+        sizes.append(size)
+    return sizes[0]
 
 
 def _rows(members: Sequence[Member], dtype: torch.dtype | None = None) -> Tensor:
