@@ -53,6 +53,7 @@ def main() -> None:
     if rank == 0:
         same = all(torch.allclose(g, gathered[0], rtol=1e-6) for g in gathered)
         print(f"tuned {report['steps']} steps; processes agree: {same}")
+    dist.barrier()  # no process tears gloo down while another still talks to it
     dist.destroy_process_group()
 
 
