@@ -216,7 +216,7 @@ def _plan_from(data: list) -> tuple:
 
 def save(imodel: IntegralModel, path: str | os.PathLike) -> None:
     """Write ``imodel`` to ``path`` (a single safetensors file)."""
-    from safetensors.torch import save_file
+    from .fileio import save_safetensors
 
     if not isinstance(imodel, IntegralModel):
         raise TypeError(f"save() needs an IntegralModel, got {type(imodel).__name__}")
@@ -248,7 +248,7 @@ def save(imodel: IntegralModel, path: str | os.PathLike) -> None:
         "pinned": imodel.pinned,
     }
     tensors = {k: v.contiguous() for k, v in tensors.items()}
-    save_file(tensors, os.fspath(path), metadata={"torchinn": json.dumps(meta)})
+    save_safetensors(tensors, path, metadata={"torchinn": json.dumps(meta)})
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> IntegralModel:

@@ -254,11 +254,11 @@ class EDSR(nn.Module):
 def save_edsr(model: EDSR, path: str | Path, **metadata: object) -> None:
     """Write an :class:`EDSR` to a safetensors file with its configuration (and any JSON-able
     ``metadata``, e.g. training time and held-out PSNR)."""
-    from safetensors.torch import save_file
+    from .fileio import save_safetensors
 
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     meta = {"config": json.dumps(model.config), **{k: json.dumps(v) for k, v in metadata.items()}}
-    save_file(tensors, str(path), metadata=meta)
+    save_safetensors(tensors, path, metadata=meta)
 
 
 def load_edsr(path: str | Path | None = None) -> tuple[EDSR, dict]:
