@@ -43,17 +43,18 @@ __all__ = ["UnsafeTargetError", "atomic_open", "check_target", "save_safetensors
 #: the end of every temporary file's name (never the target's own suffix)
 TEMP_SUFFIX = ".torchinn-tmp"
 
-_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-          (stat.S_ISSOCK, "a socket"))
+_KINDS = ((stat.S_ISLNK, "a symbolic link", "link"), (stat.S_ISFIFO, "a FIFO (named pipe)", "FIFO"),
+          (stat.S_ISCHR, "a character device", "device node"), (stat.S_ISBLK, "a block device", "device node"),
+          (stat.S_ISSOCK, "a socket", "socket"))
 
 
 class UnsafeTargetError(OSError):
     """The target exists and is not a regular file (a symlink, FIFO, device node or socket)."""
 
 
-def _kind(st: os.stat_result) -> str | None:
-    return next((name for test, name in _KINDS if test(st.st_mode)), None)
+def _kind(st: os.stat_result) -> tuple[str, str] | None:
+    """(description, noun) of a special file; None for a regular file or a directory."""
+    return next(((name, noun) for test, name, noun in _KINDS if test(st.st_mode)), None)
 
 
 def check_target(path: str | os.PathLike, *, replace_special: bool = False) -> os.stat_result | None:
@@ -63,30 +64,32 @@ def check_target(path: str | os.PathLike, *, replace_special: bool = False) -> o
     folder = path.parent
     if not folder.is_dir():
         what = "does not exist" if not folder.exists() else "is not a directory"
-        raise FileNotFoundError(errno.ENOENT, f"cannot write {str(path)!r}: its folder {str(folder)!r} {what}",
-                                str(folder))
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(errno.EACCES, f"cannot write {str(path)!r}: no permission to create files in "
-                                            f"its folder {str(folder)!r}", str(folder))
+        raise FileNotFoundError(f"cannot write {str(path)!r}: its folder {str(folder)!r} {what}")
     try:
-        st = os.lstat(path)
+        st: os.stat_result | None = os.lstat(path)
     except FileNotFoundError:
-        return None
+        st = None
+    if st is not None:
+        _check_existing(path, st, replace_special)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {str(path)!r}: no permission to create files in its folder "
+                              f"{str(folder)!r}")
+    return st
+
+
+def _check_existing(path: Path, st: os.stat_result, replace_special: bool) -> None:
     if stat.S_ISDIR(st.st_mode):
-        raise IsADirectoryError(errno.EISDIR, f"cannot write {str(path)!r}: it is a directory", str(path))
+        raise IsADirectoryError(f"cannot write {str(path)!r}: it is a directory")
     kind = _kind(st)
     if kind is not None and not replace_special:
         extra = f" (to {os.readlink(path)!r})" if stat.S_ISLNK(st.st_mode) else ""
         raise UnsafeTargetError(
-            errno.EEXIST, f"refusing to replace {str(path)!r}: it is {kind}{extra}, not a regular file; "
-                          "torchinn writes a new file and renames it over the target, which would replace the "
-                          f"{kind.split()[-1]} itself. Write to a regular file, or pass replace_special=True",
-            str(path))
+            f"refusing to replace {str(path)!r}: it is {kind[0]}{extra}, not a regular file; torchinn writes a new "
+            f"file and renames it over the target, which would replace the {kind[1]} itself. Write to a regular "
+            "file, or pass replace_special=True")
     if kind is None and (not os.access(path, os.W_OK) or not st.st_mode & 0o222):
-        raise PermissionError(errno.EACCES, f"refusing to replace {str(path)!r}: it is read-only (mode "
-                                            f"{stat.filemode(st.st_mode)}); make it writable or write elsewhere",
-                              str(path))
-    return st
+        raise PermissionError(f"refusing to replace {str(path)!r}: it is read-only (mode "
+                              f"{stat.filemode(st.st_mode)}); make it writable or write elsewhere")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -108,8 +111,8 @@ def _temp_name(path: Path) -> Path:
 
 def _open_temp(path: Path) -> tuple[int, Path | None]:
     """An fd for the new contents: anonymous (``O_TMPFILE``, name ``None``) where the system has it."""
-    flags = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-    if hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd"):
+    flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    if hasattr(os, "O_TMPFILE") and os.link in os.supports_dir_fd and os.path.isdir("/proc/self/fd"):
         try:
             return os.open(path.parent, flags | os.O_TMPFILE, 0o666), None
         except OSError as err:  # the file system has no O_TMPFILE: fall back to a named file
@@ -121,7 +124,7 @@ def _open_temp(path: Path) -> tuple[int, Path | None]:
             return os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o666), name
         except FileExistsError:  # pragma: no cover - 32 random bits collided
             continue
-    raise FileExistsError(errno.EEXIST, f"cannot create a temporary file next to {str(path)!r}")  # pragma: no cover
+    raise FileExistsError(f"cannot create a temporary file next to {str(path)!r}")  # pragma: no cover
 
 
 def _commit(fd: int, name: Path | None, path: Path, old: os.stat_result | None) -> None:
@@ -133,7 +136,11 @@ def _commit(fd: int, name: Path | None, path: Path, old: os.stat_result | None) 
     os.fsync(fd)
     if name is None:  # give the anonymous file a name, then rename it over the target
         name = _temp_name(path)
-        os.link(f"/proc/self/fd/{fd}", name, follow_symlinks=True)
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:  # a dir fd makes CPython call linkat(AT_SYMLINK_FOLLOW); plain link() would not follow /proc's link
+            os.link(f"/proc/self/fd/{fd}", name.name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=True)
+        finally:
+            os.close(folder)
     try:
         os.replace(name, path)
     except BaseException:
@@ -144,13 +151,14 @@ def _commit(fd: int, name: Path | None, path: Path, old: os.stat_result | None) 
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, *, replace_special: bool = False) -> Iterator[IO[bytes]]:
-    """A binary file whose contents replace ``path`` when the ``with`` block ends without an
-    exception (see the module docstring); on any exception, ``path`` is left as it was."""
+    """A binary file (readable too, to check what was written) whose contents replace ``path`` when
+    the ``with`` block ends without an exception (see the module docstring); on any exception,
+    ``path`` is left as it was."""
     path = Path(path)
     old = check_target(path, replace_special=replace_special)
     fd, name = _open_temp(path)
     try:
-        with os.fdopen(fd, "wb", closefd=False) as f:
+        with os.fdopen(fd, "w+b", closefd=False) as f:
             yield f
             f.flush()
         check_target(path, replace_special=replace_special)  # it may have changed while we wrote

@@ -76,7 +76,9 @@ def _photo_array(name: str) -> np.ndarray:
 
 def load_photo(name: str) -> Tensor:
     """A photograph as a ``(3, H, W)`` float32 tensor in [0, 1] (RGB)."""
-    return torch.from_numpy(_photo_array(name).astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
+    img = _photo_array(name)
+    top = float(np.iinfo(img.dtype).max) if img.dtype.kind in "ui" else 1.0  # 8-bit / 255, 16-bit / 65535
+    return torch.from_numpy(img.astype(np.float32) / top).permute(2, 0, 1).contiguous()
 
 
 def mod_crop(img: Tensor, scale: int = 2) -> Tensor:
