@@ -216,6 +216,9 @@ def _writable_output(output: str) -> Path:
         raise CLIError(f"-o {output!r} is a directory; give a file name like small.pt")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CLIError(f"-o {output!r}: cannot create its folder {str(out.parent)!r}: {err.strerror or err}") from err
+    try:
         for path in (out, *_report_paths(out)):
             check_target(path)
     except OSError as err:

@@ -63,7 +63,7 @@ _TRUST_HINT = ("pass --trust-pickle if you trust its source, or give the model a
 def _unpickle_refused(path: Path, err: Exception) -> CLIError:
     """The error for a file that ``torch.load(weights_only=True)`` refuses to read."""
     text = str(err)
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    found = re.search(r"GLOBAL ([\w.]+)", text)  # "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y"
     if found:
         what = f"it needs the Python object {found.group(1)}"
     else:
