@@ -620,3 +620,36 @@ def test_compress_replaces_existing_output_keeping_its_mode(tmp_path, capsys, mo
     assert (tmp_path / "out.pt").stat().st_mode & 0o777 == 0o640
     assert set(os.listdir(tmp_path)) - {"__pycache__"} == {"BUILT", "out.pt", "out.report.json", "out.report.txt",
                                                            "slowmodel.py"}
+
+
+def test_crafted_torchscript_zip_runs_nothing(tmp_path, capsys):
+    """A zip with code/ is read by torch.jit.load, whose unpickler knows TorchScript types only."""
+    import pickle
+    import zipfile
+
+    marker = tmp_path / "MARKER"
+    payload = pickle.dumps(_Reducer(f"touch {marker}"), protocol=2)
+    with zipfile.ZipFile(tmp_path / "x.pt", "w") as z:
+        for name in ("data.pkl", "constants.pkl"):
+            z.writestr(f"x/{name}", payload)
+        z.writestr("x/code/__torch__.py", "def f(x):\n    return x\n")
+        z.writestr("x/version", "3\n")
+    for argv in (["bench", tmp_path / "x.pt", "--input-shape", SHAPE],
+                 ["inspect", tmp_path / "x.pt", "--input-shape", SHAPE, "--trust-pickle"]):
+        code, _, err = run(argv, capsys)
+        assert code == 1 and "cannot read MODEL" in err and "posix.system" in err, err
+        assert not marker.exists()
+
+
+class _Reducer:
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def test_model_that_is_a_fifo_is_not_opened(tmp_path, capsys):
+    os.mkfifo(tmp_path / "pipe.pt")
+    code, _, err = run(["inspect", tmp_path / "pipe.pt", "--input-shape", SHAPE], capsys)
+    assert code == 1 and "is not a regular file" in err  # and it returned: opening a FIFO would block
