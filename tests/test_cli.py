@@ -322,6 +322,7 @@ RUN_ERRORS = [  # status 1, one line "torchinn: error: ..."
     (["inspect", "net.ts", "--input-shape", SHAPE], "TorchScript file: torch.export"),
     (["compress", "net.ts", "--input-shape", SHAPE, "--target", "0.5", "-o", "o.pt"], "pass the Python module"),
     (["compress", "net.inn", "--input-shape", SHAPE, "--target", "0.5", "-o", "o.pt"], "needs the original network"),
+    (["compress", "net.pt", "--input-shape", SHAPE, "--target", "0.5", "-o", "small.inn"], "give a name like small.pt"),
     (["inspect", "clinet_tiny.py:not_a_model", "--input-shape", SHAPE], "returned an int, not an nn.Module"),
     (["inspect", "clinet_tiny.py:NUMBER", "--input-shape", SHAPE], "neither an nn.Module nor a callable"),
     (["inspect", "clinet_tiny.py:missing", "--input-shape", SHAPE], "has no attribute 'missing'"),

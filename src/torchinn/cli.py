@@ -214,6 +214,9 @@ def _writable_output(output: str) -> Path:
     out = Path(output)
     if out.is_dir():
         raise CLIError(f"-o {output!r} is a directory; give a file name like small.pt")
+    if out.suffix.lower() == ".inn":
+        raise CLIError(f"-o {output!r}: compress writes a plain network with torch.save (a pickle), but .inn "
+                       "is torchinn's safetensors format, which is never unpickled; give a name like small.pt")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -266,7 +269,8 @@ def _compress(args: argparse.Namespace) -> int:
         batches = [b.to(dtype) for b in load_images(args.calibration, args.input_shape[0], args.mean,
                                                     args.std, args.max_images)]
         calibration = {"source": args.calibration, "images": sum(len(b) for b in batches),
-                       "batches": len(batches), "scaling": "[0, 1]", "mean": args.mean, "std": args.std}
+                       "batches": len(batches), "scaling": "[0, 1] (8-bit / 255, 16-bit / 65535)",
+                       "mean": args.mean, "std": args.std}
         example = (batches[0],)
         loader: list = batches
         described = f"{calibration['images']} images from {args.calibration}"
