@@ -277,7 +277,6 @@ def load_images(folder: str, shape: tuple[int, ...], mean: Sequence[float] | Non
     ``shape = (N, C, H, W)``: resized so they cover H x W, centre-cropped, scaled to [0, 1] by their
     bit depth (8-bit / 255, 16-bit grey / 65535; a grey image is repeated for C = 3), then
     ``(x - mean) / std`` per channel when given. A last incomplete batch is dropped."""
-    import numpy as np
     import torch
 
     root = Path(folder)
