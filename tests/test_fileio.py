@@ -115,7 +115,8 @@ def test_a_read_only_target_is_refused(tmp_path):
     path = tmp_path / "keep.inn"
     path.write_bytes(b"precious")
     path.chmod(0o444)  # no write bit: refused even for root, whom os.access lets write anything
-    with pytest.raises(PermissionError, match=r"refusing to replace '.*keep\.inn': it is read-only \(mode -r--r--r--\)"):
+    with pytest.raises(PermissionError,
+                       match=r"refusing to replace '.*keep\.inn': it is read-only \(mode -r--r--r--\)"):
         write_bytes(path, b"new")
     assert path.read_bytes() == b"precious" and _names(tmp_path) == ["keep.inn"]
     assert check_target(tmp_path / "new.inn") is None
