@@ -28,7 +28,7 @@ from torch.fx.experimental.symbolic_shapes import is_concrete_int
 from tqdm.auto import tqdm
 
 from .functions import KINDS, Kind
-from .graph.analysis import analyse
+from .graph.analysis import analyse, hint
 from .graph.build import build_runtime
 from .graph.fuse import fuse_batch_norms
 from .graph.groups import Plan, finalize
@@ -241,8 +241,13 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor,
     report["fit_s"] = time.perf_counter() - t0
     report["folded_batch_norms"] = len(folded)
     imodel.report = report
-    imodel.input_shapes = [tuple(int(d) if is_concrete_int(d) else None for d in n.meta["val"].shape)
-                           if isinstance(n.meta.get("val"), Tensor) else None for n in traced.inputs]
+    imodel.input_shapes = [tuple(int(d) if is_concrete_int(d) and (i, k) not in traced.static_dims
+                                 else hint(d) if (i, k) in traced.static_dims else None
+                                 for k, d in enumerate(n.meta["val"].shape))
+                           if isinstance(n.meta.get("val"), Tensor) else None
+                           for i, n in enumerate(traced.inputs)]
+    imodel.input_guards = list(traced.guards)
+    imodel.input_names = [n.name for n in traced.inputs]
     imodel.pinned = dict(plan.pinned)
     imodel.eval()
     if config.check:

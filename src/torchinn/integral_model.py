@@ -31,6 +31,7 @@ from torch.utils import _pytree as pytree
 from .functions import interpolation_taps
 from .graph.build import specialize
 from .graph.groups import ContractionSpec, GroupInfo
+from .graph.guards import Guard, violation
 from .partition import Partition, UniformPartition
 from .structured import StructuredFunction, plan_size, plan_vector
 
@@ -151,6 +152,10 @@ class IntegralModel(nn.Module):
         self.pinned: dict[str, str] = {}
         #: per flattened input: its shape when converted, ``None`` where any size works
         self.input_shapes: list[tuple[int | None, ...] | None] = []
+        #: conditions on input sizes and Python inputs the traced graph holds under (the runtime
+        #: graph asserts them too, so a model loaded without them still refuses bad inputs)
+        self.input_guards: list[Guard] = []
+        self.input_names: list[str] = []
         self._cache: tuple[Any, list[Tensor], list[Tensor]] | None = None
 
     # -- groups and sizes -------------------------------------------------------------------
@@ -271,6 +276,12 @@ class IntegralModel(nn.Module):
                 want = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"
                 raise ValueError(f"input {i} has shape {tuple(x.shape)}, but the network was converted "
                                  f"for inputs of shape {want}")
+        guards = getattr(self, "input_guards", None)
+        if guards:
+            names = self.input_names or [f"input{i}" for i in range(len(flat))]
+            problem = violation(guards, flat, names)
+            if problem is not None:
+                raise ValueError(problem)
 
     # -- tensors and counts -------------------------------------------------------------------
     def plans(self) -> dict[str, tuple]:

@@ -22,6 +22,8 @@ from torch.export import Dim, ExportedProgram
 from torch.export.graph_signature import InputKind
 from torch.utils import _pytree as pytree
 
+from .guards import Guard, collect
+
 __all__ = ["Traced", "trace", "node_location"]
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ class Traced:
     in_spec: pytree.TreeSpec
     out_spec: pytree.TreeSpec
     module_of: dict[str, str] = field(default_factory=dict)  # parameter name -> module type name
+    guards: list[Guard] = field(default_factory=list)  # conditions on the inputs (see .guards)
+    static_dims: set[tuple[int, int]] = field(default_factory=set)  # (input, dim) kept at its size
 
 
 def node_location(node: fx.Node) -> str:
@@ -112,6 +116,9 @@ def trace(model: nn.Module, example_inputs: tuple) -> Traced:
                            f"({type(err).__name__}: {err}); pass inputs the model accepts") from err
     ep = _export(module, example_inputs)
     gm = ep.graph_module
+    user = [n for n, spec in zip(gm.graph.find_nodes(op="placeholder"), ep.graph_signature.input_specs)
+            if spec.kind == InputKind.USER_INPUT]
+    guards, static_dims = collect(ep, user, [n.name for n in user])
     graph = copy.deepcopy(gm.graph)
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     specs = ep.graph_signature.input_specs
@@ -141,4 +148,5 @@ def trace(model: nn.Module, example_inputs: tuple) -> Traced:
             module_of[f"{name}.{pname}" if name else pname] = type(mod).__name__
     sig = ep.module_call_graph[0].signature
     return Traced(graph=graph, tensors=tensors, trainable=trainable, source=source, inputs=inputs,
-                  in_spec=sig.in_spec, out_spec=sig.out_spec, module_of=module_of)
+                  in_spec=sig.in_spec, out_spec=sig.out_spec, module_of=module_of, guards=guards,
+                  static_dims=static_dims)
