@@ -177,6 +177,19 @@ def _range_guard(dim: tuple, name: str, lo: float, hi: float) -> Guard | None:
     return Guard(expr, f"{name}.shape[{dim[2]}] in [{lower}, {upper}", "range")
 
 
+#: guards raised inside these parts of torch only compute the shapes and strides of fake tensors
+#: (contiguity, reshape checks, broadcasting); the graph runs the real ops, so they do not decide
+#: which ops it has, and keeping them would refuse sizes that work (``T // 2 != 1``)
+_MECHANICS = ("torch/_refs/", "torch/_prims/", "torch/_prims_common/", "torch/_subclasses/",
+              "torch/_meta_registrations.py", "torch/fx/experimental/")
+
+
+def _mechanical(guard: Any) -> bool:
+    loc = getattr(getattr(guard, "sloc", None), "framework_loc", None)
+    path = str(getattr(loc, "filename", loc) or "").replace("\\", "/")
+    return any(m in path for m in _MECHANICS)
+
+
 def _bound(v: Any) -> float:
     """An end of a size range as a Python int, or +-inf."""
     from torch.utils._sympy.numbers import int_oo
@@ -238,9 +251,11 @@ def collect(ep: torch.export.ExportedProgram, inputs: Sequence[fx.Node], names: 
         return guards, static
     seen: set[Any] = set()
     for sg in shape_env.guards:
+        if _mechanical(sg):
+            continue
         try:
             e = shape_env.simplify(sg.expr)
-            known = shape_env._maybe_evaluate_static(e)
+            known = shape_env._maybe_evaluate_static(e, axioms=())  # not implied by itself
         except Exception as err:  # noqa: BLE001 - a guard torch cannot simplify: its sizes stay static
             log.debug("guard %s not simplified: %s", sg.expr, err)
             known, e = None, sg.expr
