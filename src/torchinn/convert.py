@@ -111,6 +111,14 @@ def _check_model(model: nn.Module, example_inputs: tuple) -> None:
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
             raise ValueError(f"tensor {name!r} has {bad} NaN/Inf values; torchinn needs finite weights")
+    for name, mod in model.named_modules():
+        var = getattr(mod, "running_var", None) if isinstance(mod, nn.modules.batchnorm._NormBase) else None
+        if isinstance(var, Tensor) and var.is_floating_point() and bool((var < 0).any()):
+            k = int((var < 0).sum())
+            raise ValueError(f"batch norm {name!r} has {k} negative running_var value(s) (min "
+                             f"{float(var.min()):.3g}); a variance must be >= 0, so its statistics "
+                             "are corrupt: recompute them (run the model in train mode on data) or "
+                             "load the right checkpoint")
     if not any(True for _ in model.parameters()):
         raise ValueError(f"{type(model).__name__} has no parameters: nothing to convert")
 
@@ -166,6 +174,19 @@ def _permute_groups(tensors: dict[str, Tensor], plan: Plan, config: ConvertConfi
     return stats
 
 
+def _check_dtypes(tensors: dict[str, Tensor], plan: Plan) -> None:
+    """Only floating tensors can be continuous: a bool mask or an index table along channels
+    is refused before anything else runs on it (with how to keep it discrete)."""
+    for name, dim_plans in plan.tensors.items():
+        if tensors[name].is_floating_point():
+            continue
+        groups = sorted({a.group for dp in dim_plans for seg in dp for a in seg if a.group is not None})
+        raise TypeError(f"tensor {name!r} of dtype {tensors[name].dtype} is used along the channels of "
+                        f"group(s) {groups}; only floating tensors can be continuous. Keep those "
+                        f"channels at full size with ConvertConfig(keep_discrete=[{name!r}]) or use "
+                        "a floating mask")
+
+
 def _problems(an, config: ConvertConfig) -> None:
     if not an.problems:
         return
@@ -212,6 +233,7 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor,
     report["analyse_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     tensors = dict(traced.tensors)
+    _check_dtypes(tensors, plan)
     if config.permute and plan.groups:
         report.update(_permute_groups(tensors, plan, config))
     report["permute_s"] = time.perf_counter() - t0
@@ -226,9 +248,6 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor,
     functions = {}
     for name, dim_plans in plan.tensors.items():
         t = tensors[name]
-        if not t.is_floating_point():
-            raise TypeError(f"tensor {name!r} of dtype {t.dtype} has channels in a group; only "
-                            "floating tensors can be continuous")
         functions[name] = StructuredFunction(t, dim_plans, full_weights, config.kind)
         if name not in traced.trainable:  # a buffer (running statistics): follows sizes, never trained
             functions[name].requires_grad_(False)

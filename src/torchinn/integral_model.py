@@ -184,6 +184,7 @@ class IntegralModel(nn.Module):
         name (or the module that produces it) to a size (int) or a ratio (float). Returns all sizes."""
         groups = self.groups
         plan = dict(sizes) if isinstance(sizes, Mapping) else {n: sizes for n in self.group_names}
+        new: list[tuple[Group, int]] = []  # every entry is checked before any group changes
         for name, value in plan.items():
             g = groups[name]
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -201,7 +202,18 @@ class IntegralModel(nn.Module):
             if not 1 <= size <= g.max_size:
                 raise ValueError(f"group {g.name!r} has {g.max_size} channels; size must be in "
                                  f"[1, {g.max_size}], got {size}")
-            g.partition.resize(size)
+            check = getattr(getattr(g.partition, "quadrature", None), "check_size", None)
+            if check is not None:
+                check(size)
+            new.append((g, size))
+        before = [(g, g.size) for g, _ in new]
+        try:
+            for g, size in new:
+                g.partition.resize(size)
+        except Exception:
+            for g, size in before:  # a partition refused: leave every group as it was
+                g.partition.resize(size)
+            raise
         return self.sizes()
 
     # -- running ------------------------------------------------------------------------------

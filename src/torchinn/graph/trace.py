@@ -9,10 +9,12 @@ use of every weight is visible. The batch and spatial/token dimensions are trace
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,20 +84,37 @@ def _doubled_batch(args: tuple) -> tuple | None:
     return pytree.tree_map(lambda x: torch.cat([x, x]) if isinstance(x, Tensor) else x, args)
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[io.StringIO]:
+    """Silence torch while export attempts fail: a failed attempt prints its partial graph to
+    stderr and logs warnings, and the one error torchinn raises says what went wrong."""
+    names = ["torch"] + [n for n in list(logging.root.manager.loggerDict) if n.startswith("torch.")]
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()) as buf, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield buf
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def _export(model: nn.Module, args: tuple) -> ExportedProgram:
     doubled = _doubled_batch(args)
     attempts = ([doubled] if doubled is not None else []) + [args]
     last_error: Exception | None = None
     for example in attempts:
         for dynamic in (True, False):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
+            with _quiet() as stderr:
+                try:
                     return torch.export.export(
                         model, example, dynamic_shapes=_dynamic_shapes(example) if dynamic else None)
-            except Exception as err:  # noqa: BLE001 - retried with fewer dynamic dims, then reported
-                last_error = err
-                log.debug("export attempt failed (dynamic=%s): %s", dynamic, err)
+                except Exception as err:  # noqa: BLE001 - retried with fewer dynamic dims, then reported
+                    last_error = err
+            log.debug("export attempt failed (dynamic=%s): %s\n%s", dynamic, last_error, stderr.getvalue())
     raise RuntimeError(
         f"torch.export could not trace {type(model).__name__}: {last_error}\n"
         "torchinn needs a model that torch.export can trace (data-dependent Python control flow "
