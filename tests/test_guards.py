@@ -260,3 +260,28 @@ def test_bool_mask_along_channels() -> None:
     imodel = inn.convert(model, (x,), inn.ConvertConfig(keep_discrete=["mask"]))
     with torch.no_grad():
         assert close(imodel(x), model(x))
+
+
+class OneIsSpecial(_Base):
+    def forward(self, x):
+        h = self.a(x)
+        if x.shape[0] > 1:  # torch.export assumes sizes >= 2 and records no guard for this
+            h = h - h.mean(0)
+        return self.b(h)
+
+
+def test_branch_on_a_batch_of_one() -> None:
+    model, imodel, discrete = converted(OneIsSpecial, 3, 4)
+    x = torch.randn(1, 4)
+    with pytest.raises(ValueError, match=r"has size 1 in dimension 0, .*x\.shape\[0\] in \[2, inf\)"):
+        imodel(x)
+    with pytest.raises(RuntimeError, match=r"x\.shape\[0\] in \[2, inf\)"):
+        discrete(x)
+    with torch.no_grad():
+        x = torch.randn(5, 4)
+        assert close(imodel(x), model(x)) and close(discrete(x), model(x))
+    with pytest.raises(RuntimeError, match=r"OneIsSpecial computes something else at batch 1 than at "
+                                           r"batch 2 .* convert it with a batch of 2 or more"):
+        inn.convert(OneIsSpecial().eval(), (torch.randn(1, 4),), CFG)
+    plain = nn.Sequential(nn.Linear(4, 3)).eval()  # no branch: batch 1 stays allowed
+    assert inn.convert(plain, (torch.randn(3, 4),), CFG).input_guards == []

@@ -255,7 +255,9 @@ def collect(ep: torch.export.ExportedProgram, inputs: Sequence[fx.Node], names: 
             continue
         try:
             e = shape_env.simplify(sg.expr)
-            known = shape_env._maybe_evaluate_static(e, axioms=())  # not implied by itself
+            # neither the guards themselves nor the ranges they refined (a guard `x.shape[0] > 1`
+            # traced with a doubled batch of 1 refines nothing but must still refuse batch 1)
+            known = shape_env._maybe_evaluate_static(e, axioms=(), var_to_range=())
         except Exception as err:  # noqa: BLE001 - a guard torch cannot simplify: its sizes stay static
             log.debug("guard %s not simplified: %s", sg.expr, err)
             known, e = None, sg.expr

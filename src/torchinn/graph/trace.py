@@ -49,6 +49,7 @@ class Traced:
     module_of: dict[str, str] = field(default_factory=dict)  # parameter name -> module type name
     guards: list[Guard] = field(default_factory=list)  # conditions on the inputs (see .guards)
     static_dims: set[tuple[int, int]] = field(default_factory=set)  # (input, dim) kept at its size
+    doubled: bool = False  # traced on the example with its batch of 1 repeated twice
 
 
 def node_location(node: fx.Node) -> str:
@@ -102,7 +103,7 @@ def _quiet() -> Iterator[io.StringIO]:
             lg.setLevel(level)
 
 
-def _export(model: nn.Module, args: tuple) -> ExportedProgram:
+def _export(model: nn.Module, args: tuple) -> tuple[ExportedProgram, bool]:
     doubled = _doubled_batch(args)
     attempts = ([doubled] if doubled is not None else []) + [args]
     last_error: Exception | None = None
@@ -111,7 +112,8 @@ def _export(model: nn.Module, args: tuple) -> ExportedProgram:
             with _quiet() as stderr:
                 try:
                     return torch.export.export(
-                        model, example, dynamic_shapes=_dynamic_shapes(example) if dynamic else None)
+                        model, example, dynamic_shapes=_dynamic_shapes(example) if dynamic else None
+                    ), example is doubled
                 except Exception as err:  # noqa: BLE001 - retried with fewer dynamic dims, then reported
                     last_error = err
             log.debug("export attempt failed (dynamic=%s): %s\n%s", dynamic, last_error, stderr.getvalue())
@@ -133,7 +135,7 @@ def trace(model: nn.Module, example_inputs: tuple) -> Traced:
     except Exception as err:  # noqa: BLE001 - reported with its cause
         raise RuntimeError(f"{type(model).__name__} fails on the example inputs "
                            f"({type(err).__name__}: {err}); pass inputs the model accepts") from err
-    ep = _export(module, example_inputs)
+    ep, doubled = _export(module, example_inputs)
     gm = ep.graph_module
     user = [n for n, spec in zip(gm.graph.find_nodes(op="placeholder"), ep.graph_signature.input_specs)
             if spec.kind == InputKind.USER_INPUT]
@@ -168,4 +170,4 @@ def trace(model: nn.Module, example_inputs: tuple) -> Traced:
     sig = ep.module_call_graph[0].signature
     return Traced(graph=graph, tensors=tensors, trainable=trainable, source=source, inputs=inputs,
                   in_spec=sig.in_spec, out_spec=sig.out_spec, module_of=module_of, guards=guards,
-                  static_dims=static_dims)
+                  static_dims=static_dims, doubled=doubled)
