@@ -290,7 +290,7 @@ class IntegralModel(nn.Module):
                                  f"for inputs of shape {want}")
         guards = getattr(self, "input_guards", None)
         if guards:
-            names = self.input_names or [f"input{i}" for i in range(len(flat))]
+            names = getattr(self, "input_names", None) or [f"input{i}" for i in range(len(flat))]
             problem = violation(guards, flat, names)
             if problem is not None:
                 raise ValueError(problem)
