@@ -216,7 +216,7 @@ def test_failed_export_prints_nothing(capfd) -> None:
 
     with pytest.raises(RuntimeError, match="torch.export could not trace Branchy"):
         inn.convert(Branchy(), (torch.randn(2, 4),))
-    out, err = capfd.readouterr()
+    _out, err = capfd.readouterr()
     assert "def forward" not in err and "Unable to find user code" not in err
     assert err == ""
 
