@@ -285,3 +285,22 @@ def test_branch_on_a_batch_of_one() -> None:
         inn.convert(OneIsSpecial().eval(), (torch.randn(1, 4),), CFG)
     plain = nn.Sequential(nn.Linear(4, 3)).eval()  # no branch: batch 1 stays allowed
     assert inn.convert(plain, (torch.randn(3, 4),), CFG).input_guards == []
+
+
+class RatioBranch(_Base):
+    def forward(self, x):  # (B, T, 4)
+        h = self.a(x)
+        if x.shape[1] / 3 > 2.5:  # a condition torchinn does not translate: T stays static
+            h = h * 2
+        return self.b(h)
+
+
+def test_untranslatable_condition_keeps_its_size_static() -> None:
+    model, imodel, _ = converted(RatioBranch, 2, 9, 4)
+    assert imodel.input_shapes == [(None, 9, 4)]
+    with pytest.raises(ValueError, match=r"input 0 has shape \(2, 7, 4\), but the network was "
+                                         r"converted for inputs of shape \(any, 9, 4\)"):
+        imodel(torch.randn(2, 7, 4))
+    with torch.no_grad():
+        x = torch.randn(3, 9, 4)
+        assert close(imodel(x), model(x))
