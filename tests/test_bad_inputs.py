@@ -185,6 +185,56 @@ def cli_unwritable_output(tmp: Path) -> None:
 
     os.mkfifo(tmp / "out.pt")
     _writable_output(str(tmp / "out.pt"))
+class _SizeBranch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 8)
+        self.b = nn.Linear(8, 2)
+
+    def forward(self, x, t=1.0):
+        h = self.a(x) * t
+        return self.b(h * 0.5 if x.shape[0] > 4 else h)
+
+
+def batch_across_a_branch() -> None:
+    inn.convert(_SizeBranch().eval(), (torch.randn(8, 4),), inn.ConvertConfig(permute=False))(torch.randn(2, 4))
+
+
+def other_scalar_input() -> None:
+    x = torch.randn(8, 4)
+    inn.convert(_SizeBranch().eval(), (x, 2.0), inn.ConvertConfig(permute=False))(x, 3.0)
+
+
+def bool_channel_mask() -> None:
+    class Masked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 8)
+            self.b = nn.Linear(8, 2)
+            self.register_buffer("mask", torch.arange(8) % 2 == 0)
+
+        def forward(self, x):
+            return self.b(self.a(x).masked_fill(self.mask, 0.0))
+
+    inn.convert(Masked().eval(), (torch.randn(2, 4),))
+
+
+def negative_running_var() -> None:
+    m = small()
+    with torch.no_grad():
+        m[1].running_var[3] = -1.0
+    inn.convert(m, (X,))
+
+
+def resize_one_bad_entry() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 2)).eval()
+    m = inn.convert(net, (torch.randn(2, 4),), inn.ConvertConfig(permute=False))
+    try:
+        m.resize({"0.weight:0": 4, "2.weight:0": 0})
+    finally:
+        if m.sizes() != {"0.weight:0": 8, "2.weight:0": 6}:
+            raise AssertionError(f"a bad entry left other groups resized: {m.sizes()}")
 
 
 # (what, how it is triggered, the exception, a regex of its message)
@@ -229,6 +279,16 @@ CASES: list[tuple[str, Callable, type[BaseException], str]] = [
      r"is not a torchinn model file .*torchinn never unpickles a \.inn file"),
     ("compress -o to a special or read-only file, or a folder that cannot be created", cli_unwritable_output,
      CLIError, r"-o '.*out\.pt': refusing to replace '.*out\.pt': it is a FIFO \(named pipe\)"),
+    ("a batch size on the other side of a size branch taken when converting", batch_across_a_branch, ValueError,
+     r"input 0 \('x'\) has size 2 in dimension 0, .*only valid for x\.shape\[0\] in \[5, inf\)"),
+    ("a Python scalar input other than the one converted with", other_scalar_input, ValueError,
+     r"input 1 \('t'\) is 3\.0, but the network was converted with 2\.0 there"),
+    ("a bool mask along channels", bool_channel_mask, TypeError,
+     r"tensor 'mask' of dtype torch\.bool is used along the channels of group\(s\) \['a\.weight:0'\]"),
+    ("a batch norm with negative running_var", negative_running_var, ValueError,
+     r"batch norm '1' has 1 negative running_var value\(s\) \(min -1\)"),
+    ("a resize mapping with one bad entry", resize_one_bad_entry, ValueError,
+     r"group '2\.weight:0' has 6 channels; size must be in \[1, 6\], got 0"),
 ]
 
 
