@@ -12,11 +12,29 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import torchinn as inn
+from torchinn.serialize import checksum
 from torchinn.train import TuneConfig, tune_grid
 from zoo import ZOO
+
+
+def read(path: Path) -> tuple[dict, dict]:
+    """A saved file's metadata and tensors."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["torchinn"])
+    return meta, load_file(path)
+
+
+def write(path: Path, meta: dict, tensors: dict, sign: bool = True) -> Path:
+    """Write a (crafted) file; ``sign``: with a valid checksum, as an attacker would."""
+    meta = {k: v for k, v in meta.items() if k != "sha256"}
+    if sign:
+        meta["sha256"] = checksum(meta, tensors)
+    save_file(tensors, str(path), metadata={"torchinn": json.dumps(meta)})
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +96,7 @@ def test_deepcopy_and_pickle(tuned) -> None:
 
 def test_newer_broken_and_foreign_files(tuned, tmp_path: Path) -> None:
     _, _, path = tuned
-    tensors = load_file(path)
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads(f.metadata()["torchinn"])
+    meta, tensors = read(path)
     newer = dict(meta, version=inn.serialize.FORMAT_VERSION + 1)
     save_file(tensors, str(tmp_path / "newer.inn"), metadata={"torchinn": json.dumps(newer)})
     with pytest.raises(inn.FormatError, match=r"file format 2; this torchinn reads formats up to 1: upgrade"):
@@ -97,14 +111,18 @@ def test_newer_broken_and_foreign_files(tuned, tmp_path: Path) -> None:
     with pytest.raises(inn.FormatError):
         inn.load(tmp_path / "cut.inn")
     missing = dict(tensors)
-    missing.pop(next(k for k in missing if k.startswith("f/")))
+    gone = next(k for k in missing if k.startswith("f/"))
+    missing.pop(gone)
     save_file(missing, str(tmp_path / "missing.inn"), metadata={"torchinn": json.dumps(meta)})
-    with pytest.raises(inn.FormatError, match="broken or incomplete"):
+    with pytest.raises(inn.FormatError, match="checksum mismatch"):
+        inn.load(tmp_path / "missing.inn")
+    write(tmp_path / "missing.inn", meta, missing)  # re-signed: the checks still see the hole
+    with pytest.raises(inn.FormatError, match=rf"functions\['{gone.split('/')[1]}'\].*but the file stores"):
         inn.load(tmp_path / "missing.inn")
     evil = dict(meta, graph=[{"op": "call_function", "name": "x", "target": "py::os.system",
                               "args": {"t": ["echo hi"]}, "kwargs": {"d": {}}}])
-    save_file(tensors, str(tmp_path / "evil.inn"), metadata={"torchinn": json.dumps(evil)})
-    with pytest.raises(inn.FormatError, match="unknown function 'py::os.system'"):
+    write(tmp_path / "evil.inn", evil, tensors)
+    with pytest.raises(inn.FormatError, match="graph node 'x' calls 'py::os.system', which a torchinn file may not"):
         inn.load(tmp_path / "evil.inn")
     with pytest.raises(FileNotFoundError):
         inn.load(tmp_path / "nope.inn")
