@@ -208,6 +208,9 @@ def graph_from_json(nodes: Any, num_inputs: int, num_outputs: int, index_limits:
             placeholders += 1
             node = graph.placeholder(name)
         else:
+            if placeholders != 5 + num_inputs:
+                raise FormatError(f"graph has {placeholders} placeholders; expected 5 (tensors, sizes, scales, "
+                                  f"training, norm_training) + {num_inputs} input(s) of in_spec")
             where = f"graph node {name!r}"
             args = _decode(entry["args"], env, where)
             kwargs = _decode(entry["kwargs"], env, where)
@@ -231,9 +234,6 @@ def graph_from_json(nodes: Any, num_inputs: int, num_outputs: int, index_limits:
         if node.name != name:
             raise FormatError(f"graph node {i}: name {name!r} is reserved in torch.fx")
         env[name] = node
-    if placeholders != 5 + num_inputs:
-        raise FormatError(f"graph has {placeholders} placeholders; expected 5 (tensors, sizes, scales, training, "
-                          f"norm_training) + {num_inputs} input(s) of in_spec")
     if not done:
         raise FormatError("graph has no output node")
     try:
@@ -269,11 +269,14 @@ def _keys(obj: Any, field: str, required: set[str], optional: set[str] = frozens
     return obj
 
 
-def _int(value: Any, field: str, lo: int, hi: int) -> int:
+_BUDGET = " (sizes are bounded by the elements the file stores)"
+
+
+def _int(value: Any, field: str, lo: int, hi: int, note: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise FormatError(f"{field} must be an int in [{lo}, {hi}], got {value!r}")
+        raise FormatError(f"{field} must be an int in [{lo}, {hi}]{note}, got {value!r}"[:300])
     if not lo <= value <= hi:
-        raise FormatError(f"{field} must be in [{lo}, {hi}], got {value}")
+        raise FormatError(f"{field} must be in [{lo}, {hi}]{note}, got {value}")
     return value
 
 
@@ -311,7 +314,7 @@ def _plan(value: Any, field: str, groups: dict[str, int], budget: int) -> list[l
             if not isinstance(atom, list) or len(atom) != 3:
                 raise FormatError(f"{where} must be [size, group or null, integrate], got {atom!r}")
             size, group, integrate = atom
-            _int(size, f"{where} size", 1, budget)
+            _int(size, f"{where} size", 1, budget, _BUDGET)
             _type(integrate, f"{where} integrate", bool, "true or false")
             if group is not None:
                 if group not in groups:
@@ -345,7 +348,7 @@ def _partition(name: str, info: Any, tensors: dict[str, Tensor], budget: int, us
     if kind not in _PARTITION_KEYS:
         raise FormatError(f"{field}.type must be one of {sorted(_PARTITION_KEYS)}, got {kind!r}")
     _keys(info, field, _PARTITION_KEYS[kind])
-    max_size = _int(info["max_size"], f"{field}.max_size", 1, budget)
+    max_size = _int(info["max_size"], f"{field}.max_size", 1, budget, _BUDGET)
     if info["quadrature"] not in QUADRATURES:
         raise FormatError(f"{field}.quadrature must be one of {sorted(QUADRATURES)}, got {info['quadrature']!r}")
     prefix = f"p/{name}/"
@@ -384,7 +387,7 @@ def _function(name: str, info: Any, tensors: dict[str, Tensor], groups: dict[str
     if not 1 <= len(shape) <= _MAX_NDIM:
         raise FormatError(f"{field}.shape must have 1 to {_MAX_NDIM} dimensions, got {len(shape)}")
     for d, n in enumerate(shape):
-        _int(n, f"{field}.shape[{d}]", 1, budget)
+        _int(n, f"{field}.shape[{d}]", 1, budget, _BUDGET)
     numel = math.prod(shape)
     if numel > budget:
         raise FormatError(f"{field}.shape {shape} has {numel} elements, more than this file's tensors can hold "
