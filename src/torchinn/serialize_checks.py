@@ -208,6 +208,8 @@ def graph_from_json(nodes: Any, num_inputs: int, num_outputs: int, index_limits:
             placeholders += 1
             node = graph.placeholder(name)
         else:
+            if op == "call_function":  # a forbidden call is named first, whatever else is wrong
+                target, arity = _resolve_target(entry["target"], name)
             if placeholders != 5 + num_inputs:
                 raise FormatError(f"graph has {placeholders} placeholders; expected 5 (tensors, sizes, scales, "
                                   f"training, norm_training) + {num_inputs} input(s) of in_spec")
@@ -223,7 +225,6 @@ def graph_from_json(nodes: Any, num_inputs: int, num_outputs: int, index_limits:
                 graph.output(args[0])
                 done = True
                 continue
-            target, arity = _resolve_target(entry["target"], name)
             _check_schema(target, arity, args, kwargs, name)
             if target is operator.getitem and args[0].op == "placeholder" and args[0].name in index_limits:
                 limit = index_limits[args[0].name]
