@@ -185,7 +185,7 @@ def test_the_unchecked_eval_attack_ran_before(small, tmp_path: Path) -> None:
     assert marker.exists()  # so the refusal above is what keeps the marker away
 
 
-@pytest.mark.parametrize("where", ["name", "kwarg", "string"])
+@pytest.mark.parametrize("where", ["name", "dunder", "kwarg", "string"])
 def test_names_and_keywords_cannot_inject_code(small, tmp_path: Path, where: str) -> None:
     path, x, expected = small
     meta, tensors = read(path)
@@ -194,6 +194,8 @@ def test_names_and_keywords_cannot_inject_code(small, tmp_path: Path, where: str
     relu = next(n for n in meta["graph"] if n.get("target") == "aten::relu.default")
     if where == "name":
         relu["name"] = f"r = 0; {code}; relu_default"
+    elif where == "dunder":
+        relu["name"] = "__builtins__"
     elif where == "kwarg":
         relu["kwargs"] = {"d": {f"x=0) if {code} else (0": 1}}
     else:  # strings are emitted with repr(): harmless, the op itself rejects the value

@@ -237,8 +237,9 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", verify: bo
         check_tensors(tensors)
         in_spec, out_spec, graph = check_meta(meta, tensors)
         imodel = _build(meta, tensors, in_spec, out_spec, graph)
-    except FormatError as err:
-        raise FormatError(f"{path}: {err}") from None
+    except FormatError as err:  # values quoted from a crafted file can be long: keep the message short
+        text = str(err)
+        raise FormatError(f"{path}: {text if len(text) <= 600 else text[:600] + '...'}") from None
     except (KeyError, TypeError, IndexError, ValueError, RuntimeError, AttributeError, RecursionError) as err:
         # the checks above should catch every malformed file; this is a last line of defence
         raise FormatError(f"{path}: broken or incomplete torchinn model ({type(err).__name__}: {err})") from err

@@ -129,8 +129,10 @@ _SPECIAL_FLOATS = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 
 
 def _identifier(name: Any, what: str) -> str:
-    if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name) or len(name) > 200:
-        raise FormatError(f"{what} must be a Python identifier, got {name!r}")
+    """A name that torch.fx writes into Python code: a plain identifier (no dunder, not ``self``)."""
+    if (not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name) or len(name) > 200
+            or name.startswith("__") or name == "self"):
+        raise FormatError(f"{what} must be a Python identifier, got {repr(name)[:100]}")
     return name
 
 
