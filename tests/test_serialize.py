@@ -387,3 +387,14 @@ def test_load_on_the_meta_device(small) -> None:
     assert all(t.device.type == "meta" for t in m.parameters())
     with pytest.raises(ValueError, match=r"device must be a torch device like .* got 'gpu-ish'"):
         inn.load(path, device="gpu-ish")
+
+
+def test_a_group_in_no_plan_cannot_declare_a_size(small, tmp_path: Path) -> None:
+    """A group that no stored tensor uses is refused: it could otherwise ask for any max_size (and
+    Gauss-Legendre nodes cost O(n^2) memory)."""
+    path, _, _ = small
+    meta, tensors = read(path)
+    meta["groups"].append({"name": "ghost", "members": []})
+    meta["partitions"]["ghost"] = {"type": "uniform", "max_size": 4000, "quadrature": "gauss-legendre", "size": 1}
+    with pytest.raises(inn.FormatError, match=r"groups \['ghost'\] are in no tensor's plan"):
+        inn.load(write(tmp_path / "g.inn", meta, tensors))

@@ -476,6 +476,11 @@ def check_meta(meta: Any, tensors: dict[str, Tensor]) -> tuple[pytree.TreeSpec, 
     total = sum(_function(n, functions[n], tensors, max_sizes, budget, used) for n in names if n in functions)
     if total > budget:
         raise FormatError(f"functions declare {total} elements, more than the file's tensors can hold ({budget})")
+    # every group is the channels of a stored tensor: its max_size is bounded by what the file holds
+    planned = {a[1] for f in functions.values() for dim in f["plan"] for seg in dim for a in seg}
+    unplanned = [g for g in group_names if g not in planned]
+    if unplanned:
+        raise FormatError(f"groups {unplanned[:5]} are in no tensor's plan (functions[...].plan)")
     ndims = {}
     for n in names:
         if n in functions:
