@@ -193,7 +193,7 @@ def _load(path: Path, what: str) -> inn.IntegralModel | None:
         return inn.load(path)
     except inn.FormatError:
         return None
-    except Exception as err:  # noqa: BLE001 - the point of the test
+    except Exception as err:
         raise AssertionError(f"mutation '{what}' raised {type(err).__name__}, not FormatError: {err}") from err
 
 

@@ -37,8 +37,8 @@ from torch.utils import _pytree as pytree
 
 from .graph.groups import ContractionSpec, GroupInfo
 from .integral_model import IntegralModel, _key
-from .serialize_checks import FormatError, check_meta, check_tensors, target_name
 from .partition import FixedPartition, GaussLegendrePartition, Partition, TrainablePartition, UniformPartition
+from .serialize_checks import FormatError, check_meta, check_tensors, target_name
 from .structured import Atom, StructuredFunction
 
 __all__ = ["save", "load", "FORMAT_VERSION", "FormatError"]
@@ -230,10 +230,9 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", verify: bo
         raise FormatError(f"{path} was written with torchinn file format {version}; this torchinn reads "
                           f"formats up to {FORMAT_VERSION}: upgrade torchinn")
     try:
-        if verify and "sha256" in meta:
-            if checksum(meta, tensors) != meta["sha256"]:
-                raise FormatError("checksum mismatch: the metadata or tensors changed after the file was saved "
-                                  "(damaged or edited file)")
+        if verify and "sha256" in meta and checksum(meta, tensors) != meta["sha256"]:
+            raise FormatError("checksum mismatch: the metadata or tensors changed after the file was saved "
+                              "(damaged or edited file)")
         check_tensors(tensors)
         in_spec, out_spec, graph = check_meta(meta, tensors)
         imodel = _build(meta, tensors, in_spec, out_spec, graph)
