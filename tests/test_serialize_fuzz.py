@@ -4,7 +4,8 @@ Two models: a small CNN with batch norms and a residual, at full size; and the s
 reduced sizes with a TrainablePartition. Each mutated file either loads and computes exactly what
 was saved (``torch.equal`` on a fixed input) or raises ``FormatError``: never anything else.
 Files re-signed after the mutation (as a crafted file would be) must load or raise
-``FormatError``; what a well-formed but different model computes is not checked.
+``FormatError``; what a well-formed but different model computes is not checked. One-digit edits
+of the metadata (the issue's probe: 8 in 300 loaded and computed otherwise) must all be caught.
 """
 
 from __future__ import annotations
@@ -259,3 +260,23 @@ def test_resigned_mutations_load_or_raise_format_error(saved, tmp_path: Path) ->
             except (RuntimeError, ValueError, TypeError, IndexError):
                 pass
     assert caught > CASES // 2
+
+
+def test_one_digit_header_edits_are_caught(saved, tmp_path: Path) -> None:
+    """The issue's probe: edit one digit of the metadata (300 edits). Before the checksum covered
+    the metadata, 8 in 300 such edits loaded and computed other outputs."""
+    data, expected = saved
+    text = _split(data)[0]["__metadata__"]["torchinn"]
+    digits = [i for i, c in enumerate(text) if c.isdigit()]
+    rng = random.Random(5)
+    path = tmp_path / "m.inn"
+    loaded = 0
+    for i in rng.sample(digits, min(300, len(digits))):
+        new = text[:i] + rng.choice([d for d in "0123456789" if d != text[i]]) + text[i + 1:]
+        path.write_bytes(_with_meta_text(data, new))
+        m = _load(path, f"digit {i}")
+        if m is not None:
+            loaded += 1
+            with torch.no_grad():
+                assert torch.equal(m(X), expected), f"digit {i} ({text[max(0, i - 30):i + 10]!r}) changes the outputs"
+    assert loaded == 0  # every digit is covered by the checksum (the sha256 itself included)
