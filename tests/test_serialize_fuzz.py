@@ -192,7 +192,9 @@ def _mutate(rng: random.Random, data: bytes) -> tuple[bytes, str]:
 def _load(path: Path, what: str) -> inn.IntegralModel | None:
     try:
         return inn.load(path)
-    except inn.FormatError:
+    except inn.FormatError as err:
+        # the checks name the field; "broken or incomplete" is load()'s last line of defence
+        assert "broken or incomplete" not in str(err), f"mutation '{what}' got past the checks: {err}"
         return None
     except Exception as err:
         raise AssertionError(f"mutation '{what}' raised {type(err).__name__}, not FormatError: {err}") from err

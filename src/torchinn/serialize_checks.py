@@ -128,6 +128,11 @@ _MAX_DEPTH = 16
 _SPECIAL_FLOATS = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 
 
+def _among(value: Any, options: Any) -> bool:
+    """``value in options`` for a string ``value`` (False for anything else, hashable or not)."""
+    return isinstance(value, str) and value in options
+
+
 def _identifier(name: Any, what: str) -> str:
     """A name that torch.fx writes into Python code: a plain identifier (no dunder, not ``self``)."""
     if (not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name) or len(name) > 200
@@ -151,7 +156,7 @@ def _decode(value: Any, env: dict[str, fx.Node], where: str, depth: int = 0) -> 
             raise FormatError(f"{where} refers to unknown node {v!r} (nodes must be defined before use)")
         return env[v]
     if kind == "f":
-        if v not in _SPECIAL_FLOATS:
+        if not _among(v, _SPECIAL_FLOATS):
             raise FormatError(f"{where}: a special float must be one of {sorted(_SPECIAL_FLOATS)}, got {v!r}")
         return _SPECIAL_FLOATS[v]
     if kind in ("l", "t"):
@@ -193,7 +198,7 @@ def graph_from_json(nodes: Any, num_inputs: int, num_outputs: int, index_limits:
     placeholders, done = 0, False
     for i, entry in enumerate(nodes):
         op = entry.get("op") if isinstance(entry, dict) else None
-        if op not in _NODE_KEYS:
+        if not _among(op, _NODE_KEYS):
             raise FormatError(f"graph node {i} must be an object with op in {sorted(_NODE_KEYS)}, got {entry!r}"[:300])
         if set(entry) != _NODE_KEYS[op]:
             raise FormatError(f"graph node {i} ({op}) must have the keys {sorted(_NODE_KEYS[op])}, got {sorted(entry)}")
@@ -320,7 +325,7 @@ def _plan(value: Any, field: str, groups: dict[str, int], budget: int) -> list[l
             _int(size, f"{where} size", 1, budget, _BUDGET)
             _type(integrate, f"{where} integrate", bool, "true or false")
             if group is not None:
-                if group not in groups:
+                if not _among(group, groups):
                     raise FormatError(f"{where} names unknown group {group!r}")
                 if size != groups[group]:
                     raise FormatError(f"{where}: group {group!r} has {groups[group]} channels (its partition's "
@@ -348,11 +353,11 @@ def _stored(tensors: dict[str, Tensor], name: str, field: str, ndim: int | None 
 def _partition(name: str, info: Any, tensors: dict[str, Tensor], budget: int, used: set[str]) -> None:
     field = f"partitions[{name!r}]"
     kind = info.get("type") if isinstance(info, dict) else None
-    if kind not in _PARTITION_KEYS:
+    if not _among(kind, _PARTITION_KEYS):
         raise FormatError(f"{field}.type must be one of {sorted(_PARTITION_KEYS)}, got {kind!r}")
     _keys(info, field, _PARTITION_KEYS[kind])
     max_size = _int(info["max_size"], f"{field}.max_size", 1, budget, _BUDGET)
-    if info["quadrature"] not in QUADRATURES:
+    if not _among(info["quadrature"], QUADRATURES):
         raise FormatError(f"{field}.quadrature must be one of {sorted(QUADRATURES)}, got {info['quadrature']!r}")
     prefix = f"p/{name}/"
     if kind == "uniform":
@@ -382,9 +387,9 @@ def _function(name: str, info: Any, tensors: dict[str, Tensor], groups: dict[str
     """Check one tensor's continuous function; returns its number of elements."""
     field = f"functions[{name!r}]"
     _keys(info, field, _FUNCTION_REQUIRED, _FUNCTION_OPTIONAL)
-    if info.get("kind") not in KINDS:
+    if not _among(info.get("kind"), KINDS):
         raise FormatError(f"{field}.kind must be one of {list(KINDS)}, got {info.get('kind')!r}")
-    if info.get("dtype", "float32") not in _FLOAT_DTYPES:
+    if not _among(info.get("dtype", "float32"), _FLOAT_DTYPES):
         raise FormatError(f"{field}.dtype must be one of {sorted(_FLOAT_DTYPES)}, got {info.get('dtype')!r}")
     shape = _type(info["shape"], f"{field}.shape", list, "a list of ints")
     if not 1 <= len(shape) <= _MAX_NDIM:
@@ -494,7 +499,7 @@ def check_meta(meta: Any, tensors: dict[str, Tensor]) -> tuple[pytree.TreeSpec, 
     for i, g in enumerate(groups):
         members = _type(g["members"], f"groups[{i}].members", list, "a list of [tensor, dim]")
         for j, m in enumerate(members):
-            if not isinstance(m, list) or len(m) != 2 or m[0] not in ndims:
+            if not isinstance(m, list) or len(m) != 2 or not _among(m[0], ndims):
                 raise FormatError(f"groups[{i}].members[{j}] must be [a tensor name, dim], got {m!r}"[:300])
             _int(m[1], f"groups[{i}].members[{j}] dim", 0, ndims[m[0]] - 1)
 
