@@ -386,6 +386,8 @@ def test_load_on_the_meta_device(small) -> None:
     assert all(t.device.type == "meta" for t in m.parameters())
     with pytest.raises(ValueError, match=r"device must be a torch device like .* got 'gpu-ish'"):
         inn.load(path, device="gpu-ish")
+    with pytest.raises(ValueError, match=r"cannot save a model on the meta device \(tensor 'f/0\.weight/0'"):
+        inn.save(m, path.parent / "meta.inn")
 
 
 def test_a_group_in_no_plan_cannot_declare_a_size(small, tmp_path: Path) -> None:

@@ -183,6 +183,10 @@ def save(imodel: IntegralModel, path: str | os.PathLike) -> None:
         "pinned": imodel.pinned,
     }
     tensors = {k: v.contiguous() for k, v in tensors.items()}
+    on_meta = [k for k, v in tensors.items() if v.device.type == "meta"]
+    if on_meta:
+        raise ValueError(f"cannot save a model on the meta device (tensor {on_meta[0]!r} has no values); "
+                         "load or compute real weights first")
     try:
         check_tensors(tensors)
     except FormatError as err:  # the file would not load: say so now
