@@ -309,6 +309,7 @@ FIELD_CASES = [
     ("input_shapes/0/1", -1, r"input_shapes\[0\]\[1\] must be in \[0, "),
     ("pinned/x", 5, r"pinned\['x'\] must be a string, got 5"),
     ("surprise", 1, r"metadata has unknown key\(s\) \['surprise'\]"),
+    ("torch", 2, r"torch must be a version string, got 2"),
     ("graph", _DELETE, r"metadata is missing key\(s\) \['graph'\]"),
     ("graph/6/args/t/1", 99, r"graph node 'getitem' takes item 99 of 'tensors', which has 4 items"),
     ("graph/6/args/t/0", {"n": "later"}, r"graph node 'getitem' refers to unknown node 'later'"),
@@ -399,3 +400,14 @@ def test_a_group_in_no_plan_cannot_declare_a_size(small, tmp_path: Path) -> None
     meta["partitions"]["ghost"] = {"type": "uniform", "max_size": 4000, "quadrature": "gauss-legendre", "size": 1}
     with pytest.raises(inn.FormatError, match=r"groups \['ghost'\] are in no tensor's plan"):
         inn.load(write(tmp_path / "g.inn", meta, tensors))
+
+
+def test_a_malformed_checksum_is_named_even_unverified(small, tmp_path: Path) -> None:
+    path, _, _ = small
+    meta, tensors = read(path)
+    meta["sha256"] = "abc"
+    save_file(tensors, str(tmp_path / "s.inn"), metadata={"torchinn": json.dumps(meta)})
+    with pytest.raises(inn.FormatError, match="checksum mismatch"):
+        inn.load(tmp_path / "s.inn")
+    with pytest.raises(inn.FormatError, match=r"sha256 must be 64 hex digits, got 'abc'"):
+        inn.load(tmp_path / "s.inn", verify=False)

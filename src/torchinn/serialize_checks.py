@@ -460,6 +460,10 @@ def check_meta(meta: Any, tensors: dict[str, Tensor]) -> tuple[pytree.TreeSpec, 
     if set(trainable) - set(names):
         raise FormatError(f"trainable names unknown tensor(s) {sorted(set(trainable) - set(names))[:5]}")
     _type(meta["training"], "training", bool, "true or false")
+    _type(meta.get("torch", ""), "torch", str, "a version string")
+    sha = _type(meta.get("sha256", "0" * 64), "sha256", str, "64 hex digits")
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise FormatError(f"sha256 must be 64 hex digits, got {sha[:80]!r}")
     used: set[str] = set()
 
     groups = _type(meta["groups"], "groups", list, "a list")
