@@ -411,3 +411,29 @@ def test_a_malformed_checksum_is_named_even_unverified(small, tmp_path: Path) ->
         inn.load(tmp_path / "s.inn")
     with pytest.raises(inn.FormatError, match=r"sha256 must be 64 hex digits, got 'abc'"):
         inn.load(tmp_path / "s.inn", verify=False)
+
+
+def test_trainable_partition_tensors_are_checked(tmp_path: Path) -> None:
+    from torchinn.partition import TrainablePartition
+
+    torch.manual_seed(0)
+    imodel = inn.convert(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)),
+                         (torch.randn(2, 4),))
+    imodel.resize(0.5)
+    imodel.set_partition("0.weight:0", TrainablePartition(imodel.partition("0.weight:0")))
+    inn.save(imodel, tmp_path / "t.inn")
+    meta, tensors = read(tmp_path / "t.inn")
+    for name, value, pattern in [
+        ("p/0.weight:0/free", lambda t: torch.zeros_like(t), r"free must be 5 uint8 flags \(0 or 1, at least one 1\)"),
+        ("p/0.weight:0/free", lambda t: t * 2, r"free must be 5 uint8 flags"),
+        ("p/0.weight:0/free", lambda t: t.bool(), r"free must be 5 uint8 flags"),
+        ("p/0.weight:0/delta", lambda t: t[:1], r"delta must hold 2 to 9 floats \(size \+ 1 gaps\), got 1"),
+        ("p/0.weight:0/delta", lambda t: torch.cat([t, t]), r"delta must hold 2 to 9 floats \(size \+ 1 gaps\), got 10"),
+        ("p/0.weight:0/delta", lambda t: t[:-1], r"free must be 4 uint8 flags"),
+    ]:
+        changed = dict(tensors, **{name: value(tensors[name]).contiguous()})
+        with pytest.raises(inn.FormatError, match=rf"partitions\['0\.weight:0'\]: {pattern}"):
+            inn.load(write(tmp_path / "bad.inn", meta, changed))
+    meta["partitions"]["0.weight:0"]["eps"] = 2.0
+    with pytest.raises(inn.FormatError, match=r"partitions\['0\.weight:0'\]\.eps must be a number in \[0, 1\), got 2\.0"):
+        inn.load(write(tmp_path / "bad.inn", meta, tensors))

@@ -377,9 +377,9 @@ def _partition(name: str, info: Any, tensors: dict[str, Tensor], budget: int, us
         if not delta.is_floating_point() or not 2 <= delta.numel() <= max_size + 1:
             raise FormatError(f"{field}: delta must hold 2 to {max_size + 1} floats (size + 1 gaps), got "
                               f"{delta.numel()} {delta.dtype}")
-        if free.dtype != torch.uint8 or free.shape != delta.shape or bool((free > 1).any()):
-            raise FormatError(f"{field}: free must be {delta.numel()} uint8 flags (0 or 1), got "
-                              f"{free.numel()} {free.dtype}")
+        if free.dtype != torch.uint8 or free.shape != delta.shape or bool((free > 1).any()) or not bool(free.any()):
+            raise FormatError(f"{field}: free must be {delta.numel()} uint8 flags (0 or 1, at least one 1), got "
+                              f"{free.numel()} {free.dtype} with {int(free.bool().sum())} ones")
 
 
 def _function(name: str, info: Any, tensors: dict[str, Tensor], groups: dict[str, int], budget: int,
