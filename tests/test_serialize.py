@@ -437,3 +437,28 @@ def test_trainable_partition_tensors_are_checked(tmp_path: Path) -> None:
     meta["partitions"]["0.weight:0"]["eps"] = 2.0
     with pytest.raises(inn.FormatError, match=r"partitions\['0\.weight:0'\]\.eps must be a number in \[0, 1\), got 2\.0"):
         inn.load(write(tmp_path / "bad.inn", meta, tensors))
+
+
+def test_a_constant_with_inf_round_trips_but_nan_does_not(tmp_path: Path) -> None:
+    """A tensor constant that is not trained (an attention-style mask) may hold -inf; never NaN."""
+
+    class Masked(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 3)
+            self.mask = torch.tensor([0.0, float("-inf"), 0.0])  # a plain attribute: a lifted constant
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(self.b(torch.relu(self.a(x))) + self.mask, -1)
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 4)
+    imodel = inn.convert(Masked().eval(), (x,))
+    inn.save(imodel, tmp_path / "m.inn")
+    with torch.no_grad():
+        out = inn.load(tmp_path / "m.inn")(x)
+        assert torch.equal(out, imodel(x)) and bool((out[:, 1] == 0).all())
+    meta, tensors = read(tmp_path / "m.inn")
+    tensors["x/mask"][0] = float("nan")
+    with pytest.raises(inn.FormatError, match=r"tensor 'x/mask' has 1 NaN values"):
+        inn.load(write(tmp_path / "nan.inn", meta, tensors))

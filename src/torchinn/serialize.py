@@ -188,7 +188,7 @@ def save(imodel: IntegralModel, path: str | os.PathLike) -> None:
         raise ValueError(f"cannot save a model on the meta device (tensor {on_meta[0]!r} has no values); "
                          "load or compute real weights first")
     try:
-        check_tensors(tensors)
+        check_tensors(tensors, imodel.trainable)
     except FormatError as err:  # the file would not load: say so now
         raise ValueError(f"cannot save this model: {err}") from None
     meta = json.loads(json.dumps(meta))  # tuples -> lists: the checksum hashes what load() reads
@@ -237,8 +237,8 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", verify: bo
         if verify and "sha256" in meta and checksum(meta, tensors) != meta["sha256"]:
             raise FormatError("checksum mismatch: the metadata or tensors changed after the file was saved "
                               "(damaged or edited file)")
-        check_tensors(tensors)
         in_spec, out_spec, graph = check_meta(meta, tensors)
+        check_tensors(tensors, set(meta["trainable"]))
         imodel = _build(meta, tensors, in_spec, out_spec, graph)
     except FormatError as err:  # values quoted from a crafted file can be long: keep the message short
         text = str(err)

@@ -438,12 +438,18 @@ def _spec(text: Any, field: str) -> pytree.TreeSpec:
         raise FormatError(f"{field}: not a tree structure ({type(err).__name__}: {err})"[:500]) from err
 
 
-def check_tensors(tensors: dict[str, Tensor]) -> None:
-    """Every stored float tensor is finite."""
+def check_tensors(tensors: dict[str, Tensor], trainable: Any) -> None:
+    """Stored float tensors hold no NaN, and no Inf either except in fixed tensors that are not
+    trained (constants such as an attention mask may hold -inf); ``trainable``: tensor names."""
     for name, t in tensors.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            bad = int((~torch.isfinite(t)).sum())
-            raise FormatError(f"tensor {name!r} has {bad} NaN/Inf values; a torchinn model has finite tensors")
+        if not t.is_floating_point():
+            continue
+        strict = not name.startswith("x/") or name[2:] in trainable
+        ok = torch.isfinite(t) if strict else ~torch.isnan(t)
+        if not bool(ok.all()):
+            what = "NaN/Inf" if strict else "NaN"
+            raise FormatError(f"tensor {name!r} has {int((~ok).sum())} {what} values; a torchinn model has "
+                              f"{'finite' if strict else 'no NaN in its'} tensors")
 
 
 def check_meta(meta: Any, tensors: dict[str, Tensor]) -> tuple[pytree.TreeSpec, pytree.TreeSpec, fx.Graph]:
