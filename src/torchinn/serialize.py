@@ -243,7 +243,8 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", verify: bo
     except FormatError as err:  # values quoted from a crafted file can be long: keep the message short
         text = str(err)
         raise FormatError(f"{path}: {text if len(text) <= 600 else text[:600] + '...'}") from None
-    except (KeyError, TypeError, IndexError, ValueError, RuntimeError, AttributeError, RecursionError) as err:
+    except (KeyError, TypeError, IndexError, ValueError, RuntimeError, AttributeError, RecursionError,
+            SyntaxError, OverflowError) as err:
         # the checks above should catch every malformed file; this is a last line of defence
         raise FormatError(f"{path}: broken or incomplete torchinn model ({type(err).__name__}: {err})") from err
     return imodel if device.type == "cpu" else imodel.to(device)
