@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +14,8 @@ from torch import nn
 
 import torchinn as inn
 from torchinn.budget import choose_sizes
+from torchinn.fileio import UnsafeTargetError
+from torchinn.loading import CLIError
 from torchinn.train import TuneConfig, tune_grid
 from zoo import ZOO
 
@@ -191,6 +195,39 @@ def load_nan_tensor(tmp: Path) -> None:
     _crafted(tmp, edit)
 
 
+def save_over_symlink(tmp: Path) -> None:
+    (tmp / "real.inn").write_bytes(b"keep")
+    (tmp / "x.inn").symlink_to(tmp / "real.inn")
+    inn.save(converted(), tmp / "x.inn")
+
+
+def save_over_read_only(tmp: Path) -> None:
+    (tmp / "x.inn").write_bytes(b"keep")
+    (tmp / "x.inn").chmod(0o444)
+    inn.save(converted(), tmp / "x.inn")
+
+
+def cli_pickled_module(tmp: Path) -> None:
+    from torchinn.loading import load_model
+
+    torch.save(small(), tmp / "x.pt")
+    load_model(str(tmp / "x.pt"))
+
+
+def cli_pickled_inn(tmp: Path) -> None:
+    from torchinn.loading import load_model
+
+    torch.save(small(), tmp / "x.inn")
+    load_model(str(tmp / "x.inn"), trust_pickle=True)
+
+
+def cli_unwritable_output(tmp: Path) -> None:
+    from torchinn.cli import _writable_output
+
+    os.mkfifo(tmp / "out.pt")
+    _writable_output(str(tmp / "out.pt"))
+
+
 # (what, how it is triggered, the exception, a regex of its message)
 CASES: list[tuple[str, Callable, type[BaseException], str]] = [
     ("NaN or Inf weights", nan_weights, ValueError, r"'0\.weight' has 1 NaN/Inf values"),
@@ -230,13 +267,25 @@ CASES: list[tuple[str, Callable, type[BaseException], str]] = [
      r"checksum mismatch: the metadata or tensors changed after the file was saved"),
     ("a .inn file with NaN/Inf tensors", load_nan_tensor, inn.FormatError,
      r"tensor 'f/0\.weight/0' has 1 NaN/Inf values; a torchinn model has finite tensors"),
+    ("saving over a symbolic link, FIFO or device node", save_over_symlink, UnsafeTargetError,
+     r"refusing to replace '.*x\.inn': it is a symbolic link \(to '.*real\.inn'\), not a regular file.*"
+     r"replace_special=True"),
+    ("saving over a read-only file", save_over_read_only, PermissionError,
+     r"refusing to replace '.*x\.inn': it is read-only \(mode -r--r--r--\)"),
+    ("a pickled module given to the command line without --trust-pickle", cli_pickled_module, CLIError,
+     r"is a pickle of Python objects .* can run arbitrary code .*\(it needs the Python object "
+     r"torch\.nn\.modules\.container\.Sequential\): pass --trust-pickle if you trust its source"),
+    ("a .inn file that is not a safetensors file, given to the command line", cli_pickled_inn, CLIError,
+     r"is not a torchinn model file .*torchinn never unpickles a \.inn file"),
+    ("compress -o to a special or read-only file, or a folder that cannot be created", cli_unwritable_output,
+     CLIError, r"-o '.*out\.pt': refusing to replace '.*out\.pt': it is a FIFO \(named pipe\)"),
 ]
 
 
 @pytest.mark.parametrize("what,fn,exc,pattern", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_gets_a_clear_error(what: str, fn: Callable, exc: type, pattern: str, tmp_path: Path) -> None:
     with pytest.raises(exc, match=pattern):
-        fn(tmp_path) if fn.__code__.co_argcount else fn()
+        fn(tmp_path) if inspect.signature(fn).parameters else fn()
 
 
 # Documented behaviours that are not errors.
@@ -261,6 +310,18 @@ def test_tied_weights_and_channel_buffers_convert() -> None:
 def test_training_mode_model_warns() -> None:
     with pytest.warns(UserWarning, match="converted as in eval mode"):
         inn.convert(small().train(), (X,), inn.ConvertConfig(permute=False))
+
+
+def test_16_bit_calibration_images_are_scaled(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from torchinn.loading import load_images
+
+    Image.fromarray(np.full((8, 8), 1000, np.uint16)).save(tmp_path / "a.png")  # 16-bit grey
+    Image.fromarray(np.full((8, 8), 60000, np.uint16)).save(tmp_path / "b.png")
+    (x,) = load_images(str(tmp_path), (2, 1, 8, 8))
+    assert torch.allclose(x[:, 0, 0, 0], torch.tensor([1000 / 65535, 60000 / 65535]), atol=1e-6)
 
 
 def test_docs_page_lists_every_case() -> None:

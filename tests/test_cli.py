@@ -16,7 +16,7 @@ from torch import nn
 
 import torchinn as inn
 from torchinn.budget import count_flops
-from torchinn.cli import load_images, main
+from torchinn.cli import CLIError, load_images, main
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
@@ -118,7 +118,7 @@ def _images(folder, n: int, sizes=((20, 30), (40, 16), (16, 16))) -> None:
 
 # -- inspect ------------------------------------------------------------------------------------
 def test_inspect_json_matches_recounts(work, capsys):
-    code, out, err = run(["inspect", work / "net.pt", "--input-shape", SHAPE, "--json"], capsys)
+    code, out, err = run(["inspect", work / "net.pt", "--input-shape", SHAPE, "--json", "--trust-pickle"], capsys)
     assert code == 0, err
     info = json.loads(out)
     model = torch.load(work / "net.pt", weights_only=False)
@@ -146,7 +146,8 @@ def test_inspect_json_matches_recounts(work, capsys):
 
 
 def test_inspect_table(work, capsys):
-    code, out, err = run(["inspect", work / "net.pt", "--input-shape", SHAPE, "--members"], capsys)
+    code, out, err = run(["inspect", work / "net.pt", "--input-shape", SHAPE, "--members", "--trust-pickle"],
+                         capsys)
     assert code == 0, err
     assert out.startswith(f"{work / 'net.pt'}: 2 channel groups, ")
     lines = out.splitlines()
@@ -235,7 +236,8 @@ def test_compress_flops_with_calibration_images(work, capsys):
     out_file = work / "flops.pt"
     code, out, err = run(["compress", work / "net.pt", "--input-shape", SHAPE, "--target", "0.6",
                           "--metric", "flops", "--calibration", work / "images", "--mean", "0.5",
-                          "--std", "0.25,0.25,0.25", "--seconds", "1", "--no-progress", "-o", out_file], capsys)
+                          "--std", "0.25,0.25,0.25", "--seconds", "1", "--no-progress", "-o", out_file,
+                          "--trust-pickle"], capsys)
     assert code == 0, err
     assert "warning" not in err
     report = json.loads((work / "flops.report.json").read_text())
@@ -274,7 +276,7 @@ def test_bench_original_vs_compressed(work, capsys):
     imodel.resize(0.5)
     torch.save(imodel.to_discrete().eval(), small)
     code, out, err = run(["bench", work / "net.pt", "--input-shape", SHAPE, "--compressed", small,
-                          "--threads", "1", "--repeats", "3", "--warmup", "1", "--json"], capsys)
+                          "--threads", "1", "--repeats", "3", "--warmup", "1", "--json", "--trust-pickle"], capsys)
     assert code == 0, err
     info = json.loads(out)
     assert info["threads"] == 1 and info["cores"] >= 1 and info["torch"] == torch.__version__
@@ -320,20 +322,25 @@ RUN_ERRORS = [  # status 1, one line "torchinn: error: ..."
     (["inspect", "net.ts", "--input-shape", SHAPE], "TorchScript file: torch.export"),
     (["compress", "net.ts", "--input-shape", SHAPE, "--target", "0.5", "-o", "o.pt"], "pass the Python module"),
     (["compress", "net.inn", "--input-shape", SHAPE, "--target", "0.5", "-o", "o.pt"], "needs the original network"),
+    (["compress", "net.pt", "--input-shape", SHAPE, "--target", "0.5", "-o", "small.inn"], "give a name like small.pt"),
     (["inspect", "clinet_tiny.py:not_a_model", "--input-shape", SHAPE], "returned an int, not an nn.Module"),
     (["inspect", "clinet_tiny.py:NUMBER", "--input-shape", SHAPE], "neither an nn.Module nor a callable"),
     (["inspect", "clinet_tiny.py:missing", "--input-shape", SHAPE], "has no attribute 'missing'"),
     (["inspect", "clinet_tiny.py:broken", "--input-shape", SHAPE], "no weights here"),
     (["inspect", "no_such_module_xyz:build", "--input-shape", SHAPE], "No module named 'no_such_module_xyz'"),
     (["inspect", "nothere.py:build", "--input-shape", SHAPE], "no such file: nothere.py"),
-    (["inspect", "net.pt", "--input-shape", "2,5,16,16"], "to have 3 channels"),
-    (["compress", "net.pt", "--input-shape", SHAPE, "--target", "0.5", "--calibration", "nodir", "-o", "o.pt"],
-     "not a directory of images"),
-    (["compress", "net.pt", "--input-shape", "9,3,16,16", "--target", "0.5", "--calibration", "few", "-o", "o.pt"],
-     "has 1 image(s)"),
+    (["inspect", "net.pt", "--input-shape", "2,5,16,16", "--trust-pickle"], "to have 3 channels"),
+    (["compress", "net.pt", "--input-shape", SHAPE, "--target", "0.5", "--calibration", "nodir", "-o", "o.pt",
+      "--trust-pickle"], "not a directory of images"),
+    (["compress", "net.pt", "--input-shape", "9,3,16,16", "--target", "0.5", "--calibration", "few", "-o", "o.pt",
+      "--trust-pickle"], "has 1 image(s)"),
     (["compress", "net.pt", "--input-shape", SHAPE, "--target", "0.5", "--mean", "0.5", "-o", "o.pt"],
      "give --calibration too"),
-    (["bench", "net.pt", "--input-shape", "2,5,16,16"], "failed: RuntimeError"),
+    (["bench", "net.pt", "--input-shape", "2,5,16,16", "--trust-pickle"], "failed: RuntimeError"),
+    (["inspect", "net.pt", "--input-shape", SHAPE], "pass --trust-pickle if you trust its source"),
+    (["compress", "net.pt", "--input-shape", SHAPE, "--target", "0.5", "-o", "o.pt"], "can run arbitrary code"),
+    (["bench", "net.ts", "--input-shape", SHAPE, "--compressed", "net.pt"],
+     "it needs the Python object torch.nn.modules.container.Sequential"),
 ]
 
 
@@ -360,7 +367,7 @@ def test_std_must_be_positive(work, capsys, monkeypatch):
     monkeypatch.chdir(work)
     _images(work / "two", 2)
     code, _, err = run(["compress", "net.pt", "--input-shape", SHAPE, "--target", "0.5", "--calibration", "two",
-                        "--std", "0,1,1", "-o", "o.pt"], capsys)
+                        "--std", "0,1,1", "-o", "o.pt", "--trust-pickle"], capsys)
     assert code == 1 and "--std values must be > 0" in err
 
 
@@ -370,3 +377,280 @@ def test_help_warns_about_untrusted_files_and_entry_point_runs():
     assert done.returncode == 0, done.stderr
     assert "only load files you trust" in " ".join(done.stdout.split())
     assert "weights_only=False" in done.stdout
+
+
+# -- nothing unpickled without --trust-pickle ----------------------------------------------------
+EVIL_SOURCE = textwrap.dedent('''
+    import os, pickle, sys
+    import torch
+
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + sys.argv[1],))
+
+
+    if sys.argv[3] == "raw":
+        with open(sys.argv[2], "wb") as f:
+            pickle.dump(Evil(), f, protocol=2)
+    else:  # torch.save's zip format, the pickle in data.pkl
+        torch.save(Evil(), sys.argv[2])
+''')
+
+EVIL_COMMANDS = {
+    "inspect": lambda f: ["inspect", f, "--input-shape", SHAPE],
+    "compress": lambda f: ["compress", f, "--input-shape", SHAPE, "--target", "0.5", "--seconds", "0.1", "-o",
+                           f.parent / "evil_out.pt"],
+    "bench": lambda f: ["bench", f, "--input-shape", SHAPE, "--repeats", "1", "--warmup", "1"],
+    "bench --compressed": lambda f: ["bench", f.parents[2] / "net.ts", "--input-shape", SHAPE, "--compressed", f,
+                                     "--repeats", "1", "--warmup", "1"],
+}
+
+
+@pytest.fixture(scope="module")
+def evil(work):
+    """evil/{raw,zip}/x.{pt,inn}: pickles whose loading runs `touch <marker>`, in raw pickle and torch.save
+    format (written by another process: the class exists only there)."""
+    (work / "evil_maker.py").write_text(EVIL_SOURCE)
+    files = {}
+    for fmt in ("raw", "zip"):
+        for name in ("x.pt", "x.inn"):
+            folder = work / "evil" / fmt
+            folder.mkdir(parents=True, exist_ok=True)
+            marker = folder / f"MARKER_{name}"
+            subprocess.run([sys.executable, str(work / "evil_maker.py"), str(marker), str(folder / name), fmt],
+                           check=True, timeout=120)
+            files[fmt, name] = (folder / name, marker)
+    return files
+
+
+@pytest.mark.parametrize("command", list(EVIL_COMMANDS))
+@pytest.mark.parametrize("fmt", ["raw", "zip"])
+@pytest.mark.parametrize("name", ["x.pt", "x.inn"])
+def test_malicious_pickle_runs_nothing(evil, capsys, command, fmt, name):
+    path, marker = evil[fmt, name]
+    code, out, err = run(EVIL_COMMANDS[command](path), capsys)
+    assert code == 1 and err.startswith("torchinn: error: ") and "Traceback" not in err
+    assert not marker.exists(), "the pickle's __reduce__ ran"
+    if name == "x.inn":
+        assert "never unpickles a .inn file" in err
+    else:
+        assert "pickle of Python objects" in err and "can run arbitrary code" in err
+        assert "pass --trust-pickle if you trust its source" in err and "module:callable" in err
+        assert "it needs the Python object posix.system" in err or "os.system" in err
+
+
+def test_malicious_pickle_runs_with_trust_pickle_but_never_as_inn(evil, capsys, tmp_path):
+    """The control: the crafted files do run code once trusted, so the test above can fail; a .inn
+    file is never unpickled, even with the flag."""
+    (path, marker), (inn_path, inn_marker) = evil["zip", "x.pt"], evil["zip", "x.inn"]
+    code, _, err = run(["inspect", inn_path, "--input-shape", SHAPE, "--trust-pickle"], capsys)
+    assert code == 1 and "never unpickles a .inn file" in err and not inn_marker.exists()
+    code, _, err = run(["inspect", path, "--input-shape", SHAPE, "--trust-pickle"], capsys)
+    assert code == 1 and "holds an int, not an nn.Module" in err  # os.system's return value
+    assert marker.exists()
+    marker.unlink()
+
+
+def test_torch_export_program_needs_trust_pickle(work, capsys):
+    model = _sequential()
+    torch.export.save(torch.export.export(model, (torch.randn(SHAPE_T),)), str(work / "net.pt2"))
+    code, _, err = run(["bench", work / "net.pt2", "--input-shape", SHAPE, "--repeats", "1", "--warmup", "1"], capsys)
+    assert code == 1 and "torch.export program" in err and "--trust-pickle" in err
+    code, out, err = run(["bench", work / "net.pt2", "--input-shape", SHAPE, "--repeats", "1", "--warmup", "1",
+                          "--trust-pickle", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["rows"][0]["kind"] == "torch.export"
+
+
+def test_state_dict_and_plain_pickles_read_without_trust(work, capsys):
+    from torchinn.loading import load_model
+
+    with pytest.raises(CLIError, match="holds a state_dict"):
+        load_model(str(work / "state_dict.pt"))
+    with pytest.raises(CLIError, match="holds a list, not an nn.Module"):
+        load_model(str(work / "list.pt"))
+    loaded = load_model(str(work / "net.pt"), trust_pickle=True)
+    assert isinstance(loaded.obj, nn.Sequential) and loaded.kind == "module"
+
+
+# -- 16-bit calibration images -------------------------------------------------------------------
+def _png16(path, arr) -> None:
+    """A 16-bit PNG (grey or RGB) of the uint16 array ``arr`` (H, W, C), written by hand: Pillow
+    cannot write 16-bit RGB."""
+    import struct
+    import zlib
+
+    h, w, c = arr.shape
+    raw = b"".join(b"\x00" + arr[i].astype(">u2").tobytes() for i in range(h))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 16, {1: 0, 3: 2}[c], 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+                     + chunk(b"IEND", b""))
+
+
+def test_load_images_scales_16_bit_pngs(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    ramp = (np.arange(16 * 16).reshape(16, 16) * 250).astype(np.uint16)  # 0 .. 63750: mostly above 255
+    Image.fromarray(ramp).save(tmp_path / "a_grey_pil.png")  # Pillow writes it as 16-bit grey (I;16)
+    assert Image.open(tmp_path / "a_grey_pil.png").mode == "I;16"
+    _png16(tmp_path / "b_grey.png", np.full((16, 16, 1), 30000, np.uint16))
+    _png16(tmp_path / "c_rgb.png", np.stack([np.full((16, 16), v, np.uint16) for v in (0, 30000, 65535)], -1))
+    (x,) = load_images(str(tmp_path), (3, 1, 16, 16))
+    assert torch.allclose(x[0, 0], torch.from_numpy(ramp / 65535.0).float(), atol=1e-6)  # not clipped at 255
+    assert x[0].max().item() == pytest.approx(63750 / 65535, abs=1e-6)
+    assert torch.allclose(x[1], torch.full((1, 16, 16), 30000 / 65535), atol=1e-6)
+    (y,) = load_images(str(tmp_path), (3, 3, 16, 16))
+    assert torch.allclose(y[1], torch.full((3, 16, 16), 30000 / 65535), atol=1e-6)  # grey repeated for C = 3
+    # 16-bit RGB: Pillow keeps the high byte, so the scale is right to 1/255
+    assert torch.allclose(y[2].mean((1, 2)), torch.tensor([0.0, 30000 / 65535, 1.0]), atol=1 / 255)
+    # resized 16-bit images are scaled too: a 32x32 image of 40000 covers 16x16
+    for f in tmp_path.iterdir():
+        f.unlink()
+    Image.fromarray(np.full((32, 32), 40000, np.uint16)).save(tmp_path / "big.png")
+    (z,) = load_images(str(tmp_path), (1, 1, 16, 16))
+    assert torch.allclose(z, torch.full((1, 1, 16, 16), 40000 / 65535), atol=1e-6)
+
+
+# -- -o checked before the run, written atomically -------------------------------------------------
+SLOW_SOURCE = textwrap.dedent('''
+    import pathlib
+    from torch import nn
+
+
+    def build():
+        pathlib.Path(__file__).with_name("BUILT").touch()
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3)).eval()
+''')
+
+
+def _bad_outputs(d):
+    (d / "readonly.pt").write_bytes(b"old")
+    (d / "readonly.pt").chmod(0o444)
+    (d / "real.pt").write_bytes(b"old")
+    (d / "link.pt").symlink_to(d / "real.pt")
+    os.mkfifo(d / "fifo.pt")
+    (d / "dirreport.pt").write_bytes(b"old")
+    (d / "dirreport.report.json").mkdir()
+    (d / "notafolder").write_bytes(b"")
+    return [("readonly.pt", "is read-only (mode -r--r--r--)"), ("link.pt", "it is a symbolic link"),
+            ("fifo.pt", "it is a FIFO"), ("dirreport.pt", "cannot write 'dirreport.report.json': it is a directory"),
+            ("notafolder/out.pt", "cannot create its folder 'notafolder'")]
+
+
+def test_compress_output_checked_before_the_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "slowmodel.py").write_text(SLOW_SOURCE)
+    for name, message in _bad_outputs(tmp_path):
+        code, _, err = run(["compress", "slowmodel.py:build", "--input-shape", SHAPE, "--target", "0.5",
+                            "-o", name], capsys)
+        assert code == 1 and err.startswith(f"torchinn: error: -o {name!r}") and message in err, err
+        assert "Traceback" not in err
+        assert not (tmp_path / "BUILT").exists(), f"-o {name}: the model was loaded before -o was checked"
+    assert (tmp_path / "real.pt").read_bytes() == b"old" and (tmp_path / "link.pt").is_symlink()
+
+
+KILL_SOURCE = textwrap.dedent('''
+    import os, sys, time
+    import torch
+    from torchinn.cli import main
+
+    how, ready = sys.argv[1], sys.argv[2]
+    real_save = torch.save
+
+    def dying_save(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        f.truncate(f.tell() // 2)  # half of the new file is written...
+        f.flush()
+        if how == "exit":
+            os._exit(9)  # ...and the process dies without any cleanup
+        open(ready, "w").close()
+        time.sleep(300)  # ...and waits for SIGKILL
+
+    torch.save = dying_save
+    main(["compress", "slowmodel.py:build", "--input-shape", "2,3,16,16", "--target", "0.5", "--seconds", "0.2",
+          "--no-progress", "-o", "existing.pt"])
+''')
+
+
+@pytest.mark.parametrize("how", ["exit", "sigkill"])
+def test_killed_compress_keeps_the_old_file(tmp_path, how):
+    import signal
+    import time
+
+    (tmp_path / "slowmodel.py").write_text(SLOW_SOURCE)
+    (tmp_path / "killme.py").write_text(KILL_SOURCE)
+    old = os.urandom(5000)
+    (tmp_path / "existing.pt").write_bytes(old)
+    (tmp_path / "existing.pt").chmod(0o640)
+    before = sorted(os.listdir(tmp_path))
+    ready = tmp_path / "READY"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, "killme.py", how, str(ready)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if how == "sigkill":
+        deadline = time.monotonic() + 120
+        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), proc.communicate()[1].decode()
+        proc.send_signal(signal.SIGKILL)
+        ready.unlink()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == (9 if how == "exit" else -signal.SIGKILL), err.decode()
+    assert (tmp_path / "existing.pt").read_bytes() == old
+    assert (tmp_path / "existing.pt").stat().st_mode & 0o777 == 0o640
+    after = sorted(n for n in os.listdir(tmp_path) if n not in ("BUILT", "__pycache__"))
+    assert after == before, "a temporary file was left behind"
+
+
+def test_compress_replaces_existing_output_keeping_its_mode(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "slowmodel.py").write_text(SLOW_SOURCE)
+    (tmp_path / "out.pt").write_bytes(b"old")
+    (tmp_path / "out.pt").chmod(0o640)
+    code, _, err = run(["compress", "slowmodel.py:build", "--input-shape", SHAPE, "--target", "0.5",
+                        "--seconds", "0.2", "--no-progress", "-o", "out.pt"], capsys)
+    assert code == 0, err
+    small = torch.load(tmp_path / "out.pt", weights_only=False)
+    assert sum(p.numel() for p in small.parameters()) < 4 * 3 * 9 + 4 + 2 * 4 * 9 + 2
+    assert (tmp_path / "out.pt").stat().st_mode & 0o777 == 0o640
+    assert set(os.listdir(tmp_path)) - {"__pycache__"} == {"BUILT", "out.pt", "out.report.json", "out.report.txt",
+                                                           "slowmodel.py"}
+
+
+def test_crafted_torchscript_zip_runs_nothing(tmp_path, capsys):
+    """A zip with code/ is read by torch.jit.load, whose unpickler knows TorchScript types only."""
+    import pickle
+    import zipfile
+
+    marker = tmp_path / "MARKER"
+    payload = pickle.dumps(_Reducer(f"touch {marker}"), protocol=2)
+    with zipfile.ZipFile(tmp_path / "x.pt", "w") as z:
+        for name in ("data.pkl", "constants.pkl"):
+            z.writestr(f"x/{name}", payload)
+        z.writestr("x/code/__torch__.py", "def f(x):\n    return x\n")
+        z.writestr("x/version", "3\n")
+    for argv in (["bench", tmp_path / "x.pt", "--input-shape", SHAPE],
+                 ["inspect", tmp_path / "x.pt", "--input-shape", SHAPE, "--trust-pickle"]):
+        code, _, err = run(argv, capsys)
+        assert code == 1 and "cannot read MODEL" in err and "posix.system" in err, err
+        assert not marker.exists()
+
+
+class _Reducer:
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def test_model_that_is_a_fifo_is_not_opened(tmp_path, capsys):
+    os.mkfifo(tmp_path / "pipe.pt")
+    code, _, err = run(["inspect", tmp_path / "pipe.pt", "--input-shape", SHAPE], capsys)
+    assert code == 1 and "is not a regular file" in err  # and it returned: opening a FIFO would block

@@ -2,15 +2,22 @@
 
 ``MODEL`` is one of:
 
-* a file written by ``torch.save(module)`` (read with ``torch.load(weights_only=False)``, which
-  unpickles arbitrary Python objects: only load files you trust);
+* a file written by ``torch.save(module)``: a pickle of Python objects, which can run arbitrary
+  code when loaded, so it is read only with ``--trust-pickle`` (``torch.load(weights_only=False)``);
+  without it, pickles are read with ``torch.load(weights_only=True)`` (tensors and plain
+  containers only) and a whole pickled module is refused with an error that says what to do;
 * a TorchScript file (``torch.jit.save``): ``bench`` runs it, but ``inspect`` and ``compress``
   need the Python module, because ``torch.export`` cannot trace a ``ScriptModule``;
-* a ``torch.export`` program (``.pt2``, ``torch.export.save``): ``bench`` only;
-* an integral model saved by torchinn (``.inn``, :func:`torchinn.save`): ``inspect`` and ``bench``;
+* a ``torch.export`` program (``.pt2``, ``torch.export.save``): ``bench`` only, with
+  ``--trust-pickle`` (its loader unpickles the constants stored in it);
+* an integral model saved by torchinn (``.inn``, :func:`torchinn.save`; a safetensors file, never
+  unpickled): ``inspect`` and ``bench``;
 * ``package.module:callable`` or ``path/to/file.py:callable``: imported (the current directory
   is put on ``sys.path``) and called without arguments; it must return an ``nn.Module``
   (``module:name`` of an ``nn.Module`` instance uses the instance).
+
+Files are written atomically (:mod:`torchinn.fileio`): ``compress -o OUT`` checks OUT and its
+reports can be written before the run, and a crash or kill leaves the old OUT as it was.
 
 Errors print one ``torchinn: error: ...`` line and exit with status 1 (argument errors: status 2);
 ``-v`` shows the traceback.
@@ -31,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .demos.command import run as _demo
+from .fileio import atomic_open, check_target, write_text
 from .loading import (CLIError, Loaded, _convertible, _dtype_of, _random_inputs, _shapes_text,
                       load_images, load_model)
 
@@ -139,7 +147,7 @@ def _inspect(args: argparse.Namespace) -> int:
     from .budget import count_flops, flops_by_tensor
     from .convert import ConvertConfig, convert
 
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, args.trust_pickle)
     original = None
     if loaded.kind == "integral":
         imodel = loaded.obj
@@ -200,6 +208,44 @@ def _report_paths(out: Path) -> tuple[Path, Path]:
     return base.with_name(base.name + ".report.json"), base.with_name(base.name + ".report.txt")
 
 
+def _writable_output(output: str) -> Path:
+    """``-o`` and its two reports, checked before the long run: the folder exists (it is created) and
+    can be written, and no target is a directory, special file or read-only."""
+    out = Path(output)
+    if out.is_dir():
+        raise CLIError(f"-o {output!r} is a directory; give a file name like small.pt")
+    if out.suffix.lower() == ".inn":
+        raise CLIError(f"-o {output!r}: compress writes a plain network with torch.save (a pickle), but .inn "
+                       "is torchinn's safetensors format, which is never unpickled; give a name like small.pt")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CLIError(f"-o {output!r}: cannot create its folder {str(out.parent)!r}: {err.strerror or err}") from err
+    try:
+        for path in (out, *_report_paths(out)):
+            check_target(path)
+    except OSError as err:
+        raise CLIError(f"-o {output!r}: {err.strerror or err}") from err
+    return out
+
+
+def _save_checked(small: Any, out: Path, example: tuple) -> None:
+    """``torch.save(small)`` to ``out`` atomically, after checking that the new file loads back to
+    the same network (the old ``out`` stays if anything fails)."""
+    import torch
+
+    with atomic_open(out) as f:
+        torch.save(small, f)
+        f.seek(0)
+        again = torch.load(f, weights_only=False)  # our own file, just written
+        with torch.no_grad():
+            ref, got = small(*example), again(*example)
+        leaves = zip(torch.utils._pytree.tree_leaves(ref), torch.utils._pytree.tree_leaves(got))
+        if not all(torch.equal(a, b) for a, b in leaves):
+            raise CLIError(f"internal error: the network written for {out} does not load back to the same "
+                           "network; please report this (the old file, if any, is unchanged)")
+
+
 def _compress(args: argparse.Namespace) -> int:
     import torch
 
@@ -209,15 +255,12 @@ def _compress(args: argparse.Namespace) -> int:
 
     if args.calibration is None and (args.mean is not None or args.std is not None):
         raise CLIError("--mean/--std normalise --calibration images; give --calibration too")
-    loaded = load_model(args.model)
+    out = _writable_output(args.output)
+    loaded = load_model(args.model, args.trust_pickle)
     if loaded.kind == "integral":
         raise CLIError(f"{loaded.source!r} is an integral model: compress needs the original network "
                        "(a torch.save(module) file or module:callable)")
     model = _convertible(loaded, "compress")
-    out = Path(args.output)
-    if out.is_dir():
-        raise CLIError(f"-o {args.output!r} is a directory; give a file name like small.pt")
-    out.parent.mkdir(parents=True, exist_ok=True)
     dtype = _dtype_of(model)
     if args.calibration is not None:
         if len(args.input_shape) != 1:
@@ -226,7 +269,8 @@ def _compress(args: argparse.Namespace) -> int:
         batches = [b.to(dtype) for b in load_images(args.calibration, args.input_shape[0], args.mean,
                                                     args.std, args.max_images)]
         calibration = {"source": args.calibration, "images": sum(len(b) for b in batches),
-                       "batches": len(batches), "scaling": "[0, 1]", "mean": args.mean, "std": args.std}
+                       "batches": len(batches), "scaling": "[0, 1] (8-bit / 255, 16-bit / 65535)",
+                       "mean": args.mean, "std": args.std}
         example = (batches[0],)
         loader: list = batches
         described = f"{calibration['images']} images from {args.calibration}"
@@ -241,13 +285,7 @@ def _compress(args: argparse.Namespace) -> int:
         loader = [(b,) if len(b) > 1 else b[0] for b in loader]  # batch_inputs: a tensor or ((inputs),)
     tune = TuneConfig(seconds=args.seconds, progress=not args.no_progress)
     small, report = compress(model, example, args.target, args.metric, calibration=loader, tune=tune)
-    torch.save(small, out)
-    again = torch.load(out, weights_only=False)
-    with torch.no_grad():
-        ref, got = small(*example), again(*example)
-    leaves = zip(torch.utils._pytree.tree_leaves(ref), torch.utils._pytree.tree_leaves(got))
-    if not all(torch.equal(a, b) for a, b in leaves):
-        raise CLIError(f"internal error: {out} does not load back to the same network; please report this")
+    _save_checked(small, out, example)
     data = dataclasses.asdict(report)
     data.update(ratio=report.ratio, model=loaded.source, output=str(out),
                 input_shapes=[list(s) for s in args.input_shape], calibration=calibration,
@@ -255,8 +293,8 @@ def _compress(args: argparse.Namespace) -> int:
     text = (f"torchinn compress {loaded.source} -> {out} (target {args.target:g} of the {args.metric}, "
             f"{args.seconds:g} s of grid tuning, calibration: {described})\n{report}\n")
     json_path, text_path = _report_paths(out)
-    json_path.write_text(json.dumps(data, indent=2) + "\n")
-    text_path.write_text(text)
+    write_text(json_path, json.dumps(data, indent=2) + "\n")
+    write_text(text_path, text)
     print(text, end="")
     print(f"wrote {out} (load with torch.load(path, weights_only=False)), {json_path.name}, {text_path.name}")
     return 0
@@ -294,7 +332,7 @@ def _bench(args: argparse.Namespace) -> int:
     for role, spec in (("original", args.model), ("compressed", args.compressed)):
         if spec is None:
             continue
-        model, kind = _runnable(load_model(spec))
+        model, kind = _runnable(load_model(spec, args.trust_pickle))
         inputs = _random_inputs(args.input_shape, _dtype_of(model), args.seed)
         try:
             seconds = measure_latency(model, inputs, repeats=args.repeats, warmup=args.warmup)
@@ -326,9 +364,16 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 # -- parser -------------------------------------------------------------------------------------
-_MODEL_HELP = ("a torch.save(module) file (loaded with torch.load(weights_only=False), which can run "
-               "code: only load files you trust), {extra}or module:callable / path/to/file.py:callable "
-               "that returns an nn.Module")
+_MODEL_HELP = ("a torch.save(module) file (needs --trust-pickle), {extra}or module:callable / "
+               "path/to/file.py:callable that returns an nn.Module")
+_TRUST_HELP = ("allow reading MODEL files that are pickles of Python objects (torch.save of a whole module, "
+               "torch.export programs) with torch.load(weights_only=False). Unpickling can run arbitrary "
+               "code: only load files you trust. Without this flag nothing is unpickled: pickles are read "
+               "with torch.load(weights_only=True), tensors only")
+
+
+def _trust_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-pickle", action="store_true", help=_TRUST_HELP)
 _SHAPE_HELP = "shape of the (random or calibration) input batch, like 1,3,224,224; repeat for several inputs"
 
 
@@ -382,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--members", action="store_true", help="list every tensor dimension of every group")
     ins.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ins.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    _trust_flag(ins)
     ins.set_defaults(func=_inspect)
 
     com = sub.add_parser(
@@ -409,9 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="per-channel std the images are divided by (ImageNet: 0.229,0.224,0.225)")
     com.add_argument("--max-images", type=_positive, default=256, help="use at most this many images (default 256)")
     com.add_argument("--seconds", type=_seconds, default=60.0, help="seconds of grid tuning (default 60)")
-    com.add_argument("-o", "--output", required=True, metavar="OUT", help="file for the compressed network (.pt)")
+    com.add_argument("-o", "--output", required=True, metavar="OUT",
+                     help="file for the compressed network (.pt); checked before the run and replaced atomically "
+                          "(a crash leaves the old file as it was)")
     com.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     com.add_argument("--no-progress", action="store_true", help="hide the tuning progress bar")
+    _trust_flag(com)
     com.set_defaults(func=_compress)
 
     ben = sub.add_parser(
@@ -419,8 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time forward passes (no grad, eval mode) on random inputs: median latency and items "
                     "per second (batch size / latency), for MODEL and --compressed side by side.")
     ben.add_argument("model", metavar="MODEL",
-                     help=_MODEL_HELP.format(extra="a TorchScript or torch.export (.pt2) file, a torchinn .inn "
-                                                   "file (run as to_discrete() at its saved sizes), "))
+                     help=_MODEL_HELP.format(extra="a TorchScript file, a torch.export (.pt2) file (needs "
+                                                   "--trust-pickle), a torchinn .inn file (run as to_discrete() "
+                                                   "at its saved sizes), "))
     ben.add_argument("--input-shape", type=_shape, action="append", required=True, metavar="N,C,H,W",
                      help=_SHAPE_HELP)
     ben.add_argument("--compressed", metavar="OUT", help="a compressed network (the -o of compress) to compare")
@@ -429,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     ben.add_argument("--warmup", type=_positive, default=3, help="untimed runs first (default 3)")
     ben.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ben.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    _trust_flag(ben)
     ben.set_defaults(func=_bench)
     return parser
 

@@ -10,6 +10,7 @@ import dataclasses
 import importlib
 import importlib.util
 import os
+import re
 import struct
 import sys
 import zipfile
@@ -55,33 +56,96 @@ def _is_safetensors(path: Path) -> bool:
     return head[8:9] == b"{" and 0 < n < path.stat().st_size
 
 
-def _load_file(path: Path) -> Loaded:
+_TRUST_HINT = ("pass --trust-pickle if you trust its source, or give the model as a state_dict loaded by "
+               "pkg.module:callable (or path/to/file.py:callable) that builds it")
+
+
+def _unpickle_refused(path: Path, err: Exception) -> CLIError:
+    """The error for a file that ``torch.load(weights_only=True)`` refuses to read."""
+    text = str(err)
+    found = re.search(r"GLOBAL ([\w.]+)", text)  # "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y"
+    if found:
+        what = f"it needs the Python object {found.group(1)}"
+    else:
+        detail = re.search(r"WeightsUnpickler error: \s*(.+)", text)
+        what = f"the safe loader stops at: {detail.group(1).strip() if detail else type(err).__name__}"
+    return CLIError(f"MODEL {str(path)!r} is a pickle of Python objects (such as torch.save of a whole module), "
+                    f"which can run arbitrary code when loaded; torch.load(weights_only=True) cannot read it "
+                    f"({what}): {_TRUST_HINT}")
+
+
+def _torch_load(path: Path, trust_pickle: bool) -> Any:
+    import pickle
+    import warnings
+
+    import torch
+
+    if trust_pickle:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    if not _looks_like_pickle(path):
+        raise CLIError(f"cannot read MODEL {str(path)!r}: it is neither a torch.save, TorchScript, torch.export "
+                       "nor torchinn file (not a zip, safetensors or pickle file)")
+    try:
+        with warnings.catch_warnings():  # "Detected pickle protocol 4..." is noise here
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err):
+            raise _unpickle_refused(path, err) from err
+        raise
+
+
+def _looks_like_pickle(path: Path) -> bool:
+    """A torch.save zip, or a raw pickle (protocol 2+ starts with PROTO 0x80)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
+
+
+def _load_file(path: Path, trust_pickle: bool = False) -> Loaded:
     import torch
     from torch import nn
 
     if path.is_dir():
         raise CLIError(f"MODEL {str(path)!r} is a directory; expected a model file or module:callable")
+    if not path.is_file():
+        raise CLIError(f"MODEL {str(path)!r} is not a regular file (a FIFO or device?); expected a model file")
+    safetensors = _is_safetensors(path)
+    if path.suffix.lower() == ".inn" and not safetensors:
+        raise CLIError(f"MODEL {str(path)!r} is not a torchinn model file (a .inn file is a safetensors file; "
+                       "this one is not, and torchinn never unpickles a .inn file)")
     try:
         if zipfile.is_zipfile(path):
             kind = _zip_kind(path)
             if kind == "torchscript":
                 return Loaded(torch.jit.load(str(path), map_location="cpu").eval(), "torchscript", str(path))
             if kind == "exported":
+                if not trust_pickle:
+                    raise CLIError(f"MODEL {str(path)!r} is a torch.export program, whose loader unpickles "
+                                   f"Python objects stored in it, which can run arbitrary code: {_TRUST_HINT}")
                 return Loaded(torch.export.load(str(path)).module(), "exported", str(path))
-        elif _is_safetensors(path):
+        elif safetensors:
             from .serialize import load
 
             return Loaded(load(path), "integral", str(path))
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = _torch_load(path, trust_pickle)
+    except CLIError:
+        raise
     except Exception as err:
         raise CLIError(f"cannot read MODEL {str(path)!r} (is it a torch.save, TorchScript, torch.export or "
-                       f"torchinn file?): {type(err).__name__}: {err}") from err
+                       f"torchinn file?): {type(err).__name__}: {_first_line(err)}") from err
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CLIError(f"{str(path)!r} holds a state_dict (tensors only), not a module: save the whole "
                        "module with torch.save(model, path), or pass module:callable that builds it")
     if not isinstance(obj, nn.Module):
         raise CLIError(f"{str(path)!r} holds {_a(type(obj).__name__)}, not an nn.Module")
     return Loaded(obj, "module", str(path))
+
+
+def _first_line(err: Exception) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[0] if lines else ""
 
 
 def _a(noun: str) -> str:
@@ -129,11 +193,13 @@ def _import_callable(spec: str) -> Loaded:
     return Loaded(obj, "module", spec)
 
 
-def load_model(spec: str) -> Loaded:
-    """Read a MODEL argument (a file or ``module:callable``; see the module docstring)."""
+def load_model(spec: str, trust_pickle: bool = False) -> Loaded:
+    """Read a MODEL argument (a file or ``module:callable``; see the module docstring). Without
+    ``trust_pickle``, nothing is unpickled: pickles are read with ``torch.load(weights_only=True)``
+    and torch.export programs are refused."""
     path = Path(spec)
     if path.exists():
-        return _load_file(path)
+        return _load_file(path, trust_pickle)
     if ":" in spec:
         return _import_callable(spec)
     raise CLIError(f"MODEL {spec!r}: no such file (or give module:callable)")
@@ -172,12 +238,45 @@ def _random_inputs(shapes: Sequence[tuple[int, ...]], dtype: Any, seed: int) -> 
     return tuple(torch.randn(s, generator=gen).to(dtype) for s in shapes)
 
 
+_WIDE_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0}
+
+
+def _cover_crop(im: Any, h: int, w: int) -> Any:
+    """Resized (bilinear) to cover h x w, then centre-cropped to it."""
+    from PIL import Image
+
+    scale = max(h / im.height, w / im.width)
+    size = (max(w, round(im.width * scale)), max(h, round(im.height * scale)))
+    im = im.resize(size, Image.Resampling.BILINEAR)
+    left, top = (im.width - w) // 2, (im.height - h) // 2
+    return im.crop((left, top, left + w, top + h))
+
+
+def _image_array(im: Any, c: int, h: int, w: int) -> Any:
+    """``(h, w, c)`` float32 in [0, 1]: 8-bit images / 255, 16-bit ones (PIL modes I;16*, and I as
+    Pillow opens 16-bit PNGs) / 65535 (not clipped at 255)."""
+    import numpy as np
+    from PIL import Image
+
+    if im.mode not in _WIDE_MODES:
+        im = _cover_crop(im.convert("RGB" if c == 3 else "L"), h, w)
+        return (np.asarray(im, dtype=np.float32) / 255.0).reshape(h, w, c)
+    raw = np.asarray(im).astype(np.float64)
+    top = _WIDE_MODES[im.mode]
+    if raw.size and (raw.min() < 0 or raw.max() > top):
+        raise ValueError(f"{im.mode} image values span [{raw.min():g}, {raw.max():g}], outside the 16-bit range "
+                         f"[0, {top:g}]")
+    grey = _cover_crop(Image.fromarray((raw / top).astype(np.float32), mode="F"), h, w)
+    arr = np.clip(np.asarray(grey, dtype=np.float32), 0.0, 1.0)[..., None]
+    return np.repeat(arr, c, axis=2)
+
+
 def load_images(folder: str, shape: tuple[int, ...], mean: Sequence[float] | None = None,
                 std: Sequence[float] | None = None, limit: int | None = None) -> list:
     """Images under ``folder`` (png/jpg/jpeg/bmp, recursively, sorted by path) as batches of
-    ``shape = (N, C, H, W)``: resized so they cover H x W, centre-cropped, scaled to [0, 1], then
+    ``shape = (N, C, H, W)``: resized so they cover H x W, centre-cropped, scaled to [0, 1] by their
+    bit depth (8-bit / 255, 16-bit grey / 65535; a grey image is repeated for C = 3), then
     ``(x - mean) / std`` per channel when given. A last incomplete batch is dropped."""
-    import numpy as np
     import torch
 
     root = Path(folder)
@@ -200,16 +299,10 @@ def load_images(folder: str, shape: tuple[int, ...], mean: Sequence[float] | Non
     for f in files[: len(files) // n * n]:
         try:
             with Image.open(f) as im:
-                im = im.convert("RGB" if c == 3 else "L")
-                scale = max(h / im.height, w / im.width)
-                size = (max(w, round(im.width * scale)), max(h, round(im.height * scale)))
-                im = im.resize(size, Image.Resampling.BILINEAR)
-                left, top = (im.width - w) // 2, (im.height - h) // 2
-                im = im.crop((left, top, left + w, top + h))
-                arr = np.asarray(im, dtype=np.float32) / 255.0
+                arr = _image_array(im, c, h, w)
         except Exception as err:
             raise CLIError(f"cannot read image {str(f)!r}: {err}") from err
-        images.append(torch.from_numpy(arr.reshape(h, w, c)).permute(2, 0, 1))
+        images.append(torch.from_numpy(arr).permute(2, 0, 1))
     x = torch.stack(images)
     for name, values in (("mean", mean), ("std", std)):
         if values is not None and len(values) not in (1, c):

@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .fileio import atomic_open
+
 __all__ = ["compression_curve", "permutation", "feature_maps", "side_by_side", "neighbour_distance",
            "row_variation"]
 
@@ -52,7 +54,8 @@ def _figure(width: float, height: float):
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", bbox_inches="tight")
+    with atomic_open(path) as f:
+        fig.savefig(f, format="png", bbox_inches="tight")
     return path
 
 

@@ -151,7 +151,7 @@ def checksum(meta: dict, tensors: dict[str, Tensor]) -> str:
 
 def save(imodel: IntegralModel, path: str | os.PathLike) -> None:
     """Write ``imodel`` to ``path`` (a single safetensors file, with a checksum of its contents)."""
-    from safetensors.torch import save_file
+    from .fileio import save_safetensors
 
     if not isinstance(imodel, IntegralModel):
         raise TypeError(f"save() needs an IntegralModel, got {type(imodel).__name__}")
@@ -193,7 +193,7 @@ def save(imodel: IntegralModel, path: str | os.PathLike) -> None:
         raise ValueError(f"cannot save this model: {err}") from None
     meta = json.loads(json.dumps(meta))  # tuples -> lists: the checksum hashes what load() reads
     meta["sha256"] = checksum(meta, tensors)
-    save_file(tensors, os.fspath(path), metadata={"torchinn": json.dumps(meta)})
+    save_safetensors(tensors, path, metadata={"torchinn": json.dumps(meta)})
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu", verify: bool = True) -> IntegralModel:

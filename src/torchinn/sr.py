@@ -76,7 +76,9 @@ def _photo_array(name: str) -> np.ndarray:
 
 def load_photo(name: str) -> Tensor:
     """A photograph as a ``(3, H, W)`` float32 tensor in [0, 1] (RGB)."""
-    return torch.from_numpy(_photo_array(name).astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
+    img = _photo_array(name)
+    top = float(np.iinfo(img.dtype).max) if img.dtype.kind in "ui" else 1.0  # 8-bit / 255, 16-bit / 65535
+    return torch.from_numpy(img.astype(np.float32) / top).permute(2, 0, 1).contiguous()
 
 
 def mod_crop(img: Tensor, scale: int = 2) -> Tensor:
@@ -254,11 +256,11 @@ class EDSR(nn.Module):
 def save_edsr(model: EDSR, path: str | Path, **metadata: object) -> None:
     """Write an :class:`EDSR` to a safetensors file with its configuration (and any JSON-able
     ``metadata``, e.g. training time and held-out PSNR)."""
-    from safetensors.torch import save_file
+    from .fileio import save_safetensors
 
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     meta = {"config": json.dumps(model.config), **{k: json.dumps(v) for k, v in metadata.items()}}
-    save_file(tensors, str(path), metadata=meta)
+    save_safetensors(tensors, path, metadata=meta)
 
 
 def load_edsr(path: str | Path | None = None) -> tuple[EDSR, dict]:

@@ -82,11 +82,11 @@ class DigitsResNet(nn.Module):
 def save_resnet(model: DigitsResNet, path: str | Path, **metadata: object) -> None:
     """Write a :class:`DigitsResNet` to a safetensors file with its configuration (and any
     JSON-able ``metadata``: training time, held-out accuracy...)."""
-    from safetensors.torch import save_file
+    from ..fileio import save_safetensors
 
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     meta = {"config": json.dumps(model.config), **{k: json.dumps(v) for k, v in metadata.items()}}
-    save_file(tensors, str(path), metadata=meta)
+    save_safetensors(tensors, path, metadata=meta)
 
 
 def load_resnet_digits(path: str | Path | None = None) -> tuple[DigitsResNet, dict]:
