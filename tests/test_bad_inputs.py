@@ -154,6 +154,47 @@ def load_foreign_file(tmp: Path) -> None:
     inn.load(path)
 
 
+def _crafted(tmp: Path, edit: Callable[[dict, dict], None], sign: bool = True) -> None:
+    """Save the small model, change its metadata/tensors with ``edit``, (re-sign,) load it."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from torchinn.serialize import checksum
+
+    path = tmp / "x.inn"
+    inn.save(converted(), path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["torchinn"])
+    tensors = load_file(path)
+    edit(meta, tensors)
+    if sign:  # as a crafted file would be; unsigned, the saved checksum stays
+        meta["sha256"] = checksum({k: v for k, v in meta.items() if k != "sha256"}, tensors)
+    save_file(tensors, str(path), metadata={"torchinn": json.dumps(meta)})
+    inn.load(path)
+
+
+def load_eval_target(tmp: Path) -> None:
+    evil = {"op": "call_function", "name": "evil", "target": "py::builtins.eval",
+            "args": {"t": ["print('hi')"]}, "kwargs": {"d": {}}}
+    _crafted(tmp, lambda meta, tensors: meta["graph"].insert(-1, evil))
+
+
+def load_size_bomb(tmp: Path) -> None:
+    _crafted(tmp, lambda meta, tensors: meta["partitions"]["0.weight:0"].update(max_size=1_000_000_000))
+
+
+def load_edited_file(tmp: Path) -> None:
+    _crafted(tmp, lambda meta, tensors: meta["partitions"]["0.weight:0"].update(size=5), sign=False)
+
+
+def load_nan_tensor(tmp: Path) -> None:
+    def edit(meta: dict, tensors: dict) -> None:
+        tensors["f/0.weight/0"].view(-1)[0] = float("nan")
+    _crafted(tmp, edit)
+
+
 def save_over_symlink(tmp: Path) -> None:
     (tmp / "real.inn").write_bytes(b"keep")
     (tmp / "x.inn").symlink_to(tmp / "real.inn")
@@ -267,6 +308,15 @@ CASES: list[tuple[str, Callable, type[BaseException], str]] = [
     ("Simpson's rule on an even point count", simpson_even_points, ValueError, r"odd number of points .* got 4"),
     ("input and weights on different devices", device_mismatch, ValueError, r"input is on meta but the layer's weights are on cpu"),
     ("loading a file that is not a torchinn model", load_foreign_file, inn.FormatError, r"not a torchinn model file"),
+    ("a .inn file whose graph calls Python code", load_eval_target, inn.FormatError,
+     r"graph node 'evil' calls 'py::builtins\.eval', which a torchinn file may not call"),
+    ("a .inn file that declares more channels than it stores", load_size_bomb, inn.FormatError,
+     r"partitions\['0\.weight:0'\]\.max_size must be in \[1, \d+\] \(sizes are bounded by the elements the file "
+     r"stores\), got 1000000000"),
+    ("a .inn file changed after it was saved", load_edited_file, inn.FormatError,
+     r"checksum mismatch: the metadata or tensors changed after the file was saved"),
+    ("a .inn file with NaN/Inf tensors", load_nan_tensor, inn.FormatError,
+     r"tensor 'f/0\.weight/0' has 1 NaN/Inf values; a torchinn model has finite tensors"),
     ("saving over a symbolic link, FIFO or device node", save_over_symlink, UnsafeTargetError,
      r"refusing to replace '.*x\.inn': it is a symbolic link \(to '.*real\.inn'\), not a regular file.*"
      r"replace_special=True"),
