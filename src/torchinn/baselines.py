@@ -31,7 +31,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -123,7 +123,8 @@ def prune(imodel: IntegralModel, sizes: Mapping[str, int] | None = None, method:
 
 
 def reconstruct(imodel: IntegralModel, sizes: Mapping[str, int] | None, calibration: Iterable[Any], *,
-                select: Literal["l1", "random"] = "l1", seed: int = 0, ridge: float = 1e-3,
+                select: Literal["l1", "random"] = "l1", seed: int = 0,
+                ridge: float | Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0),
                 report: dict[str, Any] | None = None) -> fx.GraphModule:
     """Channel selection followed by a least-squares refit of every layer that consumes pruned
     channels (ThiNet, Luo et al. 2017; channel pruning, He et al. 2017).
@@ -134,16 +135,24 @@ def reconstruct(imodel: IntegralModel, sizes: Mapping[str, int] | None, calibrat
     tensor of inputs or ``(inputs, labels)`` pairs), where ``X`` is the layer's input in the pruned
     network (earlier layers already refit, so errors do not accumulate), ``Y`` the original
     network's output at that layer (its kept output channels), and ``lam`` is ``ridge`` times the
-    mean diagonal of ``X^T X``. Convolutions (1-d and 2-d, grouped and depthwise included) are
+    mean diagonal of ``X^T X``. With several ``ridge`` values each layer takes the one with the
+    lowest two-fold cross-validated error (even and odd calibration samples), and keeps its
+    selected weights when no refit beats them on held-out samples (so a small calibration set
+    does not make a layer worse by overfitting). Convolutions (1-d and 2-d, grouped and depthwise included) are
     refit on their unfolded input patches. Kept as selected (logged): transposed and 3-d
     convolutions, tied weights, and weights computed from other tensors; a layer whose refit
     would not lower its calibration error keeps its selected weights too.
 
-    ``report``: a dict to fill with, per refit weight, the relative output error of its layer on
-    the calibration data before and after (or why it was skipped).
+    ``report``: a dict to fill with, per consuming layer's weight, the relative output error of the
+    layer on the calibration data before and after the refit (``before``, ``after``; held out:
+    ``held_out_before``, ``held_out_after``), the ``ridge`` used, or why it was ``skipped``.
     """
-    if not (isinstance(ridge, (int, float)) and ridge > 0 and math.isfinite(ridge)):
-        raise ValueError(f"ridge must be a finite number > 0, got {ridge!r}")
+    ridges = [ridge] if isinstance(ridge, (int, float)) else list(ridge)
+    for r in ridges:
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not (r > 0 and math.isfinite(r)):
+            raise ValueError(f"ridge must be a finite number > 0 (or a sequence of them), got {r!r}")
+    if not ridges:
+        raise ValueError("ridge must be a finite number > 0 (or a sequence of them), got []")
     batches = list(calibration)
     if not batches:
         raise ValueError("the calibration loader is empty")
@@ -162,7 +171,7 @@ def reconstruct(imodel: IntegralModel, sizes: Mapping[str, int] | None, calibrat
             a.group in keep for seg in p for a in seg) else None for p in plan]
     was_training = pruned.training
     pruned.eval()
-    result = refit_consumers(full, pruned, batches, kept, ridge)
+    result = refit_consumers(full, pruned, batches, kept, [float(r) for r in ridges])
     pruned.train(was_training)
     if report is not None:
         report.update(result)

@@ -251,12 +251,16 @@ def _in_channels(layer: Layer, w: Tensor) -> int:
 
 
 def refit_consumers(full: fx.GraphModule, pruned: fx.GraphModule, calibration: Sequence[Any],
-                    kept: Mapping[str, Sequence[Tensor | None]], ridge: float = 1e-3,
+                    kept: Mapping[str, Sequence[Tensor | None]],
+                    ridge: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0),
                     chunk: int = 1 << 22) -> dict[str, dict[str, Any]]:
     """Refit, in place and in graph order, every layer of ``pruned`` whose input channels are fewer
     than in ``full`` (matched by weight name). ``kept[weight][dim]``: the positions of the full
-    tensor's ``dim`` that ``pruned`` keeps (None: all). Returns per weight name the relative error
-    of the layer's output on the calibration data before and after, or why it was skipped."""
+    tensor's ``dim`` that ``pruned`` keeps (None: all). ``ridge``: relative ridge strengths; with
+    more than one, the one with the lowest two-fold cross-validated error (even and odd samples) is
+    used, and a layer where none beats the selected weights keeps them. Returns per weight name the
+    relative error of the layer's output on the calibration data before and after (and held out),
+    or why it was skipped."""
     report: dict[str, dict[str, Any]] = {}
     full_layers = {}
     for node in full.graph.nodes:
@@ -290,43 +294,88 @@ def refit_consumers(full: fx.GraphModule, pruned: fx.GraphModule, calibration: S
     return report
 
 
+class _Normal:
+    """The normal equations of one layer's regression, accumulated over rows (float64)."""
+
+    def __init__(self) -> None:
+        self.xtx: Tensor | None = None
+        self.xty: Tensor | None = None
+        self.yty = 0.0
+        self.rows = 0
+
+    def add(self, xs: Tensor, ys: Tensor, bias: bool, chunk: int) -> None:
+        step = max(1, chunk // max(1, xs.shape[0] * xs.shape[2]))
+        for i in range(0, xs.shape[1], step):
+            xc, yc = xs[:, i:i + step].double(), ys[:, i:i + step].double()
+            if bias:
+                xc = torch.cat([xc, torch.ones_like(xc[..., :1])], -1)
+            a, c = xc.transpose(1, 2) @ xc, xc.transpose(1, 2) @ yc
+            self.xtx, self.xty = (a, c) if self.xtx is None else (self.xtx + a, self.xty + c)
+            self.yty += float((yc * yc).sum())
+            self.rows += xc.shape[1]
+
+    def merged(self, other: _Normal) -> _Normal:
+        if other.xtx is None:
+            return self
+        if self.xtx is None:
+            return other
+        out = _Normal()
+        out.xtx, out.xty = self.xtx + other.xtx, self.xty + other.xty
+        out.yty, out.rows = self.yty + other.yty, self.rows + other.rows
+        return out
+
+    def sse(self, m: Tensor) -> float:
+        """Sum of squared errors of the weights ``m`` (regression layout) on these rows."""
+        return max(0.0, float((m * (self.xtx @ m)).sum() - 2 * (m * self.xty).sum()) + self.yty)
+
+    def solve(self, ridge: float, prior: Tensor) -> Tensor:
+        """Least squares with a ridge (relative to the mean diagonal) pulling towards ``prior``."""
+        lam = ridge * torch.diagonal(self.xtx, dim1=1, dim2=2).mean(-1).clamp_min(1e-12)[:, None, None]
+        eye = torch.eye(self.xtx.shape[-1], dtype=self.xtx.dtype, device=self.xtx.device)
+        return torch.linalg.solve(self.xtx + lam * eye, self.xty + lam * prior)
+
+
+def _halves(x: Tensor, y: Tensor, batched: bool, index: int) -> list[tuple[int, Tensor, Tensor]]:
+    """(fold, inputs, outputs): even and odd samples of a batch go to the two folds (alternating
+    from batch to batch); a batch of one sample goes whole to fold ``index % 2``."""
+    if not batched or x.shape[0] < 2:
+        return [(index % 2, x, y)]
+    return [((index + p) % 2, x[p::2], y[p::2]) for p in (0, 1)]
+
+
 def _refit_layer(layer: Layer, full: fx.GraphModule, full_node: str, pruned: fx.GraphModule,
-                 calibration: Sequence[Any], kept: Tensor | None, ridge: float,
+                 calibration: Sequence[Any], kept: Tensor | None, ridge: Sequence[float],
                  chunk: int) -> dict[str, Any]:
     w, b = _tensor(pruned, layer.weight), (_tensor(pruned, layer.bias) if layer.bias else None)
     cap_full, cap_pruned = _Capture(full, full_node), _Capture(pruned, layer.node)
-    xtx = xty = None
-    yty = torch.zeros((), dtype=torch.float64)
-    rows = 0
+    folds = [_Normal(), _Normal()]
     with torch.no_grad():
-        for batch in calibration:
+        for index, batch in enumerate(calibration):
             inputs = batch_inputs(batch)
             x, _ = cap_pruned.capture(inputs)
             _, y = cap_full.capture(inputs)
-            xs, ys = _design(layer, x, w), _targets(layer, y, kept)
-            step = max(1, chunk // max(1, xs.shape[0] * xs.shape[2]))
-            for i in range(0, xs.shape[1], step):
-                xc, yc = xs[:, i:i + step].double(), ys[:, i:i + step].double()
-                if b is not None:
-                    xc = torch.cat([xc, torch.ones_like(xc[..., :1])], -1)
-                a, c = xc.transpose(1, 2) @ xc, xc.transpose(1, 2) @ yc
-                xtx, xty = (a, c) if xtx is None else (xtx + a, xty + c)
-                yty = yty + (yc * yc).sum()
-                rows += xc.shape[1]
-    if xtx is None:
+            batched = x.ndim == w.ndim if layer.conv else x.ndim > 1
+            for fold, xh, yh in _halves(x, y, batched, index):
+                folds[fold].add(_design(layer, xh, w), _targets(layer, yh, kept), b is not None, chunk)
+    total = folds[0].merged(folds[1])
+    if total.xtx is None:
         raise ValueError("the calibration loader is empty")
-    current = _current(layer, w, b).to(xtx.device)
-
-    def sse(m: Tensor) -> float:
-        return float(((m * (xtx @ m)).sum() - 2 * (m * xty).sum() + yty).clamp_min(0))
-
-    d = xtx.shape[-1]
-    lam = ridge * torch.diagonal(xtx, dim1=1, dim2=2).mean(-1).clamp_min(1e-12)
-    eye = torch.eye(d, dtype=xtx.dtype, device=xtx.device)
-    sol = torch.linalg.solve(xtx + lam[:, None, None] * eye, xty + lam[:, None, None] * current)
-    before, after = sse(current), sse(sol)
-    if not math.isfinite(after) or after > before:
-        return {"skipped": "the refit did not lower the calibration error", "rows": rows}
+    current = _current(layer, w, b).to(total.xtx.device)
+    scale = max(total.yty, 1e-30)
+    out: dict[str, Any] = {"rows": total.rows}
+    best = ridge[0]
+    if len(ridge) > 1 and all(f.xtx is not None for f in folds):
+        # two-fold cross-validation of the ridge; infinite ridge = the selected weights
+        held_sel = folds[0].sse(current) + folds[1].sse(current)
+        held = {r: folds[1].sse(folds[0].solve(r, current)) + folds[0].sse(folds[1].solve(r, current))
+                for r in ridge}
+        best = min(held, key=lambda r: held[r])
+        out.update(held_out_before=math.sqrt(held_sel / scale), held_out_after=math.sqrt(held[best] / scale))
+        if not held[best] < held_sel:
+            return dict(out, skipped="no refit lowered the held-out calibration error")
+    sol = total.solve(best, current)
+    before, after = total.sse(current), total.sse(sol)
+    if not (math.isfinite(after) and after <= before):
+        return dict(out, skipped="the refit did not lower the calibration error")
     _store(layer, w, b, sol)
-    scale = max(float(yty), 1e-30)
-    return {"before": math.sqrt(before / scale), "after": math.sqrt(after / scale), "rows": rows}
+    return dict(out, ridge=best, before=math.sqrt(before / scale), after=math.sqrt(after / scale))
