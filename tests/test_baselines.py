@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+import torch.nn.functional as F
 from torch import nn
 
 import torchinn as inn
@@ -447,3 +448,30 @@ def test_reconstruct_on_zoo_networks(name):
     # measured: bottleneck 0.956 -> 0.782, mobilenet_v2 (depthwise) 0.677 -> 0.304,
     # vit_timm 0.822 -> 0.573, densenet 1.655 -> 0.117
     assert e_rec < 0.9 * e_l1, (e_rec, e_l1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(dims=st.sampled_from([1, 2]), kernel=st.lists(st.integers(1, 4), min_size=2, max_size=2),
+       stride=st.integers(1, 2), dilation=st.integers(1, 2), padding=st.sampled_from([0, 1, 2, "same", "valid"]),
+       groups=st.sampled_from([1, 2, 4]), bias=st.booleans(), batched=st.booleans())
+def test_regression_rows_reproduce_the_convolution(dims, kernel, stride, dilation, padding, groups, bias, batched):
+    """The refit's unfolded rows times the weights in its layout give the convolution's output."""
+    from torchinn.refit import Layer, _current, _design, _targets
+
+    if padding == "same":
+        stride = 1  # torch allows 'same' only with stride 1
+    g = torch.Generator().manual_seed(sum(kernel) + 7 * stride + 13 * groups)
+    kernel = kernel[:dims]
+    x = torch.randn((3, 4, *[9] * dims)[0 if batched else 1:], generator=g, dtype=torch.float64)
+    w = torch.randn(8, 4 // groups, *kernel, generator=g, dtype=torch.float64)
+    b = torch.randn(8, generator=g, dtype=torch.float64) if bias else None
+    conv = F.conv1d if dims == 1 else F.conv2d
+    y = conv(x, w, b, stride, padding, dilation, groups)
+    pad = padding if isinstance(padding, str) else (padding,) * dims
+    layer = Layer("n", "w", "b" if bias else None, True, stride=(stride,) * dims, padding=pad,
+                  dilation=(dilation,) * dims, groups=groups)
+    rows = _design(layer, x, w)
+    if bias:
+        rows = torch.cat([rows, torch.ones_like(rows[..., :1])], -1)
+    pred = rows @ _current(layer, w, b)
+    assert torch.allclose(pred, _targets(layer, y, None), atol=1e-10)

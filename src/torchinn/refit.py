@@ -134,7 +134,7 @@ def find_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[Layer | None, str]:
             weight, chain = _attr(a["mat2"] if "mat2" in a else a["other"])
             bias = a.get("self") if node.target is aten.addmm.default else None
             transposed = None if weight is None else _is_transposed(gm, weight, chain)
-            if transposed is None:
+            if transposed is None:  # e.g. a product of two activations (attention)
                 return None, "it does not multiply by a weight matrix"
             transposed = not transposed  # the product uses W^T: the stored (out, in) is transposed
         if weight is None:
@@ -177,7 +177,8 @@ class _Capture(fx.Interpreter):
 
 
 def _tensor(gm: fx.GraphModule, name: str) -> Tensor:
-    return gm.get_parameter(name) if name in dict(gm.named_parameters()) else gm.get_buffer(name)
+    mod, _, leaf = name.rpartition(".")
+    return getattr(gm.get_submodule(mod), leaf)
 
 
 def _design(layer: Layer, x: Tensor, w: Tensor) -> Tensor:
@@ -188,13 +189,15 @@ def _design(layer: Layer, x: Tensor, w: Tensor) -> Tensor:
     if x.ndim == k + 1:  # unbatched
         x = x.unsqueeze(0)
     kernel, stride, dilation = tuple(w.shape[2:]), layer.stride, layer.dilation
-    if isinstance(layer.padding, str):
-        pads = [0] * (2 * k) if layer.padding == "valid" else []
-        for i in range(k - 1, -1, -1) if layer.padding != "valid" else ():
+    if layer.padding == "valid":
+        pads = [0] * (2 * k)
+    elif layer.padding == "same":  # as torch: any odd extra on the right
+        pads = []
+        for i in reversed(range(k)):  # F.pad wants the last dimension first
             total = dilation[i] * (kernel[i] - 1)
             pads += [total // 2, total - total // 2]
     else:
-        pads = [p for p in layer.padding[::-1] for _ in (0, 1)]
+        pads = [p for p in reversed(layer.padding) for _ in (0, 1)]
     x = F.pad(x, pads)
     if k == 1:
         x, kernel, stride, dilation = x.unsqueeze(2), (1,) + kernel, (1,) + stride, (1,) + dilation
@@ -268,6 +271,10 @@ def refit_consumers(full: fx.GraphModule, pruned: fx.GraphModule, calibration: S
             layer, _ = find_layer(full, node)
             if layer is not None:
                 full_layers[layer.weight] = layer
+    uses: dict[str, int] = {}
+    for node in pruned.graph.nodes:
+        if node.op == "get_attr":
+            uses[str(node.target)] = uses.get(str(node.target), 0) + len(node.users)
     for node in list(pruned.graph.nodes):
         if node.op != "call_function" or not (node.target in _CONV or node.target in _MM):
             continue
@@ -283,8 +290,7 @@ def refit_consumers(full: fx.GraphModule, pruned: fx.GraphModule, calibration: S
             continue
         if _in_channels(layer, w) == _in_channels(full_layers[name], _tensor(full, name)):
             continue  # its inputs did not shrink: not a consumer
-        users = [u for u in pruned.graph.nodes if u.op == "get_attr" and u.target in (layer.weight, layer.bias)]
-        if sum(len(u.users) for u in users) > (2 if layer.bias else 1):
+        if uses.get(layer.weight, 0) > 1 or (layer.bias is not None and uses.get(layer.bias, 0) > 1):
             report[name] = {"skipped": "its weight or bias is used by more than one layer"}
             log.warning("reconstruct: %r kept as selected: used by more than one layer", name)
             continue
