@@ -147,8 +147,10 @@ def find_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[Layer | None, str]:
 
 
 class _Stop(Exception):
-    def __init__(self, inputs: Tensor, output: Tensor) -> None:
-        self.inputs, self.output = inputs, output
+    """Raised at the captured node (no args: fx would format them into its message)."""
+
+    inputs: Tensor
+    output: Tensor
 
 
 class _Capture(fx.Interpreter):
@@ -156,6 +158,7 @@ class _Capture(fx.Interpreter):
 
     def __init__(self, gm: fx.GraphModule, node: str) -> None:
         super().__init__(gm)
+        self.extra_traceback = False
         self.node = node
 
     def run_node(self, n: fx.Node) -> Any:
@@ -165,7 +168,9 @@ class _Capture(fx.Interpreter):
         out = n.target(*args, **kwargs)
         a = _bind(n, args, kwargs)
         x = a.get("input", a.get("mat1", a.get("self")))
-        raise _Stop(x, out)
+        stop = _Stop()
+        stop.inputs, stop.output = x, out
+        raise stop
 
     def capture(self, inputs: tuple) -> tuple[Tensor, Tensor]:
         flat = self.module.graph._codegen.process_inputs(*inputs)
@@ -336,9 +341,14 @@ class _Normal:
 
     def solve(self, ridge: float, prior: Tensor) -> Tensor:
         """Least squares with a ridge (relative to the mean diagonal) pulling towards ``prior``."""
-        lam = ridge * torch.diagonal(self.xtx, dim1=1, dim2=2).mean(-1).clamp_min(1e-12)[:, None, None]
-        eye = torch.eye(self.xtx.shape[-1], dtype=self.xtx.dtype, device=self.xtx.device)
-        return torch.linalg.solve(self.xtx + lam * eye, self.xty + lam * prior)
+        lam = ridge * torch.diagonal(self.xtx, dim1=1, dim2=2).mean(-1).clamp_min(1e-12)
+        a = self.xtx.clone()
+        a.diagonal(dim1=1, dim2=2).add_(lam[:, None])
+        rhs = self.xty + lam[:, None, None] * prior
+        chol, info = torch.linalg.cholesky_ex(a)  # positive definite but for rounding
+        if bool((info == 0).all()):
+            return torch.cholesky_solve(rhs, chol)
+        return torch.linalg.solve(a, rhs)
 
 
 def _halves(x: Tensor, y: Tensor, batched: bool, index: int) -> list[tuple[int, Tensor, Tensor]]:
