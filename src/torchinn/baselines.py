@@ -43,7 +43,7 @@ from .refit import refit_consumers
 from .structured import plan_size, take_channels
 from .train import batch_inputs, distillation_loss
 
-__all__ = ["channel_importance", "select_channels", "prune", "reconstruct", "finetune"]
+__all__ = ["channel_importance", "finetune", "prune", "reconstruct", "select_channels"]
 
 log = logging.getLogger(__name__)
 
@@ -201,10 +201,11 @@ def finetune(model: nn.Module, teacher: nn.Module, loader: Iterable[Any], *, sec
         raise ValueError("set steps, seconds, or both")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if seconds is not None and not (isinstance(seconds, (int, float)) and seconds > 0):
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                                or not seconds > 0):
         raise ValueError(f"seconds must be > 0, got {seconds!r}")
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     params = [p for p in model.parameters() if p.is_floating_point()]
     if not params:
         raise ValueError(f"{type(model).__name__} has no floating-point parameters to fine-tune")

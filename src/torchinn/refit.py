@@ -240,7 +240,6 @@ def _current(layer: Layer, w: Tensor, b: Tensor | None) -> Tensor:
 
 
 def _store(layer: Layer, w: Tensor, b: Tensor | None, sol: Tensor) -> None:
-    g = layer.groups
     with torch.no_grad():
         if b is not None:
             b.copy_(sol[:, -1, :].reshape(-1).to(b.dtype))
@@ -288,7 +287,7 @@ def refit_consumers(full: fx.GraphModule, pruned: fx.GraphModule, calibration: S
             if why not in ("not a linear layer or convolution", "it does not multiply by a weight matrix"):
                 log.info("reconstruct: node %r kept as selected: %s", node.name, why)
             continue
-        w, b = _tensor(pruned, layer.weight), (_tensor(pruned, layer.bias) if layer.bias else None)
+        w = _tensor(pruned, layer.weight)
         name = layer.weight
         if name not in full_layers:
             report[name] = {"skipped": "no layer with this weight in the full network"}
