@@ -483,3 +483,32 @@ def test_regression_rows_reproduce_the_convolution(dims, kernel, stride, dilatio
         rows = torch.cat([rows, torch.ones_like(rows[..., :1])], -1)
     pred = rows @ _current(layer, w, b)
     assert torch.allclose(pred, _targets(layer, y, None), atol=1e-10)
+
+
+def test_finetune_with_validation_never_ends_worse(student):
+    teacher, pruned, cal, test = student
+    held = [torch.randn(128, 12) for _ in range(2)]
+    start = {n: p.clone() for n, p in pruned.named_parameters()}
+
+    def val_loss(net):
+        with torch.no_grad():
+            return sum(float(F.mse_loss(net(x), teacher(x))) for x in held) / len(held)
+
+    before = val_loss(pruned)
+    plain = finetune(pruned, teacher, cal, steps=60, lr=5.0)  # far too high: it diverges
+    assert val_loss(pruned) > 2 * before, (before, val_loss(pruned), plain)
+    with torch.no_grad():
+        for n, p in pruned.named_parameters():
+            p.copy_(start[n])
+    report = finetune(pruned, teacher, cal, steps=60, lr=5.0, validation=held, check_every=10)
+    assert report["validation_start"] == pytest.approx(before, rel=1e-5)
+    assert report["validation_loss"] <= report["validation_start"]
+    assert val_loss(pruned) == pytest.approx(report["validation_loss"], rel=1e-5)  # the weights it reports
+    # a good learning rate: the best state is a late one and the held-out loss falls
+    report = finetune(pruned, teacher, cal, steps=200, lr=3e-3, validation=held, check_every=25)
+    assert report["best_step"] >= 100 and report["validation_loss"] < 0.5 * report["validation_start"], report
+    assert val_loss(pruned) == pytest.approx(report["validation_loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="validation loader is empty"):
+        finetune(pruned, teacher, cal, steps=2, validation=[])
+    with pytest.raises(ValueError, match="check_every must be a positive int, got 0"):
+        finetune(pruned, teacher, cal, steps=2, validation=held, check_every=0)

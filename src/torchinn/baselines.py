@@ -23,6 +23,13 @@ step budget (the "same seconds of fine-tuning" every method gets in a comparison
 >>> pruned = prune(imodel, {"0.weight:0": 8}, "l1")
 >>> pruned.get_parameter("0.weight").shape, pruned.get_parameter("2.weight").shape
 (torch.Size([8, 8]), torch.Size([4, 8]))
+>>> calibration = [torch.randn(64, 8) for _ in range(4)]
+>>> refit = prune(imodel, {"0.weight:0": 8}, "reconstruct", calibration=calibration)
+>>> refit.get_parameter("2.weight").shape  # same shapes, the consumer refit by least squares
+torch.Size([4, 8])
+>>> report = finetune(refit, net, calibration, steps=10)
+>>> report["steps"]
+10
 """
 
 from __future__ import annotations
@@ -181,6 +188,7 @@ def reconstruct(imodel: IntegralModel, sizes: Mapping[str, int] | None, calibrat
 def finetune(model: nn.Module, teacher: nn.Module, loader: Iterable[Any], *, seconds: float | None = None,
              steps: int | None = None, lr: float = 1e-4,
              loss_fn: Callable[[Any, Any, Any], Tensor] | None = None,
+             validation: Iterable[Any] | None = None, check_every: int = 50,
              progress: bool = False) -> dict[str, Any]:
     """Fine-tune every floating-point parameter of ``model`` in place (Adam, learning rate
     ``lr``) to reproduce the frozen ``teacher`` on ``loader``'s batches, until ``steps`` batches
@@ -194,8 +202,15 @@ def finetune(model: nn.Module, teacher: nn.Module, loader: Iterable[Any], *, sec
     ``model`` runs in eval mode (no dropout; gradients still flow) and gets its training flag
     and its parameters' ``requires_grad`` back at the end; ``teacher`` is left as it was.
 
+    ``validation`` (batches held out from ``loader``): the mean loss on them is measured before
+    the first step, every ``check_every`` steps and at the end, and ``model`` ends with the best
+    weights measured, so fine-tuning never returns a network worse on them than it started (a
+    learning rate that diverges or overfits costs time, not quality). The measurements count
+    in ``seconds``.
+
     Returns ``{"steps", "skipped", "seconds", "first_loss", "last_loss"}`` (finite losses only;
-    ``None`` when there were none).
+    ``None`` when there were none); with ``validation`` also ``"validation_start"``,
+    ``"validation_loss"`` (of the returned weights) and ``"best_step"`` (the step they come from).
     """
     if steps is None and seconds is None:
         raise ValueError("set steps, seconds, or both")
@@ -206,6 +221,11 @@ def finetune(model: nn.Module, teacher: nn.Module, loader: Iterable[Any], *, sec
         raise ValueError(f"seconds must be > 0, got {seconds!r}")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
+        raise ValueError(f"check_every must be a positive int, got {check_every!r}")
+    held = None if validation is None else list(validation)
+    if held is not None and not held:
+        raise ValueError("the validation loader is empty")
     params = [p for p in model.parameters() if p.is_floating_point()]
     if not params:
         raise ValueError(f"{type(model).__name__} has no floating-point parameters to fine-tune")
@@ -222,6 +242,7 @@ def finetune(model: nn.Module, teacher: nn.Module, loader: Iterable[Any], *, sec
     first = last = None
     bar = tqdm(total=steps, desc="fine-tuning", disable=not progress, leave=False)
     batches = _batches(loader)
+    keeper = _Best(model, teacher, held, loss_fn, params) if held is not None else None
     try:
         while steps is None or done + skipped < steps:
             if seconds is not None and time.perf_counter() - start >= seconds:
@@ -245,6 +266,12 @@ def finetune(model: nn.Module, teacher: nn.Module, loader: Iterable[Any], *, sec
             last = value
             first = value if first is None else first
             bar.set_postfix(loss=f"{value:.4g}")
+            if keeper is not None and done % check_every == 0:
+                keeper.check(done)
+        if keeper is not None:
+            if done % check_every:
+                keeper.check(done)
+            keeper.restore()
     finally:
         bar.close()
         model.train(was_training)
@@ -254,8 +281,44 @@ def finetune(model: nn.Module, teacher: nn.Module, loader: Iterable[Any], *, sec
             p.grad = None
     if skipped:
         log.warning("finetune: skipped %d of %d batches with a non-finite loss", skipped, done + skipped)
-    return {"steps": done, "skipped": skipped, "seconds": time.perf_counter() - start,
-            "first_loss": first, "last_loss": last}
+    out = {"steps": done, "skipped": skipped, "seconds": time.perf_counter() - start,
+           "first_loss": first, "last_loss": last}
+    if keeper is not None:
+        out.update(validation_start=keeper.start, validation_loss=keeper.best, best_step=keeper.step)
+    return out
+
+
+class _Best:
+    """The best weights of a fine-tuning run on held-out batches (the teacher's outputs cached)."""
+
+    def __init__(self, model: nn.Module, teacher: nn.Module, held: list[Any],
+                 loss_fn: Callable[[Any, Any, Any], Tensor], params: list[Tensor]) -> None:
+        self.model, self.held, self.loss_fn, self.params = model, held, loss_fn, params
+        with torch.no_grad():
+            self.targets = [teacher(*batch_inputs(b)) for b in held]
+        self.start = self.best = self.loss()
+        self.step = 0
+        self.state = [p.detach().clone() for p in params]
+        self.current = True  # the model holds the best weights
+
+    def loss(self) -> float:
+        with torch.no_grad():
+            total = sum(float(self.loss_fn(self.model(*batch_inputs(b)), b, t))
+                        for b, t in zip(self.held, self.targets))
+        return total / len(self.held)
+
+    def check(self, step: int) -> None:
+        value = self.loss()
+        self.current = math.isfinite(value) and (value < self.best or not math.isfinite(self.best))
+        if self.current:
+            self.best, self.step = value, step
+            self.state = [p.detach().clone() for p in self.params]
+
+    def restore(self) -> None:
+        if not self.current:
+            with torch.no_grad():
+                for p, s in zip(self.params, self.state):
+                    p.copy_(s)
 
 
 _END = object()
