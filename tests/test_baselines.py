@@ -486,7 +486,7 @@ def test_regression_rows_reproduce_the_convolution(dims, kernel, stride, dilatio
 
 
 def test_finetune_with_validation_never_ends_worse(student):
-    teacher, pruned, cal, test = student
+    teacher, pruned, cal, _ = student
     held = [torch.randn(128, 12) for _ in range(2)]
     start = {n: p.clone() for n, p in pruned.named_parameters()}
 

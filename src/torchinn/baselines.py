@@ -50,7 +50,7 @@ from .refit import refit_consumers
 from .structured import plan_size, take_channels
 from .train import batch_inputs, distillation_loss
 
-__all__ = ["channel_importance", "finetune", "prune", "reconstruct", "select_channels"]
+__all__ = ["channel_importance", "select_channels", "prune", "reconstruct", "finetune"]
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +145,16 @@ def reconstruct(imodel: IntegralModel, sizes: Mapping[str, int] | None, calibrat
     mean diagonal of ``X^T X``. With several ``ridge`` values each layer takes the one with the
     lowest two-fold cross-validated error (even and odd calibration samples), and keeps its
     selected weights when no refit beats them on held-out samples (so a small calibration set
-    does not make a layer worse by overfitting). Convolutions (1-d and 2-d, grouped and depthwise included) are
-    refit on their unfolded input patches. Kept as selected (logged): transposed and 3-d
-    convolutions, tied weights, and weights computed from other tensors; a layer whose refit
-    would not lower its calibration error keeps its selected weights too.
+    does not make a layer worse by overfitting). Convolutions (1-d and 2-d, grouped and
+    depthwise included) are refit on their unfolded input patches. Kept as selected (logged):
+    transposed and 3-d convolutions, tied weights, and weights computed from other tensors; a
+    layer whose refit would not lower its calibration error keeps its selected weights too.
+
+    Cost: per consuming layer, two partial forward passes of every calibration batch and a few
+    Cholesky solves of size (input channels x kernel taps + 1) per ``ridge`` value: 74 s for a
+    ResNet-18 at 64x64 with 32 calibration images, one thread on a heavily shared machine (most
+    of it in the solves of the 256- and 512-channel layers; pass one ``ridge`` to skip the
+    cross-validation).
 
     ``report``: a dict to fill with, per consuming layer's weight, the relative output error of the
     layer on the calibration data before and after the refit (``before``, ``after``; held out:
