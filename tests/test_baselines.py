@@ -512,3 +512,32 @@ def test_finetune_with_validation_never_ends_worse(student):
         finetune(pruned, teacher, cal, steps=2, validation=[])
     with pytest.raises(ValueError, match="check_every must be a positive int, got 0"):
         finetune(pruned, teacher, cal, steps=2, validation=held, check_every=0)
+
+
+class HardReshape(nn.Module):
+    """A reshape whose size (8 * 16) torchinn rewrites from the group size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 16, 4)
+
+    def forward(self, x):
+        return self.fc(self.c2(torch.relu(self.c(x))).reshape(x.shape[0], 8 * 16))
+
+
+@pytest.mark.parametrize("method", ["l1", "random", "reconstruct"])
+def test_groups_left_out_of_sizes_stay_whole_on_a_resized_model(method):
+    torch.manual_seed(0)
+    net = HardReshape().eval()
+    x = torch.randn(2, 3, 4, 4)
+    imodel = inn.convert(net, (x,), FAST)
+    imodel.resize(0.5)  # the model's current sizes must not leak into the other groups
+    try:
+        pruned = prune(imodel, {"c.weight:0": 4}, method, calibration=[torch.randn(16, 3, 4, 4)])
+    finally:
+        imodel.resize(1.0)
+    assert pruned.get_parameter("c2.weight").shape == (8, 4, 3, 3)
+    assert pruned.get_parameter("fc.weight").shape == (4, 128)
+    assert pruned(x).shape == (2, 4)  # before: "shape '[2, 64]' is invalid for input of size 256"

@@ -126,7 +126,8 @@ def prune(imodel: IntegralModel, sizes: Mapping[str, int] | None = None, method:
         full = imodel.tensors(imodel.full_partitions())
     plans = imodel.plans()
     tensors = {n: take_channels(t, plans[n], keep) if n in plans else t for n, t in full.items()}
-    return imodel.discrete_from(tensors, sizes)
+    # groups not in ``sizes`` keep all their channels (not the model's current sizes)
+    return imodel.discrete_from(tensors, dict({n: g.max_size for n, g in groups.items()}, **sizes))
 
 
 def reconstruct(imodel: IntegralModel, sizes: Mapping[str, int] | None, calibration: Iterable[Any], *,
@@ -175,9 +176,11 @@ def reconstruct(imodel: IntegralModel, sizes: Mapping[str, int] | None, calibrat
     with torch.no_grad():
         tensors = imodel.tensors(imodel.full_partitions())
     plans = imodel.plans()
-    full = imodel.discrete_from(tensors, {n: g.max_size for n, g in groups.items()}).eval()
+    full_sizes = {n: g.max_size for n, g in groups.items()}
+    full = imodel.discrete_from(tensors, full_sizes).eval()
     pruned = imodel.discrete_from(
-        {n: take_channels(t, plans[n], keep) if n in plans else t for n, t in tensors.items()}, sizes)
+        {n: take_channels(t, plans[n], keep) if n in plans else t for n, t in tensors.items()},
+        dict(full_sizes, **sizes))
     kept = {}
     for name, plan in plans.items():
         kept[name] = [take_channels(torch.arange(plan_size(p)), (p,), keep) if any(
