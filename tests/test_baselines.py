@@ -346,7 +346,8 @@ def test_reconstruct_through_matrix_products_and_skips_transposed_convs():
     cal = [torch.randn(32, 8, dtype=torch.float64) for _ in range(4)]
     report = {}
     rec = reconstruct(imodel, sizes, cal, ridge=1e-10, report=report)
-    assert set(report) == {"w2", "w3"}  # the transposed conv is kept as selected
+    assert set(report) == {"w2", "w3", "up.weight"}
+    assert report["up.weight"] == {"skipped": "transposed convolution"}  # kept as selected
     plain = prune(imodel, sizes)
     assert torch.equal(rec.get_parameter("up.weight"), plain.get_parameter("up.weight"))
     assert rec.get_parameter("w2").shape == (12, 10)
@@ -541,3 +542,15 @@ def test_groups_left_out_of_sizes_stay_whole_on_a_resized_model(method):
     assert pruned.get_parameter("c2.weight").shape == (8, 4, 3, 3)
     assert pruned.get_parameter("fc.weight").shape == (4, 128)
     assert pruned(x).shape == (2, 4)  # before: "shape '[2, 64]' is invalid for input of size 256"
+
+
+def test_reconstruct_reports_3d_convolutions_kept_as_selected():
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Conv3d(2, 8, 1), nn.ReLU(), nn.Conv3d(8, 4, 3, padding=1), nn.ReLU(),
+                        nn.Conv3d(4, 3, 1)).eval()
+    imodel = inn.convert(net, (torch.randn(2, 2, 4, 4, 4),), FAST)
+    report = {}
+    rec = reconstruct(imodel, {"0.weight:0": 4, "2.weight:0": 2}, [torch.randn(4, 2, 4, 4, 4)], report=report)
+    assert report == {"2.weight": {"skipped": "3-d convolution"}, "4.weight": {"skipped": "3-d convolution"}}
+    plain = prune(imodel, {"0.weight:0": 4, "2.weight:0": 2})
+    assert all(torch.equal(p, rec.get_parameter(n)) for n, p in plain.named_parameters())

@@ -42,6 +42,8 @@ aten = torch.ops.aten
 _CONV = {aten.conv1d.default, aten.conv2d.default, aten.conv1d.padding, aten.conv2d.padding,
          aten.convolution.default}
 _MM = {aten.linear.default, aten.addmm.default, aten.mm.default, aten.matmul.default}
+_TRANSPOSED = {aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.conv_transpose3d.input}
+_UNFIT = _TRANSPOSED | {aten.conv3d.default, aten.conv3d.padding}  # convolutions kept as selected
 _VIEWS = {aten.t.default, aten.transpose.int, aten.permute.default, aten.numpy_T.default}
 
 
@@ -143,6 +145,10 @@ def find_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[Layer | None, str]:
         if bias is not None and (bias_name is None or bchain):
             return None, "its bias is not a plain tensor"
         return Layer(node.name, weight, bias_name, False, transposed=transposed), ""
+    if node.target in _TRANSPOSED:
+        return None, "transposed convolution"
+    if node.target in _UNFIT:
+        return None, "3-d convolution"
     return None, "not a linear layer or convolution"
 
 
@@ -257,6 +263,20 @@ def _in_channels(layer: Layer, w: Tensor) -> int:
     return w.shape[0] if layer.transposed else w.shape[1]
 
 
+def _unfit_consumer(full: fx.GraphModule, pruned: fx.GraphModule, node: fx.Node) -> str | None:
+    """The weight of a convolution that cannot be refit (transposed, 3-d) if its input channels
+    shrank, else None."""
+    if node.target not in _CONV and node.target not in _UNFIT:
+        return None
+    a = _bind(node, node.args, node.kwargs)
+    weight, chain = _attr(a["weight"])
+    if weight is None or chain:
+        return None
+    transposed = node.target in _TRANSPOSED or a.get("transposed", False)
+    in_dim = 0 if transposed else 1  # (in, out/g, ...) or (out, in/g, ...)
+    return weight if _tensor(pruned, weight).shape[in_dim] != _tensor(full, weight).shape[in_dim] else None
+
+
 def refit_consumers(full: fx.GraphModule, pruned: fx.GraphModule, calibration: Sequence[Any],
                     kept: Mapping[str, Sequence[Tensor | None]],
                     ridge: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0),
@@ -280,12 +300,14 @@ def refit_consumers(full: fx.GraphModule, pruned: fx.GraphModule, calibration: S
         if node.op == "get_attr":
             uses[str(node.target)] = uses.get(str(node.target), 0) + len(node.users)
     for node in list(pruned.graph.nodes):
-        if node.op != "call_function" or not (node.target in _CONV or node.target in _MM):
+        if node.op != "call_function" or node.target not in _CONV | _MM | _UNFIT:
             continue
         layer, why = find_layer(pruned, node)
         if layer is None:
-            if why not in ("not a linear layer or convolution", "it does not multiply by a weight matrix"):
-                log.info("reconstruct: node %r kept as selected: %s", node.name, why)
+            weight = _unfit_consumer(full, pruned, node)
+            if weight is not None:
+                report[weight] = {"skipped": why}
+                log.info("reconstruct: %r kept as selected: %s", weight, why)
             continue
         w = _tensor(pruned, layer.weight)
         name = layer.weight
