@@ -27,8 +27,8 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from .integral_model import IntegralModel
 from .structured import plan_size
-from .starts import STARTS, best_start, distill_error, full_outputs, kept_partitions
-from .train import batch_inputs
+from .starts import STARTS, best_start, distill_error, full_outputs, kept_partitions, start_partition
+from .train import batch_inputs, loss_kind
 
 __all__ = ["Metric", "choose_sizes", "compare_sizes", "count_flops", "flops_by_tensor", "measure_latency"]
 
@@ -148,22 +148,32 @@ class _Cost:
         return measure_latency(small, self.inputs)
 
 
-def sensitivities(imodel: IntegralModel, batches: Sequence[tuple]) -> dict[str, list[tuple[float, float]]]:
-    """Per group: ``[(ratio, error), ...]`` with every other group at full size."""
-    full = imodel.sizes()
-    with torch.no_grad():
-        reference = [imodel(*b) for b in batches]
+def sensitivities(imodel: IntegralModel, batches: Sequence[tuple], loss: str = "auto"
+                  ) -> dict[str, list[tuple[float, float]]]:
+    """Per group: ``[(ratio, error), ...]`` with every other group at full size; the error of a
+    ratio is the lower of the INN resampled and of L1 selection (the starts compress tries
+    first), measured with ``loss`` (``"auto"``: KL for class logits, else squared error)."""
+    from .baselines import channel_importance
+
+    reference = full_outputs(imodel, batches)
+    loss = loss_kind(reference[0]) if loss == "auto" else loss
+    scores = channel_importance(imodel)
     out: dict[str, list[tuple[float, float]]] = {}
-    try:
+    with kept_partitions(imodel):
+        for n, p in imodel.full_partitions().items():
+            imodel.set_partition(n, p)
         for name, g in imodel.groups.items():
             curve = [(1.0, 0.0)]
+            uniform = g.partition
             for r in _RATIOS:
-                imodel.resize({name: max(1, round(r * g.max_size))})
-                curve.append((r, distill_error(imodel, batches, reference)))
-                imodel.resize({name: full[name]})
+                size = max(1, round(r * g.max_size))
+                errors = []
+                for kind in ("uniform", "l1"):
+                    imodel.set_partition(name, start_partition(uniform, size, kind, scores[name]))
+                    errors.append(distill_error(imodel, batches, reference, loss))
+                curve.append((r, min(errors)))
+            imodel.set_partition(name, uniform)
             out[name] = curve
-    finally:
-        imodel.resize(full)
     return out
 
 
@@ -273,7 +283,7 @@ def _batches(calibration: Iterable[Any] | None, example_inputs: tuple, n: int) -
 def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params", *,
                  calibration: Iterable[Any] | None = None, example_inputs: tuple | None = None,
                  batches: int = 2, min_ratio: float = 0.1, method: SizeMethod = "best",
-                 tolerance: float = 0.02) -> dict[str, int]:
+                 tolerance: float = 0.02, loss: str = "auto") -> dict[str, int]:
     """Group sizes whose discrete network has ``target`` times the original ``metric``.
 
     ``target`` is the fraction kept, in (0, 1): 0.5 halves the parameters (FLOPs, latency).
@@ -295,10 +305,10 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
         raise ValueError(f"metric={metric!r} needs example_inputs to count or time the network")
     if method == "best":
         options = {m: choose_sizes(imodel, target, metric, calibration=calibration, example_inputs=example_inputs,
-                                   batches=batches, min_ratio=min_ratio, method=m, tolerance=tolerance)
+                                   batches=batches, min_ratio=min_ratio, method=m, tolerance=tolerance, loss=loss)
                    for m in ("sensitivity", "uniform")}
         cal = _batches(calibration, example_inputs or (), max(batches, 4))
-        winner, table = compare_sizes(imodel, options, cal)
+        winner, table = compare_sizes(imodel, options, cal, loss=loss)
         log.info("choose_sizes: %s sizes win (%s)", winner,
                  ", ".join(f"{m}: {e:.4g}" for m, e in table.items()))
         return options[winner]
@@ -309,7 +319,7 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
     full_sizes = {n: g.max_size for n, g in imodel.groups.items()}
     original = cost.measure(full_sizes)
     goal = target * original
-    curves = sensitivities(imodel, cal) if method == "sensitivity" else {}
+    curves = sensitivities(imodel, cal, loss) if method == "sensitivity" else {}
     scale = 1.0
     sizes = full_sizes
     for _ in range(6):
@@ -324,15 +334,18 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
 
 
 def compare_sizes(imodel: IntegralModel, options: Mapping[str, Mapping[str, int]], batches: Sequence[tuple],
-                  starts: Sequence[str] = STARTS) -> tuple[str, dict[str, float]]:
+                  starts: Sequence[str] = STARTS, loss: str = "auto") -> tuple[str, dict[str, float]]:
     """The calibration error of each set of sizes at its best starting partition (all groups
-    alike), and the name of the lowest. ``imodel`` is left as it was."""
+    alike; ``loss="auto"``: KL divergence for class logits, else relative squared error), and
+    the name of the lowest. ``imodel`` is left as it was."""
     reference = full_outputs(imodel, batches)
+    loss = loss_kind(reference[0]) if loss == "auto" else loss
     table = {}
     for name, sizes in options.items():
         with kept_partitions(imodel):
             imodel.resize(dict(sizes))
-            table[name] = best_start(imodel, batches, kinds=starts, per_group=False, reference=reference).error
+            table[name] = best_start(imodel, batches, kinds=starts, per_group=False, reference=reference,
+                                     loss=loss).error
     return min(table, key=lambda m: table[m]), table
 
 

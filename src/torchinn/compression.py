@@ -35,10 +35,9 @@ from torch import Tensor, nn
 
 from .budget import Metric, _batches, choose_sizes, compare_sizes, count_flops, measure_latency
 from .convert import ConvertConfig, convert
-from .integral_model import IntegralModel
 from .loop import split_validation
 from .starts import STARTS, best_start, distill_error
-from .train import TuneConfig, batch_inputs, finetune, make_grid_trainable, tune_grid
+from .train import LOSSES, TuneConfig, batch_inputs, finetune, loss_kind, make_grid_trainable, tune_grid
 
 __all__ = ["CompressReport", "compress"]
 
@@ -46,6 +45,11 @@ log = logging.getLogger(__name__)
 
 #: at most this many calibration batches are kept in memory from a one-shot iterator
 MAX_BATCHES = 256
+#: the calibration batches that choose sizes and starts (and measure the report's errors): the
+#: choices compare a few candidates, so a few batches tell them apart at a fraction of the cost
+SELECT_BATCHES = 4
+#: share of the tuning budget (at least 2 s; 10 s without tuning) for trying starts group by group
+REFINE_SHARE = 0.1
 
 
 @dataclass
@@ -59,7 +63,7 @@ class CompressReport:
     after: float                                # metric of the compressed network
     params_before: int
     params_after: int
-    error_before_tuning: float                  # relative squared error vs the original outputs
+    error_before_tuning: float                  # calibration loss vs the original outputs (``loss``)
     error_after_tuning: float
     tuning: dict[str, Any] = field(default_factory=dict)  # steps in all, and per stage
     seconds: dict[str, float] = field(default_factory=dict)
@@ -68,6 +72,7 @@ class CompressReport:
     starts: dict[str, str] = field(default_factory=dict)          # group -> starting partition
     start_errors: dict[str, float] = field(default_factory=dict)  # calibration error per start (all groups)
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # "grid" / "weights": what each did
+    loss: str = "mse"                           # "mse": relative squared error; "kl": KL of class probabilities
 
     @property
     def ratio(self) -> float:
@@ -84,8 +89,8 @@ class CompressReport:
                          + f" -> {self.sizes_method}")
         if self.start_errors:
             lines.append("starts: " + ", ".join(f"{k} {e:.4g}" for k, e in self.start_errors.items()))
-        lines.append(f"relative output error: {self.error_before_tuning:.4g} before tuning, "
-                     f"{self.error_after_tuning:.4g} after")
+        what = "relative output error" if self.loss == "mse" else f"{self.loss} distillation loss"
+        lines.append(f"{what}: {self.error_before_tuning:.4g} before tuning, {self.error_after_tuning:.4g} after")
         for name, st in self.stages.items():
             lines.append(f"  {name} tuning: {st['steps']} steps in {st['seconds']:.1f} s, validation error "
                          f"{_fmt(st.get('start_error'))} -> {_fmt(st.get('best_error'))}")
@@ -120,8 +125,8 @@ def _calibration(calibration: Iterable[Any] | None, example_inputs: tuple) -> tu
     if isinstance(calibration, Sequence):
         if not calibration:
             raise ValueError("the calibration loader is empty")
-        return calibration, [batch_inputs(b) for b in calibration[:64]]
-    return calibration, _batches(calibration, example_inputs, 8)
+        return calibration, [batch_inputs(b) for b in calibration[:SELECT_BATCHES]]
+    return calibration, _batches(calibration, example_inputs, SELECT_BATCHES)
 
 
 def _split(total: TuneConfig, share: float) -> TuneConfig | None:
@@ -159,12 +164,16 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
     source, cal = _calibration(calibration, example_inputs)
     full = imodel.to_discrete().eval()  # the teacher, and the metric before
     before = _metric(full, metric, example_inputs)
+    with torch.no_grad():
+        reference = [full(*b) for b in cal]
+    wanted = tune.loss if tune is not False else "auto"
+    loss = loss_kind(reference[0]) if wanted == "auto" else wanted
 
     t0 = time.perf_counter()
     if sizes is None:
         options = {m: choose_sizes(imodel, target, metric, calibration=cal, example_inputs=example_inputs,
-                                   min_ratio=min_ratio, method=m) for m in ("sensitivity", "uniform")}
-        sizes_method, sizes_errors = compare_sizes(imodel, options, cal, starts)
+                                   min_ratio=min_ratio, method=m, loss=loss) for m in ("sensitivity", "uniform")}
+        sizes_method, sizes_errors = compare_sizes(imodel, options, cal, starts, loss)
         chosen = options[sizes_method]
     else:
         sizes_method, sizes_errors, chosen = "given", {}, {imodel.groups[n].name: s for n, s in sizes.items()}
@@ -172,9 +181,8 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
 
     t0 = time.perf_counter()
     imodel.resize(dict(chosen))
-    with torch.no_grad():
-        reference = [full(*b) for b in cal]
-    choice = best_start(imodel, cal, kinds=starts, reference=reference, max_seconds=30.0)
+    refine = 10.0 if tune is False or tune.seconds is None else max(2.0, REFINE_SHARE * tune.seconds)
+    choice = best_start(imodel, cal, kinds=starts, reference=reference, max_seconds=refine, loss=loss)
     seconds["choose_start"] = time.perf_counter() - t0
     err0 = choice.error
 
@@ -186,17 +194,19 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
         if grid_cfg is not None:
             t0 = time.perf_counter()
             make_grid_trainable(imodel)
-            stages["grid"] = tune_grid(imodel, train_source, teacher=full, config=grid_cfg, validation=held_out)
+            stages["grid"] = tune_grid(imodel, train_source, teacher=full, config=grid_cfg, validation=held_out,
+                                       loss_fn=LOSSES[loss])
             seconds["tune_grid"] = time.perf_counter() - t0
         imodel.eval()
         small = imodel.to_discrete().eval()
         if weights_cfg is not None:
             t0 = time.perf_counter()
-            stages["weights"] = finetune(small, train_source, teacher=full, config=weights_cfg, validation=held_out)
+            stages["weights"] = finetune(small, train_source, teacher=full, config=weights_cfg, validation=held_out,
+                                         loss_fn=LOSSES[loss])
             seconds["tune_weights"] = time.perf_counter() - t0
     else:
         small = imodel.to_discrete().eval()
-    err1 = distill_error(small, cal, reference)
+    err1 = distill_error(small, cal, reference, loss)
     report = CompressReport(
         metric=metric, target=target,
         sizes={n: (g.max_size, g.size) for n, g in imodel.groups.items()},
@@ -207,7 +217,7 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
         tuning={"steps": sum(v.get("steps", 0) for v in stages.values()),
                 **{k: v.get("steps", 0) for k, v in stages.items()}}, seconds=seconds,
         sizes_method=sizes_method, sizes_errors=sizes_errors, starts=choice.kinds,
-        start_errors=choice.errors, stages=stages)
+        start_errors=choice.errors, stages=stages, loss=loss)
     if not math.isfinite(err1):
         log.warning("the compressed network's calibration error is not finite")
     return small, report

@@ -51,12 +51,19 @@ aten = torch.ops.aten
 STARTS = ("uniform", "l1", "l1-quadrature", "activation")
 
 
-def distill_error(imodel: Any, batches: Sequence[tuple], reference: Sequence[Any]) -> float:
-    """Mean over batches of the relative squared error of every floating output."""
+def distill_error(imodel: Any, batches: Sequence[tuple], reference: Sequence[Any], loss: str = "mse") -> float:
+    """Mean over batches of the distance of the outputs to ``reference``: ``"mse"``, the relative
+    squared error of every floating output; ``"kl"``, the KL divergence of class probabilities
+    (:func:`torchinn.train.kl_distillation_loss`)."""
+    from .train import kl_distillation_loss
+
     err = 0.0
     with torch.no_grad():
         for inputs, ref in zip(batches, reference):
             out = imodel(*inputs)
+            if loss == "kl":
+                err += float(kl_distillation_loss(out, inputs, ref))
+                continue
             for o, r in zip(pytree.tree_leaves(out), pytree.tree_leaves(ref)):
                 if isinstance(o, Tensor) and o.is_floating_point():
                     err += float(((o - r) ** 2).mean() / (r**2).mean().clamp_min(1e-12))
@@ -182,10 +189,11 @@ def activation_importance(imodel: IntegralModel, batches: Sequence[tuple]) -> di
 
 def best_start(imodel: IntegralModel, batches: Sequence[tuple], *, kinds: Sequence[str] = STARTS,
                per_group: bool = True, reference: Sequence[Any] | None = None,
-               max_seconds: float | None = None) -> StartChoice:
+               max_seconds: float | None = None, loss: str = "mse") -> StartChoice:
     """Give every group of ``imodel`` (at its current sizes) the starting partition with the
-    lowest calibration error; ``imodel`` keeps the chosen partitions. ``per_group`` then tries
-    the other starts one group at a time (within ``max_seconds``)."""
+    lowest calibration error (``loss``: see :func:`distill_error`); ``imodel`` keeps the chosen
+    partitions. ``per_group`` then tries the other starts one group at a time (within
+    ``max_seconds``)."""
     from .baselines import channel_importance
 
     t0 = time.perf_counter()
@@ -215,7 +223,7 @@ def best_start(imodel: IntegralModel, batches: Sequence[tuple], *, kinds: Sequen
     errors = {}
     for k in kinds:
         apply({n: k for n in sizes})
-        errors[k] = distill_error(imodel, batches, reference)
+        errors[k] = distill_error(imodel, batches, reference, loss)
     best = min(errors, key=lambda k: errors[k])
     choice = {n: best for n in sizes}
     error = errors[best]
@@ -231,7 +239,7 @@ def best_start(imodel: IntegralModel, batches: Sequence[tuple], *, kinds: Sequen
                     continue
                 trial = dict(choice, **{n: k})
                 apply(trial)
-                e = distill_error(imodel, batches, reference)
+                e = distill_error(imodel, batches, reference, loss)
                 if e < error:
                     choice, error = trial, e
         changed = sum(1 for k in choice.values() if k != best)

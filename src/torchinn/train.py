@@ -66,6 +66,9 @@ class TuneConfig:
             tuning, distilling all the weights of the compressed network (0: grid tuning only,
             1: weights only). :func:`tune_grid` ignores it.
         lr_weights: Adam learning rate of that weight tuning.
+        loss: distillation loss of :func:`torchinn.compress` (its choices and tuning):
+            ``"mse"``, ``"kl"`` (for class logits), or ``"auto"``: ``"kl"`` when every output
+            is ``(batch, classes)``, else ``"mse"`` (:func:`loss_kind`).
     """
 
     steps: int | None = None
@@ -80,6 +83,7 @@ class TuneConfig:
     eval_every: int = 10
     weights_share: float = 0.5
     lr_weights: float = 1e-4
+    loss: str = "auto"
 
     def __post_init__(self) -> None:
         if self.steps is None and self.seconds is None:
@@ -100,6 +104,8 @@ class TuneConfig:
             raise ValueError(f"holdout is a share of the calibration batches in [0, 1), got {self.holdout!r}")
         if not 0.0 <= self.weights_share <= 1.0:
             raise ValueError(f"weights_share is a share of the budget in [0, 1], got {self.weights_share!r}")
+        if self.loss not in ("auto", *LOSSES):
+            raise ValueError(f"loss must be 'auto', 'mse' or 'kl', got {self.loss!r}")
         if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 1:
             raise ValueError(f"eval_every must be a positive int, got {self.eval_every!r}")
 
@@ -149,6 +155,30 @@ def distillation_loss(output: Any, batch: Any, teacher_output: Any) -> Tensor:
     if not losses:
         raise ValueError("the model has no floating-point outputs to distil")
     return torch.stack(losses).sum()
+
+
+def kl_distillation_loss(output: Any, batch: Any, teacher_output: Any) -> Tensor:
+    """KL divergence from the teacher's softmax to the output's (over the last dimension; Hinton
+    et al.'s distillation at temperature 1), summed over every output tensor: for class logits,
+    where it follows accuracy far better than the squared error (which punishes a uniform
+    shrink of the logits that leaves every prediction as it was)."""
+    losses = [F.kl_div(F.log_softmax(o.float(), -1), F.log_softmax(t.float(), -1), log_target=True,
+                       reduction="sum") / max(1, o[..., 0].numel())
+              for o, t in zip(pytree.tree_leaves(output), pytree.tree_leaves(teacher_output))
+              if isinstance(o, Tensor) and o.is_floating_point()]
+    if not losses:
+        raise ValueError("the model has no floating-point outputs to distil")
+    return torch.stack(losses).sum()
+
+
+LOSSES: dict[str, LossFn] = {"mse": distillation_loss, "kl": kl_distillation_loss}
+
+
+def loss_kind(output: Any) -> str:
+    """``"kl"`` for class logits (every floating output is ``(batch, classes)``, classes >= 2),
+    else ``"mse"``: what ``loss="auto"`` picks."""
+    leaves = [o for o in pytree.tree_leaves(output) if isinstance(o, Tensor) and o.is_floating_point()]
+    return "kl" if leaves and all(o.ndim == 2 and o.shape[-1] >= 2 for o in leaves) else "mse"
 
 
 def _frozen(imodel: IntegralModel, train: Sequence[str], freeze: bool = True) -> tuple[list[Tensor], list[Tensor]]:
