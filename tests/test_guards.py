@@ -189,11 +189,28 @@ def test_saved_model_keeps_its_guards(tmp_path: Path) -> None:
     path = tmp_path / "m.inn"
     inn.save(imodel, path)
     loaded = inn.load(path)
-    with pytest.raises((ValueError, RuntimeError), match=r"x\.shape\[0\] in \[5, inf\)"):
+    assert loaded.input_guards == imodel.input_guards and loaded.input_names == ["x"]
+    with pytest.raises(ValueError, match=r"input 0 \('x'\) has size 2 .*x\.shape\[0\] in \[5, inf\)"):
         loaded(torch.randn(2, 4))
     x = torch.randn(6, 4)
     with torch.no_grad():
         assert close(loaded(x), imodel(x))
+
+
+def test_saved_scalar_input_guard(tmp_path: Path) -> None:
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 8)
+
+        def forward(self, x, t):
+            return self.a(x) * t
+
+    imodel = inn.convert(Scaled().eval(), (torch.randn(8, 4), 2.0))
+    inn.save(imodel, tmp_path / "s.inn")
+    loaded = inn.load(tmp_path / "s.inn")
+    with pytest.raises(ValueError, match=r"input 1 \('t'\) is 3\.0, but the network was converted with 2\.0"):
+        loaded(torch.randn(2, 4), 3.0)
 
 
 def test_discrete_network_exports_with_its_guard() -> None:

@@ -462,3 +462,27 @@ def test_a_constant_with_inf_round_trips_but_nan_does_not(tmp_path: Path) -> Non
     tensors["x/mask"][0] = float("nan")
     with pytest.raises(inn.FormatError, match=r"tensor 'x/mask' has 1 NaN values"):
         inn.load(write(tmp_path / "nan.inn", meta, tensors))
+
+
+def test_selection_partition_round_trips(tmp_path):
+    """A start from torchinn.starts (points on selected channels, unit scales, trained mix)
+    saves and loads to the same outputs."""
+    from torchinn.baselines import channel_importance
+    from torchinn.starts import start_partition
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    imodel = inn.convert(net, (torch.randn(2, 8),))
+    imodel.resize(0.5)
+    scores = channel_importance(imodel)
+    for n, p in imodel.partition_map().items():
+        imodel.set_partition(n, start_partition(p, p.size, "l1", scores[n]))
+    with torch.no_grad():
+        next(iter(imodel.partition_map().values())).mix_raw.fill_(0.25)
+    inn.save(imodel, tmp_path / "m.inn")
+    again = inn.load(tmp_path / "m.inn")
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        assert torch.equal(again(x), imodel(x))
+    (p,) = again.partition_map().values()
+    assert float(p.mix.detach()) == 0.25 and p.mix_raw.requires_grad

@@ -296,7 +296,7 @@ class TrainablePartition(Partition):
     def weights(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
         points = self.points(device, dtype)
         q = self.quadrature.weights(points, validate=False)
-        if not self.mix_raw.requires_grad and float(self.mix_raw) >= 1.0:
+        if not self.mix_raw.requires_grad and float(self.mix_raw.detach()) >= 1.0:
             return q
         from .functions import interpolation_taps
 
@@ -342,7 +342,8 @@ class TrainablePartition(Partition):
                 self.mix_raw.data_ptr())
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + (f", mix={float(self.mix):.3g}" if float(self.mix) != 1.0 else "")
+        mix = float(self.mix.detach())
+        return super().extra_repr() + (f", mix={mix:.3g}" if mix != 1.0 else "")
 
 
 class CompositePartition(Partition):

@@ -38,7 +38,8 @@ from torch.utils import _pytree as pytree
 from .graph.groups import ContractionSpec, GroupInfo
 from .integral_model import IntegralModel, _key
 from .partition import FixedPartition, GaussLegendrePartition, Partition, TrainablePartition, UniformPartition
-from .serialize_checks import FormatError, check_meta, check_tensors, target_name
+from .graph.guards import Guard
+from .serialize_checks import FormatError, check_meta, check_tensors, guard_expr, target_name
 from .structured import Atom, StructuredFunction
 
 __all__ = ["save", "load", "FORMAT_VERSION", "FormatError"]
@@ -93,7 +94,7 @@ def graph_to_json(graph: fx.Graph) -> list:
 def _partition_state(p: Partition, prefix: str, tensors: dict[str, Tensor]) -> dict:
     info: dict[str, Any] = {"max_size": p.max_size, "quadrature": p.quadrature.name}
     if isinstance(p, TrainablePartition):
-        info.update(type="trainable", eps=p.eps)
+        info.update(type="trainable", eps=p.eps, mix=float(p.mix_raw.detach()), train_mix=p.mix_raw.requires_grad)
         tensors[prefix + "delta"] = p.delta.detach()
         tensors[prefix + "free"] = p._free.to(torch.uint8)
     elif isinstance(p, FixedPartition):
@@ -118,7 +119,10 @@ def _partition_from(info: dict, prefix: str, tensors: dict[str, Tensor]) -> Part
         delta = tensors[prefix + "delta"]
         free = tensors[prefix + "free"].bool()
         start = UniformPartition(info["max_size"], info["quadrature"], delta.numel() - 1)
-        p = TrainablePartition(start, eps=info["eps"])
+        # the raw mix may sit outside [0, 1] while training (a straight-through clamp): set it after
+        p = TrainablePartition(start, eps=info["eps"], train_mix=info.get("train_mix", False))
+        with torch.no_grad():
+            p.mix_raw.fill_(float(info.get("mix", 1.0)))
         p.delta = nn.Parameter(delta.clone())
         with torch.no_grad():
             p._free.copy_(free)
@@ -181,6 +185,9 @@ def save(imodel: IntegralModel, path: str | os.PathLike) -> None:
         "training": imodel.training,
         "input_shapes": [list(s) if s is not None else None for s in imodel.input_shapes],
         "pinned": imodel.pinned,
+        "input_names": list(getattr(imodel, "input_names", [])),
+        "input_guards": [{"expr": _guard_json(g.expr), "text": g.text, "kind": g.kind}
+                         for g in getattr(imodel, "input_guards", [])],
     }
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     on_meta = [k for k, v in tensors.items() if v.device.type == "meta"]
@@ -250,6 +257,17 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", verify: bo
     return imodel if device.type == "cpu" else imodel.to(device)
 
 
+def _guard_json(expr: Any) -> Any:
+    """A guard expression (nested tuples) as JSON: lists, with non-finite floats tagged."""
+    if isinstance(expr, tuple):
+        return [_guard_json(e) for e in expr]
+    if isinstance(expr, float) and not math.isfinite(expr):
+        return {"f": repr(expr)}
+    if expr is None or isinstance(expr, (bool, int, float, str)):
+        return expr
+    raise TypeError(f"cannot save a guard expression holding {type(expr).__name__}: {expr!r}")
+
+
 def _build(meta: dict, tensors: dict[str, Tensor], in_spec: pytree.TreeSpec, out_spec: pytree.TreeSpec,
            graph: fx.Graph) -> IntegralModel:
     runtime = fx.GraphModule(nn.Module(), graph, class_name="IntegralRuntime")
@@ -281,4 +299,8 @@ def _build(meta: dict, tensors: dict[str, Tensor], in_spec: pytree.TreeSpec, out
                            partitions, contractions, in_spec, out_spec)
     imodel.input_shapes = [tuple(s) if s is not None else None for s in meta.get("input_shapes", [])]
     imodel.pinned = dict(meta.get("pinned", {}))
+    imodel.input_names = list(meta.get("input_names", []))
+    num_inputs = in_spec.num_leaves
+    imodel.input_guards = [Guard(guard_expr(g["expr"], "input_guards", num_inputs), g["text"], g["kind"])
+                           for g in meta.get("input_guards", [])]
     return imodel.train(meta["training"])

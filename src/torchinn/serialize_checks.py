@@ -257,7 +257,7 @@ _MAX_NDIM = 32
 _FLOAT_DTYPES = {"float16", "bfloat16", "float32", "float64"}
 _TOP_REQUIRED = {"format", "version", "graph", "tensor_names", "trainable", "groups", "partitions", "functions",
                  "contractions", "in_spec", "out_spec", "training"}
-_TOP_OPTIONAL = {"torch", "input_shapes", "pinned", "sha256"}
+_TOP_OPTIONAL = {"torch", "input_shapes", "pinned", "sha256", "input_names", "input_guards"}
 _PARTITION_KEYS = {"uniform": {"type", "max_size", "quadrature", "size"},
                    "fixed": {"type", "max_size", "quadrature"},
                    "trainable": {"type", "max_size", "quadrature", "eps"}}
@@ -355,7 +355,7 @@ def _partition(name: str, info: Any, tensors: dict[str, Tensor], budget: int, us
     kind = info.get("type") if isinstance(info, dict) else None
     if not _among(kind, _PARTITION_KEYS):
         raise FormatError(f"{field}.type must be one of {sorted(_PARTITION_KEYS)}, got {kind!r}")
-    _keys(info, field, _PARTITION_KEYS[kind])
+    _keys(info, field, _PARTITION_KEYS[kind], {"mix", "train_mix"} if kind == "trainable" else set())
     max_size = _int(info["max_size"], f"{field}.max_size", 1, budget, _BUDGET)
     if not _among(info["quadrature"], QUADRATURES):
         raise FormatError(f"{field}.quadrature must be one of {sorted(QUADRATURES)}, got {info['quadrature']!r}")
@@ -371,6 +371,10 @@ def _partition(name: str, info: Any, tensors: dict[str, Tensor], budget: int, us
         eps = info["eps"]
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < 1:
             raise FormatError(f"{field}.eps must be a number in [0, 1), got {eps!r}")
+        mix = info.get("mix", 1.0)
+        if isinstance(mix, bool) or not isinstance(mix, (int, float)) or not -1e6 <= mix <= 1e6:
+            raise FormatError(f"{field}.mix must be a finite number (1: quadrature weights, 0: selection), got {mix!r}"[:300])
+        _type(info.get("train_mix", False), f"{field}.train_mix", bool, "true or false")
         delta = _stored(tensors, prefix + "delta", field, 1)
         free = _stored(tensors, prefix + "free", field, 1)
         used.update((prefix + "delta", prefix + "free"))
@@ -539,6 +543,59 @@ def check_meta(meta: Any, tensors: dict[str, Tensor]) -> tuple[pytree.TreeSpec, 
     pinned = _type(meta.get("pinned", {}), "pinned", dict, "an object")
     for k, v in pinned.items():
         _type(v, f"pinned[{k!r}]", str, "a string")
+    input_names = _type(meta.get("input_names", []), "input_names", list, "a list")
+    if len(input_names) > num_inputs:
+        raise FormatError(f"input_names has {len(input_names)} entries for {num_inputs} input(s)")
+    for i, n in enumerate(input_names):
+        _type(n, f"input_names[{i}]", str, "a string")
+        if len(n) > 200:
+            raise FormatError(f"input_names[{i}] is longer than 200 characters")
+    guards = _type(meta.get("input_guards", []), "input_guards", list, "a list")
+    if len(guards) > 1000:
+        raise FormatError(f"input_guards has {len(guards)} entries; at most 1000")
+    for i, g in enumerate(guards):
+        field = f"input_guards[{i}]"
+        _type(g, field, dict, "an object")
+        _keys(g, field, {"expr", "text", "kind"}, set())
+        _type(g["text"], f"{field}.text", str, "a string")
+        if not _among(g["kind"], ("shape", "range", "value")):
+            raise FormatError(f"{field}.kind must be 'shape', 'range' or 'value', got {g['kind']!r}"[:300])
+        guard_expr(g["expr"], f"{field}.expr", num_inputs)
     limits = {"tensors": len(names), "sizes": len(group_names), "scales": len(contractions)}
     graph = graph_from_json(meta["graph"], num_inputs, out_spec.num_leaves, limits)
     return in_spec, out_spec, graph
+
+
+def guard_expr(value: Any, field: str, num_inputs: int, depth: int = 0) -> Any:
+    """A saved guard expression (:mod:`torchinn.graph.guards`) back as a tuple tree: lists
+    ``["dim", i, d]``, ``["input", i]`` and ``[op, *args]`` with ``op`` a known operation;
+    numbers, strings, booleans and null as they are; ``{"f": "inf"}`` for non-finite floats."""
+    from .graph.guards import OPS
+
+    if depth > 32:
+        raise FormatError(f"{field} is nested more than 32 levels deep")
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value
+    if isinstance(value, dict):
+        _keys(value, field, {"f"}, set())
+        if not _among(value["f"], ("inf", "-inf", "nan")):
+            raise FormatError(f"{field}.f must be 'inf', '-inf' or 'nan', got {value['f']!r}"[:300])
+        return float(value["f"])
+    _type(value, field, list, "a list, a number, a string, a boolean or null")
+    if not value:
+        raise FormatError(f"{field} is an empty list")
+    head = value[0]
+    if isinstance(head, str) and head in ("dim", "input"):
+        if len(value) != (3 if head == "dim" else 2):
+            raise FormatError(f"{field}: {head!r} takes {2 if head == 'dim' else 1} argument(s)")
+        _int(value[1], f"{field}[1]", 0, max(0, num_inputs - 1))
+        if head == "dim":
+            _int(value[2], f"{field}[2]", 0, _MAX_NDIM - 1)
+        return tuple(value)
+    if not isinstance(head, str) or head not in OPS:
+        raise FormatError(f"{field}: unknown operation {head!r}; known: {sorted(OPS)}"[:300])
+    if len(value) > 17:
+        raise FormatError(f"{field}: {head!r} has more than 16 arguments")
+    return (head, *(guard_expr(v, f"{field}[{k}]", num_inputs, depth + 1) for k, v in enumerate(value[1:], 1)))
