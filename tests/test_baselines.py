@@ -14,11 +14,11 @@ from zoo import ZOO
 import torchinn as inn
 from torchinn.baselines import (
     channel_importance,
-    finetune,
     prune,
     reconstruct,
     select_channels,
 )
+from torchinn.train import TuneConfig, finetune
 
 FAST = inn.ConvertConfig(permute=False)
 _CONVERTED: dict[str, tuple] = {}
@@ -358,7 +358,11 @@ def test_reconstruct_through_matrix_products_and_skips_transposed_convs():
     assert float((b - y).norm() / y.norm()) > 1e-3
 
 
-# -- fine-tuning ----------------------------------------------------------------------------------
+# -- fine-tuning (torchinn.train.finetune: the loop every baseline and compress share) -----------
+
+def _cfg(steps=None, seconds=None, **kw) -> TuneConfig:
+    return TuneConfig(steps=steps, seconds=seconds, progress=False, **kw)
+
 
 @pytest.fixture
 def student(mlp):
@@ -370,9 +374,9 @@ def test_finetune_lowers_the_loss_on_held_out_inputs(student):
     teacher, pruned, cal, test = student
     before = relative_error(pruned, teacher, test)
     pruned.train()
-    report = finetune(pruned, teacher, cal, steps=300, lr=3e-3)
+    report = finetune(pruned, cal, teacher=teacher, config=_cfg(300, lr_weights=3e-3))
     after = relative_error(pruned, teacher, test)
-    assert report["steps"] == 300 and report["skipped"] == 0
+    assert report["steps"] == 300 and report["skipped_nonfinite"] == 0
     assert report["last_loss"] < 0.3 * report["first_loss"], report
     assert after < 0.6 * before, (before, after)
     assert pruned.training  # its flag is given back
@@ -384,7 +388,7 @@ def test_finetune_leaves_the_teacher_alone(student):
     saved = {n: p.clone() for n, p in teacher.named_parameters()}
     teacher.train()
     try:
-        finetune(pruned, teacher, cal, steps=5)
+        finetune(pruned, cal, teacher=teacher, config=_cfg(5))
         assert teacher.training
         assert all(torch.equal(p, saved[n]) for n, p in teacher.named_parameters())
     finally:
@@ -393,21 +397,21 @@ def test_finetune_leaves_the_teacher_alone(student):
 
 def test_finetune_honours_the_time_budget(student):
     teacher, pruned, cal, _ = student
-    report = finetune(pruned, teacher, cal, seconds=0.4)
+    report = finetune(pruned, cal, teacher=teacher, config=_cfg(seconds=0.4))
     assert 0.4 <= report["seconds"] < 0.4 + 0.25  # one step here is ~1 ms
-    assert report["steps"] > len(cal)  # the 8 batches were cycled
-    report = finetune(pruned, teacher, cal, seconds=30, steps=7)
+    assert report["steps"] > len(cal)  # the batches were cycled
+    report = finetune(pruned, cal, teacher=teacher, config=_cfg(7, 30.0))
     assert report["steps"] == 7 and report["seconds"] < 5
 
 
 def test_finetune_stops_when_a_one_shot_generator_ends(student):
     teacher, pruned, cal, _ = student
-    report = finetune(pruned, teacher, (b for b in cal[:5]), seconds=30)
-    assert report["steps"] == 5 and report["seconds"] < 5
+    report = finetune(pruned, (b for b in cal[:5]), teacher=teacher, config=_cfg(seconds=30.0))
+    assert report["steps"] == 5 and report["seconds"] < 5 and report["stopped"] == "exhausted"
     with pytest.raises(ValueError, match="loader is empty"):
-        finetune(pruned, teacher, iter([]), seconds=1)
+        finetune(pruned, iter([]), teacher=teacher, config=_cfg(seconds=1.0))
     with pytest.raises(ValueError, match="loader is empty"):
-        finetune(pruned, teacher, [], steps=3)
+        finetune(pruned, [], teacher=teacher, config=_cfg(3))
 
 
 def test_finetune_skips_non_finite_losses(student):
@@ -420,20 +424,19 @@ def test_finetune_skips_non_finite_losses(student):
         return loss * float("nan") if len(calls) % 3 == 0 else loss
 
     saved = {n: p.clone() for n, p in pruned.named_parameters()}
-    report = finetune(pruned, teacher, cal, steps=9, loss_fn=sometimes_nan)
-    assert report["skipped"] == 3 and report["steps"] == 6
+    report = finetune(pruned, cal, teacher=teacher, loss_fn=sometimes_nan, config=_cfg(9, holdout=0.0))
+    assert report["skipped_nonfinite"] == 3 and report["steps"] == 9  # steps counts the batches drawn
     assert all(torch.isfinite(p).all() for p in pruned.parameters())
     assert any(not torch.equal(p, saved[n]) for n, p in pruned.named_parameters())
 
 
-def test_finetune_bad_budgets(student):
-    teacher, pruned, cal, _ = student
-    for kwargs, msg in [({}, "set steps, seconds, or both"), ({"steps": 0}, "positive int, got 0"),
-                        ({"steps": 2.5}, "positive int, got 2.5"), ({"seconds": 0}, r"seconds must be > 0, got 0"),
-                        ({"steps": 3, "lr": -1.0}, r"lr must be a finite number > 0, got -1.0"),
-                        ({"seconds": True}, "seconds must be > 0, got True")]:
+def test_finetune_bad_budgets():
+    for kwargs, msg in [({"steps": None, "seconds": None}, "set steps, seconds, or both"),
+                        ({"steps": 0}, "positive int, got 0"), ({"steps": 2.5}, "positive int, got 2.5"),
+                        ({"seconds": 0}, r"seconds must be > 0, got 0"),
+                        ({"steps": 3, "lr_weights": -1.0}, r"learning rates must be > 0")]:
         with pytest.raises(ValueError, match=msg):
-            finetune(pruned, teacher, cal, **kwargs)
+            TuneConfig(**kwargs)
 
 
 @pytest.mark.parametrize("name", ["resnet_bottleneck", "mobilenet_v2", "vit_timm", "densenet"])
@@ -495,24 +498,22 @@ def test_finetune_with_validation_never_ends_worse(student):
         with torch.no_grad():
             return sum(float(F.mse_loss(net(x), teacher(x))) for x in held) / len(held)
 
+    def reset():
+        with torch.no_grad():
+            for n, p in pruned.named_parameters():
+                p.copy_(start[n])
+
     before = val_loss(pruned)
-    plain = finetune(pruned, teacher, cal, steps=60, lr=5.0)  # far too high: it diverges
-    assert val_loss(pruned) > 2 * before, (before, val_loss(pruned), plain)
-    with torch.no_grad():
-        for n, p in pruned.named_parameters():
-            p.copy_(start[n])
-    report = finetune(pruned, teacher, cal, steps=60, lr=5.0, validation=held, check_every=10)
-    assert report["validation_start"] == pytest.approx(before, rel=1e-5)
-    assert report["validation_loss"] <= report["validation_start"]
-    assert val_loss(pruned) == pytest.approx(report["validation_loss"], rel=1e-5)  # the weights it reports
+    report = finetune(pruned, cal, teacher=teacher, validation=held, config=_cfg(60, lr_weights=5.0, eval_every=10))
+    assert report["start_error"] == pytest.approx(before, rel=1e-5)
+    assert report["best_error"] <= report["start_error"]
+    assert val_loss(pruned) == pytest.approx(report["best_error"], rel=1e-5)  # the weights it reports
+    assert report["lr_reductions"] >= 1  # measured: lr 5 makes the held-out loss jump at once
     # a good learning rate: the best state is a late one and the held-out loss falls
-    report = finetune(pruned, teacher, cal, steps=200, lr=3e-3, validation=held, check_every=25)
-    assert report["best_step"] >= 100 and report["validation_loss"] < 0.5 * report["validation_start"], report
-    assert val_loss(pruned) == pytest.approx(report["validation_loss"], rel=1e-5)
-    with pytest.raises(ValueError, match="validation loader is empty"):
-        finetune(pruned, teacher, cal, steps=2, validation=[])
-    with pytest.raises(ValueError, match="check_every must be a positive int, got 0"):
-        finetune(pruned, teacher, cal, steps=2, validation=held, check_every=0)
+    reset()
+    report = finetune(pruned, cal, teacher=teacher, validation=held, config=_cfg(200, lr_weights=3e-3, eval_every=25))
+    assert report["best_step"] >= 100 and report["best_error"] < 0.5 * report["start_error"], report
+    assert val_loss(pruned) == pytest.approx(report["best_error"], rel=1e-5)
 
 
 class HardReshape(nn.Module):

@@ -14,8 +14,9 @@ drop the rest, in every tensor of the group, with no interpolation and no rescal
   then every layer that consumes pruned channels is refit by least squares on calibration
   activations to reproduce the original network's output at that layer (:func:`reconstruct`).
 
-:func:`finetune` trains all the weights of any of them against the original network for a time or
-step budget (the "same seconds of fine-tuning" every method gets in a comparison).
+:func:`torchinn.train.finetune` trains all the weights of any of them against the original network
+for a time or step budget (the "same seconds of fine-tuning" every method gets in a comparison;
+it is the loop :func:`torchinn.compress` tunes its weights with).
 
 >>> import torch, torchinn as inn
 >>> net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
@@ -27,30 +28,27 @@ step budget (the "same seconds of fine-tuning" every method gets in a comparison
 >>> refit = prune(imodel, {"0.weight:0": 8}, "reconstruct", calibration=calibration)
 >>> refit.get_parameter("2.weight").shape  # same shapes, the consumer refit by least squares
 torch.Size([4, 8])
->>> report = finetune(refit, net, calibration, steps=10)
+>>> from torchinn.train import TuneConfig, finetune
+>>> report = finetune(refit, calibration, teacher=net, config=TuneConfig(steps=10, seconds=None, progress=False))
 >>> report["steps"]
 10
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
-from torch import Tensor, fx, nn
-from tqdm.auto import tqdm
+from torch import Tensor, fx
 
 from .integral_model import IntegralModel
 from .refit import refit_consumers
 from .structured import plan_size, take_channels
-from .train import batch_inputs, distillation_loss
 
-__all__ = ["channel_importance", "select_channels", "prune", "reconstruct", "finetune"]
+__all__ = ["channel_importance", "select_channels", "prune", "reconstruct"]
 
 log = logging.getLogger(__name__)
 
@@ -192,165 +190,3 @@ def reconstruct(imodel: IntegralModel, sizes: Mapping[str, int] | None, calibrat
     if report is not None:
         report.update(result)
     return pruned
-
-
-def finetune(model: nn.Module, teacher: nn.Module, loader: Iterable[Any], *, seconds: float | None = None,
-             steps: int | None = None, lr: float = 1e-4,
-             loss_fn: Callable[[Any, Any, Any], Tensor] | None = None,
-             validation: Iterable[Any] | None = None, check_every: int = 50,
-             progress: bool = False) -> dict[str, Any]:
-    """Fine-tune every floating-point parameter of ``model`` in place (Adam, learning rate
-    ``lr``) to reproduce the frozen ``teacher`` on ``loader``'s batches, until ``steps`` batches
-    or ``seconds`` of wall-clock time are spent (at least one must be set; the clock is checked
-    before each step).
-
-    Batches are a tensor of inputs or ``(inputs, labels)`` pairs; a re-iterable loader is cycled,
-    a one-shot iterator (a generator) ends the run when it is exhausted. ``loss_fn(output,
-    batch, teacher_output)`` defaults to :func:`torchinn.train.distillation_loss` (MSE to the
-    teacher's outputs). A batch whose loss is not finite is skipped (no update) and counted.
-    ``model`` runs in eval mode (no dropout; gradients still flow) and gets its training flag
-    and its parameters' ``requires_grad`` back at the end; ``teacher`` is left as it was.
-
-    ``validation`` (batches held out from ``loader``): the mean loss on them is measured before
-    the first step, every ``check_every`` steps and at the end, and ``model`` ends with the best
-    weights measured, so fine-tuning never returns a network worse on them than it started (a
-    learning rate that diverges or overfits costs time, not quality). The measurements count
-    in ``seconds``.
-
-    Returns ``{"steps", "skipped", "seconds", "first_loss", "last_loss"}`` (finite losses only;
-    ``None`` when there were none); with ``validation`` also ``"validation_start"``,
-    ``"validation_loss"`` (of the returned weights) and ``"best_step"`` (the step they come from).
-    """
-    if steps is None and seconds is None:
-        raise ValueError("set steps, seconds, or both")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
-                                or not seconds > 0):
-        raise ValueError(f"seconds must be > 0, got {seconds!r}")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
-        raise ValueError(f"check_every must be a positive int, got {check_every!r}")
-    held = None if validation is None else list(validation)
-    if held is not None and not held:
-        raise ValueError("the validation loader is empty")
-    params = [p for p in model.parameters() if p.is_floating_point()]
-    if not params:
-        raise ValueError(f"{type(model).__name__} has no floating-point parameters to fine-tune")
-    loss_fn = loss_fn or distillation_loss
-    saved = [p.requires_grad for p in params]
-    was_training, teacher_training = model.training, teacher.training
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.Adam(params, lr)
-    model.eval()
-    teacher.eval()
-    start = time.perf_counter()
-    done = skipped = 0
-    first = last = None
-    bar = tqdm(total=steps, desc="fine-tuning", disable=not progress, leave=False)
-    batches = _batches(loader)
-    keeper = _Best(model, teacher, held, loss_fn, params) if held is not None else None
-    try:
-        while steps is None or done + skipped < steps:
-            if seconds is not None and time.perf_counter() - start >= seconds:
-                break
-            batch = next(batches, _END)
-            if batch is _END:
-                break
-            inputs = batch_inputs(batch)
-            with torch.no_grad():
-                target = teacher(*inputs)
-            loss = loss_fn(model(*inputs), batch, target)
-            value = float(loss.detach())
-            bar.update(1)
-            if not math.isfinite(value):
-                skipped += 1
-                continue
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            done += 1
-            last = value
-            first = value if first is None else first
-            bar.set_postfix(loss=f"{value:.4g}")
-            if keeper is not None and done % check_every == 0:
-                keeper.check(done)
-        if keeper is not None:
-            if done % check_every:
-                keeper.check(done)
-            keeper.restore()
-    finally:
-        bar.close()
-        model.train(was_training)
-        teacher.train(teacher_training)
-        for p, r in zip(params, saved):
-            p.requires_grad_(r)
-            p.grad = None
-    if skipped:
-        log.warning("finetune: skipped %d of %d batches with a non-finite loss", skipped, done + skipped)
-    out = {"steps": done, "skipped": skipped, "seconds": time.perf_counter() - start,
-           "first_loss": first, "last_loss": last}
-    if keeper is not None:
-        out.update(validation_start=keeper.start, validation_loss=keeper.best, best_step=keeper.step)
-    return out
-
-
-class _Best:
-    """The best weights of a fine-tuning run on held-out batches (the teacher's outputs cached)."""
-
-    def __init__(self, model: nn.Module, teacher: nn.Module, held: list[Any],
-                 loss_fn: Callable[[Any, Any, Any], Tensor], params: list[Tensor]) -> None:
-        self.model, self.held, self.loss_fn, self.params = model, held, loss_fn, params
-        with torch.no_grad():
-            self.targets = [teacher(*batch_inputs(b)) for b in held]
-        self.start = self.best = self.loss()
-        self.step = 0
-        self.state = [p.detach().clone() for p in params]
-        self.current = True  # the model holds the best weights
-
-    def loss(self) -> float:
-        with torch.no_grad():
-            total = sum(float(self.loss_fn(self.model(*batch_inputs(b)), b, t))
-                        for b, t in zip(self.held, self.targets))
-        return total / len(self.held)
-
-    def check(self, step: int) -> None:
-        value = self.loss()
-        self.current = math.isfinite(value) and (value < self.best or not math.isfinite(self.best))
-        if self.current:
-            self.best, self.step = value, step
-            self.state = [p.detach().clone() for p in self.params]
-
-    def restore(self) -> None:
-        if not self.current:
-            with torch.no_grad():
-                for p, s in zip(self.params, self.state):
-                    p.copy_(s)
-
-
-_END = object()
-
-
-def _batches(loader: Iterable[Any]) -> Any:
-    """The batches of ``loader``: cycled when it can be iterated again, once when it is an iterator."""
-    if iter(loader) is loader:  # a generator or iterator: one pass
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError("the calibration loader is empty")
-        return
-    for epoch in itertools.count():
-        if hasattr(getattr(loader, "sampler", None), "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-        if empty and epoch == 0:
-            raise ValueError("the calibration loader is empty")
-        if empty:
-            return

@@ -138,6 +138,8 @@ def run(params: list[Tensor], optimizer: torch.optim.Optimizer, batches: Batches
             try:
                 batch = next(source)
             except StopIteration:
+                if step == 0:
+                    raise ValueError("the calibration loader is empty") from None
                 stopped = "exhausted"
                 log.info("the calibration iterator was exhausted after %d steps (a one-shot iterator "
                          "cannot be cycled: pass a list or a DataLoader to use the whole budget)", step)

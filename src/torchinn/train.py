@@ -264,24 +264,28 @@ def finetune(model: nn.Module, loader: Iterable[Any], *, teacher: nn.Module,
     """Distil every floating-point parameter of a plain network (``model``, e.g. from
     ``to_discrete()`` or a pruning baseline) towards ``teacher``, in place, with Adam at
     ``config.lr_weights`` for ``config``'s budget; the same loop, validation and guarantees as
-    :func:`tune_grid`. Returns the same report."""
+    :func:`tune_grid`: the returned weights are the best on the validation batches, a step with
+    a non-finite loss is skipped and counted. ``model`` and ``teacher`` get their training
+    flags back, and ``model`` its ``requires_grad`` flags. Returns the same report."""
     config = config or TuneConfig()
-    teacher.eval()
     params = [p for p in model.parameters() if p.is_floating_point()]
     if not params:
         raise ValueError(f"{type(model).__name__} has no floating-point parameters to fine-tune")
     saved = {id(p): p.requires_grad for p in model.parameters()}
     for p in params:
         p.requires_grad_(True)
-    was_training = model.training
+    was_training, teacher_training = model.training, teacher.training
     model.eval()
+    teacher.eval()
     try:
         return _fit(model, model, [{"params": params, "lr": config.lr_weights}], loader, teacher,
                     loss_fn or distillation_loss, config, validation, "tuning weights")
     finally:
         model.train(was_training)
+        teacher.train(teacher_training)
         for p in model.parameters():
             p.requires_grad_(saved.get(id(p), True))
+            p.grad = None
 
 
 def _fit(model: nn.Module, inner: nn.Module, groups: list[dict], loader: Iterable[Any], teacher: nn.Module,
