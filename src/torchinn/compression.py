@@ -142,14 +142,17 @@ def _split(total: TuneConfig, share: float) -> TuneConfig | None:
     return dataclasses.replace(total, steps=steps, seconds=seconds)
 
 
-def _try_reconstruct(imodel: Any, sizes: Mapping[str, int], train_source: Iterable[Any],
+def _try_reconstruct(imodel: Any, sizes: Mapping[str, int], source: Iterable[Any],
                      held_out: Sequence[Any] | None, cal: Sequence[tuple], full: nn.Module, loss: str
                      ) -> tuple[nn.Module | None, dict[str, float]]:
     """The reconstruction baseline at ``sizes`` if it beats ``imodel``'s current partitions on the
     held-out batches (else on ``cal``), else ``None``; and both errors there."""
     from .baselines import reconstruct
 
-    fit = [batch_inputs(b) for b in (train_source[:16] if isinstance(train_source, Sequence) else cal)]
+    # fitted on every calibration batch, the held-out ones included: then it is exactly the
+    # baseline as a user would run it, and the partitions win only where they beat it on data
+    # the refit has seen
+    fit = [batch_inputs(b) for b in (source[:64] if isinstance(source, Sequence) else cal)]
     judge = [batch_inputs(b) for b in held_out] if held_out else list(cal)
     with torch.no_grad():
         ref = [full(*b) for b in judge]
@@ -177,9 +180,9 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
     calibration data). ``sizes`` (group -> size) skips the choice of sizes. ``starts`` limits
     the starting partitions tried (see :mod:`torchinn.starts`); ``reconstruct`` also tries L1
     selection with a least-squares refit of the layers that read pruned channels
-    (:func:`torchinn.baselines.reconstruct`), fitted on the training part of the calibration
-    data, and starts from it when it beats the best partitions on the held-out part (then all
-    the tuning budget goes to the weights). ``model`` is not modified.
+    (:func:`torchinn.baselines.reconstruct`, fitted on the calibration data), and starts from it
+    when it beats the best partitions on the held-out part (then all the tuning budget goes to
+    the weights). ``model`` is not modified.
     """
     if isinstance(example_inputs, Tensor):
         example_inputs = (example_inputs,)
@@ -230,7 +233,7 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
     recon, versus = None, {}
     if reconstruct:
         t0 = time.perf_counter()
-        recon, versus = _try_reconstruct(imodel, chosen, train_source, held_out, cal, full, loss)
+        recon, versus = _try_reconstruct(imodel, chosen, source, held_out, cal, full, loss)
         seconds["reconstruct"] = time.perf_counter() - t0
         if recon is not None:
             starts_used = {n: "reconstruct" for n in starts_used}
