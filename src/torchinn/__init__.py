@@ -6,7 +6,7 @@ plain, smaller ``nn.Module``.
 """
 
 from .functions import ContinuousFunction
-from .model import to_discrete
+from .scratch import to_discrete
 from .convert import ConvertConfig, UnsupportedOpError, convert
 from .integral_model import Group, Groups, IntegralModel
 from .serialize import FormatError, load, save
