@@ -67,7 +67,7 @@ class RandomSizes:
             raise ValueError("the model has no resizable partitions")
         unknown = sorted(set(ranges or {}) - set(self.partitions))
         if unknown:
-            raise KeyError(f"ranges for unknown partition(s) {unknown}; known: {sorted(self.partitions)[:10]}")
+            raise KeyError(f"ranges for unknown group(s) {unknown}; known groups: {sorted(self.partitions)[:10]}")
         self.ranges = dict(ranges or {})
         self.low, self.high, self.distribution = low, high, distribution
         if generator is None:
