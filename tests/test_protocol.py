@@ -181,8 +181,11 @@ def test_a_ratio_leaves_fixed_groups_alone(kind):
     else:
         a.set_partition(second, trained)
     assert inn.resize(a, 0.5) == {first: 6, second: 5}
-    with pytest.raises(ValueError, match=rf"group '{second}' has a TrainablePartition, which has a fixed size"):
+    with pytest.raises(ValueError, match=rf"group '{second}' has a TrainablePartition, which has a fixed size \(5\); got 3"):
         inn.resize(a, {second: 3})
+    # its own size is fine: resize(sizes()) changes nothing for every network
+    assert inn.resize(a, {first: 12, second: 5}) == {first: 12, second: 5}
+    assert inn.resize(a, inn.integral_network(a).sizes()) == {first: 12, second: 5}
 
 
 def test_module_names_find_their_group_in_both_kinds():

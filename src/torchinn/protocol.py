@@ -21,7 +21,9 @@ is found at (``"0.out_partition"``). The four methods, and what they mean for ev
     one ratio in (0, 1] (a ``float``) or one size (an ``int``) for every *resizable* group, or a
     mapping from group name (or the name of the module that produces the group) to a size or a
     ratio. A ratio gives ``round(ratio * max_size)``, moved to the nearest size the group's
-    quadrature allows (Simpson's rule: odd). Every entry is checked before any group changes.
+    quadrature allows (Simpson's rule: odd). A group with a fixed size (a ``FixedPartition``, or a
+    ``TrainablePartition`` after grid tuning) takes only its own size, so ``resize(sizes())``
+    always works and changes nothing. Every entry is checked before any group changes.
     Returns :meth:`sizes` afterwards (every group, not only those given);
 ``to_discrete() -> nn.Module``
     a fresh plain network at the current sizes, with no torchinn object inside; the integral
@@ -82,11 +84,15 @@ def unknown_group(name: object, known: Iterable[str]) -> KeyError:
     return KeyError(f"no group named {name!r}{hint}")
 
 
-def _size_for(name: str, p: Partition, value: object) -> int:
+def _size_for(name: str, p: Partition, value: object) -> int | None:
+    """The size ``value`` asks of group ``name``; ``None`` for a fixed group given its own size."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"size for group {name!r} must be an int or a float ratio, got {value!r}")
     if not p.resizable:
-        raise ValueError(f"group {name!r} has a {type(p).__name__}, which has a fixed size")
+        if isinstance(value, int) and value == p.size:
+            return None
+        raise ValueError(f"group {name!r} has a {type(p).__name__}, which has a fixed size "
+                         f"({p.size}); got {value!r}")
     n = p.max_size
     if isinstance(value, float):
         if not 0.0 < value <= 1.0:
@@ -114,7 +120,8 @@ def plan_sizes(partitions: Mapping[str, Partition], sizes: SizeSpec,
         entries = [(find(name), value) for name, value in sizes.items()]
     else:
         entries = [(name, sizes) for name, p in partitions.items() if p.resizable]
-    return [(partitions[name], _size_for(name, partitions[name], value)) for name, value in entries]
+    plan = [(partitions[name], _size_for(name, partitions[name], value)) for name, value in entries]
+    return [(p, size) for p, size in plan if size is not None]
 
 
 def set_sizes(plan: list[tuple[Partition, int]]) -> None:
