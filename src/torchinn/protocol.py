@@ -54,22 +54,26 @@ SizeSpec = float | int | Mapping[str, float | int]
 
 @runtime_checkable
 class IntegralNetwork(Protocol):
-    """A network whose channel groups can be resized (see the module documentation)."""
+    """A network whose channel groups can be resized: a converted
+    :class:`~torchinn.IntegralModel`, or a module built from ``Integral*`` layers seen through
+    :class:`~torchinn.scratch.ScratchNetwork`. The rules are in :mod:`torchinn.protocol`."""
 
     def partition_map(self) -> dict[str, Partition]:
-        """Every group's partition, by group name."""
+        """Every group's partition (resizable or not), by group name, in a fixed order."""
         ...
 
     def sizes(self) -> dict[str, int]:
-        """Every group's current size, by group name."""
+        """Every group's current size (number of channels), by group name."""
         ...
 
     def resize(self, sizes: SizeSpec) -> dict[str, int]:
-        """Set group sizes; returns every group's size afterwards."""
+        """One ratio (float) or size (int) for every resizable group, or a mapping from group name
+        (or the module producing it) to a size or ratio; all checked before any change. Returns
+        every group's size afterwards."""
         ...
 
     def to_discrete(self) -> nn.Module:
-        """A fresh plain network at the current sizes."""
+        """A fresh plain network at the current sizes, with no torchinn object inside."""
         ...
 
 
