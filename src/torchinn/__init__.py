@@ -6,7 +6,6 @@ plain, smaller ``nn.Module``.
 """
 
 from .functions import ContinuousFunction
-from .model import to_discrete
 from .convert import ConvertConfig, UnsupportedOpError, convert
 from .integral_model import Group, Groups, IntegralModel
 from .serialize import FormatError, load, save
@@ -41,7 +40,10 @@ from .quadrature import (
     integrate,
     register_quadrature,
 )
-from .sizes import RandomSizes, partitions, resize
+from .network import integral_network, partitions, resize, to_discrete
+from .protocol import IntegralNetwork
+from .scratch import ScratchNetwork
+from .sizes import RandomSizes
 
 __version__ = "0.1.0"
 
@@ -72,6 +74,9 @@ __all__ = [
     "FixedPartition",
     "TrainablePartition",
     "CompositePartition",
+    "IntegralNetwork",
+    "ScratchNetwork",
+    "integral_network",
     "RandomSizes",
     "partitions",
     "resize",

@@ -49,7 +49,8 @@ __all__ = [
 
 Channels = int | Partition
 
-#: nn layer type -> integral layer type, used by conversion and by ``to_discrete``.
+#: nn layer type -> its integral twin, filled by :func:`register_layer` (a lookup for users: conversion
+#: works on the traced graph and each layer builds its own plain module in ``to_discrete``; neither reads it).
 LAYERS: dict[type[nn.Module], type[IntegralLayer]] = {}
 
 
@@ -70,10 +71,6 @@ def _max(ch: Channels, what: str) -> int:
     if isinstance(ch, bool) or not isinstance(ch, int) or ch < 1:
         raise ValueError(f"{what} must be a positive int or a Partition, got {ch!r}")
     return ch
-
-
-def _now(ch: Channels) -> int:
-    return ch.size if isinstance(ch, Partition) else ch
 
 
 class IntegralLayer(nn.Module):
@@ -173,8 +170,9 @@ class IntegralLayer(nn.Module):
         params = tuple((t.data_ptr(), t._version) for t in self.parameters())
         return parts + params + (torch.is_grad_enabled(),)
 
-    def weights(self) -> tuple[Tensor, Tensor | None]:
-        """Like :meth:`sample`, but cached in eval mode while nothing needs a gradient."""
+    def sampled(self) -> tuple[Tensor, Tensor | None]:
+        """Like :meth:`sample`, but cached in eval mode while nothing needs a gradient (as
+        :meth:`torchinn.IntegralModel.sampled`)."""
         cacheable = not self.training and not (
             torch.is_grad_enabled() and any(t.requires_grad for t in self.parameters()))
         if not cacheable:
@@ -187,7 +185,7 @@ class IntegralLayer(nn.Module):
         return self._cache[1], self._cache[2]
 
     def forward(self, input: Tensor) -> Tensor:
-        weight, bias = self.weights()
+        weight, bias = self.sampled()
         if input.device != weight.device:
             raise ValueError(
                 f"{type(self).__name__}: input is on {input.device} but the layer's weights are on "
@@ -281,15 +279,6 @@ class IntegralLinear(IntegralLayer):
 
     def extra_repr(self) -> str:
         return f"in, out={self._channels_repr()}, bias={self.bias_fn is not None}, kind={self.kind!r}"
-
-
-def _ntuple(value: Any, n: int, what: str) -> tuple:
-    if isinstance(value, int):
-        return (value,) * n
-    value = tuple(value)
-    if len(value) != n:
-        raise ValueError(f"{what} must be an int or a tuple of {n} ints, got {value}")
-    return value
 
 
 class _IntegralConvNd(IntegralLayer):

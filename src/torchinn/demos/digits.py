@@ -32,7 +32,7 @@ from torch.nn.utils import skip_init
 
 from ..data import Split, load_digits
 from ..layers import IntegralConv2d, IntegralLinear
-from ..model import to_discrete
+from ..network import to_discrete
 from ..partition import UniformPartition
 from ..sizes import RandomSizes, resize
 
