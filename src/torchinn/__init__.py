@@ -9,6 +9,10 @@ from .functions import ContinuousFunction
 from .convert import ConvertConfig, UnsupportedOpError, convert
 from .integral_model import Group, Groups, IntegralModel
 from .serialize import FormatError, load, save
+from .baselines import prune, reconstruct
+from .budget import choose_sizes
+from .compression import CompressReport, compress
+from .train import TuneConfig, finetune, make_grid_trainable, tune_grid
 from .layers import (
     IntegralConv1d,
     IntegralConv2d,
@@ -48,6 +52,17 @@ from .sizes import RandomSizes
 __version__ = "0.1.0"
 
 __all__ = [
+    # post-training compression
+    "compress",
+    "CompressReport",
+    "choose_sizes",
+    "TuneConfig",
+    "tune_grid",
+    "make_grid_trainable",
+    "finetune",
+    "prune",
+    "reconstruct",
+    # the integral network
     "ContinuousFunction",
     "to_discrete",
     "convert",
