@@ -111,7 +111,11 @@ def _finetune_fn() -> Callable[..., Any]:
         return finetune
 
     def call(model, teacher, loader, seconds, lr):
-        return lib(model, teacher, loader, seconds=seconds, lr=lr)
+        try:
+            return lib(model, teacher, loader, seconds=seconds, lr=lr)
+        except TypeError as e:  # its signature is not settled yet: fall back to ours, say so
+            log(f"  torchinn.baselines.finetune({type(model).__name__}, ...) failed ({e}); using real_networks.finetune")
+            return finetune(model, teacher, loader, seconds, lr)
     return call
 
 

@@ -16,6 +16,9 @@ ReLU6, batch norm, no squeeze-excitation), ImageNet-1k classifier, ported to PyT
   calibration crops come only from its training photos. The original scores 100% by definition;
   as a check of the port, it classifies the whole ``chelsea`` photo as a cat (ImageNet 281-285)
   and ``coffee`` as espresso/cup (967/968).
+* ``torchinn.convert``: 16-34 s here (channel permutation of the wide groups), relative error
+  3e-5 (batch norms folded), 24 groups: 32, 16, 96, 24, 144, 144, 40, 240, 240, 80, 480, 480,
+  480, 112, 672, 672, 672, 192, 1152 (x4), 320, 1280 (each residual stream is one group).
 """
 
 from __future__ import annotations

