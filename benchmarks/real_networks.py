@@ -41,12 +41,12 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import torchinn as inn  # noqa: E402
-from torchinn import baselines  # noqa: E402
-from torchinn.budget import choose_sizes, compress  # noqa: E402
-from torchinn.train import TuneConfig, distillation_loss  # noqa: E402
+import realnets
 
-import realnets  # noqa: E402
+import torchinn as inn
+from torchinn import baselines
+from torchinn.budget import choose_sizes, compress
+from torchinn.train import TuneConfig, distillation_loss
 
 
 @dataclass
@@ -131,7 +131,7 @@ def _baselines(imodel: inn.IntegralModel, sizes: dict[str, int], cal: Sequence[t
 
 def run_level(mod: Any, net: nn.Module, imodel: inn.IntegralModel, cal: list[tuple], level: float,
               s: Settings) -> dict[str, Any]:
-    evaluate = lambda m: mod.evaluate(m, quick=s.quick)  # noqa: E731
+    evaluate = lambda m: mod.evaluate(m, quick=s.quick)
     ft = _finetune_fn()
     target = 1.0 - level
     row: dict[str, Any] = {"removed": level}
@@ -221,9 +221,9 @@ def format_tables(res: dict[str, Any]) -> str:
             continue
         extra = f"; bicubic {r['bicubic']:.2f}" if "bicubic" in r else ""
         out += ["", f"### {r['network']} (`{r['package']}`): {r['metric']}",
-                "", f"Original: **{r['original']:.2f}**{extra}; {r['params']:,} parameters; {len(r['groups'])} groups "
-                f"{list(r['groups'].values())}; converted in {r['convert_seconds']:.1f} s, "
-                f"relative error of `to_discrete()` {r['convert_rel_error']:.1e}.", ""]
+                "", (f"Original: **{r['original']:.2f}**{extra}; {r['params']:,} parameters; {len(r['groups'])} groups "
+                     f"{list(r['groups'].values())}; converted in {r['convert_seconds']:.1f} s, "
+                     f"relative error of `to_discrete()` {r['convert_rel_error']:.1e}."), ""]
         has_rec = any("reconstruction" in lv for lv in r["levels"])
         cols = ["removed", "params", "INN resampled", "compress 1 step", f"compress {sec}", "L1", "random"]
         cols += ["reconstruction"] if has_rec else []
@@ -234,7 +234,9 @@ def format_tables(res: dict[str, Any]) -> str:
             untuned = ["inn", "compress_0s", "l1", "random"] + (["reconstruction"] if has_rec else []) + ["l1_uniform"]
             tuned = ["compress", "l1_ft", "random_ft"] + (["reconstruction_ft"] if has_rec else [])
             best0, best1 = max(lv[k] for k in untuned), max(lv[k] for k in tuned)
-            b = lambda k: _mark(lv[k], best0 if k in untuned else best1)  # noqa: E731
+
+            def b(k: str, lv: dict = lv, best0: float = best0, best1: float = best1, untuned: list = untuned) -> str:
+                return _mark(lv[k], best0 if k in untuned else best1)
             cr = lv["compress_report"]
             same = "" if cr["same_sizes"] and lv["compress_0s_report"]["same_sizes"] else " (other sizes!)"
             cells = [f"{lv['removed']:.0%}", f"{lv['params'] / r['params']:.1%}", b("inn"), b("compress_0s"),
@@ -244,8 +246,8 @@ def format_tables(res: dict[str, Any]) -> str:
             cells += [f"{b('l1_uniform')} ({lv['l1_uniform_params'] / r['params']:.1%})",
                       f"{cr['error_before']:.3g} -> {cr['error_after']:.3g}"]
             out.append("| " + " | ".join(cells) + " |")
-    out += ["", "Bold: best without tuning (INN resampled, compress 1 step, cut baselines, L1 uniform) and "
-            f"best with {sec} (compress, fine-tuned baselines), per row."]
+    out += ["", ("Bold: best without tuning (INN resampled, compress 1 step, cut baselines, L1 uniform) and "
+                 f"best with {sec} (compress, fine-tuned baselines), per row.")]
     return "\n".join(out)
 
 

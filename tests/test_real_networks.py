@@ -17,7 +17,7 @@ import torchinn as inn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-import realnets  # noqa: E402
+import realnets
 
 #: quick-setting quality of every original (measured once; tolerance in the test)
 ORIGINAL = {"mnist_cnn": 99.8, "mnist_mlp": 98.6, "waifu2x_photo": 34.31, "waifu2x_photo_denoise": 29.99,
