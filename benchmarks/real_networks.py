@@ -10,9 +10,9 @@ shared by every method:
 * ``torchinn.budget.compress`` with one tuning step ("0 s") and with ``--seconds`` of tuning
   (same target and calibration: it chooses the same sizes, checked and reported);
 * L1-norm and random channel selection (``torchinn.baselines.prune``), and the reconstruction
-  baseline when ``torchinn.baselines`` offers it, as cut and after ``--seconds`` of distillation
-  fine-tuning of all their weights (``torchinn.baselines.finetune`` when it exists, else
-  :func:`finetune` below);
+  baseline (``prune(..., "reconstruct", calibration=...)``) when torchinn has it, as cut and after
+  ``--seconds`` of distillation fine-tuning of all their weights (``torchinn.train.finetune`` when
+  it exists, else :func:`finetune` below);
 * L1 at its own best sizes: one ratio for every layer at no more parameters
   (``choose_sizes(..., method="uniform")``), as cut.
 
@@ -105,26 +105,33 @@ def finetune(model: nn.Module, teacher: nn.Module, loader: Sequence[tuple], seco
 
 
 def _finetune_fn() -> Callable[..., Any]:
-    """``torchinn.baselines.finetune`` when the library has it (another branch adds it), else ours."""
-    lib = getattr(baselines, "finetune", None)
+    """The library's fine-tuning of a plain network when it has one (``torchinn.train.finetune``,
+    added on main for issue 14; called with ``TuneConfig(seconds=..., lr_weights=...)``), else
+    :func:`finetune` above."""
+    from torchinn import train
+
+    lib = getattr(train, "finetune", None) or getattr(baselines, "finetune", None)
     if lib is None:
         return finetune
 
     def call(model, teacher, loader, seconds, lr):
         try:
-            return lib(model, teacher, loader, seconds=seconds, lr=lr)
-        except TypeError as e:  # its signature is not settled yet: fall back to ours, say so
-            log(f"  torchinn.baselines.finetune({type(model).__name__}, ...) failed ({e}); using real_networks.finetune")
+            config = TuneConfig(seconds=seconds, steps=None, lr_weights=lr, progress=False)
+        except TypeError as e:  # a TuneConfig without lr_weights: not the API this was written for
+            log(f"  TuneConfig has no lr_weights ({e}); using real_networks.finetune")
             return finetune(model, teacher, loader, seconds, lr)
+        return lib(model, loader, teacher=teacher, config=config)
     return call
 
 
 def _baselines(imodel: inn.IntegralModel, sizes: dict[str, int], cal: Sequence[tuple]) -> dict[str, nn.Module]:
-    """The selection baselines at ``sizes``: L1, random, and reconstruction if available."""
+    """The selection baselines at ``sizes``: L1, random, and reconstruction (channel selection and
+    a least-squares refit of the consuming layers, ``prune(..., "reconstruct", calibration=...)``)
+    when the library has it."""
     out = {m: baselines.prune(imodel, sizes, m).eval() for m in ("l1", "random")}
-    try:  # the reconstruction baseline of issue 14, item 6 (another branch): signature not fixed yet
-        out["reconstruction"] = baselines.prune(imodel, sizes, "reconstruction", calibration=cal).eval()
-    except (ValueError, TypeError, NotImplementedError) as e:
+    try:
+        out["reconstruction"] = baselines.prune(imodel, sizes, "reconstruct", calibration=cal).eval()
+    except (ValueError, TypeError) as e:  # not on this version of torchinn
         log(f"  reconstruction baseline not available ({type(e).__name__}: {str(e)[:80]})")
     return out
 
