@@ -7,14 +7,16 @@ every level (fraction of the parameters REMOVED), the sizes are chosen ONCE with
 shared by every method:
 
 * INN resampled at those sizes (no tuning);
-* ``torchinn.budget.compress`` with one tuning step ("0 s") and with ``--seconds`` of tuning
-  (same target and calibration: it chooses the same sizes, checked and reported);
-* L1-norm and random channel selection (``torchinn.baselines.prune``), and the reconstruction
-  baseline (``prune(..., "reconstruct", calibration=...)``) when torchinn has it, as cut and after
-  ``--seconds`` of distillation fine-tuning of all their weights (``torchinn.train.finetune`` when
-  it exists, else :func:`finetune` below);
-* L1 at its own best sizes: one ratio for every layer at no more parameters
-  (``choose_sizes(..., method="uniform")``), as cut.
+* ``torchinn.compress`` at those sizes (``sizes=``) without tuning (``tune=False``: it still
+  chooses its starting point on the calibration data) and with ``--seconds`` of tuning;
+* L1-norm and random channel selection and the reconstruction baseline (L1 selection and a
+  least-squares refit of the consuming layers; ``torchinn.prune(imodel, sizes, method)``), as cut
+  and after ``--seconds`` of fine-tuning of all their weights with ``torchinn.finetune``: the
+  same loop, loss (KL for class logits, else MSE), held-out batches and learning rate that
+  ``compress`` tunes its weights with;
+* at the baselines' own best sizes, one ratio for every layer at no more parameters
+  (``choose_sizes(method="uniform")``): L1 and reconstruction as cut, and ``compress`` free to
+  choose its sizes (``sizes=None``), without tuning.
 
 Quality is each network's own metric on held-out data (accuracy %, agreement % or Y-PSNR dB;
 higher is better). Prints a markdown table per network.
@@ -32,7 +34,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -44,9 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import realnets
 
 import torchinn as inn
-from torchinn import baselines
-from torchinn.budget import choose_sizes, compress
-from torchinn.train import TuneConfig, distillation_loss
+from torchinn.train import LOSSES, loss_kind
 
 
 @dataclass
@@ -79,72 +79,20 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def finetune(model: nn.Module, teacher: nn.Module, loader: Sequence[tuple], seconds: float,
-             lr: float = 1e-4) -> dict[str, Any]:
-    """Adam on every weight of ``model`` (in place) for ``seconds``, distilling ``teacher``'s
-    outputs (mean squared error) on ``loader``'s batches, cycled; time checked before each step."""
-    for p in model.parameters():
-        p.requires_grad_(True)
-    opt = torch.optim.Adam(model.parameters(), lr)
-    model.eval()  # batch norm statistics stay those of the original, as in grid tuning
-    start, step, first, last = time.perf_counter(), 0, None, None
-    while time.perf_counter() - start < seconds:
-        batch = loader[step % len(loader)]
-        with torch.no_grad():
-            target = teacher(*batch)
-        loss = distillation_loss(model(*batch), batch, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        last = float(loss.detach())
-        first = last if first is None else first
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return {"steps": step, "seconds": time.perf_counter() - start, "first_loss": first, "last_loss": last}
-
-
-def _finetune_fn() -> Callable[..., Any]:
-    """The library's fine-tuning of a plain network when it has one (``torchinn.train.finetune``,
-    added on main for issue 14; called with ``TuneConfig(seconds=..., lr_weights=...)``), else
-    :func:`finetune` above."""
-    from torchinn import train
-
-    lib = getattr(train, "finetune", None) or getattr(baselines, "finetune", None)
-    if lib is None:
-        return finetune
-
-    def call(model, teacher, loader, seconds, lr):
-        try:
-            config = TuneConfig(seconds=seconds, steps=None, lr_weights=lr, progress=False)
-        except TypeError as e:  # a TuneConfig without lr_weights: not the API this was written for
-            log(f"  TuneConfig has no lr_weights ({e}); using real_networks.finetune")
-            return finetune(model, teacher, loader, seconds, lr)
-        return lib(model, loader, teacher=teacher, config=config)
-    return call
-
-
-def _baselines(imodel: inn.IntegralModel, sizes: dict[str, int], cal: Sequence[tuple]) -> dict[str, nn.Module]:
-    """The selection baselines at ``sizes``: L1, random, and reconstruction (channel selection and
-    a least-squares refit of the consuming layers, ``prune(..., "reconstruct", calibration=...)``)
-    when the library has it."""
-    out = {m: baselines.prune(imodel, sizes, m).eval() for m in ("l1", "random")}
-    try:
-        out["reconstruction"] = baselines.prune(imodel, sizes, "reconstruct", calibration=cal).eval()
-    except (ValueError, TypeError) as e:  # not on this version of torchinn
-        log(f"  reconstruction baseline not available ({type(e).__name__}: {str(e)[:80]})")
-    return out
+def _tune(s: "Settings") -> inn.TuneConfig:
+    return inn.TuneConfig(seconds=s.seconds, lr_weights=s.ft_lr, progress=False)
 
 
 def run_level(mod: Any, net: nn.Module, imodel: inn.IntegralModel, cal: list[tuple], level: float,
               s: Settings) -> dict[str, Any]:
     evaluate = lambda m: mod.evaluate(m, quick=s.quick)
-    ft = _finetune_fn()
     target = 1.0 - level
-    row: dict[str, Any] = {"removed": level}
+    with torch.no_grad():
+        loss = loss_kind(net(*cal[0]))
+    row: dict[str, Any] = {"removed": level, "loss": loss}
     t0 = time.perf_counter()
-    sizes = choose_sizes(imodel, target, "params", calibration=cal, batches=s.sens_batches)
-    uniform = choose_sizes(imodel, target, "params", method="uniform")
+    sizes = inn.choose_sizes(imodel, target, "params", calibration=cal, batches=s.sens_batches)
+    uniform = inn.choose_sizes(imodel, target, "params", method="uniform")
     row["choose_seconds"] = time.perf_counter() - t0
     row["sizes"], row["uniform_sizes"] = sizes, uniform
     m = copy.deepcopy(imodel)
@@ -152,22 +100,30 @@ def run_level(mod: Any, net: nn.Module, imodel: inn.IntegralModel, cal: list[tup
     resampled = m.to_discrete().eval()
     row["params"] = n_params(resampled)
     row["inn"] = evaluate(resampled)
-    for key, tune in (("compress_0s", TuneConfig(steps=1, seconds=None, progress=False)),
-                      ("compress", TuneConfig(seconds=s.seconds, progress=False))):
-        small, rep = compress(net, mod.example_inputs(), target, "params", calibration=cal, tune=tune)
+    runs = (("compress_0s", False, sizes), ("compress", _tune(s), sizes), ("compress_free_0s", False, None))
+    for key, tune, given in runs:
+        t0 = time.perf_counter()
+        small, rep = inn.compress(net, mod.example_inputs(), target, "params", calibration=cal, tune=tune,
+                                  sizes=given)
         row[key] = evaluate(small)
-        row[key + "_report"] = {"steps": rep.tuning.get("steps"), "error_before": rep.error_before_tuning,
-                                "error_after": rep.error_after_tuning, "params": rep.params_after,
-                                "same_sizes": {n: a for n, (_, a) in rep.sizes.items()} == sizes,
-                                "seconds": rep.seconds}
-    for name, pruned in _baselines(imodel, sizes, cal).items():
+        row[key + "_report"] = {"steps": rep.tuning.get("steps", 0), "error_before": rep.error_before_tuning,
+                                "error_after": rep.error_after_tuning, "params": n_params(small),
+                                "start": sorted(set(rep.starts.values())), "sizes_method": rep.sizes_method,
+                                "stages": {k: {"steps": v["steps"], "start": v["start_error"], "best": v["best_error"]}
+                                           for k, v in rep.stages.items()},
+                                "seconds": rep.seconds, "wall": time.perf_counter() - t0}
+    for name, method in (("l1", "l1"), ("random", "random"), ("reconstruction", "reconstruct")):
+        pruned = inn.prune(imodel, sizes, method, calibration=cal).eval()
         row[name] = evaluate(pruned)
-        row[name + "_ft_report"] = ft(pruned, net, cal, s.seconds, s.ft_lr)
+        t0 = time.perf_counter()
+        report = inn.finetune(pruned, cal, teacher=net, config=_tune(s), loss_fn=LOSSES[loss])
+        row[name + "_ft_report"] = dict(report, wall=time.perf_counter() - t0)
         row[name + "_ft"] = evaluate(pruned)
-    l1u = baselines.prune(imodel, uniform, "l1").eval()
-    row["l1_uniform"], row["l1_uniform_params"] = evaluate(l1u), n_params(l1u)
+    for name, method in (("l1_uniform", "l1"), ("reconstruction_uniform", "reconstruct")):
+        pruned = inn.prune(imodel, uniform, method, calibration=cal).eval()
+        row[name], row[name + "_params"] = evaluate(pruned), n_params(pruned)
     log(f"  {level:.0%} removed: " + json.dumps({k: v for k, v in row.items() if "report" not in k and "sizes" not in k},
-                                               default=lambda v: round(v, 3)))
+                                               default=lambda v: round(v, 3) if isinstance(v, float) else str(v)))
     return row
 
 
@@ -219,8 +175,8 @@ def format_tables(res: dict[str, Any]) -> str:
     s = res["settings"]
     sec = f"{s['seconds']:g} s"
     out = [f"Machine: {res['machine']} (before) / load average {res['machine_after'].rsplit(' ', 1)[-1]} (after); "
-           f"torch.set_num_threads({s['threads']}); {s['calib']} calibration examples; "
-           f"fine-tuning: Adam lr {s['ft_lr']:g}, distillation (MSE on outputs) of all weights."
+           f"torch.set_num_threads({s['threads']}); {s['calib']} calibration examples; tuning and fine-tuning: "
+           f"{sec} each, weights at Adam lr {s['ft_lr']:g}, distillation (KL for class logits, else MSE)."
            + (" QUICK setting (small evaluation sets)." if s["quick"] else "")]
     for r in res["networks"]:
         if "skipped" in r:
@@ -231,30 +187,35 @@ def format_tables(res: dict[str, Any]) -> str:
                 "", (f"Original: **{r['original']:.2f}**{extra}; {r['params']:,} parameters; {len(r['groups'])} groups "
                      f"{list(r['groups'].values())}; converted in {r['convert_seconds']:.1f} s, "
                      f"relative error of `to_discrete()` {r['convert_rel_error']:.1e}."), ""]
-        has_rec = any("reconstruction" in lv for lv in r["levels"])
-        cols = ["removed", "params", "INN resampled", "compress 1 step", f"compress {sec}", "L1", "random"]
-        cols += ["reconstruction"] if has_rec else []
-        cols += [f"L1 + FT {sec}", f"random + FT {sec}"] + ([f"reconstruction + FT {sec}"] if has_rec else [])
-        cols += ["L1 uniform ratio (params)", "compress rel. error before -> after tuning"]
+        cols = ["removed", "params", "INN resampled", "compress 0 s", "L1", "random", "reconstruction",
+                f"compress {sec}", f"L1 + FT {sec}", f"random + FT {sec}", f"reconstruction + FT {sec}",
+                "one ratio: L1 / reconstruction / compress 0 s (params)", "compress start, stages"]
         out += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for lv in r["levels"]:
-            untuned = ["inn", "compress_0s", "l1", "random"] + (["reconstruction"] if has_rec else []) + ["l1_uniform"]
-            tuned = ["compress", "l1_ft", "random_ft"] + (["reconstruction_ft"] if has_rec else [])
-            best0, best1 = max(lv[k] for k in untuned), max(lv[k] for k in tuned)
+            untuned = ["compress_0s", "l1", "random", "reconstruction"]
+            tuned = ["compress", "l1_ft", "random_ft", "reconstruction_ft"]
+            own = ["l1_uniform", "reconstruction_uniform", "compress_free_0s"]
+            best0, best1, best2 = (max(lv[k] for k in ks) for ks in (untuned, tuned, own))
 
-            def b(k: str, lv: dict = lv, best0: float = best0, best1: float = best1, untuned: list = untuned) -> str:
-                return _mark(lv[k], best0 if k in untuned else best1)
+            def b(k: str, lv: dict = lv) -> str:
+                best = best0 if k in untuned else best1 if k in tuned else best2 if k in own else float("inf")
+                return _mark(lv[k], best)
             cr = lv["compress_report"]
-            same = "" if cr["same_sizes"] and lv["compress_0s_report"]["same_sizes"] else " (other sizes!)"
+            stages = ", ".join(f"{k} {v['steps']} steps {v['start']:.3g} -> {v['best']:.3g}"
+                               for k, v in cr["stages"].items())
             cells = [f"{lv['removed']:.0%}", f"{lv['params'] / r['params']:.1%}", b("inn"), b("compress_0s"),
-                     f"{b('compress')} ({cr['steps']} steps){same}", b("l1"), b("random")]
-            cells += [b("reconstruction")] if has_rec else []
+                     b("l1"), b("random"), b("reconstruction"),
+                     f"{b('compress')} ({cr['steps']} steps, {cr['wall']:.0f} s in all)"]
             cells += [f"{b(k)} ({lv[k + '_report']['steps']} steps)" for k in tuned[1:]]
-            cells += [f"{b('l1_uniform')} ({lv['l1_uniform_params'] / r['params']:.1%})",
-                      f"{cr['error_before']:.3g} -> {cr['error_after']:.3g}"]
+            cells += [f"{b('l1_uniform')} / {b('reconstruction_uniform')} / {b('compress_free_0s')} "
+                      f"({lv['l1_uniform_params'] / r['params']:.1%})",
+                      f"{'+'.join(cr['start'])}; {stages}"]
             out.append("| " + " | ".join(cells) + " |")
-    out += ["", ("Bold: best without tuning (INN resampled, compress 1 step, cut baselines, L1 uniform) and "
-                 f"best with {sec} (compress, fine-tuned baselines), per row.")]
+    out += ["", ("Bold: best per row among the untuned networks at the shared sizes (compress 0 s and the cut "
+                 f"baselines), among the tuned ones ({sec}), and among the networks at their own sizes. "
+                 "'compress start' is where compress started from (partitions of torchinn.starts, or the "
+                 "reconstruction when it won on held-out calibration batches); each stage's error is on those "
+                 "held-out batches, at its start and as returned.")]
     return "\n".join(out)
 
 

@@ -94,10 +94,14 @@ def test_benchmark_quick_runs_every_method():
         (lv,) = r["levels"]
         assert lv["params"] <= 0.5 * r["params"] * 1.001          # the shared sizes meet the target
         assert lv["l1_uniform_params"] <= 0.5 * r["params"] * 1.001
-        for key in ("inn", "compress_0s", "compress", "l1", "random", "l1_ft", "random_ft", "l1_uniform"):
+        for key in ("inn", "compress_0s", "compress", "compress_free_0s", "l1", "random", "reconstruction", "l1_ft",
+                    "random_ft", "reconstruction_ft", "l1_uniform", "reconstruction_uniform"):
             assert math.isfinite(lv[key]), key
             assert lv[key] <= r["original"] + (0.5 if "PSNR" in r["metric"] else 5.0), key
         assert lv["l1_ft_report"]["steps"] >= 1 and lv["compress_report"]["steps"] >= 1
+        assert lv["compress_0s_report"]["steps"] == 0  # tune=False
+        for stage in lv["compress_report"]["stages"].values():  # tuning never ends worse than it started
+            assert stage["best"] <= stage["start"]
     mlp = res["networks"][0]["levels"][0]
     assert mlp["l1"] > 90.0            # L1 selection keeps a half-width MLP working on real digits
 
