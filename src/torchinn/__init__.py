@@ -8,6 +8,7 @@ plain, smaller ``nn.Module``.
 from .functions import ContinuousFunction
 from .model import to_discrete
 from .convert import ConvertConfig, UnsupportedOpError, convert
+from .graph import register_op
 from .integral_model import Group, Groups, IntegralModel
 from .serialize import FormatError, load, save
 from .layers import (
@@ -51,6 +52,7 @@ __all__ = [
     "convert",
     "ConvertConfig",
     "UnsupportedOpError",
+    "register_op",
     "IntegralModel",
     "Group",
     "Groups",

@@ -197,7 +197,7 @@ def _problems(an, config: ConvertConfig) -> None:
             f"torchinn cannot follow channels through {len(an.problems)} operation(s):\n{lines}\n"
             "Keep the channels around them discrete with ConvertConfig(keep_discrete=[<module names>]) "
             "or ConvertConfig(unsupported='keep'), or register a handler with "
-            "torchinn.graph.register_op.")
+            "torchinn.register_op.")
     log.warning("keeping channels at full size around unsupported operations:\n%s", lines)
 
 
