@@ -44,7 +44,6 @@ from .tsp import Solver, default_time_limit, greedy_path, path_length, solve_pat
 
 __all__ = [
     "Member",
-    "Solver",
     "total_variation",
     "distance_matrix",
     "path_length",

@@ -28,7 +28,6 @@ from torch import Tensor
 
 __all__ = [
     "SOLVERS",
-    "Solver",
     "register_solver",
     "check_solver",
     "path_length",

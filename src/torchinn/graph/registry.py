@@ -60,7 +60,7 @@ def register_op(*targets: Any, view: ViewRule | None = None,
 
     Targets may be ``torch.ops.aten.x`` packets (all overloads), single overloads (which win over
     their packet) or Python callables. An op that already has a handler is an error unless
-    ``override=True``. ``view``: the op is view-like (see the module docstring); ``view(node, d)``
+    ``override=True``. ``view``: the op is view-like (see :mod:`torchinn.graph.registry`); ``view(node, d)``
     is the input dimension that output dimension ``d`` shows.
     """
     if not targets:
