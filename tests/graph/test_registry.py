@@ -13,8 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from torch import nn
 
 import torchinn as inn
@@ -159,19 +157,20 @@ def test_a_transposed_weight_is_still_the_weight() -> None:
     assert not an.contractions
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.sampled_from(sorted({op.overloadpacket.__name__ for op in (
-    getattr(getattr(aten, n), o) for n in dir(aten) if hasattr(getattr(aten, n), "overloads")
-    for o in getattr(aten, n).overloads()) if torch.Tag.pointwise in op.tags})))
-def test_every_pointwise_op_and_its_in_place_variant_have_a_handler(name) -> None:
-    packet = getattr(aten, name)
-    for o in packet.overloads():
-        op = getattr(packet, o)
-        if torch.Tag.pointwise in op.tags:
+def test_every_pointwise_op_and_its_in_place_variant_have_a_handler() -> None:
+    checked = 0
+    for name in dir(aten):
+        packet = getattr(aten, name)
+        for o in getattr(packet, "overloads", list)():
+            op = getattr(packet, o)
+            if torch.Tag.pointwise not in op.tags:
+                continue
             assert handler(op) is not None, op
             inplace = getattr(getattr(aten, name + "_", None), o, None)
             if inplace is not None and torch.Tag.inplace in inplace.tags:
                 assert is_pointwise(inplace) and handler(inplace) is not None, inplace
+                checked += 1
+    assert checked > 100  # relu_, sigmoid_, add_ ... (about 150 in torch 2.13)
 
 
 def test_pointwise_rule_marks_only_pointwise_ops() -> None:
