@@ -278,6 +278,21 @@ def resize_one_bad_entry() -> None:
             raise AssertionError(f"a bad entry left other groups resized: {m.sizes()}")
 
 
+
+def unknown_tsp_solver() -> None:
+    inn.ConvertConfig(tsp_solver="2opt")
+
+
+def second_op_handler() -> None:
+    @inn.register_op(torch.ops.aten.linear)  # a built-in handler exists: needs override=True
+    def mine(an, node):
+        return None
+
+
+def register_a_non_op() -> None:
+    inn.register_op("relu")
+
+
 # (what, how it is triggered, the exception, a regex of its message)
 CASES: list[tuple[str, Callable, type[BaseException], str]] = [
     ("NaN or Inf weights", nan_weights, ValueError, r"'0\.weight' has 1 NaN/Inf values"),
@@ -339,6 +354,12 @@ CASES: list[tuple[str, Callable, type[BaseException], str]] = [
      r"batch norm '1' has 1 negative running_var value\(s\) \(min -1\)"),
     ("a resize mapping with one bad entry", resize_one_bad_entry, ValueError,
      r"group '2\.weight:0' has 6 channels; size must be in \[1, 6\], got 0"),
+    ("an unknown TSP solver", unknown_tsp_solver, ValueError,
+     r"tsp_solver must be one of the registered TSP solvers \['fast_tsp', 'local'\], got '2opt'"),
+    ("a second handler for an op without override=True", second_op_handler, ValueError,
+     r"op aten\.linear already has a handler \(torchinn\.graph\.linear_ops\._linear\); pass override=True"),
+    ("register_op on something that is not an op", register_a_non_op, TypeError,
+     r"register_op needs ops such as torch\.ops\.aten\.relu .*got 'relu' of type str"),
 ]
 
 

@@ -7,6 +7,7 @@ plain, smaller ``nn.Module``.
 
 from .functions import ContinuousFunction
 from .convert import ConvertConfig, UnsupportedOpError, convert
+from .graph import register_op
 from .integral_model import Group, Groups, IntegralModel
 from .serialize import FormatError, load, save
 from .baselines import prune, reconstruct
@@ -68,6 +69,7 @@ __all__ = [
     "convert",
     "ConvertConfig",
     "UnsupportedOpError",
+    "register_op",
     "IntegralModel",
     "Group",
     "Groups",

@@ -38,6 +38,7 @@ from .integral_model import IntegralModel
 from .partition import UniformPartition
 from .quadrature import QUADRATURES
 from .structured import DimPlan, StructuredFunction
+from .tsp import check_solver
 
 __all__ = ["ConvertConfig", "convert", "UnsupportedOpError"]
 
@@ -59,8 +60,9 @@ class ConvertConfig:
         permute: reorder each group's channels to minimise total variation (TSP), so the weights
             are smooth along channels; the network computes exactly the same function.
         tsp_time_limit: cap on the seconds of TSP search per group (``None``: scaled with size).
-        tsp_solver: ``"local"`` (2-opt/Or-opt, reproducible from ``seed``) or ``"fast_tsp"``
-            (slightly shorter paths, not reproducible: the package has no seed).
+        tsp_solver: ``"local"`` (2-opt/Or-opt, reproducible from ``seed``), ``"fast_tsp"``
+            (slightly shorter paths, not reproducible: the package has no seed), or a solver
+            added with :func:`torchinn.tsp.register_solver`.
         seed: seed of the TSP search.
         fuse_batch_norm: fold batch norms into the conv/linear before them (exact in eval mode).
         keep_discrete: tensor or module names (prefixes) whose channels must not change.
@@ -75,7 +77,7 @@ class ConvertConfig:
     kind: Kind = "cubic"
     permute: bool = True
     tsp_time_limit: float | None = None
-    tsp_solver: Literal["local", "fast_tsp"] = "local"
+    tsp_solver: str = "local"
     seed: int = 0
     fuse_batch_norm: bool = True
     keep_discrete: Sequence[str] = field(default_factory=tuple)
@@ -90,8 +92,7 @@ class ConvertConfig:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.unsupported not in ("error", "keep"):
             raise ValueError(f"unsupported must be 'error' or 'keep', got {self.unsupported!r}")
-        if self.tsp_solver not in ("local", "fast_tsp"):
-            raise ValueError(f"tsp_solver must be 'local' or 'fast_tsp', got {self.tsp_solver!r}")
+        check_solver(self.tsp_solver, "tsp_solver")
         if self.tsp_time_limit is not None and not self.tsp_time_limit > 0:
             raise ValueError(f"tsp_time_limit must be > 0 seconds, got {self.tsp_time_limit}")
         if isinstance(self.keep_discrete, str):
@@ -197,7 +198,7 @@ def _problems(an, config: ConvertConfig) -> None:
             f"torchinn cannot follow channels through {len(an.problems)} operation(s):\n{lines}\n"
             "Keep the channels around them discrete with ConvertConfig(keep_discrete=[<module names>]) "
             "or ConvertConfig(unsupported='keep'), or register a handler with "
-            "torchinn.graph.register_op.")
+            "torchinn.register_op.")
     log.warning("keeping channels at full size around unsupported operations:\n%s", lines)
 
 

@@ -15,7 +15,8 @@ an order is the length of the corresponding path, so the best order is the short
   :func:`path_length` and :func:`default_time_limit`) finds a short path: the exact optimum for
   tiny groups, otherwise a deterministic 2-opt + Or-opt local search (default,
   bit-reproducible), or the ``fast_tsp`` solver (better paths in the same time, but not
-  reproducible: it has no seed, see :mod:`torchinn.tsp`);
+  reproducible: it has no seed, see :mod:`torchinn.tsp`), or one added with
+  :func:`torchinn.tsp.register_solver`;
 * :func:`order_channels` does both for one group; :func:`apply_permutation` applies the result.
 
 Every result is at least as good as the identity order: the total variation never increases.
@@ -43,7 +44,6 @@ from .tsp import Solver, default_time_limit, greedy_path, path_length, solve_pat
 
 __all__ = [
     "Member",
-    "Solver",
     "total_variation",
     "distance_matrix",
     "path_length",

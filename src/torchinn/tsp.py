@@ -2,10 +2,10 @@
 
 :mod:`torchinn.permute` turns a channel group into a symmetric distance matrix ``D`` whose path
 lengths are total variations; this module finds a short open Hamiltonian path through ``D``.
-:func:`solve_path` gives the exact optimum for tiny groups (Held-Karp), otherwise a
-deterministic 2-opt + Or-opt local search (default, bit-reproducible) or the ``fast_tsp``
-solver; :func:`greedy_path` is the nearest-neighbour baseline and :func:`path_length` measures
-an order.
+:func:`solve_path` gives the exact optimum for tiny groups (Held-Karp), otherwise the solver
+named by ``solver``: the deterministic 2-opt + Or-opt local search ``"local"`` (default,
+bit-reproducible) or ``"fast_tsp"``; more can be added with :func:`register_solver`.
+:func:`greedy_path` is the nearest-neighbour baseline and :func:`path_length` measures an order.
 
 ``fast_tsp`` (MIT) reads ``uint16`` distances and runs an Or-opt/Lin-Kernighan search for a
 wall-clock budget. Its random generator (the Rust ``fastrand`` crate's global one) seeds itself
@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
-    "Solver",
+    "SOLVERS",
+    "register_solver",
+    "check_solver",
     "path_length",
     "greedy_path",
     "solve_path",
@@ -37,7 +38,45 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Solver = Literal["local", "fast_tsp"]
+Solver = str
+"""A solver's name in :data:`SOLVERS` (``"local"``, ``"fast_tsp"``, or one registered)."""
+
+SolverFn = Callable[[np.ndarray, int, "float | None"], np.ndarray]
+
+SOLVERS: dict[str, SolverFn] = {}
+"""name -> ``solve(D, seed, time_limit) -> path``, see :func:`register_solver`."""
+
+
+def register_solver(name: str, *, override: bool = False) -> Callable[[SolverFn], SolverFn]:
+    """Decorator: make ``solve(D, seed, time_limit)`` available as ``solver=name`` (in
+    :func:`solve_path`, :func:`torchinn.permute.order_channels` and ``ConvertConfig.tsp_solver``).
+
+    ``D`` is a symmetric float64 NumPy matrix of more than 10 rows (smaller groups are solved
+    exactly), ``seed`` an int, ``time_limit`` seconds or None (the solver's default). ``solve``
+    returns an order of ``range(len(D))`` as an int64 array; :func:`solve_path` orients it and
+    keeps the identity unless the order is strictly shorter. A name already taken is an error
+    unless ``override=True``.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a solver name must be a non-empty str, got {name!r}")
+    if name in SOLVERS and not override:
+        raise ValueError(f"a TSP solver named {name!r} is already registered; pass override=True "
+                         "to replace it")
+
+    def deco(fn: SolverFn) -> SolverFn:
+        if not callable(fn):
+            raise TypeError(f"register_solver decorates a function (D, seed, time_limit) -> path, got {fn!r}")
+        SOLVERS[name] = fn
+        return fn
+
+    return deco
+
+
+def check_solver(solver: object, what: str = "solver") -> None:
+    """Raise ``ValueError`` unless ``solver`` names a registered solver."""
+    if not isinstance(solver, str) or solver not in SOLVERS:
+        raise ValueError(f"{what} must be one of the registered TSP solvers {sorted(SOLVERS)}, got {solver!r} "
+                         "(add one with torchinn.tsp.register_solver)")
 
 EXACT_MAX = 10
 """Groups of at most this many channels are solved exactly (Held-Karp dynamic programming)."""
@@ -276,6 +315,16 @@ def _local(D: np.ndarray, seed: int, deadline: float | None) -> tuple[np.ndarray
     return search.run(_greedy(D, start)), search.timed_out
 
 
+@register_solver("local")
+def _local_solver(D: np.ndarray, seed: int, time_limit: float | None) -> np.ndarray:
+    deadline = None if time_limit is None else time.perf_counter() + time_limit
+    path, timed_out = _local(D, seed, deadline)
+    if timed_out:
+        log.warning("local TSP search on %d channels stopped at its time limit (%.3g s); "
+                    "the order depends on timing and may differ between runs", len(D), time_limit)
+    return path
+
+
 def _integer_matrix(D: np.ndarray) -> np.ndarray:
     """``D`` as fast_tsp needs it: integers in [0, 65535], plus a dummy node for open paths.
 
@@ -297,7 +346,9 @@ def _integer_matrix(D: np.ndarray) -> np.ndarray:
     return S
 
 
-def _fast_tsp(D: np.ndarray, time_limit: float) -> np.ndarray:
+@register_solver("fast_tsp")
+def _fast_tsp(D: np.ndarray, seed: int, time_limit: float | None) -> np.ndarray:
+    """No seed: the package seeds itself (see the module docstring)."""
     try:
         import fast_tsp
     except ImportError as e:
@@ -305,9 +356,20 @@ def _fast_tsp(D: np.ndarray, time_limit: float) -> np.ndarray:
                           "solver='local' needs nothing more") from e
 
     n = len(D)
+    if time_limit is None:
+        time_limit = default_time_limit(n)
     tour = fast_tsp.find_tour(_integer_matrix(D), duration_seconds=max(time_limit, 1e-3))
     k = tour.index(n)
     return np.array(tour[k + 1:] + tour[:k], dtype=np.int64)
+
+
+def _checked_path(path: object, n: int, solver: str) -> np.ndarray:
+    """A solver's answer as an int64 array, if it is an order of ``range(n)``."""
+    p = np.asarray(path)
+    if p.shape != (n,) or not np.issubdtype(p.dtype, np.integer) or not np.array_equal(np.sort(p), np.arange(n)):
+        raise ValueError(f"TSP solver {solver!r} must return an order of the {n} channels (a permutation "
+                         f"of 0..{n - 1}), got shape {p.shape} and dtype {p.dtype}")
+    return p.astype(np.int64)
 
 
 def default_time_limit(n: int) -> float:
@@ -332,6 +394,7 @@ def solve_path(D: Tensor, *, seed: int = 0, time_limit: float | None = None,
     * ``solver="fast_tsp"``: the ``fast_tsp`` package's iterated local search for ``time_limit``
       seconds (default :func:`default_time_limit`). Shorter paths, but it has no seed: results
       differ from run to run (and ``seed`` is not used).
+    * any other name added with :func:`register_solver`.
 
     The path is oriented so that its first node is smaller than its last. The identity order is
     returned unless the path found is strictly shorter, so the result is never longer.
@@ -342,8 +405,7 @@ def solve_path(D: Tensor, *, seed: int = 0, time_limit: float | None = None,
     [0, 2, 4, 3, 1]
     """
     n = _check_square(D)
-    if solver not in ("local", "fast_tsp"):
-        raise ValueError(f"solver must be 'local' or 'fast_tsp', got {solver!r}")
+    check_solver(solver)
     if time_limit is not None and not time_limit > 0:
         raise ValueError(f"time_limit must be > 0 seconds or None, got {time_limit}")
     identity = torch.arange(n, device=D.device)
@@ -357,14 +419,8 @@ def solve_path(D: Tensor, *, seed: int = 0, time_limit: float | None = None,
         raise ValueError(f"distance matrix must be symmetric; |D - D.T| is up to {asym:.3g}")
     if n <= EXACT_MAX:
         path = _exact(d)
-    elif solver == "fast_tsp":
-        path = _fast_tsp(d, time_limit if time_limit is not None else default_time_limit(n))
     else:
-        deadline = None if time_limit is None else time.perf_counter() + time_limit
-        path, timed_out = _local(d, seed, deadline)
-        if timed_out:
-            log.warning("local TSP search on %d channels stopped at its time limit (%.3g s); "
-                        "the order depends on timing and may differ between runs", n, time_limit)
+        path = _checked_path(SOLVERS[solver](d, seed, time_limit), n, solver)
     if path[0] > path[-1]:
         path = path[::-1].copy()
     length = float(d[path[:-1], path[1:]].sum())

@@ -2,8 +2,9 @@
 
 :func:`analyse` walks the graph once in order and gives every tensor dimension a structure (see
 :mod:`.labels`). What each operation does to channels is said by a handler registered for it
-with :func:`register_op`; a handler unifies the dimensions that must match, splits or pins axes,
-and returns the structures of the operation's outputs. It also records:
+with :func:`~.registry.register_op` (see :mod:`.registry`); a handler unifies the dimensions
+that must match, splits or pins axes, and returns the structures of the operation's outputs.
+It also records:
 
 * which parameter dimensions are *integrated* (a conv's or linear's input channels): their
   quadrature weights are fused into the sampled tensor;
@@ -28,28 +29,13 @@ import torch
 from torch import fx
 
 from .labels import Axes, Fixed, LabelError, Prod, Struct, Var  # noqa: F401
+from .registry import OPS, handler, register_op, view_rule
 from .trace import Traced, node_location
 
 __all__ = ["Analysis", "Contraction", "Problem", "analyse", "register_op", "OPS"]
 
 Label = Any  # list[Struct] for a tensor, a list of labels for a tuple/list, None otherwise
-Handler = Callable[["Analysis", fx.Node], Label]
 Rewrite = Callable[[Any, fx.Node, tuple, dict], tuple[tuple, dict]]
-
-#: op (an OpOverload, an OpOverloadPacket or a Python callable) -> handler
-OPS: dict[Any, Handler] = {}
-
-
-def register_op(*targets: Any) -> Callable[[Handler], Handler]:
-    """Decorator: ``handler(analysis, node) -> output label`` for the given ops. Targets may be
-    ``torch.ops.aten.x`` packets (all overloads) or single overloads."""
-
-    def deco(fn: Handler) -> Handler:
-        for t in targets:
-            OPS[t] = fn
-        return fn
-
-    return deco
 
 
 @dataclass
@@ -102,7 +88,6 @@ class Analysis:
         self.contractions: list[Contraction] = []
         self.rewrites: dict[fx.Node, Rewrite] = {}
         self.problems: list[Problem] = []
-        self.pinned_notes: list[str] = []
 
     # -- labels ------------------------------------------------------------------------------
     def label(self, arg: Any) -> Label:
@@ -205,39 +190,16 @@ class Analysis:
             if node in self.traced.source:
                 return self.traced.source[node], dim, path
             path.append(node)
-            t = node.target
-            packet = getattr(t, "overloadpacket", None)
-            if t is operator.getitem:
-                parent = node.args[0]
-                if not isinstance(parent, fx.Node) or getattr(parent.target, "overloadpacket", None) not in (
-                        torch.ops.aten.chunk, torch.ops.aten.split, torch.ops.aten.split_with_sizes):
+            if node.target is operator.getitem:  # a piece of a split: the split's rule follows
+                node = node.args[0]
+                if not isinstance(node, fx.Node) or node.op != "call_function":
                     return None
-                node = parent
-                path.append(parent)
-                node = parent.args[0]
-                continue
-            if packet in (torch.ops.aten.contiguous, torch.ops.aten.clone, torch.ops.aten.alias,
-                          torch.ops.aten.detach, torch.ops.aten._to_copy, torch.ops.aten.to):
-                node = node.args[0]
-                continue
-            if packet is torch.ops.aten.t:
-                dim = 1 - (dim % 2)
-                node = node.args[0]
-                continue
-            if packet is torch.ops.aten.transpose:
-                val = node.meta.get("val")
-                nd = val.ndim if isinstance(val, torch.Tensor) else 0
-                d0, d1 = node.args[1] % nd, node.args[2] % nd
-                dim = dim % nd
-                dim = d1 if dim == d0 else d0 if dim == d1 else dim
-                node = node.args[0]
-                continue
-            if packet is torch.ops.aten.permute:
-                perm = list(node.args[1])
-                dim = perm[dim % len(perm)] % len(perm)
-                node = node.args[0]
-                continue
-            return None
+                path.append(node)
+            rule = view_rule(node.target)
+            if rule is None or not node.args:
+                return None
+            dim = rule(node, dim)
+            node = node.args[0]
         return None
 
     def integrate(self, node: fx.Node, weight_arg: int, dim: int, input_arg: int, input_dim: int) -> None:
@@ -278,20 +240,11 @@ def _op_name(node: fx.Node) -> str:
     return str(getattr(t, "__name__", t)) if not hasattr(t, "overloadpacket") else str(t)
 
 
-def _handler(target: Any) -> Handler | None:
-    if target in OPS:
-        return OPS[target]
-    packet = getattr(target, "overloadpacket", None)
-    return OPS.get(packet) if packet is not None else None
-
-
 def analyse(traced: Traced, keep: Iterable[str] = ()) -> Analysis:
     """Run every handler over ``traced.graph`` and resolve what must stay at full size.
 
     ``keep``: tensor names (or prefixes: module names) whose every dimension stays discrete.
     """
-    from . import linear_ops, ops, shape_ops  # noqa: F401 - register the handlers
-
     an = Analysis(traced)
     keep = tuple(keep)
     for node in traced.graph.nodes:
@@ -308,11 +261,11 @@ def analyse(traced: Traced, keep: Iterable[str] = ()) -> Analysis:
                 an.labels[node] = ([Fixed(n, f"network input '{node.name}' (dim {i})") for i, n in enumerate(shape)]
                                    if shape is not None else None)
         elif node.op == "call_function":
-            handler = _handler(node.target)
-            if handler is None:
+            fn = handler(node.target)
+            if fn is None:
                 an.labels[node] = an.unsupported(node, "no torchinn handler for this op")
             else:
-                an.labels[node] = handler(an, node)
+                an.labels[node] = fn(an, node)
         elif node.op == "output":
             for k, arg in enumerate(_node_args(node)):
                 lab = an.label(arg)
@@ -325,8 +278,4 @@ def analyse(traced: Traced, keep: Iterable[str] = ()) -> Analysis:
         else:
             an.labels[node] = an.unsupported(node, f"graph node of kind {node.op}")
     return an
-
-
-def describe(an: Analysis, lab: Label) -> str:
-    return repr([an.resolve(s) for s in _flat(lab)])
 

@@ -16,19 +16,14 @@ import operator
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-import torch
 from torch import fx
 
 from ..structured import Atom, DimPlan
 from .analysis import Analysis, Contraction
 from .labels import Cat, Fixed, Prod, Struct, Var
-
-aten = torch.ops.aten
+from .registry import view_rule
 
 __all__ = ["GroupInfo", "ContractionSpec", "Plan", "finalize"]
-
-_PASS = {aten.contiguous, aten.clone, aten.alias, aten.detach, aten._to_copy, aten.to, aten.t,
-         aten.transpose, aten.permute, aten.chunk, aten.split, aten.split_with_sizes}
 
 
 @dataclass
@@ -63,8 +58,7 @@ def _terminal_users(node: fx.Node) -> set[fx.Node]:
     while stack:
         n = stack.pop()
         for u in n.users:
-            packet = getattr(u.target, "overloadpacket", None)
-            if packet in _PASS or u.target is operator.getitem:
+            if u.target is operator.getitem or view_rule(u.target) is not None:
                 stack.append(u)
             else:
                 out.add(u)

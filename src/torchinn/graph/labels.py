@@ -235,10 +235,6 @@ class Axes:
                 out.extend(self.reasons(p))
         return list(dict.fromkeys(out))
 
-    def describe(self, s: Struct) -> str:
-        s = self.resolve(s)
-        return repr(s)
-
 
 def _normal(s: Prod | Cat) -> Struct:
     """Flatten nested products/concatenations, merge neighbouring fixed parts, drop size-1

@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from torch import fx
 
-from .analysis import Analysis, Label, register_op
+from .analysis import Analysis, Label
 from .labels import Fixed, Prod, Struct
 from .ops import _arg, _lab
+from .registry import register_op
 
 aten = torch.ops.aten
 

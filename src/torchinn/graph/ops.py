@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch import fx
 
-from .analysis import Analysis, Label, hint, register_op
+from .analysis import Analysis, Label, hint
 from .labels import Fixed, Prod, Struct
+from .registry import register_op, same_dim
 
 aten = torch.ops.aten
 
@@ -42,33 +43,28 @@ def _arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
 
 
 # -- pass-through and elementwise -----------------------------------------------------------
+# Every op that ``torch.Tag.pointwise`` marks (and its in-place variant) is elementwise with
+# broadcasting without being listed (see :mod:`.registry`); here are the ones the tag misses.
+
+_VIEWS = _packets("contiguous", "clone", "alias", "detach", "_to_copy", "to")
+"""Same values, same dimensions: parameters are followed through them (see :mod:`.registry`)."""
 
 _IDENTITY = _packets(
-    "clone", "contiguous", "alias", "detach", "_to_copy", "to", "type_as", "lift_fresh_copy",
-    "dropout", "dropout_", "feature_dropout", "alpha_dropout", "feature_alpha_dropout",
-    "relu", "relu_", "relu6", "gelu", "gelu_", "silu", "silu_", "sigmoid", "sigmoid_", "tanh",
-    "tanh_", "hardtanh", "hardtanh_", "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_",
-    "elu", "elu_", "leaky_relu", "leaky_relu_", "selu", "celu", "softplus", "mish", "mish_",
-    "neg", "abs", "exp", "exp_", "log", "sqrt", "rsqrt", "square", "sin", "cos", "erf",
-    "reciprocal", "sign", "logical_not", "bitwise_not", "clamp", "clamp_", "clamp_min",
-    "clamp_max", "zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like",
-    "log_sigmoid", "logit", "round", "floor", "ceil", "trunc", "frac", "nan_to_num", "threshold",
-    "isnan", "isinf", "isfinite", "bitwise_not", "fill", "fill_",
+    "type_as", "lift_fresh_copy", "dropout", "dropout_", "feature_dropout", "alpha_dropout",
+    "feature_alpha_dropout", "hardswish", "hardswish_", "log_sigmoid", "zeros_like", "ones_like",
+    "full_like", "empty_like", "rand_like", "randn_like", "fill", "fill_",
 )
 
 
-@register_op(*_IDENTITY)
 def _identity(an: Analysis, node: fx.Node) -> Label:
     lab = an.tensor_label(node.args[0])
     return list(lab) if lab is not None else an.fixed_label(node.meta.get("val"))
 
 
-_BROADCAST = _packets(
-    "add", "add_", "sub", "sub_", "rsub", "mul", "mul_", "div", "div_", "pow", "maximum",
-    "minimum", "where", "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or",
-    "logical_xor", "bitwise_and", "bitwise_or", "addcmul", "addcdiv", "lerp", "masked_fill",
-    "masked_fill_", "fmod", "remainder", "floor_divide", "copy_", "copy", "atan2", "hypot", "xlogy",
-)
+register_op(*_VIEWS, view=same_dim)(_identity)
+register_op(*_IDENTITY)(_identity)
+
+_BROADCAST = _packets("rsub", "where", "masked_fill", "masked_fill_", "floor_divide", "copy_", "copy")
 
 
 @register_op(*_BROADCAST)
@@ -192,15 +188,16 @@ def _group_norm(an: Analysis, node: fx.Node) -> Label:
 
 # -- reductions and softmax -------------------------------------------------------------------
 
-def _reduce(an: Analysis, node: fx.Node, kind: str) -> Label:
+def _reduce(an: Analysis, node: fx.Node, kind: str, dim_at: int = 1) -> Label:
+    """A reduction whose ``dim`` is argument ``dim_at`` and ``keepdim`` the next one."""
     x = _lab(an, node, 0)
-    dims = _arg(node, 1, "dim")
+    dims = _arg(node, dim_at, "dim")
     if dims is None or dims == []:
         dims = list(range(len(x)))
     if isinstance(dims, int):
         dims = [dims]
     dims = [d % len(x) for d in dims] if x else []
-    keep = bool(_arg(node, 2, "keepdim", False))
+    keep = bool(_arg(node, dim_at + 1, "keepdim", False))
     for d in dims:
         if not an.has_var(an.resolve(x[d])):
             continue
@@ -241,14 +238,33 @@ def _max(an: Analysis, node: fx.Node) -> Label:
     return [out, list(out)]
 
 
-@register_op(*_packets("argmax", "argmin", "logsumexp", "prod", "cumsum", "cumprod",
-                      "linalg_vector_norm", "norm", "all", "any", "sort", "topk", "argsort"))
+@register_op(*_packets("argmax", "argmin", "logsumexp", "prod", "all", "any"))
 def _reduce_pin(an: Analysis, node: fx.Node) -> Label:
-    x = _lab(an, node, 0)
-    if node.target.overloadpacket in (aten.cumsum, aten.cumprod):
-        an.pin(x[node.args[1] % len(x)], node, f"{node.target} along channels")
-        return list(x)
     return _reduce(an, node, "pin")
+
+
+@register_op(aten.linalg_vector_norm, aten.norm)
+def _norm(an: Analysis, node: fx.Node) -> Label:
+    # (self, ord / p, dim, keepdim): the order comes before the dims
+    return _reduce(an, node, "pin", dim_at=2)
+
+
+@register_op(aten.cumsum, aten.cumprod, aten.sort, aten.argsort, aten.topk)
+def _along(an: Analysis, node: fx.Node) -> Label:
+    """Ops that keep every dimension but mix (or reorder) the values along one."""
+    x = _lab(an, node, 0)
+    packet = node.target.overloadpacket
+    dim_at = 2 if packet is aten.topk else 1
+    d = _arg(node, dim_at, "dim", -1 if packet in (aten.sort, aten.argsort, aten.topk) else None)
+    d %= len(x)
+    an.pin(x[d], node, f"{node.target} along channels")
+    val = node.meta.get("val")
+
+    def out(v: torch.Tensor) -> list[Struct]:  # topk keeps k of the values
+        n = hint(v.shape[d])
+        return [s if i != d or an.size(s) == n else Fixed(n) for i, s in enumerate(x)]
+
+    return [out(v) for v in val] if isinstance(val, (list, tuple)) else out(val)
 
 
 @register_op(aten.softmax, aten._softmax, aten.log_softmax, aten._log_softmax)

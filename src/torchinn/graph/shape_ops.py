@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch import fx
 
-from .analysis import Analysis, Label, hint, register_op
+from .analysis import Analysis, Label, hint
 from .labels import Cat, Fixed, Prod, Struct, Var  # noqa: F401
+from .registry import register_op, same_dim
 
 aten = torch.ops.aten
 
@@ -140,13 +141,34 @@ def _unflatten(an: Analysis, node: fx.Node) -> Label:
 
 # -- permutations and size-1 dims --------------------------------------------------------------
 
-@register_op(aten.permute)
+def _ndim(node: fx.Node) -> int:
+    val = node.meta.get("val")
+    return val.ndim if isinstance(val, torch.Tensor) else 0
+
+
+def _permute_dim(node: fx.Node, dim: int) -> int:
+    perm = list(node.args[1])
+    return perm[dim % len(perm)] % len(perm)
+
+
+def _transpose_dim(node: fx.Node, dim: int) -> int:
+    nd = _ndim(node)
+    d0, d1, dim = node.args[1] % nd, node.args[2] % nd, dim % nd
+    return d1 if dim == d0 else d0 if dim == d1 else dim
+
+
+def _reversed_dim(node: fx.Node, dim: int) -> int:
+    nd = _ndim(node)
+    return nd - 1 - dim % nd
+
+
+@register_op(aten.permute, view=_permute_dim)
 def _permute(an: Analysis, node: fx.Node) -> Label:
     x = _lab(an, node)
     return [x[d % len(x)] for d in node.args[1]]
 
 
-@register_op(aten.transpose, aten.swapaxes, aten.swapdims)
+@register_op(aten.transpose, aten.swapaxes, aten.swapdims, view=_transpose_dim)
 def _transpose(an: Analysis, node: fx.Node) -> Label:
     x = list(_lab(an, node))
     if not x:
@@ -156,7 +178,7 @@ def _transpose(an: Analysis, node: fx.Node) -> Label:
     return x
 
 
-@register_op(aten.t, aten.numpy_T)
+@register_op(aten.t, aten.numpy_T, view=_reversed_dim)
 def _t(an: Analysis, node: fx.Node) -> Label:
     return list(reversed(_lab(an, node)))
 
@@ -314,7 +336,8 @@ def _split_rewrite(an: Analysis, node: fx.Node, x: Struct, pieces: list[Struct],
     an.rewrites[node] = rewrite
 
 
-@register_op(aten.split, aten.split_with_sizes, aten.chunk, aten.tensor_split)
+@register_op(aten.tensor_split)
+@register_op(aten.split, aten.split_with_sizes, aten.chunk, view=same_dim)
 def _split(an: Analysis, node: fx.Node) -> Label:
     x = _lab(an, node)
     val = node.meta.get("val")
@@ -439,7 +462,6 @@ def _index(an: Analysis, node: fx.Node) -> Label:
     if any(an.has_var(an.resolve(s)) for s in x):
         return an.unsupported(node, "advanced indexing of a tensor with channels")
     return an.fixed_label(node.meta.get("val"))
-
 
 
 @register_op(aten.expand_as)

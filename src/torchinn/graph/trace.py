@@ -103,17 +103,30 @@ def _quiet() -> Iterator[io.StringIO]:
             lg.setLevel(level)
 
 
+def _fresh(args: tuple) -> tuple:
+    """Copies of the tensors in ``args``: ``torch.export`` remembers on a tensor which of its
+    dimensions were dynamic, so a static retry on the same tensors would trace them dynamic again
+    (and the user's tensors are left as they were)."""
+    def copy_(x: Any) -> Any:
+        if not isinstance(x, Tensor):
+            return x
+        y = x.detach().clone()
+        return y.requires_grad_(x.requires_grad) if x.requires_grad and y.is_floating_point() else y
+    return pytree.tree_map(copy_, args)
+
+
 def _export(model: nn.Module, args: tuple) -> tuple[ExportedProgram, bool]:
     doubled = _doubled_batch(args)
-    attempts = ([doubled] if doubled is not None else []) + [args]
+    attempts = ([(doubled, True)] if doubled is not None else []) + [(args, False)]
     last_error: Exception | None = None
-    for example in attempts:
+    for example, is_doubled in attempts:
         for dynamic in (True, False):
+            fresh = _fresh(example)
             with _quiet() as stderr:
                 try:
                     return torch.export.export(
-                        model, example, dynamic_shapes=_dynamic_shapes(example) if dynamic else None
-                    ), example is doubled
+                        model, fresh, dynamic_shapes=_dynamic_shapes(fresh) if dynamic else None
+                    ), is_doubled
                 except Exception as err:  # noqa: BLE001 - retried with fewer dynamic dims, then reported
                     last_error = err
             log.debug("export attempt failed (dynamic=%s): %s\n%s", dynamic, last_error, stderr.getvalue())

@@ -1,0 +1,71 @@
+"""torchinn.graph.trace: a model that torch.export cannot trace with dynamic shapes is traced
+again with static ones, and a channel shuffle converts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.fx.experimental.symbolic_shapes import is_concrete_int
+
+from torchinn.graph.trace import trace
+
+from .helpers import check_converts
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    b, c, h, w = x.size()
+    x = x.view(b, groups, c // groups, h, w)
+    return torch.transpose(x, 1, 2).contiguous().view(b, -1, h, w)
+
+
+class Shuffle(nn.Module):
+    """1x1 conv, channel shuffle, depthwise conv, 1x1 conv (a grouped conv after the shuffle
+    would pin the channels: its groups and the shuffled order cannot shrink together)."""
+
+    def __init__(self, groups: int = 2, shuffle_input: bool = False) -> None:
+        super().__init__()
+        self.groups, self.shuffle_input = groups, shuffle_input
+        self.a = nn.Conv2d(4, 8, 1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.b = nn.Conv2d(8, 6, 1)
+
+    def forward(self, x):
+        if self.shuffle_input:
+            x = channel_shuffle(x, self.groups)
+        return self.b(self.dw(channel_shuffle(torch.relu(self.a(x)), self.groups)))
+
+
+@pytest.mark.parametrize("shuffle_input,batch,groups", [(False, 2, 2), (True, 1, 2), (False, 1, 4)])
+def test_channel_shuffle_converts(shuffle_input, batch, groups) -> None:
+    torch.manual_seed(0)
+    imodel = check_converts(Shuffle(groups, shuffle_input), torch.randn(batch, 4, 6, 6), 0.5)
+    # 8 channels viewed as (groups, 8 // groups): the inner axis is the group, each of its
+    # channels kept or dropped in all the outer blocks together
+    assert {n: g.max_size for n, g in imodel.groups.items()} == {"a.weight:0": 8 // groups}
+    assert imodel.sizes() == {"a.weight:0": 4 // groups}
+
+
+class StaticOnly(nn.Module):
+    """Refuses symbolic sizes: torch.export fails with dynamic shapes, succeeds with static ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        if not is_concrete_int(x.shape[-1]):
+            raise RuntimeError("this model needs static sizes")
+        return self.b(self.a(x))
+
+
+def test_export_retries_with_static_shapes() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 5)
+    traced = trace(StaticOnly(), (x,))
+    (inp,) = traced.inputs
+    assert all(is_concrete_int(d) for d in inp.meta["val"].shape)
+    imodel = check_converts(StaticOnly(), x, 0.5)
+    assert imodel.input_shapes == [(2, 3, 5, 5)]
+    with pytest.raises(ValueError, match=r"converted for inputs of shape \(2, 3, 5, 5\)"):
+        imodel(torch.randn(2, 3, 6, 6))
