@@ -105,6 +105,13 @@ def target_out_of_range() -> None:
     choose_sizes(converted(), 1.5)
 
 
+def unreachable_latency_target() -> None:
+    from torchinn.budget import choose_sizes
+
+    m = converted()
+    choose_sizes(m, 0.01, "latency", example_inputs=(X,), method="uniform")
+
+
 def empty_calibration() -> None:
     m = converted()
     m.resize(0.5)
@@ -313,6 +320,9 @@ CASES: list[tuple[str, Callable, type[BaseException], str]] = [
     ("an unknown group name", unknown_group, KeyError, r"no group named '0\.wieght:0'; did you mean \['0\.weight:0'\]"),
     ("a budget target outside (0, 1)", target_out_of_range, ValueError, r"must be in \(0, 1\), got 1\.5"),
     ("an empty calibration loader", empty_calibration, ValueError, r"the calibration loader is empty"),
+    ("a budget the network cannot reach", unreachable_latency_target, ValueError,
+     r"cannot reach the target: .* the network still has [0-9.e+]+ FLOPs > [0-9.e+]+ FLOPs \(latency is budgeted "
+     r"through the FLOPs it is measured to follow\)"),
     ("tuning a model that was not converted", not_converted, TypeError, r"expected an IntegralModel"),
     ("Simpson's rule on groups of even size", even_simpson, ValueError, r"Simpson's rule needs an odd number"),
     ("a partition size above its maximum", layer_bad_size, ValueError,
@@ -403,6 +413,17 @@ def test_16_bit_calibration_images_are_scaled(tmp_path: Path) -> None:
     Image.fromarray(np.full((8, 8), 60000, np.uint16)).save(tmp_path / "b.png")
     (x,) = load_images(str(tmp_path), (2, 1, 8, 8))
     assert torch.allclose(x[:, 0, 0, 0], torch.tensor([1000 / 65535, 60000 / 65535]), atol=1e-6)
+
+
+def test_nan_batch_and_one_shot_iterator_in_tuning() -> None:
+    m = converted()
+    m.resize(0.5)
+    bad = X.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    report = tune_grid(m, [X, bad], validation=[X], config=TuneConfig(steps=4, seconds=None, progress=False))
+    assert report["skipped_nonfinite"] == 2 and all(torch.isfinite(p).all() for p in m.parameters())
+    report = tune_grid(m, (x for x in [X, X, X]), config=TuneConfig(steps=None, seconds=60.0, progress=False))
+    assert report["steps"] == 3 and report["stopped"] == "exhausted" and report["seconds"] < 30
 
 
 def test_docs_page_lists_every_case() -> None:
