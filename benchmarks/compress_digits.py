@@ -54,8 +54,8 @@ from torch import Tensor, nn
 import torchinn as inn
 from torchinn.baselines import prune
 from torchinn.budget import choose_sizes
-from torchinn.data import load_digits
-from torchinn.demos.digits import DemoConfig, _augment, accuracy
+from torchinn_demo.data import load_digits
+from torchinn_demo.digits import DemoConfig, _augment, accuracy
 from torchinn.train import TuneConfig, distillation_loss, tune_grid
 
 #: rows of the accuracy table, in order (key, label)

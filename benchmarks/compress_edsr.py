@@ -1,6 +1,6 @@
 """Compress the shipped EDSR x2 inside its residual blocks: INN grid tuning vs L1 and random pruning.
 
-The EDSR of :mod:`torchinn.sr` (``src/torchinn/checkpoints/edsr_x2.safetensors``, trained by
+The EDSR of :mod:`torchinn_demo.sr` (``src/torchinn_demo/checkpoints/edsr_x2.safetensors``, trained by
 ``benchmarks/train_edsr.py``) is converted with ``inn.convert``. As in the blog post, only the
 groups produced by each residual block's *first* convolution (its inner channels) shrink; the
 residual stream, the head, the upsampler and the tail keep their size. For 25%, 50% and 75% of the
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import torchinn as inn
-from torchinn import sr
+from torchinn_demo import sr
 from torchinn.baselines import prune
 from torchinn.budget import count_flops
 from torchinn.train import TuneConfig, distillation_loss, tune_grid

@@ -1,9 +1,9 @@
-"""Train the EDSR x2 shipped with torchinn (src/torchinn/checkpoints/edsr_x2.safetensors).
+"""Train the EDSR x2 shipped with torchinn (src/torchinn_demo/checkpoints/edsr_x2.safetensors).
 
     python benchmarks/train_edsr.py                       # the shipped checkpoint (seeded)
     python benchmarks/train_edsr.py --steps 50 --out /tmp/e.safetensors   # a smoke run
 
-Random 32x32 low-res patches (64x64 high-res) of the training photos of :mod:`torchinn.sr`,
+Random 32x32 low-res patches (64x64 high-res) of the training photos of :mod:`torchinn_demo.sr`,
 bicubic degradation, flips/rotations, L1 loss, Adam with a linear warm-up and a cosine decay.
 The held-out photos are used once, at the end, to report PSNR/SSIM against bicubic upscaling
 (they never choose anything). Training time, the machine and the held-out numbers are written
@@ -22,7 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from torchinn import sr
+from torchinn_demo import sr
 
 
 def main(argv: list[str] | None = None) -> dict:

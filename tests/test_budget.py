@@ -12,7 +12,7 @@ from torch import nn
 import torchinn as inn
 from torchinn.budget import choose_sizes, compress, count_flops, measure_latency
 from torchinn.train import TuneConfig
-from zoo import ZOO
+from torchinn_demo.zoo import ZOO
 
 FAST = inn.ConvertConfig(permute=False)
 _CONVERTED: dict[str, tuple] = {}

@@ -33,7 +33,7 @@ import torch
 from torch.export import Dim
 
 import torchinn as inn
-from zoo import ZOO
+from torchinn_demo.zoo import ZOO
 
 MODELS = ["resnet_basic", "mobilenet_v2", "vit_timm", "edsr", "unet"]
 # jit.trace bakes the batch size into these graphs' reshape/expand arguments (see the docstring)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 import torchinn as inn
 from torchinn.train import TuneConfig, tune_grid
-from zoo import ZOO
+from torchinn_demo.zoo import ZOO
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ pytest.importorskip("sklearn")
 
 from skimage.metrics import structural_similarity  # noqa: E402
 
-from torchinn import sr  # noqa: E402
+from torchinn_demo import sr  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,18 +1,18 @@
 """``torchinn demo``: the tour, on the two trained networks shipped with torchinn.
 
-* **classification**: the digits ResNet (:func:`torchinn.models.load_resnet_digits`) is
+* **classification**: the digits ResNet (:func:`torchinn_demo.models.load_resnet_digits`) is
   converted; for each compression level (fraction of the parameters removed), one set of group
   sizes is chosen with :func:`~torchinn.budget.choose_sizes`, and at exactly those sizes the
   table compares the integral network resampled without any tuning, after integration grid
   tuning for ``tune_seconds``, and L1-norm and random channel selection (as cut, no fine-tuning),
   by accuracy on the 1,000 held-out digits; then the speed of the discrete networks.
-* **super-resolution**: the EDSR x2 (:func:`torchinn.sr.load_edsr`) is converted and the inner
+* **super-resolution**: the EDSR x2 (:func:`torchinn_demo.sr.load_edsr`) is converted and the inner
   channels of its residual blocks are removed (25/50/75%, as in the blog), the same four methods
   are compared by Y-PSNR / Y-SSIM on centre crops of the held-out photographs, next to bicubic
   upscaling, and the discrete networks are timed at 64x64 and 256x256 inputs.
 
 Grid tuning is distillation against the original network on training data only (digits, or
-patches of the training photographs). Each story writes its plots (:mod:`torchinn.plots`) to
+patches of the training photographs). Each story writes its plots (:mod:`torchinn_demo.plots`) to
 ``out``. Every random draw comes from ``seed``; the caller's global RNG is left alone.
 """
 
@@ -32,12 +32,12 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from .. import plots
-from ..baselines import prune
-from ..budget import choose_sizes
-from ..convert import ConvertConfig, convert
-from ..integral_model import IntegralModel
-from ..train import TuneConfig, tune_grid
+from . import plots
+from torchinn.baselines import prune
+from torchinn.budget import choose_sizes
+from torchinn.convert import ConvertConfig, convert
+from torchinn.integral_model import IntegralModel
+from torchinn.train import TuneConfig, tune_grid
 
 __all__ = ["TourConfig", "Table", "StoryResult", "STORIES", "classification", "superres", "run",
            "first_conv_output"]
@@ -241,8 +241,8 @@ def _rate(v: float, ref: float) -> str:
 def classification(cfg: TourConfig) -> StoryResult:
     """The digits ResNet: accuracy of INN (untuned, grid-tuned) vs L1 / random pruning at equal
     parameter counts, and speed of the discrete networks."""
-    from ..data import load_digits
-    from ..models import load_resnet_digits
+    from .data import load_digits
+    from .models import load_resnet_digits
     from .digits import accuracy
 
     t_start = time.perf_counter()
@@ -343,7 +343,7 @@ def _crop(img: Tensor, size: int | None) -> Tensor:
 def superres(cfg: TourConfig) -> StoryResult:
     """The EDSR x2: Y-PSNR / Y-SSIM of INN (untuned, grid-tuned) vs L1 / random pruning of the
     residual blocks' inner channels, bicubic, and speed of the discrete networks."""
-    from .. import sr
+    from . import sr
 
     t_start = time.perf_counter()
     net, meta = sr.load_edsr()
