@@ -14,7 +14,6 @@ inputs) and the digits demo's from-scratch integral CNN:
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 import torchinn as inn
 from torchinn.train import make_grid_trainable
 from torchinn_demo.digits import integral_cnn
+from torchinn_demo.harness import load_average
 from torchinn_demo.zoo import resnet18
 
 
@@ -104,7 +104,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = load_average()[0]
     print(f"# {platform.machine()}, {args.threads} threads, torch {torch.__version__}, batch {args.batch}, "
           f"load average {load:.1f}")
     print("| model | what | integral ms | plain ms | ratio |")
