@@ -335,3 +335,27 @@ def test_get_quadrature_instance_passthrough():
     assert get_quadrature(r) is r
     for name in RULES:
         assert get_quadrature(name).name == name
+
+
+# -- the size rule: which point counts a rule takes, and the nearest one -------------------------
+
+@given(rule=st.sampled_from(RULES), size=st.integers(1, 60), low=st.integers(1, 60), span=st.integers(0, 10))
+def test_nearest_size_is_allowed_and_as_close_as_the_range_permits(rule, size, low, span):
+    q = get_quadrature(rule)
+    high = low + span
+    got = q.nearest_size(size, low, high)
+    q.check_size(got)  # an allowed count: no error
+    assert q.allows(got)
+    if q.allows(size):
+        assert got == size
+    else:  # only Simpson refuses counts: the odd neighbour, below unless that leaves [low, high]
+        assert rule == "simpson" and size % 2 == 0
+        assert got == (size + 1 if size - 1 < low and size + 1 <= high else size - 1)
+
+
+def test_simpson_allows_odd_counts_only():
+    q = get_quadrature("simpson")
+    assert [n for n in range(1, 10) if q.allows(n)] == [1, 3, 5, 7, 9]
+    assert (q.nearest_size(8), q.nearest_size(2), q.nearest_size(8, low=8, high=9), q.nearest_size(8, 8, 8)) == (7, 1, 9, 7)
+    with pytest.raises(ValueError, match="size must be an int >= 1, got 0"):
+        q.nearest_size(0)

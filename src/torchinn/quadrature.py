@@ -82,6 +82,34 @@ class Quadrature(ABC):
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"{self.name} rule needs a point count >= 1, got {n!r}")
 
+    def allows(self, n: int) -> bool:
+        """Whether this rule takes ``n >= 1`` points (every count, unless a rule says otherwise)."""
+        return True
+
+    def nearest_size(self, size: int, low: int = 1, high: int | None = None) -> int:
+        """The point count this rule allows nearest to ``size``: ``size`` itself if allowed, else
+        the next smaller allowed count if it is ``>= low``, else the next larger one if it is
+        ``<= high``, else the next smaller one (outside ``[low, high]``).
+
+        >>> get_quadrature("simpson").nearest_size(8), get_quadrature("simpson").nearest_size(8, low=8, high=9)
+        (7, 9)
+        >>> get_quadrature("trapezoid").nearest_size(8)
+        8
+        """
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"{self.name} rule: size must be an int >= 1, got {size!r}")
+        if self.allows(size):
+            return size
+        down = next((n for n in range(size - 1, 0, -1) if self.allows(n)), None)
+        if down is not None and down >= low:
+            return down
+        up = next((n for n in range(size + 1, high + 1) if self.allows(n)), None) if high is not None else None
+        if up is not None:
+            return up
+        if down is None:
+            raise ValueError(f"{self.name} rule allows no point count in [1, {size}] nor in [{size}, {high}]")
+        return down
+
     def nodes(self, n: int, *, device: torch.device | str | None = None,
               dtype: torch.dtype | None = None) -> Tensor:
         """The rule's standard partition of ``n`` points in [0, 1]."""
@@ -204,9 +232,12 @@ class Simpson(Quadrature):
     name = "simpson"
     exact_degree = 3
 
+    def allows(self, n: int) -> bool:
+        return n % 2 == 1
+
     def check_size(self, n: int) -> None:
         super().check_size(n)
-        if n % 2 == 0:
+        if not self.allows(n):
             raise ValueError(
                 f"Simpson's rule needs an odd number of points (1, 3, 5, ...), got {n}; "
                 "use an odd size or another quadrature"

@@ -52,7 +52,8 @@ def resize(model: nn.Module, sizes: float | int | Mapping[str, float | int]) -> 
     """Resize the partitions of ``model``: one ratio in (0, 1] for all (a float), or a mapping
     from partition name (see :func:`partitions`) to a size (int) or ratio (float).
 
-    Returns the sizes set. Simpson partitions are rounded down to an odd size.
+    Returns the sizes set. A ratio gives the nearest size the partition's quadrature allows
+    (:meth:`~torchinn.quadrature.Quadrature.nearest_size`: Simpson's rule rounds down to an odd size).
     """
     parts = partitions(model, resizable_only=True)
     if isinstance(sizes, Mapping):
@@ -66,8 +67,8 @@ def resize(model: nn.Module, sizes: float | int | Mapping[str, float | int]) -> 
     for name, value in plan.items():
         p = parts[name]
         size = _target_size(value, p.max_size, f"partition {name!r}")
-        if isinstance(value, float) and p.quadrature.name == "simpson" and size % 2 == 0:
-            size -= 1 if size > 1 else -1
+        if isinstance(value, float):  # a ratio: the nearest size the quadrature allows
+            size = p.quadrature.nearest_size(size, high=p.max_size)
         p.resize(size)
         done[name] = size
     return done
@@ -140,9 +141,7 @@ class RandomSizes:
         if self.distribution == "full-biased":
             u = math.sqrt(u)  # density 2u on [0, 1]
         size = min(hi, lo + int(u * (hi - lo + 1)))
-        if p.quadrature.name == "simpson" and size % 2 == 0:
-            size = size + 1 if size == lo and size + 1 <= hi else size - 1
-        return max(size, 1)
+        return p.quadrature.nearest_size(size, lo, hi)
 
     def step(self) -> dict[str, int]:
         """Draw and set a new size for every partition (in a fixed order); returns them."""
