@@ -49,7 +49,8 @@ __all__ = [
 
 Channels = int | Partition
 
-#: nn layer type -> integral layer type, used by conversion and by ``to_discrete``.
+#: nn layer type -> its integral twin, filled by :func:`register_layer` (a lookup for users: conversion
+#: works on the traced graph and each layer builds its own plain module in ``to_discrete``; neither reads it).
 LAYERS: dict[type[nn.Module], type[IntegralLayer]] = {}
 
 
@@ -70,10 +71,6 @@ def _max(ch: Channels, what: str) -> int:
     if isinstance(ch, bool) or not isinstance(ch, int) or ch < 1:
         raise ValueError(f"{what} must be a positive int or a Partition, got {ch!r}")
     return ch
-
-
-def _now(ch: Channels) -> int:
-    return ch.size if isinstance(ch, Partition) else ch
 
 
 class IntegralLayer(nn.Module):
@@ -281,15 +278,6 @@ class IntegralLinear(IntegralLayer):
 
     def extra_repr(self) -> str:
         return f"in, out={self._channels_repr()}, bias={self.bias_fn is not None}, kind={self.kind!r}"
-
-
-def _ntuple(value: Any, n: int, what: str) -> tuple:
-    if isinstance(value, int):
-        return (value,) * n
-    value = tuple(value)
-    if len(value) != n:
-        raise ValueError(f"{what} must be an int or a tuple of {n} ints, got {value}")
-    return value
 
 
 class _IntegralConvNd(IntegralLayer):
