@@ -87,9 +87,10 @@ class Quadrature(ABC):
         return True
 
     def nearest_size(self, size: int, low: int = 1, high: int | None = None) -> int:
-        """The point count this rule allows nearest to ``size``: ``size`` itself if allowed, else
-        the next smaller allowed count if it is ``>= low``, else the next larger one if it is
-        ``<= high``, else the next smaller one (outside ``[low, high]``).
+        """The point count this rule allows nearest to ``size``, within ``[low, high]`` if possible.
+
+        ``size`` itself if allowed, else the next smaller allowed count if it is ``>= low``, else
+        the next larger one if it is ``<= high``, else the next smaller one (outside the range).
 
         >>> get_quadrature("simpson").nearest_size(8), get_quadrature("simpson").nearest_size(8, low=8, high=9)
         (7, 9)
