@@ -154,6 +154,47 @@ def load_foreign_file(tmp: Path) -> None:
     inn.load(path)
 
 
+def _crafted(tmp: Path, edit: Callable[[dict, dict], None], sign: bool = True) -> None:
+    """Save the small model, change its metadata/tensors with ``edit``, (re-sign,) load it."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from torchinn.serialize import checksum
+
+    path = tmp / "x.inn"
+    inn.save(converted(), path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["torchinn"])
+    tensors = load_file(path)
+    edit(meta, tensors)
+    if sign:  # as a crafted file would be; unsigned, the saved checksum stays
+        meta["sha256"] = checksum({k: v for k, v in meta.items() if k != "sha256"}, tensors)
+    save_file(tensors, str(path), metadata={"torchinn": json.dumps(meta)})
+    inn.load(path)
+
+
+def load_eval_target(tmp: Path) -> None:
+    evil = {"op": "call_function", "name": "evil", "target": "py::builtins.eval",
+            "args": {"t": ["print('hi')"]}, "kwargs": {"d": {}}}
+    _crafted(tmp, lambda meta, tensors: meta["graph"].insert(-1, evil))
+
+
+def load_size_bomb(tmp: Path) -> None:
+    _crafted(tmp, lambda meta, tensors: meta["partitions"]["0.weight:0"].update(max_size=1_000_000_000))
+
+
+def load_edited_file(tmp: Path) -> None:
+    _crafted(tmp, lambda meta, tensors: meta["partitions"]["0.weight:0"].update(size=5), sign=False)
+
+
+def load_nan_tensor(tmp: Path) -> None:
+    def edit(meta: dict, tensors: dict) -> None:
+        tensors["f/0.weight/0"].view(-1)[0] = float("nan")
+    _crafted(tmp, edit)
+
+
 def save_over_symlink(tmp: Path) -> None:
     (tmp / "real.inn").write_bytes(b"keep")
     (tmp / "x.inn").symlink_to(tmp / "real.inn")
@@ -185,6 +226,56 @@ def cli_unwritable_output(tmp: Path) -> None:
 
     os.mkfifo(tmp / "out.pt")
     _writable_output(str(tmp / "out.pt"))
+class _SizeBranch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 8)
+        self.b = nn.Linear(8, 2)
+
+    def forward(self, x, t=1.0):
+        h = self.a(x) * t
+        return self.b(h * 0.5 if x.shape[0] > 4 else h)
+
+
+def batch_across_a_branch() -> None:
+    inn.convert(_SizeBranch().eval(), (torch.randn(8, 4),), inn.ConvertConfig(permute=False))(torch.randn(2, 4))
+
+
+def other_scalar_input() -> None:
+    x = torch.randn(8, 4)
+    inn.convert(_SizeBranch().eval(), (x, 2.0), inn.ConvertConfig(permute=False))(x, 3.0)
+
+
+def bool_channel_mask() -> None:
+    class Masked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 8)
+            self.b = nn.Linear(8, 2)
+            self.register_buffer("mask", torch.arange(8) % 2 == 0)
+
+        def forward(self, x):
+            return self.b(self.a(x).masked_fill(self.mask, 0.0))
+
+    inn.convert(Masked().eval(), (torch.randn(2, 4),))
+
+
+def negative_running_var() -> None:
+    m = small()
+    with torch.no_grad():
+        m[1].running_var[3] = -1.0
+    inn.convert(m, (X,))
+
+
+def resize_one_bad_entry() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 2)).eval()
+    m = inn.convert(net, (torch.randn(2, 4),), inn.ConvertConfig(permute=False))
+    try:
+        m.resize({"0.weight:0": 4, "2.weight:0": 0})
+    finally:
+        if m.sizes() != {"0.weight:0": 8, "2.weight:0": 6}:
+            raise AssertionError(f"a bad entry left other groups resized: {m.sizes()}")
 
 
 # (what, how it is triggered, the exception, a regex of its message)
@@ -217,6 +308,15 @@ CASES: list[tuple[str, Callable, type[BaseException], str]] = [
     ("Simpson's rule on an even point count", simpson_even_points, ValueError, r"odd number of points .* got 4"),
     ("input and weights on different devices", device_mismatch, ValueError, r"input is on meta but the layer's weights are on cpu"),
     ("loading a file that is not a torchinn model", load_foreign_file, inn.FormatError, r"not a torchinn model file"),
+    ("a .inn file whose graph calls Python code", load_eval_target, inn.FormatError,
+     r"graph node 'evil' calls 'py::builtins\.eval', which a torchinn file may not call"),
+    ("a .inn file that declares more channels than it stores", load_size_bomb, inn.FormatError,
+     r"partitions\['0\.weight:0'\]\.max_size must be in \[1, \d+\] \(sizes are bounded by the elements the file "
+     r"stores\), got 1000000000"),
+    ("a .inn file changed after it was saved", load_edited_file, inn.FormatError,
+     r"checksum mismatch: the metadata or tensors changed after the file was saved"),
+    ("a .inn file with NaN/Inf tensors", load_nan_tensor, inn.FormatError,
+     r"tensor 'f/0\.weight/0' has 1 NaN/Inf values; a torchinn model has finite tensors"),
     ("saving over a symbolic link, FIFO or device node", save_over_symlink, UnsafeTargetError,
      r"refusing to replace '.*x\.inn': it is a symbolic link \(to '.*real\.inn'\), not a regular file.*"
      r"replace_special=True"),
@@ -229,6 +329,16 @@ CASES: list[tuple[str, Callable, type[BaseException], str]] = [
      r"is not a torchinn model file .*torchinn never unpickles a \.inn file"),
     ("compress -o to a special or read-only file, or a folder that cannot be created", cli_unwritable_output,
      CLIError, r"-o '.*out\.pt': refusing to replace '.*out\.pt': it is a FIFO \(named pipe\)"),
+    ("a batch size on the other side of a size branch taken when converting", batch_across_a_branch, ValueError,
+     r"input 0 \('x'\) has size 2 in dimension 0, .*only valid for x\.shape\[0\] in \[5, inf\)"),
+    ("a Python scalar input other than the one converted with", other_scalar_input, ValueError,
+     r"input 1 \('t'\) is 3\.0, but the network was converted with 2\.0 there"),
+    ("a bool mask along channels", bool_channel_mask, TypeError,
+     r"tensor 'mask' of dtype torch\.bool is used along the channels of group\(s\) \['a\.weight:0'\]"),
+    ("a batch norm with negative running_var", negative_running_var, ValueError,
+     r"batch norm '1' has 1 negative running_var value\(s\) \(min -1\)"),
+    ("a resize mapping with one bad entry", resize_one_bad_entry, ValueError,
+     r"group '2\.weight:0' has 6 channels; size must be in \[1, 6\], got 0"),
 ]
 
 

@@ -8,8 +8,7 @@ least error per unit of the metric saved. The metric is counted exactly for para
 conv/linear's FLOPs are proportional to its weight's size), and measured for latency. A final
 check counts (or times) the real discrete network and tightens the target until it is met.
 
-:func:`compress` is the whole pipeline: convert, choose sizes, tune the integration grids, and
-return the plain compressed network with a report.
+:func:`torchinn.compression.compress` is the whole pipeline that uses them.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -27,16 +25,17 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
-from .convert import ConvertConfig, convert
 from .integral_model import IntegralModel
 from .structured import plan_size
-from .train import TuneConfig, batch_inputs, tune_grid
+from .starts import STARTS, best_start, distill_error, full_outputs, kept_partitions, start_partition
+from .train import batch_inputs, loss_kind
 
-__all__ = ["Metric", "count_flops", "flops_by_tensor", "measure_latency", "choose_sizes", "compress", "CompressReport"]
+__all__ = ["Metric", "choose_sizes", "compare_sizes", "count_flops", "flops_by_tensor", "measure_latency"]
 
 log = logging.getLogger(__name__)
 
 Metric = Literal["params", "flops", "latency"]
+SizeMethod = Literal["best", "sensitivity", "uniform"]
 _RATIOS = (0.75, 0.5, 0.25)
 
 
@@ -121,6 +120,12 @@ class _Cost:
                 else:  # a tensor outside every group: its FLOPs do not change
                     self.other += flops
 
+    def amount(self, value: float) -> str:
+        """``value`` of :meth:`model` with its unit (latency is modelled by FLOPs)."""
+        if self.metric == "params":
+            return f"{value:,.0f} parameters"
+        return f"{value:.4g} FLOPs" + (" (latency is budgeted through FLOPs)" if self.metric == "latency" else "")
+
     def model(self, sizes: Mapping[str, int]) -> float:
         """The metric predicted from sizes (FLOPs for the latency metric)."""
         if self.metric == "params":
@@ -143,33 +148,32 @@ class _Cost:
         return measure_latency(small, self.inputs)
 
 
-def _distill_error(imodel: IntegralModel, batches: Sequence[tuple], reference: Sequence[Any]) -> float:
-    err = 0.0
-    with torch.no_grad():
-        for inputs, ref in zip(batches, reference):
-            out = imodel(*inputs)
-            for o, r in zip(pytree.tree_leaves(out), pytree.tree_leaves(ref)):
-                if isinstance(o, Tensor) and o.is_floating_point():
-                    err += float(((o - r) ** 2).mean() / (r**2).mean().clamp_min(1e-12))
-    return err / max(1, len(batches))
+def sensitivities(imodel: IntegralModel, batches: Sequence[tuple], loss: str = "auto"
+                  ) -> dict[str, list[tuple[float, float]]]:
+    """Per group: ``[(ratio, error), ...]`` with every other group at full size; the error of a
+    ratio is the lower of the INN resampled and of L1 selection (the starts compress tries
+    first), measured with ``loss`` (``"auto"``: KL for class logits, else squared error)."""
+    from .baselines import channel_importance
 
-
-def sensitivities(imodel: IntegralModel, batches: Sequence[tuple]) -> dict[str, list[tuple[float, float]]]:
-    """Per group: ``[(ratio, error), ...]`` with every other group at full size."""
-    full = imodel.sizes()
-    with torch.no_grad():
-        reference = [imodel(*b) for b in batches]
+    reference = full_outputs(imodel, batches)
+    loss = loss_kind(reference[0]) if loss == "auto" else loss
+    scores = channel_importance(imodel)
     out: dict[str, list[tuple[float, float]]] = {}
-    try:
+    with kept_partitions(imodel):
+        for n, p in imodel.full_partitions().items():
+            imodel.set_partition(n, p)
         for name, g in imodel.groups.items():
             curve = [(1.0, 0.0)]
+            uniform = g.partition
             for r in _RATIOS:
-                imodel.resize({name: max(1, round(r * g.max_size))})
-                curve.append((r, _distill_error(imodel, batches, reference)))
-                imodel.resize({name: full[name]})
+                size = max(1, round(r * g.max_size))
+                errors = []
+                for kind in ("uniform", "l1"):
+                    imodel.set_partition(name, start_partition(uniform, size, kind, scores[name]))
+                    errors.append(distill_error(imodel, batches, reference, loss))
+                curve.append((r, min(errors)))
+            imodel.set_partition(name, uniform)
             out[name] = curve
-    finally:
-        imodel.resize(full)
     return out
 
 
@@ -213,7 +217,7 @@ def _greedy(imodel: IntegralModel, cost: _Cost, target_cost: float,
                 best, best_score = (n, new), score
         if best is None:
             raise ValueError(f"cannot reach the target: at the smallest sizes allowed (min_ratio="
-                             f"{min_ratio}) the network still has {current:.4g} > {target_cost:.4g}")
+                             f"{min_ratio}) the network still has {cost.amount(current)} > {cost.amount(target_cost)}")
         sizes[best[0]] = best[1]
         current = cost.model(sizes)
     # grow back one channel at a time where it helps most and still fits the budget
@@ -247,11 +251,20 @@ def _uniform(imodel: IntegralModel, cost: _Cost, target_cost: float, min_ratio: 
     lo, hi = min_ratio, 1.0
     if cost.model(at(lo)) > target_cost:
         raise ValueError(f"cannot reach the target: at the smallest sizes allowed (min_ratio={min_ratio}) "
-                         f"the network still has {cost.model(at(lo)):.4g} > {target_cost:.4g}")
+                         f"the network still has {cost.amount(cost.model(at(lo)))} > {cost.amount(target_cost)}")
     for _ in range(30):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if cost.model(at(mid)) <= target_cost else (lo, mid)
-    return at(lo)
+    sizes = at(lo)
+    # rounding leaves part of the budget unused: top up the group furthest below the common
+    # ratio, one channel at a time, while the budget allows (the ratios stay as equal as can be)
+    full = {n: g.max_size for n, g in groups.items()}
+    while True:
+        fits = [n for n in sizes if sizes[n] < full[n] and cost.model(dict(sizes, **{n: sizes[n] + 1})) <= target_cost]
+        if not fits:
+            return sizes
+        n = min(fits, key=lambda k: ((sizes[k] + 1) / full[k], k))
+        sizes[n] += 1
 
 
 def _batches(calibration: Iterable[Any] | None, example_inputs: tuple, n: int) -> list[tuple]:
@@ -269,23 +282,36 @@ def _batches(calibration: Iterable[Any] | None, example_inputs: tuple, n: int) -
 
 def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params", *,
                  calibration: Iterable[Any] | None = None, example_inputs: tuple | None = None,
-                 batches: int = 2, min_ratio: float = 0.1, method: Literal["sensitivity", "uniform"] = "sensitivity",
-                 tolerance: float = 0.02) -> dict[str, int]:
+                 batches: int = 2, min_ratio: float = 0.1, method: SizeMethod = "best",
+                 tolerance: float = 0.02, loss: str = "auto") -> dict[str, int]:
     """Group sizes whose discrete network has ``target`` times the original ``metric``.
 
     ``target`` is the fraction kept, in (0, 1): 0.5 halves the parameters (FLOPs, latency).
-    ``method="uniform"`` shrinks every group by the same ratio (for comparison).
+    ``method="sensitivity"`` shrinks the groups that hurt least per unit of the metric saved;
+    ``"uniform"`` shrinks every group by the same ratio (what selection baselines usually do);
+    ``"best"`` (default) computes both and keeps the one with the lower calibration error, each
+    at its best starting partition (:func:`torchinn.starts.best_start`); the comparison is
+    logged, and :func:`compare_sizes` returns it.
     """
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < target < 1.0:
         raise ValueError(f"target is the fraction of the {metric} to keep and must be in (0, 1), got {target!r}")
     if metric not in ("params", "flops", "latency"):
         raise ValueError(f"metric must be 'params', 'flops' or 'latency', got {metric!r}")
-    if method not in ("sensitivity", "uniform"):
-        raise ValueError(f"method must be 'sensitivity' or 'uniform', got {method!r}")
+    if method not in ("sensitivity", "uniform", "best"):
+        raise ValueError(f"method must be 'sensitivity', 'uniform' or 'best', got {method!r}")
     if not isinstance(imodel, IntegralModel):
         raise TypeError(f"choose_sizes needs an IntegralModel (from torchinn.convert), got {type(imodel).__name__}")
     if metric != "params" and example_inputs is None:
         raise ValueError(f"metric={metric!r} needs example_inputs to count or time the network")
+    if method == "best":
+        options = {m: choose_sizes(imodel, target, metric, calibration=calibration, example_inputs=example_inputs,
+                                   batches=batches, min_ratio=min_ratio, method=m, tolerance=tolerance, loss=loss)
+                   for m in ("sensitivity", "uniform")}
+        cal = _batches(calibration, example_inputs or (), max(batches, 4))
+        winner, table = compare_sizes(imodel, options, cal, loss=loss)
+        log.info("choose_sizes: %s sizes win (%s)", winner,
+                 ", ".join(f"{m}: {e:.4g}" for m, e in table.items()))
+        return options[winner]
     cal = _batches(calibration, example_inputs or (), batches) if method == "sensitivity" else []
     if method == "sensitivity" and not cal[0]:
         raise ValueError("the sensitivity method needs calibration data or example_inputs")
@@ -293,7 +319,7 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
     full_sizes = {n: g.max_size for n, g in imodel.groups.items()}
     original = cost.measure(full_sizes)
     goal = target * original
-    curves = sensitivities(imodel, cal) if method == "sensitivity" else {}
+    curves = sensitivities(imodel, cal, loss) if method == "sensitivity" else {}
     scale = 1.0
     sizes = full_sizes
     for _ in range(6):
@@ -307,78 +333,26 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
     return sizes
 
 
-@dataclass
-class CompressReport:
-    """What :func:`compress` did."""
-
-    metric: str
-    target: float
-    sizes: dict[str, tuple[int, int]]          # group -> (before, after)
-    before: float                               # metric of the original network
-    after: float                                # metric of the compressed network
-    params_before: int
-    params_after: int
-    error_before_tuning: float                  # relative squared error vs the original outputs
-    error_after_tuning: float
-    tuning: dict[str, Any] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def ratio(self) -> float:
-        return self.after / self.before
-
-    def __str__(self) -> str:
-        lines = [f"{'group':48s} {'before':>7s} {'after':>7s}"]
-        lines += [f"{n[:48]:48s} {b:7d} {a:7d}" for n, (b, a) in self.sizes.items()]
-        lines.append(f"{self.metric}: {self.before:.4g} -> {self.after:.4g} ({self.ratio:.1%} of the original, "
-                     f"target {self.target:.0%})")
-        lines.append(f"parameters: {self.params_before:,} -> {self.params_after:,}")
-        lines.append(f"relative output error: {self.error_before_tuning:.4g} before grid tuning, "
-                     f"{self.error_after_tuning:.4g} after")
-        return "\n".join(lines)
+def compare_sizes(imodel: IntegralModel, options: Mapping[str, Mapping[str, int]], batches: Sequence[tuple],
+                  starts: Sequence[str] = STARTS, loss: str = "auto") -> tuple[str, dict[str, float]]:
+    """The calibration error of each set of sizes at its best starting partition (all groups
+    alike; ``loss="auto"``: KL divergence for class logits, else relative squared error), and
+    the name of the lowest. ``imodel`` is left as it was."""
+    reference = full_outputs(imodel, batches)
+    loss = loss_kind(reference[0]) if loss == "auto" else loss
+    table = {}
+    for name, sizes in options.items():
+        with kept_partitions(imodel):
+            imodel.resize(dict(sizes))
+            table[name] = best_start(imodel, batches, kinds=starts, per_group=False, reference=reference,
+                                     loss=loss).error
+    return min(table, key=lambda m: table[m]), table
 
 
-def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0.5,
-             metric: Metric = "params", *, calibration: Iterable[Any] | None = None,
-             tune: TuneConfig | None = None, config: ConvertConfig | None = None,
-             min_ratio: float = 0.1) -> tuple[nn.Module, CompressReport]:
-    """Convert ``model``, shrink its groups to ``target`` times the ``metric``, tune the grids on
-    ``calibration`` (default: the example inputs), and return ``(plain_model, report)``.
+def __getattr__(name: str) -> Any:
+    # the pipeline lives in torchinn.compression; ``torchinn.budget.compress`` keeps working
+    if name in ("compress", "CompressReport"):
+        from . import compression
 
-    ``tune=None`` tunes for 60 s; pass ``TuneConfig(steps=...)`` to change it.
-    """
-    if isinstance(example_inputs, Tensor):
-        example_inputs = (example_inputs,)
-    seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-    imodel = convert(model, example_inputs, config)
-    seconds["convert"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    sizes = choose_sizes(imodel, target, metric, calibration=calibration, example_inputs=example_inputs,
-                         min_ratio=min_ratio)
-    seconds["choose_sizes"] = time.perf_counter() - t0
-    cal = _batches(calibration, example_inputs, 4)
-    with torch.no_grad():
-        reference = [imodel(*b) for b in cal]
-    full = imodel.to_discrete().eval()  # measured now: tuned (trainable) partitions cannot be resized back
-    before = float(sum(p.numel() for p in full.parameters())) if metric == "params" else (
-        float(count_flops(full, example_inputs)) if metric == "flops" else measure_latency(full, example_inputs))
-    imodel.resize(sizes)
-    err0 = _distill_error(imodel, cal, reference)
-    t0 = time.perf_counter()
-    loader = calibration if calibration is not None else [example_inputs]
-    tuning = tune_grid(imodel, loader, config=tune or TuneConfig(seconds=60.0))
-    seconds["tune"] = time.perf_counter() - t0
-    imodel.eval()
-    err1 = _distill_error(imodel, cal, reference)
-    small = imodel.to_discrete().eval()
-    after = float(sum(p.numel() for p in small.parameters())) if metric == "params" else (
-        float(count_flops(small, example_inputs)) if metric == "flops" else measure_latency(small, example_inputs))
-    report = CompressReport(
-        metric=metric, target=target,
-        sizes={n: (g.max_size, g.size) for n, g in imodel.groups.items()},
-        before=before, after=after,
-        params_before=sum(p.numel() for p in model.parameters()),
-        params_after=sum(p.numel() for p in small.parameters()),
-        error_before_tuning=err0, error_after_tuning=err1, tuning=tuning, seconds=seconds)
-    return small, report
+        return getattr(compression, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,10 +28,11 @@ from torch.fx.experimental.symbolic_shapes import is_concrete_int
 from tqdm.auto import tqdm
 
 from .functions import KINDS, Kind
-from .graph.analysis import analyse
+from .graph.analysis import analyse, hint
 from .graph.build import build_runtime
 from .graph.fuse import fuse_batch_norms
 from .graph.groups import Plan, finalize
+from .graph.guards import Guard
 from .graph.trace import Traced, trace
 from .integral_model import IntegralModel
 from .partition import UniformPartition
@@ -111,6 +112,14 @@ def _check_model(model: nn.Module, example_inputs: tuple) -> None:
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
             raise ValueError(f"tensor {name!r} has {bad} NaN/Inf values; torchinn needs finite weights")
+    for name, mod in model.named_modules():
+        var = getattr(mod, "running_var", None) if isinstance(mod, nn.modules.batchnorm._NormBase) else None
+        if isinstance(var, Tensor) and var.is_floating_point() and bool((var < 0).any()):
+            k = int((var < 0).sum())
+            raise ValueError(f"batch norm {name!r} has {k} negative running_var value(s) (min "
+                             f"{float(var.min()):.3g}); a variance must be >= 0, so its statistics "
+                             "are corrupt: recompute them (run the model in train mode on data) or "
+                             "load the right checkpoint")
     if not any(True for _ in model.parameters()):
         raise ValueError(f"{type(model).__name__} has no parameters: nothing to convert")
 
@@ -166,6 +175,19 @@ def _permute_groups(tensors: dict[str, Tensor], plan: Plan, config: ConvertConfi
     return stats
 
 
+def _check_dtypes(tensors: dict[str, Tensor], plan: Plan) -> None:
+    """Only floating tensors can be continuous: a bool mask or an index table along channels
+    is refused before anything else runs on it (with how to keep it discrete)."""
+    for name, dim_plans in plan.tensors.items():
+        if tensors[name].is_floating_point():
+            continue
+        groups = sorted({a.group for dp in dim_plans for seg in dp for a in seg if a.group is not None})
+        raise TypeError(f"tensor {name!r} of dtype {tensors[name].dtype} is used along the channels of "
+                        f"group(s) {groups}; only floating tensors can be continuous. Keep those "
+                        f"channels at full size with ConvertConfig(keep_discrete=[{name!r}]) or use "
+                        "a floating mask")
+
+
 def _problems(an, config: ConvertConfig) -> None:
     if not an.problems:
         return
@@ -212,6 +234,7 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor,
     report["analyse_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     tensors = dict(traced.tensors)
+    _check_dtypes(tensors, plan)
     if config.permute and plan.groups:
         report.update(_permute_groups(tensors, plan, config))
     report["permute_s"] = time.perf_counter() - t0
@@ -226,9 +249,6 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor,
     functions = {}
     for name, dim_plans in plan.tensors.items():
         t = tensors[name]
-        if not t.is_floating_point():
-            raise TypeError(f"tensor {name!r} of dtype {t.dtype} has channels in a group; only "
-                            "floating tensors can be continuous")
         functions[name] = StructuredFunction(t, dim_plans, full_weights, config.kind)
         if name not in traced.trainable:  # a buffer (running statistics): follows sizes, never trained
             functions[name].requires_grad_(False)
@@ -241,13 +261,67 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor,
     report["fit_s"] = time.perf_counter() - t0
     report["folded_batch_norms"] = len(folded)
     imodel.report = report
-    imodel.input_shapes = [tuple(int(d) if is_concrete_int(d) else None for d in n.meta["val"].shape)
-                           if isinstance(n.meta.get("val"), Tensor) else None for n in traced.inputs]
+    imodel.input_shapes = [tuple(int(d) if is_concrete_int(d) and (i, k) not in traced.static_dims
+                                 else hint(d) if (i, k) in traced.static_dims else None
+                                 for k, d in enumerate(n.meta["val"].shape))
+                           if isinstance(n.meta.get("val"), Tensor) else None
+                           for i, n in enumerate(traced.inputs)]
+    imodel.input_guards = list(traced.guards)
+    imodel.input_names = [n.name for n in traced.inputs]
     imodel.pinned = dict(plan.pinned)
     imodel.eval()
+    if not _same_at_batch_one(model, imodel, example_inputs):
+        if traced.doubled:
+            raise RuntimeError(
+                f"{type(model).__name__} computes something else at batch 1 than at batch 2 (a "
+                "branch on the batch size: torch.export traces sizes as >= 2 and cannot see it); "
+                "convert it with a batch of 2 or more, and the converted network will refuse batch 1")
+        traced.guards.extend(
+            Guard(("ge", ("dim", i, 0), 2), f"{n.name}.shape[0] in [2, inf) (it branches on a batch of 1)",
+                  "range")
+            for i, n in enumerate(traced.inputs) if (imodel.input_shapes[i] or (0,))[0] is None)
+        imodel.runtime = build_runtime(an, group_index, tensor_names)
+        imodel.input_guards = list(traced.guards)
     if config.check:
         _check(model, imodel, example_inputs)
     return imodel
+
+
+def _worst_error(ref: object, got: object) -> float:
+    """Largest relative difference between two outputs over their floating leaves, in units of
+    the tolerance for their dtype (1.0: at the limit; inf when shapes differ)."""
+    worst = 0.0
+    for r, g in zip(torch.utils._pytree.tree_leaves(ref), torch.utils._pytree.tree_leaves(got)):
+        if isinstance(r, Tensor) and r.is_floating_point():
+            if not isinstance(g, Tensor) or r.shape != g.shape:
+                return math.inf
+            err = float((r - g).abs().max()) / (float(r.abs().max()) or 1.0) if r.numel() else 0.0
+            # folding batch norms rounds differently from running them: allow a few 16-bit ulps
+            tol = 1e-4 if torch.finfo(r.dtype).bits > 16 else 16 * torch.finfo(r.dtype).eps
+            worst = max(worst, err / tol)
+    return worst
+
+
+def _same_at_batch_one(model: nn.Module, imodel: IntegralModel, example_inputs: tuple) -> bool:
+    """torch.export traces dynamic sizes as >= 2, so a branch on ``batch == 1`` leaves no guard:
+    run the network and the integral model on the first sample of the example (when every tensor
+    input has a dynamic batch dimension) and tell whether they agree."""
+    leaves = torch.utils._pytree.tree_leaves(example_inputs)
+    shapes = [s for x, s in zip(leaves, imodel.input_shapes) if isinstance(x, Tensor)]
+    if not shapes or any(s is None or not s or s[0] is not None for s in shapes):
+        return True
+    one = torch.utils._pytree.tree_map(lambda x: x[:1] if isinstance(x, Tensor) else x, example_inputs)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            ref = model(*one)
+            got = imodel(*one)
+    except Exception:  # noqa: BLE001 - refused at batch 1 by a guard, or the model cannot run it
+        return True
+    finally:
+        model.train(was_training)
+    return _worst_error(ref, got) <= 1.0
 
 
 def _check(model: nn.Module, imodel: IntegralModel, example_inputs: tuple) -> None:
@@ -259,16 +333,10 @@ def _check(model: nn.Module, imodel: IntegralModel, example_inputs: tuple) -> No
             got = imodel(*example_inputs)
     finally:
         model.train(was_training)
-    for r, g in zip(torch.utils._pytree.tree_leaves(ref), torch.utils._pytree.tree_leaves(got)):
-        if isinstance(r, Tensor) and r.is_floating_point():
-            scale = float(r.abs().max()) or 1.0
-            err = float((r - g).abs().max()) / scale
-            # folding batch norms rounds differently from running them: allow a few 16-bit ulps
-            tol = 1e-4 if torch.finfo(r.dtype).bits > 16 else 16 * torch.finfo(r.dtype).eps
-            if not err <= tol:
-                raise RuntimeError(
-                    f"internal error: the integral model differs from the network at full size "
-                    f"(relative error {err:.2e}); please report this model")
+    worst = _worst_error(ref, got)
+    if not worst <= 1.0:
+        raise RuntimeError(f"internal error: the integral model differs from the network at full "
+                           f"size ({worst:.2g} times the tolerance); please report this model")
     sizes = imodel.sizes()
     try:
         imodel.resize(0.75)

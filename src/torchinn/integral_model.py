@@ -31,6 +31,7 @@ from torch.utils import _pytree as pytree
 from .functions import interpolation_taps
 from .graph.build import specialize
 from .graph.groups import ContractionSpec, GroupInfo
+from .graph.guards import Guard, violation
 from .partition import Partition, UniformPartition
 from .structured import StructuredFunction, plan_size, plan_vector
 
@@ -151,6 +152,10 @@ class IntegralModel(nn.Module):
         self.pinned: dict[str, str] = {}
         #: per flattened input: its shape when converted, ``None`` where any size works
         self.input_shapes: list[tuple[int | None, ...] | None] = []
+        #: conditions on input sizes and Python inputs the traced graph holds under (the runtime
+        #: graph asserts them too, so a model loaded without them still refuses bad inputs)
+        self.input_guards: list[Guard] = []
+        self.input_names: list[str] = []
         self._cache: tuple[Any, list[Tensor], list[Tensor]] | None = None
 
     # -- groups and sizes -------------------------------------------------------------------
@@ -179,6 +184,7 @@ class IntegralModel(nn.Module):
         name (or the module that produces it) to a size (int) or a ratio (float). Returns all sizes."""
         groups = self.groups
         plan = dict(sizes) if isinstance(sizes, Mapping) else {n: sizes for n in self.group_names}
+        new: list[tuple[Group, int]] = []  # every entry is checked before any group changes
         for name, value in plan.items():
             g = groups[name]
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -196,7 +202,18 @@ class IntegralModel(nn.Module):
             if not 1 <= size <= g.max_size:
                 raise ValueError(f"group {g.name!r} has {g.max_size} channels; size must be in "
                                  f"[1, {g.max_size}], got {size}")
-            g.partition.resize(size)
+            check = getattr(getattr(g.partition, "quadrature", None), "check_size", None)
+            if check is not None:
+                check(size)
+            new.append((g, size))
+        before = [(g, g.size) for g, _ in new]
+        try:
+            for g, size in new:
+                g.partition.resize(size)
+        except Exception:
+            for g, size in before:  # a partition refused: leave every group as it was
+                g.partition.resize(size)
+            raise
         return self.sizes()
 
     # -- running ------------------------------------------------------------------------------
@@ -271,6 +288,12 @@ class IntegralModel(nn.Module):
                 want = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"
                 raise ValueError(f"input {i} has shape {tuple(x.shape)}, but the network was converted "
                                  f"for inputs of shape {want}")
+        guards = getattr(self, "input_guards", None)
+        if guards:
+            names = getattr(self, "input_names", None) or [f"input{i}" for i in range(len(flat))]
+            problem = violation(guards, flat, names)
+            if problem is not None:
+                raise ValueError(problem)
 
     # -- tensors and counts -------------------------------------------------------------------
     def plans(self) -> dict[str, tuple]:

@@ -239,10 +239,21 @@ class TrainablePartition(Partition):
     A gap that starts at zero (the first point at 0 or the last at 1, as for the trapezoid rule)
     stays zero, and that point stays exactly 0 or 1: Listing 3 fixes the first point at 0 the
     same way.
+
+    ``mix`` blends two ways of weighting the sampled channels: ``1`` (default) is the
+    quadrature of the current points (the integral, as in the paper); ``0`` gives every point
+    the full-size weight at its position, so that points on control nodes reproduce those
+    channels unscaled: plain channel selection. Values in between interpolate linearly;
+    ``train_mix=True`` makes it a trained parameter (kept in [0, 1]).
+
+    >>> p = TrainablePartition(torch.tensor([0.0, 0.5, 1.0]), max_size=5, mix=0.0)
+    >>> p.weights() / p.full_weights()[[0, 2, 4]]       # unit scales: channels 0, 2, 4 selected
+    tensor([1., 1., 1.], grad_fn=<DivBackward0>)
     """
 
     def __init__(self, init: Partition | Tensor, quadrature: str | Quadrature | None = None,
-                 max_size: int | None = None, eps: float = 1e-8) -> None:
+                 max_size: int | None = None, eps: float = 1e-8, mix: float = 1.0,
+                 train_mix: bool = False) -> None:
         if isinstance(init, Partition):
             if isinstance(init, CompositePartition):
                 raise TypeError("make each sub-partition of a CompositePartition trainable instead")
@@ -267,6 +278,34 @@ class TrainablePartition(Partition):
         delta = torch.sqrt(torch.clamp((gaps - floor) / (1 - m * floor), min=0.0))
         self.delta = nn.Parameter(torch.where(fixed, 0.0, delta).to(dtype))
         self.register_buffer("_free", ~fixed, persistent=True)
+        if isinstance(mix, bool) or not isinstance(mix, (int, float)) or not 0.0 <= mix <= 1.0:
+            raise ValueError(f"mix must be a number in [0, 1] (1: quadrature weights, 0: selection), got {mix!r}")
+        raw = torch.tensor(float(mix), dtype=dtype)
+        if train_mix:
+            self.mix_raw = nn.Parameter(raw)
+        else:
+            self.register_buffer("mix_raw", raw, persistent=True)
+
+    @property
+    def mix(self) -> Tensor:
+        """The share of quadrature weighting in [0, 1] (straight-through clamp: the gradient
+        always reaches the raw value, so a trained mix can come back from a bound)."""
+        raw = self.mix_raw
+        return raw + (raw.clamp(0.0, 1.0) - raw).detach()
+
+    def weights(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
+        points = self.points(device, dtype)
+        q = self.quadrature.weights(points, validate=False)
+        if not self.mix_raw.requires_grad and float(self.mix_raw.detach()) >= 1.0:
+            return q
+        from .functions import interpolation_taps
+
+        # the full-size weights at the points (linear between control nodes, exact on them)
+        full = self.full_weights(points.device, points.dtype)
+        idx, w = interpolation_taps(points, self.control_points(points.device, points.dtype), "linear")
+        selected = (full[idx] * w).sum(-1)
+        m = self.mix.to(points.dtype)
+        return m * q + (1 - m) * selected
 
     def _floor(self, dtype: torch.dtype, n_gaps: int) -> float:
         """The smallest free gap: large enough that neighbouring points differ in ``dtype``."""
@@ -299,7 +338,12 @@ class TrainablePartition(Partition):
         return pts if dtype is None else pts.to(dtype)
 
     def cache_key(self) -> tuple:
-        return (self.size, self.delta._version, self.delta.data_ptr())
+        return (self.size, self.delta._version, self.delta.data_ptr(), self.mix_raw._version,
+                self.mix_raw.data_ptr())
+
+    def extra_repr(self) -> str:
+        mix = float(self.mix.detach())
+        return super().extra_repr() + (f", mix={mix:.3g}" if mix != 1.0 else "")
 
 
 class CompositePartition(Partition):

@@ -2,9 +2,15 @@
 
 The file is a ``safetensors`` file: every tensor (control values, trainable partitions, fixed
 tensors) by name, and in its metadata a JSON description of the rest: the runtime graph (node by
-node, with ops named like ``aten::conv2d.default``: no pickled or executed code, so loading a
-file cannot run arbitrary Python), the groups and their partitions, the tensors' channel plans
-and the input/output structure.
+node, with ops named like ``aten::conv2d.default``), the groups and their partitions, the
+tensors' channel plans, the input/output structure, and a sha256 of all of it.
+
+A file describes a model and never executes code: nothing is pickled, the graph may only call
+ATen operators (minus a few that touch files or global state) and the few arithmetic functions
+torchinn's graphs use, and :func:`load` checks every field, and the sizes it declares against
+the tensors the file holds, before it builds anything (:mod:`torchinn.serialize_checks`). A
+malformed, damaged or crafted file raises :class:`FormatError`. A model loaded from a file
+still runs its graph's ATen operators on your inputs, as any network does.
 
 >>> import tempfile, torch, torchinn as inn
 >>> net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
@@ -19,10 +25,9 @@ True
 
 from __future__ import annotations
 
-import builtins
+import hashlib
 import json
 import math
-import operator
 import os
 from typing import Any
 
@@ -33,6 +38,8 @@ from torch.utils import _pytree as pytree
 from .graph.groups import ContractionSpec, GroupInfo
 from .integral_model import IntegralModel, _key
 from .partition import FixedPartition, GaussLegendrePartition, Partition, TrainablePartition, UniformPartition
+from .graph.guards import Guard
+from .serialize_checks import FormatError, check_meta, check_tensors, guard_expr, target_name
 from .structured import Atom, StructuredFunction
 
 __all__ = ["save", "load", "FORMAT_VERSION", "FormatError"]
@@ -41,45 +48,7 @@ FORMAT = "torchinn.IntegralModel"
 FORMAT_VERSION = 1
 
 
-class FormatError(ValueError):
-    """The file is not a torchinn model this version can read."""
-
-
-# -- graph <-> JSON ------------------------------------------------------------------------------
-
-_FUNCTION_MODULES = {"_operator": operator, "operator": operator, "math": math, "builtins": builtins}
-_TORCH_FUNCTIONS = {"sym_float", "sym_int", "sym_max", "sym_min", "sym_not", "sym_sum", "sym_ite"}
-
-
-def _target_name(target: Any) -> str:
-    if isinstance(target, torch._ops.OpOverload):
-        ns = target.namespace
-        return f"{ns}::{target._opname}.{target._overloadname}"
-    module = getattr(target, "__module__", None)
-    name = getattr(target, "__name__", None)
-    if module in _FUNCTION_MODULES and hasattr(_FUNCTION_MODULES[module], name or ""):
-        return f"py::{_FUNCTION_MODULES[module].__name__}.{name}"
-    if module == "torch" and name in _TORCH_FUNCTIONS:
-        return f"py::torch.{name}"
-    raise TypeError(f"cannot save a graph calling {target!r}")
-
-
-def _resolve_target(name: str) -> Any:
-    kind, _, rest = name.partition("::")
-    if kind == "py":
-        module, _, fn = rest.rpartition(".")
-        if module == "torch" and fn in _TORCH_FUNCTIONS:
-            return getattr(torch, fn)
-        mod = {"operator": operator, "math": math, "builtins": builtins}.get(module)
-        if mod is None or not hasattr(mod, fn):
-            raise FormatError(f"unknown function {name!r} in the saved graph")
-        return getattr(mod, fn)
-    opname, _, overload = rest.partition(".")
-    try:
-        return getattr(getattr(getattr(torch.ops, kind), opname), overload or "default")
-    except (AttributeError, RuntimeError) as err:
-        raise FormatError(f"this torch has no operator {name!r} used by the saved graph") from err
-
+# -- graph -> JSON (back: serialize_checks.graph_from_json) ----------------------------------------
 
 def _encode(value: Any) -> Any:
     if isinstance(value, fx.Node):
@@ -105,36 +74,12 @@ def _encode(value: Any) -> Any:
     raise TypeError(f"cannot save a graph argument of type {type(value).__name__}: {value!r}")
 
 
-def _decode(value: Any, env: dict[str, fx.Node]) -> Any:
-    if not isinstance(value, dict):
-        return value
-    (kind, v), = value.items()
-    if kind == "n":
-        return env[v]
-    if kind == "f":
-        return float(v)
-    if kind == "l":
-        return [_decode(x, env) for x in v]
-    if kind == "t":
-        return tuple(_decode(x, env) for x in v)
-    if kind == "d":
-        return {k: _decode(x, env) for k, x in v.items()}
-    if kind in ("dtype", "layout", "memory_format"):
-        obj = getattr(torch, v, None)
-        if obj is None:
-            raise FormatError(f"unknown {kind} {v!r} in the saved graph")
-        return obj
-    if kind == "device":
-        return torch.device(v)
-    raise FormatError(f"unknown value tag {kind!r} in the saved graph")
-
-
 def graph_to_json(graph: fx.Graph) -> list:
     out = []
     for node in graph.nodes:
         entry: dict[str, Any] = {"op": node.op, "name": node.name}
         if node.op == "call_function":
-            entry["target"] = _target_name(node.target)
+            entry["target"] = target_name(node.target)
         elif node.op != "placeholder" and node.op != "output":
             raise TypeError(f"cannot save graph node {node.name} of kind {node.op}")
         if node.op != "placeholder":
@@ -144,32 +89,12 @@ def graph_to_json(graph: fx.Graph) -> list:
     return out
 
 
-def graph_from_json(nodes: list) -> fx.Graph:
-    graph = fx.Graph()
-    env: dict[str, fx.Node] = {}
-    for entry in nodes:
-        op = entry["op"]
-        if op == "placeholder":
-            env[entry["name"]] = graph.placeholder(entry["name"])
-        elif op == "call_function":
-            node = graph.call_function(_resolve_target(entry["target"]), _decode(entry["args"], env),
-                                       _decode(entry["kwargs"], env))
-            node.name = entry["name"]
-            env[entry["name"]] = node
-        elif op == "output":
-            graph.output(_decode(entry["args"], env)[0])
-        else:
-            raise FormatError(f"unknown graph node kind {op!r}")
-    graph.lint()
-    return graph
-
-
 # -- partitions ----------------------------------------------------------------------------------
 
 def _partition_state(p: Partition, prefix: str, tensors: dict[str, Tensor]) -> dict:
     info: dict[str, Any] = {"max_size": p.max_size, "quadrature": p.quadrature.name}
     if isinstance(p, TrainablePartition):
-        info.update(type="trainable", eps=p.eps)
+        info.update(type="trainable", eps=p.eps, mix=float(p.mix_raw.detach()), train_mix=p.mix_raw.requires_grad)
         tensors[prefix + "delta"] = p.delta.detach()
         tensors[prefix + "free"] = p._free.to(torch.uint8)
     elif isinstance(p, FixedPartition):
@@ -194,9 +119,10 @@ def _partition_from(info: dict, prefix: str, tensors: dict[str, Tensor]) -> Part
         delta = tensors[prefix + "delta"]
         free = tensors[prefix + "free"].bool()
         start = UniformPartition(info["max_size"], info["quadrature"], delta.numel() - 1)
-        p = TrainablePartition(start, eps=info["eps"])
-        if p.delta.shape != delta.shape or p._free.shape != free.shape:
-            raise FormatError(f"partition tensors {prefix}* have inconsistent shapes")
+        # the raw mix may sit outside [0, 1] while training (a straight-through clamp): set it after
+        p = TrainablePartition(start, eps=info["eps"], train_mix=info.get("train_mix", False))
+        with torch.no_grad():
+            p.mix_raw.fill_(float(info.get("mix", 1.0)))
         p.delta = nn.Parameter(delta.clone())
         with torch.no_grad():
             p._free.copy_(free)
@@ -214,8 +140,21 @@ def _plan_from(data: list) -> tuple:
     return tuple(tuple(tuple(Atom(s, g, i) for s, g, i in seg) for seg in dim) for dim in data)
 
 
+def checksum(meta: dict, tensors: dict[str, Tensor]) -> str:
+    """sha256 of the metadata (canonical JSON, without its own ``sha256`` field) and of every
+    tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    body = {k: v for k, v in meta.items() if k != "sha256"}
+    h.update(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def save(imodel: IntegralModel, path: str | os.PathLike) -> None:
-    """Write ``imodel`` to ``path`` (a single safetensors file)."""
+    """Write ``imodel`` to ``path`` (a single safetensors file, with a checksum of its contents)."""
     from .fileio import save_safetensors
 
     if not isinstance(imodel, IntegralModel):
@@ -246,61 +185,107 @@ def save(imodel: IntegralModel, path: str | os.PathLike) -> None:
         "training": imodel.training,
         "input_shapes": [list(s) if s is not None else None for s in imodel.input_shapes],
         "pinned": imodel.pinned,
+        "input_names": list(getattr(imodel, "input_names", [])),
+        "input_guards": [{"expr": _guard_json(g.expr), "text": g.text, "kind": g.kind}
+                         for g in getattr(imodel, "input_guards", [])],
     }
     tensors = {k: v.contiguous() for k, v in tensors.items()}
+    on_meta = [k for k, v in tensors.items() if v.device.type == "meta"]
+    if on_meta:
+        raise ValueError(f"cannot save a model on the meta device (tensor {on_meta[0]!r} has no values); "
+                         "load or compute real weights first")
+    try:
+        check_tensors(tensors, imodel.trainable)
+    except FormatError as err:  # the file would not load: say so now
+        raise ValueError(f"cannot save this model: {err}") from None
+    meta = json.loads(json.dumps(meta))  # tuples -> lists: the checksum hashes what load() reads
+    meta["sha256"] = checksum(meta, tensors)
     save_safetensors(tensors, path, metadata={"torchinn": json.dumps(meta)})
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> IntegralModel:
-    """Read an :class:`IntegralModel` written by :func:`save`."""
+def load(path: str | os.PathLike, device: str | torch.device = "cpu", verify: bool = True) -> IntegralModel:
+    """Read an :class:`IntegralModel` written by :func:`save`, on ``device`` (``"meta"`` works too).
+
+    Every field is checked before anything is built, and the graph may only call ATen operators and
+    a few arithmetic functions: a malformed or crafted file raises :class:`FormatError` naming the
+    field. ``verify``: check the checksum of the metadata and tensors (files written by torchinn
+    before it had one load without)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
 
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"load(): device must be a torch device like 'cpu', 'cuda:0' or 'meta', got {device!r}") from err
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(path)
     try:
         with safe_open(path, framework="pt") as f:
             header = f.metadata() or {}
-        tensors = load_file(path, device=str(device))
-    except (SafetensorError, OSError, ValueError) as err:
+        tensors = load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise FormatError(f"{path} is not a torchinn model file (not a readable safetensors file: {err})") from err
     if "torchinn" not in header:
         raise FormatError(f"{path} is a safetensors file without torchinn metadata")
     try:
         meta = json.loads(header["torchinn"])
-    except json.JSONDecodeError as err:
+    except (ValueError, RecursionError) as err:
         raise FormatError(f"{path}: broken torchinn metadata ({err})") from err
-    if meta.get("format") != FORMAT:
-        raise FormatError(f"{path}: unknown format {meta.get('format')!r}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise FormatError(f"{path}: unknown format {meta.get('format') if isinstance(meta, dict) else meta!r}"[:300])
     version = meta.get("version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise FormatError(f"{path}: version must be an int in [1, {FORMAT_VERSION}], got {version!r}")
+    if version > FORMAT_VERSION:
         raise FormatError(f"{path} was written with torchinn file format {version}; this torchinn reads "
                           f"formats up to {FORMAT_VERSION}: upgrade torchinn")
     try:
-        return _build(meta, tensors)
-    except (KeyError, TypeError, IndexError) as err:
+        if verify and "sha256" in meta and checksum(meta, tensors) != meta["sha256"]:
+            raise FormatError("checksum mismatch: the metadata or tensors changed after the file was saved "
+                              "(damaged or edited file)")
+        in_spec, out_spec, graph = check_meta(meta, tensors)
+        check_tensors(tensors, set(meta["trainable"]))
+        imodel = _build(meta, tensors, in_spec, out_spec, graph)
+    except FormatError as err:  # values quoted from a crafted file can be long: keep the message short
+        text = str(err)
+        raise FormatError(f"{path}: {text if len(text) <= 600 else text[:600] + '...'}") from None
+    except (KeyError, TypeError, IndexError, ValueError, RuntimeError, AttributeError, RecursionError,
+            SyntaxError, OverflowError) as err:
+        # the checks above should catch every malformed file; this is a last line of defence
         raise FormatError(f"{path}: broken or incomplete torchinn model ({type(err).__name__}: {err})") from err
+    return imodel if device.type == "cpu" else imodel.to(device)
 
 
-def _build(meta: dict, tensors: dict[str, Tensor]) -> IntegralModel:
-    graph = graph_from_json(meta["graph"])
+def _guard_json(expr: Any) -> Any:
+    """A guard expression (nested tuples) as JSON: lists, with non-finite floats tagged."""
+    if isinstance(expr, tuple):
+        return [_guard_json(e) for e in expr]
+    if isinstance(expr, float) and not math.isfinite(expr):
+        return {"f": repr(expr)}
+    if expr is None or isinstance(expr, (bool, int, float, str)):
+        return expr
+    raise TypeError(f"cannot save a guard expression holding {type(expr).__name__}: {expr!r}")
+
+
+def _build(meta: dict, tensors: dict[str, Tensor], in_spec: pytree.TreeSpec, out_spec: pytree.TreeSpec,
+           graph: fx.Graph) -> IntegralModel:
     runtime = fx.GraphModule(nn.Module(), graph, class_name="IntegralRuntime")
-    partitions = {n: _partition_from(info, f"p/{n}/", tensors) for n, info in meta["partitions"].items()}
+    partitions = {}
+    for n, info in meta["partitions"].items():
+        try:
+            partitions[n] = _partition_from(info, f"p/{n}/", tensors)
+        except (ValueError, TypeError) as err:
+            raise FormatError(f"partitions[{n!r}]: {err}") from None
     full_weights = {n: p.full_weights(dtype=torch.float64) for n, p in partitions.items()}
     functions = {}
     for name, info in meta["functions"].items():
-        plan = _plan_from(info["plan"])
-        dtype = getattr(torch, info.get("dtype", "float32"), None)
-        if not isinstance(dtype, torch.dtype):
-            raise FormatError(f"unknown dtype {info.get('dtype')!r} for tensor {name!r}")
-        fn = StructuredFunction(torch.zeros(info["shape"], dtype=dtype), plan, full_weights, info["kind"])
+        dtype = getattr(torch, info.get("dtype", "float32"))
+        fn = StructuredFunction(torch.zeros(info["shape"], dtype=dtype), _plan_from(info["plan"]), full_weights,
+                                info["kind"])
         with torch.no_grad():
             for i, block in enumerate(fn.blocks):
                 values = tensors[f"f/{name}/{i}"]
-                if tuple(values.shape) != tuple(block.values.shape):
-                    raise FormatError(f"tensor f/{name}/{i} has shape {tuple(values.shape)}, expected "
-                                      f"{tuple(block.values.shape)}")
                 block.values = nn.Parameter(values.clone(), requires_grad=block.values.requires_grad)
         if name not in meta["trainable"]:
             fn.requires_grad_(False)
@@ -311,8 +296,11 @@ def _build(meta: dict, tensors: dict[str, Tensor]) -> IntegralModel:
     contractions = [ContractionSpec(_plan_from([c["plan"]])[0], c["ndim"], c["dim"], c["mean"])
                     for c in meta["contractions"]]
     imodel = IntegralModel(runtime, meta["tensor_names"], functions, fixed, set(meta["trainable"]), groups,
-                           partitions, contractions, pytree.treespec_loads(meta["in_spec"]),
-                           pytree.treespec_loads(meta["out_spec"]))
+                           partitions, contractions, in_spec, out_spec)
     imodel.input_shapes = [tuple(s) if s is not None else None for s in meta.get("input_shapes", [])]
     imodel.pinned = dict(meta.get("pinned", {}))
-    return imodel.train(meta.get("training", False))
+    imodel.input_names = list(meta.get("input_names", []))
+    num_inputs = in_spec.num_leaves
+    imodel.input_guards = [Guard(guard_expr(g["expr"], "input_guards", num_inputs), g["text"], g["kind"])
+                           for g in meta.get("input_guards", [])]
+    return imodel.train(meta["training"])

@@ -23,9 +23,7 @@ Under ``torch.distributed``, call :func:`make_grid_trainable` before wrapping th
 from __future__ import annotations
 
 import copy
-import itertools
 import logging
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,12 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
-from tqdm.auto import tqdm
 
+from . import loop
 from .integral_model import IntegralModel
+from .loop import split_validation
 from .partition import TrainablePartition
 
-__all__ = ["TuneConfig", "make_grid_trainable", "tune_grid", "distillation_loss", "batch_inputs"]
+__all__ = ["TuneConfig", "make_grid_trainable", "tune_grid", "finetune", "distillation_loss", "batch_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,7 @@ LossFn = Callable[[Any, Any, Any], Tensor]
 
 @dataclass
 class TuneConfig:
-    """How :func:`tune_grid` trains.
+    """How :func:`tune_grid` (and the tuning stages of :func:`torchinn.compress`) train.
 
     Args:
         steps: number of optimizer steps (``None``: until ``seconds``).
@@ -59,6 +58,17 @@ class TuneConfig:
         decay_every, decay: multiply the learning rates by ``decay`` every ``decay_every`` steps
             (the paper: 0.33 every 300 of 1000 steps).
         progress: show a progress bar.
+        holdout: share of a list of calibration batches held out to validate (at least one
+            batch; a loader that is not a list is validated on its training loss). The best state
+            on it is what tuning returns, so tuning never ends worse than it started there.
+        eval_every: validate every this many steps.
+        weights_share: :func:`torchinn.compress` only: the share of the budget spent, after grid
+            tuning, distilling all the weights of the compressed network (0: grid tuning only,
+            1: weights only). :func:`tune_grid` ignores it.
+        lr_weights: Adam learning rate of that weight tuning.
+        loss: distillation loss of :func:`torchinn.compress` (its choices and tuning):
+            ``"mse"``, ``"kl"`` (for class logits), or ``"auto"``: ``"kl"`` when every output
+            is ``(batch, classes)``, else ``"mse"`` (:func:`loss_kind`).
     """
 
     steps: int | None = None
@@ -69,6 +79,11 @@ class TuneConfig:
     decay_every: int = 300
     decay: float = 0.33
     progress: bool = True
+    holdout: float = 0.2
+    eval_every: int = 10
+    weights_share: float = 0.5
+    lr_weights: float = 1e-4
+    loss: str = "auto"
 
     def __post_init__(self) -> None:
         if self.steps is None and self.seconds is None:
@@ -78,12 +93,21 @@ class TuneConfig:
             raise ValueError(f"steps must be a positive int, got {self.steps!r}")
         if self.seconds is not None and not self.seconds > 0:
             raise ValueError(f"seconds must be > 0, got {self.seconds!r}")
-        if not self.lr > 0 or not self.lr_params > 0:
-            raise ValueError(f"learning rates must be > 0, got lr={self.lr}, lr_params={self.lr_params}")
+        if not self.lr > 0 or not self.lr_params > 0 or not self.lr_weights > 0:
+            raise ValueError(f"learning rates must be > 0, got lr={self.lr}, lr_params={self.lr_params}, "
+                             f"lr_weights={self.lr_weights}")
         self.train = tuple(self.train)
         bad = sorted(set(self.train) - {"biases", "norms"})
         if bad:
             raise ValueError(f"train may contain 'biases' and 'norms', got {bad}")
+        if not 0.0 <= self.holdout < 1.0:
+            raise ValueError(f"holdout is a share of the calibration batches in [0, 1), got {self.holdout!r}")
+        if not 0.0 <= self.weights_share <= 1.0:
+            raise ValueError(f"weights_share is a share of the budget in [0, 1], got {self.weights_share!r}")
+        if self.loss not in ("auto", *LOSSES):
+            raise ValueError(f"loss must be 'auto', 'mse' or 'kl', got {self.loss!r}")
+        if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 1:
+            raise ValueError(f"eval_every must be a positive int, got {self.eval_every!r}")
 
 
 def _unwrap(model: nn.Module) -> IntegralModel:
@@ -133,6 +157,30 @@ def distillation_loss(output: Any, batch: Any, teacher_output: Any) -> Tensor:
     return torch.stack(losses).sum()
 
 
+def kl_distillation_loss(output: Any, batch: Any, teacher_output: Any) -> Tensor:
+    """KL divergence from the teacher's softmax to the output's (over the last dimension; Hinton
+    et al.'s distillation at temperature 1), summed over every output tensor: for class logits,
+    where it follows accuracy far better than the squared error (which punishes a uniform
+    shrink of the logits that leaves every prediction as it was)."""
+    losses = [F.kl_div(F.log_softmax(o.float(), -1), F.log_softmax(t.float(), -1), log_target=True,
+                       reduction="sum") / max(1, o[..., 0].numel())
+              for o, t in zip(pytree.tree_leaves(output), pytree.tree_leaves(teacher_output))
+              if isinstance(o, Tensor) and o.is_floating_point()]
+    if not losses:
+        raise ValueError("the model has no floating-point outputs to distil")
+    return torch.stack(losses).sum()
+
+
+LOSSES: dict[str, LossFn] = {"mse": distillation_loss, "kl": kl_distillation_loss}
+
+
+def loss_kind(output: Any) -> str:
+    """``"kl"`` for class logits (every floating output is ``(batch, classes)``, classes >= 2),
+    else ``"mse"``: what ``loss="auto"`` picks."""
+    leaves = [o for o in pytree.tree_leaves(output) if isinstance(o, Tensor) and o.is_floating_point()]
+    return "kl" if leaves and all(o.ndim == 2 and o.shape[-1] >= 2 for o in leaves) else "mse"
+
+
 def _frozen(imodel: IntegralModel, train: Sequence[str], freeze: bool = True) -> tuple[list[Tensor], list[Tensor]]:
     """Freeze everything (unless ``freeze=False``: a DistributedDataParallel wrapper expects a
     gradient for every parameter that required one when it was built, so the optimizer alone
@@ -161,14 +209,19 @@ def _frozen(imodel: IntegralModel, train: Sequence[str], freeze: bool = True) ->
 
 
 def tune_grid(model: nn.Module, loader: Iterable[Any], *, teacher: nn.Module | None = None,
-              loss_fn: LossFn | None = None, config: TuneConfig | None = None) -> dict[str, Any]:
+              loss_fn: LossFn | None = None, config: TuneConfig | None = None,
+              validation: Sequence[Any] | None = None) -> dict[str, Any]:
     """Tune the integration grids of ``model`` (an :class:`IntegralModel`, possibly wrapped in
     ``DistributedDataParallel``) at its current sizes, in place.
 
-    ``loader`` yields batches (a tensor of inputs, or ``(inputs, labels)``); it is cycled until
-    the step or time budget is spent. ``loss_fn(output, batch, teacher_output)`` defaults to
+    ``loader`` yields batches (a tensor of inputs, or ``(inputs, labels)``); a list or a
+    DataLoader is cycled until the step or time budget is spent, a one-shot iterator (a
+    generator) is used until it ends. ``loss_fn(output, batch, teacher_output)`` defaults to
     :func:`distillation_loss` against ``teacher`` (default: the model at full size, frozen).
-    Returns a report: steps, seconds, first and last loss.
+    The state returned is the best one on ``validation`` (default: the last
+    ``config.holdout`` of a list of batches), so it is never worse there than the start.
+    Returns a report: steps, seconds, first and last loss, validation errors at the start and
+    returned (``start_error``, ``best_error``), skipped non-finite steps, learning-rate cuts.
     """
     config = config or TuneConfig()
     imodel = _unwrap(model)
@@ -193,51 +246,73 @@ def tune_grid(model: nn.Module, loader: Iterable[Any], *, teacher: nn.Module | N
     groups = [{"params": grid, "lr": config.lr}]
     if extra:
         groups.append({"params": extra, "lr": config.lr_params})
-    opt = torch.optim.Adam(groups)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=config.decay_every, gamma=config.decay)
     was_training = model.training
     model.eval()  # the network as it will be used: no dropout; gradients still flow
-    start = time.perf_counter()
-    step, first, last = 0, None, None
-    bar = tqdm(total=config.steps, desc="tuning grids", disable=not config.progress, leave=False)
-    batches = iter(_cycle(loader))
     try:
-        while True:
-            if config.steps is not None and step >= config.steps:
-                break
-            if config.seconds is not None and time.perf_counter() - start >= config.seconds:
-                break
-            batch = next(batches)
-            inputs = batch_inputs(batch)
-            with torch.no_grad():
-                target = teacher(*inputs)
-            loss = loss_fn(model(*inputs), batch, target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            last = float(loss.detach())
-            first = last if first is None else first
-            bar.update(1)
-            bar.set_postfix(loss=f"{last:.4g}")
+        return _fit(model, imodel, groups, loader, teacher, loss_fn, config, validation, "tuning grids")
     finally:
-        bar.close()
         model.train(was_training)
         for p in imodel.parameters():
             p.requires_grad_(saved.get(id(p), True))
             if wrapped and id(p) not in tuned:
                 p.grad = None  # computed for DistributedDataParallel, not used
-    return {"steps": step, "seconds": time.perf_counter() - start, "first_loss": first, "last_loss": last}
 
 
-def _cycle(loader: Iterable[Any]) -> Iterable[Any]:
-    empty = True
-    for epoch in itertools.count():
-        if hasattr(getattr(loader, "sampler", None), "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        for batch in loader:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError("the calibration loader is empty")
+def finetune(model: nn.Module, loader: Iterable[Any], *, teacher: nn.Module,
+             loss_fn: LossFn | None = None, config: TuneConfig | None = None,
+             validation: Sequence[Any] | None = None) -> dict[str, Any]:
+    """Distil every floating-point parameter of a plain network (``model``, e.g. from
+    ``to_discrete()`` or a pruning baseline) towards ``teacher``, in place, with Adam at
+    ``config.lr_weights`` for ``config``'s budget; the same loop, validation and guarantees as
+    :func:`tune_grid`: the returned weights are the best on the validation batches, a step with
+    a non-finite loss is skipped and counted. ``model`` and ``teacher`` get their training
+    flags back, and ``model`` its ``requires_grad`` flags. Returns the same report."""
+    config = config or TuneConfig()
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    if not params:
+        raise ValueError(f"{type(model).__name__} has no floating-point parameters to fine-tune")
+    saved = {id(p): p.requires_grad for p in model.parameters()}
+    for p in params:
+        p.requires_grad_(True)
+    was_training, teacher_training = model.training, teacher.training
+    model.eval()
+    teacher.eval()
+    try:
+        return _fit(model, model, [{"params": params, "lr": config.lr_weights}], loader, teacher,
+                    loss_fn or distillation_loss, config, validation, "tuning weights")
+    finally:
+        model.train(was_training)
+        teacher.train(teacher_training)
+        for p in model.parameters():
+            p.requires_grad_(saved.get(id(p), True))
+            p.grad = None
+
+
+def _fit(model: nn.Module, inner: nn.Module, groups: list[dict], loader: Iterable[Any], teacher: nn.Module,
+         loss_fn: LossFn, config: TuneConfig, validation: Sequence[Any] | None, desc: str) -> dict[str, Any]:
+    train_batches, held_out = (loader, list(validation)) if validation is not None else \
+        split_validation(loader, config.holdout)
+    if held_out is None and isinstance(loader, Sequence) and len(loader) == 1:
+        held_out = list(loader)  # one batch: validate on it
+    if isinstance(train_batches, Sequence) and len(train_batches) == 0:
+        raise ValueError("the calibration loader is empty")
+    validate = None
+    if held_out:
+        with torch.no_grad():
+            targets = [teacher(*batch_inputs(b)) for b in held_out]
+
+        def validate() -> float:
+            with torch.no_grad():
+                return sum(float(loss_fn(inner(*batch_inputs(b)), b, t)) for b, t in zip(held_out, targets)) / len(held_out)
+
+    def step_loss(batch: Any) -> Tensor:
+        inputs = batch_inputs(batch)
+        with torch.no_grad():
+            target = teacher(*inputs)
+        return loss_fn(model(*inputs), batch, target)
+
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.Adam(groups)
+    return loop.run(params, optimizer, loop.Batches(train_batches), step_loss, validate,
+                    loop.LoopConfig(config.steps, config.seconds, config.eval_every, config.decay_every,
+                                    config.decay, config.progress, desc))

@@ -24,6 +24,7 @@ from torch import Tensor, fx, nn
 from torch.utils import _pytree as pytree
 
 from .analysis import Analysis, Contraction
+from .guards import insert_checks
 from .labels import Fixed, Prod, Struct, Var
 
 aten = torch.ops.aten
@@ -134,7 +135,8 @@ def _copy_graph(an: Analysis, graph: fx.Graph, tensor_arg: Any, sizes: Sizes, sc
 def build_runtime(an: Analysis, group_index: Mapping[int, int], tensor_names: list[str]) -> fx.GraphModule:
     """``gm(tensors, sizes, scales, training, norm_training, *user_inputs)``: tensors in
     ``tensor_names`` order, sizes in ``group_index`` order, one scale tensor per contraction
-    (shaped to broadcast); ``training`` drives dropout, ``norm_training`` unfused norms."""
+    (shaped to broadcast); ``training`` drives dropout, ``norm_training`` unfused norms. The
+    guards of the trace (:mod:`.guards`) are checked first, with ``aten._assert_scalar``."""
     graph = fx.Graph()
     tensors = graph.placeholder("tensors")
     sizes_ph = graph.placeholder("sizes")
@@ -142,6 +144,7 @@ def build_runtime(an: Analysis, group_index: Mapping[int, int], tensor_names: li
     training = graph.placeholder("training")
     norm_training = graph.placeholder("norm_training")
     inputs = [graph.placeholder(n.name) for n in an.traced.inputs]
+    insert_checks(graph, an.traced.guards, inputs, [n.name for n in an.traced.inputs])
     index = {name: i for i, name in enumerate(tensor_names)}
     sizes = Sizes(an, graph, group_index, sizes_ph)
     memo: dict[str, fx.Node] = {}

@@ -355,6 +355,13 @@ def _slice_like(an: Analysis, node: fx.Node, d: int, start: int, end: int, step:
                 make_args: Any) -> Label:
     x = list(_lab(an, node))
     n = an.size(x[d])
+    bounds = list(node.args[2:]) + list(node.kwargs.values())
+    if any(isinstance(b, (fx.Node, torch.SymInt)) for b in bounds):
+        # bounds computed from input sizes (``pos[:x.shape[1]]``): rows, not channels; they stay
+        # whole and the slice keeps its own (dynamic) bounds
+        an.pin(x[d], node, "a slice whose bounds depend on the input size")
+        x[d] = Fixed(an.shape(node)[d])
+        return x
     start = max(0, min(n, start + n if start < 0 else start))
     end = max(start, min(n, end + n if end < 0 else end))
     if start == 0 and end == n and step == 1:

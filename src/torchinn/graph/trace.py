@@ -9,10 +9,12 @@ use of every weight is visible. The batch and spatial/token dimensions are trace
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +23,8 @@ from torch import Tensor, fx, nn
 from torch.export import Dim, ExportedProgram
 from torch.export.graph_signature import InputKind
 from torch.utils import _pytree as pytree
+
+from .guards import Guard, collect
 
 __all__ = ["Traced", "trace", "node_location"]
 
@@ -43,6 +47,9 @@ class Traced:
     in_spec: pytree.TreeSpec
     out_spec: pytree.TreeSpec
     module_of: dict[str, str] = field(default_factory=dict)  # parameter name -> module type name
+    guards: list[Guard] = field(default_factory=list)  # conditions on the inputs (see .guards)
+    static_dims: set[tuple[int, int]] = field(default_factory=set)  # (input, dim) kept at its size
+    doubled: bool = False  # traced on the example with its batch of 1 repeated twice
 
 
 def node_location(node: fx.Node) -> str:
@@ -78,20 +85,38 @@ def _doubled_batch(args: tuple) -> tuple | None:
     return pytree.tree_map(lambda x: torch.cat([x, x]) if isinstance(x, Tensor) else x, args)
 
 
-def _export(model: nn.Module, args: tuple) -> ExportedProgram:
+@contextlib.contextmanager
+def _quiet() -> Iterator[io.StringIO]:
+    """Silence torch while export attempts fail: a failed attempt prints its partial graph to
+    stderr and logs warnings, and the one error torchinn raises says what went wrong."""
+    names = ["torch"] + [n for n in list(logging.root.manager.loggerDict) if n.startswith("torch.")]
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()) as buf, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield buf
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _export(model: nn.Module, args: tuple) -> tuple[ExportedProgram, bool]:
     doubled = _doubled_batch(args)
     attempts = ([doubled] if doubled is not None else []) + [args]
     last_error: Exception | None = None
     for example in attempts:
         for dynamic in (True, False):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
+            with _quiet() as stderr:
+                try:
                     return torch.export.export(
-                        model, example, dynamic_shapes=_dynamic_shapes(example) if dynamic else None)
-            except Exception as err:  # noqa: BLE001 - retried with fewer dynamic dims, then reported
-                last_error = err
-                log.debug("export attempt failed (dynamic=%s): %s", dynamic, err)
+                        model, example, dynamic_shapes=_dynamic_shapes(example) if dynamic else None
+                    ), example is doubled
+                except Exception as err:  # noqa: BLE001 - retried with fewer dynamic dims, then reported
+                    last_error = err
+            log.debug("export attempt failed (dynamic=%s): %s\n%s", dynamic, last_error, stderr.getvalue())
     raise RuntimeError(
         f"torch.export could not trace {type(model).__name__}: {last_error}\n"
         "torchinn needs a model that torch.export can trace (data-dependent Python control flow "
@@ -110,8 +135,11 @@ def trace(model: nn.Module, example_inputs: tuple) -> Traced:
     except Exception as err:  # noqa: BLE001 - reported with its cause
         raise RuntimeError(f"{type(model).__name__} fails on the example inputs "
                            f"({type(err).__name__}: {err}); pass inputs the model accepts") from err
-    ep = _export(module, example_inputs)
+    ep, doubled = _export(module, example_inputs)
     gm = ep.graph_module
+    user = [n for n, spec in zip(gm.graph.find_nodes(op="placeholder"), ep.graph_signature.input_specs)
+            if spec.kind == InputKind.USER_INPUT]
+    guards, static_dims = collect(ep, user, [n.name for n in user])
     graph = copy.deepcopy(gm.graph)
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     specs = ep.graph_signature.input_specs
@@ -141,4 +169,5 @@ def trace(model: nn.Module, example_inputs: tuple) -> Traced:
             module_of[f"{name}.{pname}" if name else pname] = type(mod).__name__
     sig = ep.module_call_graph[0].signature
     return Traced(graph=graph, tensors=tensors, trainable=trainable, source=source, inputs=inputs,
-                  in_spec=sig.in_spec, out_spec=sig.out_spec, module_of=module_of)
+                  in_spec=sig.in_spec, out_spec=sig.out_spec, module_of=module_of, guards=guards,
+                  static_dims=static_dims, doubled=doubled)

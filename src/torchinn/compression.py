@@ -1,0 +1,223 @@
+"""Post-training compression in one call: convert, choose sizes, choose where to start, tune.
+
+:func:`compress` spends its time where it pays, and never hands back something worse than the
+simplest baseline it could have produced:
+
+1. **Sizes**: per-group sizes from sensitivities and one ratio for every group (what selection
+   baselines use) are both computed for the budget (:func:`torchinn.budget.choose_sizes`), and
+   the one with the lower calibration error wins (or the ``sizes`` given).
+2. **Start**: every group starts from the best of several partitions
+   (:mod:`torchinn.starts`): the INN resampled, points on the channels L1-norm selection keeps
+   (with selection's unit scales this *is* L1 pruning, so with no tuning at all the result is
+   at least as good as L1 selection on the calibration data), the same with quadrature scales,
+   and activation-weighted selection.
+3. **Grid tuning** (:func:`torchinn.train.tune_grid`) of the partitions, then **weight
+   tuning** (:func:`torchinn.train.finetune`): distillation of every weight of the compressed
+   network; ``TuneConfig.weights_share`` splits the budget. Each stage keeps its best state on
+   held-out calibration batches, so neither ends worse than it started.
+
+The report says which sizes and starts won, what each stage gained and how the seconds were
+spent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from .budget import Metric, _batches, choose_sizes, compare_sizes, count_flops, measure_latency
+from .convert import ConvertConfig, convert
+from .loop import split_validation
+from .starts import STARTS, best_start, distill_error
+from .train import LOSSES, TuneConfig, batch_inputs, finetune, loss_kind, make_grid_trainable, tune_grid
+
+__all__ = ["CompressReport", "compress"]
+
+log = logging.getLogger(__name__)
+
+#: at most this many calibration batches are kept in memory from a one-shot iterator
+MAX_BATCHES = 256
+#: the calibration batches that choose sizes and starts (and measure the report's errors): the
+#: choices compare a few candidates, so a few batches tell them apart at a fraction of the cost
+SELECT_BATCHES = 4
+#: share of the tuning budget (at least 2 s; 10 s without tuning) for trying starts group by group
+REFINE_SHARE = 0.1
+
+
+@dataclass
+class CompressReport:
+    """What :func:`compress` did."""
+
+    metric: str
+    target: float
+    sizes: dict[str, tuple[int, int]]          # group -> (before, after)
+    before: float                               # metric of the original network
+    after: float                                # metric of the compressed network
+    params_before: int
+    params_after: int
+    error_before_tuning: float                  # calibration loss vs the original outputs (``loss``)
+    error_after_tuning: float
+    tuning: dict[str, Any] = field(default_factory=dict)  # steps in all, and per stage
+    seconds: dict[str, float] = field(default_factory=dict)
+    sizes_method: str = "given"                 # which sizes won: "sensitivity", "uniform", "given"
+    sizes_errors: dict[str, float] = field(default_factory=dict)  # calibration error per sizes option
+    starts: dict[str, str] = field(default_factory=dict)          # group -> starting partition
+    start_errors: dict[str, float] = field(default_factory=dict)  # calibration error per start (all groups)
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # "grid" / "weights": what each did
+    loss: str = "mse"                           # "mse": relative squared error; "kl": KL of class probabilities
+
+    @property
+    def ratio(self) -> float:
+        return self.after / self.before
+
+    def __str__(self) -> str:
+        lines = [f"{'group':48s} {'before':>7s} {'after':>7s} start"]
+        lines += [f"{n[:48]:48s} {b:7d} {a:7d} {self.starts.get(n, '-')}" for n, (b, a) in self.sizes.items()]
+        lines.append(f"{self.metric}: {self.before:.4g} -> {self.after:.4g} ({self.ratio:.1%} of the original, "
+                     f"target {self.target:.0%})")
+        lines.append(f"parameters: {self.params_before:,} -> {self.params_after:,}")
+        if self.sizes_errors:
+            lines.append("sizes: " + ", ".join(f"{m} {e:.4g}" for m, e in self.sizes_errors.items())
+                         + f" -> {self.sizes_method}")
+        if self.start_errors:
+            lines.append("starts: " + ", ".join(f"{k} {e:.4g}" for k, e in self.start_errors.items()))
+        what = "relative output error" if self.loss == "mse" else f"{self.loss} distillation loss"
+        lines.append(f"{what}: {self.error_before_tuning:.4g} before tuning, {self.error_after_tuning:.4g} after")
+        for name, st in self.stages.items():
+            lines.append(f"  {name} tuning: {st['steps']} steps in {st['seconds']:.1f} s, validation error "
+                         f"{_fmt(st.get('start_error'))} -> {_fmt(st.get('best_error'))}")
+        lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items()))
+        return "\n".join(lines)
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def _metric(model: nn.Module, metric: str, inputs: tuple) -> float:
+    if metric == "params":
+        return float(sum(p.numel() for p in model.parameters()))
+    if metric == "flops":
+        return float(count_flops(model, inputs))
+    return measure_latency(model, inputs)
+
+
+def _calibration(calibration: Iterable[Any] | None, example_inputs: tuple) -> tuple[Iterable[Any], list[tuple]]:
+    """(what the tuning stages draw from, the batches that choose and validate, as inputs)."""
+    if calibration is None:
+        return [example_inputs], [example_inputs]
+    if iter(calibration) is calibration:  # one shot: keep what is needed to choose, validate and tune
+        kept = []
+        for batch in calibration:
+            kept.append(batch)
+            if len(kept) >= MAX_BATCHES:
+                log.warning("compress keeps the first %d batches of a one-shot calibration iterator", MAX_BATCHES)
+                break
+        calibration = kept
+    if isinstance(calibration, Sequence):
+        if not calibration:
+            raise ValueError("the calibration loader is empty")
+        return calibration, [batch_inputs(b) for b in calibration[:SELECT_BATCHES]]
+    return calibration, _batches(calibration, example_inputs, SELECT_BATCHES)
+
+
+def _split(total: TuneConfig, share: float) -> TuneConfig | None:
+    """A stage's share of the budget (``None`` when it gets nothing)."""
+    steps = None if total.steps is None else round(total.steps * share)
+    seconds = None if total.seconds is None else total.seconds * share
+    if (steps is not None and steps < 1) or (seconds is not None and seconds <= 0) or share <= 0:
+        return None
+    return dataclasses.replace(total, steps=steps, seconds=seconds)
+
+
+def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0.5,
+             metric: Metric = "params", *, calibration: Iterable[Any] | None = None,
+             tune: TuneConfig | None | Literal[False] = None, config: ConvertConfig | None = None,
+             min_ratio: float = 0.1, sizes: Mapping[str, int] | None = None,
+             starts: Sequence[str] = STARTS) -> tuple[nn.Module, CompressReport]:
+    """Convert ``model``, shrink it to ``target`` times the ``metric``, tune on ``calibration``
+    (default: the example inputs) and return ``(plain_model, report)``.
+
+    ``tune=None`` tunes for 60 s (half grid, half weights: ``TuneConfig.weights_share``);
+    ``tune=False`` does not tune (sizes and starting partitions are still chosen on the
+    calibration data). ``sizes`` (group -> size) skips the choice of sizes. ``starts`` limits
+    the starting partitions tried (see :mod:`torchinn.starts`). ``model`` is not modified.
+    """
+    if isinstance(example_inputs, Tensor):
+        example_inputs = (example_inputs,)
+    if tune is None:
+        tune = TuneConfig(seconds=60.0)
+    if tune is not False and not isinstance(tune, TuneConfig):
+        raise TypeError(f"tune must be a TuneConfig, None (60 s) or False (no tuning), got {type(tune).__name__}")
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    imodel = convert(model, example_inputs, config)
+    seconds["convert"] = time.perf_counter() - t0
+    source, cal = _calibration(calibration, example_inputs)
+    full = imodel.to_discrete().eval()  # the teacher, and the metric before
+    before = _metric(full, metric, example_inputs)
+    with torch.no_grad():
+        reference = [full(*b) for b in cal]
+    wanted = tune.loss if tune is not False else "auto"
+    loss = loss_kind(reference[0]) if wanted == "auto" else wanted
+
+    t0 = time.perf_counter()
+    if sizes is None:
+        options = {m: choose_sizes(imodel, target, metric, calibration=cal, example_inputs=example_inputs,
+                                   min_ratio=min_ratio, method=m, loss=loss) for m in ("sensitivity", "uniform")}
+        sizes_method, sizes_errors = compare_sizes(imodel, options, cal, starts, loss)
+        chosen = options[sizes_method]
+    else:
+        sizes_method, sizes_errors, chosen = "given", {}, {imodel.groups[n].name: s for n, s in sizes.items()}
+    seconds["choose_sizes"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    imodel.resize(dict(chosen))
+    refine = 10.0 if tune is False or tune.seconds is None else max(2.0, REFINE_SHARE * tune.seconds)
+    choice = best_start(imodel, cal, kinds=starts, reference=reference, max_seconds=refine, loss=loss)
+    seconds["choose_start"] = time.perf_counter() - t0
+    err0 = choice.error
+
+    stages: dict[str, dict[str, Any]] = {}
+    if tune is not False:
+        train_source, held_out = (split_validation(source, tune.holdout) if isinstance(source, Sequence)
+                                  else (source, None))
+        grid_cfg, weights_cfg = _split(tune, 1.0 - tune.weights_share), _split(tune, tune.weights_share)
+        if grid_cfg is not None:
+            t0 = time.perf_counter()
+            make_grid_trainable(imodel)
+            stages["grid"] = tune_grid(imodel, train_source, teacher=full, config=grid_cfg, validation=held_out,
+                                       loss_fn=LOSSES[loss])
+            seconds["tune_grid"] = time.perf_counter() - t0
+        imodel.eval()
+        small = imodel.to_discrete().eval()
+        if weights_cfg is not None:
+            t0 = time.perf_counter()
+            stages["weights"] = finetune(small, train_source, teacher=full, config=weights_cfg, validation=held_out,
+                                         loss_fn=LOSSES[loss])
+            seconds["tune_weights"] = time.perf_counter() - t0
+    else:
+        small = imodel.to_discrete().eval()
+    err1 = distill_error(small, cal, reference, loss)
+    report = CompressReport(
+        metric=metric, target=target,
+        sizes={n: (g.max_size, g.size) for n, g in imodel.groups.items()},
+        before=before, after=_metric(small, metric, example_inputs),
+        params_before=sum(p.numel() for p in model.parameters()),
+        params_after=sum(p.numel() for p in small.parameters()),
+        error_before_tuning=err0, error_after_tuning=err1,
+        tuning={"steps": sum(v.get("steps", 0) for v in stages.values()),
+                **{k: v.get("steps", 0) for k, v in stages.items()}}, seconds=seconds,
+        sizes_method=sizes_method, sizes_errors=sizes_errors, starts=choice.kinds,
+        start_errors=choice.errors, stages=stages, loss=loss)
+    if not math.isfinite(err1):
+        log.warning("the compressed network's calibration error is not finite")
+    return small, report

@@ -1,0 +1,187 @@
+"""The budgeted training loop shared by grid tuning and weight fine-tuning.
+
+It trains some parameters of a network on calibration batches for a number of steps or seconds
+and guarantees that what it returns is never worse than where it started on the validation
+batches: the best state seen there is kept and restored at the end. A learning rate that makes
+the validation error jump, or the parameters non-finite, is noticed: the best state comes back
+and the learning rates are halved. A step whose loss is not finite is skipped and counted.
+
+Under ``torch.distributed`` the validation error is averaged over the processes, so that every
+process takes the same decisions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+__all__ = ["LoopConfig", "run", "split_validation", "Batches"]
+
+log = logging.getLogger(__name__)
+
+#: a validation error this many times the best one means the learning rate is too high
+DIVERGED = 1.5
+
+
+@dataclass
+class LoopConfig:
+    steps: int | None
+    seconds: float | None
+    eval_every: int = 10
+    decay_every: int = 300
+    decay: float = 0.33
+    progress: bool = False
+    desc: str = "tuning"
+
+
+@dataclass
+class Batches:
+    """Where the loop draws training batches from, told apart by kind: a re-iterable collection
+    (a list, a DataLoader) is cycled; a one-shot iterator (a generator) is used once."""
+
+    source: Iterable[Any]
+    one_shot: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.one_shot = iter(self.source) is self.source
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.one_shot:
+            yield from self.source
+            return
+        empty = True
+        for epoch in itertools.count():
+            sampler = getattr(self.source, "sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+            for batch in self.source:
+                empty = False
+                yield batch
+            if empty:
+                raise ValueError("the calibration loader is empty")
+
+
+def split_validation(loader: Iterable[Any], holdout: float) -> tuple[Iterable[Any], list[Any] | None]:
+    """``(training batches, validation batches)``: the last ``holdout`` share of a list or tuple
+    of at least 2 batches is held out; otherwise there is no held-out slice (``None``)."""
+    if holdout > 0 and isinstance(loader, Sequence) and not isinstance(loader, (str, bytes)) and len(loader) >= 2:
+        n = min(len(loader) - 1, max(1, round(holdout * len(loader))))
+        return list(loader[:-n]), list(loader[-n:])
+    return loader, None
+
+
+def _all_mean(value: float) -> float:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t) / dist.get_world_size()
+    return value
+
+
+def run(params: list[Tensor], optimizer: torch.optim.Optimizer, batches: Batches,
+        step_loss: Callable[[Any], Tensor], validate: Callable[[], float] | None,
+        config: LoopConfig) -> dict[str, Any]:
+    """Train ``params`` with ``optimizer``: ``step_loss(batch)`` gives the loss of one batch;
+    ``validate()`` the validation error (``None``: the mean training loss since the last check
+    stands in for it). Returns the report; ``params`` end at the best state validated."""
+    sched = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.decay_every, gamma=config.decay)
+    start = time.perf_counter()
+    window: list[float] = []
+
+    def check() -> float:
+        if validate is not None:
+            return _all_mean(validate())
+        return _all_mean(sum(window) / len(window)) if window else math.inf
+
+    best_state = [p.detach().clone() for p in params]
+    start_error = check() if validate is not None else None
+    best_error = start_error if start_error is not None else math.inf
+    best_step, step, skipped, reductions, evaluations = 0, 0, 0, 0, 1 if validate is not None else 0
+    first = last = None
+    stopped = "steps"
+
+    def restore() -> None:
+        with torch.no_grad():
+            for p, s in zip(params, best_state):
+                p.copy_(s)
+        optimizer.state.clear()  # the moments belong to the abandoned trajectory
+
+    def slow_down(why: str) -> None:
+        nonlocal reductions
+        restore()
+        reductions += 1
+        for g in optimizer.param_groups:
+            g["lr"] *= 0.5
+        sched.base_lrs = [lr * 0.5 for lr in sched.base_lrs]
+        log.info("%s: back to the best state (step %d), learning rates halved", why, best_step)
+
+    bar = tqdm(total=config.steps, desc=config.desc, disable=not config.progress, leave=False)
+    source = iter(batches)
+    try:
+        while True:
+            if config.steps is not None and step >= config.steps:
+                stopped = "steps"
+                break
+            if config.seconds is not None and time.perf_counter() - start >= config.seconds:
+                stopped = "seconds"
+                break
+            try:
+                batch = next(source)
+            except StopIteration:
+                if step == 0:
+                    raise ValueError("the calibration loader is empty") from None
+                stopped = "exhausted"
+                log.info("the calibration iterator was exhausted after %d steps (a one-shot iterator "
+                         "cannot be cycled: pass a list or a DataLoader to use the whole budget)", step)
+                break
+            loss = step_loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            value = float(loss.detach())
+            step += 1
+            if not math.isfinite(value):
+                skipped += 1
+            else:
+                loss.backward()
+                optimizer.step()
+                last = value
+                first = value if first is None else first
+                window.append(value)
+                if not all(bool(torch.isfinite(p).all()) for p in params):
+                    slow_down("parameters became non-finite")
+            sched.step()
+            bar.update(1)
+            if last is not None:
+                bar.set_postfix(loss=f"{last:.4g}")
+            if step % config.eval_every == 0:
+                error = check()
+                evaluations += 1
+                window.clear()
+                if error < best_error:
+                    best_error, best_step = error, step
+                    best_state = [p.detach().clone() for p in params]
+                elif not math.isfinite(error) or error > DIVERGED * best_error:
+                    slow_down(f"validation error {error:.4g} > {DIVERGED} x best {best_error:.4g}")
+        if step % config.eval_every != 0 and (validate is not None or window):
+            error = check()
+            evaluations += 1
+            if error < best_error:
+                best_error, best_step = error, step
+                best_state = [p.detach().clone() for p in params]
+    finally:
+        bar.close()
+    restore()
+    return {"steps": step, "seconds": time.perf_counter() - start, "first_loss": first, "last_loss": last,
+            "start_error": start_error, "best_error": best_error if math.isfinite(best_error) else None,
+            "best_step": best_step, "skipped_nonfinite": skipped, "lr_reductions": reductions,
+            "evaluations": evaluations, "stopped": stopped}
+

@@ -1,0 +1,134 @@
+"""Starting partitions: the integral family contains channel selection, and the choice among
+starts is never worse than any of them on the calibration data."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import torchinn as inn
+from torchinn.baselines import prune
+from torchinn.budget import choose_sizes, compare_sizes
+from torchinn.compression import compress
+from torchinn.starts import STARTS, activation_importance, best_start, distill_error, full_outputs, start_partition
+from torchinn_demo.zoo import ZOO
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def converted(name: str, permute: bool = True) -> tuple[nn.Module, tuple, inn.IntegralModel]:
+    torch.manual_seed(0)
+    model, inputs = ZOO[name]()
+    return model, inputs, inn.convert(model, inputs, inn.ConvertConfig(permute=permute, tsp_time_limit=0.2))
+
+
+def calibration(inputs: tuple, n: int, seed: int) -> list[tuple]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(8, *inputs[0].shape[1:], generator=g),) for _ in range(n)]
+
+
+@pytest.mark.parametrize("name", ["resnet_basic", "mlp", "mobilenet_v2", "densenet", "vit_timm"])
+def test_l1_start_is_l1_pruning(name):
+    model, inputs, imodel = converted(name)
+    imodel.resize(0.5)
+    sizes = imodel.sizes()
+    pruned = prune(imodel, sizes, "l1")
+    from torchinn.baselines import channel_importance
+
+    scores = channel_importance(imodel)
+    for n, p in imodel.partition_map().items():
+        imodel.set_partition(n, start_partition(p, sizes[n], "l1", scores[n]))
+    imodel.eval()
+    with torch.no_grad():
+        got, want = imodel(*inputs), pruned(*inputs)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-5), float((got - want).abs().max())
+    # and the same network comes out of to_discrete()
+    with torch.no_grad():
+        assert torch.allclose(imodel.to_discrete()(*inputs), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["resnet_basic", "mlp"])
+def test_best_start_is_never_worse_than_each_start(name):
+    _, inputs, imodel = converted(name)
+    imodel.resize(0.4)
+    cal = calibration(inputs, 2, seed=1)
+    ref = full_outputs(imodel, cal)
+    choice = best_start(imodel, cal, reference=ref)
+    assert set(choice.errors) == set(STARTS)
+    assert choice.error <= min(choice.errors.values()) * (1 + 1e-9)
+    assert distill_error(imodel, cal, ref) == pytest.approx(choice.error, rel=1e-6)  # imodel keeps the choice
+    assert set(choice.kinds.values()) <= set(STARTS)
+
+
+def test_activation_importance_weighs_channels_by_what_they_carry():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)).eval()
+    with torch.no_grad():
+        net[0].weight.zero_()
+        net[0].bias.copy_(torch.tensor([0.0, 1.0, 2.0, 3.0, -1.0, 0.5]))  # constant activations
+        net[2].weight.fill_(1.0)
+    x = torch.randn(16, 4)
+    imodel = inn.convert(net, (x,), inn.ConvertConfig(permute=False))
+    scores = activation_importance(imodel, [(x,)])
+    (group,) = scores
+    # relu(bias) is each channel's activation; the reading weights' column L1 norm is 2
+    assert torch.allclose(scores[group], torch.tensor([0.0, 1.0, 2.0, 3.0, 0.0, 0.5], dtype=torch.float64) * 2)
+
+
+def test_compare_sizes_leaves_the_model_alone():
+    _, inputs, imodel = converted("resnet_basic")
+    before = imodel.sizes()
+    cal = calibration(inputs, 2, seed=2)
+    options = {m: choose_sizes(imodel, 0.5, calibration=cal, method=m) for m in ("sensitivity", "uniform")}
+    winner, table = compare_sizes(imodel, options, cal)
+    assert imodel.sizes() == before and set(table) == {"sensitivity", "uniform"}
+    assert table[winner] == min(table.values())
+
+
+def test_compress_without_tuning_is_at_least_l1_on_the_calibration_data():
+    torch.manual_seed(0)
+    model, inputs = ZOO["resnet_basic"]()
+    cal = calibration(inputs, 3, seed=3)
+    config = inn.ConvertConfig(tsp_time_limit=0.2)
+    small, report = compress(model, inputs, 0.5, calibration=cal, tune=False, config=config)
+    imodel = inn.convert(model, inputs, config)
+    sizes = {n: a for n, (_, a) in report.sizes.items()}
+    with torch.no_grad():
+        ref = [model(*b) for b in cal]
+    l1 = prune(imodel, sizes, "l1").eval()
+    uniform = choose_sizes(imodel, 0.5, calibration=cal, method="uniform")
+    l1_uniform = prune(imodel, uniform, "l1").eval()
+    ours = distill_error(small, cal, ref)
+    assert ours == pytest.approx(report.error_after_tuning, rel=1e-5)
+    assert ours <= distill_error(l1, cal, ref) * (1 + 1e-6)
+    assert ours <= distill_error(l1_uniform, cal, ref) * (1 + 1e-6)
+    assert report.sizes_method in ("sensitivity", "uniform") and report.stages == {}
+    assert "starts:" in str(report)
+
+
+def test_compress_reports_its_stages():
+    torch.manual_seed(0)
+    model, inputs = ZOO["mlp"]()
+    g = torch.Generator().manual_seed(4)
+    cal = [(torch.randn(16, 32, generator=g),) for _ in range(5)]
+    before = copy.deepcopy(model.state_dict())
+    small, report = compress(model, inputs, 0.5, calibration=cal, config=inn.ConvertConfig(permute=False),
+                             tune=inn.train.TuneConfig(steps=20, seconds=None, progress=False, weights_share=0.5))
+    assert report.tuning == {"steps": 20, "grid": 10, "weights": 10}
+    for stage in ("grid", "weights"):
+        st = report.stages[stage]
+        assert st["best_error"] <= st["start_error"]
+    assert report.error_after_tuning <= report.error_before_tuning * (1 + 1e-6)
+    text = str(report)
+    assert "grid tuning: 10 steps" in text and "weights tuning: 10 steps" in text
+    after = model.state_dict()  # the user's model is left alone
+    assert all(torch.equal(before[k], after[k]) for k in before)

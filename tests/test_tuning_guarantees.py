@@ -1,0 +1,153 @@
+"""What grid tuning and weight fine-tuning promise whatever the data and learning rate: never
+worse than the start on the validation batches, NaN batches skipped, any iterable honoured."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import pytest
+import torch
+from torch import nn
+
+import torchinn as inn
+from torchinn.loop import Batches, split_validation
+from torchinn.train import TuneConfig, distillation_loss, finetune, tune_grid
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def mlp() -> tuple[nn.Module, inn.IntegralModel]:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 24), nn.Tanh(), nn.Linear(24, 3)).eval()
+    return net, inn.convert(net, (torch.randn(4, 6),), inn.ConvertConfig(permute=False))
+
+
+def data(n: int, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(16, 6, generator=g) for _ in range(n)]
+
+
+def error(model: nn.Module, teacher: nn.Module, batches: list[torch.Tensor]) -> float:
+    with torch.no_grad():
+        return sum(float(distillation_loss(model(x), x, teacher(x))) for x in batches) / len(batches)
+
+
+def points(imodel: inn.IntegralModel) -> dict[str, torch.Tensor]:
+    return {n: p.points().detach().clone() for n, p in imodel.partition_map().items()}
+
+
+def test_overshooting_learning_rate_never_ends_worse():
+    net, imodel = mlp()
+    imodel.resize(0.4)
+    cal = data(5, seed=1)
+    start = error(imodel, net, cal[-1:])
+    report = tune_grid(imodel, cal, config=TuneConfig(steps=40, seconds=None, lr=5.0, progress=False,
+                                                      eval_every=5))
+    end = error(imodel, net, cal[-1:])  # the held-out slice: the last of 5 batches
+    assert report["start_error"] == pytest.approx(start, rel=1e-6)
+    assert end <= start * (1 + 1e-9), (start, end)
+    assert report["best_error"] == pytest.approx(end, rel=1e-6)
+    assert report["lr_reductions"] >= 1  # measured: lr=5 makes the error jump at once
+    assert all(torch.isfinite(p).all() for p in points(imodel).values())
+
+
+def test_good_learning_rate_improves_and_is_kept():
+    net, imodel = mlp()
+    imodel.resize(0.4)
+    cal = data(6, seed=2)
+    report = tune_grid(imodel, cal, config=TuneConfig(steps=60, seconds=None, lr=1e-2, progress=False))
+    assert report["best_error"] < 0.9 * report["start_error"], report
+    assert error(imodel, net, cal[-1:]) == pytest.approx(report["best_error"], rel=1e-6)
+
+
+def test_nan_batch_is_skipped_and_counted():
+    _, imodel = mlp()
+    imodel.resize(0.5)
+    cal = data(4, seed=3)
+    bad = cal[1].clone()
+    bad[3, 2] = float("nan")
+    train = [cal[0], bad, cal[2]]
+    report = tune_grid(imodel, train, validation=[cal[3]],
+                       config=TuneConfig(steps=9, seconds=None, lr=1e-2, progress=False))
+    assert report["steps"] == 9
+    assert report["skipped_nonfinite"] == 3  # the NaN batch comes round three times
+    for name, p in points(imodel).items():
+        assert torch.isfinite(p).all(), name
+    with torch.no_grad():
+        assert torch.isfinite(imodel(cal[0])).all()
+
+
+def test_one_shot_generator_stops_when_exhausted():
+    _, imodel = mlp()
+    imodel.resize(0.5)
+    gen = (x for x in data(7, seed=4))
+    t0 = time.perf_counter()
+    report = tune_grid(imodel, gen, config=TuneConfig(steps=None, seconds=30.0, progress=False))
+    assert time.perf_counter() - t0 < 20.0  # the old loop spun forever on the empty generator
+    assert report["steps"] == 7 and report["stopped"] == "exhausted"
+
+
+def test_one_shot_generator_with_a_time_budget_stops_on_time():
+    _, imodel = mlp()
+    imodel.resize(0.5)
+
+    def endless():
+        g = torch.Generator().manual_seed(5)
+        while True:
+            yield torch.randn(16, 6, generator=g)
+
+    report = tune_grid(imodel, endless(), config=TuneConfig(steps=None, seconds=0.5, progress=False))
+    assert report["stopped"] == "seconds" and 0.5 <= report["seconds"] < 3.0
+
+
+def test_batches_tells_iterators_from_collections():
+    assert Batches(iter([1, 2])).one_shot and not Batches([1, 2]).one_shot
+    assert list(Batches(iter([1, 2]))) == [1, 2]
+    cycled = iter(Batches([1, 2]))
+    assert [next(cycled) for _ in range(5)] == [1, 2, 1, 2, 1]
+    with pytest.raises(ValueError, match="empty"):
+        next(iter(Batches([])))
+
+
+@pytest.mark.parametrize("n, holdout, train, val", [(5, 0.2, 4, 1), (10, 0.2, 8, 2), (2, 0.5, 1, 1),
+                                                     (1, 0.2, 1, None), (4, 0.0, 4, None)])
+def test_split_validation(n, holdout, train, val):
+    t, v = split_validation(list(range(n)), holdout)
+    assert len(t) == train and (v is None if val is None else len(v) == val)
+    if v is not None:
+        assert set(t).isdisjoint(v)
+
+
+def test_finetune_weights_never_worse_and_improves():
+    net, imodel = mlp()
+    imodel.resize(0.4)
+    small = imodel.to_discrete()
+    cal = data(6, seed=6)
+    before = error(small, net, cal[-1:])
+    report = finetune(small, cal, teacher=net, config=TuneConfig(steps=80, seconds=None, lr_weights=1e-2,
+                                                                 progress=False))
+    after = error(small, net, cal[-1:])
+    assert after <= before and report["best_error"] == pytest.approx(after, rel=1e-6)
+    assert after < 0.8 * before, (before, after)
+    crazy = copy.deepcopy(small)
+    start = error(crazy, net, cal[-1:])
+    finetune(crazy, cal, teacher=net, config=TuneConfig(steps=30, seconds=None, lr_weights=10.0, progress=False))
+    assert error(crazy, net, cal[-1:]) <= start * (1 + 1e-9)
+
+
+def test_tune_config_new_fields_are_checked():
+    with pytest.raises(ValueError, match="holdout"):
+        TuneConfig(holdout=1.0)
+    with pytest.raises(ValueError, match="weights_share"):
+        TuneConfig(weights_share=1.5)
+    with pytest.raises(ValueError, match="eval_every"):
+        TuneConfig(eval_every=0)
+    assert math.isclose(TuneConfig().weights_share, 0.5)
