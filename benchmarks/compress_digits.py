@@ -53,10 +53,10 @@ from torch import Tensor, nn
 import torchinn as inn
 from torchinn.baselines import prune
 from torchinn.budget import choose_sizes
-from torchinn.train import TuneConfig, distillation_loss, tune_grid
+from torchinn.train import TuneConfig, distillation_loss, finetune, tune_grid
 from torchinn_demo.data import load_digits
 from torchinn_demo.digits import DemoConfig, _augment, accuracy
-from torchinn_demo.harness import CachedTeacher, Table, finetune, load_text, machine, n_params
+from torchinn_demo.harness import CachedTeacher, Table, load_text, machine, n_params
 
 #: rows of the accuracy table, in order (key, label)
 METHODS = (
@@ -319,8 +319,9 @@ def run(s: Settings, *, retrain: bool = False, cache: bool = True, log: Callable
             if method in s.methods:
                 record(method, pruned)
             if f"{method}_ft" in s.methods:
-                rep = finetune(pruned, batches, teacher=teacher, seconds=s.seconds, lr=s.baseline_lr, loss_fn=loss_fn,
-                               step_decay=(s.decay_every, s.decay) if s.baseline_decay else None)
+                ft = TuneConfig(seconds=s.seconds, lr_weights=s.baseline_lr, decay_every=s.decay_every,
+                                decay=s.decay if s.baseline_decay else 1.0, progress=False)
+                rep = finetune(pruned, batches, teacher=teacher, loss_fn=loss_fn, config=ft)
                 record(f"{method}_ft", pruned, rep)
         if len(set(counts.values())) > 1:
             raise RuntimeError(f"parameter counts differ between methods: {counts}")

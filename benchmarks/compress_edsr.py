@@ -41,9 +41,9 @@ from torch import Tensor, nn
 import torchinn as inn
 from torchinn.baselines import prune
 from torchinn.budget import count_flops
-from torchinn.train import TuneConfig
+from torchinn.train import TuneConfig, finetune
 from torchinn_demo import sr
-from torchinn_demo.harness import Table, cpu_name, finetune, interleaved_times, load_average, resample_and_tune
+from torchinn_demo.harness import Table, cpu_name, interleaved_times, load_average, resample_and_tune
 
 #: variants tried at 50% with ``--variants``: conversion and tuning settings that may matter
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -119,9 +119,10 @@ def hr_loss(output: Tensor, batch: Any, teacher_output: Tensor) -> Tensor:
 
 
 def _finetune(net: nn.Module, teacher: nn.Module, batches: Sequence[tuple], s: Settings) -> dict[str, Any]:
-    """Adam on every weight of a plain pruned network, batches cycled for ``s.seconds``: the loop of
-    ``tune_grid`` (distillation against the same teacher, time checked before every step)."""
-    report = finetune(net, batches, teacher=teacher, seconds=s.seconds, lr=s.ft_lr)
+    """Adam on every weight of a plain pruned network for ``s.seconds``: :func:`torchinn.train.finetune`,
+    the loop of ``tune_grid`` (distillation against the same teacher, the same held-out batches)."""
+    report = finetune(net, batches, teacher=teacher, config=TuneConfig(seconds=s.seconds, lr_weights=s.ft_lr,
+                                                                       progress=False))
     for p in net.parameters():
         p.requires_grad_(False)
     return report

@@ -1,6 +1,7 @@
 """What the demo (:mod:`torchinn_demo.tour`) and the benchmarks (``benchmarks/*.py``) share: the
 machine and its load, the teacher whose outputs are computed once, resampling + grid tuning at
-given sizes, fine-tuning every weight of a plain network, interleaved timing, and tables.
+given sizes, interleaved timing, and tables. (Fine-tuning every weight of a plain network, for
+the pruning baselines, is :func:`torchinn.train.finetune`: the loop grid tuning runs.)
 
 >>> print(Table(["level", "accuracy"], [["0%", "98.3%"], ["50%", "96.7%"]]).markdown())
 | level | accuracy |
@@ -28,10 +29,10 @@ import torch
 from torch import Tensor, nn
 
 from torchinn.integral_model import IntegralModel
-from torchinn.train import TuneConfig, distillation_loss, tune_grid
+from torchinn.train import TuneConfig, tune_grid
 
 __all__ = ["load_average", "load_text", "cpu_name", "machine", "n_params", "CachedTeacher", "resample_and_tune",
-           "finetune", "interleaved_times", "Table"]
+           "interleaved_times", "Table"]
 
 
 # -- the machine -----------------------------------------------------------------------------------
@@ -104,45 +105,6 @@ def resample_and_tune(imodel: IntegralModel, sizes: Mapping[str, int], batches: 
     untuned = m.to_discrete().eval()
     report = tune_grid(m, batches, teacher=teacher, loss_fn=loss_fn, config=config)
     return untuned, m.to_discrete().eval(), report
-
-
-def finetune(net: nn.Module, batches: Sequence[tuple], *, teacher: nn.Module, seconds: float, lr: float,
-             loss_fn: Callable[[Any, Any, Any], Tensor] = distillation_loss,
-             step_decay: tuple[int, float] | None = None) -> dict[str, Any]:
-    """Adam on every parameter of a plain (pruned) network, in place, the batches cycled until
-    ``seconds`` are spent: the loop of ``tune_grid`` (teacher forward every step, time checked before
-    every step), with every weight free; ``step_decay=(every, factor)`` multiplies the learning rate
-    by ``factor`` every ``every`` steps. The parameters' ``requires_grad`` flags are restored.
-    Returns ``{"steps", "seconds", "first_loss", "last_loss"}``."""
-    if not seconds > 0:
-        raise ValueError(f"seconds must be > 0, got {seconds}")
-    flags = [(p, p.requires_grad) for p in net.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(True)
-    opt = torch.optim.Adam(net.parameters(), lr)
-    sched = torch.optim.lr_scheduler.StepLR(opt, *step_decay) if step_decay is not None else None
-    net.eval()   # no batch norms or dropout left (folded by convert); gradients still flow
-    teacher.eval()
-    start = time.perf_counter()
-    step, first, last = 0, None, None
-    try:
-        while time.perf_counter() - start < seconds:
-            batch = batches[step % len(batches)]
-            with torch.no_grad():
-                target = teacher(batch[0])
-            loss = loss_fn(net(batch[0]), batch, target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            step += 1
-            last = float(loss.detach())
-            first = last if first is None else first
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-    return {"steps": step, "seconds": time.perf_counter() - start, "first_loss": first, "last_loss": last}
 
 
 # -- speed and tables ------------------------------------------------------------------------------
