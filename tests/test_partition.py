@@ -401,9 +401,10 @@ def test_resize_ratio_and_mapping():
     assert resize(net, 0.75) == {"0.out_partition": 6, "2.out_partition": 7}  # round(6.75) = 7
     resize(net, 0.45)
     assert q.size == 3
-    assert resize(net, {"0.out_partition": 2}) == {"0.out_partition": 2}
+    # a mapping sets the groups it names; resize returns every group's size (as IntegralModel.resize)
+    assert resize(net, {"0.out_partition": 2}) == {"0.out_partition": 2, "2.out_partition": 3}
     assert p.size == 2 and q.size == 3
-    assert resize(net, {"2.out_partition": 1.0}) == {"2.out_partition": 9}
+    assert resize(net, {"2.out_partition": 1.0}) == {"0.out_partition": 2, "2.out_partition": 9}
     assert resize(net, 1.0) == {"0.out_partition": 8, "2.out_partition": 9}
     assert resize(net, 0.01) == {"0.out_partition": 1, "2.out_partition": 1}
 
@@ -411,7 +412,7 @@ def test_resize_ratio_and_mapping():
 def test_resize_errors():
     p = UniformPartition(8)
     net = _net(p)
-    with pytest.raises(KeyError, match=r"unknown partition\(s\) \['nope'\]; known: \['0.out_partition', '2.out_partition'\]"):
+    with pytest.raises(KeyError, match=r"no group named 'nope'; known groups: \['0.out_partition', '2.out_partition'\]"):
         resize(net, {"nope": 3})
     assert p.size == 8
     with pytest.raises(ValueError, match=r"ratio must be in \(0, 1\], got 1.5"):

@@ -107,10 +107,11 @@ def test_compress_without_tuning_is_at_least_l1_on_the_calibration_data():
     l1 = prune(imodel, sizes, "l1").eval()
     uniform = choose_sizes(imodel, 0.5, calibration=cal, method="uniform")
     l1_uniform = prune(imodel, uniform, "l1").eval()
-    ours = distill_error(small, cal, ref)
+    assert report.loss == "kl"  # class logits
+    ours = distill_error(small, cal, ref, "kl")
     assert ours == pytest.approx(report.error_after_tuning, rel=1e-5)
-    assert ours <= distill_error(l1, cal, ref) * (1 + 1e-6)
-    assert ours <= distill_error(l1_uniform, cal, ref) * (1 + 1e-6)
+    assert ours <= distill_error(l1, cal, ref, "kl") * (1 + 1e-6)
+    assert ours <= distill_error(l1_uniform, cal, ref, "kl") * (1 + 1e-6)
     assert report.sizes_method in ("sensitivity", "uniform") and report.stages == {}
     assert "starts:" in str(report)
 
@@ -122,7 +123,8 @@ def test_compress_reports_its_stages():
     cal = [(torch.randn(16, 32, generator=g),) for _ in range(5)]
     before = copy.deepcopy(model.state_dict())
     small, report = compress(model, inputs, 0.5, calibration=cal, config=inn.ConvertConfig(permute=False),
-                             tune=inn.train.TuneConfig(steps=20, seconds=None, progress=False, weights_share=0.5))
+                             tune=inn.train.TuneConfig(steps=20, seconds=None, progress=False, weights_share=0.5),
+                             reconstruct=False)
     assert report.tuning == {"steps": 20, "grid": 10, "weights": 10}
     for stage in ("grid", "weights"):
         st = report.stages[stage]
@@ -132,3 +134,20 @@ def test_compress_reports_its_stages():
     assert "grid tuning: 10 steps" in text and "weights tuning: 10 steps" in text
     after = model.state_dict()  # the user's model is left alone
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_compress_starts_from_the_reconstruction_when_it_wins_on_held_out_data():
+    torch.manual_seed(0)
+    model, inputs = ZOO["mlp"]()
+    g = torch.Generator().manual_seed(5)
+    cal = [(torch.randn(64, 32, generator=g),) for _ in range(5)]
+    small, report = compress(model, inputs, 0.5, calibration=cal, config=inn.ConvertConfig(permute=False),
+                             tune=inn.train.TuneConfig(steps=6, seconds=None, progress=False))
+    held = report.reconstruct_errors
+    assert held["reconstruct"] < held["partitions"]  # measured: 0.00062 < 0.00066 (KL, held-out batch)
+    assert set(report.starts.values()) == {"reconstruct"}
+    assert report.tuning == {"steps": 6, "weights": 6}  # no grid to tune: the budget goes to the weights
+    assert "held out: partitions" in str(report)
+    _, report = compress(model, inputs, 0.5, calibration=cal, config=inn.ConvertConfig(permute=False),
+                         tune=inn.train.TuneConfig(steps=6, seconds=None, progress=False), reconstruct=False)
+    assert report.reconstruct_errors == {} and "reconstruct" not in report.starts.values()

@@ -6,10 +6,13 @@ plain, smaller ``nn.Module``.
 """
 
 from .functions import ContinuousFunction
-from .model import to_discrete
 from .convert import ConvertConfig, UnsupportedOpError, convert
 from .integral_model import Group, Groups, IntegralModel
 from .serialize import FormatError, load, save
+from .baselines import prune, reconstruct
+from .budget import choose_sizes
+from .compression import CompressReport, compress
+from .train import TuneConfig, finetune, make_grid_trainable, tune_grid
 from .layers import (
     IntegralConv1d,
     IntegralConv2d,
@@ -41,11 +44,25 @@ from .quadrature import (
     integrate,
     register_quadrature,
 )
-from .sizes import RandomSizes, partitions, resize
+from .network import integral_network, partitions, resize, to_discrete
+from .protocol import IntegralNetwork
+from .scratch import ScratchNetwork
+from .sizes import RandomSizes
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # post-training compression
+    "compress",
+    "CompressReport",
+    "choose_sizes",
+    "TuneConfig",
+    "tune_grid",
+    "make_grid_trainable",
+    "finetune",
+    "prune",
+    "reconstruct",
+    # the integral network
     "ContinuousFunction",
     "to_discrete",
     "convert",
@@ -72,6 +89,9 @@ __all__ = [
     "FixedPartition",
     "TrainablePartition",
     "CompositePartition",
+    "IntegralNetwork",
+    "ScratchNetwork",
+    "integral_network",
     "RandomSizes",
     "partitions",
     "resize",

@@ -117,6 +117,12 @@ def prune(imodel: IntegralModel, sizes: Mapping[str, int] | None = None, method:
             raise ValueError("method 'reconstruct' refits layers on calibration data: pass "
                              "calibration=<batches of inputs>")
         return reconstruct(imodel, sizes, calibration, seed=seed)
+    return _selected(imodel, sizes, method, seed)[0]
+
+
+def _selected(imodel: IntegralModel, sizes: Mapping[str, int] | None, method: str, seed: int
+              ) -> tuple[fx.GraphModule, dict[str, Tensor], dict[str, Tensor]]:
+    """The network cut to ``sizes`` by ``method``, the full-size tensors, and the kept indices."""
     groups = imodel.groups
     sizes = {groups[n].name: s for n, s in (sizes or imodel.sizes()).items()}
     keep = select_channels(imodel, sizes, method, seed)
@@ -125,7 +131,7 @@ def prune(imodel: IntegralModel, sizes: Mapping[str, int] | None = None, method:
     plans = imodel.plans()
     tensors = {n: take_channels(t, plans[n], keep) if n in plans else t for n, t in full.items()}
     # groups not in ``sizes`` keep all their channels (not the model's current sizes)
-    return imodel.discrete_from(tensors, dict({n: g.max_size for n, g in groups.items()}, **sizes))
+    return imodel.discrete_from(tensors, dict({n: g.max_size for n, g in groups.items()}, **sizes)), full, keep
 
 
 def reconstruct(imodel: IntegralModel, sizes: Mapping[str, int] | None, calibration: Iterable[Any], *,
@@ -168,17 +174,9 @@ def reconstruct(imodel: IntegralModel, sizes: Mapping[str, int] | None, calibrat
     batches = list(calibration)
     if not batches:
         raise ValueError("the calibration loader is empty")
-    groups = imodel.groups
-    sizes = {groups[n].name: s for n, s in (sizes or imodel.sizes()).items()}
-    keep = select_channels(imodel, sizes, select, seed)
-    with torch.no_grad():
-        tensors = imodel.tensors(imodel.full_partitions())
+    pruned, tensors, keep = _selected(imodel, sizes, select, seed)
     plans = imodel.plans()
-    full_sizes = {n: g.max_size for n, g in groups.items()}
-    full = imodel.discrete_from(tensors, full_sizes).eval()
-    pruned = imodel.discrete_from(
-        {n: take_channels(t, plans[n], keep) if n in plans else t for n, t in tensors.items()},
-        dict(full_sizes, **sizes))
+    full = imodel.discrete_from(tensors, {n: g.max_size for n, g in imodel.groups.items()}).eval()
     kept = {}
     for name, plan in plans.items():
         kept[name] = [take_channels(torch.arange(plan_size(p)), (p,), keep) if any(

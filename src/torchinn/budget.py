@@ -30,11 +30,17 @@ from .structured import plan_size
 from .starts import STARTS, best_start, distill_error, full_outputs, kept_partitions, start_partition
 from .train import batch_inputs, loss_kind
 
-__all__ = ["Metric", "choose_sizes", "compare_sizes", "count_flops", "flops_by_tensor", "measure_latency"]
+__all__ = ["Metric", "UnreachableTarget", "choose_sizes", "compare_sizes", "count_flops", "flops_by_tensor", "measure_latency"]
 
 log = logging.getLogger(__name__)
 
 Metric = Literal["params", "flops", "latency"]
+
+
+class UnreachableTarget(ValueError):
+    """No sizes allowed (``min_ratio``) bring the network down to the target."""
+
+
 SizeMethod = Literal["best", "sensitivity", "uniform"]
 _RATIOS = (0.75, 0.5, 0.25)
 
@@ -124,7 +130,11 @@ class _Cost:
         """``value`` of :meth:`model` with its unit (latency is modelled by FLOPs)."""
         if self.metric == "params":
             return f"{value:,.0f} parameters"
-        return f"{value:.4g} FLOPs" + (" (latency is budgeted through FLOPs)" if self.metric == "latency" else "")
+        return f"{value:.4g} FLOPs"
+
+    @property
+    def note(self) -> str:
+        return " (latency is budgeted through the FLOPs it is measured to follow)" if self.metric == "latency" else ""
 
     def model(self, sizes: Mapping[str, int]) -> float:
         """The metric predicted from sizes (FLOPs for the latency metric)."""
@@ -216,8 +226,8 @@ def _greedy(imodel: IntegralModel, cost: _Cost, target_cost: float,
             if score < best_score:
                 best, best_score = (n, new), score
         if best is None:
-            raise ValueError(f"cannot reach the target: at the smallest sizes allowed (min_ratio="
-                             f"{min_ratio}) the network still has {cost.amount(current)} > {cost.amount(target_cost)}")
+            raise UnreachableTarget(f"cannot reach the target: at the smallest sizes allowed (min_ratio="
+                             f"{min_ratio}) the network still has {cost.amount(current)} > {cost.amount(target_cost)}{cost.note}")
         sizes[best[0]] = best[1]
         current = cost.model(sizes)
     # grow back one channel at a time where it helps most and still fits the budget
@@ -250,8 +260,8 @@ def _uniform(imodel: IntegralModel, cost: _Cost, target_cost: float, min_ratio: 
 
     lo, hi = min_ratio, 1.0
     if cost.model(at(lo)) > target_cost:
-        raise ValueError(f"cannot reach the target: at the smallest sizes allowed (min_ratio={min_ratio}) "
-                         f"the network still has {cost.amount(cost.model(at(lo)))} > {cost.amount(target_cost)}")
+        raise UnreachableTarget(f"cannot reach the target: at the smallest sizes allowed (min_ratio={min_ratio}) "
+                         f"the network still has {cost.amount(cost.model(at(lo)))} > {cost.amount(target_cost)}{cost.note}")
     for _ in range(30):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if cost.model(at(mid)) <= target_cost else (lo, mid)
@@ -304,9 +314,17 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
     if metric != "params" and example_inputs is None:
         raise ValueError(f"metric={metric!r} needs example_inputs to count or time the network")
     if method == "best":
-        options = {m: choose_sizes(imodel, target, metric, calibration=calibration, example_inputs=example_inputs,
-                                   batches=batches, min_ratio=min_ratio, method=m, tolerance=tolerance, loss=loss)
-                   for m in ("sensitivity", "uniform")}
+        options, errors = {}, []
+        for m in ("sensitivity", "uniform"):
+            try:
+                options[m] = choose_sizes(imodel, target, metric, calibration=calibration, example_inputs=example_inputs,
+                                          batches=batches, min_ratio=min_ratio, method=m, tolerance=tolerance, loss=loss)
+            except UnreachableTarget as err:  # e.g. one ratio for all cannot reach a latency target
+                errors.append(err)
+        if not options:
+            raise errors[0]
+        if len(options) == 1:
+            return next(iter(options.values()))
         cal = _batches(calibration, example_inputs or (), max(batches, 4))
         winner, table = compare_sizes(imodel, options, cal, loss=loss)
         log.info("choose_sizes: %s sizes win (%s)", winner,

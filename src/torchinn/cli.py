@@ -119,6 +119,26 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}")
+    if not value >= 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"seconds must be >= 0, got {text}")
+    return value
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share in [0, 1], got {text!r}")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"the share must be in [0, 1], got {text}")
+    return value
+
+
 def _floats(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in text.split(","))
@@ -289,15 +309,17 @@ def _compress(args: argparse.Namespace) -> int:
         calibration = {"source": "random normal inputs (smoke test)", "batches": len(loader)}
         described = calibration["source"]
         loader = [(b,) if len(b) > 1 else b[0] for b in loader]  # batch_inputs: a tensor or ((inputs),)
-    tune = TuneConfig(seconds=args.seconds, progress=not args.no_progress)
-    small, report = compress(model, example, args.target, args.metric, calibration=loader, tune=tune)
+    tune = (TuneConfig(seconds=args.seconds, progress=not args.no_progress, weights_share=args.weights_share,
+                       loss=args.loss) if args.seconds > 0 else False)
+    small, report = compress(model, example, args.target, args.metric, calibration=loader, tune=tune,
+                             reconstruct=not args.no_reconstruct)
     _save_checked(small, out, example)
     data = dataclasses.asdict(report)
     data.update(ratio=report.ratio, model=loaded.source, output=str(out),
                 input_shapes=[list(s) for s in args.input_shape], calibration=calibration,
                 load_with="torch.load(path, weights_only=False)", torchinn=__version__, torch=torch.__version__)
     text = (f"torchinn compress {loaded.source} -> {out} (target {args.target:g} of the {args.metric}, "
-            f"{args.seconds:g} s of grid tuning, calibration: {described})\n{report}\n")
+            f"{args.seconds:g} s of tuning, calibration: {described})\n{report}\n")
     json_path, text_path = _report_paths(out)
     write_text(json_path, json.dumps(data, indent=2) + "\n")
     write_text(text_path, text)
@@ -460,7 +482,16 @@ def build_parser() -> argparse.ArgumentParser:
     com.add_argument("--std", type=_floats, metavar="S1,S2,S3",
                      help="per-channel std the images are divided by (ImageNet: 0.229,0.224,0.225)")
     com.add_argument("--max-images", type=_positive, default=256, help="use at most this many images (default 256)")
-    com.add_argument("--seconds", type=_seconds, default=60.0, help="seconds of grid tuning (default 60)")
+    com.add_argument("--seconds", type=_non_negative_seconds, default=60.0,
+                     help="seconds of tuning (default 60): grid tuning, then the weights (--weights-share); 0: no "
+                          "tuning (sizes and starting partitions are still chosen on the calibration data)")
+    com.add_argument("--weights-share", type=_share, default=0.5,
+                     help="share of --seconds spent tuning all the weights after grid tuning (default 0.5)")
+    com.add_argument("--loss", choices=("auto", "mse", "kl"), default="auto",
+                     help="distillation loss: kl for class logits, mse otherwise; auto picks kl when every output "
+                          "is (batch, classes) (default auto)")
+    com.add_argument("--no-reconstruct", action="store_true",
+                     help="do not try the least-squares reconstruction baseline as a starting point")
     com.add_argument("-o", "--output", required=True, metavar="OUT",
                      help="file for the compressed network (.pt); checked before the run and replaced atomically "
                           "(a crash leaves the old file as it was)")

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from .budget import Metric, _batches, choose_sizes, compare_sizes, count_flops, measure_latency
+from .budget import Metric, UnreachableTarget, _batches, choose_sizes, compare_sizes, count_flops, measure_latency
 from .convert import ConvertConfig, convert
 from .loop import split_validation
 from .starts import STARTS, best_start, distill_error
@@ -71,6 +71,8 @@ class CompressReport:
     sizes_errors: dict[str, float] = field(default_factory=dict)  # calibration error per sizes option
     starts: dict[str, str] = field(default_factory=dict)          # group -> starting partition
     start_errors: dict[str, float] = field(default_factory=dict)  # calibration error per start (all groups)
+    #: held-out calibration error of the best partitions and of the reconstruction baseline
+    reconstruct_errors: dict[str, float] = field(default_factory=dict)
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # "grid" / "weights": what each did
     loss: str = "mse"                           # "mse": relative squared error; "kl": KL of class probabilities
 
@@ -89,6 +91,8 @@ class CompressReport:
                          + f" -> {self.sizes_method}")
         if self.start_errors:
             lines.append("starts: " + ", ".join(f"{k} {e:.4g}" for k, e in self.start_errors.items()))
+        if self.reconstruct_errors:
+            lines.append("held out: " + ", ".join(f"{k} {e:.4g}" for k, e in self.reconstruct_errors.items()))
         what = "relative output error" if self.loss == "mse" else f"{self.loss} distillation loss"
         lines.append(f"{what}: {self.error_before_tuning:.4g} before tuning, {self.error_after_tuning:.4g} after")
         for name, st in self.stages.items():
@@ -138,18 +142,47 @@ def _split(total: TuneConfig, share: float) -> TuneConfig | None:
     return dataclasses.replace(total, steps=steps, seconds=seconds)
 
 
+def _try_reconstruct(imodel: Any, sizes: Mapping[str, int], source: Iterable[Any],
+                     held_out: Sequence[Any] | None, cal: Sequence[tuple], full: nn.Module, loss: str
+                     ) -> tuple[nn.Module | None, dict[str, float]]:
+    """The reconstruction baseline at ``sizes`` if it beats ``imodel``'s current partitions on the
+    held-out batches (else on ``cal``), else ``None``; and both errors there."""
+    from .baselines import reconstruct
+
+    # fitted on every calibration batch, the held-out ones included: then it is exactly the
+    # baseline as a user would run it, and the partitions win only where they beat it on data
+    # the refit has seen
+    fit = [batch_inputs(b) for b in (source[:64] if isinstance(source, Sequence) else cal)]
+    judge = [batch_inputs(b) for b in held_out] if held_out else list(cal)
+    with torch.no_grad():
+        ref = [full(*b) for b in judge]
+    mine = distill_error(imodel, judge, ref, loss)
+    try:
+        recon = reconstruct(imodel, dict(sizes), fit).eval()
+    except (RuntimeError, ValueError, NotImplementedError) as err:  # a candidate, not a requirement
+        log.info("no reconstruction candidate (%s: %s)", type(err).__name__, err)
+        return None, {}
+    theirs = distill_error(recon, judge, ref, loss)
+    log.info("reconstruction %.4g vs best partitions %.4g on held-out calibration batches", theirs, mine)
+    return (recon if theirs < mine else None), {"partitions": mine, "reconstruct": theirs}
+
+
 def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0.5,
              metric: Metric = "params", *, calibration: Iterable[Any] | None = None,
              tune: TuneConfig | None | Literal[False] = None, config: ConvertConfig | None = None,
              min_ratio: float = 0.1, sizes: Mapping[str, int] | None = None,
-             starts: Sequence[str] = STARTS) -> tuple[nn.Module, CompressReport]:
+             starts: Sequence[str] = STARTS, reconstruct: bool = True) -> tuple[nn.Module, CompressReport]:
     """Convert ``model``, shrink it to ``target`` times the ``metric``, tune on ``calibration``
     (default: the example inputs) and return ``(plain_model, report)``.
 
     ``tune=None`` tunes for 60 s (half grid, half weights: ``TuneConfig.weights_share``);
     ``tune=False`` does not tune (sizes and starting partitions are still chosen on the
     calibration data). ``sizes`` (group -> size) skips the choice of sizes. ``starts`` limits
-    the starting partitions tried (see :mod:`torchinn.starts`). ``model`` is not modified.
+    the starting partitions tried (see :mod:`torchinn.starts`); ``reconstruct`` also tries L1
+    selection with a least-squares refit of the layers that read pruned channels
+    (:func:`torchinn.baselines.reconstruct`, fitted on the calibration data), and starts from it
+    when it beats the best partitions on the held-out part (then all the tuning budget goes to
+    the weights). ``model`` is not modified.
     """
     if isinstance(example_inputs, Tensor):
         example_inputs = (example_inputs,)
@@ -171,8 +204,15 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
 
     t0 = time.perf_counter()
     if sizes is None:
-        options = {m: choose_sizes(imodel, target, metric, calibration=cal, example_inputs=example_inputs,
-                                   min_ratio=min_ratio, method=m, loss=loss) for m in ("sensitivity", "uniform")}
+        options, errors = {}, []
+        for m in ("sensitivity", "uniform"):
+            try:
+                options[m] = choose_sizes(imodel, target, metric, calibration=cal, example_inputs=example_inputs,
+                                          min_ratio=min_ratio, method=m, loss=loss)
+            except UnreachableTarget as err:  # e.g. one ratio for all cannot reach a latency target
+                errors.append(err)
+        if not options:
+            raise errors[0]
         sizes_method, sizes_errors = compare_sizes(imodel, options, cal, starts, loss)
         chosen = options[sizes_method]
     else:
@@ -185,12 +225,24 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
     choice = best_start(imodel, cal, kinds=starts, reference=reference, max_seconds=refine, loss=loss)
     seconds["choose_start"] = time.perf_counter() - t0
     err0 = choice.error
+    start_errors = dict(choice.errors)
+    starts_used = dict(choice.kinds)
+
+    holdout = tune.holdout if tune is not False else TuneConfig().holdout
+    train_source, held_out = (split_validation(source, holdout) if isinstance(source, Sequence) else (source, None))
+    recon, versus = None, {}
+    if reconstruct:
+        t0 = time.perf_counter()
+        recon, versus = _try_reconstruct(imodel, chosen, source, held_out, cal, full, loss)
+        seconds["reconstruct"] = time.perf_counter() - t0
+        if recon is not None:
+            starts_used = {n: "reconstruct" for n in starts_used}
+            err0 = distill_error(recon, cal, reference, loss)
 
     stages: dict[str, dict[str, Any]] = {}
     if tune is not False:
-        train_source, held_out = (split_validation(source, tune.holdout) if isinstance(source, Sequence)
-                                  else (source, None))
-        grid_cfg, weights_cfg = _split(tune, 1.0 - tune.weights_share), _split(tune, tune.weights_share)
+        share = 1.0 if recon is not None else tune.weights_share  # a refit network has no grid to tune
+        grid_cfg, weights_cfg = _split(tune, 1.0 - share), _split(tune, share)
         if grid_cfg is not None:
             t0 = time.perf_counter()
             make_grid_trainable(imodel)
@@ -198,14 +250,14 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
                                        loss_fn=LOSSES[loss])
             seconds["tune_grid"] = time.perf_counter() - t0
         imodel.eval()
-        small = imodel.to_discrete().eval()
+        small = recon if recon is not None else imodel.to_discrete().eval()
         if weights_cfg is not None:
             t0 = time.perf_counter()
             stages["weights"] = finetune(small, train_source, teacher=full, config=weights_cfg, validation=held_out,
                                          loss_fn=LOSSES[loss])
             seconds["tune_weights"] = time.perf_counter() - t0
     else:
-        small = imodel.to_discrete().eval()
+        small = recon if recon is not None else imodel.to_discrete().eval()
     err1 = distill_error(small, cal, reference, loss)
     report = CompressReport(
         metric=metric, target=target,
@@ -216,8 +268,8 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
         error_before_tuning=err0, error_after_tuning=err1,
         tuning={"steps": sum(v.get("steps", 0) for v in stages.values()),
                 **{k: v.get("steps", 0) for k, v in stages.items()}}, seconds=seconds,
-        sizes_method=sizes_method, sizes_errors=sizes_errors, starts=choice.kinds,
-        start_errors=choice.errors, stages=stages, loss=loss)
+        sizes_method=sizes_method, sizes_errors=sizes_errors, starts=starts_used,
+        start_errors=start_errors, stages=stages, loss=loss, reconstruct_errors=versus)
     if not math.isfinite(err1):
         log.warning("the compressed network's calibration error is not finite")
     return small, report

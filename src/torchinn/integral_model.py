@@ -18,7 +18,6 @@ torch.Size([16, 8])
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from .graph.build import specialize
 from .graph.groups import ContractionSpec, GroupInfo
 from .graph.guards import Guard, violation
 from .partition import Partition, UniformPartition
+from .protocol import SizeSpec, plan_sizes, set_sizes, unknown_group
 from .structured import StructuredFunction, plan_size, plan_vector
 
 __all__ = ["Group", "Groups", "IntegralModel"]
@@ -90,9 +90,7 @@ class Groups(Mapping[str, Group]):
                 return produced[0]
             if len(produced) > 1:
                 raise KeyError(f"{name!r} matches several groups: {[g.name for g in produced]}")
-        close = difflib.get_close_matches(str(name), list(self._groups), n=3, cutoff=0.5)
-        hint = f"; did you mean {close}?" if close else f"; known groups: {list(self._groups)[:8]}..."
-        raise KeyError(f"no group named {name!r}{hint}")
+        raise unknown_group(name, self._groups)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._groups)
@@ -117,10 +115,12 @@ def ratio_vector(p: Partition, like: Tensor) -> Tensor:
 
 
 class IntegralModel(nn.Module):
-    """A network with continuous channel groups (see :func:`torchinn.convert`).
+    """A network with continuous channel groups (see :func:`torchinn.convert`); it implements
+    :class:`~torchinn.protocol.IntegralNetwork`.
 
-    * ``groups``: the channel groups by name, each with its partition;
-    * :meth:`resize`: new sizes for all or some groups;
+    * ``groups``: the channel groups by name, each with its partition (:meth:`partition_map`:
+      the partitions alone);
+    * :meth:`sizes` / :meth:`resize`: every group's size / new sizes for all or some groups;
     * :meth:`to_discrete`: a plain ``nn.Module`` at the current sizes;
     * ``forward``: the network at the current sizes, differentiable in every continuous
       function and trainable partition.
@@ -179,41 +179,13 @@ class IntegralModel(nn.Module):
         """Current size of every group."""
         return {n: self.partitions[_key(n)].size for n in self.group_names}
 
-    def resize(self, sizes: float | int | Mapping[str, float | int]) -> dict[str, int]:
-        """Set group sizes: one ratio in (0, 1] for every group (a float), or a mapping from group
-        name (or the module that produces it) to a size (int) or a ratio (float). Returns all sizes."""
+    def resize(self, sizes: SizeSpec) -> dict[str, int]:
+        """Set group sizes: one ratio in (0, 1] (a float) or size (an int) for every resizable
+        group, or a mapping from group name (or the module that produces it) to a size or a ratio.
+        Every entry is checked before any group changes. Returns every group's size (the rules,
+        shared with from-scratch networks: :mod:`torchinn.protocol`)."""
         groups = self.groups
-        plan = dict(sizes) if isinstance(sizes, Mapping) else {n: sizes for n in self.group_names}
-        new: list[tuple[Group, int]] = []  # every entry is checked before any group changes
-        for name, value in plan.items():
-            g = groups[name]
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"size for group {g.name!r} must be an int or a float ratio, got {value!r}")
-            if isinstance(value, float):
-                if not 0.0 < value <= 1.0:
-                    raise ValueError(f"group {g.name!r}: a ratio must be in (0, 1], got {value}")
-                size = max(1, round(value * g.max_size))
-                if g.partition.quadrature.name == "simpson" and size % 2 == 0:
-                    size -= 1
-            else:
-                size = value
-            if not g.partition.resizable:
-                raise ValueError(f"group {g.name!r} has a {type(g.partition).__name__}, which has a fixed size")
-            if not 1 <= size <= g.max_size:
-                raise ValueError(f"group {g.name!r} has {g.max_size} channels; size must be in "
-                                 f"[1, {g.max_size}], got {size}")
-            check = getattr(getattr(g.partition, "quadrature", None), "check_size", None)
-            if check is not None:
-                check(size)
-            new.append((g, size))
-        before = [(g, g.size) for g, _ in new]
-        try:
-            for g, size in new:
-                g.partition.resize(size)
-        except Exception:
-            for g, size in before:  # a partition refused: leave every group as it was
-                g.partition.resize(size)
-            raise
+        set_sizes(plan_sizes(self.partition_map(), sizes, lambda name: groups[name].name))
         return self.sizes()
 
     # -- running ------------------------------------------------------------------------------

@@ -170,8 +170,9 @@ class IntegralLayer(nn.Module):
         params = tuple((t.data_ptr(), t._version) for t in self.parameters())
         return parts + params + (torch.is_grad_enabled(),)
 
-    def weights(self) -> tuple[Tensor, Tensor | None]:
-        """Like :meth:`sample`, but cached in eval mode while nothing needs a gradient."""
+    def sampled(self) -> tuple[Tensor, Tensor | None]:
+        """Like :meth:`sample`, but cached in eval mode while nothing needs a gradient (as
+        :meth:`torchinn.IntegralModel.sampled`)."""
         cacheable = not self.training and not (
             torch.is_grad_enabled() and any(t.requires_grad for t in self.parameters()))
         if not cacheable:
@@ -184,7 +185,7 @@ class IntegralLayer(nn.Module):
         return self._cache[1], self._cache[2]
 
     def forward(self, input: Tensor) -> Tensor:
-        weight, bias = self.weights()
+        weight, bias = self.sampled()
         if input.device != weight.device:
             raise ValueError(
                 f"{type(self).__name__}: input is on {input.device} but the layer's weights are on "

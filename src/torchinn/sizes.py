@@ -1,10 +1,11 @@
-"""Collections of partitions: find, resize and randomly resize all the partitions of a model.
+"""Random sizes for training: :class:`RandomSizes` draws a new size for every resizable group of an
+integral network at each training step (randomized discretization), from a generator the caller
+controls.
 
-:func:`partitions` lists the leaf partitions a model uses (each named by the first path it is
-found at), :func:`resize` sets their sizes from one ratio or a mapping of sizes and ratios, and
-:class:`RandomSizes` draws new sizes for every resizable partition at each training step
-(randomized discretization), from a generator the caller controls. The partitions themselves
-are in :mod:`torchinn.partition`.
+It takes any integral network (:mod:`torchinn.protocol`: a converted
+:class:`~torchinn.IntegralModel` or a module built from ``Integral*`` layers) or a mapping from
+name to partition, and names the sizes it draws by group name. Finding and resizing groups:
+:func:`torchinn.partitions` and :func:`torchinn.resize` (:mod:`torchinn.network`).
 """
 
 from __future__ import annotations
@@ -16,62 +17,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .partition import CompositePartition, Partition, _check_size
+from .network import integral_network, partitions, resize  # noqa: F401  (their old home)
+from .partition import Partition
+from .protocol import IntegralNetwork
 
-__all__ = [
-    "RandomSizes",
-    "partitions",
-    "resize",
-]
-
-
-def partitions(model: nn.Module, *, resizable_only: bool = False) -> dict[str, Partition]:
-    """The leaf partitions used in ``model``, each named by the first path it is found at."""
-    found: dict[str, Partition] = {}
-    seen: set[int] = set()
-    for name, module in model.named_modules(remove_duplicate=False):
-        if isinstance(module, Partition) and not isinstance(module, CompositePartition):
-            if id(module) in seen:
-                continue
-            seen.add(id(module))
-            if resizable_only and not module.resizable:
-                continue
-            found[name] = module
-    return found
-
-
-def _target_size(ratio_or_size: float | int, max_size: int, what: str) -> int:
-    if isinstance(ratio_or_size, float):
-        if not 0.0 < ratio_or_size <= 1.0:
-            raise ValueError(f"{what}: a ratio must be in (0, 1], got {ratio_or_size}")
-        return max(1, round(ratio_or_size * max_size))
-    return _check_size(ratio_or_size, max_size, what)
-
-
-def resize(model: nn.Module, sizes: float | int | Mapping[str, float | int]) -> dict[str, int]:
-    """Resize the partitions of ``model``: one ratio in (0, 1] for all (a float), or a mapping
-    from partition name (see :func:`partitions`) to a size (int) or ratio (float).
-
-    Returns the sizes set. A ratio gives the nearest size the partition's quadrature allows
-    (:meth:`~torchinn.quadrature.Quadrature.nearest_size`: Simpson's rule rounds down to an odd size).
-    """
-    parts = partitions(model, resizable_only=True)
-    if isinstance(sizes, Mapping):
-        unknown = sorted(set(sizes) - set(parts))
-        if unknown:
-            raise KeyError(f"unknown partition(s) {unknown}; known: {sorted(parts)}")
-        plan = dict(sizes)
-    else:
-        plan = {name: sizes for name in parts}
-    done = {}
-    for name, value in plan.items():
-        p = parts[name]
-        size = _target_size(value, p.max_size, f"partition {name!r}")
-        if isinstance(value, float):  # a ratio: the nearest size the quadrature allows
-            size = p.quadrature.nearest_size(size, high=p.max_size)
-        p.resize(size)
-        done[name] = size
-    return done
+__all__ = ["RandomSizes"]
 
 
 class RandomSizes:
@@ -84,8 +34,9 @@ class RandomSizes:
     * ``"full-biased"`` - sizes near the top of the range more likely (density grows linearly
       towards the full size), which keeps full-size accuracy while still teaching small sizes.
 
-    ``ranges`` gives some partitions (by name) their own ``(low, high)``. With an
-    :class:`~torchinn.IntegralModel` the names are its group names. Every process that builds a
+    ``model`` is any integral network (the sizes are named by its group names, as
+    :func:`torchinn.partitions` names them) or a mapping from name to partition. ``ranges`` gives
+    some groups (by name) their own ``(low, high)``. Every process that builds a
     ``RandomSizes`` with the same seed draws the same sizes (distributed training needs that).
 
     Call :meth:`step` before each forward pass; :meth:`full` restores the full sizes.
@@ -99,7 +50,7 @@ class RandomSizes:
     True
     """
 
-    def __init__(self, model: nn.Module | Mapping[str, Partition], low: float = 0.5, high: float = 1.0,
+    def __init__(self, model: nn.Module | IntegralNetwork | Mapping[str, Partition], low: float = 0.5, high: float = 1.0,
                  distribution: Literal["uniform", "full-biased"] = "uniform", *,
                  ranges: Mapping[str, tuple[float, float]] | None = None,
                  generator: torch.Generator | None = None, seed: int | None = None) -> None:
@@ -110,18 +61,13 @@ class RandomSizes:
             raise ValueError(f"distribution must be 'uniform' or 'full-biased', got {distribution!r}")
         if generator is not None and seed is not None:
             raise ValueError("give either a generator or a seed, not both")
-        if isinstance(model, Mapping):
-            found = dict(model)
-        elif hasattr(model, "partition_map"):  # an IntegralModel: partitions by group name
-            found = dict(model.partition_map())
-        else:
-            found = partitions(model)
+        found = dict(model) if isinstance(model, Mapping) else integral_network(model).partition_map()
         self.partitions = {n: p for n, p in found.items() if p.resizable}
         if not self.partitions:
             raise ValueError("the model has no resizable partitions")
         unknown = sorted(set(ranges or {}) - set(self.partitions))
         if unknown:
-            raise KeyError(f"ranges for unknown partition(s) {unknown}; known: {sorted(self.partitions)[:10]}")
+            raise KeyError(f"ranges for unknown group(s) {unknown}; known groups: {sorted(self.partitions)[:10]}")
         self.ranges = dict(ranges or {})
         self.low, self.high, self.distribution = low, high, distribution
         if generator is None:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
 from torchinn.layers import IntegralConv2d, IntegralLinear
-from torchinn.model import to_discrete
+from torchinn.network import to_discrete
 from torchinn.partition import UniformPartition
 from torchinn.sizes import RandomSizes, resize
 
