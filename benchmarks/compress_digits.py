@@ -38,12 +38,11 @@ import copy
 import hashlib
 import json
 import math
-import platform
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +53,10 @@ from torch import Tensor, nn
 import torchinn as inn
 from torchinn.baselines import prune
 from torchinn.budget import choose_sizes
-from torchinn.data import load_digits
-from torchinn.demos.digits import DemoConfig, _augment, accuracy
-from torchinn.train import TuneConfig, distillation_loss, tune_grid
+from torchinn.train import TuneConfig, distillation_loss, finetune, tune_grid
+from torchinn_demo.data import load_digits
+from torchinn_demo.digits import DemoConfig, _augment, accuracy
+from torchinn_demo.harness import CachedTeacher, Table, load_text, machine, n_params
 
 #: rows of the accuracy table, in order (key, label)
 METHODS = (
@@ -232,78 +232,7 @@ def make_loss(s: Settings) -> Callable[[Any, Any, Any], Tensor]:
     return ce
 
 
-class CachedTeacher(nn.Module):
-    """The original network, its outputs on each (fixed) calibration batch computed once: the
-    calibration batches are the same tensors every epoch, so every method saves the teacher's
-    forward pass (about a quarter of a step) the same way."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-        self.memo: dict[int, tuple[Tensor, Tensor]] = {}
-
-    def forward(self, x: Tensor) -> Tensor:
-        hit = self.memo.get(id(x))
-        if hit is None or hit[0] is not x:
-            with torch.no_grad():
-                hit = (x, self.net(x))
-            self.memo[id(x)] = hit
-        return hit[1]
-
-
-def finetune(net: nn.Module, teacher: nn.Module, batches: Sequence[tuple], loss_fn: Callable,
-             s: Settings) -> dict[str, Any]:
-    """Adam on every parameter of a plain (pruned) network, the batches cycled until the time
-    budget is spent: the loop of ``tune_grid`` (teacher forward every step, time checked before
-    every step), with every weight free."""
-    for p in net.parameters():
-        p.requires_grad_(True)
-    opt = torch.optim.Adam(net.parameters(), s.baseline_lr)
-    sched = (torch.optim.lr_scheduler.StepLR(opt, s.decay_every, s.decay) if s.baseline_decay else None)
-    net.eval()   # no batch norms or dropout left (folded by convert); gradients still flow
-    teacher.eval()
-    start = time.perf_counter()
-    step, first, last = 0, None, None
-    while time.perf_counter() - start < s.seconds:
-        batch = batches[step % len(batches)]
-        with torch.no_grad():
-            target = teacher(batch[0])
-        loss = loss_fn(net(batch[0]), batch, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
-        step += 1
-        last = float(loss.detach())
-        first = last if first is None else first
-    return {"steps": step, "seconds": time.perf_counter() - start, "first_loss": first, "last_loss": last}
-
-
 # -- the benchmark --------------------------------------------------------------------------------
-
-def n_params(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)")}
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "n/a"
-
 
 def calibration_batches(x: Tensor, y: Tensor, s: Settings) -> list[tuple[Tensor, Tensor]]:
     """``s.calibration`` training images (seeded, stratification not needed), in fixed batches."""
@@ -315,7 +244,7 @@ def calibration_batches(x: Tensor, y: Tensor, s: Settings) -> list[tuple[Tensor,
 def run(s: Settings, *, retrain: bool = False, cache: bool = True, log: Callable[[str], None] = print) -> dict:
     """Train (or load), convert, and measure every method at every keep fraction."""
     t_start = time.perf_counter()
-    result: dict[str, Any] = {"settings": asdict(s), "load_before": load_average()}
+    result: dict[str, Any] = {"settings": asdict(s), "load_before": load_text(2, " ")}
     data = load_digits(1000, s.seed)
     x_tr, y_tr, x_te, y_te = data.x_train, data.y_train, data.x_test, data.y_test
     if s.train_limit is not None:
@@ -390,14 +319,16 @@ def run(s: Settings, *, retrain: bool = False, cache: bool = True, log: Callable
             if method in s.methods:
                 record(method, pruned)
             if f"{method}_ft" in s.methods:
-                rep = finetune(pruned, teacher, batches, loss_fn, s)
+                ft = TuneConfig(seconds=s.seconds, lr_weights=s.baseline_lr, decay_every=s.decay_every,
+                                decay=s.decay if s.baseline_decay else 1.0, progress=False)
+                rep = finetune(pruned, batches, teacher=teacher, loss_fn=loss_fn, config=ft)
                 record(f"{method}_ft", pruned, rep)
         if len(set(counts.values())) > 1:
             raise RuntimeError(f"parameter counts differ between methods: {counts}")
         columns.append(col)
     result["columns"] = columns
     result["machine"] = machine()
-    result["load_after"] = load_average()
+    result["load_after"] = load_text(2, " ")
     result["total_seconds"] = time.perf_counter() - t_start
     result["table"] = format_table(result)
     return result
@@ -408,25 +339,22 @@ def format_table(result: dict) -> str:
     cols = result["columns"]
     acc0 = result["original_acc"]
     s = result["settings"]
-    head = ["method"] + [f"-{1 - c['keep']:.0%} params" for c in cols]
-    rows = [head, ["---"] + ["---:"] * len(cols)]
-    rows.append(["sizes (" + "-".join(str(w) for w in s["widths"]) + ")"]
-                + ["-".join(map(str, c["sizes"])) for c in cols])
-    rows.append([f"parameters (of {result['converted_params']:,})"] + [f"{c['params']:,}" for c in cols])
-    rows.append(["original network"] + [f"{acc0:.1%}"] * len(cols))
+    head = [f"-{1 - c['keep']:.0%} params" for c in cols]
+    rows = [["sizes (" + "-".join(str(w) for w in s["widths"]) + ")"] + ["-".join(map(str, c["sizes"])) for c in cols],
+            [f"parameters (of {result['converted_params']:,})"] + [f"{c['params']:,}" for c in cols],
+            ["original network"] + [f"{acc0:.1%}"] * len(cols)]
     for key, label in METHODS:
         if key not in s["methods"]:
             continue
         if key in TUNED:
             label = f"{label}, {s['seconds']:g} s"
         rows.append([label] + [f"{c['acc'][key]:.1%} ({c['acc'][key] / acc0:.1%})" for c in cols])
-    out = ["| " + " | ".join(r) + " |" for r in rows]
+    out = [Table(["method"] + head, rows).markdown(aligned=False)]
     tuned = [k for k in TUNED if k in s["methods"]]
     if tuned:
-        out += ["", "| tuning run | " + " | ".join(head[1:]) + " |", "|---|" + "---:|" * len(cols)]
-        for key in tuned:
-            cells = [f"{c['tuning'][key]['steps']} steps, {c['tuning'][key]['seconds']:.1f} s" for c in cols]
-            out.append(f"| {dict(METHODS)[key]} | " + " | ".join(cells) + " |")
+        runs = [[dict(METHODS)[key]] + [f"{c['tuning'][key]['steps']} steps, {c['tuning'][key]['seconds']:.1f} s"
+                                        for c in cols] for key in tuned]
+        out += ["", Table(["tuning run"] + head, runs).markdown(aligned=False)]
     return "\n".join(out)
 
 
@@ -448,7 +376,7 @@ def describe(result: dict) -> str:
         f"INN grid tuning: Adam lr {s['tune_lr']:g} (biases {s['tune_lr_params']:g}), x{s['decay']:g} every "
         f"{s['decay_every']} steps; baselines: Adam lr {s['baseline_lr']:g} on every weight"
         + (f", x{s['decay']:g} every {s['decay_every']} steps" if s["baseline_decay"] else ", constant"),
-        f"in parentheses: accuracy relative to the original network's",
+        "in parentheses: accuracy relative to the original network's",
         f"total wall time {result['total_seconds']:.0f} s (convert {result['convert_seconds']:.1f} s)",
     ]
     return "\n".join(lines)

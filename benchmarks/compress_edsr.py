@@ -1,6 +1,6 @@
 """Compress the shipped EDSR x2 inside its residual blocks: INN grid tuning vs L1 and random pruning.
 
-The EDSR of :mod:`torchinn.sr` (``src/torchinn/checkpoints/edsr_x2.safetensors``, trained by
+The EDSR of :mod:`torchinn_demo.sr` (``src/torchinn_demo/checkpoints/edsr_x2.safetensors``, trained by
 ``benchmarks/train_edsr.py``) is converted with ``inn.convert``. As in the blog post, only the
 groups produced by each residual block's *first* convolution (its inner channels) shrink; the
 residual stream, the head, the upsampler and the tail keep their size. For 25%, 50% and 75% of the
@@ -25,15 +25,13 @@ training or calibration. Speed is measured on the plain discrete networks at bat
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
-import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -41,10 +39,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import torchinn as inn
-from torchinn import sr
 from torchinn.baselines import prune
 from torchinn.budget import count_flops
-from torchinn.train import TuneConfig, distillation_loss, tune_grid
+from torchinn.train import TuneConfig, finetune
+from torchinn_demo import sr
+from torchinn_demo.harness import Table, cpu_name, interleaved_times, load_average, resample_and_tune
 
 #: variants tried at 50% with ``--variants``: conversion and tuning settings that may matter
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -89,14 +88,8 @@ def log(msg: str) -> None:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return (f"torch {torch.__version__}, {cpu}, {os.cpu_count()} cores, "
-            f"load average {os.getloadavg()[0]:.2f}")
+    return (f"torch {torch.__version__}, {cpu_name()}, {os.cpu_count()} cores, "
+            f"load average {load_average()[0]:.2f}")
 
 
 # -- data and quality -------------------------------------------------------------------------
@@ -125,28 +118,14 @@ def hr_loss(output: Tensor, batch: Any, teacher_output: Tensor) -> Tensor:
     return F.l1_loss(output, batch[1])
 
 
-def finetune(net: nn.Module, teacher: nn.Module, batches: Sequence[tuple], s: Settings) -> dict[str, Any]:
-    """Adam on every weight of a plain pruned network, batches cycled for ``s.seconds``: the loop of
-    ``tune_grid`` (distillation against the same teacher, time checked before every step)."""
-    for p in net.parameters():
-        p.requires_grad_(True)
-    opt = torch.optim.Adam(net.parameters(), s.ft_lr)
-    net.eval()
-    start, step, first, last = time.perf_counter(), 0, None, None
-    while time.perf_counter() - start < s.seconds:
-        batch = batches[step % len(batches)]
-        with torch.no_grad():
-            target = teacher(batch[0])
-        loss = distillation_loss(net(batch[0]), batch, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        last = float(loss.detach())
-        first = last if first is None else first
+def _finetune(net: nn.Module, teacher: nn.Module, batches: Sequence[tuple], s: Settings) -> dict[str, Any]:
+    """Adam on every weight of a plain pruned network for ``s.seconds``: :func:`torchinn.train.finetune`,
+    the loop of ``tune_grid`` (distillation against the same teacher, the same held-out batches)."""
+    report = finetune(net, batches, teacher=teacher, config=TuneConfig(seconds=s.seconds, lr_weights=s.ft_lr,
+                                                                       progress=False))
     for p in net.parameters():
         p.requires_grad_(False)
-    return {"steps": step, "seconds": time.perf_counter() - start, "first_loss": first, "last_loss": last}
+    return report
 
 
 def inner_sizes(imodel: inn.IntegralModel, n_blocks: int, removed: float) -> dict[str, int]:
@@ -162,13 +141,8 @@ def compress_inn(imodel: inn.IntegralModel, sizes: dict[str, int], teacher: nn.M
                  batches: Sequence[tuple], s: Settings, lr: float | None = None,
                  train: Sequence[str] = (), loss: str = "distill") -> tuple[nn.Module, nn.Module, dict]:
     """(untuned discrete net, tuned discrete net, tuning report) at ``sizes``."""
-    m = copy.deepcopy(imodel)
-    m.resize(sizes)
-    untuned = m.to_discrete().eval()
     cfg = TuneConfig(seconds=s.seconds, lr=lr or s.lr, train=tuple(train), progress=False)
-    report = tune_grid(m, batches, teacher=teacher, config=cfg,
-                       loss_fn=hr_loss if loss == "hr" else None)
-    return untuned, m.to_discrete().eval(), report
+    return resample_and_tune(imodel, sizes, batches, teacher, cfg, loss_fn=hr_loss if loss == "hr" else None)
 
 
 # -- speed ------------------------------------------------------------------------------------
@@ -186,25 +160,13 @@ def speed(models: dict[str, nn.Module], s: Settings) -> list[dict[str, Any]]:
             fns = {n: (torch.compile(m, dynamic=False) if mode == "compile" else m) for n, m in models.items()}
             for size, rounds in zip(s.speed_sizes, s.rounds):
                 x = torch.rand(1, 3, size, size)
-                load0 = os.getloadavg()[0]
-                warm = {}
-                with torch.no_grad():
-                    for n, f in fns.items():
-                        t0 = time.perf_counter()
-                        f(x)
-                        f(x)
-                        warm[n] = time.perf_counter() - t0
-                    times: dict[str, list[float]] = {n: [] for n in fns}
-                    names = list(fns)
-                    for r in range(rounds):
-                        for n in names[r % len(names):] + names[: r % len(names)]:
-                            t0 = time.perf_counter()
-                            fns[n](x)
-                            times[n].append(time.perf_counter() - t0)
+                load0 = load_average()[0]
+                times, warm = interleaved_times(fns, x, rounds, warmup=2)
+                names = list(fns)
                 for n in names:
                     rows.append({"threads": threads, "mode": mode, "size": size, "model": n,
                                  "ips": 1.0 / statistics.median(times[n]), "warmup_s": warm[n],
-                                 "load": [load0, os.getloadavg()[0]]})
+                                 "load": [load0, load_average()[0]]})
                 log(f"speed: {threads} threads, {mode}, {size}x{size}: " + ", ".join(
                     f"{r['model']} {r['ips']:.2f}/s" for r in rows[-len(names):]))
     torch.set_num_threads(s.threads)
@@ -242,13 +204,13 @@ def run(s: Settings) -> dict[str, Any]:
         row["inn"], row["inn_tuned"], row["tuning"] = quality(untuned, photos), quality(tuned, photos), rep
         speed_models[f"{removed:.0%} removed"] = tuned
         if s.finetune:  # the INN's resampled network fine-tuned like the baselines: same start-up cost
-            row["inn_ft_report"] = finetune(untuned, net, batches, s)
+            row["inn_ft_report"] = _finetune(untuned, net, batches, s)
             row["inn_ft"] = quality(untuned, photos)
         for method in ("l1", "random"):
             pruned = prune(imodel, sizes, method, seed=s.seed).eval()
             row[method] = quality(pruned, photos)
             if s.finetune:
-                row[f"{method}_ft_report"] = finetune(pruned, net, batches, s)
+                row[f"{method}_ft_report"] = _finetune(pruned, net, batches, s)
                 row[f"{method}_ft"] = quality(pruned, photos)
         log(f"{removed:.0%} removed: " + json.dumps({k: v for k, v in row.items() if "report" not in k},
                                                    default=lambda v: round(v, 4)))
@@ -298,20 +260,20 @@ def format_tables(res: dict[str, Any]) -> str:
     if s["finetune"]:
         cols += [f"INN resampled + fine-tuning ({s['seconds']:g} s)", f"L1 + fine-tuning ({s['seconds']:g} s)",
                  f"random + fine-tuning ({s['seconds']:g} s)"]
-    out += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    rows = []
     for r in res["levels"]:
         cells = [f"{r['removed']:.0%} (64 -> {r['size']})", f"{r['params'] / o['params']:.1%}", _q(r["inn"]),
                  f"{_q(r['inn_tuned'])} ({r['tuning']['steps']} steps)", _q(r["l1"]), _q(r["random"])]
         if s["finetune"]:
             cells += [f"{_q(r[m + '_ft'])} ({r[m + '_ft_report']['steps']} steps)" for m in ("inn", "l1", "random")]
-        out.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    out.append(Table(cols, rows).markdown(aligned=False))
     if res["variants"]:
+        rows = [[v["name"], _q(v["inn"]), _q(v["inn_tuned"]), str(v["tuning"]["steps"]),
+                 f"{v['tuning']['first_loss']:.3g} -> {v['tuning']['last_loss']:.3g}"] for v in res["variants"]]
         out += ["", "Variants at 50% removed (INN; Y-PSNR / Y-SSIM):", "",
-                "| variant | no tuning | grid tuning | steps | distillation loss first -> last |", "|---|---|---|---|---|"]
-        for v in res["variants"]:
-            t = v["tuning"]
-            out.append(f"| {v['name']} | {_q(v['inn'])} | {_q(v['inn_tuned'])} | {t['steps']} | "
-                       f"{t['first_loss']:.3g} -> {t['last_loss']:.3g} |")
+                Table(["variant", "no tuning", "grid tuning", "steps", "distillation loss first -> last"],
+                      rows).markdown(aligned=False)]
     rows = res["speed"]
     if not rows:
         return "\n".join(out)
@@ -321,15 +283,16 @@ def format_tables(res: dict[str, Any]) -> str:
     size0 = min(s["speed_sizes"])
     out += ["", f"Speed of the discrete networks, batch 1 (images/s, ratio to the original); "
                 f"GFLOPs at {size0}x{size0}:", ""]
-    head = ["model", "params", f"GFLOPs"] + [f"{t}T {m} {z}x{z}" for t, m, z in keys]
-    out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    head = ["model", "params", "GFLOPs"] + [f"{t}T {m} {z}x{z}" for t, m, z in keys]
+    rows = []
     for n in models:
         cells = [n, f"{res['params'][n]:,}", f"{res['flops'][n][size0] / 1e9:.2f} "
                  f"({res['flops']['original'][size0] / res['flops'][n][size0]:.2f}x)"]
         for t, m, z in keys:
             v, ref = ips[(t, m, z, n)], ips[(t, m, z, "original")]
             cells.append(f"{v:.2f} ({v / ref:.2f}x)")
-        out.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    out.append(Table(head, rows).markdown(aligned=False))
     return "\n".join(out)
 
 

@@ -12,23 +12,18 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from zoo import resnet18, resnet50  # noqa: E402
-
-import torchinn as inn  # noqa: E402
-from torchinn.convert import _members, _view  # noqa: E402
-from torchinn.graph.analysis import analyse  # noqa: E402
-from torchinn.graph.fuse import fuse_batch_norms  # noqa: E402
-from torchinn.graph.groups import finalize  # noqa: E402
-from torchinn.graph.trace import trace  # noqa: E402
-from torchinn.permute import distance_matrix, greedy_path, path_length, total_variation  # noqa: E402
+import torchinn as inn
+from torchinn.convert import _members, _view
+from torchinn.graph.analysis import analyse
+from torchinn.graph.fuse import fuse_batch_norms
+from torchinn.graph.groups import finalize
+from torchinn.graph.trace import trace
+from torchinn.permute import distance_matrix, greedy_path, path_length, total_variation
+from torchinn_demo.zoo import resnet18, resnet50
 
 MODELS = {"resnet18": resnet18, "resnet50": resnet50}
 

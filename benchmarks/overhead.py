@@ -14,23 +14,18 @@ inputs) and the digits demo's from-scratch integral CNN:
 from __future__ import annotations
 
 import argparse
-import os
 import platform
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from zoo import resnet18  # noqa: E402
-
-import torchinn as inn  # noqa: E402
-from torchinn.demos.digits import integral_cnn  # noqa: E402
-from torchinn.train import make_grid_trainable  # noqa: E402
+import torchinn as inn
+from torchinn.train import make_grid_trainable
+from torchinn_demo.digits import integral_cnn
+from torchinn_demo.harness import load_average
+from torchinn_demo.zoo import resnet18
 
 
 def timed(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
@@ -109,7 +104,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = load_average()[0]
     print(f"# {platform.machine()}, {args.threads} threads, torch {torch.__version__}, batch {args.batch}, "
           f"load average {load:.1f}")
     print("| model | what | integral ms | plain ms | ratio |")

@@ -16,7 +16,6 @@ spread of norms); no pretrained weights are downloaded.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import torch
@@ -28,6 +27,7 @@ from torchinn.permute import (
     path_length,
     solve_path,
 )
+from torchinn_demo.harness import load_average
 
 # values per channel of each member in a ResNet-50 group of that size:
 # (tensor shape with the channel dim first, dim) - the dim is where the channels sit
@@ -87,7 +87,7 @@ def main() -> None:
             parser.error(f"size {n} is not one of {sorted(RESNET50_GROUPS)}")
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"load average before: {os.getloadavg()[0]:.2f}")
+          f"load average before: {load_average()[0]:.2f}")
     print("\ndistance matrix (seconds; error relative to the largest distance, vs float64)")
     print(f"{'n':>5} {'values/ch':>9} {'pdist':>8} {'pdist 1t':>8} {'scipy 1t':>8} {'cdist':>8}"
           f"  {'err pdist':>9} {'err cdist':>9}")
@@ -148,7 +148,7 @@ def main() -> None:
         groups_n = sum(RESNET50_COUNTS.values())
         print(f"\nResNet-50 estimate ({groups_n} groups): distance matrices {total_d:.1f} s, "
               f"local search {total_s:.1f} s (fast_tsp budget instead: {total_f:.1f} s)")
-    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    print(f"load average after: {load_average()[0]:.2f}")
 
 
 if __name__ == "__main__":

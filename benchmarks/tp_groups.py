@@ -1,6 +1,6 @@
 """Evaluate Torch-Pruning's DependencyGraph as a channel-group finder on the test zoo.
 
-For every model of ``tests/zoo.py`` this script
+For every model of ``torchinn_demo.zoo`` this script
 
 1. builds ``tp.DependencyGraph().build_dependency(model, example_inputs)`` and lists the groups
    of ``DG.get_all_groups(ignored_layers=[output layer])`` (the output layer is the last
@@ -38,14 +38,11 @@ import time
 import traceback
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from zoo import ZOO, ViT, resnet18, resnet50  # noqa: E402
+from torchinn_demo.zoo import ZOO, ViT, resnet18, resnet50
 
 try:
     import torch_pruning as tp

@@ -1,9 +1,9 @@
-"""Train the EDSR x2 shipped with torchinn (src/torchinn/checkpoints/edsr_x2.safetensors).
+"""Train the EDSR x2 shipped with torchinn (src/torchinn_demo/checkpoints/edsr_x2.safetensors).
 
     python benchmarks/train_edsr.py                       # the shipped checkpoint (seeded)
     python benchmarks/train_edsr.py --steps 50 --out /tmp/e.safetensors   # a smoke run
 
-Random 32x32 low-res patches (64x64 high-res) of the training photos of :mod:`torchinn.sr`,
+Random 32x32 low-res patches (64x64 high-res) of the training photos of :mod:`torchinn_demo.sr`,
 bicubic degradation, flips/rotations, L1 loss, Adam with a linear warm-up and a cosine decay.
 The held-out photos are used once, at the end, to report PSNR/SSIM against bicubic upscaling
 (they never choose anything). Training time, the machine and the held-out numbers are written
@@ -22,7 +22,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from torchinn import sr
+from torchinn_demo import sr
+from torchinn_demo.harness import load_average
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     n_params = sum(t.numel() for t in model.parameters())
     print(f"EDSR x2: {args.blocks} blocks x {args.channels} channels, res_scale {args.res_scale}, "
           f"{n_params / 1e6:.2f} M parameters; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}, load average {os.getloadavg()[0]:.2f}")
+          f"{platform.processor() or platform.machine()}, load average {load_average()[0]:.2f}")
     data = iter(sr.PatchSampler(sr.TRAIN_PHOTOS, patch=args.patch, batch_size=args.batch, seed=args.seed))
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
 
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
         return args.lr * 0.5 * (1 + math.cos(math.pi * t))
 
     start, running = time.perf_counter(), 0.0
-    loads = [os.getloadavg()[0]]
+    loads = [load_average()[0]]
     model.train()
     for step in range(args.steps):
         for g in opt.param_groups:
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         running += loss.detach().item()
         if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
             n = (step % args.log_every) + 1
-            loads.append(os.getloadavg()[0])
+            loads.append(load_average()[0])
             print(f"step {step + 1:5d}  L1 {running / n:.4f}  lr {lr_at(step):.2e}  "
                   f"{time.perf_counter() - start:7.1f} s  load {loads[-1]:.2f}", flush=True)
             running = 0.0

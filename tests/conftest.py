@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from hypothesis import settings
 from hypothesis import strategies as st
+
+import torchinn as inn
 
 settings.register_profile("torchinn", deadline=None, derandomize=False, print_blob=True)
 settings.load_profile("torchinn")
@@ -54,3 +58,27 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| / max |b|."""
     a, b = a.detach(), b.detach()
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+# -- zoo models, converted once per session --------------------------------------------------------
+
+#: conversion without the channel permutation (fast; channel i of a group is channel i of the network)
+FAST = inn.ConvertConfig(permute=False)
+_CONVERTED: dict[tuple[str, str], tuple] = {}
+
+
+def converted(name: str, config: inn.ConvertConfig = FAST) -> tuple:
+    """(network, example inputs, integral model) of the zoo model ``name`` (built with seed 0),
+    converted with ``config`` once per session; the integral model is a fresh copy at every call,
+    so a test may resize or tune it. The network and inputs are shared: do not modify them. The
+    caller's global RNG is left as it was."""
+    from torchinn_demo.zoo import ZOO
+
+    key = (name, repr(config))
+    if key not in _CONVERTED:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model, inputs = ZOO[name]()
+            _CONVERTED[key] = (model, inputs, inn.convert(model, inputs, config))
+    model, inputs, imodel = _CONVERTED[key]
+    return model, inputs, copy.deepcopy(imodel)

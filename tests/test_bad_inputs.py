@@ -17,7 +17,7 @@ from torchinn.budget import choose_sizes
 from torchinn.fileio import UnsafeTargetError
 from torchinn.loading import CLIError
 from torchinn.train import TuneConfig, tune_grid
-from zoo import ZOO
+from torchinn_demo.zoo import ZOO
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-inputs.md"
 

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
-from zoo import ZOO
 
 import torchinn as inn
 from torchinn.baselines import (
@@ -19,6 +18,7 @@ from torchinn.baselines import (
     select_channels,
 )
 from torchinn.train import TuneConfig, finetune
+from torchinn_demo.zoo import ZOO
 
 FAST = inn.ConvertConfig(permute=False)
 _CONVERTED: dict[str, tuple] = {}

@@ -3,17 +3,13 @@ prints the table with every method and every reduction."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 pytest.importorskip("mlxtend")
 pytest.importorskip("sklearn")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import compress_digits  # noqa: E402
+from benchmarks import compress_digits  # noqa: E402
 
 
 def test_quick_run_prints_the_full_table(capsys):

@@ -8,12 +8,12 @@ import copy
 import pytest
 import torch
 from torch import nn
-from zoo import ZOO
 
 import torchinn as inn
 from torchinn.budget import choose_sizes, compress, count_flops, measure_latency
 from torchinn.starts import distill_error
 from torchinn.train import TuneConfig
+from torchinn_demo.zoo import ZOO
 
 FAST = inn.ConvertConfig(permute=False)
 _CONVERTED: dict[str, tuple] = {}

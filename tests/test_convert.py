@@ -9,7 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import torchinn as inn
-from zoo import ZOO
+from torchinn_demo.zoo import ZOO
 
 # Channel groups a correct tracer finds (hand counts; see each builder's docstring).
 EXPECTED_GROUPS = {

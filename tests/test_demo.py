@@ -14,8 +14,8 @@ pytest.importorskip("sklearn")
 
 from torchinn import IntegralLinear, UniformPartition, resize, to_discrete  # noqa: E402
 from torchinn import cli  # noqa: E402
-from torchinn.data import load_digits  # noqa: E402
-from torchinn.demos import digits  # noqa: E402
+from torchinn_demo.data import load_digits  # noqa: E402
+from torchinn_demo import digits  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -32,8 +32,7 @@ import pytest
 import torch
 from torch.export import Dim
 
-import torchinn as inn
-from zoo import ZOO
+from conftest import converted
 
 MODELS = ["resnet_basic", "mobilenet_v2", "vit_timm", "edsr", "unet"]
 # jit.trace bakes the batch size into these graphs' reshape/expand arguments (see the docstring)
@@ -66,8 +65,7 @@ def one_thread():
 def case(request):
     """(name, discrete half-size model, inputs, inputs at batch 3, reference outputs for both)."""
     torch.manual_seed(0)
-    model, inputs = ZOO[request.param]()
-    imodel = inn.convert(model, inputs, inn.ConvertConfig(permute=False))
+    model, inputs, imodel = converted(request.param)
     imodel.resize(0.5)
     small = imodel.to_discrete().eval()
     assert sum(p.numel() for p in small.parameters()) < 0.6 * sum(p.numel() for p in model.parameters())
@@ -170,9 +168,7 @@ def test_onnx_dynamo_onnxruntime(case, tmp_path):
                     reason="inductor's CPU backend needs a C++ compiler")
 def test_torch_compile_inductor():
     """The default backend on one model (generating and compiling C++ takes ~10 s)."""
-    torch.manual_seed(0)
-    model, inputs = ZOO["resnet_basic"]()
-    imodel = inn.convert(model, inputs, inn.ConvertConfig(permute=False))
+    _, inputs, imodel = converted("resnet_basic")
     imodel.resize(0.5)
     small = imodel.to_discrete().eval()
     with torch.no_grad():

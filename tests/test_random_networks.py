@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -110,48 +110,69 @@ class RandomNet(nn.Module):
         return self.head(x)
 
 
+def build(spec: dict) -> tuple[nn.Module, torch.Tensor]:
+    """The network and input of ``spec`` (what :func:`networks` draws): a pure function of it,
+    every weight and the input from ``torch.manual_seed(spec["seed"])``, the caller's RNG left
+    alone. ``build(spec)`` with the spec a failure prints rebuilds the failing network."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec["seed"])
+        model = RandomNet(spec["stem"], [tuple(b) for b in spec["blocks"]], spec["head"], spec["classes"])
+        x = torch.randn(2, 3, 8, 8)
+        with torch.no_grad():
+            model(x)  # materialise the lazy head
+            for m in model.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.running_mean.normal_(0, 0.3)
+                    m.running_var.uniform_(0.5, 2.0)
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.normal_(0, 0.2)
+    return model.eval(), x
+
+
 @st.composite
-def networks(draw) -> tuple[nn.Module, torch.Tensor, int]:
+def networks(draw) -> dict:
+    """A network's spec for :func:`build`: plain values, printed in full by a failing example."""
     blocks = draw(st.lists(st.tuples(st.sampled_from(BLOCKS), st.integers(2, 12), st.booleans(),
                                      st.sampled_from(["relu", "gelu", "silu", "relu6"])),
                            min_size=1, max_size=5))
     head = draw(st.sampled_from(["pool", "flatten", "dense"]))
-    model = RandomNet(draw(st.integers(2, 10)), blocks, head, draw(st.integers(2, 6)))
-    seed = draw(st.integers(0, 2**16))
-    torch.manual_seed(seed)
-    x = torch.randn(2, 3, 8, 8)
-    with torch.no_grad():
-        model(x)  # materialise the lazy head
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.3)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.2)
-    return model.eval(), x, seed
+    stem = draw(st.integers(2, 10))
+    classes = draw(st.integers(2, 6))
+    return {"stem": stem, "blocks": blocks, "head": head, "classes": classes, "seed": draw(st.integers(0, 2**16))}
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / a.abs().max().clamp_min(1e-6))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+# A failure prints the spec of the network (`build(spec)` rebuilds it), the sizes drawn, and an
+# @reproduce_failure blob (conftest's profile sets print_blob=True) that replays the example exactly.
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(networks(), st.data())
-def test_random_network_converts_exactly_and_resamples_consistently(net, data) -> None:
-    model, x, seed = net
-    torch.set_num_threads(1)
-    permute = data.draw(st.booleans())
+def test_random_network_converts_exactly_and_resamples_consistently(one_thread, spec, data) -> None:
+    model, x = build(spec)
+    what = f"network {spec}"  # in every assertion message: what rebuilds the failing network
+    note(what)
+    permute = data.draw(st.booleans(), label="permute")
     try:
         imodel = inn.convert(model, (x,), inn.ConvertConfig(permute=permute, tsp_time_limit=0.02))
     except (inn.UnsupportedOpError, ValueError) as err:  # a clear, documented refusal is allowed
         assert str(err)
         if os.environ.get("TORCHINN_SHOW_REFUSALS"):
-            print("REFUSED", seed, err)
+            print("REFUSED", spec, err)
         return
     with torch.no_grad():
         ref = model(x)
         full = imodel(x)
-    assert rel_err(ref, full) <= 1e-5, f"seed {seed}: not exact at full size"
+    assert rel_err(ref, full) <= 1e-5, f"{what}: not exact at full size"
     sizes = {n: data.draw(st.integers(1, g.max_size), label=n) for n, g in imodel.groups.items()}
     imodel.resize(sizes)
     small = imodel.to_discrete()
@@ -160,10 +181,23 @@ def test_random_network_converts_exactly_and_resamples_consistently(net, data) -
         b = small(x)
         c = small(torch.cat([x, x, x]))  # another batch size
     assert a.shape == ref.shape and b.shape == ref.shape and c.shape[1:] == ref.shape[1:]
-    assert rel_err(a, b) <= 1e-5, f"seed {seed}: discrete network differs from the integral one"
+    assert rel_err(a, b) <= 1e-5, f"{what}: discrete network differs from the integral one"
     assert sum(p.numel() for p in small.parameters()) <= imodel.num_parameters(
         {n: g.max_size for n, g in imodel.groups.items()})
     assert sum(p.numel() for p in small.parameters()) == imodel.num_parameters()
+
+
+@given(networks())
+@settings(max_examples=10)
+def test_a_spec_rebuilds_the_same_network(spec) -> None:
+    """What makes a printed failure reproducible: ``build`` depends on the spec only."""
+    torch.randn(7)  # whatever the global RNG's state
+    m1, x1 = build(spec)
+    torch.randn(3)
+    m2, x2 = build(spec)
+    assert torch.equal(x1, x2)
+    s1, s2 = m1.state_dict(), m2.state_dict()
+    assert list(s1) == list(s2) and all(torch.equal(s1[k], s2[k]) for k in s1)
 
 
 def test_block_kinds_are_all_reachable() -> None:

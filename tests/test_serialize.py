@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 import torchinn as inn
 from torchinn.serialize import checksum
 from torchinn.train import TuneConfig, tune_grid
-from zoo import ZOO
+from torchinn_demo.zoo import ZOO
 
 
 def read(path: Path) -> tuple[dict, dict]:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +13,8 @@ pytest.importorskip("sklearn")
 
 from skimage.metrics import structural_similarity  # noqa: E402
 
-from torchinn import sr  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks import compress_edsr  # noqa: E402
+from torchinn_demo import sr  # noqa: E402
 
 
 # -- photos and split ---------------------------------------------------------------------------
@@ -155,11 +151,8 @@ def test_save_load_roundtrip(tmp_path):
 
 # -- the compression benchmark, end to end on a tiny setting ------------------------------------
 
-def test_compress_edsr_quick(capsys, monkeypatch):
-    spec = importlib.util.spec_from_file_location("compress_edsr", ROOT / "benchmarks" / "compress_edsr.py")
-    mod = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "compress_edsr", mod)  # dataclasses look their module up
-    spec.loader.exec_module(mod)
+def test_compress_edsr_quick(capsys):
+    mod = compress_edsr
     threads = torch.get_num_threads()
     try:
         res = mod.main(["--quick", "--threads", "1", "--speed-threads", "1"])

@@ -14,7 +14,7 @@ from torchinn.baselines import prune
 from torchinn.budget import choose_sizes, compare_sizes
 from torchinn.compression import compress
 from torchinn.starts import STARTS, activation_importance, best_start, distill_error, full_outputs, start_partition
-from zoo import ZOO
+from torchinn_demo.zoo import ZOO
 
 
 @pytest.fixture(autouse=True)

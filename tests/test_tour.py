@@ -13,11 +13,12 @@ pytest.importorskip("matplotlib")
 
 import matplotlib.image  # noqa: E402
 
-from torchinn import cli, plots  # noqa: E402
-from torchinn.data import load_digits  # noqa: E402
-from torchinn.demos import tour  # noqa: E402
-from torchinn.demos.digits import accuracy  # noqa: E402
-from torchinn.models import DigitsResNet, load_resnet_digits  # noqa: E402
+from torchinn import cli  # noqa: E402
+from torchinn_demo import plots  # noqa: E402
+from torchinn_demo.data import load_digits  # noqa: E402
+from torchinn_demo import tour  # noqa: E402
+from torchinn_demo.digits import accuracy  # noqa: E402
+from torchinn_demo.models import DigitsResNet, load_resnet_digits  # noqa: E402
 
 
 def _is_png(path) -> None:

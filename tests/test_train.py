@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import torchinn as inn
 from torchinn.train import TuneConfig, distillation_loss, make_grid_trainable, tune_grid
-from zoo import ZOO
+from torchinn_demo.zoo import ZOO
 
 FAST = inn.ConvertConfig(permute=False)
 _CONVERTED: dict[str, tuple] = {}

@@ -7,10 +7,7 @@ import time
 import pytest
 import torch
 
-try:  # tests/ as a package or as a plain directory on sys.path (pytest's default rootdir mode)
-    from tests.zoo import ZOO
-except ImportError:  # pragma: no cover - depends on how pytest was invoked
-    from zoo import ZOO
+from torchinn_demo.zoo import ZOO
 
 NAMES = sorted(ZOO)
 

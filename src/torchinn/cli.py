@@ -37,12 +37,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .demos.command import run as _demo
 from .fileio import atomic_open, check_target, write_text
 from .loading import (CLIError, Loaded, _convertible, _dtype_of, _random_inputs, _shapes_text,
                       load_images, load_model)
 
 __all__ = ["main", "build_parser", "load_model", "CLIError"]
+
+def _demo(args: argparse.Namespace) -> int:
+    """``torchinn demo``: the demo application (:mod:`torchinn_demo`), imported only when run."""
+    from torchinn_demo.command import run
+
+    return run(args)
+
 
 def _available_cores() -> int:
     try:

@@ -30,11 +30,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
-from ..data import Split, load_digits
-from ..layers import IntegralConv2d, IntegralLinear
-from ..network import to_discrete
-from ..partition import UniformPartition
-from ..sizes import RandomSizes, resize
+from torchinn.layers import IntegralConv2d, IntegralLinear
+from torchinn.network import to_discrete
+from torchinn.partition import UniformPartition
+from torchinn.sizes import RandomSizes, resize
+
+from .data import Split, load_digits
 
 __all__ = ["DemoConfig", "DemoResult", "COLUMNS", "integral_cnn", "discrete_cnn", "naive_cut",
            "hidden_sizes", "count_params", "accuracy", "run", "format_table"]

@@ -1,8 +1,8 @@
 """The ``torchinn demo`` command: run the stories chosen on the command line, print their results.
 
 :func:`run` checks which options belong to which story, then runs the tour's classification and
-super-resolution stories (:mod:`torchinn.demos.tour`) and the from-scratch digits story
-(:mod:`torchinn.demos.digits`) with the command's settings, and prints their tables, the plots
+super-resolution stories (:mod:`torchinn_demo.tour`) and the from-scratch digits story
+(:mod:`torchinn_demo.digits`) with the command's settings, and prints their tables, the plots
 written and the time taken. The parser that builds ``args`` is :func:`torchinn.cli.build_parser`.
 """
 
@@ -12,7 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ..loading import CLIError
+from torchinn.loading import CLIError
 
 __all__ = ["run"]
 
@@ -61,7 +61,7 @@ def _tour(args: argparse.Namespace, stories: list[str]) -> None:
 
 
 def _scratch(args: argparse.Namespace) -> None:
-    from ..cli import _available_cores
+    from torchinn.cli import _available_cores
     from . import digits
 
     overrides: dict = {"seed": args.seed, "progress": not args.no_progress}

@@ -1,4 +1,4 @@
-"""A small ResNet for the 28x28 MNIST digits of :func:`torchinn.data.load_digits`.
+"""A small ResNet for the 28x28 MNIST digits of :func:`torchinn_demo.data.load_digits`.
 
 Three stages of basic blocks (conv3x3-BN-ReLU-conv3x3-BN plus the input, then ReLU), widths
 16-32-64 at 28x28, 14x14 and 7x7, a 1x1 conv + BN projection where a stage changes width or
@@ -82,7 +82,7 @@ class DigitsResNet(nn.Module):
 def save_resnet(model: DigitsResNet, path: str | Path, **metadata: object) -> None:
     """Write a :class:`DigitsResNet` to a safetensors file with its configuration (and any
     JSON-able ``metadata``: training time, held-out accuracy...)."""
-    from ..fileio import save_safetensors
+    from torchinn.fileio import save_safetensors
 
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     meta = {"config": json.dumps(model.config), **{k: json.dumps(v) for k, v in metadata.items()}}
@@ -96,7 +96,7 @@ def load_resnet_digits(path: str | Path | None = None) -> tuple[DigitsResNet, di
     from safetensors.torch import load_file
 
     if path is None:
-        path = resources.files("torchinn") / "checkpoints" / CHECKPOINT
+        path = resources.files("torchinn_demo") / "checkpoints" / CHECKPOINT
     with safe_open(str(path), "pt") as f:
         meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
     model = DigitsResNet(**meta["config"])

@@ -256,7 +256,7 @@ class EDSR(nn.Module):
 def save_edsr(model: EDSR, path: str | Path, **metadata: object) -> None:
     """Write an :class:`EDSR` to a safetensors file with its configuration (and any JSON-able
     ``metadata``, e.g. training time and held-out PSNR)."""
-    from .fileio import save_safetensors
+    from torchinn.fileio import save_safetensors
 
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     meta = {"config": json.dumps(model.config), **{k: json.dumps(v) for k, v in metadata.items()}}
@@ -270,7 +270,7 @@ def load_edsr(path: str | Path | None = None) -> tuple[EDSR, dict]:
     from safetensors.torch import load_file
 
     if path is None:
-        path = resources.files("torchinn") / "checkpoints" / CHECKPOINT
+        path = resources.files("torchinn_demo") / "checkpoints" / CHECKPOINT
     with safe_open(str(path), "pt") as f:
         meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
     model = EDSR(**meta["config"])

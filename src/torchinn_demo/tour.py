@@ -1,26 +1,24 @@
 """``torchinn demo``: the tour, on the two trained networks shipped with torchinn.
 
-* **classification**: the digits ResNet (:func:`torchinn.models.load_resnet_digits`) is
+* **classification**: the digits ResNet (:func:`torchinn_demo.models.load_resnet_digits`) is
   converted; for each compression level (fraction of the parameters removed), one set of group
   sizes is chosen with :func:`~torchinn.budget.choose_sizes`, and at exactly those sizes the
   table compares the integral network resampled without any tuning, after integration grid
   tuning for ``tune_seconds``, and L1-norm and random channel selection (as cut, no fine-tuning),
   by accuracy on the 1,000 held-out digits; then the speed of the discrete networks.
-* **super-resolution**: the EDSR x2 (:func:`torchinn.sr.load_edsr`) is converted and the inner
+* **super-resolution**: the EDSR x2 (:func:`torchinn_demo.sr.load_edsr`) is converted and the inner
   channels of its residual blocks are removed (25/50/75%, as in the blog), the same four methods
   are compared by Y-PSNR / Y-SSIM on centre crops of the held-out photographs, next to bicubic
   upscaling, and the discrete networks are timed at 64x64 and 256x256 inputs.
 
 Grid tuning is distillation against the original network on training data only (digits, or
-patches of the training photographs). Each story writes its plots (:mod:`torchinn.plots`) to
+patches of the training photographs). Each story writes its plots (:mod:`torchinn_demo.plots`) to
 ``out``. Every random draw comes from ``seed``; the caller's global RNG is left alone.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
-import os
 import statistics
 import sys
 import time
@@ -32,12 +30,13 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from .. import plots
-from ..baselines import prune
-from ..budget import choose_sizes
-from ..convert import ConvertConfig, convert
-from ..integral_model import IntegralModel
-from ..train import TuneConfig, tune_grid
+from torchinn.baselines import prune
+from torchinn.budget import choose_sizes
+from torchinn.convert import ConvertConfig, convert
+from torchinn.train import TuneConfig
+
+from . import plots
+from .harness import CachedTeacher, Table, interleaved_times, load_text, n_params, resample_and_tune
 
 __all__ = ["TourConfig", "Table", "StoryResult", "STORIES", "classification", "superres", "run",
            "first_conv_output"]
@@ -95,24 +94,6 @@ class TourConfig:
 
 
 @dataclass
-class Table:
-    """A table as strings; :meth:`markdown` aligns it (readable in a terminal, pastes as markdown)."""
-
-    columns: list[str]
-    rows: list[list[str]]
-
-    def markdown(self) -> str:
-        width = [max(len(c), *(len(r[i]) for r in self.rows)) for i, c in enumerate(self.columns)]
-
-        def line(cells: Sequence[str]) -> str:
-            return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                     for i, (c, w) in enumerate(zip(cells, width))) + " |"
-
-        rule = "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(width)) + "|"
-        return "\n".join([line(self.columns), rule] + [line(r) for r in self.rows])
-
-
-@dataclass
 class StoryResult:
     """One story's table, notes printed under it, raw numbers, plots written and wall time."""
 
@@ -135,58 +116,14 @@ def _say(cfg: TourConfig, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def _params(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
-
-
-def _load() -> str:
-    try:
-        return "/".join(f"{v:.1f}" for v in os.getloadavg())
-    except (OSError, AttributeError):  # pragma: no cover - not on Unix
-        return "n/a"
-
-
-class _Memo(nn.Module):
-    """The teacher's outputs on each (fixed) calibration batch, computed once."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-        self.memo: dict[int, tuple[Tensor, Tensor]] = {}
-
-    def forward(self, x: Tensor) -> Tensor:
-        hit = self.memo.get(id(x))
-        if hit is None or hit[0] is not x:
-            with torch.no_grad():
-                hit = (x, self.net(x))
-            self.memo[id(x)] = hit
-        return hit[1]
-
-
-def _tuned(imodel: IntegralModel, sizes: Mapping[str, int], batches: Sequence, teacher: nn.Module,
-           cfg: TourConfig) -> tuple[nn.Module, nn.Module, dict]:
-    """(discrete net resampled at ``sizes``, discrete net after grid tuning, tuning report)."""
-    m = copy.deepcopy(imodel)
-    m.resize(dict(sizes))
-    untuned = m.to_discrete().eval()
-    report = tune_grid(m, batches, teacher=teacher,
-                       config=TuneConfig(seconds=cfg.tune_seconds, progress=cfg.progress))
-    return untuned, m.to_discrete().eval(), report
+def _tune_config(cfg: TourConfig) -> TuneConfig:
+    return TuneConfig(seconds=cfg.tune_seconds, progress=cfg.progress)
 
 
 def speed(models: Mapping[str, nn.Module], x: Tensor, rounds: int) -> dict[str, float]:
     """Items per second (batch size / median seconds of a forward pass) of every model, the
     models interleaved round by round (the order rotates), after one untimed pass each."""
-    names = list(models)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    with torch.no_grad():
-        for n in names:
-            models[n](x)
-        for r in range(rounds):
-            for n in names[r % len(names):] + names[:r % len(names)]:
-                t0 = time.perf_counter()
-                models[n](x)
-                times[n].append(time.perf_counter() - t0)
+    times, _ = interleaved_times(models, x, rounds)
     return {n: x.shape[0] / statistics.median(t) for n, t in times.items()}
 
 
@@ -241,8 +178,8 @@ def _rate(v: float, ref: float) -> str:
 def classification(cfg: TourConfig) -> StoryResult:
     """The digits ResNet: accuracy of INN (untuned, grid-tuned) vs L1 / random pruning at equal
     parameter counts, and speed of the discrete networks."""
-    from ..data import load_digits
-    from ..models import load_resnet_digits
+    from .data import load_digits
+    from .models import load_resnet_digits
     from .digits import accuracy
 
     t_start = time.perf_counter()
@@ -257,7 +194,7 @@ def classification(cfg: TourConfig) -> StoryResult:
     batches = [(data.x_train[idx[i:i + cfg.cal_batch]], data.y_train[idx[i:i + cfg.cal_batch]])
                for i in range(0, len(idx), cfg.cal_batch)]
     acc0 = accuracy(net, x_te, y_te)
-    _say(cfg, f"[classification] digits ResNet ({_params(net):,} parameters): {acc0:.1%} on {len(y_te)} "
+    _say(cfg, f"[classification] digits ResNet ({n_params(net):,} parameters): {acc0:.1%} on {len(y_te)} "
               "held-out digits; converting...")
     t0 = time.perf_counter()
     imodel = convert(net, (batches[0][0][:2],), ConvertConfig(seed=cfg.seed, progress=False))
@@ -265,18 +202,18 @@ def classification(cfg: TourConfig) -> StoryResult:
     full = imodel.sizes()
     reference = imodel.to_discrete().eval()      # batch norms folded: the speed reference
     full_params = imodel.num_parameters(full)
-    teacher = _Memo(net)
+    teacher = CachedTeacher(net)
     levels, speed_models = [], {"original": reference}
     for removed in cfg.levels:
         imodel.resize(full)
         sizes = choose_sizes(imodel, 1.0 - removed, "params", calibration=batches)
         _say(cfg, f"[classification] {removed:.0%} fewer parameters: sizes {list(sizes.values())}; grid tuning "
                   f"for {cfg.tune_seconds:g} s...")
-        untuned, tuned, rep = _tuned(imodel, sizes, batches, teacher, cfg)
+        untuned, tuned, rep = resample_and_tune(imodel, sizes, batches, teacher, _tune_config(cfg))
         imodel.resize(full)
         nets = {"inn": untuned, "inn_tuned": tuned, "l1": prune(imodel, sizes, "l1").eval(),
                 "random": prune(imodel, sizes, "random", seed=cfg.seed).eval()}
-        counts = {k: _params(m) for k, m in nets.items()}
+        counts = {k: n_params(m) for k, m in nets.items()}
         if len(set(counts.values())) != 1:
             raise RuntimeError(f"internal error: parameter counts differ between methods: {counts}")
         row = {"removed": removed, "sizes": dict(sizes), "params": counts["inn"], "tuning": rep,
@@ -322,7 +259,7 @@ def classification(cfg: TourConfig) -> StoryResult:
              f"Grid tuning: {cfg.tune_seconds:g} s per level on {cfg.calibration} training digits, distillation "
              "against the original; L1 and random: channels cut, no fine-tuning.",
              f"Speed: discrete networks, batch {cfg.speed_batch}, {torch.get_num_threads()} thread(s), relative to "
-             f"the uncompressed network with its batch norms folded; load average {_load()}."]
+             f"the uncompressed network with its batch norms folded; load average {load_text()}."]
     return StoryResult("classification", "Classification: digits ResNet, INN vs channel selection", table, notes,
                        {"original_acc": acc0, "params": full_params, "levels": levels, "speed": ips,
                         "convert_seconds": convert_s, "checkpoint": meta},
@@ -343,7 +280,7 @@ def _crop(img: Tensor, size: int | None) -> Tensor:
 def superres(cfg: TourConfig) -> StoryResult:
     """The EDSR x2: Y-PSNR / Y-SSIM of INN (untuned, grid-tuned) vs L1 / random pruning of the
     residual blocks' inner channels, bicubic, and speed of the discrete networks."""
-    from .. import sr
+    from . import sr
 
     t_start = time.perf_counter()
     net, meta = sr.load_edsr()
@@ -358,7 +295,7 @@ def superres(cfg: TourConfig) -> StoryResult:
         return {"psnr": r["psnr"], "ssim": r["ssim"]}
 
     original, bicubic = quality(net), quality(None)
-    _say(cfg, f"[superres] EDSR x2 ({_params(net):,} parameters): {original['psnr']:.2f} dB on the held-out "
+    _say(cfg, f"[superres] EDSR x2 ({n_params(net):,} parameters): {original['psnr']:.2f} dB on the held-out "
               f"crops (bicubic {bicubic['psnr']:.2f} dB); converting...")
     t0 = time.perf_counter()
     imodel = convert(net, (batches[0][0][:1],), ConvertConfig(seed=cfg.seed, progress=False))
@@ -366,16 +303,16 @@ def superres(cfg: TourConfig) -> StoryResult:
     full = imodel.sizes()
     blocks = meta["config"]["n_blocks"]
     inner = [imodel.groups[f"body.{i}.conv1"].name for i in range(blocks)]
-    teacher = _Memo(net)
+    teacher = CachedTeacher(net)
     levels, speed_models = [], {"original": net}
     for removed in cfg.levels:
         sizes = {g: max(1, round((1 - removed) * imodel.groups[g].max_size)) for g in inner}
         _say(cfg, f"[superres] {removed:.0%} of the inner channels removed; grid tuning for {cfg.tune_seconds:g} s...")
-        untuned, tuned, rep = _tuned(imodel, sizes, batches, teacher, cfg)
+        untuned, tuned, rep = resample_and_tune(imodel, sizes, batches, teacher, _tune_config(cfg))
         imodel.resize(full)
         nets = {"inn": untuned, "inn_tuned": tuned, "l1": prune(imodel, sizes, "l1").eval(),
                 "random": prune(imodel, sizes, "random", seed=cfg.seed).eval()}
-        levels.append({"removed": removed, "size": next(iter(sizes.values())), "params": _params(tuned),
+        levels.append({"removed": removed, "size": next(iter(sizes.values())), "params": n_params(tuned),
                        "tuning": rep, "quality": {k: quality(m) for k, m in nets.items()}, "nets": nets})
         speed_models[f"{removed:.0%}"] = tuned
     ips: dict[int, dict[str, float]] = {}
@@ -389,7 +326,7 @@ def superres(cfg: TourConfig) -> StoryResult:
     columns = ["inner channels removed", "parameters", "INN, no tuning", tune_head, "L1 pruning",
                "random pruning"] + [f"speed {s}x{s}" for s in cfg.speed_sizes]
     channels = imodel.groups[inner[0]].max_size
-    rows = [["0% (original)", f"{_params(net):,}"] + [q(original)] * 4
+    rows = [["0% (original)", f"{n_params(net):,}"] + [q(original)] * 4
             + [_rate(ips[s]["original"], ips[s]["original"]) for s in cfg.speed_sizes],
             ["bicubic (no network)", "-"] + [q(bicubic)] * 4 + ["-"] * len(cfg.speed_sizes)]
     for r in levels:
@@ -402,7 +339,7 @@ def superres(cfg: TourConfig) -> StoryResult:
 
     _say(cfg, "[superres] plotting...")
     cfg.out.mkdir(parents=True, exist_ok=True)
-    full_params = _params(net)
+    full_params = n_params(net)
     written = [plots.compression_curve(
         cfg.out / "superres_psnr.png", [1.0] + [r["params"] / full_params for r in levels],
         {label: [original["psnr"]] + [r["quality"][key]["psnr"] for r in levels] for key, label in
@@ -431,7 +368,7 @@ def superres(cfg: TourConfig) -> StoryResult:
              f"({cfg.sr_patch}x{cfg.sr_patch} low-res) of the training photos, distillation against the original; "
              "L1 and random: channels cut, no fine-tuning.",
              f"Speed: discrete networks, eager, batch 1, {torch.get_num_threads()} thread(s), images/s (ratio to "
-             f"the original); load average {_load()}."]
+             f"the original); load average {load_text()}."]
     for r in levels:
         del r["nets"]
     return StoryResult("superres", "Super-resolution: EDSR x2, INN vs channel selection", table, notes,

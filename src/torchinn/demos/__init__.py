@@ -1,1 +1,0 @@
-"""Runnable demonstrations (``torchinn demo``)."""
