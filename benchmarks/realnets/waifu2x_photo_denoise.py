@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from torchinn import sr
+from torchinn_demo import sr
 
 from . import _waifu2x
 
