@@ -151,3 +151,17 @@ def test_tune_config_new_fields_are_checked():
     with pytest.raises(ValueError, match="eval_every"):
         TuneConfig(eval_every=0)
     assert math.isclose(TuneConfig().weights_share, 0.5)
+
+
+def test_kl_distillation_is_never_negative_and_zero_at_the_teacher():
+    from torchinn.train import kl_distillation_loss
+
+    g = torch.Generator().manual_seed(7)
+    t = torch.randn(64, 1000, generator=g) * 30
+    assert float(kl_distillation_loss(t, None, t)) == 0.0
+    near = t + 1e-6 * torch.randn(64, 1000, generator=g)
+    assert float(kl_distillation_loss(near, None, t)) >= 0.0
+    o = torch.randn(64, 1000, generator=g, requires_grad=True)
+    loss = kl_distillation_loss(o, None, t)
+    loss.backward()
+    assert loss.dtype == torch.float32 and float(loss.detach()) > 0 and torch.isfinite(o.grad).all()

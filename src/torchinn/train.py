@@ -162,8 +162,10 @@ def kl_distillation_loss(output: Any, batch: Any, teacher_output: Any) -> Tensor
     et al.'s distillation at temperature 1), summed over every output tensor: for class logits,
     where it follows accuracy far better than the squared error (which punishes a uniform
     shrink of the logits that leaves every prediction as it was)."""
-    losses = [F.kl_div(F.log_softmax(o.float(), -1), F.log_softmax(t.float(), -1), log_target=True,
-                       reduction="sum") / max(1, o[..., 0].numel())
+    # in float64: near the optimum float32 rounding makes the sum of p_t (log p_t - log p_s) come
+    # out slightly negative
+    losses = [(F.kl_div(F.log_softmax(o.double(), -1), F.log_softmax(t.double(), -1), log_target=True,
+                        reduction="sum") / max(1, o[..., 0].numel())).clamp_min(0.0).to(o.dtype)
               for o, t in zip(pytree.tree_leaves(output), pytree.tree_leaves(teacher_output))
               if isinstance(o, Tensor) and o.is_floating_point()]
     if not losses:
