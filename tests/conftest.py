@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -82,3 +83,14 @@ def converted(name: str, config: inn.ConvertConfig = FAST) -> tuple:
             _CONVERTED[key] = (model, inputs, inn.convert(model, inputs, config))
     model, inputs, imodel = _CONVERTED[key]
     return model, inputs, copy.deepcopy(imodel)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a test module (two OpenMP threads on a busy 2-core machine make every
+    forward up to 100x slower; the distributed workers run with OMP_NUM_THREADS=1, so the same
+    kernels round the same way). Use it with ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

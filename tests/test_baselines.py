@@ -24,12 +24,7 @@ FAST = inn.ConvertConfig(permute=False)
 _CONVERTED: dict[str, tuple] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def converted(name: str) -> tuple:

@@ -19,12 +19,7 @@ FAST = inn.ConvertConfig(permute=False)
 _CONVERTED: dict[str, tuple] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads on a busy 2-core machine: every forward 100x slower
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def converted(name: str) -> tuple:

@@ -12,7 +12,7 @@ from torch import nn
 pytest.importorskip("mlxtend")
 pytest.importorskip("sklearn")
 
-from torchinn import IntegralLinear, UniformPartition, resize, to_discrete  # noqa: E402
+from torchinn import resize, to_discrete  # noqa: E402
 from torchinn import cli  # noqa: E402
 from torchinn_demo.data import load_digits  # noqa: E402
 from torchinn_demo import digits  # noqa: E402

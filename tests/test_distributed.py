@@ -37,14 +37,6 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def single_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)  # the workers run with OMP_NUM_THREADS=1: same kernels, same rounding
-    yield
-    torch.set_num_threads(saved)
-
-
-@pytest.fixture(scope="module")
 def files(tmp_path_factory, single_thread) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("ddp")
     torch.manual_seed(0)

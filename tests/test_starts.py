@@ -17,12 +17,7 @@ from torchinn.starts import STARTS, activation_importance, best_start, distill_e
 from torchinn_demo.zoo import ZOO
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def converted(name: str, permute: bool = True) -> tuple[nn.Module, tuple, inn.IntegralModel]:

@@ -20,13 +20,7 @@ FAST = inn.ConvertConfig(permute=False)
 _CONVERTED: dict[str, tuple] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    # two OpenMP threads on a busy 2-core machine make every forward 100x slower
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def converted(name: str, config: inn.ConvertConfig = FAST) -> tuple:

@@ -16,12 +16,7 @@ from torchinn.loop import Batches, split_validation
 from torchinn.train import TuneConfig, distillation_loss, finetune, tune_grid
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def mlp() -> tuple[nn.Module, inn.IntegralModel]:

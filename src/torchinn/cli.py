@@ -33,7 +33,7 @@ import math
 import os
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,34 +109,27 @@ def _levels(text: str) -> tuple[float, ...]:
     return values
 
 
-def _seconds(text: str) -> float:
+def _float(text: str, ok: Callable[[float], bool], expected: str, rule: str) -> float:
+    """``text`` as a finite float meeting ``ok``; argparse errors say ``expected`` / ``rule``."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}")
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"seconds must be > 0, got {text}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    if not math.isfinite(value) or not ok(value):
+        raise argparse.ArgumentTypeError(f"{rule}, got {text}")
     return value
+
+
+def _seconds(text: str) -> float:
+    return _float(text, lambda v: v > 0, "a number of seconds", "seconds must be > 0")
 
 
 def _non_negative_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}")
-    if not value >= 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"seconds must be >= 0, got {text}")
-    return value
+    return _float(text, lambda v: v >= 0, "a number of seconds", "seconds must be >= 0")
 
 
 def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a share in [0, 1], got {text!r}")
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"the share must be in [0, 1], got {text}")
-    return value
+    return _float(text, lambda v: 0.0 <= v <= 1.0, "a share in [0, 1]", "the share must be in [0, 1]")
 
 
 def _floats(text: str) -> tuple[float, ...]:
