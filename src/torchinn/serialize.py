@@ -36,10 +36,17 @@ from torch import Tensor, fx, nn
 from torch.utils import _pytree as pytree
 
 from .graph.groups import ContractionSpec, GroupInfo
-from .integral_model import IntegralModel, _key
-from .partition import FixedPartition, GaussLegendrePartition, Partition, TrainablePartition, UniformPartition
 from .graph.guards import Guard
-from .serialize_checks import FormatError, check_meta, check_tensors, guard_expr, target_name
+from .integral_model import IntegralModel, _key
+from .partition import (
+    FixedPartition,
+    GaussLegendrePartition,
+    Partition,
+    TrainablePartition,
+    UniformPartition,
+)
+from .serialize_checks import check_meta, check_tensors, guard_expr
+from .serialize_graph import FormatError, target_name
 from .structured import Atom, StructuredFunction
 
 __all__ = ["save", "load", "FORMAT_VERSION", "FormatError"]
@@ -48,7 +55,7 @@ FORMAT = "torchinn.IntegralModel"
 FORMAT_VERSION = 1
 
 
-# -- graph -> JSON (back: serialize_checks.graph_from_json) ----------------------------------------
+# -- graph -> JSON (back: serialize_graph.graph_from_json) -----------------------------------------
 
 def _encode(value: Any) -> Any:
     if isinstance(value, fx.Node):
