@@ -146,3 +146,10 @@ def test_compress_starts_from_the_reconstruction_when_it_wins_on_held_out_data()
     _, report = compress(model, inputs, 0.5, calibration=cal, config=inn.ConvertConfig(permute=False),
                          tune=inn.train.TuneConfig(steps=6, seconds=None, progress=False), reconstruct=False)
     assert report.reconstruct_errors == {} and "reconstruct" not in report.starts.values()
+
+
+def test_choose_sizes_reads_a_one_shot_calibration_iterator_once():
+    _, inputs, imodel = converted("mlp", permute=False)
+    cal = calibration(inputs, 2, seed=8)  # read twice, two batches would run out ("loader is empty")
+    from_list = choose_sizes(imodel, 0.5, calibration=cal)
+    assert choose_sizes(imodel, 0.5, calibration=iter(cal)) == from_list

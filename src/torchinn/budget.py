@@ -314,6 +314,8 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
     if metric != "params" and example_inputs is None:
         raise ValueError(f"metric={metric!r} needs example_inputs to count or time the network")
     if method == "best":
+        if calibration is not None and iter(calibration) is calibration:  # one shot: read it once
+            calibration = _batches(calibration, example_inputs or (), max(batches, 4))
         options, errors = {}, []
         for m in ("sensitivity", "uniform"):
             try:
