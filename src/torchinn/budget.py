@@ -354,11 +354,12 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
 
 
 def compare_sizes(imodel: IntegralModel, options: Mapping[str, Mapping[str, int]], batches: Sequence[tuple],
-                  starts: Sequence[str] = STARTS, loss: str = "auto") -> tuple[str, dict[str, float]]:
+                  starts: Sequence[str] = STARTS, loss: str = "auto", reference: Sequence[Any] | None = None
+                  ) -> tuple[str, dict[str, float]]:
     """The calibration error of each set of sizes at its best starting partition (all groups
     alike; ``loss="auto"``: KL divergence for class logits, else relative squared error), and
     the name of the lowest. ``imodel`` is left as it was."""
-    reference = full_outputs(imodel, batches)
+    reference = full_outputs(imodel, batches) if reference is None else reference
     loss = loss_kind(reference[0]) if loss == "auto" else loss
     table = {}
     for name, sizes in options.items():

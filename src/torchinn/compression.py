@@ -213,7 +213,7 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
                 errors.append(err)
         if not options:
             raise errors[0]
-        sizes_method, sizes_errors = compare_sizes(imodel, options, cal, starts, loss)
+        sizes_method, sizes_errors = compare_sizes(imodel, options, cal, starts, loss, reference)
         chosen = options[sizes_method]
     else:
         sizes_method, sizes_errors, chosen = "given", {}, {imodel.groups[n].name: s for n, s in sizes.items()}

@@ -312,28 +312,26 @@ def _same_at_batch_one(model: nn.Module, imodel: IntegralModel, example_inputs: 
     if not shapes or any(s is None or not s or s[0] is not None for s in shapes):
         return True
     one = torch.utils._pytree.tree_map(lambda x: x[:1] if isinstance(x, Tensor) else x, example_inputs)
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
-            ref = model(*one)
-            got = imodel(*one)
+        ref, got = _both(model, imodel, one)
     except Exception:  # noqa: BLE001 - refused at batch 1 by a guard, or the model cannot run it
         return True
-    finally:
-        model.train(was_training)
     return _worst_error(ref, got) <= 1.0
 
 
-def _check(model: nn.Module, imodel: IntegralModel, example_inputs: tuple) -> None:
+def _both(model: nn.Module, imodel: IntegralModel, inputs: tuple) -> tuple[object, object]:
+    """The network's outputs (in eval mode; its own mode given back) and the integral model's."""
     was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
-            ref = model(*example_inputs)
-            got = imodel(*example_inputs)
+            return model(*inputs), imodel(*inputs)
     finally:
         model.train(was_training)
+
+
+def _check(model: nn.Module, imodel: IntegralModel, example_inputs: tuple) -> None:
+    ref, got = _both(model, imodel, example_inputs)
     worst = _worst_error(ref, got)
     if not worst <= 1.0:
         raise RuntimeError(f"internal error: the integral model differs from the network at full "
