@@ -14,7 +14,12 @@ measured at exactly those sizes, so all compressed networks have the same parame
 * L1-norm and random channel selection (``torchinn.baselines.prune``), as cut;
 * the same two after fine-tuning *all* their remaining weights for the same ``--seconds``
   (Adam, same calibration batches, same loss, same teacher: the original network, whose
-  outputs on the fixed calibration batches are computed once and shared by every method).
+  outputs on the fixed calibration batches are computed once and shared by every method);
+* the reconstruction baseline (L1 selection + least-squares refit of the consuming layers,
+  ``prune(..., "reconstruct")``), as cut and fine-tuned the same way;
+* ``torchinn.compress`` at the same sizes (``sizes=``), with no tuning (it still picks its start
+  on the calibration batches) and with ``--seconds`` in all (its choices come out of them; its
+  own loss: KL for class logits). The wall time in the tuning table is its whole call.
 
 Test accuracy is on the 1,000 held-out digits; calibration and fine-tuning use training images
 only. Prints a markdown table, the machine (CPU, threads, load average) and the wall times.
@@ -67,8 +72,12 @@ METHODS = (
     ("l1_ft", "L1-norm pruning + fine-tuning"),
     ("random", "random pruning"),
     ("random_ft", "random pruning + fine-tuning"),
+    ("reconstruct", "reconstruction (L1 + least-squares refit)"),
+    ("reconstruct_ft", "reconstruction + fine-tuning"),
+    ("compress", "torchinn.compress, no tuning"),
+    ("compress_tuned", "torchinn.compress"),
 )
-TUNED = ("inn_tuned", "inn_biases", "l1_ft", "random_ft")
+TUNED = ("inn_tuned", "inn_biases", "l1_ft", "random_ft", "reconstruct_ft", "compress_tuned")
 
 
 # -- settings ------------------------------------------------------------------------------------
@@ -312,10 +321,10 @@ def run(s: Settings, *, retrain: bool = False, cache: bool = True, log: Callable
             rep = tune_grid(tuned, batches, teacher=teacher, loss_fn=loss_fn, config=cfg)
             record(key, tuned.to_discrete().eval(), rep)
         imodel.resize(full_sizes)
-        for method in ("l1", "random"):
+        for method in ("l1", "random", "reconstruct"):
             if method not in s.methods and f"{method}_ft" not in s.methods:
                 continue
-            pruned = prune(imodel, sizes, method, seed=s.seed).eval()
+            pruned = prune(imodel, sizes, method, seed=s.seed, calibration=batches).eval()
             if method in s.methods:
                 record(method, pruned)
             if f"{method}_ft" in s.methods:
@@ -323,6 +332,16 @@ def run(s: Settings, *, retrain: bool = False, cache: bool = True, log: Callable
                                 decay=s.decay if s.baseline_decay else 1.0, progress=False)
                 rep = finetune(pruned, batches, teacher=teacher, loss_fn=loss_fn, config=ft)
                 record(f"{method}_ft", pruned, rep)
+        for key, tune in (("compress", False), ("compress_tuned", TuneConfig(seconds=s.seconds, progress=False))):
+            if key not in s.methods:
+                continue
+            t0 = time.perf_counter()
+            small, rep = inn.compress(net, (x_tr[:2],), keep, "params", calibration=batches, sizes=sizes, tune=tune,
+                                      config=inn.ConvertConfig(quadrature=s.quadrature, kind=s.kind, seed=s.seed))
+            wall = time.perf_counter() - t0
+            record(key, small, None if tune is False else {
+                "steps": rep.tuning.get("steps", 0), "seconds": wall, "first_loss": rep.error_before_tuning,
+                "last_loss": rep.error_after_tuning, "start": sorted(set(rep.starts.values()))})
         if len(set(counts.values())) > 1:
             raise RuntimeError(f"parameter counts differ between methods: {counts}")
         columns.append(col)

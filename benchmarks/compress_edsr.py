@@ -12,7 +12,11 @@ inner channels removed, every method gives a network of exactly the same shape:
 * L1-norm and random channel selection (``torchinn.baselines.prune``), as cut, and after
   fine-tuning all their weights for the same ``--seconds`` (same patches, loss and teacher);
 * the INN's resampled network fine-tuned the same way (what the baselines get, from the INN's
-  starting point instead of theirs).
+  starting point instead of theirs);
+* the reconstruction baseline (L1 selection + least-squares refit of the consuming layers), as cut
+  and fine-tuned the same way;
+* ``torchinn.compress`` at the same sizes, no tuning and with ``--seconds`` in all (its choice of
+  start and its tuning stages share them).
 
 Quality is Y-PSNR / Y-SSIM (border of 2 pixels cropped) on the held-out photos, never seen in
 training or calibration. Speed is measured on the plain discrete networks at batch 1, 64x64 and
@@ -206,12 +210,20 @@ def run(s: Settings) -> dict[str, Any]:
         if s.finetune:  # the INN's resampled network fine-tuned like the baselines: same start-up cost
             row["inn_ft_report"] = _finetune(untuned, net, batches, s)
             row["inn_ft"] = quality(untuned, photos)
-        for method in ("l1", "random"):
-            pruned = prune(imodel, sizes, method, seed=s.seed).eval()
+        for method in ("l1", "random", "reconstruct"):
+            pruned = prune(imodel, sizes, method, seed=s.seed, calibration=batches).eval()
             row[method] = quality(pruned, photos)
             if s.finetune:
                 row[f"{method}_ft_report"] = _finetune(pruned, net, batches, s)
                 row[f"{method}_ft"] = quality(pruned, photos)
+        config = inn.ConvertConfig(quadrature=s.quadrature, kind=s.kind)
+        for key, tune in (("compress", False), ("compress_tuned", TuneConfig(seconds=s.seconds, progress=False))):
+            t0 = time.perf_counter()
+            small, rep = inn.compress(net, (batches[0][0][:1],), 1 - removed, calibration=batches, sizes=sizes,
+                                      tune=tune, config=config)
+            row[key] = quality(small, photos)
+            row[key + "_report"] = {"steps": rep.tuning.get("steps", 0), "wall": time.perf_counter() - t0,
+                                    "start": sorted(set(rep.starts.values()))}
         log(f"{removed:.0%} removed: " + json.dumps({k: v for k, v in row.items() if "report" not in k},
                                                    default=lambda v: round(v, 4)))
         levels.append(row)
@@ -256,16 +268,20 @@ def format_tables(res: dict[str, Any]) -> str:
            f"Held-out photos {', '.join(sr.HELDOUT_PHOTOS)}: Y-PSNR (dB) / Y-SSIM, border 2 px cropped.",
            f"Original EDSR ({o['params']:,} parameters): **{_q(o)}**; bicubic: {_q(b)}.", ""]
     cols = ["inner channels removed", "params", "INN, no tuning", f"INN + grid tuning ({s['seconds']:g} s)",
-            "L1", "random"]
+            "L1", "random", "reconstruction", "compress, no tuning", f"compress ({s['seconds']:g} s in all)"]
     if s["finetune"]:
         cols += [f"INN resampled + fine-tuning ({s['seconds']:g} s)", f"L1 + fine-tuning ({s['seconds']:g} s)",
-                 f"random + fine-tuning ({s['seconds']:g} s)"]
+                 f"random + fine-tuning ({s['seconds']:g} s)", f"reconstruction + fine-tuning ({s['seconds']:g} s)"]
     rows = []
     for r in res["levels"]:
         cells = [f"{r['removed']:.0%} (64 -> {r['size']})", f"{r['params'] / o['params']:.1%}", _q(r["inn"]),
-                 f"{_q(r['inn_tuned'])} ({r['tuning']['steps']} steps)", _q(r["l1"]), _q(r["random"])]
+                 f"{_q(r['inn_tuned'])} ({r['tuning']['steps']} steps)", _q(r["l1"]), _q(r["random"]),
+                 _q(r["reconstruct"]), _q(r["compress"]),
+                 f"{_q(r['compress_tuned'])} ({r['compress_tuned_report']['steps']} steps, "
+                 f"{r['compress_tuned_report']['wall']:.0f} s, start {'+'.join(r['compress_tuned_report']['start'])})"]
         if s["finetune"]:
-            cells += [f"{_q(r[m + '_ft'])} ({r[m + '_ft_report']['steps']} steps)" for m in ("inn", "l1", "random")]
+            cells += [f"{_q(r[m + '_ft'])} ({r[m + '_ft_report']['steps']} steps)"
+                      for m in ("inn", "l1", "random", "reconstruct")]
         rows.append(cells)
     out.append(Table(cols, rows).markdown(aligned=False))
     if res["variants"]:

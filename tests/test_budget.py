@@ -195,6 +195,35 @@ def test_compress_with_a_calibration_loader():
     assert report.error_after_tuning <= report.error_before_tuning * (1 + 1e-9)
 
 
+def test_compress_seconds_bound_the_choices_and_the_tuning_together(monkeypatch):
+    # the start, the reconstruction candidate and the tuning stages share TuneConfig.seconds:
+    # what the choices took is taken off the tuning (equal time against a baseline's fine-tuning).
+    # Choosing the start is made to cost 0.8 s, as it does on a large network.
+    import time
+
+    import torchinn.compression as compression
+
+    def slow_best_start(*args, **kwargs):
+        time.sleep(0.8)
+        return best_start(*args, **kwargs)
+
+    best_start = compression.best_start
+    monkeypatch.setattr(compression, "best_start", slow_best_start)
+    torch.manual_seed(0)
+    model, inputs = ZOO["mlp"]()
+    g = torch.Generator().manual_seed(3)
+    cal = [(torch.randn(16, 32, generator=g),) for _ in range(4)]
+    budget = 1.5
+    small, report = compress(model, inputs, target=0.5, calibration=cal, config=FAST,
+                             tune=TuneConfig(seconds=budget, progress=False))
+    spent = {k: v for k, v in report.seconds.items() if k != "convert"}
+    tuning = report.seconds.get("tune_grid", 0.0) + report.seconds.get("tune_weights", 0.0)
+    assert tuning > 0 and report.tuning["steps"] > 0
+    # a step or an evaluation may overrun the deadline; nothing else does
+    assert report.seconds["choose_start"] >= 0.8
+    assert sum(spent.values()) <= budget + 0.4, report.seconds
+
+
 @pytest.mark.parametrize("target", [0, 1, 1.0, 1.5, -0.1, True])
 def test_target_outside_open_interval(target):
     _, inputs, imodel = converted("resnet_basic")

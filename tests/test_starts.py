@@ -153,3 +153,23 @@ def test_choose_sizes_reads_a_one_shot_calibration_iterator_once():
     cal = calibration(inputs, 2, seed=8)  # read twice, two batches would run out ("loader is empty")
     from_list = choose_sizes(imodel, 0.5, calibration=cal)
     assert choose_sizes(imodel, 0.5, calibration=iter(cal)) == from_list
+
+
+def test_compress_screens_the_reconstruction_on_the_choice_batches(monkeypatch):
+    # with many calibration batches the refit is first fitted on the few choice batches; it is
+    # refit on all of them only when that screened fit is not clearly behind the partitions
+    import torchinn.compression as compression
+
+    torch.manual_seed(0)
+    model, inputs = ZOO["mlp"]()
+    g = torch.Generator().manual_seed(5)
+    cal = [(torch.randn(16, 32, generator=g),) for _ in range(3 * compression.SELECT_BATCHES)]
+    args = dict(calibration=cal, config=inn.ConvertConfig(permute=False), tune=False)
+    _, report = compress(model, inputs, 0.5, **args)
+    held = report.reconstruct_errors
+    assert {"partitions", "reconstruct_screened", "reconstruct"} <= set(held)
+    assert held["reconstruct_screened"] <= compression.SCREEN_MARGIN * held["partitions"]
+    monkeypatch.setattr(compression, "SCREEN_MARGIN", 0.0)  # every screened fit is "clearly behind"
+    _, report = compress(model, inputs, 0.5, **args)
+    assert "reconstruct" not in report.reconstruct_errors and "reconstruct_screened" in report.reconstruct_errors
+    assert "reconstruct" not in report.starts.values()

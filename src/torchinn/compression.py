@@ -48,6 +48,9 @@ MAX_BATCHES = 256
 #: the calibration batches that choose sizes and starts (and measure the report's errors): the
 #: choices compare a few candidates, so a few batches tell them apart at a fraction of the cost
 SELECT_BATCHES = 4
+#: the reconstruction candidate is refit on all calibration batches only when, fitted on the
+#: choice batches, its held-out error is below this many times the best partitions'
+SCREEN_MARGIN = 2.0
 #: share of the tuning budget (at least 2 s; 10 s without tuning) for trying starts group by group
 REFINE_SHARE = 0.1
 
@@ -157,14 +160,27 @@ def _try_reconstruct(imodel: Any, sizes: Mapping[str, int], source: Iterable[Any
     with torch.no_grad():
         ref = [full(*b) for b in judge]
     mine = distill_error(imodel, judge, ref, loss)
-    try:
-        recon = reconstruct(imodel, dict(sizes), fit).eval()
-    except (RuntimeError, ValueError, NotImplementedError) as err:  # a candidate, not a requirement
-        log.info("no reconstruction candidate (%s: %s)", type(err).__name__, err)
-        return None, {}
-    theirs = distill_error(recon, judge, ref, loss)
+    errors = {"partitions": mine}
+    # the refit costs a pass per consuming layer over every batch (21 s of a 60 s budget on a
+    # 7-layer super-resolution network): screen it on the few choice batches first, and refit on
+    # all of them only when that is not clearly behind (a screened fit is a little worse than the
+    # full one, hence the margin)
+    screens = [list(cal)] if len(fit) > 2 * len(cal) else []
+    for data in screens + [fit]:
+        try:
+            recon = reconstruct(imodel, dict(sizes), data).eval()
+        except (RuntimeError, ValueError, NotImplementedError) as err:  # a candidate, not a requirement
+            log.info("no reconstruction candidate (%s: %s)", type(err).__name__, err)
+            return None, errors
+        theirs = distill_error(recon, judge, ref, loss)
+        if data is not fit:
+            errors["reconstruct_screened"] = theirs
+            if theirs > SCREEN_MARGIN * mine:
+                log.info("reconstruction screened out: %.4g vs best partitions %.4g", theirs, mine)
+                return None, errors
+    errors["reconstruct"] = theirs
     log.info("reconstruction %.4g vs best partitions %.4g on held-out calibration batches", theirs, mine)
-    return (recon if theirs < mine else None), {"partitions": mine, "reconstruct": theirs}
+    return (recon if theirs < mine else None), errors
 
 
 def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0.5,
@@ -175,8 +191,11 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
     """Convert ``model``, shrink it to ``target`` times the ``metric``, tune on ``calibration``
     (default: the example inputs) and return ``(plain_model, report)``.
 
-    ``tune=None`` tunes for 60 s (half grid, half weights: ``TuneConfig.weights_share``);
-    ``tune=False`` does not tune (sizes and starting partitions are still chosen on the
+    ``tune=None`` tunes for 60 s (half grid, half weights: ``TuneConfig.weights_share``).
+    ``TuneConfig.seconds`` bounds everything after the conversion: choosing the sizes and the
+    start, the reconstruction candidate and the tuning stages share it (tuning gets what the
+    choices left, see ``report.seconds``), so ``compress`` with 60 s takes about 60 s plus the
+    conversion. ``tune=False`` does not tune (sizes and starting partitions are still chosen on the
     calibration data). ``sizes`` (group -> size) skips the choice of sizes. ``starts`` limits
     the starting partitions tried (see :mod:`torchinn.starts`); ``reconstruct`` also tries L1
     selection with a least-squares refit of the layers that read pruned channels
@@ -194,6 +213,7 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
     t0 = time.perf_counter()
     imodel = convert(model, example_inputs, config)
     seconds["convert"] = time.perf_counter() - t0
+    t_budget = time.perf_counter()  # TuneConfig.seconds counts from here
     source, cal = _calibration(calibration, example_inputs)
     full = imodel.to_discrete().eval()  # the teacher, and the metric before
     before = _metric(full, metric, example_inputs)
@@ -240,9 +260,15 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
             err0 = distill_error(recon, cal, reference, loss)
 
     stages: dict[str, dict[str, Any]] = {}
-    if tune is not False:
-        share = 1.0 if recon is not None else tune.weights_share  # a refit network has no grid to tune
-        grid_cfg, weights_cfg = _split(tune, 1.0 - share), _split(tune, share)
+    budget = tune  # what the tuning stages get: the choices above came out of tune.seconds
+    if tune is not False and tune.seconds is not None:
+        left = tune.seconds - (time.perf_counter() - t_budget)
+        log.info("%.1f s of the %.1f s budget left for tuning", max(0.0, left), tune.seconds)
+        budget = dataclasses.replace(tune, seconds=left) if left > 0.05 else False
+    if budget is not False:
+        share = 1.0 if recon is not None else budget.weights_share  # a refit network has no grid to tune
+        grid_cfg, weights_cfg = _split(budget, 1.0 - share), _split(budget, share)
+        t_tune = time.perf_counter()
         if grid_cfg is not None:
             t0 = time.perf_counter()
             make_grid_trainable(imodel)
@@ -253,6 +279,9 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
         small = recon if recon is not None else imodel.to_discrete().eval()
         if weights_cfg is not None:
             t0 = time.perf_counter()
+            if budget.seconds is not None:  # what grid tuning left unspent goes to the weights
+                weights_cfg = dataclasses.replace(weights_cfg, seconds=max(weights_cfg.seconds,
+                                                                           budget.seconds - (t0 - t_tune)))
             stages["weights"] = finetune(small, train_source, teacher=full, config=weights_cfg, validation=held_out,
                                          loss_fn=LOSSES[loss])
             seconds["tune_weights"] = time.perf_counter() - t0
