@@ -21,7 +21,10 @@ from torchinn_demo.zoo import ZOO
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 FAST = inn.ConvertConfig(permute=False)
-ODD = lambda n: n % 2 == 1  # noqa: E731  (Simpson's rule)
+
+
+def odd(n: int) -> bool:  # the sizes Simpson's rule allows
+    return n % 2 == 1
 
 
 def allowed(max_size: int, m: int, allows=None) -> list[int]:
@@ -30,10 +33,10 @@ def allowed(max_size: int, m: int, allows=None) -> list[int]:
             if (s % m == 0 or s == max_size) and (allows is None or allows(s) or s == max_size)]
 
 
-@given(max_size=st.integers(1, 300), m=st.integers(1, 40), size=st.integers(1, 300), odd=st.booleans())
-def test_round_size_is_the_nearest_allowed_size(max_size, m, size, odd):
-    allows = ODD if odd else None
-    if odd and max_size % 2 == 0:  # Simpson's groups have odd full sizes
+@given(max_size=st.integers(1, 300), m=st.integers(1, 40), size=st.integers(1, 300), is_odd=st.booleans())
+def test_round_size_is_the_nearest_allowed_size(max_size, m, size, is_odd):
+    allows = odd if is_odd else None
+    if is_odd and max_size % 2 == 0:  # Simpson's groups have odd full sizes
         max_size += 1
     size = min(size, max_size)
     ok = allowed(max_size, m, allows)

@@ -236,7 +236,6 @@ def _greedy(imodel: IntegralModel, cost: _Cost, target_cost: float,
             curves: Mapping[str, list[tuple[float, float]]], min_ratio: float, grid: _Grid) -> dict[str, int]:
     groups = imodel.groups
     sizes = {n: g.max_size for n, g in groups.items()}
-    lows = grid.lows
     steps = {n: max(1, g.max_size // 32) for n, g in groups.items()}
     current = cost.model(sizes)
 

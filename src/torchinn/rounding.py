@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-__all__ = ["Multiple", "check_multiple", "ceil_size", "floor_size", "resolve_multiple", "round_size"]
+__all__ = ["Multiple", "ceil_size", "check_multiple", "floor_size", "resolve_multiple", "round_size"]
 
 #: what ``multiple`` takes: one int for every group, or one per group name
 Multiple = int | Mapping[str, int]
