@@ -101,6 +101,21 @@ def test_resize_rounds_simpson_groups_to_odd_sizes():
     assert imodel.resize(0.5, multiple=8) == {"0.weight:0": 33}  # no odd multiple of 8: full size
 
 
+@pytest.mark.parametrize("m", [1, 3])
+def test_choose_sizes_keeps_simpson_sizes_odd(m):
+    """Simpson's rule takes odd sizes only: choose_sizes searches those (it used to fail measuring
+    the sensitivities at even sizes, and its sizes could be even)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 33), nn.ReLU(), nn.Linear(33, 65), nn.ReLU(), nn.Linear(65, 4)).eval()
+    imodel = inn.convert(net, (X,), inn.ConvertConfig(permute=False, quadrature="simpson"))
+    for method in ("sensitivity", "uniform"):
+        sizes = choose_sizes(imodel, 0.5, example_inputs=(X,), method=method, multiple=m)
+        assert all(s % 2 == 1 and (s % m == 0 or s == imodel.groups[n].max_size) for n, s in sizes.items()), sizes
+        assert imodel.num_parameters(sizes) <= 0.5 * imodel.num_parameters()
+        imodel.resize(sizes)  # allowed sizes
+        imodel.resize(1.0)
+
+
 @pytest.mark.parametrize("method", ["sensitivity", "uniform"])
 @pytest.mark.parametrize("m", [8, 16])
 @pytest.mark.parametrize("target", [0.3, 0.6])

@@ -177,7 +177,7 @@ def sensitivities(imodel: IntegralModel, batches: Sequence[tuple], loss: str = "
             curve = [(1.0, 0.0)]
             uniform = g.partition
             for r in _RATIOS:
-                size = max(1, round(r * g.max_size))
+                size = g.partition.quadrature.nearest_size(max(1, round(r * g.max_size)), high=g.max_size)
                 errors = []
                 for kind in ("uniform", "l1"):
                     imodel.set_partition(name, start_partition(uniform, size, kind, scores[name]))
