@@ -17,6 +17,7 @@ searches over the allowed sizes only) and :func:`torchinn.compress`.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping
 
 __all__ = ["Multiple", "ceil_size", "check_multiple", "floor_size", "resolve_multiple", "round_size"]
@@ -28,11 +29,12 @@ Allows = Callable[[int], bool] | None
 
 
 def check_multiple(value: object, what: str = "multiple") -> int:
-    """``value`` if it is an int >= 1 (not a bool), else ``ValueError`` naming ``what``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """``value`` as an int if it is an integer >= 1 (not a bool; a NumPy integer is fine), else
+    ``ValueError`` naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{what} must be an int >= 1 (channel counts are rounded to multiples of it; "
                          f"1: no rounding), got {value!r}")
-    return value
+    return int(value)
 
 
 def resolve_multiple(multiple: object, names: list[str], find: Callable[[str], str] | None = None) -> dict[str, int]:
