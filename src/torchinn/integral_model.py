@@ -33,6 +33,7 @@ from .graph.groups import ContractionSpec, GroupInfo
 from .graph.guards import Guard, violation
 from .partition import Partition, UniformPartition
 from .protocol import SizeSpec, plan_sizes, set_sizes, unknown_group
+from .rounding import Multiple
 from .structured import StructuredFunction, plan_size, plan_vector
 
 __all__ = ["Group", "Groups", "IntegralModel"]
@@ -179,13 +180,15 @@ class IntegralModel(nn.Module):
         """Current size of every group."""
         return {n: self.partitions[_key(n)].size for n in self.group_names}
 
-    def resize(self, sizes: SizeSpec) -> dict[str, int]:
+    def resize(self, sizes: SizeSpec, *, multiple: Multiple = 1) -> dict[str, int]:
         """Set group sizes: one ratio in (0, 1] (a float) or size (an int) for every resizable
         group, or a mapping from group name (or the module that produces it) to a size or a ratio.
-        Every entry is checked before any group changes. Returns every group's size (the rules,
-        shared with from-scratch networks: :mod:`torchinn.protocol`)."""
+        ``multiple`` (one int, or group name -> int; default 1: none) rounds every size asked to
+        the nearest multiple or the group's full size (:mod:`torchinn.rounding`). Every entry is
+        checked before any group changes. Returns every group's size (the rules, shared with
+        from-scratch networks: :mod:`torchinn.protocol`)."""
         groups = self.groups
-        set_sizes(plan_sizes(self.partition_map(), sizes, lambda name: groups[name].name))
+        set_sizes(plan_sizes(self.partition_map(), sizes, lambda name: groups[name].name, multiple))
         return self.sizes()
 
     # -- running ------------------------------------------------------------------------------
