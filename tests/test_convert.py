@@ -80,7 +80,8 @@ def test_zoo_exact_resized_and_smaller(name: str, converted) -> None:
             b = small(*inputs)
         assert a.shape == ref.shape and b.shape == ref.shape
         assert rel_err(a, b) <= 1e-5
-        assert not any(type(m).__module__.startswith("torchinn") for m in small.modules())
+        # no torchinn class inside (the zoo's own classes live in torchinn_demo)
+        assert not any(type(m).__module__.split(".")[0] == "torchinn" for m in small.modules())
         assert n_params(small) < n_params(model)
         assert flops(small, inputs) < flops(model, inputs)
     finally:
@@ -89,7 +90,7 @@ def test_zoo_exact_resized_and_smaller(name: str, converted) -> None:
 
 def test_discrete_at_full_size_matches_original(converted) -> None:
     model, inputs, _, imodel = converted("resnet_bottleneck")
-    small = imodel.to_discrete()
+    small = imodel.to_discrete(graph=True)
     with torch.no_grad():
         assert rel_err(model(*inputs), small(*inputs)) <= 1e-5
     # batch norms were folded: fewer tensors, same parameter count minus the BN affine pairs

@@ -234,7 +234,7 @@ def _assign(module: nn.Module, tensors: Mapping[str, Tensor]) -> None:
                             raise RebuildError(f"tensor {full!r} has no value at the new sizes")
                         new[id(old)] = old
                     else:
-                        value = value.detach().clone()
+                        value = value.detach().clone(memory_format=torch.contiguous_format)
                         new[id(old)] = (nn.Parameter(value, requires_grad=old.requires_grad)
                                         if isinstance(old, nn.Parameter) else value)
                 store[leaf] = new[id(old)]
