@@ -235,10 +235,15 @@ def test_other_dtypes_convert_and_run(dtype: torch.dtype) -> None:
         else:
             assert err <= 16 * torch.finfo(dtype).eps
         imodel.resize(0.5)
-        small = imodel.to_discrete()
+        small = imodel.to_discrete(graph=True)  # the graph module runs the same ops: bit-exact
         assert all(p.dtype == dtype for p in small.parameters())
         with torch.no_grad():
             assert torch.equal(small(*inputs), imodel(*inputs))
+        own = imodel.to_discrete()  # the model's class: scales folded into weights round once more
+        assert type(own) is type(model) and all(p.dtype == dtype for p in own.parameters())
+        with torch.no_grad():
+            tol = 1e-12 if dtype == torch.float64 else 16 * torch.finfo(dtype).eps
+            assert rel_err(own(*inputs).float(), imodel(*inputs).float()) <= tol
 
 
 def test_slice_bounds_computed_from_input_sizes() -> None:

@@ -53,7 +53,7 @@ class HardCoded(nn.Module):
 
     def forward(self, x):
         x = F.adaptive_avg_pool2d(self.conv(x), 4)
-        x = x.view(-1, 128)  # a size no attribute controls
+        x = x.view(x.size(0), 128)  # a size no attribute controls
         return self.fc(x)
 
 
@@ -145,8 +145,8 @@ def test_hard_coded_view_falls_back_with_its_line():
     imodel = inn.convert(model, (x,))
     assert type(_quiet_discrete(imodel)) is HardCoded  # full size: the hard-coded 128 still holds
     imodel.resize(0.5)
-    line = next(i for i, text in enumerate(open(__file__).read().splitlines(), 1) if "x.view(-1, 128)" in text)
-    with pytest.warns(UserWarning, match=rf"test_rebuild\.py:{line} `x = x\.view\(-1, 128\)") as rec:
+    line = next(i for i, text in enumerate(open(__file__).read().splitlines(), 1) if "x.view(x.size(0), 128)" in text)
+    with pytest.warns(UserWarning, match=rf"test_rebuild\.py:{line} `x = x\.view\(x\.size\(0\), 128\)") as rec:
         small = imodel.to_discrete()
     assert "graph=True" in str(rec[0].message)
     assert isinstance(small, fx.GraphModule)
