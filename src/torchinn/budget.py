@@ -115,7 +115,7 @@ class _Cost:
             full = imodel.sizes()
             imodel.resize({n: imodel.groups[n].max_size for n in full})
             try:
-                small = imodel.to_discrete().eval()
+                small = imodel.to_discrete(graph=True).eval()
             finally:
                 imodel.resize(full)
             by_tensor, other = flops_by_tensor(small, inputs)
@@ -151,7 +151,7 @@ class _Cost:
         saved = self.imodel.sizes()
         self.imodel.resize(dict(sizes))
         try:
-            small = self.imodel.to_discrete().eval()
+            small = self.imodel.to_discrete(graph=True).eval()
         finally:
             self.imodel.resize(saved)
         if self.metric == "flops":

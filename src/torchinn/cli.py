@@ -186,7 +186,7 @@ def _inspect(args: argparse.Namespace) -> int:
         original = sum(p.numel() for p in model.parameters())
         inputs = _random_inputs(args.input_shape, _dtype_of(model), args.seed)
         imodel = convert(model, inputs, ConvertConfig(permute=False, progress=False))
-    small = imodel.to_discrete().eval()
+    small = imodel.to_discrete(graph=True).eval()
     params = {n: t.numel() for n, t in small.named_parameters()}
     by_tensor, _ = flops_by_tensor(small, inputs)
     total_flops = count_flops(small, inputs)
@@ -346,7 +346,7 @@ def _cpu_name() -> str:
 
 def _runnable(loaded: Loaded) -> tuple[Any, str]:
     if loaded.kind == "integral":
-        return loaded.obj.eval().to_discrete().eval(), "to_discrete() at its saved sizes"
+        return loaded.obj.eval().to_discrete(graph=True).eval(), "to_discrete() at its saved sizes"
     model = loaded.obj
     if loaded.kind != "exported":
         model = model.eval()

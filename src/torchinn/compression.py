@@ -228,7 +228,7 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
     multiples = resolve_multiple(multiple, list(groups), lambda name: groups[name].name)
     t_budget = time.perf_counter()  # TuneConfig.seconds counts from here
     source, cal = _calibration(calibration, example_inputs)
-    full = imodel.to_discrete().eval()  # the teacher, and the metric before
+    full = imodel.to_discrete(graph=True).eval()  # the teacher, and the metric before
     before = _metric(full, metric, example_inputs)
     with torch.no_grad():
         reference = [full(*b) for b in cal]
@@ -291,7 +291,7 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
                                        loss_fn=LOSSES[loss])
             seconds["tune_grid"] = time.perf_counter() - t0
         imodel.eval()
-        small = recon if recon is not None else imodel.to_discrete().eval()
+        small = recon if recon is not None else imodel.to_discrete(graph=True).eval()
         if weights_cfg is not None:
             t0 = time.perf_counter()
             if budget.seconds is not None:  # what grid tuning left unspent goes to the weights
@@ -301,7 +301,7 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
                                          loss_fn=LOSSES[loss])
             seconds["tune_weights"] = time.perf_counter() - t0
     else:
-        small = recon if recon is not None else imodel.to_discrete().eval()
+        small = recon if recon is not None else imodel.to_discrete(graph=True).eval()
     err1 = distill_error(small, cal, reference, loss)
     report = CompressReport(
         metric=metric, target=target,

@@ -62,8 +62,16 @@ def resize(model: nn.Module | IntegralNetwork, sizes: SizeSpec, *, multiple: Mul
     return net.resize(sizes, multiple=multiple)
 
 
-def to_discrete(model: nn.Module | IntegralNetwork) -> nn.Module:
+def to_discrete(model: nn.Module | IntegralNetwork, *, graph: bool = False) -> nn.Module:
     """A fresh plain network at the current sizes (``integral_network(model).to_discrete()``):
-    every integral layer replaced by its ``nn`` twin, no torchinn object left inside. ``model``
-    is not modified."""
-    return integral_network(model).to_discrete()
+    every integral layer replaced by its ``nn`` twin, no torchinn object left inside; for an
+    :class:`~torchinn.IntegralModel`, a copy of the converted module's own class
+    (``graph=True``: its ``torch.fx.GraphModule``, see :meth:`IntegralModel.to_discrete`).
+    ``model`` is not modified."""
+    net = integral_network(model)
+    if not graph:
+        return net.to_discrete()
+    if not hasattr(net, "runtime"):
+        raise TypeError(f"graph=True needs a converted network (an IntegralModel); {type(model).__name__} "
+                        "is built from Integral* layers and has no graph module")
+    return net.to_discrete(graph=True)  # type: ignore[call-arg]

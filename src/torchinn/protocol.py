@@ -29,7 +29,9 @@ is found at (``"0.out_partition"``). The four methods, and what they mean for ev
     ``m`` or the group's full size (:mod:`torchinn.rounding`);
 ``to_discrete() -> nn.Module``
     a fresh plain network at the current sizes, with no torchinn object inside; the integral
-    network is not modified.
+    network is not modified. A converted network gives back a copy of the module it was
+    converted from (its own class, smaller layers of the same types; ``to_discrete(graph=True)``:
+    the ``torch.fx.GraphModule`` it runs), a from-scratch one its ``nn`` twin.
 
 The top-level functions :func:`torchinn.partitions`, :func:`torchinn.resize` and
 :func:`torchinn.to_discrete`, and :class:`torchinn.RandomSizes`, take any integral network (either
