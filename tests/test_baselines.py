@@ -105,7 +105,7 @@ def test_baselines_keep_exactly_the_requested_sizes(name, method):
     saved = imodel.sizes()
     imodel.resize(sizes)
     try:
-        inn_small = imodel.to_discrete().eval()
+        inn_small = imodel.to_discrete(graph=True).eval()
         shapes = {n: t.shape for n, t in imodel.tensors().items()}
     finally:
         imodel.resize(saved)
