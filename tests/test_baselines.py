@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import converted
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -18,21 +19,11 @@ from torchinn.baselines import (
     select_channels,
 )
 from torchinn.train import TuneConfig, finetune
-from torchinn_demo.zoo import ZOO
 
 FAST = inn.ConvertConfig(permute=False)
-_CONVERTED: dict[str, tuple] = {}
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def converted(name: str) -> tuple:
-    if name not in _CONVERTED:
-        torch.manual_seed(0)
-        model, inputs = ZOO[name]()
-        _CONVERTED[name] = (model, inputs, inn.convert(model, inputs, FAST))
-    return _CONVERTED[name]
 
 
 @pytest.fixture(scope="module")

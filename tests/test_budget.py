@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from conftest import converted
 from torch import nn
 
 import torchinn as inn
@@ -16,19 +17,9 @@ from torchinn.train import TuneConfig
 from torchinn_demo.zoo import ZOO
 
 FAST = inn.ConvertConfig(permute=False)
-_CONVERTED: dict[str, tuple] = {}
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def converted(name: str) -> tuple:
-    """(network, example inputs, integral model), converted once; do not resize the model."""
-    if name not in _CONVERTED:
-        torch.manual_seed(0)
-        model, inputs = ZOO[name]()
-        _CONVERTED[name] = (model, inputs, inn.convert(model, inputs, FAST))
-    return _CONVERTED[name]
 
 
 def n_params(m: nn.Module) -> int:
@@ -201,7 +192,7 @@ def test_compress_seconds_bound_the_choices_and_the_tuning_together(monkeypatch)
     # Choosing the start is made to cost 0.8 s, as it does on a large network.
     import time
 
-    import torchinn.compression as compression
+    from torchinn import compression
 
     def slow_best_start(*args, **kwargs):
         time.sleep(0.8)
