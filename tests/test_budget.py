@@ -125,7 +125,7 @@ def test_compress_returns_plain_model_and_true_report(metric):
     small, report = compress(model, inputs, target=0.5, metric=metric, config=FAST,
                              tune=TuneConfig(steps=10, seconds=None, progress=False))
     assert isinstance(small, nn.Module) and not small.training
-    assert not any(type(m).__module__.startswith("torchinn") for m in small.modules())
+    assert not any(type(m).__module__.split(".")[0] == "torchinn" for m in small.modules())
     with torch.no_grad():
         out, ref = small(*inputs), model(*inputs)
     assert out.shape == ref.shape
@@ -134,10 +134,15 @@ def test_compress_returns_plain_model_and_true_report(metric):
     sizes = {n: after for n, (_, after) in report.sizes.items()}
     assert set(sizes) == set(full.groups)
     assert all(b == full.groups[n].max_size and 1 <= a <= b for n, (b, a) in report.sizes.items())
-    assert report.params_after == n_params(small) == full.num_parameters(sizes)
+    # the user's class back, batch norms as identity batch norms: the report counts them in
+    # params_after, while the budget (report.after) counts the folded network
+    assert type(small) is type(model)
+    # (the ResNet's convs have no bias: the folded bias is the batch norm's, its weight is extra)
+    n_bn = sum(m.num_features for m in small.modules() if isinstance(m, nn.BatchNorm2d))
+    assert n_bn > 0 and report.params_after == n_params(small) == full.num_parameters(sizes) + n_bn
     assert report.params_before == n_params(model)
     if metric == "params":
-        assert report.before == full.num_parameters() and report.after == n_params(small)
+        assert report.before == full.num_parameters() and report.after == full.num_parameters(sizes)
     else:
         assert report.before == count_flops(full.to_discrete(graph=True).eval(), inputs)
         assert report.after == count_flops(small, inputs)
@@ -245,3 +250,31 @@ def test_budget_errors():
     with pytest.raises(ValueError, match="empty"):
         choose_sizes(imodel, 0.5, "params", calibration=[])
     assert imodel.sizes() == {n: g.max_size for n, g in imodel.groups.items()}
+
+
+def test_compress_gives_back_the_users_class_with_the_graph_modules_outputs():
+    torch.manual_seed(0)
+    model, inputs = ZOO["resnet_basic"]()
+    g = torch.Generator().manual_seed(4)
+    cal = [(torch.randn(8, 3, 16, 16, generator=g),) for _ in range(3)]
+    mine, _ = compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=False)
+    graph, _ = compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=False, graph=True)
+    assert type(mine) is type(model) and isinstance(graph, torch.fx.GraphModule)
+    assert [n for n, _ in mine.named_modules()] == [n for n, _ in model.named_modules()]
+    with torch.no_grad():
+        a, b = mine(*inputs), graph(*inputs)
+    assert float((a - b).abs().max()) <= 1e-5 * float(b.abs().max())
+
+
+def test_module_from_needs_the_graph_modules_sizes():
+    model, inputs, imodel = converted("mlp")
+    imodel.resize(0.5)
+    gm = imodel.to_discrete(graph=True)
+    mine = imodel.module_from(gm)
+    assert type(mine) is type(model)
+    with torch.no_grad():
+        assert torch.allclose(mine(*inputs), gm(*inputs), atol=1e-6)
+    imodel.resize(1.0)
+    with pytest.raises(ValueError, match=r"module_from\(\): tensor '.*' has shape .* but at the model's current "
+                                         r"sizes it has .*: resize the model to the sizes of the graph module first"):
+        imodel.module_from(gm)

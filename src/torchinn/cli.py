@@ -315,7 +315,8 @@ def _compress(args: argparse.Namespace) -> int:
     tune = (TuneConfig(seconds=args.seconds, progress=not args.no_progress, weights_share=args.weights_share,
                        loss=args.loss) if args.seconds > 0 else False)
     small, report = compress(model, example, args.target, args.metric, calibration=loader, tune=tune,
-                             reconstruct=not args.no_reconstruct, multiple=args.multiple)
+                             reconstruct=not args.no_reconstruct, multiple=args.multiple,
+                             graph=True)  # the graph module: its pickle loads without the model's code
     _save_checked(small, out, example)
     data = dataclasses.asdict(report)
     data.update(ratio=report.ratio, model=loaded.source, output=str(out),

@@ -194,7 +194,7 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
              tune: TuneConfig | None | Literal[False] = None, config: ConvertConfig | None = None,
              min_ratio: float = 0.1, sizes: Mapping[str, int] | None = None,
              starts: Sequence[str] = STARTS, reconstruct: bool = True,
-             multiple: Multiple = 1) -> tuple[nn.Module, CompressReport]:
+             multiple: Multiple = 1, graph: bool = False) -> tuple[nn.Module, CompressReport]:
     """Convert ``model``, shrink it to ``target`` times the ``metric``, tune on ``calibration``
     (default: the example inputs) and return ``(plain_model, report)``.
 
@@ -211,6 +211,13 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
     the weights). ``multiple`` (one int such as 8 or 16, or group name -> int; default 1) keeps
     every group at a multiple of it or at its full size (:mod:`torchinn.rounding`): the sizes are
     chosen among those, and given ``sizes`` are rounded to them. ``model`` is not modified.
+
+    The network handed back is a copy of ``model``'s own class with smaller layers (see
+    :meth:`torchinn.IntegralModel.to_discrete`; batch norms come back as identity batch norms
+    after the layers they were folded into, and ``report.params_after`` counts them), or, with
+    ``graph=True`` or where the copy cannot follow the sizes (a ``UserWarning`` says why), the
+    graph module. ``report.after`` is the metric of the graph module, batch norms folded: what
+    the budget counts.
     """
     if isinstance(example_inputs, Tensor):
         example_inputs = (example_inputs,)
@@ -317,4 +324,7 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
         multiple={n: m for n, m in multiples.items() if m > 1})
     if not math.isfinite(err1):
         log.warning("the compressed network's calibration error is not finite")
+    if not graph:  # the user's own class (or the graph module, with a warning saying why)
+        small = imodel.module_from(small.eval()).eval()
+        report.params_after = sum(p.numel() for p in small.parameters())
     return small, report

@@ -360,40 +360,66 @@ class IntegralModel(nn.Module):
                         self.in_spec, self.out_spec).train(self.training)
         if graph:
             return gm
+        return self._user_module(gm, dict(zip(self.tensor_names, tensors)), "to_discrete()")
+
+    def module_from(self, gm: fx.GraphModule) -> nn.Module:
+        """The user's module (as :meth:`to_discrete` gives it back) carrying the tensors of
+        ``gm``: a graph module of this model at any sizes, from ``to_discrete(graph=True)``,
+        :func:`torchinn.prune` or :func:`torchinn.compress`, fine-tuned or not. Falls back to
+        ``gm`` itself, with a ``UserWarning`` saying why, where :meth:`to_discrete` would."""
+        named = {}
+        for n in self.tensor_names:
+            try:
+                named[n] = gm.get_parameter(n)
+            except AttributeError:
+                named[n] = gm.get_buffer(n)
+        return self._user_module(gm, named, "module_from()")
+
+    def _user_module(self, gm: fx.GraphModule, named: dict[str, Tensor], caller: str) -> nn.Module:
+        """A copy of the converted module with ``named`` tensors, checked against ``gm`` (or
+        ``gm`` with a warning)."""
+        tensors = list(named.values())
+        sizes = self.sizes()
+        for n, plan in self.plans().items():
+            want = tuple(plan_size(dim_plan, sizes) for dim_plan in plan)
+            if n in named and tuple(named[n].shape) != want:
+                raise ValueError(f"{caller}: tensor {n!r} has shape {tuple(named[n].shape)}, but at the model's "
+                                 f"current sizes it has {want}: resize the model to the sizes of the graph "
+                                 "module first")
         original = getattr(self, "_original", None)
         if original is None or original.module is None:
-            warnings.warn("to_discrete(): this IntegralModel does not hold the module it was converted "
+            warnings.warn(f"{caller}: this IntegralModel does not hold the module it was converted "
                           "from (it was loaded from a file), so it returns the graph module; pass "
-                          "graph=True to ask for it", UserWarning, stacklevel=2)
+                          "graph=True to ask for it", UserWarning, stacklevel=3)
             return gm
-        named = dict(zip(self.tensor_names, tensors))
         try:
             module = rebuild(original, named, gm, getattr(self, "folded_norms", []), self.plans(), self.sizes())
         except RebuildError as err:
-            warnings.warn(f"to_discrete(): cannot give back {type(original.module).__name__} at the current "
+            warnings.warn(f"{caller}: cannot give back {type(original.module).__name__} at the current "
                           f"sizes ({err}); returning the graph module instead (graph=True asks for it)",
-                          UserWarning, stacklevel=2)
+                          UserWarning, stacklevel=3)
             return gm
+        mode = gm.training
         error, failure = run_check(module, gm, original, named)
-        gm.train(self.training)
+        gm.train(mode)
         like = next((t for t in tensors if t.is_floating_point()), None)
         tol = 1e-5 if like is None or torch.finfo(like.dtype).bits > 16 else 16 * torch.finfo(like.dtype).eps
         name = type(original.module).__name__
         if failure is not None:
             where = user_line(failure)
-            warnings.warn(f"to_discrete(): {name} fails at the current sizes"
+            warnings.warn(f"{caller}: {name} fails at the current sizes"
                           f"{f' at {where}' if where else ''} ({type(failure).__name__}: {failure}); a size "
                           "there does not follow the module's attributes (e.g. x.view(-1, 1024) instead of "
                           "x.flatten(1)). Returning the graph module instead (graph=True asks for it)",
-                          UserWarning, stacklevel=2)
+                          UserWarning, stacklevel=3)
             return gm
         if not error <= tol:
-            warnings.warn(f"to_discrete(): {name} at the current sizes differs from the integral model by "
+            warnings.warn(f"{caller}: {name} at the current sizes differs from the integral model by "
                           f"{error:.2g} (relative; at most {tol:g} allowed): a size its forward uses "
                           "does not follow its attributes. Returning the graph module instead (graph=True "
-                          "asks for it)", UserWarning, stacklevel=2)
+                          "asks for it)", UserWarning, stacklevel=3)
             return gm
-        return module.train(self.training)
+        return module.train(mode)
 
     def save(self, path: str) -> None:
         """Write the model to one file (see :func:`torchinn.save`)."""
