@@ -18,7 +18,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -202,20 +202,43 @@ def _problems(an, config: ConvertConfig) -> None:
     log.warning("keeping channels at full size around unsupported operations:\n%s", lines)
 
 
-def convert(model: nn.Module, example_inputs: tuple | Tensor,
-            config: ConvertConfig | None = None) -> IntegralModel:
-    """Turn ``model`` into an :class:`IntegralModel` that reproduces it at full size.
-
-    ``model`` is traced with ``torch.export`` on ``example_inputs`` (a copy, in eval mode; the
-    model itself is not modified), its batch norms are folded, its channel groups are found,
-    each group's channels are reordered to make the weights smooth, and every grouped tensor
-    becomes a continuous function of its groups. Network inputs and outputs stay discrete.
-    """
-    config = config or ConvertConfig()
+def _inputs(example_inputs: object, kwargs: Mapping[str, object] | None) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` from what :func:`convert` accepts: a tensor, a tuple, or a mapping of
+    keyword inputs (``{"input_ids": ids}``), plus optional ``kwargs``."""
     if isinstance(example_inputs, Tensor):
         example_inputs = (example_inputs,)
+    if isinstance(example_inputs, Mapping):
+        if kwargs:
+            raise TypeError("pass keyword inputs either as example_inputs (a dict) or as kwargs, "
+                            f"not both (got keys {sorted(example_inputs)} and {sorted(kwargs)})")
+        example_inputs, kwargs = (), example_inputs
     if not isinstance(example_inputs, tuple):
-        raise TypeError(f"example_inputs must be a tuple of inputs, got {type(example_inputs).__name__}")
+        raise TypeError(f"example_inputs must be a tuple of inputs, a tensor or a dict of keyword "
+                        f"inputs, got {type(example_inputs).__name__}")
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise TypeError(f"kwargs must be a dict of keyword inputs, got {type(kwargs).__name__}")
+    bad = [k for k in (kwargs or {}) if not isinstance(k, str)]
+    if bad:
+        raise TypeError(f"keyword input names must be str, got {bad!r}")
+    return example_inputs, dict(kwargs or {})
+
+
+def convert(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, object] = (),
+            config: ConvertConfig | None = None, *,
+            kwargs: Mapping[str, object] | None = None) -> IntegralModel:
+    """Turn ``model`` into an :class:`IntegralModel` that reproduces it at full size.
+
+    ``model`` is traced with ``torch.export`` on ``model(*example_inputs, **kwargs)`` (a copy, in
+    eval mode; the model itself is not modified), its batch norms are folded, its channel groups
+    are found, each group's channels are reordered to make the weights smooth, and every grouped
+    tensor becomes a continuous function of its groups. Network inputs and outputs stay discrete.
+    Keyword inputs go in ``kwargs`` or as a dict in place of ``example_inputs``
+    (``convert(llm, {"input_ids": ids, "attention_mask": mask})``); the integral model is then
+    called the same way. A key/value cache is switched off while tracing (the outputs carry
+    none; see :mod:`torchinn.graph.adapters`).
+    """
+    config = config or ConvertConfig()
+    example_inputs, kwargs = _inputs(example_inputs, kwargs)
     _check_model(model, example_inputs)
     if model.training and any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout))
                               for m in model.modules()):
@@ -223,7 +246,7 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor,
                       "(batch norms use their running statistics, dropout is off)", stacklevel=2)
     report: dict[str, float] = {}
     t0 = time.perf_counter()
-    traced: Traced = trace(model, example_inputs)
+    traced: Traced = trace(model, example_inputs, kwargs)
     report["trace_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     folded = fuse_batch_norms(traced) if config.fuse_batch_norm else []
@@ -271,7 +294,7 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor,
     imodel.input_names = [n.name for n in traced.inputs]
     imodel.pinned = dict(plan.pinned)
     imodel.eval()
-    if not _same_at_batch_one(model, imodel, example_inputs):
+    if not _same_at_batch_one(model, imodel, (example_inputs, kwargs)):
         if traced.doubled:
             raise RuntimeError(
                 f"{type(model).__name__} computes something else at batch 1 than at batch 2 (a "
@@ -284,7 +307,7 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor,
         imodel.runtime = build_runtime(an, group_index, tensor_names)
         imodel.input_guards = list(traced.guards)
     if config.check:
-        _check(model, imodel, example_inputs)
+        _check(model, imodel, (example_inputs, kwargs))
     return imodel
 
 
@@ -303,7 +326,7 @@ def _worst_error(ref: object, got: object) -> float:
     return worst
 
 
-def _same_at_batch_one(model: nn.Module, imodel: IntegralModel, example_inputs: tuple) -> bool:
+def _same_at_batch_one(model: nn.Module, imodel: IntegralModel, example_inputs: tuple[tuple, dict]) -> bool:
     """torch.export traces dynamic sizes as >= 2, so a branch on ``batch == 1`` leaves no guard:
     run the network and the integral model on the first sample of the example (when every tensor
     input has a dynamic batch dimension) and tell whether they agree."""
@@ -319,18 +342,20 @@ def _same_at_batch_one(model: nn.Module, imodel: IntegralModel, example_inputs: 
     return _worst_error(ref, got) <= 1.0
 
 
-def _both(model: nn.Module, imodel: IntegralModel, inputs: tuple) -> tuple[object, object]:
-    """The network's outputs (in eval mode; its own mode given back) and the integral model's."""
+def _both(model: nn.Module, imodel: IntegralModel, inputs: tuple[tuple, dict]) -> tuple[object, object]:
+    """The network's outputs (in eval mode; its own mode given back) and the integral model's,
+    on ``(args, kwargs)``."""
     was_training = model.training
+    args, kwargs = inputs
     try:
         model.eval()
         with torch.no_grad():
-            return model(*inputs), imodel(*inputs)
+            return model(*args, **kwargs), imodel(*args, **kwargs)
     finally:
         model.train(was_training)
 
 
-def _check(model: nn.Module, imodel: IntegralModel, example_inputs: tuple) -> None:
+def _check(model: nn.Module, imodel: IntegralModel, example_inputs: tuple[tuple, dict]) -> None:
     ref, got = _both(model, imodel, example_inputs)
     worst = _worst_error(ref, got)
     if not worst <= 1.0:
@@ -340,7 +365,7 @@ def _check(model: nn.Module, imodel: IntegralModel, example_inputs: tuple) -> No
     try:
         imodel.resize(0.75)
         with torch.no_grad():
-            small = imodel(*example_inputs)
+            small = imodel(*example_inputs[0], **example_inputs[1])
         for r, s in zip(torch.utils._pytree.tree_leaves(ref), torch.utils._pytree.tree_leaves(small)):
             if isinstance(r, Tensor) and r.shape != s.shape:
                 raise RuntimeError(f"internal error: output shape {tuple(s.shape)} at smaller sizes, "

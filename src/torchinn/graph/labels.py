@@ -74,6 +74,8 @@ class Axes:
         self._size: list[int] = []
         self._binding: dict[int, Struct] = {}
         self.pin_reasons: dict[int, str] = {}
+        #: the parts of every axis split by :meth:`bind_split`, in order
+        self.splits: list[tuple[Struct, ...]] = []
 
     # -- axes ------------------------------------------------------------------------------
     def new(self, size: int) -> Struct:
@@ -142,12 +144,13 @@ class Axes:
         self._binding[root] = s
 
     def bind_split(self, a: int, factors: list[int]) -> list[Struct]:
-        """Split axis ``a`` (row-major) into factors; the innermost factor larger than one stays a
-        channel axis (head dim, channels per group), the outer ones are fixed (heads, groups)."""
+        """Split axis ``a`` (row-major) into factors, each a new axis. Which factors stay channel
+        axes is decided once the whole graph is seen (:meth:`splits`, resolved by the analysis):
+        the innermost by default (channels per group), the outer one for attention heads."""
         a = self.find(a)
-        inner = max((i for i, f in enumerate(factors) if f > 1), default=len(factors) - 1)
-        parts: list[Struct] = [self.new(f) if i == inner else Fixed(f) for i, f in enumerate(factors)]
+        parts: list[Struct] = [self.new(f) for f in factors]
         self._bind(a, Prod(tuple(parts)))
+        self.splits.append(tuple(parts))
         return parts
 
     def bind_cat(self, a: int, sizes: list[int]) -> list[Struct]:
