@@ -188,6 +188,11 @@ class Axes:
         if type(x) is type(y):
             self._unify_sequences(x, y, reason)
             return
+        copies = _as_copies(x) or _as_copies(y)
+        if copies is not None:  # (n x channels) against a concatenation: n equal segments
+            cat = x if isinstance(x, Cat) else y
+            self._unify_sequences(copies, cat, reason)
+            return
         self.pin(Prod((x, y)), reason)
 
     def _unify_sequences(self, x: Prod | Cat, y: Prod | Cat, reason: str) -> None:
@@ -239,6 +244,14 @@ class Axes:
         return list(dict.fromkeys(out))
 
 
+def _as_copies(s: Struct) -> Cat | None:
+    """``Prod((Fixed(n), rest...))`` as the concatenation of ``n`` copies of ``rest``."""
+    if not isinstance(s, Prod) or not isinstance(s.parts[0], Fixed) or s.parts[0].size < 2:
+        return None
+    rest = s.parts[1] if len(s.parts) == 2 else Prod(s.parts[1:])
+    return Cat((rest,) * s.parts[0].size)
+
+
 def _normal(s: Prod | Cat) -> Struct:
     """Flatten nested products/concatenations, merge neighbouring fixed parts, drop size-1
     factors, and distribute a leading concatenation over a product (``flatten`` after ``cat``)."""
@@ -274,4 +287,8 @@ def _normal(s: Prod | Cat) -> Struct:
             merged.append(p)
     if not merged:
         return Fixed(0)
+    if len(merged) > 1 and all(p == merged[0] for p in merged[1:]):
+        # n copies of the same channels (a fused q/k/v whose heads attention ties, the two
+        # halves of a rotary table) are laid out as (n x channels), row-major
+        return _normal(Prod((Fixed(len(merged)), merged[0])))
     return merged[0] if len(merged) == 1 else Cat(tuple(merged))

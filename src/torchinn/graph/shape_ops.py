@@ -451,6 +451,11 @@ def _index(an: Analysis, node: fx.Node) -> Label:
     packet = node.target.overloadpacket
     if packet in (aten.index_select, aten.gather):
         d = node.args[1] % len(x)
+        val = getattr(node.args[0], "meta", {}).get("val")
+        if an.has_var(an.resolve(x[d])) and isinstance(val, torch.Tensor) and not val.is_floating_point():
+            # an integer table (a buffer of token type or position ids) looked up by position:
+            # its entries are ids, not channels
+            an.pin(x[d], node, "an integer table indexed with a tensor")
         if an.has_var(an.resolve(x[d])):
             return an.unsupported(node, "indexing channels with a tensor")
         shape = an.shape(node)
