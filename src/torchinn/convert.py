@@ -68,6 +68,10 @@ class ConvertConfig:
         keep_discrete: tensor or module names (prefixes) whose channels must not change.
         unsupported: ``"error"`` (default) raises on an op on channels torchinn cannot follow;
             ``"keep"`` keeps the channels it touches at full size and logs a warning.
+        hidden: resize the hidden size of a transformer (the width of its residual stream: the
+            output of ``model.get_input_embeddings()``). ``None``: kept at full size for Hugging
+            Face models (a ``PreTrainedModel``), whose attention heads and MLP widths are the
+            groups; resized like any other group for every other model.
         check: compare the integral model with the network on the example inputs (exact at full
             size) and run it once at smaller sizes.
         progress: show a progress bar while permuting (``None``: only for big networks).
@@ -82,6 +86,7 @@ class ConvertConfig:
     fuse_batch_norm: bool = True
     keep_discrete: Sequence[str] = field(default_factory=tuple)
     unsupported: Literal["error", "keep"] = "error"
+    hidden: bool | None = None
     check: bool = True
     progress: bool | None = None
 
@@ -98,6 +103,8 @@ class ConvertConfig:
         if isinstance(self.keep_discrete, str):
             self.keep_discrete = (self.keep_discrete,)
         self.keep_discrete = tuple(self.keep_discrete)
+        if self.hidden not in (None, True, False):
+            raise TypeError(f"hidden must be None, True or False, got {self.hidden!r}")
         if not all(isinstance(k, str) for k in self.keep_discrete):
             raise TypeError(f"keep_discrete must be names (str), got {self.keep_discrete!r}")
 
@@ -189,6 +196,28 @@ def _check_dtypes(tensors: dict[str, Tensor], plan: Plan) -> None:
                         "a floating mask")
 
 
+def _kept(model: nn.Module, config: ConvertConfig) -> dict[str, str]:
+    """Names kept at full size, with why: the caller's, and a Hugging Face model's input
+    embedding (which pins the hidden size) unless ``config.hidden``."""
+    keep = {k: "'{}' kept discrete by the caller" for k in config.keep_discrete}
+    hf = any(c.__name__ == "PreTrainedModel" for c in type(model).__mro__)
+    get = getattr(model, "get_input_embeddings", None)
+    if not (config.hidden is False or config.hidden is None and hf) or not callable(get):
+        return keep
+    try:
+        embedding = get()
+    except (NotImplementedError, AttributeError):
+        return keep
+    if not isinstance(embedding, nn.Module):
+        return keep
+    own = {id(p) for p in embedding.parameters()}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in own:  # every name of a tied weight (GPT-2's wte is lm_head's)
+            keep.setdefault(name, "the hidden size of a transformer, kept at full size ('{}' is its "
+                                  "input embedding); ConvertConfig(hidden=True) resizes it")
+    return keep
+
+
 def _problems(an, config: ConvertConfig) -> None:
     if not an.problems:
         return
@@ -252,7 +281,7 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, obje
     folded = fuse_batch_norms(traced) if config.fuse_batch_norm else []
     report["fuse_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    an = analyse(traced, config.keep_discrete)
+    an = analyse(traced, _kept(model, config))
     _problems(an, config)
     plan = finalize(an)
     report["analyse_s"] = time.perf_counter() - t0

@@ -246,13 +246,15 @@ def _op_name(node: fx.Node) -> str:
     return str(getattr(t, "__name__", t)) if not hasattr(t, "overloadpacket") else str(t)
 
 
-def analyse(traced: Traced, keep: Iterable[str] = ()) -> Analysis:
+def analyse(traced: Traced, keep: Iterable[str] | dict[str, str] = ()) -> Analysis:
     """Run every handler over ``traced.graph`` and resolve what must stay at full size.
 
-    ``keep``: tensor names (or prefixes: module names) whose every dimension stays discrete.
+    ``keep``: tensor names (or prefixes: module names) whose every dimension stays discrete (a
+    dict: with the reason for each).
     """
     an = Analysis(traced)
-    keep = tuple(keep)
+    why = dict(keep) if isinstance(keep, dict) else {k: f"'{{}}' kept discrete by the caller" for k in keep}
+    keep = tuple(why)
     for node in traced.graph.nodes:
         if node.op == "placeholder":
             shape = an.shape(node)
@@ -260,8 +262,9 @@ def analyse(traced: Traced, keep: Iterable[str] = ()) -> Analysis:
                 name = traced.source[node]
                 lab = an.fresh_label(shape or [])
                 an.labels[node] = lab
-                if any(name == k or name.startswith(k + ".") for k in keep):
-                    an.pin(lab, node, f"'{name}' kept discrete by the caller")
+                hit = next((k for k in keep if name == k or name.startswith(k + ".")), None)
+                if hit is not None:
+                    an.pin(lab, node, why[hit].format(name))
             else:
                 shape = an.shape(node)
                 an.labels[node] = ([Fixed(n, f"network input '{node.name}' (dim {i})") for i, n in enumerate(shape)]

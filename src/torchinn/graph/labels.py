@@ -137,8 +137,9 @@ class Axes:
     def pin(self, s: Struct, reason: str) -> None:
         """Keep every axis in ``s`` at its full size."""
         for a in set(self.vars(s)):
-            self._bind(a, Fixed(self._size[a]))
             self.pin_reasons.setdefault(a, reason)
+            # what it meets later is pinned for the same reason
+            self._bind(a, Fixed(self._size[a], self.pin_reasons[a]))
 
     def _bind(self, root: int, s: Struct) -> None:
         self._binding[root] = s
