@@ -15,10 +15,10 @@ from torchinn_demo.zoo import ZOO
 EXPECTED_GROUPS = {
     "mlp": 2, "vgg_bn": 5, "resnet_basic": 8, "resnet_bottleneck": 12, "resnext": 10,
     "preact_resnet": 8, "densenet": 12, "mobilenet_v2": 9, "se_net": 6, "edsr": 5, "unet": 15,
-    # stream + 2 MLP hidden + the head dim of each nn.MultiheadAttention (q, k, v share it:
-    # the packed in-projection is unflattened into 3 equal parts)
+    # stream + 2 MLP hidden + the heads of each nn.MultiheadAttention (q, k, v share them:
+    # the packed in-projection is unflattened into 3 equal parts; the head size stays)
     "vit_mha": 5,
-    # stream + 2 MLP hidden + the head dim of each fused-qkv attention
+    # stream + 2 MLP hidden + the heads of each fused-qkv attention
     "vit_timm": 5,
     "conv1d": 3, "shape_check": 2, "view_flatten": 3, "torch_flatten": 3, "groupnorm": 2,
     "channel_buffer": 2, "tied_weights": 1,
