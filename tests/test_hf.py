@@ -210,6 +210,8 @@ def test_keyword_inputs_forms() -> None:
     with torch.no_grad():
         ref = model(**kw).last_hidden_state
         assert _rel(ref, by_kwargs(**kw).last_hidden_state) <= 1e-5
+        swapped = by_kwargs(attention_mask=kw["attention_mask"], input_ids=kw["input_ids"])
+        assert _rel(ref, swapped.last_hidden_state) <= 1e-5  # keywords in any order
         assert _rel(ref, positional(kw["input_ids"], kw["attention_mask"]).last_hidden_state) <= 1e-5
     with pytest.raises(TypeError, match="either as example_inputs"):
         inn.convert(model, kw, config, kwargs=kw)
