@@ -186,10 +186,13 @@ def _einsum(an: Analysis, node: fx.Node) -> Label:
             else:
                 letters[ch] = s
                 first_use[ch] = (k, d)
+    activations = all(an.param_source(op, 0) is None for op in operands)
     for ch, (k, d) in first_use.items():
         if ch not in rhs and an.has_var(an.resolve(letters[ch])):
             # scale the first operand holding the summed channels
             an.contractions.append(_contraction(node, k, d))
+            if activations:  # ``einsum('bhqd,bhkd->bhqk', q, k)``: a per-head feature dimension
+                an.head_dim(letters[ch])
     shape = an.shape(node) or []
     return [letters.get(ch, Fixed(shape[i])) for i, ch in enumerate(rhs)]
 

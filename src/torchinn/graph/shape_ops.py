@@ -2,8 +2,9 @@
 split/chunk/unbind, slicing (see :mod:`.analysis`).
 
 ``view`` and ``reshape`` are matched factor by factor (row-major): merging keeps each factor's
-axis (``flatten`` of channels x positions), and splitting an axis keeps the innermost factor as a
-channel axis and fixes the outer ones (a projection reshaped into heads x head dim). Slicing or
+axis (``flatten`` of channels x positions), and splitting an axis makes each factor an axis; once
+the graph is seen, an attention split keeps its heads and fixes the head size, any other split
+keeps its innermost factor (:func:`~.analysis.split_heads`). Slicing or
 splitting a channel axis cuts it into independent axes (``chunk`` of a fused projection, channel
 split). Arguments holding channel counts are rewritten from the current sizes.
 """
