@@ -217,3 +217,10 @@ def test_keyword_inputs_forms() -> None:
         inn.convert(model, kw, config, kwargs=kw)
     with pytest.raises(TypeError, match="kwargs must be a dict"):
         inn.convert(model, (), config, kwargs=[1])
+
+
+def test_an_explicit_cache_request_says_what_to_do() -> None:
+    torch.manual_seed(0)
+    model = _causal("llama").eval()
+    with pytest.raises(RuntimeError, match=r"DynamicCache.*\n.*a key/value cache: convert with use_cache=False"):
+        inn.convert(model, {**_inputs("llama"), "use_cache": True}, inn.ConvertConfig(permute=False))

@@ -138,11 +138,14 @@ def _export(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[Expo
                 except Exception as err:  # noqa: BLE001 - retried with fewer dynamic dims, then reported
                     last_error = err
             log.debug("export attempt failed (dynamic=%s): %s\n%s", dynamic, last_error, stderr.getvalue())
-    raise RuntimeError(
-        f"torch.export could not trace {type(model).__name__}: {last_error}\n"
-        "torchinn needs a model that torch.export can trace (data-dependent Python control flow "
-        "on tensor values is not traceable; shape checks are fine)."
-    ) from last_error
+    if "which is not a known type" in str(last_error):  # an output object pytree cannot open
+        why = ("the model returns an object torch.export cannot put in a graph output (a key/value "
+               "cache: convert with use_cache=False, or return tensors, tuples, dicts or dataclasses).")
+    else:
+        why = ("torchinn needs a model that torch.export can trace (data-dependent Python control "
+               "flow on tensor values is not traceable; shape checks are fine).")
+    raise RuntimeError(f"torch.export could not trace {type(model).__name__}: {last_error}\n{why}"
+                       ) from last_error
 
 
 #: higher-order ops that only wrap a region of the forward in a grad or autocast mode
