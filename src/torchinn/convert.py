@@ -213,8 +213,9 @@ def _kept(model: nn.Module, config: ConvertConfig) -> dict[str, str]:
     own = {id(p) for p in embedding.parameters()}
     for name, p in model.named_parameters(remove_duplicate=False):
         if id(p) in own:  # every name of a tied weight (GPT-2's wte is lm_head's)
-            keep.setdefault(name, "the hidden size of a transformer, kept at full size ('{}' is its "
-                                  "input embedding); ConvertConfig(hidden=True) resizes it")
+            keep.setdefault(name, "'{}' is the input embedding of a Hugging Face model, kept at full "
+                                  "size with the hidden size it sets; ConvertConfig(hidden=True) resizes "
+                                  "the hidden size")
     return keep
 
 
