@@ -224,3 +224,15 @@ def test_an_explicit_cache_request_says_what_to_do() -> None:
     model = _causal("llama").eval()
     with pytest.raises(RuntimeError, match=r"DynamicCache.*\n.*a key/value cache: convert with use_cache=False"):
         inn.convert(model, {**_inputs("llama"), "use_cache": True}, inn.ConvertConfig(permute=False))
+
+
+def test_llama_integral_model_saves_and_loads(tmp_path) -> None:
+    """The .inn file of a converted Llama (its causal mask uses ``aten.__and__``) loads back
+    with the same groups and outputs."""
+    _, imodel = _converted("llama")
+    imodel.save(str(tmp_path / "llama.inn"))
+    loaded = inn.load(str(tmp_path / "llama.inn"))
+    kw = _inputs("llama")
+    assert loaded.sizes() == imodel.sizes()
+    with torch.no_grad():
+        assert torch.equal(loaded(**kw).logits, imodel(**kw).logits)
