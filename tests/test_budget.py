@@ -39,7 +39,7 @@ def discrete_at(imodel: inn.IntegralModel, sizes: dict[str, int]) -> nn.Module:
     saved = imodel.sizes()
     imodel.resize(sizes)
     try:
-        return imodel.to_discrete().eval()
+        return imodel.to_discrete(graph=True).eval()
     finally:
         imodel.resize(saved)
 
@@ -60,7 +60,7 @@ def test_choose_sizes_meets_target(name, metric, target):
     assert imodel.sizes() == before  # choose_sizes does not resize the model
     assert set(sizes) == set(imodel.groups)
     assert all(1 <= s <= imodel.groups[n].max_size for n, s in sizes.items())
-    full = imodel.to_discrete().eval()
+    full = imodel.to_discrete(graph=True).eval()
     small = discrete_at(imodel, sizes)
     if metric == "params":
         ratio = n_params(small) / n_params(full)
@@ -118,7 +118,7 @@ def test_latency_target_gives_a_faster_network():
     sizes = choose_sizes(imodel, 0.5, "latency", example_inputs=x)
     assert set(sizes) == set(imodel.groups)
     assert any(s < imodel.groups[n].max_size for n, s in sizes.items())
-    full, small = imodel.to_discrete().eval(), discrete_at(imodel, sizes)
+    full, small = imodel.to_discrete(graph=True).eval(), discrete_at(imodel, sizes)
     # best of 3 medians, interleaved (the machine may be busy); measured: 3.5 ms -> 2.0-2.5 ms
     t_full, t_small = [], []
     for _ in range(3):
@@ -148,7 +148,7 @@ def test_compress_returns_plain_model_and_true_report(metric):
     if metric == "params":
         assert report.before == full.num_parameters() and report.after == n_params(small)
     else:
-        assert report.before == count_flops(full.to_discrete().eval(), inputs)
+        assert report.before == count_flops(full.to_discrete(graph=True).eval(), inputs)
         assert report.after == count_flops(small, inputs)
     assert abs(report.ratio / 0.5 - 1) <= 0.02
     # errors: the best start (never worse than the INN resampled) and the tuned plain one

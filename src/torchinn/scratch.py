@@ -32,6 +32,7 @@ from torch import nn
 from .layers import IntegralLayer
 from .partition import CompositePartition, Partition
 from .protocol import IntegralNetwork, SizeSpec, plan_sizes, set_sizes, unknown_group
+from .rounding import Multiple
 
 __all__ = ["ScratchNetwork"]
 
@@ -79,9 +80,10 @@ class ScratchNetwork:
         """Every group's current size."""
         return {name: p.size for name, p in self.partition_map().items()}
 
-    def resize(self, sizes: SizeSpec) -> dict[str, int]:
-        """Set group sizes (see :mod:`torchinn.protocol`); a name may also be an integral layer's
-        path, for the partition of its outputs. Returns every group's size."""
+    def resize(self, sizes: SizeSpec, *, multiple: Multiple = 1) -> dict[str, int]:
+        """Set group sizes (see :mod:`torchinn.protocol`), rounded to ``multiple`` (one int, or
+        group name -> int; :mod:`torchinn.rounding`); a name may also be an integral layer's path,
+        for the partition of its outputs. Returns every group's size."""
         parts = self.partition_map()
 
         def find(name: str) -> str:
@@ -97,7 +99,7 @@ class ScratchNetwork:
                 return hit[0]
             raise unknown_group(name, parts)
 
-        set_sizes(plan_sizes(parts, sizes, find))
+        set_sizes(plan_sizes(parts, sizes, find, multiple))
         return self.sizes()
 
     def to_discrete(self) -> nn.Module:
