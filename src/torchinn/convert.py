@@ -326,7 +326,7 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, obje
     imodel.pinned = dict(plan.pinned)
     imodel.folded_norms = list(traced.folded)
     norm_names = {n for f in traced.folded for n in (f.weight, f.bias, f.mean, f.var) if n is not None}
-    imodel._original = make_original(model, example_inputs, set(tensor_names) | norm_names)
+    imodel._original = make_original(model, example_inputs, set(tensor_names) | norm_names, kwargs)
     imodel.eval()
     if not _same_at_batch_one(model, imodel, (example_inputs, kwargs)):
         if traced.doubled:

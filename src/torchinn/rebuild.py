@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, fx, nn
 from torch.utils import _pytree as pytree
 
+from .graph.adapters import caches_off
 from .graph.fuse import Folded
 from .structured import DimPlan, plan_size
 
@@ -61,22 +62,26 @@ class Original:
     inputs it was converted on. Deep copies keep it; pickling (``torch.save``) drops it, since the
     user's class may not be importable where the file is loaded."""
 
-    def __init__(self, module: nn.Module | None, example: tuple | None) -> None:
-        self.module, self.example = module, example
+    def __init__(self, module: nn.Module | None, example: tuple | None,
+                 kwargs: dict[str, Any] | None = None) -> None:
+        self.module, self.example, self.kwargs = module, example, dict(kwargs or {})
 
     def __deepcopy__(self, memo: dict) -> Original:
-        return Original(copy.deepcopy(self.module, memo), copy.deepcopy(self.example, memo))
+        return Original(copy.deepcopy(self.module, memo), copy.deepcopy(self.example, memo),
+                        copy.deepcopy(self.kwargs, memo))
 
     def __getstate__(self) -> dict:
-        return {"module": None, "example": None}
+        return {"module": None, "example": None, "kwargs": {}}
 
     def __setstate__(self, state: dict) -> None:
         self.module, self.example = state.get("module"), state.get("example")
+        self.kwargs = dict(state.get("kwargs") or {})
 
 
-def make_original(model: nn.Module, example_inputs: tuple, names: set[str]) -> Original:
+def make_original(model: nn.Module, example_inputs: tuple, names: set[str],
+                  kwargs: dict[str, Any] | None = None) -> Original:
     """A template of ``model`` whose tensors named in ``names`` (or tied to one that is) are on the
-    meta device; ``model`` is not modified."""
+    meta device, and the example inputs (``kwargs``: keyword ones); ``model`` is not modified."""
     aliases: dict[int, list[str]] = {}
     tensors: dict[int, Tensor] = {}
     for name, t in chain(model.named_parameters(remove_duplicate=False),
@@ -90,8 +95,9 @@ def make_original(model: nn.Module, example_inputs: tuple, names: set[str]) -> O
             meta = torch.empty_like(t, device="meta")
             memo[key] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
     module = copy.deepcopy(model, memo)
-    example = pytree.tree_map(lambda x: x.detach().clone() if isinstance(x, Tensor) else x, example_inputs)
-    return Original(module, example)
+    example, kwargs = pytree.tree_map(lambda x: x.detach().clone() if isinstance(x, Tensor) else x,
+                                      (example_inputs, dict(kwargs or {})))
+    return Original(module, example, kwargs)
 
 
 # -- tensors --------------------------------------------------------------------------------------
@@ -140,7 +146,8 @@ def _scalings(gm: fx.GraphModule, env: Mapping[fx.Node, Any]) -> list[tuple[fx.N
             if not torch.allclose(v.double(), torch.ones((), dtype=torch.float64), rtol=0, atol=1e-7)]
 
 
-def fold_scales(gm: fx.GraphModule, tensors: dict[str, Tensor], example: tuple) -> None:
+def fold_scales(gm: fx.GraphModule, tensors: dict[str, Tensor], example: tuple,
+                kwargs: dict[str, Any] | None = None) -> None:
     """Move every scaling of an activation that the user's module does not do (see
     :func:`_scalings`) into the rows of the linear or conv weight (and bias) that produce that
     activation, in place in ``tensors``. Only paths of pure view operations between the producer
@@ -150,7 +157,7 @@ def fold_scales(gm: fx.GraphModule, tensors: dict[str, Tensor], example: tuple) 
         return
     interp = fx.Interpreter(gm, garbage_collect_values=False)
     with torch.no_grad():
-        interp.run(*pytree.tree_leaves((example, {})))
+        interp.run(*pytree.tree_leaves((example, dict(kwargs or {}))))
     env = interp.env
     for operand, factor, where in _scalings(gm, env):
         path, node = [], operand
@@ -381,7 +388,7 @@ def rebuild(original: Original, tensors: dict[str, Tensor], gm: fx.GraphModule, 
     if original.module is None:
         raise RebuildError("the original module is not stored (the integral model was loaded from a file)")
     tensors = dict(tensors)
-    fold_scales(gm, tensors, _cast(original.example, tensors))
+    fold_scales(gm, tensors, _cast(original.example, tensors), _cast(original.kwargs, tensors))
     module = copy.deepcopy(original.module)
     own = {n for n, _ in chain(module.named_parameters(remove_duplicate=False),
                                module.named_buffers(remove_duplicate=False))}
@@ -395,7 +402,7 @@ def rebuild(original: Original, tensors: dict[str, Tensor], gm: fx.GraphModule, 
 
 
 # -- checking -------------------------------------------------------------------------------------
-def _cast(example: tuple | None, tensors: Mapping[str, Tensor]) -> tuple:
+def _cast(example: Any, tensors: Mapping[str, Tensor]) -> Any:
     """The example inputs on the tensors' device, floating ones in their dtype."""
     if example is None:
         raise RebuildError("no example inputs are stored")
@@ -445,15 +452,16 @@ def run_check(module: nn.Module, gm: fx.GraphModule, original: Original,
               tensors: Mapping[str, Tensor]) -> tuple[float, BaseException | None]:
     """Run ``module`` and ``gm`` in eval mode on the example inputs: the relative error of
     ``module``, and the exception it raised (then the error is ``inf``)."""
-    example = _cast(original.example, tensors)
+    example, kwargs = _cast(original.example, tensors), _cast(original.kwargs, tensors)
     modes = [m.training for m in module.modules()]
     try:
         module.eval()
         gm.eval()
         with torch.no_grad():
-            ref = gm(*example)
+            ref = gm(*example, **kwargs)
             try:
-                got = module(*example)
+                with caches_off(module):  # traced without a key/value cache (graph.adapters)
+                    got = module(*example, **kwargs)
             except Exception as err:  # noqa: BLE001 - reported by the caller with its line
                 return math.inf, err
         return relative_error(ref, got), None

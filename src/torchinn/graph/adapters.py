@@ -18,26 +18,52 @@ model that comes back (``to_discrete()``) generates with its own cache.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
+from typing import Any
 
 from torch import nn
 
-__all__ = ["prepare"]
+__all__ = ["prepare", "caches_off"]
 
 log = logging.getLogger(__name__)
 
 
-def prepare(module: nn.Module) -> nn.Module:
-    """Switch off key/value caches in ``module`` (a copy: it is changed in place) and return it."""
+def _cache_configs(module: nn.Module) -> list[Any]:
+    """Every config object in ``module`` (and its ``text_config`` / ``decoder``) whose
+    ``use_cache`` is True."""
     seen: set[int] = set()
-    for name, mod in module.named_modules():
+    out = []
+    for mod in module.modules():
         config = getattr(mod, "config", None)
         if config is None or id(config) in seen:
             continue
         seen.add(id(config))
         for cfg in [config] + [getattr(config, k, None) for k in ("text_config", "decoder")]:
             if getattr(cfg, "use_cache", False) is True:
-                cfg.use_cache = False
-                log.debug("tracing %s with use_cache=False (a key/value cache is not part of the "
-                          "function)", name or type(module).__name__)
+                out.append(cfg)
+    return out
+
+
+def prepare(module: nn.Module) -> nn.Module:
+    """Switch off key/value caches in ``module`` (a copy: it is changed in place) and return it."""
+    for cfg in _cache_configs(module):
+        cfg.use_cache = False
+        log.debug("tracing %s with use_cache=False (a key/value cache is not part of the function)",
+                  type(module).__name__)
     return module
+
+
+@contextlib.contextmanager
+def caches_off(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` with its key/value caches switched off for the duration (restored after), to
+    compare its outputs with the traced graph's."""
+    configs = _cache_configs(module)
+    try:
+        for cfg in configs:
+            cfg.use_cache = False
+        yield module
+    finally:
+        for cfg in configs:
+            cfg.use_cache = True
