@@ -7,6 +7,7 @@ the hidden size stays unless asked."""
 from __future__ import annotations
 
 import functools
+import warnings
 
 import pytest
 import torch
@@ -88,20 +89,26 @@ def test_default_settings_exact_and_half_heads(name: str) -> None:
     if hasattr(model.config, "use_cache"):
         assert model.config.use_cache is True  # converted at the default, and left as it was
     kw = _inputs(name)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no fallback to the graph module
         ref = _main(model(**kw))
         assert _rel(ref, _main(imodel(**kw))) <= 1e-5
-        assert _rel(ref, _main(imodel.to_discrete()(**kw))) <= 1e-5
+        own = imodel.to_discrete()
+        assert type(own) is type(model)  # the user's class back
+        assert _rel(ref, _main(own(**kw))) <= 1e-5
+        assert _rel(ref, _main(imodel.to_discrete(graph=True)(**kw))) <= 1e-5
         heads = {g: s for g, s in imodel.sizes().items() if s in (HEADS, KV_HEADS)}
         assert len(heads) == LAYERS  # one head group per layer, nothing else of that size
         full = imodel.sizes()
         try:
             imodel.resize({g: s // 2 for g, s in full.items()})
             small = _main(imodel(**kw))
-            discrete = _main(imodel.to_discrete()(**kw))
+            own = imodel.to_discrete()
+            discrete = _main(own(**kw))
             other = _main(imodel(**_inputs(name, batch=1, length=7)))
         finally:
             imodel.resize(full)
+    assert type(own) is type(model)
     assert small.shape == ref.shape and bool(torch.isfinite(small).all())
     assert _rel(small, discrete) <= 1e-5
     assert other.shape[0] == 1 and bool(torch.isfinite(other).all())
@@ -174,6 +181,8 @@ def test_gpt2_fused_qkv_gets_head_groups() -> None:
         small = imodel.to_discrete()
     finally:
         imodel.resize(full)
+    assert isinstance(small, tf.GPT2LMHeadModel)
+    assert small.transformer.h[0].attn.split_size == 2 * HEAD and small.transformer.h[0].attn.c_attn.nf == 3 * 2 * HEAD
     assert small.get_parameter("transformer.h.0.attn.c_attn.weight").shape == (HIDDEN, 3 * 2 * HEAD)
     assert small.get_parameter("transformer.h.0.attn.c_proj.weight").shape == (2 * HEAD, HIDDEN)
     assert small.get_parameter("transformer.h.1.attn.c_attn.weight").shape == (HIDDEN, 3 * HIDDEN)

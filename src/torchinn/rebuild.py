@@ -49,8 +49,11 @@ SIZE_ATTRS = frozenset({
     "num_heads", "head_dim", "head_size", "attention_head_size", "all_head_size", "num_attention_heads",
     "num_key_value_heads", "hidden_size", "intermediate_size", "embed_dim", "dim", "hidden_dim",
     "inner_dim", "d_model", "d_head", "in_features", "out_features", "in_channels", "out_channels",
-    "channels", "num_features", "hidden_features", "width",
+    "channels", "num_features", "hidden_features", "width", "nf",
 })
+#: integer attributes that hold the piece size of a ``split`` in the module's forward (GPT-2's
+#: ``split_size`` cuts the fused c_attn output into q, k, v): they take the split's current size
+SPLIT_ATTRS = frozenset({"split_size"})
 
 
 class RebuildError(Exception):
@@ -379,6 +382,12 @@ def resize_modules(module: nn.Module, calls: _Calls, atoms: _Atoms) -> None:
                     new = atoms.new_value(name, value)
                     if new is not None:
                         setattr(m, attr, new)
+                elif attr in SPLIT_ATTRS and type(value) is int:
+                    node = calls.first((aten.split_with_sizes, aten.split), module=name)
+                    pieces = _arg(node, 1, None)
+                    pieces = [pieces] if isinstance(pieces, int) else pieces
+                    if isinstance(pieces, (list, tuple)) and len(set(pieces)) == 1 and isinstance(pieces[0], int):
+                        setattr(m, attr, pieces[0])
 
 
 def rebuild(original: Original, tensors: dict[str, Tensor], gm: fx.GraphModule, folded: list[Folded],
