@@ -245,3 +245,52 @@ def test_llama_integral_model_saves_and_loads(tmp_path) -> None:
     assert loaded.sizes() == imodel.sizes()
     with torch.no_grad():
         assert torch.equal(loaded(**kw).logits, imodel(**kw).logits)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_causal_lm_back_generates(name: str) -> None:
+    """At half the heads and MLP widths the returned model is the user's class and generates
+    with its own key/value cache; its first token is the integral model's greedy choice."""
+    _, imodel = _converted(name)
+    kw = _inputs(name)
+    kw["attention_mask"] = torch.ones_like(kw["attention_mask"])  # generate() positions padding its own way
+    full = imodel.sizes()
+    try:
+        imodel.resize(0.5)
+        own = imodel.to_discrete()
+        with torch.no_grad():
+            greedy = imodel(**kw).logits[:, -1].argmax(-1)
+    finally:
+        imodel.resize(full)
+    out = own.generate(**kw, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert out.shape == (2, 13)
+    assert torch.equal(out[:, 10], greedy)
+
+
+def test_llama_back_round_trips_through_save_pretrained(tmp_path) -> None:
+    """Uniform sizes: the config of the returned LlamaForCausalLM says them, so save_pretrained /
+    from_pretrained give the same logits. Per-layer sizes: no config can say them; the config is
+    left as it was and the model round-trips through torch.save / torch.load."""
+    _, imodel = _converted("llama")
+    kw = _inputs("llama")
+    full = imodel.sizes()
+    heads = [g for g, s in full.items() if s == KV_HEADS]
+    try:
+        imodel.resize({g: 1 if g in heads else 40 for g in full})
+        uniform = imodel.to_discrete()
+        imodel.resize({heads[0]: 1, heads[1]: KV_HEADS})  # layer 0: 1 kv head, layer 1: 2
+        per_layer = imodel.to_discrete()
+    finally:
+        imodel.resize(full)
+    cfg = uniform.config
+    assert (cfg.num_key_value_heads, cfg.num_attention_heads, cfg.head_dim, cfg.intermediate_size) == (1, 2, HEAD, 40)
+    uniform.save_pretrained(tmp_path / "uniform")
+    back = tf.LlamaForCausalLM.from_pretrained(tmp_path / "uniform").eval()
+    with torch.no_grad():
+        assert torch.equal(back(**kw).logits, uniform(**kw).logits)
+    assert per_layer.config.num_key_value_heads == KV_HEADS  # left as it was
+    assert per_layer.model.layers[0].self_attn.k_proj.out_features == HEAD
+    torch.save(per_layer, tmp_path / "per_layer.pt")
+    again = torch.load(tmp_path / "per_layer.pt", weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(again(**kw).logits, per_layer(**kw).logits)

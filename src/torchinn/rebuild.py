@@ -37,6 +37,7 @@ from torch.utils import _pytree as pytree
 
 from .graph.adapters import caches_off
 from .graph.fuse import Folded
+from .hf_config import update_config
 from .structured import DimPlan, plan_size
 
 __all__ = ["Original", "RebuildError", "SIZE_ATTRS", "make_original", "rebuild", "run_check", "user_line"]
@@ -404,6 +405,11 @@ def rebuild(original: Original, tensors: dict[str, Tensor], gm: fx.GraphModule, 
     unfold_norms(folded, tensors, own)
     _assign(module, tensors)
     resize_modules(module, _Calls(gm), _Atoms(plans, sizes))
+    resized: dict[int, set[int]] = {}
+    for plan in plans.values():
+        for atom in (a for dim in plan for seg in dim for a in seg if a.group is not None):
+            resized.setdefault(atom.size, set()).add(sizes[atom.group])
+    update_config(module, resized)  # a Hugging Face config, when the sizes are uniform
     like = next(iter(tensors.values()), None)
     if like is not None and any(t.device != like.device for t in chain(module.parameters(), module.buffers())):
         module.to(like.device)
