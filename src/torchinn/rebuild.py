@@ -52,6 +52,9 @@ SIZE_ATTRS = frozenset({
     "inner_dim", "d_model", "d_head", "in_features", "out_features", "in_channels", "out_channels",
     "channels", "num_features", "hidden_features", "width", "nf",
 })
+#: size attributes that count attention heads, and that hold a head's size
+HEAD_COUNTS = frozenset({"num_heads", "num_attention_heads", "num_key_value_heads", "n_head", "n_heads"})
+HEAD_SIZES = frozenset({"head_dim", "head_size", "attention_head_size", "d_head"})
 #: integer attributes that hold the piece size of a ``split`` in the module's forward (GPT-2's
 #: ``split_size`` cuts the fused c_attn output into q, k, v): they take the split's current size
 SPLIT_ATTRS = frozenset({"split_size"})
@@ -342,10 +345,24 @@ class _Atoms:
                         out.add((a.size, self.sizes[a.group] if a.group is not None else a.size))
         return out
 
-    def new_value(self, prefix: str, value: int) -> int | None:
+    def atoms(self, prefix: str, grouped: bool) -> set[tuple[int, int]]:
+        """(full, current) of the group atoms (``grouped``) or the fixed atoms of the module's plans."""
+        return {(a.size, self.sizes[a.group] if a.group is not None else a.size)
+                for name, plan in self.plans.items() if not prefix or name.startswith(prefix + ".")
+                for dim_plan in plan for seg in dim_plan for a in seg if (a.group is not None) == grouped}
+
+    def new_value(self, prefix: str, value: int, attr: str = "") -> int | None:
         """The current size of ``value`` (a full size) among the module's tensors: the value itself
-        if nothing of that size changed, ``None`` when several sizes of that value disagree."""
+        if nothing of that size changed, ``None`` when several sizes of that value disagree. Whole
+        heads are groups and head sizes stay: a head count follows the one group atom of its value
+        (not the fixed ``3`` of a fused q/k/v), a head size a fixed atom of its value."""
         found = {new for full, new in self.pairs(prefix) if full == value}
+        if len(found) > 1 and attr in HEAD_COUNTS:
+            grouped = {new for full, new in self.atoms(prefix, True) if full == value}
+            if len(grouped) == 1:
+                return grouped.pop()
+        if len(found) > 1 and attr in HEAD_SIZES and any(f == value for f, _ in self.atoms(prefix, False)):
+            return value
         if not found:
             return value
         return found.pop() if len(found) == 1 else None
@@ -380,7 +397,7 @@ def resize_modules(module: nn.Module, calls: _Calls, atoms: _Atoms) -> None:
         elif not type(m).__module__.startswith("torch."):
             for attr, value in list(vars(m).items()):
                 if attr in SIZE_ATTRS and type(value) is int:
-                    new = atoms.new_value(name, value)
+                    new = atoms.new_value(name, value, attr)
                     if new is not None:
                         setattr(m, attr, new)
                 elif attr in SPLIT_ATTRS and type(value) is int:
