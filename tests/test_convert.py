@@ -235,6 +235,9 @@ def test_other_dtypes_convert_and_run(dtype: torch.dtype) -> None:
         else:
             assert err <= 16 * torch.finfo(dtype).eps
         imodel.resize(0.5)
+        if name == "vit_timm":  # reshape(B, N, C) in its attention: heads x head size = the stream
+            imodel.resize({g: 2 if s == 3 else 16 for g, s in ((g, grp.max_size) for g, grp in imodel.groups.items())
+                           if s in (3, 24)})
         small = imodel.to_discrete(graph=True)  # the graph module runs the same ops: bit-exact
         assert all(p.dtype == dtype for p in small.parameters())
         with torch.no_grad():
