@@ -312,12 +312,44 @@ def register_a_non_op() -> None:
     inn.register_op("relu")
 
 
+class Cache:  # an output object that pytree cannot open (like transformers' DynamicCache)
+    def __init__(self, t: torch.Tensor) -> None:
+        self.t = t
+
+
+def unknown_output_object() -> None:
+    class WithCache(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> tuple:
+            y = self.a(x)
+            return y, Cache(y)
+
+    inn.convert(WithCache(), (torch.randn(2, 4),))
+
+
+def keyword_inputs_twice() -> None:
+    inn.convert(small(), {"input": X}, kwargs={"input": X})
+
+
+def example_inputs_of_a_wrong_type() -> None:
+    inn.convert(small(), [X])
+
+
 # (what, how it is triggered, the exception, a regex of its message)
 CASES: list[tuple[str, Callable, type[BaseException], str]] = [
     ("NaN or Inf weights", nan_weights, ValueError, r"'0\.weight' has 1 NaN/Inf values"),
     ("empty model (no parameters)", empty_model, ValueError, r"has no parameters: nothing to convert"),
     ("model on the meta device", meta_device, ValueError, r"is on the meta device: load real weights"),
     ("not an nn.Module", not_a_module, TypeError, r"convert\(\) needs an nn\.Module"),
+    ("a model that returns an object torch.export cannot output (a key/value cache)", unknown_output_object,
+     RuntimeError, r"Found .*Cache.* in output.*\n.*convert with use_cache=False"),
+    ("keyword inputs given twice (a dict and kwargs=)", keyword_inputs_twice, TypeError,
+     r"pass keyword inputs either as example_inputs \(a dict\) or as kwargs, not both \(got keys \['input'\]"),
+    ("example inputs that are a list", example_inputs_of_a_wrong_type, TypeError,
+     r"example_inputs must be a tuple of inputs, a tensor or a dict of keyword inputs, got list"),
     ("example inputs the model itself rejects", broken_example_inputs, RuntimeError,
      r"Sequential fails on the example inputs \(RuntimeError: .*expected input\[2, 5, 8, 8\] to have 3 channels"),
     ("forward with Python control flow on tensor values", data_dependent_forward, RuntimeError,

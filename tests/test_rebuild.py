@@ -190,14 +190,14 @@ def test_multihead_attention_needs_equal_sizes():
 
     x = torch.randn(2, 5, 4)
     imodel = inn.convert(Net().eval(), (x,))
-    imodel.resize(0.5)  # embed 8 -> 4, head size 4 -> 2 with 2 heads: 4 = 2 x 2
+    imodel.resize(0.5)  # embed 8 -> 4, heads 2 -> 1 (whole heads; the head size 4 stays): 4 = 1 x 4
     small = _quiet_discrete(imodel)
-    assert (small.attn.embed_dim, small.attn.num_heads, small.attn.head_dim) == (4, 2, 2)
+    assert (small.attn.embed_dim, small.attn.num_heads, small.attn.head_dim) == (4, 1, 4)
     with torch.no_grad():
         assert relative_error(imodel(x), small(x)) <= 1e-5
     head = next(n for n in imodel.groups if "in_proj" in n)
-    imodel.resize({head: 3})  # 2 heads of 3 = 6 != embed_dim 4: nn.MultiheadAttention cannot
-    with pytest.warns(UserWarning, match=r"heads x head size \(6 now\) equal to its embed_dim \(4 now\)"):
+    imodel.resize({head: 2})  # 2 heads of 4 = 8 != embed_dim 4: nn.MultiheadAttention cannot
+    with pytest.warns(UserWarning, match=r"heads x head size \(8 now\) equal to its embed_dim \(4 now\)"):
         assert isinstance(imodel.to_discrete(), fx.GraphModule)
 
 

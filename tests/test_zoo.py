@@ -112,6 +112,9 @@ def test_to_discrete_gives_back_the_class(name):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     imodel = inn.convert(model, inputs)
     imodel.resize(0.5)
+    if name == "vit_timm":  # its attention ends in reshape(B, N, C), C the stream width: heads x 8 = C
+        full = {g: grp.max_size for g, grp in imodel.groups.items()}
+        imodel.resize({g: 2 if s == 3 else 16 for g, s in full.items() if s in (3, 24)})
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback to the graph module
         small = imodel.to_discrete()
@@ -125,3 +128,20 @@ def test_to_discrete_gives_back_the_class(name):
         assert relative_error(imodel(*inputs), small(*inputs)) <= 1e-5
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_timm_attention_with_fewer_heads_than_the_stream_falls_back():
+    """Whole heads are removed, and timm-style code reshapes the attention output to the stream
+    width read from its input (``reshape(B, N, C)``): with 2 heads of 8 and a stream of 24 the
+    class cannot run, so the graph module comes back with a warning naming that line."""
+    import torchinn as inn
+
+    torch.set_num_threads(1)
+    model, inputs = _build("vit_timm")
+    imodel = inn.convert(model, inputs, inn.ConvertConfig(permute=False))
+    imodel.resize({g: 2 for g, grp in imodel.groups.items() if grp.max_size == 3})
+    with pytest.warns(UserWarning, match=r"zoo\.py:\d+ `x = x\.transpose\(1, 2\)\.reshape\(B, N, C\)`"):
+        small = imodel.to_discrete()
+    assert isinstance(small, torch.fx.GraphModule)
+    with torch.no_grad():
+        assert torch.allclose(small(*inputs), imodel(*inputs), atol=1e-5)

@@ -18,7 +18,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -69,6 +69,10 @@ class ConvertConfig:
         keep_discrete: tensor or module names (prefixes) whose channels must not change.
         unsupported: ``"error"`` (default) raises on an op on channels torchinn cannot follow;
             ``"keep"`` keeps the channels it touches at full size and logs a warning.
+        hidden: resize the hidden size of a transformer (the width of its residual stream: the
+            output of ``model.get_input_embeddings()``). ``None``: kept at full size for Hugging
+            Face models (a ``PreTrainedModel``), whose attention heads and MLP widths are the
+            groups; resized like any other group for every other model.
         check: compare the integral model with the network on the example inputs (exact at full
             size) and run it once at smaller sizes.
         progress: show a progress bar while permuting (``None``: only for big networks).
@@ -83,6 +87,7 @@ class ConvertConfig:
     fuse_batch_norm: bool = True
     keep_discrete: Sequence[str] = field(default_factory=tuple)
     unsupported: Literal["error", "keep"] = "error"
+    hidden: bool | None = None
     check: bool = True
     progress: bool | None = None
 
@@ -99,6 +104,8 @@ class ConvertConfig:
         if isinstance(self.keep_discrete, str):
             self.keep_discrete = (self.keep_discrete,)
         self.keep_discrete = tuple(self.keep_discrete)
+        if self.hidden not in (None, True, False):
+            raise TypeError(f"hidden must be None, True or False, got {self.hidden!r}")
         if not all(isinstance(k, str) for k in self.keep_discrete):
             raise TypeError(f"keep_discrete must be names (str), got {self.keep_discrete!r}")
 
@@ -190,6 +197,29 @@ def _check_dtypes(tensors: dict[str, Tensor], plan: Plan) -> None:
                         "a floating mask")
 
 
+def _kept(model: nn.Module, config: ConvertConfig) -> dict[str, str]:
+    """Names kept at full size, with why: the caller's, and a Hugging Face model's input
+    embedding (which pins the hidden size) unless ``config.hidden``."""
+    keep = {k: "'{}' kept discrete by the caller" for k in config.keep_discrete}
+    hf = any(c.__name__ == "PreTrainedModel" for c in type(model).__mro__)
+    get = getattr(model, "get_input_embeddings", None)
+    if not (config.hidden is False or config.hidden is None and hf) or not callable(get):
+        return keep
+    try:
+        embedding = get()
+    except (NotImplementedError, AttributeError):
+        return keep
+    if not isinstance(embedding, nn.Module):
+        return keep
+    own = {id(p) for p in embedding.parameters()}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in own:  # every name of a tied weight (GPT-2's wte is lm_head's)
+            keep.setdefault(name, "'{}' is the input embedding of a Hugging Face model, kept at full "
+                                  "size with the hidden size it sets; ConvertConfig(hidden=True) resizes "
+                                  "the hidden size")
+    return keep
+
+
 def _problems(an, config: ConvertConfig) -> None:
     if not an.problems:
         return
@@ -203,20 +233,43 @@ def _problems(an, config: ConvertConfig) -> None:
     log.warning("keeping channels at full size around unsupported operations:\n%s", lines)
 
 
-def convert(model: nn.Module, example_inputs: tuple | Tensor,
-            config: ConvertConfig | None = None) -> IntegralModel:
-    """Turn ``model`` into an :class:`IntegralModel` that reproduces it at full size.
-
-    ``model`` is traced with ``torch.export`` on ``example_inputs`` (a copy, in eval mode; the
-    model itself is not modified), its batch norms are folded, its channel groups are found,
-    each group's channels are reordered to make the weights smooth, and every grouped tensor
-    becomes a continuous function of its groups. Network inputs and outputs stay discrete.
-    """
-    config = config or ConvertConfig()
+def _inputs(example_inputs: object, kwargs: Mapping[str, object] | None) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` from what :func:`convert` accepts: a tensor, a tuple, or a mapping of
+    keyword inputs (``{"input_ids": ids}``), plus optional ``kwargs``."""
     if isinstance(example_inputs, Tensor):
         example_inputs = (example_inputs,)
+    if isinstance(example_inputs, Mapping):
+        if kwargs:
+            raise TypeError("pass keyword inputs either as example_inputs (a dict) or as kwargs, "
+                            f"not both (got keys {sorted(example_inputs)} and {sorted(kwargs)})")
+        example_inputs, kwargs = (), example_inputs
     if not isinstance(example_inputs, tuple):
-        raise TypeError(f"example_inputs must be a tuple of inputs, got {type(example_inputs).__name__}")
+        raise TypeError(f"example_inputs must be a tuple of inputs, a tensor or a dict of keyword "
+                        f"inputs, got {type(example_inputs).__name__}")
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise TypeError(f"kwargs must be a dict of keyword inputs, got {type(kwargs).__name__}")
+    bad = [k for k in (kwargs or {}) if not isinstance(k, str)]
+    if bad:
+        raise TypeError(f"keyword input names must be str, got {bad!r}")
+    return example_inputs, dict(kwargs or {})
+
+
+def convert(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, object] = (),
+            config: ConvertConfig | None = None, *,
+            kwargs: Mapping[str, object] | None = None) -> IntegralModel:
+    """Turn ``model`` into an :class:`IntegralModel` that reproduces it at full size.
+
+    ``model`` is traced with ``torch.export`` on ``model(*example_inputs, **kwargs)`` (a copy, in
+    eval mode; the model itself is not modified), its batch norms are folded, its channel groups
+    are found, each group's channels are reordered to make the weights smooth, and every grouped
+    tensor becomes a continuous function of its groups. Network inputs and outputs stay discrete.
+    Keyword inputs go in ``kwargs`` or as a dict in place of ``example_inputs``
+    (``convert(llm, {"input_ids": ids, "attention_mask": mask})``); the integral model is then
+    called the same way. A key/value cache is switched off while tracing (the outputs carry
+    none; see :mod:`torchinn.graph.adapters`).
+    """
+    config = config or ConvertConfig()
+    example_inputs, kwargs = _inputs(example_inputs, kwargs)
     _check_model(model, example_inputs)
     if model.training and any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout))
                               for m in model.modules()):
@@ -224,13 +277,13 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor,
                       "(batch norms use their running statistics, dropout is off)", stacklevel=2)
     report: dict[str, float] = {}
     t0 = time.perf_counter()
-    traced: Traced = trace(model, example_inputs)
+    traced: Traced = trace(model, example_inputs, kwargs)
     report["trace_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     folded = fuse_batch_norms(traced) if config.fuse_batch_norm else []
     report["fuse_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    an = analyse(traced, config.keep_discrete)
+    an = analyse(traced, _kept(model, config))
     _problems(an, config)
     plan = finalize(an)
     report["analyse_s"] = time.perf_counter() - t0
@@ -273,9 +326,9 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor,
     imodel.pinned = dict(plan.pinned)
     imodel.folded_norms = list(traced.folded)
     norm_names = {n for f in traced.folded for n in (f.weight, f.bias, f.mean, f.var) if n is not None}
-    imodel._original = make_original(model, example_inputs, set(tensor_names) | norm_names)
+    imodel._original = make_original(model, example_inputs, set(tensor_names) | norm_names, kwargs)
     imodel.eval()
-    if not _same_at_batch_one(model, imodel, example_inputs):
+    if not _same_at_batch_one(model, imodel, (example_inputs, kwargs)):
         if traced.doubled:
             raise RuntimeError(
                 f"{type(model).__name__} computes something else at batch 1 than at batch 2 (a "
@@ -288,7 +341,7 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor,
         imodel.runtime = build_runtime(an, group_index, tensor_names)
         imodel.input_guards = list(traced.guards)
     if config.check:
-        _check(model, imodel, example_inputs)
+        _check(model, imodel, (example_inputs, kwargs))
     return imodel
 
 
@@ -307,7 +360,7 @@ def _worst_error(ref: object, got: object) -> float:
     return worst
 
 
-def _same_at_batch_one(model: nn.Module, imodel: IntegralModel, example_inputs: tuple) -> bool:
+def _same_at_batch_one(model: nn.Module, imodel: IntegralModel, example_inputs: tuple[tuple, dict]) -> bool:
     """torch.export traces dynamic sizes as >= 2, so a branch on ``batch == 1`` leaves no guard:
     run the network and the integral model on the first sample of the example (when every tensor
     input has a dynamic batch dimension) and tell whether they agree."""
@@ -323,18 +376,20 @@ def _same_at_batch_one(model: nn.Module, imodel: IntegralModel, example_inputs: 
     return _worst_error(ref, got) <= 1.0
 
 
-def _both(model: nn.Module, imodel: IntegralModel, inputs: tuple) -> tuple[object, object]:
-    """The network's outputs (in eval mode; its own mode given back) and the integral model's."""
+def _both(model: nn.Module, imodel: IntegralModel, inputs: tuple[tuple, dict]) -> tuple[object, object]:
+    """The network's outputs (in eval mode; its own mode given back) and the integral model's,
+    on ``(args, kwargs)``."""
     was_training = model.training
+    args, kwargs = inputs
     try:
         model.eval()
         with torch.no_grad():
-            return model(*inputs), imodel(*inputs)
+            return model(*args, **kwargs), imodel(*args, **kwargs)
     finally:
         model.train(was_training)
 
 
-def _check(model: nn.Module, imodel: IntegralModel, example_inputs: tuple) -> None:
+def _check(model: nn.Module, imodel: IntegralModel, example_inputs: tuple[tuple, dict]) -> None:
     ref, got = _both(model, imodel, example_inputs)
     worst = _worst_error(ref, got)
     if not worst <= 1.0:
@@ -344,7 +399,7 @@ def _check(model: nn.Module, imodel: IntegralModel, example_inputs: tuple) -> No
     try:
         imodel.resize(0.75)
         with torch.no_grad():
-            small = imodel(*example_inputs)
+            small = imodel(*example_inputs[0], **example_inputs[1])
         for r, s in zip(torch.utils._pytree.tree_leaves(ref), torch.utils._pytree.tree_leaves(small)):
             if isinstance(r, Tensor) and r.shape != s.shape:
                 raise RuntimeError(f"internal error: output shape {tuple(s.shape)} at smaller sizes, "

@@ -117,6 +117,15 @@ def ratio_vector(p: Partition, like: Tensor) -> Tensor:
     return p.weights(like.device, like.dtype) * (inv_full[idx] * w).sum(-1)
 
 
+def _traced_order(kwargs: dict[str, Any], in_spec: pytree.TreeSpec) -> dict[str, Any]:
+    """Keyword inputs in the order they were traced in (a dict's order is part of its spec)."""
+    if not kwargs or in_spec.type is not tuple or in_spec.num_children != 2:
+        return kwargs
+    traced = in_spec.child(1)
+    names = list(traced.context) if traced.type is dict else []
+    return {k: kwargs[k] for k in names} if set(names) == set(kwargs) else kwargs
+
+
 class IntegralModel(nn.Module):
     """A network with continuous channel groups (see :func:`torchinn.convert`); it implements
     :class:`~torchinn.protocol.IntegralNetwork`.
@@ -253,7 +262,7 @@ class IntegralModel(nn.Module):
         return self._cache[1], self._cache[2]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        flat, spec = pytree.tree_flatten((args, kwargs))
+        flat, spec = pytree.tree_flatten((args, _traced_order(kwargs, self.in_spec)))
         if spec != self.in_spec:
             raise ValueError(f"the integral model was traced with inputs structured as {self.in_spec}, "
                              f"got {spec}")

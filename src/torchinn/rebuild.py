@@ -35,7 +35,9 @@ import torch
 from torch import Tensor, fx, nn
 from torch.utils import _pytree as pytree
 
+from .graph.adapters import caches_off
 from .graph.fuse import Folded
+from .hf_config import update_config
 from .structured import DimPlan, plan_size
 
 __all__ = ["Original", "RebuildError", "SIZE_ATTRS", "make_original", "rebuild", "run_check", "user_line"]
@@ -48,8 +50,14 @@ SIZE_ATTRS = frozenset({
     "num_heads", "head_dim", "head_size", "attention_head_size", "all_head_size", "num_attention_heads",
     "num_key_value_heads", "hidden_size", "intermediate_size", "embed_dim", "dim", "hidden_dim",
     "inner_dim", "d_model", "d_head", "in_features", "out_features", "in_channels", "out_channels",
-    "channels", "num_features", "hidden_features", "width",
+    "channels", "num_features", "hidden_features", "width", "nf",
 })
+#: size attributes that count attention heads, and that hold a head's size
+HEAD_COUNTS = frozenset({"num_heads", "num_attention_heads", "num_key_value_heads", "n_head", "n_heads"})
+HEAD_SIZES = frozenset({"head_dim", "head_size", "attention_head_size", "d_head"})
+#: integer attributes that hold the piece size of a ``split`` in the module's forward (GPT-2's
+#: ``split_size`` cuts the fused c_attn output into q, k, v): they take the split's current size
+SPLIT_ATTRS = frozenset({"split_size"})
 
 
 class RebuildError(Exception):
@@ -61,22 +69,26 @@ class Original:
     inputs it was converted on. Deep copies keep it; pickling (``torch.save``) drops it, since the
     user's class may not be importable where the file is loaded."""
 
-    def __init__(self, module: nn.Module | None, example: tuple | None) -> None:
-        self.module, self.example = module, example
+    def __init__(self, module: nn.Module | None, example: tuple | None,
+                 kwargs: dict[str, Any] | None = None) -> None:
+        self.module, self.example, self.kwargs = module, example, dict(kwargs or {})
 
     def __deepcopy__(self, memo: dict) -> Original:
-        return Original(copy.deepcopy(self.module, memo), copy.deepcopy(self.example, memo))
+        return Original(copy.deepcopy(self.module, memo), copy.deepcopy(self.example, memo),
+                        copy.deepcopy(self.kwargs, memo))
 
     def __getstate__(self) -> dict:
-        return {"module": None, "example": None}
+        return {"module": None, "example": None, "kwargs": {}}
 
     def __setstate__(self, state: dict) -> None:
         self.module, self.example = state.get("module"), state.get("example")
+        self.kwargs = dict(state.get("kwargs") or {})
 
 
-def make_original(model: nn.Module, example_inputs: tuple, names: set[str]) -> Original:
+def make_original(model: nn.Module, example_inputs: tuple, names: set[str],
+                  kwargs: dict[str, Any] | None = None) -> Original:
     """A template of ``model`` whose tensors named in ``names`` (or tied to one that is) are on the
-    meta device; ``model`` is not modified."""
+    meta device, and the example inputs (``kwargs``: keyword ones); ``model`` is not modified."""
     aliases: dict[int, list[str]] = {}
     tensors: dict[int, Tensor] = {}
     for name, t in chain(model.named_parameters(remove_duplicate=False),
@@ -90,8 +102,9 @@ def make_original(model: nn.Module, example_inputs: tuple, names: set[str]) -> O
             meta = torch.empty_like(t, device="meta")
             memo[key] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
     module = copy.deepcopy(model, memo)
-    example = pytree.tree_map(lambda x: x.detach().clone() if isinstance(x, Tensor) else x, example_inputs)
-    return Original(module, example)
+    example, kwargs = pytree.tree_map(lambda x: x.detach().clone() if isinstance(x, Tensor) else x,
+                                      (example_inputs, dict(kwargs or {})))
+    return Original(module, example, kwargs)
 
 
 # -- tensors --------------------------------------------------------------------------------------
@@ -140,7 +153,8 @@ def _scalings(gm: fx.GraphModule, env: Mapping[fx.Node, Any]) -> list[tuple[fx.N
             if not torch.allclose(v.double(), torch.ones((), dtype=torch.float64), rtol=0, atol=1e-7)]
 
 
-def fold_scales(gm: fx.GraphModule, tensors: dict[str, Tensor], example: tuple) -> None:
+def fold_scales(gm: fx.GraphModule, tensors: dict[str, Tensor], example: tuple,
+                kwargs: dict[str, Any] | None = None) -> None:
     """Move every scaling of an activation that the user's module does not do (see
     :func:`_scalings`) into the rows of the linear or conv weight (and bias) that produce that
     activation, in place in ``tensors``. Only paths of pure view operations between the producer
@@ -150,7 +164,7 @@ def fold_scales(gm: fx.GraphModule, tensors: dict[str, Tensor], example: tuple) 
         return
     interp = fx.Interpreter(gm, garbage_collect_values=False)
     with torch.no_grad():
-        interp.run(*pytree.tree_leaves((example, {})))
+        interp.run(*pytree.tree_leaves((example, dict(kwargs or {}))))
     env = interp.env
     for operand, factor, where in _scalings(gm, env):
         path, node = [], operand
@@ -331,10 +345,24 @@ class _Atoms:
                         out.add((a.size, self.sizes[a.group] if a.group is not None else a.size))
         return out
 
-    def new_value(self, prefix: str, value: int) -> int | None:
+    def atoms(self, prefix: str, grouped: bool) -> set[tuple[int, int]]:
+        """(full, current) of the group atoms (``grouped``) or the fixed atoms of the module's plans."""
+        return {(a.size, self.sizes[a.group] if a.group is not None else a.size)
+                for name, plan in self.plans.items() if not prefix or name.startswith(prefix + ".")
+                for dim_plan in plan for seg in dim_plan for a in seg if (a.group is not None) == grouped}
+
+    def new_value(self, prefix: str, value: int, attr: str = "") -> int | None:
         """The current size of ``value`` (a full size) among the module's tensors: the value itself
-        if nothing of that size changed, ``None`` when several sizes of that value disagree."""
+        if nothing of that size changed, ``None`` when several sizes of that value disagree. Whole
+        heads are groups and head sizes stay: a head count follows the one group atom of its value
+        (not the fixed ``3`` of a fused q/k/v), a head size a fixed atom of its value."""
         found = {new for full, new in self.pairs(prefix) if full == value}
+        if len(found) > 1 and attr in HEAD_COUNTS:
+            grouped = {new for full, new in self.atoms(prefix, True) if full == value}
+            if len(grouped) == 1:
+                return grouped.pop()
+        if len(found) > 1 and attr in HEAD_SIZES and any(f == value for f, _ in self.atoms(prefix, False)):
+            return value
         if not found:
             return value
         return found.pop() if len(found) == 1 else None
@@ -369,9 +397,15 @@ def resize_modules(module: nn.Module, calls: _Calls, atoms: _Atoms) -> None:
         elif not type(m).__module__.startswith("torch."):
             for attr, value in list(vars(m).items()):
                 if attr in SIZE_ATTRS and type(value) is int:
-                    new = atoms.new_value(name, value)
+                    new = atoms.new_value(name, value, attr)
                     if new is not None:
                         setattr(m, attr, new)
+                elif attr in SPLIT_ATTRS and type(value) is int:
+                    node = calls.first((aten.split_with_sizes, aten.split), module=name)
+                    pieces = _arg(node, 1, None)
+                    pieces = [pieces] if isinstance(pieces, int) else pieces
+                    if isinstance(pieces, (list, tuple)) and len(set(pieces)) == 1 and isinstance(pieces[0], int):
+                        setattr(m, attr, pieces[0])
 
 
 def rebuild(original: Original, tensors: dict[str, Tensor], gm: fx.GraphModule, folded: list[Folded],
@@ -381,13 +415,18 @@ def rebuild(original: Original, tensors: dict[str, Tensor], gm: fx.GraphModule, 
     if original.module is None:
         raise RebuildError("the original module is not stored (the integral model was loaded from a file)")
     tensors = dict(tensors)
-    fold_scales(gm, tensors, _cast(original.example, tensors))
+    fold_scales(gm, tensors, _cast(original.example, tensors), _cast(original.kwargs, tensors))
     module = copy.deepcopy(original.module)
     own = {n for n, _ in chain(module.named_parameters(remove_duplicate=False),
                                module.named_buffers(remove_duplicate=False))}
     unfold_norms(folded, tensors, own)
     _assign(module, tensors)
     resize_modules(module, _Calls(gm), _Atoms(plans, sizes))
+    resized: dict[int, set[int]] = {}
+    for plan in plans.values():
+        for atom in (a for dim in plan for seg in dim for a in seg if a.group is not None):
+            resized.setdefault(atom.size, set()).add(sizes[atom.group])
+    update_config(module, resized)  # a Hugging Face config, when the sizes are uniform
     like = next(iter(tensors.values()), None)
     if like is not None and any(t.device != like.device for t in chain(module.parameters(), module.buffers())):
         module.to(like.device)
@@ -395,7 +434,7 @@ def rebuild(original: Original, tensors: dict[str, Tensor], gm: fx.GraphModule, 
 
 
 # -- checking -------------------------------------------------------------------------------------
-def _cast(example: tuple | None, tensors: Mapping[str, Tensor]) -> tuple:
+def _cast(example: Any, tensors: Mapping[str, Tensor]) -> Any:
     """The example inputs on the tensors' device, floating ones in their dtype."""
     if example is None:
         raise RebuildError("no example inputs are stored")
@@ -445,15 +484,16 @@ def run_check(module: nn.Module, gm: fx.GraphModule, original: Original,
               tensors: Mapping[str, Tensor]) -> tuple[float, BaseException | None]:
     """Run ``module`` and ``gm`` in eval mode on the example inputs: the relative error of
     ``module``, and the exception it raised (then the error is ``inf``)."""
-    example = _cast(original.example, tensors)
+    example, kwargs = _cast(original.example, tensors), _cast(original.kwargs, tensors)
     modes = [m.training for m in module.modules()]
     try:
         module.eval()
         gm.eval()
         with torch.no_grad():
-            ref = gm(*example)
+            ref = gm(*example, **kwargs)
             try:
-                got = module(*example)
+                with caches_off(module):  # traced without a key/value cache (graph.adapters)
+                    got = module(*example, **kwargs)
             except Exception as err:  # noqa: BLE001 - reported by the caller with its line
                 return math.inf, err
         return relative_error(ref, got), None

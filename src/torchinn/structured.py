@@ -7,7 +7,7 @@ product of atoms, each atom either fixed positions or the channels of one group 
 * a conv weight ``(out, in, 3, 3)``: ``[[out group]], [[in group]], [[3]], [[3]]``;
 * a linear layer after ``flatten`` of a ``(C, 4, 4)`` map: input dim ``[[C group, 16]]``;
 * a conv reading ``torch.cat([a, b], 1)``: input dim ``[[a group], [b group]]``;
-* a fused ``qkv`` projection reshaped into heads: output dim ``[[3, heads, head-dim group]]``.
+* a fused ``qkv`` projection reshaped into heads: output dim ``[[3, heads group, head size]]``.
 
 :class:`StructuredFunction` cuts the tensor into blocks (one per combination of segments),
 views each block with its atoms as separate dimensions, and keeps it as a

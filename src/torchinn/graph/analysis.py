@@ -88,6 +88,8 @@ class Analysis:
         self.contractions: list[Contraction] = []
         self.rewrites: dict[fx.Node, Rewrite] = {}
         self.problems: list[Problem] = []
+        #: dimensions that attention contracts per head (query/key, value): see :func:`split_heads`
+        self.head_dims: list[Any] = []
 
     # -- labels ------------------------------------------------------------------------------
     def label(self, arg: Any) -> Label:
@@ -215,6 +217,10 @@ class Analysis:
             name, pdim, _ = src
             self.integrate_requests.append((name, pdim, node, input_arg, input_dim))
 
+    def head_dim(self, s: Struct) -> None:
+        """``s`` is an attention head's feature dimension (``q @ k.T`` sums over it)."""
+        self.head_dims.append(s)
+
     def contract(self, node: fx.Node, arg: int, dim: int, mean: bool = False) -> None:
         lab = self.tensor_label(node.args[arg])
         if lab is not None and self.axes.vars(lab[dim]):
@@ -240,13 +246,15 @@ def _op_name(node: fx.Node) -> str:
     return str(getattr(t, "__name__", t)) if not hasattr(t, "overloadpacket") else str(t)
 
 
-def analyse(traced: Traced, keep: Iterable[str] = ()) -> Analysis:
+def analyse(traced: Traced, keep: Iterable[str] | dict[str, str] = ()) -> Analysis:
     """Run every handler over ``traced.graph`` and resolve what must stay at full size.
 
-    ``keep``: tensor names (or prefixes: module names) whose every dimension stays discrete.
+    ``keep``: tensor names (or prefixes: module names) whose every dimension stays discrete (a
+    dict: with the reason for each).
     """
     an = Analysis(traced)
-    keep = tuple(keep)
+    why = dict(keep) if isinstance(keep, dict) else {k: f"'{{}}' kept discrete by the caller" for k in keep}
+    keep = tuple(why)
     for node in traced.graph.nodes:
         if node.op == "placeholder":
             shape = an.shape(node)
@@ -254,8 +262,9 @@ def analyse(traced: Traced, keep: Iterable[str] = ()) -> Analysis:
                 name = traced.source[node]
                 lab = an.fresh_label(shape or [])
                 an.labels[node] = lab
-                if any(name == k or name.startswith(k + ".") for k in keep):
-                    an.pin(lab, node, f"'{name}' kept discrete by the caller")
+                hit = next((k for k in keep if name == k or name.startswith(k + ".")), None)
+                if hit is not None:
+                    an.pin(lab, node, why[hit].format(name))
             else:
                 shape = an.shape(node)
                 an.labels[node] = ([Fixed(n, f"network input '{node.name}' (dim {i})") for i, n in enumerate(shape)]
@@ -277,5 +286,47 @@ def analyse(traced: Traced, keep: Iterable[str] = ()) -> Analysis:
             an.labels[node] = an.fixed_label(node.meta.get("val"))
         else:
             an.labels[node] = an.unsupported(node, f"graph node of kind {node.op}")
+    split_heads(an)
     return an
+
+
+def split_heads(an: Analysis) -> None:
+    """Decide which factors of each split axis stay channel axes.
+
+    A split of ``H * d`` channels into ``(H, d)`` whose inner factor is an attention head's
+    feature dimension (see :meth:`Analysis.head_dim`), or whose outer factor is the head count
+    of such a split, is an *attention split*: the head size is kept (``d`` fixed; rotary
+    embeddings and the softmax scale depend on it) and the heads stay a channel axis, so
+    resizing removes whole heads. Under grouped-query attention the query heads are (key/value
+    heads x queries per key/value head), and only the key/value heads are a channel axis: a
+    removed key/value head takes its queries with it. Any other split keeps its innermost
+    factor (channels per group) and fixes the outer ones (groups), as a grouped convolution
+    does.
+    """
+    axes = an.axes
+    head = {r for s in an.head_dims for r in axes.vars(s)}
+    splits = [[p for p in parts if axes.vars(p)] for parts in axes.splits]
+    heads: set[int] = set()
+    attention: set[int] = set()
+    changed = True
+    while changed:  # the heads of one attention split make another (values) one
+        changed = False
+        for i, parts in enumerate(splits):
+            if i in attention or len(parts) < 2:
+                continue
+            inner = set(axes.vars(parts[-1]))
+            outer = {r for p in parts[:-1] for r in axes.vars(p)}
+            if inner <= head or outer & heads:
+                attention.add(i)
+                heads |= set(axes.vars(parts[-2]))
+                changed = True
+    for i in reversed(range(len(splits))):
+        parts = [p for p in splits[i] if axes.vars(p)]
+        if len(parts) < 2:
+            continue
+        if i in attention:
+            axes.pin(parts[-1], "the head size of an attention (whole heads are removed)")
+            parts = parts[:-1]
+        for p in parts[:-1]:
+            axes.pin(p, "the outer factor of a split channel axis (groups)")
 

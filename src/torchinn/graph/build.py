@@ -128,6 +128,8 @@ def _copy_graph(an: Analysis, graph: fx.Graph, tensor_arg: Any, sizes: Sizes, sc
         if node in an.rewrites:
             target, args, kwargs = an.rewrites[node](sizes, node, tuple(args), dict(kwargs))
         new = graph.call_function(target, tuple(args), dict(kwargs))
+        if new.name.startswith("__"):  # ``aten.__and__``: a dunder name, which .inn files refuse
+            new._rename("op" + new.name.rstrip("_"))
         new.meta = dict(node.meta)
         env[node] = new
 

@@ -100,15 +100,16 @@ def _normal(an: Analysis, s: Struct) -> list[list[Struct]] | None:
 def finalize(an: Analysis) -> Plan:
     integrate = _resolve_integration(an)
     placeholders = [n for n in an.traced.graph.nodes if n.op == "placeholder" and n in an.traced.source]
-    # Pin whatever cannot be written as segments of atoms, or repeats an axis within a dimension.
+    # Pin whatever cannot be written as segments of atoms, or repeats an axis within a segment
+    # (the same axis in several segments is fine: q, k and v of a fused projection share heads).
     changed = True
     while changed:
         changed = False
         for node in placeholders:
             for s in an.labels[node]:
                 segs = _normal(an, s)
-                roots = an.axes.vars(s)
-                if segs is None or len(roots) != len(set(roots)):
+                if segs is None or any(len(roots) != len(set(roots)) for roots in (
+                        [a.axis for a in seg if isinstance(a, Var)] for seg in segs)):
                     an.pin(s, node, "a dimension torchinn cannot describe")
                     changed = True
     # Groups in order of first appearance as a produced (not integrated) dimension.

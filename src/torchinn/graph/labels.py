@@ -74,6 +74,8 @@ class Axes:
         self._size: list[int] = []
         self._binding: dict[int, Struct] = {}
         self.pin_reasons: dict[int, str] = {}
+        #: the parts of every axis split by :meth:`bind_split`, in order
+        self.splits: list[tuple[Struct, ...]] = []
 
     # -- axes ------------------------------------------------------------------------------
     def new(self, size: int) -> Struct:
@@ -135,19 +137,21 @@ class Axes:
     def pin(self, s: Struct, reason: str) -> None:
         """Keep every axis in ``s`` at its full size."""
         for a in set(self.vars(s)):
-            self._bind(a, Fixed(self._size[a]))
             self.pin_reasons.setdefault(a, reason)
+            # what it meets later is pinned for the same reason
+            self._bind(a, Fixed(self._size[a], self.pin_reasons[a]))
 
     def _bind(self, root: int, s: Struct) -> None:
         self._binding[root] = s
 
     def bind_split(self, a: int, factors: list[int]) -> list[Struct]:
-        """Split axis ``a`` (row-major) into factors; the innermost factor larger than one stays a
-        channel axis (head dim, channels per group), the outer ones are fixed (heads, groups)."""
+        """Split axis ``a`` (row-major) into factors, each a new axis. Which factors stay channel
+        axes is decided once the whole graph is seen (:meth:`splits`, resolved by the analysis):
+        the innermost by default (channels per group), the outer one for attention heads."""
         a = self.find(a)
-        inner = max((i for i, f in enumerate(factors) if f > 1), default=len(factors) - 1)
-        parts: list[Struct] = [self.new(f) if i == inner else Fixed(f) for i, f in enumerate(factors)]
+        parts: list[Struct] = [self.new(f) for f in factors]
         self._bind(a, Prod(tuple(parts)))
+        self.splits.append(tuple(parts))
         return parts
 
     def bind_cat(self, a: int, sizes: list[int]) -> list[Struct]:
@@ -184,6 +188,11 @@ class Axes:
             return
         if type(x) is type(y):
             self._unify_sequences(x, y, reason)
+            return
+        copies = _as_copies(x) or _as_copies(y)
+        if copies is not None:  # (n x channels) against a concatenation: n equal segments
+            cat = x if isinstance(x, Cat) else y
+            self._unify_sequences(copies, cat, reason)
             return
         self.pin(Prod((x, y)), reason)
 
@@ -236,6 +245,14 @@ class Axes:
         return list(dict.fromkeys(out))
 
 
+def _as_copies(s: Struct) -> Cat | None:
+    """``Prod((Fixed(n), rest...))`` as the concatenation of ``n`` copies of ``rest``."""
+    if not isinstance(s, Prod) or not isinstance(s.parts[0], Fixed) or s.parts[0].size < 2:
+        return None
+    rest = s.parts[1] if len(s.parts) == 2 else Prod(s.parts[1:])
+    return Cat((rest,) * s.parts[0].size)
+
+
 def _normal(s: Prod | Cat) -> Struct:
     """Flatten nested products/concatenations, merge neighbouring fixed parts, drop size-1
     factors, and distribute a leading concatenation over a product (``flatten`` after ``cat``)."""
@@ -271,4 +288,8 @@ def _normal(s: Prod | Cat) -> Struct:
             merged.append(p)
     if not merged:
         return Fixed(0)
+    if len(merged) > 1 and all(p == merged[0] for p in merged[1:]):
+        # n copies of the same channels (a fused q/k/v whose heads attention ties, the two
+        # halves of a rotary table) are laid out as (n x channels), row-major
+        return _normal(Prod((Fixed(len(merged)), merged[0])))
     return merged[0] if len(merged) == 1 else Cat(tuple(merged))

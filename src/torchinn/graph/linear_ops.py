@@ -130,8 +130,9 @@ def _matmul_like(an: Analysis, node: fx.Node, a_i: int, b_i: int) -> Label:
     if an.has_var(an.resolve(ka)):
         if an.traced.source.get(node.args[b_i]) is not None or an.param_source(node.args[b_i], 0) is not None:
             an.integrate(node, b_i, 0 if b1 else len(b) - 2, a_i, len(a) - 1)
-        else:
+        else:  # between activations (``q @ k.T``): a per-head feature dimension
             an.contract(node, a_i, len(a) - 1)
+            an.head_dim(ka)
     batch_a = [] if a1 else a[:-2]
     batch_b = [] if b1 else b[:-2]
     shape = an.shape(node) or []
@@ -185,10 +186,13 @@ def _einsum(an: Analysis, node: fx.Node) -> Label:
             else:
                 letters[ch] = s
                 first_use[ch] = (k, d)
+    activations = all(an.param_source(op, 0) is None for op in operands)
     for ch, (k, d) in first_use.items():
         if ch not in rhs and an.has_var(an.resolve(letters[ch])):
             # scale the first operand holding the summed channels
             an.contractions.append(_contraction(node, k, d))
+            if activations:  # ``einsum('bhqd,bhkd->bhqk', q, k)``: a per-head feature dimension
+                an.head_dim(letters[ch])
     shape = an.shape(node) or []
     return [letters.get(ch, Fixed(shape[i])) for i, ch in enumerate(rhs)]
 
@@ -203,8 +207,17 @@ def _sdpa(an: Analysis, node: fx.Node) -> Label:
     q, k, v = _lab(an, node, 0), _lab(an, node, 1), _lab(an, node, 2)
     an.unify(q[-1], k[-1], node)
     an.unify(k[-2], v[-2], node)
+    an.head_dim(q[-1])
+    an.head_dim(v[-1])
+    gqa = bool(_arg(node, 7, "enable_gqa", False))
     for i in range(1, min(len(q), len(k), len(v)) - 1):
         dims = [lab[-1 - i] for lab in (q, k, v) if an.size(lab[-1 - i]) != 1]
+        if gqa and i == 2 and an.size(q[-3]) != an.size(k[-3]):
+            # grouped-query attention: query head h uses key/value head h // (Hq / Hkv)
+            an.unify(k[-3], v[-3], node)
+            rep = an.size(q[-3]) // an.size(k[-3])
+            an.unify(q[-3], Prod((k[-3], Fixed(rep))), node)
+            continue
         for s in dims[1:]:
             an.unify(dims[0], s, node)
     an.contract(node, 0, len(q) - 1)

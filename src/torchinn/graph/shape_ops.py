@@ -2,8 +2,9 @@
 split/chunk/unbind, slicing (see :mod:`.analysis`).
 
 ``view`` and ``reshape`` are matched factor by factor (row-major): merging keeps each factor's
-axis (``flatten`` of channels x positions), and splitting an axis keeps the innermost factor as a
-channel axis and fixes the outer ones (a projection reshaped into heads x head dim). Slicing or
+axis (``flatten`` of channels x positions), and splitting an axis makes each factor an axis; once
+the graph is seen, an attention split keeps its heads and fixes the head size, any other split
+keeps its innermost factor (:func:`~.analysis.split_heads`). Slicing or
 splitting a channel axis cuts it into independent axes (``chunk`` of a fused projection, channel
 split). Arguments holding channel counts are rewritten from the current sizes.
 """
@@ -451,6 +452,11 @@ def _index(an: Analysis, node: fx.Node) -> Label:
     packet = node.target.overloadpacket
     if packet in (aten.index_select, aten.gather):
         d = node.args[1] % len(x)
+        val = getattr(node.args[0], "meta", {}).get("val")
+        if an.has_var(an.resolve(x[d])) and isinstance(val, torch.Tensor) and not val.is_floating_point():
+            # an integer table (a buffer of token type or position ids) looked up by position:
+            # its entries are ids, not channels
+            an.pin(x[d], node, "an integer table indexed with a tensor")
         if an.has_var(an.resolve(x[d])):
             return an.unsupported(node, "indexing channels with a tensor")
         shape = an.shape(node)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import io
 import logging
+import operator
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from torch.export import Dim, ExportedProgram
 from torch.export.graph_signature import InputKind
 from torch.utils import _pytree as pytree
 
+from .adapters import prepare
 from .guards import Guard, collect
 
 __all__ = ["Traced", "trace", "node_location"]
@@ -70,16 +73,20 @@ def node_location(node: fx.Node) -> str:
     return node.name
 
 
-def _dynamic_shapes(args: Sequence[Any]) -> Any:
+def _dynamic_shapes(model: nn.Module, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     def spec(x: Any) -> Any:
         if isinstance(x, Tensor):
             # a dimension of size 0 or 1 would be specialized anyway (with a warning per convert)
             return {d: Dim.AUTO for d in range(x.ndim) if x.shape[d] > 1} if x.ndim else None
         return None
-    return tuple(pytree.tree_map(spec, a) if not isinstance(a, Tensor) else spec(a) for a in args)
+    if not kwargs:
+        return tuple(pytree.tree_map(spec, a) if not isinstance(a, Tensor) else spec(a) for a in args)
+    # keyword inputs: torch.export wants the specs by parameter name (``**kwargs`` as one dict)
+    bound = inspect.signature(model.forward).bind(*args, **kwargs).arguments
+    return {k: pytree.tree_map(spec, v) if not isinstance(v, Tensor) else spec(v) for k, v in bound.items()}
 
 
-def _doubled_batch(args: tuple) -> tuple | None:
+def _doubled_batch(args: Any) -> Any:
     """The inputs with a batch of 1 repeated twice, so the batch dimension can be traced as dynamic."""
     leaves = [x for x in pytree.tree_leaves(args) if isinstance(x, Tensor)]
     if not leaves or any(x.ndim == 0 or x.shape[0] != 1 for x in leaves):
@@ -105,7 +112,7 @@ def _quiet() -> Iterator[io.StringIO]:
             lg.setLevel(level)
 
 
-def _fresh(args: tuple) -> tuple:
+def _fresh(args: Any) -> Any:
     """Copies of the tensors in ``args``: ``torch.export`` remembers on a tensor which of its
     dimensions were dynamic, so a static retry on the same tensors would trace them dynamic again
     (and the user's tensors are left as they were)."""
@@ -117,45 +124,89 @@ def _fresh(args: tuple) -> tuple:
     return pytree.tree_map(copy_, args)
 
 
-def _export(model: nn.Module, args: tuple) -> tuple[ExportedProgram, bool]:
-    doubled = _doubled_batch(args)
-    attempts = ([(doubled, True)] if doubled is not None else []) + [(args, False)]
+def _export(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[ExportedProgram, bool]:
+    doubled = _doubled_batch((args, kwargs))
+    attempts = ([(doubled, True)] if doubled is not None else []) + [((args, kwargs), False)]
     last_error: Exception | None = None
     for example, is_doubled in attempts:
         for dynamic in (True, False):
-            fresh = _fresh(example)
+            a, kw = _fresh(example)
             with _quiet() as stderr:
                 try:
                     return torch.export.export(
-                        model, fresh, dynamic_shapes=_dynamic_shapes(fresh) if dynamic else None
+                        model, a, kwargs=kw or None,
+                        dynamic_shapes=_dynamic_shapes(model, a, kw) if dynamic else None
                     ), is_doubled
                 except Exception as err:  # noqa: BLE001 - retried with fewer dynamic dims, then reported
                     last_error = err
             log.debug("export attempt failed (dynamic=%s): %s\n%s", dynamic, last_error, stderr.getvalue())
-    raise RuntimeError(
-        f"torch.export could not trace {type(model).__name__}: {last_error}\n"
-        "torchinn needs a model that torch.export can trace (data-dependent Python control flow "
-        "on tensor values is not traceable; shape checks are fine)."
-    ) from last_error
+    if "which is not a known type" in str(last_error):  # an output object pytree cannot open
+        why = ("the model returns an object torch.export cannot put in a graph output (a key/value "
+               "cache: convert with use_cache=False, or return tensors, tuples, dicts or dataclasses).")
+    else:
+        why = ("torchinn needs a model that torch.export can trace (data-dependent Python control "
+               "flow on tensor values is not traceable; shape checks are fine).")
+    raise RuntimeError(f"torch.export could not trace {type(model).__name__}: {last_error}\n{why}"
+                       ) from last_error
 
 
-def trace(model: nn.Module, example_inputs: tuple) -> Traced:
-    """Export ``model`` (a copy in eval mode; ``model`` is not modified) and collect its tensors."""
+#: higher-order ops that only wrap a region of the forward in a grad or autocast mode
+#: (``@torch.no_grad()`` on a rotary embedding's forward): their bodies are inlined
+_WRAPPERS = ("wrap_with_set_grad_enabled", "wrap_with_autocast")
+
+
+def inline_wrapped(graph: fx.Graph, root: nn.Module) -> None:
+    """Replace every call of a grad/autocast wrapper in ``graph`` by the body it wraps (a
+    submodule of ``root``), so that every op is visible to the analysis. Gradient and autocast
+    modes inside the region are dropped: the region is traced in float32 on buffers (cos/sin
+    tables), and the integral model's own training decides what gets gradients."""
+    for node in list(graph.nodes):
+        if node.op != "call_function" or getattr(node.target, "__name__", "") not in _WRAPPERS:
+            continue
+        k = next(i for i, a in enumerate(node.args) if isinstance(a, fx.Node) and a.op == "get_attr")
+        body: fx.GraphModule = getattr(root, node.args[k].target)
+        body_graph = copy.deepcopy(body.graph)
+        inline_wrapped(body_graph, body)
+        env: dict[fx.Node, Any] = dict(zip(body_graph.find_nodes(op="placeholder"), node.args[k + 1:]))
+        outputs: Any = ()
+        with graph.inserting_before(node):
+            for n in body_graph.nodes:
+                if n.op == "output":
+                    outputs = fx.node.map_arg(n.args[0], lambda x: env[x])
+                elif n.op != "placeholder":
+                    env[n] = graph.node_copy(n, lambda x: env[x])
+        for user in list(node.users):
+            if user.target is not operator.getitem:
+                raise RuntimeError(f"unexpected use of {node.target} at node '{user.name}'")
+            user.replace_all_uses_with(outputs[user.args[1]])
+            graph.erase_node(user)
+        wrapped = node.args[k]
+        graph.erase_node(node)
+        if not wrapped.users:
+            graph.erase_node(wrapped)
+
+
+def trace(model: nn.Module, example_inputs: tuple, kwargs: dict[str, Any] | None = None) -> Traced:
+    """Export ``model`` (a copy in eval mode; ``model`` is not modified) called as
+    ``model(*example_inputs, **kwargs)`` and collect its tensors. Key/value caches are switched
+    off in the copy (see :func:`.adapters.prepare`)."""
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
-    module = copy.deepcopy(model).eval()
+    kwargs = dict(kwargs or {})
+    module = prepare(copy.deepcopy(model).eval())
     try:
         with torch.no_grad():
-            module(*example_inputs)
+            module(*example_inputs, **kwargs)
     except Exception as err:  # noqa: BLE001 - reported with its cause
         raise RuntimeError(f"{type(model).__name__} fails on the example inputs "
                            f"({type(err).__name__}: {err}); pass inputs the model accepts") from err
-    ep, doubled = _export(module, example_inputs)
+    ep, doubled = _export(module, example_inputs, kwargs)
     gm = ep.graph_module
     user = [n for n, spec in zip(gm.graph.find_nodes(op="placeholder"), ep.graph_signature.input_specs)
             if spec.kind == InputKind.USER_INPUT]
     guards, static_dims = collect(ep, user, [n.name for n in user])
     graph = copy.deepcopy(gm.graph)
+    inline_wrapped(graph, gm)
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     specs = ep.graph_signature.input_specs
     if len(specs) != len(placeholders):
