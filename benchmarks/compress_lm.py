@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
 
 import torchinn as inn
 from torchinn.train import LOSSES
@@ -51,17 +50,6 @@ class Settings:
     quick: bool = False
 
 
-class Logits(nn.Module):
-    """The causal LM as ``ids -> logits`` (no cache): what perplexity and distillation read."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, ids: Tensor) -> Tensor:
-        return self.model(input_ids=ids, use_cache=False).logits
-
-
 def machine() -> str:
     return f"torch {torch.__version__}, {harness.cpu_name()}, load average {harness.load_average()[0]:.2f}"
 
@@ -74,7 +62,7 @@ def run(s: Settings) -> dict[str, Any]:
     torch.set_num_threads(s.threads)
     torch.manual_seed(0)
     model, meta = lm.load()
-    net = Logits(model).eval()
+    net = model.eval()  # the LlamaForCausalLM itself: compress hands back a LlamaForCausalLM
     train, held = (lm.tokens(t) for t in lm.texts())
     g = torch.Generator().manual_seed(0)
     starts = torch.randint(0, len(train) - s.length, (s.calib_windows,), generator=g).tolist()
@@ -89,7 +77,7 @@ def run(s: Settings) -> dict[str, Any]:
     res["convert_seconds"] = time.perf_counter() - t0
     res["groups"] = {n: g.max_size for n, g in imodel.groups.items()}
     with torch.no_grad():
-        ref, out = net(*cal[0]), imodel.to_discrete(graph=True)(*cal[0])
+        ref, out = net(*cal[0]).logits, imodel.to_discrete()(*cal[0]).logits
     res["convert_rel_error"] = float((out - ref).abs().max() / ref.abs().max())
     log(f"converted in {res['convert_seconds']:.1f} s: {len(res['groups'])} groups, "
         f"relative error {res['convert_rel_error']:.1e}")
@@ -101,12 +89,13 @@ def run(s: Settings) -> dict[str, Any]:
         row["sizes"] = sizes
         m = copy.deepcopy(imodel)
         m.resize(sizes)
-        resampled = m.to_discrete(graph=True).eval()
+        resampled = m.to_discrete().eval()
         row["params"], row["inn"] = harness.n_params(resampled), ppl(resampled)
         for key, cfg in (("compress_0s", False), ("compress", tune)):
             t0 = time.perf_counter()
             small, rep = inn.compress(net, cal[0], 1 - level, calibration=cal, tune=cfg, sizes=sizes)
             row[key] = ppl(small)
+            row[key + "_class"] = type(small).__name__
             row[key + "_report"] = {"steps": rep.tuning.get("steps", 0), "wall": time.perf_counter() - t0,
                                     "start": sorted(set(rep.starts.values())), "seconds": rep.seconds}
         for method in ("l1", "random", "activation"):
