@@ -192,7 +192,11 @@ class IntegralModel(nn.Module):
         """Set group sizes: one ratio in (0, 1] (a float) or size (an int) for every resizable
         group, or a mapping from group name (or the module that produces it) to a size or a ratio.
         Every entry is checked before any group changes. Returns every group's size (the rules,
-        shared with from-scratch networks: :mod:`torchinn.protocol`)."""
+        shared with from-scratch networks: :mod:`torchinn.protocol`).
+
+        A network that trains its batch norms on batch statistics (:attr:`batch_statistics`, from
+        :func:`torchinn.from_scratch`) needs its running statistics re-estimated at the new sizes:
+        call :func:`torchinn.recalibrate_bn` after resizing, before evaluating or ``to_discrete``."""
         groups = self.groups
         set_sizes(plan_sizes(self.partition_map(), sizes, lambda name: groups[name].name))
         return self.sizes()
@@ -363,7 +367,9 @@ class IntegralModel(nn.Module):
     # -- discrete ---------------------------------------------------------------------------
     def to_discrete(self) -> fx.GraphModule:
         """A fresh plain network at the current sizes (a ``torch.fx.GraphModule`` whose tensors
-        keep the original names). It has no torchinn class inside; ``self`` is unchanged.
+        keep the original names). It has no torchinn class inside; ``self`` is unchanged. Its
+        batch norms hold the running statistics sampled at the current sizes: for a network
+        from :func:`torchinn.from_scratch`, run :func:`torchinn.recalibrate_bn` first.
 
         It runs as is under ``torch.compile``, ``torch.export.export`` (the batch dimension can
         be dynamic), ``torch.onnx.export(..., dynamo=True)``, ``torch.jit.trace`` and
