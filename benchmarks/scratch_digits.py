@@ -29,7 +29,7 @@ import os
 if __name__ == "__main__":
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see compress_digits.py
 
-import argparse  # noqa: E402
+import argparse
 import copy
 import math
 import time

@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("mlxtend")
 pytest.importorskip("sklearn")
 
-from benchmarks import scratch_digits  # noqa: E402
+from benchmarks import scratch_digits
 
 
 def test_quick_run_prints_every_width():

@@ -64,8 +64,10 @@ def test_exact_at_full_size_in_both_modes(seed, c, batch):
     assert not torch.allclose(ref.bn1.running_mean, net.bn1.running_mean)
     imodel.eval()
     net.eval()
-    with torch.no_grad(), pytest.warns(UserWarning, match="not re-estimated since training"):
-        torch.testing.assert_close(imodel(x), net(x), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        with pytest.warns(UserWarning, match="not re-estimated since training"):
+            out = imodel(x)
+        torch.testing.assert_close(out, net(x), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(imodel.to_discrete()(x), net(x), rtol=1e-5, atol=1e-5)
     assert net.training is False and all(not m.training for m in net.modules())
 

@@ -43,7 +43,7 @@ from torch.utils import _pytree as pytree
 from .partition import Partition
 from .structured import StructuredFunction
 
-__all__ = ["recalibrate_bn", "norm_statistics"]
+__all__ = ["fit_samples", "norm_statistics", "recalibrate_bn"]
 
 log = logging.getLogger(__name__)
 aten = torch.ops.aten
