@@ -254,3 +254,23 @@ def test_small_transformer_trains_with_random_sizes_on_digits():
     assert sorted(half.values()) == [4, 8, 16]
     small = imodel.eval().to_discrete()
     assert small.get_parameter("blocks.0.fc1.weight").shape == (16, 8)
+
+
+@pytest.mark.parametrize("norm", ["no running stats", "instance norm"])
+def test_norms_without_running_statistics(norm):
+    """Norms that always use the batch's statistics (track_running_stats=False, InstanceNorm2d)
+    keep doing so in eval mode (they used to be switched to running statistics they lack)."""
+    layer = nn.BatchNorm2d(6, track_running_stats=False) if norm == "no running stats" else \
+        nn.InstanceNorm2d(6, affine=True)
+    net = nn.Sequential(nn.Conv2d(1, 6, 3), layer, nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 3))
+    x = torch.randn(4, 1, 6, 6)
+    for build in (lambda: inn.from_scratch(net, x), lambda: inn.convert(net.eval(), (x,))):
+        imodel = build().eval()
+        net.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(imodel(x), net(x), rtol=1e-5, atol=1e-5)
+            imodel.resize(0.5)
+            assert imodel(x).shape == (4, 3) and torch.isfinite(imodel(x)).all()
+        assert imodel.norm_statistics() == []
+        with pytest.raises(ValueError, match="track_running_stats=False"):
+            inn.recalibrate_bn(imodel, [x])

@@ -164,7 +164,8 @@ def _recalibrate_integral(model: Any, batches: Iterable[Any]) -> int:
     if not stats:
         raise ValueError("the integral model has no batch norm with running statistics (converted "
                          "with ConvertConfig(fuse_batch_norm=True), batch norms are folded into the "
-                         "convolutions); build it with torchinn.from_scratch or "
+                         "convolutions; with track_running_stats=False, they always normalise by the "
+                         "batch's statistics and need none); build it with torchinn.from_scratch or "
                          "ConvertConfig(fuse_batch_norm=False)")
     names = [n for pair in stats for n in pair]
     index = {n: i for i, n in enumerate(model.tensor_names)}
