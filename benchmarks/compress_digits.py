@@ -309,7 +309,7 @@ def run(s: Settings, *, retrain: bool = False, cache: bool = True, log: Callable
 
         if "inn" in s.methods:
             imodel.resize(sizes)
-            record("inn", imodel.to_discrete().eval())
+            record("inn", imodel.to_discrete(graph=True).eval())
         for key, train in (("inn_tuned", ()), ("inn_biases", ("biases",))):
             if key not in s.methods:
                 continue
@@ -319,7 +319,7 @@ def run(s: Settings, *, retrain: bool = False, cache: bool = True, log: Callable
             cfg = TuneConfig(seconds=s.seconds, lr=s.tune_lr, lr_params=s.tune_lr_params, train=train,
                              decay_every=s.decay_every, decay=s.decay, progress=False)
             rep = tune_grid(tuned, batches, teacher=teacher, loss_fn=loss_fn, config=cfg)
-            record(key, tuned.to_discrete().eval(), rep)
+            record(key, tuned.to_discrete(graph=True).eval(), rep)
         imodel.resize(full_sizes)
         for method in ("l1", "random", "reconstruct"):
             if method not in s.methods and f"{method}_ft" not in s.methods:

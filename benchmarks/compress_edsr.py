@@ -199,7 +199,7 @@ def run(s: Settings) -> dict[str, Any]:
     result["original"]["params"] = full_params
     log(f"original {result['original']}, bicubic {result['bicubic']}")
 
-    levels, speed_models = [], {"original": net, "INN 100% (to_discrete)": imodel.to_discrete().eval()}
+    levels, speed_models = [], {"original": net, "INN 100% (to_discrete)": imodel.to_discrete(graph=True).eval()}
     for removed in s.levels:
         sizes = inner_sizes(imodel, n_blocks, removed)
         row: dict[str, Any] = {"removed": removed, "size": next(iter(sizes.values()))}

@@ -93,7 +93,7 @@ def compare(name: str, imodel: torch.nn.Module, resize: Callable[[float], None],
 
 
 def to_discrete(model: torch.nn.Module) -> torch.nn.Module:
-    return model.to_discrete() if isinstance(model, inn.IntegralModel) else inn.to_discrete(model)
+    return model.to_discrete(graph=True) if isinstance(model, inn.IntegralModel) else inn.to_discrete(model)
 
 
 def main() -> None:

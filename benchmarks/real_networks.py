@@ -92,7 +92,7 @@ def run_level(mod: Any, net: nn.Module, imodel: inn.IntegralModel, cal: list[tup
     row["sizes"], row["uniform_sizes"] = sizes, uniform
     m = copy.deepcopy(imodel)
     m.resize(sizes)
-    resampled = m.to_discrete().eval()
+    resampled = m.to_discrete(graph=True).eval()
     row["params"] = n_params(resampled)
     row["inn"] = evaluate(resampled)
     runs = (("compress_0s", False, sizes), ("compress", _tune(s), sizes), ("compress_free_0s", False, None))
@@ -133,7 +133,7 @@ def run_network(name: str, s: Settings) -> dict[str, Any]:
     imodel = inn.convert(net, x)
     res["convert_seconds"] = time.perf_counter() - t0
     with torch.no_grad():
-        ref, out = net(*x), imodel.to_discrete()(*x)
+        ref, out = net(*x), imodel.to_discrete(graph=True)(*x)
     res["convert_rel_error"] = float((out - ref).abs().max() / ref.abs().max())
     res["groups"] = {g: imodel.groups[g].max_size for g in imodel.group_names}
     res["original"] = mod.evaluate(net, quick=s.quick)

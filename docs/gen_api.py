@@ -17,9 +17,10 @@ from pathlib import Path
 
 MODULES = [
     "torchinn.quadrature", "torchinn.partition", "torchinn.sizes", "torchinn.functions",
-    "torchinn.layers", "torchinn.protocol", "torchinn.network", "torchinn.scratch", "torchinn.norms",
+    "torchinn.layers", "torchinn.protocol", "torchinn.rounding", "torchinn.network", "torchinn.scratch",
+    "torchinn.norms",
     "torchinn.convert", "torchinn.integral_model",
-    "torchinn.train", "torchinn.budget", "torchinn.baselines", "torchinn.tsp", "torchinn.permute",
+    "torchinn.train", "torchinn.budget", "torchinn.compression", "torchinn.baselines", "torchinn.tsp", "torchinn.permute",
     "torchinn.serialize", "torchinn.structured", "torchinn.graph",
 ]
 OUT = Path(__file__).resolve().parent / "api.md"

@@ -286,6 +286,18 @@ def resize_one_bad_entry() -> None:
 
 
 
+def multiple_zero() -> None:
+    converted().resize(0.5, multiple=0)
+
+
+def multiple_bool() -> None:
+    choose_sizes(converted(), 0.5, multiple=True)
+
+
+def multiple_unknown_group() -> None:
+    choose_sizes(converted(), 0.5, multiple={"0.wieght:0": 8})
+
+
 def unknown_tsp_solver() -> None:
     inn.ConvertConfig(tsp_solver="2opt")
 
@@ -379,6 +391,11 @@ CASES: list[tuple[str, Callable, type[BaseException], str]] = [
      r"batch norm '1' has 1 negative running_var value\(s\) \(min -1\)"),
     ("a resize mapping with one bad entry", resize_one_bad_entry, ValueError,
      r"group '2\.weight:0' has 6 channels; size must be in \[1, 6\], got 0"),
+    ("a multiple of 0 or below", multiple_zero, ValueError,
+     r"multiple must be an int >= 1 \(channel counts are rounded to multiples of it; 1: no rounding\), got 0"),
+    ("a multiple that is a bool or not an int", multiple_bool, ValueError, r"multiple must be an int >= 1 .*got True"),
+    ("a multiple for an unknown group", multiple_unknown_group, ValueError,
+     r"multiple: no group named '0\.wieght:0'; did you mean \['0\.weight:0'\]"),
     ("an unknown TSP solver", unknown_tsp_solver, ValueError,
      r"tsp_solver must be one of the registered TSP solvers \['fast_tsp', 'local'\], got '2opt'"),
     ("a second handler for an op without override=True", second_op_handler, ValueError,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import converted
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -18,21 +19,11 @@ from torchinn.baselines import (
     select_channels,
 )
 from torchinn.train import TuneConfig, finetune
-from torchinn_demo.zoo import ZOO
 
 FAST = inn.ConvertConfig(permute=False)
-_CONVERTED: dict[str, tuple] = {}
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def converted(name: str) -> tuple:
-    if name not in _CONVERTED:
-        torch.manual_seed(0)
-        model, inputs = ZOO[name]()
-        _CONVERTED[name] = (model, inputs, inn.convert(model, inputs, FAST))
-    return _CONVERTED[name]
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +96,7 @@ def test_baselines_keep_exactly_the_requested_sizes(name, method):
     saved = imodel.sizes()
     imodel.resize(sizes)
     try:
-        inn_small = imodel.to_discrete().eval()
+        inn_small = imodel.to_discrete(graph=True).eval()
         shapes = {n: t.shape for n, t in imodel.tensors().items()}
     finally:
         imodel.resize(saved)
@@ -264,11 +255,13 @@ def test_reconstruct_needs_calibration(tiny):
         prune(imodel, {"0.weight:0": 8}, "reconstruct")
     with pytest.raises(ValueError, match="calibration loader is empty"):
         prune(imodel, {"0.weight:0": 8}, "reconstruct", calibration=[])
+    with pytest.raises(ValueError, match="'activation' weighs channels by their activations: pass calibration="):
+        prune(imodel, {"0.weight:0": 8}, "activation")
     with pytest.raises(ValueError, match=r"ridge must be a finite number > 0 \(or a sequence of them\), got 0"):
         reconstruct(imodel, {"0.weight:0": 8}, [x], ridge=0)
     with pytest.raises(ValueError, match=r"\[1, 32\], got 0"):
         reconstruct(imodel, {"0.weight:0": 0}, [x])
-    with pytest.raises(ValueError, match="'l1', 'random' or 'reconstruct', got 'thinet'"):
+    with pytest.raises(ValueError, match=r"\('l1', 'random', 'activation', 'reconstruct'\), got 'thinet'"):
         prune(imodel, {"0.weight:0": 8}, "thinet")
 
 
@@ -550,3 +543,23 @@ def test_reconstruct_reports_3d_convolutions_kept_as_selected():
     assert report == {"2.weight": {"skipped": "3-d convolution"}, "4.weight": {"skipped": "3-d convolution"}}
     plain = prune(imodel, {"0.weight:0": 4, "2.weight:0": 2})
     assert all(torch.equal(p, rec.get_parameter(n)) for n, p in plain.named_parameters())
+
+
+def test_activation_selection_is_channel_level_wanda():
+    # keep the hidden channels with the largest RMS activation x L1 norm of the reading column
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 5)).eval()
+    x = torch.randn(64, 6)
+    imodel = inn.convert(net, (x[:2],), FAST)
+    cal = [x[:32], x[32:]]
+    with torch.no_grad():
+        h = torch.relu(net[0](x)).double()
+    want = h.pow(2).mean(0).sqrt() * net[2].weight.detach().double().abs().sum(0)
+    keep = select_channels(imodel, {"0.weight:0": 6}, "activation", calibration=cal)["0.weight:0"]
+    assert torch.equal(keep, torch.sort(torch.topk(want, 6).indices).values)
+    l1 = select_channels(imodel, {"0.weight:0": 6}, "l1")["0.weight:0"]
+    assert not torch.equal(keep, l1)  # a different criterion on this network
+    pruned = prune(imodel, {"0.weight:0": 6}, "activation", calibration=cal)
+    with torch.no_grad():
+        ref = net[2].weight[:, keep] @ torch.relu(net[0](x))[:, keep].T + net[2].bias[:, None]
+        assert torch.allclose(pruned(x), ref.T, atol=1e-5)

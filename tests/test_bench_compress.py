@@ -41,7 +41,9 @@ def test_quick_run_prints_the_full_table(capsys):
     for col in result["columns"]:
         assert set(col["acc"]) == set(labels)
         assert all(0.0 <= a <= 1.0 for a in col["acc"].values())
-        assert all(t["steps"] >= 1 for t in col["tuning"].values())
+        # compress's choices come out of its 0.2 s, so it may have no step left to tune
+        assert all(t["steps"] >= 1 for k, t in col["tuning"].items() if k != "compress_tuned")
+        assert col["tuning"]["compress_tuned"]["seconds"] > 0
 
     out = capsys.readouterr().out
     assert result["table"] in out

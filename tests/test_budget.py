@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from conftest import converted
 from torch import nn
 
 import torchinn as inn
@@ -16,19 +17,9 @@ from torchinn.train import TuneConfig
 from torchinn_demo.zoo import ZOO
 
 FAST = inn.ConvertConfig(permute=False)
-_CONVERTED: dict[str, tuple] = {}
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def converted(name: str) -> tuple:
-    """(network, example inputs, integral model), converted once; do not resize the model."""
-    if name not in _CONVERTED:
-        torch.manual_seed(0)
-        model, inputs = ZOO[name]()
-        _CONVERTED[name] = (model, inputs, inn.convert(model, inputs, FAST))
-    return _CONVERTED[name]
 
 
 def n_params(m: nn.Module) -> int:
@@ -39,7 +30,7 @@ def discrete_at(imodel: inn.IntegralModel, sizes: dict[str, int]) -> nn.Module:
     saved = imodel.sizes()
     imodel.resize(sizes)
     try:
-        return imodel.to_discrete().eval()
+        return imodel.to_discrete(graph=True).eval()
     finally:
         imodel.resize(saved)
 
@@ -60,7 +51,7 @@ def test_choose_sizes_meets_target(name, metric, target):
     assert imodel.sizes() == before  # choose_sizes does not resize the model
     assert set(sizes) == set(imodel.groups)
     assert all(1 <= s <= imodel.groups[n].max_size for n, s in sizes.items())
-    full = imodel.to_discrete().eval()
+    full = imodel.to_discrete(graph=True).eval()
     small = discrete_at(imodel, sizes)
     if metric == "params":
         ratio = n_params(small) / n_params(full)
@@ -118,7 +109,7 @@ def test_latency_target_gives_a_faster_network():
     sizes = choose_sizes(imodel, 0.5, "latency", example_inputs=x)
     assert set(sizes) == set(imodel.groups)
     assert any(s < imodel.groups[n].max_size for n, s in sizes.items())
-    full, small = imodel.to_discrete().eval(), discrete_at(imodel, sizes)
+    full, small = imodel.to_discrete(graph=True).eval(), discrete_at(imodel, sizes)
     # best of 3 medians, interleaved (the machine may be busy); measured: 3.5 ms -> 2.0-2.5 ms
     t_full, t_small = [], []
     for _ in range(3):
@@ -148,7 +139,7 @@ def test_compress_returns_plain_model_and_true_report(metric):
     if metric == "params":
         assert report.before == full.num_parameters() and report.after == n_params(small)
     else:
-        assert report.before == count_flops(full.to_discrete().eval(), inputs)
+        assert report.before == count_flops(full.to_discrete(graph=True).eval(), inputs)
         assert report.after == count_flops(small, inputs)
     assert abs(report.ratio / 0.5 - 1) <= 0.02
     # errors: the best start (never worse than the INN resampled) and the tuned plain one
@@ -201,7 +192,7 @@ def test_compress_seconds_bound_the_choices_and_the_tuning_together(monkeypatch)
     # Choosing the start is made to cost 0.8 s, as it does on a large network.
     import time
 
-    import torchinn.compression as compression
+    from torchinn import compression
 
     def slow_best_start(*args, **kwargs):
         time.sleep(0.8)

@@ -124,7 +124,7 @@ def test_inspect_json_matches_recounts(work, capsys):
     model = torch.load(work / "net.pt", weights_only=False)
     x = torch.randn(SHAPE_T)
     imodel = inn.convert(model, (x,), inn.ConvertConfig(permute=False))
-    small = imodel.to_discrete()
+    small = imodel.to_discrete(graph=True)
     params = dict((n, p.numel()) for n, p in small.named_parameters())
     assert info["params"] == sum(params.values())
     assert info["params_original"] == sum(p.numel() for p in model.parameters())
@@ -275,7 +275,7 @@ def test_bench_original_vs_compressed(work, capsys):
     model = _sequential()
     imodel = inn.convert(model, (torch.randn(SHAPE_T),), inn.ConvertConfig(permute=False))
     imodel.resize(0.5)
-    torch.save(imodel.to_discrete().eval(), small)
+    torch.save(imodel.to_discrete(graph=True).eval(), small)
     code, out, err = run(["bench", work / "net.pt", "--input-shape", SHAPE, "--compressed", small,
                           "--threads", "1", "--repeats", "3", "--warmup", "1", "--json", "--trust-pickle"], capsys)
     assert code == 0, err

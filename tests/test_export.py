@@ -67,7 +67,7 @@ def case(request):
     torch.manual_seed(0)
     model, inputs, imodel = converted(request.param)
     imodel.resize(0.5)
-    small = imodel.to_discrete().eval()
+    small = imodel.to_discrete(graph=True).eval()
     assert sum(p.numel() for p in small.parameters()) < 0.6 * sum(p.numel() for p in model.parameters())
     other = (torch.randn(3, *inputs[0].shape[1:]),)
     with torch.no_grad():
@@ -170,7 +170,7 @@ def test_torch_compile_inductor():
     """The default backend on one model (generating and compiling C++ takes ~10 s)."""
     _, inputs, imodel = converted("resnet_basic")
     imodel.resize(0.5)
-    small = imodel.to_discrete().eval()
+    small = imodel.to_discrete(graph=True).eval()
     with torch.no_grad():
         ref = small(*inputs)
         _close(torch.compile(small)(*inputs), ref)

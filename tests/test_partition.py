@@ -107,7 +107,7 @@ def test_uniform_chunks():
     (c,) = p.chunks(dtype=F64)
     assert c.points.tolist() == [0.0, 0.5, 1.0]
     assert c.control.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
-    assert p.sizes() == [(3, 5)] and p.leaves() == [p]
+    assert p.chunk_sizes() == [(3, 5)] and p.leaves() == [p]
 
 
 def test_uniform_deepcopy_and_pickle():
@@ -337,7 +337,7 @@ def test_composite_partition():
     a, b = UniformPartition(4), UniformPartition(6, size=3)
     c = CompositePartition([a, b])
     assert c.max_size == 10 and c.size == 7
-    assert c.sizes() == [(4, 4), (3, 6)] and c.leaves() == [a, b]
+    assert c.chunk_sizes() == [(4, 4), (3, 6)] and c.leaves() == [a, b]
     wa, wb = a.weights(dtype=F64), b.weights(dtype=F64)
     torch.testing.assert_close(c.weights(dtype=F64), torch.cat([0.4 * wa, 0.6 * wb]))
     assert float(c.weights(dtype=F64).sum()) == pytest.approx(1.0)

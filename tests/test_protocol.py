@@ -122,7 +122,8 @@ def test_to_discrete_function_equals_method_equals_forward(kind, ratio):
         torch.testing.assert_close(by_function(X), y, rtol=1e-5, atol=1e-6)
     assert not any(type(m).__module__.startswith("torchinn") for m in by_function.modules())
     if kind == "converted":  # torchinn.to_discrete(imodel) used to copy it with its partitions set to None
-        assert isinstance(by_function, torch.fx.GraphModule)
+        assert type(by_function) is nn.Sequential  # the converted module's own class
+        assert isinstance(inn.to_discrete(a, graph=True), torch.fx.GraphModule)
         assert by_function.get_parameter("0.weight").shape == (a.sizes()["0.weight:0"], 6)
 
 
@@ -202,7 +203,7 @@ def test_nested_integral_model():
     assert inn.resize(outer, 0.5) == {"0.0.weight:0": 6, "0.2.weight:0": 4, "2.out_partition": 2}
     assert imodel.sizes() == {"0.weight:0": 6, "2.weight:0": 4}
     plain = inn.to_discrete(outer)
-    assert isinstance(plain[0], torch.fx.GraphModule) and isinstance(plain[2], nn.Linear)
+    assert type(plain[0]) is nn.Sequential and isinstance(plain[2], nn.Linear)
     assert plain[2].out_features == plain[3].in_features == 2
     with torch.no_grad():
         torch.testing.assert_close(plain(X), outer(X), rtol=1e-5, atol=1e-6)

@@ -9,29 +9,17 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import converted
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import torchinn as inn
 from torchinn.train import TuneConfig, distillation_loss, make_grid_trainable, tune_grid
-from torchinn_demo.zoo import ZOO
 
 FAST = inn.ConvertConfig(permute=False)
-_CONVERTED: dict[str, tuple] = {}
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def converted(name: str, config: inn.ConvertConfig = FAST) -> tuple:
-    """(network, example inputs, integral model): converted once, a fresh copy per call."""
-    key = f"{name}/{config.quadrature}"
-    if key not in _CONVERTED:
-        torch.manual_seed(0)
-        model, inputs = ZOO[name]()
-        _CONVERTED[key] = (model, inputs, inn.convert(model, inputs, config))
-    model, inputs, imodel = _CONVERTED[key]
-    return model, inputs, copy.deepcopy(imodel)
 
 
 def batches(inputs: tuple, n: int, batch: int, seed: int) -> list[torch.Tensor]:
@@ -84,7 +72,7 @@ def test_random_sizes_shared_by_every_tensor_of_a_group(name):
         with torch.no_grad():
             out = imodel(*inputs)
         assert out.shape == full_out.shape and torch.isfinite(out).all()
-        small = imodel.to_discrete()
+        small = imodel.to_discrete(graph=True)
         for n, t in small.named_parameters():
             assert t.shape == tensors[n].shape, n
     assert seen_small

@@ -96,3 +96,32 @@ def test_edge_case_behaviour():
         assert first_fc.in_features > max(
             m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)
         ), f"{name}: flatten must see spatial size > 1"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_to_discrete_gives_back_the_class(name):
+    """At half of every group, to_discrete() is the zoo model's own class (same submodule names),
+    equal to the integral model's graph module, and the zoo model is left as it was."""
+    import warnings
+
+    import torchinn as inn
+    from torchinn.rebuild import relative_error
+
+    torch.set_num_threads(1)
+    model, inputs = _build(name)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    imodel = inn.convert(model, inputs)
+    imodel.resize(0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to the graph module
+        small = imodel.to_discrete()
+    assert type(small) is type(model)
+    assert [n for n, _ in small.named_modules()] == [n for n, _ in model.named_modules()]
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    graph = imodel.to_discrete(graph=True)
+    with torch.no_grad():
+        ref = graph(*inputs)
+        assert relative_error(ref, small(*inputs)) <= 1e-5
+        assert relative_error(imodel(*inputs), small(*inputs)) <= 1e-5
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

@@ -10,6 +10,10 @@ drop the rest, in every tensor of the group, with no interpolation and no rescal
   (summed over every tensor that produces the group, e.g. all the convolutions adding into a
   residual stream);
 * ``"random"``: a uniformly random subset (seeded);
+* ``"activation"``: the channel-level form of Wanda (Sun et al., 2023, ``|W| x ||x||``): keep the
+  channels whose activations, RMS over calibration data, times the L1 norm of the weights that
+  read them are largest (:func:`torchinn.starts.activation_importance`; groups read by no
+  convolution or linear layer fall back to L1);
 * ``"reconstruct"``: ThiNet (Luo et al., 2017) / channel pruning (He et al., 2017): L1 selection,
   then every layer that consumes pruned channels is refit by least squares on calibration
   activations to reproduce the original network's output at that layer (:func:`reconstruct`).
@@ -52,7 +56,8 @@ __all__ = ["channel_importance", "select_channels", "prune", "reconstruct"]
 
 log = logging.getLogger(__name__)
 
-Method = Literal["l1", "random", "reconstruct"]
+Method = Literal["l1", "random", "activation", "reconstruct"]
+SELECTIONS = ("l1", "random", "activation")
 
 
 def channel_importance(imodel: IntegralModel) -> dict[str, Tensor]:
@@ -82,20 +87,30 @@ def channel_importance(imodel: IntegralModel) -> dict[str, Tensor]:
 
 
 def select_channels(imodel: IntegralModel, sizes: Mapping[str, int], method: Method = "l1",
-                    seed: int = 0) -> dict[str, Tensor]:
-    """Sorted indices of the channels each group keeps (groups not in ``sizes`` keep all)."""
-    if method not in ("l1", "random"):
-        raise ValueError(f"method must be 'l1' or 'random', got {method!r}")
+                    seed: int = 0, calibration: Iterable[Any] | None = None) -> dict[str, Tensor]:
+    """Sorted indices of the channels each group keeps (groups not in ``sizes`` keep all);
+    ``"activation"`` needs ``calibration`` (batches of inputs)."""
+    if method not in SELECTIONS:
+        raise ValueError(f"method must be one of {SELECTIONS}, got {method!r}")
     groups = imodel.groups
     gen = torch.Generator().manual_seed(seed)
-    scores = channel_importance(imodel) if method == "l1" else None
+    scores = channel_importance(imodel) if method != "random" else None
+    if method == "activation":
+        from .starts import activation_importance
+        from .train import batch_inputs
+
+        if calibration is None:
+            raise ValueError("method 'activation' weighs channels by their activations: pass "
+                             "calibration=<batches of inputs>")
+        act = activation_importance(imodel, [batch_inputs(b) for b in calibration])
+        scores = {g: act.get(g, s) for g, s in scores.items()}
     out = {}
     for name, size in sizes.items():
         g = groups[name]
         if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= g.max_size:
             raise ValueError(f"group {g.name!r} has {g.max_size} channels; size must be in "
                              f"[1, {g.max_size}], got {size!r}")
-        if method == "l1":
+        if scores is not None:
             keep = torch.topk(scores[g.name], size).indices
         else:
             keep = torch.randperm(g.max_size, generator=gen)[:size]
@@ -108,24 +123,25 @@ def prune(imodel: IntegralModel, sizes: Mapping[str, int] | None = None, method:
     """The converted network with each group cut to ``sizes`` (default: the current sizes of
     ``imodel``) by ``method``: a plain ``GraphModule`` like :meth:`IntegralModel.to_discrete`.
 
-    ``"reconstruct"`` needs ``calibration`` (batches of inputs, see :func:`reconstruct`); the
-    selection methods ignore it."""
-    if method not in ("l1", "random", "reconstruct"):
-        raise ValueError(f"method must be 'l1', 'random' or 'reconstruct', got {method!r}")
+    ``"reconstruct"`` and ``"activation"`` need ``calibration`` (batches of inputs, see
+    :func:`reconstruct`); the other selection methods ignore it."""
+    if method not in (*SELECTIONS, "reconstruct"):
+        raise ValueError(f"method must be one of {(*SELECTIONS, 'reconstruct')}, got {method!r}")
     if method == "reconstruct":
         if calibration is None:
             raise ValueError("method 'reconstruct' refits layers on calibration data: pass "
                              "calibration=<batches of inputs>")
         return reconstruct(imodel, sizes, calibration, seed=seed)
-    return _selected(imodel, sizes, method, seed)[0]
+    return _selected(imodel, sizes, method, seed, calibration)[0]
 
 
-def _selected(imodel: IntegralModel, sizes: Mapping[str, int] | None, method: str, seed: int
+def _selected(imodel: IntegralModel, sizes: Mapping[str, int] | None, method: str, seed: int,
+              calibration: Iterable[Any] | None = None
               ) -> tuple[fx.GraphModule, dict[str, Tensor], dict[str, Tensor]]:
     """The network cut to ``sizes`` by ``method``, the full-size tensors, and the kept indices."""
     groups = imodel.groups
     sizes = {groups[n].name: s for n, s in (sizes or imodel.sizes()).items()}
-    keep = select_channels(imodel, sizes, method, seed)
+    keep = select_channels(imodel, sizes, method, seed, calibration)
     with torch.no_grad():
         full = imodel.tensors(imodel.full_partitions())
     plans = imodel.plans()

@@ -26,6 +26,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from .integral_model import IntegralModel
+from .rounding import Multiple, ceil_size, floor_size, resolve_multiple, round_size
 from .structured import plan_size
 from .starts import STARTS, best_start, distill_error, full_outputs, kept_partitions, start_partition
 from .train import batch_inputs, loss_kind
@@ -114,7 +115,7 @@ class _Cost:
             full = imodel.sizes()
             imodel.resize({n: imodel.groups[n].max_size for n in full})
             try:
-                small = imodel.to_discrete().eval()
+                small = imodel.to_discrete(graph=True).eval()
             finally:
                 imodel.resize(full)
             by_tensor, other = flops_by_tensor(small, inputs)
@@ -150,7 +151,7 @@ class _Cost:
         saved = self.imodel.sizes()
         self.imodel.resize(dict(sizes))
         try:
-            small = self.imodel.to_discrete().eval()
+            small = self.imodel.to_discrete(graph=True).eval()
         finally:
             self.imodel.resize(saved)
         if self.metric == "flops":
@@ -176,7 +177,7 @@ def sensitivities(imodel: IntegralModel, batches: Sequence[tuple], loss: str = "
             curve = [(1.0, 0.0)]
             uniform = g.partition
             for r in _RATIOS:
-                size = max(1, round(r * g.max_size))
+                size = g.partition.quadrature.nearest_size(max(1, round(r * g.max_size)), high=g.max_size)
                 errors = []
                 for kind in ("uniform", "l1"):
                     imodel.set_partition(name, start_partition(uniform, size, kind, scores[name]))
@@ -198,11 +199,43 @@ def _interp(curve: list[tuple[float, float]], r: float) -> float:
     return pts[-1][1]
 
 
+class _Grid:
+    """The sizes each group may take: multiples of its ``multiple`` (or its full size) that its
+    quadrature allows, no smaller than ``min_ratio`` of its channels (:mod:`torchinn.rounding`)."""
+
+    def __init__(self, imodel: IntegralModel, multiples: Mapping[str, int], min_ratio: float) -> None:
+        self.multiples = dict(multiples)
+        self.groups = {n: (g.max_size, self.multiples[n], g.partition.quadrature.allows)
+                       for n, g in imodel.groups.items()}
+        self.lows = {n: ceil_size(max(1, math.ceil(min_ratio * g.max_size)), *self.groups[n])
+                     for n, g in imodel.groups.items()}
+
+    def down(self, name: str, size: int) -> int:
+        """The largest allowed size <= ``size``, at least the group's lowest."""
+        return max(self.lows[name], floor_size(size, *self.groups[name]) or 0)
+
+    def up(self, name: str, size: int) -> int:
+        """The smallest allowed size >= ``size``, at least the group's lowest."""
+        return max(self.lows[name], ceil_size(size, *self.groups[name]))
+
+    def nearest(self, name: str, size: int) -> int:
+        return max(self.lows[name], round_size(size, *self.groups[name]))
+
+    @property
+    def note(self) -> str:
+        rounded = {n: m for n, m in self.multiples.items() if m > 1}
+        if not rounded:
+            return ""
+        one = set(rounded.values())
+        if len(one) == 1 and len(rounded) == len(self.multiples):
+            return f", multiple={one.pop()}"
+        return f", multiple={rounded}"
+
+
 def _greedy(imodel: IntegralModel, cost: _Cost, target_cost: float,
-            curves: Mapping[str, list[tuple[float, float]]], min_ratio: float) -> dict[str, int]:
+            curves: Mapping[str, list[tuple[float, float]]], min_ratio: float, grid: _Grid) -> dict[str, int]:
     groups = imodel.groups
     sizes = {n: g.max_size for n, g in groups.items()}
-    lows = {n: max(1, math.ceil(min_ratio * g.max_size)) for n, g in groups.items()}
     steps = {n: max(1, g.max_size // 32) for n, g in groups.items()}
     current = cost.model(sizes)
 
@@ -216,7 +249,7 @@ def _greedy(imodel: IntegralModel, cost: _Cost, target_cost: float,
     while current > target_cost:
         best, best_score = None, math.inf
         for n in sizes:
-            new = max(lows[n], sizes[n] - steps[n])
+            new = grid.down(n, sizes[n] - steps[n])
             if new >= sizes[n]:
                 continue
             saved, hurt = move(n, new)
@@ -227,10 +260,11 @@ def _greedy(imodel: IntegralModel, cost: _Cost, target_cost: float,
                 best, best_score = (n, new), score
         if best is None:
             raise UnreachableTarget(f"cannot reach the target: at the smallest sizes allowed (min_ratio="
-                             f"{min_ratio}) the network still has {cost.amount(current)} > {cost.amount(target_cost)}{cost.note}")
+                                    f"{min_ratio}{grid.note}) the network still has {cost.amount(current)} > "
+                                    f"{cost.amount(target_cost)}{cost.note}")
         sizes[best[0]] = best[1]
         current = cost.model(sizes)
-    # grow back one channel at a time where it helps most and still fits the budget
+    # grow back one allowed size at a time where it helps most and still fits the budget
     improved = True
     while improved:
         improved = False
@@ -238,43 +272,47 @@ def _greedy(imodel: IntegralModel, cost: _Cost, target_cost: float,
         for n in sizes:
             if sizes[n] >= groups[n].max_size:
                 continue
-            trial = dict(sizes, **{n: sizes[n] + 1})
+            trial = dict(sizes, **{n: grid.up(n, sizes[n] + 1)})
             if cost.model(trial) > target_cost:
                 continue
             m = groups[n].max_size
-            gain = _interp(curves[n], sizes[n] / m) - _interp(curves[n], (sizes[n] + 1) / m)
+            gain = _interp(curves[n], sizes[n] / m) - _interp(curves[n], trial[n] / m)
             if gain > best_gain or best is None:
                 best, best_gain = n, gain
         if best is not None:
-            sizes[best] += 1
+            sizes[best] = grid.up(best, sizes[best] + 1)
             improved = True
     return sizes
 
 
-def _uniform(imodel: IntegralModel, cost: _Cost, target_cost: float, min_ratio: float) -> dict[str, int]:
-    """One ratio for every group: the largest whose predicted cost fits ``target_cost``."""
+def _uniform(imodel: IntegralModel, cost: _Cost, target_cost: float, min_ratio: float, grid: _Grid
+             ) -> dict[str, int]:
+    """One ratio for every group: the largest whose predicted cost fits ``target_cost`` (each
+    size the allowed one nearest to the ratio)."""
     groups = imodel.groups
 
     def at(r: float) -> dict[str, int]:
-        return {n: max(1, math.ceil(min_ratio * g.max_size), round(r * g.max_size)) for n, g in groups.items()}
+        return {n: grid.nearest(n, round(r * g.max_size)) for n, g in groups.items()}
 
     lo, hi = min_ratio, 1.0
     if cost.model(at(lo)) > target_cost:
-        raise UnreachableTarget(f"cannot reach the target: at the smallest sizes allowed (min_ratio={min_ratio}) "
-                         f"the network still has {cost.amount(cost.model(at(lo)))} > {cost.amount(target_cost)}{cost.note}")
+        raise UnreachableTarget(f"cannot reach the target: at the smallest sizes allowed (min_ratio={min_ratio}"
+                                f"{grid.note}) the network still has {cost.amount(cost.model(at(lo)))} > "
+                                f"{cost.amount(target_cost)}{cost.note}")
     for _ in range(30):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if cost.model(at(mid)) <= target_cost else (lo, mid)
     sizes = at(lo)
     # rounding leaves part of the budget unused: top up the group furthest below the common
-    # ratio, one channel at a time, while the budget allows (the ratios stay as equal as can be)
+    # ratio, one allowed size at a time, while the budget allows (the ratios stay as equal as can be)
     full = {n: g.max_size for n, g in groups.items()}
     while True:
-        fits = [n for n in sizes if sizes[n] < full[n] and cost.model(dict(sizes, **{n: sizes[n] + 1})) <= target_cost]
+        fits = [n for n in sizes if sizes[n] < full[n]
+                and cost.model(dict(sizes, **{n: grid.up(n, sizes[n] + 1)})) <= target_cost]
         if not fits:
             return sizes
-        n = min(fits, key=lambda k: ((sizes[k] + 1) / full[k], k))
-        sizes[n] += 1
+        n = min(fits, key=lambda k: (grid.up(k, sizes[k] + 1) / full[k], k))
+        sizes[n] = grid.up(n, sizes[n] + 1)
 
 
 def _batches(calibration: Iterable[Any] | None, example_inputs: tuple, n: int) -> list[tuple]:
@@ -293,7 +331,7 @@ def _batches(calibration: Iterable[Any] | None, example_inputs: tuple, n: int) -
 def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params", *,
                  calibration: Iterable[Any] | None = None, example_inputs: tuple | None = None,
                  batches: int = 2, min_ratio: float = 0.1, method: SizeMethod = "best",
-                 tolerance: float = 0.02, loss: str = "auto") -> dict[str, int]:
+                 tolerance: float = 0.02, loss: str = "auto", multiple: Multiple = 1) -> dict[str, int]:
     """Group sizes whose discrete network has ``target`` times the original ``metric``.
 
     ``target`` is the fraction kept, in (0, 1): 0.5 halves the parameters (FLOPs, latency).
@@ -302,6 +340,11 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
     ``"best"`` (default) computes both and keeps the one with the lower calibration error, each
     at its best starting partition (:func:`torchinn.starts.best_start`); the comparison is
     logged, and :func:`compare_sizes` returns it.
+
+    ``multiple`` (one int such as 8 or 16, or group name -> int; default 1: any size) restricts
+    every group to multiples of it or its full size (:mod:`torchinn.rounding`): both methods
+    search over those sizes only, so the target is met by the rounded sizes themselves, and a
+    latency target is timed on them.
     """
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < target < 1.0:
         raise ValueError(f"target is the fraction of the {metric} to keep and must be in (0, 1), got {target!r}")
@@ -313,6 +356,8 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
         raise TypeError(f"choose_sizes needs an IntegralModel (from torchinn.convert), got {type(imodel).__name__}")
     if metric != "params" and example_inputs is None:
         raise ValueError(f"metric={metric!r} needs example_inputs to count or time the network")
+    groups = imodel.groups
+    multiples = resolve_multiple(multiple, list(groups), lambda name: groups[name].name)
     if method == "best":
         if calibration is not None and iter(calibration) is calibration:  # one shot: read it once
             calibration = _batches(calibration, example_inputs or (), max(batches, 4))
@@ -320,7 +365,8 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
         for m in ("sensitivity", "uniform"):
             try:
                 options[m] = choose_sizes(imodel, target, metric, calibration=calibration, example_inputs=example_inputs,
-                                          batches=batches, min_ratio=min_ratio, method=m, tolerance=tolerance, loss=loss)
+                                          batches=batches, min_ratio=min_ratio, method=m, tolerance=tolerance, loss=loss,
+                                          multiple=multiples)
             except UnreachableTarget as err:  # e.g. one ratio for all cannot reach a latency target
                 errors.append(err)
         if not options:
@@ -340,17 +386,23 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
     original = cost.measure(full_sizes)
     goal = target * original
     curves = sensitivities(imodel, cal, loss) if method == "sensitivity" else {}
+    grid = _Grid(imodel, multiples, min_ratio)
     scale = 1.0
     sizes = full_sizes
+    tried = []
     for _ in range(6):
         predicted_goal = goal * scale * cost.model(full_sizes) / original
-        sizes = (_greedy(imodel, cost, predicted_goal, curves, min_ratio) if method == "sensitivity"
-                 else _uniform(imodel, cost, predicted_goal, min_ratio))
+        sizes = (_greedy(imodel, cost, predicted_goal, curves, min_ratio, grid) if method == "sensitivity"
+                 else _uniform(imodel, cost, predicted_goal, min_ratio, grid))
         got = cost.measure(sizes)
         if abs(got / goal - 1.0) <= tolerance or (metric == "params" and got <= goal):
-            break
+            return sizes
+        tried.append((got, sizes))
         scale *= goal / got
-    return sizes
+    # not within the tolerance (coarse sizes, such as multiples of 16 on small groups, may skip
+    # over it): the largest of the tries that meets the target, else the last
+    met = [(got, s) for got, s in tried if got <= goal * (1.0 + tolerance)]
+    return max(met, key=lambda t: t[0])[1] if met else sizes
 
 
 def compare_sizes(imodel: IntegralModel, options: Mapping[str, Mapping[str, int]], batches: Sequence[tuple],

@@ -78,6 +78,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _multiple(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"the multiple is a whole number of channels >= 1 like 8, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"the multiple must be >= 1 (1: no rounding), got {value}")
+    return value
+
+
 def _shape(text: str) -> tuple[int, ...]:
     try:
         dims = tuple(int(v) for v in text.replace("x", ",").split(","))
@@ -176,7 +186,7 @@ def _inspect(args: argparse.Namespace) -> int:
         original = sum(p.numel() for p in model.parameters())
         inputs = _random_inputs(args.input_shape, _dtype_of(model), args.seed)
         imodel = convert(model, inputs, ConvertConfig(permute=False, progress=False))
-    small = imodel.to_discrete().eval()
+    small = imodel.to_discrete(graph=True).eval()
     params = {n: t.numel() for n, t in small.named_parameters()}
     by_tensor, _ = flops_by_tensor(small, inputs)
     total_flops = count_flops(small, inputs)
@@ -305,13 +315,14 @@ def _compress(args: argparse.Namespace) -> int:
     tune = (TuneConfig(seconds=args.seconds, progress=not args.no_progress, weights_share=args.weights_share,
                        loss=args.loss) if args.seconds > 0 else False)
     small, report = compress(model, example, args.target, args.metric, calibration=loader, tune=tune,
-                             reconstruct=not args.no_reconstruct)
+                             reconstruct=not args.no_reconstruct, multiple=args.multiple)
     _save_checked(small, out, example)
     data = dataclasses.asdict(report)
     data.update(ratio=report.ratio, model=loaded.source, output=str(out),
                 input_shapes=[list(s) for s in args.input_shape], calibration=calibration,
                 load_with="torch.load(path, weights_only=False)", torchinn=__version__, torch=torch.__version__)
-    text = (f"torchinn compress {loaded.source} -> {out} (target {args.target:g} of the {args.metric}, "
+    rounded = f", sizes in multiples of {args.multiple}" if args.multiple > 1 else ""
+    text = (f"torchinn compress {loaded.source} -> {out} (target {args.target:g} of the {args.metric}{rounded}, "
             f"{args.seconds:g} s of tuning, calibration: {described})\n{report}\n")
     json_path, text_path = _report_paths(out)
     write_text(json_path, json.dumps(data, indent=2) + "\n")
@@ -335,7 +346,7 @@ def _cpu_name() -> str:
 
 def _runnable(loaded: Loaded) -> tuple[Any, str]:
     if loaded.kind == "integral":
-        return loaded.obj.eval().to_discrete().eval(), "to_discrete() at its saved sizes"
+        return loaded.obj.eval().to_discrete(graph=True).eval(), "to_discrete() at its saved sizes"
     model = loaded.obj
     if loaded.kind != "exported":
         model = model.eval()
@@ -465,6 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fraction of the metric to keep, in (0, 1): 0.5 halves it")
     com.add_argument("--metric", choices=("params", "flops", "latency"), default="params",
                      help="what the target counts (default params)")
+    com.add_argument("--multiple", type=_multiple, default=1, metavar="N",
+                     help="round every group's size to a multiple of N channels, such as 8 or 16 (what fast "
+                          "kernels want), or keep its full size; the sizes are chosen among those, so the target "
+                          "still holds (default 1: any size)")
     com.add_argument("--calibration", metavar="FOLDER",
                      help="folder of images (png/jpg, searched recursively) to choose sizes and tune on: each "
                           "is resized to cover H x W, centre-cropped, scaled to [0, 1] (RGB, or grey when C = 1), "

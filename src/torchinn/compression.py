@@ -36,7 +36,8 @@ from torch import Tensor, nn
 from .budget import Metric, UnreachableTarget, _batches, choose_sizes, compare_sizes, count_flops, measure_latency
 from .convert import ConvertConfig, convert
 from .loop import split_validation
-from .starts import STARTS, best_start, distill_error
+from .rounding import Multiple, check_multiple, resolve_multiple
+from .starts import STARTS, best_start, distill_error, kept_partitions
 from .train import LOSSES, TuneConfig, batch_inputs, finetune, loss_kind, make_grid_trainable, tune_grid
 
 __all__ = ["CompressReport", "compress"]
@@ -78,6 +79,7 @@ class CompressReport:
     reconstruct_errors: dict[str, float] = field(default_factory=dict)
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # "grid" / "weights": what each did
     loss: str = "mse"                           # "mse": relative squared error; "kl": KL of class probabilities
+    multiple: dict[str, int] = field(default_factory=dict)  # group -> the multiple its size was rounded to (> 1)
 
     @property
     def ratio(self) -> float:
@@ -89,6 +91,10 @@ class CompressReport:
         lines.append(f"{self.metric}: {self.before:.4g} -> {self.after:.4g} ({self.ratio:.1%} of the original, "
                      f"target {self.target:.0%})")
         lines.append(f"parameters: {self.params_before:,} -> {self.params_after:,}")
+        if self.multiple:
+            ms = set(self.multiple.values())
+            lines.append("sizes rounded to multiples of " + (str(ms.pop()) if len(ms) == 1 else str(self.multiple))
+                         + " (or the full size)")
         if self.sizes_errors:
             lines.append("sizes: " + ", ".join(f"{m} {e:.4g}" for m, e in self.sizes_errors.items())
                          + f" -> {self.sizes_method}")
@@ -187,7 +193,8 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
              metric: Metric = "params", *, calibration: Iterable[Any] | None = None,
              tune: TuneConfig | None | Literal[False] = None, config: ConvertConfig | None = None,
              min_ratio: float = 0.1, sizes: Mapping[str, int] | None = None,
-             starts: Sequence[str] = STARTS, reconstruct: bool = True) -> tuple[nn.Module, CompressReport]:
+             starts: Sequence[str] = STARTS, reconstruct: bool = True,
+             multiple: Multiple = 1) -> tuple[nn.Module, CompressReport]:
     """Convert ``model``, shrink it to ``target`` times the ``metric``, tune on ``calibration``
     (default: the example inputs) and return ``(plain_model, report)``.
 
@@ -201,10 +208,14 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
     selection with a least-squares refit of the layers that read pruned channels
     (:func:`torchinn.baselines.reconstruct`, fitted on the calibration data), and starts from it
     when it beats the best partitions on the held-out part (then all the tuning budget goes to
-    the weights). ``model`` is not modified.
+    the weights). ``multiple`` (one int such as 8 or 16, or group name -> int; default 1) keeps
+    every group at a multiple of it or at its full size (:mod:`torchinn.rounding`): the sizes are
+    chosen among those, and given ``sizes`` are rounded to them. ``model`` is not modified.
     """
     if isinstance(example_inputs, Tensor):
         example_inputs = (example_inputs,)
+    if not isinstance(multiple, Mapping):
+        check_multiple(multiple)  # before the conversion; group names are checked after it
     if tune is None:
         tune = TuneConfig(seconds=60.0)
     if tune is not False and not isinstance(tune, TuneConfig):
@@ -213,9 +224,11 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
     t0 = time.perf_counter()
     imodel = convert(model, example_inputs, config)
     seconds["convert"] = time.perf_counter() - t0
+    groups = imodel.groups
+    multiples = resolve_multiple(multiple, list(groups), lambda name: groups[name].name)
     t_budget = time.perf_counter()  # TuneConfig.seconds counts from here
     source, cal = _calibration(calibration, example_inputs)
-    full = imodel.to_discrete().eval()  # the teacher, and the metric before
+    full = imodel.to_discrete(graph=True).eval()  # the teacher, and the metric before
     before = _metric(full, metric, example_inputs)
     with torch.no_grad():
         reference = [full(*b) for b in cal]
@@ -228,7 +241,7 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
         for m in ("sensitivity", "uniform"):
             try:
                 options[m] = choose_sizes(imodel, target, metric, calibration=cal, example_inputs=example_inputs,
-                                          min_ratio=min_ratio, method=m, loss=loss)
+                                          min_ratio=min_ratio, method=m, loss=loss, multiple=multiples)
             except UnreachableTarget as err:  # e.g. one ratio for all cannot reach a latency target
                 errors.append(err)
         if not options:
@@ -236,7 +249,9 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
         sizes_method, sizes_errors = compare_sizes(imodel, options, cal, starts, loss, reference)
         chosen = options[sizes_method]
     else:
-        sizes_method, sizes_errors, chosen = "given", {}, {imodel.groups[n].name: s for n, s in sizes.items()}
+        with kept_partitions(imodel):  # checked and rounded as resize does it
+            chosen = imodel.resize(dict(sizes), multiple=multiples)
+        sizes_method, sizes_errors = "given", {}
     seconds["choose_sizes"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -276,7 +291,7 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
                                        loss_fn=LOSSES[loss])
             seconds["tune_grid"] = time.perf_counter() - t0
         imodel.eval()
-        small = recon if recon is not None else imodel.to_discrete().eval()
+        small = recon if recon is not None else imodel.to_discrete(graph=True).eval()
         if weights_cfg is not None:
             t0 = time.perf_counter()
             if budget.seconds is not None:  # what grid tuning left unspent goes to the weights
@@ -286,7 +301,7 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
                                          loss_fn=LOSSES[loss])
             seconds["tune_weights"] = time.perf_counter() - t0
     else:
-        small = recon if recon is not None else imodel.to_discrete().eval()
+        small = recon if recon is not None else imodel.to_discrete(graph=True).eval()
     err1 = distill_error(small, cal, reference, loss)
     report = CompressReport(
         metric=metric, target=target,
@@ -298,7 +313,8 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
         tuning={"steps": sum(v.get("steps", 0) for v in stages.values()),
                 **{k: v.get("steps", 0) for k, v in stages.items()}}, seconds=seconds,
         sizes_method=sizes_method, sizes_errors=sizes_errors, starts=starts_used,
-        start_errors=start_errors, stages=stages, loss=loss, reconstruct_errors=versus)
+        start_errors=start_errors, stages=stages, loss=loss, reconstruct_errors=versus,
+        multiple={n: m for n, m in multiples.items() if m > 1})
     if not math.isfinite(err1):
         log.warning("the compressed network's calibration error is not finite")
     return small, report

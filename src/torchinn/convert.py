@@ -37,6 +37,7 @@ from .graph.trace import Traced, trace
 from .integral_model import IntegralModel
 from .partition import UniformPartition
 from .quadrature import QUADRATURES
+from .rebuild import make_original
 from .structured import DimPlan, StructuredFunction
 from .tsp import check_solver
 
@@ -270,6 +271,9 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor,
     imodel.input_guards = list(traced.guards)
     imodel.input_names = [n.name for n in traced.inputs]
     imodel.pinned = dict(plan.pinned)
+    imodel.folded_norms = list(traced.folded)
+    norm_names = {n for f in traced.folded for n in (f.weight, f.bias, f.mean, f.var) if n is not None}
+    imodel._original = make_original(model, example_inputs, set(tensor_names) | norm_names)
     imodel.eval()
     if not _same_at_batch_one(model, imodel, example_inputs):
         if traced.doubled:

@@ -33,7 +33,9 @@ from .graph.build import specialize
 from .graph.groups import ContractionSpec, GroupInfo
 from .graph.guards import Guard, violation
 from .partition import Partition, UniformPartition
+from .rebuild import Original, RebuildError, rebuild, run_check, user_line
 from .protocol import SizeSpec, plan_sizes, set_sizes, unknown_group
+from .rounding import Multiple
 from .structured import StructuredFunction, plan_size, plan_vector
 
 __all__ = ["Group", "Groups", "IntegralModel"]
@@ -122,7 +124,8 @@ class IntegralModel(nn.Module):
     * ``groups``: the channel groups by name, each with its partition (:meth:`partition_map`:
       the partitions alone);
     * :meth:`sizes` / :meth:`resize`: every group's size / new sizes for all or some groups;
-    * :meth:`to_discrete`: a plain ``nn.Module`` at the current sizes;
+    * :meth:`to_discrete`: a plain copy of the converted module at the current sizes (its own
+      class; ``graph=True``: the ``torch.fx.GraphModule`` of the runtime);
     * ``forward``: the network at the current sizes, differentiable in every continuous
       function and trainable partition.
     """
@@ -157,6 +160,11 @@ class IntegralModel(nn.Module):
         #: graph asserts them too, so a model loaded without them still refuses bad inputs)
         self.input_guards: list[Guard] = []
         self.input_names: list[str] = []
+        #: the user's module as a template and the example inputs (see :mod:`torchinn.rebuild`);
+        #: ``None`` for a model loaded from a file
+        self._original: Original | None = None
+        #: batch norms folded at conversion (:class:`torchinn.graph.fuse.Folded`)
+        self.folded_norms: list = []
         #: ``True`` for networks from :func:`torchinn.from_scratch`: in training mode, batch norms
         #: normalise by each batch's statistics (as a plain network being trained does) and leave
         #: their running statistics alone (re-estimate them at the sizes you deploy with
@@ -188,17 +196,19 @@ class IntegralModel(nn.Module):
         """Current size of every group."""
         return {n: self.partitions[_key(n)].size for n in self.group_names}
 
-    def resize(self, sizes: SizeSpec) -> dict[str, int]:
+    def resize(self, sizes: SizeSpec, *, multiple: Multiple = 1) -> dict[str, int]:
         """Set group sizes: one ratio in (0, 1] (a float) or size (an int) for every resizable
         group, or a mapping from group name (or the module that produces it) to a size or a ratio.
-        Every entry is checked before any group changes. Returns every group's size (the rules,
-        shared with from-scratch networks: :mod:`torchinn.protocol`).
+        ``multiple`` (one int, or group name -> int; default 1: none) rounds every size asked to
+        the nearest multiple or the group's full size (:mod:`torchinn.rounding`). Every entry is
+        checked before any group changes. Returns every group's size (the rules, shared with
+        from-scratch networks: :mod:`torchinn.protocol`).
 
         A network that trains its batch norms on batch statistics (:attr:`batch_statistics`, from
         :func:`torchinn.from_scratch`) needs its running statistics re-estimated at the new sizes:
         call :func:`torchinn.recalibrate_bn` after resizing, before evaluating or ``to_discrete``."""
         groups = self.groups
-        set_sizes(plan_sizes(self.partition_map(), sizes, lambda name: groups[name].name))
+        set_sizes(plan_sizes(self.partition_map(), sizes, lambda name: groups[name].name, multiple))
         return self.sizes()
 
     # -- running ------------------------------------------------------------------------------
@@ -365,16 +375,31 @@ class IntegralModel(nn.Module):
                           self.in_spec, self.out_spec).train(self.training)
 
     # -- discrete ---------------------------------------------------------------------------
-    def to_discrete(self) -> fx.GraphModule:
-        """A fresh plain network at the current sizes (a ``torch.fx.GraphModule`` whose tensors
-        keep the original names). It has no torchinn class inside; ``self`` is unchanged. Its
-        batch norms hold the running statistics sampled at the current sizes: for a network
-        from :func:`torchinn.from_scratch`, run :func:`torchinn.recalibrate_bn` first.
+    def to_discrete(self, graph: bool = False) -> nn.Module:
+        """A fresh plain network at the current sizes; ``self`` is unchanged. Its batch norms
+        hold the running statistics sampled at the current sizes: for a network from
+        :func:`torchinn.from_scratch`, run :func:`torchinn.recalibrate_bn` first.
 
-        It runs as is under ``torch.compile``, ``torch.export.export`` (the batch dimension can
-        be dynamic), ``torch.onnx.export(..., dynamo=True)``, ``torch.jit.trace`` and
-        ``torch.save`` / ``torch.load(weights_only=False)`` (no torchinn import needed to load).
-        Two TorchScript limits (tests/test_export.py): ``torch.jit.script`` rejects the
+        By default it is **a copy of the module that was converted**: the same class, submodule
+        names and methods, each resized layer replaced by one of the same type carrying the
+        sampled weights (``in/out_features``, ``in/out_channels``, ``groups``, ``num_features``,
+        ``normalized_shape``, ``nn.MultiheadAttention``'s ``embed_dim``/``head_dim`` and
+        size-named attributes of the user's own classes such as ``head_dim`` follow), so
+        ``state_dict()`` loads into the same class built at the smaller sizes. A batch norm
+        that conversion folded into the layer before it comes back as a batch norm that does
+        nothing (weight 1, mean 0, variance ``1 - eps``), the folded weights in that layer.
+        The copy is checked on the conversion's example inputs against the graph module
+        below; if it fails (a ``forward`` that hard-codes a size, ``x.view(-1, 1024)``) or
+        differs by more than 1e-5 (relative), or the model was loaded from a file, a
+        ``UserWarning`` says why (with the file and line of the user's code that failed) and
+        the graph module is returned instead. See :mod:`torchinn.rebuild`.
+
+        ``graph=True`` asks for the graph module: a ``torch.fx.GraphModule`` of ATen calls whose
+        tensors keep the original names, batch norms folded. It has no torchinn class inside
+        and runs as is under ``torch.compile``, ``torch.export.export`` (the batch dimension
+        can be dynamic), ``torch.onnx.export(..., dynamo=True)``, ``torch.jit.trace`` and
+        ``torch.save`` / ``torch.load(weights_only=False)`` (no torchinn import needed to
+        load). Two TorchScript limits (tests/test_export.py): ``torch.jit.script`` rejects the
         ``torch.ops.aten.<op>.<overload>`` calls in its code, so first replace each
         ``node.target`` that is a ``torch._ops.OpOverload`` by ``node.target.overloadpacket``
         and ``recompile()``; and ``torch.jit.trace`` keeps the traced batch size in graphs
@@ -386,8 +411,43 @@ class IntegralModel(nn.Module):
             tensors, scales = self._sample()
         sizes = [self.partitions[_key(n)].size for n in self.group_names]
         gm = specialize(self.runtime, self.tensor_names, tensors, sizes, scales, self.trainable,
-                        self.in_spec, self.out_spec)
-        return gm.train(self.training)
+                        self.in_spec, self.out_spec).train(self.training)
+        if graph:
+            return gm
+        original = getattr(self, "_original", None)
+        if original is None or original.module is None:
+            warnings.warn("to_discrete(): this IntegralModel does not hold the module it was converted "
+                          "from (it was loaded from a file), so it returns the graph module; pass "
+                          "graph=True to ask for it", UserWarning, stacklevel=2)
+            return gm
+        named = dict(zip(self.tensor_names, tensors))
+        try:
+            module = rebuild(original, named, gm, getattr(self, "folded_norms", []), self.plans(), self.sizes())
+        except RebuildError as err:
+            warnings.warn(f"to_discrete(): cannot give back {type(original.module).__name__} at the current "
+                          f"sizes ({err}); returning the graph module instead (graph=True asks for it)",
+                          UserWarning, stacklevel=2)
+            return gm
+        error, failure = run_check(module, gm, original, named)
+        gm.train(self.training)
+        like = next((t for t in tensors if t.is_floating_point()), None)
+        tol = 1e-5 if like is None or torch.finfo(like.dtype).bits > 16 else 16 * torch.finfo(like.dtype).eps
+        name = type(original.module).__name__
+        if failure is not None:
+            where = user_line(failure)
+            warnings.warn(f"to_discrete(): {name} fails at the current sizes"
+                          f"{f' at {where}' if where else ''} ({type(failure).__name__}: {failure}); a size "
+                          "there does not follow the module's attributes (e.g. x.view(-1, 1024) instead of "
+                          "x.flatten(1)). Returning the graph module instead (graph=True asks for it)",
+                          UserWarning, stacklevel=2)
+            return gm
+        if not error <= tol:
+            warnings.warn(f"to_discrete(): {name} at the current sizes differs from the integral model by "
+                          f"{error:.2g} (relative; at most {tol:g} allowed): a size its forward uses "
+                          "does not follow its attributes. Returning the graph module instead (graph=True "
+                          "asks for it)", UserWarning, stacklevel=2)
+            return gm
+        return module.train(self.training)
 
     def save(self, path: str) -> None:
         """Write the model to one file (see :func:`torchinn.save`)."""

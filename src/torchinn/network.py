@@ -25,6 +25,7 @@ from torch import nn
 
 from .partition import Partition
 from .protocol import IntegralNetwork, SizeSpec
+from .rounding import Multiple
 from .scratch import ScratchNetwork
 
 __all__ = ["integral_network", "partitions", "resize", "to_discrete"]
@@ -49,15 +50,28 @@ def partitions(model: nn.Module | IntegralNetwork, *, resizable_only: bool = Fal
     return {n: p for n, p in found.items() if p.resizable or not resizable_only}
 
 
-def resize(model: nn.Module | IntegralNetwork, sizes: SizeSpec) -> dict[str, int]:
+def resize(model: nn.Module | IntegralNetwork, sizes: SizeSpec, *, multiple: Multiple = 1) -> dict[str, int]:
     """Resize groups of ``model``: one ratio in (0, 1] (a float) or size (an int) for every
-    resizable group, or a mapping from group name to a size or a ratio. Returns every group's size
-    (``integral_network(model).resize(sizes)``; the rules: :mod:`torchinn.protocol`)."""
-    return integral_network(model).resize(sizes)
+    resizable group, or a mapping from group name to a size or a ratio, each rounded to the
+    nearest multiple of ``multiple`` (one int, or group name -> int) or the group's full size.
+    Returns every group's size (``integral_network(model).resize(sizes, multiple=multiple)``;
+    the rules: :mod:`torchinn.protocol` and :mod:`torchinn.rounding`)."""
+    net = integral_network(model)
+    if isinstance(multiple, int) and not isinstance(multiple, bool) and multiple == 1:
+        return net.resize(sizes)  # an IntegralNetwork of the user's own may not take multiple
+    return net.resize(sizes, multiple=multiple)
 
 
-def to_discrete(model: nn.Module | IntegralNetwork) -> nn.Module:
+def to_discrete(model: nn.Module | IntegralNetwork, *, graph: bool = False) -> nn.Module:
     """A fresh plain network at the current sizes (``integral_network(model).to_discrete()``):
-    every integral layer replaced by its ``nn`` twin, no torchinn object left inside. ``model``
-    is not modified."""
-    return integral_network(model).to_discrete()
+    every integral layer replaced by its ``nn`` twin, no torchinn object left inside; for an
+    :class:`~torchinn.IntegralModel`, a copy of the converted module's own class
+    (``graph=True``: its ``torch.fx.GraphModule``, see :meth:`IntegralModel.to_discrete`).
+    ``model`` is not modified."""
+    net = integral_network(model)
+    if not graph:
+        return net.to_discrete()
+    if not hasattr(net, "runtime"):
+        raise TypeError(f"graph=True needs a converted network (an IntegralModel); {type(model).__name__} "
+                        "is built from Integral* layers and has no graph module")
+    return net.to_discrete(graph=True)  # type: ignore[call-arg]

@@ -116,7 +116,7 @@ class Partition(nn.Module):
             return [Chunk(points, points)]
         return [Chunk(points, self.control_points(device, dtype))]
 
-    def sizes(self) -> list[tuple[int, int]]:
+    def chunk_sizes(self) -> list[tuple[int, int]]:
         """``(size, max_size)`` of every chunk."""
         return [(self.size, self.max_size)]
 
@@ -389,8 +389,8 @@ class CompositePartition(Partition):
     def chunks(self, device: Device = None, dtype: torch.dtype | None = None) -> list[Chunk]:
         return [c for p in self.parts for c in p.chunks(device, dtype)]
 
-    def sizes(self) -> list[tuple[int, int]]:
-        return [s for p in self.parts for s in p.sizes()]
+    def chunk_sizes(self) -> list[tuple[int, int]]:
+        return [s for p in self.parts for s in p.chunk_sizes()]
 
     def leaves(self) -> list[Partition]:
         return [leaf for p in self.parts for leaf in p.leaves()]

@@ -24,10 +24,14 @@ is found at (``"0.out_partition"``). The four methods, and what they mean for ev
     quadrature allows (Simpson's rule: odd). A group with a fixed size (a ``FixedPartition``, or a
     ``TrainablePartition`` after grid tuning) takes only its own size, so ``resize(sizes())``
     always works and changes nothing. Every entry is checked before any group changes.
-    Returns :meth:`sizes` afterwards (every group, not only those given);
+    Returns :meth:`sizes` afterwards (every group, not only those given). With ``multiple=m``
+    (one int, or group name -> int) every size asked is rounded to the nearest multiple of
+    ``m`` or the group's full size (:mod:`torchinn.rounding`);
 ``to_discrete() -> nn.Module``
     a fresh plain network at the current sizes, with no torchinn object inside; the integral
-    network is not modified.
+    network is not modified. A converted network gives back a copy of the module it was
+    converted from (its own class, smaller layers of the same types; ``to_discrete(graph=True)``:
+    the ``torch.fx.GraphModule`` it runs), a from-scratch one its ``nn`` twin.
 
 The top-level functions :func:`torchinn.partitions`, :func:`torchinn.resize` and
 :func:`torchinn.to_discrete`, and :class:`torchinn.RandomSizes`, take any integral network (either
@@ -45,6 +49,7 @@ from typing import Protocol, runtime_checkable
 from torch import nn
 
 from .partition import Partition
+from .rounding import Multiple, resolve_multiple, round_size
 
 __all__ = ["IntegralNetwork", "SizeSpec", "plan_sizes", "set_sizes", "unknown_group"]
 
@@ -66,10 +71,10 @@ class IntegralNetwork(Protocol):
         """Every group's current size (number of channels), by group name."""
         ...
 
-    def resize(self, sizes: SizeSpec) -> dict[str, int]:
+    def resize(self, sizes: SizeSpec, *, multiple: Multiple = 1) -> dict[str, int]:
         """One ratio (float) or size (int) for every resizable group, or a mapping from group name
-        (or the module producing it) to a size or ratio; all checked before any change. Returns
-        every group's size afterwards."""
+        (or the module producing it) to a size or ratio, rounded to ``multiple``; all checked
+        before any change. Returns every group's size afterwards."""
         ...
 
     def to_discrete(self) -> nn.Module:
@@ -88,8 +93,9 @@ def unknown_group(name: object, known: Iterable[str]) -> KeyError:
     return KeyError(f"no group named {name!r}{hint}")
 
 
-def _size_for(name: str, p: Partition, value: object) -> int | None:
-    """The size ``value`` asks of group ``name``; ``None`` for a fixed group given its own size."""
+def _size_for(name: str, p: Partition, value: object, multiple: int = 1) -> int | None:
+    """The size ``value`` asks of group ``name``, rounded to ``multiple`` (see
+    :mod:`torchinn.rounding`); ``None`` for a fixed group given its own size."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"size for group {name!r} must be an int or a float ratio, got {value!r}")
     if not p.resizable:
@@ -101,17 +107,22 @@ def _size_for(name: str, p: Partition, value: object) -> int | None:
     if isinstance(value, float):
         if not 0.0 < value <= 1.0:
             raise ValueError(f"group {name!r}: a ratio must be in (0, 1], got {value}")
+        if multiple > 1:
+            return round_size(max(1, round(value * n)), n, multiple, p.quadrature.allows)
         return p.quadrature.nearest_size(max(1, round(value * n)), high=n)
     if not 1 <= value <= n:
         raise ValueError(f"group {name!r} has {n} channels; size must be in [1, {n}], got {value}")
+    if multiple > 1:
+        return round_size(value, n, multiple, p.quadrature.allows)
     p.quadrature.check_size(value)
     return value
 
 
 def plan_sizes(partitions: Mapping[str, Partition], sizes: SizeSpec,
-               find: Callable[[str], str] | None = None) -> list[tuple[Partition, int]]:
+               find: Callable[[str], str] | None = None, multiple: Multiple = 1) -> list[tuple[Partition, int]]:
     """Check ``sizes`` (see :meth:`IntegralNetwork.resize`) against ``partitions`` (group name ->
-    partition) and return the partitions to resize with their new sizes; nothing is changed.
+    partition) and return the partitions to resize with their new sizes, rounded to ``multiple``
+    (one int, or group name -> int; see :mod:`torchinn.rounding`); nothing is changed.
 
     ``find`` maps a name the user gave to a group name, raising ``KeyError`` for an unknown one
     (default: exact names only)."""
@@ -120,11 +131,12 @@ def plan_sizes(partitions: Mapping[str, Partition], sizes: SizeSpec,
             if name not in partitions:
                 raise unknown_group(name, partitions)
             return name
+    multiples = resolve_multiple(multiple, list(partitions), find)
     if isinstance(sizes, Mapping):
         entries = [(find(name), value) for name, value in sizes.items()]
     else:
         entries = [(name, sizes) for name, p in partitions.items() if p.resizable]
-    plan = [(partitions[name], _size_for(name, partitions[name], value)) for name, value in entries]
+    plan = [(partitions[name], _size_for(name, partitions[name], value, multiples[name])) for name, value in entries]
     return [(p, size) for p, size in plan if size is not None]
 
 

@@ -51,6 +51,7 @@ from .integral_model import IntegralModel
 from .layers import IntegralLayer
 from .partition import CompositePartition, Partition
 from .protocol import IntegralNetwork, SizeSpec, plan_sizes, set_sizes, unknown_group
+from .rounding import Multiple
 
 __all__ = ["ScratchNetwork", "from_scratch"]
 
@@ -130,9 +131,10 @@ class ScratchNetwork:
         """Every group's current size."""
         return {name: p.size for name, p in self.partition_map().items()}
 
-    def resize(self, sizes: SizeSpec) -> dict[str, int]:
-        """Set group sizes (see :mod:`torchinn.protocol`); a name may also be an integral layer's
-        path, for the partition of its outputs. Returns every group's size."""
+    def resize(self, sizes: SizeSpec, *, multiple: Multiple = 1) -> dict[str, int]:
+        """Set group sizes (see :mod:`torchinn.protocol`), rounded to ``multiple`` (one int, or
+        group name -> int; :mod:`torchinn.rounding`); a name may also be an integral layer's path,
+        for the partition of its outputs. Returns every group's size."""
         parts = self.partition_map()
 
         def find(name: str) -> str:
@@ -148,7 +150,7 @@ class ScratchNetwork:
                 return hit[0]
             raise unknown_group(name, parts)
 
-        set_sizes(plan_sizes(parts, sizes, find))
+        set_sizes(plan_sizes(parts, sizes, find, multiple))
         return self.sizes()
 
     def to_discrete(self) -> nn.Module:

@@ -102,9 +102,9 @@ def resample_and_tune(imodel: IntegralModel, sizes: Mapping[str, int], batches: 
     the tuning report); ``imodel`` is left as it was (a copy is resized and tuned)."""
     m = copy.deepcopy(imodel)
     m.resize(dict(sizes))
-    untuned = m.to_discrete().eval()
+    untuned = m.to_discrete(graph=True).eval()
     report = tune_grid(m, batches, teacher=teacher, loss_fn=loss_fn, config=config)
-    return untuned, m.to_discrete().eval(), report
+    return untuned, m.to_discrete(graph=True).eval(), report
 
 
 # -- speed and tables ------------------------------------------------------------------------------

@@ -200,7 +200,7 @@ def classification(cfg: TourConfig) -> StoryResult:
     imodel = convert(net, (batches[0][0][:2],), ConvertConfig(seed=cfg.seed, progress=False))
     convert_s = time.perf_counter() - t0
     full = imodel.sizes()
-    reference = imodel.to_discrete().eval()      # batch norms folded: the speed reference
+    reference = imodel.to_discrete(graph=True).eval()      # batch norms folded: the speed reference
     full_params = imodel.num_parameters(full)
     teacher = CachedTeacher(net)
     levels, speed_models = [], {"original": reference}
@@ -251,7 +251,7 @@ def classification(cfg: TourConfig) -> StoryResult:
                                      f"digits ResNet {name} (batch norm folded)"))
     digit = x_te[:1]
     written.append(plots.feature_maps(
-        cfg.out / "feature_maps_digits.png", first_conv_output(plain.to_discrete(), digit)[0],
+        cfg.out / "feature_maps_digits.png", first_conv_output(plain.to_discrete(graph=True), digit)[0],
         first_conv_output(reference, digit)[0],
         title="Digits ResNet, after the first convolution (batch norm folded), one held-out digit", columns=8))
     notes = [f"{len(y_te)} held-out digits; parameters of the converted network (batch norms folded). At each "
@@ -359,7 +359,7 @@ def superres(cfg: TourConfig) -> StoryResult:
                                       title=f"x2 super-resolution of a crop of '{name}' (Y-PSNR)"))
     written.append(plots.feature_maps(
         cfg.out / "feature_maps_edsr.png", first_conv_output(net, lr[None])[0],
-        first_conv_output(imodel.to_discrete().eval(), lr[None])[0],
+        first_conv_output(imodel.to_discrete(graph=True).eval(), lr[None])[0],
         title=f"EDSR head convolution on the low-res crop of '{name}'", columns=8))
     crop = "whole photos" if cfg.crop is None else f"{cfg.crop}x{cfg.crop} centre crops"
     notes = [f"Y-PSNR (dB) / Y-SSIM on {crop} of the held-out photos {', '.join(photos)} (border of 2 px cropped). "

@@ -79,7 +79,7 @@ class TwoInputs(_Base):
 def converted(cls: type, *shape: int) -> tuple[nn.Module, inn.IntegralModel, nn.Module]:
     model = cls().eval()
     imodel = inn.convert(model, (torch.randn(*shape),), CFG)
-    return model, imodel, imodel.to_discrete()
+    return model, imodel, imodel.to_discrete(graph=True)  # the graph module checks the guards
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -153,7 +153,7 @@ def test_scalar_inputs_are_checked_constants(value, other) -> None:
     model = Scaled().eval()
     x = torch.randn(3, 4)
     imodel = inn.convert(model, (x, value), CFG)
-    discrete = imodel.to_discrete()
+    discrete = imodel.to_discrete(graph=True)
     with torch.no_grad():
         assert close(imodel(x, value), model(x, value)) and close(discrete(x, value), model(x, value))
     with pytest.raises(ValueError, match=rf"input 1 \('t'\) is {other!r}, but the network was "

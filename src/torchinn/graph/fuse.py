@@ -10,6 +10,7 @@ parameters and statistics become functions of their channel group.
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
 
 import torch
 from torch import fx
@@ -18,7 +19,24 @@ from .trace import Traced
 
 aten = torch.ops.aten
 
-__all__ = ["fuse_batch_norms"]
+__all__ = ["Folded", "fuse_batch_norms"]
+
+
+@dataclass(frozen=True)
+class Folded:
+    """One folded norm: the names of its tensors (``weight``/``bias`` may be ``None``), its
+    ``eps``, the producer's weight and bias names, whether that bias was added by the folding
+    (the producer had none), and the producer weight's output-channel dimension."""
+
+    weight: str | None
+    bias: str | None
+    mean: str
+    var: str
+    eps: float
+    producer_weight: str
+    producer_bias: str
+    bias_added: bool
+    axis: int
 
 _PRODUCERS = {
     aten.conv1d: 0, aten.conv2d: 0, aten.conv3d: 0, aten.linear: 0,
@@ -84,7 +102,8 @@ def fuse_batch_norms(traced: Traced) -> list[str]:
         tensors[w_name] = (W.double() * scale.reshape(shape)).to(W.dtype)
         new_bias = ((b_old - mu) * scale + beta).to(W.dtype)
         if b_node is not None:
-            tensors[traced.source[b_node]] = new_bias
+            b_name = traced.source[b_node]
+            tensors[b_name] = new_bias
         else:
             b_name = w_name.rsplit(".", 1)[0] + ".bias" if "." in w_name else "bias"
             while b_name in tensors:
@@ -106,6 +125,8 @@ def fuse_batch_norms(traced: Traced) -> list[str]:
         for n in ([out, node] if out is not node else [node]):
             graph.erase_node(n)
         folded.append(names["weight"] or names["mean"])
+        traced.folded.append(Folded(names["weight"], names["bias"], names["mean"], names["var"], float(eps),
+                                    w_name, b_name, b_node is None, axis))
     for ph in [n for n in graph.nodes if n.op == "placeholder" and n in traced.source and not n.users]:
         name = traced.source.pop(ph)
         traced.tensors.pop(name, None)

@@ -214,6 +214,7 @@ def _sdpa(an: Analysis, node: fx.Node) -> Label:
         def rewrite(builder: Any, n: fx.Node, args: tuple, kwargs: dict, full: int = full) -> tuple:
             kwargs = dict(kwargs)
             kwargs["scale"] = 1.0 / math.sqrt(full)
+            n.meta["torchinn_pinned_scale"] = True  # the network's own call used the default scale
             return n.target, args, kwargs
 
         an.rewrites[node] = rewrite

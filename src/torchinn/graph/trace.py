@@ -50,6 +50,8 @@ class Traced:
     guards: list[Guard] = field(default_factory=list)  # conditions on the inputs (see .guards)
     static_dims: set[tuple[int, int]] = field(default_factory=set)  # (input, dim) kept at its size
     doubled: bool = False  # traced on the example with its batch of 1 repeated twice
+    #: batch norms folded by :func:`.fuse.fuse_batch_norms`: one :class:`~.fuse.Folded` each
+    folded: list = field(default_factory=list)
 
 
 def node_location(node: fx.Node) -> str:

@@ -1,0 +1,216 @@
+"""to_discrete() gives back the user's own module: class, methods and attributes kept, sizes
+updated, outputs equal to the graph module; the graph module when the user's forward hard-codes
+a size (with a warning naming the line) or when asked for (graph=True)."""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import fx, nn
+
+import torchinn as inn
+from torchinn.rebuild import relative_error
+
+torch.set_num_threads(1)
+
+
+class Tagged(nn.Module):
+    """A zoo-like net with a helper method, a custom attribute and size-named attributes."""
+
+    def __init__(self, width: int = 12, hidden: int = 20, heads: int = 2):
+        super().__init__()
+        self.tag = "mine"
+        self.num_heads, self.head_dim = heads, hidden // heads
+        self.conv = nn.Conv2d(3, width, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(width)
+        self.dw = nn.Conv2d(width, width, 3, padding=1, groups=width)
+        self.norm = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, 5)
+
+    def features(self, x):
+        x = F.relu(self.bn(self.conv(x)))
+        return self.dw(x).mean((2, 3))
+
+    def forward(self, x):
+        h = self.fc1(self.norm(self.features(x)))
+        h = h.view(h.shape[0], self.num_heads, self.head_dim).relu().flatten(1)
+        return self.fc2(h)
+
+
+class HardCoded(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 16, 4)
+
+    def forward(self, x):
+        x = F.adaptive_avg_pool2d(self.conv(x), 4)
+        x = x.view(x.size(0), 128)  # a size no attribute controls
+        return self.fc(x)
+
+
+def _calibrated(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.2)
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def tagged():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    model = _calibrated(Tagged(), x)
+    return model, x, inn.convert(model, (x,))
+
+
+def _quiet_discrete(imodel):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return imodel.to_discrete()
+
+
+def test_class_methods_attributes_and_sizes(tagged):
+    model, x, imodel = copy.deepcopy(tagged)
+    sizes = imodel.resize({"conv": 7, "fc1": 6})  # fc1's group is the head size
+    small = _quiet_discrete(imodel)
+    assert type(small) is Tagged and small.tag == "mine"
+    assert (small.num_heads, small.head_dim) == (2, 6)  # hidden 20 -> 12, 2 heads kept
+    assert small.conv.out_channels == small.bn.num_features == small.dw.groups == 7
+    assert (small.dw.in_channels, small.dw.out_channels) == (7, 7)
+    assert small.norm.normalized_shape == (7,)
+    assert (small.fc1.in_features, small.fc1.out_features, small.fc2.in_features) == (7, 12, 12)
+    assert isinstance(small.bn, nn.BatchNorm2d)
+    with torch.no_grad():
+        ref = imodel.to_discrete(graph=True)(x)
+        assert relative_error(ref, small(x)) <= 1e-5
+        assert small.features(x).shape == (2, 7)  # the helper method runs at the new sizes
+    assert imodel.sizes() == sizes
+
+
+def test_user_model_untouched(tagged):
+    model, x, imodel = copy.deepcopy(tagged)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    modules = dict(model.named_modules())
+    imodel.resize(0.5)
+    small = _quiet_discrete(imodel)
+    assert dict(model.named_modules()) == modules and model.conv.out_channels == 12
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert small.conv is not model.conv and small.conv.weight.data_ptr() != model.conv.weight.data_ptr()
+
+
+def test_state_dict_loads_into_a_fresh_smaller_instance(tagged):
+    _, x, imodel = copy.deepcopy(tagged)
+    imodel.resize({"conv": 5, "fc1": 4})
+    small = _quiet_discrete(imodel)
+    fresh = Tagged(width=5, hidden=8).eval()
+    fresh.load_state_dict(small.state_dict())  # strict: same keys and shapes
+    with torch.no_grad():
+        assert relative_error(small(x), fresh(x)) == 0.0
+    buf = io.BytesIO()
+    torch.save(small.state_dict(), buf)
+    buf.seek(0)
+    again = Tagged(width=5, hidden=8).eval()
+    again.load_state_dict(torch.load(buf))
+    with torch.no_grad():
+        assert torch.equal(again(x), small(x))
+
+
+def test_folded_batch_norm_comes_back_as_identity(tagged):
+    _, x, imodel = copy.deepcopy(tagged)
+    assert imodel.report["folded_batch_norms"] == 1
+    small = _quiet_discrete(imodel)
+    assert torch.equal(small.bn.weight, torch.ones(12)) and torch.equal(small.bn.running_mean, torch.zeros(12))
+    with torch.no_grad():
+        y = small.conv(x)
+        assert torch.allclose(small.bn(y), y + small.bn.bias[:, None, None], rtol=1e-6, atol=1e-6)
+
+
+def test_hard_coded_view_falls_back_with_its_line():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    model = HardCoded().eval()
+    imodel = inn.convert(model, (x,))
+    assert type(_quiet_discrete(imodel)) is HardCoded  # full size: the hard-coded 128 still holds
+    imodel.resize(0.5)
+    line = next(i for i, text in enumerate(open(__file__).read().splitlines(), 1) if "x.view(x.size(0), 128)" in text)
+    with pytest.warns(UserWarning, match=rf"test_rebuild\.py:{line} `x = x\.view\(x\.size\(0\), 128\)") as rec:
+        small = imodel.to_discrete()
+    assert "graph=True" in str(rec[0].message)
+    assert isinstance(small, fx.GraphModule)
+    with torch.no_grad():
+        assert relative_error(imodel(x), small(x)) <= 1e-5
+
+
+def test_graph_option_and_loaded_models(tagged, tmp_path):
+    _, x, imodel = copy.deepcopy(tagged)
+    imodel.resize(0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gm = imodel.to_discrete(graph=True)
+        assert isinstance(gm, fx.GraphModule) and isinstance(inn.to_discrete(imodel, graph=True), fx.GraphModule)
+        assert type(copy.deepcopy(imodel).to_discrete()) is Tagged  # deep copies keep the module
+    with pytest.raises(TypeError, match="graph=True needs a converted network"):
+        inn.to_discrete(nn.Sequential(inn.IntegralLinear(3, inn.UniformPartition(4))), graph=True)
+    imodel.save(str(tmp_path / "m.inn"))
+    loaded = inn.load(str(tmp_path / "m.inn"))
+    with pytest.warns(UserWarning, match="does not hold the module it was converted from"):
+        small = loaded.to_discrete()
+    assert isinstance(small, fx.GraphModule)
+    with torch.no_grad():
+        assert relative_error(gm(x), small(x)) <= 1e-6
+
+
+def test_multihead_attention_needs_equal_sizes():
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(4, 8)
+            self.attn = mha
+            self.out = nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = self.inp(x)
+            return self.out(self.attn(h, h, h, need_weights=False)[0])
+
+    x = torch.randn(2, 5, 4)
+    imodel = inn.convert(Net().eval(), (x,))
+    imodel.resize(0.5)  # embed 8 -> 4, head size 4 -> 2 with 2 heads: 4 = 2 x 2
+    small = _quiet_discrete(imodel)
+    assert (small.attn.embed_dim, small.attn.num_heads, small.attn.head_dim) == (4, 2, 2)
+    with torch.no_grad():
+        assert relative_error(imodel(x), small(x)) <= 1e-5
+    head = next(n for n in imodel.groups if "in_proj" in n)
+    imodel.resize({head: 3})  # 2 heads of 3 = 6 != embed_dim 4: nn.MultiheadAttention cannot
+    with pytest.warns(UserWarning, match=r"heads x head size \(6 now\) equal to its embed_dim \(4 now\)"):
+        assert isinstance(imodel.to_discrete(), fx.GraphModule)
+
+
+@settings(max_examples=12, deadline=None)
+@given(conv=st.integers(1, 12), head=st.integers(1, 10))
+def test_random_sizes_keep_the_class(tagged, conv, head):
+    _, x, imodel = tagged
+    saved = imodel.sizes()
+    try:
+        imodel.resize({"conv": conv, "fc1": head})
+        small = _quiet_discrete(imodel)
+        assert type(small) is Tagged and (small.head_dim, small.fc1.out_features) == (head, 2 * head)
+        with torch.no_grad():
+            assert relative_error(imodel(x), small(x)) <= 1e-5
+    finally:
+        imodel.resize(saved)
