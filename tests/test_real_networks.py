@@ -93,7 +93,8 @@ def test_benchmark_quick_runs_every_method():
                     "random_ft", "reconstruction_ft", "l1_uniform", "reconstruction_uniform"):
             assert math.isfinite(lv[key]), key
             assert lv[key] <= r["original"] + (0.5 if "PSNR" in r["metric"] else 5.0), key
-        assert lv["l1_ft_report"]["steps"] >= 1 and lv["compress_report"]["steps"] >= 1
+        # compress's choices come out of its 1 s budget, so it may have no step left to tune
+        assert lv["l1_ft_report"]["steps"] >= 1 and lv["compress_report"]["steps"] >= 0
         assert lv["compress_0s_report"]["steps"] == 0  # tune=False
         for stage in lv["compress_report"]["stages"].values():  # tuning never ends worse than it started
             assert stage["best"] <= stage["start"]

@@ -311,7 +311,7 @@ def test_tuning_a_conv_net():
     assert after < 0.8 * before, (before, after)  # measured: 437 -> 3.76
     assert all(torch.equal(snapshot(imodel)[k], v) for k, v in values.items())
     assert check_partitions_valid(imodel) == len(imodel.groups)
-    small = imodel.to_discrete().eval()
+    small = imodel.to_discrete(graph=True).eval()
     with torch.no_grad():
         assert float((small(held_out[0]) - imodel(held_out[0])).abs().max()) < 1e-5 * float(ref[0].abs().max())
     assert sum(p.numel() for p in small.parameters()) == imodel.num_parameters()
