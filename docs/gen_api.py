@@ -18,6 +18,7 @@ from pathlib import Path
 MODULES = [
     "torchinn.quadrature", "torchinn.partition", "torchinn.sizes", "torchinn.functions",
     "torchinn.layers", "torchinn.protocol", "torchinn.rounding", "torchinn.network", "torchinn.scratch",
+    "torchinn.norms",
     "torchinn.convert", "torchinn.integral_model",
     "torchinn.train", "torchinn.budget", "torchinn.compression", "torchinn.baselines", "torchinn.tsp", "torchinn.permute",
     "torchinn.serialize", "torchinn.structured", "torchinn.graph",

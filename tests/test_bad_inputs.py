@@ -338,6 +338,21 @@ def example_inputs_of_a_wrong_type() -> None:
     inn.convert(small(), [X])
 
 
+def recalibrate_folded() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    inn.recalibrate_bn(inn.convert(net, (torch.randn(2, 3, 6, 6),)), [torch.randn(2, 3, 6, 6)])
+
+
+def recalibrate_no_batches() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    inn.recalibrate_bn(inn.from_scratch(net, torch.randn(2, 3, 6, 6)), [])
+
+
+def from_scratch_folding() -> None:
+    inn.from_scratch(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), torch.randn(2, 3, 6, 6),
+                     fuse_batch_norm=True)
+
+
 # (what, how it is triggered, the exception, a regex of its message)
 CASES: list[tuple[str, Callable, type[BaseException], str]] = [
     ("NaN or Inf weights", nan_weights, ValueError, r"'0\.weight' has 1 NaN/Inf values"),
@@ -419,6 +434,13 @@ CASES: list[tuple[str, Callable, type[BaseException], str]] = [
      r"op aten\.linear already has a handler \(torchinn\.graph\.linear_ops\._linear\); pass override=True"),
     ("register_op on something that is not an op", register_a_non_op, TypeError,
      r"register_op needs ops such as torch\.ops\.aten\.relu .*got 'relu' of type str"),
+    ("recalibrate_bn on a network whose batch norms were folded", recalibrate_folded, ValueError,
+     r"the integral model has no batch norm with running statistics \(converted with "
+     r"ConvertConfig\(fuse_batch_norm=True\)"),
+    ("recalibrate_bn with no batches", recalibrate_no_batches, ValueError,
+     r"batches gave no batch: recalibrate_bn needs at least 1"),
+    ("from_scratch asked to permute or fold batch norms", from_scratch_folding, ValueError,
+     r"from_scratch builds with fuse_batch_norm=False, got fuse_batch_norm=True"),
 ]
 
 

@@ -47,7 +47,8 @@ from .quadrature import (
 )
 from .network import integral_network, partitions, resize, to_discrete
 from .protocol import IntegralNetwork
-from .scratch import ScratchNetwork
+from .scratch import ScratchNetwork, from_scratch
+from .norms import recalibrate_bn
 from .sizes import RandomSizes
 
 __version__ = "0.1.0"
@@ -93,6 +94,8 @@ __all__ = [
     "CompositePartition",
     "IntegralNetwork",
     "ScratchNetwork",
+    "from_scratch",
+    "recalibrate_bn",
     "integral_network",
     "RandomSizes",
     "partitions",

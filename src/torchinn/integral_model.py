@@ -174,7 +174,15 @@ class IntegralModel(nn.Module):
         self._original: Original | None = None
         #: batch norms folded at conversion (:class:`torchinn.graph.fuse.Folded`)
         self.folded_norms: list = []
+        #: ``True`` for networks from :func:`torchinn.from_scratch`: in training mode, batch norms
+        #: normalise by each batch's statistics (as a plain network being trained does) and leave
+        #: their running statistics alone (re-estimate them at the sizes you deploy with
+        #: :func:`torchinn.recalibrate_bn`). ``False`` (converted networks): batch norms keep their
+        #: trained running statistics in every mode, so fine-tuning does not disturb them.
+        self.batch_statistics = False
         self._cache: tuple[Any, list[Tensor], list[Tensor]] | None = None
+        # the sizes the running statistics were estimated at ("any": as built; None: stale)
+        self._stats_sizes: dict[str, int] | str | None = "any"
 
     # -- groups and sizes -------------------------------------------------------------------
     @property
@@ -203,7 +211,11 @@ class IntegralModel(nn.Module):
         ``multiple`` (one int, or group name -> int; default 1: none) rounds every size asked to
         the nearest multiple or the group's full size (:mod:`torchinn.rounding`). Every entry is
         checked before any group changes. Returns every group's size (the rules, shared with
-        from-scratch networks: :mod:`torchinn.protocol`)."""
+        from-scratch networks: :mod:`torchinn.protocol`).
+
+        A network that trains its batch norms on batch statistics (:attr:`batch_statistics`, from
+        :func:`torchinn.from_scratch`) needs its running statistics re-estimated at the new sizes:
+        call :func:`torchinn.recalibrate_bn` after resizing, before evaluating or ``to_discrete``."""
         groups = self.groups
         set_sizes(plan_sizes(self.partition_map(), sizes, lambda name: groups[name].name, multiple))
         return self.sizes()
@@ -213,8 +225,20 @@ class IntegralModel(nn.Module):
         """Every group's partition, by group name."""
         return {n: self.partitions[_key(n)] for n in self.group_names}
 
+    def norm_statistics(self) -> list[tuple[str, str]]:
+        """``(running_mean, running_var)`` tensor names of every batch norm that keeps running
+        statistics (none where batch norms were folded at conversion)."""
+        from .norms import norm_statistics
+
+        cached = self.__dict__.get("_norm_stats")
+        if cached is None or cached[0] != id(self.runtime):
+            cached = (id(self.runtime), norm_statistics(self.runtime, self.tensor_names))
+            self.__dict__["_norm_stats"] = cached
+        return cached[1]
+
     def _sample(self) -> tuple[list[Tensor], list[Tensor]]:
         parts = self.partition_map()
+        variances = {var for _, var in self.norm_statistics()}
         tensors = []
         memo: dict = {}  # each partition's points, weights and taps computed once per pass
         for name in self.tensor_names:
@@ -223,6 +247,8 @@ class IntegralModel(nn.Module):
                 t = self.functions[key].sample(parts, memo)
                 # buffers (e.g. batch-norm running statistics, which aten.batch_norm refuses to
                 # differentiate) follow the partitions but get no gradient
+                if name in variances:  # interpolation may overshoot below zero: no variance is
+                    t = t.clamp_min(0)     # negative (exact at full size, where none is)
                 tensors.append(t if name in self.trainable else t.detach())
             else:
                 tensors.append(getattr(self.fixed, key))
@@ -269,8 +295,32 @@ class IntegralModel(nn.Module):
         self._check_inputs(flat)
         tensors, scales = self.sampled()
         sizes = [self.partitions[_key(n)].size for n in self.group_names]
-        out = self.runtime(tensors, sizes, scales, self.training, False, *flat)
+        norm_training = self.training and getattr(self, "batch_statistics", False)
+        if norm_training and self.norm_statistics():
+            # batch norms write running statistics into the tensors they get: give them copies
+            # (they must not move the continuous ones: sizes change at every step)
+            index = {n: i for i, n in enumerate(self.tensor_names)}
+            tensors = list(tensors)
+            for pair in self.norm_statistics():
+                for n in pair:
+                    tensors[index[n]] = tensors[index[n]].clone()
+            self._stats_sizes = None
+        elif not self.training and getattr(self, "batch_statistics", False):
+            self._warn_stale_statistics()
+        out = self.runtime(tensors, sizes, scales, self.training, norm_training, *flat)
         return pytree.tree_unflatten(list(out), self.out_spec)
+
+    def _warn_stale_statistics(self, stacklevel: int = 5) -> None:
+        done = getattr(self, "_stats_sizes", "any")
+        if done == "any" or not self.norm_statistics():
+            return
+        sizes = self.sizes()
+        if done == sizes or self.__dict__.get("_stats_warned") == (repr(done), repr(sizes)):
+            return
+        self.__dict__["_stats_warned"] = (repr(done), repr(sizes))  # once per state
+        what = "were not re-estimated since training" if done is None else f"were estimated at {done}"
+        warnings.warn(f"the batch norm running statistics {what}; the network now runs at {sizes}: "
+                      "call torchinn.recalibrate_bn(imodel, batches) at these sizes first", stacklevel=stacklevel)
 
     def _check_inputs(self, flat: list[Any]) -> None:
         for i, (x, shape) in enumerate(zip(flat, self.input_shapes)):
@@ -335,7 +385,9 @@ class IntegralModel(nn.Module):
 
     # -- discrete ---------------------------------------------------------------------------
     def to_discrete(self, graph: bool = False) -> nn.Module:
-        """A fresh plain network at the current sizes; ``self`` is unchanged.
+        """A fresh plain network at the current sizes; ``self`` is unchanged. Its batch norms
+        hold the running statistics sampled at the current sizes: for a network from
+        :func:`torchinn.from_scratch`, run :func:`torchinn.recalibrate_bn` first.
 
         By default it is **a copy of the module that was converted**: the same class, submodule
         names and methods, each resized layer replaced by one of the same type carrying the
@@ -362,6 +414,8 @@ class IntegralModel(nn.Module):
         and ``recompile()``; and ``torch.jit.trace`` keeps the traced batch size in graphs
         that compute shapes from it (ViT reshapes), so use torch.export or ONNX for those.
         """
+        if getattr(self, "batch_statistics", False):
+            self._warn_stale_statistics(stacklevel=3)
         with torch.no_grad():
             tensors, scales = self._sample()
         sizes = [self.partitions[_key(n)].size for n in self.group_names]
@@ -439,6 +493,7 @@ class IntegralModel(nn.Module):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_cache"] = None
+        state.pop("_norm_stats", None)
         # TreeSpecs as strings: copying the objects trips a deprecation warning in torch's pytree
         state["in_spec"] = pytree.treespec_dumps(self.in_spec)
         state["out_spec"] = pytree.treespec_dumps(self.out_spec)

@@ -1,4 +1,21 @@
-"""Networks built from scratch with ``Integral*`` layers, seen as an :class:`IntegralNetwork`.
+"""Networks built from scratch: :func:`from_scratch`, and ``Integral*`` layers seen as an
+:class:`IntegralNetwork`.
+
+:func:`from_scratch` is the way to build any network from scratch: it converts a plain,
+untrained ``nn.Module`` into the same :class:`~torchinn.IntegralModel` that :func:`torchinn.convert`
+gives for a trained one (same groups, sampling, resizing, saving and ``to_discrete``), but with no
+channel permutation (there is nothing to smooth yet) and with its batch norms kept as batch norms
+(folding an untrained network's statistics would be meaningless): their weight, bias and running
+statistics are continuous along their channel group like biases. Train it with
+:class:`~torchinn.RandomSizes`, choose the sizes, then re-estimate the batch norm statistics at
+those sizes with :func:`torchinn.recalibrate_bn` (:mod:`torchinn.norms`).
+
+>>> import torch, torchinn as inn
+>>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+...                           torch.nn.Flatten(), torch.nn.Linear(16 * 6 * 6, 10))
+>>> imodel = inn.from_scratch(net, torch.randn(2, 1, 8, 8))
+>>> imodel.training, imodel.batch_statistics, imodel.sizes()
+(True, True, {'0.weight:0': 16})
 
 :class:`ScratchNetwork` is a view of such a module that implements the protocol of
 :mod:`torchinn.protocol`: its groups are the module's leaf partitions, each named by the first
@@ -25,16 +42,50 @@ Sequential(
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
+from .integral_model import IntegralModel
 from .layers import IntegralLayer
 from .partition import CompositePartition, Partition
 from .protocol import IntegralNetwork, SizeSpec, plan_sizes, set_sizes, unknown_group
 from .rounding import Multiple
 
-__all__ = ["ScratchNetwork"]
+__all__ = ["ScratchNetwork", "from_scratch"]
+
+_FIXED = {"permute": False, "fuse_batch_norm": False}
+
+
+def from_scratch(model: nn.Module, example_inputs: tuple | Tensor, **options: Any) -> IntegralModel:
+    """An :class:`~torchinn.IntegralModel` to train from scratch, built from the plain network
+    ``model`` (not modified): :func:`torchinn.convert` with no channel permutation and with the
+    batch norms kept (their weight, bias and running statistics continuous along their group).
+    At full size it computes exactly what ``model`` computes, in training mode too.
+
+    The returned model is in ``model``'s mode and has ``batch_statistics=True``: in training mode
+    its batch norms normalise by each batch's statistics, like ``model`` would. After training
+    (e.g. with :class:`~torchinn.RandomSizes`), resize it and call
+    :func:`torchinn.recalibrate_bn` on a few batches before evaluating or calling
+    ``to_discrete()``.
+
+    ``options`` are other :class:`~torchinn.ConvertConfig` fields (``quadrature``, ``kind``,
+    ``keep_discrete``, ``unsupported``, ``check``).
+    """
+    from .convert import ConvertConfig, convert
+
+    for name, value in _FIXED.items():
+        if name in options and options[name] != value:
+            raise ValueError(f"from_scratch builds with {name}={value}, got {name}={options[name]!r}; "
+                             f"use torchinn.convert(model, example_inputs, ConvertConfig({name}=...)) "
+                             "for a trained network")
+    config = ConvertConfig(**{**options, **_FIXED})
+    with warnings.catch_warnings():  # a fresh network is in training mode: expected here
+        warnings.filterwarnings("ignore", message=".* is in training mode; it is converted as in eval mode")
+        imodel = convert(model, example_inputs, config)
+    imodel.batch_statistics = True
+    return imodel.train(model.training)
 
 
 def _nested(model: nn.Module) -> dict[str, IntegralNetwork]:

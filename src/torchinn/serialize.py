@@ -192,6 +192,7 @@ def save(imodel: IntegralModel, path: str | os.PathLike) -> None:
         "training": imodel.training,
         "input_shapes": [list(s) if s is not None else None for s in imodel.input_shapes],
         "pinned": imodel.pinned,
+        "batch_statistics": bool(getattr(imodel, "batch_statistics", False)),
         "input_names": list(getattr(imodel, "input_names", [])),
         "input_guards": [{"expr": _guard_json(g.expr), "text": g.text, "kind": g.kind}
                          for g in getattr(imodel, "input_guards", [])],
@@ -306,6 +307,7 @@ def _build(meta: dict, tensors: dict[str, Tensor], in_spec: pytree.TreeSpec, out
                            partitions, contractions, in_spec, out_spec)
     imodel.input_shapes = [tuple(s) if s is not None else None for s in meta.get("input_shapes", [])]
     imodel.pinned = dict(meta.get("pinned", {}))
+    imodel.batch_statistics = meta.get("batch_statistics", False)
     imodel.input_names = list(meta.get("input_names", []))
     num_inputs = in_spec.num_leaves
     imodel.input_guards = [Guard(guard_expr(g["expr"], "input_guards", num_inputs), g["text"], g["kind"])

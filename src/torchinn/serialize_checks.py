@@ -32,7 +32,8 @@ _MAX_NDIM = 32
 _FLOAT_DTYPES = {"float16", "bfloat16", "float32", "float64"}
 _TOP_REQUIRED = {"format", "version", "graph", "tensor_names", "trainable", "groups", "partitions", "functions",
                  "contractions", "in_spec", "out_spec", "training"}
-_TOP_OPTIONAL = {"torch", "input_shapes", "pinned", "sha256", "input_names", "input_guards"}
+_TOP_OPTIONAL = {"torch", "input_shapes", "pinned", "sha256", "input_names", "input_guards",
+                 "batch_statistics"}
 _PARTITION_KEYS = {"uniform": {"type", "max_size", "quadrature", "size"},
                    "fixed": {"type", "max_size", "quadrature"},
                    "trainable": {"type", "max_size", "quadrature", "eps"}}
@@ -315,6 +316,7 @@ def check_meta(meta: Any, tensors: dict[str, Tensor]) -> tuple[pytree.TreeSpec, 
             for d, n in enumerate(s):
                 if n is not None:
                     _int(n, f"input_shapes[{i}][{d}]", 0, 2**62)
+    _type(meta.get("batch_statistics", False), "batch_statistics", bool, "true or false")
     pinned = _type(meta.get("pinned", {}), "pinned", dict, "an object")
     for k, v in pinned.items():
         _type(v, f"pinned[{k!r}]", str, "a string")

@@ -83,7 +83,8 @@ def _flag_nodes(node: fx.Node) -> dict[int, str]:
     if packet in (aten.dropout, aten.feature_dropout, aten.alpha_dropout, aten.feature_alpha_dropout):
         return {2: "dropout"}
     if packet in (aten.batch_norm, aten.instance_norm):
-        return {5: "norm"}
+        # a norm without running statistics (track_running_stats=False) always uses the batch's
+        return {5: "norm"} if len(node.args) > 3 and node.args[3] is not None else {}
     return {}
 
 
