@@ -336,8 +336,11 @@ def run(s: Settings, *, retrain: bool = False, cache: bool = True, log: Callable
             if key not in s.methods:
                 continue
             t0 = time.perf_counter()
+            # graph=True: batch norms folded, so the parameter count is the other methods' (the
+            # user's class would carry identity batch norms)
             small, rep = inn.compress(net, (x_tr[:2],), keep, "params", calibration=batches, sizes=sizes, tune=tune,
-                                      config=inn.ConvertConfig(quadrature=s.quadrature, kind=s.kind, seed=s.seed))
+                                      config=inn.ConvertConfig(quadrature=s.quadrature, kind=s.kind, seed=s.seed),
+                                      graph=True)
             wall = time.perf_counter() - t0
             record(key, small, None if tune is False else {
                 "steps": rep.tuning.get("steps", 0), "seconds": wall, "first_loss": rep.error_before_tuning,
