@@ -294,3 +294,28 @@ def test_llama_back_round_trips_through_save_pretrained(tmp_path) -> None:
     again = torch.load(tmp_path / "per_layer.pt", weights_only=False)
     with torch.no_grad():
         assert torch.equal(again(**kw).logits, per_layer(**kw).logits)
+
+
+@pytest.mark.parametrize("name", ["qwen2", "mistral", "gpt2", "bert", "vit"])
+def test_uniform_sizes_round_trip_through_save_pretrained(name: str, tmp_path) -> None:
+    """Every family survives save_pretrained / from_pretrained with identical outputs at uniform
+    sizes its config can say: fewer kv heads and MLP channels for the GQA models (their config
+    states head_dim); fewer MLP channels for GPT-2, BERT and ViT, whose configs derive the head
+    size from hidden / heads, so fewer heads there go through torch.save (as per-layer sizes do)."""
+    model, imodel = _converted(name)
+    kw = _inputs(name)
+    full = imodel.sizes()
+    gqa = name in ("qwen2", "mistral")
+    try:
+        imodel.resize({g: (1 if s == KV_HEADS else FFN // 2) if gqa else (s if s == HEADS else FFN // 2)
+                       for g, s in full.items()})
+        small = imodel.to_discrete()
+    finally:
+        imodel.resize(full)
+    assert type(small) is type(model)
+    small.save_pretrained(tmp_path / name)
+    back = type(model).from_pretrained(tmp_path / name).eval()
+    with torch.no_grad():
+        a, b = _main(back(**kw)), _main(small(**kw))
+    assert torch.equal(a, b)
+    assert sum(p.numel() for p in back.parameters()) < sum(p.numel() for p in model.parameters())
