@@ -50,10 +50,6 @@ class Settings:
     quick: bool = False
 
 
-def machine() -> str:
-    return f"torch {torch.__version__}, {harness.cpu_name()}, load average {harness.load_average()[0]:.2f}"
-
-
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -69,7 +65,7 @@ def run(s: Settings) -> dict[str, Any]:
     windows = torch.stack([train[i:i + s.length] for i in starts])
     cal = [(windows[i:i + s.batch],) for i in range(0, len(windows), s.batch)]
     ppl = lambda m: lm.perplexity(m, held, s.length, max_windows=s.eval_windows)
-    res: dict[str, Any] = {"settings": asdict(s), "machine": machine(), "checkpoint": meta,
+    res: dict[str, Any] = {"settings": asdict(s), "machine": harness.machine_line(), "checkpoint": meta,
                            "params": harness.n_params(net), "original": ppl(net)}
     log(f"original: perplexity {res['original']:.3f}, {res['params']:,} parameters")
     t0 = time.perf_counter()
@@ -106,7 +102,7 @@ def run(s: Settings) -> dict[str, Any]:
         log(f"{level:.0%} removed: " + json.dumps({k: v for k, v in row.items() if "report" not in k
                                                    and k != "sizes"}, default=lambda v: round(v, 3)))
         res["levels"].append(row)
-    res["machine_after"] = machine()
+    res["machine_after"] = harness.machine_line()
     return res
 
 
@@ -141,19 +137,14 @@ def format_table(res: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     d = Settings()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--levels", default=",".join(f"{v:g}" for v in d.levels),
+    ap.add_argument("--levels", type=harness.fractions, default=d.levels,
                     help="comma-separated fractions of the parameters removed, each in (0, 1)")
     ap.add_argument("--seconds", type=float, default=d.seconds)
     ap.add_argument("--threads", type=int, default=d.threads)
     ap.add_argument("--quick", action="store_true", help="a small setting for the test suite")
     ap.add_argument("--out", default=None, help="also write the results as JSON to this file")
     args = ap.parse_args(argv)
-    try:
-        levels = tuple(float(v) for v in args.levels.split(",") if v)
-    except ValueError:
-        ap.error(f"--levels must be comma-separated numbers in (0, 1), got {args.levels!r}")
-    if not levels or not all(0.0 < v < 1.0 for v in levels):
-        ap.error(f"--levels must be comma-separated numbers in (0, 1), got {args.levels!r}")
+    levels = tuple(args.levels)
     if not args.seconds > 0:
         ap.error(f"--seconds must be > 0, got {args.seconds}")
     s = Settings(levels=levels, seconds=args.seconds, threads=args.threads, quick=args.quick)

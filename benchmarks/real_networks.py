@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -64,11 +63,6 @@ class Settings:
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def machine() -> str:
-    return (f"torch {torch.__version__}, {harness.cpu_name()}, {os.cpu_count()} cores, "
-            f"load average {harness.load_average()[0]:.2f}")
 
 
 n_params = harness.n_params
@@ -148,7 +142,7 @@ def run_network(name: str, s: Settings) -> dict[str, Any]:
 def run(s: Settings) -> dict[str, Any]:
     torch.set_num_threads(s.threads)
     torch.manual_seed(0)
-    result: dict[str, Any] = {"settings": asdict(s), "machine": machine(), "networks": []}
+    result: dict[str, Any] = {"settings": asdict(s), "machine": harness.machine_line(), "networks": []}
     log(result["machine"])
     for name in s.networks:
         try:
@@ -156,7 +150,7 @@ def run(s: Settings) -> dict[str, Any]:
         except ImportError as e:  # a package that is not installed (see realnets/<name>.py)
             log(f"{name}: skipped ({e})")
             result["networks"].append({"network": name, "skipped": str(e)})
-    result["machine_after"] = machine()
+    result["machine_after"] = harness.machine_line()
     return result
 
 
@@ -218,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     d = Settings()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--networks", default=",".join(d.networks), help=f"comma-separated, from {list(realnets.NETWORKS)}")
-    ap.add_argument("--levels", default=",".join(f"{v:g}" for v in d.levels),
+    ap.add_argument("--levels", type=harness.fractions, default=d.levels,
                     help="comma-separated fractions of the parameters removed, each in (0, 1)")
     ap.add_argument("--seconds", type=float, default=d.seconds, help="tuning / fine-tuning budget per method (s)")
     ap.add_argument("--ft-lr", type=float, default=d.ft_lr)
@@ -231,12 +225,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     bad = [n for n in networks if n not in realnets.NETWORKS]
     if bad:
         ap.error(f"unknown networks {bad}; choose from {list(realnets.NETWORKS)}")
-    try:
-        levels = tuple(float(v) for v in args.levels.split(",") if v)
-    except ValueError:
-        ap.error(f"--levels must be comma-separated numbers in (0, 1), got {args.levels!r}")
-    if not levels or not all(0.0 < v < 1.0 for v in levels):
-        ap.error(f"--levels must be comma-separated numbers in (0, 1), got {args.levels!r}")
+    levels = tuple(args.levels)
     if not args.seconds > 0:
         ap.error(f"--seconds must be > 0, got {args.seconds}")
     s = Settings(networks=networks, levels=levels, seconds=args.seconds, ft_lr=args.ft_lr, calib=args.calib,

@@ -71,6 +71,25 @@ def machine() -> dict[str, Any]:
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)")}
 
 
+def machine_line() -> str:
+    """The machine in one line (torch, CPU, cores, load average), for a benchmark's header."""
+    return (f"torch {torch.__version__}, {cpu_name()}, {os.cpu_count()} cores, "
+            f"load average {load_average()[0]:.2f}")
+
+
+def fractions(text: str) -> tuple[float, ...]:
+    """An ``argparse`` type: comma-separated fractions, each in (0, 1) (``--levels 0.25,0.5``)."""
+    import argparse
+
+    try:
+        values = tuple(float(v) for v in text.split(",") if v)
+    except ValueError:
+        values = ()
+    if not values or not all(0.0 < v < 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"must be comma-separated numbers in (0, 1), got {text!r}")
+    return values
+
+
 def n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
