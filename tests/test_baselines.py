@@ -563,3 +563,40 @@ def test_activation_selection_is_channel_level_wanda():
     with torch.no_grad():
         ref = net[2].weight[:, keep] @ torch.relu(net[0](x))[:, keep].T + net[2].bias[:, None]
         assert torch.allclose(pruned(x), ref.T, atol=1e-5)
+
+
+def test_reconstruct_runs_each_node_about_once_per_batch(monkeypatch):
+    """Each layer's capture resumes where the previous one stopped (one pass per batch over all
+    the consuming layers, not one per layer), and gives the same weights as fresh passes."""
+    import torchinn.refit as refit
+
+    torch.manual_seed(5)
+    layers = [nn.Linear(8, 24)] + [m for _ in range(6) for m in (nn.ReLU(), nn.Linear(24, 24))] + [nn.Linear(24, 3)]
+    net = nn.Sequential(*layers).eval()
+    imodel = inn.convert(net, (torch.randn(2, 8),), FAST)
+    sizes = {n: 12 for n in imodel.groups}
+    cal = [torch.randn(64, 8) for _ in range(4)]
+    calls = {"n": 0}
+    run_node = refit._Capture.run_node
+
+    def counted(self, n):
+        calls["n"] += 1
+        return run_node(self, n)
+
+    monkeypatch.setattr(refit._Capture, "run_node", counted)
+    resumed = reconstruct(imodel, sizes, cal).state_dict()
+    nodes = len(prune(imodel, sizes).graph.nodes)
+    # per batch and network: every node once, plus the input and each stop node again per consumer
+    assert calls["n"] <= 1.5 * 2 * len(cal) * nodes, (calls["n"], nodes)
+    capture = refit._Capture.capture
+
+    def fresh(self, inputs, node, key):
+        self.saved.clear()
+        return capture(self, inputs, node, key)
+
+    monkeypatch.setattr(refit._Capture, "capture", fresh)
+    calls["n"] = 0
+    again = reconstruct(imodel, sizes, cal).state_dict()
+    assert calls["n"] > 5 * len(cal) * nodes
+    for k, v in resumed.items():
+        assert torch.equal(v, again[k]), k

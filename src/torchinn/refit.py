@@ -160,12 +160,20 @@ class _Stop(Exception):
 
 
 class _Capture(fx.Interpreter):
-    """Runs a graph up to one node and returns (its input activation, its output)."""
+    """Runs a graph up to one node and returns (its input activation, its output).
 
-    def __init__(self, gm: fx.GraphModule, node: str) -> None:
+    Layers are refit in graph order, and a refit changes only the layer's own weights (in
+    place), so the values computed before a node stay valid for the nodes after it: each capture
+    keeps, per batch, the interpreter's live values where it stopped, and the next capture of that
+    batch resumes from there (one forward pass per batch over all layers instead of one per
+    layer). A node at or before the last stop starts over from the inputs."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
         super().__init__(gm)
         self.extra_traceback = False
-        self.node = node
+        self.node = ""
+        self.order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
+        self.saved: dict[int, tuple[int, dict[fx.Node, Any]]] = {}
 
     def run_node(self, n: fx.Node) -> Any:
         if n.name != self.node:
@@ -178,11 +186,21 @@ class _Capture(fx.Interpreter):
         stop.inputs, stop.output = x, out
         raise stop
 
-    def capture(self, inputs: tuple) -> tuple[Tensor, Tensor]:
+    def capture(self, inputs: tuple, node: str, key: int) -> tuple[Tensor, Tensor]:
+        """(input, output) of ``node`` on ``inputs``, the batch named ``key``."""
+        self.node, pos = node, self.order[node]
+        last, env = self.saved.pop(key, (len(self.order), None))
+        if env is not None:
+            if last >= pos:
+                env = None
+            else:  # placeholders take the inputs again, in order; the nodes before the stop
+                # whose values were freed (every user ran) are marked done
+                env = {n: env.get(n) for n in self.graph.nodes if self.order[n.name] < last and n.op != "placeholder"}
         flat = self.module.graph._codegen.process_inputs(*inputs)
         try:
-            self.run(*flat)
+            self.run(*flat, initial_env=env)
         except _Stop as stop:
+            self.saved[key] = (pos, self.env)
             return stop.inputs, stop.output
         raise RuntimeError(f"node {self.node!r} was not reached")
 
@@ -295,6 +313,7 @@ def refit_consumers(full: fx.GraphModule, pruned: fx.GraphModule, calibration: S
             layer, _ = find_layer(full, node)
             if layer is not None:
                 full_layers[layer.weight] = layer
+    cap_full, cap_pruned = _Capture(full), _Capture(pruned)
     uses: dict[str, int] = {}
     for node in pruned.graph.nodes:
         if node.op == "get_attr":
@@ -321,7 +340,7 @@ def refit_consumers(full: fx.GraphModule, pruned: fx.GraphModule, calibration: S
             log.warning("reconstruct: %r kept as selected: used by more than one layer", name)
             continue
         out_dim = 1 if layer.transposed else 0
-        report[name] = _refit_layer(layer, full, full_layers[name].node, pruned, calibration,
+        report[name] = _refit_layer(layer, cap_full, full_layers[name].node, cap_pruned, calibration,
                                     kept.get(name, [None] * w.ndim)[out_dim], ridge, chunk)
     return report
 
@@ -380,17 +399,17 @@ def _halves(x: Tensor, y: Tensor, batched: bool, index: int) -> list[tuple[int, 
     return [((index + p) % 2, x[p::2], y[p::2]) for p in (0, 1)]
 
 
-def _refit_layer(layer: Layer, full: fx.GraphModule, full_node: str, pruned: fx.GraphModule,
+def _refit_layer(layer: Layer, cap_full: _Capture, full_node: str, cap_pruned: _Capture,
                  calibration: Sequence[Any], kept: Tensor | None, ridge: Sequence[float],
                  chunk: int) -> dict[str, Any]:
+    pruned = cap_pruned.module
     w, b = _tensor(pruned, layer.weight), (_tensor(pruned, layer.bias) if layer.bias else None)
-    cap_full, cap_pruned = _Capture(full, full_node), _Capture(pruned, layer.node)
     folds = [_Normal(), _Normal()]
     with torch.no_grad():
         for index, batch in enumerate(calibration):
             inputs = batch_inputs(batch)
-            x, _ = cap_pruned.capture(inputs)
-            _, y = cap_full.capture(inputs)
+            x, _ = cap_pruned.capture(inputs, layer.node, index)
+            _, y = cap_full.capture(inputs, full_node, index)
             batched = x.ndim == w.ndim if layer.conv else x.ndim > 1
             for fold, xh, yh in _halves(x, y, batched, index):
                 folds[fold].add(_design(layer, xh, w), _targets(layer, yh, kept), b is not None, chunk)
