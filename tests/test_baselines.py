@@ -3,6 +3,8 @@ INN result is compared with at equal sizes)."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -600,3 +602,24 @@ def test_reconstruct_runs_each_node_about_once_per_batch(monkeypatch):
     assert calls["n"] > 5 * len(cal) * nodes
     for k, v in resumed.items():
         assert torch.equal(v, again[k]), k
+
+
+def test_finetune_asks_the_teacher_once_per_listed_batch(student, monkeypatch):
+    import torchinn.train as train
+
+    teacher, pruned, cal, _ = student
+    seen = []
+    handle = teacher.register_forward_hook(lambda m, i, o: seen.append(id(i[0])))
+    try:
+        pruned = copy.deepcopy(pruned)
+        report = finetune(pruned, cal, teacher=teacher, config=_cfg(40, holdout=0.0))
+        assert report["steps"] == 40 and len(seen) == len(cal) == len(set(seen))  # cached after one epoch
+        seen.clear()
+        finetune(pruned, iter(list(cal) * 5), teacher=teacher, config=_cfg(40, holdout=0.0))
+        assert len(seen) == 40  # a one-shot iterator: every batch is new
+        seen.clear()
+        monkeypatch.setattr(train, "TEACHER_CACHE_BYTES", 0)  # no room: asked at every step
+        finetune(pruned, cal, teacher=teacher, config=_cfg(40, holdout=0.0))
+        assert len(seen) == 40
+    finally:
+        handle.remove()

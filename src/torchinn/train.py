@@ -42,6 +42,9 @@ __all__ = ["TuneConfig", "make_grid_trainable", "tune_grid", "finetune", "distil
 
 log = logging.getLogger(__name__)
 
+#: the teacher's outputs on a list of training batches are kept up to this many bytes
+TEACHER_CACHE_BYTES = 1 << 30
+
 LossFn = Callable[[Any, Any, Any], Tensor]
 
 
@@ -307,10 +310,21 @@ def _fit(model: nn.Module, inner: nn.Module, groups: list[dict], loader: Iterabl
             with torch.no_grad():
                 return sum(float(loss_fn(inner(*batch_inputs(b)), b, t)) for b, t in zip(held_out, targets)) / len(held_out)
 
+    # a list of batches is cycled: the teacher's outputs on it are computed once (a quarter of a
+    # step's time), up to TEACHER_CACHE_BYTES; a loader makes new batches, so it is not cached
+    cache: dict[int, Any] | None = {} if isinstance(train_batches, Sequence) else None
+    room = [TEACHER_CACHE_BYTES]
+
     def step_loss(batch: Any) -> Tensor:
         inputs = batch_inputs(batch)
-        with torch.no_grad():
-            target = teacher(*inputs)
+        target = cache.get(id(batch)) if cache is not None else None
+        if target is None:
+            with torch.no_grad():
+                target = teacher(*inputs)
+            size = sum(t.numel() * t.element_size() for t in pytree.tree_leaves(target) if isinstance(t, Tensor))
+            if cache is not None and size <= room[0]:
+                cache[id(batch)] = target
+                room[0] -= size
         return loss_fn(model(*inputs), batch, target)
 
     params = [p for g in groups for p in g["params"]]
