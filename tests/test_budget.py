@@ -278,3 +278,29 @@ def test_module_from_needs_the_graph_modules_sizes():
     with pytest.raises(ValueError, match=r"module_from\(\): tensor '.*' has shape .* but at the model's current "
                                          r"sizes it has .*: resize the model to the sizes of the graph module first"):
         imodel.module_from(gm)
+
+
+def test_sensitivities_take_one_batch_when_two_would_eat_the_budget(monkeypatch):
+    from torchinn import compression
+    from torchinn.compression import _sensitivity_batches
+
+    tune = TuneConfig(seconds=60.0, progress=False)
+    # 24 groups x 3 ratios x 2 starts x 2 batches of 0.09 s (EfficientNet-Lite0): 26 s > 15 s
+    assert _sensitivity_batches(24, 0.09, tune) == 1
+    assert _sensitivity_batches(6, 0.02, tune) == 2  # 1.4 s
+    assert _sensitivity_batches(24, 0.09, TuneConfig(steps=10, seconds=None)) == 2  # no time budget
+    assert _sensitivity_batches(24, 0.09, False) == 2
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append((kwargs["method"], kwargs["batches"]))
+        return choose_sizes(*args, **kwargs)
+
+    monkeypatch.setattr(compression, "choose_sizes", recording)
+    torch.manual_seed(0)
+    model, inputs = ZOO["mlp"]()
+    cal = [(torch.randn(16, 32),) for _ in range(4)]
+    for tune, n in ((TuneConfig(seconds=1e-4, progress=False), 1), (False, 2)):
+        seen.clear()
+        compress(model, inputs, target=0.5, calibration=cal, config=FAST, tune=tune)
+        assert ("sensitivity", n) in seen, seen
