@@ -275,3 +275,112 @@ def test_norms_without_running_statistics(norm):
         assert imodel.norm_statistics() == []
         with pytest.raises(ValueError, match="track_running_stats=False"):
             inn.recalibrate_bn(imodel, [x])
+
+
+# -- networks of Integral* layers feed the same runtime -------------------------------------------
+
+class IntegralBlocks(nn.Module):
+    """Integral* layers: a conv, a depthwise conv, a residual sum on one partition, a transposed
+    conv, a hidden width given as an int (fixed), and a linear head."""
+
+    def __init__(self, a: inn.Partition, b: inn.Partition, kind: str = "cubic") -> None:
+        super().__init__()
+        self.c1 = inn.IntegralConv2d(2, a, 3, padding=1, kind=kind)
+        self.dw = inn.IntegralConv2d(a, a, 3, padding=1, groups=a, kind=kind)
+        self.up = inn.IntegralConvTranspose2d(a, b, 2, stride=2, kind=kind)
+        self.mid = inn.IntegralConv2d(b, 5, 1, kind=kind)
+        self.fc = inn.IntegralLinear(5, 3, kind=kind)
+
+    def forward(self, x):
+        h = F.relu(self.c1(x))
+        h = F.relu(self.dw(h) + h)
+        h = F.relu(self.mid(F.relu(self.up(h))))
+        return self.fc(h.mean((2, 3)))
+
+
+@settings(max_examples=12, deadline=None)
+@given(quad=st.sampled_from(["trapezoid", "simpson", "midpoint", "left"]), kind=st.sampled_from(["cubic", "linear"]),
+       sizes=st.tuples(st.integers(1, 9), st.integers(1, 11)), trainable=st.booleans(), seed=st.integers(0, 99))
+def test_integral_layers_become_the_same_integral_model(quad, kind, sizes, trainable, seed):
+    torch.manual_seed(seed)
+    a, b = inn.UniformPartition(9, quad), inn.UniformPartition(11, quad)
+    net = IntegralBlocks(a, b, kind)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # as after training: not what the initialisation gives
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    inn.resize(net, {"c1.out_partition": a.quadrature.nearest_size(sizes[0], high=9),
+                     "up.out_partition": b.quadrature.nearest_size(sizes[1], high=11)})
+    if trainable:  # trained points on b
+        net.up.out_partition = net.mid.in_partition = inn.TrainablePartition(b)
+    x = torch.randn(3, 2, 5, 5, generator=g)
+    before = copy.deepcopy(net.state_dict())
+    sizes_before = inn.integral_network(net).sizes()
+    imodel = inn.from_scratch(net, (x,))
+    assert isinstance(imodel, inn.IntegralModel)
+    with torch.no_grad():
+        torch.testing.assert_close(imodel(x), net(x), rtol=1e-4, atol=1e-5)
+        assert sorted(imodel.sizes().values()) == sorted([*sizes_before.values(), 5])  # + the fixed 5
+        # the same network from then on: resize both, compare, take a plain network out
+        new = {"c1.out_partition": a.quadrature.nearest_size(max(1, sizes[0] - 2), high=9)}
+        inn.resize(net, new)
+        group = next(n for n, g in imodel.groups.items() if ("c1.weight", 0) in g.members)
+        imodel.resize({group: new["c1.out_partition"]})
+        torch.testing.assert_close(imodel(x), net(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(imodel.to_discrete()(x), net(x), rtol=1e-4, atol=1e-5)
+    fixed = next(n for n, g in imodel.groups.items() if ("mid.weight", 0) in g.members)
+    assert not imodel.partition(fixed).resizable
+    imodel.resize(0.5)
+    assert imodel.sizes()[fixed] == 5
+    for k, v in net.state_dict().items():  # the user's module kept its values (it was only resized)
+        assert torch.equal(v, before[k]), k
+
+
+def test_integral_layers_train_as_an_integral_model():
+    torch.manual_seed(0)
+    net = IntegralBlocks(inn.UniformPartition(8), inn.UniformPartition(10))
+    x = torch.randn(64, 2, 6, 6)
+    y = (x[:, 0].mean((1, 2)) > 0).long() + (x[:, 1].mean((1, 2)) > 0).long()  # learnable: 0, 1 or 2
+    before = [p.detach().clone() for p in net.parameters()]
+    imodel = inn.from_scratch(net, (x,))
+    sizes = inn.RandomSizes(imodel, low=0.5, seed=0)
+    opt = torch.optim.Adam(imodel.parameters(), 1e-2)
+    losses = []
+    for _ in range(60):
+        sizes.step()
+        loss = F.cross_entropy(imodel(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    sizes.full()
+    # measured: 1.15 -> 0.88 (the user's net, trained the same way, learns alike)
+    assert sum(losses[-5:]) < 0.85 * sum(losses[:5]), losses
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), before))  # its own parameters
+
+
+def test_integral_layers_that_the_graph_ties_need_one_partition():
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = inn.IntegralLinear(4, inn.UniformPartition(6))
+            self.b = inn.IntegralLinear(4, inn.UniformPartition(6))
+            self.out = inn.IntegralLinear(self.a.out_partition, 2)
+
+        def forward(self, x):
+            return self.out(self.a(x) + self.b(x))
+
+    with pytest.raises(ValueError, match=r"layers 'a' and 'b' have different partitions.*one Partition object"):
+        inn.from_scratch(Two(), torch.randn(2, 4))
+    p = inn.UniformPartition(6)
+    mixed = nn.Sequential(inn.IntegralLinear(4, p, kind="linear"), inn.IntegralLinear(p, 2))
+    with pytest.raises(ValueError, match=r"interpolate with \['cubic', 'linear'\]; from_scratch needs one kind"):
+        inn.from_scratch(mixed, torch.randn(2, 4))
+    s5, t5 = inn.UniformPartition(5, "simpson"), inn.UniformPartition(5)
+    two = nn.Sequential(inn.IntegralLinear(4, s5), nn.ReLU(), inn.IntegralLinear(s5, t5), nn.ReLU(),
+                        inn.IntegralLinear(t5, 2))
+    with pytest.raises(ValueError, match=r"quadratures \['simpson', 'trapezoid'\]; from_scratch needs one"):
+        inn.from_scratch(two, torch.randn(2, 4))
+    inner = inn.from_scratch(nn.Linear(4, 4), torch.randn(2, 4))
+    with pytest.raises(TypeError, match=r"'1' is an integral network already"):
+        inn.from_scratch(nn.Sequential(inn.IntegralLinear(4, 4), inner), torch.randn(2, 4))

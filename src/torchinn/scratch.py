@@ -8,7 +8,9 @@ channel permutation (there is nothing to smooth yet) and with its batch norms ke
 (folding an untrained network's statistics would be meaningless): their weight, bias and running
 statistics are continuous along their channel group like biases. Train it with
 :class:`~torchinn.RandomSizes`, choose the sizes, then re-estimate the batch norm statistics at
-those sizes with :func:`torchinn.recalibrate_bn` (:mod:`torchinn.norms`).
+those sizes with :func:`torchinn.recalibrate_bn` (:mod:`torchinn.norms`). A network of
+``Integral*`` layers goes the same way: :func:`from_scratch` turns it into that
+:class:`~torchinn.IntegralModel`, with the same outputs at every size.
 
 >>> import torch, torchinn as inn
 >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
@@ -45,11 +47,12 @@ import copy
 import warnings
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from .integral_model import IntegralModel
 from .layers import IntegralLayer
-from .partition import CompositePartition, Partition
+from .partition import CompositePartition, FixedPartition, Partition, UniformPartition
 from .protocol import IntegralNetwork, SizeSpec, plan_sizes, set_sizes, unknown_group
 from .rounding import Multiple
 
@@ -72,9 +75,20 @@ def from_scratch(model: nn.Module, example_inputs: tuple | Tensor, **options: An
 
     ``options`` are other :class:`~torchinn.ConvertConfig` fields (``quadrature``, ``kind``,
     ``keep_discrete``, ``unsupported``, ``check``).
+
+    ``model`` may also be built from ``Integral*`` layers (trained or not): they become the same
+    :class:`~torchinn.IntegralModel`, with the same outputs at every size. Each group takes a copy
+    of the partition of the layers in it (its points and current size; one quadrature for all
+    partitions, since the stored values are relative to it); channels given as an ``int`` keep
+    their size (a :class:`~torchinn.FixedPartition`). Groups follow the
+    graph: a partition shared by layers that the graph does not tie (two branches concatenated)
+    becomes one group per branch, and two partitions that the graph ties (a residual sum) are an
+    error.
     """
     from .convert import ConvertConfig, convert
 
+    if any(isinstance(m, IntegralLayer) for m in model.modules()):
+        return _from_layers(model, example_inputs, options)
     for name, value in _FIXED.items():
         if name in options and options[name] != value:
             raise ValueError(f"from_scratch builds with {name}={value}, got {name}={options[name]!r}; "
@@ -86,6 +100,62 @@ def from_scratch(model: nn.Module, example_inputs: tuple | Tensor, **options: An
         imodel = convert(model, example_inputs, config)
     imodel.batch_statistics = True
     return imodel.train(model.training)
+
+
+def _from_layers(model: nn.Module, example_inputs: tuple | Tensor, options: dict[str, Any]) -> IntegralModel:
+    """:func:`from_scratch` of a module holding ``Integral*`` layers: their plain twins at full size
+    converted, then each group given (a copy of) its layers' partition."""
+    nested = [n for n, m in model.named_modules() if n and isinstance(m, IntegralNetwork)]
+    if nested:
+        raise TypeError(f"from_scratch takes plain layers and Integral* layers; {nested[0]!r} is an integral "
+                        "network already")
+    kinds = {m.kind for m in model.modules() if isinstance(m, IntegralLayer)}
+    if len(kinds) > 1 or options.get("kind", next(iter(kinds))) not in kinds:
+        raise ValueError(f"the Integral* layers interpolate with {sorted(kinds)}; from_scratch needs one kind for "
+                         f"every layer, got kind={options.get('kind', sorted(kinds))!r}")
+    parts = [m for m in model.modules() if isinstance(m, Partition) and not isinstance(m, CompositePartition)]
+    quads = sorted({p.quadrature.name for p in parts}) or [options.get("quadrature", "trapezoid")]
+    if len(quads) > 1 or options.get("quadrature", quads[0]) != quads[0]:
+        raise ValueError(f"the Integral* layers' partitions use the quadratures {quads}; from_scratch needs one "
+                         f"for every group (the stored values are relative to it), got "
+                         f"quadrature={options.get('quadrature', quads)!r}")
+    options = {**options, "kind": next(iter(kinds)), "quadrature": quads[0]}
+    memo: dict[int, Any] = {}
+    for m in parts:  # the copy samples every partition at its full, standard nodes
+        memo[id(m)] = UniformPartition(m.max_size, m.quadrature)
+    full = copy.deepcopy(model, memo)
+    imodel = from_scratch(_discrete_copy(full), example_inputs, **options)
+    imodel.train(model.training)
+    owner: dict[str, Partition] = {}  # group -> the user's partition
+    where: dict[str, str] = {}
+    for path, layer in model.named_modules():
+        if not isinstance(layer, IntegralLayer):
+            continue
+        dims = [(layer.out_dim, layer.out_partition)] + ([] if layer.depthwise else [(layer.in_dim, layer.in_partition)])
+        for dim, p in dims:
+            group = _group_of(imodel, f"{path}.weight", dim)
+            if group is None or p is None:
+                continue
+            if group in owner and owner[group] is not p:
+                raise ValueError(f"layers {where[group]!r} and {path!r} have different partitions, but their "
+                                 f"channels must stay equal (group {group!r}, e.g. a residual sum): give them "
+                                 "one Partition object")
+            owner[group], where[group] = p, path
+    for group, g in imodel.groups.items():
+        p = owner.get(group)
+        if p is None:  # channels given as an int: they keep their size
+            imodel.set_partition(group, FixedPartition(g.partition.control_points(dtype=torch.float64),
+                                                       g.partition.quadrature))
+        else:
+            imodel.set_partition(group, copy.deepcopy(p))
+    return imodel
+
+
+def _group_of(imodel: IntegralModel, tensor: str, dim: int) -> str | None:
+    for name, g in imodel.groups.items():
+        if (tensor, dim) in g.members:
+            return name
+    return None
 
 
 def _nested(model: nn.Module) -> dict[str, IntegralNetwork]:
