@@ -354,6 +354,19 @@ def from_scratch_folding() -> None:
 
 
 # (what, how it is triggered, the exception, a regex of its message)
+def from_scratch_untied_partitions() -> None:
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = inn.IntegralLinear(4, inn.UniformPartition(6))
+            self.b = inn.IntegralLinear(4, inn.UniformPartition(6))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (self.a(x) + self.b(x)).sum(1)
+
+    inn.from_scratch(Two(), torch.randn(2, 4))
+
+
 CASES: list[tuple[str, Callable, type[BaseException], str]] = [
     ("NaN or Inf weights", nan_weights, ValueError, r"'0\.weight' has 1 NaN/Inf values"),
     ("empty model (no parameters)", empty_model, ValueError, r"has no parameters: nothing to convert"),
@@ -441,6 +454,9 @@ CASES: list[tuple[str, Callable, type[BaseException], str]] = [
      r"batches gave no batch: recalibrate_bn needs at least 1"),
     ("from_scratch asked to permute or fold batch norms", from_scratch_folding, ValueError,
      r"from_scratch builds with fuse_batch_norm=False, got fuse_batch_norm=True"),
+    ("from_scratch of Integral* layers whose channels the graph ties, on different partitions",
+     from_scratch_untied_partitions, ValueError,
+     r"layers 'a' and 'b' have different partitions, but their channels must stay equal \(group "),
 ]
 
 
