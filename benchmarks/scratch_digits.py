@@ -58,8 +58,10 @@ WIDTHS = (1.0, 0.75, 0.5, 0.25)
 
 
 def train(model: nn.Module, x: Tensor, y: Tensor, epochs: int, batch: int, lr: float, wd: float,
-          seed: int, step_hook: Callable[[], Any] | None = None) -> float:
-    """AdamW + one-cycle on augmented batches (every draw from ``seed``); returns the seconds."""
+          seed: int, step_hook: Callable[[], Any] | None = None,
+          backward: Callable[[Tensor, Tensor], Any] | None = None) -> float:
+    """AdamW + one-cycle on augmented batches (every draw from ``seed``); returns the seconds.
+    ``backward(inputs, labels)`` replaces the one forward/backward pass of a step (the sandwich rule)."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
     per_epoch = math.ceil(len(y) / batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * per_epoch, pct_start=0.15)
@@ -73,9 +75,12 @@ def train(model: nn.Module, x: Tensor, y: Tensor, epochs: int, batch: int, lr: f
             idx = order[i * batch:(i + 1) * batch]
             if step_hook is not None:
                 step_hook()
-            loss = F.cross_entropy(model(_augment(x[idx], aug, gen)), y[idx])
+            xb = _augment(x[idx], aug, gen)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if backward is not None:
+                backward(xb, y[idx])
+            else:
+                F.cross_entropy(model(xb), y[idx]).backward()
             opt.step()
             sched.step()
     return time.perf_counter() - start
@@ -94,12 +99,25 @@ def run_model(name: str, data: Any, args: argparse.Namespace) -> dict[str, Any]:
     init = copy.deepcopy(plain)
     x, y = data.x_train, data.y_train
     out: dict[str, Any] = {"model": name, "params": n_params(plain)}
-    out["plain_s"] = train(plain, x, y, args.epochs, args.batch, lr, wd, args.seed)
-    out["plain_acc"] = accuracy(plain, data.x_test, data.y_test)
+    if not args.no_plain:
+        out["plain_s"] = train(plain, x, y, args.epochs, args.batch, lr, wd, args.seed)
+        out["plain_acc"] = accuracy(plain, data.x_test, data.y_test)
 
     imodel = inn.from_scratch(init, (x[:2],))
     sizes = inn.RandomSizes(imodel, low=args.low, high=1.0, seed=args.seed)
-    out["integral_s"] = train(imodel, x, y, args.epochs, args.batch, lr, wd, args.seed, sizes.step)
+    epochs = args.integral_epochs or args.epochs
+    if args.sandwich is None:
+        out["integral_s"] = train(imodel, x, y, epochs, args.batch, lr, wd, args.seed, sizes.step)
+    else:
+        distill = None if args.distill == "none" else args.distill
+
+        def backward(xb: Tensor, yb: Tensor) -> None:
+            inn.sandwich_backward(imodel, sizes, xb, lambda o: F.cross_entropy(o, yb),
+                                  random=args.sandwich, distill=distill)
+
+        out["integral_s"] = train(imodel, x, y, epochs, args.batch, lr, wd, args.seed, backward=backward)
+    out["training"] = (f"{epochs} ep" if args.sandwich is None else
+                       f"sandwich {args.sandwich}, distill {args.distill}, {epochs} ep")
     sizes.full()
     imodel.eval()
     calib = calibration(x, args.calib, args.batch, args.seed)
@@ -133,12 +151,13 @@ def table(results: Sequence[dict[str, Any]]) -> str:
     lines = ["| network | training | width | group sizes | params | test acc | stats from 100% |",
              "|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['model']} | plain, {r['plain_s']:.0f} s | 100% | - | {r['params']:,} | "
-                     f"{100 * r['plain_acc']:.2f}% | - |")
+        if "plain_acc" in r:
+            lines.append(f"| {r['model']} | plain, {r['plain_s']:.0f} s | 100% | - | {r['params']:,} | "
+                         f"{100 * r['plain_acc']:.2f}% | - |")
         for row in r["rows"]:
             stats = f"{100 * row['acc_full_stats']:.2f}%" if "acc_full_stats" in row else "-"
             sizes = "-".join(str(s) for s in row["sizes"])
-            lines.append(f"| {r['model']} | integral, {r['integral_s']:.0f} s | {row['width']:.0%} | {sizes} | "
+            lines.append(f"| {r['model']} | integral ({r['training']}), {r['integral_s']:.0f} s | {row['width']:.0%} | {sizes} | "
                          f"{row['params']:,} | {100 * row['acc']:.2f}% | {stats} |")
     return "\n".join(lines)
 
@@ -151,6 +170,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--low", type=float, default=0.5, help="smallest width drawn in training")
     p.add_argument("--calib", type=int, default=20, help="batches for recalibrate_bn")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sandwich", type=int, default=None, metavar="N",
+                   help="train the integral network with the sandwich rule: largest, smallest and N random "
+                        "widths per step (inn.sandwich_backward); default: one random width per step")
+    p.add_argument("--distill", choices=["kl", "none"], default="kl",
+                   help="with --sandwich: the smaller widths learn the largest one's outputs (kl) or the labels")
+    p.add_argument("--integral-epochs", type=int, default=None, help="epochs of the integral network (default --epochs)")
+    p.add_argument("--no-plain", action="store_true", help="skip the plain network")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="tiny networks, 1 epoch on 256 digits (a test)")
     args = p.parse_args(argv)
@@ -167,7 +193,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         info = machine()
         print(f"torch {torch.__version__}, {info.get('cpu', '?')}, {torch.get_num_threads()} thread(s), "
               f"load average {load_average()[0]:.2f}; {len(data.y_train)} training / {len(data.y_test)} "
-              f"test digits, {args.epochs} epochs, RandomSizes({args.low}, 1.0), seed {args.seed}", flush=True)
+              f"test digits, {args.epochs} epochs, RandomSizes({args.low}, 1.0), seed {args.seed}"
+              + (f", sandwich rule with {args.sandwich} random widths, distill {args.distill}"
+                 if args.sandwich is not None else ""), flush=True)
         results = []
         for name in args.models:
             results.append(run_model(name, data, args))

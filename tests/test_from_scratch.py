@@ -255,6 +255,10 @@ def test_small_transformer_trains_with_random_sizes_on_digits():
     assert sorted(half.values()) == [1, 8, 16]
     small = imodel.eval().to_discrete()
     assert small.get_parameter("blocks.0.fc1.weight").shape == (16, 8)
+    # the user's class back (its head count follows the group: the attribute is num_heads)
+    assert isinstance(small, DigitsTransformer) and small.blocks[0].attn.num_heads == 1
+    with torch.no_grad():
+        torch.testing.assert_close(small(data.x_test[:50]), imodel(data.x_test[:50]), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("norm", ["no running stats", "instance norm"])

@@ -13,7 +13,7 @@ from .serialize import FormatError, load, save
 from .baselines import prune, reconstruct
 from .budget import choose_sizes
 from .compression import CompressReport, compress
-from .train import TuneConfig, finetune, make_grid_trainable, tune_grid
+from .train import TuneConfig, finetune, make_grid_trainable, sandwich_backward, tune_grid
 from .layers import (
     IntegralConv1d,
     IntegralConv2d,
@@ -98,6 +98,7 @@ __all__ = [
     "recalibrate_bn",
     "integral_network",
     "RandomSizes",
+    "sandwich_backward",
     "partitions",
     "resize",
     "Quadrature",

@@ -40,6 +40,9 @@ class RandomSizes:
     ``RandomSizes`` with the same seed draws the same sizes (distributed training needs that).
 
     Call :meth:`step` before each forward pass; :meth:`full` restores the full sizes.
+    :meth:`sandwich` gives the sizes of one step of the sandwich rule instead (the largest, the
+    smallest and ``random`` drawn sizes, one forward/backward pass each; see
+    :func:`torchinn.sandwich_backward`).
 
     >>> import torch
     >>> from torchinn import IntegralLinear, UniformPartition
@@ -97,6 +100,42 @@ class RandomSizes:
             sizes[name] = self.draw(p, name)
             p.resize(sizes[name])
         return sizes
+
+    def largest(self) -> dict[str, int]:
+        """Set every partition to the top of its range (``high``) and return the sizes."""
+        return self._set({n: p.quadrature.nearest_size(hi, lo, hi)
+                          for n, p in self.partitions.items() for lo, hi in [self.bounds(p, n)]})
+
+    def smallest(self) -> dict[str, int]:
+        """Set every partition to the bottom of its range (``low``) and return the sizes."""
+        return self._set({n: p.quadrature.nearest_size(lo, lo, hi)
+                          for n, p in self.partitions.items() for lo, hi in [self.bounds(p, n)]})
+
+    def sandwich(self, random: int = 2) -> Iterator[dict[str, int]]:
+        """The sizes of one step of the sandwich rule (universally slimmable networks, Yu & Huang
+        2019): sets and yields the largest sizes, then the smallest, then ``random`` new draws
+        (as :meth:`step`), ``2 + random`` in all. Run one forward/backward pass at each and
+        step the optimizer once after the last; :func:`torchinn.sandwich_backward` does that,
+        with the smaller sizes learning the largest one's outputs. The partitions keep the last
+        sizes: call :meth:`full` before evaluating at full size.
+
+        >>> from torchinn import IntegralLinear, UniformPartition
+        >>> p = UniformPartition(16)
+        >>> net = torch.nn.Sequential(IntegralLinear(4, p), IntegralLinear(p, 2))
+        >>> [s["0.out_partition"] for s in RandomSizes(net, low=0.5, seed=0).sandwich(2)][:2]
+        [16, 8]
+        """
+        if isinstance(random, bool) or not isinstance(random, int) or random < 0:
+            raise ValueError(f"random is the number of random sizes per sandwich step, an int >= 0, got {random!r}")
+        yield self.largest()
+        yield self.smallest()
+        for _ in range(random):
+            yield self.step()
+
+    def _set(self, sizes: dict[str, int]) -> dict[str, int]:
+        for name in sorted(sizes):
+            self.partitions[name].resize(sizes[name])
+        return dict(sorted(sizes.items()))
 
     def full(self) -> None:
         """Set every partition back to its full size."""

@@ -25,14 +25,14 @@ class Attention(nn.Module):
 
     def __init__(self, dim: int, heads: int, head_dim: int) -> None:
         super().__init__()
-        self.heads, self.head_dim = heads, head_dim
+        self.num_heads, self.head_dim = heads, head_dim  # names torchinn.to_discrete follows
         self.scale = head_dim ** -0.5  # of the full width: integral models keep it at every width
         self.qkv = nn.Linear(dim, 3 * heads * head_dim)
         self.proj = nn.Linear(heads * head_dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         b, n, _ = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
