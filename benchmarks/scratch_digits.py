@@ -19,7 +19,15 @@ held-out digits is reported. The column "stats from 100%" is the same width eval
 statistics estimated at full width (what one gets without recalibrating after ``resize``). The
 plain network's batch norms keep the running statistics of its training.
 
+``--sandwich N`` trains the integral network with the sandwich rule instead
+(:func:`torchinn.sandwich_backward`): every step runs the largest widths on the labels, the
+smallest and ``N`` random ones on the largest one's outputs (in-place distillation; ``--distill
+none``: on the labels too), and steps once on the summed gradients (``2 + N`` passes a step).
+``--integral-epochs`` trains the integral network for another number of epochs than the plain one
+(e.g. to compare at equal time); ``--no-plain`` skips the plain network.
+
     python benchmarks/scratch_digits.py [--models resnet transformer] [--epochs 15] [--seed 0] [--quick]
+                                        [--sandwich 2 [--distill kl|none]] [--integral-epochs E] [--no-plain]
 """
 
 from __future__ import annotations

@@ -28,3 +28,13 @@ def test_quick_run_prints_every_width():
     # the full-width statistics column exists below full width, for the network with batch norms
     assert all("acc_full_stats" in row for row in resnet["rows"][1:])
     assert not any("acc_full_stats" in row for row in transformer["rows"])
+
+
+def test_quick_run_with_the_sandwich_rule():
+    result = scratch_digits.main(["--quick", "--models", "transformer", "--sandwich", "1", "--no-plain"])
+    lines = result["table"].splitlines()
+    assert len(lines) == 2 + len(scratch_digits.WIDTHS)  # no plain row
+    (r,) = result["results"]
+    assert "plain_acc" not in r and r["training"] == "sandwich 1, distill kl, 1 ep"
+    assert all("integral (sandwich 1, distill kl, 1 ep)" in line for line in lines[2:])
+    assert [row["sizes"] for row in r["rows"]][::3] == [[16, 2, 32], [4, 1, 8]]  # widths 100% and 25%
