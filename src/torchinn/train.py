@@ -209,6 +209,9 @@ def sandwich_backward(model: nn.Module, sizes: Any, inputs: Any, loss_fn: Callab
 
     ``inputs``: a tensor, or a tuple of the model's positional arguments. Returns the loss at
     each size, in order. The partitions keep the last sizes drawn.
+
+    Distillation needs a good teacher: on the digits transformer trained for 15-30 epochs the
+    labels (``distill=None``) did better (benchmarks/RESULTS.md, issue 12).
     """
     if distill not in (None, "auto", *LOSSES):
         raise ValueError(f"distill must be None, 'auto', 'mse' or 'kl', got {distill!r}")
