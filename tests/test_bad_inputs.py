@@ -353,7 +353,15 @@ def from_scratch_folding() -> None:
                      fuse_batch_norm=True)
 
 
-# (what, how it is triggered, the exception, a regex of its message)
+def sandwich_negative_count() -> None:
+    next(inn.RandomSizes(converted(), seed=0).sandwich(-1))
+
+
+def sandwich_unknown_distillation() -> None:
+    m = converted()
+    inn.sandwich_backward(m, inn.RandomSizes(m, seed=0), X, lambda out: out.sum(), distill="l2")
+
+
 def from_scratch_untied_partitions() -> None:
     class Two(nn.Module):
         def __init__(self) -> None:
@@ -367,6 +375,7 @@ def from_scratch_untied_partitions() -> None:
     inn.from_scratch(Two(), torch.randn(2, 4))
 
 
+# (what, how it is triggered, the exception, a regex of its message)
 CASES: list[tuple[str, Callable, type[BaseException], str]] = [
     ("NaN or Inf weights", nan_weights, ValueError, r"'0\.weight' has 1 NaN/Inf values"),
     ("empty model (no parameters)", empty_model, ValueError, r"has no parameters: nothing to convert"),
@@ -457,6 +466,10 @@ CASES: list[tuple[str, Callable, type[BaseException], str]] = [
     ("from_scratch of Integral* layers whose channels the graph ties, on different partitions",
      from_scratch_untied_partitions, ValueError,
      r"layers 'a' and 'b' have different partitions, but their channels must stay equal \(group "),
+    ("a sandwich step with a negative or non-int number of random sizes", sandwich_negative_count, ValueError,
+     r"random is the number of random sizes per sandwich step, an int >= 0, got -1"),
+    ("sandwich_backward with an unknown distillation", sandwich_unknown_distillation, ValueError,
+     r"distill must be None, 'auto', 'mse' or 'kl', got 'l2'"),
 ]
 
 
