@@ -120,16 +120,16 @@ def test_sandwich_backward_auto_and_without_distillation():
     net, a, b = mlp()
     x, y = torch.randn(16, 4, generator=torch.Generator().manual_seed(2)), torch.arange(16) % 3
     net.zero_grad()
-    auto = inn.sandwich_backward(net, inn.RandomSizes(net, seed=3), x, lambda o: F.cross_entropy(o, y))
+    auto = inn.sandwich_backward(net, inn.RandomSizes(net, seed=3), x, lambda o: F.cross_entropy(o, y),
+                                 distill="auto")
     g_auto = grads(net)
     net.zero_grad()
     kl = inn.sandwich_backward(net, inn.RandomSizes(net, seed=3), x, lambda o: F.cross_entropy(o, y), distill="kl")
     assert auto == kl and all(torch.equal(u, v) for u, v in zip(g_auto, grads(net)))  # logits: "auto" is KL
-    # distill=None: every size learns the labels
+    # distill=None (the default): every size learns the labels
     order = list(inn.RandomSizes(net, seed=3).sandwich(2))
     net.zero_grad()
-    plain = inn.sandwich_backward(net, inn.RandomSizes(net, seed=3), (x,), lambda o: F.cross_entropy(o, y),
-                                  distill=None)
+    plain = inn.sandwich_backward(net, inn.RandomSizes(net, seed=3), (x,), lambda o: F.cross_entropy(o, y))
     want = []
     with torch.no_grad():
         for s in order:
@@ -144,7 +144,7 @@ def test_sandwich_backward_auto_and_without_distillation():
 
 def test_sandwich_training_keeps_the_small_width():
     """On a toy problem, 200 sandwich steps train the smallest width as well as the largest
-    (measured 96.9% and 96.5%)."""
+    (measured 99.6% and 99.6% on the labels, the default; 96.9% and 96.5% with KL distillation)."""
     net, a, b = mlp()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(256, 4, generator=g)

@@ -200,19 +200,20 @@ def loss_kind(output: Any) -> str:
 
 
 def sandwich_backward(model: nn.Module, sizes: Any, inputs: Any, loss_fn: Callable[[Any], Tensor], *,
-                      random: int = 2, distill: str | None = "auto") -> list[float]:
+                      random: int = 2, distill: str | None = None) -> list[float]:
     """One step of the sandwich rule: a forward and backward pass at each size of
     ``sizes.sandwich(random)`` (:meth:`~torchinn.RandomSizes.sandwich`: the largest, the smallest,
     ``random`` drawn), the gradients accumulated in ``.grad`` (zero them before, step the optimizer
-    after). The largest sizes learn ``loss_fn(output)``; with ``distill`` (in-place distillation)
-    the others learn the largest one's outputs, detached: ``"kl"`` (class logits), ``"mse"``, or
-    ``"auto"`` (:func:`loss_kind`); with ``distill=None`` they learn ``loss_fn`` too.
+    after). Every size learns ``loss_fn(output)`` (``distill=None``, the default); with
+    ``distill`` (in-place distillation, as universally slimmable networks train) the sizes after
+    the largest learn its outputs, detached: ``"kl"`` (class logits), ``"mse"``, or ``"auto"``
+    (:func:`loss_kind`).
 
     ``inputs``: a tensor, or a tuple of the model's positional arguments. Returns the loss at
     each size, in order. The partitions keep the last sizes drawn.
 
     Distillation needs a good teacher: on the digits transformer trained for 15-30 epochs the
-    labels (``distill=None``) did better (benchmarks/RESULTS.md, issue 12).
+    labels did better by 6-13 points (benchmarks/RESULTS.md, issue 12), hence the default.
     """
     if distill not in (None, "auto", *LOSSES):
         raise ValueError(f"distill must be None, 'auto', 'mse' or 'kl', got {distill!r}")
