@@ -388,3 +388,18 @@ def test_integral_layers_that_the_graph_ties_need_one_partition():
     inner = inn.from_scratch(nn.Linear(4, 4), torch.randn(2, 4))
     with pytest.raises(TypeError, match=r"'1' is an integral network already"):
         inn.from_scratch(nn.Sequential(inn.IntegralLinear(4, 4), inner), torch.randn(2, 4))
+
+
+def test_integral_layers_that_do_not_carry_over_are_an_error(monkeypatch):
+    import torchinn.scratch as scratch
+
+    p = inn.UniformPartition(6)
+    net = nn.Sequential(inn.IntegralLinear(4, p), nn.ReLU(), inn.IntegralLinear(p, 2))
+    x = torch.randn(3, 4)
+    inn.from_scratch(net, (x,))  # carries over
+    # a partition that does not reach the model (as a CompositePartition might not): caught
+    monkeypatch.setattr(scratch, "_group_of", lambda imodel, tensor, dim: None)
+    p.resize(3)
+    with pytest.raises(ValueError, match=r"from_scratch: the integral model differs from Sequential by .* \(relative\)"):
+        inn.from_scratch(net, (x,))
+    assert net.training  # its mode is given back

@@ -320,7 +320,9 @@ def finetune(model: nn.Module, loader: Iterable[Any], *, teacher: nn.Module,
     ``config.lr_weights`` for ``config``'s budget; the same loop, validation and guarantees as
     :func:`tune_grid`: the returned weights are the best on the validation batches, a step with
     a non-finite loss is skipped and counted. ``model`` and ``teacher`` get their training
-    flags back, and ``model`` its ``requires_grad`` flags. Returns the same report."""
+    flags back, and ``model`` its ``requires_grad`` flags. Returns the same report. The
+    teacher is frozen: its outputs on a list of batches are computed once (up to
+    ``TEACHER_CACHE_BYTES``), so change the batches by making new ones, not in place."""
     config = config or TuneConfig()
     params = [p for p in model.parameters() if p.is_floating_point()]
     if not params:
