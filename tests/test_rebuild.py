@@ -214,3 +214,26 @@ def test_random_sizes_keep_the_class(tagged, conv, head):
             assert relative_error(imodel(x), small(x)) <= 1e-5
     finally:
         imodel.resize(saved)
+
+
+@pytest.mark.parametrize("attr", ["heads", "n_heads", "n_head"])
+def test_head_counts_by_their_common_names(attr):
+    from torchinn_demo.models.transformer import DigitsTransformer
+
+    torch.manual_seed(0)
+    net = DigitsTransformer(dim=16, heads=4, head_dim=4, hidden=32, depth=1, patch=7).eval()
+    attn = net.blocks[0].attn
+    setattr(attn, attr, attn.__dict__.pop("num_heads"))  # the user's class calls it `attr`
+    type(attn).num_heads = property(lambda self: getattr(self, attr))  # what forward reads
+    try:
+        x = torch.randn(2, 1, 28, 28)
+        imodel = inn.convert(net, (x,), inn.ConvertConfig(permute=False))
+        heads = next(n for n, g in imodel.groups.items() if g.max_size == 4 and ("blocks.0.attn.proj.weight", 1) in g.members)
+        imodel.resize({heads: 2})
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no fallback to the graph module
+            small = imodel.to_discrete()
+        assert type(small) is DigitsTransformer and getattr(small.blocks[0].attn, attr) == 2
+        torch.testing.assert_close(small(x), imodel(x), rtol=1e-5, atol=1e-6)
+    finally:
+        del type(attn).num_heads

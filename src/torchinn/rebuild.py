@@ -47,13 +47,13 @@ aten = torch.ops.aten
 #: integer attributes of the user's own modules that describe a size: updated when they equal
 #: exactly one resized size (an atom or a segment of a channel plan) of the module's tensors
 SIZE_ATTRS = frozenset({
-    "num_heads", "head_dim", "head_size", "attention_head_size", "all_head_size", "num_attention_heads",
+    "num_heads", "heads", "n_heads", "n_head", "head_dim", "head_size", "attention_head_size", "all_head_size", "num_attention_heads",
     "num_key_value_heads", "hidden_size", "intermediate_size", "embed_dim", "dim", "hidden_dim",
     "inner_dim", "d_model", "d_head", "in_features", "out_features", "in_channels", "out_channels",
     "channels", "num_features", "hidden_features", "width", "nf",
 })
 #: size attributes that count attention heads, and that hold a head's size
-HEAD_COUNTS = frozenset({"num_heads", "num_attention_heads", "num_key_value_heads", "n_head", "n_heads"})
+HEAD_COUNTS = frozenset({"num_heads", "heads", "num_attention_heads", "num_key_value_heads", "n_head", "n_heads"})
 HEAD_SIZES = frozenset({"head_dim", "head_size", "attention_head_size", "d_head"})
 #: integer attributes that hold the piece size of a ``split`` in the module's forward (GPT-2's
 #: ``split_size`` cuts the fused c_attn output into q, k, v): they take the split's current size
