@@ -9,11 +9,12 @@ new sizes for every group before each step with :class:`~torchinn.RandomSizes`::
         loss = F.cross_entropy(imodel(x), y)
         opt.zero_grad(); loss.backward(); opt.step()
 
-The **sandwich rule** with in-place distillation (universally slimmable networks) learns more per
-epoch, at about ``2 + random`` times the cost of a step: each step runs the largest sizes on the
-labels, then the smallest and ``random`` random sizes on the largest one's outputs, and steps
-once on the summed gradients (:func:`sandwich_backward`; under ``DistributedDataParallel`` each of
-its backward passes all-reduces, ``2 + random`` times the communication of a step)::
+The **sandwich rule** (universally slimmable networks) learns more per epoch, at about
+``2 + random`` times the cost of a step: each step runs the largest sizes, the smallest and
+``random`` random sizes (on the labels; with ``distill=`` the smaller ones learn the largest one's
+outputs, in-place distillation), and steps once on the summed gradients
+(:func:`sandwich_backward`; under ``DistributedDataParallel`` each of its backward passes
+all-reduces, ``2 + random`` times the communication of a step)::
 
     for x, y in loader:
         opt.zero_grad()
