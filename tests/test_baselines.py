@@ -4,6 +4,7 @@ INN result is compared with at equal sizes)."""
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -477,6 +478,21 @@ def test_regression_rows_reproduce_the_convolution(dims, kernel, stride, dilatio
         rows = torch.cat([rows, torch.ones_like(rows[..., :1])], -1)
     pred = rows @ _current(layer, w, b)
     assert torch.allclose(pred, _targets(layer, y, None), atol=1e-10)
+    # a sample of the output positions (what the refit keeps of a large batch) stays aligned
+    import torchinn.refit as refit
+
+    saved = refit.ROWS_PER_BATCH, refit.ROWS_PER_FEATURE
+    refit.ROWS_PER_BATCH, refit.ROWS_PER_FEATURE = 5, 0
+    try:
+        xs, ys = refit._batch_rows(layer, x, y, w, None, 1, index=3)
+    finally:
+        refit.ROWS_PER_BATCH, refit.ROWS_PER_FEATURE = saved
+    n = y.shape[0] if batched else 1
+    positions = math.prod(y.shape[-dims:])
+    assert xs.shape[1] == n * min(positions, math.ceil(5 / n)) == ys.shape[1]
+    if bias:
+        xs = torch.cat([xs, torch.ones_like(xs[..., :1])], -1)
+    assert torch.allclose(xs @ _current(layer, w, b), ys, atol=1e-10)
 
 
 def test_finetune_with_validation_never_ends_worse(student):

@@ -176,7 +176,10 @@ def reconstruct(imodel: IntegralModel, sizes: Mapping[str, int] | None, calibrat
     change), and per consuming layer a few Cholesky solves of size (input channels x kernel taps
     + 1) per ``ridge`` value (pass one ``ridge`` to skip the cross-validation): 7-8 s for
     EfficientNet-Lite0 at 128x128 with 256 calibration images on one core, 20 s when every layer
-    ran its own passes.
+    ran its own passes. Each batch gives a layer at most ``max(256, 64 x features / batches)``
+    rows, a convolution's at output positions drawn at random, seeded (as ThiNet samples
+    positions): on EDSR with 32 batches of patches 22 s instead of 42 s, a held-out error 3%
+    higher.
 
     ``report``: a dict to fill with, per consuming layer's weight, the relative output error of the
     layer on the calibration data before and after the refit (``before``, ``after``; held out:
