@@ -10,8 +10,9 @@ a small ridge pulling towards the selected weights (so that directions the calib
 excites stay as selection left them). ``X_kept`` comes from the *pruned* network with every layer
 before it already refit (so errors do not accumulate); ``Y_orig`` from the original one, restricted
 to the output channels the layer keeps. Convolutions are regressions on their unfolded input
-patches, one per convolution group (stride, padding, dilation and groups respected). The normal
-equations are accumulated in float64 batch by batch, so any amount of calibration data fits.
+patches, one per convolution group (stride, padding, dilation and groups respected), at a random
+sample of output positions when a batch has more than the fit needs. The normal equations are
+accumulated in float64 batch by batch, so any amount of calibration data fits.
 
 Refit: ``aten.linear``, ``aten.addmm`` / ``aten.mm`` / ``aten.matmul`` with a weight matrix (through
 ``t``/``transpose``/``permute``), and 1-d / 2-d convolutions (``conv1d``, ``conv2d``, non-transposed
