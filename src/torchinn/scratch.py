@@ -49,7 +49,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils import _pytree as pytree
 
 from .integral_model import IntegralModel
 from .layers import IntegralLayer
@@ -156,6 +155,8 @@ def _from_layers(model: nn.Module, example_inputs: tuple | Tensor, options: dict
 def _check_same(model: nn.Module, imodel: IntegralModel, example_inputs: tuple | Tensor) -> None:
     """Raise unless ``imodel`` computes what ``model`` computes at its current sizes (eval mode;
     both get their modes back)."""
+    from .rebuild import relative_error
+
     inputs = (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
     modes = model.training, imodel.training
     try:
@@ -166,9 +167,7 @@ def _check_same(model: nn.Module, imodel: IntegralModel, example_inputs: tuple |
     finally:
         model.train(modes[0])
         imodel.train(modes[1])
-    pairs = [(w, g) for w, g in zip(pytree.tree_leaves(want), pytree.tree_leaves(got))
-             if isinstance(w, Tensor) and w.is_floating_point()]
-    err = max((float((g - w).norm() / w.norm().clamp_min(1e-12)) for w, g in pairs), default=0.0)
+    err = relative_error(want, got)
     if not err <= 1e-4:
         raise ValueError(f"from_scratch: the integral model differs from {type(model).__name__} by {err:.2g} "
                          "(relative) at the current sizes; a partition it cannot carry over (e.g. a "

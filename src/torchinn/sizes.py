@@ -103,20 +103,18 @@ class RandomSizes:
 
     def largest(self) -> dict[str, int]:
         """Set every partition to the top of its range (``high``) and return the sizes."""
-        return self._set({n: p.quadrature.nearest_size(hi, lo, hi)
-                          for n, p in self.partitions.items() for lo, hi in [self.bounds(p, n)]})
+        return self._set(top=True)
 
     def smallest(self) -> dict[str, int]:
         """Set every partition to the bottom of its range (``low``) and return the sizes."""
-        return self._set({n: p.quadrature.nearest_size(lo, lo, hi)
-                          for n, p in self.partitions.items() for lo, hi in [self.bounds(p, n)]})
+        return self._set(top=False)
 
     def sandwich(self, random: int = 2) -> Iterator[dict[str, int]]:
         """The sizes of one step of the sandwich rule (universally slimmable networks, Yu & Huang
         2019): sets and yields the largest sizes, then the smallest, then ``random`` new draws
         (as :meth:`step`), ``2 + random`` in all. Run one forward/backward pass at each and
-        step the optimizer once after the last; :func:`torchinn.sandwich_backward` does that,
-        with the smaller sizes learning the largest one's outputs. The partitions keep the last
+        step the optimizer once after the last; :func:`torchinn.sandwich_backward` does that.
+        The partitions keep the last
         sizes: call :meth:`full` before evaluating at full size.
 
         >>> from torchinn import IntegralLinear, UniformPartition
@@ -132,10 +130,14 @@ class RandomSizes:
         for _ in range(random):
             yield self.step()
 
-    def _set(self, sizes: dict[str, int]) -> dict[str, int]:
-        for name in sorted(sizes):
-            self.partitions[name].resize(sizes[name])
-        return dict(sorted(sizes.items()))
+    def _set(self, top: bool) -> dict[str, int]:
+        sizes = {}
+        for name in sorted(self.partitions):
+            p = self.partitions[name]
+            lo, hi = self.bounds(p, name)
+            sizes[name] = p.quadrature.nearest_size(hi if top else lo, lo, hi)
+            p.resize(sizes[name])
+        return sizes
 
     def full(self) -> None:
         """Set every partition back to its full size."""
