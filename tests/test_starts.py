@@ -13,7 +13,8 @@ import torchinn as inn
 from torchinn.baselines import prune
 from torchinn.budget import choose_sizes, compare_sizes
 from torchinn.compression import compress
-from torchinn.starts import STARTS, activation_importance, best_start, distill_error, full_outputs, start_partition
+from torchinn.starts import (STARTS, activation_importance, best_start, distill_error, full_outputs, refine_start,
+                             start_partition)
 from torchinn_demo.zoo import ZOO
 
 
@@ -62,6 +63,22 @@ def test_best_start_is_never_worse_than_each_start(name):
     assert choice.error <= min(choice.errors.values()) * (1 + 1e-9)
     assert distill_error(imodel, cal, ref) == pytest.approx(choice.error, rel=1e-6)  # imodel keeps the choice
     assert set(choice.kinds.values()) <= set(STARTS)
+
+
+@pytest.mark.parametrize("name", ["resnet_basic", "mlp"])
+def test_refining_later_is_refining_at_once(name):
+    # best_start(per_group=False) then refine_start chooses what best_start(per_group=True) does
+    _, inputs, imodel = converted(name)
+    imodel.resize(0.4)
+    cal = calibration(inputs, 2, seed=1)
+    ref = full_outputs(imodel, cal)
+    first = best_start(imodel, cal, reference=ref, per_group=False)
+    assert first.changed_groups == 0 and set(first.kinds.values()) == {min(first.errors, key=first.errors.get)}
+    assert distill_error(imodel, cal, ref) == pytest.approx(first.error, rel=1e-6)
+    later = refine_start(imodel, cal, first, reference=ref)
+    at_once = best_start(imodel, cal, reference=ref)
+    assert later.kinds == at_once.kinds and later.error == pytest.approx(at_once.error, rel=1e-6)
+    assert later.error <= first.error and distill_error(imodel, cal, ref) == pytest.approx(at_once.error, rel=1e-6)
 
 
 def test_activation_importance_weighs_channels_by_what_they_carry():
@@ -173,3 +190,24 @@ def test_compress_screens_the_reconstruction_on_the_choice_batches(monkeypatch):
     _, report = compress(model, inputs, 0.5, **args)
     assert "reconstruct" not in report.reconstruct_errors and "reconstruct_screened" in report.reconstruct_errors
     assert "reconstruct" not in report.starts.values()
+
+
+def test_compress_refines_the_starts_only_when_the_reconstruction_is_not_far_ahead(monkeypatch):
+    # trying the starts group by group costs seconds a large network's tuning needs: skipped when
+    # the reconstruction's held-out error is below the partitions' / REFINE_GAIN
+    import torchinn.compression as compression
+
+    torch.manual_seed(0)
+    model, inputs = ZOO["mlp"]()
+    g = torch.Generator().manual_seed(5)
+    cal = [(torch.randn(64, 32, generator=g),) for _ in range(5)]
+    args = dict(calibration=cal, config=inn.ConvertConfig(permute=False), tune=False)
+    _, report = compress(model, inputs, 0.5, **args)
+    held = report.reconstruct_errors
+    assert held["reconstruct"] < held["partitions"] < compression.REFINE_GAIN * held["reconstruct"]  # close: refined
+    assert "refine_start" in report.seconds
+    monkeypatch.setattr(compression, "REFINE_GAIN", 1.0)  # ahead by more than the gain: not refined
+    _, report = compress(model, inputs, 0.5, **args)
+    assert "refine_start" not in report.seconds and set(report.starts.values()) == {"reconstruct"}
+    _, report = compress(model, inputs, 0.5, reconstruct=False, **args)  # no candidate: refined
+    assert "refine_start" in report.seconds

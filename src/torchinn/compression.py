@@ -48,7 +48,7 @@ from .budget import (
 from .convert import ConvertConfig, convert
 from .loop import split_validation
 from .rounding import Multiple, check_multiple, resolve_multiple
-from .starts import STARTS, best_start, distill_error, kept_partitions
+from .starts import STARTS, best_start, distill_error, kept_partitions, refine_start
 from .train import (
     LOSSES,
     TuneConfig,
@@ -77,6 +77,12 @@ SENSITIVITY_BATCHES = 2
 SENSITIVITY_SHARE = 0.25
 #: share of the tuning budget (at least 2 s; 10 s without tuning) for trying starts group by group
 REFINE_SHARE = 0.1
+#: the starts are tried group by group only when the reconstruction candidate's held-out error is
+#: not below the partitions' divided by this: on the five real networks of
+#: benchmarks/real_networks.py, trying them group by group lowered the error by at most 3.3x
+#: (waifu2x at 75% fewer parameters; 1x-2.6x elsewhere, and 1x on EfficientNet-Lite0, where the
+#: reconstruction was 5-10x ahead and the trials took 4 s of 60)
+REFINE_GAIN = 4.0
 
 
 @dataclass
@@ -186,26 +192,23 @@ def _sensitivity_batches(groups: int, per_batch: float, tune: TuneConfig | Liter
     return SENSITIVITY_BATCHES if cost * SENSITIVITY_BATCHES <= SENSITIVITY_SHARE * tune.seconds else 1
 
 
-def _try_reconstruct(imodel: Any, sizes: Mapping[str, int], source: Iterable[Any],
-                     held_out: Sequence[Any] | None, cal: Sequence[tuple], full: nn.Module, loss: str
+def _try_reconstruct(imodel: Any, sizes: Mapping[str, int], source: Iterable[Any], cal: Sequence[tuple],
+                     judge: Sequence[tuple], ref: Sequence[Any], mine: float, loss: str
                      ) -> tuple[nn.Module | None, dict[str, float]]:
-    """The reconstruction baseline at ``sizes`` if it beats ``imodel``'s current partitions on the
-    held-out batches (else on ``cal``), else ``None``; and both errors there."""
+    """The reconstruction baseline at ``sizes`` and the errors measured on the way (on ``judge``,
+    the held-out batches, against ``ref``; ``mine`` is the partitions' there), or ``None`` when
+    it fails or is screened out."""
     from .baselines import reconstruct
 
     # fitted on every calibration batch, the held-out ones included: then it is exactly the
     # baseline as a user would run it, and the partitions win only where they beat it on data
     # the refit has seen
     fit = [batch_inputs(b) for b in (source[:64] if isinstance(source, Sequence) else cal)]
-    judge = [batch_inputs(b) for b in held_out] if held_out else list(cal)
-    with torch.no_grad():
-        ref = [full(*b) for b in judge]
-    mine = distill_error(imodel, judge, ref, loss)
     errors = {"partitions": mine}
-    # the refit costs a pass per consuming layer over every batch (21 s of a 60 s budget on a
-    # 7-layer super-resolution network): screen it on the few choice batches first, and refit on
-    # all of them only when that is not clearly behind (a screened fit is a little worse than the
-    # full one, hence the margin)
+    # the refit costs a pass per calibration batch (8 s of a 60 s budget on EfficientNet-Lite0, 11 s
+    # on a 7-layer super-resolution network): screen it on the few choice batches first, and refit
+    # on all of them only when that is not clearly behind (a screened fit is a little worse than
+    # the full one, hence the margin)
     screens = [list(cal)] if len(fit) > 2 * len(cal) else []
     for data in screens + [fit]:
         try:
@@ -221,7 +224,7 @@ def _try_reconstruct(imodel: Any, sizes: Mapping[str, int], source: Iterable[Any
                 return None, errors
     errors["reconstruct"] = theirs
     log.info("reconstruction %.4g vs best partitions %.4g on held-out calibration batches", theirs, mine)
-    return (recon if theirs < mine else None), errors
+    return recon, errors
 
 
 def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0.5,
@@ -302,23 +305,38 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
 
     t0 = time.perf_counter()
     imodel.resize(dict(chosen))
-    refine = 10.0 if tune is False or tune.seconds is None else max(2.0, REFINE_SHARE * tune.seconds)
-    choice = best_start(imodel, cal, kinds=starts, reference=reference, max_seconds=refine, loss=loss)
+    choice = best_start(imodel, cal, kinds=starts, reference=reference, per_group=False, loss=loss)
     seconds["choose_start"] = time.perf_counter() - t0
-    err0 = choice.error
-    start_errors = dict(choice.errors)
-    starts_used = dict(choice.kinds)
 
     holdout = tune.holdout if tune is not False else TuneConfig().holdout
     train_source, held_out = (split_validation(source, holdout) if isinstance(source, Sequence) else (source, None))
     recon, versus = None, {}
     if reconstruct:
         t0 = time.perf_counter()
-        recon, versus = _try_reconstruct(imodel, chosen, source, held_out, cal, full, loss)
+        judge = [batch_inputs(b) for b in held_out] if held_out else list(cal)
+        with torch.no_grad():
+            judged = [full(*b) for b in judge]
+        mine = distill_error(imodel, judge, judged, loss)
+        recon, versus = _try_reconstruct(imodel, chosen, source, cal, judge, judged, mine, loss)
         seconds["reconstruct"] = time.perf_counter() - t0
-        if recon is not None:
-            starts_used = {n: "reconstruct" for n in starts_used}
-            err0 = distill_error(recon, cal, reference, loss)
+    # trying the starts group by group is not worth its seconds when the reconstruction is further
+    # ahead than that could make up (REFINE_GAIN)
+    if recon is None or REFINE_GAIN * versus["reconstruct"] >= mine:
+        t0 = time.perf_counter()
+        refine = 10.0 if tune is False or tune.seconds is None else max(2.0, REFINE_SHARE * tune.seconds)
+        choice = refine_start(imodel, cal, choice, reference=reference, max_seconds=refine - choice.seconds,
+                              loss=loss)
+        seconds["refine_start"] = time.perf_counter() - t0
+        if recon is not None and choice.changed_groups:
+            mine = versus["partitions"] = distill_error(imodel, judge, judged, loss)
+    if recon is not None and versus["reconstruct"] >= mine:
+        recon = None
+    err0 = choice.error
+    start_errors = dict(choice.errors)
+    starts_used = dict(choice.kinds)
+    if recon is not None:
+        starts_used = {n: "reconstruct" for n in starts_used}
+        err0 = distill_error(recon, cal, reference, loss)
 
     stages: dict[str, dict[str, Any]] = {}
     budget = tune  # what the tuning stages get: the choices above came out of tune.seconds

@@ -13,7 +13,8 @@ At given sizes, an integral network can start from several partitions of each gr
   channel-level form of Wanda), selection-weighted.
 
 :func:`best_start` measures each on calibration batches (the distillation error against the
-full-size network) and keeps the best, first for all groups at once, then group by group.
+full-size network) and keeps the best, first for all groups at once, then group by group
+(:func:`refine_start`, which can also come later).
 
 >>> import torch, torchinn as inn
 >>> net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
@@ -43,7 +44,7 @@ from .partition import Partition, TrainablePartition, UniformPartition
 from .quadrature import GaussLegendre
 
 __all__ = ["STARTS", "StartChoice", "activation_importance", "best_start", "distill_error", "full_outputs",
-           "kept_partitions", "start_partition"]
+           "kept_partitions", "refine_start", "start_partition"]
 
 log = logging.getLogger(__name__)
 aten = torch.ops.aten
@@ -120,6 +121,7 @@ class StartChoice:
     changed_groups: int = 0                     # groups whose start differs from the best overall
     seconds: float = 0.0
     partitions: dict[str, Partition] = field(default_factory=dict, repr=False)
+    options: dict[str, dict[str, Partition]] = field(default_factory=dict, repr=False)  # start -> group -> partition
 
 
 class _InputRMS(TorchDispatchMode):
@@ -216,34 +218,51 @@ def best_start(imodel: IntegralModel, batches: Sequence[tuple], *, kinds: Sequen
     options = {k: {n: start_partition(current[n], sizes[n], k, scores[k].get(n)) for n in sizes}
                for k in kinds}
 
-    def apply(choice: Mapping[str, str]) -> None:
-        for n, k in choice.items():
-            imodel.set_partition(n, options[k][n])
-
     errors = {}
     for k in kinds:
-        apply({n: k for n in sizes})
+        _apply(imodel, options, {n: k for n in sizes})
         errors[k] = distill_error(imodel, batches, reference, loss)
     best = min(errors, key=lambda k: errors[k])
-    choice = {n: best for n in sizes}
-    error = errors[best]
-    changed = 0
-    if per_group and len(kinds) > 1:
-        for n in sizes:
-            if sizes[n] >= current[n].max_size:
+    choice = StartChoice(kinds={n: best for n in sizes}, error=errors[best], errors=errors,
+                         partitions={n: options[best][n] for n in sizes}, options=options)
+    _apply(imodel, options, choice.kinds)
+    choice.seconds = time.perf_counter() - t0
+    if per_group:
+        return refine_start(imodel, batches, choice, reference=reference, loss=loss,
+                            max_seconds=None if max_seconds is None else max_seconds - choice.seconds)
+    return choice
+
+
+def _apply(imodel: IntegralModel, options: Mapping[str, Mapping[str, Partition]], choice: Mapping[str, str]) -> None:
+    for n, k in choice.items():
+        imodel.set_partition(n, options[k][n])
+
+
+def refine_start(imodel: IntegralModel, batches: Sequence[tuple], choice: StartChoice, *,
+                 reference: Sequence[Any], max_seconds: float | None = None, loss: str = "mse") -> StartChoice:
+    """Try ``choice``'s other starts (from :func:`best_start` with ``per_group=False``) one
+    group at a time, keeping each change that lowers the calibration error, within
+    ``max_seconds``; ``imodel`` keeps the result, which is returned."""
+    t0 = time.perf_counter()
+    sizes = imodel.sizes()
+    kinds, options = list(choice.options), choice.options
+    best = min(choice.errors, key=lambda k: choice.errors[k])
+    current, error = dict(choice.kinds), choice.error
+    for n in sizes:
+        if sizes[n] >= imodel.groups[n].max_size:
+            continue
+        if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+            break
+        for k in kinds:
+            if k == current[n]:
                 continue
-            if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
-                break
-            for k in kinds:
-                if k == choice[n]:
-                    continue
-                trial = dict(choice, **{n: k})
-                apply(trial)
-                e = distill_error(imodel, batches, reference, loss)
-                if e < error:
-                    choice, error = trial, e
-        changed = sum(1 for k in choice.values() if k != best)
-    apply(choice)
-    return StartChoice(kinds=choice, error=error, errors=errors, changed_groups=changed,
-                       seconds=time.perf_counter() - t0,
-                       partitions={n: options[k][n] for n, k in choice.items()})
+            trial = dict(current, **{n: k})
+            _apply(imodel, options, trial)
+            e = distill_error(imodel, batches, reference, loss)
+            if e < error:
+                current, error = trial, e
+    _apply(imodel, options, current)
+    return StartChoice(kinds=current, error=error, errors=choice.errors,
+                       changed_groups=sum(1 for k in current.values() if k != best),
+                       seconds=choice.seconds + time.perf_counter() - t0,
+                       partitions={n: options[k][n] for n, k in current.items()}, options=options)
