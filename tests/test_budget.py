@@ -11,7 +11,7 @@ from conftest import converted
 from torch import nn
 
 import torchinn as inn
-from torchinn.budget import choose_sizes, compress, count_flops, measure_latency
+from torchinn.budget import choose_sizes, compress, count_flops
 from torchinn.starts import distill_error
 from torchinn.train import TuneConfig
 from torchinn_demo.zoo import ZOO
@@ -103,19 +103,31 @@ def test_uniform_method_is_one_ratio():
     assert imodel.num_parameters(sizes) <= 0.5 * imodel.num_parameters()
 
 
-def test_latency_target_gives_a_faster_network():
+def test_latency_target_is_met_on_the_measured_latency(monkeypatch):
+    # latency is budgeted through the FLOPs, then measured on the discrete network and the FLOPs
+    # goal rescaled until the measured latency is on target. The clock is replaced by a latency
+    # that does not follow the FLOPs (a fixed 40% overhead at full size), so only the rescaling
+    # can meet the target; whether smaller is faster on a given machine is for benchmarks
+    # (RESULTS.md: EDSR's speed table), not for a timed test.
+    from torchinn import budget
+
     _, _, imodel = converted("resnet_basic")
-    x = (torch.randn(32, 3, 16, 16),)
-    sizes = choose_sizes(imodel, 0.5, "latency", example_inputs=x)
-    assert set(sizes) == set(imodel.groups)
-    assert any(s < imodel.groups[n].max_size for n, s in sizes.items())
-    full, small = imodel.to_discrete(graph=True).eval(), discrete_at(imodel, sizes)
-    # best of 3 medians, interleaved (the machine may be busy); measured: 3.5 ms -> 2.0-2.5 ms
-    t_full, t_small = [], []
-    for _ in range(3):
-        t_full.append(measure_latency(full, x, repeats=15))
-        t_small.append(measure_latency(small, x, repeats=15))
-    assert min(t_small) < 0.9 * min(t_full), (t_small, t_full)
+    x = (torch.randn(4, 3, 16, 16),)
+    flops0 = count_flops(imodel.to_discrete(graph=True).eval(), x)
+    timed = []
+
+    def fake_latency(model, inputs, **_):
+        t = 0.4 + count_flops(model, inputs) / flops0  # 1.4 at full size
+        timed.append(t)
+        return t
+
+    monkeypatch.setattr(budget, "measure_latency", fake_latency)
+    sizes = choose_sizes(imodel, 0.6, "latency", example_inputs=x, method="uniform")
+    assert set(sizes) == set(imodel.groups) and len(timed) >= 3  # measured, and rescaled at least once
+    small = discrete_at(imodel, sizes)
+    # FLOPs alone would stop at 60% of them (latency 1.0 = 71%); the measured latency is at 60%
+    assert fake_latency(small, x) / 1.4 == pytest.approx(0.6, abs=0.02)
+    assert count_flops(small, x) / flops0 < 0.5
 
 
 @pytest.mark.parametrize("metric", ["params", "flops"])
