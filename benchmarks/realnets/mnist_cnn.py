@@ -52,7 +52,12 @@ def calibration(n: int, batch: int = 64) -> list[tuple[Tensor]]:
     return split_batches(_inputs(_mnist.split()[0]), n, batch)
 
 
+def heldout(quick: bool = False) -> tuple[Tensor, Tensor]:
+    """The held-out digits as network inputs, and their labels (``quick``: the first 500)."""
+    _, _, x, y = _mnist.split(500 if quick else None)
+    return _inputs(x), y
+
+
 def evaluate(model: nn.Module, quick: bool = False) -> float:
     """Accuracy (%) on the held-out digits (``quick``: the first 500)."""
-    _, _, x, y = _mnist.split(500 if quick else None)
-    return accuracy(model, _inputs(x), y)
+    return accuracy(model, *heldout(quick))
