@@ -3,13 +3,16 @@
 Some rows there are decided by one or two test examples, or by a twentieth of a dB. Two looks
 tell a real difference from the measurement's resolution:
 
-* ``fidelity`` (classifiers with labelled held-out data: ``mnist_cnn``, ``mnist_mlp``): at the
-  sizes real_networks.py shares, ``compress`` against L1 selection and the reconstruction
-  baseline, example by example: how many held-out predictions differ from the original
-  network's, how many examples only one of the two gets right, and the exact two-sided sign
-  test on those (p: the chance of a split at least that uneven between two equally good
-  networks). ``--seconds S`` tunes every network S seconds first (``compress``'s choices
-  inside them, the baselines' fine-tuning as in real_networks.py).
+* ``fidelity`` (classifiers: ``mnist_cnn``, ``mnist_mlp`` with their labels, and
+  ``efficientnet_lite0``, whose "labels" are the original's top-1 classes): at the sizes
+  real_networks.py shares, ``compress`` against L1, random and the reconstruction baseline,
+  example by example: how many held-out predictions differ from the original network's, the KL
+  divergence from the original's class probabilities (what ``compress`` chooses by, on its
+  calibration data), how many examples only one of the two gets right, and the exact two-sided
+  sign test on those (p: the chance of a split at least that uneven between two equally good
+  networks; examples are treated as independent, which crops of three photos are not).
+  ``--seconds S`` tunes every network S seconds first (``compress``'s choices inside them, the
+  baselines' fine-tuning as in real_networks.py).
 * ``repeat``: ``compress`` with S seconds and a baseline with S seconds of fine-tuning, run
   ``--runs`` times at the same sizes: the spread the clock alone causes (the step counts vary
   with the machine's speed; every seed is fixed).
@@ -37,7 +40,7 @@ except ImportError:
     from real_networks import Settings, _tune, log  # type: ignore[no-redef]
 
 import torchinn as inn
-from torchinn.train import LOSSES, loss_kind
+from torchinn.train import LOSSES, kl_distillation_loss, loss_kind
 from torchinn_demo import harness
 
 
@@ -50,10 +53,10 @@ def sign_test(a: int, b: int) -> float:
     return min(1.0, 2.0 * sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n)
 
 
-def _predict(model: nn.Module, x: Tensor, batch: int = 500) -> Tensor:
+def _logits(model: nn.Module, x: Tensor, batch: int = 100) -> Tensor:
     model.eval()
     with torch.no_grad():
-        return torch.cat([model(x[i:i + batch]).argmax(-1) for i in range(0, len(x), batch)])
+        return torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
 
 
 def _setup(name: str, level: float, s: Settings) -> tuple[Any, nn.Module, inn.IntegralModel, list, dict[str, int]]:
@@ -87,23 +90,29 @@ def fidelity(name: str, level: float, s: Settings) -> list[str]:
     if not hasattr(mod, "heldout"):
         raise SystemExit(f"{name} has no labelled held-out data (fidelity needs a classifier with heldout())")
     x, y = mod.heldout(s.quick)
-    original = _predict(net, x)
+    reference = _logits(net, x)
+    original = reference.argmax(-1)
     small, report = _compress(mod, net, cal, level, sizes, s)
-    ours = _predict(small, x)
+    logits = _logits(small, x)
+    ours = logits.argmax(-1)
+
+    def cells(out: Tensor, pred: Tensor) -> str:
+        kl = float(kl_distillation_loss(out, None, reference))
+        return f"{100 * float((pred == y).float().mean()):.2f}% | {int((pred != original).sum())} | {kl:.4g}"
+
     tuned = f", {s.seconds:g} s each" if s.seconds > 0 else ", no tuning"
     lines = [f"{name}, {level:.0%} fewer parameters{tuned}, {len(y)} held-out examples "
              f"(original: {100 * float((original == y).float().mean()):.2f}%)", "",
-             "| network | accuracy | differs from the original | right where the other is wrong | "
-             "sign test p |", "|---|---|---|---|---|",
+             "| network | accuracy | differs from the original | KL to the original | "
+             "right where the other is wrong | sign test p |", "|---|---|---|---|---|---|",
              f"| compress (start: {'+'.join(sorted(set(report.starts.values())))}, "
-             f"{report.tuning.get('steps', 0)} steps) | {100 * float((ours == y).float().mean()):.2f}% | "
-             f"{int((ours != original).sum())} | | |"]
-    for method in ("l1", "reconstruct"):
+             f"{report.tuning.get('steps', 0)} steps) | {cells(logits, ours)} | | |"]
+    for method in ("l1", "random", "reconstruct"):
         theirs_net, steps = _baseline(net, imodel, cal, sizes, method, s)
-        theirs = _predict(theirs_net, x)
+        out = _logits(theirs_net, x)
+        theirs = out.argmax(-1)
         a, b = int(((ours == y) & (theirs != y)).sum()), int(((theirs == y) & (ours != y)).sum())
-        lines.append(f"| {method}{f' + FT ({steps} steps)' if s.seconds > 0 else ''} | "
-                     f"{100 * float((theirs == y).float().mean()):.2f}% | {int((theirs != original).sum())} | "
+        lines.append(f"| {method}{f' + FT ({steps} steps)' if s.seconds > 0 else ''} | {cells(out, theirs)} | "
                      f"compress {a}, {method} {b} | {sign_test(a, b):.2f} |")
     return lines
 

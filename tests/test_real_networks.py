@@ -143,14 +143,14 @@ def test_close_calls_fidelity_and_repeat_run_quickly(capsys):
     lines = real_close_calls.main(["fidelity", "--network", "mnist_mlp", "--level", "0.5", "--quick"])
     assert lines[0].startswith("mnist_mlp, 50% fewer parameters, no tuning, 500 held-out examples")
     rows = [line for line in lines if line.startswith("| ") and "---" not in line][1:]
-    assert [r.split(" | ")[0].split(" (")[0] for r in rows] == ["| compress", "| l1", "| reconstruct"]
+    assert [r.split(" | ")[0].split(" (")[0] for r in rows] == ["| compress", "| l1", "| random", "| reconstruct"]
     ours = float(rows[0].split(" | ")[1].rstrip("%"))
     for r in rows[1:]:
         cells = r.strip("| ").split(" | ")
-        a, b = (int(part.split()[-1]) for part in cells[3].split(", "))
+        a, b = (int(part.split()[-1]) for part in cells[4].split(", "))
         # the accuracies differ by exactly the examples only one of the two gets right (500 digits)
         assert ours - float(cells[1].rstrip("%")) == pytest.approx(100 * (a - b) / 500, abs=0.006)
-        assert int(cells[2]) >= 0 and 0.0 <= float(cells[4]) <= 1.0
+        assert int(cells[2]) >= 0 and float(cells[3]) >= 0.0 and 0.0 <= float(cells[5]) <= 1.0
     lines = real_close_calls.main(["repeat", "--network", "mnist_mlp", "--level", "0.5", "--quick",
                                    "--seconds", "1", "--runs", "1", "--baseline", "l1"])
     assert lines[-1].startswith("| mean |") and "(range 0.000)" in lines[-1]

@@ -149,9 +149,15 @@ def _reference(n: int) -> tuple[Tensor, Tensor]:
         return x, torch.cat([load()(x[i:i + 32]).argmax(-1) for i in range(0, n, 32)])
 
 
+def heldout(quick: bool = False) -> tuple[Tensor, Tensor]:
+    """The held-out crops and the original's top-1 classes on them, the "labels" of agreement
+    (EVAL_CROPS crops; ``quick``: 32)."""
+    return _reference(32 if quick else EVAL_CROPS)
+
+
 def evaluate(model: nn.Module, quick: bool = False) -> float:
     """Top-1 agreement (%) with the original on EVAL_CROPS held-out crops (``quick``: 32)."""
-    x, ref = _reference(32 if quick else EVAL_CROPS)
+    x, ref = heldout(quick)
     model.eval()
     with torch.no_grad():
         pred = torch.cat([model(x[i:i + 32]).argmax(-1) for i in range(0, len(x), 32)])
