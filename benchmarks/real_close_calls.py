@@ -5,8 +5,9 @@ tell a real difference from the measurement's resolution:
 
 * ``fidelity`` (classifiers: ``mnist_cnn``, ``mnist_mlp`` with their labels, and
   ``efficientnet_lite0``, whose "labels" are the original's top-1 classes): at the sizes
-  real_networks.py shares, ``compress`` against L1, random and the reconstruction baseline,
-  example by example: how many held-out predictions differ from the original network's, the KL
+  real_networks.py shares, ``compress`` against itself without its reconstruction candidate
+  (``reconstruct=False``: integral partitions only) and L1, random and the reconstruction
+  baselines, example by example: how many held-out predictions differ from the original network's, the KL
   divergence from the original's class probabilities (what ``compress`` chooses by, on its
   calibration data), how many examples only one of the two gets right, and the exact two-sided
   sign test on those (p: the chance of a split at least that uneven between two equally good
@@ -68,10 +69,11 @@ def _setup(name: str, level: float, s: Settings) -> tuple[Any, nn.Module, inn.In
     return mod, net, imodel, cal, sizes
 
 
-def _compress(mod: Any, net: nn.Module, cal: list, level: float, sizes: dict[str, int], s: Settings
-              ) -> tuple[nn.Module, inn.CompressReport]:
+def _compress(mod: Any, net: nn.Module, cal: list, level: float, sizes: dict[str, int], s: Settings,
+              reconstruct: bool = True) -> tuple[nn.Module, inn.CompressReport]:
     tune = _tune(s) if s.seconds > 0 else False
-    return inn.compress(net, mod.example_inputs(), 1.0 - level, "params", calibration=cal, tune=tune, sizes=sizes)
+    return inn.compress(net, mod.example_inputs(), 1.0 - level, "params", calibration=cal, tune=tune, sizes=sizes,
+                        reconstruct=reconstruct)
 
 
 def _baseline(net: nn.Module, imodel: inn.IntegralModel, cal: list, sizes: dict[str, int], method: str,
@@ -107,13 +109,20 @@ def fidelity(name: str, level: float, s: Settings) -> list[str]:
              "right where the other is wrong | sign test p |", "|---|---|---|---|---|---|",
              f"| compress (start: {'+'.join(sorted(set(report.starts.values())))}, "
              f"{report.tuning.get('steps', 0)} steps) | {cells(logits, ours)} | | |"]
-    for method in ("l1", "random", "reconstruct"):
-        theirs_net, steps = _baseline(net, imodel, cal, sizes, method, s)
+    others = [("compress, reconstruct=False", lambda: _compress(mod, net, cal, level, sizes, s, reconstruct=False))]
+    others += [(method, lambda m=method: _baseline(net, imodel, cal, sizes, m, s)) for method in ("l1", "random",
+                                                                                                  "reconstruct")]
+    for method, make in others:
+        theirs_net, info = make()
+        steps = info if isinstance(info, int) else info.tuning.get("steps", 0)
+        label = f"{method} ({steps} steps)" if method.startswith("compress") else (
+            f"{method}{f' + FT ({steps} steps)' if s.seconds > 0 else ''}")
         out = _logits(theirs_net, x)
         theirs = out.argmax(-1)
         a, b = int(((ours == y) & (theirs != y)).sum()), int(((theirs == y) & (ours != y)).sum())
-        lines.append(f"| {method}{f' + FT ({steps} steps)' if s.seconds > 0 else ''} | {cells(out, theirs)} | "
-                     f"compress {a}, {method} {b} | {sign_test(a, b):.2f} |")
+        short = "partitions" if method.startswith("compress") else method
+        lines.append(f"| {label} | {cells(out, theirs)} | compress {a}, {short} {b} | "
+                     f"{sign_test(a, b):.2f} |")
     return lines
 
 

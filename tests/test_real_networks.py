@@ -143,7 +143,8 @@ def test_close_calls_fidelity_and_repeat_run_quickly(capsys):
     lines = real_close_calls.main(["fidelity", "--network", "mnist_mlp", "--level", "0.5", "--quick"])
     assert lines[0].startswith("mnist_mlp, 50% fewer parameters, no tuning, 500 held-out examples")
     rows = [line for line in lines if line.startswith("| ") and "---" not in line][1:]
-    assert [r.split(" | ")[0].split(" (")[0] for r in rows] == ["| compress", "| l1", "| random", "| reconstruct"]
+    assert [r.split(" | ")[0].split(" (")[0] for r in rows] == ["| compress", "| compress, reconstruct=False", "| l1",
+                                                                "| random", "| reconstruct"]
     ours = float(rows[0].split(" | ")[1].rstrip("%"))
     for r in rows[1:]:
         cells = r.strip("| ").split(" | ")
