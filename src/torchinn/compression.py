@@ -246,7 +246,9 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
     selection with a least-squares refit of the layers that read pruned channels
     (:func:`torchinn.baselines.reconstruct`, fitted on the calibration data), and starts from it
     when it beats the best partitions on the held-out part (then all the tuning budget goes to
-    the weights). ``multiple`` (one int such as 8 or 16, or group name -> int; default 1) keeps
+    the weights); the refit fits the calibration data, so when that is unlike the data the network
+    will see, ``reconstruct=False`` is safer (on EfficientNet-Lite0 calibrated on other photos, the
+    partitions alone stayed closer to the original: benchmarks/RESULTS.md). ``multiple`` (one int such as 8 or 16, or group name -> int; default 1) keeps
     every group at a multiple of it or at its full size (:mod:`torchinn.rounding`): the sizes are
     chosen among those, and given ``sizes`` are rounded to them. ``model`` is not modified.
 
