@@ -13,8 +13,8 @@ import torchinn as inn
 from torchinn.baselines import prune
 from torchinn.budget import choose_sizes, compare_sizes
 from torchinn.compression import compress
-from torchinn.starts import (STARTS, activation_importance, best_start, distill_error, full_outputs, refine_start,
-                             start_partition)
+from torchinn.starts import (STARTS, StartChoice, activation_importance, best_start, distill_error, full_outputs,
+                             refine_start, start_partition)
 from torchinn_demo.zoo import ZOO
 
 
@@ -82,6 +82,13 @@ def test_refining_later_is_refining_at_once(name):
     at_once = best_start(imodel, cal, reference=ref)
     assert later.kinds == at_once.kinds and later.error == pytest.approx(at_once.error, rel=1e-6)
     assert later.error <= first.error and distill_error(imodel, cal, ref) == pytest.approx(at_once.error, rel=1e-6)
+
+
+def test_refine_start_needs_the_candidates():
+    imodel, cal, ref = at_40_percent("mlp")
+    bare = StartChoice(kinds={n: "uniform" for n in imodel.groups}, error=1.0, errors={"uniform": 1.0})
+    with pytest.raises(ValueError, match="refine_start needs a StartChoice from best_start"):
+        refine_start(imodel, cal, bare, reference=ref)
 
 
 def test_activation_importance_weighs_channels_by_what_they_carry():

@@ -243,6 +243,9 @@ def refine_start(imodel: IntegralModel, batches: Sequence[tuple], choice: StartC
     """Try ``choice``'s other starts (from :func:`best_start` with ``per_group=False``) one
     group at a time, keeping each change that lowers the calibration error, within
     ``max_seconds``; ``imodel`` keeps the result, which is returned."""
+    if not choice.options:
+        raise ValueError("refine_start needs a StartChoice from best_start (it carries the candidate partitions); "
+                         "this one has none")
     t0 = time.perf_counter()
     sizes = imodel.sizes()
     kinds, options = list(choice.options), choice.options
