@@ -25,6 +25,7 @@ tell a real difference from the measurement's resolution:
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import statistics
 from collections.abc import Sequence
@@ -109,19 +110,20 @@ def fidelity(name: str, level: float, s: Settings) -> list[str]:
              "right where the other is wrong | sign test p |", "|---|---|---|---|---|---|",
              f"| compress (start: {'+'.join(sorted(set(report.starts.values())))}, "
              f"{report.tuning.get('steps', 0)} steps) | {cells(logits, ours)} | | |"]
-    others = [("compress, reconstruct=False", lambda: _compress(mod, net, cal, level, sizes, s, reconstruct=False))]
-    others += [(method, lambda m=method: _baseline(net, imodel, cal, sizes, m, s)) for method in ("l1", "random",
-                                                                                                  "reconstruct")]
-    for method, make in others:
-        theirs_net, info = make()
-        steps = info if isinstance(info, int) else info.tuning.get("steps", 0)
-        label = f"{method} ({steps} steps)" if method.startswith("compress") else (
-            f"{method}{f' + FT ({steps} steps)' if s.seconds > 0 else ''}")
+    def partitions_only() -> tuple[nn.Module, int]:
+        small, report = _compress(mod, net, cal, level, sizes, s, reconstruct=False)
+        return small, report.tuning.get("steps", 0)
+
+    ft = " + FT ({} steps)" if s.seconds > 0 else ""
+    others = [("compress, reconstruct=False ({} steps)", "partitions", partitions_only)]
+    others += [(method + ft, method, functools.partial(_baseline, net, imodel, cal, sizes, method, s))
+               for method in ("l1", "random", "reconstruct")]
+    for label, short, make in others:
+        theirs_net, steps = make()
         out = _logits(theirs_net, x)
         theirs = out.argmax(-1)
         a, b = int(((ours == y) & (theirs != y)).sum()), int(((theirs == y) & (ours != y)).sum())
-        short = "partitions" if method.startswith("compress") else method
-        lines.append(f"| {label} | {cells(out, theirs)} | compress {a}, {short} {b} | "
+        lines.append(f"| {label.format(steps)} | {cells(out, theirs)} | compress {a}, {short} {b} | "
                      f"{sign_test(a, b):.2f} |")
     return lines
 
@@ -137,10 +139,11 @@ def repeat(name: str, level: float, baseline: str, runs: int, s: Settings) -> li
         theirs_net, steps = _baseline(net, imodel, cal, sizes, baseline, s)
         rows.append((ours, report.tuning.get("steps", 0), mod.evaluate(theirs_net, quick=s.quick), steps))
         log(f"run {run + 1}: compress {ours:.3f} ({rows[-1][1]} steps), {baseline} + FT {rows[-1][2]:.3f} "
-                    f"({steps} steps)")
+            f"({steps} steps)")
     lines = [f"{name}, {level:.0%} fewer parameters, {s.seconds:g} s each, {runs} runs: {mod.metric_name}", "",
              f"| run | compress | {baseline} + FT |", "|---|---|---|"]
     lines += [f"| {i + 1} | {a:.3f} ({n} steps) | {b:.3f} ({m} steps) |" for i, (a, n, b, m) in enumerate(rows)]
+
     def spread(v: list[float]) -> str:
         return f"{statistics.mean(v):.3f} (range {max(v) - min(v):.3f})"
 
