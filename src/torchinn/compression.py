@@ -248,9 +248,10 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
     when it beats the best partitions on the held-out part (then all the tuning budget goes to
     the weights); the refit fits the calibration data, so when that is unlike the data the network
     will see, ``reconstruct=False`` is safer (on EfficientNet-Lite0 calibrated on other photos, the
-    partitions alone stayed closer to the original: benchmarks/RESULTS.md). ``multiple`` (one int such as 8 or 16, or group name -> int; default 1) keeps
-    every group at a multiple of it or at its full size (:mod:`torchinn.rounding`): the sizes are
-    chosen among those, and given ``sizes`` are rounded to them. ``model`` is not modified.
+    partitions alone stayed closer to the original: benchmarks/RESULTS.md). ``multiple`` (one int
+    such as 8 or 16, or group name -> int; default 1) keeps every group at a multiple of it or at
+    its full size (:mod:`torchinn.rounding`): the sizes are chosen among those, and given ``sizes``
+    are rounded to them. ``model`` is not modified.
 
     The network handed back is a copy of ``model``'s own class with smaller layers (see
     :meth:`torchinn.IntegralModel.to_discrete`; batch norms come back as identity batch norms

@@ -47,8 +47,8 @@ aten = torch.ops.aten
 #: integer attributes of the user's own modules that describe a size: updated when they equal
 #: exactly one resized size (an atom or a segment of a channel plan) of the module's tensors
 SIZE_ATTRS = frozenset({
-    "num_heads", "heads", "n_heads", "n_head", "head_dim", "head_size", "attention_head_size", "all_head_size", "num_attention_heads",
-    "num_key_value_heads", "hidden_size", "intermediate_size", "embed_dim", "dim", "hidden_dim",
+    "num_heads", "heads", "n_heads", "n_head", "head_dim", "head_size", "attention_head_size", "all_head_size",
+    "num_attention_heads", "num_key_value_heads", "hidden_size", "intermediate_size", "embed_dim", "dim", "hidden_dim",
     "inner_dim", "d_model", "d_head", "in_features", "out_features", "in_channels", "out_channels",
     "channels", "num_features", "hidden_features", "width", "nf",
 })

@@ -114,8 +114,7 @@ class RandomSizes:
         2019): sets and yields the largest sizes, then the smallest, then ``random`` new draws
         (as :meth:`step`), ``2 + random`` in all. Run one forward/backward pass at each and
         step the optimizer once after the last; :func:`torchinn.sandwich_backward` does that.
-        The partitions keep the last
-        sizes: call :meth:`full` before evaluating at full size.
+        The partitions keep the last sizes: call :meth:`full` before evaluating at full size.
 
         >>> from torchinn import IntegralLinear, UniformPartition
         >>> p = UniformPartition(16)
