@@ -225,14 +225,14 @@ def cli_pickled_inn(tmp: Path) -> None:
     from torchinn.loading import load_model
 
     torch.save(small(), tmp / "x.inn")
-    load_model(str(tmp / "x.inn"), trust_pickle=True)
+    load_model(str(tmp / "x.inn"), trust_code=True)
 
 
 def cli_unwritable_output(tmp: Path) -> None:
-    from torchinn.cli import _writable_output
+    from torchinn.cli_output import check_output
 
     os.mkfifo(tmp / "out.pt")
-    _writable_output(str(tmp / "out.pt"))
+    check_output(str(tmp / "out.pt"))
 class _SizeBranch(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -430,7 +430,7 @@ CASES: list[tuple[str, Callable, type[BaseException], str]] = [
      r"refusing to replace '.*x\.inn': it is read-only \(mode -r--r--r--\)"),
     ("a pickled module given to the command line without --trust-pickle", cli_pickled_module, CLIError,
      r"is a pickle of Python objects .* can run arbitrary code .*\(it needs the Python object "
-     r"torch\.nn\.modules\.container\.Sequential\): pass --trust-pickle if you trust its source"),
+     r"torch\.nn\.modules\.container\.Sequential\): pass --trust-code if you trust its source"),
     ("a .inn file that is not a safetensors file, given to the command line", cli_pickled_inn, CLIError,
      r"is not a torchinn model file .*torchinn never unpickles a \.inn file"),
     ("compress -o to a special or read-only file, or a folder that cannot be created", cli_unwritable_output,

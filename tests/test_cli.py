@@ -206,8 +206,8 @@ def test_compress_random_inputs_report_and_reload(work, capsys, monkeypatch):
                           "--seconds", "1", "--no-progress", "-o", out_file], capsys)
     assert code == 0, err
     assert "no --calibration" in err and "smoke test" in err
-    report = json.loads((work / "compressed" / "tiny.report.json").read_text())
-    text = (work / "compressed" / "tiny.report.txt").read_text()
+    report = json.loads((work / "compressed" / "tiny.pt.report.json").read_text())
+    text = (work / "compressed" / "tiny.pt.report.txt").read_text()
     assert report["loss"] == "kl" and "kl distillation loss" in text  # a classifier's logits
     assert text in out and "s of tuning" in text
     small = torch.load(out_file, weights_only=False)
@@ -241,7 +241,7 @@ def test_compress_flops_with_calibration_images(work, capsys):
                           "--trust-pickle"], capsys)
     assert code == 0, err
     assert "warning" not in err
-    report = json.loads((work / "flops.report.json").read_text())
+    report = json.loads((work / "flops.pt.report.json").read_text())
     assert report["calibration"]["images"] == 4 and report["calibration"]["batches"] == 2  # 5 images, batch 2
     assert report["calibration"]["mean"] == [0.5]
     small = torch.load(out_file, weights_only=False)
@@ -289,7 +289,7 @@ def test_bench_original_vs_compressed(work, capsys):
         assert r["latency_ms"] > 0 and r["items_per_s"] == pytest.approx(2 / (r["latency_ms"] / 1e3))
     assert comp["speedup"] == pytest.approx(orig["latency_ms"] / comp["latency_ms"])
     code, out, err = run(["bench", work / "net.ts", "--input-shape", SHAPE, "--compressed", work / "net.inn",
-                          "--threads", "1", "--repeats", "2", "--warmup", "1"], capsys)
+                          "--threads", "1", "--repeats", "2", "--warmup", "1", "--trust-code"], capsys)
     assert code == 0, err
     assert "1 thread(s)" in out and "machine:" in out
     assert "(TorchScript)" in out and "net.inn (to_discrete() at its saved sizes)" in out
@@ -312,7 +312,7 @@ ARG_ERRORS = [  # argparse: status 2, "torchinn <command>: error: ..."
      "seconds must be >= 0"),
     (["compress", "net.pt", "--input-shape", SHAPE, "--target", "0.5", "--weights-share", "1.5", "-o", "o.pt"],
      "the share must be in [0, 1], got 1.5"),
-    (["bench", "net.pt", "--input-shape", SHAPE, "--threads", "0"], "positive integer"),
+    (["bench", "net.pt", "--input-shape", SHAPE, "--threads", "0"], "the number of threads must be in [1, "),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ]
 
@@ -340,9 +340,9 @@ RUN_ERRORS = [  # status 1, one line "torchinn: error: ..."
     (["compress", "net.pt", "--input-shape", SHAPE, "--target", "0.5", "--mean", "0.5", "-o", "o.pt"],
      "give --calibration too"),
     (["bench", "net.pt", "--input-shape", "2,5,16,16", "--trust-pickle"], "failed: RuntimeError"),
-    (["inspect", "net.pt", "--input-shape", SHAPE], "pass --trust-pickle if you trust its source"),
+    (["inspect", "net.pt", "--input-shape", SHAPE], "pass --trust-code if you trust its source"),
     (["compress", "net.pt", "--input-shape", SHAPE, "--target", "0.5", "-o", "o.pt"], "can run arbitrary code"),
-    (["bench", "net.ts", "--input-shape", SHAPE, "--compressed", "net.pt"],
+    (["bench", "net.inn", "--input-shape", SHAPE, "--compressed", "net.pt"],
      "it needs the Python object torch.nn.modules.container.Sequential"),
 ]
 
@@ -371,7 +371,9 @@ def test_std_must_be_positive(work, capsys, monkeypatch):
     _images(work / "two", 2)
     code, _, err = run(["compress", "net.pt", "--input-shape", SHAPE, "--target", "0.5", "--calibration", "two",
                         "--std", "0,1,1", "-o", "o.pt", "--trust-pickle"], capsys)
-    assert code == 1 and "--std values must be > 0" in err
+    assert code == 2 and "argument --std: every std must be a finite number > 0" in err
+    with pytest.raises(CLIError, match=r"--std values must be > 0, got \[0\.0, 1\.0, 1\.0\]"):
+        load_images(str(work / "two"), SHAPE_T, std=(0.0, 1.0, 1.0))  # the function checks too
 
 
 def test_help_warns_about_untrusted_files_and_entry_point_runs():
@@ -405,7 +407,7 @@ EVIL_COMMANDS = {
     "compress": lambda f: ["compress", f, "--input-shape", SHAPE, "--target", "0.5", "--seconds", "0.1", "-o",
                            f.parent / "evil_out.pt"],
     "bench": lambda f: ["bench", f, "--input-shape", SHAPE, "--repeats", "1", "--warmup", "1"],
-    "bench --compressed": lambda f: ["bench", f.parents[2] / "net.ts", "--input-shape", SHAPE, "--compressed", f,
+    "bench --compressed": lambda f: ["bench", f.parents[2] / "net.inn", "--input-shape", SHAPE, "--compressed", f,
                                      "--repeats", "1", "--warmup", "1"],
 }
 
@@ -439,7 +441,7 @@ def test_malicious_pickle_runs_nothing(evil, capsys, command, fmt, name):
         assert "never unpickles a .inn file" in err
     else:
         assert "pickle of Python objects" in err and "can run arbitrary code" in err
-        assert "pass --trust-pickle if you trust its source" in err and "module:callable" in err
+        assert "pass --trust-code if you trust its source" in err and "module:callable" in err
         assert "it needs the Python object posix.system" in err or "os.system" in err
 
 
@@ -459,7 +461,7 @@ def test_torch_export_program_needs_trust_pickle(work, capsys):
     model = _sequential()
     torch.export.save(torch.export.export(model, (torch.randn(SHAPE_T),)), str(work / "net.pt2"))
     code, _, err = run(["bench", work / "net.pt2", "--input-shape", SHAPE, "--repeats", "1", "--warmup", "1"], capsys)
-    assert code == 1 and "torch.export program" in err and "--trust-pickle" in err
+    assert code == 1 and "torch.export program" in err and "--trust-code" in err
     code, out, err = run(["bench", work / "net.pt2", "--input-shape", SHAPE, "--repeats", "1", "--warmup", "1",
                           "--trust-pickle", "--json"], capsys)
     assert code == 0, err
@@ -473,7 +475,7 @@ def test_state_dict_and_plain_pickles_read_without_trust(work, capsys):
         load_model(str(work / "state_dict.pt"))
     with pytest.raises(CLIError, match="holds a list, not an nn.Module"):
         load_model(str(work / "list.pt"))
-    loaded = load_model(str(work / "net.pt"), trust_pickle=True)
+    loaded = load_model(str(work / "net.pt"), trust_code=True)
     assert isinstance(loaded.obj, nn.Sequential) and loaded.kind == "module"
 
 
@@ -539,10 +541,10 @@ def _bad_outputs(d):
     (d / "link.pt").symlink_to(d / "real.pt")
     os.mkfifo(d / "fifo.pt")
     (d / "dirreport.pt").write_bytes(b"old")
-    (d / "dirreport.report.json").mkdir()
+    (d / "dirreport.pt.report.json").mkdir()
     (d / "notafolder").write_bytes(b"")
     return [("readonly.pt", "is read-only (mode -r--r--r--)"), ("link.pt", "it is a symbolic link"),
-            ("fifo.pt", "it is a FIFO"), ("dirreport.pt", "cannot write 'dirreport.report.json': it is a directory"),
+            ("fifo.pt", "it is a FIFO"), ("dirreport.pt", "cannot write 'dirreport.pt.report.json': it is a directory"),
             ("notafolder/out.pt", "cannot create its folder 'notafolder'")]
 
 
@@ -622,8 +624,8 @@ def test_compress_replaces_existing_output_keeping_its_mode(tmp_path, capsys, mo
     small = torch.load(tmp_path / "out.pt", weights_only=False)
     assert sum(p.numel() for p in small.parameters()) < 4 * 3 * 9 + 4 + 2 * 4 * 9 + 2
     assert (tmp_path / "out.pt").stat().st_mode & 0o777 == 0o640
-    assert set(os.listdir(tmp_path)) - {"__pycache__"} == {"BUILT", "out.pt", "out.report.json", "out.report.txt",
-                                                           "slowmodel.py"}
+    assert set(os.listdir(tmp_path)) - {"__pycache__"} == {"BUILT", "out.pt", "out.pt.report.json",
+                                                           "out.pt.report.txt", "slowmodel.py"}
 
 
 def test_crafted_torchscript_zip_runs_nothing(tmp_path, capsys):
@@ -638,11 +640,13 @@ def test_crafted_torchscript_zip_runs_nothing(tmp_path, capsys):
             z.writestr(f"x/{name}", payload)
         z.writestr("x/code/__torch__.py", "def f(x):\n    return x\n")
         z.writestr("x/version", "3\n")
-    for argv in (["bench", tmp_path / "x.pt", "--input-shape", SHAPE],
-                 ["inspect", tmp_path / "x.pt", "--input-shape", SHAPE, "--trust-pickle"]):
-        code, _, err = run(argv, capsys)
-        assert code == 1 and "cannot read MODEL" in err and "posix.system" in err, err
-        assert not marker.exists()
+    code, _, err = run(["bench", tmp_path / "x.pt", "--input-shape", SHAPE], capsys)
+    assert code == 1 and "is a TorchScript file, which is code" in err, err  # not opened without --trust-code
+    code, _, err = run(["bench", tmp_path / "x.pt", "--input-shape", SHAPE, "--trust-code"], capsys)
+    assert code == 1 and "cannot read MODEL" in err and "posix.system" in err, err
+    code, _, err = run(["inspect", tmp_path / "x.pt", "--input-shape", SHAPE, "--trust-code"], capsys)
+    assert code == 1 and "cannot trace a ScriptModule" in err, err  # never opened: inspect cannot use it
+    assert not marker.exists()
 
 
 class _Reducer:

@@ -217,7 +217,7 @@ def test_cli_compress_multiple(tmp_path, capsys, monkeypatch):
                  "--multiple", "8", "--no-reconstruct", "--no-progress", "-o", str(out)])
     text = capsys.readouterr().out
     assert code == 0
-    report = json.loads((tmp_path / "small.report.json").read_text())
+    report = json.loads((tmp_path / "small.pt.report.json").read_text())
     sizes = {n: a for n, (_, a) in report["sizes"].items()}
     assert all(s % 8 == 0 for s in sizes.values()) and sizes != {"0.weight:0": 24, "2.weight:0": 40}, sizes
     assert report["multiple"] == {"0.weight:0": 8, "2.weight:0": 8}

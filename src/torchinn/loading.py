@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import math
 import os
 import re
 import struct
@@ -40,7 +41,7 @@ class Loaded:
 def _zip_kind(path: Path) -> str:
     names = zipfile.ZipFile(path).namelist()
     inner = [n.split("/", 1)[-1] for n in names]
-    if any(n.startswith("code/") for n in inner):
+    if any(n.startswith("code/") or n == "constants.pkl" for n in inner):  # torch's own test: constants.pkl
         return "torchscript"
     if any(n.startswith("models/") or n == "archive_format" for n in inner):
         return "exported"
@@ -56,8 +57,15 @@ def _is_safetensors(path: Path) -> bool:
     return head[8:9] == b"{" and 0 < n < path.stat().st_size
 
 
-_TRUST_HINT = ("pass --trust-pickle if you trust its source, or give the model as a state_dict loaded by "
+_TRUST_HINT = ("pass --trust-code if you trust its source, or give the model as a state_dict loaded by "
                "pkg.module:callable (or path/to/file.py:callable) that builds it")
+
+
+_CODE = {"torchscript": "a TorchScript file, which is code: torch.jit.load runs its __setstate__ methods "
+                        "and bench runs its forward, and either can do anything Python can (write files, "
+                        "start processes)",
+         "exported": "a torch.export program, whose loader unpickles Python objects stored in it, which "
+                     "can run arbitrary code"}
 
 
 def _unpickle_refused(path: Path, err: Exception) -> CLIError:
@@ -74,13 +82,13 @@ def _unpickle_refused(path: Path, err: Exception) -> CLIError:
                     f"({what}): {_TRUST_HINT}")
 
 
-def _torch_load(path: Path, trust_pickle: bool) -> Any:
+def _torch_load(path: Path, trust_code: bool) -> Any:
     import pickle
     import warnings
 
     import torch
 
-    if trust_pickle:
+    if trust_code:
         return torch.load(path, map_location="cpu", weights_only=False)
     if not _looks_like_pickle(path):
         raise CLIError(f"cannot read MODEL {str(path)!r}: it is neither a torch.save, TorchScript, torch.export "
@@ -103,7 +111,7 @@ def _looks_like_pickle(path: Path) -> bool:
         return f.read(1) == b"\x80"
 
 
-def _load_file(path: Path, trust_pickle: bool = False) -> Loaded:
+def _load_file(path: Path, trust_code: bool = False, convert: bool = False) -> Loaded:
     import torch
     from torch import nn
 
@@ -118,18 +126,20 @@ def _load_file(path: Path, trust_pickle: bool = False) -> Loaded:
     try:
         if zipfile.is_zipfile(path):
             kind = _zip_kind(path)
+            if kind in ("torchscript", "exported"):
+                if convert:  # refused before anything in the file is read
+                    return Loaded(None, kind, str(path))
+                if not trust_code:
+                    raise CLIError(f"MODEL {str(path)!r} is {_CODE[kind]}: {_TRUST_HINT}")
             if kind == "torchscript":
                 return Loaded(torch.jit.load(str(path), map_location="cpu").eval(), "torchscript", str(path))
             if kind == "exported":
-                if not trust_pickle:
-                    raise CLIError(f"MODEL {str(path)!r} is a torch.export program, whose loader unpickles "
-                                   f"Python objects stored in it, which can run arbitrary code: {_TRUST_HINT}")
                 return Loaded(torch.export.load(str(path)).module(), "exported", str(path))
         elif safetensors:
             from .serialize import load
 
             return Loaded(load(path), "integral", str(path))
-        obj = _torch_load(path, trust_pickle)
+        obj = _torch_load(path, trust_code)
     except CLIError:
         raise
     except Exception as err:
@@ -193,13 +203,15 @@ def _import_callable(spec: str) -> Loaded:
     return Loaded(obj, "module", spec)
 
 
-def load_model(spec: str, trust_pickle: bool = False) -> Loaded:
+def load_model(spec: str, trust_code: bool = False, convert: bool = False) -> Loaded:
     """Read a MODEL argument (a file or ``module:callable``; see the module docstring). Without
-    ``trust_pickle``, nothing is unpickled: pickles are read with ``torch.load(weights_only=True)``
-    and torch.export programs are refused."""
+    ``trust_code``, nothing is unpickled or run: pickles are read with ``torch.load(weights_only=True)``
+    and TorchScript files and torch.export programs are refused before they are opened. With
+    ``convert`` (the caller converts the model), a TorchScript or torch.export file is never
+    opened: it comes back with ``obj=None`` for :func:`_convertible` to refuse."""
     path = Path(spec)
     if path.exists():
-        return _load_file(path, trust_pickle)
+        return _load_file(path, trust_code, convert)
     if ":" in spec:
         return _import_callable(spec)
     raise CLIError(f"MODEL {spec!r}: no such file (or give module:callable)")
@@ -307,6 +319,8 @@ def load_images(folder: str, shape: tuple[int, ...], mean: Sequence[float] | Non
     for name, values in (("mean", mean), ("std", std)):
         if values is not None and len(values) not in (1, c):
             raise CLIError(f"--{name} needs 1 or {c} values (one per channel), got {len(values)}")
+        if values is not None and not all(math.isfinite(v) for v in values):
+            raise CLIError(f"--{name} values must be finite, got {list(values)}")
     if mean is not None:
         x = x - torch.tensor(mean, dtype=x.dtype).reshape(-1, 1, 1)
     if std is not None:

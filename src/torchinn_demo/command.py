@@ -12,6 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
+from torchinn.cli_args import available_cores
 from torchinn.loading import CLIError
 
 __all__ = ["run"]
@@ -28,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--levels and --tune-seconds belong to the classification and superres stories")
     if story not in ("scratch", "all") and (args.epochs is not None or args.widths is not None):
         raise CLIError("--epochs and --widths belong to the scratch story: add --story scratch (or --story all)")
+    if tour_stories:
+        _check_out(args.out)
     t0 = time.perf_counter()
     if tour_stories:
         _tour(args, tour_stories)
@@ -36,6 +39,19 @@ def run(args: argparse.Namespace) -> int:
     if story == "all":
         print(f"\nTotal time: {time.perf_counter() - t0:.0f} s.")
     return 0
+
+
+def _check_out(out: str) -> None:
+    """--out, checked before the stories run: a folder, or a path where one can be made."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise CLIError(f"--out {out!r} is a file, not a folder; give a folder for the plots (it is created if "
+                       "needed)")
+    parent = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise CLIError(f"--out {out!r}: {str(parent)!r} is a file, so the folder cannot be created")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CLIError(f"--out {out!r}: no permission to write in {str(parent)!r}")
 
 
 def _tour(args: argparse.Namespace, stories: list[str]) -> None:
@@ -61,7 +77,6 @@ def _tour(args: argparse.Namespace, stories: list[str]) -> None:
 
 
 def _scratch(args: argparse.Namespace) -> None:
-    from torchinn.cli import _available_cores
     from . import digits
 
     overrides: dict = {"seed": args.seed, "progress": not args.no_progress}
@@ -75,7 +90,7 @@ def _scratch(args: argparse.Namespace) -> None:
         cfg = digits.DemoConfig.quick(**overrides)
     else:
         # Small convolutions: two single-threaded training processes use two cores best.
-        overrides.setdefault("workers", 2 if _available_cores() >= 2 else 1)
+        overrides.setdefault("workers", 2 if available_cores() >= 2 else 1)
         overrides.setdefault("threads", 1)
         cfg = digits.DemoConfig(**overrides)
     result = digits.run(cfg)
