@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import os
 import re
@@ -375,6 +376,73 @@ def from_scratch_untied_partitions() -> None:
     inn.from_scratch(Two(), torch.randn(2, 4))
 
 
+def _scripted(tmp: Path) -> Path:
+    import warnings
+
+    with warnings.catch_warnings():  # torch.jit.script is deprecated; the files still exist
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(small()).save(str(tmp / "x.ts"))
+    return tmp / "x.ts"
+
+
+def cli_torchscript(tmp: Path) -> None:
+    from torchinn.loading import load_model
+
+    load_model(str(_scripted(tmp)))
+
+
+def cli_std_not_finite() -> None:
+    from torchinn.cli_args import std_values
+
+    std_values("inf")
+
+
+def cli_threads_too_many() -> None:
+    from torchinn.cli_args import threads
+
+    threads("100000")
+
+
+def cli_seed_too_big() -> None:
+    from torchinn.cli_args import seed
+
+    seed("99999999999999999999999")
+
+
+def cli_output_is_an_input(tmp: Path) -> None:
+    from torchinn.cli_output import check_output
+
+    torch.save(small(), tmp / "in.pt")
+    check_output(str(tmp / "in.pt"), [("MODEL", tmp / "in.pt")])
+
+
+def cli_inn_wrong_shape(tmp: Path) -> None:
+    from torchinn.cli import main
+
+    inn.save(converted(), tmp / "x.inn")
+    main(["-v", "inspect", str(tmp / "x.inn"), "--input-shape", "2,4,8,8"])
+
+
+def cli_demo_out_is_a_file(tmp: Path) -> None:
+    from torchinn.cli import main
+
+    (tmp / "afile").write_text("")
+    main(["-v", "demo", "--out", str(tmp / "afile"), "--quick"])
+
+
+def cli_calibration_overflows(tmp: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from torchinn.cli import main
+
+    for i in range(2):
+        Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(tmp / f"{i}.png")
+    torch.save(small(), tmp / "x.pt")
+    main(["-v", "compress", str(tmp / "x.pt"), "--input-shape", "2,3,8,8", "--target", "0.5", "--calibration",
+          str(tmp), "--std", "1e-45", "-o", str(tmp / "out" / "o.pt"), "--trust-code"])
+
+
 # (what, how it is triggered, the exception, a regex of its message)
 CASES: list[tuple[str, Callable, type[BaseException], str]] = [
     ("NaN or Inf weights", nan_weights, ValueError, r"'0\.weight' has 1 NaN/Inf values"),
@@ -428,7 +496,7 @@ CASES: list[tuple[str, Callable, type[BaseException], str]] = [
      r"replace_special=True"),
     ("saving over a read-only file", save_over_read_only, PermissionError,
      r"refusing to replace '.*x\.inn': it is read-only \(mode -r--r--r--\)"),
-    ("a pickled module given to the command line without --trust-pickle", cli_pickled_module, CLIError,
+    ("a pickled module given to the command line without --trust-code", cli_pickled_module, CLIError,
      r"is a pickle of Python objects .* can run arbitrary code .*\(it needs the Python object "
      r"torch\.nn\.modules\.container\.Sequential\): pass --trust-code if you trust its source"),
     ("a .inn file that is not a safetensors file, given to the command line", cli_pickled_inn, CLIError,
@@ -470,6 +538,25 @@ CASES: list[tuple[str, Callable, type[BaseException], str]] = [
      r"random is the number of random sizes per sandwich step, an int >= 0, got -1"),
     ("sandwich_backward with an unknown distillation", sandwich_unknown_distillation, ValueError,
      r"distill must be None, 'auto', 'mse' or 'kl', got 'l2'"),
+    ("a TorchScript file given to the command line without --trust-code", cli_torchscript, CLIError,
+     r"MODEL '.*x\.ts' is a TorchScript file, which is code: torch\.jit\.load runs its __setstate__ methods .*"
+     r"pass --trust-code if you trust its source"),
+    ("a --std or --mean that is not finite, or a --std <= 0", cli_std_not_finite, argparse.ArgumentTypeError,
+     r"every std must be a finite number > 0 \(the images are divided by it\), got 'inf'"),
+    ("--threads outside [1, 4 x the logical CPUs]", cli_threads_too_many, argparse.ArgumentTypeError,
+     r"the number of threads must be in \[1, \d+\] \(4 x the \d+ logical CPUs of this machine\), got 100000"),
+    ("--seed outside [0, 2**32 - 1]", cli_seed_too_big, argparse.ArgumentTypeError,
+     r"a seed must be in \[0, 4294967295\], got 99999999999999999999999"),
+    ("compress -o (or its reports) naming one of its inputs", cli_output_is_an_input, CLIError,
+     r"-o '.*in\.pt': '.*in\.pt' is the same file as MODEL '.*in\.pt', which compress would replace with its "
+     r"output; write elsewhere, or pass --force to replace it"),
+    ("inspect or bench of a .inn file on inputs of the wrong shape", cli_inn_wrong_shape, CLIError,
+     r"'.*x\.inn' cannot run on --input-shape 2x4x8x8: input 0 has shape \(2, 4, 8, 8\), but the network was "
+     r"converted for inputs of shape \(any, 3, any, any\)"),
+    ("demo --out that is a file", cli_demo_out_is_a_file, CLIError,
+     r"--out '.*afile' is a file, not a folder; give a folder for the plots"),
+    ("calibration images that --mean/--std make too large for the model's dtype", cli_calibration_overflows,
+     CLIError, r"--mean None / --std \(1e-45,\) make calibration values that are not finite in torch\.float32"),
 ]
 
 

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -661,3 +662,268 @@ def test_model_that_is_a_fifo_is_not_opened(tmp_path, capsys):
     os.mkfifo(tmp_path / "pipe.pt")
     code, _, err = run(["inspect", tmp_path / "pipe.pt", "--input-shape", SHAPE], capsys)
     assert code == 1 and "is not a regular file" in err  # and it returned: opening a FIFO would block
+
+
+# -- TorchScript is code: refused before torch.jit.load without --trust-code -----------------------
+class _ScriptedSideEffect(nn.Module):
+    """A module whose TorchScript ``__setstate__`` (run by ``torch.jit.load``) creates the file at
+    ``path`` through a shared memory map."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(2, 4))
+        self.path = path
+        self.seen = torch.zeros(4, dtype=torch.uint8)
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[str, torch.Tensor, bool]:
+        return (self.path, self.weight, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, torch.Tensor, bool]) -> None:
+        self.path = state[0]
+        self.weight = state[1]
+        self.training = state[2]
+        self.seen = torch.from_file(self.path, shared=True, size=4, dtype=torch.uint8)
+        self.seen.fill_(65)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.t()
+
+
+@pytest.fixture
+def scripted(tmp_path):
+    marker = tmp_path / "MARKER"
+    torch.jit.script(_ScriptedSideEffect(str(marker))).save(str(tmp_path / "evil.ts"))
+    assert not marker.exists()
+    return tmp_path / "evil.ts", marker
+
+
+TS_COMMANDS = {
+    "inspect": lambda f: ["inspect", f, "--input-shape", "2,4"],
+    "compress": lambda f: ["compress", f, "--input-shape", "2,4", "--target", "0.5", "-o", f.parent / "o" / "x.pt"],
+    "bench": lambda f: ["bench", f, "--input-shape", "2,4", "--repeats", "1", "--warmup", "1"],
+    "bench --compressed": lambda f: ["bench", "clinet_tiny.py:INSTANCE", "--input-shape", "2,4", "--compressed", f,
+                                     "--repeats", "1", "--warmup", "1"],
+}
+
+
+@pytest.mark.parametrize("command", list(TS_COMMANDS))
+def test_torchscript_is_refused_before_it_is_loaded(work, scripted, capsys, monkeypatch, command):
+    monkeypatch.chdir(work)
+    path, marker = scripted
+    code, out, err = run(TS_COMMANDS[command](path), capsys)
+    assert code == 1 and err.startswith("torchinn: error: ") and "Traceback" not in err, err
+    assert not marker.exists(), "torch.jit.load ran the file's __setstate__"
+    if command.startswith("bench"):
+        assert "is a TorchScript file, which is code: torch.jit.load runs its __setstate__" in err
+        assert "pass --trust-code if you trust its source" in err
+    else:  # never loaded, even with the flag: torch.export cannot trace it
+        assert "cannot trace a ScriptModule" in err
+        code, _, err = run(TS_COMMANDS[command](path) + ["--trust-code"], capsys)
+        assert code == 1 and "cannot trace a ScriptModule" in err and not marker.exists()
+    assert not (path.parent / "o").exists()
+
+
+def test_trusted_torchscript_runs_its_setstate(work, scripted, capsys):
+    """The control: the side effect is real, so the test above can fail; --trust-pickle (the old name)
+    still works."""
+    path, marker = scripted
+    for flag in ("--trust-code", "--trust-pickle"):
+        code, out, err = run(TS_COMMANDS["bench"](path) + [flag], capsys)
+        assert code == 0, err
+        assert marker.read_bytes() == b"AAAA" and "(TorchScript)" in out
+        marker.unlink()
+
+
+def test_trust_code_help_names_every_kind_of_code():
+    from torchinn.cli import build_parser
+
+    for command in ("inspect", "compress", "bench"):
+        sub = build_parser()._subparsers._group_actions[0].choices[command]
+        text = " ".join(sub.format_help().split())
+        assert "--trust-code, --trust-pickle" in text
+        assert "pickles of Python objects" in text and "TorchScript files and torch.export programs" in text
+        assert "--trust-pickle is the old name of this flag" in text
+        assert sub.parse_args(["m", "--input-shape", "1", "--target", "0.5", "-o", "o.pt", "--trust-pickle"]
+                              if command == "compress" else ["m", "--input-shape", "1", "--trust-pickle"]).trust_code
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "pickles, torchscript files and torch.export programs are code" in " ".join(readme.split()).lower()
+
+
+# -- option ranges --------------------------------------------------------------------------------
+COMPRESS = ["compress", "net.pt", "--input-shape", SHAPE, "--target", "0.5", "--trust-code"]
+RANGE_ERRORS = [
+    (COMPRESS + ["--calibration", "two", "--std", "inf", "-o", "r/o.pt"],
+     "argument --std: every std must be a finite number > 0 (the images are divided by it), got 'inf'"),
+    (COMPRESS + ["--calibration", "two", "--std", "nan", "-o", "r/o.pt"], "argument --std: every std must be a"),
+    (COMPRESS + ["--calibration", "two", "--std", "0.2,-1,0.2", "-o", "r/o.pt"], "got '0.2,-1,0.2'"),
+    (COMPRESS + ["--calibration", "two", "--mean", "0,inf,0", "-o", "r/o.pt"],
+     "argument --mean: every mean must be a finite number, got '0,inf,0'"),
+    (COMPRESS + ["--calibration", "two", "--mean", "nan", "-o", "r/o.pt"], "argument --mean: every mean must"),
+    (COMPRESS + ["--seed", "99999999999999999999999", "-o", "r/o.pt"],
+     "argument --seed: a seed must be in [0, 4294967295], got 99999999999999999999999"),
+    (COMPRESS + ["--seed", "-1", "-o", "r/o.pt"], "argument --seed: a seed must be in [0, 4294967295], got -1"),
+    (["inspect", "net.pt", "--input-shape", SHAPE, "--seed", "1.5"], "argument --seed: a seed is a whole number"),
+    (["bench", "net.pt", "--input-shape", SHAPE, "--seed", str(2**32)], "a seed must be in [0, 4294967295]"),
+    (["demo", "--seed", "99999999999999999999999"], "argument --seed: a seed must be in [0, 4294967295]"),
+    (["bench", "net.pt", "--input-shape", SHAPE, "--threads", "100000"],
+     f"argument --threads: the number of threads must be in [1, {4 * os.cpu_count()}] (4 x the "),
+    (["demo", "--threads", "100000"], f"the number of threads must be in [1, {4 * os.cpu_count()}]"),
+    (["bench", "net.pt", "--input-shape", SHAPE, "--threads", "many"], "expected a number of threads in [1, "),
+]
+
+
+@pytest.mark.parametrize("argv, message", RANGE_ERRORS, ids=[" ".join(a[-4:]) for a, _ in RANGE_ERRORS])
+def test_option_out_of_range(work, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(work)
+    _images(work / "two", 2)
+    code, out, err = run(argv, capsys)
+    assert code == 2 and message in err, err
+    assert not (work / "r").exists()
+
+
+def test_largest_threads_and_seed_are_accepted(work, capsys):
+    code, out, err = run(["bench", work / "net.inn", "--input-shape", SHAPE, "--threads", str(4 * os.cpu_count()),
+                          "--seed", str(2**32 - 1), "--repeats", "1", "--warmup", "1", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["threads"] == 4 * os.cpu_count()
+
+
+# -- compress -o: never an input, reports after the whole name, no folders left behind ---------------
+def _compress_argv(model, out, *extra):
+    return ["compress", model, "--input-shape", SHAPE, "--target", "0.5", "--seconds", "0", "--no-progress",
+            "-o", out, *extra]
+
+
+def test_output_that_is_an_input_is_refused_unless_force(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save(_sequential(), tmp_path / "in.pt")
+    original = (tmp_path / "in.pt").read_bytes()
+    os.link(tmp_path / "in.pt", tmp_path / "hard.pt")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "up").symlink_to(tmp_path)
+    (tmp_path / "slowmodel.py").write_text(SLOW_SOURCE)
+    _images(tmp_path / "imgs", 2)
+    cases = [("in.pt", ["in.pt"], "'in.pt' is the same file as MODEL 'in.pt'"),
+             ("in.pt", ["./hard.pt"], "'hard.pt' is the same file as MODEL 'in.pt'"),  # a hard link
+             ("in.pt", ["sub/up/in.pt"], "'sub/up/in.pt' is the same file as MODEL 'in.pt'"),  # via a folder link
+             ("slowmodel.py:build", ["slowmodel.py"], "is the same file as MODEL 'slowmodel.py'"),
+             ("in.pt", ["imgs/img0.jpg", "--calibration", "imgs"],
+              "'imgs/img0.jpg' is the same file as --calibration image 'imgs/img0.jpg'")]
+    for model, extra, message in cases:
+        code, _, err = run(_compress_argv(model, *extra, "--trust-code"), capsys)
+        assert code == 1 and message in err and "pass --force to replace it" in err, err
+    assert (tmp_path / "in.pt").read_bytes() == original and not (tmp_path / "BUILT").exists()
+    assert not list(tmp_path.glob("*.report.*"))
+    code, out, err = run(_compress_argv("in.pt", "in.pt", "--trust-code", "--force"), capsys)
+    assert code == 0, err
+    small = torch.load(tmp_path / "in.pt", weights_only=False)
+    assert isinstance(small, torch.fx.GraphModule) and (tmp_path / "in.pt.report.json").exists()
+
+
+def test_report_files_are_named_after_the_whole_output_name(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "slowmodel.py").write_text(SLOW_SOURCE)
+    for name in ("a.pt", "a.pth", "a"):
+        code, out, err = run(_compress_argv("slowmodel.py:build", name), capsys)
+        assert code == 0, err
+        assert out.splitlines()[-1].endswith(f", {name}.report.json, {name}.report.txt")
+        assert json.loads((tmp_path / f"{name}.report.json").read_text())["output"] == name
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("a")) == [
+        "a", "a.pt", "a.pt.report.json", "a.pt.report.txt", "a.pth", "a.pth.report.json", "a.pth.report.txt",
+        "a.report.json", "a.report.txt"]
+
+
+def test_failed_compress_removes_only_the_folders_it_made(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "slowmodel.py").write_text(SLOW_SOURCE)
+    (tmp_path / "kept").mkdir()
+    for out in ("new/deeper/x.pt", "kept/new/x.pt", "kept/x.pt"):
+        code, _, err = run(["compress", "slowmodel.py:build", "--input-shape", "2,5,16,16", "--target", "0.5",
+                            "-o", out], capsys)  # 5 channels: the model fails
+        assert code == 1 and "to have 3 channels" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == ["BUILT", "kept", "slowmodel.py"]
+    assert list((tmp_path / "kept").iterdir()) == []  # the folder that was there stays
+
+
+def test_nan_outputs_are_not_an_internal_error():
+    from torchinn.cli_output import nan_equal
+
+    a = torch.tensor([1.0, float("nan"), 3.0])
+    assert nan_equal(a, a.clone()) and not nan_equal(a, torch.tensor([1.0, 2.0, 3.0]))
+    assert not nan_equal(a, torch.tensor([1.0, float("nan"), 3.5])) and not nan_equal(a, a.double())
+    assert nan_equal(torch.arange(3), torch.arange(3)) and not nan_equal(torch.arange(3), torch.arange(1, 4))
+
+
+# -- text from files is printed printable; errors are one line ----------------------------------------
+def test_text_from_a_file_is_printed_with_control_characters_escaped(work, tmp_path, capsys):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from torchinn.serialize import checksum
+
+    with safe_open(str(work / "net.inn"), framework="pt") as f:
+        meta = json.loads(f.metadata()["torchinn"])
+    tensors = load_file(work / "net.inn")
+    key = next(iter(meta["pinned"]))
+    meta["pinned"][key] = "fine\x1b[2J\x1b]0;owned\x07\u202egone\nnext"
+    meta["sha256"] = checksum({k: v for k, v in meta.items() if k != "sha256"}, tensors)
+    save_file(tensors, str(tmp_path / "esc.inn"), metadata={"torchinn": json.dumps(meta)})
+    code, out, err = run(["inspect", tmp_path / "esc.inn", "--input-shape", SHAPE], capsys)
+    assert code == 0, err
+    assert f"{key}: fine\\x1b[2J\\x1b]0;owned\\x07\\u202egone\\nnext" in out
+    assert not any(not c.isprintable() for c in out.replace("\n", "")), "a control character reached the terminal"
+    code, out, err = run(["inspect", tmp_path / "esc.inn", "--input-shape", SHAPE, "--json"], capsys)
+    assert code == 0 and "\x1b" not in out
+    assert next(p["reason"] for p in json.loads(out)["pinned"] if p["tensor_dim"] == key) == meta["pinned"][key]
+
+
+def test_printable_escapes_only_what_is_not_printable():
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from torchinn.cli_output import printable
+
+    @given(st.text())
+    def check(text):
+        shown = printable(text)
+        assert all(c.isprintable() for c in shown)
+        if text.isprintable():
+            assert shown == text
+        assert printable(text, keep_newlines=True).split("\n") == [printable(t) for t in text.split("\n")]
+
+    check()
+    assert printable("a\tb\x00é\u200b") == "a\\tb\\x00é\\u200b"
+
+
+def test_inspect_of_an_inn_file_on_the_wrong_shape_is_one_line(work, capsys):
+    for command in ("inspect", "bench"):
+        code, _, err = run([command, work / "net.inn", "--input-shape", "2,4,16,16"], capsys)
+        assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert err.startswith(f"torchinn: error: {str(work / 'net.inn')!r} cannot run on --input-shape 2x4x16x16: "
+                              "input 0 has shape (2, 4, 16, 16), but the network was converted for inputs of shape "
+                              "(any, 3, any, any)"), err
+    code, _, err = run(["inspect", work / "net.inn", "--input-shape", SHAPE, "--input-shape", "2,3"], capsys)
+    assert code == 1 and "net.inn' takes 1 input(s), got 2 --input-shape (2x3x16x16, 2x3)" in err, err
+
+
+def test_library_value_errors_are_one_line(work, capsys, monkeypatch):
+    """A ValueError / TypeError from the library (here: a target no size reaches) is the library's
+    answer to a bad input: one line, no traceback, no "run with -v"."""
+    monkeypatch.chdir(work)
+    code, _, err = run(["compress", "net.pt", "--input-shape", SHAPE, "--target", "0.001", "--metric", "flops",
+                        "--seconds", "0", "-o", "unreach.pt", "--trust-code"], capsys)
+    assert code == 1 and "Traceback" not in err, err
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("torchinn: warning:")]
+    assert lines == [lines[0]] and lines[0].startswith("torchinn: error: UnreachableTarget: cannot reach the target")
+    assert not (work / "unreach.pt").exists() and not (work / "unreach.pt.report.json").exists()
+
+
+def test_demo_out_that_is_a_file_is_refused_before_running(tmp_path, capsys):
+    (tmp_path / "afile").write_text("keep")
+    code, out, err = run(["demo", "--out", tmp_path / "afile", "--quick", "--story", "classification"], capsys)
+    assert code == 1 and f"--out {str(tmp_path / 'afile')!r} is a file, not a folder" in err, err
+    assert out == "" and (tmp_path / "afile").read_text() == "keep"  # refused before the story ran
+    code, _, err = run(["demo", "--out", tmp_path / "afile" / "plots", "--quick"], capsys)
+    assert code == 1 and "is a file, so the folder cannot be created" in err, err
