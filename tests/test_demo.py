@@ -13,7 +13,7 @@ pytest.importorskip("mlxtend")
 pytest.importorskip("sklearn")
 
 from torchinn import resize, to_discrete  # noqa: E402
-from torchinn import cli  # noqa: E402
+from torchinn import cli, cli_args  # noqa: E402
 from torchinn_demo.data import load_digits  # noqa: E402
 from torchinn_demo import digits  # noqa: E402
 
@@ -182,9 +182,9 @@ def test_cli_rejects_bad_arguments(argv, capsys):
 
 
 def test_cli_widths_type():
-    assert cli._widths("1, 0.5") == (1.0, 0.5)
+    assert cli_args.widths("1, 0.5") == (1.0, 0.5)
     with pytest.raises(argparse.ArgumentTypeError):
-        cli._widths("0")
+        cli_args.widths("0")
 
 
 def test_cli_demo_quick_exits_zero(capsys):
