@@ -35,6 +35,7 @@ from .graph.groups import Plan, finalize
 from .graph.guards import Guard
 from .graph.trace import Traced, trace
 from .integral_model import IntegralModel
+from .options import check_module_names, check_number
 from .partition import UniformPartition
 from .quadrature import QUADRATURES
 from .rebuild import make_original
@@ -66,7 +67,9 @@ class ConvertConfig:
             added with :func:`torchinn.tsp.register_solver`.
         seed: seed of the TSP search.
         fuse_batch_norm: fold batch norms into the conv/linear before them (exact in eval mode).
-        keep_discrete: tensor or module names (prefixes) whose channels must not change.
+        keep_discrete: names of modules, parameters or buffers (or tensor attributes) of the
+            model whose channels must not change (a module's name covers its tensors); a name
+            the model does not have is a ``ValueError`` from :func:`convert`.
         unsupported: ``"error"`` (default) raises on an op on channels torchinn cannot follow;
             ``"keep"`` keeps the channels it touches at full size and logs a warning.
         hidden: resize the hidden size of a transformer (the width of its residual stream: the
@@ -99,8 +102,8 @@ class ConvertConfig:
         if self.unsupported not in ("error", "keep"):
             raise ValueError(f"unsupported must be 'error' or 'keep', got {self.unsupported!r}")
         check_solver(self.tsp_solver, "tsp_solver")
-        if self.tsp_time_limit is not None and not self.tsp_time_limit > 0:
-            raise ValueError(f"tsp_time_limit must be > 0 seconds, got {self.tsp_time_limit}")
+        if self.tsp_time_limit is not None:
+            check_number(self.tsp_time_limit, "tsp_time_limit", 0, low_open=True)
         if isinstance(self.keep_discrete, str):
             self.keep_discrete = (self.keep_discrete,)
         self.keep_discrete = tuple(self.keep_discrete)
@@ -271,6 +274,7 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, obje
     config = config or ConvertConfig()
     example_inputs, kwargs = _inputs(example_inputs, kwargs)
     _check_model(model, example_inputs)
+    check_module_names(model, config.keep_discrete, "ConvertConfig.keep_discrete")
     if model.training and any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout))
                               for m in model.modules()):
         warnings.warn(f"{type(model).__name__} is in training mode; it is converted as in eval mode "
