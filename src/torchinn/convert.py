@@ -35,7 +35,7 @@ from .graph.groups import Plan, finalize
 from .graph.guards import Guard
 from .graph.trace import Traced, trace
 from .integral_model import IntegralModel
-from .options import check_module_names, check_number
+from .options import check_choice, check_module_names, check_number
 from .partition import UniformPartition
 from .quadrature import QUADRATURES
 from .rebuild import make_original
@@ -95,12 +95,9 @@ class ConvertConfig:
     progress: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.quadrature not in QUADRATURES:
-            raise ValueError(f"quadrature must be one of {sorted(QUADRATURES)}, got {self.quadrature!r}")
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if self.unsupported not in ("error", "keep"):
-            raise ValueError(f"unsupported must be 'error' or 'keep', got {self.unsupported!r}")
+        check_choice(self.quadrature, sorted(QUADRATURES), "quadrature")
+        check_choice(self.kind, KINDS, "kind")
+        check_choice(self.unsupported, ("error", "keep"), "unsupported")
         check_solver(self.tsp_solver, "tsp_solver")
         if self.tsp_time_limit is not None:
             check_number(self.tsp_time_limit, "tsp_time_limit", 0, low_open=True)
