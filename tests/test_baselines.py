@@ -277,8 +277,12 @@ def test_reconstruct_needs_calibration(tiny):
         reconstruct(imodel, {"0.weight:0": 8}, [x], ridge=0)
     with pytest.raises(ValueError, match=r"\[1, 32\], got 0"):
         reconstruct(imodel, {"0.weight:0": 0}, [x])
-    with pytest.raises(ValueError, match=r"\('l1', 'random', 'activation', 'reconstruct'\), got 'thinet'"):
+    with pytest.raises(ValueError, match=r"method must be 'l1', 'random', 'activation' or 'reconstruct', got 'thinet'$"):
         prune(imodel, {"0.weight:0": 8}, "thinet")
+    with pytest.raises(ValueError, match=r"got 'reconstrut'; did you mean 'reconstruct'\?"):
+        prune(imodel, {"0.weight:0": 8}, "reconstrut")
+    with pytest.raises(ValueError, match=r"select must be 'l1' or 'random', got 'l2'"):
+        reconstruct(imodel, {"0.weight:0": 8}, [x], select="l2")
 
 
 @pytest.fixture(scope="module")
