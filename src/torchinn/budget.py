@@ -28,7 +28,7 @@ from .structured import plan_size
 from .starts import STARTS, best_start, distill_error, full_outputs, kept_partitions, start_partition
 from .train import LOSS_CHOICES, batch_inputs, loss_kind
 
-__all__ = ["Metric", "UnreachableTarget", "check_budget", "choose_sizes", "compare_sizes", "count_flops", "flops_by_tensor", "measure_latency"]
+__all__ = ["Metric", "UnreachableTarget", "choose_sizes", "compare_sizes", "count_flops", "flops_by_tensor", "measure_latency"]
 
 log = logging.getLogger(__name__)
 

@@ -73,8 +73,8 @@ class TuneConfig:
         lr: Adam learning rate of the partitions.
         lr_params: learning rate of the biases / norms when ``train`` allows them.
         train: what may move besides the partitions: ``"biases"``, ``"norms"`` (1-D tensors).
-        decay_every, decay: multiply the learning rates by ``decay`` every ``decay_every`` steps
-            (the paper: 0.33 every 300 of 1000 steps).
+        decay_every, decay: multiply the learning rates by ``decay`` (in (0, 1]; 1: no decay)
+            every ``decay_every`` steps (the paper: 0.33 every 300 of 1000 steps).
         progress: show a progress bar.
         holdout: share of a list of calibration batches held out to validate (at least one
             batch; a loader that is not a list is validated on its training loss). The best state
