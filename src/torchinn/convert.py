@@ -271,7 +271,6 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, obje
     config = config or ConvertConfig()
     example_inputs, kwargs = _inputs(example_inputs, kwargs)
     _check_model(model, example_inputs)
-    check_module_names(model, config.keep_discrete, "ConvertConfig.keep_discrete")
     if model.training and any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout))
                               for m in model.modules()):
         warnings.warn(f"{type(model).__name__} is in training mode; it is converted as in eval mode "
@@ -280,6 +279,7 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, obje
     t0 = time.perf_counter()
     traced: Traced = trace(model, example_inputs, kwargs)
     report["trace_s"] = time.perf_counter() - t0
+    check_module_names(model, config.keep_discrete, "ConvertConfig.keep_discrete", traced.source.values())
     t0 = time.perf_counter()
     folded = fuse_batch_norms(traced) if config.fuse_batch_norm else []
     report["fuse_s"] = time.perf_counter() - t0

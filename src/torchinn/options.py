@@ -101,13 +101,15 @@ def check_names(names: Iterable[str], known: Collection[str], what: str, kinds: 
         raise ValueError(f"{what}: {name!r} is not the name of a {kinds}{hint}")
 
 
-def check_module_names(model: nn.Module, names: Iterable[str], what: str) -> None:
+def check_module_names(model: nn.Module, names: Iterable[str], what: str, extra: Iterable[str] = ()) -> None:
     """Every one of ``names`` names a submodule, parameter, buffer or tensor attribute of
-    ``model`` (a typo in ``ConvertConfig.keep_discrete`` would otherwise keep nothing, silently)."""
+    ``model``, or is one of ``extra`` (the traced graph's tensor names: a constant made in
+    ``forward`` has one): a typo in ``ConvertConfig.keep_discrete`` would otherwise keep
+    nothing, silently."""
     names = list(names)
     if not names:
         return
-    known = set()
+    known = set(extra)
     for prefix, mod in model.named_modules(remove_duplicate=False):
         dot = prefix + "." if prefix else ""
         known.add(prefix)
