@@ -443,6 +443,50 @@ def cli_calibration_overflows(tmp: Path) -> None:
           str(tmp), "--std", "1e-45", "-o", str(tmp / "out" / "o.pt"), "--trust-code"])
 
 
+def keep_discrete_unknown_name() -> None:  # issue 20: a typo kept nothing, silently
+    inn.convert(small(), (X,), inn.ConvertConfig(keep_discrete=["conv2"], permute=False))
+
+
+def keep_discrete_typo() -> None:
+    inn.convert(small(), (X,), inn.ConvertConfig(keep_discrete=["0.wieght"], permute=False))
+
+
+def choose_sizes_loss_typo() -> None:  # issue 20: behaved as "mse"
+    choose_sizes(converted(), 0.5, loss="klx")
+
+
+def choose_sizes_min_ratio_nan() -> None:  # issue 20: a raw "cannot convert float NaN to integer"
+    choose_sizes(converted(), 0.5, min_ratio=float("nan"))
+
+
+def compress_metric_typo_with_sizes() -> None:  # given sizes skipped every check of metric
+    inn.compress(small(), (X,), metric="parmas", sizes={"0.weight:0": 4}, tune=False)
+
+
+def tune_seconds_inf() -> None:
+    TuneConfig(seconds=float("inf"))
+
+
+def tune_decay_nan() -> None:
+    TuneConfig(decay=float("nan"))
+
+
+def hf_fewer_heads_save_pretrained(tmp_path: Path) -> None:  # issue 20: wrote a config that did not load
+    tf = pytest.importorskip("transformers")
+    import warnings
+
+    cfg = tf.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=32)
+    torch.manual_seed(0)
+    model = tf.BertModel(cfg).eval()
+    imodel = inn.convert(model, {"input_ids": torch.randint(0, 64, (2, 6))}, inn.ConvertConfig(permute=False))
+    imodel.resize({g: 2 if s == 4 else s for g, s in imodel.sizes().items()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the same message, at to_discrete()
+        small = imodel.to_discrete()
+    small.save_pretrained(tmp_path / "bert")
+
+
 # (what, how it is triggered, the exception, a regex of its message)
 CASES: list[tuple[str, Callable, type[BaseException], str]] = [
     ("NaN or Inf weights", nan_weights, ValueError, r"'0\.weight' has 1 NaN/Inf values"),
@@ -557,6 +601,23 @@ CASES: list[tuple[str, Callable, type[BaseException], str]] = [
      r"--out '.*afile' is a file, not a folder; give a folder for the plots"),
     ("calibration images that --mean/--std make too large for the model's dtype", cli_calibration_overflows,
      CLIError, r"--mean None / --std \(1e-45,\) make calibration values that are not finite in torch\.float32"),
+    ("a keep_discrete name the model does not have", keep_discrete_unknown_name, ValueError,
+     r"ConvertConfig\.keep_discrete: 'conv2' is not the name of a module, parameter or buffer of Sequential; "
+     r"its names include \['0', '0\.bias', '0\.weight', '1', '1\.bias'"),
+    ("a keep_discrete name with a typo", keep_discrete_typo, ValueError,
+     r"'0\.wieght' is not the name of a module, parameter or buffer of Sequential; did you mean \['0\.weight'"),
+    ("a loss, metric or method name with a typo", choose_sizes_loss_typo, ValueError,
+     r"^loss must be 'auto', 'mse' or 'kl', got 'klx'; did you mean 'kl'\?$"),
+    ("a metric with a typo, with sizes given to compress", compress_metric_typo_with_sizes, ValueError,
+     r"^metric must be 'params', 'flops' or 'latency', got 'parmas'; did you mean 'params'\?$"),
+    ("a NaN or infinite float option", choose_sizes_min_ratio_nan, ValueError,
+     r"^min_ratio \(the smallest share of a group's channels\) must be a finite number in \(0, 1\], got nan$"),
+    ("an infinite time budget", tune_seconds_inf, ValueError, r"^seconds must be a finite number > 0, got inf$"),
+    ("a NaN learning-rate decay", tune_decay_nan, ValueError,
+     r"^decay \(the factor of the learning rates\) must be a finite number in \(0, 1\], got nan$"),
+    ("save_pretrained of a Hugging Face model whose config cannot say its new sizes", hf_fewer_heads_save_pretrained,
+     ValueError, r"refusing to save_pretrained: BertModel at these sizes cannot be described by its BertConfig: its "
+     r"config has no head size field: the head size is derived as hidden_size / num_attention_heads \(32 / 4\)"),
 ]
 
 

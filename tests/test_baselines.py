@@ -214,6 +214,19 @@ def mlp():
     return net, imodel, cal, torch.randn(1024, 12)
 
 
+def refit_lowered(r: dict) -> bool:
+    """A layer's refit lowered its relative calibration error by a real margin, or the layer had
+    none to lower. The errors are relative to the layer's output: a layer whose inputs lost
+    nothing (mobilenet_v2's first depthwise conv) starts at float noise (3.7e-08 on one CPU, other
+    values on others and thread counts) and cannot improve, so below 1e-4 only "not worse than
+    noise" is asked. Above it the refit must cut the error by at least 0.1%: the smallest cut
+    measured on the zoo networks is 1.8% (mobilenet_v2 features.2.conv.3: 0.746 -> 0.733), and a
+    refit that stopped working would leave after == before."""
+    if r["before"] < 1e-4:
+        return r["after"] <= r["before"] + 1e-6
+    return r["after"] <= r["before"] * (1 - 1e-3)
+
+
 @pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75])
 @pytest.mark.parametrize("case", ["resnet", "mlp"])
 def test_reconstruct_beats_l1_on_held_out_inputs(case, ratio, request):
@@ -230,7 +243,7 @@ def test_reconstruct_beats_l1_on_held_out_inputs(case, ratio, request):
                  "mlp": {"2.weight", "4.weight"}}[case]
     assert set(report) == consumers
     for name, r in report.items():  # each refit lowered its layer's calibration error
-        assert r["after"] < r["before"], (name, r)
+        assert refit_lowered(r), (name, r)
     assert imodel.sizes() == {n: g.max_size for n, g in imodel.groups.items()}  # model left alone
 
 
@@ -264,8 +277,12 @@ def test_reconstruct_needs_calibration(tiny):
         reconstruct(imodel, {"0.weight:0": 8}, [x], ridge=0)
     with pytest.raises(ValueError, match=r"\[1, 32\], got 0"):
         reconstruct(imodel, {"0.weight:0": 0}, [x])
-    with pytest.raises(ValueError, match=r"\('l1', 'random', 'activation', 'reconstruct'\), got 'thinet'"):
+    with pytest.raises(ValueError, match=r"method must be 'l1', 'random', 'activation' or 'reconstruct', got 'thinet'$"):
         prune(imodel, {"0.weight:0": 8}, "thinet")
+    with pytest.raises(ValueError, match=r"got 'reconstrut'; did you mean 'reconstruct'\?"):
+        prune(imodel, {"0.weight:0": 8}, "reconstrut")
+    with pytest.raises(ValueError, match=r"select must be 'l1' or 'random', got 'l2'"):
+        reconstruct(imodel, {"0.weight:0": 8}, [x], select="l2")
 
 
 @pytest.fixture(scope="module")
@@ -425,7 +442,8 @@ def test_finetune_bad_budgets():
     for kwargs, msg in [({"steps": None, "seconds": None}, "set steps, seconds, or both"),
                         ({"steps": 0}, "positive int, got 0"), ({"steps": 2.5}, "positive int, got 2.5"),
                         ({"seconds": 0}, r"seconds must be > 0, got 0"),
-                        ({"steps": 3, "lr_weights": -1.0}, r"learning rates must be > 0")]:
+                        ({"seconds": float("inf")}, r"seconds must be a finite number > 0, got inf"),
+                        ({"steps": 3, "lr_weights": -1.0}, r"lr_weights must be > 0, got -1\.0")]:
         with pytest.raises(ValueError, match=msg):
             TuneConfig(**kwargs)
 
@@ -444,7 +462,7 @@ def test_reconstruct_on_zoo_networks(name):
     for n, p in l1.named_parameters():
         assert rec.get_parameter(n).shape == p.shape, n
     refit = [r for r in report.values() if "after" in r]
-    assert len(refit) >= 0.8 * len(report) and all(r["after"] < r["before"] for r in refit), report
+    assert len(refit) >= 0.8 * len(report) and all(refit_lowered(r) for r in refit), report
     # (mobilenet_v2's first depthwise conv is skipped: its kept outputs see only kept inputs, so
     # selection already reproduces them exactly)
     e_rec, e_l1 = relative_error(rec, model, test), relative_error(l1, model, test)

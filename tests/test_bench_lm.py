@@ -22,5 +22,7 @@ def test_quick_run_compares_every_method_at_one_size():
     for key in ("inn", "compress_0s", "compress", "l1", "random", "activation", "l1_ft", "random_ft", "activation_ft"):
         assert math.isfinite(row[key]) and row[key] >= 1.0, key
     assert row["compress_class"] == row["compress_0s_class"] == "LlamaForCausalLM"
-    assert row["compress_0s"] < row["inn"]  # the best start is never the worst candidate
+    # the best start is never worse than the INN resampled (one of its candidates; equal when it
+    # wins, up to the float noise of measuring it through another module)
+    assert row["compress_0s"] <= row["inn"] * (1 + 1e-4)
     assert "| 50% | 50.0% |" in compress_lm.format_table(res)

@@ -166,10 +166,12 @@ def test_compress_returns_plain_model_and_true_report(metric):
     assert report.loss == "kl"  # the zoo ResNet's outputs are class logits
     err_resampled = distill_error(untuned, [inputs], [ref], "kl")
     err1 = distill_error(small, [inputs], [ref], "kl")
-    assert report.error_before_tuning <= err_resampled * (1 + 1e-6)
+    assert report.error_before_tuning <= err_resampled * (1 + 1e-5)
     assert report.start_errors["uniform"] == pytest.approx(err_resampled, rel=1e-3)
     assert report.error_after_tuning == pytest.approx(err1, rel=1e-3)
-    assert err1 <= report.error_before_tuning
+    # the start is measured on the integral model, err1 on the returned module (weights folded
+    # differently): equal up to float noise when tuning keeps the start, hence 1e-5
+    assert err1 <= report.error_before_tuning * (1 + 1e-5)
     assert report.tuning["steps"] == 10 and report.tuning.get("grid", 0) + report.tuning.get("weights", 0) == 10
     text = str(report)
     assert f"{report.params_after:,}" in text and "target 50%" in text
@@ -200,7 +202,9 @@ def test_compress_with_a_calibration_loader():
     assert abs(report.after / report.before / 0.25 - 1) <= 0.02
     # tuning keeps its best state on the held-out batch: never worse (here the refit start wins
     # and 20 small steps do not improve the held-out batch, so it stays where it started)
-    assert report.error_after_tuning <= report.error_before_tuning * (1 + 1e-9)
+    # (1e-5: the two errors come from the start's and the tuned network's forward passes, which
+    # may round differently on another CPU or thread count; a worse tuning is far above it)
+    assert report.error_after_tuning <= report.error_before_tuning * (1 + 1e-5)
 
 
 def test_compress_seconds_bound_the_choices_and_the_tuning_together(monkeypatch):

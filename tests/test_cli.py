@@ -228,8 +228,8 @@ def test_compress_random_inputs_report_and_reload(work, capsys, monkeypatch):
     torch.save(x, work / "x.pt")
     printed = _in_new_process(out_file, work / "x.pt", work / "y.pt")
     assert printed.split()[1] == "False"  # loaded without importing torchinn
-    with torch.no_grad():
-        assert torch.equal(torch.load(work / "y.pt"), small(x))
+    with torch.no_grad():  # (the new process may run with another number of threads: float noise)
+        torch.testing.assert_close(torch.load(work / "y.pt"), small(x), rtol=1e-5, atol=1e-6)
 
 
 def test_compress_flops_with_calibration_images(work, capsys):

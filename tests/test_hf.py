@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import torchinn as inn
+from torchinn.hf_config import ConfigMismatchError
 
 tf = pytest.importorskip("transformers")
 
@@ -48,6 +49,9 @@ def _vit():
                        num_attention_heads=HEADS, intermediate_size=FFN)
     return tf.ViTForImageClassification(cfg)
 
+
+#: configs with no head size field: the head size is hidden_size / heads (ViT's config has head_dim)
+DERIVED_HEAD_SIZE = ("gpt2", "gpt2_eager", "bert")
 
 MODELS = {"llama": lambda: _causal("llama"), "qwen2": lambda: _causal("qwen2"),
           "mistral": lambda: _causal("mistral"), "gpt2": _gpt2, "gpt2_eager": lambda: _gpt2("eager"),
@@ -103,7 +107,11 @@ def test_default_settings_exact_and_half_heads(name: str) -> None:
         try:
             imodel.resize({g: s // 2 for g, s in full.items()})
             small = _main(imodel(**kw))
-            own = imodel.to_discrete()
+            if name in DERIVED_HEAD_SIZE:  # fewer heads: the config cannot say them (see below)
+                with pytest.warns(UserWarning, match="cannot be described by its"):
+                    own = imodel.to_discrete()
+            else:
+                own = imodel.to_discrete()
             discrete = _main(own(**kw))
             other = _main(imodel(**_inputs(name, batch=1, length=7)))
         finally:
@@ -279,7 +287,9 @@ def test_llama_back_round_trips_through_save_pretrained(tmp_path) -> None:
         imodel.resize({g: 1 if g in heads else 40 for g in full})
         uniform = imodel.to_discrete()
         imodel.resize({heads[0]: 1, heads[1]: KV_HEADS})  # layer 0: 1 kv head, layer 1: 2
-        per_layer = imodel.to_discrete()
+        with pytest.warns(UserWarning, match=r"the sizes differ between layers .*save_pretrained and push_to_hub "
+                                             r"raise ConfigMismatchError"):
+            per_layer = imodel.to_discrete()
     finally:
         imodel.resize(full)
     cfg = uniform.config
@@ -290,10 +300,15 @@ def test_llama_back_round_trips_through_save_pretrained(tmp_path) -> None:
         assert torch.equal(back(**kw).logits, uniform(**kw).logits)
     assert per_layer.config.num_key_value_heads == KV_HEADS  # left as it was
     assert per_layer.model.layers[0].self_attn.k_proj.out_features == HEAD
+    with pytest.raises(ConfigMismatchError, match="refusing to save_pretrained: LlamaForCausalLM"):
+        per_layer.save_pretrained(tmp_path / "per_layer")
+    assert not (tmp_path / "per_layer").exists()
     torch.save(per_layer, tmp_path / "per_layer.pt")
     again = torch.load(tmp_path / "per_layer.pt", weights_only=False)
     with torch.no_grad():
         assert torch.equal(again(**kw).logits, per_layer(**kw).logits)
+    with pytest.raises(ConfigMismatchError):  # the refusal survives torch.save
+        again.save_pretrained(tmp_path / "again")
 
 
 @pytest.mark.parametrize("name", ["qwen2", "mistral", "gpt2", "bert", "vit"])
@@ -319,3 +334,77 @@ def test_uniform_sizes_round_trip_through_save_pretrained(name: str, tmp_path) -
         a, b = _main(back(**kw)), _main(small(**kw))
     assert torch.equal(a, b)
     assert sum(p.numel() for p in back.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bert"])
+def test_fewer_heads_than_the_config_can_say_refuse_save_pretrained(name: str, tmp_path) -> None:
+    """Issue 20: GPT-2 / BERT with fewer heads at the same hidden size. Their configs
+    derive the head size as hidden / heads, so no config describes 2 heads of 8 channels in a
+    hidden size of 32: to_discrete() says so, and save_pretrained refuses instead of writing a
+    config from_pretrained fails on. torch.save keeps the model; the config is left as it was."""
+    model, imodel = _converted(name)
+    kw = _inputs(name)
+    full = imodel.sizes()
+    field = "n_head" if name == "gpt2" else "num_attention_heads"
+    try:
+        imodel.resize({g: HEADS // 2 if s == HEADS else s for g, s in full.items()})
+        with pytest.warns(UserWarning, match=rf"to_discrete\(\): {type(model).__name__} at these sizes cannot be "
+                                             rf"described by its {type(model.config).__name__}: its config has no head "
+                                             rf"size field: the head size is derived as .* / {field} \(32 / 4\), so 2 "
+                                             rf"heads of 8 channels .*model\.config still says {field}=4"):
+            small = imodel.to_discrete()
+        with torch.no_grad():
+            want = _main(imodel(**kw))
+    finally:
+        imodel.resize(full)
+    assert type(small) is type(model) and getattr(small.config, field) == HEADS
+    with pytest.raises(ConfigMismatchError, match=rf"refusing to save_pretrained: .*{field}=4 \(the full sizes\), so "
+                                                  r"a config saved by save_pretrained would not load"):
+        small.save_pretrained(tmp_path / name)
+    assert not (tmp_path / name).exists()
+    torch.save(small, tmp_path / "small.pt")
+    again = torch.load(tmp_path / "small.pt", weights_only=False)
+    with torch.no_grad():
+        got = _main(again(**kw))
+    assert _rel(want, got) <= 1e-5
+
+
+def test_full_size_and_expressible_sizes_do_not_warn(tmp_path) -> None:
+    """No warning and a working save_pretrained where the config can say the sizes (GPT-2's MLP
+    width, at every head): the refusal is only for what no config describes."""
+    _, imodel = _converted("gpt2")
+    full = imodel.sizes()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            same = imodel.to_discrete()
+            imodel.resize({g: s if s == HEADS else FFN // 2 for g, s in full.items()})
+            mlp = imodel.to_discrete()
+    finally:
+        imodel.resize(full)
+    same.save_pretrained(tmp_path / "same")
+    mlp.save_pretrained(tmp_path / "mlp")
+    assert tf.GPT2LMHeadModel.from_pretrained(tmp_path / "mlp").config.n_inner == FFN // 2
+
+
+@pytest.mark.parametrize("name", ["vit", "llama"])
+def test_fewer_heads_round_trip_where_the_config_has_a_head_size(name: str, tmp_path) -> None:
+    """ViT's and Llama's configs state head_dim: uniformly fewer heads are written into the config
+    (num_attention_heads, and num_key_value_heads for Llama), and save_pretrained /
+    from_pretrained give identical outputs."""
+    model, imodel = _converted(name)
+    kw = _inputs(name)
+    full = imodel.sizes()
+    heads = KV_HEADS if name == "llama" else HEADS
+    try:
+        imodel.resize({g: s // 2 if s == heads else s for g, s in full.items()})
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            small = imodel.to_discrete()
+    finally:
+        imodel.resize(full)
+    assert small.config.num_attention_heads == HEADS // 2 and small.config.head_dim == HEAD
+    small.save_pretrained(tmp_path / name)
+    back = type(model).from_pretrained(tmp_path / name).eval()
+    with torch.no_grad():
+        assert torch.equal(_main(back(**kw)), _main(small(**kw)))

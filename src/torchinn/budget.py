@@ -15,21 +15,18 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-import torch
-from torch import Tensor, nn
-from torch.utils import _pytree as pytree
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode, flop_registry
+from torch import nn
 
 from .integral_model import IntegralModel
+from .metrics import count_flops, flops_by_tensor, measure_latency
+from .options import check_choice, check_number
 from .rounding import Multiple, ceil_size, floor_size, resolve_multiple, round_size
 from .structured import plan_size
 from .starts import STARTS, best_start, distill_error, full_outputs, kept_partitions, start_partition
-from .train import batch_inputs, loss_kind
+from .train import LOSS_CHOICES, batch_inputs, loss_kind
 
 __all__ = ["Metric", "UnreachableTarget", "choose_sizes", "compare_sizes", "count_flops", "flops_by_tensor", "measure_latency"]
 
@@ -42,65 +39,15 @@ class UnreachableTarget(ValueError):
     """No sizes allowed (``min_ratio``) bring the network down to the target."""
 
 
+def check_budget(target: object, metric: object, min_ratio: object) -> None:
+    """The budget options of :func:`choose_sizes` and :func:`torchinn.compress`."""
+    check_choice(metric, ("params", "flops", "latency"), "metric")
+    check_number(target, f"target (the fraction of the {metric} to keep)", 0, 1, low_open=True, high_open=True)
+    check_number(min_ratio, "min_ratio (the smallest share of a group's channels)", 0, 1, low_open=True)
+
+
 SizeMethod = Literal["best", "sensitivity", "uniform"]
 _RATIOS = (0.75, 0.5, 0.25)
-
-
-def count_flops(model: nn.Module, inputs: tuple) -> int:
-    """FLOPs of one forward pass, counted by ``torch.utils.flop_counter``."""
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(*inputs)
-    return counter.get_total_flops()
-
-
-def measure_latency(model: nn.Module, inputs: tuple, *, repeats: int = 10, warmup: int = 2) -> float:
-    """Median seconds of one forward pass."""
-    times = []
-    with torch.no_grad():
-        for i in range(warmup + repeats):
-            t0 = time.perf_counter()
-            model(*inputs)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
-
-def flops_by_tensor(model: nn.Module, inputs: tuple) -> tuple[dict[str, int], int]:
-    """FLOPs of one forward pass attributed to the parameter or buffer each counted op multiplies
-    by (by name), and the FLOPs of ops between activations only."""
-    owners = {t.untyped_storage().data_ptr(): n
-              for n, t in list(model.named_parameters()) + list(model.named_buffers())}
-    mode = _FlopsByTensor(owners)
-    with mode, torch.no_grad():
-        model(*inputs)
-    return mode.by_tensor, mode.other
-
-
-class _FlopsByTensor(TorchDispatchMode):
-    """Attribute the FLOPs of each counted op to the parameter it multiplies by."""
-
-    def __init__(self, owners: Mapping[int, str]) -> None:
-        super().__init__()
-        self.owners = owners
-        self.by_tensor: dict[str, int] = {}
-        self.other = 0
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None) -> Any:
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        packet = func._overloadpacket
-        if packet in flop_registry:
-            flops = flop_registry[packet](*args, **kwargs, out_val=out)
-            # the largest owned operand is the weight (addmm(bias, x, weight.t()) lists the bias first)
-            owner, largest = None, -1
-            for a in pytree.tree_leaves((args, kwargs)):
-                if isinstance(a, Tensor) and a.untyped_storage().data_ptr() in self.owners and a.numel() > largest:
-                    owner, largest = self.owners[a.untyped_storage().data_ptr()], a.numel()
-            if owner is None:
-                self.other += flops
-            else:
-                self.by_tensor[owner] = self.by_tensor.get(owner, 0) + flops
-        return out
 
 
 class _Cost:
@@ -166,6 +113,7 @@ def sensitivities(imodel: IntegralModel, batches: Sequence[tuple], loss: str = "
     first), measured with ``loss`` (``"auto"``: KL for class logits, else squared error)."""
     from .baselines import channel_importance
 
+    check_choice(loss, LOSS_CHOICES, "loss")
     reference = full_outputs(imodel, batches)
     loss = loss_kind(reference[0]) if loss == "auto" else loss
     scores = channel_importance(imodel)
@@ -346,12 +294,11 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
     search over those sizes only, so the target is met by the rounded sizes themselves, and a
     latency target is timed on them.
     """
-    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < target < 1.0:
-        raise ValueError(f"target is the fraction of the {metric} to keep and must be in (0, 1), got {target!r}")
-    if metric not in ("params", "flops", "latency"):
-        raise ValueError(f"metric must be 'params', 'flops' or 'latency', got {metric!r}")
-    if method not in ("sensitivity", "uniform", "best"):
-        raise ValueError(f"method must be 'sensitivity', 'uniform' or 'best', got {method!r}")
+    check_budget(target, metric, min_ratio)
+    check_choice(method, ("sensitivity", "uniform", "best"), "method")
+    check_choice(loss, LOSS_CHOICES, "loss")
+    check_number(tolerance, "tolerance", 0)
+    check_number(batches, "batches", 1, integer=True)
     if not isinstance(imodel, IntegralModel):
         raise TypeError(f"choose_sizes needs an IntegralModel (from torchinn.convert), got {type(imodel).__name__}")
     if metric != "params" and example_inputs is None:
@@ -411,6 +358,7 @@ def compare_sizes(imodel: IntegralModel, options: Mapping[str, Mapping[str, int]
     """The calibration error of each set of sizes at its best starting partition (all groups
     alike; ``loss="auto"``: KL divergence for class logits, else relative squared error), and
     the name of the lowest. ``imodel`` is left as it was."""
+    check_choice(loss, LOSS_CHOICES, "loss")
     reference = full_outputs(imodel, batches) if reference is None else reference
     loss = loss_kind(reference[0]) if loss == "auto" else loss
     table = {}

@@ -40,6 +40,7 @@ from .budget import (
     Metric,
     UnreachableTarget,
     _batches,
+    check_budget,
     choose_sizes,
     compare_sizes,
     count_flops,
@@ -48,7 +49,7 @@ from .budget import (
 from .convert import ConvertConfig, convert
 from .loop import split_validation
 from .rounding import Multiple, check_multiple, resolve_multiple
-from .starts import STARTS, best_start, distill_error, kept_partitions, refine_start
+from .starts import STARTS, best_start, check_starts, distill_error, kept_partitions, refine_start
 from .train import (
     LOSSES,
     TuneConfig,
@@ -262,6 +263,8 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
     """
     if isinstance(example_inputs, Tensor):
         example_inputs = (example_inputs,)
+    check_budget(target, metric, min_ratio)  # before the conversion, and also when sizes are given
+    check_starts(starts)
     if not isinstance(multiple, Mapping):
         check_multiple(multiple)  # before the conversion; group names are checked after it
     if tune is None:

@@ -35,6 +35,7 @@ from .graph.groups import Plan, finalize
 from .graph.guards import Guard
 from .graph.trace import Traced, trace
 from .integral_model import IntegralModel
+from .options import check_choice, check_module_names, check_number
 from .partition import UniformPartition
 from .quadrature import QUADRATURES
 from .rebuild import make_original
@@ -66,7 +67,9 @@ class ConvertConfig:
             added with :func:`torchinn.tsp.register_solver`.
         seed: seed of the TSP search.
         fuse_batch_norm: fold batch norms into the conv/linear before them (exact in eval mode).
-        keep_discrete: tensor or module names (prefixes) whose channels must not change.
+        keep_discrete: names of modules, parameters or buffers (or tensor attributes) of the
+            model whose channels must not change (a module's name covers its tensors); a name
+            the model does not have is a ``ValueError`` from :func:`convert`.
         unsupported: ``"error"`` (default) raises on an op on channels torchinn cannot follow;
             ``"keep"`` keeps the channels it touches at full size and logs a warning.
         hidden: resize the hidden size of a transformer (the width of its residual stream: the
@@ -92,15 +95,12 @@ class ConvertConfig:
     progress: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.quadrature not in QUADRATURES:
-            raise ValueError(f"quadrature must be one of {sorted(QUADRATURES)}, got {self.quadrature!r}")
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if self.unsupported not in ("error", "keep"):
-            raise ValueError(f"unsupported must be 'error' or 'keep', got {self.unsupported!r}")
+        check_choice(self.quadrature, sorted(QUADRATURES), "quadrature")
+        check_choice(self.kind, KINDS, "kind")
+        check_choice(self.unsupported, ("error", "keep"), "unsupported")
         check_solver(self.tsp_solver, "tsp_solver")
-        if self.tsp_time_limit is not None and not self.tsp_time_limit > 0:
-            raise ValueError(f"tsp_time_limit must be > 0 seconds, got {self.tsp_time_limit}")
+        if self.tsp_time_limit is not None:
+            check_number(self.tsp_time_limit, "tsp_time_limit", 0, low_open=True)
         if isinstance(self.keep_discrete, str):
             self.keep_discrete = (self.keep_discrete,)
         self.keep_discrete = tuple(self.keep_discrete)
@@ -279,6 +279,7 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, obje
     t0 = time.perf_counter()
     traced: Traced = trace(model, example_inputs, kwargs)
     report["trace_s"] = time.perf_counter() - t0
+    check_module_names(model, config.keep_discrete, "ConvertConfig.keep_discrete", traced.source.values())
     t0 = time.perf_counter()
     folded = fuse_batch_norms(traced) if config.fuse_batch_norm else []
     report["fuse_s"] = time.perf_counter() - t0

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .network import integral_network, partitions, resize  # noqa: F401  (their old home)
+from .options import check_choice
 from .partition import Partition
 from .protocol import IntegralNetwork
 
@@ -60,8 +61,7 @@ class RandomSizes:
         for lo_, hi_ in [(low, high)] + list((ranges or {}).values()):
             if not 0.0 < lo_ <= hi_ <= 1.0:
                 raise ValueError(f"need 0 < low <= high <= 1, got low={lo_}, high={hi_}")
-        if distribution not in ("uniform", "full-biased"):
-            raise ValueError(f"distribution must be 'uniform' or 'full-biased', got {distribution!r}")
+        check_choice(distribution, ("uniform", "full-biased"), "distribution")
         if generator is not None and seed is not None:
             raise ValueError("give either a generator or a seed, not both")
         found = dict(model) if isinstance(model, Mapping) else integral_network(model).partition_map()

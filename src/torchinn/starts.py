@@ -40,16 +40,27 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .integral_model import IntegralModel
+from .options import check_choice, check_number
 from .partition import Partition, TrainablePartition, UniformPartition
 from .quadrature import GaussLegendre
 
-__all__ = ["STARTS", "StartChoice", "activation_importance", "best_start", "distill_error", "full_outputs",
+__all__ = ["STARTS", "StartChoice", "activation_importance", "best_start", "check_starts", "distill_error", "full_outputs",
            "kept_partitions", "refine_start", "start_partition"]
 
 log = logging.getLogger(__name__)
 aten = torch.ops.aten
 
 STARTS = ("uniform", "l1", "l1-quadrature", "activation")
+#: the ``loss`` of :func:`distill_error` (``"auto"`` is resolved by the callers that take it)
+DISTANCES = ("mse", "kl")
+
+
+def check_starts(kinds: object) -> None:
+    """``kinds`` is a non-empty sequence of names from :data:`STARTS`."""
+    if isinstance(kinds, str) or not isinstance(kinds, Sequence) or not kinds:
+        raise ValueError(f"starts must be a non-empty sequence of names from {STARTS}, got {kinds!r}")
+    for k in kinds:
+        check_choice(k, STARTS, "every entry of starts")
 
 
 def distill_error(imodel: Any, batches: Sequence[tuple], reference: Sequence[Any], loss: str = "mse") -> float:
@@ -58,6 +69,7 @@ def distill_error(imodel: Any, batches: Sequence[tuple], reference: Sequence[Any
     (:func:`torchinn.train.kl_distillation_loss`)."""
     from .train import kl_distillation_loss
 
+    check_choice(loss, DISTANCES, "loss")
     err = 0.0
     with torch.no_grad():
         for inputs, ref in zip(batches, reference):
@@ -199,9 +211,10 @@ def best_start(imodel: IntegralModel, batches: Sequence[tuple], *, kinds: Sequen
     from .baselines import channel_importance
 
     t0 = time.perf_counter()
-    bad = sorted(set(kinds) - set(STARTS))
-    if bad or not kinds:
-        raise ValueError(f"starts must be among {STARTS}, got {list(kinds)}")
+    check_choice(loss, DISTANCES, "loss")
+    if max_seconds is not None:
+        check_number(max_seconds, "max_seconds", 0)
+    check_starts(kinds)
     sizes = imodel.sizes()
     current = imodel.partition_map()
     if reference is None:
@@ -246,6 +259,9 @@ def refine_start(imodel: IntegralModel, batches: Sequence[tuple], choice: StartC
     if not choice.options:
         raise ValueError("refine_start needs a StartChoice from best_start (it carries the candidate partitions); "
                          "this one has none")
+    check_choice(loss, DISTANCES, "loss")
+    if max_seconds is not None:  # below 0 (what compress passes when the choices took longer): no trial
+        check_number(max_seconds, "max_seconds")
     t0 = time.perf_counter()
     sizes = imodel.sizes()
     kinds, options = list(choice.options), choice.options

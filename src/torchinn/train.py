@@ -49,6 +49,7 @@ from torch.utils import _pytree as pytree
 from . import loop
 from .integral_model import IntegralModel
 from .loop import split_validation
+from .options import check_choice, check_number
 from .partition import TrainablePartition
 
 __all__ = ["TuneConfig", "make_grid_trainable", "tune_grid", "finetune", "distillation_loss", "batch_inputs",
@@ -72,8 +73,8 @@ class TuneConfig:
         lr: Adam learning rate of the partitions.
         lr_params: learning rate of the biases / norms when ``train`` allows them.
         train: what may move besides the partitions: ``"biases"``, ``"norms"`` (1-D tensors).
-        decay_every, decay: multiply the learning rates by ``decay`` every ``decay_every`` steps
-            (the paper: 0.33 every 300 of 1000 steps).
+        decay_every, decay: multiply the learning rates by ``decay`` (in (0, 1]; 1: no decay)
+            every ``decay_every`` steps (the paper: 0.33 every 300 of 1000 steps).
         progress: show a progress bar.
         holdout: share of a list of calibration batches held out to validate (at least one
             batch; a loader that is not a list is validated on its training loss). The best state
@@ -108,21 +109,19 @@ class TuneConfig:
         if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
                                        or self.steps < 1):
             raise ValueError(f"steps must be a positive int, got {self.steps!r}")
-        if self.seconds is not None and not self.seconds > 0:
-            raise ValueError(f"seconds must be > 0, got {self.seconds!r}")
-        if not self.lr > 0 or not self.lr_params > 0 or not self.lr_weights > 0:
-            raise ValueError(f"learning rates must be > 0, got lr={self.lr}, lr_params={self.lr_params}, "
-                             f"lr_weights={self.lr_weights}")
+        if self.seconds is not None:
+            check_number(self.seconds, "seconds", 0, low_open=True)
+        for name in ("lr", "lr_params", "lr_weights"):
+            check_number(getattr(self, name), name, 0, low_open=True)
+        check_number(self.decay, "decay (the factor of the learning rates)", 0, 1, low_open=True)
+        check_number(self.decay_every, "decay_every", 1, integer=True)
         self.train = tuple(self.train)
         bad = sorted(set(self.train) - {"biases", "norms"})
         if bad:
             raise ValueError(f"train may contain 'biases' and 'norms', got {bad}")
-        if not 0.0 <= self.holdout < 1.0:
-            raise ValueError(f"holdout is a share of the calibration batches in [0, 1), got {self.holdout!r}")
-        if not 0.0 <= self.weights_share <= 1.0:
-            raise ValueError(f"weights_share is a share of the budget in [0, 1], got {self.weights_share!r}")
-        if self.loss not in ("auto", *LOSSES):
-            raise ValueError(f"loss must be 'auto', 'mse' or 'kl', got {self.loss!r}")
+        check_number(self.holdout, "holdout (a share of the calibration batches)", 0, 1, high_open=True)
+        check_number(self.weights_share, "weights_share (a share of the budget)", 0, 1)
+        check_choice(self.loss, LOSS_CHOICES, "loss")
         if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 1:
             raise ValueError(f"eval_every must be a positive int, got {self.eval_every!r}")
 
@@ -191,6 +190,8 @@ def kl_distillation_loss(output: Any, batch: Any, teacher_output: Any) -> Tensor
 
 
 LOSSES: dict[str, LossFn] = {"mse": distillation_loss, "kl": kl_distillation_loss}
+#: what a ``loss=`` option takes: ``"auto"`` picks one of LOSSES (:func:`loss_kind`)
+LOSS_CHOICES = ("auto", *LOSSES)
 
 
 def loss_kind(output: Any) -> str:
@@ -216,8 +217,7 @@ def sandwich_backward(model: nn.Module, sizes: Any, inputs: Any, loss_fn: Callab
     Distillation needs a good teacher: on the digits transformer trained for 15-30 epochs the
     labels did better by 6-13 points (benchmarks/RESULTS.md, issue 12), hence the default.
     """
-    if distill not in (None, "auto", *LOSSES):
-        raise ValueError(f"distill must be None, 'auto', 'mse' or 'kl', got {distill!r}")
+    check_choice(distill, (None, *LOSS_CHOICES), "distill")
     args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
     losses: list[float] = []
     teacher: Any = None

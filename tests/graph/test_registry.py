@@ -217,7 +217,9 @@ def test_a_registered_solver_is_used_by_order_channels_and_convert(custom_solver
     net = nn.Sequential(nn.Linear(3, 12), nn.ReLU(), nn.Linear(12, 2)).eval()
     imodel = inn.convert(net, (torch.randn(2, 3),), config)
     assert CALLS[1:] == [(12, 0, 0.25)]
-    assert imodel.report["tv_after"] <= imodel.report["tv_before"]
+    # the solver's path is no longer in float64; the total variations are summed in the weights'
+    # dtype, so an order as good as the first can measure a few ulps more
+    assert imodel.report["tv_after"] <= imodel.report["tv_before"] * (1 + 1e-6)
 
 
 def test_unknown_solver_names_the_registered_ones(custom_solver) -> None:
