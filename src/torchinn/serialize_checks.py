@@ -1,8 +1,10 @@
 """Checks of a ``.inn`` file before anything is built from it (used by :mod:`torchinn.serialize`).
 
-A file only *describes* a model: its graph is rebuilt from an allow-list of call targets (ATen
-operators minus a few that touch files, stdout or global state or skip bounds checks, and the
-handful of Python functions torchinn's graphs use), node names and keyword names must be plain
+A file only *describes* a model: its graph is rebuilt from an allow-list of call targets (the
+ATen operators torchinn's export emits, :mod:`torchinn.serialize_ops`, with bounded sizes and
+no writes to inputs, and the handful of Python functions torchinn's graphs use), its input and
+output structure is parsed by :mod:`torchinn.serialize_spec` (nothing imported), its guards
+are bounded (:func:`guard_expr`), node names and keyword names must be plain
 identifiers (they become Python code in ``torch.fx``), and every metadata field is checked for
 type, range and agreement with the stored tensors before any tensor is allocated from it. Sizes
 declared in the metadata are bounded by the elements the file actually stores, so a small file
@@ -22,6 +24,8 @@ from torch.utils import _pytree as pytree
 from .functions import KINDS
 from .quadrature import QUADRATURES
 from .serialize_graph import FormatError, _among, graph_from_json, target_name
+from .serialize_ops import check_graph
+from .serialize_spec import spec_loads
 
 __all__ = ["FormatError", "target_name", "graph_from_json", "check_meta", "check_tensors"]
 
@@ -210,14 +214,6 @@ def _function(name: str, info: Any, tensors: dict[str, Tensor], groups: dict[str
     return numel
 
 
-def _spec(text: Any, field: str) -> pytree.TreeSpec:
-    _type(text, field, str, "a string")
-    try:
-        return pytree.treespec_loads(text)
-    except (ValueError, TypeError, KeyError, IndexError, NotImplementedError, AttributeError, RecursionError) as err:
-        raise FormatError(f"{field}: not a tree structure ({type(err).__name__}: {err})"[:500]) from err
-
-
 def check_tensors(tensors: dict[str, Tensor], trainable: Any) -> None:
     """Stored float tensors hold no NaN, and no Inf either except in fixed tensors that are not
     trained (constants such as an attention mask may hold -inf); ``trainable``: tensor names."""
@@ -303,7 +299,7 @@ def check_meta(meta: Any, tensors: dict[str, Tensor]) -> tuple[pytree.TreeSpec, 
         if _plan_size(_plan(c["plan"], f"{field}.plan", max_sizes, budget)) > budget:
             raise FormatError(f"{field}.plan covers more positions than the file's tensors can hold ({budget})")
 
-    in_spec, out_spec = _spec(meta["in_spec"], "in_spec"), _spec(meta["out_spec"], "out_spec")
+    in_spec, out_spec = spec_loads(meta["in_spec"], "in_spec"), spec_loads(meta["out_spec"], "out_spec")
     num_inputs = in_spec.num_leaves
     shapes = _type(meta.get("input_shapes", []), "input_shapes", list, "a list")
     if len(shapes) > num_inputs:
@@ -340,6 +336,7 @@ def check_meta(meta: Any, tensors: dict[str, Tensor]) -> tuple[pytree.TreeSpec, 
         guard_expr(g["expr"], f"{field}.expr", num_inputs)
     limits = {"tensors": len(names), "sizes": len(group_names), "scales": len(contractions)}
     graph = graph_from_json(meta["graph"], num_inputs, out_spec.num_leaves, limits)
+    check_graph(graph, budget, [max_sizes[n] for n in group_names])
     return in_spec, out_spec, graph
 
 
