@@ -50,7 +50,8 @@ from .partition import (
     TrainablePartition,
     UniformPartition,
 )
-from .serialize_checks import check_meta, check_tensors, guard_expr
+from .serialize_checks import check_meta, check_tensors
+from .serialize_guards import check_guards
 from .serialize_graph import FormatError, target_name
 from .serialize_ops import allow_ops
 from .serialize_spec import spec_dumps
@@ -322,7 +323,7 @@ def _build(meta: dict, tensors: dict[str, Tensor], in_spec: pytree.TreeSpec, out
     imodel.pinned = dict(meta.get("pinned", {}))
     imodel.batch_statistics = meta.get("batch_statistics", False)
     imodel.input_names = list(meta.get("input_names", []))
-    num_inputs = in_spec.num_leaves
-    imodel.input_guards = [Guard(guard_expr(g["expr"], "input_guards", num_inputs), g["text"], g["kind"])
-                           for g in meta.get("input_guards", [])]
+    guards = meta.get("input_guards", [])
+    imodel.input_guards = [Guard(e, g["text"], g["kind"])
+                           for e, g in zip(check_guards(guards, in_spec.num_leaves), guards)]
     return imodel.train(meta["training"])
