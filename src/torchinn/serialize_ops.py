@@ -103,7 +103,6 @@ SIZE_ARGS: dict[str, tuple[str, ...]] = {
 
 _NEVER = ("sparse", "dense", "mkldnn", "layout", "storage", "set_", "resize", "from_file", "save", "load",
           "print", "warn", "seed", "pin_memory", "unsafe", "record_stream", "_cufft")
-_HOW = "extend the list in code with torchinn.serialize.allow_ops(torch.ops.aten.<op>.<overload>)"
 
 
 def _key(op: Any) -> str:
@@ -139,7 +138,8 @@ def is_allowed(op: torch._ops.OpOverload) -> bool:
 def refusal(op: torch._ops.OpOverload, where: str) -> str:
     """The message for a call of ``op`` that is not on the list."""
     return (f"{where} calls aten::{_key(op)}, which is not on torchinn's list of operators a .inn file may "
-            f"call (the ops its export emits); if you trust this operator, {_HOW}")
+            f"call (the ops its export emits); if you trust this operator, extend the list in code with "
+            f"torchinn.serialize.allow_ops(torch.ops.aten.{_key(op)})")
 
 
 # -- checks of a built graph ---------------------------------------------------------------------
