@@ -157,7 +157,7 @@ def _with_nodes(small, tmp_path: Path, *nodes: dict, output: str | None = None) 
     for n in nodes:
         meta["graph"].insert(-1, n)
     if output:
-        meta["graph"][-1]["args"] = {"t": [{"l": [{"n": output}]}]}
+        meta["graph"][-1]["args"] = {"t": [{"t": [{"n": output}]}]}
     return write(tmp_path / "crafted.inn", meta, tensors)
 
 
