@@ -223,9 +223,10 @@ def save(imodel: IntegralModel, path: str | os.PathLike) -> None:
 def load(path: str | os.PathLike, device: str | torch.device = "cpu", verify: bool = True) -> IntegralModel:
     """Read an :class:`IntegralModel` written by :func:`save`, on ``device`` (``"meta"`` works too).
 
-    Every field is checked before anything is built, and the graph may only call ATen operators and
-    a few arithmetic functions: a malformed or crafted file raises :class:`FormatError` naming the
-    field. ``verify``: check the checksum of the metadata and tensors (files written by torchinn
+    Every field is checked before anything is built (``path`` must be a regular file, not a FIFO
+    or a device), the graph may only call the allow-listed ATen operators (:func:`allow_ops`) and
+    a few arithmetic functions, with bounded sizes, and the input/output structure is parsed by
+    torchinn: a malformed or crafted file raises :class:`FormatError` naming the field. ``verify``: check the checksum of the metadata and tensors (files written by torchinn
     before it had one load without)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
