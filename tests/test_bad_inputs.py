@@ -203,6 +203,48 @@ def load_nan_tensor(tmp: Path) -> None:
     _crafted(tmp, edit)
 
 
+def _node(name: str, target: str, *args) -> dict:
+    return {"op": "call_function", "name": name, "target": target, "args": {"t": list(args)}, "kwargs": {"d": {}}}
+
+
+def load_op_off_the_list(tmp: Path) -> None:
+    def edit(meta: dict, tensors: dict) -> None:
+        x = {"n": meta["graph"][5]["name"]}
+        meta["graph"].insert(-1, _node("sp", "aten::_sparse_coo_tensor_with_dims_and_tensors.default", 1, 0,
+                                       {"l": [4]}, x, x))
+    _crafted(tmp, edit)
+
+
+def load_spec_outside_schema(tmp: Path) -> None:
+    import json
+
+    leaf = {"type": None, "context": None, "children_spec": []}
+    spec = [1, {"type": "collections.defaultdict", "context": json.dumps(
+        {"default_factory_module": "os", "default_factory_name": "getcwd", "dict_context": ["a"]}),
+        "children_spec": [leaf]}]
+    _crafted(tmp, lambda meta, tensors: meta.update(out_spec=json.dumps(spec)))
+
+
+def load_guard_past_bounds(tmp: Path) -> None:
+    guard = {"expr": ["pow", 10, ["pow", 10, 11]], "text": "crafted", "kind": "shape"}
+    _crafted(tmp, lambda meta, tensors: meta.update(input_guards=[guard]))
+
+
+def load_creation_too_big(tmp: Path) -> None:
+    _crafted(tmp, lambda meta, tensors: meta["graph"].insert(-1, _node("big", "aten::zeros.default",
+                                                                        {"l": [65536, 65536]})))
+
+
+def load_write_to_input(tmp: Path) -> None:
+    _crafted(tmp, lambda meta, tensors: meta["graph"].insert(-1, _node("w", "aten::relu_.default",
+                                                                        {"n": meta["graph"][5]["name"]})))
+
+
+def load_fifo(tmp: Path) -> None:
+    os.mkfifo(tmp / "x.inn")
+    inn.load(tmp / "x.inn")
+
+
 def save_over_symlink(tmp: Path) -> None:
     (tmp / "real.inn").write_bytes(b"keep")
     (tmp / "x.inn").symlink_to(tmp / "real.inn")
@@ -618,6 +660,21 @@ CASES: list[tuple[str, Callable, type[BaseException], str]] = [
     ("save_pretrained of a Hugging Face model whose config cannot say its new sizes", hf_fewer_heads_save_pretrained,
      ValueError, r"refusing to save_pretrained: BertModel at these sizes cannot be described by its BertConfig: its "
      r"config has no head size field: the head size is derived as hidden_size / num_attention_heads \(32 / 4\)"),
+    ("a .inn file whose graph calls an op outside the allow-list", load_op_off_the_list, inn.FormatError,
+     r"graph node 'sp' calls 'aten::_sparse_coo_tensor_with_dims_and_tensors\.default', which is not on "
+     r"torchinn's list .*torchinn\.serialize\.allow_ops\(torch\.ops\.aten\._sparse_coo_tensor_with_dims"),
+    ("a .inn file whose input/output structure is not in torchinn's schema", load_spec_outside_schema,
+     inn.FormatError, r"out_spec: node type 'collections\.defaultdict' is not in a torchinn file's schema"),
+    ("a .inn file with a guard past the arithmetic bounds", load_guard_past_bounds, inn.FormatError,
+     r"input_guards\[0\]\.expr: the exponent of 'pow' must be an int in \[0, 64\], got \['pow', 10, 11\]"),
+    ("a .inn file whose graph creates a tensor larger than the file can justify", load_creation_too_big,
+     inn.FormatError, r"graph node 'big' \(aten::zeros\.default\): its size arguments \['size'\] ask for up to "
+     r"4294967296 elements \(times the input sizes\); a tensor made from sizes in the file may have at most \d+"),
+    ("a .inn file whose graph writes to its input", load_write_to_input, inn.FormatError,
+     r"graph node 'w' \(aten::relu_\.default\) writes to its argument input_1, which is not a tensor made in "
+     r"this forward"),
+    ("loading a FIFO, a directory or a device as a model", load_fifo, inn.FormatError,
+     r"x\.inn is a FIFO \(named pipe\), not a regular file"),
 ]
 
 

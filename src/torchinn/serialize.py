@@ -5,12 +5,16 @@ tensors) by name, and in its metadata a JSON description of the rest: the runtim
 node, with ops named like ``aten::conv2d.default``), the groups and their partitions, the
 tensors' channel plans, the input/output structure, and a sha256 of all of it.
 
-A file describes a model and never executes code: nothing is pickled, the graph may only call
-ATen operators (minus a few that touch files or global state) and the few arithmetic functions
-torchinn's graphs use, and :func:`load` checks every field, and the sizes it declares against
-the tensors the file holds, before it builds anything (:mod:`torchinn.serialize_checks`). A
-malformed, damaged or crafted file raises :class:`FormatError`. A model loaded from a file
-still runs its graph's ATen operators on your inputs, as any network does.
+A file describes a model and never executes code: nothing is pickled, nothing named in it is
+imported, the graph may only call the ATen operators torchinn's export emits (an allow-list,
+:mod:`torchinn.serialize_ops`, extended in code with :func:`allow_ops`, never by a file) and the
+few arithmetic functions torchinn's graphs use, and :func:`load` checks every field, the sizes
+it declares against the tensors the file holds, and the sizes its graph would create, before it
+builds anything (:mod:`torchinn.serialize_checks`). A malformed, damaged or crafted file raises
+:class:`FormatError`; :func:`save` refuses a model whose file would not load. A model loaded
+from a file still runs its graph's operators on your inputs, as any network does: it may
+compute anything (wrong numbers included) and take time and memory that follow from the input
+sizes (see :mod:`torchinn.serialize_ops` for what is and is not bounded).
 
 >>> import tempfile, torch, torchinn as inn
 >>> net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
@@ -29,6 +33,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 from typing import Any
 
 import torch
@@ -45,11 +50,14 @@ from .partition import (
     TrainablePartition,
     UniformPartition,
 )
-from .serialize_checks import check_meta, check_tensors, guard_expr
+from .serialize_checks import check_meta, check_tensors
+from .serialize_guards import check_guards
 from .serialize_graph import FormatError, target_name
+from .serialize_ops import allow_ops
+from .serialize_spec import spec_dumps
 from .structured import Atom, StructuredFunction
 
-__all__ = ["save", "load", "FORMAT_VERSION", "FormatError"]
+__all__ = ["save", "load", "allow_ops", "FORMAT_VERSION", "FormatError"]
 
 FORMAT = "torchinn.IntegralModel"
 FORMAT_VERSION = 1
@@ -188,7 +196,7 @@ def save(imodel: IntegralModel, path: str | os.PathLike) -> None:
         "partitions": partitions, "functions": functions,
         "contractions": [{"plan": _plan_json((c.plan,))[0], "ndim": c.ndim, "dim": c.dim, "mean": c.mean}
                          for c in imodel.contractions],
-        "in_spec": pytree.treespec_dumps(imodel.in_spec), "out_spec": pytree.treespec_dumps(imodel.out_spec),
+        "in_spec": spec_dumps(imodel.in_spec), "out_spec": spec_dumps(imodel.out_spec),
         "training": imodel.training,
         "input_shapes": [list(s) if s is not None else None for s in imodel.input_shapes],
         "pinned": imodel.pinned,
@@ -202,11 +210,12 @@ def save(imodel: IntegralModel, path: str | os.PathLike) -> None:
     if on_meta:
         raise ValueError(f"cannot save a model on the meta device (tensor {on_meta[0]!r} has no values); "
                          "load or compute real weights first")
+    meta = json.loads(json.dumps(meta))  # tuples -> lists: the checksum hashes what load() reads
     try:
         check_tensors(tensors, imodel.trainable)
+        check_meta(meta, tensors)
     except FormatError as err:  # the file would not load: say so now
         raise ValueError(f"cannot save this model: {err}") from None
-    meta = json.loads(json.dumps(meta))  # tuples -> lists: the checksum hashes what load() reads
     meta["sha256"] = checksum(meta, tensors)
     save_safetensors(tensors, path, metadata={"torchinn": json.dumps(meta)})
 
@@ -214,9 +223,10 @@ def save(imodel: IntegralModel, path: str | os.PathLike) -> None:
 def load(path: str | os.PathLike, device: str | torch.device = "cpu", verify: bool = True) -> IntegralModel:
     """Read an :class:`IntegralModel` written by :func:`save`, on ``device`` (``"meta"`` works too).
 
-    Every field is checked before anything is built, and the graph may only call ATen operators and
-    a few arithmetic functions: a malformed or crafted file raises :class:`FormatError` naming the
-    field. ``verify``: check the checksum of the metadata and tensors (files written by torchinn
+    Every field is checked before anything is built (``path`` must be a regular file, not a FIFO
+    or a device), the graph may only call the allow-listed ATen operators (:func:`allow_ops`) and
+    a few arithmetic functions, with bounded sizes, and the input/output structure is parsed by
+    torchinn: a malformed or crafted file raises :class:`FormatError` naming the field. ``verify``: check the checksum of the metadata and tensors (files written by torchinn
     before it had one load without)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
@@ -228,6 +238,11 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", verify: bo
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(path)
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):  # reading a FIFO blocks until a writer comes; a device never ends
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else \
+            "a device or socket"
+        raise FormatError(f"{path} is {kind}, not a regular file; a torchinn model is a .inn file")
     try:
         with safe_open(path, framework="pt") as f:
             header = f.metadata() or {}
@@ -309,7 +324,7 @@ def _build(meta: dict, tensors: dict[str, Tensor], in_spec: pytree.TreeSpec, out
     imodel.pinned = dict(meta.get("pinned", {}))
     imodel.batch_statistics = meta.get("batch_statistics", False)
     imodel.input_names = list(meta.get("input_names", []))
-    num_inputs = in_spec.num_leaves
-    imodel.input_guards = [Guard(guard_expr(g["expr"], "input_guards", num_inputs), g["text"], g["kind"])
-                           for g in meta.get("input_guards", [])]
+    guards = meta.get("input_guards", [])
+    imodel.input_guards = [Guard(e, g["text"], g["kind"])
+                           for e, g in zip(check_guards(guards, in_spec.num_leaves), guards)]
     return imodel.train(meta["training"])

@@ -1,8 +1,10 @@
 """Checks of a ``.inn`` file before anything is built from it (used by :mod:`torchinn.serialize`).
 
-A file only *describes* a model: its graph is rebuilt from an allow-list of call targets (ATen
-operators minus a few that touch files, stdout or global state or skip bounds checks, and the
-handful of Python functions torchinn's graphs use), node names and keyword names must be plain
+A file only *describes* a model: its graph is rebuilt from an allow-list of call targets (the
+ATen operators torchinn's export emits, :mod:`torchinn.serialize_ops`, with bounded sizes and
+no writes to inputs, and the handful of Python functions torchinn's graphs use), its input and
+output structure is parsed by :mod:`torchinn.serialize_spec` (nothing imported), its guards
+are bounded (:mod:`torchinn.serialize_guards`), node names and keyword names must be plain
 identifiers (they become Python code in ``torch.fx``), and every metadata field is checked for
 type, range and agreement with the stored tensors before any tensor is allocated from it. Sizes
 declared in the metadata are bounded by the elements the file actually stores, so a small file
@@ -22,6 +24,9 @@ from torch.utils import _pytree as pytree
 from .functions import KINDS
 from .quadrature import QUADRATURES
 from .serialize_graph import FormatError, _among, graph_from_json, target_name
+from .serialize_guards import check_guards
+from .serialize_ops import check_graph
+from .serialize_spec import spec_loads
 
 __all__ = ["FormatError", "target_name", "graph_from_json", "check_meta", "check_tensors"]
 
@@ -210,14 +215,6 @@ def _function(name: str, info: Any, tensors: dict[str, Tensor], groups: dict[str
     return numel
 
 
-def _spec(text: Any, field: str) -> pytree.TreeSpec:
-    _type(text, field, str, "a string")
-    try:
-        return pytree.treespec_loads(text)
-    except (ValueError, TypeError, KeyError, IndexError, NotImplementedError, AttributeError, RecursionError) as err:
-        raise FormatError(f"{field}: not a tree structure ({type(err).__name__}: {err})"[:500]) from err
-
-
 def check_tensors(tensors: dict[str, Tensor], trainable: Any) -> None:
     """Stored float tensors hold no NaN, and no Inf either except in fixed tensors that are not
     trained (constants such as an attention mask may hold -inf); ``trainable``: tensor names."""
@@ -303,7 +300,7 @@ def check_meta(meta: Any, tensors: dict[str, Tensor]) -> tuple[pytree.TreeSpec, 
         if _plan_size(_plan(c["plan"], f"{field}.plan", max_sizes, budget)) > budget:
             raise FormatError(f"{field}.plan covers more positions than the file's tensors can hold ({budget})")
 
-    in_spec, out_spec = _spec(meta["in_spec"], "in_spec"), _spec(meta["out_spec"], "out_spec")
+    in_spec, out_spec = spec_loads(meta["in_spec"], "in_spec"), spec_loads(meta["out_spec"], "out_spec")
     num_inputs = in_spec.num_leaves
     shapes = _type(meta.get("input_shapes", []), "input_shapes", list, "a list")
     if len(shapes) > num_inputs:
@@ -327,52 +324,8 @@ def check_meta(meta: Any, tensors: dict[str, Tensor]) -> tuple[pytree.TreeSpec, 
         _type(n, f"input_names[{i}]", str, "a string")
         if len(n) > 200:
             raise FormatError(f"input_names[{i}] is longer than 200 characters")
-    guards = _type(meta.get("input_guards", []), "input_guards", list, "a list")
-    if len(guards) > 1000:
-        raise FormatError(f"input_guards has {len(guards)} entries; at most 1000")
-    for i, g in enumerate(guards):
-        field = f"input_guards[{i}]"
-        _type(g, field, dict, "an object")
-        _keys(g, field, {"expr", "text", "kind"}, set())
-        _type(g["text"], f"{field}.text", str, "a string")
-        if not _among(g["kind"], ("shape", "range", "value")):
-            raise FormatError(f"{field}.kind must be 'shape', 'range' or 'value', got {g['kind']!r}"[:300])
-        guard_expr(g["expr"], f"{field}.expr", num_inputs)
+    check_guards(meta.get("input_guards", []), num_inputs)
     limits = {"tensors": len(names), "sizes": len(group_names), "scales": len(contractions)}
     graph = graph_from_json(meta["graph"], num_inputs, out_spec.num_leaves, limits)
+    check_graph(graph, budget, [max_sizes[n] for n in group_names])
     return in_spec, out_spec, graph
-
-
-def guard_expr(value: Any, field: str, num_inputs: int, depth: int = 0) -> Any:
-    """A saved guard expression (:mod:`torchinn.graph.guards`) back as a tuple tree: lists
-    ``["dim", i, d]``, ``["input", i]`` and ``[op, *args]`` with ``op`` a known operation;
-    numbers, strings, booleans and null as they are; ``{"f": "inf"}`` for non-finite floats."""
-    from .graph.guards import OPS
-
-    if depth > 32:
-        raise FormatError(f"{field} is nested more than 32 levels deep")
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value
-    if isinstance(value, dict):
-        _keys(value, field, {"f"}, set())
-        if not _among(value["f"], ("inf", "-inf", "nan")):
-            raise FormatError(f"{field}.f must be 'inf', '-inf' or 'nan', got {value['f']!r}"[:300])
-        return float(value["f"])
-    _type(value, field, list, "a list, a number, a string, a boolean or null")
-    if not value:
-        raise FormatError(f"{field} is an empty list")
-    head = value[0]
-    if isinstance(head, str) and head in ("dim", "input"):
-        if len(value) != (3 if head == "dim" else 2):
-            raise FormatError(f"{field}: {head!r} takes {2 if head == 'dim' else 1} argument(s)")
-        _int(value[1], f"{field}[1]", 0, max(0, num_inputs - 1))
-        if head == "dim":
-            _int(value[2], f"{field}[2]", 0, _MAX_NDIM - 1)
-        return tuple(value)
-    if not isinstance(head, str) or head not in OPS:
-        raise FormatError(f"{field}: unknown operation {head!r}; known: {sorted(OPS)}"[:300])
-    if len(value) > 17:
-        raise FormatError(f"{field}: {head!r} has more than 16 arguments")
-    return (head, *(guard_expr(v, f"{field}[{k}]", num_inputs, depth + 1) for k, v in enumerate(value[1:], 1)))

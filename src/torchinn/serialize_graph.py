@@ -1,8 +1,10 @@
 """The graph of a ``.inn`` file, rebuilt from an allow-list (used by :mod:`torchinn.serialize_checks`).
 
-Call targets are ATen operators minus a few that touch files, stdout or global state or skip
-bounds checks, and the handful of Python functions torchinn's graphs use; each call is checked
-against the operator's schema; node names and keyword names must be plain identifiers (they
+Call targets are the ATen operators of :data:`torchinn.serialize_ops.ALLOWED` (the ones
+torchinn's export emits; the name is checked against the list before torch looks it up) and
+the handful of Python functions torchinn's graphs use; each call is checked against the
+operator's schema, and then :func:`torchinn.serialize_ops.check_graph` checks the writes and
+the sizes; node names and keyword names must be plain identifiers (they
 become Python code in ``torch.fx``); node references, placeholders, indexes into the runtime's
 lists and the output arity are checked before the graph exists. Every problem raises
 :class:`FormatError` naming the node.
@@ -19,11 +21,9 @@ from typing import Any
 import torch
 from torch import fx
 
+from .serialize_ops import ALLOWED, FormatError, is_allowed, refusal
+
 __all__ = ["FormatError", "graph_from_json", "target_name"]
-
-
-class FormatError(ValueError):
-    """The file is not a torchinn model this version can read."""
 
 
 # -- call targets --------------------------------------------------------------------------------
@@ -39,30 +39,20 @@ _PY: dict[str, tuple[Callable, int]] = {
     **{f"torch.{n}": (getattr(torch, n), 2) for n in ("sym_max", "sym_min")},
 }
 _PY_NAMES = {fn: name for name, (fn, _) in _PY.items()}
-_ALLOWED = ("allowed: aten:: operators except a few that touch files or global state, and torchinn's "
-            "arithmetic helpers py::operator.*, py::math.*, py::torch.sym_*")
-
-#: ATen operators a file may not call: they read or write files, print, change global state, or
-#: index memory without bounds checks (the rest compute on tensors and check their arguments)
-_DENIED_ATEN = {
-    "from_file", "save", "load", "_print", "warn", "_test_warn_in_autograd", "manual_seed", "seed",
-    "set_grad_enabled", "set_", "set_data", "_cufft_set_plan_cache_max_size", "record_stream",
-    "pin_memory", "_pin_memory", "_unsafe_index", "_unsafe_index_put", "_unsafe_masked_index",
-    "_unsafe_masked_index_put_accumulate", "_sparse_coo_tensor_unsafe", "_sparse_csr_tensor_unsafe",
-    "_sparse_csc_tensor_unsafe", "_sparse_bsr_tensor_unsafe", "_sparse_bsc_tensor_unsafe",
-    "_sparse_compressed_tensor_unsafe", "_set_item",
-}
+_ALLOWED = ("allowed: the aten:: operators of torchinn.serialize_ops.ALLOWED, and torchinn's arithmetic "
+            "helpers py::operator.*, py::math.*, py::torch.sym_*")
 
 
 def target_name(target: Any) -> str:
     """The name a graph node's target is saved under; ``TypeError`` for targets a file may not call."""
     if isinstance(target, torch._ops.OpOverload):
-        if target.namespace == "aten" and target._opname not in _DENIED_ATEN:
+        if is_allowed(target):
             return f"aten::{target._opname}.{target._overloadname}"
-    elif target in _PY_NAMES:
+        raise TypeError(f"cannot save this model: {refusal(target, 'its graph')}")
+    if target in _PY_NAMES:
         return f"py::{_PY_NAMES[target]}"
-    raise TypeError(f"cannot save a graph calling {target!r}: a torchinn file may only call ATen operators "
-                    f"and {sorted(_PY)}")
+    raise TypeError(f"cannot save a graph calling {target!r}: a torchinn file may only call the ATen operators "
+                    f"of torchinn.serialize_ops.ALLOWED and {sorted(_PY)}")
 
 
 def _resolve_target(name: Any, node: str) -> tuple[Any, int | None]:
@@ -75,8 +65,12 @@ def _resolve_target(name: Any, node: str) -> tuple[Any, int | None]:
             raise FormatError(f"{where} calls {name!r}, which a torchinn file may not call ({_ALLOWED})")
         return _PY[rest]
     opname, _, overload = rest.partition(".")
-    if kind != "aten" or opname in _DENIED_ATEN or not opname.isidentifier() or not (overload or "default").isidentifier():
+    if kind != "aten" or not opname.isidentifier() or not (overload or "default").isidentifier():
         raise FormatError(f"{where} calls {name!r}, which a torchinn file may not call ({_ALLOWED})")
+    if f"{opname}.{overload or 'default'}" not in ALLOWED:  # refused before torch looks the name up
+        raise FormatError(f"{where} calls {name!r}, which is not on torchinn's list of operators a .inn file may "
+                          f"call (the ops its export emits); if you trust this operator, extend the list in "
+                          f"code with torchinn.serialize.allow_ops(torch.ops.aten.{opname}.{overload or 'default'})")
     try:
         op = getattr(getattr(torch.ops.aten, opname), overload or "default")
     except (AttributeError, RuntimeError) as err:

@@ -110,15 +110,47 @@ def show(expr: Any, names: Sequence[str]) -> str:
     return repr(expr)
 
 
+#: bounds of guard arithmetic: an int result has at most MAX_BITS bits (a saved guard's constants
+#: and the sizes it reads have at most 64); evaluation past them raises ValueError
+MAX_BITS = 4096
+_NUMERIC = {"add", "mul", "floordiv", "mod", "pow", "max", "min"}
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_BITS:
+        raise ValueError(f"guard arithmetic past {MAX_BITS} bits")
+    return value
+
+
 def evaluate(expr: Any, flat: Sequence[Any]) -> Any:
-    """The value of ``expr`` on flattened inputs ``flat`` (Python numbers)."""
+    """The value of ``expr`` on flattened inputs ``flat`` (Python numbers), with bounded
+    arithmetic: operations on numbers only, int results of at most :data:`MAX_BITS` bits, and
+    ``pow`` computed only when its result stays within them (``ValueError`` otherwise)."""
     if isinstance(expr, tuple) and expr:
         head = expr[0]
         if head == "dim":
-            return int(flat[expr[1]].shape[expr[2]])
+            x = flat[expr[1]]
+            if not isinstance(x, Tensor):
+                raise ValueError(f"input {expr[1]} is a {type(x).__name__}, not a tensor with sizes")
+            return int(x.shape[expr[2]])
         if head == "input":
-            return flat[expr[1]]
-        return OPS[head][0](*(evaluate(a, flat) for a in expr[1:]))
+            x = flat[expr[1]]
+            if x is not None and not isinstance(x, (bool, int, float, str)):
+                raise ValueError(f"input {expr[1]} is a {type(x).__name__}, not a Python value")
+            return x
+        args = [evaluate(a, flat) for a in expr[1:]]
+        if head in _NUMERIC:
+            if any(a is None or isinstance(a, str) for a in args):
+                raise ValueError(f"guard operation {head!r} on a non-number")
+            if head == "pow":
+                base, exp = args
+                if isinstance(exp, bool) or not isinstance(exp, int) or not 0 <= exp <= 64 or (
+                        isinstance(base, int) and base.bit_length() * exp > MAX_BITS):
+                    raise ValueError(f"guard power past {MAX_BITS} bits or with exponent {exp!r} outside [0, 64]")
+        try:
+            return _number(OPS[head][0](*args))
+        except OverflowError as err:
+            raise ValueError(f"guard arithmetic overflows ({err})") from None
     return expr
 
 
@@ -144,7 +176,7 @@ def violation(guards: Sequence[Guard], flat: Sequence[Any], names: Sequence[str]
             continue
         try:
             ok = bool(evaluate(g.expr, flat))
-        except (ZeroDivisionError, ValueError, TypeError, IndexError):
+        except (ZeroDivisionError, ValueError, TypeError, IndexError, OverflowError):
             ok = False
         if not ok:
             shapes = ", ".join(f"{names[i]}: {tuple(x.shape)}" for i, x in enumerate(flat)
