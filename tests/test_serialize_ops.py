@@ -96,17 +96,17 @@ def test_the_lists_are_consistent() -> None:
 def test_allow_ops_extends_the_list_in_code_only(small, tmp_path: Path) -> None:
     path, x, _ = small
     meta, tensors = read(path)
-    erf = {"op": "call_function", "name": "erf", "target": "aten::erf.default",
+    node = {"op": "call_function", "name": "tr", "target": "aten::trace.default",
            "args": {"t": [{"n": "relu_default"}]}, "kwargs": {"d": {}}}
-    meta["graph"].insert(-1, erf)
-    with pytest.raises(inn.FormatError, match=r"graph node 'erf' calls 'aten::erf\.default', which is not on "
-                       r"torchinn's list .* torchinn\.serialize\.allow_ops\(torch\.ops\.aten\.erf\.default\)"):
+    meta["graph"].insert(-1, node)
+    with pytest.raises(inn.FormatError, match=r"graph node 'tr' calls 'aten::trace\.default', which is not on "
+                       r"torchinn's list .* torchinn\.serialize\.allow_ops\(torch\.ops\.aten\.trace\.default\)"):
         inn.load(write(tmp_path / "e.inn", meta, tensors))
     try:
-        inn.serialize.allow_ops(torch.ops.aten.erf.default)
+        inn.serialize.allow_ops(torch.ops.aten.trace.default)
         inn.load(tmp_path / "e.inn")
     finally:
-        serialize_ops.ALLOWED.discard("erf.default")
+        serialize_ops.ALLOWED.discard("trace.default")
     with pytest.raises(TypeError, match=r"allow_ops needs ATen operator overloads .* got 'erf' of type str"):
         inn.serialize.allow_ops("erf")
     with pytest.raises(TypeError, match=r"got <OpOverloadPacket"):
@@ -114,9 +114,9 @@ def test_allow_ops_extends_the_list_in_code_only(small, tmp_path: Path) -> None:
     for op in (torch.ops.aten._to_dense.default, torch.ops.aten.resize_.default, torch.ops.aten.set_.source_Tensor):
         with pytest.raises(ValueError, match=r"sparse, layout, storage, file or global-state operator"):
             inn.serialize.allow_ops(op)
-    with pytest.raises(ValueError, match=r"aten\.mul_\.Tensor writes to an argument"):
-        inn.serialize.allow_ops(torch.ops.aten.mul_.Tensor)
-    assert "mul_.Tensor" not in serialize_ops.ALLOWED
+    with pytest.raises(ValueError, match=r"aten\.index_put_\.default writes to an argument"):
+        inn.serialize.allow_ops(torch.ops.aten.index_put_.default)
+    assert "index_put_.default" not in serialize_ops.ALLOWED
 
 
 def test_save_refuses_an_op_a_file_may_not_call(small, tmp_path: Path) -> None:
@@ -124,11 +124,41 @@ def test_save_refuses_an_op_a_file_may_not_call(small, tmp_path: Path) -> None:
     imodel = inn.convert(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)),
                          (torch.randn(2, 4),), inn.ConvertConfig(permute=False, progress=False))
     relu = next(n for n in imodel.runtime.graph.nodes if n.target == torch.ops.aten.relu.default)
-    relu.target = torch.ops.aten.erf.default
-    with pytest.raises(TypeError, match=r"cannot save this model: its graph calls aten::erf\.default, which is not "
-                       r"on .*serialize\.allow_ops\(torch\.ops\.aten\.erf\.default\)"):
+    relu.target = torch.ops.aten.trace.default
+    with pytest.raises(TypeError, match=r"cannot save this model: its graph calls aten::trace\.default, which is "
+                       r"not on .*serialize\.allow_ops\(torch\.ops\.aten\.trace\.default\)"):
         inn.save(imodel, tmp_path / "m.inn")
     assert not (tmp_path / "m.inn").exists()
+
+
+class _Activations(torch.nn.Module):
+    """Ops no zoo network emits but conversion follows: pointwise (some in place) and a pad."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 8, 3)
+        self.b = torch.nn.Conv2d(8, 6, 3)
+        self.act = torch.nn.Sequential(torch.nn.LeakyReLU(0.1, inplace=True), torch.nn.Hardswish(),
+                                       torch.nn.SiLU(inplace=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.a(x)).clamp(-3, 3)
+        h = torch.nn.functional.pad(h, (1, 1, 1, 1), mode="reflect")
+        return torch.nn.functional.elu(self.b(h)).flatten(1)
+
+
+def test_ops_conversion_follows_are_on_the_list(tmp_path: Path) -> None:
+    """The list holds what conversion can follow in a user's network, not only what the zoo emits:
+    pointwise ops, in place or not (leaky_relu_, hardswish, silu_, clamp, elu) and reflection pads."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 10, 10)
+    imodel = inn.convert(_Activations().eval(), (x,), inn.ConvertConfig(permute=False, progress=False))
+    imodel.resize(0.5)
+    ops = {o.removeprefix("aten::") for o in _graph_ops(imodel) if o.startswith("aten::")}
+    assert {"leaky_relu_.default", "hardswish.default", "silu_.default", "clamp.default", "elu.default"} <= ops, ops
+    assert ops <= serialize_ops.ALLOWED, ops - serialize_ops.ALLOWED
+    inn.save(imodel, tmp_path / "m.inn")
+    assert torch.equal(inn.load(tmp_path / "m.inn")(x), imodel(x))
 
 
 # -- issue 20, Found 2 and 3: memory corruption, allocations, writes to the input -----------------
@@ -179,17 +209,26 @@ def test_sparse_tensor_then_to_dense_is_refused_before_it_runs(small, tmp_path: 
 
 def test_a_4kb_file_asking_for_16_gib_is_refused_at_load(small, tmp_path: Path) -> None:
     """Found 3: ``aten.ones([65536, 65536])`` in a 4.5 kB file asked for 16 GiB at inspect/forward."""
-    path = _with_nodes(small, tmp_path, _node("big", "aten::ones.default", {"l": [65536, 65536]}))
-    assert path.stat().st_size < 6000
-    with pytest.raises(inn.FormatError, match=r"'aten::ones\.default', which is not on torchinn's list"):
+    for op in ("ones", "zeros"):  # ops that make tensors: their sizes are bounded by what the file stores
+        path = _with_nodes(small, tmp_path, _node("big", f"aten::{op}.default", {"l": [65536, 65536]}))
+        assert path.stat().st_size < 6000
+        with pytest.raises(inn.FormatError, match=rf"graph node 'big' \(aten::{op}\.default\): its size arguments "
+                           r"\['size'\] ask for up to 4294967296 elements .* at most \d+ \(4 times the elements"):
+            inn.load(path)  # refused by the check, before any graph runs (no 16 GiB asked for)
+
+
+@pytest.mark.parametrize("node", [
+    _node("big", "aten::new_zeros.default", {"n": "relu_default"}, {"l": [65536, 65536]}),
+    _node("big", "aten::repeat.default", {"n": "relu_default"}, {"l": [4096, 4096, 1, 1]}),
+    _node("big", "aten::arange.start_step", 0, 10**12, 1),
+    _node("big", "aten::constant_pad_nd.default", {"n": "relu_default"}, {"l": [100000, 100000]}),
+])
+def test_sizes_of_the_ops_added_to_the_list_are_bounded(small, tmp_path: Path, node: dict) -> None:
+    """The ops :func:`serialize_ops._derive` adds have their size arguments bounded as well."""
+    path = _with_nodes(small, tmp_path, node)
+    with pytest.raises(inn.FormatError, match=r"graph node 'big' .*: its size arguments .* ask for up to \d+ "
+                       r"elements .* at most \d+ \(4 times the elements"):
         inn.load(path)
-    # an op on the list that makes tensors: its sizes are bounded by what the file stores
-    path = _with_nodes(small, tmp_path, _node("big", "aten::zeros.default", {"l": [65536, 65536]}))
-    t = time.perf_counter()
-    with pytest.raises(inn.FormatError, match=r"graph node 'big' \(aten::zeros\.default\): its size arguments "
-                       r"\['size'\] ask for up to 4294967296 elements .* at most \d+ \(4 times the elements"):
-        inn.load(path)
-    assert time.perf_counter() - t < 1.0
 
 
 @pytest.mark.parametrize("sizes,pattern", [
@@ -351,7 +390,7 @@ def test_guards_past_the_bounds_are_refused_at_load(small, tmp_path: Path, expr,
     t = time.perf_counter()
     with pytest.raises(inn.FormatError, match=r"input_guards\[0\]\.expr.*" + pattern):
         inn.load(write(tmp_path / "g.inn", meta, tensors))
-    assert time.perf_counter() - t < 1.0
+    assert time.perf_counter() - t < 10.0  # a hang, not a speed goal: the tower ran for hours
 
 
 def test_guard_forms_and_sizes_are_checked(small, tmp_path: Path) -> None:
@@ -385,7 +424,7 @@ def test_guard_evaluation_is_bounded_at_run_time() -> None:
         evaluate(squares, [x])
     with pytest.raises(ValueError, match=r"guard operation 'mul' on a non-number"):
         evaluate(("mul", ("input", 1), 10**9), [x, "s"])
-    assert time.perf_counter() - t < 1.0
+    assert time.perf_counter() - t < 10.0  # a hang, not a speed goal: the tower ran for hours
 
 
 # -- issue 20, Found 7: a FIFO ---------------------------------------------------------------------

@@ -6,14 +6,20 @@ it supports, and nothing else. It was made by converting every network of the de
 ``tests/test_hf.py`` (Llama, Qwen2, Mistral, GPT-2 sdpa/eager, BERT, ViT; hidden sizes fixed and
 free), the digits transformer and the models the tests save, and collecting the targets of each
 runtime graph; ``tests/test_serialize_ops.py`` checks that every zoo network's graph still uses
-only these (``python tests/test_serialize_ops.py`` prints the list to paste here). A new operator
-emitted by export fails that test, and :func:`torchinn.save` refuses a graph that calls an
-operator off the list (a file that could not be loaded is never written). The list can be
-extended in code with :func:`allow_ops`, never from a file. No sparse, layout or storage operator
-is on it, and :func:`allow_ops` refuses those and every operator that writes to an argument.
+only these (``python tests/test_serialize_ops.py`` prints the list to paste here). To these,
+:func:`_derive` adds at import what conversion can follow in a user's network: the functional
+overloads of the ops with a built-in handler (:mod:`torchinn.graph.registry`) and of the ops
+``torch.Tag.pointwise`` marks (``leaky_relu``, ``hardswish``, ``clamp`` ...), and the in-place
+forms of the pointwise ones, under the rules below (uninitialised memory, ``empty``, and
+recurrences whose time grows with a value are left out). A new operator emitted by export fails
+that test, and :func:`torchinn.save` refuses a graph that calls an operator off the list (a file
+that could not be loaded is never written). The list can be extended in code with
+:func:`allow_ops`, never from a file (a handler registered later with ``register_op`` does not
+extend it). No sparse, layout or storage operator is on it, and :func:`allow_ops` refuses those
+and every operator that writes to an argument.
 
 **Writes.** The only operators on the list that write to an argument are the in-place
-activations and ``add_`` of :data:`IN_PLACE`, and each may only write a tensor that a call of
+pointwise operators of :data:`IN_PLACE` (``relu_``, ``add_`` ...), and each may only write a tensor that a call of
 :data:`FRESH` (operators that always return a new tensor) made in the same forward, directly or
 through other in-place calls: never an input, a stored tensor or a view of one. ``batch_norm``
 updates its running statistics when training: they must be stored tensors (``tensors[i]``) and
@@ -22,7 +28,8 @@ false.
 
 **Sizes.** ``budget`` is 4 times the elements the file stores, plus 4096. The arguments of
 :data:`SIZE_ARGS` (the sizes of created tensors, pads, output sizes, scale factors, transposed
-convolution strides) are checked at load: each entry is a constant, a node of input-size
+convolution strides; for a derived operator every int argument that is not a dimension or an
+index, :func:`_size_args`) are checked at load: each entry is a constant, a node of input-size
 arithmetic, or a group size; the product of the constants (and group sizes) in one operator's
 size arguments is at most ``budget``, and at most 4 entries come from input sizes. So a
 tensor created from sizes written in the file has at most ``budget`` elements times at most 4
@@ -45,6 +52,8 @@ from typing import Any
 
 import torch
 from torch import fx
+
+from .graph.registry import OPS
 
 __all__ = ["FormatError", "ALLOWED", "IN_PLACE", "FRESH", "SIZE_ARGS", "allow_ops", "is_allowed", "check_graph"]
 
@@ -73,10 +82,10 @@ ALLOWED: set[str] = {
 }
 
 #: the operators on the list that write their first argument (and return it)
-IN_PLACE = frozenset({"add_.Tensor", "relu_.default", "hardtanh_.default"})
+IN_PLACE = {"add_.Tensor", "relu_.default", "hardtanh_.default"}
 
 #: operators whose result is always a newly allocated tensor (never an argument or a view of one)
-FRESH = frozenset({
+FRESH = {
     "__and__.Tensor", "adaptive_avg_pool1d.default", "adaptive_avg_pool2d.default",
     "adaptive_max_pool2d.default", "add.Tensor", "addmm.default", "arange.default", "avg_pool1d.default",
     "avg_pool2d.default", "batch_norm.default", "cat.default", "conv1d.default", "conv2d.default",
@@ -87,7 +96,7 @@ FRESH = frozenset({
     "rsqrt.default", "scaled_dot_product_attention.default", "sigmoid.default", "silu.default",
     "sin.default", "softmax.int", "sub.Tensor", "tanh.default", "upsample_bilinear2d.vec",
     "upsample_nearest2d.vec", "where.ScalarOther", "zeros.default",
-})
+}
 
 #: operator -> the arguments that size the tensor it makes (bounded at load, see the module doc)
 SIZE_ARGS: dict[str, tuple[str, ...]] = {
@@ -111,6 +120,80 @@ def _key(op: Any) -> str:
 
 def _writes(op: torch._ops.OpOverload) -> bool:
     return any(a.alias_info is not None and a.alias_info.is_write for a in op._schema.arguments)
+
+
+#: beyond :data:`_NEVER`: uninitialised memory (``empty``: it would show the process's old memory),
+#: recurrences whose time grows with a value (``special_*_polynomial_*``), TorchScript list ops
+_NOT_DERIVED = ("empty", "polynomial", "copy")
+#: int arguments of an operator on a tensor that index or name its dimensions, not sizes it makes
+_INDEX_ARGS = frozenset({
+    "dim", "dim0", "dim1", "start_dim", "end_dim", "index", "groups", "chunks", "split_size", "split_sizes",
+    "sections", "source", "destination", "shifts", "diagonal", "offset", "start", "end", "step", "length",
+    "kernel_size", "stride", "dilation", "divisor_override", "correction", "decimals", "upscale_factor",
+    "downscale_factor", "unflatten_sizes", "sizes", "size", "shape"})
+#: arguments whose values are enumerations the schema types as ints
+_ENUMS = frozenset({"dtype", "out_dtype", "layout", "memory_format", "device"})
+#: ... except these, whose int arguments are the sizes of what they make
+_MAKERS = ("new_", "full", "ones", "zeros", "rand", "arange", "linspace", "eye", "repeat", "tile", "pad",
+           "expand", "upsample", "adaptive", "scalar_tensor")
+
+
+def _tensor_typed(arg: Any) -> bool:
+    return "Tensor" in str(arg.type)
+
+
+def _size_args(op: torch._ops.OpOverload) -> tuple[str, ...]:
+    """The arguments of a derived operator bounded as sizes: every int argument (and scale factor,
+    and the range of ``arange`` / ``linspace``) of an operator that makes a tensor from them (a
+    factory, a pad, a repeat, an upsample) or of one with no tensor argument, and the int
+    arguments other than dimension and index names of the rest."""
+    args = op._schema.arguments
+    maker = any(m in op._opname for m in _MAKERS) or not any(_tensor_typed(a) for a in args)
+    out = []
+    for a in args:
+        kind = str(a.type)
+        numeric = ("int" in kind.lower() or ("float" in kind and a.name.startswith("scale"))
+                   or (op._opname in ("arange", "linspace") and "number" in kind))
+        if numeric and not _tensor_typed(a) and a.name not in _ENUMS and (maker or a.name not in _INDEX_ARGS):
+            out.append(a.name)
+    return tuple(out)
+
+
+def _derive() -> None:
+    """Add to the list what torchinn's conversion knows how to follow: the functional overloads of
+    the ops with a registered handler (:mod:`torchinn.graph.registry`, read once, at import) and of
+    every op ``torch.Tag.pointwise`` marks, and the in-place forms of the pointwise ones (which may
+    only write fresh results, :data:`IN_PLACE`); their size arguments are bounded (:func:`_size_args`)."""
+    candidates: dict[torch._ops.OpOverload, bool] = {}  # op -> pointwise
+    for k in OPS:
+        packet = [getattr(k, o) for o in k.overloads()] if isinstance(k, torch._ops.OpOverloadPacket) else [k]
+        for op in packet:
+            if isinstance(op, torch._ops.OpOverload):
+                candidates[op] = torch.Tag.pointwise in op.tags
+    for name in torch.ops.aten:
+        packet = getattr(torch.ops.aten, name, None)
+        if isinstance(packet, torch._ops.OpOverloadPacket):
+            for o in packet.overloads():
+                op = getattr(packet, o)
+                if torch.Tag.pointwise in op.tags:
+                    candidates[op] = True
+    for op, pointwise in candidates.items():
+        key = _key(op)
+        if (op.namespace != "aten" or key in ALLOWED or any(w in op._opname for w in _NEVER + _NOT_DERIVED)
+                or not any(_tensor_typed(a) for a in (*op._schema.arguments, *op._schema.returns))):
+            continue
+        if _writes(op) or op._schema.is_mutable:
+            written = [a for a in op._schema.arguments if a.alias_info is not None and a.alias_info.is_write]
+            if pointwise and op._opname.endswith("_") and len(written) == 1 and written[0] is op._schema.arguments[0]:
+                IN_PLACE.add(key)
+                ALLOWED.add(key)
+            continue
+        ALLOWED.add(key)
+        if all(r.alias_info is None and str(r.type) == "Tensor" for r in op._schema.returns):
+            FRESH.add(key)  # the schema says the result aliases nothing: a new tensor
+        sizes = _size_args(op)
+        if sizes:
+            SIZE_ARGS[key] = sizes
 
 
 def allow_ops(*ops: torch._ops.OpOverload) -> None:
@@ -264,3 +347,6 @@ def check_graph(graph: fx.Graph, budget: int, group_sizes: list[int]) -> None:
                     raise FormatError(f"{where}: {name} must be a stored tensor (tensors[i]) or null, got {v!r}")
         if key in SIZE_ARGS:
             _check_sizes(node, key, budget, memo, group_sizes)
+
+
+_derive()
