@@ -381,7 +381,8 @@ class IntegralModel(nn.Module):
                       .reshape([-1] + [1] * (c.ndim - c.dim - 1)) for c in self.contractions]
         return specialize(self.runtime, self.tensor_names, [tensors[n] for n in self.tensor_names],
                           [sizes[n] for n in self.group_names], scales, self.trainable,
-                          self.in_spec, self.out_spec).train(self.training)
+                          self.in_spec, self.out_spec, getattr(self, "input_guards", []),
+                          getattr(self, "input_names", [])).train(self.training)
 
     # -- discrete ---------------------------------------------------------------------------
     def to_discrete(self, graph: bool = False) -> nn.Module:
@@ -420,7 +421,8 @@ class IntegralModel(nn.Module):
             tensors, scales = self._sample()
         sizes = [self.partitions[_key(n)].size for n in self.group_names]
         gm = specialize(self.runtime, self.tensor_names, tensors, sizes, scales, self.trainable,
-                        self.in_spec, self.out_spec).train(self.training)
+                        self.in_spec, self.out_spec, getattr(self, "input_guards", []),
+                        getattr(self, "input_names", [])).train(self.training)
         if graph:
             return gm
         return self._user_module(gm, dict(zip(self.tensor_names, tensors)), "to_discrete()")
