@@ -338,3 +338,34 @@ def test_forward_writing_to_its_input_saves_and_loads(tmp_path) -> None:
     with torch.no_grad():
         assert rel_err(model(x.clone()), loaded(x)) < 1e-5 and rel_err(model(x.clone()), loaded.to_discrete(graph=True)(x)) < 1e-5
     assert torch.equal(x, before)
+
+
+class _Masked(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Linear(4, 8)
+        self.b = torch.nn.Linear(8, 2)
+
+    def forward(self, x, mask=None, bias=None):
+        h = torch.relu(self.a(x))
+        return self.b(h if mask is None else h * mask)
+
+
+@pytest.mark.parametrize("args,kwargs,pattern", [
+    ((), {"masks": 1}, r"keyword input 'masks', which it was not converted with \(did you mean 'mask'\?\); "
+                       r"no keyword input\(s\) \['mask'\], but it was converted with 1 positional input\(s\) "
+                       r"and the keyword input\(s\) \['mask'\]"),
+    ((), {"mask": 1, "bias": 1}, r"called with keyword input 'bias', which it was not converted with, but"),
+    ((), {}, r"called with no keyword input\(s\) \['mask'\], but it was converted with 1 positional"),
+    ((1,), {"mask": 1}, r"called with 2 positional input\(s\), but it was converted with 1 positional"),
+])
+def test_integral_model_names_keyword_inputs_it_was_not_converted_with(args, kwargs, pattern) -> None:
+    x, mask = torch.randn(3, 4), torch.ones(3, 8)
+    imodel = inn.convert(_Masked().eval(), (x,), inn.ConvertConfig(permute=False), kwargs={"mask": mask})
+    kwargs = {k: mask for k in kwargs}
+    with pytest.raises(ValueError, match=pattern) as err:
+        imodel(x, *[mask for _ in args], **kwargs)
+    assert "TreeSpec" not in str(err.value)
+    with torch.no_grad():
+        assert rel_err(_Masked().eval()(x, mask=mask), imodel(x, mask=mask)) < 1e-5

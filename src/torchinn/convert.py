@@ -323,6 +323,8 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, obje
                                  for k, d in enumerate(n.meta["val"].shape))
                            if isinstance(n.meta.get("val"), Tensor) else None
                            for i, n in enumerate(traced.inputs)]
+    imodel.input_dtypes = [n.meta["val"].dtype if isinstance(n.meta.get("val"), Tensor) else None
+                           for n in traced.inputs]
     imodel.input_guards = list(traced.guards)
     imodel.input_names = [n.name for n in traced.inputs]
     imodel.pinned = dict(plan.pinned)
