@@ -19,7 +19,7 @@ MODULES = [
     "torchinn.quadrature", "torchinn.partition", "torchinn.sizes", "torchinn.functions",
     "torchinn.layers", "torchinn.protocol", "torchinn.rounding", "torchinn.network", "torchinn.scratch",
     "torchinn.norms",
-    "torchinn.convert", "torchinn.integral_model",
+    "torchinn.convert", "torchinn.integral_model", "torchinn.inputs",
     "torchinn.train", "torchinn.budget", "torchinn.compression", "torchinn.baselines", "torchinn.tsp", "torchinn.permute",
     "torchinn.serialize", "torchinn.structured", "torchinn.graph",
 ]

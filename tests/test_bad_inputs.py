@@ -678,6 +678,56 @@ CASES: list[tuple[str, Callable, type[BaseException], str]] = [
 ]
 
 
+
+# issue 20, items 5 and 9 (hard-lib)
+class _Mode(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Linear(4, 8)
+        self.b = nn.Linear(8, 2)
+
+    def forward(self, x, mode="relu", mask=None):
+        h = self.a(x)
+        h = torch.relu(h) if mode == "relu" else torch.tanh(h)
+        return self.b(h if mask is None else h * mask)
+
+
+def graph_module_other_str_input() -> None:
+    x = torch.randn(3, 4)
+    inn.convert(_Mode().eval(), (x, "relu"), inn.ConvertConfig(permute=False)).to_discrete(graph=True)(x, "tanh")
+
+
+def keyword_input_not_converted_with() -> None:
+    x, mask = torch.randn(3, 4), torch.ones(3, 8)
+    imodel = inn.convert(_Mode().eval(), (x,), inn.ConvertConfig(permute=False), kwargs={"mask": mask})
+    imodel(x, masks=mask)
+
+
+def calibration_of_the_wrong_shape() -> None:
+    inn.compress(small(), (X,), 0.5, calibration=[X, torch.randn(2, 3, 8, 8, dtype=torch.float64)],
+                 config=inn.ConvertConfig(permute=False), tune=False)
+
+
+def compress_keyword_example_inputs() -> None:
+    inn.compress(small(), {"input": X}, 0.5, tune=False)
+
+
+CASES += [
+    ("a str or None input other than the one converted with, to the graph module", graph_module_other_str_input,
+     RuntimeError, r"input 1 \('mode'\) must be 'relu', the value the network was converted with: torch\.export "
+     r"bakes a Python input into the traced graph as a constant; pass 'relu'"),
+    ("a keyword input the model was not converted with, or a missing one", keyword_input_not_converted_with,
+     ValueError, r"the network was called with keyword input 'masks', which it was not converted with \(did you "
+     r"mean 'mask'\?\); no keyword input\(s\) \['mask'\], but it was converted with 1 positional input\(s\) "
+     r"and the keyword input\(s\) \['mask'\]"),
+    ("a calibration batch of the wrong shape or dtype", calibration_of_the_wrong_shape, ValueError,
+     r"calibration batch 1: input 0 has dtype torch\.float64, but the network was converted for torch\.float32"),
+    ("keyword example inputs (a dict) given to compress", compress_keyword_example_inputs, TypeError,
+     r"compress passes inputs by position: give example_inputs as a tensor or a tuple \(in the order of "
+     r"forward's parameters\), got a dict of keyword inputs \['input'\]"),
+]
+
 @pytest.mark.parametrize("what,fn,exc,pattern", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_gets_a_clear_error(what: str, fn: Callable, exc: type, pattern: str, tmp_path: Path) -> None:
     with pytest.raises(exc, match=pattern):

@@ -320,3 +320,53 @@ def test_sensitivities_take_one_batch_when_two_would_eat_the_budget(monkeypatch)
         seen.clear()
         compress(model, inputs, target=0.5, calibration=cal, config=FAST, tune=tune)
         assert ("sensitivity", n) in seen, seen
+
+
+def _mlp_and_converted():
+    torch.manual_seed(0)
+    model, inputs = ZOO["mlp"]()
+    return model, inputs, inn.convert(model, inputs, FAST)
+
+
+@pytest.mark.parametrize("bad,pattern", [
+    (torch.randn(16, 31), r"calibration batch 2: input 0 has shape \(16, 31\), but the network was converted "
+                          r"for inputs of shape \(any, 32\)"),
+    (torch.randn(16, 32, 1), r"calibration batch 2: input 0 has shape \(16, 32, 1\)"),
+    (torch.randn(16, 32, dtype=torch.float64), r"calibration batch 2: input 0 has dtype torch\.float64, but the "
+                                               r"network was converted for torch\.float32"),
+    (torch.zeros(16, 32, dtype=torch.long), r"calibration batch 2: input 0 has dtype torch\.int64"),
+])
+def test_calibration_of_the_wrong_shape_or_dtype_is_named_before_anything_runs(bad, pattern, monkeypatch):
+    import torchinn.compression as compression
+
+    model, inputs, imodel = _mlp_and_converted()
+    cal = [torch.randn(16, 32), (torch.randn(16, 32), torch.zeros(16)), bad]
+
+    def never(*args, **kwargs):
+        raise AssertionError("ran before the calibration was checked")
+
+    monkeypatch.setattr(compression, "choose_sizes", never)
+    with pytest.raises(ValueError, match=pattern):
+        compress(model, inputs, target=0.5, calibration=cal, config=FAST, tune=False)
+    with pytest.raises(ValueError, match=pattern):
+        choose_sizes(imodel, 0.5, calibration=cal, method="sensitivity", batches=3)
+    imodel.resize(0.5)
+    with pytest.raises(ValueError, match=pattern):  # a list: every batch checked before the first step
+        inn.tune_grid(imodel, cal, validation=[inputs], config=TuneConfig(steps=1, seconds=None, progress=False))
+    with pytest.raises(ValueError, match=pattern):  # a one-shot iterator: each batch as it is drawn
+        inn.tune_grid(imodel, iter(cal), validation=[inputs], config=TuneConfig(steps=5, seconds=None, progress=False))
+    with pytest.raises(ValueError, match=pattern.replace("calibration batch 2", "validation batch 0")):
+        inn.tune_grid(imodel, cal[:1], validation=[bad], config=TuneConfig(steps=1, seconds=None, progress=False))
+
+
+def test_compress_refuses_keyword_example_inputs():
+    model, inputs, _ = _mlp_and_converted()
+    with pytest.raises(TypeError, match=r"compress passes inputs by position: .*got a dict of keyword inputs \['input'\]"):
+        compress(model, {"input": inputs[0]}, target=0.5, config=FAST, tune=False)
+
+
+def test_calibration_after_double_is_accepted():
+    model, inputs, imodel = _mlp_and_converted()
+    imodel.double()
+    sizes = choose_sizes(imodel, 0.5, calibration=[inputs[0].double()], method="sensitivity", batches=1)
+    assert sum(sizes.values()) < sum(g.max_size for g in imodel.groups.values())

@@ -273,3 +273,99 @@ def test_slice_bounds_computed_from_input_sizes() -> None:
         small = imodel.to_discrete()
         assert rel_err(imodel(x), small(x)) <= 1e-5
     assert small.get_parameter("b.weight").shape == (4, 4, 3, 3)
+
+
+class _Writes(torch.nn.Module):
+    """A forward that writes to its input in place (issue 20, item 6), in one of several ways."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.how = how
+        self.a = torch.nn.Linear(4, 8)
+        self.b = torch.nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.how == "mul_":
+            x.mul_(2)
+        elif self.how == "slice":
+            x[:, 0] = 0.0
+        elif self.how == "view":
+            x.view(-1).add_(1.0)
+        elif self.how == "relu_":
+            torch.relu_(x)
+        elif self.how == "keyword":
+            y.mul_(3)
+            x = x + y
+        h = self.a(x)
+        out = self.b(torch.relu(h))
+        return out + x.sum(1, keepdim=True)  # the written input is read again after the write
+
+
+@pytest.mark.parametrize("how", ["mul_", "slice", "view", "relu_", "keyword"])
+def test_forward_writing_to_its_input(how: str) -> None:
+    model = _Writes(how).eval()
+    x, y = torch.randn(3, 4), torch.randn(3, 4)
+    kwargs = {"y": y} if how == "keyword" else {}
+    saved_x, saved_y = x.clone(), y.clone()
+    imodel = inn.convert(model, (x,), inn.ConvertConfig(permute=False), kwargs=kwargs)
+    assert torch.equal(x, saved_x) and torch.equal(y, saved_y)  # the caller's example is unchanged
+    x2, y2 = torch.randn(5, 4), torch.randn(5, 4)
+    kw2 = {"y": y2} if how == "keyword" else {}
+    want = model(x2.clone(), **{k: v.clone() for k, v in kw2.items()})  # the original's return value
+    before = x2.clone(), y2.clone()
+    with torch.no_grad():
+        assert rel_err(want, imodel(x2, **kw2)) < 1e-5
+        gm = imodel.to_discrete(graph=True)
+        assert rel_err(want, gm(x2, **kw2)) < 1e-5
+    # neither the integral model nor the graph module writes to the caller's tensors
+    assert torch.equal(x2, before[0]) and torch.equal(y2, before[1])
+    imodel.resize(0.5)
+    mine = imodel.to_discrete()  # the user's class, checked on copies of the stored example
+    assert type(mine) is _Writes
+    assert torch.equal(imodel._original.example[0], saved_x)
+    with torch.no_grad():
+        assert rel_err(imodel(x2, **kw2), mine(x2.clone(), **{k: v.clone() for k, v in kw2.items()})) < 1e-5
+
+
+def test_forward_writing_to_its_input_saves_and_loads(tmp_path) -> None:
+    model = _Writes("slice").eval()
+    imodel = inn.convert(model, (torch.randn(3, 4),), inn.ConvertConfig(permute=False))
+    inn.save(imodel, tmp_path / "w.inn")
+    loaded = inn.load(tmp_path / "w.inn")
+    x = torch.randn(6, 4)
+    before = x.clone()
+    with torch.no_grad():
+        assert rel_err(model(x.clone()), loaded(x)) < 1e-5 and rel_err(model(x.clone()), loaded.to_discrete(graph=True)(x)) < 1e-5
+    assert torch.equal(x, before)
+
+
+class _Masked(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Linear(4, 8)
+        self.b = torch.nn.Linear(8, 2)
+
+    def forward(self, x, mask=None, bias=None):
+        h = torch.relu(self.a(x))
+        return self.b(h if mask is None else h * mask)
+
+
+@pytest.mark.parametrize("args,kwargs,pattern", [
+    ((), {"masks": 1}, r"keyword input 'masks', which it was not converted with \(did you mean 'mask'\?\); "
+                       r"no keyword input\(s\) \['mask'\], but it was converted with 1 positional input\(s\) "
+                       r"and the keyword input\(s\) \['mask'\]"),
+    ((), {"mask": 1, "bias": 1}, r"called with keyword input 'bias', which it was not converted with, but"),
+    ((), {}, r"called with no keyword input\(s\) \['mask'\], but it was converted with 1 positional"),
+    ((1,), {"mask": 1}, r"called with 2 positional input\(s\), but it was converted with 1 positional"),
+])
+def test_integral_model_names_keyword_inputs_it_was_not_converted_with(args, kwargs, pattern) -> None:
+    x, mask = torch.randn(3, 4), torch.ones(3, 8)
+    imodel = inn.convert(_Masked().eval(), (x,), inn.ConvertConfig(permute=False), kwargs={"mask": mask})
+    kwargs = {k: mask for k in kwargs}
+    with pytest.raises(ValueError, match=pattern) as err:
+        imodel(x, *[mask for _ in args], **kwargs)
+    assert "TreeSpec" not in str(err.value)
+    with torch.no_grad():
+        assert rel_err(_Masked().eval()(x, mask=mask), imodel(x, mask=mask)) < 1e-5

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from torch import nn
 
+from .inputs import check_batches
 from .integral_model import IntegralModel
 from .metrics import count_flops, flops_by_tensor, measure_latency
 from .options import check_choice, check_number
@@ -263,16 +264,18 @@ def _uniform(imodel: IntegralModel, cost: _Cost, target_cost: float, min_ratio: 
         sizes[n] = grid.up(n, sizes[n] + 1)
 
 
-def _batches(calibration: Iterable[Any] | None, example_inputs: tuple, n: int) -> list[tuple]:
-    if calibration is None:
-        return [example_inputs]
-    out = []
-    for batch in calibration:
+def _batches(calibration: Iterable[Any] | None, example_inputs: tuple, n: int,
+             imodel: IntegralModel | None = None) -> list[tuple]:
+    """The inputs of the first ``n`` batches, checked against ``imodel``'s (:mod:`torchinn.inputs`)."""
+    out = [example_inputs] if calibration is None else []
+    for batch in calibration if calibration is not None else ():
         out.append(batch_inputs(batch))
         if len(out) >= n:
             break
     if not out:
         raise ValueError("the calibration loader is empty")
+    if imodel is not None and (calibration is not None or example_inputs):
+        check_batches(imodel, out, "calibration batch" if calibration is not None else "example_inputs as batch")
     return out
 
 
@@ -307,7 +310,7 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
     multiples = resolve_multiple(multiple, list(groups), lambda name: groups[name].name)
     if method == "best":
         if calibration is not None and iter(calibration) is calibration:  # one shot: read it once
-            calibration = _batches(calibration, example_inputs or (), max(batches, 4))
+            calibration = _batches(calibration, example_inputs or (), max(batches, 4), imodel)
         options, errors = {}, []
         for m in ("sensitivity", "uniform"):
             try:
@@ -320,12 +323,12 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
             raise errors[0]
         if len(options) == 1:
             return next(iter(options.values()))
-        cal = _batches(calibration, example_inputs or (), max(batches, 4))
+        cal = _batches(calibration, example_inputs or (), max(batches, 4), imodel)
         winner, table = compare_sizes(imodel, options, cal, loss=loss)
         log.info("choose_sizes: %s sizes win (%s)", winner,
                  ", ".join(f"{m}: {e:.4g}" for m, e in table.items()))
         return options[winner]
-    cal = _batches(calibration, example_inputs or (), batches) if method == "sensitivity" else []
+    cal = _batches(calibration, example_inputs or (), batches, imodel) if method == "sensitivity" else []
     if method == "sensitivity" and not cal[0]:
         raise ValueError("the sensitivity method needs calibration data or example_inputs")
     cost = _Cost(imodel, metric, example_inputs or ())

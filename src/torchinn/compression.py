@@ -47,6 +47,7 @@ from .budget import (
     measure_latency,
 )
 from .convert import ConvertConfig, convert
+from .inputs import check_batches
 from .loop import split_validation
 from .rounding import Multiple, check_multiple, resolve_multiple
 from .starts import STARTS, best_start, check_starts, distill_error, kept_partitions, refine_start
@@ -263,6 +264,10 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
     """
     if isinstance(example_inputs, Tensor):
         example_inputs = (example_inputs,)
+    if isinstance(example_inputs, Mapping):
+        raise TypeError(f"compress passes inputs by position: give example_inputs as a tensor or a tuple "
+                        f"(in the order of forward's parameters), got a dict of keyword inputs "
+                        f"{sorted(example_inputs)}")
     check_budget(target, metric, min_ratio)  # before the conversion, and also when sizes are given
     check_starts(starts)
     if not isinstance(multiple, Mapping):
@@ -279,6 +284,9 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
     multiples = resolve_multiple(multiple, list(groups), lambda name: groups[name].name)
     t_budget = time.perf_counter()  # TuneConfig.seconds counts from here
     source, cal = _calibration(calibration, example_inputs)
+    check_batches(imodel, cal)  # the first batches, before anything runs on them
+    if isinstance(source, Sequence):
+        check_batches(imodel, [batch_inputs(b) for b in source])
     full = imodel.to_discrete(graph=True).eval()  # the teacher, and the metric before
     before = _metric(full, metric, example_inputs)
     t0 = time.perf_counter()

@@ -33,7 +33,7 @@ from .graph.build import build_runtime
 from .graph.fuse import fuse_batch_norms
 from .graph.groups import Plan, finalize
 from .graph.guards import Guard
-from .graph.trace import Traced, trace
+from .graph.trace import Traced, clone_inputs, trace
 from .integral_model import IntegralModel
 from .options import check_choice, check_module_names, check_number
 from .partition import UniformPartition
@@ -266,7 +266,9 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, obje
     Keyword inputs go in ``kwargs`` or as a dict in place of ``example_inputs``
     (``convert(llm, {"input_ids": ids, "attention_mask": mask})``); the integral model is then
     called the same way. A key/value cache is switched off while tracing (the outputs carry
-    none; see :mod:`torchinn.graph.adapters`).
+    none; see :mod:`torchinn.graph.adapters`). The model only ever runs on copies of the example
+    inputs; a ``forward`` that writes to an input in place converts, and the integral model writes
+    to a copy of that input (it returns what the ``forward`` returns, without the side effect).
     """
     config = config or ConvertConfig()
     example_inputs, kwargs = _inputs(example_inputs, kwargs)
@@ -322,6 +324,8 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, obje
                                  for k, d in enumerate(n.meta["val"].shape))
                            if isinstance(n.meta.get("val"), Tensor) else None
                            for i, n in enumerate(traced.inputs)]
+    imodel.input_dtypes = [n.meta["val"].dtype if isinstance(n.meta.get("val"), Tensor) else None
+                           for n in traced.inputs]
     imodel.input_guards = list(traced.guards)
     imodel.input_names = [n.name for n in traced.inputs]
     imodel.pinned = dict(plan.pinned)
@@ -379,13 +383,13 @@ def _same_at_batch_one(model: nn.Module, imodel: IntegralModel, example_inputs: 
 
 def _both(model: nn.Module, imodel: IntegralModel, inputs: tuple[tuple, dict]) -> tuple[object, object]:
     """The network's outputs (in eval mode; its own mode given back) and the integral model's,
-    on ``(args, kwargs)``."""
+    on copies of ``(args, kwargs)`` (a ``forward`` may write to its inputs)."""
     was_training = model.training
-    args, kwargs = inputs
+    (args, kwargs), (args2, kwargs2) = clone_inputs(inputs), clone_inputs(inputs)
     try:
         model.eval()
         with torch.no_grad():
-            return model(*args, **kwargs), imodel(*args, **kwargs)
+            return model(*args, **kwargs), imodel(*args2, **kwargs2)
     finally:
         model.train(was_training)
 
@@ -400,7 +404,8 @@ def _check(model: nn.Module, imodel: IntegralModel, example_inputs: tuple[tuple,
     try:
         imodel.resize(0.75)
         with torch.no_grad():
-            small = imodel(*example_inputs[0], **example_inputs[1])
+            args, kwargs = clone_inputs(example_inputs)
+            small = imodel(*args, **kwargs)
         for r, s in zip(torch.utils._pytree.tree_leaves(ref), torch.utils._pytree.tree_leaves(small)):
             if isinstance(r, Tensor) and r.shape != s.shape:
                 raise RuntimeError(f"internal error: output shape {tuple(s.shape)} at smaller sizes, "

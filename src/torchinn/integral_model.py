@@ -31,7 +31,8 @@ from torch.utils import _pytree as pytree
 from .functions import interpolation_taps
 from .graph.build import specialize
 from .graph.groups import ContractionSpec, GroupInfo
-from .graph.guards import Guard, violation
+from .graph.guards import Guard
+from .inputs import input_problem
 from .partition import Partition, UniformPartition
 from .rebuild import Original, RebuildError, rebuild, run_check, user_line
 from .protocol import SizeSpec, plan_sizes, set_sizes, unknown_group
@@ -117,15 +118,6 @@ def ratio_vector(p: Partition, like: Tensor) -> Tensor:
     return p.weights(like.device, like.dtype) * (inv_full[idx] * w).sum(-1)
 
 
-def _traced_order(kwargs: dict[str, Any], in_spec: pytree.TreeSpec) -> dict[str, Any]:
-    """Keyword inputs in the order they were traced in (a dict's order is part of its spec)."""
-    if not kwargs or in_spec.type is not tuple or in_spec.num_children != 2:
-        return kwargs
-    traced = in_spec.child(1)
-    names = list(traced.context) if traced.type is dict else []
-    return {k: kwargs[k] for k in names} if set(names) == set(kwargs) else kwargs
-
-
 class IntegralModel(nn.Module):
     """A network with continuous channel groups (see :func:`torchinn.convert`); it implements
     :class:`~torchinn.protocol.IntegralNetwork`.
@@ -165,6 +157,9 @@ class IntegralModel(nn.Module):
         self.pinned: dict[str, str] = {}
         #: per flattened input: its shape when converted, ``None`` where any size works
         self.input_shapes: list[tuple[int | None, ...] | None] = []
+        #: per flattened input: its dtype when converted (``None``: not a tensor, or not known; a
+        #: model loaded from a file does not know them); calibration batches are checked against it
+        self.input_dtypes: list[torch.dtype | None] = []
         #: conditions on input sizes and Python inputs the traced graph holds under (the runtime
         #: graph asserts them too, so a model loaded without them still refuses bad inputs)
         self.input_guards: list[Guard] = []
@@ -288,11 +283,9 @@ class IntegralModel(nn.Module):
         return self._cache[1], self._cache[2]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        flat, spec = pytree.tree_flatten((args, _traced_order(kwargs, self.in_spec)))
-        if spec != self.in_spec:
-            raise ValueError(f"the integral model was traced with inputs structured as {self.in_spec}, "
-                             f"got {spec}")
-        self._check_inputs(flat)
+        flat, problem = input_problem(self, args, kwargs)
+        if problem is not None:
+            raise ValueError(problem)
         tensors, scales = self.sampled()
         sizes = [self.partitions[_key(n)].size for n in self.group_names]
         norm_training = self.training and getattr(self, "batch_statistics", False)
@@ -321,21 +314,6 @@ class IntegralModel(nn.Module):
         what = "were not re-estimated since training" if done is None else f"were estimated at {done}"
         warnings.warn(f"the batch norm running statistics {what}; the network now runs at {sizes}: "
                       "call torchinn.recalibrate_bn(imodel, batches) at these sizes first", stacklevel=stacklevel)
-
-    def _check_inputs(self, flat: list[Any]) -> None:
-        for i, (x, shape) in enumerate(zip(flat, self.input_shapes)):
-            if shape is None or not isinstance(x, Tensor):
-                continue
-            if x.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, x.shape)):
-                want = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"
-                raise ValueError(f"input {i} has shape {tuple(x.shape)}, but the network was converted "
-                                 f"for inputs of shape {want}")
-        guards = getattr(self, "input_guards", None)
-        if guards:
-            names = getattr(self, "input_names", None) or [f"input{i}" for i in range(len(flat))]
-            problem = violation(guards, flat, names)
-            if problem is not None:
-                raise ValueError(problem)
 
     # -- tensors and counts -------------------------------------------------------------------
     def plans(self) -> dict[str, tuple]:
@@ -381,7 +359,8 @@ class IntegralModel(nn.Module):
                       .reshape([-1] + [1] * (c.ndim - c.dim - 1)) for c in self.contractions]
         return specialize(self.runtime, self.tensor_names, [tensors[n] for n in self.tensor_names],
                           [sizes[n] for n in self.group_names], scales, self.trainable,
-                          self.in_spec, self.out_spec).train(self.training)
+                          self.in_spec, self.out_spec, getattr(self, "input_guards", []),
+                          getattr(self, "input_names", [])).train(self.training)
 
     # -- discrete ---------------------------------------------------------------------------
     def to_discrete(self, graph: bool = False) -> nn.Module:
@@ -420,7 +399,8 @@ class IntegralModel(nn.Module):
             tensors, scales = self._sample()
         sizes = [self.partitions[_key(n)].size for n in self.group_names]
         gm = specialize(self.runtime, self.tensor_names, tensors, sizes, scales, self.trainable,
-                        self.in_spec, self.out_spec).train(self.training)
+                        self.in_spec, self.out_spec, getattr(self, "input_guards", []),
+                        getattr(self, "input_names", [])).train(self.training)
         if graph:
             return gm
         return self._user_module(gm, dict(zip(self.tensor_names, tensors)), "to_discrete()")

@@ -38,8 +38,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
-from torch.utils import _pytree as pytree
 
+from .inputs import input_problem
 from .partition import Partition
 from .structured import StructuredFunction
 
@@ -177,11 +177,9 @@ def _recalibrate_integral(model: Any, batches: Iterable[Any]) -> int:
         tensors = list(tensors)
         sizes = list(model.sizes().values())
         for batch in batches:
-            flat, spec = pytree.tree_flatten((_inputs(batch), {}))
-            if spec != model.in_spec:
-                raise ValueError(f"the integral model was traced with inputs structured as "
-                                 f"{model.in_spec}, got a batch whose inputs are {spec}")
-            model._check_inputs(flat)
+            flat, problem = input_problem(model, _inputs(batch), {}, dtypes=True)
+            if problem is not None:
+                raise ValueError(f"batch {count}: {problem}")
             for n in names:  # fresh tensors: the graph writes the batch statistics into them
                 tensors[index[n]] = torch.zeros_like(tensors[index[n]])
             gm(tensors, sizes, scales, False, True, *flat)

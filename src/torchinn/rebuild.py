@@ -37,6 +37,7 @@ from torch.utils import _pytree as pytree
 
 from .graph.adapters import caches_off
 from .graph.fuse import Folded
+from .graph.trace import clone_inputs
 from .hf_config import update_config
 from .structured import DimPlan, plan_size
 
@@ -483,8 +484,11 @@ def relative_error(ref: Any, got: Any) -> float:
 def run_check(module: nn.Module, gm: fx.GraphModule, original: Original,
               tensors: Mapping[str, Tensor]) -> tuple[float, BaseException | None]:
     """Run ``module`` and ``gm`` in eval mode on the example inputs: the relative error of
-    ``module``, and the exception it raised (then the error is ``inf``)."""
+    ``module``, and the exception it raised (then the error is ``inf``). Each runs on its own copy
+    of the inputs (the user's ``forward`` may write to them)."""
     example, kwargs = _cast(original.example, tensors), _cast(original.kwargs, tensors)
+    mine = clone_inputs((example, kwargs))
+    example, kwargs = clone_inputs((example, kwargs))
     modes = [m.training for m in module.modules()]
     try:
         module.eval()
@@ -493,7 +497,7 @@ def run_check(module: nn.Module, gm: fx.GraphModule, original: Original,
             ref = gm(*example, **kwargs)
             try:
                 with caches_off(module):  # traced without a key/value cache (graph.adapters)
-                    got = module(*example, **kwargs)
+                    got = module(*mine[0], **mine[1])
             except Exception as err:  # noqa: BLE001 - reported by the caller with its line
                 return math.inf, err
         return relative_error(ref, got), None

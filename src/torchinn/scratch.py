@@ -50,6 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .graph.trace import clone_inputs
 from .integral_model import IntegralModel
 from .layers import IntegralLayer
 from .partition import CompositePartition, FixedPartition, Partition, UniformPartition
@@ -163,7 +164,7 @@ def _check_same(model: nn.Module, imodel: IntegralModel, example_inputs: tuple |
         model.eval()
         imodel.eval()
         with torch.no_grad():
-            want, got = model(*inputs), imodel(*inputs)
+            want, got = model(*clone_inputs(inputs)), imodel(*clone_inputs(inputs))  # a forward may write to them
     finally:
         model.train(modes[0])
         imodel.train(modes[1])

@@ -36,6 +36,7 @@ Under ``torch.distributed``, call :func:`make_grid_trainable` before wrapping th
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from . import loop
+from .inputs import check_batches
 from .integral_model import IntegralModel
 from .loop import split_validation
 from .options import check_choice, check_number
@@ -304,7 +306,8 @@ def tune_grid(model: nn.Module, loader: Iterable[Any], *, teacher: nn.Module | N
     was_training = model.training
     model.eval()  # the network as it will be used: no dropout; gradients still flow
     try:
-        return _fit(model, imodel, groups, loader, teacher, loss_fn, config, validation, "tuning grids")
+        return _fit(model, imodel, groups, loader, teacher, loss_fn, config, validation, "tuning grids",
+                    functools.partial(check_batches, imodel))
     finally:
         model.train(was_training)
         for p in imodel.parameters():
@@ -346,9 +349,17 @@ def finetune(model: nn.Module, loader: Iterable[Any], *, teacher: nn.Module,
 
 
 def _fit(model: nn.Module, inner: nn.Module, groups: list[dict], loader: Iterable[Any], teacher: nn.Module,
-         loss_fn: LossFn, config: TuneConfig, validation: Sequence[Any] | None, desc: str) -> dict[str, Any]:
+         loss_fn: LossFn, config: TuneConfig, validation: Sequence[Any] | None, desc: str,
+         check: Callable[[list[tuple], str, int], None] | None = None) -> dict[str, Any]:
+    """The loop of both stages; ``check`` refuses batches before they run (:mod:`torchinn.inputs`)."""
     train_batches, held_out = (loader, list(validation)) if validation is not None else \
         split_validation(loader, config.holdout)
+    listed = isinstance(train_batches, Sequence)
+    if check is not None:
+        check([batch_inputs(b) for b in held_out or []], "validation batch", 0)
+        if listed:
+            check([batch_inputs(b) for b in train_batches], "calibration batch", 0)
+    drawn = [0]
     if held_out is None and isinstance(loader, Sequence) and len(loader) == 1:
         held_out = list(loader)  # one batch: validate on it
     if isinstance(train_batches, Sequence) and len(train_batches) == 0:
@@ -369,6 +380,9 @@ def _fit(model: nn.Module, inner: nn.Module, groups: list[dict], loader: Iterabl
 
     def step_loss(batch: Any) -> Tensor:
         inputs = batch_inputs(batch)
+        if check is not None and not listed:  # a loader: each batch as it comes
+            check([inputs], "calibration batch", drawn[0])
+            drawn[0] += 1
         target = cache.get(id(batch)) if cache is not None else None
         if target is None:
             with torch.no_grad():

@@ -321,3 +321,59 @@ def test_untranslatable_condition_keeps_its_size_static() -> None:
     with torch.no_grad():
         x = torch.randn(3, 9, 4)
         assert close(imodel(x), model(x))
+
+
+class Modes(_Base):
+    """Branches on a str, an optional float and a float that may be NaN (issue 20, item 5)."""
+
+    def forward(self, x, mode: str = "relu", scale: float | None = None, shift: float = 0.0):
+        h = self.a(x)
+        h = torch.relu(h) if mode == "relu" else torch.tanh(h)
+        if scale is not None:
+            h = h * scale
+        if shift == shift:  # False for NaN only
+            h = h + 1.0
+        return self.b(h)
+
+
+# (the inputs converted with, another value for one of them, its index and name)
+_OTHER = [(("relu", None, 0.0), ("tanh", None, 0.0), 1, "mode", "'relu'"),
+          (("relu", None, 0.0), ("relu", 2.0, 0.0), 2, "scale", "None"),
+          (("tanh", None, float("nan")), ("tanh", None, 1.0), 3, "shift", "nan")]
+
+
+@pytest.mark.parametrize("values,other,i,name,want", _OTHER, ids=["str", "None", "nan"])
+def test_graph_module_checks_str_none_and_nan_inputs(values, other, i, name, want) -> None:
+    model = Modes().eval()
+    x = torch.randn(3, 4)
+    imodel = inn.convert(model, (x, *values), CFG)
+    with torch.no_grad():
+        assert not close(model(x, *other), model(x, *values))  # the other value computes something else
+        gm = imodel.to_discrete(graph=True)
+        assert isinstance(gm, torch.fx.GraphModule) and close(gm(x, *values), model(x, *values))
+        with pytest.raises(ValueError, match=rf"input {i} \('{name}'\) is .*, but the network was converted "
+                                             rf"with {want} there"):
+            imodel(x, *other)
+        with pytest.raises(RuntimeError, match=rf"input {i} \('{name}'\) must be {want}, the value the network "
+                                               r"was converted with: torch\.export bakes a Python input"):
+            gm(x, *other)
+        # the user's own class runs its own forward: right for any value
+        mine = imodel.to_discrete()
+        assert type(mine) is Modes
+        assert close(mine(x, *other), model(x, *other)) and close(mine(x, *values), model(x, *values))
+
+
+def test_graph_module_checks_keyword_str_inputs_after_torch_save(tmp_path: Path) -> None:
+    model = Modes().eval()
+    x = torch.randn(3, 4)
+    imodel = inn.convert(model, (x,), CFG, kwargs={"mode": "tanh", "scale": None})
+    gm = imodel.to_discrete(graph=True)
+    torch.save(gm, tmp_path / "gm.pt")
+    loaded = torch.load(tmp_path / "gm.pt", weights_only=False)
+    with torch.no_grad():
+        for net in (gm, loaded):
+            assert close(net(x, mode="tanh", scale=None), model(x, mode="tanh"))
+            with pytest.raises(RuntimeError, match=r"input 1 \('mode'\) must be 'tanh'"):
+                net(x, mode="relu", scale=None)
+            with pytest.raises(RuntimeError, match=r"input 2 \('scale'\) must be None"):
+                net(x, mode="tanh", scale=0.5)

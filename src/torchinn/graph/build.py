@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import operator
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,10 +24,13 @@ from torch import Tensor, fx, nn
 from torch.utils import _pytree as pytree
 
 from .analysis import Analysis, Contraction
-from .guards import insert_checks
+from .guards import Guard, graph_only, insert_checks
 from .labels import Fixed, Prod, Struct, Var
 
 aten = torch.ops.aten
+
+#: the placeholders of a runtime graph before the user inputs
+_RUNTIME_ARGS = ("tensors", "sizes", "scales", "training", "norm_training")
 
 __all__ = ["build_runtime", "specialize", "Sizes"]
 
@@ -199,14 +202,21 @@ def _pytree_codegen(in_spec: pytree.TreeSpec, out_spec: pytree.TreeSpec) -> Any:
 
 def specialize(runtime: fx.GraphModule, tensor_names: list[str], tensors: list[Tensor],
                sizes: list[int], scales: list[Tensor], trainable: set[str],
-               in_spec: pytree.TreeSpec, out_spec: pytree.TreeSpec) -> fx.GraphModule:
+               in_spec: pytree.TreeSpec, out_spec: pytree.TreeSpec, guards: Sequence[Guard] = (),
+               names: Sequence[str] = ()) -> fx.GraphModule:
     """The runtime graph at fixed sizes, as a plain ``GraphModule`` that owns its tensors (named
     as in the original network), is called and returns like the original network, and follows
-    ``.train()``/``.eval()`` for dropout and norms."""
+    ``.train()``/``.eval()`` for dropout and norms. It checks the Python inputs of ``guards``
+    that the runtime graph leaves to the integral model (str, None, NaN: :func:`.guards.graph_only`)."""
     graph = copy.deepcopy(runtime.graph)
     root = nn.Module()
     placeholders = {n.name: n for n in graph.nodes if n.op == "placeholder"}
     last_placeholder = [n for n in graph.nodes if n.op == "placeholder"][-1]
+    own = [g for g in guards if graph_only(g)]
+    if own:
+        user_inputs = [n for n in graph.nodes if n.op == "placeholder"][len(_RUNTIME_ARGS):]
+        with graph.inserting_before(last_placeholder.next):
+            insert_checks(graph, own, user_inputs, names or [n.name for n in user_inputs], python_values=True)
     with graph.inserting_after(last_placeholder):
         training = graph.get_attr("training")
     for node in list(graph.nodes):
@@ -234,7 +244,7 @@ def specialize(runtime: fx.GraphModule, tensor_names: list[str], tensors: list[T
         if node.op == "call_function" and node.target in _FOLD and all(isinstance(a, int) for a in node.args):
             node.replace_all_uses_with(node.target(*node.args))
             graph.erase_node(node)
-    for name in ("tensors", "sizes", "scales", "training", "norm_training"):
+    for name in _RUNTIME_ARGS:
         graph.erase_node(placeholders[name])
     graph.eliminate_dead_code()
     if _flat_signature(in_spec) and out_spec.is_leaf():

@@ -27,7 +27,7 @@ import sympy
 import torch
 from torch import Tensor, fx
 
-__all__ = ["Guard", "collect", "evaluate", "insert_checks", "violation"]
+__all__ = ["Guard", "collect", "evaluate", "graph_only", "insert_checks", "violation"]
 
 log = logging.getLogger(__name__)
 
@@ -324,18 +324,29 @@ def _node(graph: fx.Graph, expr: Any, inputs: Sequence[fx.Node], memo: dict) -> 
     return out
 
 
+def graph_only(g: Guard) -> bool:
+    """A guard on a Python input whose value a runtime graph cannot hold (a str, None or NaN: a
+    saved runtime graph compares numbers only). The integral model checks it before running its
+    runtime; the graph module (:func:`.build.specialize`) gets it as a check of its own."""
+    want = g.expr[2] if g.kind == "value" else 0
+    return want is None or isinstance(want, str) or (isinstance(want, float) and math.isnan(want))
+
+
 def insert_checks(graph: fx.Graph, guards: Sequence[Guard], inputs: Sequence[fx.Node],
-                  names: Sequence[str]) -> None:
-    """Add one ``aten._assert_scalar`` per guard to ``graph`` after ``inputs`` (its placeholders)."""
+                  names: Sequence[str], python_values: bool = False) -> None:
+    """Add one ``aten._assert_scalar`` per guard to ``graph`` after ``inputs`` (its placeholders);
+    those of :func:`graph_only` only with ``python_values`` (a graph that is never saved)."""
     memo: dict = {}
     for g in guards:
-        if g.kind == "value" and (g.expr[2] is None or isinstance(g.expr[2], str) or (
-                isinstance(g.expr[2], float) and math.isnan(g.expr[2]))):
-            continue  # checked by the integral model; None and strings do not reach the graph
+        if graph_only(g) and not python_values:
+            continue
         if g.kind == "value":
-            i = g.expr[1][1]
-            msg = (f"input {i} ('{names[i]}') must be {g.expr[2]!r}: the network was converted with "
-                   "that Python value, which is baked into the graph")
+            i, want = g.expr[1][1], g.expr[2]
+            msg = (f"input {i} ('{names[i]}') must be {want!r}, the value the network was converted "
+                   "with: torch.export bakes a Python input into the traced graph as a constant; pass "
+                   f"{want!r}, or convert again with the value you need (or pass it as a tensor)")
+            if isinstance(want, float) and math.isnan(want):  # nan != nan: only NaN passes
+                g = Guard(("ne", g.expr[1], g.expr[1]), g.text, g.kind)
         elif g.kind == "range":
             i = g.expr[1][1] if g.expr[0] != "and" else g.expr[1][1][1]
             msg = (f"input {i} ('{names[i]}'): the network is only valid for {g.text} (torch.export "

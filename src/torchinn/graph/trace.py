@@ -29,7 +29,7 @@ from torch.utils import _pytree as pytree
 from .adapters import prepare
 from .guards import Guard, collect
 
-__all__ = ["Traced", "trace", "node_location"]
+__all__ = ["Traced", "clone_inputs", "clone_written_inputs", "trace", "node_location"]
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +112,11 @@ def _quiet() -> Iterator[io.StringIO]:
             lg.setLevel(level)
 
 
-def _fresh(args: Any) -> Any:
-    """Copies of the tensors in ``args``: ``torch.export`` remembers on a tensor which of its
-    dimensions were dynamic, so a static retry on the same tensors would trace them dynamic again
-    (and the user's tensors are left as they were)."""
+def clone_inputs(args: Any) -> Any:
+    """Copies of the tensors in ``args`` (a pytree): torchinn runs the user's model on these, never
+    on the caller's tensors, which a ``forward`` writing in place to its input would change.
+    ``torch.export`` also remembers on a tensor which of its dimensions were dynamic, so a static
+    retry on the same tensors would trace them dynamic again."""
     def copy_(x: Any) -> Any:
         if not isinstance(x, Tensor):
             return x
@@ -130,7 +131,7 @@ def _export(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[Expo
     last_error: Exception | None = None
     for example, is_doubled in attempts:
         for dynamic in (True, False):
-            a, kw = _fresh(example)
+            a, kw = clone_inputs(example)
             with _quiet() as stderr:
                 try:
                     return torch.export.export(
@@ -186,6 +187,64 @@ def inline_wrapped(graph: fx.Graph, root: nn.Module) -> None:
             graph.erase_node(wrapped)
 
 
+def _alias_roots(node: fx.Node, roots: dict[fx.Node, set[str]]) -> set[str]:
+    """The inputs whose memory the output of ``node`` may share (a view, or an in-place op's
+    result), from the alias annotations of its schema (``view(Tensor(a) self) -> Tensor(a)``)."""
+    if node.target is operator.getitem:
+        return set(roots.get(node.args[0], ()))
+    schema = getattr(node.target, "_schema", None)
+    if schema is None:
+        return set()
+    sets = {s for r in schema.returns if r.alias_info is not None for s in r.alias_info.before_set}
+    out: set[str] = set()
+    for i, a in enumerate(schema.arguments):
+        if a.alias_info is None or not sets & set(a.alias_info.before_set):
+            continue
+        value = node.kwargs.get(a.name) if a.kwarg_only or i >= len(node.args) else node.args[i]
+        for v in value if isinstance(value, (list, tuple)) else (value,):
+            out |= roots.get(v, set()) if isinstance(v, fx.Node) else set()
+    return out
+
+
+def _written(node: fx.Node) -> list[Any]:
+    """The arguments ``node`` writes to (``mul_(Tensor(a!) self, ...)``, ``copy_``, ``out=``)."""
+    schema = getattr(node.target, "_schema", None)
+    if schema is None:
+        return []
+    out = []
+    for i, a in enumerate(schema.arguments):
+        if a.alias_info is not None and a.alias_info.is_write:
+            value = node.kwargs.get(a.name) if a.kwarg_only or i >= len(node.args) else node.args[i]
+            out.extend(value if isinstance(value, (list, tuple)) else (value,))
+    return out
+
+
+def clone_written_inputs(graph: fx.Graph, inputs: Sequence[fx.Node]) -> list[str]:
+    """Make every in-place write to a user input (``x.mul_(2)``, ``x[:, 0] = 0``, also through a
+    view of it) write to a copy: the graph computes what the ``forward`` returns and never
+    changes the caller's tensor (its side effect on the input is not reproduced). Returns the
+    names of the inputs copied."""
+    roots: dict[fx.Node, set[str]] = {n: {n.name} for n in inputs}
+    written: set[str] = set()
+    for node in graph.nodes:
+        if node.op != "call_function":
+            continue
+        for v in _written(node):
+            if isinstance(v, fx.Node):
+                written |= roots.get(v, set())
+        alias = _alias_roots(node, roots)
+        if alias:
+            roots[node] = alias
+    last = [n for n in graph.nodes if n.op == "placeholder"][-1]
+    for x in inputs:
+        if x.name in written:
+            with graph.inserting_after(last):
+                copy_ = graph.call_function(torch.ops.aten.clone.default, (x,))
+            copy_.meta = dict(x.meta)
+            x.replace_all_uses_with(copy_, delete_user_cb=lambda user: user is not copy_)
+    return sorted(written)
+
+
 def trace(model: nn.Module, example_inputs: tuple, kwargs: dict[str, Any] | None = None) -> Traced:
     """Export ``model`` (a copy in eval mode; ``model`` is not modified) called as
     ``model(*example_inputs, **kwargs)`` and collect its tensors. Key/value caches are switched
@@ -196,7 +255,7 @@ def trace(model: nn.Module, example_inputs: tuple, kwargs: dict[str, Any] | None
     module = prepare(copy.deepcopy(model).eval())
     try:
         with torch.no_grad():
-            module(*example_inputs, **kwargs)
+            module(*clone_inputs(example_inputs), **clone_inputs(kwargs))
     except Exception as err:  # noqa: BLE001 - reported with its cause
         raise RuntimeError(f"{type(model).__name__} fails on the example inputs "
                            f"({type(err).__name__}: {err}); pass inputs the model accepts") from err
@@ -229,6 +288,7 @@ def trace(model: nn.Module, example_inputs: tuple, kwargs: dict[str, Any] | None
             source[node] = name
         else:
             raise RuntimeError(f"unsupported graph input kind {spec.kind} ({node.name})")
+    clone_written_inputs(graph, inputs)
     module_of = {}
     for name, mod in module.named_modules():
         for pname, _ in mod.named_parameters(recurse=False):
