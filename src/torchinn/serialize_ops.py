@@ -9,8 +9,8 @@ runtime graph; ``tests/test_serialize_ops.py`` checks that every zoo network's g
 only these (``python tests/test_serialize_ops.py`` prints the list to paste here). To these,
 :func:`_derive` adds at import what conversion can follow in a user's network: the functional
 overloads of the ops with a built-in handler (:mod:`torchinn.graph.registry`) and of the ops
-``torch.Tag.pointwise`` marks (``leaky_relu``, ``hardswish``, ``clamp`` ...), and the in-place
-forms of the pointwise ones, under the rules below (uninitialised memory, ``empty``, and
+``torch.Tag.pointwise`` marks (``leaky_relu``, ``hardswish``, ``clamp`` ...), and their in-place
+forms that write only their first argument (``silu_``, ``fill_``), under the rules below (uninitialised memory, ``empty``, and
 recurrences whose time grows with a value are left out). A new operator emitted by export fails
 that test, and :func:`torchinn.save` refuses a graph that calls an operator off the list (a file
 that could not be loaded is never written). The list can be extended in code with
@@ -19,9 +19,10 @@ extend it). No sparse, layout or storage operator is on it, and :func:`allow_ops
 and every operator that writes to an argument.
 
 **Writes.** The only operators on the list that write to an argument are the in-place
-pointwise operators of :data:`IN_PLACE` (``relu_``, ``add_`` ...), and each may only write a tensor that a call of
-:data:`FRESH` (operators that always return a new tensor) made in the same forward, directly or
-through other in-place calls: never an input, a stored tensor or a view of one. ``batch_norm``
+operators of :data:`IN_PLACE` (``relu_``, ``add_``, ``fill_`` ...), and each may only write a tensor
+that a call of :data:`FRESH` (operators that always return a new tensor) made in the same
+forward, directly, through other in-place calls or through views of it (``x[:, 0] = 0`` on a
+copy): never an input, a stored tensor or a view of one. ``batch_norm``
 updates its running statistics when training: they must be stored tensors (``tensors[i]``) and
 ``training`` the runtime's ``norm_training`` flag (the runtime gives such a batch norm copies) or
 false.
@@ -123,8 +124,9 @@ def _writes(op: torch._ops.OpOverload) -> bool:
 
 
 #: beyond :data:`_NEVER`: uninitialised memory (``empty``: it would show the process's old memory),
-#: recurrences whose time grows with a value (``special_*_polynomial_*``), TorchScript list ops
-_NOT_DERIVED = ("empty", "polynomial", "copy")
+#: recurrences whose time grows with a value (``special_*_polynomial_*``); and ``copy`` (the
+#: TorchScript list and dict copies)
+_NOT_DERIVED = ("empty", "polynomial")
 #: int arguments of an operator on a tensor that index or name its dimensions, not sizes it makes
 _INDEX_ARGS = frozenset({
     "dim", "dim0", "dim1", "start_dim", "end_dim", "index", "groups", "chunks", "split_size", "split_sizes",
@@ -162,29 +164,31 @@ def _size_args(op: torch._ops.OpOverload) -> tuple[str, ...]:
 def _derive() -> None:
     """Add to the list what torchinn's conversion knows how to follow: the functional overloads of
     the ops with a registered handler (:mod:`torchinn.graph.registry`, read once, at import) and of
-    every op ``torch.Tag.pointwise`` marks, and the in-place forms of the pointwise ones (which may
-    only write fresh results, :data:`IN_PLACE`); their size arguments are bounded (:func:`_size_args`)."""
-    candidates: dict[torch._ops.OpOverload, bool] = {}  # op -> pointwise
+    every op ``torch.Tag.pointwise`` marks, and their in-place forms that write only their first
+    argument (which may only write fresh results, :data:`IN_PLACE`); their size arguments are
+    bounded (:func:`_size_args`)."""
+    candidates: set[torch._ops.OpOverload] = set()
     for k in OPS:
         packet = [getattr(k, o) for o in k.overloads()] if isinstance(k, torch._ops.OpOverloadPacket) else [k]
         for op in packet:
             if isinstance(op, torch._ops.OpOverload):
-                candidates[op] = torch.Tag.pointwise in op.tags
+                candidates.add(op)
     for name in torch.ops.aten:
         packet = getattr(torch.ops.aten, name, None)
         if isinstance(packet, torch._ops.OpOverloadPacket):
             for o in packet.overloads():
                 op = getattr(packet, o)
                 if torch.Tag.pointwise in op.tags:
-                    candidates[op] = True
-    for op, pointwise in candidates.items():
+                    candidates.add(op)
+    for op in candidates:
         key = _key(op)
         if (op.namespace != "aten" or key in ALLOWED or any(w in op._opname for w in _NEVER + _NOT_DERIVED)
+                or op._opname == "copy"
                 or not any(_tensor_typed(a) for a in (*op._schema.arguments, *op._schema.returns))):
             continue
         if _writes(op) or op._schema.is_mutable:
             written = [a for a in op._schema.arguments if a.alias_info is not None and a.alias_info.is_write]
-            if pointwise and op._opname.endswith("_") and len(written) == 1 and written[0] is op._schema.arguments[0]:
+            if op._opname.endswith("_") and len(written) == 1 and written[0].name == op._schema.arguments[0].name:
                 IN_PLACE.add(key)
                 ALLOWED.add(key)
             continue
@@ -237,12 +241,22 @@ def _value(node: fx.Node, name: str, index: int) -> Any:
     return arg.default_value if arg.has_default_value() else None
 
 
+def _views_first(op: torch._ops.OpOverload) -> bool:
+    """Whether the result of ``op`` is (a view of) its first argument, by its schema's alias sets."""
+    args, returns = op._schema.arguments, op._schema.returns
+    if not args or args[0].alias_info is None or len(returns) != 1 or returns[0].alias_info is None:
+        return False
+    return bool(set(args[0].alias_info.before_set) & set(returns[0].alias_info.before_set))
+
+
 def _fresh(node: Any) -> bool:
+    """Whether ``node`` is a tensor made in this forward: a result of :data:`FRESH`, or an in-place
+    op's result or a view (``slice``, ``select``, ``view`` ...) of one."""
     while isinstance(node, fx.Node) and node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
         key = _key(node.target)
         if key in FRESH:
             return True
-        if key not in IN_PLACE or not node.args:
+        if not node.args or not (key in IN_PLACE or (key in ALLOWED and _views_first(node.target))):
             return False
         node = node.args[0]
     return False
