@@ -207,6 +207,28 @@ def test_compress_with_a_calibration_loader():
     assert report.error_after_tuning <= report.error_before_tuning * (1 + 1e-5)
 
 
+class _TwoInputs(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(6, 24)
+        self.b = torch.nn.Linear(4, 24)
+        self.head = torch.nn.Linear(24, 3)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.a(x) + self.b(y)))
+
+
+def test_compress_a_model_with_two_inputs_and_no_calibration():
+    """Without calibration, the example inputs are the one batch: (x, y) are both inputs, not
+    (inputs, labels) (the tuning stages read the second as labels and called the model on x alone)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 6), torch.randn(16, 4)
+    small, report = compress(_TwoInputs().eval(), (x, y), target=0.5, config=FAST,
+                             tune=TuneConfig(steps=4, seconds=None, progress=False))
+    assert report.tuning["steps"] == 4 and report.params_after == n_params(small) < report.params_before
+    assert small(x, y).shape == (16, 3)
+
+
 def test_compress_seconds_bound_the_choices_and_the_tuning_together(monkeypatch):
     # the start, the reconstruction candidate and the tuning stages share TuneConfig.seconds:
     # what the choices took is taken off the tuning (equal time against a baseline's fine-tuning).

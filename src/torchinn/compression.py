@@ -156,8 +156,8 @@ def _metric(model: nn.Module, metric: str, inputs: tuple) -> float:
 
 def _calibration(calibration: Iterable[Any] | None, example_inputs: tuple) -> tuple[Iterable[Any], list[tuple]]:
     """(what the tuning stages draw from, the batches that choose and validate, as inputs)."""
-    if calibration is None:
-        return [example_inputs], [example_inputs]
+    if calibration is None:  # one batch: (inputs, no labels), so that several inputs stay inputs
+        return [(tuple(example_inputs),)], [example_inputs]
     if iter(calibration) is calibration:  # one shot: keep what is needed to choose, validate and tune
         kept = []
         for batch in calibration:
@@ -302,7 +302,8 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
         n_sens = _sensitivity_batches(len(groups), per_batch, tune)
         for m in ("sensitivity", "uniform"):
             try:
-                options[m] = choose_sizes(imodel, target, metric, calibration=cal, example_inputs=example_inputs,
+                options[m] = choose_sizes(imodel, target, metric, calibration=[(b,) for b in cal],  # as loader batches
+                                          example_inputs=example_inputs,
                                           min_ratio=min_ratio, method=m, loss=loss, multiple=multiples,
                                           batches=n_sens)
             except UnreachableTarget as err:  # e.g. one ratio for all cannot reach a latency target
