@@ -467,7 +467,8 @@ class IntegralModel(nn.Module):
                           "asks for it)", UserWarning, stacklevel=3)
             return gm
         blocks = [b for f in self.functions.values() for b in f.blocks]
-        for message in fix_heads(module, set(self.tensor_names), self.plans(), self.partition_map(),
+        folded = {n for f in getattr(self, "folded_norms", []) for n in (f.mean, f.var, f.weight, f.bias) if n}
+        for message in fix_heads(module, set(self.tensor_names) | folded, self.plans(), self.partition_map(),
                                  blocks[0].kind if blocks else "cubic", can_sample=sampled):
             warnings.warn(f"{caller}: {message}", UserWarning, stacklevel=3)
         return module.train(mode)
