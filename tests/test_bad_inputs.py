@@ -728,6 +728,18 @@ CASES += [
      r"forward's parameters\), got a dict of keyword inputs \['input'\]"),
 ]
 
+
+# issue 21, item 4 (scale-heads)
+def refit_memory_bound_below_one() -> None:
+    inn.reconstruct(converted(), None, [X], max_system_bytes=0)
+
+
+CASES += [
+    ("a refit memory bound below one byte", refit_memory_bound_below_one, ValueError,
+     r"max_system_bytes must be an int >= 1 \(bytes\), got 0"),
+]
+
+
 @pytest.mark.parametrize("what,fn,exc,pattern", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_gets_a_clear_error(what: str, fn: Callable, exc: type, pattern: str, tmp_path: Path) -> None:
     with pytest.raises(exc, match=pattern):
@@ -786,3 +798,4 @@ def test_docs_page_lists_every_case() -> None:
     rows = re.findall(r"^\| ([^|]+?) \|", text, re.M)
     for what, *_ in CASES:
         assert what in rows, f"docs/bad-inputs.md has no row for {what!r}"
+

@@ -657,3 +657,43 @@ def test_finetune_asks_the_teacher_once_per_listed_batch(student, monkeypatch):
         assert len(seen) == 40
     finally:
         handle.remove()
+
+
+# issue 21, item 4: the refit never builds a system larger than its memory bound
+def test_refit_skips_only_the_layer_over_the_memory_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchinn.refit as refit
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv1d(4, 16, 3, padding=1), nn.ReLU(), nn.Conv1d(16, 16, 3, padding=1), nn.ReLU(),
+                        nn.Conv1d(16, 4, 65, padding=32)).eval()  # a long kernel: 8 x 65 + 1 features kept
+    imodel = inn.convert(net, (torch.randn(2, 4, 128),), inn.ConvertConfig(permute=False))
+    sizes = {n: 8 for n in imodel.groups}
+    calibration = [torch.randn(8, 4, 128) for _ in range(6)]
+    features: list[int] = []
+    add = refit._Normal.add
+
+    def recorded(self, xs, ys, bias, chunk):  # noqa: ANN001, ANN202
+        features.append(xs.shape[2] + int(bias))
+        return add(self, xs, ys, bias, chunk)
+
+    monkeypatch.setattr(refit._Normal, "add", recorded)
+    bound = 2**20
+    report: dict = {}
+    bounded = inn.reconstruct(imodel, sizes, calibration, report=report, max_system_bytes=bound)
+    assert report["4.weight"]["skipped"] == ("its normal equations would take 10.4 MiB, more than the bound of "
+                                             "1.0 MiB")
+    assert report["4.weight"]["bytes"] == refit.PEAK_COPIES * (8 * 65 + 1) ** 2 * 8 > bound
+    assert "after" in report["2.weight"]  # the other consumer is still refit
+    assert features and max(refit.PEAK_COPIES * f * f * 8 for f in features) <= bound  # no larger system built
+    l1 = inn.prune(imodel, sizes, "l1")
+    assert torch.equal(bounded.get_parameter("4.weight"), l1.get_parameter("4.weight"))  # kept as selected
+    features.clear()
+    report_free: dict = {}
+    inn.reconstruct(imodel, sizes, calibration, report=report_free)  # the default bound (512 MiB) fits it
+    assert "after" in report_free["4.weight"] and max(features) == 8 * 65 + 1
+    test = torch.randn(16, 4, 128)
+    with torch.no_grad():
+        ref = net(test)
+        errors = [float((m(test) - ref).pow(2).mean() / ref.pow(2).mean()) for m in (l1, bounded)]
+    assert all(math.isfinite(e) for e in errors)
+    assert errors[1] < 0.95 * errors[0]  # no worse than no refit on the skipped layer (here better: layer 2)

@@ -237,3 +237,79 @@ def test_head_counts_by_their_common_names(attr):
         torch.testing.assert_close(small(x), imodel(x), rtol=1e-5, atol=1e-6)
     finally:
         del type(attn).num_heads
+
+
+# issue 21, item 4: modules the traced forward does not reach but that read resized channels
+class _Face(nn.Module):
+    """Class scores in forward; the box and landmark heads only in detect()."""
+
+    def __init__(self, first: int = 16) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, first, 3, padding=1), nn.ReLU(),
+                                      nn.Conv2d(first, 32, 3, padding=1), nn.ReLU())
+        self.cls_head = nn.Conv2d(32, 2, 1)
+        self.box_head = nn.Conv2d(32, 4, 1)
+        self.landmark_head = nn.Sequential(nn.Conv2d(32, 32, 1), nn.ReLU(), nn.Conv2d(32, 10, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cls_head(self.backbone(x))
+
+    def detect(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        f = self.backbone(x)
+        return self.cls_head(f), self.box_head(f), self.landmark_head(f)
+
+
+class _FaceAll(_Face):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:  # every head on the traced forward
+        return self.detect(x)
+
+
+def test_head_off_forward_is_resized_with_its_features() -> None:
+    torch.manual_seed(0)
+    model, twin = _Face().eval(), _FaceAll().eval()
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    imodel = inn.convert(model, (x,), inn.ConvertConfig(permute=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        full = imodel.to_discrete()
+    assert type(full) is _Face and torch.equal(full.box_head.weight, model.box_head.weight)  # untouched
+    imodel.resize(0.5)
+    reference = inn.convert(twin, (x,), inn.ConvertConfig(permute=False))
+    reference.resize({"backbone.0.weight:0": 8, "backbone.2.weight:0": 16})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # resized, so nothing to warn about
+        half = imodel.to_discrete()
+    assert imodel.sizes()["backbone.2.weight:0"] == 16
+    assert (half.box_head.in_channels, tuple(half.box_head.weight.shape)) == (16, (4, 16, 1, 1))
+    assert half.landmark_head[0].in_channels == 16 and half.landmark_head[2].in_channels == 32
+    with torch.no_grad():
+        _, box, landmarks = half.detect(x)  # callable: each head reads the 16 channels it now gets
+        want = reference(x)[1]
+    assert landmarks.shape == (2, 10, 8, 8)
+    # the box head is sampled as it would have been on the graph (the twin converts it there)
+    assert torch.allclose(box, want, rtol=0, atol=1e-5 * float(want.abs().max())), float((box - want).abs().max())
+    assert model.box_head.weight.shape == (4, 32, 1, 1)  # the user's model is not modified
+
+
+def test_head_off_forward_that_cannot_be_told_is_named_in_a_warning() -> None:
+    torch.manual_seed(0)
+    model = _Face(first=32).eval()  # two groups of 32 channels: which one does box_head read?
+    x = torch.randn(2, 3, 8, 8)
+    imodel = inn.convert(model, (x,), inn.ConvertConfig(permute=False))
+    imodel.resize(0.5)
+    with pytest.warns(UserWarning) as record:
+        half = imodel.to_discrete()
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 2, messages
+    assert messages[0] == (
+        "to_discrete(): module 'box_head' is not used by forward, so torchinn cannot tell which channels it "
+        "reads; it still expects 32 input channels; the resized groups of that size are ['backbone.0.weight:0', "
+        "'backbone.2.weight:0'] (now [16, 16]): call it at your own risk, or keep those channels with "
+        "ConvertConfig(keep_discrete=['backbone.0', 'backbone.2'])")
+    assert messages[1].startswith("to_discrete(): module 'landmark_head.0' is not used by forward")
+    assert record[0].filename == __file__  # points at the caller of to_discrete()
+    assert type(half) is _Face and half.box_head.in_channels == 32  # left as it was
+    # a graph module given back: its channels cannot be told from the partitions
+    with pytest.warns(UserWarning, match=r"module_from\(\): module 'box_head' is not used by forward"):
+        imodel.module_from(imodel.to_discrete(graph=True))

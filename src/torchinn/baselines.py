@@ -50,7 +50,7 @@ from torch import Tensor, fx
 
 from .integral_model import IntegralModel
 from .options import check_choice
-from .refit import refit_consumers
+from .refit import MAX_SYSTEM_BYTES, refit_consumers
 from .structured import plan_size, take_channels
 
 __all__ = ["channel_importance", "select_channels", "prune", "reconstruct"]
@@ -152,7 +152,7 @@ def _selected(imodel: IntegralModel, sizes: Mapping[str, int] | None, method: st
 def reconstruct(imodel: IntegralModel, sizes: Mapping[str, int] | None, calibration: Iterable[Any], *,
                 select: Literal["l1", "random"] = "l1", seed: int = 0,
                 ridge: float | Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0),
-                report: dict[str, Any] | None = None) -> fx.GraphModule:
+                report: dict[str, Any] | None = None, max_system_bytes: int = MAX_SYSTEM_BYTES) -> fx.GraphModule:
     """Channel selection followed by a least-squares refit of every layer that consumes pruned
     channels (ThiNet, Luo et al. 2017; channel pruning, He et al. 2017).
 
@@ -168,7 +168,11 @@ def reconstruct(imodel: IntegralModel, sizes: Mapping[str, int] | None, calibrat
     does not make a layer worse by overfitting). Convolutions (1-d and 2-d, grouped and
     depthwise included) are refit on their unfolded input patches. Kept as selected (logged):
     transposed and 3-d convolutions, tied weights, and weights computed from other tensors; a
-    layer whose refit would not lower its calibration error keeps its selected weights too.
+    layer whose refit would not lower its calibration error keeps its selected weights too, and so
+    does a layer whose float64 normal equations would take more than ``max_system_bytes`` (default
+    :data:`torchinn.refit.MAX_SYSTEM_BYTES`, 512 MiB: five matrices of ``(features + 1)^2`` per
+    convolution group; a 1-d convolution of 512 channels and 64 taps would need 43 GB), logged and
+    reported as ``skipped`` with its size, before anything of it is computed.
 
     Cost: one forward pass of every calibration batch through the pruned and the full network
     (each layer's capture resumes where the previous one stopped: the values before it do not
@@ -186,6 +190,8 @@ def reconstruct(imodel: IntegralModel, sizes: Mapping[str, int] | None, calibrat
     """
     check_choice(select, ("l1", "random"), "select")
     ridges = [ridge] if isinstance(ridge, (int, float)) else list(ridge)
+    if isinstance(max_system_bytes, bool) or not isinstance(max_system_bytes, int) or max_system_bytes < 1:
+        raise ValueError(f"max_system_bytes must be an int >= 1 (bytes), got {max_system_bytes!r}")
     for r in ridges:
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not (r > 0 and math.isfinite(r)):
             raise ValueError(f"ridge must be a finite number > 0 (or a sequence of them), got {r!r}")
@@ -203,7 +209,7 @@ def reconstruct(imodel: IntegralModel, sizes: Mapping[str, int] | None, calibrat
             a.group in keep for seg in p for a in seg) else None for p in plan]
     was_training = pruned.training
     pruned.eval()
-    result = refit_consumers(full, pruned, batches, kept, [float(r) for r in ridges])
+    result = refit_consumers(full, pruned, batches, kept, [float(r) for r in ridges], max_bytes=max_system_bytes)
     pruned.train(was_training)
     if report is not None:
         report.update(result)

@@ -32,6 +32,7 @@ from .functions import interpolation_taps
 from .graph.build import specialize
 from .graph.groups import ContractionSpec, GroupInfo
 from .graph.guards import Guard
+from .heads import fix_heads
 from .inputs import input_problem
 from .partition import Partition, UniformPartition
 from .rebuild import Original, RebuildError, rebuild, run_check, user_line
@@ -403,7 +404,7 @@ class IntegralModel(nn.Module):
                         getattr(self, "input_names", [])).train(self.training)
         if graph:
             return gm
-        return self._user_module(gm, dict(zip(self.tensor_names, tensors)), "to_discrete()")
+        return self._user_module(gm, dict(zip(self.tensor_names, tensors)), "to_discrete()", sampled=True)
 
     def module_from(self, gm: fx.GraphModule) -> nn.Module:
         """The user's module (as :meth:`to_discrete` gives it back) carrying the tensors of
@@ -418,9 +419,12 @@ class IntegralModel(nn.Module):
                 named[n] = gm.get_buffer(n)
         return self._user_module(gm, named, "module_from()")
 
-    def _user_module(self, gm: fx.GraphModule, named: dict[str, Tensor], caller: str) -> nn.Module:
+    def _user_module(self, gm: fx.GraphModule, named: dict[str, Tensor], caller: str,
+                     sampled: bool = False) -> nn.Module:
         """A copy of the converted module with ``named`` tensors, checked against ``gm`` (or
-        ``gm`` with a warning)."""
+        ``gm`` with a warning); layers off the traced forward that read resized channels are
+        resized with them (``sampled``: ``named`` was sampled on the partitions) or named in a
+        warning (:mod:`torchinn.heads`)."""
         tensors = list(named.values())
         sizes = self.sizes()
         for n, plan in self.plans().items():
@@ -462,6 +466,11 @@ class IntegralModel(nn.Module):
                           "does not follow its attributes. Returning the graph module instead (graph=True "
                           "asks for it)", UserWarning, stacklevel=3)
             return gm
+        blocks = [b for f in self.functions.values() for b in f.blocks]
+        folded = {n for f in getattr(self, "folded_norms", []) for n in (f.mean, f.var, f.weight, f.bias) if n}
+        for message in fix_heads(module, set(self.tensor_names) | folded, self.plans(), self.partition_map(),
+                                 blocks[0].kind if blocks else "cubic", can_sample=sampled):
+            warnings.warn(f"{caller}: {message}", UserWarning, stacklevel=3)
         return module.train(mode)
 
     def save(self, path: str) -> None:

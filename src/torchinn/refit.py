@@ -18,7 +18,10 @@ Refit: ``aten.linear``, ``aten.addmm`` / ``aten.mm`` / ``aten.matmul`` with a we
 ``t``/``transpose``/``permute``), and 1-d / 2-d convolutions (``conv1d``, ``conv2d``, non-transposed
 ``convolution``; grouped and depthwise too). Kept as selected, with a log message: transposed and
 3-d convolutions, weights used by more than one layer, weights computed from other tensors, and
-``addmm`` with ``alpha``/``beta`` other than 1.
+``addmm`` with ``alpha``/``beta`` other than 1, and a layer whose normal equations would take more
+than ``max_bytes`` (:data:`MAX_SYSTEM_BYTES`: a convolution of 512 input channels and 64 taps has
+32.8k features, 8.6 GB per matrix, and its rows would take more): only that layer is skipped,
+before its activations are captured.
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ _UNFIT = _TRANSPOSED | {aten.conv3d.default, aten.conv3d.padding}  # convolution
 #: rows of a layer's regression kept per calibration batch (see _batch_rows)
 ROWS_PER_BATCH = 256
 ROWS_PER_FEATURE = 64
+#: bound on the float64 normal equations of one layer's refit, in bytes: PEAK_COPIES matrices of
+#: ``groups x (features + 1)^2`` (the two folds, their sum, and the matrix and factor of a solve)
+MAX_SYSTEM_BYTES = 512 * 2**20
+PEAK_COPIES = 5
 _VIEWS = {aten.t.default, aten.transpose.int, aten.permute.default, aten.numpy_T.default}
 
 
@@ -304,17 +311,25 @@ def _unfit_consumer(full: fx.GraphModule, pruned: fx.GraphModule, node: fx.Node)
     return weight if _tensor(pruned, weight).shape[in_dim] != _tensor(full, weight).shape[in_dim] else None
 
 
+def system_bytes(layer: Layer, w: Tensor, bias: bool) -> int:
+    """Bytes of the float64 normal equations the refit of ``layer`` (weight ``w``) holds at once."""
+    features = (w[0].numel() if layer.conv else w.shape[0 if layer.transposed else 1]) + int(bias)
+    return PEAK_COPIES * layer.groups * features * features * 8
+
+
 def refit_consumers(full: fx.GraphModule, pruned: fx.GraphModule, calibration: Sequence[Any],
                     kept: Mapping[str, Sequence[Tensor | None]],
                     ridge: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0),
-                    chunk: int = 1 << 22) -> dict[str, dict[str, Any]]:
+                    chunk: int = 1 << 22, max_bytes: int | None = None) -> dict[str, dict[str, Any]]:
     """Refit, in place and in graph order, every layer of ``pruned`` whose input channels are fewer
     than in ``full`` (matched by weight name). ``kept[weight][dim]``: the positions of the full
     tensor's ``dim`` that ``pruned`` keeps (None: all). ``ridge``: relative ridge strengths; with
     more than one, the one with the lowest two-fold cross-validated error (even and odd samples) is
     used, and a layer where none beats the selected weights keeps them. Returns per weight name the
     relative error of the layer's output on the calibration data before and after (and held out),
-    or why it was skipped."""
+    or why it was skipped. ``max_bytes`` (default :data:`MAX_SYSTEM_BYTES`): a layer whose normal
+    equations (:func:`system_bytes`) would take more keeps its selected weights (logged)."""
+    bound = MAX_SYSTEM_BYTES if max_bytes is None else max_bytes
     report: dict[str, dict[str, Any]] = {}
     full_layers = {}
     for node in full.graph.nodes:
@@ -347,6 +362,13 @@ def refit_consumers(full: fx.GraphModule, pruned: fx.GraphModule, calibration: S
         if uses.get(layer.weight, 0) > 1 or (layer.bias is not None and uses.get(layer.bias, 0) > 1):
             report[name] = {"skipped": "its weight or bias is used by more than one layer"}
             log.warning("reconstruct: %r kept as selected: used by more than one layer", name)
+            continue
+        need = system_bytes(layer, w, layer.bias is not None)
+        if need > bound:
+            report[name] = {"skipped": f"its normal equations would take {need / 2**20:.1f} MiB, more than "
+                                       f"the bound of {bound / 2**20:.1f} MiB", "bytes": need}
+            log.warning("reconstruct: %r kept as selected: its normal equations would take %.1f MiB "
+                        "(bound %.1f MiB)", name, need / 2**20, bound / 2**20)
             continue
         out_dim = 1 if layer.transposed else 0
         report[name] = _refit_layer(layer, cap_full, full_layers[name].node, cap_pruned, calibration,
