@@ -177,16 +177,26 @@ def test_compress_returns_plain_model_and_true_report(metric):
     assert f"{report.params_after:,}" in text and "target 50%" in text
 
 
-def test_compress_for_latency():
+def test_compress_for_latency(monkeypatch):
+    # a stand-in clock that follows the FLOPs (plus a fixed overhead): a real clock on a loaded
+    # machine made the sizes, the start, and even whether the target is reachable vary from run to
+    # run; how latency is met is tested above, whether smaller is faster is for the benchmarks
+    from torchinn import budget, compression
+
     torch.manual_seed(0)
     model, _ = ZOO["resnet_basic"]()
     x = (torch.randn(32, 3, 16, 16),)
+    flops0 = count_flops(model, x)
+
+    def fake_latency(m, inputs, **_):
+        return 0.2 + count_flops(m, inputs) / flops0
+
+    monkeypatch.setattr(budget, "measure_latency", fake_latency)
+    monkeypatch.setattr(compression, "measure_latency", fake_latency)
     small, report = compress(model, x, target=0.5, metric="latency", config=FAST,
                              tune=TuneConfig(steps=2, seconds=None, progress=False))
     assert report.metric == "latency" and report.tuning["steps"] == 2
-    # seconds, measured on the example inputs: positive, but too noisy on a shared machine to
-    # compare in a test (benchmarks compare timings); the FLOPs the sizes imply must drop
-    assert report.after > 0 and report.before > 0
+    assert report.after / report.before == pytest.approx(0.5, abs=0.03)
     assert count_flops(small, x) < count_flops(model, x)
     assert report.params_after == n_params(small) < report.params_before
 
