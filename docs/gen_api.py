@@ -20,7 +20,7 @@ MODULES = [
     "torchinn.layers", "torchinn.protocol", "torchinn.rounding", "torchinn.network", "torchinn.scratch",
     "torchinn.norms",
     "torchinn.convert", "torchinn.integral_model", "torchinn.inputs",
-    "torchinn.train", "torchinn.budget", "torchinn.compression", "torchinn.baselines", "torchinn.tsp", "torchinn.permute",
+    "torchinn.train", "torchinn.distill", "torchinn.budget", "torchinn.compression", "torchinn.baselines", "torchinn.tsp", "torchinn.permute",
     "torchinn.serialize", "torchinn.structured", "torchinn.graph",
 ]
 OUT = Path(__file__).resolve().parent / "api.md"

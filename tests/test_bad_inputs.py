@@ -740,6 +740,18 @@ CASES += [
 ]
 
 
+
+def tune_temperature_with_mse() -> None:  # issue 21: the temperature only means something for kl
+    TuneConfig(loss="mse", temperature=2.0)
+
+
+CASES += [
+    ("a temperature with loss='mse'", tune_temperature_with_mse, ValueError,
+     r"^temperature=2\.0 applies to the 'kl' loss \(and 'auto' on class logits\); loss='mse' compares the "
+     r"outputs directly: leave temperature None$"),
+]
+
+
 @pytest.mark.parametrize("what,fn,exc,pattern", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_gets_a_clear_error(what: str, fn: Callable, exc: type, pattern: str, tmp_path: Path) -> None:
     with pytest.raises(exc, match=pattern):

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from torch import nn
 
+from .distill import LOSS_CHOICES, Distillation, resolve_loss
 from .inputs import check_batches
 from .integral_model import IntegralModel
 from .metrics import count_flops, flops_by_tensor, measure_latency
@@ -27,7 +28,7 @@ from .options import check_choice, check_number
 from .rounding import Multiple, ceil_size, floor_size, resolve_multiple, round_size
 from .structured import plan_size
 from .starts import STARTS, best_start, distill_error, full_outputs, kept_partitions, start_partition
-from .train import LOSS_CHOICES, batch_inputs, loss_kind
+from .train import batch_inputs
 
 __all__ = ["Metric", "UnreachableTarget", "choose_sizes", "compare_sizes", "count_flops", "flops_by_tensor", "measure_latency"]
 
@@ -107,16 +108,17 @@ class _Cost:
         return measure_latency(small, self.inputs)
 
 
-def sensitivities(imodel: IntegralModel, batches: Sequence[tuple], loss: str = "auto"
+def sensitivities(imodel: IntegralModel, batches: Sequence[tuple], loss: str | Distillation = "auto"
                   ) -> dict[str, list[tuple[float, float]]]:
     """Per group: ``[(ratio, error), ...]`` with every other group at full size; the error of a
     ratio is the lower of the INN resampled and of L1 selection (the starts compress tries
-    first), measured with ``loss`` (``"auto"``: KL for class logits, else squared error)."""
+    first), measured with ``loss`` (``"auto"``: KL for class logits at a temperature set from the
+    network's confidence, else squared error: :func:`torchinn.distill.resolve_loss`)."""
     from .baselines import channel_importance
 
-    check_choice(loss, LOSS_CHOICES, "loss")
+    _check_loss(loss)
     reference = full_outputs(imodel, batches)
-    loss = loss_kind(reference[0]) if loss == "auto" else loss
+    loss = resolve_loss(loss, reference)
     scores = channel_importance(imodel)
     out: dict[str, list[tuple[float, float]]] = {}
     with kept_partitions(imodel):
@@ -135,6 +137,11 @@ def sensitivities(imodel: IntegralModel, batches: Sequence[tuple], loss: str = "
             imodel.set_partition(name, uniform)
             out[name] = curve
     return out
+
+
+def _check_loss(loss: object) -> None:
+    if not isinstance(loss, Distillation):
+        check_choice(loss, LOSS_CHOICES, "loss")
 
 
 def _interp(curve: list[tuple[float, float]], r: float) -> float:
@@ -282,7 +289,8 @@ def _batches(calibration: Iterable[Any] | None, example_inputs: tuple, n: int,
 def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params", *,
                  calibration: Iterable[Any] | None = None, example_inputs: tuple | None = None,
                  batches: int = 2, min_ratio: float = 0.1, method: SizeMethod = "best",
-                 tolerance: float = 0.02, loss: str = "auto", multiple: Multiple = 1) -> dict[str, int]:
+                 tolerance: float = 0.02, loss: str | Distillation = "auto", multiple: Multiple = 1
+                 ) -> dict[str, int]:
     """Group sizes whose discrete network has ``target`` times the original ``metric``.
 
     ``target`` is the fraction kept, in (0, 1): 0.5 halves the parameters (FLOPs, latency).
@@ -299,7 +307,7 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
     """
     check_budget(target, metric, min_ratio)
     check_choice(method, ("sensitivity", "uniform", "best"), "method")
-    check_choice(loss, LOSS_CHOICES, "loss")
+    _check_loss(loss)
     check_number(tolerance, "tolerance", 0)
     check_number(batches, "batches", 1, integer=True)
     if not isinstance(imodel, IntegralModel):
@@ -311,6 +319,10 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
     if method == "best":
         if calibration is not None and iter(calibration) is calibration:  # one shot: read it once
             calibration = _batches(calibration, example_inputs or (), max(batches, 4), imodel)
+        cal = _batches(calibration, example_inputs or (), max(batches, 4), imodel)
+        reference = full_outputs(imodel, cal) if cal[0] else None  # no data: the sensitivity method says so
+        if reference is not None:
+            loss = resolve_loss(loss, reference)  # once, so that both methods and the comparison agree
         options, errors = {}, []
         for m in ("sensitivity", "uniform"):
             try:
@@ -323,8 +335,7 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
             raise errors[0]
         if len(options) == 1:
             return next(iter(options.values()))
-        cal = _batches(calibration, example_inputs or (), max(batches, 4), imodel)
-        winner, table = compare_sizes(imodel, options, cal, loss=loss)
+        winner, table = compare_sizes(imodel, options, cal, loss=loss, reference=reference)
         log.info("choose_sizes: %s sizes win (%s)", winner,
                  ", ".join(f"{m}: {e:.4g}" for m, e in table.items()))
         return options[winner]
@@ -356,14 +367,14 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
 
 
 def compare_sizes(imodel: IntegralModel, options: Mapping[str, Mapping[str, int]], batches: Sequence[tuple],
-                  starts: Sequence[str] = STARTS, loss: str = "auto", reference: Sequence[Any] | None = None
-                  ) -> tuple[str, dict[str, float]]:
+                  starts: Sequence[str] = STARTS, loss: str | Distillation = "auto",
+                  reference: Sequence[Any] | None = None) -> tuple[str, dict[str, float]]:
     """The calibration error of each set of sizes at its best starting partition (all groups
-    alike; ``loss="auto"``: KL divergence for class logits, else relative squared error), and
-    the name of the lowest. ``imodel`` is left as it was."""
-    check_choice(loss, LOSS_CHOICES, "loss")
+    alike; ``loss="auto"``: KL divergence for class logits, else relative squared error, see
+    :func:`torchinn.distill.resolve_loss`), and the name of the lowest. ``imodel`` is left as it was."""
+    _check_loss(loss)
     reference = full_outputs(imodel, batches) if reference is None else reference
-    loss = loss_kind(reference[0]) if loss == "auto" else loss
+    loss = resolve_loss(loss, reference)
     table = {}
     for name, sizes in options.items():
         with kept_partitions(imodel):

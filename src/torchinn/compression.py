@@ -47,19 +47,12 @@ from .budget import (
     measure_latency,
 )
 from .convert import ConvertConfig, convert
+from .distill import Distillation, resolve_loss
 from .inputs import check_batches
 from .loop import split_validation
 from .rounding import Multiple, check_multiple, resolve_multiple
 from .starts import STARTS, best_start, check_starts, distill_error, kept_partitions, refine_start
-from .train import (
-    LOSSES,
-    TuneConfig,
-    batch_inputs,
-    finetune,
-    loss_kind,
-    make_grid_trainable,
-    tune_grid,
-)
+from .train import TuneConfig, batch_inputs, finetune, make_grid_trainable, tune_grid
 
 __all__ = ["CompressReport", "compress"]
 
@@ -110,6 +103,8 @@ class CompressReport:
     reconstruct_errors: dict[str, float] = field(default_factory=dict)
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # "grid" / "weights": what each did
     loss: str = "mse"                           # "mse": relative squared error; "kl": KL of class probabilities
+    temperature: float | None = None            # the temperature of "kl" (torchinn.distill)
+    loss_note: str = ""                         # why loss="auto" chose that loss and temperature
     multiple: dict[str, int] = field(default_factory=dict)  # group -> the multiple its size was rounded to (> 1)
 
     @property
@@ -126,6 +121,8 @@ class CompressReport:
             ms = set(self.multiple.values())
             lines.append("sizes rounded to multiples of " + (str(ms.pop()) if len(ms) == 1 else str(self.multiple))
                          + " (or the full size)")
+        temp = f" at temperature {self.temperature:.4g}" if self.loss == "kl" and self.temperature else ""
+        lines.append(f"loss: {self.loss}{temp}" + (f" ({self.loss_note})" if self.loss_note else ""))
         if self.sizes_errors:
             lines.append("sizes: " + ", ".join(f"{m} {e:.4g}" for m, e in self.sizes_errors.items())
                          + f" -> {self.sizes_method}")
@@ -195,7 +192,7 @@ def _sensitivity_batches(groups: int, per_batch: float, tune: TuneConfig | Liter
 
 
 def _try_reconstruct(imodel: Any, sizes: Mapping[str, int], source: Iterable[Any], cal: Sequence[tuple],
-                     judge: Sequence[tuple], ref: Sequence[Any], mine: float, loss: str
+                     judge: Sequence[tuple], ref: Sequence[Any], mine: float, loss: Distillation
                      ) -> tuple[nn.Module | None, dict[str, float]]:
     """The reconstruction baseline at ``sizes`` and the errors measured on the way (on ``judge``,
     the held-out batches, against ``ref``; ``mine`` is the partitions' there), or ``None`` when
@@ -293,8 +290,8 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
     with torch.no_grad():
         reference = [full(*b) for b in cal]
     per_batch = (time.perf_counter() - t0) / len(cal)
-    wanted = tune.loss if tune is not False else "auto"
-    loss = loss_kind(reference[0]) if wanted == "auto" else wanted
+    # one loss (and temperature) for every choice and both tuning stages, from the teacher's outputs
+    loss = resolve_loss(tune.loss, reference, tune.temperature) if tune is not False else resolve_loss("auto", reference)
 
     t0 = time.perf_counter()
     if sizes is None:
@@ -367,7 +364,7 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
             t0 = time.perf_counter()
             make_grid_trainable(imodel)
             stages["grid"] = tune_grid(imodel, train_source, teacher=full, config=grid_cfg, validation=held_out,
-                                       loss_fn=LOSSES[loss])
+                                       loss_fn=loss)
             seconds["tune_grid"] = time.perf_counter() - t0
         imodel.eval()
         small = recon if recon is not None else imodel.to_discrete(graph=True).eval()
@@ -377,7 +374,7 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
                 weights_cfg = dataclasses.replace(weights_cfg, seconds=max(weights_cfg.seconds,
                                                                            budget.seconds - (t0 - t_tune)))
             stages["weights"] = finetune(small, train_source, teacher=full, config=weights_cfg, validation=held_out,
-                                         loss_fn=LOSSES[loss])
+                                         loss_fn=loss)
             seconds["tune_weights"] = time.perf_counter() - t0
     else:
         small = recon if recon is not None else imodel.to_discrete(graph=True).eval()
@@ -392,7 +389,8 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
         tuning={"steps": sum(v.get("steps", 0) for v in stages.values()),
                 **{k: v.get("steps", 0) for k, v in stages.items()}}, seconds=seconds,
         sizes_method=sizes_method, sizes_errors=sizes_errors, starts=starts_used,
-        start_errors=start_errors, stages=stages, loss=loss, reconstruct_errors=versus,
+        start_errors=start_errors, stages=stages, loss=loss.kind, reconstruct_errors=versus,
+        temperature=loss.temperature if loss.kind == "kl" else None, loss_note=loss.note,
         multiple={n: m for n, m in multiples.items() if m > 1})
     if not math.isfinite(err1):
         log.warning("the compressed network's calibration error is not finite")

@@ -36,9 +36,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .distill import Distillation
 from .integral_model import IntegralModel
 from .options import check_choice, check_number
 from .partition import Partition, TrainablePartition, UniformPartition
@@ -63,24 +63,22 @@ def check_starts(kinds: object) -> None:
         check_choice(k, STARTS, "every entry of starts")
 
 
-def distill_error(imodel: Any, batches: Sequence[tuple], reference: Sequence[Any], loss: str = "mse") -> float:
+def distill_error(imodel: Any, batches: Sequence[tuple], reference: Sequence[Any],
+                  loss: str | Distillation = "mse") -> float:
     """Mean over batches of the distance of the outputs to ``reference``: ``"mse"``, the relative
     squared error of every floating output; ``"kl"``, the KL divergence of class probabilities
-    (:func:`torchinn.train.kl_distillation_loss`)."""
-    from .train import kl_distillation_loss
-
-    check_choice(loss, DISTANCES, "loss")
+    at temperature 1; a :class:`~torchinn.distill.Distillation`, its :meth:`~torchinn.distill.Distillation.error`
+    (what :func:`torchinn.compress` passes: the loss it resolved once for all its choices)."""
+    loss = _distance(loss)
     err = 0.0
     with torch.no_grad():
         for inputs, ref in zip(batches, reference):
-            out = imodel(*inputs)
-            if loss == "kl":
-                err += float(kl_distillation_loss(out, inputs, ref))
-                continue
-            for o, r in zip(pytree.tree_leaves(out), pytree.tree_leaves(ref)):
-                if isinstance(o, Tensor) and o.is_floating_point():
-                    err += float(((o - r) ** 2).mean() / (r**2).mean().clamp_min(1e-12))
+            err += loss.error(imodel(*inputs), ref)
     return err / max(1, len(batches))
+
+
+def _distance(loss: str | Distillation) -> Distillation:
+    return loss if isinstance(loss, Distillation) else Distillation(check_choice(loss, DISTANCES, "loss"))
 
 
 @contextmanager
@@ -203,7 +201,7 @@ def activation_importance(imodel: IntegralModel, batches: Sequence[tuple]) -> di
 
 def best_start(imodel: IntegralModel, batches: Sequence[tuple], *, kinds: Sequence[str] = STARTS,
                per_group: bool = True, reference: Sequence[Any] | None = None,
-               max_seconds: float | None = None, loss: str = "mse") -> StartChoice:
+               max_seconds: float | None = None, loss: str | Distillation = "mse") -> StartChoice:
     """Give every group of ``imodel`` (at its current sizes) the starting partition with the
     lowest calibration error (``loss``: see :func:`distill_error`); ``imodel`` keeps the chosen
     partitions. ``per_group`` then tries the other starts one group at a time (within
@@ -211,7 +209,7 @@ def best_start(imodel: IntegralModel, batches: Sequence[tuple], *, kinds: Sequen
     from .baselines import channel_importance
 
     t0 = time.perf_counter()
-    check_choice(loss, DISTANCES, "loss")
+    loss = _distance(loss)
     if max_seconds is not None:
         check_number(max_seconds, "max_seconds", 0)
     check_starts(kinds)
@@ -252,14 +250,15 @@ def _apply(imodel: IntegralModel, options: Mapping[str, Mapping[str, Partition]]
 
 
 def refine_start(imodel: IntegralModel, batches: Sequence[tuple], choice: StartChoice, *,
-                 reference: Sequence[Any], max_seconds: float | None = None, loss: str = "mse") -> StartChoice:
+                 reference: Sequence[Any], max_seconds: float | None = None,
+                 loss: str | Distillation = "mse") -> StartChoice:
     """Try ``choice``'s other starts (from :func:`best_start` with ``per_group=False``) one
     group at a time, keeping each change that lowers the calibration error, within
     ``max_seconds``; ``imodel`` keeps the result, which is returned."""
     if not choice.options:
         raise ValueError("refine_start needs a StartChoice from best_start (it carries the candidate partitions); "
                          "this one has none")
-    check_choice(loss, DISTANCES, "loss")
+    loss = _distance(loss)
     if max_seconds is not None:  # below 0 (what compress passes when the choices took longer): no trial
         check_number(max_seconds, "max_seconds")
     t0 = time.perf_counter()

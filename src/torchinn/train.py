@@ -43,11 +43,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from . import loop
+from .distill import LOSS_CHOICES, distillation_loss, kl_distillation_loss, loss_kind
 from .inputs import check_batches
 from .integral_model import IntegralModel
 from .loop import split_validation
@@ -88,7 +88,12 @@ class TuneConfig:
         lr_weights: Adam learning rate of that weight tuning.
         loss: distillation loss of :func:`torchinn.compress` (its choices and tuning):
             ``"mse"``, ``"kl"`` (for class logits), or ``"auto"``: ``"kl"`` when every output
-            is ``(batch, classes)``, else ``"mse"`` (:func:`loss_kind`).
+            is ``(batch, classes)``, at a temperature set from the teacher's confidence on the
+            calibration data, else ``"mse"`` (:func:`torchinn.distill.resolve_loss`).
+        temperature: the temperature of ``"kl"`` (and of ``"auto"`` for class logits); ``None``
+            (default): where the teacher's mean top probability on the calibration batches is
+            0.9, or 1 when it is already below (:func:`torchinn.distill.fit_temperature`);
+            ``1.0``: Hinton et al.'s loss at temperature 1. Not for ``loss="mse"``.
     """
 
     steps: int | None = None
@@ -104,6 +109,7 @@ class TuneConfig:
     weights_share: float = 0.5
     lr_weights: float = 1e-4
     loss: str = "auto"
+    temperature: float | None = None
 
     def __post_init__(self) -> None:
         if self.steps is None and self.seconds is None:
@@ -124,6 +130,11 @@ class TuneConfig:
         check_number(self.holdout, "holdout (a share of the calibration batches)", 0, 1, high_open=True)
         check_number(self.weights_share, "weights_share (a share of the budget)", 0, 1)
         check_choice(self.loss, LOSS_CHOICES, "loss")
+        if self.temperature is not None:
+            check_number(self.temperature, "temperature", 0, low_open=True)
+            if self.loss == "mse":
+                raise ValueError(f"temperature={self.temperature!r} applies to the 'kl' loss (and 'auto' on class "
+                                 "logits); loss='mse' compares the outputs directly: leave temperature None")
         if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 1:
             raise ValueError(f"eval_every must be a positive int, got {self.eval_every!r}")
 
@@ -166,41 +177,9 @@ def batch_inputs(batch: Any) -> tuple:
     raise TypeError(f"cannot find the inputs in a batch of type {type(batch).__name__}")
 
 
-def distillation_loss(output: Any, batch: Any, teacher_output: Any) -> Tensor:
-    """Mean squared error between the outputs and the teacher's, over every output tensor."""
-    losses = [F.mse_loss(o, t) for o, t in zip(pytree.tree_leaves(output), pytree.tree_leaves(teacher_output))
-              if isinstance(o, Tensor) and o.is_floating_point()]
-    if not losses:
-        raise ValueError("the model has no floating-point outputs to distil")
-    return torch.stack(losses).sum()
-
-
-def kl_distillation_loss(output: Any, batch: Any, teacher_output: Any) -> Tensor:
-    """KL divergence from the teacher's softmax to the output's (over the last dimension; Hinton
-    et al.'s distillation at temperature 1), summed over every output tensor: for class logits,
-    where it follows accuracy far better than the squared error (which punishes a uniform
-    shrink of the logits that leaves every prediction as it was)."""
-    # in float64: near the optimum float32 rounding makes the sum of p_t (log p_t - log p_s) come
-    # out slightly negative
-    losses = [(F.kl_div(F.log_softmax(o.double(), -1), F.log_softmax(t.double(), -1), log_target=True,
-                        reduction="sum") / max(1, o[..., 0].numel())).clamp_min(0.0).to(o.dtype)
-              for o, t in zip(pytree.tree_leaves(output), pytree.tree_leaves(teacher_output))
-              if isinstance(o, Tensor) and o.is_floating_point()]
-    if not losses:
-        raise ValueError("the model has no floating-point outputs to distil")
-    return torch.stack(losses).sum()
-
-
+#: the loss functions of the two kinds, at temperature 1 (:class:`torchinn.distill.Distillation`
+#: carries a temperature)
 LOSSES: dict[str, LossFn] = {"mse": distillation_loss, "kl": kl_distillation_loss}
-#: what a ``loss=`` option takes: ``"auto"`` picks one of LOSSES (:func:`loss_kind`)
-LOSS_CHOICES = ("auto", *LOSSES)
-
-
-def loss_kind(output: Any) -> str:
-    """``"kl"`` for class logits (every floating output is ``(batch, classes)``, classes >= 2),
-    else ``"mse"``: what ``loss="auto"`` picks."""
-    leaves = [o for o in pytree.tree_leaves(output) if isinstance(o, Tensor) and o.is_floating_point()]
-    return "kl" if leaves and all(o.ndim == 2 and o.shape[-1] >= 2 for o in leaves) else "mse"
 
 
 def sandwich_backward(model: nn.Module, sizes: Any, inputs: Any, loss_fn: Callable[[Any], Tensor], *,
