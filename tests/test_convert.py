@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -369,3 +370,78 @@ def test_integral_model_names_keyword_inputs_it_was_not_converted_with(args, kwa
     assert "TreeSpec" not in str(err.value)
     with torch.no_grad():
         assert rel_err(_Masked().eval()(x, mask=mask), imodel(x, mask=mask)) < 1e-5
+
+
+# -- examples with a batch of 1 (issue 21) ----------------------------------------------------------
+class _Denoiser(torch.nn.Module):
+    """Batch norm between pixel unshuffle and shuffle: traced on a doubled batch, a guard on the
+    unshuffled sizes held the batch static at 2, and a batch-1 example was refused at the end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.bn = torch.nn.Conv2d(12, 16, 3, padding=1), torch.nn.BatchNorm2d(16)
+        self.c2 = torch.nn.Conv2d(16, 12, 3, padding=1)
+
+    def forward(self, x):
+        y = torch.nn.functional.pixel_unshuffle(x, 2)
+        return x - torch.nn.functional.pixel_shuffle(self.c2(torch.relu(self.bn(self.c1(y)))), 2)
+
+
+class _ChannelShuffle(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.bn = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8)
+        self.c2, self.fc = torch.nn.Conv2d(8, 8, 3, padding=1, groups=2), torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.c1(x)))
+        b, c, h, w = x.size()
+        x = x.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, -1, h, w)
+        return self.fc(self.c2(x).mean((2, 3)))
+
+
+class _SizeNormalised(torch.nn.Module):
+    """Divides by sqrt(batch * h * w): the guard traced at a doubled batch (n * h * w == 128) holds
+    only at batch 2, so the graph is traced again on the example's own batch (static at 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.bn, self.c2 = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.c1(x)))
+        return self.c2(y) / math.sqrt(y.shape[0] * y.shape[2] * y.shape[3])
+
+
+def _real_scale_bn(net: torch.nn.Module) -> torch.nn.Module:
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.5)
+            m.running_var.uniform_(0.3, 3.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.2)
+    return net.eval()
+
+
+@pytest.mark.parametrize("make, shape, batch_free", [(_Denoiser, (1, 3, 16, 16), True),
+                                                     (_ChannelShuffle, (1, 3, 8, 8), True),
+                                                     (_SizeNormalised, (1, 3, 8, 8), False)])
+def test_batch_one_example_converts_and_runs_at_batch_one(make, shape, batch_free):
+    torch.manual_seed(0)
+    net = _real_scale_bn(make())
+    x = torch.randn(shape)
+    imodel = inn.convert(net, x)
+    assert imodel.input_shapes[0][0] == (None if batch_free else 1)
+    assert imodel.input_shapes[0][1] == 3
+    with torch.no_grad():
+        want, got = net(x), imodel(x)
+        assert torch.allclose(got, want, rtol=0, atol=1e-4 * float(want.abs().max()))
+        small = imodel.to_discrete()
+        assert torch.allclose(small(x), want, rtol=0, atol=1e-4 * float(want.abs().max()))
+        if batch_free:
+            x3 = torch.randn(3, *shape[1:])
+            assert torch.allclose(imodel(x3), net(x3), rtol=0, atol=1e-4 * float(net(x3).abs().max()))
+        else:
+            with pytest.raises(ValueError, match=r"input 0 has shape \(2, 3, 8, 8\), but the network was "
+                                                 r"converted for inputs of shape \(1, 3, any, any\)"):
+                imodel(torch.randn(2, 3, 8, 8))

@@ -313,3 +313,87 @@ def test_head_off_forward_that_cannot_be_told_is_named_in_a_warning() -> None:
     # a graph module given back: its channels cannot be told from the partitions
     with pytest.warns(UserWarning, match=r"module_from\(\): module 'box_head' is not used by forward"):
         imodel.module_from(imodel.to_discrete(graph=True))
+
+
+# -- the tolerance follows the network's float noise (issue 21 item 5) -------------------------------
+class DeepNorms(nn.Module):
+    def __init__(self, depth: int = 24, c: int = 16):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c),
+                                                  nn.ReLU6()) for _ in range(depth))
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for b in self.blocks:
+            x = x + b(x)
+        return self.head(x.mean((2, 3)))
+
+
+class ScaledByWidth(nn.Module):
+    """Scales by 1/sqrt of the channel count it reads at run time: the graph keeps the converted
+    width's constant, so at other sizes the class really computes something else (finitely)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 12, 3, padding=1), nn.Linear(12, 4)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x)).mean((2, 3))
+        return self.fc(y * y.shape[1] ** -0.5)
+
+
+def _real_scale(net):
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.5)
+            m.running_var.uniform_(0.01, 3.0)
+            m.weight.data.uniform_(0.3, 2.0)
+            m.bias.data.normal_(0, 0.3)
+    return net.eval()
+
+
+def test_deep_network_within_its_float_noise_comes_back_as_its_class(monkeypatch):
+    import torchinn.tolerance as tolerance
+    torch.manual_seed(0)
+    net, x = _real_scale(DeepNorms()), torch.randn(2, 3, 16, 16)
+    imodel = inn.convert(net, (x,))
+    gm = imodel.to_discrete(graph=True)
+    monkeypatch.setattr(tolerance, "DISCRETE_FLOOR", -1.0)  # no error passes the floor: the noise decides
+    small = _quiet_discrete(imodel)
+    assert type(small) is DeepNorms
+    with torch.no_grad():
+        error = relative_error(gm(x), small(x))
+    noise = tolerance.float_noise(net, (x,))
+    assert error <= tolerance.NOISE_FACTOR * noise
+    assert 1e-9 < noise < 1e-5  # float32 rounding, measured against float64
+
+
+def test_size_that_does_not_follow_still_falls_back_within_float_noise(monkeypatch):
+    import torchinn.tolerance as tolerance
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    imodel = inn.convert(ScaledByWidth().eval(), (x,))
+    assert type(_quiet_discrete(imodel)) is ScaledByWidth
+    imodel.resize({"conv": 6})
+    monkeypatch.setattr(tolerance, "DISCRETE_FLOOR", -1.0)
+    with pytest.warns(UserWarning, match=r"ScaledByWidth at the current sizes differs from the integral model by "
+                                         r"0\.\d+ \(relative; at most [0-9.e-]+ allowed\)"):
+        small = imodel.to_discrete()
+    assert isinstance(small, fx.GraphModule)
+
+
+def test_judge_keeps_fixed_tolerances_where_they_decide():
+    import math
+
+    from torchinn.tolerance import judge
+
+    def no_noise():
+        raise AssertionError("the float64 run is skipped")
+    assert judge(5e-6, torch.float32, no_noise) == (True, 1e-5)
+    assert judge(math.inf, torch.float32, no_noise) == (False, 1e-5)
+    assert judge(0.02, torch.float16, no_noise) == (False, 16 * torch.finfo(torch.float16).eps)
+    assert judge(3e-5, torch.float32, lambda: 4e-6) == (True, pytest.approx(4e-5))
+    assert judge(5e-5, torch.float32, lambda: 4e-6) == (False, pytest.approx(4e-5))
+    assert judge(2e-5, torch.float32, lambda: math.inf) == (False, 1e-5)

@@ -35,10 +35,11 @@ from .graph.guards import Guard
 from .heads import fix_heads
 from .inputs import input_problem
 from .partition import Partition, UniformPartition
-from .rebuild import Original, RebuildError, rebuild, run_check, user_line
+from .rebuild import Original, RebuildError, example_for, rebuild, run_check, user_line
 from .protocol import SizeSpec, plan_sizes, set_sizes, unknown_group
 from .rounding import Multiple
 from .structured import StructuredFunction, plan_size, plan_vector
+from .tolerance import float_noise, judge
 
 __all__ = ["Group", "Groups", "IntegralModel"]
 
@@ -379,7 +380,9 @@ class IntegralModel(nn.Module):
         nothing (weight 1, mean 0, variance ``1 - eps``), the folded weights in that layer.
         The copy is checked on the conversion's example inputs against the graph module
         below; if it fails (a ``forward`` that hard-codes a size, ``x.view(-1, 1024)``) or
-        differs by more than 1e-5 (relative), or the model was loaded from a file, a
+        differs by more than 1e-5 (relative) and more than 10 times its own float32 noise (the
+        rebuilt network against a float64 copy of it; see :mod:`torchinn.tolerance`), or the
+        model was loaded from a file, a
         ``UserWarning`` says why (with the file and line of the user's code that failed) and
         the graph module is returned instead. See :mod:`torchinn.rebuild`.
 
@@ -450,7 +453,6 @@ class IntegralModel(nn.Module):
         error, failure = run_check(module, gm, original, named)
         gm.train(mode)
         like = next((t for t in tensors if t.is_floating_point()), None)
-        tol = 1e-5 if like is None or torch.finfo(like.dtype).bits > 16 else 16 * torch.finfo(like.dtype).eps
         name = type(original.module).__name__
         if failure is not None:
             where = user_line(failure)
@@ -460,7 +462,9 @@ class IntegralModel(nn.Module):
                           "x.flatten(1)). Returning the graph module instead (graph=True asks for it)",
                           UserWarning, stacklevel=3)
             return gm
-        if not error <= tol:
+        ok, tol = judge(error, None if like is None else like.dtype,
+                        lambda: float_noise(module, *example_for(original, named)))
+        if not ok:
             warnings.warn(f"{caller}: {name} at the current sizes differs from the integral model by "
                           f"{error:.2g} (relative; at most {tol:g} allowed): a size its forward uses "
                           "does not follow its attributes. Returning the graph module instead (graph=True "

@@ -40,8 +40,10 @@ from .graph.fuse import Folded
 from .graph.trace import clone_inputs
 from .hf_config import update_config
 from .structured import DimPlan, plan_size
+from .tolerance import relative_error
 
-__all__ = ["Original", "RebuildError", "SIZE_ATTRS", "make_original", "rebuild", "run_check", "user_line"]
+__all__ = ["Original", "RebuildError", "SIZE_ATTRS", "example_for", "make_original", "rebuild", "relative_error",
+           "run_check", "user_line"]
 
 aten = torch.ops.aten
 
@@ -463,22 +465,9 @@ def user_line(err: BaseException) -> str | None:
     return None
 
 
-def relative_error(ref: Any, got: Any) -> float:
-    """Largest ``max|ref - got| / max|ref|`` over the floating leaves (``inf`` when the outputs do
-    not match in structure or shape)."""
-    a, b = pytree.tree_leaves(ref), pytree.tree_leaves(got)
-    if len(a) != len(b):
-        return math.inf
-    worst = 0.0
-    for r, g in zip(a, b):
-        if isinstance(r, Tensor):
-            if not isinstance(g, Tensor) or r.shape != g.shape:
-                return math.inf
-            if r.is_floating_point() and r.numel():
-                worst = max(worst, float((r.double() - g.double()).abs().max()) / (float(r.abs().max()) or 1.0))
-            elif not r.is_floating_point() and not torch.equal(r, g):
-                return math.inf
-    return worst
+def example_for(original: Original, tensors: Mapping[str, Tensor]) -> tuple[Any, dict[str, Any]]:
+    """The stored example ``(args, kwargs)`` on the device and floating dtype of ``tensors``."""
+    return _cast(original.example, tensors), _cast(original.kwargs, tensors)
 
 
 def run_check(module: nn.Module, gm: fx.GraphModule, original: Original,
@@ -486,7 +475,7 @@ def run_check(module: nn.Module, gm: fx.GraphModule, original: Original,
     """Run ``module`` and ``gm`` in eval mode on the example inputs: the relative error of
     ``module``, and the exception it raised (then the error is ``inf``). Each runs on its own copy
     of the inputs (the user's ``forward`` may write to them)."""
-    example, kwargs = _cast(original.example, tensors), _cast(original.kwargs, tensors)
+    example, kwargs = example_for(original, tensors)
     mine = clone_inputs((example, kwargs))
     example, kwargs = clone_inputs((example, kwargs))
     modes = [m.training for m in module.modules()]

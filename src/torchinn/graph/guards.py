@@ -282,6 +282,8 @@ def collect(ep: torch.export.ExportedProgram, inputs: Sequence[fx.Node], names: 
     if shape_env is None:
         return guards, static
     seen: set[Any] = set()
+    # sizes torch specialized to a number (a channel count marked dynamic that a weight fixes)
+    fixed = {k: v for k, v in shape_env.replacements.items() if getattr(v, "is_number", False)}
     for sg in shape_env.guards:
         if _mechanical(sg):
             continue
@@ -299,7 +301,7 @@ def collect(ep: torch.export.ExportedProgram, inputs: Sequence[fx.Node], names: 
             continue
         seen.add(e)
         try:
-            expr = _translate(e, where)
+            expr = _translate(e.xreplace(fixed) if fixed else e, where)
         except _Untranslatable as why:
             log.debug("guard %s kept static: %s", e, why)
             static.update(where[s] for s in e.free_symbols if s in where)

@@ -27,7 +27,7 @@ from torch.export.graph_signature import InputKind
 from torch.utils import _pytree as pytree
 
 from .adapters import prepare
-from .guards import Guard, collect
+from .guards import Guard, collect, violation
 
 __all__ = ["Traced", "clone_inputs", "clone_written_inputs", "trace", "node_location"]
 
@@ -53,6 +53,8 @@ class Traced:
     guards: list[Guard] = field(default_factory=list)  # conditions on the inputs (see .guards)
     static_dims: set[tuple[int, int]] = field(default_factory=set)  # (input, dim) kept at its size
     doubled: bool = False  # traced on the example with its batch of 1 repeated twice
+    #: the ``(args, kwargs)`` the graph was traced on (the example, or its doubled batch)
+    example: tuple = ((), {})
     #: batch norms folded by :func:`.fuse.fuse_batch_norms`: one :class:`~.fuse.Folded` each
     folded: list = field(default_factory=list)
 
@@ -125,22 +127,29 @@ def clone_inputs(args: Any) -> Any:
     return pytree.tree_map(copy_, args)
 
 
-def _export(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[ExportedProgram, bool]:
-    doubled = _doubled_batch((args, kwargs))
-    attempts = ([(doubled, True)] if doubled is not None else []) + [((args, kwargs), False)]
+def _export(model: nn.Module, args: tuple, kwargs: dict[str, Any], double: bool = True
+            ) -> tuple[ExportedProgram, tuple[tuple, dict[str, Any]], bool]:
+    """Export ``model`` on ``(args, kwargs)``: the batch (doubled when it is 1) and the other sizes
+    dynamic, then static. A static graph is traced on the user's own batch first: a batch of 2 made
+    from an example of 1 would then refuse the batch the user gave. Returns the program and the
+    inputs it was traced on, and whether they are the doubled ones."""
+    doubled = _doubled_batch((args, kwargs)) if double else None
+    user = (args, kwargs)
+    attempts = [(user, True, False), (user, False, False)]
+    if doubled is not None:
+        attempts = [(doubled, True, True)] + attempts + [(doubled, False, True)]
     last_error: Exception | None = None
-    for example, is_doubled in attempts:
-        for dynamic in (True, False):
-            a, kw = clone_inputs(example)
-            with _quiet() as stderr:
-                try:
-                    return torch.export.export(
-                        model, a, kwargs=kw or None,
-                        dynamic_shapes=_dynamic_shapes(model, a, kw) if dynamic else None
-                    ), is_doubled
-                except Exception as err:  # noqa: BLE001 - retried with fewer dynamic dims, then reported
-                    last_error = err
-            log.debug("export attempt failed (dynamic=%s): %s\n%s", dynamic, last_error, stderr.getvalue())
+    for example, dynamic, is_doubled in attempts:
+        a, kw = clone_inputs(example)
+        with _quiet() as stderr:
+            try:
+                return torch.export.export(
+                    model, a, kwargs=kw or None,
+                    dynamic_shapes=_dynamic_shapes(model, a, kw) if dynamic else None
+                ), example, is_doubled
+            except Exception as err:  # noqa: BLE001 - retried with fewer dynamic dims, then reported
+                last_error = err
+        log.debug("export attempt failed (dynamic=%s): %s\n%s", dynamic, last_error, stderr.getvalue())
     if "which is not a known type" in str(last_error):  # an output object pytree cannot open
         why = ("the model returns an object torch.export cannot put in a graph output (a key/value "
                "cache: convert with use_cache=False, or return tensors, tuples, dicts or dataclasses).")
@@ -245,6 +254,28 @@ def clone_written_inputs(graph: fx.Graph, inputs: Sequence[fx.Node]) -> list[str
     return sorted(written)
 
 
+def _user_guards(ep: ExportedProgram
+                 ) -> tuple[fx.GraphModule, list[fx.Node], list[Guard], set[tuple[int, int]]]:
+    """The graph module of ``ep``, its user-input placeholders, their guards and static dims."""
+    gm = ep.graph_module
+    user = [n for n, spec in zip(gm.graph.find_nodes(op="placeholder"), ep.graph_signature.input_specs)
+            if spec.kind == InputKind.USER_INPUT]
+    guards, static_dims = collect(ep, user, [n.name for n in user])
+    return gm, user, guards, static_dims
+
+
+def _refuses_batch_one(user: Sequence[fx.Node], guards: Sequence[Guard],
+                       static_dims: set[tuple[int, int]]) -> bool:
+    """Whether a graph traced on a doubled batch of 1 (``user``: its input placeholders) refuses
+    that batch of 1: its batch is static, or an input of that batch breaks one of ``guards``."""
+    if any(d == 0 for _, d in static_dims):
+        return True
+    vals = [n.meta.get("val") for n in user]
+    flat = [torch.empty((1, *(s if isinstance(s, int) else s.node.hint for s in v.shape[1:])), device="meta")
+            if isinstance(v, Tensor) else v for v in vals]
+    return violation(guards, flat, [n.name for n in user]) is not None
+
+
 def trace(model: nn.Module, example_inputs: tuple, kwargs: dict[str, Any] | None = None) -> Traced:
     """Export ``model`` (a copy in eval mode; ``model`` is not modified) called as
     ``model(*example_inputs, **kwargs)`` and collect its tensors. Key/value caches are switched
@@ -259,11 +290,14 @@ def trace(model: nn.Module, example_inputs: tuple, kwargs: dict[str, Any] | None
     except Exception as err:  # noqa: BLE001 - reported with its cause
         raise RuntimeError(f"{type(model).__name__} fails on the example inputs "
                            f"({type(err).__name__}: {err}); pass inputs the model accepts") from err
-    ep, doubled = _export(module, example_inputs, kwargs)
-    gm = ep.graph_module
-    user = [n for n, spec in zip(gm.graph.find_nodes(op="placeholder"), ep.graph_signature.input_specs)
-            if spec.kind == InputKind.USER_INPUT]
-    guards, static_dims = collect(ep, user, [n.name for n in user])
+    ep, traced_on, doubled = _export(module, example_inputs, kwargs)
+    gm, user, guards, static_dims = _user_guards(ep)
+    if doubled and _refuses_batch_one(user, guards, static_dims):
+        # traced with the batch of 1 doubled, the graph would refuse the example's own batch: a
+        # guard torchinn cannot express kept the batch static at 2, or a guard on a product of sizes
+        # holds only at 2 (a normaliser sqrt(n * h * w)); traced again on the example as given
+        ep, traced_on, doubled = _export(module, example_inputs, kwargs, double=False)
+        gm, user, guards, static_dims = _user_guards(ep)
     graph = copy.deepcopy(gm.graph)
     inline_wrapped(graph, gm)
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
@@ -296,4 +330,5 @@ def trace(model: nn.Module, example_inputs: tuple, kwargs: dict[str, Any] | None
     sig = ep.module_call_graph[0].signature
     return Traced(graph=graph, tensors=tensors, trainable=trainable, source=source, inputs=inputs,
                   in_spec=sig.in_spec, out_spec=sig.out_spec, module_of=module_of, guards=guards,
-                  static_dims=static_dims, doubled=doubled)
+                  static_dims=static_dims, doubled=doubled,
+                  example=clone_inputs(traced_on))
