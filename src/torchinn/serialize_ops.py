@@ -193,8 +193,11 @@ def _derive() -> None:
                 ALLOWED.add(key)
             continue
         ALLOWED.add(key)
-        if all(r.alias_info is None and str(r.type) == "Tensor" for r in op._schema.returns):
-            FRESH.add(key)  # the schema says the result aliases nothing: a new tensor
+        # the schema says the result aliases nothing: a new tensor (but the dropouts return their
+        # input itself when not training, whatever the schema says)
+        if "dropout" not in op._opname and all(r.alias_info is None and str(r.type) == "Tensor"
+                                               for r in op._schema.returns):
+            FRESH.add(key)
         sizes = _size_args(op)
         if sizes:
             SIZE_ARGS[key] = sizes
