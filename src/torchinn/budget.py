@@ -18,10 +18,10 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from torch import nn
 
 from .distill import LOSS_CHOICES, Distillation, resolve_loss
 from .inputs import check_batches
+from .importance import Importance, fisher_curves, measure_importance
 from .integral_model import IntegralModel
 from .metrics import count_flops, flops_by_tensor, measure_latency
 from .options import check_choice, check_number
@@ -48,7 +48,7 @@ def check_budget(target: object, metric: object, min_ratio: object) -> None:
     check_number(min_ratio, "min_ratio (the smallest share of a group's channels)", 0, 1, low_open=True)
 
 
-SizeMethod = Literal["best", "sensitivity", "uniform"]
+SizeMethod = Literal["best", "sensitivity", "fisher", "uniform"]
 _RATIOS = (0.75, 0.5, 0.25)
 
 
@@ -289,14 +289,18 @@ def _batches(calibration: Iterable[Any] | None, example_inputs: tuple, n: int,
 def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params", *,
                  calibration: Iterable[Any] | None = None, example_inputs: tuple | None = None,
                  batches: int = 2, min_ratio: float = 0.1, method: SizeMethod = "best",
-                 tolerance: float = 0.02, loss: str | Distillation = "auto", multiple: Multiple = 1
-                 ) -> dict[str, int]:
+                 tolerance: float = 0.02, loss: str | Distillation = "auto", multiple: Multiple = 1,
+                 importance: Importance | None = None) -> dict[str, int]:
     """Group sizes whose discrete network has ``target`` times the original ``metric``.
 
     ``target`` is the fraction kept, in (0, 1): 0.5 halves the parameters (FLOPs, latency).
     ``method="sensitivity"`` shrinks the groups that hurt least per unit of the metric saved;
+    ``"fisher"`` does the same with the error of each group estimated from one forward and
+    backward pass per batch instead of measured (:mod:`torchinn.importance`; ``importance``
+    passes scores already measured on these batches with this loss), which costs one pass per
+    batch instead of six per group;
     ``"uniform"`` shrinks every group by the same ratio (what selection baselines usually do);
-    ``"best"`` (default) computes both and keeps the one with the lower calibration error, each
+    ``"best"`` (default) computes all three and keeps the one with the lower calibration error, each
     at its best starting partition (:func:`torchinn.starts.best_start`); the comparison is
     logged, and :func:`compare_sizes` returns it.
 
@@ -306,7 +310,7 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
     latency target is timed on them.
     """
     check_budget(target, metric, min_ratio)
-    check_choice(method, ("sensitivity", "uniform", "best"), "method")
+    check_choice(method, ("sensitivity", "fisher", "uniform", "best"), "method")
     _check_loss(loss)
     check_number(tolerance, "tolerance", 0)
     check_number(batches, "batches", 1, integer=True)
@@ -324,11 +328,11 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
         if reference is not None:
             loss = resolve_loss(loss, reference)  # once, so that both methods and the comparison agree
         options, errors = {}, []
-        for m in ("sensitivity", "uniform"):
+        for m in ("sensitivity", "fisher", "uniform"):
             try:
                 options[m] = choose_sizes(imodel, target, metric, calibration=calibration, example_inputs=example_inputs,
                                           batches=batches, min_ratio=min_ratio, method=m, tolerance=tolerance, loss=loss,
-                                          multiple=multiples)
+                                          multiple=multiples, importance=importance)
             except UnreachableTarget as err:  # e.g. one ratio for all cannot reach a latency target
                 errors.append(err)
         if not options:
@@ -339,21 +343,30 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
         log.info("choose_sizes: %s sizes win (%s)", winner,
                  ", ".join(f"{m}: {e:.4g}" for m, e in table.items()))
         return options[winner]
-    cal = _batches(calibration, example_inputs or (), batches, imodel) if method == "sensitivity" else []
-    if method == "sensitivity" and not cal[0]:
-        raise ValueError("the sensitivity method needs calibration data or example_inputs")
+    measured = method in ("sensitivity", "fisher")
+    cal = _batches(calibration, example_inputs or (), batches, imodel) if measured else []
+    if measured and not cal[0]:
+        raise ValueError(f"the {method} method needs calibration data or example_inputs")
     cost = _Cost(imodel, metric, example_inputs or ())
     full_sizes = {n: g.max_size for n, g in imodel.groups.items()}
     original = cost.measure(full_sizes)
     goal = target * original
-    curves = sensitivities(imodel, cal, loss) if method == "sensitivity" else {}
+    if method == "sensitivity":
+        curves = sensitivities(imodel, cal, loss)
+    elif method == "fisher":
+        if importance is None or not importance.fisher:
+            reference = full_outputs(imodel, cal)
+            importance = measure_importance(imodel, cal, resolve_loss(loss, reference), reference)
+        curves = fisher_curves(imodel, importance.fisher)
+    else:
+        curves = {}
     grid = _Grid(imodel, multiples, min_ratio)
     scale = 1.0
     sizes = full_sizes
     tried = []
     for _ in range(6):
         predicted_goal = goal * scale * cost.model(full_sizes) / original
-        sizes = (_greedy(imodel, cost, predicted_goal, curves, min_ratio, grid) if method == "sensitivity"
+        sizes = (_greedy(imodel, cost, predicted_goal, curves, min_ratio, grid) if measured
                  else _uniform(imodel, cost, predicted_goal, min_ratio, grid))
         got = cost.measure(sizes)
         if abs(got / goal - 1.0) <= tolerance or (metric == "params" and got <= goal):

@@ -3,16 +3,16 @@
 :func:`compress` spends its time where it pays, and never hands back something worse than the
 simplest baseline it could have produced:
 
-1. **Sizes**: per-group sizes from sensitivities and one ratio for every group (what selection
-   baselines use) are both computed for the budget (:func:`torchinn.budget.choose_sizes`), and
-   the one with the lower calibration error wins (or the ``sizes`` given). Sensitivities are
-   measured on one calibration batch instead of two when two would take more than a quarter of
-   the time budget.
-2. **Start**: every group starts from the best of several partitions
-   (:mod:`torchinn.starts`): the INN resampled, points on the channels L1-norm selection keeps
-   (with selection's unit scales this *is* L1 pruning, so with no tuning at all the result is
-   at least as good as L1 selection on the calibration data), the same with quadrature scales,
-   and activation-weighted selection.
+1. **Choices** (:mod:`torchinn.choices`), within at most 40% of the time bound: one forward
+   and backward pass per choice batch measures every channel's activation and Fisher importance
+   (:mod:`torchinn.importance`); per-group sizes from the Fisher estimates, one ratio for every
+   group (what selection baselines use) and, when they fit, measured sensitivities are each tried
+   at several starting partitions (:mod:`torchinn.starts`: the INN resampled, L1-norm selection,
+   which with selection's unit scales *is* L1 pruning, the same with quadrature scales,
+   activation- and Fisher-weighted selection), and the lowest calibration error wins; the
+   reconstruction baseline joins when it beats that on held-out batches it was not fitted on.
+2. **Time**: ``TuneConfig.seconds`` bounds everything after the conversion; without tuning the
+   bound is :data:`NO_TUNE_SECONDS`. What cannot fit is skipped and named in ``report.skipped``.
 3. **Grid tuning** (:func:`torchinn.train.tune_grid`) of the partitions, then **weight
    tuning** (:func:`torchinn.train.finetune`): distillation of every weight of the compressed
    network; ``TuneConfig.weights_share`` splits the budget. Each stage keeps its best state on
@@ -35,23 +35,15 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from .budget import (
-    _RATIOS,
-    Metric,
-    UnreachableTarget,
-    _batches,
-    check_budget,
-    choose_sizes,
-    compare_sizes,
-    count_flops,
-    measure_latency,
-)
+from .budget import Metric, check_budget
+from .choices import FIT_BATCHES, choose
 from .convert import ConvertConfig, convert
-from .distill import Distillation, resolve_loss
 from .inputs import check_batches
+from .distill import resolve_loss
 from .loop import split_validation
+from .metrics import count_flops, measure_latency
 from .rounding import Multiple, check_multiple, resolve_multiple
-from .starts import STARTS, best_start, check_starts, distill_error, kept_partitions, refine_start
+from .starts import STARTS, check_starts, distill_error, kept_partitions
 from .train import TuneConfig, batch_inputs, finetune, make_grid_trainable, tune_grid
 
 __all__ = ["CompressReport", "compress"]
@@ -60,24 +52,16 @@ log = logging.getLogger(__name__)
 
 #: at most this many calibration batches are kept in memory from a one-shot iterator
 MAX_BATCHES = 256
-#: the calibration batches that choose sizes and starts (and measure the report's errors): the
-#: choices compare a few candidates, so a few batches tell them apart at a fraction of the cost
+#: at most this many calibration batches choose sizes and starts (and measure the report's
+#: errors): the choices compare a few candidates, so a few batches tell them apart at a fraction of
+#: the cost; fewer when one forward pass of each would take more than CHOICE_PASSES_SHARE of the bound
 SELECT_BATCHES = 4
-#: the reconstruction candidate is refit on all calibration batches only when, fitted on the
-#: choice batches, its held-out error is below this many times the best partitions'
-SCREEN_MARGIN = 2.0
-#: calibration batches that measure each group's sensitivity (one when that would take more than
-#: SENSITIVITY_SHARE of the time budget, see _sensitivity_batches)
-SENSITIVITY_BATCHES = 2
-SENSITIVITY_SHARE = 0.25
-#: share of the tuning budget (at least 2 s; 10 s without tuning) for trying starts group by group
-REFINE_SHARE = 0.1
-#: the starts are tried group by group only when the reconstruction candidate's held-out error is
-#: not below the partitions' divided by this: on the five real networks of
-#: benchmarks/real_networks.py, trying them group by group lowered the error by at most 3.3x
-#: (waifu2x at 75% fewer parameters; 1x-2.6x elsewhere, and 1x on EfficientNet-Lite0, where the
-#: reconstruction was 5-10x ahead and the trials took 4 s of 60)
-REFINE_GAIN = 4.0
+CHOICE_PASSES_SHARE = 0.05
+#: the share of the bound (TuneConfig.seconds) the choices may take when there is tuning after them
+CHOICE_SHARE = 0.4
+#: the bound on everything after the conversion when there is no time budget: ``tune=False`` or a
+#: TuneConfig with ``seconds=None`` (the choices then take it all, or 40% before steps of tuning)
+NO_TUNE_SECONDS = 30.0
 
 
 @dataclass
@@ -106,6 +90,8 @@ class CompressReport:
     temperature: float | None = None            # the temperature of "kl" (torchinn.distill)
     loss_note: str = ""                         # why loss="auto" chose that loss and temperature
     multiple: dict[str, int] = field(default_factory=dict)  # group -> the multiple its size was rounded to (> 1)
+    skipped: list[str] = field(default_factory=list)        # choices the time bound left out, and why
+    bound: float | None = None                              # seconds after the conversion it was given
 
     @property
     def ratio(self) -> float:
@@ -135,7 +121,14 @@ class CompressReport:
         for name, st in self.stages.items():
             lines.append(f"  {name} tuning: {st['steps']} steps in {st['seconds']:.1f} s, validation error "
                          f"{_fmt(st.get('start_error'))} -> {_fmt(st.get('best_error'))}")
+        if self.skipped:
+            lines.append("skipped: " + "; ".join(self.skipped))
         lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items()))
+        tuned = self.seconds.get("tune_grid", 0.0) + self.seconds.get("tune_weights", 0.0)
+        spent = self.seconds.get("after_convert")
+        if spent and self.bound:
+            lines.append(f"after the conversion: {spent:.1f} s of a {self.bound:.1f} s bound, {tuned:.1f} s "
+                         f"({tuned / spent:.0%}) tuning")
         return "\n".join(lines)
 
 
@@ -151,10 +144,19 @@ def _metric(model: nn.Module, metric: str, inputs: tuple) -> float:
     return measure_latency(model, inputs)
 
 
-def _calibration(calibration: Iterable[Any] | None, example_inputs: tuple) -> tuple[Iterable[Any], list[tuple]]:
-    """(what the tuning stages draw from, the batches that choose and validate, as inputs)."""
+def _bound(tune: TuneConfig | Literal[False]) -> float:
+    """Seconds for everything after the conversion."""
+    if tune is False or tune.seconds is None:
+        return NO_TUNE_SECONDS
+    return float(tune.seconds)
+
+
+def _calibration(calibration: Iterable[Any] | None, example_inputs: tuple, tune: TuneConfig | Literal[False]
+                 ) -> tuple[Iterable[Any], Iterable[Any], list[Any] | None]:
+    """(all the batches, the training ones, the held-out ones or ``None``): a one-shot iterator is
+    read into a list first; a list's last ``holdout`` share is held out (:func:`split_validation`)."""
     if calibration is None:  # one batch: (inputs, no labels), so that several inputs stay inputs
-        return [(tuple(example_inputs),)], [example_inputs]
+        return [(tuple(example_inputs),)], [(tuple(example_inputs),)], None
     if iter(calibration) is calibration:  # one shot: keep what is needed to choose, validate and tune
         kept = []
         for batch in calibration:
@@ -163,11 +165,40 @@ def _calibration(calibration: Iterable[Any] | None, example_inputs: tuple) -> tu
                 log.warning("compress keeps the first %d batches of a one-shot calibration iterator", MAX_BATCHES)
                 break
         calibration = kept
-    if isinstance(calibration, Sequence):
-        if not calibration:
-            raise ValueError("the calibration loader is empty")
-        return calibration, [batch_inputs(b) for b in calibration[:SELECT_BATCHES]]
-    return calibration, _batches(calibration, example_inputs, SELECT_BATCHES)
+    if isinstance(calibration, Sequence) and not calibration:
+        raise ValueError("the calibration loader is empty")
+    holdout = tune.holdout if tune is not False else TuneConfig().holdout
+    train, held_out = split_validation(calibration, holdout)
+    return calibration, train, held_out
+
+
+def _first(batches: Iterable[Any], n: int, skip: int = 0) -> list[Any]:
+    """Batches ``skip`` to ``skip + n`` of an iterable (a loader that is not a list)."""
+    out = []
+    for i, b in enumerate(batches):
+        if i >= skip + n:
+            break
+        if i >= skip:
+            out.append(b)
+    return out
+
+
+def _choice_batches(full: nn.Module, train: Iterable[Any], example_inputs: tuple, bound: float
+                    ) -> tuple[list[tuple], list[Any], float]:
+    """The choice batches (the first training batches: at most SELECT_BATCHES, fewer when their
+    forward passes would take more than CHOICE_PASSES_SHARE of ``bound``), the full network's
+    outputs on them, and the seconds of one forward pass."""
+    batches = [batch_inputs(b) for b in (train[:SELECT_BATCHES] if isinstance(train, Sequence)
+                                         else _first(train, SELECT_BATCHES))]
+    reference: list[Any] = []
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for b in batches:
+            reference.append(full(*b))
+            per_batch = (time.perf_counter() - t0) / len(reference)
+            if per_batch * (len(reference) + 1) > CHOICE_PASSES_SHARE * bound:
+                break
+    return batches[:len(reference)], reference, per_batch
 
 
 def _split(total: TuneConfig, share: float) -> TuneConfig | None:
@@ -177,53 +208,6 @@ def _split(total: TuneConfig, share: float) -> TuneConfig | None:
     if (steps is not None and steps < 1) or (seconds is not None and seconds <= 0) or share <= 0:
         return None
     return dataclasses.replace(total, steps=steps, seconds=seconds)
-
-
-def _sensitivity_batches(groups: int, per_batch: float, tune: TuneConfig | Literal[False]) -> int:
-    """How many calibration batches measure the sensitivities: 2, or 1 when 2 would take more than
-    SENSITIVITY_SHARE of the time budget (every group at 3 ratios and 2 starts, one forward pass
-    of a batch each). On EfficientNet-Lite0 (24 groups, 0.09 s per batch of 16) 2 batches took
-    27-37 s of a 60 s budget; 1 batch chose sizes as good on held-out batches (error 0.480 against
-    0.481 at 25% fewer parameters, 2.62 against 2.78 at 50%; one ratio for all: 2.32, 4.58)."""
-    if tune is False or tune.seconds is None:
-        return SENSITIVITY_BATCHES
-    cost = groups * len(_RATIOS) * 2 * per_batch
-    return SENSITIVITY_BATCHES if cost * SENSITIVITY_BATCHES <= SENSITIVITY_SHARE * tune.seconds else 1
-
-
-def _try_reconstruct(imodel: Any, sizes: Mapping[str, int], source: Iterable[Any], cal: Sequence[tuple],
-                     judge: Sequence[tuple], ref: Sequence[Any], mine: float, loss: Distillation
-                     ) -> tuple[nn.Module | None, dict[str, float]]:
-    """The reconstruction baseline at ``sizes`` and the errors measured on the way (on ``judge``,
-    the held-out batches, against ``ref``; ``mine`` is the partitions' there), or ``None`` when
-    it fails or is screened out."""
-    from .baselines import reconstruct
-
-    # fitted on every calibration batch, the held-out ones included: then it is exactly the
-    # baseline as a user would run it, and the partitions win only where they beat it on data
-    # the refit has seen
-    fit = [batch_inputs(b) for b in (source[:64] if isinstance(source, Sequence) else cal)]
-    errors = {"partitions": mine}
-    # the refit costs a pass per calibration batch (8 s of a 60 s budget on EfficientNet-Lite0, 11 s
-    # on a 7-layer super-resolution network): screen it on the few choice batches first, and refit
-    # on all of them only when that is not clearly behind (a screened fit is a little worse than
-    # the full one, hence the margin)
-    screens = [list(cal)] if len(fit) > 2 * len(cal) else []
-    for data in screens + [fit]:
-        try:
-            recon = reconstruct(imodel, dict(sizes), data).eval()
-        except (RuntimeError, ValueError, NotImplementedError) as err:  # a candidate, not a requirement
-            log.info("no reconstruction candidate (%s: %s)", type(err).__name__, err)
-            return None, errors
-        theirs = distill_error(recon, judge, ref, loss)
-        if data is not fit:
-            errors["reconstruct_screened"] = theirs
-            if theirs > SCREEN_MARGIN * mine:
-                log.info("reconstruction screened out: %.4g vs best partitions %.4g", theirs, mine)
-                return None, errors
-    errors["reconstruct"] = theirs
-    log.info("reconstruction %.4g vs best partitions %.4g on held-out calibration batches", theirs, mine)
-    return recon, errors
 
 
 def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0.5,
@@ -236,16 +220,21 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
     (default: the example inputs) and return ``(plain_model, report)``.
 
     ``tune=None`` tunes for 60 s (half grid, half weights: ``TuneConfig.weights_share``).
-    ``TuneConfig.seconds`` bounds everything after the conversion: choosing the sizes and the
-    start, the reconstruction candidate and the tuning stages share it (tuning gets what the
-    choices left, see ``report.seconds``), so ``compress`` with 60 s takes about 60 s plus the
-    conversion. ``tune=False`` does not tune (sizes and starting partitions are still chosen on the
-    calibration data). ``sizes`` (group -> size) skips the choice of sizes. ``starts`` limits
+    ``TuneConfig.seconds`` bounds everything after the conversion: the choices of sizes and
+    start (at most 40% of it, :mod:`torchinn.choices`), the reconstruction candidate, the tuning
+    stages and the final checks share it (tuning gets what the choices left, see
+    ``report.seconds``), so ``compress`` with 60 s takes about 60 s plus the conversion.
+    ``tune=False`` does not tune: sizes and starting partitions are still chosen on the
+    calibration data, within :data:`NO_TUNE_SECONDS` (30 s; also the bound of a ``TuneConfig``
+    with ``seconds=None``, whose steps are then not bounded in time). The choices use the
+    training share of a list of calibration batches; its held-out share (``TuneConfig.holdout``)
+    judges the reconstruction and validates the tuning. ``sizes`` (group -> size) skips the choice of sizes. ``starts`` limits
     the starting partitions tried (see :mod:`torchinn.starts`); ``reconstruct`` also tries L1
     selection with a least-squares refit of the layers that read pruned channels
-    (:func:`torchinn.baselines.reconstruct`, fitted on the calibration data), and starts from it
-    when it beats the best partitions on the held-out part (then all the tuning budget goes to
-    the weights); the refit fits the calibration data, so when that is unlike the data the network
+    (:func:`torchinn.baselines.reconstruct`, fitted on the training batches), and starts from it
+    when it beats the best partitions on the held-out ones (then all the tuning budget goes to
+    the weights; with a single calibration batch there is nothing held out, and no
+    reconstruction); the refit fits the calibration data, so when that is unlike the data the network
     will see, ``reconstruct=False`` is safer (on EfficientNet-Lite0 calibrated on other photos, the
     partitions alone stayed closer to the original: benchmarks/RESULTS.md). ``multiple`` (one int
     such as 8 or 16, or group name -> int; default 1) keeps every group at a multiple of it or at
@@ -279,81 +268,46 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
     seconds["convert"] = time.perf_counter() - t0
     groups = imodel.groups
     multiples = resolve_multiple(multiple, list(groups), lambda name: groups[name].name)
-    t_budget = time.perf_counter()  # TuneConfig.seconds counts from here
-    source, cal = _calibration(calibration, example_inputs)
-    check_batches(imodel, cal)  # the first batches, before anything runs on them
-    if isinstance(source, Sequence):
-        check_batches(imodel, [batch_inputs(b) for b in source])
+    t_budget = time.perf_counter()  # the bound counts from here
+    bound = _bound(tune)
+    source, train_source, held_out = _calibration(calibration, example_inputs, tune)
+    check_batches(imodel, [batch_inputs(b) for b in (source if isinstance(source, Sequence) else
+                                                     _first(source, SELECT_BATCHES))])  # before anything runs
     full = imodel.to_discrete(graph=True).eval()  # the teacher, and the metric before
-    before = _metric(full, metric, example_inputs)
     t0 = time.perf_counter()
-    with torch.no_grad():
-        reference = [full(*b) for b in cal]
-    per_batch = (time.perf_counter() - t0) / len(cal)
+    before = _metric(full, metric, example_inputs)
+    metric_seconds = time.perf_counter() - t0
+    cal, reference, per_batch = _choice_batches(full, train_source, example_inputs, bound)
     # one loss (and temperature) for every choice and both tuning stages, from the teacher's outputs
     loss = resolve_loss(tune.loss, reference, tune.temperature) if tune is not False else resolve_loss("auto", reference)
-
-    t0 = time.perf_counter()
-    if sizes is None:
-        options, errors = {}, []
-        n_sens = _sensitivity_batches(len(groups), per_batch, tune)
-        for m in ("sensitivity", "uniform"):
-            try:
-                options[m] = choose_sizes(imodel, target, metric, calibration=[(b,) for b in cal],  # as loader batches
-                                          example_inputs=example_inputs,
-                                          min_ratio=min_ratio, method=m, loss=loss, multiple=multiples,
-                                          batches=n_sens)
-            except UnreachableTarget as err:  # e.g. one ratio for all cannot reach a latency target
-                errors.append(err)
-        if not options:
-            raise errors[0]
-        sizes_method, sizes_errors = compare_sizes(imodel, options, cal, starts, loss, reference)
-        chosen = options[sizes_method]
-    else:
+    # held out from every choice; a loader that is not a list: the two batches after the choice ones
+    judge = [batch_inputs(b) for b in ((held_out or []) if isinstance(source, Sequence) else _first(source, 2, len(cal)))]
+    with torch.no_grad():
+        judged = [full(*b) for b in judge]
+    fit = ([batch_inputs(b) for b in train_source[:FIT_BATCHES]] if isinstance(train_source, Sequence) else list(cal))
+    if sizes is not None:
         with kept_partitions(imodel):  # checked and rounded as resize does it
-            chosen = imodel.resize(dict(sizes), multiple=multiples)
-        sizes_method, sizes_errors = "given", {}
-    seconds["choose_sizes"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    imodel.resize(dict(chosen))
-    choice = best_start(imodel, cal, kinds=starts, reference=reference, per_group=False, loss=loss)
-    seconds["choose_start"] = time.perf_counter() - t0
-
-    holdout = tune.holdout if tune is not False else TuneConfig().holdout
-    train_source, held_out = (split_validation(source, holdout) if isinstance(source, Sequence) else (source, None))
-    recon, versus = None, {}
-    if reconstruct:
-        t0 = time.perf_counter()
-        judge = [batch_inputs(b) for b in held_out] if held_out else list(cal)
-        with torch.no_grad():
-            judged = [full(*b) for b in judge]
-        mine = distill_error(imodel, judge, judged, loss)
-        recon, versus = _try_reconstruct(imodel, chosen, source, cal, judge, judged, mine, loss)
-        seconds["reconstruct"] = time.perf_counter() - t0
-    # trying the starts group by group is not worth its seconds when the reconstruction is further
-    # ahead than that could make up (REFINE_GAIN)
-    if recon is None or REFINE_GAIN * versus["reconstruct"] >= mine:
-        t0 = time.perf_counter()
-        refine = 10.0 if tune is False or tune.seconds is None else max(2.0, REFINE_SHARE * tune.seconds)
-        choice = refine_start(imodel, cal, choice, reference=reference, max_seconds=refine - choice.seconds,
-                              loss=loss)
-        seconds["refine_start"] = time.perf_counter() - t0
-        if recon is not None and choice.changed_groups:
-            mine = versus["partitions"] = distill_error(imodel, judge, judged, loss)
-    if recon is not None and versus["reconstruct"] >= mine:
-        recon = None
+            sizes = imodel.resize(dict(sizes), multiple=multiples)
+    # what comes after the tuning: the report's error, the metric and the user's class
+    reserve = (len(cal) + 2) * per_batch + metric_seconds
+    share = CHOICE_SHARE if tune is not False else 1.0
+    left = bound - (time.perf_counter() - t_budget) - reserve
+    made = choose(imodel, target=target, metric=metric, sizes=sizes, cal=cal, reference=reference, fit=fit,
+                  judge=judge, judged=judged, loss=loss, example_inputs=example_inputs, min_ratio=min_ratio,
+                  multiples=multiples, kinds=starts, reconstruct=reconstruct, seconds=max(0.0, share * left),
+                  per_batch=per_batch)
+    seconds.update(made.seconds)
+    choice, recon, versus = made.start, made.reconstruction, made.held_out
     err0 = choice.error
     start_errors = dict(choice.errors)
     starts_used = dict(choice.kinds)
     if recon is not None:
         starts_used = {n: "reconstruct" for n in starts_used}
         err0 = distill_error(recon, cal, reference, loss)
-
     stages: dict[str, dict[str, Any]] = {}
-    budget = tune  # what the tuning stages get: the choices above came out of tune.seconds
+    budget = tune  # what the tuning stages get: what the choices left of the bound, less the reserve
     if tune is not False and tune.seconds is not None:
-        left = tune.seconds - (time.perf_counter() - t_budget)
+        left = bound - (time.perf_counter() - t_budget) - reserve
         log.info("%.1f s of the %.1f s budget left for tuning", max(0.0, left), tune.seconds)
         budget = dataclasses.replace(tune, seconds=left) if left > 0.05 else False
     if budget is not False:
@@ -388,13 +342,14 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
         error_before_tuning=err0, error_after_tuning=err1,
         tuning={"steps": sum(v.get("steps", 0) for v in stages.values()),
                 **{k: v.get("steps", 0) for k, v in stages.items()}}, seconds=seconds,
-        sizes_method=sizes_method, sizes_errors=sizes_errors, starts=starts_used,
+        sizes_method=made.sizes_method, sizes_errors=made.sizes_errors, starts=starts_used,
         start_errors=start_errors, stages=stages, loss=loss.kind, reconstruct_errors=versus,
         temperature=loss.temperature if loss.kind == "kl" else None, loss_note=loss.note,
-        multiple={n: m for n, m in multiples.items() if m > 1})
+        multiple={n: m for n, m in multiples.items() if m > 1}, skipped=made.skipped, bound=bound)
     if not math.isfinite(err1):
         log.warning("the compressed network's calibration error is not finite")
     if not graph:  # the user's own class (or the graph module, with a warning saying why)
         small = imodel.module_from(small.eval()).eval()
         report.params_after = sum(p.numel() for p in small.parameters())
+    report.seconds["after_convert"] = time.perf_counter() - t_budget
     return small, report

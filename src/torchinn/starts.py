@@ -10,7 +10,10 @@ At given sizes, an integral network can start from several partitions of each gr
   integral over a non-uniform partition);
 * ``"activation"``: points on the channels that feed the next layers most on the calibration
   data (:func:`activation_importance`: activation RMS times the reading weights' L1 norm, the
-  channel-level form of Wanda), selection-weighted.
+  channel-level form of Wanda), selection-weighted;
+* ``"fisher"``: points on the channels whose removal would raise the distillation loss most
+  (:func:`torchinn.importance.measure_importance`: the second-order Taylor / Fisher estimate
+  from one backward pass per calibration batch), selection-weighted.
 
 :func:`best_start` measures each on calibration batches (the distillation error against the
 full-size network) and keeps the best, first for all groups at once, then group by group
@@ -36,9 +39,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from .distill import Distillation
+from .importance import Importance, activation_importance, measure_importance
 from .integral_model import IntegralModel
 from .options import check_choice, check_number
 from .partition import Partition, TrainablePartition, UniformPartition
@@ -50,7 +53,7 @@ __all__ = ["STARTS", "StartChoice", "activation_importance", "best_start", "chec
 log = logging.getLogger(__name__)
 aten = torch.ops.aten
 
-STARTS = ("uniform", "l1", "l1-quadrature", "activation")
+STARTS = ("uniform", "l1", "l1-quadrature", "activation", "fisher")
 #: the ``loss`` of :func:`distill_error` (``"auto"`` is resolved by the callers that take it)
 DISTANCES = ("mse", "kl")
 
@@ -134,78 +137,16 @@ class StartChoice:
     options: dict[str, dict[str, Partition]] = field(default_factory=dict, repr=False)  # start -> group -> partition
 
 
-class _InputRMS(TorchDispatchMode):
-    """Per weight (by storage), the summed squares and count of each input channel of the
-    convolutions and matrix products that read it."""
-
-    def __init__(self, owners: Mapping[int, str]) -> None:
-        super().__init__()
-        self.owners = owners
-        self.sums: dict[str, Tensor] = {}
-        self.counts: dict[str, int] = {}
-
-    def _record(self, weight: Any, x: Any, channel_dim: int) -> None:
-        if not isinstance(weight, Tensor) or not isinstance(x, Tensor) or weight.ndim < 2:
-            return
-        name = self.owners.get(weight.untyped_storage().data_ptr())
-        if name is None or not x.is_floating_point():
-            return
-        xs = x.detach().double().movedim(channel_dim, -1)
-        sq = (xs**2).reshape(-1, xs.shape[-1]).sum(0)
-        if name in self.sums and self.sums[name].shape == sq.shape:
-            self.sums[name] += sq
-            self.counts[name] += xs.numel() // xs.shape[-1]
-        elif name not in self.sums:
-            self.sums[name], self.counts[name] = sq, xs.numel() // xs.shape[-1]
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None) -> Any:
-        packet = func._overloadpacket
-        if packet in (aten.convolution, aten.conv1d, aten.conv2d, aten.conv3d) and len(args) > 1:
-            self._record(args[1], args[0], 1)
-        elif packet is aten.linear and len(args) > 1:
-            self._record(args[1], args[0], -1)
-        elif packet is aten.addmm and len(args) > 2:
-            self._record(args[2], args[1], -1)
-        elif packet is aten.mm and len(args) > 1:
-            self._record(args[1], args[0], -1)
-        return func(*args, **(kwargs or {}))
-
-
-def activation_importance(imodel: IntegralModel, batches: Sequence[tuple]) -> dict[str, Tensor]:
-    """Per group, how much each channel feeds the layers that read it, on the calibration
-    batches at full size: the RMS of the channel's activation times the L1 norm of the weights
-    that read it (the channel-level form of Wanda's ``|W| x ||x||``), summed over those layers.
-    Groups read by no convolution or linear layer are left out."""
-    tensors = imodel.tensors(imodel.full_partitions())
-    full = imodel.discrete_from(tensors, {n: g.max_size for n, g in imodel.groups.items()}).eval()
-    owners = {t.untyped_storage().data_ptr(): n for n, t in list(full.named_parameters()) + list(full.named_buffers())}
-    mode = _InputRMS(owners)
-    with mode, torch.no_grad():
-        for b in batches:
-            full(*b)
-    plans = imodel.plans()
-    out: dict[str, Tensor] = {}
-    for name, sq in mode.sums.items():
-        plan = plans.get(name)
-        if plan is None or len(plan) < 2 or len(plan[1]) != 1 or len(plan[1][0]) != 1:
-            continue
-        atom = plan[1][0][0]
-        if atom.group is None or not atom.integrate or atom.size != sq.numel():
-            continue
-        w = tensors[name].detach().double().abs()
-        column_l1 = w.sum(dim=[d for d in range(w.ndim) if d != 1])
-        score = torch.sqrt(sq / max(1, mode.counts[name])) * column_l1
-        out[atom.group] = out[atom.group] + score if atom.group in out else score
-    return out
-
-
 def best_start(imodel: IntegralModel, batches: Sequence[tuple], *, kinds: Sequence[str] = STARTS,
                per_group: bool = True, reference: Sequence[Any] | None = None,
-               max_seconds: float | None = None, loss: str | Distillation = "mse") -> StartChoice:
+               max_seconds: float | None = None, loss: str | Distillation = "mse",
+               importance: Importance | None = None) -> StartChoice:
     """Give every group of ``imodel`` (at its current sizes) the starting partition with the
     lowest calibration error (``loss``: see :func:`distill_error`); ``imodel`` keeps the chosen
-    partitions. ``per_group`` then tries the other starts one group at a time (within
-    ``max_seconds``)."""
+    partitions. ``per_group`` then tries the other starts one group at a time. ``max_seconds``
+    bounds it all: starts are measured in the order of ``kinds`` while the next one fits (the first
+    always is), and the trials group by group stop when it is spent. ``importance`` (from :func:`torchinn.importance.measure_importance` on
+    these batches) saves measuring the activation and Fisher scores again."""
     from .baselines import channel_importance
 
     t0 = time.perf_counter()
@@ -219,18 +160,29 @@ def best_start(imodel: IntegralModel, batches: Sequence[tuple], *, kinds: Sequen
         reference = full_outputs(imodel, batches)
     l1 = channel_importance(imodel)
     scores: dict[str, dict[str, Tensor | None]] = {"uniform": {}, "l1": l1, "l1-quadrature": l1}
-    if "activation" in kinds:
+    if importance is None and ("activation" in kinds or "fisher" in kinds):
         try:
-            act = activation_importance(imodel, batches)
-            scores["activation"] = {g: act.get(g, l1[g]) for g in l1}
-        except Exception as err:  # noqa: BLE001 - an optional candidate; the others still stand
-            log.info("no activation-based start (%s: %s)", type(err).__name__, err)
-            kinds = [k for k in kinds if k != "activation"]
+            importance = measure_importance(imodel, batches, loss, reference, fisher="fisher" in kinds)
+        except Exception as err:  # noqa: BLE001 - optional candidates; the others still stand
+            log.info("no activation or Fisher start (%s: %s)", type(err).__name__, err)
+            kinds = [k for k in kinds if k not in ("activation", "fisher")]
+    for k, found in (("activation", importance.activation if importance else {}),
+                     ("fisher", importance.fisher if importance else {})):
+        if k in kinds and not found:
+            kinds = [x for x in kinds if x != k]
+        scores[k] = {g: found.get(g, l1[g]) for g in l1}
+    if not kinds:
+        kinds = ["uniform"]
     options = {k: {n: start_partition(current[n], sizes[n], k, scores[k].get(n)) for n in sizes}
                for k in kinds}
 
     errors = {}
-    for k in kinds:
+    t_kinds = time.perf_counter()  # after the importance scores
+    for i, k in enumerate(kinds):
+        now = time.perf_counter()
+        if i and max_seconds is not None and now - t0 + (now - t_kinds) / i > max_seconds:
+            log.info("best_start: measured %s of the starts %s within %.1f s", list(errors), list(kinds), max_seconds)
+            break
         _apply(imodel, options, {n: k for n in sizes})
         errors[k] = distill_error(imodel, batches, reference, loss)
     best = min(errors, key=lambda k: errors[k])
