@@ -1,0 +1,81 @@
+"""compress's choices within a time bound (torchinn.choices): the bound without tuning, the
+reconstruction judged on batches it was never fitted on, and what the report says was skipped."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+import torchinn as inn
+import torchinn.baselines as baselines
+from torchinn import choices, compression
+from torchinn.train import TuneConfig
+from torchinn_demo.zoo import ZOO
+
+FAST = inn.ConvertConfig(permute=False)
+
+
+def _mlp_and_batches(n: int, rows: int = 16):
+    torch.manual_seed(0)
+    model, inputs = ZOO["mlp"]()
+    g = torch.Generator().manual_seed(7)
+    return model, inputs, [(torch.randn(rows, 32, generator=g),) for _ in range(n)]
+
+
+def test_the_reconstruction_is_fitted_on_training_batches_and_judged_on_the_others(monkeypatch):
+    model, inputs, cal = _mlp_and_batches(10)
+    fitted: list[list] = []
+    original = baselines.reconstruct
+
+    def recording(imodel, sizes, data, **kwargs):
+        fitted.append([b[0] if isinstance(b, tuple) else b for b in data])
+        return original(imodel, sizes, data, **kwargs)
+
+    monkeypatch.setattr(baselines, "reconstruct", recording)
+    _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=False)
+    held_out = [b[0] for b in cal[-2:]]  # holdout 0.2 of 10 batches
+    assert fitted and "reconstruct" in report.reconstruct_errors
+    for data in fitted:
+        assert data and not any(x is h for x in data for h in held_out)
+    assert len(fitted[-1]) == 8  # all the training batches
+
+
+def test_one_calibration_batch_has_nothing_to_judge_a_reconstruction_on():
+    model, inputs, cal = _mlp_and_batches(1)
+    _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=False)
+    assert "reconstruct" not in report.starts.values() and report.reconstruct_errors == {}
+    assert any("no held-out calibration batch" in s for s in report.skipped)
+    assert "skipped: reconstruction (no held-out" in str(report)
+
+
+def test_without_tuning_the_choices_hold_their_own_bound(monkeypatch):
+    # every start measured costs 0.2 s more, as on a large network: with a 2 s bound the choices
+    # measure fewer candidates and end on time
+    slow = choices.best_start
+
+    def slow_best_start(*args, **kwargs):
+        time.sleep(0.2)
+        return slow(*args, **kwargs)
+
+    monkeypatch.setattr(choices, "best_start", slow_best_start)
+    monkeypatch.setattr(compression, "NO_TUNE_SECONDS", 2.0)
+    model, inputs, cal = _mlp_and_batches(6)
+    t0 = time.perf_counter()
+    _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=False)
+    wall = time.perf_counter() - t0
+    assert report.bound == 2.0
+    assert report.seconds["after_convert"] <= 2.0 * 1.05 + 0.3, report.seconds
+    assert wall <= report.seconds["convert"] + 2.0 * 1.05 + 0.4
+    assert report.stages == {}
+
+
+def test_a_tight_bound_skips_the_measured_sensitivities_and_says_so():
+    model, inputs, cal = _mlp_and_batches(6)
+    _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST,
+                             tune=TuneConfig(seconds=0.5, progress=False))
+    assert "sensitivity" not in report.sizes_errors
+    assert any(s.startswith("measured sensitivities") for s in report.skipped)
+    _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST,
+                             tune=TuneConfig(seconds=30, steps=2, progress=False))
+    assert {"sensitivity", "fisher", "uniform"} <= set(report.sizes_errors)  # room for all three
