@@ -9,13 +9,13 @@ shared by every method:
 * INN resampled at those sizes (no tuning);
 * ``torchinn.compress`` at those sizes (``sizes=``) without tuning (``tune=False``: it still
   chooses its starting point on the calibration data) and with ``--seconds`` of tuning;
-* L1-norm and random channel selection and the reconstruction baseline (L1 selection and a
+* L1-norm, random and activation channel selection and the reconstruction baseline (L1 selection and a
   least-squares refit of the consuming layers; ``torchinn.prune(imodel, sizes, method)``), as cut
   and after ``--seconds`` of fine-tuning of all their weights with ``torchinn.finetune``: the
   same loop, loss (KL for class logits, else MSE), held-out batches and learning rate that
   ``compress`` tunes its weights with;
 * at the baselines' own best sizes, one ratio for every layer at no more parameters
-  (``choose_sizes(method="uniform")``): L1 and reconstruction as cut, and ``compress`` free to
+  (``choose_sizes(method="uniform")``): the four baselines as cut, and ``compress`` free to
   choose its sizes (``sizes=None``), without tuning.
 
 Quality is each network's own metric on held-out data (accuracy %, agreement % or Y-PSNR dB;
@@ -101,7 +101,8 @@ def run_level(mod: Any, net: nn.Module, imodel: inn.IntegralModel, cal: list[tup
                                 "stages": {k: {"steps": v["steps"], "start": v["start_error"], "best": v["best_error"]}
                                            for k, v in rep.stages.items()},
                                 "seconds": rep.seconds, "wall": time.perf_counter() - t0}
-    for name, method in (("l1", "l1"), ("random", "random"), ("reconstruction", "reconstruct")):
+    for name, method in (("l1", "l1"), ("random", "random"), ("activation", "activation"),
+                         ("reconstruction", "reconstruct")):
         t0 = time.perf_counter()
         pruned = inn.prune(imodel, sizes, method, calibration=cal).eval()
         row[name + "_cut_seconds"] = time.perf_counter() - t0
@@ -110,7 +111,8 @@ def run_level(mod: Any, net: nn.Module, imodel: inn.IntegralModel, cal: list[tup
         report = inn.finetune(pruned, cal, teacher=net, config=_tune(s), loss_fn=LOSSES[loss])
         row[name + "_ft_report"] = dict(report, wall=time.perf_counter() - t0)
         row[name + "_ft"] = evaluate(pruned)
-    for name, method in (("l1_uniform", "l1"), ("reconstruction_uniform", "reconstruct")):
+    for name, method in (("l1_uniform", "l1"), ("random_uniform", "random"), ("activation_uniform", "activation"),
+                         ("reconstruction_uniform", "reconstruct")):
         pruned = inn.prune(imodel, uniform, method, calibration=cal).eval()
         row[name], row[name + "_params"] = evaluate(pruned), n_params(pruned)
     log(f"  {level:.0%} removed: " + json.dumps({k: v for k, v in row.items() if "report" not in k and "sizes" not in k},
@@ -178,14 +180,15 @@ def format_tables(res: dict[str, Any]) -> str:
                 "", (f"Original: **{r['original']:.2f}**{extra}; {r['params']:,} parameters; {len(r['groups'])} groups "
                      f"{list(r['groups'].values())}; converted in {r['convert_seconds']:.1f} s, "
                      f"relative error of `to_discrete()` {r['convert_rel_error']:.1e}."), ""]
-        cols = ["removed", "params", "INN resampled", "compress 0 s", "L1", "random", "reconstruction",
-                f"compress {sec}", f"L1 + FT {sec}", f"random + FT {sec}", f"reconstruction + FT {sec}",
-                "one ratio: L1 / reconstruction / compress 0 s (params)", "compress start, stages"]
+        cols = ["removed", "params", "INN resampled", "compress 0 s", "L1", "random", "activation", "reconstruction",
+                f"compress {sec}", f"L1 + FT {sec}", f"random + FT {sec}", f"activation + FT {sec}",
+                f"reconstruction + FT {sec}",
+                "one ratio: L1 / random / activation / reconstruction / compress 0 s (params)", "compress start, stages"]
         out += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for lv in r["levels"]:
-            untuned = ["compress_0s", "l1", "random", "reconstruction"]
-            tuned = ["compress", "l1_ft", "random_ft", "reconstruction_ft"]
-            own = ["l1_uniform", "reconstruction_uniform", "compress_free_0s"]
+            untuned = ["compress_0s", "l1", "random", "activation", "reconstruction"]
+            tuned = ["compress", "l1_ft", "random_ft", "activation_ft", "reconstruction_ft"]
+            own = ["l1_uniform", "random_uniform", "activation_uniform", "reconstruction_uniform", "compress_free_0s"]
             best0, best1, best2 = (max(lv[k] for k in ks) for ks in (untuned, tuned, own))
 
             def b(k: str, lv: dict = lv) -> str:
@@ -195,12 +198,13 @@ def format_tables(res: dict[str, Any]) -> str:
             stages = ", ".join(f"{k} {v['steps']} steps {v['start']:.3g} -> {v['best']:.3g}"
                                for k, v in cr["stages"].items())
             cells = [f"{lv['removed']:.0%}", f"{lv['params'] / r['params']:.1%}", b("inn"), b("compress_0s"),
-                     b("l1"), b("random"), b("reconstruction"),
+                     b("l1"), b("random"), b("activation"), b("reconstruction"),
                      f"{b('compress')} ({cr['steps']} steps, {cr['wall']:.0f} s in all)"]
             cells += [f"{b(k)} ({lv[k + '_report']['steps']} steps"
                       + (f", +{lv[k[:-3] + '_cut_seconds']:.0f} s refit)" if k == "reconstruction_ft" else ")")
                       for k in tuned[1:]]
-            cells += [f"{b('l1_uniform')} / {b('reconstruction_uniform')} / {b('compress_free_0s')} "
+            cells += [f"{b('l1_uniform')} / {b('random_uniform')} / {b('activation_uniform')} / "
+                      f"{b('reconstruction_uniform')} / {b('compress_free_0s')} "
                       f"({lv['l1_uniform_params'] / r['params']:.1%})",
                       f"{'+'.join(cr['start'])}; {stages}"]
             out.append("| " + " | ".join(cells) + " |")

@@ -89,8 +89,9 @@ def test_benchmark_quick_runs_every_method():
         (lv,) = r["levels"]
         assert lv["params"] <= 0.5 * r["params"] * 1.001          # the shared sizes meet the target
         assert lv["l1_uniform_params"] <= 0.5 * r["params"] * 1.001
-        for key in ("inn", "compress_0s", "compress", "compress_free_0s", "l1", "random", "reconstruction", "l1_ft",
-                    "random_ft", "reconstruction_ft", "l1_uniform", "reconstruction_uniform"):
+        for key in ("inn", "compress_0s", "compress", "compress_free_0s", "l1", "random", "activation", "reconstruction",
+                    "l1_ft", "random_ft", "activation_ft", "reconstruction_ft", "l1_uniform", "random_uniform",
+                    "activation_uniform", "reconstruction_uniform"):
             assert math.isfinite(lv[key]), key
             assert lv[key] <= r["original"] + (0.5 if "PSNR" in r["metric"] else 5.0), key
         # compress's choices come out of its 1 s budget, so it may have no step left to tune
