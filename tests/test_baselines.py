@@ -476,8 +476,9 @@ def test_reconstruct_on_zoo_networks(name):
        stride=st.integers(1, 2), dilation=st.integers(1, 2), padding=st.sampled_from([0, 1, 2, "same", "valid"]),
        groups=st.sampled_from([1, 2, 4]), bias=st.booleans(), batched=st.booleans())
 def test_regression_rows_reproduce_the_convolution(dims, kernel, stride, dilation, padding, groups, bias, batched):
-    """The refit's unfolded rows times the weights in its layout give the convolution's output."""
-    from torchinn.refit import Layer, _current, _design, _targets
+    """The refit's rows (gathered patches) times the weights in its layout give the convolution's
+    output, whole and in chunks, at every position and at a sample of them."""
+    from torchinn.regression import Layer, current, row_chunks
 
     if padding == "same":
         stride = 1  # torch allows 'same' only with stride 1
@@ -491,26 +492,15 @@ def test_regression_rows_reproduce_the_convolution(dims, kernel, stride, dilatio
     pad = padding if isinstance(padding, str) else (padding,) * dims
     layer = Layer("n", "w", "b" if bias else None, True, stride=(stride,) * dims, padding=pad,
                   dilation=(dilation,) * dims, groups=groups)
-    rows = _design(layer, x, w)
-    if bias:
-        rows = torch.cat([rows, torch.ones_like(rows[..., :1])], -1)
-    pred = rows @ _current(layer, w, b)
-    assert torch.allclose(pred, _targets(layer, y, None), atol=1e-10)
-    # a sample of the output positions (what the refit keeps of a large batch) stays aligned
-    import torchinn.refit as refit
-
-    saved = refit.ROWS_PER_BATCH, refit.ROWS_PER_FEATURE
-    refit.ROWS_PER_BATCH, refit.ROWS_PER_FEATURE = 5, 0
-    try:
-        xs, ys = refit._batch_rows(layer, x, y, w, None, 1, index=3)
-    finally:
-        refit.ROWS_PER_BATCH, refit.ROWS_PER_FEATURE = saved
     n = y.shape[0] if batched else 1
     positions = math.prod(y.shape[-dims:])
-    assert xs.shape[1] == n * min(positions, math.ceil(5 / n)) == ys.shape[1]
-    if bias:
-        xs = torch.cat([xs, torch.ones_like(xs[..., :1])], -1)
-    assert torch.allclose(xs @ _current(layer, w, b), ys, atol=1e-10)
+    for sampled in (None, torch.tensor([0, positions // 2, positions - 1]).unique()):
+        for chunk in (1, 50, 1 << 22):  # one position a chunk, a few, all
+            pieces = list(row_chunks(layer, x, y, w, None, sampled, bias=bias, chunk=chunk))
+            xs, ys = torch.cat([p[0] for p in pieces], 1), torch.cat([p[1] for p in pieces], 1)
+            kept = positions if sampled is None else sampled.numel()
+            assert xs.shape == (groups, n * kept, w[0].numel() + int(bias)) and ys.shape[1] == n * kept
+            assert torch.allclose(xs @ current(layer, w, b), ys, atol=1e-10)
 
 
 def test_finetune_with_validation_never_ends_worse(student):
@@ -662,6 +652,7 @@ def test_finetune_asks_the_teacher_once_per_listed_batch(student, monkeypatch):
 # issue 21, item 4: the refit never builds a system larger than its memory bound
 def test_refit_skips_only_the_layer_over_the_memory_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     import torchinn.refit as refit
+    from torchinn.regression import NormalEquations
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv1d(4, 16, 3, padding=1), nn.ReLU(), nn.Conv1d(16, 16, 3, padding=1), nn.ReLU(),
@@ -670,13 +661,13 @@ def test_refit_skips_only_the_layer_over_the_memory_bound(monkeypatch: pytest.Mo
     sizes = {n: 8 for n in imodel.groups}
     calibration = [torch.randn(8, 4, 128) for _ in range(6)]
     features: list[int] = []
-    add = refit._Normal.add
+    add = NormalEquations.add
 
-    def recorded(self, xs, ys, bias, chunk):  # noqa: ANN001, ANN202
-        features.append(xs.shape[2] + int(bias))
-        return add(self, xs, ys, bias, chunk)
+    def recorded(self, xs, ys):  # noqa: ANN001, ANN202
+        features.append(xs.shape[2])  # the bias column included
+        return add(self, xs, ys)
 
-    monkeypatch.setattr(refit._Normal, "add", recorded)
+    monkeypatch.setattr(NormalEquations, "add", recorded)
     bound = 2**20
     report: dict = {}
     bounded = inn.reconstruct(imodel, sizes, calibration, report=report, max_system_bytes=bound)

@@ -190,11 +190,16 @@ class IntegralModel(nn.Module):
         return self.partitions[_key(self.groups[group].name)]
 
     def set_partition(self, group: str, partition: Partition) -> None:
-        """Replace a group's partition (e.g. by a :class:`TrainablePartition`)."""
+        """Replace a group's partition (e.g. by a :class:`TrainablePartition`). The partition is
+        moved to the model's device, and to float64 if the model is float64 (its points then
+        have the model's precision); lower precisions keep the partition's own."""
         old = self.partition(group)
         if partition.max_size != old.max_size:
             raise ValueError(f"group {group!r} has {old.max_size} channels; the new partition has "
                              f"max_size={partition.max_size}")
+        like = next((t for t in self.parameters() if t.is_floating_point()), None)
+        if like is not None:
+            partition = partition.to(device=like.device, dtype=torch.float64 if like.dtype == torch.float64 else None)
         self.partitions[_key(self.groups[group].name)] = partition
         self._cache = None
 

@@ -153,7 +153,7 @@ def _scalings(gm: fx.GraphModule, env: Mapping[fx.Node, Any]) -> list[tuple[fx.N
                     q = next(a for a in q.args if isinstance(a, fx.Node) and _attr_name(a) is None)
                 out.append((q, torch.tensor(factor, dtype=torch.float64), node.name))
     return [(op, v, where) for op, v, where in out
-            if not torch.allclose(v.double(), torch.ones((), dtype=torch.float64), rtol=0, atol=1e-7)]
+            if not torch.allclose(v.double(), torch.ones((), dtype=torch.float64, device=v.device), rtol=0, atol=1e-7)]
 
 
 def fold_scales(gm: fx.GraphModule, tensors: dict[str, Tensor], example: tuple,
@@ -187,14 +187,15 @@ def fold_scales(gm: fx.GraphModule, tensors: dict[str, Tensor], example: tuple,
         n_out = out.shape[axis]
         shape = [1] * out.ndim
         shape[axis] = n_out
-        idx: dict[fx.Node, Any] = {node: torch.arange(n_out, dtype=torch.float64).reshape(shape).expand(out.shape)}
+        idx: dict[fx.Node, Any] = {node: torch.arange(n_out, dtype=torch.float64, device=out.device)
+                                   .reshape(shape).expand(out.shape)}
         for p in reversed(path):
             args = fx.node.map_arg(p.args, lambda n: idx[n] if n in idx else env[n])
             kwargs = fx.node.map_arg(p.kwargs, lambda n: idx[n] if n in idx else env[n])
             idx[p] = p.target(*args, **kwargs)
         rows = idx[operand].long()
-        vals = torch.broadcast_to(factor.to(torch.float64), rows.shape)
-        scale = torch.ones(n_out, dtype=torch.float64)
+        vals = torch.broadcast_to(factor.to(device=out.device, dtype=torch.float64), rows.shape)
+        scale = torch.ones(n_out, dtype=torch.float64, device=out.device)
         scale[rows.flatten()] = vals.flatten()
         if not torch.allclose(scale[rows], vals, rtol=1e-6, atol=0):
             raise RebuildError(f"the scale at {where} differs between positions of one channel of {w_name}")
