@@ -58,6 +58,10 @@ SCREEN_MARGIN = 2.0
 REFINE_GAIN = 4.0
 #: at most this many training batches fit the reconstruction
 FIT_BATCHES = 64
+#: a reconstruction costs about this many forward passes per batch it is fitted on (the capture
+#: through the full and the pruned network, then the solves); it is not tried when that would
+#: not fit in the time left
+RECONSTRUCT_PASSES = 4.0
 
 
 @dataclass
@@ -138,7 +142,7 @@ def _sizes_and_starts(imodel: IntegralModel, options: Mapping[str, Mapping[str, 
 
 def _reconstruct(imodel: IntegralModel, sizes: Mapping[str, int], cal: Sequence[tuple], fit: Sequence[tuple],
                  judge: Sequence[tuple], judged: Sequence[Any], mine: float, loss: Distillation, clock: _Clock,
-                 skipped: list[str]) -> tuple[nn.Module | None, dict[str, float]]:
+                 per_batch: float, skipped: list[str]) -> tuple[nn.Module | None, dict[str, float]]:
     """The reconstruction baseline at ``sizes`` (fitted on ``fit``, never on ``judge``) when it
     beats ``mine`` (the partitions' error on ``judge``), and the errors measured on the way."""
     from .baselines import reconstruct
@@ -147,6 +151,10 @@ def _reconstruct(imodel: IntegralModel, sizes: Mapping[str, int], cal: Sequence[
     screens = [list(cal)] if len(fit) > 2 * len(cal) else []
     recon = None
     for data in screens + [list(fit)]:
+        guess = RECONSTRUCT_PASSES * len(data) * per_batch
+        if recon is None and guess > clock.left():
+            skipped.append(f"reconstruction on {len(data)} batches (about {guess:.1f} s, {clock.left():.1f} s left)")
+            break
         t0 = time.perf_counter()
         try:
             candidate = reconstruct(imodel, dict(sizes), data).eval()
@@ -214,7 +222,8 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
     if reconstruct and judge:
         t0 = time.perf_counter()
         mine = distill_error(imodel, judge, judged, loss)
-        recon, versus = _reconstruct(imodel, chosen, cal, fit, judge, judged, mine, loss, clock, skipped)
+        recon, versus = _reconstruct(imodel, chosen, cal, fit, judge, judged, mine, loss, clock, per_batch,
+                                     skipped)
         spent["reconstruct"] = time.perf_counter() - t0
     if recon is None or REFINE_GAIN * versus["reconstruct"] >= versus["partitions"]:
         t0 = time.perf_counter()

@@ -82,7 +82,9 @@ def split_validation(loader: Iterable[Any], holdout: float) -> tuple[Iterable[An
 def _all_mean(value: float) -> float:
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
-        t = torch.tensor([value], dtype=torch.float64)
+        # NCCL reduces only CUDA tensors (gloo and mpi CPU ones)
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+        t = torch.tensor([value], dtype=torch.float64, device=device)
         dist.all_reduce(t)
         return float(t) / dist.get_world_size()
     return value
