@@ -24,6 +24,8 @@ resolution (character region and affinity between characters); image-to-image, w
 * Port checked: ``load_state_dict(strict=True)`` takes every tensor (BN running statistics
   included), and on ``page`` the region score is one blob per printed character (above 0.4 on 2.5%
   of the page's pixels, peak 0.79) and nearly nothing on the held-out photos (0.1%, 0.8%, 0.03%).
+* ``torchinn.convert`` (one 128x128 crop, 2 threads): 37 s, relative error 1.3e-5 (batch norms
+  folded), 26 groups.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ challenge): from 9.01 s of 16 kHz audio it predicts the three ITU-T P.835 mean o
   them poorly (raw OVRL 0.90-1.34, SIG 0.96-2.12, BAK 1.01-2.02 on the 48 held-out clips).
 * Port checked against onnxruntime on the ONNX file itself at its 9.01 s input: max abs.
   difference 8e-7 on the three scores (``onnx_scores``; see the tests). 0.34 s per 2 s clip here.
+* ``torchinn.convert`` (one clip, 2 threads): 10-17 s, relative error 4.6e-7, 9 groups.
 """
 
 from __future__ import annotations
