@@ -18,7 +18,7 @@ from benchmarks import realnets
 
 #: quick-setting quality of every original (measured once; tolerance in the test)
 ORIGINAL = {"mnist_cnn": 99.8, "mnist_mlp": 98.6, "waifu2x_photo": 34.31, "waifu2x_photo_denoise": 29.99,
-            "efficientnet_lite0": 100.0}
+            "efficientnet_lite0": 100.0, "craft_text": 100.0, "dnsmos": 100.0}
 SMALL = ("mnist_cnn", "mnist_mlp", "waifu2x_photo", "waifu2x_photo_denoise")
 
 
@@ -53,6 +53,37 @@ def test_efficientnet_port_classifies_real_photos():
     assert sum(p.numel() for p in net.parameters()) == 4_652_008
     assert mod.photo_top5(net, "chelsea")[0] in range(281, 286)     # a cat
     assert mod.photo_top5(net, "coffee")[0] in (967, 968)          # espresso / cup
+
+
+def test_craft_port_marks_printed_characters_only():
+    mod, net = load("craft_text")
+    assert sum(p.numel() for p in net.parameters()) == 20_770_466
+    page, *photos = mod.heldout()
+    with torch.no_grad():
+        region = [float((net(x)[:, 0] > mod.THRESHOLD).float().mean()) for x in (page, *photos)]
+    assert 0.015 < region[0] < 0.04                # one blob per printed character of the page
+    assert all(r < 0.01 for r in region[1:])         # and almost nothing on photos without text
+
+
+def test_dnsmos_port_matches_onnxruntime():
+    mod, net = load("dnsmos")
+    pytest.importorskip("onnxruntime")
+    x = mod._clips(range(7, 12)).flatten()[:mod.ONNX_SAMPLES][None]   # the graph's fixed 9.01 s
+    with torch.no_grad():
+        ours = net(mod.features(x)).numpy()
+    assert abs(ours - mod.onnx_scores(x)).max() < 1e-4
+
+
+def test_dnsmos_ranking_agreement_is_exact():
+    from benchmarks.realnets.dnsmos import ranking_agreement
+
+    ref = torch.tensor([[1.0, 2.0, 3.0], [2.0, 1.0, 3.5], [3.0, 0.0, 4.0]])
+    assert ranking_agreement(ref, ref) == 100.0
+    assert ranking_agreement(-ref, ref) == 0.0
+    assert ranking_agreement(torch.zeros_like(ref), ref) == 50.0   # ties count half
+    swap = ref.clone()
+    swap[0, 0], swap[1, 0] = 2.0, 1.0                 # one of the 9 (pair, score) orders flipped
+    assert ranking_agreement(swap, ref) == pytest.approx(100 * 8 / 9)
 
 
 @pytest.mark.parametrize("name", SMALL)

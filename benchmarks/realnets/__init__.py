@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 
 NETWORKS: tuple[str, ...] = ("mnist_cnn", "mnist_mlp", "waifu2x_photo", "waifu2x_photo_denoise",
-                             "efficientnet_lite0")
+                             "efficientnet_lite0", "craft_text", "dnsmos")
 
 
 def get(name: str):
