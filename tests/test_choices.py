@@ -73,9 +73,24 @@ def test_without_tuning_the_choices_hold_their_own_bound(monkeypatch):
 def test_a_tight_bound_skips_the_measured_sensitivities_and_says_so():
     model, inputs, cal = _mlp_and_batches(6)
     _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST,
-                             tune=TuneConfig(seconds=0.5, progress=False))
+                             tune=TuneConfig(seconds=0.02, progress=False))  # sensitivities: ~0.05 s
     assert "sensitivity" not in report.sizes_errors
     assert any(s.startswith("measured sensitivities") for s in report.skipped)
     _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST,
-                             tune=TuneConfig(seconds=30, steps=2, progress=False))
+                             tune=TuneConfig(seconds=300, steps=2, progress=False))
     assert {"sensitivity", "fisher", "uniform"} <= set(report.sizes_errors)  # room for all three
+
+
+def test_a_reconstruction_out_of_time_keeps_the_selected_weights_of_the_layers_it_did_not_start():
+    model, inputs, cal = _mlp_and_batches(4)
+    imodel = inn.convert(model, inputs, FAST)
+    sizes = {n: g.max_size // 2 for n, g in imodel.groups.items()}
+    report: dict = {}
+    late = baselines.reconstruct(imodel, sizes, cal, max_seconds=0.0, report=report).eval()
+    l1 = inn.prune(imodel, sizes, "l1").eval()
+    x = cal[0][0]
+    assert report and all(r["skipped"].startswith("out of time") for r in report.values())
+    assert torch.equal(late(x), l1(x))
+    report = {}
+    baselines.reconstruct(imodel, sizes, cal, max_seconds=60.0, report=report)
+    assert report and not any("skipped" in r for r in report.values())

@@ -150,6 +150,7 @@ def _reconstruct(imodel: IntegralModel, sizes: Mapping[str, int], cal: Sequence[
     errors = {"partitions": mine}
     screens = [list(cal)] if len(fit) > 2 * len(cal) else []
     recon = None
+    fits: dict[str, Any] = {}
     for data in screens + [list(fit)]:
         guess = RECONSTRUCT_PASSES * len(data) * per_batch
         if recon is None and guess > clock.left():
@@ -157,11 +158,15 @@ def _reconstruct(imodel: IntegralModel, sizes: Mapping[str, int], cal: Sequence[
             break
         t0 = time.perf_counter()
         try:
-            candidate = reconstruct(imodel, dict(sizes), data).eval()
+            candidate = reconstruct(imodel, dict(sizes), data, report=fits,
+                                    max_seconds=max(0.0, clock.left() - len(judge) * per_batch)).eval()
         except (RuntimeError, ValueError, NotImplementedError) as err:  # a candidate, not a requirement
             log.info("no reconstruction candidate (%s: %s)", type(err).__name__, err)
             skipped.append(f"reconstruction ({type(err).__name__}: {err})")
             break
+        late = [n for n, r in fits.items() if str(r.get("skipped", "")).startswith("out of time")]
+        if late:
+            skipped.append(f"the refit of {len(late)} layers (out of time: they keep their selected weights)")
         theirs = distill_error(candidate, judge, judged, loss)
         recon = candidate
         if data is fit or len(data) == len(fit):

@@ -266,7 +266,8 @@ def system_bytes(layer: Layer, w: Tensor, bias: bool) -> int:
 def refit_consumers(full: fx.GraphModule, pruned: fx.GraphModule, calibration: Sequence[Any],
                     kept: Mapping[str, Sequence[Tensor | None]],
                     ridge: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0),
-                    chunk: int = CHUNK, max_bytes: int | None = None) -> dict[str, dict[str, Any]]:
+                    chunk: int = CHUNK, max_bytes: int | None = None,
+                    deadline: float | None = None) -> dict[str, dict[str, Any]]:
     """Refit, in place and in graph order, every layer of ``pruned`` whose input channels are fewer
     than in ``full`` (matched by weight name). ``kept[weight][dim]``: the positions of the full
     tensor's ``dim`` that ``pruned`` keeps (None: all). ``ridge``: relative ridge strengths; with
@@ -276,7 +277,9 @@ def refit_consumers(full: fx.GraphModule, pruned: fx.GraphModule, calibration: S
     or why it was skipped, with the ``rows`` fitted, the ``bytes`` of its normal equations and the
     ``seconds`` it took. ``max_bytes`` (default :data:`MAX_SYSTEM_BYTES`): a layer whose normal
     equations (:func:`system_bytes`) would take more keeps its selected weights (logged), the
-    others are still refit. ``chunk``: values of the regression's rows built at once."""
+    others are still refit. ``chunk``: values of the regression's rows built at once. ``deadline``
+    (a ``time.perf_counter()`` value): the layers not started by then keep their selected weights
+    (reported as skipped), so the network returned is still a consistent, partly refit one."""
     bound = MAX_SYSTEM_BYTES if max_bytes is None else max_bytes
     report: dict[str, dict[str, Any]] = {}
     full_layers = {}
@@ -317,6 +320,9 @@ def refit_consumers(full: fx.GraphModule, pruned: fx.GraphModule, calibration: S
                                        f"the bound of {bound / 2**20:.1f} MiB", "bytes": need}
             log.warning("reconstruct: %r kept as selected: its normal equations would take %.1f MiB "
                         "(bound %.1f MiB)", name, need / 2**20, bound / 2**20)
+            continue
+        if deadline is not None and time.perf_counter() > deadline:
+            report[name] = {"skipped": "out of time (the deadline passed before this layer)"}
             continue
         out_dim = 1 if layer.transposed else 0
         start = time.perf_counter()
