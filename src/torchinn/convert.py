@@ -40,7 +40,7 @@ from .partition import UniformPartition
 from .quadrature import QUADRATURES
 from .rebuild import make_original
 from .structured import DimPlan, StructuredFunction
-from .tolerance import CONVERT_FLOOR, float_noise, judge
+from .tolerance import CONVERT_FLOOR, NOISE_FACTOR, float_noise, judge
 from .tsp import check_solver
 
 __all__ = ["ConvertConfig", "convert", "UnsupportedOpError"]
@@ -383,7 +383,16 @@ def _same_at_batch_one(model: nn.Module, imodel: IntegralModel, example_inputs: 
         ref, got = _both(model, imodel, one)
     except Exception:  # noqa: BLE001 - refused at batch 1 by a guard, or the model cannot run it
         return True
-    return _worst_error(ref, got) <= 1.0
+    worst = _worst_error(ref, got)
+    if worst <= 1.0 or not math.isfinite(worst):
+        return worst <= 1.0
+    # above the floor: a deep network's float32 rounding (a random 1 B Llama: 1.2e-4) is no branch
+    # on the batch size; judge it against the same comparison at the traced batch (a branch
+    # changes the outputs by orders of magnitude more), not a float64 copy of a big network
+    if min(x.shape[0] for x in leaves if isinstance(x, Tensor)) < 2:
+        return False
+    ref, got = _both(model, imodel, example_inputs)
+    return worst <= max(1.0, NOISE_FACTOR * _worst_error(ref, got))
 
 
 def _both(model: nn.Module, imodel: IntegralModel, inputs: tuple[tuple, dict]) -> tuple[object, object]:
