@@ -292,7 +292,7 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, obje
     plan = finalize(an)
     report["analyse_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    tensors = dict(traced.tensors)
+    tensors = traced.tensors  # permuted copies replace the traced tensors: no second copy of the state
     _check_dtypes(tensors, plan)
     if config.permute and plan.groups:
         report.update(_permute_groups(tensors, plan, config))
@@ -307,11 +307,11 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, obje
     full_weights = {n: p.full_weights(dtype=torch.float64) for n, p in partitions.items()}
     functions = {}
     for name, dim_plans in plan.tensors.items():
-        t = tensors[name]
-        functions[name] = StructuredFunction(t, dim_plans, full_weights, config.kind)
+        # popped: each traced tensor is freed once its function holds the control values
+        functions[name] = StructuredFunction(tensors.pop(name), dim_plans, full_weights, config.kind)
         if name not in traced.trainable:  # a buffer (running statistics): follows sizes, never trained
             functions[name].requires_grad_(False)
-    fixed = {n: t for n, t in tensors.items() if n not in functions}
+    fixed = dict(tensors)  # what is left: the tensors no group reads
     tensor_names = [traced.source[n] for n in traced.graph.nodes if n in traced.source]
     group_index = {root: i for root, i in plan.group_of_root.items()}
     runtime = build_runtime(an, group_index, tensor_names)
