@@ -371,3 +371,22 @@ def test_default_time_limit_scales_with_the_group():
     resnet50 = [64] * 7 + [128] * 8 + [256] * 13 + [512] * 7 + [1024, 2048]
     assert sum(map(default_time_limit, resnet50)) < 10
     assert math.isclose(default_time_limit(2048), 1.0)
+
+
+def test_huge_group_sampled_distances_and_greedy_path(monkeypatch):
+    """Above MAX_DISTANCE_WORK the distances come from a seeded sample of the values and the path
+    is the nearest-neighbour one: the same order on every call, never a longer total variation,
+    and on smooth-but-shuffled channels nearly all the smoothness is found again."""
+    import torchinn.permute as P
+
+    g = torch.Generator().manual_seed(0)
+    n, k = 64, 200
+    smooth = torch.linspace(0, 1, n)[:, None] * torch.randn(1, k, generator=g) + 0.01 * torch.randn(n, k, generator=g)
+    shuffled = smooth[torch.randperm(n, generator=g)]
+    members = [(shuffled, 0)]
+    monkeypatch.setattr(P, "MAX_DISTANCE_WORK", n * (n - 1) // 2 * 20)  # 20 of the 200 values
+    a, b = P.order_channels(members), P.order_channels(members)
+    assert torch.equal(a, b)
+    after = P.total_variation([(t, 0) for t in P.apply_permutation(members, a)])
+    assert after < 0.2 * P.total_variation(members)
+    assert after < 1.3 * P.total_variation([(smooth, 0)])

@@ -40,7 +40,7 @@ from .partition import UniformPartition
 from .quadrature import QUADRATURES
 from .rebuild import make_original
 from .structured import DimPlan, StructuredFunction
-from .tolerance import CONVERT_FLOOR, float_noise, judge
+from .tolerance import CONVERT_FLOOR, NOISE_FACTOR, float_noise, judge
 from .tsp import check_solver
 
 __all__ = ["ConvertConfig", "convert", "UnsupportedOpError"]
@@ -292,7 +292,7 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, obje
     plan = finalize(an)
     report["analyse_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    tensors = dict(traced.tensors)
+    tensors = traced.tensors  # permuted copies replace the traced tensors: no second copy of the state
     _check_dtypes(tensors, plan)
     if config.permute and plan.groups:
         report.update(_permute_groups(tensors, plan, config))
@@ -307,11 +307,11 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, obje
     full_weights = {n: p.full_weights(dtype=torch.float64) for n, p in partitions.items()}
     functions = {}
     for name, dim_plans in plan.tensors.items():
-        t = tensors[name]
-        functions[name] = StructuredFunction(t, dim_plans, full_weights, config.kind)
+        # popped: each traced tensor is freed once its function holds the control values
+        functions[name] = StructuredFunction(tensors.pop(name), dim_plans, full_weights, config.kind)
         if name not in traced.trainable:  # a buffer (running statistics): follows sizes, never trained
             functions[name].requires_grad_(False)
-    fixed = {n: t for n, t in tensors.items() if n not in functions}
+    fixed = dict(tensors)  # what is left: the tensors no group reads
     tensor_names = [traced.source[n] for n in traced.graph.nodes if n in traced.source]
     group_index = {root: i for root, i in plan.group_of_root.items()}
     runtime = build_runtime(an, group_index, tensor_names)
@@ -383,7 +383,16 @@ def _same_at_batch_one(model: nn.Module, imodel: IntegralModel, example_inputs: 
         ref, got = _both(model, imodel, one)
     except Exception:  # noqa: BLE001 - refused at batch 1 by a guard, or the model cannot run it
         return True
-    return _worst_error(ref, got) <= 1.0
+    worst = _worst_error(ref, got)
+    if worst <= 1.0 or not math.isfinite(worst):
+        return worst <= 1.0
+    # above the floor: a deep network's float32 rounding (a random 1 B Llama: 1.2e-4) is no branch
+    # on the batch size; judge it against the same comparison at the traced batch (a branch
+    # changes the outputs by orders of magnitude more), not a float64 copy of a big network
+    if min(x.shape[0] for x in leaves if isinstance(x, Tensor)) < 2:
+        return False
+    ref, got = _both(model, imodel, example_inputs)
+    return worst <= max(1.0, NOISE_FACTOR * _worst_error(ref, got))
 
 
 def _both(model: nn.Module, imodel: IntegralModel, inputs: tuple[tuple, dict]) -> tuple[object, object]:

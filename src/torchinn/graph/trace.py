@@ -305,6 +305,7 @@ def trace(model: nn.Module, example_inputs: tuple, kwargs: dict[str, Any] | None
     if len(specs) != len(placeholders):
         raise RuntimeError("unexpected exported program: signature and placeholders differ")
     tensors: dict[str, Tensor] = {}
+    storages: set[int] = set()  # the exported copy's storages taken as they are (it is ours)
     trainable: set[str] = set()
     source: dict[fx.Node, str] = {}
     inputs: list[fx.Node] = []
@@ -316,7 +317,12 @@ def trace(model: nn.Module, example_inputs: tuple, kwargs: dict[str, Any] | None
             value = ep.state_dict[name] if name in ep.state_dict else ep.constants[name]
             if not isinstance(value, Tensor):
                 raise TypeError(f"unsupported constant {name!r} of type {type(value).__name__}")
-            tensors[name] = value.detach().clone()
+            # ``module`` is a private copy of the model: its tensors are taken without another copy
+            # of the whole state; one storage read under two names (tied weights) is cloned, so
+            # every name owns its values
+            ptr = value.untyped_storage().data_ptr()
+            tensors[name] = value.detach() if ptr and ptr not in storages else value.detach().clone()
+            storages.add(ptr)
             if spec.kind == InputKind.PARAMETER:
                 trainable.add(name)
             source[node] = name
