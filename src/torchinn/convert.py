@@ -340,7 +340,7 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, obje
     imodel.eval()
     if not _same_at_batch_one(model, imodel, (example_inputs, kwargs)):
         if traced.doubled:
-            _check(model, imodel, (example_inputs, kwargs))  # wrong at batch 2 too: not a batch-1 branch
+            _check(model, imodel, traced.example)  # wrong at the batch of 2 traced too: not a batch-1 branch
             raise RuntimeError(
                 f"{type(model).__name__} computes something else at batch 1 than at batch 2 (a "
                 "branch on the batch size: torch.export traces sizes as >= 2 and cannot see it); "
