@@ -340,6 +340,7 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, obje
     imodel.eval()
     if not _same_at_batch_one(model, imodel, (example_inputs, kwargs)):
         if traced.doubled:
+            _check(model, imodel, traced.example)  # wrong at the batch of 2 traced too: not a batch-1 branch
             raise RuntimeError(
                 f"{type(model).__name__} computes something else at batch 1 than at batch 2 (a "
                 "branch on the batch size: torch.export traces sizes as >= 2 and cannot see it); "
@@ -418,8 +419,14 @@ def _check(model: nn.Module, imodel: IntegralModel, example_inputs: tuple[tuple,
         _, tol = judge(worst * CONVERT_FLOOR, like, lambda: float_noise(model, *example_inputs), CONVERT_FLOOR)
         worst *= CONVERT_FLOOR / tol
     if not worst <= 1.0:
+        groups = list(imodel.sizes())
         raise RuntimeError(f"internal error: the integral model differs from the network at full "
-                           f"size ({worst:.2g} times the tolerance); please report this model")
+                           f"size ({worst:.2g} times the tolerance). Most likely the channels of a group were "
+                           "reordered where the network uses their order: an op uses them as "
+                           "positions (a spatial axis, kernel taps, a window) and torchinn's analysis "
+                           f"missed it. Groups: {groups[:8]}{'...' if len(groups) > 8 else ''}; keep "
+                           "the one at fault at full size with ConvertConfig(keep_discrete=[name of its "
+                           "tensor]), and please report this model")
     sizes = imodel.sizes()
     try:
         imodel.resize(0.75)

@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+import torchinn as inn
+
 from .helpers import check_converts
 
 
@@ -115,3 +117,88 @@ def test_topk_and_sort_along_positions() -> None:
     torch.manual_seed(0)
     imodel = check_converts(M(), torch.randn(2, 3, 7), 0.5)
     assert imodel.sizes() == {"a.weight:0": 4}
+
+
+# -- channels that become positions ----------------------------------------------------------
+# DNSMOS: the frequency bins are the output channels of a fixed layer, then the width of a
+# Conv2d. Such channels are positions to the later op: they must stay at full size, in order.
+
+class Positions(nn.Module):
+    """``a`` (a Conv1d, a buffer or a plain tensor attribute used with F.conv1d) makes ``cout``
+    channels; they become the width or height of a Conv2d, the length of a Conv1d, or the
+    length an average pooling windows over."""
+
+    def __init__(self, source: str, where: str, cin: int = 6, cout: int = 16, length: int = 10) -> None:
+        super().__init__()
+        w = torch.randn(cout, cin, 1)
+        if source == "module":
+            self.a = nn.Conv1d(cin, cout, 1, bias=False)
+        elif source == "buffer":
+            self.register_buffer("a", w)
+        else:
+            self.a = w
+        self.source, self.where = source, where
+        self.c = (nn.Conv2d(1, 4, 3, padding=1) if where in ("width", "height")
+                  else nn.Conv1d(length, 4, 3 if where == "length" else 1, padding=int(where == "length")))
+        self.l = nn.Linear(4, 2)
+
+    def forward(self, x):
+        f = (self.a(x) if self.source == "module" else F.conv1d(x, self.a)) ** 2  # (B, cout, L)
+        if self.where == "width":
+            y = self.c(f.transpose(1, 2)[:, None])
+        elif self.where == "height":
+            y = self.c(f[:, None])
+        elif self.where == "length":
+            y = self.c(f.transpose(1, 2))
+        else:
+            y = self.c(F.avg_pool1d(f.transpose(1, 2), 2))
+        return self.l(torch.relu(y).flatten(2).amax(-1))
+
+
+def _kept_as_positions(imodel, source: str) -> list[str]:
+    name = "a.weight:0" if source == "module" else "a:0"
+    return [why for k, why in imodel.pinned.items() if k == name]
+
+
+@pytest.mark.parametrize("batch", [2, 1])
+def test_channels_that_become_the_width_of_a_conv_are_kept(batch) -> None:
+    """The issue's repro: converted at batch 2 and 1, exact at full size, ``a`` kept whole."""
+    torch.manual_seed(0)
+    model, x = Positions("module", "width").eval(), torch.randn(batch, 6, 10)
+    imodel = check_converts(model, x, {"c.weight:0": 2})
+    assert imodel.sizes() == {"c.weight:0": 2}
+    assert [why.split(" at node")[0] for why in _kept_as_positions(imodel, "module")] == [
+        "a spatial axis of a convolution"]
+    imodel.resize(1.0)
+    with torch.no_grad():
+        assert (imodel.to_discrete()(x) - model(x)).abs().max() <= 1e-5 * model(x).abs().max()
+
+
+@settings(max_examples=12, deadline=None)
+@given(source=st.sampled_from(["module", "buffer", "attribute"]),
+       where=st.sampled_from(["width", "height", "length", "pool"]),
+       cout=st.integers(4, 12), length=st.integers(4, 9), batch=st.sampled_from([1, 3]))
+def test_channels_that_become_positions_are_kept(source, where, cout, length, batch) -> None:
+    torch.manual_seed(0)
+    model = Positions(source, where, cout=2 * cout, length=length)
+    imodel = check_converts(model, torch.randn(batch, 6, length), 0.5)
+    assert imodel.sizes() == {"c.weight:0": 2}  # the conv's own channels still resize
+    why = _kept_as_positions(imodel, source)
+    assert len(why) == 1 and "a spatial axis of" in why[0], imodel.pinned
+
+
+def test_a_missed_position_axis_is_named_at_batch_one_and_two(monkeypatch) -> None:
+    """If a handler ever lets channels through as positions, the full-size check says so (and a
+    batch-1 example does not blame a branch on the batch size)."""
+    from torchinn.graph import registry
+
+    # a conv2d handler that forgets everything: c's output channels become a free group whose
+    # order the network's output depends on
+    monkeypatch.setitem(registry.OPS, torch.ops.aten.conv2d,
+                        lambda an, node: an.fixed_label(node.meta["val"]))
+    for batch in (2, 1):
+        torch.manual_seed(0)
+        with pytest.raises(RuntimeError, match=r"differs from the network at full size .*Most likely "
+                                               r"the channels of a group were reordered.*'c\.weight:0'"
+                                               r".*keep_discrete"):
+            inn.convert(Positions("module", "width").eval(), torch.randn(batch, 6, 10))

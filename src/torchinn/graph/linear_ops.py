@@ -43,6 +43,8 @@ def _conv(an: Analysis, node: fx.Node, transposed: bool, groups: int, bias: Any)
     c = len(x) - spatial - 1
     for k in w[2:]:
         an.pin(k, node, "kernel taps")
+    for d in x[c + 1:]:  # positions the kernel slides over, however they got there (a transpose)
+        an.pin(d, node, "a spatial axis of a convolution")
     shape = an.shape(node) or []
     out = list(x[:c]) + [Fixed(0)] + [Fixed(s) for s in shape[c + 1:]]
     cin = an.size(x[c])

@@ -278,6 +278,8 @@ def _softmax(an: Analysis, node: fx.Node) -> Label:
 
 def _spatial(an: Analysis, node: fx.Node, k: int) -> Label:
     x = _lab(an, node, 0)
+    for d in x[len(x) - k:]:  # pooled, resampled or padded positions: they never change size
+        an.pin(d, node, f"a spatial axis of {node.target}")
     val = node.meta.get("val")
     if isinstance(val, (list, tuple)):
         shape = [hint(s) for s in val[0].shape]
@@ -320,6 +322,7 @@ def _pixel_shuffle(an: Analysis, node: fx.Node) -> Label:
     x = _lab(an, node, 0)
     r = node.args[1]
     c = len(x) - 3
+    an.pin(x[c + 1:], node, "a spatial axis of a pixel shuffle")
     inner = an.axes.new(an.size(x[c]) // (r * r))
     an.unify(x[c], Prod((inner, Fixed(r * r))), node)
     shape = an.shape(node)
@@ -331,6 +334,7 @@ def _pixel_unshuffle(an: Analysis, node: fx.Node) -> Label:
     x = _lab(an, node, 0)
     r = node.args[1]
     c = len(x) - 3
+    an.pin(x[c + 1:], node, "a spatial axis of a pixel unshuffle")
     shape = an.shape(node)
     return list(x[:c]) + [Prod((x[c], Fixed(r * r)))] + [Fixed(s) for s in shape[c + 1:]]
 
