@@ -9,10 +9,9 @@ challenge): from 9.01 s of 16 kHz audio it predicts the three ITU-T P.835 mean o
   of 320 samples, hop 160 (the graph fixes 900 frames; 200 here, see the data), real and imaginary DFT as 1x1 convolutions to 161 bins,
   ``log10(max(|X|^2, 1e-12))``, then a 2-D CNN over (time, frequency): 3x3 convolutions of 128, 64,
   64, 32 channels, max pool 2, 32, pool, 32, pool, 64 (ReLU after each), global max pooling, dense
-  128 - 64 - 3. No batch norm. The front end is kept out of the network because torchinn cannot
-  convert a network whose channels become the *width* of a later convolution (the DFT's 161 bins):
-  ``inn.convert`` raises "internal error: the integral model differs from the network at full
-  size" unless ``ConvertConfig(keep_discrete=[...])`` names the DFT layers (reported).
+  128 - 64 - 3. No batch norm. The front end is kept out of the compressed network (it is a fixed
+  transform, not something to prune); since the fix of 2026-12-06 ``inn.convert`` also takes it
+  inside the network, keeping the DFT's 161 bins (the *width* of the later convolutions) whole.
 * Data: no real speech ships in any installed wheel, so the clips are synthetic but speech-like
   (seeded): glottal pulse trains with a wandering pitch (90-250 Hz) shaped by three moving
   formants and a syllabic envelope, plus white, pink or babble-like noise at -5..30 dB SNR, some
