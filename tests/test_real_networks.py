@@ -18,7 +18,8 @@ from benchmarks import realnets
 
 #: quick-setting quality of every original (measured once; tolerance in the test)
 ORIGINAL = {"mnist_cnn": 99.8, "mnist_mlp": 98.6, "waifu2x_photo": 34.31, "waifu2x_photo_denoise": 29.99,
-            "efficientnet_lite0": 100.0, "craft_text": 100.0, "dnsmos": 100.0}
+            "efficientnet_lite0": 100.0, "craft_text": 100.0, "dnsmos": 100.0,
+            "rampart_ner": 100.0}
 SMALL = ("mnist_cnn", "mnist_mlp", "waifu2x_photo", "waifu2x_photo_denoise")
 
 
@@ -72,6 +73,33 @@ def test_dnsmos_port_matches_onnxruntime():
     with torch.no_grad():
         ours = net(mod.features(x)).numpy()
     assert abs(ours - mod.onnx_scores(x)).max() < 1e-4
+
+
+def test_rampart_port_matches_onnxruntime_and_tags_credits():
+    mod, net = load("rampart_ner")
+    pytest.importorskip("onnxruntime")
+    assert sum(p.numel() for p in net.parameters()) == 18_434_723
+    x = mod.heldout(quick=True)[::6]                    # credit and prose windows
+    with torch.no_grad():
+        ours = net(x).numpy()
+    assert abs(ours - mod.onnx_logits(x)).max() < 1e-4   # logits up to ~13
+    tags = mod.tags(net, mod.heldout(quick=True))
+    credits, prose = tags[:mod.EVAL_CREDITS // 4], tags[mod.EVAL_CREDITS // 4:]
+    assert 0.1 < float((credits != 0).float().mean()) < 0.35   # names, e-mails and URLs of the credits
+    assert float((prose != 0).float().mean()) < 0.01             # and almost nothing in the help texts
+    names = {mod.labels()[int(t)] for t in credits.unique()}
+    assert {"B-GIVEN_NAME", "B-SURNAME", "B-EMAIL", "I-URL"} <= names
+
+
+def test_rampart_entity_f1_is_exact():
+    from benchmarks.realnets.rampart_ner import entity_f1
+
+    ref = torch.tensor([[0, 1, 2, 0], [5, 6, 0, 0]])      # 4 tagged tokens
+    assert entity_f1(ref, ref) == 100.0
+    assert entity_f1(torch.zeros_like(ref), ref) == 0.0
+    pred = torch.tensor([[0, 1, 3, 0], [5, 0, 0, 9]])     # 2 hits, one wrong label, one miss, one false alarm
+    assert entity_f1(pred, ref) == pytest.approx(100 * 2 * 2 / (4 + 4))
+    assert entity_f1(torch.zeros_like(ref), torch.zeros_like(ref)) == 100.0
 
 
 def test_dnsmos_ranking_agreement_is_exact():

@@ -6,7 +6,7 @@ downloaded at run time) and exposes the same interface::
     load() -> nn.Module               # eval mode, float32
     example_inputs() -> tuple         # one small input, for torchinn.convert
     calibration(n) -> list[tuple]     # n examples as (inputs,) batches, disjoint from evaluation
-    evaluate(model) -> float          # accuracy in % or PSNR in dB, higher is better
+    evaluate(model) -> float          # accuracy / agreement in % or PSNR in dB, higher is better
     metric_name: str
     PIP: str                          # the pinned package that ships the weights
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 
 NETWORKS: tuple[str, ...] = ("mnist_cnn", "mnist_mlp", "waifu2x_photo", "waifu2x_photo_denoise",
-                             "efficientnet_lite0", "craft_text", "dnsmos")
+                             "efficientnet_lite0", "craft_text", "dnsmos", "rampart_ner")
 
 
 def get(name: str):
