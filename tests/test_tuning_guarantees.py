@@ -162,3 +162,23 @@ def test_kl_distillation_is_never_negative_and_zero_at_the_teacher():
     loss = kl_distillation_loss(o, None, t)
     loss.backward()
     assert loss.dtype == torch.float32 and float(loss.detach()) > 0 and torch.isfinite(o.grad).all()
+
+
+def test_a_start_near_its_optimum_gets_smaller_steps_instead_of_none():
+    # a network a hair from its teacher (as a compressed network distilled from its original can
+    # be): Adam's first steps at this learning rate make it worse, but not 1.5x worse. The loop
+    # checks early (step 3) and halves the learning rates while no step has helped, and improves;
+    # before, it ended where it started (best step 0)
+    net, _ = mlp()
+    small = copy.deepcopy(net)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in small.parameters():
+            p.add_(1e-3 * torch.randn(p.shape, generator=g))
+    cal = data(6, seed=6)
+    before = error(small, net, cal[-1:])
+    report = finetune(small, cal, teacher=net, config=TuneConfig(steps=40, seconds=None, lr_weights=3e-3,
+                                                                 progress=False, eval_every=10))
+    after = error(small, net, cal[-1:])
+    assert report["lr_reductions"] >= 1 and report["evaluations"] >= 5  # start, step 3, 10, 20, 30, 40
+    assert report["best_step"] > 0 and after < 0.95 * before, (before, after, report)

@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 #: a validation error this many times the best one means the learning rate is too high
 DIVERGED = 1.5
+#: an extra validation this early: a start already near its optimum (a compressed network distilled
+#: from its original) is made worse by the first steps at the configured learning rate, and a
+#: budget of a few dozen steps would otherwise see only two checks
+EARLY_CHECK = 3
 
 
 @dataclass
@@ -164,7 +168,7 @@ def run(params: list[Tensor], optimizer: torch.optim.Optimizer, batches: Batches
             bar.update(1)
             if last is not None:
                 bar.set_postfix(loss=f"{last:.4g}")
-            if step % config.eval_every == 0:
+            if step % config.eval_every == 0 or (step == EARLY_CHECK < config.eval_every and validate is not None):
                 error = check()
                 evaluations += 1
                 window.clear()
@@ -173,6 +177,8 @@ def run(params: list[Tensor], optimizer: torch.optim.Optimizer, batches: Batches
                     best_state = [p.detach().clone() for p in params]
                 elif not math.isfinite(error) or error > DIVERGED * best_error:
                     slow_down(f"validation error {error:.4g} > {DIVERGED} x best {best_error:.4g}")
+                elif best_step == 0 and validate is not None:  # no step has helped yet: smaller ones
+                    slow_down(f"validation error {error:.4g} not below the start's {best_error:.4g}")
         if step % config.eval_every != 0 and (validate is not None or window):
             error = check()
             evaluations += 1
