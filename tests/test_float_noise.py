@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from torchinn import tolerance
 from torchinn_demo.zoo import ZOO
@@ -28,23 +27,14 @@ def test_op_by_op_float64_equals_a_float64_copy(name):
     assert all(after[k].dtype == before[k].dtype and torch.equal(after[k], before[k]) for k in before)
 
 
-class _Picky(nn.Module):
-    """Refuses to run in anything but float32 (as code that reads a dtype back may)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(4, 4)
-
-    def forward(self, x):
-        if self.lin.weight.dtype != x.dtype:
-            raise RuntimeError("mixed dtypes")
-        return self.lin(x)
-
-
 def test_a_module_that_cannot_run_op_by_op_is_copied_only_when_small(monkeypatch):
+    def refuse(self, func, types, args=(), kwargs=None):
+        raise RuntimeError("this op cannot run in float64")
+
+    monkeypatch.setattr(tolerance._Wide, "__torch_function__", refuse)
     torch.manual_seed(0)
-    picky = _Picky().eval()
-    x = (torch.randn(2, 4),)
-    assert tolerance.float_noise(picky, x) < 1e-6  # the copy runs in float64 throughout
-    monkeypatch.setattr(tolerance, "COPY_BYTES", 0)  # too big to copy: no estimate, not a copy
-    assert tolerance.float_noise(picky, x) == math.inf
+    model, inputs = ZOO["mlp"]()
+    model.eval()
+    assert 0 < tolerance.float_noise(model, inputs) < 1e-6  # a float64 copy ran instead
+    monkeypatch.setattr(tolerance, "COPY_BYTES", 0)  # too big to copy: no estimate rather than a copy
+    assert tolerance.float_noise(model, inputs) == math.inf
