@@ -191,8 +191,8 @@ def measure_importance(imodel: IntegralModel, batches: Sequence[tuple], loss: Di
                        reference: Sequence[Any] | None = None, *, fisher: bool = True,
                        max_seconds: float | None = None, seed: int = 0) -> Importance:
     """Activation and (with ``fisher``) Fisher importance of every channel at full size, one
-    forward (and backward) pass per batch of ``batches``, stopping after the batch that crosses
-    ``max_seconds`` (at least one batch). ``reference``: the full network's outputs on the
+    forward (and backward) pass per batch of ``batches``, stopping before a batch that would end
+    past ``max_seconds`` (at least one batch). ``reference``: the full network's outputs on the
     batches (computed when ``None``); ``loss``: the distillation loss the scores are in units of
     (default ``"mse"``)."""
     t0 = time.perf_counter()
@@ -223,7 +223,8 @@ def measure_importance(imodel: IntegralModel, batches: Sequence[tuple], loss: Di
                 sums[group] += (t.cpu() ** 2).sum(0)
             _producer_terms(full, plans, producer)
         result.batches = i + 1
-        if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+        spent = time.perf_counter() - t0
+        if max_seconds is not None and spent + spent / result.batches > max_seconds:  # the next would not fit
             break
     result.activation = _activation(mode, tensors, plans)
     if fisher:
