@@ -67,13 +67,16 @@ def relative_error(ref: Any, got: Any) -> float:
 
 class _Wide(TorchFunctionMode):
     """Every torch function computes in float64: its float16/32 tensor arguments (the module's
-    weights included, one call at a time) are widened on the way in."""
+    weights included, one call at a time) are widened on the way in, and its results on the way
+    out (so a cast to float32 inside the network does not round the reference)."""
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None) -> Any:
         def wide(x: Any) -> Any:
             return x.double() if isinstance(x, Tensor) and x.dtype in _NARROW else x
         args, kwargs = pytree.tree_map(wide, (args, kwargs or {}))
-        return func(*args, **kwargs)
+        # and on the way out: a cast back to float32 inside the network (Hugging Face's RMSNorm
+        # computes "in float32") would round the reference where float64 is meant
+        return pytree.tree_map(wide, func(*args, **kwargs))
 
 
 _NARROW = (torch.float16, torch.bfloat16, torch.float32)
