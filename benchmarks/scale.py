@@ -64,14 +64,13 @@ def _build(name: str, quick: bool):
     if name == "resnet50":
         from torchinn_demo.zoo import resnet50
 
+        try:  # run as a script from benchmarks/ (the workers) or imported as benchmarks.scale
+            from .convert_speed import randomize_bn
+        except ImportError:
+            from convert_speed import randomize_bn
+
         model = resnet50()
-        with torch.no_grad():  # folding is not trivial
-            for m in model.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.weight.uniform_(0.5, 1.5)
-                    m.bias.normal_(0, 0.2)
-                    m.running_mean.normal_(0, 0.2)
-                    m.running_var.uniform_(0.5, 2.0)
+        randomize_bn(model)  # folding is not trivial
         return model.eval(), (torch.randn(2, 3, 224, 224),)
     if name == "mobilenet_v2":
         from torchinn_demo.zoo import MobileNetV2
