@@ -88,9 +88,9 @@ class _Clock:
 
 
 def _importance(imodel: IntegralModel, cal: Sequence[tuple], reference: Sequence[Any], loss: Distillation,
-                seconds: float, skipped: list[str]) -> Importance | None:
+                seconds: float, skipped: list[str], teacher: Any) -> Importance | None:
     try:
-        return measure_importance(imodel, cal, loss, reference, max_seconds=seconds)
+        return measure_importance(imodel, cal, loss, reference, max_seconds=seconds, network=teacher)
     except Exception as err:  # noqa: BLE001 - the choices fall back on L1 scores and uniform sizes
         log.info("no importance scores (%s: %s)", type(err).__name__, err)
         skipped.append(f"importance ({type(err).__name__}: {err})")
@@ -191,18 +191,20 @@ def _reconstruct(imodel: IntegralModel, sizes: Mapping[str, int], cal: Sequence[
 def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[str, int] | None,
            cal: Sequence[tuple], reference: Sequence[Any], fit: Sequence[tuple], judge: Sequence[tuple],
            judged: Sequence[Any], loss: Distillation, example_inputs: tuple, min_ratio: float, multiples: Mapping[str, int],
-           kinds: Sequence[str], reconstruct: bool, seconds: float, per_batch: float) -> Choices:
+           kinds: Sequence[str], reconstruct: bool, seconds: float, per_batch: float,
+           teacher: Any = None) -> Choices:
     """Sizes, starting partitions and possibly the reconstruction for ``imodel`` within
     ``seconds`` (see the module); ``imodel`` is left at the chosen sizes and partitions.
     ``cal``: the choice batches (with the full network's outputs ``reference``); ``fit``: the
     training batches; ``judge``: held-out batches, ``judged`` the full network's outputs on them
     (no held-out batches: no reconstruction, it could only be judged on what it was fitted on);
-    ``per_batch``: seconds of one forward pass of a batch."""
+    ``per_batch``: seconds of one forward pass of a batch; ``teacher``: the full-size graph
+    module, when the caller holds one (the importance pass runs it instead of a copy)."""
     clock = _Clock(seconds)
     spent: dict[str, float] = {}
     skipped: list[str] = []
     t0 = time.perf_counter()
-    importance = _importance(imodel, cal, reference, loss, IMPORTANCE_SHARE * seconds, skipped)
+    importance = _importance(imodel, cal, reference, loss, IMPORTANCE_SHARE * seconds, skipped, teacher)
     spent["importance"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -295,7 +295,7 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
     made = choose(imodel, target=target, metric=metric, sizes=sizes, cal=cal, reference=reference, fit=fit,
                   judge=judge, judged=judged, loss=loss, example_inputs=example_inputs, min_ratio=min_ratio,
                   multiples=multiples, kinds=starts, reconstruct=reconstruct, seconds=max(0.0, share * left),
-                  per_batch=per_batch)
+                  per_batch=per_batch, teacher=full)
     seconds.update(made.seconds)
     choice, recon, versus = made.start, made.reconstruction, made.held_out
     err0 = choice.error

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, fx
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
@@ -189,24 +189,60 @@ def _cotangent(out: Tensor, ref: Tensor, loss: Distillation, gen: torch.Generato
 
 def measure_importance(imodel: IntegralModel, batches: Sequence[tuple], loss: Distillation | None = None,
                        reference: Sequence[Any] | None = None, *, fisher: bool = True,
-                       max_seconds: float | None = None, seed: int = 0) -> Importance:
+                       max_seconds: float | None = None, seed: int = 0,
+                       network: fx.GraphModule | None = None) -> Importance:
     """Activation and (with ``fisher``) Fisher importance of every channel at full size, one
     forward (and backward) pass per batch of ``batches``, stopping before a batch that would end
     past ``max_seconds`` (at least one batch). ``reference``: the full network's outputs on the
     batches (computed when ``None``); ``loss``: the distillation loss the scores are in units of
-    (default ``"mse"``)."""
+    (default ``"mse"``). ``network``: ``imodel.to_discrete(graph=True)`` at full size, when the
+    caller holds one (:func:`torchinn.compress`'s teacher), run instead of a new copy of every
+    weight; it is left as it was (no gradients kept, ``requires_grad`` restored)."""
     t0 = time.perf_counter()
     loss = loss or Distillation("mse")
-    full, tensors = _full_network(imodel)
     plans = imodel.plans()
+    if network is None:
+        full, tensors = _full_network(imodel)
+    else:
+        full = network
+        named = dict(full.named_parameters(), **dict(full.named_buffers()))
+        tensors = {n: named[n] for n in plans if n in named}
     owners = _owners(full, plans)
-    for p in full.parameters():
-        p.requires_grad_(fisher)
+    was = {id(p): p.requires_grad for p in full.parameters()}
+    try:
+        for name, p in full.named_parameters():  # the weights of other tensors would only hold gradients
+            p.requires_grad_(fisher and name in plans)
+        return _measure(imodel, full, tensors, plans, owners, batches, loss, reference, fisher, max_seconds, seed, t0)
+    finally:
+        for p in full.parameters():
+            p.grad = None
+            p.requires_grad_(was[id(p)])
+
+
+def _measure(imodel: IntegralModel, full: Any, tensors: Mapping[str, Tensor], plans: Mapping[str, tuple],
+             owners: Mapping[int, tuple[str, tuple]], batches: Sequence[tuple], loss: Distillation,
+             reference: Sequence[Any] | None, fisher: bool, max_seconds: float | None, seed: int,
+             t0: float) -> Importance:
     mode = _Reads(owners, grads=fisher)
     result = Importance()
     sums = {g: torch.zeros(imodel.groups[g].max_size, dtype=torch.float64) for g in imodel.group_names}
     producer = {g: torch.zeros_like(s) for g, s in sums.items()}
     gen = torch.Generator().manual_seed(seed)
+    terms: dict[str, Tensor] = {}  # this batch's producer-side sums, group -> (channels,)
+    hooks = [p.register_post_accumulate_grad_hook(lambda p, name=name: _producer_terms(p, plans[name], terms))
+             for name, p in full.named_parameters() if name in plans] if fisher else []
+    try:
+        return _passes(imodel, full, tensors, plans, batches, loss, reference, fisher, max_seconds, gen, t0,
+                       mode, result, sums, producer, terms)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _passes(imodel: IntegralModel, full: Any, tensors: Mapping[str, Tensor], plans: Mapping[str, tuple],
+            batches: Sequence[tuple], loss: Distillation, reference: Sequence[Any] | None, fisher: bool,
+            max_seconds: float | None, gen: torch.Generator, t0: float, mode: _Reads, result: Importance,
+            sums: dict[str, Tensor], producer: dict[str, Tensor], terms: dict[str, Tensor]) -> Importance:
     for i, b in enumerate(batches):
         mode.taylor = {}
         with torch.set_grad_enabled(fisher), mode:
@@ -217,11 +253,13 @@ def measure_importance(imodel: IntegralModel, batches: Sequence[tuple], loss: Di
             outs = [o for o in pytree.tree_leaves(out) if isinstance(o, Tensor) and o.is_floating_point()]
             refs = [r for r in pytree.tree_leaves(ref) if isinstance(r, Tensor) and r.is_floating_point()]
             total = sum((o * _cotangent(o, r, loss, gen)).sum() for o, r in zip(outs, refs))
-            full.zero_grad(set_to_none=True)
-            total.backward()
+            terms.clear()
+            total.backward()  # each weight's gradient is read (and dropped) as soon as it is complete
             for group, t in mode.taylor.items():
                 sums[group] += (t.cpu() ** 2).sum(0)
-            _producer_terms(full, plans, producer)
+            for g, t in terms.items():
+                if g in producer and producer[g].shape == t.shape:
+                    producer[g] += t**2
         result.batches = i + 1
         spent = time.perf_counter() - t0
         if max_seconds is not None and spent + spent / result.batches > max_seconds:  # the next would not fit
@@ -234,23 +272,18 @@ def measure_importance(imodel: IntegralModel, batches: Sequence[tuple], loss: Di
     return result
 
 
-def _producer_terms(full: Any, plans: Mapping[str, tuple], producer: dict[str, Tensor]) -> None:
-    """Add this batch's squared per-channel ``sum(W * dL/dW)`` over the weights that produce each
-    group (its output rows, not the input slices that read it)."""
-    terms: dict[str, Tensor] = {}
-    for name, p in full.named_parameters():
-        if p.grad is None or name not in plans:
-            continue
-        prod = (p.detach().double() * p.grad.double()).cpu()
-        for d, dim_plan in enumerate(plans[name]):
-            moved = prod.movedim(d, -1).reshape(-1, prod.shape[d]).sum(0)[None]
-            for seg_group, vec in _split(moved, dim_plan):
-                if _integrated(dim_plan, seg_group):
-                    continue
-                terms[seg_group] = terms[seg_group] + vec[0] if seg_group in terms else vec[0]
-    for g, t in terms.items():
-        if g in producer and producer[g].shape == t.shape:
-            producer[g] += t**2
+def _producer_terms(p: Tensor, plan: tuple, terms: dict[str, Tensor]) -> None:
+    """Add weight ``p``'s per-channel ``sum(W * dL/dW)`` over the rows that produce each group
+    (not the input slices that read it) to ``terms``, then drop its gradient: a hook run when
+    the gradient is complete, so no more than one weight's gradient is held at a time."""
+    prod = (p.detach().double() * p.grad.double()).cpu()
+    p.grad = None
+    for d, dim_plan in enumerate(plan):
+        moved = prod.movedim(d, -1).reshape(-1, prod.shape[d]).sum(0)[None]
+        for seg_group, vec in _split(moved, dim_plan):
+            if _integrated(dim_plan, seg_group):
+                continue
+            terms[seg_group] = terms[seg_group] + vec[0] if seg_group in terms else vec[0]
 
 
 def _integrated(dim_plan: tuple, group: str) -> bool:
