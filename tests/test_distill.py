@@ -46,12 +46,34 @@ def test_resolve_loss_rules():
     assert "0.9 at" in loss.note
     assert resolve_loss("kl", confident, temperature=1.0) == Distillation("kl", 1.0)
     assert resolve_loss("auto", [torch.tensor([[1.0, 0.0]])]).temperature == 1.0  # p = 0.73: as before
-    assert resolve_loss("auto", [torch.randn(2, 3, 4)]).kind == "mse"  # not class logits
+    assert resolve_loss("auto", [torch.randn(2, 3, 4, 5)]).kind == "mse"  # not class logits
     beyond = [torch.tensor([[1e6, 0.0]])]  # still saturated at MAX_TEMPERATURE
     assert resolve_loss("auto", beyond).kind == "mse"
     assert resolve_loss("kl", beyond).temperature == MAX_TEMPERATURE
     with pytest.raises(ValueError, match=r"loss must be 'auto', 'mse' or 'kl', got 'kll'; did you mean 'kl'\?"):
         resolve_loss("kll", confident)
+
+
+def test_auto_tells_class_logits_from_scores_and_embeddings():
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(64) % 7
+    logits = torch.randn(64, 7, generator=gen) + 6.0 * nn.functional.one_hot(labels, 7)
+    assert resolve_loss("auto", [logits[:32], logits[32:]]).kind == "kl"
+    tokens = logits.reshape(4, 16, 7)  # per-token logits (batch, positions, classes)
+    assert resolve_loss("auto", [tokens]).kind == "kl"
+    # three quality scores near 1 (DNSMOS's raw outputs): their softmax is nearly uniform
+    scores = 1.0 + 0.05 * torch.randn(64, 3, generator=gen)
+    loss = resolve_loss("auto", [scores])
+    assert loss.kind == "mse" and "nearly uniform" in loss.note and "(64, 3)" in loss.note
+    # an embedding whose largest coordinate is always the same one
+    embedding = torch.randn(64, 32, generator=gen)
+    embedding[:, 5] = 8.0
+    loss = resolve_loss("auto", [embedding])
+    assert loss.kind == "mse" and "same top class on all 64 rows" in loss.note
+    assert resolve_loss("auto", [embedding[:3]]).kind == "kl"  # too few rows to tell
+    image = torch.randn(2, 3, 8, 8, generator=gen)
+    assert "is not (batch, classes)" in resolve_loss("auto", [image]).note
+    assert resolve_loss("kl", [scores]).kind == "kl"  # asked for: kept
 
 
 def test_kl_at_temperature_one_saturates_where_the_fitted_one_does_not():

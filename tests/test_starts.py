@@ -116,9 +116,20 @@ def test_compare_sizes_leaves_the_model_alone():
     assert table[winner] == min(table.values())
 
 
+def confident(model: nn.Module, last: nn.Module, factor: float = 20.0) -> nn.Module:
+    """``model`` with its ``last`` layer scaled: the same predictions with a decided softmax, as a
+    trained classifier gives (random weights give a nearly uniform one, which "auto" compares by
+    squared error)."""
+    with torch.no_grad():
+        for p in last.parameters():
+            p.mul_(factor)
+    return model
+
+
 def test_compress_without_tuning_is_at_least_l1_on_the_calibration_data():
     torch.manual_seed(0)
     model, inputs = ZOO["resnet_basic"]()
+    confident(model, model.fc)
     cal = calibration(inputs, 3, seed=3)
     config = inn.ConvertConfig(tsp_time_limit=0.2)
     small, report = compress(model, inputs, 0.5, calibration=cal, tune=False, config=config)
@@ -166,15 +177,15 @@ def test_compress_starts_from_the_reconstruction_when_it_wins_on_held_out_data()
     model, inputs = ZOO["mlp"]()
     g = torch.Generator().manual_seed(5)
     cal = [(torch.randn(64, 32, generator=g),) for _ in range(5)]
-    small, report = compress(model, inputs, 0.5, calibration=cal, config=inn.ConvertConfig(permute=False),
-                             tune=inn.train.TuneConfig(steps=6, seconds=None, progress=False))
+    tune = inn.train.TuneConfig(steps=6, seconds=None, progress=False, loss="kl", temperature=1.0)
+    small, report = compress(model, inputs, 0.5, calibration=cal, config=inn.ConvertConfig(permute=False), tune=tune)
     held = report.reconstruct_errors
     assert held["reconstruct"] < held["partitions"]  # measured: 0.00062 < 0.00066 (KL, held-out batch)
     assert set(report.starts.values()) == {"reconstruct"}
     assert report.tuning == {"steps": 6, "weights": 6}  # no grid to tune: the budget goes to the weights
     assert "held out: partitions" in str(report)
-    _, report = compress(model, inputs, 0.5, calibration=cal, config=inn.ConvertConfig(permute=False),
-                         tune=inn.train.TuneConfig(steps=6, seconds=None, progress=False), reconstruct=False)
+    _, report = compress(model, inputs, 0.5, calibration=cal, config=inn.ConvertConfig(permute=False), tune=tune,
+                         reconstruct=False)
     assert report.reconstruct_errors == {} and "reconstruct" not in report.starts.values()
 
 
@@ -210,11 +221,14 @@ def test_compress_refines_the_starts_only_when_the_reconstruction_is_not_far_ahe
     # trying the starts group by group costs seconds a large network's tuning needs: skipped when
     # the reconstruction's held-out error is below the partitions' / REFINE_GAIN
     import torchinn.choices as choices
+    import torchinn.compression as compression
 
     torch.manual_seed(0)
     model, inputs = ZOO["mlp"]()
     g = torch.Generator().manual_seed(5)
     cal = [(torch.randn(64, 32, generator=g),) for _ in range(5)]
+    # KL at temperature 1, as measured (without tuning "auto" takes these random logits for scores)
+    monkeypatch.setattr(compression, "resolve_loss", lambda *_: inn.distill.Distillation("kl", 1.0))
     args = dict(calibration=cal, config=inn.ConvertConfig(permute=False), tune=False)
     _, report = compress(model, inputs, 0.5, **args)
     held = report.reconstruct_errors

@@ -33,7 +33,8 @@ city, zip code, ...). Not about images: text, one label per token; a transformer
   heads and the 1536 FFN channels of each layer. ``compress(0.7, calibration=calibration(64),
   tune=False)``: 85 s wall (19 s conversion, then 66 s against its 30 s bound: importance 14,
   sizes 4, starts 25, reconstruction 7), hidden 307, 9 heads and ~1230 FFN channels per layer,
-  loss "mse" (the logits are ``(N, T, 35)``, not ``(batch, classes)``); F1 100% -> 18.9%
+  loss "mse" (then ``loss="auto"`` took only ``(batch, classes)`` for class logits; since
+  2026-12-06 it takes these ``(N, T, 35)`` token logits as well); F1 100% -> 18.9%
   (quick: 17.2%), peak RSS 1.5 GB. With ``TuneConfig(seconds=30)``: 37 s after conversion, F1
   3.2% with the automatic "mse"; 48.5% with ``loss="kl"`` (temperature 1.57 fitted): the token
   logits are class logits over their last axis. Quick benchmark, 30% removed, no tuning, shared

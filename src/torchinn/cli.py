@@ -160,8 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="share of --seconds spent tuning all the weights after grid tuning (default 0.5)")
     com.add_argument("--loss", choices=("auto", "mse", "kl"), default="auto",
                      help="distillation loss: kl for class logits, mse otherwise; auto picks kl when every output "
-                          "is (batch, classes), at a temperature set from the network's confidence on the "
-                          "calibration data (default auto)")
+                          "looks like class logits ((batch, classes) or (batch, positions, classes) with a "
+                          "softmax that is not nearly uniform), at a temperature set from the network's "
+                          "confidence on the calibration data (default auto)")
     com.add_argument("--no-reconstruct", action="store_true",
                      help="do not try the least-squares reconstruction baseline as a starting point")
     com.add_argument("-o", "--output", required=True, metavar="OUT",

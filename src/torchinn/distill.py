@@ -11,7 +11,9 @@ probability of ``1 - 1e-12`` on its class: at ``T = 1`` the KL divergence of eve
 then about ``1e-12``, float noise, and the choices are made by it. ``loss="auto"`` therefore
 reads the teacher's outputs on the calibration batches once (:func:`resolve_loss`):
 
-* outputs that are not class logits (any output not ``(batch, classes)``): ``"mse"``;
+* outputs that are not class logits (:func:`loss_kind`: not ``(batch, classes)`` or
+  ``(batch, positions, classes)``, or a softmax that is nearly uniform or never changes its top
+  class, as regression scores and embeddings give): ``"mse"``;
 * class logits: ``"kl"`` at the temperature where the teacher's mean top probability on the
   calibration batches falls to :data:`CONFIDENCE` (0.9; found by bisection on the cached
   logits, :func:`fit_temperature`), and at ``T = 1`` when it is already at most that (a teacher
@@ -46,8 +48,9 @@ from torch.utils import _pytree as pytree
 
 from .options import check_choice, check_number
 
-__all__ = ["CONFIDENCE", "Distillation", "LOSS_CHOICES", "MAX_TEMPERATURE", "distillation_loss",
-           "fit_temperature", "kl_distillation_loss", "loss_kind", "mean_confidence", "resolve_loss"]
+__all__ = ["CONFIDENCE", "Distillation", "LOGIT_ENTROPY", "LOSS_CHOICES", "MAX_TEMPERATURE", "MIN_ROWS",
+           "distillation_loss", "fit_temperature", "kl_distillation_loss", "loss_kind", "mean_confidence",
+           "resolve_loss"]
 
 #: the kinds of :class:`Distillation`; a ``loss=`` option also takes ``"auto"`` (:func:`resolve_loss`)
 KINDS = ("mse", "kl")
@@ -57,6 +60,11 @@ LOSS_CHOICES = ("auto", *KINDS)
 CONFIDENCE = 0.9
 #: above this temperature, logits that are still saturated are compared by squared error
 MAX_TEMPERATURE = 1000.0
+#: outputs whose softmax has a mean entropy above this fraction of the uniform one's are not taken
+#: for class logits (DNSMOS's three quality scores: 0.9999; classifiers' logits: well below)
+LOGIT_ENTROPY = 0.9
+#: outputs whose top class is the same on this many rows or more are not taken for class logits
+MIN_ROWS = 4
 
 
 def _leaves(output: Any) -> list[Tensor]:
@@ -88,10 +96,40 @@ def kl_distillation_loss(output: Any, batch: Any, teacher_output: Any, temperatu
 
 
 def loss_kind(output: Any) -> str:
-    """``"kl"`` for class logits (every floating output is ``(batch, classes)``, classes >= 2),
-    else ``"mse"``: the kind ``loss="auto"`` picks (before the saturation check of :func:`resolve_loss`)."""
-    leaves = _leaves(output)
-    return "kl" if leaves and all(o.ndim == 2 and o.shape[-1] >= 2 for o in leaves) else "mse"
+    """``"kl"`` for class logits, else ``"mse"``: the kind ``loss="auto"`` picks (before the
+    saturation check of :func:`resolve_loss`). ``output`` is one output or, as
+    :func:`resolve_loss` passes it, a list of them (one per calibration batch).
+
+    Every floating output must look like class logits over its last axis: ``(batch, classes)``
+    or ``(batch, positions, classes)`` (per-token logits) with ``classes >= 2``, whose softmax
+    carries a decision: a mean entropy at most :data:`LOGIT_ENTROPY` of the uniform one's, and,
+    over at least :data:`MIN_ROWS` rows, more than one top class. Scores that a softmax would
+    flatten (three quality ratings near 1.0 each, probabilities in ``[0, 1]``, small embeddings)
+    or whose top class never changes (an embedding with one large coordinate) are compared by
+    squared error, which keeps their level; where a softmax is nearly uniform the KL divergence
+    is that squared error without the mean, so little is lost if they were logits after all.
+    """
+    return "mse" if _not_logits(output if isinstance(output, list) else [output]) else "kl"
+
+
+def _not_logits(outputs: list[Any]) -> str:
+    """Why the outputs (one per batch) are not class logits (:func:`loss_kind`), or ``""``."""
+    per_batch = [_leaves(o) for o in outputs]
+    if not per_batch or not per_batch[0]:
+        return "no floating outputs"
+    for leaves in zip(*per_batch):
+        shape = tuple(leaves[0].shape)
+        if not all(o.ndim in (2, 3) and o.shape[-1] >= 2 for o in leaves):
+            return f"an output of shape {shape} is not (batch, classes) or (batch, positions, classes)"
+        rows = torch.cat([o.detach().double().reshape(-1, o.shape[-1]) for o in leaves])
+        logp = torch.log_softmax(rows, -1)
+        entropy = float(-(logp.exp() * logp).sum(-1).mean()) / math.log(rows.shape[-1])
+        if entropy > LOGIT_ENTROPY:
+            return (f"the softmax of an output of shape {shape} is nearly uniform (entropy {entropy:.4f} of "
+                    f"the uniform one's, above {LOGIT_ENTROPY:g})")
+        if len(rows) >= MIN_ROWS and bool((rows.argmax(-1) == rows[0].argmax()).all()):
+            return f"an output of shape {shape} has the same top class on all {len(rows)} rows"
+    return ""
 
 
 def mean_confidence(reference: Sequence[Any], temperature: float = 1.0) -> float:
@@ -164,8 +202,9 @@ def resolve_loss(loss: str | Distillation, reference: Sequence[Any], temperature
     check_choice(loss, LOSS_CHOICES, "loss")
     if temperature is not None:
         check_number(temperature, "temperature", 0, low_open=True)
-    if loss == "mse" or (loss == "auto" and loss_kind(reference[0]) == "mse"):
-        return Distillation("mse", note="auto: the outputs are not class logits" if loss == "auto" else "")
+    why = _not_logits(list(reference)) if loss == "auto" else ""
+    if loss == "mse" or why:
+        return Distillation("mse", note=f"auto: not class logits, {why}" if why else "")
     if temperature is not None:
         return Distillation("kl", temperature)
     top = mean_confidence(reference, 1.0)

@@ -88,7 +88,7 @@ class TuneConfig:
         lr_weights: Adam learning rate of that weight tuning.
         loss: distillation loss of :func:`torchinn.compress` (its choices and tuning):
             ``"mse"``, ``"kl"`` (for class logits), or ``"auto"``: ``"kl"`` when every output
-            is ``(batch, classes)``, at a temperature set from the teacher's confidence on the
+            looks like class logits (:func:`torchinn.distill.loss_kind`), at a temperature set from the teacher's confidence on the
             calibration data, else ``"mse"`` (:func:`torchinn.distill.resolve_loss`).
         temperature: the temperature of ``"kl"`` (and of ``"auto"`` for class logits); ``None``
             (default): where the teacher's mean top probability on the calibration batches is
