@@ -100,8 +100,12 @@ class StructuredFunction(nn.Module):
                 if a.group is not None and a.integrate:
                     shape = [1] * len(atoms)
                     shape[pos] = -1
-                    q = full_weights[a.group].to(values)
-                    values = values / (q * q.numel()).reshape(shape)
+                    # divided by the scale sample() multiplies by at full size, rounded as it is
+                    # there (computed in float64, then cast): the full size gives back the
+                    # original up to one rounding of the product, not a few ulps
+                    q = full_weights[a.group].double()
+                    scale = (q * q.numel()).to(values.dtype).double().reshape(shape)
+                    values = (values.double() / scale).to(values.dtype)
             dims = [pos for pos, a in enumerate(atoms) if a.group is not None]
             blocks.append(ContinuousFunction(values, dims, kind))
         self.blocks = nn.ModuleList(blocks)
@@ -127,7 +131,9 @@ class StructuredFunction(nn.Module):
         def cached(what: str, p: Partition, dev: torch.device, dt: torch.dtype) -> Any:
             key = (what, id(p), dev, dt)
             if key not in memo:  # the partition is kept alive with its entry: its id stays unique
-                memo[key] = (p.chunks(dev, dt) if what == "chunks" else p.weights(dev, dt) * p.max_size, p)
+                # weights in float64: differences of float32 points near 1 lose digits
+                memo[key] = (p.chunks(dev, dt) if what == "chunks"
+                             else (p.weights(dev, torch.float64) * p.max_size).to(dt), p)
             return memo[key][0]
 
         out: dict[tuple[int, ...], Tensor] = {}
