@@ -94,3 +94,29 @@ def test_a_reconstruction_out_of_time_keeps_the_selected_weights_of_the_layers_i
     report = {}
     baselines.reconstruct(imodel, sizes, cal, max_seconds=60.0, report=report)
     assert report and not any("skipped" in r for r in report.values())
+
+
+def test_without_time_for_one_importance_batch_the_choices_need_no_data_and_hold_the_bound(monkeypatch):
+    # a network whose importance pass does not fit (as a 1 B model's on 2 cores within 24 s) is
+    # given one ratio and the starts that need no data, and the report says so
+    model, inputs, cal = _mlp_and_batches(5)
+    monkeypatch.setattr(choices, "IMPORTANCE_PASSES", 1e9)
+    measured = []
+    monkeypatch.setattr(choices, "measure_importance", lambda *a, **k: measured.append(1))
+    import torchinn.starts as starts
+
+    monkeypatch.setattr(starts, "measure_importance", lambda *a, **k: measured.append(1))
+    _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=False)
+    assert not measured
+    assert any(s.startswith("importance scores (one batch takes about") for s in report.skipped)
+    assert report.sizes_method in ("uniform", "sensitivity")
+    assert not {"fisher", "activation"} & set(report.start_errors)
+
+
+def test_the_bound_without_tuning_follows_the_time_of_a_forward_pass(monkeypatch):
+    model, inputs, cal = _mlp_and_batches(3)
+    _, quick = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=False)
+    assert quick.bound == compression.NO_TUNE_SECONDS  # the MLP's pass takes well under 30 / 40 s
+    monkeypatch.setattr(compression, "NO_TUNE_SECONDS", 1e-6)
+    _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=False)
+    assert 0 < report.bound < 1.0  # 40 forward passes of a 16-row batch through the MLP

@@ -75,6 +75,15 @@ class _Cost:
                     self.per_element[name] = flops / numel[name]
                 else:  # a tensor outside every group: its FLOPs do not change
                     self.other += flops
+        else:  # parameters: one per element of every trainable grouped tensor, the rest fixed
+            self.per_element = {n: 1.0 for n in imodel.tensor_names if n in imodel.trainable and n in self.plans}
+            full = {n: g.max_size for n, g in imodel.groups.items()}
+            self.other = float(imodel.num_parameters(full)) - self._grouped(full, self.per_element)
+        # group -> the tensors whose size it changes (a move of one group re-counts only those)
+        self.touching: dict[str, list[str]] = {}
+        for name in self.per_element:
+            for g in {a.group for p in self.plans[name] for seg in p for a in seg if a.group is not None}:
+                self.touching.setdefault(g, []).append(name)
 
     def amount(self, value: float) -> str:
         """``value`` of :meth:`model` with its unit (latency is modelled by FLOPs)."""
@@ -86,12 +95,22 @@ class _Cost:
     def note(self) -> str:
         return " (latency is budgeted through the FLOPs it is measured to follow)" if self.metric == "latency" else ""
 
+    def _grouped(self, sizes: Mapping[str, int], names: Mapping[str, float] | Sequence[str]) -> float:
+        return sum(self.per_element.get(name, 1.0) * math.prod(plan_size(p, sizes) for p in self.plans[name])
+                   for name in names)
+
     def model(self, sizes: Mapping[str, int]) -> float:
-        """The metric predicted from sizes (FLOPs for the latency metric)."""
-        if self.metric == "params":
-            return float(self.imodel.num_parameters(sizes))
-        return self.other + sum(c * math.prod(plan_size(p, sizes) for p in self.plans[name])
-                                for name, c in self.per_element.items())
+        """The metric predicted from sizes (FLOPs for the latency metric); groups not in
+        ``sizes`` at their current size."""
+        if len(sizes) < len(self.imodel.groups):
+            sizes = dict(self.imodel.sizes(), **sizes)
+        return self.other + self._grouped(sizes, self.per_element)
+
+    def saved(self, sizes: Mapping[str, int], group: str, new: int) -> float:
+        """``model(sizes) - model(sizes with group at new)``, counting only the tensors the group
+        changes (the greedy allocation asks this for every group at every step)."""
+        names = self.touching.get(group, [])
+        return self._grouped(sizes, names) - self._grouped(dict(sizes, **{group: new}), names)
 
     def measure(self, sizes: Mapping[str, int]) -> float:
         """The metric of the real discrete network at ``sizes``."""
@@ -196,8 +215,7 @@ def _greedy(imodel: IntegralModel, cost: _Cost, target_cost: float,
     current = cost.model(sizes)
 
     def move(n: str, new: int) -> tuple[float, float]:
-        trial = dict(sizes, **{n: new})
-        saved = current - cost.model(trial)
+        saved = cost.saved(sizes, n, new)
         m = groups[n].max_size
         hurt = _interp(curves[n], new / m) - _interp(curves[n], sizes[n] / m)
         return saved, hurt
@@ -225,11 +243,12 @@ def _greedy(imodel: IntegralModel, cost: _Cost, target_cost: float,
     while improved:
         improved = False
         best, best_gain = None, 0.0
+        current = cost.model(sizes)
         for n in sizes:
             if sizes[n] >= groups[n].max_size:
                 continue
             trial = dict(sizes, **{n: grid.up(n, sizes[n] + 1)})
-            if cost.model(trial) > target_cost:
+            if current - cost.saved(sizes, n, trial[n]) > target_cost:
                 continue
             m = groups[n].max_size
             gain = _interp(curves[n], sizes[n] / m) - _interp(curves[n], trial[n] / m)

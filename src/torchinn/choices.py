@@ -44,8 +44,12 @@ log = logging.getLogger(__name__)
 
 #: the order in which starts are measured when the time does not allow all of them
 START_ORDER = ("fisher", "activation", "l1", "uniform", "l1-quadrature")
-#: share of the choice budget the importance pass may take (it always measures one batch)
+#: share of the choice budget the importance pass may take (it is skipped when one batch does not
+#: fit: the sizes are then one ratio for all and the starts those that need no data)
 IMPORTANCE_SHARE = 0.3
+#: one batch of the importance pass (forward, backward and the per-channel sums) costs about this
+#: many forward passes
+IMPORTANCE_PASSES = 4.0
 #: the measured sensitivities join the sizes only when their estimated cost is below this share
 #: of the time left
 SENSITIVITY_SHARE = 0.25
@@ -88,7 +92,12 @@ class _Clock:
 
 
 def _importance(imodel: IntegralModel, cal: Sequence[tuple], reference: Sequence[Any], loss: Distillation,
-                seconds: float, skipped: list[str], teacher: Any) -> Importance | None:
+                seconds: float, skipped: list[str], teacher: Any, per_batch: float) -> Importance | None:
+    guess = IMPORTANCE_PASSES * per_batch
+    if guess > seconds:
+        skipped.append(f"importance scores (one batch takes about {guess:.1f} s, {seconds:.1f} s allowed): "
+                       "sizes from one ratio, starts without data")
+        return None
     try:
         return measure_importance(imodel, cal, loss, reference, max_seconds=seconds, network=teacher)
     except Exception as err:  # noqa: BLE001 - the choices fall back on L1 scores and uniform sizes
@@ -204,8 +213,10 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
     spent: dict[str, float] = {}
     skipped: list[str] = []
     t0 = time.perf_counter()
-    importance = _importance(imodel, cal, reference, loss, IMPORTANCE_SHARE * seconds, skipped, teacher)
+    importance = _importance(imodel, cal, reference, loss, IMPORTANCE_SHARE * seconds, skipped, teacher, per_batch)
     spent["importance"] = time.perf_counter() - t0
+    if importance is None:  # best_start would measure them again, without a bound
+        kinds = [k for k in kinds if k not in ("activation", "fisher")] or ["l1"]
 
     t0 = time.perf_counter()
     if sizes is None:

@@ -12,7 +12,8 @@ simplest baseline it could have produced:
    activation- and Fisher-weighted selection), and the lowest calibration error wins; the
    reconstruction baseline joins when it beats that on held-out batches it was not fitted on.
 2. **Time**: ``TuneConfig.seconds`` bounds everything after the conversion; without tuning the
-   bound is :data:`NO_TUNE_SECONDS`. What cannot fit is skipped and named in ``report.skipped``.
+   bound is :data:`NO_TUNE_SECONDS` or :data:`NO_TUNE_PASSES` forward passes, whichever is
+   longer. What cannot fit is skipped and named in ``report.skipped``.
 3. **Grid tuning** (:func:`torchinn.train.tune_grid`) of the partitions, then **weight
    tuning** (:func:`torchinn.train.finetune`): distillation of every weight of the compressed
    network; ``TuneConfig.weights_share`` splits the budget. Each stage keeps its best state on
@@ -62,6 +63,9 @@ CHOICE_SHARE = 0.4
 #: the bound on everything after the conversion when there is no time budget: ``tune=False`` or a
 #: TuneConfig with ``seconds=None`` (the choices then take it all, or 40% before steps of tuning)
 NO_TUNE_SECONDS = 30.0
+#: ... or the time of this many forward passes of a calibration batch, when that is longer (a
+#: 1 B-parameter model's one pass takes seconds: 30 s would not hold one importance pass)
+NO_TUNE_PASSES = 40
 
 
 @dataclass
@@ -225,8 +229,9 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
     stages and the final checks share it (tuning gets what the choices left, see
     ``report.seconds``), so ``compress`` with 60 s takes about 60 s plus the conversion.
     ``tune=False`` does not tune: sizes and starting partitions are still chosen on the
-    calibration data, within :data:`NO_TUNE_SECONDS` (30 s; also the bound of a ``TuneConfig``
-    with ``seconds=None``, whose steps are then not bounded in time). The choices use the
+    calibration data, within :data:`NO_TUNE_SECONDS` (30 s) or :data:`NO_TUNE_PASSES` (40)
+    forward passes of a calibration batch, whichever is longer (also the bound of a
+    ``TuneConfig`` with ``seconds=None``, whose steps are then not bounded in time). The choices use the
     training share of a list of calibration batches; its held-out share (``TuneConfig.holdout``)
     judges the reconstruction and validates the tuning. ``sizes`` (group -> size) skips the choice of sizes. ``starts`` limits
     the starting partitions tried (see :mod:`torchinn.starts`); ``reconstruct`` also tries L1
@@ -278,6 +283,8 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
     before = _metric(full, metric, example_inputs)
     metric_seconds = time.perf_counter() - t0
     cal, reference, per_batch = _choice_batches(full, train_source, example_inputs, bound)
+    if tune is False or tune.seconds is None:  # no time budget given: a bound that one pass fits in
+        bound = max(bound, NO_TUNE_PASSES * per_batch)
     # one loss (and temperature) for every choice and both tuning stages, from the teacher's outputs
     loss = resolve_loss(tune.loss, reference, tune.temperature) if tune is not False else resolve_loss("auto", reference)
     # held out from every choice; a loader that is not a list: the two batches after the choice ones

@@ -229,11 +229,12 @@ def _measure(imodel: IntegralModel, full: Any, tensors: Mapping[str, Tensor], pl
     producer = {g: torch.zeros_like(s) for g, s in sums.items()}
     gen = torch.Generator().manual_seed(seed)
     terms: dict[str, Tensor] = {}  # this batch's producer-side sums, group -> (channels,)
-    hooks = [p.register_post_accumulate_grad_hook(lambda p, name=name: _producer_terms(p, plans[name], terms))
+    read: set[str] = set()          # groups a layer reads in this batch: no producer-side sums needed
+    hooks = [p.register_post_accumulate_grad_hook(lambda p, name=name: _producer_terms(p, plans[name], terms, read))
              for name, p in full.named_parameters() if name in plans] if fisher else []
     try:
         return _passes(imodel, full, tensors, plans, batches, loss, reference, fisher, max_seconds, gen, t0,
-                       mode, result, sums, producer, terms)
+                       mode, result, sums, producer, terms, read)
     finally:
         for h in hooks:
             h.remove()
@@ -242,7 +243,8 @@ def _measure(imodel: IntegralModel, full: Any, tensors: Mapping[str, Tensor], pl
 def _passes(imodel: IntegralModel, full: Any, tensors: Mapping[str, Tensor], plans: Mapping[str, tuple],
             batches: Sequence[tuple], loss: Distillation, reference: Sequence[Any] | None, fisher: bool,
             max_seconds: float | None, gen: torch.Generator, t0: float, mode: _Reads, result: Importance,
-            sums: dict[str, Tensor], producer: dict[str, Tensor], terms: dict[str, Tensor]) -> Importance:
+            sums: dict[str, Tensor], producer: dict[str, Tensor], terms: dict[str, Tensor],
+            read: set[str]) -> Importance:
     for i, b in enumerate(batches):
         mode.taylor = {}
         with torch.set_grad_enabled(fisher), mode:
@@ -254,6 +256,9 @@ def _passes(imodel: IntegralModel, full: Any, tensors: Mapping[str, Tensor], pla
             refs = [r for r in pytree.tree_leaves(ref) if isinstance(r, Tensor) and r.is_floating_point()]
             total = sum((o * _cotangent(o, r, loss, gen)).sum() for o, r in zip(outs, refs))
             terms.clear()
+            read.clear()
+            read.update(a.group for name, d in mode.dims.items() for seg in plans[name][d] for a in seg
+                        if a.group is not None)
             total.backward()  # each weight's gradient is read (and dropped) as soon as it is complete
             for group, t in mode.taylor.items():
                 sums[group] += (t.cpu() ** 2).sum(0)
@@ -272,13 +277,22 @@ def _passes(imodel: IntegralModel, full: Any, tensors: Mapping[str, Tensor], pla
     return result
 
 
-def _producer_terms(p: Tensor, plan: tuple, terms: dict[str, Tensor]) -> None:
+def _producer_terms(p: Tensor, plan: tuple, terms: dict[str, Tensor], read: set[str]) -> None:
     """Add weight ``p``'s per-channel ``sum(W * dL/dW)`` over the rows that produce each group
     (not the input slices that read it) to ``terms``, then drop its gradient: a hook run when
-    the gradient is complete, so no more than one weight's gradient is held at a time."""
+    the gradient is complete, so no more than one weight's gradient is held at a time. Groups in
+    ``read`` (a layer reads them: their scores come from that read) are not summed."""
+    dims = [d for d, dim_plan in enumerate(plan)
+            if any(a.group is not None and a.group not in read and not _integrated(dim_plan, a.group)
+                   for seg in dim_plan for a in seg)]
+    if not dims:
+        p.grad = None
+        return
     prod = (p.detach().double() * p.grad.double()).cpu()
     p.grad = None
     for d, dim_plan in enumerate(plan):
+        if d not in dims:
+            continue
         moved = prod.movedim(d, -1).reshape(-1, prod.shape[d]).sum(0)[None]
         for seg_group, vec in _split(moved, dim_plan):
             if _integrated(dim_plan, seg_group):
