@@ -6,7 +6,8 @@ batches. :func:`choose` spends at most ``seconds`` on them, in the order of what
 per second, and measures once what several choices share:
 
 1. **Importance** (:mod:`torchinn.importance`): one forward and one backward pass per choice
-   batch give every channel's activation and Fisher scores. They rank the channels for the
+   batch (and as many training batches again, time allowing) give every channel's activation
+   and Fisher scores. They rank the channels for the
    ``"activation"`` and ``"fisher"`` starts and give the Fisher size curves.
 2. **Sizes**: one ratio for every group (``"uniform"``) and the Fisher greedy allocation cost no
    pass; the measured sensitivities (``"sensitivity"``: six passes per group and batch) join only
@@ -50,6 +51,10 @@ IMPORTANCE_SHARE = 0.3
 #: one batch of the importance pass (forward, backward and the per-channel sums) costs about this
 #: many forward passes
 IMPORTANCE_PASSES = 4.0
+#: the importance pass reads up to this many times the choice batches (the next training batches,
+#: while its share of the time allows): on DNSMOS 22 channels silent on the 32 clips of the choice
+#: batches were not on others (held-out error 0.0044 -> 0.00054 with the next 16 clips)
+IMPORTANCE_BATCHES = 2
 #: the measured sensitivities join the sizes only when their estimated cost is below this share
 #: of the time left
 SENSITIVITY_SHARE = 0.25
@@ -92,14 +97,18 @@ class _Clock:
 
 
 def _importance(imodel: IntegralModel, cal: Sequence[tuple], reference: Sequence[Any], loss: Distillation,
-                seconds: float, skipped: list[str], teacher: Any, per_batch: float) -> Importance | None:
+                seconds: float, skipped: list[str], teacher: Any, per_batch: float,
+                more: Sequence[tuple] = ()) -> Importance | None:
+    """The importance scores on the choice batches ``cal``, then on the batches of ``more`` as
+    long as ``seconds`` allow (a channel silent on a few batches may not be on others)."""
     guess = IMPORTANCE_PASSES * per_batch
     if guess > seconds:
         skipped.append(f"importance scores (one batch takes about {guess:.1f} s, {seconds:.1f} s allowed): "
                        "sizes from one ratio, starts without data")
         return None
-    try:
-        return measure_importance(imodel, cal, loss, reference, max_seconds=seconds, network=teacher)
+    try:  # the choice batches first (their outputs are known), then the other training batches
+        return measure_importance(imodel, list(cal) + list(more), loss, reference, max_seconds=seconds,
+                                  network=teacher)
     except Exception as err:  # noqa: BLE001 - the choices fall back on L1 scores and uniform sizes
         log.info("no importance scores (%s: %s)", type(err).__name__, err)
         skipped.append(f"importance ({type(err).__name__}: {err})")
@@ -213,7 +222,8 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
     spent: dict[str, float] = {}
     skipped: list[str] = []
     t0 = time.perf_counter()
-    importance = _importance(imodel, cal, reference, loss, IMPORTANCE_SHARE * seconds, skipped, teacher, per_batch)
+    importance = _importance(imodel, cal, reference, loss, IMPORTANCE_SHARE * seconds, skipped, teacher, per_batch,
+                             more=fit[len(cal):IMPORTANCE_BATCHES * len(cal)])
     spent["importance"] = time.perf_counter() - t0
     if importance is None:  # best_start would measure them again, without a bound
         kinds = [k for k in kinds if k not in ("activation", "fisher")] or ["l1"]

@@ -194,7 +194,7 @@ def measure_importance(imodel: IntegralModel, batches: Sequence[tuple], loss: Di
     """Activation and (with ``fisher``) Fisher importance of every channel at full size, one
     forward (and backward) pass per batch of ``batches``, stopping before a batch that would end
     past ``max_seconds`` (at least one batch). ``reference``: the full network's outputs on the
-    batches (computed when ``None``); ``loss``: the distillation loss the scores are in units of
+    first batches (the others' are computed); ``loss``: the distillation loss the scores are in units of
     (default ``"mse"``). ``network``: ``imodel.to_discrete(graph=True)`` at full size, when the
     caller holds one (:func:`torchinn.compress`'s teacher), run instead of a new copy of every
     weight; it is left as it was (no gradients kept, ``requires_grad`` restored)."""
@@ -250,7 +250,7 @@ def _passes(imodel: IntegralModel, full: Any, tensors: Mapping[str, Tensor], pla
         with torch.set_grad_enabled(fisher), mode:
             out = full(*b)
         if fisher:
-            ref = reference[i] if reference is not None else pytree.tree_map(
+            ref = reference[i] if reference is not None and i < len(reference) else pytree.tree_map(
                 lambda t: t.detach() if isinstance(t, Tensor) else t, out)
             outs = [o for o in pytree.tree_leaves(out) if isinstance(o, Tensor) and o.is_floating_point()]
             refs = [r for r in pytree.tree_leaves(ref) if isinstance(r, Tensor) and r.is_floating_point()]
