@@ -709,6 +709,10 @@ def calibration_of_the_wrong_shape() -> None:
                  config=inn.ConvertConfig(permute=False), tune=False)
 
 
+def calibration_with_an_empty_batch() -> None:
+    inn.compress(small(), (X,), 0.5, calibration=[X, X, X[:0]], config=inn.ConvertConfig(permute=False), tune=False)
+
+
 def compress_keyword_example_inputs() -> None:
     inn.compress(small(), {"input": X}, 0.5, tune=False)
 
@@ -723,6 +727,8 @@ CASES += [
      r"and the keyword input\(s\) \['mask'\]"),
     ("a calibration batch of the wrong shape or dtype", calibration_of_the_wrong_shape, ValueError,
      r"calibration batch 1: input 0 has dtype torch\.float64, but the network was converted for torch\.float32"),
+    ("an empty calibration batch", calibration_with_an_empty_batch, ValueError,
+     r"calibration batch 2: input 0 has shape \(0, 3, 8, 8\): an empty batch \(0 rows\); drop it"),
     ("keyword example inputs (a dict) given to compress", compress_keyword_example_inputs, TypeError,
      r"compress passes inputs by position: give example_inputs as a tensor or a tuple \(in the order of "
      r"forward's parameters\), got a dict of keyword inputs \['input'\]"),

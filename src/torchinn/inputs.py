@@ -146,8 +146,13 @@ def input_problem(imodel: IntegralModel, args: tuple, kwargs: Mapping[str, Any],
 def check_batches(imodel: IntegralModel, batches: Sequence[tuple], what: str = "calibration batch",
                   first: int = 0) -> None:
     """Raise ``ValueError`` naming the first of ``batches`` (tuples of positional inputs, numbered
-    from ``first``) that ``imodel`` would refuse, or whose dtypes differ from the converted ones."""
+    from ``first``) that ``imodel`` would refuse, whose dtypes differ from the converted ones, or
+    that is empty (a tensor of 0 rows: a loss over no samples is not a number)."""
     for k, inputs in enumerate(batches, first):
-        problem = input_problem(imodel, tuple(inputs), {}, dtypes=True)[1]
+        flat, problem = input_problem(imodel, tuple(inputs), {}, dtypes=True)
+        empty = next((i for i, x in enumerate(flat) if isinstance(x, Tensor) and x.ndim and not x.shape[0]), None)
+        if problem is None and empty is not None:
+            problem = (f"input {empty} has shape {tuple(flat[empty].shape)}: an empty batch (0 rows); "
+                       "drop it (a slice past the end of the data gives one)")
         if problem is not None:
             raise ValueError(f"{what} {k}: {problem}")
