@@ -131,6 +131,7 @@ def worker(name: str, stage: str, threads: int, quick: bool) -> dict:
         out["seconds_by_part"] = {k: round(v, 1) for k, v in report.seconds.items()}
         out["conversion_s"] = report.seconds.get("convert", 0.0)
         out["budget"] = None if tune is False else budget
+        out["bound"] = report.bound  # what compress held itself to after conversion (tune=False too)
         out["params_after"] = report.params_after
     else:
         raise ValueError(f"unknown stage {stage!r}; choose from {STAGES}")
@@ -166,9 +167,9 @@ def _goal(r: dict) -> str:
         notes.append(f"time {'ok' if r['seconds'] <= limit else 'OVER'} (<= {limit:.0f} s)")
     if r["stage"] == "compress0" and r["network"] == "llama_1b":
         notes.append(f"time {'ok' if r['seconds'] <= LLAMA_COMPRESS0_S else 'OVER'} (<= 600 s)")
-    if r.get("budget"):
-        limit = r["conversion_s"] + BUDGET_SLACK * r["budget"]
-        notes.append(f"budget {'ok' if r['seconds'] <= limit else 'OVER'} (<= {limit:.0f} s)")
+    if r.get("bound") or r.get("budget"):
+        limit = r["conversion_s"] + BUDGET_SLACK * (r.get("bound") or r["budget"])
+        notes.append(f"bound {'ok' if r['seconds'] <= limit else 'OVER'} (<= {limit:.0f} s)")
     ok = r["peak_over_model"] <= PEAK_OVER_MODEL
     notes.append(f"memory {'ok' if ok else 'OVER'}")
     return ", ".join(notes)
