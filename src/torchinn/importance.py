@@ -142,11 +142,11 @@ def _split(per: Tensor, dim_plan: tuple) -> list[tuple[str, Tensor]]:
     return out
 
 
-def _full_network(imodel: IntegralModel) -> tuple[Any, dict[str, Tensor]]:
+def _full_network(imodel: IntegralModel) -> fx.GraphModule:
     with torch.no_grad():
         tensors = imodel.tensors(imodel.full_partitions())
-    full = imodel.discrete_from(tensors, {n: g.max_size for n, g in imodel.groups.items()}).eval()
-    return full, tensors
+    # the network owns copies: the sampled tensors are dropped on return (one copy held, not two)
+    return imodel.discrete_from(tensors, {n: g.max_size for n, g in imodel.groups.items()}).eval()
 
 
 def _owners(full: Any, plans: Mapping[str, tuple]) -> dict[int, tuple[str, tuple]]:
@@ -201,12 +201,9 @@ def measure_importance(imodel: IntegralModel, batches: Sequence[tuple], loss: Di
     t0 = time.perf_counter()
     loss = loss or Distillation("mse")
     plans = imodel.plans()
-    if network is None:
-        full, tensors = _full_network(imodel)
-    else:
-        full = network
-        named = dict(full.named_parameters(), **dict(full.named_buffers()))
-        tensors = {n: named[n] for n in plans if n in named}
+    full = _full_network(imodel) if network is None else network
+    named = dict(full.named_parameters(), **dict(full.named_buffers()))
+    tensors = {n: named[n] for n in plans if n in named}
     owners = _owners(full, plans)
     was = {id(p): p.requires_grad for p in full.parameters()}
     try:

@@ -60,10 +60,11 @@ def caches_off(module: nn.Module) -> Iterator[nn.Module]:
     """``module`` with its key/value caches switched off for the duration (restored after), to
     compare its outputs with the traced graph's."""
     configs = _cache_configs(module)
+    before = [cfg.use_cache for cfg in configs]
     try:
         for cfg in configs:
             cfg.use_cache = False
         yield module
     finally:
-        for cfg in configs:
-            cfg.use_cache = True
+        for cfg, was in zip(configs, before):
+            cfg.use_cache = was
