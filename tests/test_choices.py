@@ -120,3 +120,25 @@ def test_the_bound_without_tuning_follows_the_time_of_a_forward_pass(monkeypatch
     monkeypatch.setattr(compression, "NO_TUNE_SECONDS", 1e-6)
     _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=False)
     assert 0 < report.bound < 1.0  # 40 forward passes of a 16-row batch through the MLP
+
+
+def test_the_reconstruction_selects_the_channels_of_the_chosen_start(monkeypatch):
+    # the layers a deadline leaves unrefit keep the chosen start's channels (activation or Fisher
+    # selection), not L1's; given scores are what select_channels keeps
+    model, inputs, cal = _mlp_and_batches(10)
+    seen = []
+    original = baselines.reconstruct
+
+    def recording(imodel, sizes, data, **kwargs):
+        seen.append((kwargs.get("scores"), imodel, dict(sizes)))
+        return original(imodel, sizes, data, **kwargs)
+
+    monkeypatch.setattr(baselines, "reconstruct", recording)
+    _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=False,
+                             starts=("fisher",))
+    scores, imodel, sizes = seen[0]
+    assert set(report.starts.values()) <= {"fisher", "reconstruct"}
+    assert scores and set(scores) == set(imodel.group_names)
+    keep = baselines.select_channels(imodel, sizes, "l1", scores=scores)
+    for g, idx in keep.items():
+        assert torch.equal(idx, torch.sort(torch.topk(scores[g].double(), sizes[g]).indices).values)

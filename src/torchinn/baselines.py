@@ -89,13 +89,15 @@ def channel_importance(imodel: IntegralModel) -> dict[str, Tensor]:
 
 
 def select_channels(imodel: IntegralModel, sizes: Mapping[str, int], method: Method = "l1",
-                    seed: int = 0, calibration: Iterable[Any] | None = None) -> dict[str, Tensor]:
+                    seed: int = 0, calibration: Iterable[Any] | None = None,
+                    scores: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
     """Sorted indices of the channels each group keeps (groups not in ``sizes`` keep all);
-    ``"activation"`` needs ``calibration`` (batches of inputs)."""
+    ``"activation"`` needs ``calibration`` (batches of inputs). ``scores`` (group -> one score
+    per channel, the largest kept) overrides ``method`` for the groups it names."""
     check_choice(method, SELECTIONS, "method")
     groups = imodel.groups
     gen = torch.Generator().manual_seed(seed)
-    scores = channel_importance(imodel) if method != "random" else None
+    base = channel_importance(imodel) if method != "random" else None
     if method == "activation":
         from .starts import activation_importance
         from .train import batch_inputs
@@ -104,15 +106,21 @@ def select_channels(imodel: IntegralModel, sizes: Mapping[str, int], method: Met
             raise ValueError("method 'activation' weighs channels by their activations: pass "
                              "calibration=<batches of inputs>")
         act = activation_importance(imodel, [batch_inputs(b) for b in calibration])
-        scores = {g: act.get(g, s) for g, s in scores.items()}
+        base = {g: act.get(g, s) for g, s in (base or {}).items()}
     out = {}
     for name, size in sizes.items():
         g = groups[name]
         if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= g.max_size:
             raise ValueError(f"group {g.name!r} has {g.max_size} channels; size must be in "
                              f"[1, {g.max_size}], got {size!r}")
-        if scores is not None:
-            keep = torch.topk(scores[g.name], size).indices
+        given = (scores or {}).get(g.name)
+        if given is not None:
+            if given.shape != (g.max_size,):
+                raise ValueError(f"scores of group {g.name!r} must have shape ({g.max_size},), "
+                                 f"got {tuple(given.shape)}")
+            keep = torch.topk(given.detach().double().cpu(), size).indices
+        elif base is not None:
+            keep = torch.topk(base[g.name], size).indices
         else:
             keep = torch.randperm(g.max_size, generator=gen)[:size]
         out[g.name] = torch.sort(keep).values
@@ -136,12 +144,12 @@ def prune(imodel: IntegralModel, sizes: Mapping[str, int] | None = None, method:
 
 
 def _selected(imodel: IntegralModel, sizes: Mapping[str, int] | None, method: str, seed: int,
-              calibration: Iterable[Any] | None = None
+              calibration: Iterable[Any] | None = None, scores: Mapping[str, Tensor] | None = None
               ) -> tuple[fx.GraphModule, dict[str, Tensor], dict[str, Tensor]]:
     """The network cut to ``sizes`` by ``method``, the full-size tensors, and the kept indices."""
     groups = imodel.groups
     sizes = {groups[n].name: s for n, s in (sizes or imodel.sizes()).items()}
-    keep = select_channels(imodel, sizes, method, seed, calibration)
+    keep = select_channels(imodel, sizes, method, seed, calibration, scores)
     with torch.no_grad():
         full = imodel.tensors(imodel.full_partitions())
     plans = imodel.plans()
@@ -154,11 +162,14 @@ def reconstruct(imodel: IntegralModel, sizes: Mapping[str, int] | None, calibrat
                 select: Literal["l1", "random"] = "l1", seed: int = 0,
                 ridge: float | Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0),
                 report: dict[str, Any] | None = None, max_system_bytes: int = MAX_SYSTEM_BYTES,
-                max_seconds: float | None = None) -> fx.GraphModule:
+                max_seconds: float | None = None, scores: Mapping[str, Tensor] | None = None) -> fx.GraphModule:
     """Channel selection followed by a least-squares refit of every layer that consumes pruned
     channels (ThiNet, Luo et al. 2017; channel pruning, He et al. 2017).
 
-    Channels are selected by ``select`` (as :func:`prune`). Then, in graph order, each linear
+    Channels are selected by ``select`` (as :func:`prune`), or for the groups in ``scores``
+    (group -> one score per channel) by those scores (:func:`torchinn.compress` passes the
+    activation or Fisher scores of the start it chose, so that the layers a deadline leaves
+    unrefit keep that start's channels rather than L1's). Then, in graph order, each linear
     layer or convolution whose input channels shrank gets the weight and bias minimising
     ``||X W^T + b - Y||^2 + lam ||(W, b) - (W_sel, b_sel)||^2`` over ``calibration`` (batches: a
     tensor of inputs or ``(inputs, labels)`` pairs), where ``X`` is the layer's input in the pruned
@@ -208,7 +219,7 @@ def reconstruct(imodel: IntegralModel, sizes: Mapping[str, int] | None, calibrat
     batches = list(calibration)
     if not batches:
         raise ValueError("the calibration loader is empty")
-    pruned, tensors, keep = _selected(imodel, sizes, select, seed)
+    pruned, tensors, keep = _selected(imodel, sizes, select, seed, scores=scores)
     plans = imodel.plans()
     full = imodel.discrete_from(tensors, {n: g.max_size for n, g in imodel.groups.items()}).eval()
     kept = {}

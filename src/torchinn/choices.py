@@ -158,11 +158,19 @@ def _sizes_and_starts(imodel: IntegralModel, options: Mapping[str, Mapping[str, 
     return winner, table, results[winner]
 
 
+def _start_scores(start: StartChoice, importance: Importance | None) -> dict[str, Any]:
+    """Per group whose chosen start selects by activation or Fisher scores, those scores."""
+    found = {"activation": importance.activation, "fisher": importance.fisher} if importance else {}
+    return {n: found[k][n] for n, k in start.kinds.items() if n in found.get(k, {})}
+
+
 def _reconstruct(imodel: IntegralModel, sizes: Mapping[str, int], cal: Sequence[tuple], fit: Sequence[tuple],
                  judge: Sequence[tuple], judged: Sequence[Any], mine: float, loss: Distillation, clock: _Clock,
-                 per_batch: float, skipped: list[str]) -> tuple[nn.Module | None, dict[str, float]]:
-    """The reconstruction baseline at ``sizes`` (fitted on ``fit``, never on ``judge``) when it
-    beats ``mine`` (the partitions' error on ``judge``), and the errors measured on the way."""
+                 per_batch: float, skipped: list[str], scores: Mapping[str, Any] | None = None
+                 ) -> tuple[nn.Module | None, dict[str, float]]:
+    """The reconstruction baseline at ``sizes`` (fitted on ``fit``, never on ``judge``; channels
+    selected by ``scores`` where given, else L1) when it beats ``mine`` (the partitions' error on
+    ``judge``), and the errors measured on the way."""
     from .baselines import reconstruct
 
     errors = {"partitions": mine}
@@ -176,7 +184,7 @@ def _reconstruct(imodel: IntegralModel, sizes: Mapping[str, int], cal: Sequence[
             break
         t0 = time.perf_counter()
         try:
-            candidate = reconstruct(imodel, dict(sizes), data, report=fits,
+            candidate = reconstruct(imodel, dict(sizes), data, report=fits, scores=scores,
                                     max_seconds=max(0.0, clock.left() - len(judge) * per_batch)).eval()
         except (RuntimeError, ValueError, NotImplementedError) as err:  # a candidate, not a requirement
             log.info("no reconstruction candidate (%s: %s)", type(err).__name__, err)
@@ -251,7 +259,7 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
         t0 = time.perf_counter()
         mine = distill_error(imodel, judge, judged, loss)
         recon, versus = _reconstruct(imodel, chosen, cal, fit, judge, judged, mine, loss, clock, per_batch,
-                                     skipped)
+                                     skipped, _start_scores(start, importance))
         spent["reconstruct"] = time.perf_counter() - t0
     if recon is None or REFINE_GAIN * versus["reconstruct"] >= versus["partitions"]:
         t0 = time.perf_counter()
