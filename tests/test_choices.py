@@ -142,3 +142,14 @@ def test_the_reconstruction_selects_the_channels_of_the_chosen_start(monkeypatch
     keep = baselines.select_channels(imodel, sizes, "l1", scores=scores)
     for g, idx in keep.items():
         assert torch.equal(idx, torch.sort(torch.topk(scores[g].double(), sizes[g]).indices).values)
+
+
+def test_a_budget_too_short_for_tuning_goes_to_the_choices(monkeypatch):
+    model, inputs, cal = _mlp_and_batches(5)
+    tune = TuneConfig(seconds=6.0, progress=False)
+    _, normal = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=tune)
+    assert not any(s.startswith("tuning (") for s in normal.skipped)  # hundreds of MLP steps fit in 6 s
+    monkeypatch.setattr(compression, "MIN_TUNING_STEPS", 10**12)
+    _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=tune)
+    assert any(s.startswith("tuning (about") and "the choices took the budget" in s for s in report.skipped)
+    assert report.seconds["after_convert"] <= 1.05 * 6.0 + 0.5
