@@ -26,8 +26,9 @@ network again.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,74 +205,66 @@ def measure_importance(imodel: IntegralModel, batches: Sequence[tuple], loss: Di
     full = _full_network(imodel) if network is None else network
     named = dict(full.named_parameters(), **dict(full.named_buffers()))
     tensors = {n: named[n] for n in plans if n in named}
-    owners = _owners(full, plans)
-    was = {id(p): p.requires_grad for p in full.parameters()}
-    try:
-        for name, p in full.named_parameters():  # the weights of other tensors would only hold gradients
-            p.requires_grad_(fisher and name in plans)
-        return _measure(imodel, full, tensors, plans, owners, batches, loss, reference, fisher, max_seconds, seed, t0)
-    finally:
-        for p in full.parameters():
-            p.grad = None
-            p.requires_grad_(was[id(p)])
-
-
-def _measure(imodel: IntegralModel, full: Any, tensors: Mapping[str, Tensor], plans: Mapping[str, tuple],
-             owners: Mapping[int, tuple[str, tuple]], batches: Sequence[tuple], loss: Distillation,
-             reference: Sequence[Any] | None, fisher: bool, max_seconds: float | None, seed: int,
-             t0: float) -> Importance:
-    mode = _Reads(owners, grads=fisher)
+    mode = _Reads(_owners(full, plans), grads=fisher)
     result = Importance()
     sums = {g: torch.zeros(imodel.groups[g].max_size, dtype=torch.float64) for g in imodel.group_names}
     producer = {g: torch.zeros_like(s) for g, s in sums.items()}
     gen = torch.Generator().manual_seed(seed)
     terms: dict[str, Tensor] = {}  # this batch's producer-side sums, group -> (channels,)
     read: set[str] = set()          # groups a layer reads in this batch: no producer-side sums needed
-    hooks = [p.register_post_accumulate_grad_hook(lambda p, name=name: _producer_terms(p, plans[name], terms, read))
-             for name, p in full.named_parameters() if name in plans] if fisher else []
+    with _gradients(full, plans, fisher, terms, read):
+        for i, b in enumerate(batches):
+            mode.taylor = {}
+            with torch.set_grad_enabled(fisher), mode:
+                out = full(*b)
+            if fisher:
+                ref = reference[i] if reference is not None and i < len(reference) else pytree.tree_map(
+                    lambda t: t.detach() if isinstance(t, Tensor) else t, out)
+                outs = [o for o in pytree.tree_leaves(out) if isinstance(o, Tensor) and o.is_floating_point()]
+                refs = [r for r in pytree.tree_leaves(ref) if isinstance(r, Tensor) and r.is_floating_point()]
+                total = sum((o * _cotangent(o, r, loss, gen)).sum() for o, r in zip(outs, refs))
+                terms.clear()
+                read.clear()
+                read.update(a.group for name, d in mode.dims.items() for seg in plans[name][d] for a in seg
+                            if a.group is not None)
+                total.backward()  # each weight's gradient is read (and dropped) as soon as it is complete
+                for group, t in mode.taylor.items():
+                    sums[group] += (t.cpu() ** 2).sum(0)
+                for g, t in terms.items():
+                    if g in producer and producer[g].shape == t.shape:
+                        producer[g] += t**2
+            result.batches = i + 1
+            spent = time.perf_counter() - t0
+            if max_seconds is not None and spent + spent / result.batches > max_seconds:  # the next would not fit
+                break
+    result.activation = _activation(mode, tensors, plans)
+    if fisher:
+        scored = {g for g, s in sums.items() if bool((s > 0).any())}
+        result.fisher = {g: (sums[g] if g in scored else producer[g]) / result.batches for g in sums}
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+@contextlib.contextmanager
+def _gradients(full: Any, plans: Mapping[str, tuple], fisher: bool, terms: dict[str, Tensor],
+               read: set[str]) -> Iterator[None]:
+    """While inside: only the grouped weights require grad (with ``fisher``), each with a hook that
+    adds its producer-side sums to ``terms``; on exit every weight is as it was, without ``.grad``."""
+    was = {id(p): p.requires_grad for p in full.parameters()}
+    hooks = []
     try:
-        return _passes(imodel, full, tensors, plans, batches, loss, reference, fisher, max_seconds, gen, t0,
-                       mode, result, sums, producer, terms, read)
+        for name, p in full.named_parameters():  # the weights of other tensors would only hold gradients
+            p.requires_grad_(fisher and name in plans)
+            if fisher and name in plans:
+                hooks.append(p.register_post_accumulate_grad_hook(
+                    lambda p, name=name: _producer_terms(p, plans[name], terms, read)))
+        yield
     finally:
         for h in hooks:
             h.remove()
-
-
-def _passes(imodel: IntegralModel, full: Any, tensors: Mapping[str, Tensor], plans: Mapping[str, tuple],
-            batches: Sequence[tuple], loss: Distillation, reference: Sequence[Any] | None, fisher: bool,
-            max_seconds: float | None, gen: torch.Generator, t0: float, mode: _Reads, result: Importance,
-            sums: dict[str, Tensor], producer: dict[str, Tensor], terms: dict[str, Tensor],
-            read: set[str]) -> Importance:
-    for i, b in enumerate(batches):
-        mode.taylor = {}
-        with torch.set_grad_enabled(fisher), mode:
-            out = full(*b)
-        if fisher:
-            ref = reference[i] if reference is not None and i < len(reference) else pytree.tree_map(
-                lambda t: t.detach() if isinstance(t, Tensor) else t, out)
-            outs = [o for o in pytree.tree_leaves(out) if isinstance(o, Tensor) and o.is_floating_point()]
-            refs = [r for r in pytree.tree_leaves(ref) if isinstance(r, Tensor) and r.is_floating_point()]
-            total = sum((o * _cotangent(o, r, loss, gen)).sum() for o, r in zip(outs, refs))
-            terms.clear()
-            read.clear()
-            read.update(a.group for name, d in mode.dims.items() for seg in plans[name][d] for a in seg
-                        if a.group is not None)
-            total.backward()  # each weight's gradient is read (and dropped) as soon as it is complete
-            for group, t in mode.taylor.items():
-                sums[group] += (t.cpu() ** 2).sum(0)
-            for g, t in terms.items():
-                if g in producer and producer[g].shape == t.shape:
-                    producer[g] += t**2
-        result.batches = i + 1
-        spent = time.perf_counter() - t0
-        if max_seconds is not None and spent + spent / result.batches > max_seconds:  # the next would not fit
-            break
-    result.activation = _activation(mode, tensors, plans)
-    if fisher:
-        read = {g for g, s in sums.items() if bool((s > 0).any())}
-        result.fisher = {g: (sums[g] if g in read else producer[g]) / result.batches for g in sums}
-    result.seconds = time.perf_counter() - t0
-    return result
+        for p in full.parameters():
+            p.grad = None
+            p.requires_grad_(was[id(p)])
 
 
 def _producer_terms(p: Tensor, plan: tuple, terms: dict[str, Tensor], read: set[str]) -> None:
