@@ -95,8 +95,8 @@ class _Cost:
     def note(self) -> str:
         return " (latency is budgeted through the FLOPs it is measured to follow)" if self.metric == "latency" else ""
 
-    def _grouped(self, sizes: Mapping[str, int], names: Mapping[str, float] | Sequence[str]) -> float:
-        return sum(self.per_element.get(name, 1.0) * math.prod(plan_size(p, sizes) for p in self.plans[name])
+    def _grouped(self, sizes: Mapping[str, int], names: Iterable[str]) -> float:
+        return sum(self.per_element[name] * math.prod(plan_size(p, sizes) for p in self.plans[name])
                    for name in names)
 
     def model(self, sizes: Mapping[str, int]) -> float:
