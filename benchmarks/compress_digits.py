@@ -11,7 +11,7 @@ measured at exactly those sizes, so all compressed networks have the same parame
 * INN resampled at the sizes, no tuning;
 * INN after integration grid tuning (only the partitions move) for ``--seconds``;
 * INN grid tuning that may also move the biases (``TuneConfig(train=("biases",))``);
-* L1-norm and random channel selection (``torchinn.baselines.prune``), as cut;
+* L1-norm and random channel selection (``torchinn.compression.baselines.prune``), as cut;
 * the same two after fine-tuning *all* their remaining weights for the same ``--seconds``
   (Adam, same calibration batches, same loss, same teacher: the original network, whose
   outputs on the fixed calibration batches are computed once and shared by every method);
@@ -56,9 +56,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import torchinn as inn
-from torchinn.baselines import prune
-from torchinn.budget import choose_sizes
-from torchinn.train import TuneConfig, distillation_loss, finetune, tune_grid
+from torchinn.compression.baselines import prune
+from torchinn.compression.budget import choose_sizes
+from torchinn.training.train import TuneConfig, distillation_loss, finetune, tune_grid
 from torchinn_demo.data import load_digits
 from torchinn_demo.digits import DemoConfig, _augment, accuracy
 from torchinn_demo.harness import CachedTeacher, Table, load_text, machine, n_params

@@ -9,7 +9,7 @@ inner channels removed, every method gives a network of exactly the same shape:
 * INN resampled at the new sizes (no tuning);
 * INN after integration grid tuning for ``--seconds`` (only the partitions move; distillation
   against the original network on training patches, the library's default);
-* L1-norm and random channel selection (``torchinn.baselines.prune``), as cut, and after
+* L1-norm and random channel selection (``torchinn.compression.baselines.prune``), as cut, and after
   fine-tuning all their weights for the same ``--seconds`` (same patches, loss and teacher);
 * the INN's resampled network fine-tuned the same way (what the baselines get, from the INN's
   starting point instead of theirs);
@@ -43,9 +43,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import torchinn as inn
-from torchinn.baselines import prune
-from torchinn.budget import count_flops
-from torchinn.train import TuneConfig, finetune
+from torchinn.compression.baselines import prune
+from torchinn.sizing.metrics import count_flops
+from torchinn.training.train import TuneConfig, finetune
 from torchinn_demo import sr
 from torchinn_demo.harness import Table, cpu_name, interleaved_times, load_average, resample_and_tune
 
@@ -123,7 +123,7 @@ def hr_loss(output: Tensor, batch: Any, teacher_output: Tensor) -> Tensor:
 
 
 def _finetune(net: nn.Module, teacher: nn.Module, batches: Sequence[tuple], s: Settings) -> dict[str, Any]:
-    """Adam on every weight of a plain pruned network for ``s.seconds``: :func:`torchinn.train.finetune`,
+    """Adam on every weight of a plain pruned network for ``s.seconds``: :func:`torchinn.training.train.finetune`,
     the loop of ``tune_grid`` (distillation against the same teacher, the same held-out batches)."""
     report = finetune(net, batches, teacher=teacher, config=TuneConfig(seconds=s.seconds, lr_weights=s.ft_lr,
                                                                        progress=False))

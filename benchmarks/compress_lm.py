@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 import torchinn as inn
-from torchinn.train import LOSSES
+from torchinn.training.train import LOSSES
 from torchinn_demo import harness, lm
 
 

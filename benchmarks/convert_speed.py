@@ -17,12 +17,12 @@ import time
 import torch
 
 import torchinn as inn
-from torchinn.convert import _members, _view
+from torchinn.model.convert import _members, _view
 from torchinn.graph.analysis import analyse
 from torchinn.graph.fuse import fuse_batch_norms
 from torchinn.graph.groups import finalize
 from torchinn.graph.trace import trace
-from torchinn.permute import distance_matrix, greedy_path, path_length, total_variation
+from torchinn.model.permute import distance_matrix, greedy_path, path_length, total_variation
 from torchinn_demo.zoo import resnet18, resnet50
 
 MODELS = {"resnet18": resnet18, "resnet50": resnet50}

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import torchinn as inn
-from torchinn.train import make_grid_trainable
+from torchinn.training.train import make_grid_trainable
 from torchinn_demo.digits import integral_cnn
 from torchinn_demo.harness import load_average
 from torchinn_demo.zoo import resnet18

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from torchinn.permute import (
+from torchinn.model.permute import (
     default_time_limit,
     distance_matrix,
     greedy_path,

@@ -42,7 +42,7 @@ except ImportError:
     from real_networks import Settings, _tune, log  # type: ignore[no-redef]
 
 import torchinn as inn
-from torchinn.train import LOSSES, kl_distillation_loss, loss_kind
+from torchinn.training.train import LOSSES, kl_distillation_loss, loss_kind
 from torchinn_demo import harness
 
 

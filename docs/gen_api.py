@@ -16,12 +16,12 @@ import sys
 from pathlib import Path
 
 MODULES = [
-    "torchinn.quadrature", "torchinn.partition", "torchinn.sizes", "torchinn.functions",
-    "torchinn.layers", "torchinn.protocol", "torchinn.rounding", "torchinn.network", "torchinn.scratch",
-    "torchinn.norms",
-    "torchinn.convert", "torchinn.integral_model", "torchinn.inputs",
-    "torchinn.train", "torchinn.distill", "torchinn.budget", "torchinn.compression", "torchinn.baselines", "torchinn.tsp", "torchinn.permute",
-    "torchinn.serialize", "torchinn.structured", "torchinn.graph",
+    "torchinn.maths.quadrature", "torchinn.maths.partition", "torchinn.sizing.sizes", "torchinn.maths.functions",
+    "torchinn.nn.layers", "torchinn.model.protocol", "torchinn.sizing.rounding", "torchinn.model.network", "torchinn.model.scratch",
+    "torchinn.model.norms",
+    "torchinn.model.convert", "torchinn.model.integral_model", "torchinn.model.inputs",
+    "torchinn.training.train", "torchinn.training.distill", "torchinn.compression.budget", "torchinn.compression.pipeline", "torchinn.compression.baselines", "torchinn.model.tsp", "torchinn.model.permute",
+    "torchinn.io.format", "torchinn.maths.structured", "torchinn.graph",
 ]
 OUT = Path(__file__).resolve().parent / "api.md"
 

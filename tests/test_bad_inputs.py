@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 import torchinn as inn
-from torchinn.budget import choose_sizes
-from torchinn.fileio import UnsafeTargetError
-from torchinn.loading import CLIError
-from torchinn.train import TuneConfig, tune_grid
+from torchinn.compression.budget import choose_sizes
+from torchinn.io.fileio import UnsafeTargetError
+from torchinn.cli.loading import CLIError
+from torchinn.training.train import TuneConfig, tune_grid
 from torchinn_demo.zoo import ZOO
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-inputs.md"
@@ -107,7 +107,7 @@ def target_out_of_range() -> None:
 
 
 def unreachable_latency_target() -> None:
-    from torchinn.budget import choose_sizes
+    from torchinn.compression.budget import choose_sizes
 
     m = converted()
     choose_sizes(m, 0.01, "latency", example_inputs=(X,), method="uniform")
@@ -169,7 +169,7 @@ def _crafted(tmp: Path, edit: Callable[[dict, dict], None], sign: bool = True) -
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from torchinn.serialize import checksum
+    from torchinn.io.format import checksum
 
     path = tmp / "x.inn"
     inn.save(converted(), path)
@@ -258,21 +258,21 @@ def save_over_read_only(tmp: Path) -> None:
 
 
 def cli_pickled_module(tmp: Path) -> None:
-    from torchinn.loading import load_model
+    from torchinn.cli.loading import load_model
 
     torch.save(small(), tmp / "x.pt")
     load_model(str(tmp / "x.pt"))
 
 
 def cli_pickled_inn(tmp: Path) -> None:
-    from torchinn.loading import load_model
+    from torchinn.cli.loading import load_model
 
     torch.save(small(), tmp / "x.inn")
     load_model(str(tmp / "x.inn"), trust_code=True)
 
 
 def cli_unwritable_output(tmp: Path) -> None:
-    from torchinn.cli_output import check_output
+    from torchinn.cli.output import check_output
 
     os.mkfifo(tmp / "out.pt")
     check_output(str(tmp / "out.pt"))
@@ -428,45 +428,45 @@ def _scripted(tmp: Path) -> Path:
 
 
 def cli_torchscript(tmp: Path) -> None:
-    from torchinn.loading import load_model
+    from torchinn.cli.loading import load_model
 
     load_model(str(_scripted(tmp)))
 
 
 def cli_std_not_finite() -> None:
-    from torchinn.cli_args import std_values
+    from torchinn.cli.args import std_values
 
     std_values("inf")
 
 
 def cli_threads_too_many() -> None:
-    from torchinn.cli_args import threads
+    from torchinn.cli.args import threads
 
     threads("100000")
 
 
 def cli_seed_too_big() -> None:
-    from torchinn.cli_args import seed
+    from torchinn.cli.args import seed
 
     seed("99999999999999999999999")
 
 
 def cli_output_is_an_input(tmp: Path) -> None:
-    from torchinn.cli_output import check_output
+    from torchinn.cli.output import check_output
 
     torch.save(small(), tmp / "in.pt")
     check_output(str(tmp / "in.pt"), [("MODEL", tmp / "in.pt")])
 
 
 def cli_inn_wrong_shape(tmp: Path) -> None:
-    from torchinn.cli import main
+    from torchinn.cli.main import main
 
     inn.save(converted(), tmp / "x.inn")
     main(["-v", "inspect", str(tmp / "x.inn"), "--input-shape", "2,4,8,8"])
 
 
 def cli_demo_out_is_a_file(tmp: Path) -> None:
-    from torchinn.cli import main
+    from torchinn.cli.main import main
 
     (tmp / "afile").write_text("")
     main(["-v", "demo", "--out", str(tmp / "afile"), "--quick"])
@@ -476,7 +476,7 @@ def cli_calibration_overflows(tmp: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    from torchinn.cli import main
+    from torchinn.cli.main import main
 
     for i in range(2):
         Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(tmp / f"{i}.png")
@@ -607,7 +607,7 @@ CASES: list[tuple[str, Callable, type[BaseException], str]] = [
     ("an unknown TSP solver", unknown_tsp_solver, ValueError,
      r"tsp_solver must be one of the registered TSP solvers \['fast_tsp', 'local'\], got '2opt'"),
     ("a second handler for an op without override=True", second_op_handler, ValueError,
-     r"op aten\.linear already has a handler \(torchinn\.graph\.linear_ops\._linear\); pass override=True"),
+     r"op aten\.linear already has a handler \(torchinn\.graph\.ops\.linear\._linear\); pass override=True"),
     ("register_op on something that is not an op", register_a_non_op, TypeError,
      r"register_op needs ops such as torch\.ops\.aten\.relu .*got 'relu' of type str"),
     ("recalibrate_bn on a network whose batch norms were folded", recalibrate_folded, ValueError,
@@ -662,7 +662,7 @@ CASES: list[tuple[str, Callable, type[BaseException], str]] = [
      r"config has no head size field: the head size is derived as hidden_size / num_attention_heads \(32 / 4\)"),
     ("a .inn file whose graph calls an op outside the allow-list", load_op_off_the_list, inn.FormatError,
      r"graph node 'sp' calls 'aten::_sparse_coo_tensor_with_dims_and_tensors\.default', which is not on "
-     r"torchinn's list .*torchinn\.serialize\.allow_ops\(torch\.ops\.aten\._sparse_coo_tensor_with_dims"),
+     r"torchinn's list .*torchinn\.io\.format\.allow_ops\(torch\.ops\.aten\._sparse_coo_tensor_with_dims"),
     ("a .inn file whose input/output structure is not in torchinn's schema", load_spec_outside_schema,
      inn.FormatError, r"out_spec: node type 'collections\.defaultdict' is not in a torchinn file's schema"),
     ("a .inn file with a guard past the arithmetic bounds", load_guard_past_bounds, inn.FormatError,
@@ -792,7 +792,7 @@ def test_16_bit_calibration_images_are_scaled(tmp_path: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    from torchinn.loading import load_images
+    from torchinn.cli.loading import load_images
 
     Image.fromarray(np.full((8, 8), 1000, np.uint16)).save(tmp_path / "a.png")  # 16-bit grey
     Image.fromarray(np.full((8, 8), 60000, np.uint16)).save(tmp_path / "b.png")

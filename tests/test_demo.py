@@ -13,7 +13,8 @@ pytest.importorskip("mlxtend")
 pytest.importorskip("sklearn")
 
 from torchinn import resize, to_discrete  # noqa: E402
-from torchinn import cli, cli_args  # noqa: E402
+from torchinn.cli import main as cli  # noqa: E402
+from torchinn.cli import args as cli_args
 from torchinn_demo.data import load_digits  # noqa: E402
 from torchinn_demo import digits  # noqa: E402
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import torchinn as inn
-from torchinn.partition import FixedPartition, TrainablePartition, UniformPartition
+from torchinn.maths.partition import FixedPartition, TrainablePartition, UniformPartition
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -13,7 +13,7 @@ pytest.importorskip("matplotlib")
 
 import matplotlib.image  # noqa: E402
 
-from torchinn import cli  # noqa: E402
+from torchinn.cli import main as cli  # noqa: E402
 from torchinn_demo import plots  # noqa: E402
 from torchinn_demo.data import load_digits  # noqa: E402
 from torchinn_demo import tour  # noqa: E402

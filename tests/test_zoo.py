@@ -105,7 +105,7 @@ def test_to_discrete_gives_back_the_class(name):
     import warnings
 
     import torchinn as inn
-    from torchinn.rebuild import relative_error
+    from torchinn.discrete.rebuild import relative_error
 
     torch.set_num_threads(1)
     model, inputs = _build(name)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import torchinn as inn
-from torchinn.train import TuneConfig, make_grid_trainable, tune_grid
+from torchinn.training.train import TuneConfig, make_grid_trainable, tune_grid
 
 
 def main() -> None:

@@ -5,16 +5,16 @@ of [0, 1] with numerical quadratures: train once, run at any width, and turn any
 plain, smaller ``nn.Module``.
 """
 
-from .functions import ContinuousFunction
-from .convert import ConvertConfig, UnsupportedOpError, convert
+from .maths.functions import ContinuousFunction
+from .model.convert import ConvertConfig, UnsupportedOpError, convert
 from .graph import register_op
-from .integral_model import Group, Groups, IntegralModel
-from .serialize import FormatError, load, save
-from .baselines import prune, reconstruct
-from .budget import choose_sizes
-from .compression import CompressReport, compress
-from .train import TuneConfig, finetune, make_grid_trainable, sandwich_backward, tune_grid
-from .layers import (
+from .model.integral_model import Group, Groups, IntegralModel
+from .io.format import FormatError, load, save
+from .compression.baselines import prune, reconstruct
+from .compression.budget import choose_sizes
+from .compression.pipeline import CompressReport, compress
+from .training.train import TuneConfig, finetune, make_grid_trainable, sandwich_backward, tune_grid
+from .nn.layers import (
     IntegralConv1d,
     IntegralConv2d,
     IntegralConv3d,
@@ -25,7 +25,7 @@ from .layers import (
     IntegralLinear,
     register_layer,
 )
-from .partition import (
+from .maths.partition import (
     CompositePartition,
     FixedPartition,
     GaussLegendrePartition,
@@ -33,7 +33,7 @@ from .partition import (
     TrainablePartition,
     UniformPartition,
 )
-from .quadrature import (
+from .maths.quadrature import (
     GaussLegendre,
     LeftRiemann,
     Midpoint,
@@ -45,11 +45,11 @@ from .quadrature import (
     integrate,
     register_quadrature,
 )
-from .network import integral_network, partitions, resize, to_discrete
-from .protocol import IntegralNetwork
-from .scratch import ScratchNetwork, from_scratch
-from .norms import recalibrate_bn
-from .sizes import RandomSizes
+from .model.network import integral_network, partitions, resize, to_discrete
+from .model.protocol import IntegralNetwork
+from .model.scratch import ScratchNetwork, from_scratch
+from .model.norms import recalibrate_bn
+from .sizing.sizes import RandomSizes
 
 __version__ = "0.1.0"
 

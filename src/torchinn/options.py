@@ -22,7 +22,7 @@ from collections.abc import Collection, Iterable
 
 from torch import Tensor, nn
 
-__all__ = ["check_choice", "check_module_names", "check_names", "check_number", "close_hint", "spell"]
+__all__ = ["check_choice", "check_module_names", "check_names", "check_number", "close_hint", "spell", "unknown_group"]
 
 
 def spell(allowed: Iterable[object]) -> str:
@@ -40,6 +40,17 @@ def close_hint(name: object, known: Iterable[str], n: int = 1) -> str:
     if not close:
         return ""
     return f"; did you mean {close[0]!r}?" if n == 1 else f"; did you mean {close}?"
+
+
+def unknown_group(name: object, known: Iterable[str]) -> KeyError:
+    """The error for a group name that is not there, with the closest names or a few known ones."""
+    known = list(known)
+    close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5)
+    if close:
+        hint = f"; did you mean {close}?"
+    else:
+        hint = f"; known groups: {known[:8]}" + ("..." if len(known) > 8 else "")
+    return KeyError(f"no group named {name!r}{hint}")
 
 
 def check_choice(value: object, allowed: Collection[object], what: str) -> object:

@@ -3,7 +3,7 @@
 :func:`run` checks which options belong to which story, then runs the tour's classification and
 super-resolution stories (:mod:`torchinn_demo.tour`) and the from-scratch digits story
 (:mod:`torchinn_demo.digits`) with the command's settings, and prints their tables, the plots
-written and the time taken. The parser that builds ``args`` is :func:`torchinn.cli.build_parser`.
+written and the time taken. The parser that builds ``args`` is :func:`torchinn.cli.main.build_parser`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import argparse
 import os
 from pathlib import Path
 
-from torchinn.cli_args import available_cores
-from torchinn.loading import CLIError
+from torchinn.cli.args import available_cores
+from torchinn.cli.loading import CLIError
 
 __all__ = ["run"]
 

@@ -30,10 +30,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
-from torchinn.layers import IntegralConv2d, IntegralLinear
-from torchinn.network import to_discrete
-from torchinn.partition import UniformPartition
-from torchinn.sizes import RandomSizes, resize
+from torchinn.nn.layers import IntegralConv2d, IntegralLinear
+from torchinn.model.network import to_discrete
+from torchinn.maths.partition import UniformPartition
+from torchinn.model.network import resize
+from torchinn.sizing.sizes import RandomSizes
 
 from .data import Split, load_digits
 

@@ -1,7 +1,7 @@
 """What the demo (:mod:`torchinn_demo.tour`) and the benchmarks (``benchmarks/*.py``) share: the
 machine and its load, the teacher whose outputs are computed once, resampling + grid tuning at
 given sizes, interleaved timing, and tables. (Fine-tuning every weight of a plain network, for
-the pruning baselines, is :func:`torchinn.train.finetune`: the loop grid tuning runs.)
+the pruning baselines, is :func:`torchinn.training.train.finetune`: the loop grid tuning runs.)
 
 >>> print(Table(["level", "accuracy"], [["0%", "98.3%"], ["50%", "96.7%"]]).markdown())
 | level | accuracy |
@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from torchinn.integral_model import IntegralModel
-from torchinn.train import TuneConfig, tune_grid
+from torchinn.model.integral_model import IntegralModel
+from torchinn.training.train import TuneConfig, tune_grid
 
 __all__ = ["load_average", "load_text", "cpu_name", "machine", "n_params", "CachedTeacher", "resample_and_tune",
            "interleaved_times", "Table"]

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from torchinn.fileio import atomic_open
+from torchinn.io.fileio import atomic_open
 
 __all__ = ["compression_curve", "permutation", "feature_maps", "side_by_side", "neighbour_distance",
            "row_variation"]

@@ -256,7 +256,7 @@ class EDSR(nn.Module):
 def save_edsr(model: EDSR, path: str | Path, **metadata: object) -> None:
     """Write an :class:`EDSR` to a safetensors file with its configuration (and any JSON-able
     ``metadata``, e.g. training time and held-out PSNR)."""
-    from torchinn.fileio import save_safetensors
+    from torchinn.io.fileio import save_safetensors
 
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     meta = {"config": json.dumps(model.config), **{k: json.dumps(v) for k, v in metadata.items()}}

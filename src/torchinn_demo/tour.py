@@ -2,7 +2,7 @@
 
 * **classification**: the digits ResNet (:func:`torchinn_demo.models.load_resnet_digits`) is
   converted; for each compression level (fraction of the parameters removed), one set of group
-  sizes is chosen with :func:`~torchinn.budget.choose_sizes`, and at exactly those sizes the
+  sizes is chosen with :func:`~torchinn.compression.budget.choose_sizes`, and at exactly those sizes the
   table compares the integral network resampled without any tuning, after integration grid
   tuning for ``tune_seconds``, and L1-norm and random channel selection (as cut, no fine-tuning),
   by accuracy on the 1,000 held-out digits; then the speed of the discrete networks.
@@ -30,10 +30,10 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from torchinn.baselines import prune
-from torchinn.budget import choose_sizes
-from torchinn.convert import ConvertConfig, convert
-from torchinn.train import TuneConfig
+from torchinn.compression.baselines import prune
+from torchinn.compression.budget import choose_sizes
+from torchinn.model.convert import ConvertConfig, convert
+from torchinn.training.train import TuneConfig
 
 from . import plots
 from .harness import CachedTeacher, Table, interleaved_times, load_text, n_params, resample_and_tune

@@ -1,4 +1,4 @@
-"""Handlers of torchinn.graph.ops: F.normalize (a norm's order is not its dims), in-place
+"""Handlers of torchinn.graph.ops.core: F.normalize (a norm's order is not its dims), in-place
 pointwise ops through the generic pointwise rule, and ops that work along one dimension."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """torchinn.graph.registry: built-in handlers registered at import, a user's handler kept,
 double registration refused, view-like ops declared with their handler, the pointwise rule;
-and the TSP solver registry (torchinn.tsp.register_solver)."""
+and the TSP solver registry (torchinn.model.tsp.register_solver)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import torchinn as inn
-from torchinn import tsp
+from torchinn.model import tsp
 from torchinn.graph import registry
 from torchinn.graph.registry import (
     OPS,
@@ -26,7 +26,7 @@ from torchinn.graph.registry import (
     register_op,
     view_rule,
 )
-from torchinn.permute import order_channels
+from torchinn.model.permute import order_channels
 
 aten = torch.ops.aten
 SRC = Path(inn.__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def test_builtin_handlers_are_registered_at_import() -> None:
 
 
 def test_a_second_handler_for_an_op_needs_override(restore_registry) -> None:
-    with pytest.raises(ValueError, match=r"op aten\.linear already has a handler \(torchinn\.graph\.linear_ops\._linear\); "
+    with pytest.raises(ValueError, match=r"op aten\.linear already has a handler \(torchinn\.graph\.ops\.linear\._linear\); "
                                          r"pass override=True"):
         register_op(aten.linear)(lambda an, node: None)
     assert OPS[aten.linear].__name__ == "_linear"  # nothing changed

@@ -3,7 +3,7 @@
 After :func:`~torchinn.graph.analysis.analyse`, every tensor dimension is a structure over root
 axes. :func:`finalize` decides where quadratures go, turns each remaining (unpinned) axis that
 reaches a tensor into a named :class:`GroupInfo`, and writes each tensor's
-:data:`~torchinn.structured.DimPlan` per dimension.
+:data:`~torchinn.maths.structured.DimPlan` per dimension.
 
 A group is named after the first tensor dimension that *produces* it (a dimension not summed
 over), e.g. ``"layer1.0.conv1.weight:0"``; a second group in the same dimension (a split into
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from torch import fx
 
-from ..structured import Atom, DimPlan
+from ..maths.structured import Atom, DimPlan
 from .analysis import Analysis, Contraction
 from .labels import Cat, Fixed, Prod, Struct, Var
 from .registry import view_rule

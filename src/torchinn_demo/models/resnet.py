@@ -82,7 +82,7 @@ class DigitsResNet(nn.Module):
 def save_resnet(model: DigitsResNet, path: str | Path, **metadata: object) -> None:
     """Write a :class:`DigitsResNet` to a safetensors file with its configuration (and any
     JSON-able ``metadata``: training time, held-out accuracy...)."""
-    from torchinn.fileio import save_safetensors
+    from torchinn.io.fileio import save_safetensors
 
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     meta = {"config": json.dumps(model.config), **{k: json.dumps(v) for k, v in metadata.items()}}

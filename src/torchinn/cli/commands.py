@@ -1,0 +1,282 @@
+"""The ``inspect``, ``compress`` and ``bench`` commands: each takes the parsed arguments
+(:func:`torchinn.cli.main.build_parser`) and returns the exit code; a mistake in their input raises
+:class:`~torchinn.cli.loading.CLIError`. Text that comes from a model file or a model's names is printed
+through :func:`~torchinn.cli.output.printable`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from .args import available_cores
+from .output import check_output, created_folders, printable, report_paths, save_checked
+from ..io.fileio import write_text
+from .loading import (IMAGE_SUFFIXES, CLIError, Loaded, _convertible, _dtype_of, _random_inputs, _shapes_text,
+                      load_images, load_model)
+
+__all__ = ["inspect", "compress", "bench"]
+
+
+def _human(x: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= div:
+            return f"{x / div:.2f}{unit}"
+    return f"{x:.0f}"
+
+
+def _check_integral_inputs(loaded: Loaded, shapes: list, inputs: tuple) -> None:
+    """Run the integral model of a .inn file once on ``inputs``: its own checks say which inputs it
+    takes (one line, not a failure deep inside the discrete network)."""
+    import torch
+
+    imodel = loaded.obj
+    expected = getattr(imodel, "input_shapes", None)
+    if expected is not None and len(expected) != len(shapes):
+        raise CLIError(f"{loaded.source!r} takes {len(expected)} input(s), got {len(shapes)} "
+                       f"--input-shape ({_shapes_text(shapes)})")
+    try:
+        with torch.no_grad():
+            imodel.eval()(*inputs)
+    except (ValueError, TypeError) as err:
+        raise CLIError(f"{loaded.source!r} cannot run on --input-shape {_shapes_text(shapes)}: {err}") from err
+
+
+# -- inspect ------------------------------------------------------------------------------------
+def _pinned_summary(pinned: dict | None) -> list[dict]:
+    """The tensor dimensions kept at full size, with the reason recorded at conversion."""
+    return [{"tensor_dim": k, "reason": v} for k, v in (pinned or {}).items()]
+
+
+def _print_pinned(pinned: list[dict]) -> None:
+    print("Channels kept at full size (the network's inputs and outputs always are):")
+    for p in pinned:
+        text = printable(f"{p['tensor_dim']}: {p['reason']}")
+        print(f"  {text if len(text) <= 110 else text[:107] + '...'}")
+    if not pinned:
+        print("  none")
+
+
+def inspect(args: argparse.Namespace) -> int:
+    """``torchinn inspect``: the channel groups of MODEL, as a table or JSON."""
+    from ..compression.budget import count_flops, flops_by_tensor
+    from ..model.convert import ConvertConfig, convert
+
+    loaded = load_model(args.model, args.trust_code, convert=True)
+    original = None
+    if loaded.kind == "integral":
+        imodel = loaded.obj
+        inputs = _random_inputs(args.input_shape, _dtype_of(imodel), args.seed)
+        _check_integral_inputs(loaded, args.input_shape, inputs)
+    else:
+        model = _convertible(loaded, "inspect")
+        original = sum(p.numel() for p in model.parameters())
+        inputs = _random_inputs(args.input_shape, _dtype_of(model), args.seed)
+        imodel = convert(model, inputs, ConvertConfig(permute=False, progress=False))
+    small = imodel.to_discrete(graph=True).eval()
+    params = {n: t.numel() for n, t in small.named_parameters()}
+    by_tensor, _ = flops_by_tensor(small, inputs)
+    total_flops = count_flops(small, inputs)
+    groups, grouped = [], set()
+    for g in imodel.groups.values():
+        tensors = list(dict.fromkeys(t for t, _ in g.members))
+        grouped.update(tensors)
+        groups.append({"name": g.name, "size": g.size, "max_size": g.max_size,
+                       "tensors": [[t, d] for t, d in g.members], "modules": g.modules,
+                       "params": sum(params.get(t, 0) for t in tensors),
+                       "flops": sum(by_tensor.get(t, 0) for t in tensors)})
+    total_params = sum(params.values())
+    info = {"model": loaded.source, "input_shapes": [list(s) for s in args.input_shape],
+            "params": total_params, "params_original": original, "flops": total_flops,
+            "params_in_groups": sum(n for t, n in params.items() if t in grouped),
+            "groups": groups, "pinned": _pinned_summary(imodel.pinned)}
+    if args.json:
+        print(json.dumps(info, indent=2))  # ensure_ascii: control characters are escaped
+        return 0
+    folded = "" if original is None or original == total_params else f" ({original:,} before folding batch norms)"
+    at = "" if all(g["size"] == g["max_size"] for g in groups) else " at its saved sizes"
+    print(f"{printable(loaded.source)}: {len(groups)} channel groups, {total_params:,} parameters{folded}, "
+          f"{_human(total_flops)} FLOPs for inputs {_shapes_text(args.input_shape)}{at}")
+    print("(params / FLOPs of a group: of the tensors with a dimension in it; a weight counts in its input and "
+          "output groups)\n")
+    names = [printable(g["name"]) for g in groups]
+    width = min(44, max([len("group")] + [len(n) for n in names]))
+    print(f"{'group':{width}s} {'channels':>9s} {'tensors':>7s} {'params':>10s} {'FLOPs':>8s}  modules")
+    for g, name in zip(groups, names):
+        ch = str(g["max_size"]) if g["size"] == g["max_size"] else f"{g['size']}/{g['max_size']}"
+        mods = printable(", ".join(m or "<root>" for m in g["modules"]))
+        if len(mods) > 60:
+            mods = mods[:57] + "..."
+        print(f"{name[:width]:{width}s} {ch:>9s} {len(g['tensors']):7d} {g['params']:10,d} "
+              f"{_human(g['flops']):>8s}  {mods}")
+        if args.members:
+            for t, d in g["tensors"]:
+                print(f"{'':{width}s}   {printable(t)}[dim {d}]")
+    share = info["params_in_groups"] / total_params if total_params else 0.0
+    print(f"\n{info['params_in_groups']:,} of {total_params:,} parameters ({share:.0%}) are in tensors that "
+          "can shrink.")
+    _print_pinned(info["pinned"])
+    return 0
+
+
+# -- compress -----------------------------------------------------------------------------------
+def _input_files(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """The files compress reads, which its output must not replace: the model's file (or the
+    ``file.py`` of ``file.py:callable``) and the calibration images."""
+    files = []
+    spec = Path(args.model)
+    if spec.exists():
+        files.append(("MODEL", spec))
+    elif args.model.rpartition(":")[0].endswith(".py"):
+        files.append(("MODEL", Path(args.model.rpartition(":")[0])))
+    if args.calibration is not None and Path(args.calibration).is_dir():
+        files += [("--calibration image", p) for p in sorted(Path(args.calibration).rglob("*"))
+                  if p.suffix.lower() in IMAGE_SUFFIXES]
+    return files
+
+
+def compress(args: argparse.Namespace) -> int:
+    """``torchinn compress``: the plain compressed network and its reports, written after the run;
+    the folders it made for them are removed again if it fails."""
+    if args.calibration is None and (args.mean is not None or args.std is not None):
+        raise CLIError("--mean/--std normalise --calibration images; give --calibration too")
+    out, made = check_output(args.output, _input_files(args), args.force)
+    with created_folders(made):
+        return _compress(args, out)
+
+
+def _calibration(args: argparse.Namespace, dtype: Any) -> tuple[list, dict, str]:
+    """The calibration batches (of the model's dtype), their description for the report, and for the text."""
+    import torch
+
+    if len(args.input_shape) != 1:
+        raise CLIError("--calibration feeds one image input; the model has "
+                       f"{len(args.input_shape)} --input-shape")
+    batches = [b.to(dtype) for b in load_images(args.calibration, args.input_shape[0], args.mean,
+                                                args.std, args.max_images)]
+    if not all(torch.isfinite(b).all() for b in batches):
+        raise CLIError(f"--mean {args.mean} / --std {args.std} make calibration values that are not finite in "
+                       f"{dtype} (too large for it); give the mean and std of the images' [0, 1] values")
+    calibration = {"source": args.calibration, "images": sum(len(b) for b in batches),
+                   "batches": len(batches), "scaling": "[0, 1] (8-bit / 255, 16-bit / 65535)",
+                   "mean": args.mean, "std": args.std}
+    return batches, calibration, f"{calibration['images']} images from {args.calibration}"
+
+
+def _compress(args: argparse.Namespace, out: Path) -> int:
+    import torch
+
+    from .. import __version__
+    from ..compression.pipeline import compress as compress_model
+    from ..training.train import TuneConfig
+
+    loaded = load_model(args.model, args.trust_code, convert=True)
+    if loaded.kind == "integral":
+        raise CLIError(f"{loaded.source!r} is an integral model: compress needs the original network "
+                       "(a torch.save(module) file or module:callable)")
+    model = _convertible(loaded, "compress")
+    dtype = _dtype_of(model)
+    if args.calibration is not None:
+        loader, calibration, described = _calibration(args, dtype)
+        example = (loader[0],)
+    else:
+        print("torchinn: warning: no --calibration folder: choosing sizes and tuning on random normal "
+              f"inputs of shape {_shapes_text(args.input_shape)}; this is only a smoke test of the pipeline, not a "
+              "real compression", file=sys.stderr)
+        loader = [_random_inputs(args.input_shape, dtype, args.seed + i) for i in range(4)]
+        example = loader[0]
+        calibration = {"source": "random normal inputs (smoke test)", "batches": len(loader)}
+        described = calibration["source"]
+        loader = [(b,) if len(b) > 1 else b[0] for b in loader]  # batch_inputs: a tensor or ((inputs),)
+    tune = (TuneConfig(seconds=args.seconds, progress=not args.no_progress, weights_share=args.weights_share,
+                       loss=args.loss) if args.seconds > 0 else False)
+    small, report = compress_model(model, example, args.target, args.metric, calibration=loader, tune=tune,
+                                   reconstruct=not args.no_reconstruct, multiple=args.multiple,
+                                   graph=True)  # the graph module: its pickle loads without the model's code
+    save_checked(small, out, example)
+    data = dataclasses.asdict(report)
+    data.update(ratio=report.ratio, model=loaded.source, output=str(out),
+                input_shapes=[list(s) for s in args.input_shape], calibration=calibration,
+                load_with="torch.load(path, weights_only=False)", torchinn=__version__, torch=torch.__version__)
+    rounded = f", sizes in multiples of {args.multiple}" if args.multiple > 1 else ""
+    text = printable(f"torchinn compress {loaded.source} -> {out} (target {args.target:g} of the {args.metric}"
+                     f"{rounded}, {args.seconds:g} s of tuning, calibration: {described})\n{report}\n",
+                     keep_newlines=True)
+    json_path, text_path = report_paths(out)
+    write_text(json_path, json.dumps(data, indent=2) + "\n")
+    write_text(text_path, text)
+    print(text, end="")
+    print(printable(f"wrote {out} (load with torch.load(path, weights_only=False)), {json_path.name}, "
+                    f"{text_path.name}"))
+    return 0
+
+
+# -- bench --------------------------------------------------------------------------------------
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _runnable(loaded: Loaded) -> tuple[Any, str]:
+    if loaded.kind == "integral":
+        return loaded.obj.eval().to_discrete(graph=True).eval(), "to_discrete() at its saved sizes"
+    model = loaded.obj
+    if loaded.kind != "exported":
+        model = model.eval()
+    return model, {"module": "nn.Module", "torchscript": "TorchScript", "exported": "torch.export"}[loaded.kind]
+
+
+def bench(args: argparse.Namespace) -> int:
+    """``torchinn bench``: latency and throughput of MODEL (and --compressed)."""
+    import torch
+
+    from ..compression.budget import measure_latency
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    rows = []
+    for role, spec in (("original", args.model), ("compressed", args.compressed)):
+        if spec is None:
+            continue
+        loaded = load_model(spec, args.trust_code)
+        inputs = _random_inputs(args.input_shape, _dtype_of(loaded.obj), args.seed)
+        if loaded.kind == "integral":
+            _check_integral_inputs(loaded, args.input_shape, inputs)
+        model, kind = _runnable(loaded)
+        try:
+            seconds = measure_latency(model, inputs, repeats=args.repeats, warmup=args.warmup)
+        except Exception as err:
+            raise CLIError(f"running {spec!r} on inputs of shape {_shapes_text(args.input_shape)} failed: "
+                           f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+        batch = args.input_shape[0][0]
+        rows.append({"role": role, "model": spec, "kind": kind,
+                     "params": sum(p.numel() for p in model.parameters()),
+                     "latency_ms": seconds * 1e3, "items_per_s": batch / seconds})
+    for r in rows:
+        r["speedup"] = rows[0]["latency_ms"] / r["latency_ms"]
+    info = {"rows": rows, "input_shapes": [list(s) for s in args.input_shape], "threads": torch.get_num_threads(),
+            "cores": available_cores(), "cpu": _cpu_name(), "torch": torch.__version__,
+            "repeats": args.repeats, "warmup": args.warmup}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(printable(f"machine: {info['cpu']}, {info['cores']} cores available; torch {info['torch']} with "
+                    f"{info['threads']} thread(s); inputs {_shapes_text(args.input_shape)}; "
+                    f"median of {args.repeats} runs after {args.warmup} warm-up"))
+    names = [printable(f"{r['model']} ({r['kind']})") for r in rows]
+    width = max(len(n) for n in names)
+    print(f"{'':10s} {'model':{width}s} {'params':>11s} {'latency ms':>11s} {'items/s':>10s} {'speed-up':>8s}")
+    for r, name in zip(rows, names):
+        print(f"{r['role']:10s} {name:{width}s} {r['params']:11,d} {r['latency_ms']:11.3f} "
+              f"{r['items_per_s']:10.1f} {r['speedup']:7.2f}x")
+    return 0

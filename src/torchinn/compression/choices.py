@@ -1,0 +1,276 @@
+"""What :func:`torchinn.compress` chooses before tuning, within a time budget.
+
+The choices are cheap to make and expensive to measure: every candidate (a set of sizes, a
+starting partition, the reconstruction baseline) is judged by running the network on calibration
+batches. :func:`choose` spends at most ``seconds`` on them, in the order of what they are worth
+per second, and measures once what several choices share:
+
+1. **Importance** (:mod:`torchinn.compression.importance`): one forward and one backward pass per choice
+   batch (and as many training batches again, time allowing) give every channel's activation
+   and Fisher scores. They rank the channels for the
+   ``"activation"`` and ``"fisher"`` starts and give the Fisher size curves.
+2. **Sizes**: one ratio for every group (``"uniform"``) and the Fisher greedy allocation cost no
+   pass; the measured sensitivities (``"sensitivity"``: six passes per group and batch) join only
+   when they fit in a quarter of what is left.
+3. **Sizes x starts**: each set of sizes is tried at its starts, the most promising first, each
+   set getting an equal share of the time left (its first start is always measured).
+4. **Reconstruction** (:func:`torchinn.compression.baselines.reconstruct`), fitted on the training batches
+   only and compared with the partitions on the held-out batches, which no candidate was fitted
+   or chosen on: first fitted on the choice batches (screening), refit on all the training
+   batches when the screened fit is close and the time left allows.
+5. **Group by group** starts (:func:`torchinn.compression.starts.refine_start`) with the time left.
+
+Every stage that cannot fit its share is skipped and named in :attr:`Choices.skipped`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from .budget import UnreachableTarget, choose_sizes
+from ..training.distill import Distillation
+from .importance import Importance, measure_importance
+from ..model.integral_model import IntegralModel
+from .starts import StartChoice, best_start, distill_error, kept_partitions, refine_start
+
+__all__ = ["Choices", "choose"]
+
+log = logging.getLogger(__name__)
+
+#: the order in which starts are measured when the time does not allow all of them
+START_ORDER = ("fisher", "activation", "l1", "uniform", "l1-quadrature")
+#: share of the choice budget the importance pass may take (it is skipped when one batch does not
+#: fit: the sizes are then one ratio for all and the starts those that need no data)
+IMPORTANCE_SHARE = 0.3
+#: one batch of the importance pass (forward, backward and the per-channel sums) costs about this
+#: many forward passes
+IMPORTANCE_PASSES = 4.0
+#: the importance pass reads up to this many times the choice batches (the next training batches,
+#: while its share of the time allows): on DNSMOS 22 channels silent on the 32 clips of the choice
+#: batches were not on others (held-out error 0.0044 -> 0.00054 with the next 16 clips)
+IMPORTANCE_BATCHES = 2
+#: the measured sensitivities join the sizes only when their estimated cost is below this share
+#: of the time left
+SENSITIVITY_SHARE = 0.25
+#: the reconstruction is refit on all the training batches only when, fitted on the choice
+#: batches, its held-out error is below this many times the partitions' (a screened fit is a
+#: little worse than the full one)
+SCREEN_MARGIN = 2.0
+#: trying the starts group by group is skipped when the reconstruction's held-out error is below
+#: the partitions' divided by this (it could not make up the difference)
+REFINE_GAIN = 4.0
+#: at most this many training batches fit the reconstruction
+FIT_BATCHES = 64
+#: a reconstruction costs about this many forward passes per batch it is fitted on (the capture
+#: through the full and the pruned network, then the solves); it is not tried when that would
+#: not fit in the time left
+RECONSTRUCT_PASSES = 4.0
+
+
+@dataclass
+class Choices:
+    """What :func:`choose` chose, measured and skipped."""
+
+    sizes: dict[str, int]
+    sizes_method: str
+    sizes_errors: dict[str, float]
+    start: StartChoice
+    reconstruction: nn.Module | None = None
+    held_out: dict[str, float] = field(default_factory=dict)   # "partitions", "reconstruct", ...
+    seconds: dict[str, float] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    importance: Importance | None = None
+
+
+class _Clock:
+    def __init__(self, seconds: float) -> None:
+        self.end = time.perf_counter() + seconds
+
+    def left(self) -> float:
+        return self.end - time.perf_counter()
+
+
+def _importance(imodel: IntegralModel, cal: Sequence[tuple], reference: Sequence[Any], loss: Distillation,
+                seconds: float, skipped: list[str], teacher: Any, per_batch: float,
+                more: Sequence[tuple] = ()) -> Importance | None:
+    """The importance scores on the choice batches ``cal``, then on the batches of ``more`` as
+    long as ``seconds`` allow (a channel silent on a few batches may not be on others)."""
+    guess = IMPORTANCE_PASSES * per_batch
+    if guess > seconds:
+        skipped.append(f"importance scores (one batch takes about {guess:.1f} s, {seconds:.1f} s allowed): "
+                       "sizes from one ratio, starts without data")
+        return None
+    try:  # the choice batches first (their outputs are known), then the other training batches
+        return measure_importance(imodel, list(cal) + list(more), loss, reference, max_seconds=seconds,
+                                  network=teacher)
+    except Exception as err:  # noqa: BLE001 - the choices fall back on L1 scores and uniform sizes
+        log.info("no importance scores (%s: %s)", type(err).__name__, err)
+        skipped.append(f"importance ({type(err).__name__}: {err})")
+        return None
+
+
+def _size_options(imodel: IntegralModel, target: float, metric: str, cal: Sequence[tuple], example_inputs: tuple,
+                  min_ratio: float, loss: Distillation, multiples: Mapping[str, int], importance: Importance | None,
+                  sensitivity_seconds: float, clock: _Clock, skipped: list[str]) -> dict[str, dict[str, int]]:
+    methods = ["uniform"]
+    if importance is not None and importance.fisher:
+        methods.insert(0, "fisher")
+    if sensitivity_seconds <= SENSITIVITY_SHARE * clock.left():
+        methods.insert(0, "sensitivity")
+    else:
+        skipped.append(f"measured sensitivities (about {sensitivity_seconds:.1f} s)")
+    options, errors = {}, []
+    for m in methods:
+        try:
+            options[m] = choose_sizes(imodel, target, metric, calibration=[(b,) for b in cal],
+                                      example_inputs=example_inputs, min_ratio=min_ratio, method=m, loss=loss,
+                                      multiple=multiples, batches=len(cal), importance=importance)
+        except UnreachableTarget as err:  # e.g. one ratio for all cannot reach a latency target
+            errors.append(err)
+    if not options:
+        raise errors[0]
+    return options
+
+
+def _sizes_and_starts(imodel: IntegralModel, options: Mapping[str, Mapping[str, int]], cal: Sequence[tuple],
+                      reference: Sequence[Any], loss: Distillation, kinds: Sequence[str], importance: Importance | None,
+                      clock: _Clock, share: float) -> tuple[str, dict[str, float], StartChoice]:
+    """The sizes and starts with the lowest error on ``cal``; ``imodel`` is left at them."""
+    order = [k for k in START_ORDER if k in kinds] + [k for k in kinds if k not in START_ORDER]
+    results: dict[str, StartChoice] = {}
+    for i, (method, sizes) in enumerate(options.items()):
+        seconds = share * max(0.0, clock.left()) / (len(options) - i)
+        with kept_partitions(imodel):
+            imodel.resize(dict(sizes))
+            results[method] = best_start(imodel, cal, kinds=order, per_group=False, reference=reference, loss=loss,
+                                         importance=importance, max_seconds=seconds)
+    table = {m: c.error for m, c in results.items()}
+    winner = min(table, key=lambda m: table[m])
+    imodel.resize(dict(options[winner]))
+    for n, p in results[winner].partitions.items():
+        imodel.set_partition(n, p)
+    return winner, table, results[winner]
+
+
+def _start_scores(start: StartChoice, importance: Importance | None) -> dict[str, Any]:
+    """Per group whose chosen start selects by activation or Fisher scores, those scores."""
+    found = {"activation": importance.activation, "fisher": importance.fisher} if importance else {}
+    return {n: found[k][n] for n, k in start.kinds.items() if n in found.get(k, {})}
+
+
+def _reconstruct(imodel: IntegralModel, sizes: Mapping[str, int], cal: Sequence[tuple], fit: Sequence[tuple],
+                 judge: Sequence[tuple], judged: Sequence[Any], mine: float, loss: Distillation, clock: _Clock,
+                 per_batch: float, skipped: list[str], scores: Mapping[str, Any] | None = None
+                 ) -> tuple[nn.Module | None, dict[str, float]]:
+    """The reconstruction baseline at ``sizes`` (fitted on ``fit``, never on ``judge``; channels
+    selected by ``scores`` where given, else L1) when it beats ``mine`` (the partitions' error on
+    ``judge``), and the errors measured on the way."""
+    from .baselines import reconstruct
+
+    errors = {"partitions": mine}
+    screens = [list(cal)] if len(fit) > 2 * len(cal) else []
+    recon = None
+    fits: dict[str, Any] = {}
+    for data in screens + [list(fit)]:
+        guess = RECONSTRUCT_PASSES * len(data) * per_batch
+        if recon is None and guess > clock.left():
+            skipped.append(f"reconstruction on {len(data)} batches (about {guess:.1f} s, {clock.left():.1f} s left)")
+            break
+        t0 = time.perf_counter()
+        try:
+            candidate = reconstruct(imodel, dict(sizes), data, report=fits, scores=scores,
+                                    max_seconds=max(0.0, clock.left() - len(judge) * per_batch)).eval()
+        except (RuntimeError, ValueError, NotImplementedError) as err:  # a candidate, not a requirement
+            log.info("no reconstruction candidate (%s: %s)", type(err).__name__, err)
+            skipped.append(f"reconstruction ({type(err).__name__}: {err})")
+            break
+        late = [n for n, r in fits.items() if str(r.get("skipped", "")).startswith("out of time")]
+        if late:
+            skipped.append(f"the refit of {len(late)} layers (out of time: they keep their selected weights)")
+        theirs = distill_error(candidate, judge, judged, loss)
+        recon = candidate
+        if data is fit or len(data) == len(fit):
+            errors["reconstruct"] = theirs
+            break
+        errors["reconstruct_screened"] = theirs
+        if theirs > SCREEN_MARGIN * mine:
+            log.info("reconstruction screened out: %.4g vs best partitions %.4g", theirs, mine)
+            return None, errors
+        spent = time.perf_counter() - t0
+        if spent * len(fit) / len(data) > clock.left():
+            skipped.append(f"reconstruction on all {len(fit)} training batches (about "
+                           f"{spent * len(fit) / len(data):.1f} s): the screened fit is the candidate")
+            errors["reconstruct"] = theirs
+            break
+    if recon is None or errors.get("reconstruct", float("inf")) >= mine:
+        return None, errors
+    log.info("reconstruction %.4g vs best partitions %.4g on held-out calibration batches", errors["reconstruct"], mine)
+    return recon, errors
+
+
+def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[str, int] | None,
+           cal: Sequence[tuple], reference: Sequence[Any], fit: Sequence[tuple], judge: Sequence[tuple],
+           judged: Sequence[Any], loss: Distillation, example_inputs: tuple, min_ratio: float, multiples: Mapping[str, int],
+           kinds: Sequence[str], reconstruct: bool, seconds: float, per_batch: float,
+           teacher: Any = None) -> Choices:
+    """Sizes, starting partitions and possibly the reconstruction for ``imodel`` within
+    ``seconds`` (see the module); ``imodel`` is left at the chosen sizes and partitions.
+    ``cal``: the choice batches (with the full network's outputs ``reference``); ``fit``: the
+    training batches; ``judge``: held-out batches, ``judged`` the full network's outputs on them
+    (no held-out batches: no reconstruction, it could only be judged on what it was fitted on);
+    ``per_batch``: seconds of one forward pass of a batch; ``teacher``: the full-size graph
+    module, when the caller holds one (the importance pass runs it instead of a copy)."""
+    clock = _Clock(seconds)
+    spent: dict[str, float] = {}
+    skipped: list[str] = []
+    t0 = time.perf_counter()
+    importance = _importance(imodel, cal, reference, loss, IMPORTANCE_SHARE * seconds, skipped, teacher, per_batch,
+                             more=fit[len(cal):IMPORTANCE_BATCHES * len(cal)])
+    spent["importance"] = time.perf_counter() - t0
+    if importance is None:  # best_start would measure them again, without a bound
+        kinds = [k for k in kinds if k not in ("activation", "fisher")] or ["l1"]
+
+    t0 = time.perf_counter()
+    if sizes is None:
+        sens_cost = len(imodel.groups) * 6 * len(cal) * per_batch
+        options = _size_options(imodel, target, metric, cal, example_inputs, min_ratio, loss, multiples,
+                                importance, sens_cost, clock, skipped)
+    else:
+        options = {"given": dict(sizes)}
+    spent["choose_sizes"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    share = 0.5 if reconstruct and judge else 0.8
+    method, table, start = _sizes_and_starts(imodel, options, cal, reference, loss, kinds, importance, clock, share)
+    if method == "given":
+        table = {}
+    spent["choose_start"] = time.perf_counter() - t0
+    chosen = imodel.sizes()
+
+    recon, versus = None, {}
+    if reconstruct and not judge:
+        skipped.append("reconstruction (no held-out calibration batch to judge it on; pass 2 or more batches)")
+    if reconstruct and judge:
+        t0 = time.perf_counter()
+        mine = distill_error(imodel, judge, judged, loss)
+        recon, versus = _reconstruct(imodel, chosen, cal, fit, judge, judged, mine, loss, clock, per_batch,
+                                     skipped, _start_scores(start, importance))
+        spent["reconstruct"] = time.perf_counter() - t0
+    if recon is None or REFINE_GAIN * versus["reconstruct"] >= versus["partitions"]:
+        t0 = time.perf_counter()
+        trial = len(start.options) * len(cal) * per_batch  # one group's trials
+        if clock.left() > trial:
+            start = refine_start(imodel, cal, start, reference=reference, max_seconds=clock.left() - trial, loss=loss)
+            if recon is not None and start.changed_groups:
+                versus["partitions"] = distill_error(imodel, judge, judged, loss)
+                if versus["reconstruct"] >= versus["partitions"]:
+                    recon = None
+        else:
+            skipped.append("starts group by group (no time left)")
+        spent["refine_start"] = time.perf_counter() - t0
+    return Choices(chosen, method, table, start, recon, versus, spent, skipped, importance)

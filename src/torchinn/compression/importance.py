@@ -1,0 +1,342 @@
+"""Channel importance in one pass: what :func:`torchinn.compress` chooses sizes and starts with.
+
+:func:`measure_importance` runs the full-size network once forward and once backward per
+calibration batch and returns, per group and channel:
+
+* ``activation``: the RMS of the channel where convolutions and linear layers read it, times the
+  L1 norm of the weights that read it (the channel-level form of Wanda's ``|W| x ||x||``);
+* ``fisher``: the expected increase of the distillation loss when the channel is removed, to
+  second order (the loss is zero, and so is its gradient, at the full-size network, so first-order
+  Taylor scores vanish; Molchanov et al. 2019 and LLM-Pruner use the Fisher / Gauss-Newton
+  term instead). Removing channel ``c`` where a layer reads it changes the output by ``-J x_c``;
+  the loss grows by ``(J x_c)^T H (J x_c) / 2``, ``H`` the loss's Hessian in the outputs. With a
+  random cotangent ``v`` of covariance ``H / 2`` (for ``"mse"``: Gaussian; for ``"kl"``: one-hot
+  class draws from the teacher's probabilities minus those probabilities), one backward pass
+  gives ``t_s = sum(x_c * dL/dx_c)`` per sample ``s`` with ``E[t_s^2]`` that increase, so the
+  score sums ``t_s^2`` over samples and averages over batches (as :func:`torchinn.compression.starts.distill_error` does) (per sample, hence a relative spread of about
+  ``sqrt(2 / samples)``). A channel read in several places (a residual stream) sums its
+  ``t_s`` over them first. Groups no weight reads along its input dimension (the heads of
+  ``q`` and ``k``) take the same estimate on the weights that produce them, per batch.
+
+The scores of a group are in the loss's units, so they compare across groups:
+:func:`fisher_curves` turns them into the error of keeping each group's best channels, which
+:func:`torchinn.compression.budget.choose_sizes` (``method="fisher"``) shrinks greedily without running the
+network again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, fx
+from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
+
+from ..training.distill import Distillation
+from ..model.integral_model import IntegralModel
+
+__all__ = ["Importance", "activation_importance", "channel_importance", "fisher_curves", "measure_importance"]
+
+aten = torch.ops.aten
+_CONV = (aten.convolution, aten.conv1d, aten.conv2d, aten.conv3d)
+_TCONV = (aten.conv_transpose1d, aten.conv_transpose2d, aten.conv_transpose3d)
+
+
+@dataclass
+class Importance:
+    """Per group, one score per channel (float64, on the CPU)."""
+
+    activation: dict[str, Tensor] = field(default_factory=dict)
+    fisher: dict[str, Tensor] = field(default_factory=dict)
+    batches: int = 0
+    seconds: float = 0.0
+
+
+def _reads(func: Any, args: tuple) -> tuple[Any, Any, int, int] | None:
+    """(input, weight, the input's channel dim, the weight's input dim) of a layer op."""
+    packet = getattr(func, "_overloadpacket", None)
+    if packet in _CONV and len(args) > 1:
+        transposed = packet is aten.convolution and len(args) > 6 and bool(args[6])
+        return args[0], args[1], 1, 0 if transposed else 1
+    if packet in _TCONV and len(args) > 1:
+        return args[0], args[1], 1, 0
+    if packet is aten.linear and len(args) > 1:
+        return args[0], args[1], -1, 1
+    if packet is aten.addmm and len(args) > 2:
+        return args[1], args[2], -1, 0
+    if packet is aten.mm and len(args) > 1:
+        return args[0], args[1], -1, 0
+    return None
+
+
+class _Reads(TorchFunctionMode):
+    """Where each weight (known by its storage) reads its input: the input's squared sums per
+    channel and, with ``grads``, per sample and channel ``sum(x * dL/dx)`` through that layer only
+    (the layer reads an alias of ``x`` whose gradient hook sees no other use)."""
+
+    def __init__(self, owners: Mapping[int, tuple[str, tuple]], grads: bool) -> None:
+        super().__init__()
+        self.owners, self.grads = owners, grads
+        self.squares: dict[str, Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.dims: dict[str, int] = {}                       # weight -> the dimension that reads
+        self.taylor: dict[str, Tensor] = {}                  # group -> (samples, channels), this batch
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None) -> Any:
+        read = _reads(func, args)
+        if read is not None and self._record(*read) and self.grads and args[0].requires_grad:
+            x, weight, channel_dim, weight_dim = read
+            alias = x.view_as(x)
+            plan = self.owners[weight.untyped_storage().data_ptr()][1][weight_dim]
+            alias.register_hook(lambda g, x=x.detach(), d=channel_dim, p=plan: self._taylor(x, g, d, p))
+            args = (alias, *args[1:])
+        return func(*args, **(kwargs or {}))
+
+    def _record(self, x: Any, weight: Any, channel_dim: int, weight_dim: int) -> bool:
+        if not isinstance(weight, Tensor) or not isinstance(x, Tensor) or weight.ndim < 2 or not x.is_floating_point():
+            return False
+        owner = self.owners.get(weight.untyped_storage().data_ptr())
+        if owner is None or x.ndim < 2 or weight_dim >= len(owner[1]):
+            return False
+        name, plan = owner
+        if x.shape[channel_dim] != weight.shape[weight_dim] or not any(
+                a.group is not None for seg in plan[weight_dim] for a in seg):
+            return False
+        xs = x.detach().movedim(channel_dim, -1)
+        sq = (xs.double() ** 2).reshape(-1, xs.shape[-1]).sum(0)
+        if name not in self.squares:
+            self.squares[name], self.counts[name] = sq, xs.numel() // xs.shape[-1]
+            self.dims[name] = weight_dim
+        elif self.squares[name].shape == sq.shape:
+            self.squares[name] += sq
+            self.counts[name] += xs.numel() // xs.shape[-1]
+        return True
+
+    def _taylor(self, x: Tensor, g: Tensor, channel_dim: int, dim_plan: tuple) -> None:
+        prod = (x.double() * g.double()).movedim(channel_dim, -1)
+        per = prod.reshape(prod.shape[0], -1, prod.shape[-1]).sum(1)  # (samples, channels)
+        for group, vec in _split(per, dim_plan):
+            if group in self.taylor and self.taylor[group].shape == vec.shape:
+                self.taylor[group] += vec
+            elif group not in self.taylor:
+                self.taylor[group] = vec.clone()
+
+
+def _split(per: Tensor, dim_plan: tuple) -> list[tuple[str, Tensor]]:
+    """Per group atom of ``dim_plan``, the ``(rows, channels)`` sums of ``per``'s last dimension."""
+    out, start = [], 0
+    for seg in dim_plan:
+        length = 1
+        for a in seg:
+            length *= a.size
+        block = per.narrow(-1, start, length).reshape(per.shape[0], *[a.size for a in seg])
+        for k, a in enumerate(seg):
+            if a.group is not None:
+                dims = [i for i in range(1, block.ndim) if i != k + 1]
+                out.append((a.group, block.sum(dim=dims) if dims else block))
+        start += length
+    return out
+
+
+def _full_network(imodel: IntegralModel) -> fx.GraphModule:
+    with torch.no_grad():
+        tensors = imodel.tensors(imodel.full_partitions())
+    # the network owns copies: the sampled tensors are dropped on return (one copy held, not two)
+    return imodel.discrete_from(tensors, {n: g.max_size for n, g in imodel.groups.items()}).eval()
+
+
+def _owners(full: Any, plans: Mapping[str, tuple]) -> dict[int, tuple[str, tuple]]:
+    named = list(full.named_parameters()) + list(full.named_buffers())
+    return {t.untyped_storage().data_ptr(): (n, plans[n]) for n, t in named if n in plans}
+
+
+def _activation(mode: _Reads, tensors: Mapping[str, Tensor], plans: Mapping[str, tuple]) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    for name, sq in mode.squares.items():
+        d = mode.dims[name]
+        w = tensors[name].detach().double().abs().cpu()
+        column_l1 = w.sum(dim=[i for i in range(w.ndim) if i != d])
+        score = torch.sqrt(sq.cpu() / max(1, mode.counts[name])) * column_l1
+        for group, vec in _split(score[None], plans[name][d]):
+            out[group] = out[group] + vec[0] if group in out else vec[0].clone()
+    return out
+
+
+def channel_importance(imodel: IntegralModel) -> dict[str, Tensor]:
+    """Per group, the L1 norm of each channel over the tensors that *produce* it (dimensions not
+    summed over: filters and biases, not the next layer's input slices), at full size."""
+    tensors = imodel.tensors(imodel.full_partitions())
+    plans = imodel.plans()
+    scores = {g: torch.zeros(imodel.groups[g].max_size, dtype=torch.float64) for g in imodel.group_names}
+    for name, plan in plans.items():
+        t = tensors[name].detach().double().cpu()
+        for d, dim_plan in enumerate(plan):
+            start = 0
+            for seg in dim_plan:
+                length = 1
+                for a in seg:
+                    length *= a.size
+                block = t.narrow(d, start, length)
+                block = block.reshape(list(t.shape[:d]) + [a.size for a in seg] + list(t.shape[d + 1:]))
+                for k, a in enumerate(seg):
+                    if a.group is None or a.integrate:
+                        continue
+                    axis = d + k
+                    dims = [i for i in range(block.ndim) if i != axis]
+                    scores[a.group] += block.abs().sum(dim=dims) if dims else block.abs()
+                start += length
+    return scores
+
+
+def activation_importance(imodel: IntegralModel, batches: Sequence[tuple]) -> dict[str, Tensor]:
+    """Per group, how much each channel feeds the layers that read it, on the calibration
+    batches at full size: the RMS of the channel's activation times the L1 norm of the weights
+    that read it (the channel-level form of Wanda's ``|W| x ||x||``), summed over those layers.
+    Groups read by no convolution or linear layer are left out."""
+    return measure_importance(imodel, batches, fisher=False).activation
+
+
+def _cotangent(out: Tensor, ref: Tensor, loss: Distillation, gen: torch.Generator) -> Tensor:
+    """A random cotangent whose covariance is half the loss's Hessian at ``out == ref``."""
+    if loss.kind == "kl":
+        p = torch.softmax(ref.detach().double() / loss.temperature, -1).reshape(-1, ref.shape[-1])
+        draw = torch.multinomial(p.cpu().float(), 1, generator=gen).to(p.device)
+        onehot = torch.zeros_like(p).scatter_(1, draw, 1.0)
+        rows = max(1, ref[..., 0].numel())
+        return ((onehot - p) / (2 * rows) ** 0.5).reshape(ref.shape).to(out.dtype)
+    scale = (ref.detach().double() ** 2).mean().clamp_min(1e-12) * ref.numel()
+    noise = torch.randn(ref.shape, generator=gen, dtype=torch.float64).to(ref.device)
+    return (noise / scale.sqrt()).to(out.dtype)
+
+
+def measure_importance(imodel: IntegralModel, batches: Sequence[tuple], loss: Distillation | None = None,
+                       reference: Sequence[Any] | None = None, *, fisher: bool = True,
+                       max_seconds: float | None = None, seed: int = 0,
+                       network: fx.GraphModule | None = None) -> Importance:
+    """Activation and (with ``fisher``) Fisher importance of every channel at full size, one
+    forward (and backward) pass per batch of ``batches``, stopping before a batch that would end
+    past ``max_seconds`` (at least one batch). ``reference``: the full network's outputs on the
+    first batches (the others' are computed); ``loss``: the distillation loss the scores are in units of
+    (default ``"mse"``). ``network``: ``imodel.to_discrete(graph=True)`` at full size, when the
+    caller holds one (:func:`torchinn.compress`'s teacher), run instead of a new copy of every
+    weight; it is left as it was (no gradients kept, ``requires_grad`` restored)."""
+    t0 = time.perf_counter()
+    loss = loss or Distillation("mse")
+    plans = imodel.plans()
+    full = _full_network(imodel) if network is None else network
+    named = dict(full.named_parameters(), **dict(full.named_buffers()))
+    tensors = {n: named[n] for n in plans if n in named}
+    mode = _Reads(_owners(full, plans), grads=fisher)
+    result = Importance()
+    sums = {g: torch.zeros(imodel.groups[g].max_size, dtype=torch.float64) for g in imodel.group_names}
+    producer = {g: torch.zeros_like(s) for g, s in sums.items()}
+    gen = torch.Generator().manual_seed(seed)
+    terms: dict[str, Tensor] = {}  # this batch's producer-side sums, group -> (channels,)
+    read: set[str] = set()          # groups a layer reads in this batch: no producer-side sums needed
+    with _gradients(full, plans, fisher, terms, read):
+        for i, b in enumerate(batches):
+            mode.taylor = {}
+            with torch.set_grad_enabled(fisher), mode:
+                out = full(*b)
+            if fisher:
+                ref = reference[i] if reference is not None and i < len(reference) else pytree.tree_map(
+                    lambda t: t.detach() if isinstance(t, Tensor) else t, out)
+                outs = [o for o in pytree.tree_leaves(out) if isinstance(o, Tensor) and o.is_floating_point()]
+                refs = [r for r in pytree.tree_leaves(ref) if isinstance(r, Tensor) and r.is_floating_point()]
+                total = sum((o * _cotangent(o, r, loss, gen)).sum() for o, r in zip(outs, refs))
+                terms.clear()
+                read.clear()
+                read.update(a.group for name, d in mode.dims.items() for seg in plans[name][d] for a in seg
+                            if a.group is not None)
+                total.backward()  # each weight's gradient is read (and dropped) as soon as it is complete
+                for group, t in mode.taylor.items():
+                    sums[group] += (t.cpu() ** 2).sum(0)
+                for g, t in terms.items():
+                    if g in producer and producer[g].shape == t.shape:
+                        producer[g] += t**2
+            result.batches = i + 1
+            spent = time.perf_counter() - t0
+            if max_seconds is not None and spent + spent / result.batches > max_seconds:  # the next would not fit
+                break
+    result.activation = _activation(mode, tensors, plans)
+    if fisher:
+        scored = {g for g, s in sums.items() if bool((s > 0).any())}
+        result.fisher = {g: (sums[g] if g in scored else producer[g]) / result.batches for g in sums}
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+@contextlib.contextmanager
+def _gradients(full: Any, plans: Mapping[str, tuple], fisher: bool, terms: dict[str, Tensor],
+               read: set[str]) -> Iterator[None]:
+    """While inside: only the grouped weights require grad (with ``fisher``), each with a hook that
+    adds its producer-side sums to ``terms``; on exit every weight is as it was, without ``.grad``."""
+    was = {id(p): p.requires_grad for p in full.parameters()}
+    hooks = []
+    try:
+        for name, p in full.named_parameters():  # the weights of other tensors would only hold gradients
+            p.requires_grad_(fisher and name in plans)
+            if fisher and name in plans:
+                hooks.append(p.register_post_accumulate_grad_hook(
+                    lambda p, name=name: _producer_terms(p, plans[name], terms, read)))
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+        for p in full.parameters():
+            p.grad = None
+            p.requires_grad_(was[id(p)])
+
+
+def _producer_terms(p: Tensor, plan: tuple, terms: dict[str, Tensor], read: set[str]) -> None:
+    """Add weight ``p``'s per-channel ``sum(W * dL/dW)`` over the rows that produce each group
+    (not the input slices that read it) to ``terms``, then drop its gradient: a hook run when
+    the gradient is complete, so no more than one weight's gradient is held at a time. Groups in
+    ``read`` (a layer reads them: their scores come from that read) are not summed."""
+    dims = [d for d, dim_plan in enumerate(plan)
+            if any(a.group is not None and a.group not in read and not _integrated(dim_plan, a.group)
+                   for seg in dim_plan for a in seg)]
+    if not dims:
+        p.grad = None
+        return
+    prod = (p.detach().double() * p.grad.double()).cpu()
+    p.grad = None
+    for d, dim_plan in enumerate(plan):
+        if d not in dims:
+            continue
+        moved = prod.movedim(d, -1).reshape(-1, prod.shape[d]).sum(0)[None]
+        for seg_group, vec in _split(moved, dim_plan):
+            if _integrated(dim_plan, seg_group):
+                continue
+            terms[seg_group] = terms[seg_group] + vec[0] if seg_group in terms else vec[0]
+
+
+def _integrated(dim_plan: tuple, group: str) -> bool:
+    return any(a.integrate for seg in dim_plan for a in seg if a.group == group)
+
+
+def fisher_curves(imodel: IntegralModel, scores: Mapping[str, Tensor], points: int = 32
+                  ) -> dict[str, list[tuple[float, float]]]:
+    """Per group, ``[(ratio, error)]``: the Fisher estimate of the loss after keeping the
+    ``ratio`` share of the channels with the largest scores (the sum of the others' scores), at
+    ``points`` ratios and 1 (error 0)."""
+    out = {}
+    for name, g in imodel.groups.items():
+        s = scores.get(name)
+        n = g.max_size
+        if s is None or s.numel() != n:
+            continue
+        ascending = torch.cumsum(torch.sort(s.double()).values, 0)
+        curve = [(1.0, 0.0)]
+        for j in range(points - 1, 0, -1):
+            keep = max(1, round(j / points * n))
+            curve.append((keep / n, float(ascending[n - keep - 1]) if n - keep >= 1 else 0.0))
+        keep = 1
+        curve.append((keep / n, float(ascending[n - 2]) if n >= 2 else 0.0))
+        out[name] = sorted(set(curve))
+    return out

@@ -1,0 +1,376 @@
+"""Post-training compression in one call: convert, choose sizes, choose where to start, tune.
+
+:func:`compress` spends its time where it pays, and never hands back something worse than the
+simplest baseline it could have produced:
+
+1. **Choices** (:mod:`torchinn.compression.choices`), within at most 40% of the time bound: one forward
+   and backward pass per choice batch measures every channel's activation and Fisher importance
+   (:mod:`torchinn.compression.importance`); per-group sizes from the Fisher estimates, one ratio for every
+   group (what selection baselines use) and, when they fit, measured sensitivities are each tried
+   at several starting partitions (:mod:`torchinn.compression.starts`: the INN resampled, L1-norm selection,
+   which with selection's unit scales *is* L1 pruning, the same with quadrature scales,
+   activation- and Fisher-weighted selection), and the lowest calibration error wins; the
+   reconstruction baseline joins when it beats that on held-out batches it was not fitted on.
+2. **Time**: ``TuneConfig.seconds`` bounds everything after the conversion; without tuning the
+   bound is :data:`NO_TUNE_SECONDS` or :data:`NO_TUNE_PASSES` forward passes, whichever is
+   longer. What cannot fit is skipped and named in ``report.skipped``.
+3. **Grid tuning** (:func:`torchinn.training.train.tune_grid`) of the partitions, then **weight
+   tuning** (:func:`torchinn.training.train.finetune`): distillation of every weight of the compressed
+   network; ``TuneConfig.weights_share`` splits the budget. Each stage keeps its best state on
+   held-out calibration batches, so neither ends worse than it started.
+
+The report says which sizes and starts won, what each stage gained and how the seconds were
+spent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from .budget import Metric, check_budget
+from .choices import FIT_BATCHES, choose
+from ..model.convert import ConvertConfig, convert
+from ..model.inputs import check_batches
+from ..training.distill import resolve_loss
+from ..training.loop import split_validation
+from ..sizing.metrics import count_flops, measure_latency
+from ..sizing.rounding import Multiple, check_multiple, resolve_multiple
+from .starts import STARTS, check_starts, distill_error, kept_partitions
+from ..model.inputs import batch_inputs
+from ..training.train import TuneConfig, finetune, make_grid_trainable, tune_grid
+
+__all__ = ["CompressReport", "compress"]
+
+log = logging.getLogger(__name__)
+
+#: at most this many calibration batches are kept in memory from a one-shot iterator
+MAX_BATCHES = 256
+#: at most this many calibration batches choose sizes and starts (and measure the report's
+#: errors): the choices compare a few candidates, so a few batches tell them apart at a fraction of
+#: the cost; fewer when one forward pass of each would take more than CHOICE_PASSES_SHARE of the bound
+SELECT_BATCHES = 4
+CHOICE_PASSES_SHARE = 0.05
+#: the share of the bound (TuneConfig.seconds) the choices may take when there is tuning after them
+CHOICE_SHARE = 0.4
+#: with a time budget, when fewer than this many tuning steps (each about STEP_PASSES forward
+#: passes of a batch) would fit in what the choices leave, the choices take the whole budget: on
+#: DNSMOS (2 s per batch on 2 cores) 60 s gave 2 steps of tuning after choices cut to 24 s, and
+#: 54% ranking agreement where the same choices with the whole budget and no tuning gave 97.6%
+MIN_TUNING_STEPS = 20
+STEP_PASSES = 3.0
+#: the bound on everything after the conversion when there is no time budget: ``tune=False`` or a
+#: TuneConfig with ``seconds=None`` (the choices then take it all, or 40% before steps of tuning)
+NO_TUNE_SECONDS = 30.0
+#: ... or the time of this many forward passes of a calibration batch, when that is longer (a
+#: 1 B-parameter model's one pass takes seconds: 30 s would not hold one importance pass)
+NO_TUNE_PASSES = 40
+
+
+@dataclass
+class CompressReport:
+    """What :func:`compress` did."""
+
+    metric: str
+    target: float
+    sizes: dict[str, tuple[int, int]]          # group -> (before, after)
+    before: float                               # metric of the original network
+    after: float                                # metric of the compressed network
+    params_before: int
+    params_after: int
+    error_before_tuning: float                  # calibration loss vs the original outputs (``loss``)
+    error_after_tuning: float
+    tuning: dict[str, Any] = field(default_factory=dict)  # steps in all, and per stage
+    seconds: dict[str, float] = field(default_factory=dict)
+    sizes_method: str = "given"                 # which sizes won: "sensitivity", "uniform", "given"
+    sizes_errors: dict[str, float] = field(default_factory=dict)  # calibration error per sizes option
+    starts: dict[str, str] = field(default_factory=dict)          # group -> starting partition
+    start_errors: dict[str, float] = field(default_factory=dict)  # calibration error per start (all groups)
+    #: held-out calibration error of the best partitions and of the reconstruction baseline
+    reconstruct_errors: dict[str, float] = field(default_factory=dict)
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # "grid" / "weights": what each did
+    loss: str = "mse"                           # "mse": relative squared error; "kl": KL of class probabilities
+    temperature: float | None = None            # the temperature of "kl" (torchinn.training.distill)
+    loss_note: str = ""                         # why loss="auto" chose that loss and temperature
+    multiple: dict[str, int] = field(default_factory=dict)  # group -> the multiple its size was rounded to (> 1)
+    skipped: list[str] = field(default_factory=list)        # choices the time bound left out, and why
+    bound: float | None = None                              # seconds after the conversion it was given
+
+    @property
+    def ratio(self) -> float:
+        return self.after / self.before
+
+    def __str__(self) -> str:
+        lines = [f"{'group':48s} {'before':>7s} {'after':>7s} start"]
+        lines += [f"{n[:48]:48s} {b:7d} {a:7d} {self.starts.get(n, '-')}" for n, (b, a) in self.sizes.items()]
+        lines.append(f"{self.metric}: {self.before:.4g} -> {self.after:.4g} ({self.ratio:.1%} of the original, "
+                     f"target {self.target:.0%})")
+        lines.append(f"parameters: {self.params_before:,} -> {self.params_after:,}")
+        if self.multiple:
+            ms = set(self.multiple.values())
+            lines.append("sizes rounded to multiples of " + (str(ms.pop()) if len(ms) == 1 else str(self.multiple))
+                         + " (or the full size)")
+        temp = f" at temperature {self.temperature:.4g}" if self.loss == "kl" and self.temperature else ""
+        lines.append(f"loss: {self.loss}{temp}" + (f" ({self.loss_note})" if self.loss_note else ""))
+        if self.sizes_errors:
+            lines.append("sizes: " + ", ".join(f"{m} {e:.4g}" for m, e in self.sizes_errors.items())
+                         + f" -> {self.sizes_method}")
+        if self.start_errors:
+            lines.append("starts: " + ", ".join(f"{k} {e:.4g}" for k, e in self.start_errors.items()))
+        if self.reconstruct_errors:
+            lines.append("held out: " + ", ".join(f"{k} {e:.4g}" for k, e in self.reconstruct_errors.items()))
+        what = "relative output error" if self.loss == "mse" else f"{self.loss} distillation loss"
+        lines.append(f"{what}: {self.error_before_tuning:.4g} before tuning, {self.error_after_tuning:.4g} after")
+        for name, st in self.stages.items():
+            lines.append(f"  {name} tuning: {st['steps']} steps in {st['seconds']:.1f} s, validation error "
+                         f"{_fmt(st.get('start_error'))} -> {_fmt(st.get('best_error'))}")
+        if self.skipped:
+            lines.append("skipped: " + "; ".join(self.skipped))
+        lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items()))
+        tuned = self.seconds.get("tune_grid", 0.0) + self.seconds.get("tune_weights", 0.0)
+        spent = self.seconds.get("after_convert")
+        if spent and self.bound:
+            lines.append(f"after the conversion: {spent:.1f} s of a {self.bound:.1f} s bound, {tuned:.1f} s "
+                         f"({tuned / spent:.0%}) tuning")
+        return "\n".join(lines)
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def _metric(model: nn.Module, metric: str, inputs: tuple) -> float:
+    if metric == "params":
+        return float(sum(p.numel() for p in model.parameters()))
+    if metric == "flops":
+        return float(count_flops(model, inputs))
+    return measure_latency(model, inputs)
+
+
+def _bound(tune: TuneConfig | Literal[False]) -> float:
+    """Seconds for everything after the conversion."""
+    if tune is False or tune.seconds is None:
+        return NO_TUNE_SECONDS
+    return float(tune.seconds)
+
+
+def _calibration(calibration: Iterable[Any] | None, example_inputs: tuple, tune: TuneConfig | Literal[False]
+                 ) -> tuple[Iterable[Any], Iterable[Any], list[Any] | None]:
+    """(all the batches, the training ones, the held-out ones or ``None``): a one-shot iterator is
+    read into a list first; a list's last ``holdout`` share is held out (:func:`split_validation`)."""
+    if calibration is None:  # one batch: (inputs, no labels), so that several inputs stay inputs
+        return [(tuple(example_inputs),)], [(tuple(example_inputs),)], None
+    if iter(calibration) is calibration:  # one shot: keep what is needed to choose, validate and tune
+        kept = []
+        for batch in calibration:
+            kept.append(batch)
+            if len(kept) >= MAX_BATCHES:
+                log.warning("compress keeps the first %d batches of a one-shot calibration iterator", MAX_BATCHES)
+                break
+        calibration = kept
+    if isinstance(calibration, Sequence) and not calibration:
+        raise ValueError("the calibration loader is empty")
+    holdout = tune.holdout if tune is not False else TuneConfig().holdout
+    train, held_out = split_validation(calibration, holdout)
+    return calibration, train, held_out
+
+
+def _first(batches: Iterable[Any], n: int, skip: int = 0) -> list[Any]:
+    """Batches ``skip`` to ``skip + n`` of an iterable (a loader that is not a list)."""
+    out = []
+    for i, b in enumerate(batches):
+        if i >= skip + n:
+            break
+        if i >= skip:
+            out.append(b)
+    return out
+
+
+def _choice_batches(full: nn.Module, train: Iterable[Any], example_inputs: tuple, bound: float
+                    ) -> tuple[list[tuple], list[Any], float]:
+    """The choice batches (the first training batches: at most SELECT_BATCHES, fewer when their
+    forward passes would take more than CHOICE_PASSES_SHARE of ``bound``), the full network's
+    outputs on them, and the seconds of one forward pass."""
+    batches = [batch_inputs(b) for b in (train[:SELECT_BATCHES] if isinstance(train, Sequence)
+                                         else _first(train, SELECT_BATCHES))]
+    reference: list[Any] = []
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for b in batches:
+            reference.append(full(*b))
+            per_batch = (time.perf_counter() - t0) / len(reference)
+            if per_batch * (len(reference) + 1) > CHOICE_PASSES_SHARE * bound:
+                break
+    return batches[:len(reference)], reference, per_batch
+
+
+def _split(total: TuneConfig, share: float) -> TuneConfig | None:
+    """A stage's share of the budget (``None`` when it gets nothing)."""
+    steps = None if total.steps is None else round(total.steps * share)
+    seconds = None if total.seconds is None else total.seconds * share
+    if (steps is not None and steps < 1) or (seconds is not None and seconds <= 0) or share <= 0:
+        return None
+    return dataclasses.replace(total, steps=steps, seconds=seconds)
+
+
+def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0.5,
+             metric: Metric = "params", *, calibration: Iterable[Any] | None = None,
+             tune: TuneConfig | None | Literal[False] = None, config: ConvertConfig | None = None,
+             min_ratio: float = 0.1, sizes: Mapping[str, int] | None = None,
+             starts: Sequence[str] = STARTS, reconstruct: bool = True,
+             multiple: Multiple = 1, graph: bool = False) -> tuple[nn.Module, CompressReport]:
+    """Convert ``model``, shrink it to ``target`` times the ``metric``, tune on ``calibration``
+    (default: the example inputs) and return ``(plain_model, report)``.
+
+    ``tune=None`` tunes for 60 s (half grid, half weights: ``TuneConfig.weights_share``).
+    ``TuneConfig.seconds`` bounds everything after the conversion: the choices of sizes and
+    start (at most 40% of it, :mod:`torchinn.compression.choices`), the reconstruction candidate, the tuning
+    stages and the final checks share it (tuning gets what the choices left, see
+    ``report.seconds``), so ``compress`` with 60 s takes about 60 s plus the conversion.
+    ``tune=False`` does not tune: sizes and starting partitions are still chosen on the
+    calibration data, within :data:`NO_TUNE_SECONDS` (30 s) or :data:`NO_TUNE_PASSES` (40)
+    forward passes of a calibration batch, whichever is longer (also the bound of a
+    ``TuneConfig`` with ``seconds=None``, whose steps are then not bounded in time). The choices use the
+    training share of a list of calibration batches; its held-out share (``TuneConfig.holdout``)
+    judges the reconstruction and validates the tuning. ``sizes`` (group -> size) skips the choice of sizes. ``starts`` limits
+    the starting partitions tried (see :mod:`torchinn.compression.starts`); ``reconstruct`` also tries L1
+    selection with a least-squares refit of the layers that read pruned channels
+    (:func:`torchinn.compression.baselines.reconstruct`, fitted on the training batches), and starts from it
+    when it beats the best partitions on the held-out ones (then all the tuning budget goes to
+    the weights; with a single calibration batch there is nothing held out, and no
+    reconstruction); the refit fits the calibration data, so when that is unlike the data the network
+    will see, ``reconstruct=False`` is safer (on EfficientNet-Lite0 calibrated on other photos, the
+    partitions alone stayed closer to the original: benchmarks/RESULTS.md). ``multiple`` (one int
+    such as 8 or 16, or group name -> int; default 1) keeps every group at a multiple of it or at
+    its full size (:mod:`torchinn.sizing.rounding`): the sizes are chosen among those, and given ``sizes``
+    are rounded to them. ``model`` is not modified.
+
+    The network handed back is a copy of ``model``'s own class with smaller layers (see
+    :meth:`torchinn.IntegralModel.to_discrete`; batch norms come back as identity batch norms
+    after the layers they were folded into, and ``report.params_after`` counts them), or, with
+    ``graph=True`` or where the copy cannot follow the sizes (a ``UserWarning`` says why), the
+    graph module. ``report.after`` is the metric of the graph module, batch norms folded: what
+    the budget counts.
+    """
+    if isinstance(example_inputs, Tensor):
+        example_inputs = (example_inputs,)
+    if isinstance(example_inputs, Mapping):
+        raise TypeError(f"compress passes inputs by position: give example_inputs as a tensor or a tuple "
+                        f"(in the order of forward's parameters), got a dict of keyword inputs "
+                        f"{sorted(example_inputs)}")
+    check_budget(target, metric, min_ratio)  # before the conversion, and also when sizes are given
+    check_starts(starts)
+    if not isinstance(multiple, Mapping):
+        check_multiple(multiple)  # before the conversion; group names are checked after it
+    if tune is None:
+        tune = TuneConfig(seconds=60.0)
+    if tune is not False and not isinstance(tune, TuneConfig):
+        raise TypeError(f"tune must be a TuneConfig, None (60 s) or False (no tuning), got {type(tune).__name__}")
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    imodel = convert(model, example_inputs, config)
+    seconds["convert"] = time.perf_counter() - t0
+    groups = imodel.groups
+    multiples = resolve_multiple(multiple, list(groups), lambda name: groups[name].name)
+    t_budget = time.perf_counter()  # the bound counts from here
+    bound = _bound(tune)
+    source, train_source, held_out = _calibration(calibration, example_inputs, tune)
+    check_batches(imodel, [batch_inputs(b) for b in (source if isinstance(source, Sequence) else
+                                                     _first(source, SELECT_BATCHES))])  # before anything runs
+    full = imodel.to_discrete(graph=True).eval()  # the teacher, and the metric before
+    t0 = time.perf_counter()
+    before = _metric(full, metric, example_inputs)
+    metric_seconds = time.perf_counter() - t0
+    cal, reference, per_batch = _choice_batches(full, train_source, example_inputs, bound)
+    if tune is False or tune.seconds is None:  # no time budget given: a bound that one pass fits in
+        bound = max(bound, NO_TUNE_PASSES * per_batch)
+    # one loss (and temperature) for every choice and both tuning stages, from the teacher's outputs
+    loss = resolve_loss(tune.loss, reference, tune.temperature) if tune is not False else resolve_loss("auto", reference)
+    # held out from every choice; a loader that is not a list: the two batches after the choice ones
+    judge = [batch_inputs(b) for b in ((held_out or []) if isinstance(source, Sequence) else _first(source, 2, len(cal)))]
+    with torch.no_grad():
+        judged = [full(*b) for b in judge]
+    fit = ([batch_inputs(b) for b in train_source[:FIT_BATCHES]] if isinstance(train_source, Sequence) else list(cal))
+    if sizes is not None:
+        with kept_partitions(imodel):  # checked and rounded as resize does it
+            sizes = imodel.resize(dict(sizes), multiple=multiples)
+    # what comes after the tuning: the report's error, the metric and the user's class
+    reserve = (len(cal) + 2) * per_batch + metric_seconds
+    share = CHOICE_SHARE if tune is not False else 1.0
+    left = bound - (time.perf_counter() - t_budget) - reserve
+    steps = (1.0 - share) * left / (STEP_PASSES * per_batch) if per_batch > 0 else math.inf
+    few = tune is not False and tune.seconds is not None and steps < MIN_TUNING_STEPS
+    if few:  # a handful of steps would not pay for what the choices give up to make room for them
+        share = 1.0
+    made = choose(imodel, target=target, metric=metric, sizes=sizes, cal=cal, reference=reference, fit=fit,
+                  judge=judge, judged=judged, loss=loss, example_inputs=example_inputs, min_ratio=min_ratio,
+                  multiples=multiples, kinds=starts, reconstruct=reconstruct, seconds=max(0.0, share * left),
+                  per_batch=per_batch, teacher=full)
+    seconds.update(made.seconds)
+    if few:
+        made.skipped.append(f"tuning (about {steps:.0f} steps would fit after the choices, fewer than "
+                            f"{MIN_TUNING_STEPS}: the choices took the budget, and no step is started after them)")
+    choice, recon, versus = made.start, made.reconstruction, made.held_out
+    err0 = choice.error
+    start_errors = dict(choice.errors)
+    starts_used = dict(choice.kinds)
+    if recon is not None:
+        starts_used = {n: "reconstruct" for n in starts_used}
+        err0 = distill_error(recon, cal, reference, loss)
+    stages: dict[str, dict[str, Any]] = {}
+    budget = tune  # what the tuning stages get: what the choices left of the bound, less the reserve
+    if tune is not False and tune.seconds is not None:
+        left = bound - (time.perf_counter() - t_budget) - reserve
+        log.info("%.1f s of the %.1f s budget left for tuning", max(0.0, left), tune.seconds)
+        budget = dataclasses.replace(tune, seconds=left) if left > 0.05 and not few else False
+    if budget is not False:
+        share = 1.0 if recon is not None else budget.weights_share  # a refit network has no grid to tune
+        grid_cfg, weights_cfg = _split(budget, 1.0 - share), _split(budget, share)
+        t_tune = time.perf_counter()
+        if grid_cfg is not None:
+            t0 = time.perf_counter()
+            make_grid_trainable(imodel)
+            stages["grid"] = tune_grid(imodel, train_source, teacher=full, config=grid_cfg, validation=held_out,
+                                       loss_fn=loss)
+            seconds["tune_grid"] = time.perf_counter() - t0
+        imodel.eval()
+        small = recon if recon is not None else imodel.to_discrete(graph=True).eval()
+        if weights_cfg is not None:
+            t0 = time.perf_counter()
+            if budget.seconds is not None:  # what grid tuning left unspent goes to the weights
+                weights_cfg = dataclasses.replace(weights_cfg, seconds=max(weights_cfg.seconds,
+                                                                           budget.seconds - (t0 - t_tune)))
+            stages["weights"] = finetune(small, train_source, teacher=full, config=weights_cfg, validation=held_out,
+                                         loss_fn=loss)
+            seconds["tune_weights"] = time.perf_counter() - t0
+    else:
+        small = recon if recon is not None else imodel.to_discrete(graph=True).eval()
+    err1 = distill_error(small, cal, reference, loss)
+    report = CompressReport(
+        metric=metric, target=target,
+        sizes={n: (g.max_size, g.size) for n, g in imodel.groups.items()},
+        before=before, after=_metric(small, metric, example_inputs),
+        params_before=sum(p.numel() for p in model.parameters()),
+        params_after=sum(p.numel() for p in small.parameters()),
+        error_before_tuning=err0, error_after_tuning=err1,
+        tuning={"steps": sum(v.get("steps", 0) for v in stages.values()),
+                **{k: v.get("steps", 0) for k, v in stages.items()}}, seconds=seconds,
+        sizes_method=made.sizes_method, sizes_errors=made.sizes_errors, starts=starts_used,
+        start_errors=start_errors, stages=stages, loss=loss.kind, reconstruct_errors=versus,
+        temperature=loss.temperature if loss.kind == "kl" else None, loss_note=loss.note,
+        multiple={n: m for n, m in multiples.items() if m > 1}, skipped=made.skipped, bound=bound)
+    if not math.isfinite(err1):
+        log.warning("the compressed network's calibration error is not finite")
+    if not graph:  # the user's own class (or the graph module, with a warning saying why)
+        small = imodel.module_from(small.eval()).eval()
+        report.params_after = sum(p.numel() for p in small.parameters())
+    report.seconds["after_convert"] = time.perf_counter() - t_budget
+    return small, report

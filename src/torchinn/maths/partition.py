@@ -1,0 +1,405 @@
+"""Partitions of [0, 1]: the points where a group's continuous functions are sampled.
+
+A partition belongs to a channel *group*: every weight dimension in the group is sampled on the
+same points, so one call resizes every layer that shares it. Its ``max_size`` is the number of
+control values of those functions; its ``size`` is how many channels it currently gives.
+
+* :class:`UniformPartition` - the quadrature's standard nodes (equally spaced, or the Gauss-Legendre
+  nodes), resizable to any size in ``[1, max_size]``;
+* :class:`FixedPartition` - points given by the user;
+* :class:`TrainablePartition` - the seed's Listing 3: positions learned by gradient descent;
+* :class:`CompositePartition` - several partitions side by side (concatenated channels).
+
+The partitions of a whole model are listed, resized and randomly resized (for training with
+randomized discretization) by :mod:`torchinn.sizing.sizes`.
+
+>>> p = UniformPartition(8, "trapezoid")
+>>> p.resize(5).points()
+tensor([0.0000, 0.2500, 0.5000, 0.7500, 1.0000])
+>>> p.weights()
+tensor([0.1250, 0.2500, 0.2500, 0.2500, 0.1250])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .functions import interpolation_taps
+from .quadrature import GaussLegendre, Quadrature, check_points, get_quadrature
+
+__all__ = [
+    "Chunk",
+    "Partition",
+    "UniformPartition",
+    "GaussLegendrePartition",
+    "FixedPartition",
+    "TrainablePartition",
+    "CompositePartition",
+]
+
+Device = torch.device | str | None
+
+
+class Chunk(NamedTuple):
+    """One continuous segment of a partition: where to sample, and where the control values sit."""
+
+    points: Tensor
+    control: Tensor
+
+
+def _check_size(size: object, max_size: int, what: str) -> int:
+    if isinstance(size, bool) or not isinstance(size, int):
+        if isinstance(size, Tensor) and size.numel() == 1 and not size.is_floating_point():
+            size = int(size)
+        else:
+            raise TypeError(f"{what}: size must be an int, got {type(size).__name__} {size!r}")
+    if not 1 <= size <= max_size:
+        raise ValueError(f"{what} has {max_size} channels; size must be in [1, {max_size}], got {size}")
+    return size
+
+
+class Partition(nn.Module):
+    """Base class. Subclasses give :meth:`points`; the quadrature gives the weights."""
+
+    def __init__(self, max_size: int, quadrature: str | Quadrature = "trapezoid") -> None:
+        super().__init__()
+        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+            raise ValueError(f"max_size must be an int >= 1, got {max_size!r}")
+        self.max_size = max_size
+        self.quadrature = get_quadrature(quadrature)
+        self.quadrature.check_size(max_size)
+
+    # -- what subclasses provide ------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        raise NotImplementedError
+
+    def points(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
+        """The current points, strictly increasing in [0, 1]."""
+        raise NotImplementedError
+
+    def cache_key(self) -> tuple:
+        """Changes whenever :meth:`points` would change (used by layers' eval-mode caches)."""
+        raise NotImplementedError
+
+    @property
+    def is_standard(self) -> bool:
+        """True when :meth:`points` are exactly the control points (sampling is the identity)."""
+        return False
+
+    # -- shared -------------------------------------------------------------------------
+    @property
+    def resizable(self) -> bool:
+        return False
+
+    def weights(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
+        """Quadrature weights for :meth:`points`; they sum to 1."""
+        return self.quadrature.weights(self.points(device, dtype), validate=False)
+
+    def control_points(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
+        """Where the control values of functions on this partition sit: the standard nodes of
+        ``max_size`` points, so that the full-size standard partition samples them exactly."""
+        return self.quadrature.nodes(self.max_size, device=device, dtype=dtype)
+
+    def full_weights(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
+        """Quadrature weights at the control points (the full-size standard partition)."""
+        return self.quadrature.weights(self.control_points(device, dtype), validate=False)
+
+    def chunks(self, device: Device = None, dtype: torch.dtype | None = None) -> list[Chunk]:
+        """The continuous segments along this partition (one, except for composites). When the
+        points are the control points, both fields hold the same tensor (sampling is skipped)."""
+        points = self.points(device, dtype)
+        if self.is_standard:
+            return [Chunk(points, points)]
+        return [Chunk(points, self.control_points(device, dtype))]
+
+    def chunk_sizes(self) -> list[tuple[int, int]]:
+        """``(size, max_size)`` of every chunk."""
+        return [(self.size, self.max_size)]
+
+    def leaves(self) -> list[Partition]:
+        """The partitions this one is made of (itself, except for composites)."""
+        return [self]
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, max_size={self.max_size}, quadrature={self.quadrature.name!r}"
+
+
+class UniformPartition(Partition):
+    """The quadrature's standard nodes for the current size; resizable in ``[1, max_size]``.
+
+    The points are equally spaced for every rule except Gauss-Legendre, which uses its own nodes.
+    """
+
+    def __init__(self, max_size: int, quadrature: str | Quadrature = "trapezoid",
+                 size: int | None = None) -> None:
+        super().__init__(max_size, quadrature)
+        self._size = max_size
+        self._cache: dict[tuple, Tensor] = {}
+        if size is not None:
+            self.resize(size)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def resizable(self) -> bool:
+        return True
+
+    def resize(self, size: int) -> UniformPartition:
+        """Set the number of points; returns ``self``."""
+        size = _check_size(size, self.max_size, f"{type(self).__name__}")
+        self.quadrature.check_size(size)
+        self._size = size
+        return self
+
+    @property
+    def is_standard(self) -> bool:
+        return self._size == self.max_size
+
+    def points(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
+        dtype = dtype or torch.get_default_dtype()
+        key = (self._size, str(torch.device(device or "cpu")), dtype)
+        out = self._cache.get(key)
+        if out is None:
+            out = self._cache[key] = self.quadrature.nodes(self._size, device=device, dtype=dtype)
+        return out
+
+    def weights(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
+        dtype = dtype or torch.get_default_dtype()
+        key = ("q", self._size, str(torch.device(device or "cpu")), dtype)
+        out = self._cache.get(key)
+        if out is None:
+            out = self._cache[key] = super().weights(device, dtype)
+        return out
+
+    def control_points(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
+        dtype = dtype or torch.get_default_dtype()
+        key = ("c", self.max_size, str(torch.device(device or "cpu")), dtype)
+        out = self._cache.get(key)
+        if out is None:
+            out = self._cache[key] = super().control_points(device, dtype)
+        return out
+
+    def cache_key(self) -> tuple:
+        return (self._size,)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_cache"] = {}
+        return state
+
+
+class GaussLegendrePartition(UniformPartition):
+    """Gauss-Legendre nodes of the current size (the quadrature is Gauss-Legendre)."""
+
+    def __init__(self, max_size: int, size: int | None = None) -> None:
+        super().__init__(max_size, GaussLegendre(), size)
+
+
+class FixedPartition(Partition):
+    """User-given points (strictly increasing, in [0, 1]); not resizable.
+
+    ``max_size`` is the number of control values of the functions sampled on it (default: as many
+    as there are points).
+    """
+
+    def __init__(self, points: Tensor | Iterable[float], quadrature: str | Quadrature = "trapezoid",
+                 max_size: int | None = None) -> None:
+        pts = points if isinstance(points, Tensor) else torch.tensor(list(points), dtype=torch.float64)
+        check_points(pts)
+        super().__init__(max_size if max_size is not None else pts.numel(), quadrature)
+        _check_size(pts.numel(), self.max_size, "FixedPartition")
+        self.quadrature.weights(pts)  # raises if the rule cannot use these points
+        self.register_buffer("_points", pts.detach().clone(), persistent=True)
+
+    @property
+    def size(self) -> int:
+        return self._points.numel()
+
+    def points(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
+        return self._points.to(device=device or self._points.device, dtype=dtype or torch.get_default_dtype())
+
+    def cache_key(self) -> tuple:
+        return (self.size, self._points._version)
+
+
+class TrainablePartition(Partition):
+    """A partition whose points are learned (the seed's Listing 3, generalised).
+
+    The ``size + 1`` gaps between ``0``, the points, and ``1`` are ``delta**2`` normalised to sum
+    to one, each raised to at least ``floor = max(eps, 2 * finfo(dtype).eps)`` (Listing 3 adds
+    ``1e-8``): ``gap = floor + (1 - m * floor) * delta**2 / sum(delta**2)`` over the ``m`` free
+    gaps. The scale of ``delta`` does not matter (no overflow), so the points stay strictly
+    increasing inside [0, 1], in the working precision, whatever the optimizer does.
+    A gap that starts at zero (the first point at 0 or the last at 1, as for the trapezoid rule)
+    stays zero, and that point stays exactly 0 or 1: Listing 3 fixes the first point at 0 the
+    same way.
+
+    ``mix`` blends two ways of weighting the sampled channels: ``1`` (default) is the
+    quadrature of the current points (the integral, as in the paper); ``0`` gives every point
+    the full-size weight at its position, so that points on control nodes reproduce those
+    channels unscaled: plain channel selection. Values in between interpolate linearly;
+    ``train_mix=True`` makes it a trained parameter (kept in [0, 1]).
+
+    >>> p = TrainablePartition(torch.tensor([0.0, 0.5, 1.0]), max_size=5, mix=0.0)
+    >>> p.weights() / p.full_weights()[[0, 2, 4]]       # unit scales: channels 0, 2, 4 selected
+    tensor([1., 1., 1.], grad_fn=<DivBackward0>)
+    """
+
+    def __init__(self, init: Partition | Tensor, quadrature: str | Quadrature | None = None,
+                 max_size: int | None = None, eps: float = 1e-8, mix: float = 1.0,
+                 train_mix: bool = False) -> None:
+        if isinstance(init, Partition):
+            if isinstance(init, CompositePartition):
+                raise TypeError("make each sub-partition of a CompositePartition trainable instead")
+            quadrature = quadrature or init.quadrature
+            max_size = max_size or init.max_size
+            init = init.points(dtype=torch.float64)
+        quadrature = get_quadrature(quadrature or "trapezoid")
+        if isinstance(quadrature, GaussLegendre):
+            raise ValueError("a trainable partition cannot use the Gauss-Legendre rule: its weights "
+                             "exist only at its own nodes; use trapezoid, simpson, midpoint, left or right")
+        check_points(init, "initial partition")
+        super().__init__(max_size if max_size is not None else init.numel(), quadrature)
+        _check_size(init.numel(), self.max_size, "TrainablePartition")
+        quadrature.check_size(init.numel())
+        self.eps = eps
+        gaps = torch.diff(init.detach().double(), prepend=init.new_zeros(1).double(),
+                          append=init.new_ones(1).double())
+        fixed = gaps <= 0
+        # Invert gaps(): with sum(delta**2) = 1 the free gaps are floor + (1 - m*floor) * delta**2.
+        dtype = torch.get_default_dtype()
+        floor, m = self._floor(dtype, gaps.numel()), int((~fixed).sum())
+        delta = torch.sqrt(torch.clamp((gaps - floor) / (1 - m * floor), min=0.0))
+        self.delta = nn.Parameter(torch.where(fixed, 0.0, delta).to(dtype))
+        self.register_buffer("_free", ~fixed, persistent=True)
+        if isinstance(mix, bool) or not isinstance(mix, (int, float)) or not 0.0 <= mix <= 1.0:
+            raise ValueError(f"mix must be a number in [0, 1] (1: quadrature weights, 0: selection), got {mix!r}")
+        raw = torch.tensor(float(mix), dtype=dtype)
+        if train_mix:
+            self.mix_raw = nn.Parameter(raw)
+        else:
+            self.register_buffer("mix_raw", raw, persistent=True)
+
+    @property
+    def mix(self) -> Tensor:
+        """The share of quadrature weighting in [0, 1] (straight-through clamp: the gradient
+        always reaches the raw value, so a trained mix can come back from a bound)."""
+        raw = self.mix_raw
+        return raw + (raw.clamp(0.0, 1.0) - raw).detach()
+
+    def weights(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
+        points = self.points(device, dtype)
+        q = self.quadrature.weights(points, validate=False)
+        if not self.mix_raw.requires_grad and float(self.mix_raw.detach()) >= 1.0:
+            return q
+        # the full-size weights at the points (linear between control nodes, exact on them)
+        full = self.full_weights(points.device, points.dtype)
+        idx, w = interpolation_taps(points, self.control_points(points.device, points.dtype), "linear")
+        selected = (full[idx] * w).sum(-1)
+        m = self.mix.to(points.dtype)
+        return m * q + (1 - m) * selected
+
+    def _floor(self, dtype: torch.dtype, n_gaps: int) -> float:
+        """The smallest free gap: large enough that neighbouring points differ in ``dtype``."""
+        return min(max(self.eps, 2 * torch.finfo(dtype).eps), 0.5 / n_gaps)
+
+    @property
+    def size(self) -> int:
+        return self.delta.numel() - 1
+
+    def gaps(self) -> Tensor:
+        d, free = self.delta, self._free
+        tiny = torch.finfo(d.dtype).tiny
+        # delta / max|delta| keeps delta**2 finite; the normalised gaps do not depend on the scale.
+        d = d / d.detach().abs().max().clamp_min(tiny)
+        w = torch.where(free, d**2 + tiny, torch.zeros_like(d))
+        floor = self._floor(d.dtype, d.numel())
+        m = free.sum().to(d.dtype)
+        return torch.where(free, floor + (1 - m * floor) * (w / w.sum()), torch.zeros_like(d))
+
+    def points(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
+        c = torch.cumsum(self.gaps(), 0)
+        # c[-1] is 1 up to rounding: dividing by it keeps every point <= 1, and a point followed
+        # only by a fixed (zero) gap exactly 1.
+        pts = c[:-1] / c[-1].detach()
+        if device is not None and pts.device != torch.device(device):
+            raise ValueError(
+                f"trainable partition lives on {pts.device} but was asked for points on {device}; "
+                "move the model with .to(device)"
+            )
+        return pts if dtype is None else pts.to(dtype)
+
+    def cache_key(self) -> tuple:
+        return (self.size, self.delta._version, self.delta.data_ptr(), self.mix_raw._version,
+                self.mix_raw.data_ptr())
+
+    def extra_repr(self) -> str:
+        mix = float(self.mix.detach())
+        return super().extra_repr() + (f", mix={mix:.3g}" if mix != 1.0 else "")
+
+
+class CompositePartition(Partition):
+    """Partitions laid side by side, for concatenated channels: each part keeps its own continuous
+    functions (no interpolation across a seam); part ``i`` covers a share of [0, 1] proportional
+    to its ``max_size``."""
+
+    def __init__(self, parts: Iterable[Partition]) -> None:
+        parts = list(parts)
+        if not parts:
+            raise ValueError("CompositePartition needs at least one part")
+        for p in parts:
+            if not isinstance(p, Partition):
+                raise TypeError(f"CompositePartition parts must be Partitions, got {type(p).__name__}")
+        total = sum(p.max_size for p in parts)
+        super().__init__(total, parts[0].quadrature)
+        self.parts = nn.ModuleList(parts)
+
+    @property
+    def size(self) -> int:
+        return sum(p.size for p in self.parts)
+
+    def _shares(self) -> list[float]:
+        return [p.max_size / self.max_size for p in self.parts]
+
+    def points(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
+        out, start = [], 0.0
+        for p, share in zip(self.parts, self._shares()):
+            out.append(start + share * p.points(device, dtype))
+            start += share
+        return torch.cat(out)
+
+    def weights(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
+        return torch.cat([share * p.weights(device, dtype) for p, share in zip(self.parts, self._shares())])
+
+    def control_points(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
+        raise TypeError("a CompositePartition has no single control grid; use chunks()")
+
+    def full_weights(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
+        return torch.cat([share * p.full_weights(device, dtype)
+                          for p, share in zip(self.parts, self._shares())])
+
+    def chunks(self, device: Device = None, dtype: torch.dtype | None = None) -> list[Chunk]:
+        return [c for p in self.parts for c in p.chunks(device, dtype)]
+
+    def chunk_sizes(self) -> list[tuple[int, int]]:
+        return [s for p in self.parts for s in p.chunk_sizes()]
+
+    def leaves(self) -> list[Partition]:
+        return [leaf for p in self.parts for leaf in p.leaves()]
+
+    def cache_key(self) -> tuple:
+        return tuple(p.cache_key() for p in self.parts)
+
+    @property
+    def is_standard(self) -> bool:
+        return all(p.is_standard for p in self.parts)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, max_size={self.max_size}"

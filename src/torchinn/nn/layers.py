@@ -1,0 +1,414 @@
+"""Integral operators: fully connected and convolution layers with continuous weights.
+
+Each layer keeps its weight (and bias) as a :class:`~torchinn.maths.functions.ContinuousFunction` of
+the output and input channel coordinates. A channel count given as an ``int`` is discrete (a
+network's input channels or its classes); given as a :class:`~torchinn.maths.partition.Partition` it is
+continuous, and every layer holding the same partition object is sampled on the same points.
+
+Forward (the Neural Integral Lemma): sample the weight on the current partitions, multiply it by
+the input partition's quadrature weights (fused into the weight, not applied to activations), and
+call ``F.linear`` / ``F.conv*``. In eval mode the sampled weight is cached until a size, a
+partition or a parameter changes. :meth:`IntegralLayer.to_discrete` returns the plain ``nn`` twin.
+
+>>> import torch
+>>> from torchinn import IntegralConv2d, IntegralLinear, UniformPartition
+>>> p = UniformPartition(32)
+>>> net = torch.nn.Sequential(IntegralConv2d(3, p, 3, padding=1), torch.nn.ReLU(),
+...                           torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), IntegralLinear(p, 10))
+>>> p.resize(8)
+UniformPartition(size=8, max_size=32, quadrature='trapezoid')
+>>> net[0].to_discrete()
+Conv2d(3, 8, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import skip_init
+
+from ..maths.functions import ContinuousFunction, Kind
+from ..maths.partition import Partition
+
+__all__ = [
+    "IntegralLayer",
+    "IntegralLinear",
+    "IntegralConv1d",
+    "IntegralConv2d",
+    "IntegralConv3d",
+    "IntegralConvTranspose1d",
+    "IntegralConvTranspose2d",
+    "IntegralConvTranspose3d",
+    "LAYERS",
+    "register_layer",
+]
+
+Channels = int | Partition
+
+#: nn layer type -> its integral twin, filled by :func:`register_layer` (a lookup for users: conversion
+#: works on the traced graph and each layer builds its own plain module in ``to_discrete``; neither reads it).
+LAYERS: dict[type[nn.Module], type[IntegralLayer]] = {}
+
+
+def register_layer(nn_type: type[nn.Module]) -> Callable[[type[IntegralLayer]], type[IntegralLayer]]:
+    """Class decorator: the decorated integral layer is the continuous twin of ``nn_type``."""
+
+    def deco(cls: type[IntegralLayer]) -> type[IntegralLayer]:
+        LAYERS[nn_type] = cls
+        cls.discrete_type = nn_type
+        return cls
+
+    return deco
+
+
+def _max(ch: Channels, what: str) -> int:
+    if isinstance(ch, Partition):
+        return ch.max_size
+    if isinstance(ch, bool) or not isinstance(ch, int) or ch < 1:
+        raise ValueError(f"{what} must be a positive int or a Partition, got {ch!r}")
+    return ch
+
+
+class IntegralLayer(nn.Module):
+    """Base class of the integral operators.
+
+    Subclasses set ``in_dim``/``out_dim`` (the weight dimensions that run over input and output
+    channels), build the discrete twin with :meth:`_make_discrete` and run it with :meth:`_run`.
+    """
+
+    discrete_type: type[nn.Module] = nn.Module
+    in_dim = 1
+    out_dim = 0
+
+    def _setup(self, in_ch: Channels, out_ch: Channels, template: nn.Module,
+               kind: Kind, depthwise: bool = False) -> None:
+        """Take weight and bias from ``template`` (an ``nn`` layer at full size) and fit the
+        continuous functions so that sampling at full size reproduces it exactly."""
+        self.in_partition = in_ch if isinstance(in_ch, Partition) else None
+        self.out_partition = out_ch if isinstance(out_ch, Partition) else None
+        self._in_fixed = None if isinstance(in_ch, Partition) else in_ch
+        self._out_fixed = None if isinstance(out_ch, Partition) else out_ch
+        self.depthwise = depthwise
+        self.kind = kind
+        weight = template.weight.detach()
+        q = self._in_quadrature(weight, full=True)
+        self.weight_fn = ContinuousFunction(weight / q if q is not None else weight,
+                                            list(self._continuous_dims()), kind)
+        bias = getattr(template, "bias", None)
+        if bias is not None:
+            bias_dims = (0,) if self.out_partition is not None else ()
+            self.bias_fn: ContinuousFunction | None = ContinuousFunction(bias.detach(), bias_dims, kind)
+        else:
+            self.bias_fn = None
+        self._cache: tuple[Any, Tensor, Tensor | None] | None = None
+
+    # -- sizes ----------------------------------------------------------------------------
+    @property
+    def in_size(self) -> int:
+        """Current number of input channels."""
+        return self.in_partition.size if self.in_partition is not None else self._in_fixed
+
+    @property
+    def out_size(self) -> int:
+        """Current number of output channels."""
+        return self.out_partition.size if self.out_partition is not None else self._out_fixed
+
+    @property
+    def groups_now(self) -> int:
+        return self.out_size if self.depthwise else self.groups
+
+    # -- sampling -------------------------------------------------------------------------
+    def _continuous_dims(self) -> dict[int, Partition]:
+        """Weight dimension -> the partition it is sampled on."""
+        if self.depthwise:  # weight (C, 1, *k) for both conv and transposed conv
+            return {0: self.out_partition}
+        dims = {}
+        if self.out_partition is not None:
+            dims[self.out_dim] = self.out_partition
+        if self.in_partition is not None:
+            dims[self.in_dim] = self.in_partition
+        return dims
+
+    def _in_quadrature(self, like: Tensor, full: bool = False) -> Tensor | None:
+        """Quadrature weights of the input partition times its ``max_size`` (1 on average at full
+        size), shaped to broadcast along the input dimension. The stored values are the weight
+        divided by the full-size ones, so they keep the weight's magnitude (and learning rate)."""
+        p = self.in_partition
+        if p is None or self.depthwise:
+            return None
+        q = p.full_weights(like.device, like.dtype) if full else p.weights(like.device, like.dtype)
+        shape = [1] * like.ndim
+        shape[self.in_dim] = -1
+        return (q * p.max_size).reshape(shape)
+
+    def sample(self) -> tuple[Tensor, Tensor | None]:
+        """The discrete weight (quadrature fused in) and bias at the current sizes."""
+        values = self.weight_fn.values
+        dev, dt = values.device, values.dtype
+        dims = self._continuous_dims()
+        # each partition's chunks and taps once, shared by the weight and the bias
+        parts = {id(p): p for p in (*dims.values(), self.out_partition) if p is not None}
+        chunks = {k: p.chunks(dev, dt) for k, p in parts.items()}
+        grids = {d: chunks[id(p)] for d, p in dims.items()}
+        memo: dict = {}
+        weight = self.weight_fn.sample(grids, memo)
+        q = self._in_quadrature(weight)
+        if q is not None:
+            weight = weight * q
+        bias = None
+        if self.bias_fn is not None:
+            out_grid = chunks[id(self.out_partition)] if self.out_partition is not None else None
+            bias = self.bias_fn.sample({0: out_grid}, memo)
+        return weight, bias
+
+    def _cache_key(self) -> tuple:
+        parts = tuple(p.cache_key() if p is not None else None for p in (self.in_partition, self.out_partition))
+        params = tuple((t.data_ptr(), t._version) for t in self.parameters())
+        return parts + params + (torch.is_grad_enabled(),)
+
+    def sampled(self) -> tuple[Tensor, Tensor | None]:
+        """Like :meth:`sample`, but cached in eval mode while nothing needs a gradient (as
+        :meth:`torchinn.IntegralModel.sampled`)."""
+        cacheable = not self.training and not (
+            torch.is_grad_enabled() and any(t.requires_grad for t in self.parameters()))
+        if not cacheable:
+            self._cache = None
+            return self.sample()
+        key = self._cache_key()
+        if self._cache is None or self._cache[0] != key:
+            weight, bias = self.sample()
+            self._cache = (key, weight, bias)
+        return self._cache[1], self._cache[2]
+
+    def forward(self, input: Tensor) -> Tensor:
+        weight, bias = self.sampled()
+        if input.device != weight.device:
+            raise ValueError(
+                f"{type(self).__name__}: input is on {input.device} but the layer's weights are on "
+                f"{weight.device}; move one of them with .to()"
+            )
+        axis = self._channel_axis(input)
+        if input.shape[axis] != self.in_size:
+            raise ValueError(
+                f"{type(self).__name__}: expected {self.in_size} input channels (dim {axis}) at the "
+                f"current sizes, but got input of shape {tuple(input.shape)}"
+            )
+        return self._run(input, weight, bias)
+
+    def _channel_axis(self, input: Tensor) -> int:
+        """The input dimension that runs over channels; raises for a wrong number of dims."""
+        raise NotImplementedError
+
+    def _run(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def _make_discrete(self, weight: Tensor, bias: Tensor | None) -> nn.Module:
+        raise NotImplementedError
+
+    def to_discrete(self) -> nn.Module:
+        """A fresh plain ``nn`` layer with the weights sampled at the current sizes (built without
+        a random initialisation: the global RNG is not touched)."""
+        with torch.no_grad():
+            weight, bias = self.sample()
+        layer = self._make_discrete(weight, bias)
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+            if bias is not None:
+                layer.bias.copy_(bias)
+        return layer.train(self.training)
+
+    def _discrete_kwargs(self) -> dict[str, Any]:
+        values = self.weight_fn.values
+        return {"device": values.device, "dtype": values.dtype}
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
+
+    def _channels_repr(self) -> str:
+        def one(p: Partition | None, fixed: int | None) -> str:
+            return f"{p.size}/{p.max_size}" if p is not None else str(fixed)
+        return (f"{one(self.in_partition, self._in_fixed)}, {one(self.out_partition, self._out_fixed)}")
+
+
+@register_layer(nn.Linear)
+class IntegralLinear(IntegralLayer):
+    """Integral twin of :class:`torch.nn.Linear`: ``y(x_out) = ∫ W(x_out, x_in) x(x_in) dx_in + b(x_out)``.
+
+    Args:
+        in_features: an ``int`` (discrete) or a :class:`Partition` (continuous).
+        out_features: an ``int`` (discrete) or a :class:`Partition` (continuous).
+        bias: learn a bias (a continuous function of ``x_out``).
+        kind: ``"cubic"`` or ``"linear"`` interpolation of the control values.
+    """
+
+    in_dim, out_dim = 1, 0
+
+    def __init__(self, in_features: Channels, out_features: Channels, bias: bool = True, *,
+                 kind: Kind = "cubic", device: Any = None, dtype: Any = None) -> None:
+        super().__init__()
+        template = nn.Linear(_max(in_features, "in_features"), _max(out_features, "out_features"),
+                             bias, device=device, dtype=dtype)
+        self._setup(in_features, out_features, template, kind)
+
+    @classmethod
+    def from_discrete(cls, layer: nn.Linear, in_features: Channels | None = None,
+                      out_features: Channels | None = None, *, kind: Kind = "cubic"
+                      ) -> IntegralLinear:
+        """The integral layer that reproduces ``layer`` exactly at full size."""
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self._setup(in_features or layer.in_features, out_features or layer.out_features, layer, kind)
+        return self
+
+    def _channel_axis(self, input: Tensor) -> int:
+        if input.ndim == 0:
+            raise ValueError("IntegralLinear needs an input with at least one dimension, got a scalar")
+        return input.ndim - 1
+
+    def _run(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return F.linear(input, weight, bias)
+
+    def _make_discrete(self, weight: Tensor, bias: Tensor | None) -> nn.Module:
+        return skip_init(nn.Linear, self.in_size, self.out_size, bias is not None, **self._discrete_kwargs())
+
+    def extra_repr(self) -> str:
+        return f"in, out={self._channels_repr()}, bias={self.bias_fn is not None}, kind={self.kind!r}"
+
+
+class _IntegralConvNd(IntegralLayer):
+    _nn_conv: type[nn.Module] = nn.Conv2d
+    transposed = False
+
+    def __init__(self, in_channels: Channels, out_channels: Channels, kernel_size: int | tuple,
+                 stride: int | tuple = 1, padding: int | tuple | str = 0, dilation: int | tuple = 1,
+                 groups: int | Partition = 1, bias: bool = True, padding_mode: str = "zeros", *,
+                 output_padding: int | tuple = 0, kind: Kind = "cubic",
+                 device: Any = None, dtype: Any = None, _template: nn.Module | None = None) -> None:
+        super().__init__()
+        depthwise = isinstance(groups, Partition)
+        if depthwise and not (groups is in_channels and groups is out_channels):
+            raise ValueError(
+                "groups may be a Partition only for a depthwise convolution: pass the same "
+                "Partition object as in_channels, out_channels and groups")
+        if not depthwise and groups != 1 and (isinstance(in_channels, Partition) or isinstance(out_channels, Partition)):
+            raise ValueError(
+                f"groups={groups} with continuous channels is not supported; use groups=1, or a "
+                "depthwise convolution (groups=the same Partition as in and out channels)")
+        n_in, n_out = _max(in_channels, "in_channels"), _max(out_channels, "out_channels")
+        n_groups = n_in if depthwise else groups
+        if _template is None:
+            kw: dict[str, Any] = dict(stride=stride, padding=padding, dilation=dilation, groups=n_groups,
+                                      bias=bias, padding_mode=padding_mode, device=device, dtype=dtype)
+            if self.transposed:
+                kw["output_padding"] = output_padding
+            _template = self._nn_conv(n_in, n_out, kernel_size, **kw)
+        t = _template
+        self.kernel_size, self.stride, self.dilation = t.kernel_size, t.stride, t.dilation
+        self.padding, self.padding_mode = t.padding, t.padding_mode
+        self.output_padding = getattr(t, "output_padding", None)
+        self.groups = 1 if depthwise else t.groups
+        self._setup(in_channels, out_channels, t, kind, depthwise=depthwise)
+
+    @classmethod
+    def from_discrete(cls, layer: nn.Module, in_channels: Channels | None = None,
+                      out_channels: Channels | None = None, *, kind: Kind = "cubic",
+                      depthwise: bool = False) -> _IntegralConvNd:
+        """The integral layer that reproduces the ``nn`` convolution ``layer`` exactly at full size.
+
+        With ``depthwise=True``, ``in_channels`` and ``out_channels`` must be the same Partition."""
+        in_ch = in_channels if in_channels is not None else layer.in_channels
+        out_ch = out_channels if out_channels is not None else layer.out_channels
+        groups = in_ch if depthwise else layer.groups
+        return cls(in_ch, out_ch, layer.kernel_size, groups=groups, kind=kind, _template=layer)
+
+    def _channel_axis(self, input: Tensor) -> int:
+        n = len(self.kernel_size)
+        if input.ndim not in (n + 1, n + 2):
+            raise ValueError(
+                f"{type(self).__name__} expects a {n + 1}-D (unbatched) or {n + 2}-D (batched) "
+                f"input, got shape {tuple(input.shape)}")
+        return input.ndim - n - 1
+
+    def _padding_for(self, input: Tensor) -> tuple[Tensor, Any]:
+        if self.padding_mode == "zeros":
+            return input, self.padding
+        if self.padding == "valid":
+            return input, 0
+        pads: list[int] = []
+        for k, d, p in zip(reversed(self.kernel_size), reversed(self.dilation),
+                           reversed(self.padding if self.padding != "same" else [None] * len(self.kernel_size))):
+            if p is None:  # 'same'
+                total = d * (k - 1)
+                pads += [total // 2, total - total // 2]
+            else:
+                pads += [p, p]
+        return F.pad(input, pads, mode=self.padding_mode), 0
+
+    def _make_discrete(self, weight: Tensor, bias: Tensor | None) -> nn.Module:
+        kw: dict[str, Any] = dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
+                                  groups=self.groups_now, bias=bias is not None,
+                                  padding_mode=self.padding_mode, **self._discrete_kwargs())
+        if self.transposed:
+            kw["output_padding"] = self.output_padding
+        return skip_init(self._nn_conv, self.in_size, self.out_size, self.kernel_size, **kw)
+
+    def extra_repr(self) -> str:
+        s = f"in, out={self._channels_repr()}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding not in (0, (0,) * len(self.kernel_size)):
+            s += f", padding={self.padding}"
+        if self.dilation != (1,) * len(self.kernel_size):
+            s += f", dilation={self.dilation}"
+        if self.depthwise:
+            s += ", groups=depthwise"
+        elif self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
+        return s + f", bias={self.bias_fn is not None}, kind={self.kind!r}"
+
+
+class _Conv(_IntegralConvNd):
+    in_dim, out_dim = 1, 0
+    _conv: Callable[..., Tensor] = staticmethod(F.conv2d)
+
+    def _run(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        input, padding = self._padding_for(input)
+        return type(self)._conv(input, weight, bias, self.stride, padding, self.dilation, self.groups_now)
+
+
+class _ConvTranspose(_IntegralConvNd):
+    in_dim, out_dim = 0, 1
+    transposed = True
+    _conv: Callable[..., Tensor] = staticmethod(F.conv_transpose2d)
+
+    def _run(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return type(self)._conv(input, weight, bias, self.stride, self.padding, self.output_padding,
+                                self.groups_now, self.dilation)
+
+
+def _conv_class(name: str, base: type[_IntegralConvNd], nn_type: type[nn.Module],
+                fn: Callable[..., Tensor]) -> type[_IntegralConvNd]:
+    doc = (f"Integral twin of :class:`torch.nn.{nn_type.__name__}`; takes the same arguments, and "
+           "``in_channels``/``out_channels`` may be Partitions (continuous). A depthwise convolution "
+           "passes the same Partition as in_channels, out_channels and groups.")
+    cls = type(name, (base,), {"_nn_conv": nn_type, "_conv": staticmethod(fn), "__doc__": doc,
+                               "__module__": __name__})
+    return register_layer(nn_type)(cls)
+
+
+IntegralConv1d = _conv_class("IntegralConv1d", _Conv, nn.Conv1d, F.conv1d)
+IntegralConv2d = _conv_class("IntegralConv2d", _Conv, nn.Conv2d, F.conv2d)
+IntegralConv3d = _conv_class("IntegralConv3d", _Conv, nn.Conv3d, F.conv3d)
+IntegralConvTranspose1d = _conv_class("IntegralConvTranspose1d", _ConvTranspose, nn.ConvTranspose1d,
+                                      F.conv_transpose1d)
+IntegralConvTranspose2d = _conv_class("IntegralConvTranspose2d", _ConvTranspose, nn.ConvTranspose2d,
+                                      F.conv_transpose2d)
+IntegralConvTranspose3d = _conv_class("IntegralConvTranspose3d", _ConvTranspose, nn.ConvTranspose3d,
+                                      F.conv_transpose3d)
+

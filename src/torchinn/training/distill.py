@@ -1,0 +1,223 @@
+"""Distillation losses (how far a network's outputs are from its teacher's) and the automatic
+choice among them.
+
+Every choice :func:`torchinn.compress` makes (sizes, starts, screening) and both tuning stages
+measure the same :class:`Distillation`: ``"mse"`` (squared error of every floating output) or
+``"kl"`` at a temperature ``T`` (Hinton et al.: ``T**2`` times the KL divergence of the
+teacher's softmax at ``T`` to the output's).
+
+**Why a temperature.** A classifier that is confident on its calibration data puts a
+probability of ``1 - 1e-12`` on its class: at ``T = 1`` the KL divergence of every candidate is
+then about ``1e-12``, float noise, and the choices are made by it. ``loss="auto"`` therefore
+reads the teacher's outputs on the calibration batches once (:func:`resolve_loss`):
+
+* outputs that are not class logits (:func:`loss_kind`: not ``(batch, classes)`` or
+  ``(batch, positions, classes)``, or a softmax that is nearly uniform or never changes its top
+  class, as regression scores and embeddings give): ``"mse"``;
+* class logits: ``"kl"`` at the temperature where the teacher's mean top probability on the
+  calibration batches falls to :data:`CONFIDENCE` (0.9; found by bisection on the cached
+  logits, :func:`fit_temperature`), and at ``T = 1`` when it is already at most that (a teacher
+  that is not over-confident is distilled as before). At that temperature the probabilities of
+  the classes after the first carry a tenth of the mass, so a candidate that shifts them is
+  seen, while the loss still ignores what softmax ignores (adding a constant to every logit);
+* class logits that stay saturated even at :data:`MAX_TEMPERATURE` (logit gaps of thousands):
+  ``"mse"`` on the logits. As ``T`` grows, ``T**2`` KL tends to the squared error of the
+  centred logits over twice the number of classes (Hinton et al. 2015, section 2.1), so this is
+  the limit of the same loss, without a temperature that float64 would have to resolve.
+
+>>> import torch
+>>> logits = [torch.tensor([[40.0, 0.0, 0.0], [0.0, 40.0, 0.0]])]  # saturated: top probability 1
+>>> loss = resolve_loss("auto", logits)
+>>> loss.kind, round(loss.temperature, 2), round(mean_confidence(logits, loss.temperature), 3)
+('kl', 13.84, 0.9)
+>>> resolve_loss("auto", [torch.tensor([[0.5, 0.0, 0.0]])]).temperature  # not confident: T = 1
+1.0
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils import _pytree as pytree
+
+from ..options import check_choice, check_number
+
+__all__ = ["CONFIDENCE", "Distillation", "LOGIT_ENTROPY", "LOSS_CHOICES", "MAX_TEMPERATURE", "MIN_ROWS",
+           "distillation_loss", "fit_temperature", "kl_distillation_loss", "loss_kind", "mean_confidence",
+           "resolve_loss"]
+
+#: the kinds of :class:`Distillation`; a ``loss=`` option also takes ``"auto"`` (:func:`resolve_loss`)
+KINDS = ("mse", "kl")
+LOSS_CHOICES = ("auto", *KINDS)
+#: ``loss="auto"`` distils class logits at the temperature where the teacher's mean top
+#: probability on the calibration batches is this (``T = 1`` when it already is at most this)
+CONFIDENCE = 0.9
+#: above this temperature, logits that are still saturated are compared by squared error
+MAX_TEMPERATURE = 1000.0
+#: outputs whose softmax has a mean entropy above this fraction of the uniform one's are not taken
+#: for class logits (DNSMOS's three quality scores: 0.9999; classifiers' logits: well below)
+LOGIT_ENTROPY = 0.9
+#: outputs whose top class is the same on this many rows or more are not taken for class logits
+MIN_ROWS = 4
+
+
+def _leaves(output: Any) -> list[Tensor]:
+    return [o for o in pytree.tree_leaves(output) if isinstance(o, Tensor) and o.is_floating_point()]
+
+
+def distillation_loss(output: Any, batch: Any, teacher_output: Any) -> Tensor:
+    """Mean squared error between the outputs and the teacher's, over every output tensor."""
+    losses = [F.mse_loss(o, t) for o, t in zip(_leaves(output), _leaves(teacher_output))]
+    if not losses:
+        raise ValueError("the model has no floating-point outputs to distil")
+    return torch.stack(losses).sum()
+
+
+def kl_distillation_loss(output: Any, batch: Any, teacher_output: Any, temperature: float = 1.0) -> Tensor:
+    """``temperature**2`` times the KL divergence from the teacher's softmax at ``temperature``
+    to the output's (over the last dimension; Hinton et al.'s distillation), summed over every
+    output tensor: for class logits, where it follows accuracy far better than the squared error
+    (which punishes a uniform shrink of the logits that leaves every prediction as it was)."""
+    # in float64: near the optimum float32 rounding makes the sum of p_t (log p_t - log p_s) come
+    # out slightly negative
+    t = float(temperature)
+    losses = [(F.kl_div(F.log_softmax(o.double() / t, -1), F.log_softmax(r.double() / t, -1), log_target=True,
+                        reduction="sum") * (t * t) / max(1, o[..., 0].numel())).clamp_min(0.0).to(o.dtype)
+              for o, r in zip(_leaves(output), _leaves(teacher_output))]
+    if not losses:
+        raise ValueError("the model has no floating-point outputs to distil")
+    return torch.stack(losses).sum()
+
+
+def loss_kind(output: Any) -> str:
+    """``"kl"`` for class logits, else ``"mse"``: the kind ``loss="auto"`` picks (before the
+    saturation check of :func:`resolve_loss`). ``output`` is one output or, as
+    :func:`resolve_loss` passes it, a list of them (one per calibration batch).
+
+    Every floating output must look like class logits over its last axis: ``(batch, classes)``
+    or ``(batch, positions, classes)`` (per-token logits) with ``classes >= 2``, whose softmax
+    carries a decision: a mean entropy at most :data:`LOGIT_ENTROPY` of the uniform one's, and,
+    over at least :data:`MIN_ROWS` rows, more than one top class. Scores that a softmax would
+    flatten (three quality ratings near 1.0 each, probabilities in ``[0, 1]``, small embeddings)
+    or whose top class never changes (an embedding with one large coordinate) are compared by
+    squared error, which keeps their level; where a softmax is nearly uniform the KL divergence
+    is that squared error without the mean, so little is lost if they were logits after all.
+    """
+    return "mse" if _not_logits(output if isinstance(output, list) else [output]) else "kl"
+
+
+def _not_logits(outputs: list[Any]) -> str:
+    """Why the outputs (one per batch) are not class logits (:func:`loss_kind`), or ``""``."""
+    per_batch = [_leaves(o) for o in outputs]
+    if not per_batch or not per_batch[0]:
+        return "no floating outputs"
+    for leaves in zip(*per_batch):
+        shape = tuple(leaves[0].shape)
+        if not all(o.ndim in (2, 3) and o.shape[-1] >= 2 for o in leaves):
+            return f"an output of shape {shape} is not (batch, classes) or (batch, positions, classes)"
+        rows = torch.cat([o.detach().double().reshape(-1, o.shape[-1]) for o in leaves])
+        logp = torch.log_softmax(rows, -1)
+        entropy = float(-(logp.exp() * logp).sum(-1).mean()) / math.log(rows.shape[-1])
+        if entropy > LOGIT_ENTROPY:
+            return (f"the softmax of an output of shape {shape} is nearly uniform (entropy {entropy:.4f} of "
+                    f"the uniform one's, above {LOGIT_ENTROPY:g})")
+        if len(rows) >= MIN_ROWS and bool((rows.argmax(-1) == rows[0].argmax()).all()):
+            return f"an output of shape {shape} has the same top class on all {len(rows)} rows"
+    return ""
+
+
+def mean_confidence(reference: Sequence[Any], temperature: float = 1.0) -> float:
+    """The mean top probability of the softmax at ``temperature`` over every row of every
+    floating output in ``reference`` (a list of outputs, one per batch)."""
+    tops = [torch.softmax(o.detach().double() / temperature, -1).amax(-1).reshape(-1)
+            for out in reference for o in _leaves(out)]
+    return float(torch.cat(tops).mean()) if tops else 0.0
+
+
+def fit_temperature(reference: Sequence[Any], confidence: float = CONFIDENCE,
+                    high: float = MAX_TEMPERATURE) -> float | None:
+    """The temperature in ``[1, high]`` at which :func:`mean_confidence` of ``reference`` is
+    ``confidence`` (1 when it is at most that at 1), or ``None`` when it is still above it at
+    ``high``. Bisection on ``log T`` (the mean top probability falls as ``T`` grows)."""
+    if mean_confidence(reference, 1.0) <= confidence:
+        return 1.0
+    if mean_confidence(reference, high) > confidence:
+        return None
+    lo, hi = 0.0, math.log(high)
+    for _ in range(40):  # |log T| known to 1e-11 of log(high)
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if mean_confidence(reference, math.exp(mid)) > confidence else (lo, mid)
+    return math.exp(hi)
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """A distillation loss: ``kind`` ``"mse"`` or ``"kl"`` (at ``temperature``; see the module).
+
+    Called as ``loss(output, batch, teacher_output)`` it is the training loss of the tuning
+    stages; :meth:`error` is the float the choices compare (``"mse"``: the squared error relative
+    to the teacher's mean square, per output; ``"kl"``: the loss itself). ``note`` says why
+    ``"auto"`` chose it (shown in :class:`torchinn.CompressReport`).
+    """
+
+    kind: str = "mse"
+    temperature: float = 1.0
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        check_choice(self.kind, KINDS, "loss")
+        check_number(self.temperature, "temperature", 0, low_open=True)
+
+    def __call__(self, output: Any, batch: Any, teacher_output: Any) -> Tensor:
+        if self.kind == "kl":
+            return kl_distillation_loss(output, batch, teacher_output, self.temperature)
+        return distillation_loss(output, batch, teacher_output)
+
+    def error(self, output: Any, reference: Any) -> float:
+        if self.kind == "kl":
+            return float(kl_distillation_loss(output, None, reference, self.temperature))
+        return sum(float(((o - r) ** 2).mean() / (r**2).mean().clamp_min(1e-12))
+                   for o, r in zip(_leaves(output), _leaves(reference)))
+
+    def __str__(self) -> str:
+        what = f"kl at temperature {self.temperature:.4g}" if self.kind == "kl" else "mse"
+        return what + (f" ({self.note})" if self.note else "")
+
+
+def resolve_loss(loss: str | Distillation, reference: Sequence[Any], temperature: float | None = None) -> Distillation:
+    """The :class:`Distillation` that ``loss`` (``"auto"``, ``"mse"``, ``"kl"`` or one already
+    resolved, returned as it is) means for a teacher whose outputs on the calibration batches are
+    ``reference``. ``temperature`` fixes the temperature of ``"kl"`` (and of ``"auto"`` for class
+    logits); ``None`` fits it (:func:`fit_temperature`). ``"kl"`` with logits that stay saturated
+    at :data:`MAX_TEMPERATURE` keeps that temperature; ``"auto"`` then compares the logits by
+    squared error."""
+    if isinstance(loss, Distillation):
+        return loss
+    check_choice(loss, LOSS_CHOICES, "loss")
+    if temperature is not None:
+        check_number(temperature, "temperature", 0, low_open=True)
+    why = _not_logits(list(reference)) if loss == "auto" else ""
+    if loss == "mse" or why:
+        return Distillation("mse", note=f"auto: not class logits, {why}" if why else "")
+    if temperature is not None:
+        return Distillation("kl", temperature)
+    top = mean_confidence(reference, 1.0)
+    fitted = fit_temperature(reference)
+    if fitted is None:
+        note = (f"the teacher's mean top probability is {top:.6g} at temperature 1 and stays above "
+                f"{CONFIDENCE:g} up to {MAX_TEMPERATURE:g}")
+        if loss == "kl":
+            return Distillation("kl", MAX_TEMPERATURE, note)
+        return Distillation("mse", note="auto: " + note)
+    if fitted == 1.0:
+        note = f"the teacher's mean top probability is {top:.4g}, at most {CONFIDENCE:g}"
+    else:
+        note = (f"the teacher's mean top probability on the calibration batches is {top:.6g} at temperature 1, "
+                f"{CONFIDENCE:g} at {fitted:.4g}")
+    return Distillation("kl", fitted, ("auto: " if loss == "auto" else "") + note)

@@ -1,0 +1,156 @@
+"""compress's choices within a time bound (torchinn.compression.choices): the bound without tuning, the
+reconstruction judged on batches it was never fitted on, and what the report says was skipped."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+import torchinn as inn
+import torchinn.compression.baselines as baselines
+from torchinn.compression import choices
+from torchinn.compression import pipeline as compression
+from torchinn.training.train import TuneConfig
+from torchinn_demo.zoo import ZOO
+
+FAST = inn.ConvertConfig(permute=False)
+
+
+def _mlp_and_batches(n: int, rows: int = 16):
+    torch.manual_seed(0)
+    model, inputs = ZOO["mlp"]()
+    g = torch.Generator().manual_seed(7)
+    return model, inputs, [(torch.randn(rows, 32, generator=g),) for _ in range(n)]
+
+
+def test_the_reconstruction_is_fitted_on_training_batches_and_judged_on_the_others(monkeypatch):
+    model, inputs, cal = _mlp_and_batches(10)
+    fitted: list[list] = []
+    original = baselines.reconstruct
+
+    def recording(imodel, sizes, data, **kwargs):
+        fitted.append([b[0] if isinstance(b, tuple) else b for b in data])
+        return original(imodel, sizes, data, **kwargs)
+
+    monkeypatch.setattr(baselines, "reconstruct", recording)
+    _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=False)
+    held_out = [b[0] for b in cal[-2:]]  # holdout 0.2 of 10 batches
+    assert fitted and "reconstruct" in report.reconstruct_errors
+    for data in fitted:
+        assert data and not any(x is h for x in data for h in held_out)
+    assert len(fitted[-1]) == 8  # all the training batches
+
+
+def test_one_calibration_batch_has_nothing_to_judge_a_reconstruction_on():
+    model, inputs, cal = _mlp_and_batches(1)
+    _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=False)
+    assert "reconstruct" not in report.starts.values() and report.reconstruct_errors == {}
+    assert any("no held-out calibration batch" in s for s in report.skipped)
+    assert "skipped: reconstruction (no held-out" in str(report)
+
+
+def test_without_tuning_the_choices_hold_their_own_bound(monkeypatch):
+    # every start measured costs 0.2 s more, as on a large network: with a 2 s bound the choices
+    # measure fewer candidates and end on time
+    slow = choices.best_start
+
+    def slow_best_start(*args, **kwargs):
+        time.sleep(0.2)
+        return slow(*args, **kwargs)
+
+    monkeypatch.setattr(choices, "best_start", slow_best_start)
+    monkeypatch.setattr(compression, "NO_TUNE_SECONDS", 2.0)
+    model, inputs, cal = _mlp_and_batches(6)
+    t0 = time.perf_counter()
+    _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=False)
+    wall = time.perf_counter() - t0
+    assert report.bound == 2.0
+    assert report.seconds["after_convert"] <= 2.0 * 1.05 + 0.3, report.seconds
+    assert wall <= report.seconds["convert"] + 2.0 * 1.05 + 0.4
+    assert report.stages == {}
+
+
+def test_a_tight_bound_skips_the_measured_sensitivities_and_says_so():
+    model, inputs, cal = _mlp_and_batches(6)
+    _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST,
+                             tune=TuneConfig(seconds=0.02, progress=False))  # sensitivities: ~0.05 s
+    assert "sensitivity" not in report.sizes_errors
+    assert any(s.startswith("measured sensitivities") for s in report.skipped)
+    _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST,
+                             tune=TuneConfig(seconds=300, steps=2, progress=False))
+    assert {"sensitivity", "fisher", "uniform"} <= set(report.sizes_errors)  # room for all three
+
+
+def test_a_reconstruction_out_of_time_keeps_the_selected_weights_of_the_layers_it_did_not_start():
+    model, inputs, cal = _mlp_and_batches(4)
+    imodel = inn.convert(model, inputs, FAST)
+    sizes = {n: g.max_size // 2 for n, g in imodel.groups.items()}
+    report: dict = {}
+    late = baselines.reconstruct(imodel, sizes, cal, max_seconds=0.0, report=report).eval()
+    l1 = inn.prune(imodel, sizes, "l1").eval()
+    x = cal[0][0]
+    assert report and all(r["skipped"].startswith("out of time") for r in report.values())
+    assert torch.equal(late(x), l1(x))
+    report = {}
+    baselines.reconstruct(imodel, sizes, cal, max_seconds=60.0, report=report)
+    assert report and not any("skipped" in r for r in report.values())
+
+
+def test_without_time_for_one_importance_batch_the_choices_need_no_data_and_hold_the_bound(monkeypatch):
+    # a network whose importance pass does not fit (as a 1 B model's on 2 cores within 24 s) is
+    # given one ratio and the starts that need no data, and the report says so
+    model, inputs, cal = _mlp_and_batches(5)
+    monkeypatch.setattr(choices, "IMPORTANCE_PASSES", 1e9)
+    measured = []
+    monkeypatch.setattr(choices, "measure_importance", lambda *a, **k: measured.append(1))
+    import torchinn.compression.starts as starts
+
+    monkeypatch.setattr(starts, "measure_importance", lambda *a, **k: measured.append(1))
+    _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=False)
+    assert not measured
+    assert any(s.startswith("importance scores (one batch takes about") for s in report.skipped)
+    assert report.sizes_method in ("uniform", "sensitivity")
+    assert not {"fisher", "activation"} & set(report.start_errors)
+
+
+def test_the_bound_without_tuning_follows_the_time_of_a_forward_pass(monkeypatch):
+    model, inputs, cal = _mlp_and_batches(3)
+    _, quick = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=False)
+    assert quick.bound == compression.NO_TUNE_SECONDS  # the MLP's pass takes well under 30 / 40 s
+    monkeypatch.setattr(compression, "NO_TUNE_SECONDS", 1e-6)
+    _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=False)
+    assert 0 < report.bound < 1.0  # 40 forward passes of a 16-row batch through the MLP
+
+
+def test_the_reconstruction_selects_the_channels_of_the_chosen_start(monkeypatch):
+    # the layers a deadline leaves unrefit keep the chosen start's channels (activation or Fisher
+    # selection), not L1's; given scores are what select_channels keeps
+    model, inputs, cal = _mlp_and_batches(10)
+    seen = []
+    original = baselines.reconstruct
+
+    def recording(imodel, sizes, data, **kwargs):
+        seen.append((kwargs.get("scores"), imodel, dict(sizes)))
+        return original(imodel, sizes, data, **kwargs)
+
+    monkeypatch.setattr(baselines, "reconstruct", recording)
+    _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=False,
+                             starts=("fisher",))
+    scores, imodel, sizes = seen[0]
+    assert set(report.starts.values()) <= {"fisher", "reconstruct"}
+    assert scores and set(scores) == set(imodel.group_names)
+    keep = baselines.select_channels(imodel, sizes, "l1", scores=scores)
+    for g, idx in keep.items():
+        assert torch.equal(idx, torch.sort(torch.topk(scores[g].double(), sizes[g]).indices).values)
+
+
+def test_a_budget_too_short_for_tuning_goes_to_the_choices(monkeypatch):
+    model, inputs, cal = _mlp_and_batches(5)
+    tune = TuneConfig(seconds=6.0, progress=False)
+    _, normal = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=tune)
+    assert not any(s.startswith("tuning (") for s in normal.skipped)  # hundreds of MLP steps fit in 6 s
+    monkeypatch.setattr(compression, "MIN_TUNING_STEPS", 10**12)
+    _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=tune)
+    assert any(s.startswith("tuning (about") and "the choices took the budget" in s for s in report.skipped)
+    assert report.seconds["after_convert"] <= 1.05 * 6.0 + 0.5

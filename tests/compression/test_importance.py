@@ -1,0 +1,115 @@
+"""Channel importance in one pass (torchinn.compression.importance): the Fisher estimate against the measured
+error of removing each channel, the activation scores, the curves and the time bound."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import torchinn as inn
+import torchinn.compression.baselines as baselines
+from torchinn.compression.baselines import prune
+from torchinn.training.distill import Distillation
+from torchinn.compression.importance import activation_importance, fisher_curves, measure_importance
+from torchinn.compression.starts import distill_error, full_outputs
+
+
+def _cnn():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                        nn.Conv2d(16, 12, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(12 * 8 * 8, 10)).eval()
+    with torch.no_grad():  # batch norm statistics that are not the identity
+        net[1].running_mean.uniform_(-0.5, 0.5)
+        net[1].running_var.uniform_(0.5, 2.0)
+    x = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    imodel = inn.convert(net, (x[:2],), inn.ConvertConfig(permute=False))
+    return imodel, [(x[i:i + 16],) for i in range(0, 64, 16)]
+
+
+def _removal_errors(imodel, group, batches, reference, loss):
+    """The measured loss of the network without each channel of ``group`` (one at a time)."""
+    n = imodel.groups[group].max_size
+    out = []
+    for c in range(n):
+        scores = torch.ones(n)
+        scores[c] = 0.0
+        keep = torch.topk(scores, n - 1).indices
+        original = baselines.select_channels
+        baselines.select_channels = lambda *a, keep=keep, **k: {group: torch.sort(keep).values}
+        try:
+            small = prune(imodel, {group: n - 1}, "l1").eval()
+        finally:
+            baselines.select_channels = original
+        out.append(distill_error(small, batches, reference, loss))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("kind", ["mse", "kl"])
+def test_fisher_scores_estimate_the_error_of_removing_each_channel(kind):
+    imodel, batches = _cnn()
+    loss = Distillation(kind, 1.0)
+    reference = full_outputs(imodel, batches)
+    imp = measure_importance(imodel, batches, loss, reference)
+    assert imp.batches == 4 and set(imp.fisher) == set(imodel.group_names)
+    for group, scores in imp.fisher.items():
+        measured = _removal_errors(imodel, group, batches, reference, loss)
+        ratio = (scores / measured).median()
+        corr = torch.corrcoef(torch.stack([scores, measured]))[0, 1]
+        # unbiased: about 1 (0.96-1.09 here); a factor of batches or of 2 would be far outside
+        assert 0.6 < ratio < 1.6, (group, ratio)
+        assert corr > 0.8, (group, corr)
+
+
+def test_activation_scores_are_rms_times_the_reading_weights_l1():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    x = torch.randn(32, 8)
+    imodel = inn.convert(net, (x[:2],), inn.ConvertConfig(permute=False))
+    (group,) = imodel.group_names
+    got = activation_importance(imodel, [(x[:16],), (x[16:],)])[group]
+    with torch.no_grad():
+        h = torch.relu(net[0](x)).double()
+    want = h.pow(2).mean(0).sqrt() * net[2].weight.double().abs().sum(0)
+    assert torch.allclose(got, want, rtol=1e-5)
+
+
+def test_a_group_read_through_a_flatten_gets_scores():
+    imodel, batches = _cnn()
+    imp = measure_importance(imodel, batches[:1], fisher=False)
+    last = [g for g in imodel.group_names if imodel.groups[g].max_size == 12]
+    assert last and last[0] in imp.activation and imp.activation[last[0]].shape == (12,)
+    assert bool((imp.activation[last[0]] > 0).all())
+
+
+def test_the_time_bound_stops_after_one_batch():
+    imodel, batches = _cnn()
+    assert measure_importance(imodel, batches, max_seconds=0.0).batches == 1
+
+
+def test_fisher_curves_sum_the_scores_of_the_channels_left_out():
+    imodel, batches = _cnn()
+    scores = {g: torch.arange(1, imodel.groups[g].max_size + 1, dtype=torch.float64) for g in imodel.group_names}
+    curves = fisher_curves(imodel, scores, points=4)
+    for g, curve in curves.items():
+        n = imodel.groups[g].max_size
+        assert curve[-1] == (1.0, 0.0)
+        for r, e in curve:
+            dropped = n - round(r * n)
+            assert e == pytest.approx(dropped * (dropped + 1) / 2)  # the smallest ones: 1 + 2 + ...
+        errors = [e for _, e in curve]
+        assert errors == sorted(errors, reverse=True)
+
+
+def test_fisher_sizes_and_start():
+    imodel, batches = _cnn()
+    sizes = inn.choose_sizes(imodel, 0.5, calibration=batches, method="fisher")
+    full = imodel.num_parameters({g: imodel.groups[g].max_size for g in imodel.group_names})
+    assert imodel.num_parameters(sizes) <= 0.5 * full
+    from torchinn.compression.starts import best_start
+
+    imodel.resize(sizes)
+    choice = best_start(imodel, batches, kinds=["fisher", "l1"], per_group=False)
+    assert set(choice.errors) == {"fisher", "l1"}
+    choice = best_start(imodel, batches, kinds=["fisher", "l1", "uniform"], per_group=False, max_seconds=0.0)
+    assert list(choice.errors) == ["fisher"]  # the first is always measured, the rest did not fit
