@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 MODULES = [
-    "torchinn.maths.quadrature", "torchinn.maths.partition", "torchinn.sizing.sizes", "torchinn.maths.functions",
+    "torchinn.maths.quadrature", "torchinn.maths.partition", "torchinn.training.sizes", "torchinn.maths.functions",
     "torchinn.nn.layers", "torchinn.model.protocol", "torchinn.sizing.rounding", "torchinn.model.network", "torchinn.model.scratch",
     "torchinn.model.norms",
     "torchinn.model.convert", "torchinn.model.integral_model", "torchinn.model.inputs",

@@ -136,23 +136,23 @@ def empty_model() -> None:
 
 
 def layer_bad_size() -> None:
-    inn.UniformPartition(8).resize(9)
+    inn.maths.UniformPartition(8).resize(9)
 
 
 def partition_not_increasing() -> None:
-    inn.FixedPartition([0.0, 0.5, 0.4, 1.0])
+    inn.maths.FixedPartition([0.0, 0.5, 0.4, 1.0])
 
 
 def partition_outside() -> None:
-    inn.FixedPartition([0.0, 0.5, 1.2])
+    inn.maths.FixedPartition([0.0, 0.5, 1.2])
 
 
 def simpson_even_points() -> None:
-    inn.get_quadrature("simpson").weights(torch.linspace(0, 1, 4))
+    inn.maths.get_quadrature("simpson").weights(torch.linspace(0, 1, 4))
 
 
 def device_mismatch() -> None:
-    layer = inn.IntegralLinear(4, inn.UniformPartition(8))
+    layer = inn.nn.IntegralLinear(4, inn.maths.UniformPartition(8))
     layer(torch.randn(2, 4, device="meta"))
 
 
@@ -409,8 +409,8 @@ def from_scratch_untied_partitions() -> None:
     class Two(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.a = inn.IntegralLinear(4, inn.UniformPartition(6))
-            self.b = inn.IntegralLinear(4, inn.UniformPartition(6))
+            self.a = inn.nn.IntegralLinear(4, inn.maths.UniformPartition(6))
+            self.b = inn.nn.IntegralLinear(4, inn.maths.UniformPartition(6))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return (self.a(x) + self.b(x)).sum(1)
@@ -737,7 +737,7 @@ CASES += [
 
 # issue 21, item 4 (scale-heads)
 def refit_memory_bound_below_one() -> None:
-    inn.reconstruct(converted(), None, [X], max_system_bytes=0)
+    inn.compression.reconstruct(converted(), None, [X], max_system_bytes=0)
 
 
 CASES += [

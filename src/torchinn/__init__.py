@@ -3,112 +3,64 @@
 Layers whose weights are continuous functions of their channel coordinates, sampled on partitions
 of [0, 1] with numerical quadratures: train once, run at any width, and turn any size back into a
 plain, smaller ``nn.Module``.
+
+The top level holds what a user calls; the rest lives in sub-packages (``docs/architecture.md``):
+:mod:`torchinn.maths` (continuous functions, partitions, quadratures), :mod:`torchinn.nn` (the
+``Integral*`` layers), :mod:`torchinn.graph` (tracing, channel groups, op handlers),
+:mod:`torchinn.model` (the integral model, conversion, resizing), :mod:`torchinn.discrete` (the
+user's class back), :mod:`torchinn.sizing` (rounding, FLOPs and latency),
+:mod:`torchinn.compression` (``compress`` and the baselines), :mod:`torchinn.training` (random sizes, tuning,
+fine-tuning, distillation), :mod:`torchinn.io` (the ``.inn`` format) and :mod:`torchinn.cli`.
 """
 
-from .maths.functions import ContinuousFunction
-from .model.convert import ConvertConfig, UnsupportedOpError, convert
-from .graph import register_op
-from .model.integral_model import Group, Groups, IntegralModel
-from .io.format import FormatError, load, save
-from .compression.baselines import prune, reconstruct
+from . import compression
+from . import discrete
+from . import graph
+from . import io
+from . import maths
+from . import model
+from . import nn
+from . import sizing
+from . import training
+from .compression.baselines import prune
 from .compression.budget import choose_sizes
 from .compression.pipeline import CompressReport, compress
-from .training.train import TuneConfig, finetune, make_grid_trainable, sandwich_backward, tune_grid
-from .nn.layers import (
-    IntegralConv1d,
-    IntegralConv2d,
-    IntegralConv3d,
-    IntegralConvTranspose1d,
-    IntegralConvTranspose2d,
-    IntegralConvTranspose3d,
-    IntegralLayer,
-    IntegralLinear,
-    register_layer,
-)
-from .maths.partition import (
-    CompositePartition,
-    FixedPartition,
-    GaussLegendrePartition,
-    Partition,
-    TrainablePartition,
-    UniformPartition,
-)
-from .maths.quadrature import (
-    GaussLegendre,
-    LeftRiemann,
-    Midpoint,
-    Quadrature,
-    RightRiemann,
-    Simpson,
-    Trapezoid,
-    get_quadrature,
-    integrate,
-    register_quadrature,
-)
-from .model.network import integral_network, partitions, resize, to_discrete
-from .model.protocol import IntegralNetwork
-from .model.scratch import ScratchNetwork, from_scratch
+from .graph import register_op
+from .io.format import FormatError, load, save
+from .model.convert import ConvertConfig, UnsupportedOpError, convert
+from .model.integral_model import IntegralModel
+from .model.network import resize, to_discrete
 from .model.norms import recalibrate_bn
-from .sizing.sizes import RandomSizes
+from .model.scratch import from_scratch
+from .training.sizes import RandomSizes
+from .training.train import TuneConfig, finetune, sandwich_backward, tune_grid
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # make an integral network
+    "convert",
+    "ConvertConfig",
+    "UnsupportedOpError",
+    "register_op",
+    "from_scratch",
+    "IntegralModel",
+    # use it at any size
+    "resize",
+    "to_discrete",
+    "RandomSizes",
+    "sandwich_backward",
+    "recalibrate_bn",
     # post-training compression
     "compress",
     "CompressReport",
     "choose_sizes",
     "TuneConfig",
     "tune_grid",
-    "make_grid_trainable",
     "finetune",
     "prune",
-    "reconstruct",
-    # the integral network
-    "ContinuousFunction",
-    "to_discrete",
-    "convert",
-    "ConvertConfig",
-    "UnsupportedOpError",
-    "register_op",
-    "IntegralModel",
-    "Group",
-    "Groups",
+    # files
     "save",
     "load",
     "FormatError",
-    "IntegralLayer",
-    "IntegralLinear",
-    "IntegralConv1d",
-    "IntegralConv2d",
-    "IntegralConv3d",
-    "IntegralConvTranspose1d",
-    "IntegralConvTranspose2d",
-    "IntegralConvTranspose3d",
-    "register_layer",
-    "Partition",
-    "UniformPartition",
-    "GaussLegendrePartition",
-    "FixedPartition",
-    "TrainablePartition",
-    "CompositePartition",
-    "IntegralNetwork",
-    "ScratchNetwork",
-    "from_scratch",
-    "recalibrate_bn",
-    "integral_network",
-    "RandomSizes",
-    "sandwich_backward",
-    "partitions",
-    "resize",
-    "Quadrature",
-    "LeftRiemann",
-    "RightRiemann",
-    "Midpoint",
-    "Trapezoid",
-    "Simpson",
-    "GaussLegendre",
-    "get_quadrature",
-    "register_quadrature",
-    "integrate",
 ]

@@ -34,7 +34,7 @@ from torchinn.nn.layers import IntegralConv2d, IntegralLinear
 from torchinn.model.network import to_discrete
 from torchinn.maths.partition import UniformPartition
 from torchinn.model.network import resize
-from torchinn.sizing.sizes import RandomSizes
+from torchinn.training.sizes import RandomSizes
 
 from .data import Split, load_digits
 

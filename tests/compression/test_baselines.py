@@ -670,7 +670,7 @@ def test_refit_skips_only_the_layer_over_the_memory_bound(monkeypatch: pytest.Mo
     monkeypatch.setattr(NormalEquations, "add", recorded)
     bound = 2**20
     report: dict = {}
-    bounded = inn.reconstruct(imodel, sizes, calibration, report=report, max_system_bytes=bound)
+    bounded = inn.compression.reconstruct(imodel, sizes, calibration, report=report, max_system_bytes=bound)
     assert report["4.weight"]["skipped"] == ("its normal equations would take 10.4 MiB, more than the bound of "
                                              "1.0 MiB")
     assert report["4.weight"]["bytes"] == refit.PEAK_COPIES * (8 * 65 + 1) ** 2 * 8 > bound
@@ -680,7 +680,7 @@ def test_refit_skips_only_the_layer_over_the_memory_bound(monkeypatch: pytest.Mo
     assert torch.equal(bounded.get_parameter("4.weight"), l1.get_parameter("4.weight"))  # kept as selected
     features.clear()
     report_free: dict = {}
-    inn.reconstruct(imodel, sizes, calibration, report=report_free)  # the default bound (512 MiB) fits it
+    inn.compression.reconstruct(imodel, sizes, calibration, report=report_free)  # the default bound (512 MiB) fits it
     assert "after" in report_free["4.weight"] and max(features) == 8 * 65 + 1
     test = torch.randn(16, 4, 128)
     with torch.no_grad():

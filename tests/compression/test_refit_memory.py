@@ -42,7 +42,7 @@ PEAK = textwrap.dedent("""
         f.write("5")  # resets the peak resident size (VmHWM) to the current one
     before = status("VmRSS")
     report = {}
-    inn.reconstruct(imodel, sizes, calibration, ridge=1e-3, report=report)
+    inn.compression.reconstruct(imodel, sizes, calibration, ridge=1e-3, report=report)
     print(status("VmHWM") - before, report["2.weight"]["rows"], report["2.weight"]["after"])
 """)
 
@@ -71,7 +71,7 @@ def test_over_bound_layer_is_skipped_and_named_in_the_log(caplog: pytest.LogCapt
     sizes = {n: 8 for n in imodel.groups}
     report: dict = {}
     with caplog.at_level(logging.INFO, logger="torchinn.compression.refit"):
-        inn.reconstruct(imodel, sizes, [torch.randn(8, 4, 128) for _ in range(4)], report=report,
+        inn.compression.reconstruct(imodel, sizes, [torch.randn(8, 4, 128) for _ in range(4)], report=report,
                         max_system_bytes=2**20)
     assert set(report) == {"2.weight", "4.weight"}
     assert "after" in report["2.weight"] and report["2.weight"]["bytes"] == refit.PEAK_COPIES * (8 * 3 + 1) ** 2 * 8
@@ -98,14 +98,14 @@ def test_captures_keep_at_most_saved_bytes(monkeypatch: pytest.MonkeyPatch) -> N
         return out
 
     monkeypatch.setattr(refit._Capture, "capture", counted)
-    resumed = inn.reconstruct(imodel, sizes, cal).state_dict()
+    resumed = inn.compression.reconstruct(imodel, sizes, cal).state_dict()
     assert [max(n for n, _ in v) for v in kept.values()] == [4, 4]  # every batch kept, in both networks
     full_batch = 64 * 24 * 4  # the full network's activation at a stop, float32
     assert max(b for v in kept.values() for _, b in v) == full_batch * 4
     for bound, most in [(2 * full_batch, [4, 2]), (0, [0, 0])]:  # pruned: 12 channels, half as large
         kept.clear()
         monkeypatch.setattr(refit, "SAVED_BYTES", bound)
-        again = inn.reconstruct(imodel, sizes, cal).state_dict()
+        again = inn.compression.reconstruct(imodel, sizes, cal).state_dict()
         assert [max(n for n, _ in v) for v in kept.values()] == most
         assert max(b for v in kept.values() for _, b in v) <= bound
         for k, v in resumed.items():

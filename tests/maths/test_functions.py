@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import gap_partitions
-from torchinn import ContinuousFunction
+from torchinn.maths import ContinuousFunction
 from torchinn.maths.functions import interpolation_taps
 from torchinn.maths.partition import Chunk
 from torchinn.maths.quadrature import GaussLegendre

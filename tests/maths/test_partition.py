@@ -14,17 +14,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 from conftest import RULES, gap_partitions
-from torchinn import (
-    CompositePartition,
-    FixedPartition,
-    GaussLegendrePartition,
-    IntegralLinear,
-    RandomSizes,
-    TrainablePartition,
-    UniformPartition,
-    partitions,
-    resize,
-)
+from torchinn import RandomSizes, resize
+from torchinn.maths import CompositePartition, FixedPartition, GaussLegendrePartition, TrainablePartition, UniformPartition
+from torchinn.nn import IntegralLinear
+from torchinn.model import partitions
 from torchinn.maths.quadrature import GaussLegendre, get_quadrature
 
 F64 = torch.float64

@@ -287,13 +287,13 @@ class IntegralBlocks(nn.Module):
     """Integral* layers: a conv, a depthwise conv, a residual sum on one partition, a transposed
     conv, a hidden width given as an int (fixed), and a linear head."""
 
-    def __init__(self, a: inn.Partition, b: inn.Partition, kind: str = "cubic") -> None:
+    def __init__(self, a: inn.maths.Partition, b: inn.maths.Partition, kind: str = "cubic") -> None:
         super().__init__()
-        self.c1 = inn.IntegralConv2d(2, a, 3, padding=1, kind=kind)
-        self.dw = inn.IntegralConv2d(a, a, 3, padding=1, groups=a, kind=kind)
-        self.up = inn.IntegralConvTranspose2d(a, b, 2, stride=2, kind=kind)
-        self.mid = inn.IntegralConv2d(b, 5, 1, kind=kind)
-        self.fc = inn.IntegralLinear(5, 3, kind=kind)
+        self.c1 = inn.nn.IntegralConv2d(2, a, 3, padding=1, kind=kind)
+        self.dw = inn.nn.IntegralConv2d(a, a, 3, padding=1, groups=a, kind=kind)
+        self.up = inn.nn.IntegralConvTranspose2d(a, b, 2, stride=2, kind=kind)
+        self.mid = inn.nn.IntegralConv2d(b, 5, 1, kind=kind)
+        self.fc = inn.nn.IntegralLinear(5, 3, kind=kind)
 
     def forward(self, x):
         h = F.relu(self.c1(x))
@@ -307,7 +307,7 @@ class IntegralBlocks(nn.Module):
        sizes=st.tuples(st.integers(1, 9), st.integers(1, 11)), trainable=st.booleans(), seed=st.integers(0, 99))
 def test_integral_layers_become_the_same_integral_model(quad, kind, sizes, trainable, seed):
     torch.manual_seed(seed)
-    a, b = inn.UniformPartition(9, quad), inn.UniformPartition(11, quad)
+    a, b = inn.maths.UniformPartition(9, quad), inn.maths.UniformPartition(11, quad)
     net = IntegralBlocks(a, b, kind)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # as after training: not what the initialisation gives
@@ -316,10 +316,10 @@ def test_integral_layers_become_the_same_integral_model(quad, kind, sizes, train
     inn.resize(net, {"c1.out_partition": a.quadrature.nearest_size(sizes[0], high=9),
                      "up.out_partition": b.quadrature.nearest_size(sizes[1], high=11)})
     if trainable:  # trained points on b
-        net.up.out_partition = net.mid.in_partition = inn.TrainablePartition(b)
+        net.up.out_partition = net.mid.in_partition = inn.maths.TrainablePartition(b)
     x = torch.randn(3, 2, 5, 5, generator=g)
     before = copy.deepcopy(net.state_dict())
-    sizes_before = inn.integral_network(net).sizes()
+    sizes_before = inn.model.integral_network(net).sizes()
     imodel = inn.from_scratch(net, (x,))
     assert isinstance(imodel, inn.IntegralModel)
     with torch.no_grad():
@@ -342,7 +342,7 @@ def test_integral_layers_become_the_same_integral_model(quad, kind, sizes, train
 
 def test_integral_layers_train_as_an_integral_model():
     torch.manual_seed(0)
-    net = IntegralBlocks(inn.UniformPartition(8), inn.UniformPartition(10))
+    net = IntegralBlocks(inn.maths.UniformPartition(8), inn.maths.UniformPartition(10))
     x = torch.randn(64, 2, 6, 6)
     y = (x[:, 0].mean((1, 2)) > 0).long() + (x[:, 1].mean((1, 2)) > 0).long()  # learnable: 0, 1 or 2
     before = [p.detach().clone() for p in net.parameters()]
@@ -367,34 +367,34 @@ def test_integral_layers_that_the_graph_ties_need_one_partition():
     class Two(nn.Module):
         def __init__(self):
             super().__init__()
-            self.a = inn.IntegralLinear(4, inn.UniformPartition(6))
-            self.b = inn.IntegralLinear(4, inn.UniformPartition(6))
-            self.out = inn.IntegralLinear(self.a.out_partition, 2)
+            self.a = inn.nn.IntegralLinear(4, inn.maths.UniformPartition(6))
+            self.b = inn.nn.IntegralLinear(4, inn.maths.UniformPartition(6))
+            self.out = inn.nn.IntegralLinear(self.a.out_partition, 2)
 
         def forward(self, x):
             return self.out(self.a(x) + self.b(x))
 
     with pytest.raises(ValueError, match=r"layers 'a' and 'b' have different partitions.*one Partition object"):
         inn.from_scratch(Two(), torch.randn(2, 4))
-    p = inn.UniformPartition(6)
-    mixed = nn.Sequential(inn.IntegralLinear(4, p, kind="linear"), inn.IntegralLinear(p, 2))
+    p = inn.maths.UniformPartition(6)
+    mixed = nn.Sequential(inn.nn.IntegralLinear(4, p, kind="linear"), inn.nn.IntegralLinear(p, 2))
     with pytest.raises(ValueError, match=r"interpolate with \['cubic', 'linear'\]; from_scratch needs one kind"):
         inn.from_scratch(mixed, torch.randn(2, 4))
-    s5, t5 = inn.UniformPartition(5, "simpson"), inn.UniformPartition(5)
-    two = nn.Sequential(inn.IntegralLinear(4, s5), nn.ReLU(), inn.IntegralLinear(s5, t5), nn.ReLU(),
-                        inn.IntegralLinear(t5, 2))
+    s5, t5 = inn.maths.UniformPartition(5, "simpson"), inn.maths.UniformPartition(5)
+    two = nn.Sequential(inn.nn.IntegralLinear(4, s5), nn.ReLU(), inn.nn.IntegralLinear(s5, t5), nn.ReLU(),
+                        inn.nn.IntegralLinear(t5, 2))
     with pytest.raises(ValueError, match=r"quadratures \['simpson', 'trapezoid'\]; from_scratch needs one"):
         inn.from_scratch(two, torch.randn(2, 4))
     inner = inn.from_scratch(nn.Linear(4, 4), torch.randn(2, 4))
     with pytest.raises(TypeError, match=r"'1' is an integral network already"):
-        inn.from_scratch(nn.Sequential(inn.IntegralLinear(4, 4), inner), torch.randn(2, 4))
+        inn.from_scratch(nn.Sequential(inn.nn.IntegralLinear(4, 4), inner), torch.randn(2, 4))
 
 
 def test_integral_layers_that_do_not_carry_over_are_an_error(monkeypatch):
     import torchinn.model.scratch as scratch
 
-    p = inn.UniformPartition(6)
-    net = nn.Sequential(inn.IntegralLinear(4, p), nn.ReLU(), inn.IntegralLinear(p, 2))
+    p = inn.maths.UniformPartition(6)
+    net = nn.Sequential(inn.nn.IntegralLinear(4, p), nn.ReLU(), inn.nn.IntegralLinear(p, 2))
     x = torch.randn(3, 4)
     inn.from_scratch(net, (x,))  # carries over
     # a partition that does not reach the model (as a CompositePartition might not): caught

@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 import torchinn as inn
-from torchinn import IntegralLinear, IntegralNetwork, ScratchNetwork, UniformPartition
+from torchinn.nn import IntegralLinear
+from torchinn.model import IntegralNetwork, ScratchNetwork
+from torchinn.maths import UniformPartition
 
 X = torch.randn(5, 6, generator=torch.Generator().manual_seed(0))
 
@@ -48,13 +50,13 @@ GROUPS = {"scratch": ["0.out_partition", "2.out_partition"], "converted": ["0.we
 
 def test_both_kinds_implement_the_protocol():
     imodel, net = converted(), scratch_net()
-    assert isinstance(imodel, IntegralNetwork) and inn.integral_network(imodel) is imodel
-    view = inn.integral_network(net)
+    assert isinstance(imodel, IntegralNetwork) and inn.model.integral_network(imodel) is imodel
+    view = inn.model.integral_network(net)
     assert isinstance(view, ScratchNetwork) and isinstance(view, IntegralNetwork) and view.module is net
     assert not isinstance(net, IntegralNetwork) and not isinstance(UniformPartition(3), IntegralNetwork)
-    assert inn.integral_network(nn.Linear(2, 2)).partition_map() == {}
+    assert inn.model.integral_network(nn.Linear(2, 2)).partition_map() == {}
     with pytest.raises(TypeError, match="expected an integral network .* got int"):
-        inn.integral_network(3)
+        inn.model.integral_network(3)
     with pytest.raises(TypeError, match="IntegralModel is an integral network itself"):
         ScratchNetwork(imodel)
 
@@ -62,10 +64,10 @@ def test_both_kinds_implement_the_protocol():
 @pytest.mark.parametrize("kind", KINDS)
 def test_partitions_are_the_groups(kind):
     a, b = both(kind)
-    found = inn.partitions(a)
+    found = inn.model.partitions(a)
     assert list(found) == GROUPS[kind] == list(b.partition_map()) == list(b.sizes())
     assert [p.max_size for p in found.values()] == [12, 9]
-    assert all(x is y for x, y in zip(found.values(), inn.integral_network(a).partition_map().values()))
+    assert all(x is y for x, y in zip(found.values(), inn.model.integral_network(a).partition_map().values()))
     if kind == "converted":
         assert list(found) == list(a.groups) == a.group_names
         assert all(found[n] is g.partition for n, g in a.groups.items())
@@ -76,7 +78,7 @@ def test_partitions_are_the_groups(kind):
 def test_resize_ratio_function_equals_method(kind, ratio):
     a, b = both(kind)
     got = inn.resize(a, ratio)
-    assert got == b.resize(ratio) == b.sizes() == inn.integral_network(a).sizes()
+    assert got == b.resize(ratio) == b.sizes() == inn.model.integral_network(a).sizes()
     assert list(got) == GROUPS[kind]
     first, second = got.values()
     assert first == max(1, round(ratio * 12))
@@ -96,7 +98,7 @@ def test_resize_mapping_function_equals_method(kind, data):
     plan = {}
     for name in names:
         n = 12 if name == GROUPS[kind][0] else 9
-        size = data.draw(st.integers(1, n).filter(lambda s, name=name: inn.partitions(a)[name].quadrature.allows(s))
+        size = data.draw(st.integers(1, n).filter(lambda s, name=name: inn.model.partitions(a)[name].quadrature.allows(s))
                          | st.floats(0.05, 1.0))
         plan[name] = size
     got = inn.resize(a, plan)
@@ -105,7 +107,7 @@ def test_resize_mapping_function_equals_method(kind, data):
         if isinstance(value, int):
             assert got[name] == value
     untouched = [n for n in GROUPS[kind] if n not in plan]
-    assert all(got[n] == inn.partitions(a)[n].max_size for n in untouched)
+    assert all(got[n] == inn.model.partitions(a)[n].max_size for n in untouched)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -114,7 +116,7 @@ def test_to_discrete_function_equals_method_equals_forward(kind, ratio):
     a, _ = both(kind)
     a.eval()
     inn.resize(a, ratio)
-    net = inn.integral_network(a)
+    net = inn.model.integral_network(a)
     by_function, by_method = inn.to_discrete(a), net.to_discrete()
     with torch.no_grad():
         y = net(X)
@@ -132,13 +134,13 @@ def test_to_discrete_function_equals_method_equals_forward(kind, ratio):
        distribution=st.sampled_from(["uniform", "full-biased"]))
 def test_random_sizes_same_draws_for_every_spelling(kind, seed, low, distribution):
     runs = []
-    for spell in (lambda m: m, inn.integral_network, inn.partitions):
+    for spell in (lambda m: m, inn.model.integral_network, inn.model.partitions):
         m, _ = both(kind)
         rs = inn.RandomSizes(spell(m), low=low, distribution=distribution, seed=seed)
         draws = []
         for _ in range(6):
             drawn = rs.step()
-            assert drawn == inn.integral_network(m).sizes()
+            assert drawn == inn.model.integral_network(m).sizes()
             draws.append(drawn)
         runs.append(draws)
     assert runs[0] == runs[1] == runs[2]
@@ -161,22 +163,22 @@ def test_same_errors_for_both_kinds(kind):
         inn.resize(a, {"0.weigth:0": 3})
     with pytest.raises(KeyError, match=r"no group named '0.weigth:0'; did you mean \['0.weight:0', '2.weight:0'\]"):
         inn.resize(converted(), {"0.weigth:0": 3})
-    before = inn.integral_network(a).sizes()
+    before = inn.model.integral_network(a).sizes()
     # one bad entry: nothing changes
     with pytest.raises(ValueError, match=rf"group '{second}' has 9 channels; size must be in \[1, 9\], got 0"):
         inn.resize(a, {first: 4, second: 0})
-    assert inn.integral_network(a).sizes() == before == {first: 12, second: 9}
+    assert inn.model.integral_network(a).sizes() == before == {first: 12, second: 9}
     if kind == "scratch":  # its second group uses Simpson's rule, which refuses even sizes
         with pytest.raises(ValueError, match="odd number of points"):
             inn.resize(a, {first: 4, second: 4})
-        assert inn.integral_network(a).sizes() == before
+        assert inn.model.integral_network(a).sizes() == before
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_ratio_leaves_fixed_groups_alone(kind):
     a, _ = both(kind)
     first, second = GROUPS[kind]
-    trained = inn.TrainablePartition(UniformPartition(9).resize(5))
+    trained = inn.maths.TrainablePartition(UniformPartition(9).resize(5))
     if kind == "scratch":
         a[2].out_partition = a[4].in_partition = trained
     else:
@@ -186,7 +188,7 @@ def test_a_ratio_leaves_fixed_groups_alone(kind):
         inn.resize(a, {second: 3})
     # its own size is fine: resize(sizes()) changes nothing for every network
     assert inn.resize(a, {first: 12, second: 5}) == {first: 12, second: 5}
-    assert inn.resize(a, inn.integral_network(a).sizes()) == {first: 12, second: 5}
+    assert inn.resize(a, inn.model.integral_network(a).sizes()) == {first: 12, second: 5}
 
 
 def test_module_names_find_their_group_in_both_kinds():
@@ -199,7 +201,7 @@ def test_nested_integral_model():
     imodel = converted()
     p = UniformPartition(4)
     outer = nn.Sequential(imodel, nn.ReLU(), IntegralLinear(3, p), IntegralLinear(p, 2)).eval()
-    assert list(inn.partitions(outer)) == ["0.0.weight:0", "0.2.weight:0", "2.out_partition"]
+    assert list(inn.model.partitions(outer)) == ["0.0.weight:0", "0.2.weight:0", "2.out_partition"]
     assert inn.resize(outer, 0.5) == {"0.0.weight:0": 6, "0.2.weight:0": 4, "2.out_partition": 2}
     assert imodel.sizes() == {"0.weight:0": 6, "2.weight:0": 4}
     plain = inn.to_discrete(outer)

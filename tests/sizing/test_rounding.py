@@ -88,8 +88,8 @@ def test_resize_rounds_ratios_and_sizes():
     assert inn.resize(imodel, 0.5, multiple=1) == imodel.resize(0.5)  # multiple=1: as before
     small = imodel.to_discrete()
     assert small.get_parameter("0.weight").shape[0] == 50
-    p = inn.UniformPartition(64)
-    net = nn.Sequential(inn.IntegralLinear(8, p), nn.ReLU(), inn.IntegralLinear(p, 2))
+    p = inn.maths.UniformPartition(64)
+    net = nn.Sequential(inn.nn.IntegralLinear(8, p), nn.ReLU(), inn.nn.IntegralLinear(p, 2))
     assert inn.resize(net, 0.3, multiple=16) == {"0.out_partition": 16}  # 19 -> 16
     assert inn.resize(net, 0.4, multiple=16) == {"0.out_partition": 32}  # 26 -> 32
 

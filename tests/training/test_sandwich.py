@@ -18,11 +18,11 @@ from torchinn.training.train import kl_distillation_loss
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def mlp(quadrature: str = "trapezoid", n: tuple[int, int] = (16, 10)) -> tuple[nn.Module, inn.Partition, inn.Partition]:
+def mlp(quadrature: str = "trapezoid", n: tuple[int, int] = (16, 10)) -> tuple[nn.Module, inn.maths.Partition, inn.maths.Partition]:
     torch.manual_seed(0)
-    a, b = inn.UniformPartition(n[0], quadrature=quadrature), inn.UniformPartition(n[1], quadrature=quadrature)
-    net = nn.Sequential(inn.IntegralLinear(4, a), nn.Tanh(), inn.IntegralLinear(a, b), nn.Tanh(),
-                        inn.IntegralLinear(b, 3))
+    a, b = inn.maths.UniformPartition(n[0], quadrature=quadrature), inn.maths.UniformPartition(n[1], quadrature=quadrature)
+    net = nn.Sequential(inn.nn.IntegralLinear(4, a), nn.Tanh(), inn.nn.IntegralLinear(a, b), nn.Tanh(),
+                        inn.nn.IntegralLinear(b, 3))
     return net, a, b
 
 
@@ -82,7 +82,7 @@ def grads(net: nn.Module) -> list[torch.Tensor]:
 def by_hand(net: nn.Module, order: list[dict[str, int]], x, y, detach: bool = True) -> tuple[list[float], list]:
     """The sandwich step computed pass by pass: cross-entropy at the first sizes, KL to its
     (detached unless ``detach=False``) outputs at the others."""
-    parts = inn.partitions(net)
+    parts = inn.model.partitions(net)
     net.zero_grad()
     losses, teacher = [], None
     for i, s in enumerate(order):

@@ -199,7 +199,7 @@ def is_bias(key: str) -> bool:
 def check_partitions_valid(imodel) -> int:
     n = 0
     for name, p in imodel.partition_map().items():
-        if isinstance(p, inn.TrainablePartition):
+        if isinstance(p, inn.maths.TrainablePartition):
             pts = p.points().detach()
             assert torch.isfinite(pts).all(), name
             assert bool((pts.diff() > 0).all()), (name, pts)
@@ -236,9 +236,9 @@ def test_tuning_changes_only_the_partitions(tuned_mlp):
     assert after.keys() == tuned_mlp["values"].keys()
     for k, v in tuned_mlp["values"].items():
         assert torch.equal(after[k], v), k
-    uniform = {n: inn.UniformPartition(p.max_size).resize(p.size).points() for n, p in imodel.partition_map().items()}
+    uniform = {n: inn.maths.UniformPartition(p.max_size).resize(p.size).points() for n, p in imodel.partition_map().items()}
     for n, p in imodel.partition_map().items():
-        assert isinstance(p, inn.TrainablePartition)
+        assert isinstance(p, inn.maths.TrainablePartition)
         assert float((p.points().detach() - uniform[n]).abs().max()) > 1e-3, n  # the grid moved
 
 
@@ -440,4 +440,4 @@ def test_full_size_model_has_nothing_to_tune():
     _, inputs, imodel = converted("mlp")
     report = tune_grid(imodel, [inputs[0]], config=TuneConfig(steps=2, seconds=None, progress=False))
     assert report["steps"] == 0
-    assert not any(isinstance(p, inn.TrainablePartition) for p in imodel.partition_map().values())
+    assert not any(isinstance(p, inn.maths.TrainablePartition) for p in imodel.partition_map().values())

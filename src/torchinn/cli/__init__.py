@@ -1,1 +1,5 @@
-"""cli"""
+"""The ``torchinn`` command line (:mod:`.main`): argument types (:mod:`.args`), the commands
+(:mod:`.commands`), what they print and write (:mod:`.output`) and how they read models and
+images (:mod:`.loading`)."""
+
+__all__ = []  # the entry point is torchinn.cli.main.main

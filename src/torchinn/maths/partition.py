@@ -11,7 +11,7 @@ control values of those functions; its ``size`` is how many channels it currentl
 * :class:`CompositePartition` - several partitions side by side (concatenated channels).
 
 The partitions of a whole model are listed, resized and randomly resized (for training with
-randomized discretization) by :mod:`torchinn.sizing.sizes`.
+randomized discretization) by :mod:`torchinn.training.sizes`.
 
 >>> p = UniformPartition(8, "trapezoid")
 >>> p.resize(5).points()

@@ -1,19 +1,19 @@
 """The top-level functions on integral networks: each takes either kind and agrees with the methods.
 
-``torchinn.partitions(m)``, ``torchinn.resize(m, r)`` and ``torchinn.to_discrete(m)`` give exactly
+``torchinn.model.partitions(m)``, ``torchinn.resize(m, r)`` and ``torchinn.to_discrete(m)`` give exactly
 ``m.partition_map()``, ``m.resize(r)`` and ``m.to_discrete()`` for an
 :class:`~torchinn.IntegralModel`, and the same for a module built from ``Integral*`` layers through
 its :class:`~torchinn.model.scratch.ScratchNetwork` view (:func:`integral_network`). The protocol and
 what each method means: :mod:`torchinn.model.protocol`.
 
 >>> import torch, torchinn as inn
->>> p = inn.UniformPartition(32)
->>> net = torch.nn.Sequential(inn.IntegralLinear(8, p), torch.nn.ReLU(), inn.IntegralLinear(p, 4))
+>>> p = inn.maths.UniformPartition(32)
+>>> net = torch.nn.Sequential(inn.nn.IntegralLinear(8, p), torch.nn.ReLU(), inn.nn.IntegralLinear(p, 4))
 >>> imodel = inn.convert(torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(),
 ...                                          torch.nn.Linear(32, 4)), (torch.randn(2, 8),))
 >>> inn.resize(net, 0.5), inn.resize(imodel, 0.5)
 ({'0.out_partition': 16}, {'0.weight:0': 16})
->>> list(inn.partitions(imodel)) == list(imodel.groups)
+>>> list(inn.model.partitions(imodel)) == list(imodel.groups)
 True
 >>> inn.to_discrete(net)[0], inn.to_discrete(imodel).get_parameter("0.weight").shape
 (Linear(in_features=8, out_features=16, bias=True), torch.Size([16, 8]))

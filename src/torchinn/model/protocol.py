@@ -5,8 +5,8 @@ There are two kinds of integral network, and one way to talk to both:
 * an :class:`~torchinn.IntegralModel` (from :func:`torchinn.convert`) implements
   :class:`IntegralNetwork` itself;
 * a module built from scratch with ``Integral*`` layers (an ``nn.Sequential`` of
-  :class:`~torchinn.IntegralConv2d`, ...) is seen through :class:`~torchinn.model.scratch.ScratchNetwork`,
-  a view that implements it on the module (``torchinn.integral_network(net)`` wraps it).
+  :class:`~torchinn.nn.IntegralConv2d`, ...) is seen through :class:`~torchinn.model.scratch.ScratchNetwork`,
+  a view that implements it on the module (``torchinn.model.integral_network(net)`` wraps it).
 
 An :class:`IntegralNetwork` has *groups*: named sets of channels that share one partition, so one
 size. A converted network's groups are named by a tensor dimension in them
@@ -33,7 +33,7 @@ is found at (``"0.out_partition"``). The four methods, and what they mean for ev
     converted from (its own class, smaller layers of the same types; ``to_discrete(graph=True)``:
     the ``torch.fx.GraphModule`` it runs), a from-scratch one its ``nn`` twin.
 
-The top-level functions :func:`torchinn.partitions`, :func:`torchinn.resize` and
+The top-level functions :func:`torchinn.model.partitions`, :func:`torchinn.resize` and
 :func:`torchinn.to_discrete`, and :class:`torchinn.RandomSizes`, take any integral network (either
 kind, or a plain module with ``Integral*`` layers inside) and give exactly what these methods give.
 Other words keep one meaning each: a partition's ``weights()`` are its quadrature weights; an

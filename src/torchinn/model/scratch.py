@@ -27,7 +27,8 @@ partition follows it); :meth:`ScratchNetwork.to_discrete` gives a fresh plain co
 its path (``"backbone.0.weight:0"``) and ``to_discrete`` replaces it by its own discrete network.
 
 >>> import torch
->>> from torchinn import IntegralLinear, UniformPartition
+>>> from torchinn.nn import IntegralLinear
+>>> from torchinn.maths import UniformPartition
 >>> p = UniformPartition(64)
 >>> net = torch.nn.Sequential(IntegralLinear(8, p), torch.nn.ReLU(), IntegralLinear(p, 2))
 >>> view = ScratchNetwork(net)
@@ -82,7 +83,7 @@ def from_scratch(model: nn.Module, example_inputs: tuple | Tensor, **options: An
     :class:`~torchinn.IntegralModel`, with the same outputs at every size. Each group takes a copy
     of the partition of the layers in it (its points and current size; one quadrature for all
     partitions, since the stored values are relative to it); channels given as an ``int`` keep
-    their size (a :class:`~torchinn.FixedPartition`). Groups follow the
+    their size (a :class:`~torchinn.maths.FixedPartition`). Groups follow the
     graph: a partition shared by layers that the graph does not tie (two branches concatenated)
     becomes one group per branch, and two partitions that the graph ties (a residual sum) are an
     error.

@@ -11,7 +11,8 @@ call ``F.linear`` / ``F.conv*``. In eval mode the sampled weight is cached until
 partition or a parameter changes. :meth:`IntegralLayer.to_discrete` returns the plain ``nn`` twin.
 
 >>> import torch
->>> from torchinn import IntegralConv2d, IntegralLinear, UniformPartition
+>>> from torchinn.nn import IntegralConv2d, IntegralLinear
+>>> from torchinn.maths import UniformPartition
 >>> p = UniformPartition(32)
 >>> net = torch.nn.Sequential(IntegralConv2d(3, p, 3, padding=1), torch.nn.ReLU(),
 ...                           torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), IntegralLinear(p, 10))
@@ -43,27 +44,9 @@ __all__ = [
     "IntegralConvTranspose1d",
     "IntegralConvTranspose2d",
     "IntegralConvTranspose3d",
-    "LAYERS",
-    "register_layer",
 ]
 
 Channels = int | Partition
-
-#: nn layer type -> its integral twin, filled by :func:`register_layer` (a lookup for users: conversion
-#: works on the traced graph and each layer builds its own plain module in ``to_discrete``; neither reads it).
-LAYERS: dict[type[nn.Module], type[IntegralLayer]] = {}
-
-
-def register_layer(nn_type: type[nn.Module]) -> Callable[[type[IntegralLayer]], type[IntegralLayer]]:
-    """Class decorator: the decorated integral layer is the continuous twin of ``nn_type``."""
-
-    def deco(cls: type[IntegralLayer]) -> type[IntegralLayer]:
-        LAYERS[nn_type] = cls
-        cls.discrete_type = nn_type
-        return cls
-
-    return deco
-
 
 def _max(ch: Channels, what: str) -> int:
     if isinstance(ch, Partition):
@@ -236,7 +219,6 @@ class IntegralLayer(nn.Module):
         return (f"{one(self.in_partition, self._in_fixed)}, {one(self.out_partition, self._out_fixed)}")
 
 
-@register_layer(nn.Linear)
 class IntegralLinear(IntegralLayer):
     """Integral twin of :class:`torch.nn.Linear`: ``y(x_out) = ∫ W(x_out, x_in) x(x_in) dx_in + b(x_out)``.
 
@@ -248,6 +230,7 @@ class IntegralLinear(IntegralLayer):
     """
 
     in_dim, out_dim = 1, 0
+    discrete_type = nn.Linear
 
     def __init__(self, in_features: Channels, out_features: Channels, bias: bool = True, *,
                  kind: Kind = "cubic", device: Any = None, dtype: Any = None) -> None:
@@ -399,7 +382,8 @@ def _conv_class(name: str, base: type[_IntegralConvNd], nn_type: type[nn.Module]
            "passes the same Partition as in_channels, out_channels and groups.")
     cls = type(name, (base,), {"_nn_conv": nn_type, "_conv": staticmethod(fn), "__doc__": doc,
                                "__module__": __name__})
-    return register_layer(nn_type)(cls)
+    cls.discrete_type = nn_type
+    return cls
 
 
 IntegralConv1d = _conv_class("IntegralConv1d", _Conv, nn.Conv1d, F.conv1d)

@@ -23,7 +23,7 @@ all-reduces, ``2 + random`` times the communication of a step)::
     sizes.full()
 
 **Integration grid tuning** (post-training structured pruning, the blog's one minute): at the
-chosen sizes, each group's partition becomes a :class:`~torchinn.TrainablePartition` (the
+chosen sizes, each group's partition becomes a :class:`~torchinn.maths.TrainablePartition` (the
 seed's Listing 3), everything else is frozen (biases and norms may be allowed to move), and the
 partitions are trained on a small calibration set, by default to reproduce the full-size
 network's outputs (distillation: no labels needed). :func:`tune_grid` does it all;

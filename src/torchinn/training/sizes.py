@@ -5,7 +5,7 @@ controls.
 It takes any integral network (:mod:`torchinn.model.protocol`: a converted
 :class:`~torchinn.IntegralModel` or a module built from ``Integral*`` layers) or a mapping from
 name to partition, and names the sizes it draws by group name. Finding and resizing groups:
-:func:`torchinn.partitions` and :func:`torchinn.resize` (:mod:`torchinn.model.network`).
+:func:`torchinn.model.partitions` and :func:`torchinn.resize` (:mod:`torchinn.model.network`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class RandomSizes:
       towards the full size), which keeps full-size accuracy while still teaching small sizes.
 
     ``model`` is any integral network (the sizes are named by its group names, as
-    :func:`torchinn.partitions` names them) or a mapping from name to partition. ``ranges`` gives
+    :func:`torchinn.model.partitions` names them) or a mapping from name to partition. ``ranges`` gives
     some groups (by name) their own ``(low, high)``. Every process that builds a
     ``RandomSizes`` with the same seed draws the same sizes (distributed training needs that).
 
@@ -46,7 +46,8 @@ class RandomSizes:
     :func:`torchinn.sandwich_backward`).
 
     >>> import torch
-    >>> from torchinn import IntegralLinear, UniformPartition
+    >>> from torchinn.nn import IntegralLinear
+    >>> from torchinn.maths import UniformPartition
     >>> p = UniformPartition(16)
     >>> net = torch.nn.Sequential(IntegralLinear(4, p), IntegralLinear(p, 2))
     >>> sizes = RandomSizes(net, low=0.5, seed=0)
@@ -116,7 +117,8 @@ class RandomSizes:
         step the optimizer once after the last; :func:`torchinn.sandwich_backward` does that.
         The partitions keep the last sizes: call :meth:`full` before evaluating at full size.
 
-        >>> from torchinn import IntegralLinear, UniformPartition
+        >>> from torchinn.nn import IntegralLinear
+        >>> from torchinn.maths import UniformPartition
         >>> p = UniformPartition(16)
         >>> net = torch.nn.Sequential(IntegralLinear(4, p), IntegralLinear(p, 2))
         >>> [s["0.out_partition"] for s in RandomSizes(net, low=0.5, seed=0).sandwich(2)][:2]
