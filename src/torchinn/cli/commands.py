@@ -63,7 +63,7 @@ def _print_pinned(pinned: list[dict]) -> None:
 
 def inspect(args: argparse.Namespace) -> int:
     """``torchinn inspect``: the channel groups of MODEL, as a table or JSON."""
-    from ..compression.budget import count_flops, flops_by_tensor
+    from ..sizing.metrics import count_flops, flops_by_tensor
     from ..model.convert import ConvertConfig, convert
 
     loaded = load_model(args.model, args.trust_code, convert=True)
@@ -240,7 +240,7 @@ def bench(args: argparse.Namespace) -> int:
     """``torchinn bench``: latency and throughput of MODEL (and --compressed)."""
     import torch
 
-    from ..compression.budget import measure_latency
+    from ..sizing.metrics import measure_latency
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)

@@ -21,21 +21,18 @@ from typing import Any, Literal
 
 from ..training.distill import LOSS_CHOICES, Distillation, resolve_loss
 from ..model.inputs import check_batches
+from .cost import Cost
 from .importance import Importance, channel_importance, fisher_curves, measure_importance
 from ..model.integral_model import IntegralModel
-from ..sizing.metrics import count_flops, flops_by_tensor, measure_latency
+from ..sizing.metrics import Metric
 from ..options import check_choice, check_number
 from ..sizing.rounding import Multiple, ceil_size, floor_size, resolve_multiple, round_size
-from ..maths.structured import plan_size
 from .starts import STARTS, best_start, distill_error, full_outputs, kept_partitions, start_partition
 from ..model.inputs import batch_inputs
 
-__all__ = ["Metric", "UnreachableTarget", "choose_sizes", "compare_sizes", "count_flops", "flops_by_tensor", "measure_latency"]
+__all__ = ["UnreachableTarget", "choose_sizes", "compare_sizes"]
 
 log = logging.getLogger(__name__)
-
-Metric = Literal["params", "flops", "latency"]
-
 
 class UnreachableTarget(ValueError):
     """No sizes allowed (``min_ratio``) bring the network down to the target."""
@@ -50,81 +47,6 @@ def check_budget(target: object, metric: object, min_ratio: object) -> None:
 
 SizeMethod = Literal["best", "sensitivity", "fisher", "uniform"]
 _RATIOS = (0.75, 0.5, 0.25)
-
-
-class _Cost:
-    """A metric as a function of group sizes."""
-
-    def __init__(self, imodel: IntegralModel, metric: Metric, inputs: tuple) -> None:
-        self.imodel, self.metric, self.inputs = imodel, metric, inputs
-        self.plans = imodel.plans()
-        self.per_element: dict[str, float] = {}
-        self.other = 0.0
-        if metric in ("flops", "latency"):
-            full = imodel.sizes()
-            imodel.resize({n: imodel.groups[n].max_size for n in full})
-            try:
-                small = imodel.to_discrete(graph=True).eval()
-            finally:
-                imodel.resize(full)
-            by_tensor, other = flops_by_tensor(small, inputs)
-            numel = {n: t.numel() for n, t in list(small.named_parameters()) + list(small.named_buffers())}
-            self.other = float(other)
-            for name, flops in by_tensor.items():
-                if name in self.plans:
-                    self.per_element[name] = flops / numel[name]
-                else:  # a tensor outside every group: its FLOPs do not change
-                    self.other += flops
-        else:  # parameters: one per element of every trainable grouped tensor, the rest fixed
-            self.per_element = {n: 1.0 for n in imodel.tensor_names if n in imodel.trainable and n in self.plans}
-            full = {n: g.max_size for n, g in imodel.groups.items()}
-            self.other = float(imodel.num_parameters(full)) - self._grouped(full, self.per_element)
-        # group -> the tensors whose size it changes (a move of one group re-counts only those)
-        self.touching: dict[str, list[str]] = {}
-        for name in self.per_element:
-            for g in {a.group for p in self.plans[name] for seg in p for a in seg if a.group is not None}:
-                self.touching.setdefault(g, []).append(name)
-
-    def amount(self, value: float) -> str:
-        """``value`` of :meth:`model` with its unit (latency is modelled by FLOPs)."""
-        if self.metric == "params":
-            return f"{value:,.0f} parameters"
-        return f"{value:.4g} FLOPs"
-
-    @property
-    def note(self) -> str:
-        return " (latency is budgeted through the FLOPs it is measured to follow)" if self.metric == "latency" else ""
-
-    def _grouped(self, sizes: Mapping[str, int], names: Iterable[str]) -> float:
-        return sum(self.per_element[name] * math.prod(plan_size(p, sizes) for p in self.plans[name])
-                   for name in names)
-
-    def model(self, sizes: Mapping[str, int]) -> float:
-        """The metric predicted from sizes (FLOPs for the latency metric); groups not in
-        ``sizes`` at their current size."""
-        if len(sizes) < len(self.imodel.groups):
-            sizes = dict(self.imodel.sizes(), **sizes)
-        return self.other + self._grouped(sizes, self.per_element)
-
-    def saved(self, sizes: Mapping[str, int], group: str, new: int) -> float:
-        """``model(sizes) - model(sizes with group at new)``, counting only the tensors the group
-        changes (the greedy allocation asks this for every group at every step)."""
-        names = self.touching.get(group, [])
-        return self._grouped(sizes, names) - self._grouped(dict(sizes, **{group: new}), names)
-
-    def measure(self, sizes: Mapping[str, int]) -> float:
-        """The metric of the real discrete network at ``sizes``."""
-        if self.metric == "params":
-            return float(self.imodel.num_parameters(sizes))
-        saved = self.imodel.sizes()
-        self.imodel.resize(dict(sizes))
-        try:
-            small = self.imodel.to_discrete(graph=True).eval()
-        finally:
-            self.imodel.resize(saved)
-        if self.metric == "flops":
-            return float(count_flops(small, self.inputs))
-        return measure_latency(small, self.inputs)
 
 
 def sensitivities(imodel: IntegralModel, batches: Sequence[tuple], loss: str | Distillation = "auto"
@@ -205,7 +127,7 @@ class _Grid:
         return f", multiple={rounded}"
 
 
-def _greedy(imodel: IntegralModel, cost: _Cost, target_cost: float,
+def _greedy(imodel: IntegralModel, cost: Cost, target_cost: float,
             curves: Mapping[str, list[tuple[float, float]]], min_ratio: float, grid: _Grid) -> dict[str, int]:
     groups = imodel.groups
     sizes = {n: g.max_size for n, g in groups.items()}
@@ -258,7 +180,7 @@ def _greedy(imodel: IntegralModel, cost: _Cost, target_cost: float,
     return sizes
 
 
-def _uniform(imodel: IntegralModel, cost: _Cost, target_cost: float, min_ratio: float, grid: _Grid
+def _uniform(imodel: IntegralModel, cost: Cost, target_cost: float, min_ratio: float, grid: _Grid
              ) -> dict[str, int]:
     """One ratio for every group: the largest whose predicted cost fits ``target_cost`` (each
     size the allowed one nearest to the ratio)."""
@@ -364,7 +286,7 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
     cal = _batches(calibration, example_inputs or (), batches, imodel) if measured else []
     if measured and not cal[0]:
         raise ValueError(f"the {method} method needs calibration data or example_inputs")
-    cost = _Cost(imodel, metric, example_inputs or ())
+    cost = Cost(imodel, metric, example_inputs or ())
     full_sizes = {n: g.max_size for n, g in imodel.groups.items()}
     original = cost.measure(full_sizes)
     goal = target * original

@@ -52,8 +52,8 @@ IMPORTANCE_SHARE = 0.3
 #: many forward passes
 IMPORTANCE_PASSES = 4.0
 #: the importance pass reads up to this many times the choice batches (the next training batches,
-#: while its share of the time allows): on DNSMOS 22 channels silent on the 32 clips of the choice
-#: batches were not on others (held-out error 0.0044 -> 0.00054 with the next 16 clips)
+#: while its share of the time allows): channels silent on a few batches may not be on others
+#: (evidence for this and the other constants: docs/decisions/compress-constants.md)
 IMPORTANCE_BATCHES = 2
 #: the measured sensitivities join the sizes only when their estimated cost is below this share
 #: of the time left

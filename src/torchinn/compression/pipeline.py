@@ -36,7 +36,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from .budget import Metric, check_budget
+from ..sizing.metrics import Metric
+from .budget import check_budget
 from .choices import FIT_BATCHES, choose
 from ..model.convert import ConvertConfig, convert
 from ..model.inputs import check_batches
@@ -62,9 +63,8 @@ CHOICE_PASSES_SHARE = 0.05
 #: the share of the bound (TuneConfig.seconds) the choices may take when there is tuning after them
 CHOICE_SHARE = 0.4
 #: with a time budget, when fewer than this many tuning steps (each about STEP_PASSES forward
-#: passes of a batch) would fit in what the choices leave, the choices take the whole budget: on
-#: DNSMOS (2 s per batch on 2 cores) 60 s gave 2 steps of tuning after choices cut to 24 s, and
-#: 54% ranking agreement where the same choices with the whole budget and no tuning gave 97.6%
+#: passes of a batch) would fit in what the choices leave, the choices take the whole budget: a
+#: few steps of tuning are worth less than choices cut short (docs/decisions/compress-constants.md)
 MIN_TUNING_STEPS = 20
 STEP_PASSES = 3.0
 #: the bound on everything after the conversion when there is no time budget: ``tune=False`` or a

@@ -253,7 +253,7 @@ def analyse(traced: Traced, keep: Iterable[str] | dict[str, str] = ()) -> Analys
     dict: with the reason for each).
     """
     an = Analysis(traced)
-    why = dict(keep) if isinstance(keep, dict) else {k: f"'{{}}' kept discrete by the caller" for k in keep}
+    why = dict(keep) if isinstance(keep, dict) else {k: "'{}' kept discrete by the caller" for k in keep}
     keep = tuple(why)
     for node in traced.graph.nodes:
         if node.op == "placeholder":

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -17,7 +17,10 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from ..options import check_number
 
-__all__ = ["count_flops", "flops_by_tensor", "measure_latency"]
+__all__ = ["Metric", "count_flops", "flops_by_tensor", "measure_latency"]
+
+#: what a budget counts (:func:`torchinn.choose_sizes`, :func:`torchinn.compress`)
+Metric = Literal["params", "flops", "latency"]
 
 
 def count_flops(model: nn.Module, inputs: tuple) -> int:

@@ -61,7 +61,8 @@ CONFIDENCE = 0.9
 #: above this temperature, logits that are still saturated are compared by squared error
 MAX_TEMPERATURE = 1000.0
 #: outputs whose softmax has a mean entropy above this fraction of the uniform one's are not taken
-#: for class logits (DNSMOS's three quality scores: 0.9999; classifiers' logits: well below)
+#: for class logits (scores and regression outputs sit near 1.0, classifiers' logits well below:
+#: docs/decisions/compress-constants.md)
 LOGIT_ENTROPY = 0.9
 #: outputs whose top class is the same on this many rows or more are not taken for class logits
 MIN_ROWS = 4

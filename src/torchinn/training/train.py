@@ -331,14 +331,16 @@ def _fit(model: nn.Module, inner: nn.Module, groups: list[dict], loader: Iterabl
         held_out = list(loader)  # one batch: validate on it
     if isinstance(train_batches, Sequence) and len(train_batches) == 0:
         raise ValueError("the calibration loader is empty")
-    validate = None
+    validate: Callable[[], float] | None = None
     if held_out:
         with torch.no_grad():
             targets = [teacher(*batch_inputs(b)) for b in held_out]
 
-        def validate() -> float:
+        def validate_held_out() -> float:
             with torch.no_grad():
                 return sum(float(loss_fn(inner(*batch_inputs(b)), b, t)) for b, t in zip(held_out, targets)) / len(held_out)
+
+        validate = validate_held_out
 
     # a list of batches is cycled: the teacher's outputs on it are computed once (a quarter of a
     # step's time), up to TEACHER_CACHE_BYTES; a loader makes new batches, so it is not cached
