@@ -8,4 +8,4 @@ Importing this package registers them.
 
 from . import core, linear, shape, slicing  # noqa: F401 - register the built-in handlers
 
-__all__: list[str] = []
+__all__ = ["core", "linear", "shape", "slicing"]
