@@ -594,7 +594,7 @@ def test_activation_selection_is_channel_level_wanda():
 def test_reconstruct_runs_each_node_about_once_per_batch(monkeypatch):
     """Each layer's capture resumes where the previous one stopped (one pass per batch over all
     the consuming layers, not one per layer), and gives the same weights as fresh passes."""
-    import torchinn.compression.refit as refit
+    from torchinn.compression.capture import Capture
 
     torch.manual_seed(5)
     layers = [nn.Linear(8, 24)] + [m for _ in range(6) for m in (nn.ReLU(), nn.Linear(24, 24))] + [nn.Linear(24, 3)]
@@ -603,24 +603,24 @@ def test_reconstruct_runs_each_node_about_once_per_batch(monkeypatch):
     sizes = {n: 12 for n in imodel.groups}
     cal = [torch.randn(64, 8) for _ in range(4)]
     calls = {"n": 0}
-    run_node = refit._Capture.run_node
+    run_node = Capture.run_node
 
     def counted(self, n):
         calls["n"] += 1
         return run_node(self, n)
 
-    monkeypatch.setattr(refit._Capture, "run_node", counted)
+    monkeypatch.setattr(Capture, "run_node", counted)
     resumed = reconstruct(imodel, sizes, cal).state_dict()
     nodes = len(prune(imodel, sizes).graph.nodes)
     # per batch and network: every node once, plus the input and each stop node again per consumer
     assert calls["n"] <= 1.5 * 2 * len(cal) * nodes, (calls["n"], nodes)
-    capture = refit._Capture.capture
+    original_capture = Capture.capture
 
     def fresh(self, inputs, node, key):
         self.saved.clear()
-        return capture(self, inputs, node, key)
+        return original_capture(self, inputs, node, key)
 
-    monkeypatch.setattr(refit._Capture, "capture", fresh)
+    monkeypatch.setattr(Capture, "capture", fresh)
     calls["n"] = 0
     again = reconstruct(imodel, sizes, cal).state_dict()
     assert calls["n"] > 5 * len(cal) * nodes

@@ -18,6 +18,7 @@ from torch import nn
 
 import torchinn as inn
 import torchinn.compression.refit as refit
+from torchinn.compression.capture import Capture
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -90,14 +91,14 @@ def test_captures_keep_at_most_saved_bytes(monkeypatch: pytest.MonkeyPatch) -> N
     sizes = {n: 12 for n in imodel.groups}
     cal = [torch.randn(64, 8) for _ in range(4)]
     kept: dict[int, list[tuple[int, int]]] = {}  # per network: (batches kept, their bytes) after each capture
-    capture = refit._Capture.capture
+    original_capture = Capture.capture
 
     def counted(self, inputs, node, key):  # noqa: ANN001, ANN202
-        out = capture(self, inputs, node, key)
+        out = original_capture(self, inputs, node, key)
         kept.setdefault(id(self), []).append((len(self.saved), sum(self.saved_bytes.values())))
         return out
 
-    monkeypatch.setattr(refit._Capture, "capture", counted)
+    monkeypatch.setattr(Capture, "capture", counted)
     resumed = inn.compression.reconstruct(imodel, sizes, cal).state_dict()
     assert [max(n for n, _ in v) for v in kept.values()] == [4, 4]  # every batch kept, in both networks
     full_batch = 64 * 24 * 4  # the full network's activation at a stop, float32

@@ -37,14 +37,15 @@ from torch import Tensor, fx
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
+from ..graph.kinds import node_kind
 from ..training.distill import Distillation
 from ..model.integral_model import IntegralModel
 
 __all__ = ["Importance", "activation_importance", "channel_importance", "fisher_curves", "measure_importance"]
 
-aten = torch.ops.aten
-_CONV = (aten.convolution, aten.conv1d, aten.conv2d, aten.conv3d)
-_TCONV = (aten.conv_transpose1d, aten.conv_transpose2d, aten.conv_transpose3d)
+#: the layer kinds (:mod:`torchinn.graph.kinds`) whose weight reads are scored; a broadcasting
+#: ``"matmul"`` is not (its weight operand may be a transposing view, read along another dimension)
+READ_KINDS = ("linear", "mm", "conv", "conv_transpose")
 
 
 @dataclass
@@ -58,20 +59,14 @@ class Importance:
 
 
 def _reads(func: Any, args: tuple) -> tuple[Any, Any, int, int] | None:
-    """(input, weight, the input's channel dim, the weight's input dim) of a layer op."""
-    packet = getattr(func, "_overloadpacket", None)
-    if packet in _CONV and len(args) > 1:
-        transposed = packet is aten.convolution and len(args) > 6 and bool(args[6])
-        return args[0], args[1], 1, 0 if transposed else 1
-    if packet in _TCONV and len(args) > 1:
-        return args[0], args[1], 1, 0
-    if packet is aten.linear and len(args) > 1:
-        return args[0], args[1], -1, 1
-    if packet is aten.addmm and len(args) > 2:
-        return args[1], args[2], -1, 0
-    if packet is aten.mm and len(args) > 1:
-        return args[0], args[1], -1, 0
-    return None
+    """(input, weight, the input's channel dim, the weight's input dim) of a layer op (of one of
+    :data:`READ_KINDS`)."""
+    if not isinstance(func, torch._ops.OpOverload):
+        return None
+    kind = node_kind(func, args)
+    if kind is None or kind.name not in READ_KINDS or max(kind.input, kind.weight) >= len(args):
+        return None
+    return args[kind.input], args[kind.weight], kind.channel, kind.weight_in
 
 
 class _Reads(TorchFunctionMode):

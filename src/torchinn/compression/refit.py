@@ -21,11 +21,13 @@ input in the pruned network, its output in the full one, and a padded copy of ha
 at most ``max_bytes`` of normal equations and one chunk of rows (``chunk`` values, about
 ``regression.BYTES_PER_VALUE * chunk`` bytes: 48 MiB by default; at least one output position of
 every sample of half a batch). The values each capture keeps to resume the next layer's capture
-(see :class:`_Capture`) are bounded by :data:`SAVED_BYTES` per network.
+(see :class:`torchinn.compression.capture.Capture`) are bounded by :data:`SAVED_BYTES` per network.
 
-Refit: ``aten.linear``, ``aten.addmm`` / ``aten.mm`` / ``aten.matmul`` with a weight matrix (through
-``t``/``transpose``/``permute``), and 1-d / 2-d convolutions (``conv1d``, ``conv2d``, non-transposed
-``convolution``; grouped and depthwise too). Kept as selected, with a log message: transposed and
+Refit: the ops of the layer kinds of :mod:`torchinn.graph.kinds`: ``"linear"`` (``aten.linear``),
+``"mm"`` / ``"matmul"`` (``aten.addmm`` / ``aten.mm`` / ``aten.matmul``) with a weight matrix
+(through ``t``/``transpose``/``permute`` and other views), and 1-d / 2-d convolutions of kind
+``"conv"`` (``conv1d``, ``conv2d``, non-transposed ``convolution``; grouped and depthwise too),
+a user's op of those kinds included (a kind that is not exact is fit on its map's output). Kept as selected, with a log message: transposed and
 3-d convolutions, weights used by more than one layer, weights computed from other tensors, and
 ``addmm`` with ``alpha``/``beta`` other than 1, and a layer whose normal equations would take more
 than ``max_bytes`` (:data:`MAX_SYSTEM_BYTES`: a convolution of 512 input channels and 64 taps has
@@ -43,8 +45,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, fx
-from torch.utils import _pytree as pytree
 
+from .capture import Capture, bound_args
+from ..graph.kinds import Kind, is_view, node_kind
 from .regression import CHUNK, Layer, NormalEquations, current, features, in_channels, row_chunks, sample, \
     spatial_size, store
 from ..model.inputs import batch_inputs
@@ -52,13 +55,7 @@ from ..model.inputs import batch_inputs
 __all__ = ["refit_consumers"]
 
 log = logging.getLogger(__name__)
-aten = torch.ops.aten
 
-_CONV = {aten.conv1d.default, aten.conv2d.default, aten.conv1d.padding, aten.conv2d.padding,
-         aten.convolution.default}
-_MM = {aten.linear.default, aten.addmm.default, aten.mm.default, aten.matmul.default}
-_TRANSPOSED = {aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.conv_transpose3d.input}
-_UNFIT = _TRANSPOSED | {aten.conv3d.default, aten.conv3d.padding}  # convolutions kept as selected
 #: rows of a layer's regression kept per calibration batch (see _batch_sample)
 ROWS_PER_BATCH = 256
 ROWS_PER_FEATURE = 64
@@ -69,25 +66,12 @@ PEAK_COPIES = 5
 #: bound on the bytes of the values a capture keeps, over all calibration batches, to resume the
 #: next layer's capture where it stopped (a batch beyond it is run again from its inputs)
 SAVED_BYTES = 256 * 2**20
-_VIEWS = {aten.t.default, aten.transpose.int, aten.permute.default, aten.numpy_T.default}
-
-
-def _bind(node: fx.Node, args: tuple, kwargs: dict) -> dict[str, Any]:
-    out = {}
-    for i, a in enumerate(node.target._schema.arguments):
-        if i < len(args):
-            out[a.name] = args[i]
-        elif a.name in kwargs:
-            out[a.name] = kwargs[a.name]
-        elif a.has_default_value():
-            out[a.name] = a.default_value
-    return out
 
 
 def _attr(n: Any) -> tuple[str | None, list[fx.Node]]:
-    """The get_attr behind ``n`` through transposes, and the transposes on the way."""
+    """The get_attr behind ``n`` through views (:mod:`torchinn.graph.kinds`), and the views on the way."""
     chain = []
-    while isinstance(n, fx.Node) and n.op == "call_function" and n.target in _VIEWS:
+    while isinstance(n, fx.Node) and n.op == "call_function" and is_view(n.target):
         chain.append(n)
         n = n.args[0]
     if isinstance(n, fx.Node) and n.op == "get_attr":
@@ -111,20 +95,39 @@ def _is_transposed(gm: fx.GraphModule, name: str, chain: list[fx.Node]) -> bool 
     return None
 
 
+def _layer_kind(node: fx.Node) -> tuple[Kind | None, list[Any]]:
+    """The kind of a layer op (:mod:`torchinn.graph.kinds`) and its :func:`bound_args`, else
+    (None, [])."""
+    if node.op != "call_function" or getattr(node.target, "_schema", None) is None:
+        return None, []
+    values = bound_args(node, node.args, node.kwargs)
+    kind = node_kind(node.target, values)
+    return (kind, values) if kind is not None and kind.is_layer else (None, [])
+
+
+def _ndim(n: Any) -> int | None:
+    val = n.meta.get("val") if isinstance(n, fx.Node) else None
+    return val.ndim if isinstance(val, Tensor) else None
+
+
 def find_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[Layer | None, str]:
     """The layer ``node`` computes, or None and why it cannot be refit."""
-    a = _bind(node, node.args, node.kwargs)
-    if node.target in _CONV:
-        if a.get("transposed", False):
-            return None, "transposed convolution"
-        weight, chain = _attr(a["weight"])
+    kind, a = _layer_kind(node)
+    if kind is None:
+        return None, "not a linear layer or convolution"
+    if kind.name == "conv_transpose":
+        return None, "transposed convolution"
+    if kind.name == "conv":
+        if _ndim(kind.arg(a, "weight")) == 5:
+            return None, "3-d convolution"
+        weight, chain = _attr(kind.arg(a, "weight"))
         if weight is None or chain:
             return None, "its weight is not a plain tensor"
         w = _tensor(gm, weight)
         if w.ndim not in (3, 4):
             return None, f"{w.ndim - 2}-d convolution"
         k = w.ndim - 2
-        bias = a.get("bias")
+        bias = kind.arg(a, "bias")
         bias_name, bchain = _attr(bias) if bias is not None else (None, [])
         if bias is not None and (bias_name is None or bchain):
             return None, "its bias is not a plain tensor"
@@ -132,110 +135,30 @@ def find_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[Layer | None, str]:
         def fix(v: Sequence[int]) -> tuple[int, ...]:
             return tuple(v) * (k if len(v) == 1 else 1)
 
-        padding = a["padding"] if isinstance(a["padding"], str) else fix(a["padding"])
-        return Layer(node.name, weight, bias_name, True, stride=fix(a["stride"]), padding=padding,
-                     dilation=fix(a["dilation"]), groups=int(a["groups"])), ""
-    if node.target in _MM:
-        if node.target is aten.linear.default:
-            weight, chain, bias, transposed = *_attr(a["weight"]), a.get("bias"), False
-            if chain:
-                return None, "its weight is not a plain tensor"
-        else:
-            if node.target is aten.addmm.default and (a["alpha"] != 1 or a["beta"] != 1):
-                return None, "addmm with alpha or beta other than 1"
-            weight, chain = _attr(a["mat2"] if "mat2" in a else a["other"])
-            bias = a.get("self") if node.target is aten.addmm.default else None
-            transposed = None if weight is None else _is_transposed(gm, weight, chain)
-            if transposed is None:  # e.g. a product of two activations (attention)
-                return None, "it does not multiply by a weight matrix"
-            transposed = not transposed  # the product uses W^T: the stored (out, in) is transposed
-        if weight is None:
+        stride, padding, dilation = a[kind.stride:kind.stride + 3]
+        padding = padding if isinstance(padding, str) else fix(padding)
+        return Layer(node.name, weight, bias_name, True, stride=fix(stride), padding=padding,
+                     dilation=fix(dilation), groups=int(kind.arg(a, "groups", 1))), ""
+    if kind.name == "linear":
+        weight, chain, bias, transposed = *_attr(kind.arg(a, "weight")), kind.arg(a, "bias"), False
+        if chain:
             return None, "its weight is not a plain tensor"
-        bias_name, bchain = _attr(bias) if bias is not None else (None, [])
-        if bias is not None and (bias_name is None or bchain):
-            return None, "its bias is not a plain tensor"
-        return Layer(node.name, weight, bias_name, False, transposed=transposed), ""
-    if node.target in _TRANSPOSED:
-        return None, "transposed convolution"
-    if node.target in _UNFIT:
-        return None, "3-d convolution"
-    return None, "not a linear layer or convolution"
-
-
-class _Stop(Exception):
-    """Raised at the captured node (no args: fx would format them into its message)."""
-
-    inputs: Tensor
-    output: Tensor
-
-
-class _Capture(fx.Interpreter):
-    """Runs a graph up to one node and returns (its input activation, its output).
-
-    Layers are refit in graph order, and a refit changes only the layer's own weights (in
-    place), so the values computed before a node stay valid for the nodes after it: each capture
-    keeps, per batch, the interpreter's live values where it stopped, and the next capture of that
-    batch resumes from there (one forward pass per batch over all layers instead of one per
-    layer). A node at or before the last stop starts over from the inputs. The kept values of all
-    batches together take at most :data:`SAVED_BYTES` (the network's own tensors and its inputs
-    not counted): a batch whose values would not fit is run again from its inputs at its next
-    capture."""
-
-    def __init__(self, gm: fx.GraphModule) -> None:
-        super().__init__(gm)
-        self.extra_traceback = False
-        self.node = ""
-        self.order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
-        self.saved: dict[int, tuple[int, dict[fx.Node, Any]]] = {}
-        self.saved_bytes: dict[int, int] = {}
-        self.own = {t.untyped_storage().data_ptr() for t in [*gm.parameters(), *gm.buffers()]}
-
-    def _held_bytes(self, env: dict[fx.Node, Any]) -> int:
-        """Bytes of the tensors in ``env`` that are neither the network's own nor its inputs (each
-        storage once)."""
-        seen, total = set(self.own), 0
-        for node, value in env.items():
-            if node.op == "placeholder":  # the batch: the caller holds it anyway
-                continue
-            for t in pytree.tree_leaves(value):
-                if isinstance(t, Tensor):
-                    storage = t.untyped_storage()
-                    if storage.data_ptr() not in seen:
-                        seen.add(storage.data_ptr())
-                        total += storage.nbytes()
-        return total
-
-    def run_node(self, n: fx.Node) -> Any:
-        if n.name != self.node:
-            return super().run_node(n)
-        args, kwargs = self.fetch_args_kwargs_from_env(n)
-        out = n.target(*args, **kwargs)
-        a = _bind(n, args, kwargs)
-        x = a.get("input", a.get("mat1", a.get("self")))
-        stop = _Stop()
-        stop.inputs, stop.output = x, out
-        raise stop
-
-    def capture(self, inputs: tuple, node: str, key: int) -> tuple[Tensor, Tensor]:
-        """(input, output) of ``node`` on ``inputs``, the batch named ``key``."""
-        self.node, pos = node, self.order[node]
-        last, env = self.saved.pop(key, (len(self.order), None))
-        self.saved_bytes.pop(key, None)
-        if env is not None:
-            if last >= pos:
-                env = None
-            else:  # placeholders take the inputs again, in order; the nodes before the stop
-                # whose values were freed (every user ran) are marked done
-                env = {n: env.get(n) for n in self.graph.nodes if self.order[n.name] < last and n.op != "placeholder"}
-        flat = self.module.graph._codegen.process_inputs(*inputs)
-        try:
-            self.run(*flat, initial_env=env)
-        except _Stop as stop:
-            held = self._held_bytes(self.env)
-            if held + sum(self.saved_bytes.values()) <= SAVED_BYTES:
-                self.saved[key], self.saved_bytes[key] = (pos, self.env), held
-            return stop.inputs, stop.output
-        raise RuntimeError(f"node {self.node!r} was not reached")
+    else:  # a product by a weight matrix, maybe seen through views
+        scalars = {s.name: v for s, v in zip(node.target._schema.arguments, a) if s.name in ("alpha", "beta")}
+        if any(v != 1 for v in scalars.values()):
+            return None, f"{node.target.overloadpacket.__name__} with alpha or beta other than 1"
+        weight, chain = _attr(kind.arg(a, "weight"))
+        bias = kind.arg(a, "bias")
+        transposed = None if weight is None else _is_transposed(gm, weight, chain)
+        if transposed is None:  # e.g. a product of two activations (attention)
+            return None, "it does not multiply by a weight matrix"
+        transposed = not transposed  # the product uses W^T: the stored (out, in) is transposed
+    if weight is None:
+        return None, "its weight is not a plain tensor"
+    bias_name, bchain = _attr(bias) if bias is not None else (None, [])
+    if bias is not None and (bias_name is None or bchain):
+        return None, "its bias is not a plain tensor"
+    return Layer(node.name, weight, bias_name, False, transposed=transposed), ""
 
 
 def _tensor(gm: fx.GraphModule, name: str) -> Tensor:
@@ -246,14 +169,13 @@ def _tensor(gm: fx.GraphModule, name: str) -> Tensor:
 def _unfit_consumer(full: fx.GraphModule, pruned: fx.GraphModule, node: fx.Node) -> str | None:
     """The weight of a convolution that cannot be refit (transposed, 3-d) if its input channels
     shrank, else None."""
-    if node.target not in _CONV and node.target not in _UNFIT:
+    kind, a = _layer_kind(node)
+    if kind is None or kind.name not in ("conv", "conv_transpose"):
         return None
-    a = _bind(node, node.args, node.kwargs)
-    weight, chain = _attr(a["weight"])
+    weight, chain = _attr(kind.arg(a, "weight"))
     if weight is None or chain:
         return None
-    transposed = node.target in _TRANSPOSED or a.get("transposed", False)
-    in_dim = 0 if transposed else 1  # (in, out/g, ...) or (out, in/g, ...)
+    in_dim = kind.weight_in  # (in, out/g, ...) or (out, in/g, ...)
     return weight if _tensor(pruned, weight).shape[in_dim] != _tensor(full, weight).shape[in_dim] else None
 
 
@@ -284,17 +206,18 @@ def refit_consumers(full: fx.GraphModule, pruned: fx.GraphModule, calibration: S
     report: dict[str, dict[str, Any]] = {}
     full_layers = {}
     for node in full.graph.nodes:
-        if node.op == "call_function" and (node.target in _CONV or node.target in _MM):
+        kind, _ = _layer_kind(node)
+        if kind is not None and kind.name != "conv_transpose":
             layer, _ = find_layer(full, node)
             if layer is not None:
                 full_layers[layer.weight] = layer
-    cap_full, cap_pruned = _Capture(full), _Capture(pruned)
+    cap_full, cap_pruned = Capture(full, SAVED_BYTES), Capture(pruned, SAVED_BYTES)
     uses: dict[str, int] = {}
     for node in pruned.graph.nodes:
         if node.op == "get_attr":
             uses[str(node.target)] = uses.get(str(node.target), 0) + len(node.users)
     for node in list(pruned.graph.nodes):
-        if node.op != "call_function" or node.target not in _CONV | _MM | _UNFIT:
+        if _layer_kind(node)[0] is None:
             continue
         layer, why = find_layer(pruned, node)
         if layer is None:
@@ -362,7 +285,7 @@ def _batch_sample(layer: Layer, x: Tensor, y: Tensor, w: Tensor, n_batches: int,
     return sample(x.numel() // max(1, x.shape[-1]), keep, index)
 
 
-def _refit_layer(layer: Layer, cap_full: _Capture, full_node: str, cap_pruned: _Capture,
+def _refit_layer(layer: Layer, cap_full: Capture, full_node: str, cap_pruned: Capture,
                  calibration: Sequence[Any], kept: Tensor | None, ridge: Sequence[float],
                  chunk: int) -> dict[str, Any]:
     pruned = cap_pruned.module

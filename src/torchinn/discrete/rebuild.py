@@ -5,16 +5,17 @@ the integral model owns are on the ``meta`` device (so it costs no memory), plus
 inputs. :func:`rebuild` deep-copies the template and puts the sampled tensors into it:
 
 * every parameter and buffer gets its sampled tensor (same name, same ``requires_grad``);
-* every attribute that describes a size follows its tensors (``in/out_features``,
-  ``in/out_channels`` and ``groups`` of convolutions, ``num_features``, ``normalized_shape``,
-  ``num_groups``, ``embed_dim``/``num_heads``/``head_dim`` of ``nn.MultiheadAttention``) and, on the
-  user's own classes, integer attributes with a size-like name (``num_heads``, ``head_dim``, ...)
-  that equal a resized size of the module's tensors (see :data:`SIZE_ATTRS`);
+* every attribute that describes a size follows its tensors (:mod:`.attributes`:
+  ``in/out_features``, ``in/out_channels`` and ``groups`` of convolutions, ``num_features``, ...
+  and, on the user's own classes, integer attributes with a size-like name such as ``num_heads``);
 * a batch norm that conversion folded into the layer before it comes back as a batch norm that
   does nothing (weight 1, mean 0, variance ``1 - eps``) after the folded layer, and the folded
   bias goes to the layer's bias (or the norm's when the layer has none);
 * a contraction between activations (``q @ k.T`` over a resized head size) is scaled in the
-  integral model; the scale is moved into the weight that produces the scaled operand.
+  integral model; the scale is moved into the weight that produces the scaled operand (an exact
+  linear layer or convolution reached through views, as :mod:`torchinn.graph.kinds` says).
+
+The template (:class:`Original`) is made at conversion by :func:`make_original` (:mod:`.template`).
 
 :func:`run_check` then runs the copy and the graph module on the example inputs; the caller falls
 back to the graph module when the copy fails or differs (:func:`user_line` names the line).
@@ -37,95 +38,32 @@ from torch.utils import _pytree as pytree
 
 from ..graph.adapters import caches_off
 from ..graph.fuse import Folded
+from ..graph.kinds import Kind, is_view, node_kind
 from ..graph.trace import clone_inputs
+from .attributes import Atoms, Calls, attr_name, resize_modules
 from .hf_config import update_config
-from ..maths.structured import DimPlan, plan_size
+from ..maths.structured import DimPlan
+from .template import Original, RebuildError, make_original
 from .tolerance import relative_error
 
-__all__ = ["Original", "RebuildError", "SIZE_ATTRS", "example_for", "make_original", "rebuild", "relative_error",
+__all__ = ["Original", "RebuildError", "example_for", "make_original", "rebuild", "relative_error",
            "run_check", "user_line"]
 
 aten = torch.ops.aten
 
-#: integer attributes of the user's own modules that describe a size: updated when they equal
-#: exactly one resized size (an atom or a segment of a channel plan) of the module's tensors
-SIZE_ATTRS = frozenset({
-    "num_heads", "heads", "n_heads", "n_head", "head_dim", "head_size", "attention_head_size", "all_head_size",
-    "num_attention_heads", "num_key_value_heads", "hidden_size", "intermediate_size", "embed_dim", "dim", "hidden_dim",
-    "inner_dim", "d_model", "d_head", "in_features", "out_features", "in_channels", "out_channels",
-    "channels", "num_features", "hidden_features", "width", "nf",
-})
-#: size attributes that count attention heads, and that hold a head's size
-HEAD_COUNTS = frozenset({"num_heads", "heads", "num_attention_heads", "num_key_value_heads", "n_head", "n_heads"})
-HEAD_SIZES = frozenset({"head_dim", "head_size", "attention_head_size", "d_head"})
-#: integer attributes that hold the piece size of a ``split`` in the module's forward (GPT-2's
-#: ``split_size`` cuts the fused c_attn output into q, k, v): they take the split's current size
-SPLIT_ATTRS = frozenset({"split_size"})
-
-
-class RebuildError(Exception):
-    """The user's module cannot carry the current sizes (the message says which part and why)."""
-
-
-class Original:
-    """The user's module as a template (tensors of the integral model on ``meta``) and the example
-    inputs it was converted on. Deep copies keep it; pickling (``torch.save``) drops it, since the
-    user's class may not be importable where the file is loaded."""
-
-    def __init__(self, module: nn.Module | None, example: tuple | None,
-                 kwargs: dict[str, Any] | None = None) -> None:
-        self.module, self.example, self.kwargs = module, example, dict(kwargs or {})
-
-    def __deepcopy__(self, memo: dict) -> Original:
-        return Original(copy.deepcopy(self.module, memo), copy.deepcopy(self.example, memo),
-                        copy.deepcopy(self.kwargs, memo))
-
-    def __getstate__(self) -> dict:
-        return {"module": None, "example": None, "kwargs": {}}
-
-    def __setstate__(self, state: dict) -> None:
-        self.module, self.example = state.get("module"), state.get("example")
-        self.kwargs = dict(state.get("kwargs") or {})
-
-
-def make_original(model: nn.Module, example_inputs: tuple, names: set[str],
-                  kwargs: dict[str, Any] | None = None) -> Original:
-    """A template of ``model`` whose tensors named in ``names`` (or tied to one that is) are on the
-    meta device, and the example inputs (``kwargs``: keyword ones); ``model`` is not modified."""
-    aliases: dict[int, list[str]] = {}
-    tensors: dict[int, Tensor] = {}
-    for name, t in chain(model.named_parameters(remove_duplicate=False),
-                         model.named_buffers(remove_duplicate=False)):
-        aliases.setdefault(id(t), []).append(name)
-        tensors[id(t)] = t
-    memo: dict[int, Any] = {}
-    for key, alias in aliases.items():
-        if any(a in names for a in alias):
-            t = tensors[key]
-            meta = torch.empty_like(t, device="meta")
-            memo[key] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
-    module = copy.deepcopy(model, memo)
-    example, kwargs = pytree.tree_map(lambda x: x.detach().clone() if isinstance(x, Tensor) else x,
-                                      (example_inputs, dict(kwargs or {})))
-    return Original(module, example, kwargs)
-
-
 # -- tensors --------------------------------------------------------------------------------------
-_VIEWS = {
-    aten.view, aten.reshape, aten._unsafe_view, aten.permute, aten.transpose, aten.t, aten.unsqueeze,
-    aten.squeeze, aten.select, aten.slice, aten.unflatten, aten.flatten, aten.unbind, aten.split,
-    aten.split_with_sizes, aten.chunk, aten.contiguous, aten.clone, aten.expand, aten.alias,
-    aten.detach, aten.movedim, aten.narrow,
-}
-_PRODUCERS = {aten.linear: -1, aten.conv1d: 1, aten.conv2d: 1, aten.conv3d: 1}
+def _producer(node: Any) -> Kind | None:
+    """The kind of ``node`` when it is a layer whose output channels are rows of its weight (an
+    exact ``"linear"`` or ``"conv"``, :mod:`torchinn.graph.kinds`), so a scaling of them can move
+    into the weight; else None."""
+    if not isinstance(node, fx.Node) or node.op != "call_function":
+        return None
+    kind = node_kind(node.target, node.args)
+    return kind if kind is not None and kind.exact and kind.name in ("linear", "conv") else None
 
 
 def _packet(node: fx.Node) -> Any:
     return getattr(node.target, "overloadpacket", node.target)
-
-
-def _attr_name(arg: Any) -> str | None:
-    return arg.target if isinstance(arg, fx.Node) and arg.op == "get_attr" else None
 
 
 def _scalings(gm: fx.GraphModule, env: Mapping[fx.Node, Any]) -> list[tuple[fx.Node, Tensor, str]]:
@@ -148,9 +86,9 @@ def _scalings(gm: fx.GraphModule, env: Mapping[fx.Node, Any]) -> list[tuple[fx.N
             head = env[q].shape[-1]
             factor = pinned * math.sqrt(head)
             if abs(factor - 1.0) > 1e-12:
-                if _packet(q) is aten.mul and any(str(_attr_name(a)).startswith("contraction_scale_")
+                if _packet(q) is aten.mul and any(str(attr_name(a)).startswith("contraction_scale_")
                                                   for a in q.args):  # scaled above: scale its input
-                    q = next(a for a in q.args if isinstance(a, fx.Node) and _attr_name(a) is None)
+                    q = next(a for a in q.args if isinstance(a, fx.Node) and attr_name(a) is None)
                 out.append((q, torch.tensor(factor, dtype=torch.float64), node.name))
     return [(op, v, where) for op, v, where in out
             if not torch.allclose(v.double(), torch.ones((), dtype=torch.float64, device=v.device), rtol=0, atol=1e-7)]
@@ -172,18 +110,20 @@ def fold_scales(gm: fx.GraphModule, tensors: dict[str, Tensor], example: tuple,
     for operand, factor, where in _scalings(gm, env):
         path, node = [], operand
         while isinstance(node, fx.Node) and node.op == "call_function" and (
-                _packet(node) in _VIEWS or node.target is operator.getitem):
+                is_view(node.target) or node.target is operator.getitem):
             path.append(node)
             node = node.args[0]
-        if not isinstance(node, fx.Node) or _packet(node) not in _PRODUCERS:
+        kind = _producer(node)
+        if kind is None:
             raise RebuildError(f"the activation scaled at {where} does not come from a linear or conv "
                                "layer through view operations only")
-        w_name = _attr_name(node.args[1])
-        b_name = _attr_name(node.args[2]) if len(node.args) > 2 else _attr_name(node.kwargs.get("bias"))
+        w_name = attr_name(kind.arg(node.args, "weight"))
+        b_name = (attr_name(kind.arg(node.args, "bias")) if kind.bias is not None and kind.bias < len(node.args)
+                  else attr_name(node.kwargs.get("bias")))
         if w_name is None or w_name not in tensors:
             raise RebuildError(f"the layer producing the activation scaled at {where} has no named weight")
         out = env[node]
-        axis = _PRODUCERS[_packet(node)] % out.ndim
+        axis = kind.channel % out.ndim
         n_out = out.shape[axis]
         shape = [1] * out.ndim
         shape[axis] = n_out
@@ -265,153 +205,6 @@ def _assign(module: nn.Module, tensors: Mapping[str, Tensor]) -> None:
         if leaf not in mod._parameters and leaf not in mod._buffers and isinstance(getattr(mod, leaf, None), Tensor):
             setattr(mod, leaf, t.detach().clone())
 
-
-# -- sizes ----------------------------------------------------------------------------------------
-class _Calls:
-    """The calls of the graph module by the tensor they use and by the module they come from."""
-
-    def __init__(self, gm: fx.GraphModule) -> None:
-        self.by_tensor: dict[str, list[fx.Node]] = {}
-        self.by_module: dict[str, list[fx.Node]] = {}
-        for node in gm.graph.nodes:
-            if node.op != "call_function":
-                continue
-            for a in chain(node.args, node.kwargs.values()):
-                name = _attr_name(a)
-                if name is not None:
-                    self.by_tensor.setdefault(name, []).append(node)
-            stack = node.meta.get("nn_module_stack")
-            if stack:
-                path = list(stack.values())[-1][0]
-                self.by_module.setdefault(path, []).append(node)
-
-    def first(self, packets: tuple, tensor: str | None = None, module: str | None = None) -> fx.Node | None:
-        nodes = self.by_tensor.get(tensor, []) if tensor is not None else self.by_module.get(module or "", [])
-        return next((n for n in nodes if _packet(n) in packets), None)
-
-
-def _arg(node: fx.Node | None, i: int, default: Any) -> Any:
-    if node is None:
-        return default
-    value = node.args[i] if len(node.args) > i else default
-    return value if not isinstance(value, fx.Node) else default
-
-
-_CONVS = (aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution)
-_TCONVS = (aten.conv_transpose1d, aten.conv_transpose2d, aten.conv_transpose3d)
-
-
-def _resize_conv(name: str, m: nn.modules.conv._ConvNd, calls: _Calls) -> None:
-    w = m.weight
-    if m.transposed:
-        node = calls.first(_TCONVS, f"{name}.weight" if name else "weight")
-        m.groups = int(_arg(node, 6, m.groups))
-        m.in_channels, m.out_channels = w.shape[0], w.shape[1] * m.groups
-    else:
-        node = calls.first(_CONVS, f"{name}.weight" if name else "weight")
-        m.groups = int(_arg(node, 8 if node is not None and _packet(node) is aten.convolution else 6, m.groups))
-        m.out_channels, m.in_channels = w.shape[0], w.shape[1] * m.groups
-
-
-def _resize_mha(name: str, m: nn.MultiheadAttention, atoms: _Atoms) -> None:
-    if m._qkv_same_embed_dim:
-        inner, embed = m.in_proj_weight.shape[0] // 3, m.in_proj_weight.shape[1]
-        kdim = vdim = embed
-    else:
-        inner, embed = m.q_proj_weight.shape
-        kdim, vdim = m.k_proj_weight.shape[1], m.v_proj_weight.shape[1]
-    if inner != embed or m.out_proj.weight.shape[0] != embed:
-        raise RebuildError(f"nn.MultiheadAttention {name!r} needs its heads x head size ({inner} now) "
-                           f"equal to its embed_dim ({embed} now)")
-    heads = atoms.new_value(name, m.num_heads)
-    if heads is None or embed % heads:
-        raise RebuildError(f"nn.MultiheadAttention {name!r}: cannot tell its number of heads at embed_dim={embed}")
-    m.embed_dim, m.kdim, m.vdim, m.num_heads, m.head_dim = embed, kdim, vdim, heads, embed // heads
-    m.out_proj.in_features, m.out_proj.out_features = m.out_proj.weight.shape[1], m.out_proj.weight.shape[0]
-
-
-class _Atoms:
-    """Full and current sizes found in the channel plans of a module's tensors."""
-
-    def __init__(self, plans: Mapping[str, tuple[DimPlan, ...]], sizes: Mapping[str, int]) -> None:
-        self.plans, self.sizes = plans, sizes
-
-    def pairs(self, prefix: str) -> set[tuple[int, int]]:
-        out: set[tuple[int, int]] = set()
-        for name, plan in self.plans.items():
-            if prefix and not name.startswith(prefix + "."):
-                continue
-            for dim_plan in plan:
-                out.add((plan_size(dim_plan), plan_size(dim_plan, self.sizes)))
-                for seg in dim_plan:
-                    out.add((math.prod(a.size for a in seg), plan_size((seg,), self.sizes)))
-                    for a in seg:
-                        out.add((a.size, self.sizes[a.group] if a.group is not None else a.size))
-        return out
-
-    def atoms(self, prefix: str, grouped: bool) -> set[tuple[int, int]]:
-        """(full, current) of the group atoms (``grouped``) or the fixed atoms of the module's plans."""
-        return {(a.size, self.sizes[a.group] if a.group is not None else a.size)
-                for name, plan in self.plans.items() if not prefix or name.startswith(prefix + ".")
-                for dim_plan in plan for seg in dim_plan for a in seg if (a.group is not None) == grouped}
-
-    def new_value(self, prefix: str, value: int, attr: str = "") -> int | None:
-        """The current size of ``value`` (a full size) among the module's tensors: the value itself
-        if nothing of that size changed, ``None`` when several sizes of that value disagree. Whole
-        heads are groups and head sizes stay: a head count follows the one group atom of its value
-        (not the fixed ``3`` of a fused q/k/v), a head size a fixed atom of its value."""
-        found = {new for full, new in self.pairs(prefix) if full == value}
-        if len(found) > 1 and attr in HEAD_COUNTS:
-            grouped = {new for full, new in self.atoms(prefix, True) if full == value}
-            if len(grouped) == 1:
-                return grouped.pop()
-        if len(found) > 1 and attr in HEAD_SIZES and any(f == value for f, _ in self.atoms(prefix, False)):
-            return value
-        if not found:
-            return value
-        return found.pop() if len(found) == 1 else None
-
-
-def resize_modules(module: nn.Module, calls: _Calls, atoms: _Atoms) -> None:
-    """Make every size attribute of ``module``'s submodules follow their (new) tensors."""
-    for name, m in module.named_modules():
-        if isinstance(m, nn.Linear):
-            m.out_features, m.in_features = m.weight.shape
-        elif isinstance(m, nn.modules.conv._ConvNd):
-            _resize_conv(name, m, calls)
-        elif isinstance(m, nn.modules.batchnorm._NormBase):
-            ref = m.running_mean if m.running_mean is not None else m.weight
-            if ref is not None:
-                m.num_features = ref.shape[0]
-        elif isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
-            if m.weight is not None:
-                m.normalized_shape = tuple(m.weight.shape)
-            else:
-                node = calls.first((aten.layer_norm, aten.rms_norm), module=name)
-                m.normalized_shape = tuple(_arg(node, 1, m.normalized_shape))
-        elif isinstance(m, nn.GroupNorm):
-            node = calls.first((aten.group_norm,), module=name)
-            m.num_groups = int(_arg(node, 1, m.num_groups))
-            if m.weight is not None:
-                m.num_channels = m.weight.shape[0]
-        elif isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
-            m.num_embeddings, m.embedding_dim = m.weight.shape
-        elif isinstance(m, nn.MultiheadAttention):
-            _resize_mha(name, m, atoms)
-        elif not type(m).__module__.startswith("torch."):
-            for attr, value in list(vars(m).items()):
-                if attr in SIZE_ATTRS and type(value) is int:
-                    new = atoms.new_value(name, value, attr)
-                    if new is not None:
-                        setattr(m, attr, new)
-                elif attr in SPLIT_ATTRS and type(value) is int:
-                    node = calls.first((aten.split_with_sizes, aten.split), module=name)
-                    pieces = _arg(node, 1, None)
-                    pieces = [pieces] if isinstance(pieces, int) else pieces
-                    if isinstance(pieces, (list, tuple)) and len(set(pieces)) == 1 and isinstance(pieces[0], int):
-                        setattr(m, attr, pieces[0])
-
-
 def rebuild(original: Original, tensors: dict[str, Tensor], gm: fx.GraphModule, folded: list[Folded],
             plans: Mapping[str, tuple[DimPlan, ...]], sizes: Mapping[str, int]) -> nn.Module:
     """A copy of the user's module carrying ``tensors`` (sampled at ``sizes``; ``gm`` is the graph
@@ -425,7 +218,7 @@ def rebuild(original: Original, tensors: dict[str, Tensor], gm: fx.GraphModule, 
                                module.named_buffers(remove_duplicate=False))}
     unfold_norms(folded, tensors, own)
     _assign(module, tensors)
-    resize_modules(module, _Calls(gm), _Atoms(plans, sizes))
+    resize_modules(module, Calls(gm), Atoms(plans, sizes))
     resized: dict[int, set[int]] = {}
     for plan in plans.values():
         for atom in (a for dim in plan for seg in dim for a in seg if a.group is not None):

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
+from .kinds import Kind, kind_of, node_kind
 from .trace import Traced
-
-aten = torch.ops.aten
 
 __all__ = ["Folded", "fuse_batch_norms"]
 
@@ -38,25 +37,45 @@ class Folded:
     bias_added: bool
     axis: int
 
-_PRODUCERS = {
-    aten.conv1d: 0, aten.conv2d: 0, aten.conv3d: 0, aten.linear: 0,
-    aten.conv_transpose1d: 1, aten.conv_transpose2d: 1, aten.conv_transpose3d: 1,
-}
 
 
 def _norm_args(node: fx.Node) -> tuple | None:
-    """(input, weight, bias, mean, var, eps) of an eval-mode batch norm node, else None."""
-    packet = getattr(node.target, "overloadpacket", None)
-    if packet is aten.batch_norm:
-        if len(node.args) < 8 or node.args[5]:
-            return None
-        return node.args[0], node.args[1], node.args[2], node.args[3], node.args[4], node.args[7]
-    if node.target is aten._native_batch_norm_legit_no_training.default:
-        users = list(node.users)
-        if any(u.target is not operator.getitem or u.args[1] != 0 for u in users):
-            return None
-        return node.args[0], node.args[1], node.args[2], node.args[3], node.args[4], node.args[6]
-    return None
+    """(input, weight, bias, mean, var, eps) of an eval-mode batch norm node (of kind
+    ``"batch_norm"``, see :mod:`.kinds`), else None."""
+    if node.op != "call_function":
+        return None
+    kind = kind_of(node.target)
+    if kind is None or kind.name != "batch_norm":
+        return None
+    args = node.args
+    if max(i for i in (kind.input, kind.weight, kind.bias, kind.mean, kind.var, kind.eps, kind.training)
+           if i is not None) >= len(args):
+        return None
+    if kind.training is not None and args[kind.training]:
+        return None
+    if _returns_tuple(node) and any(u.target is not operator.getitem or u.args[1] != 0 for u in node.users):
+        return None
+    return (args[kind.input], kind.arg(args, "weight"), kind.arg(args, "bias"), args[kind.mean], args[kind.var],
+            args[kind.eps])
+
+
+def _returns_tuple(node: fx.Node) -> bool:
+    schema = getattr(node.target, "_schema", None)
+    return schema is not None and len(schema.returns) > 1
+
+
+def _producer(x: fx.Node) -> tuple[Kind, int] | None:
+    """The kind of the layer computing ``x`` and its weight's output-channel dimension, when a
+    norm after it can be folded into its weight: an exact linear or convolution (see
+    :mod:`.kinds`) whose transposed form is not grouped."""
+    if x.op != "call_function":
+        return None
+    kind = node_kind(x.target, x.args)
+    if kind is None or not kind.exact or kind.name not in ("linear", "conv", "conv_transpose"):
+        return None
+    if kind.name == "conv_transpose" and kind.arg(x.args, "groups", 1) != 1:
+        return None  # grouped transposed conv: out channels are not weight dim 1 alone
+    return kind, kind.weight_out
 
 
 def fuse_batch_norms(traced: Traced) -> list[str]:
@@ -72,17 +91,18 @@ def fuse_batch_norms(traced: Traced) -> list[str]:
         x, weight, bias, mean, var, eps = spec
         if not isinstance(x, fx.Node) or len(x.users) != 1:
             continue
-        axis = _PRODUCERS.get(getattr(x.target, "overloadpacket", None))
-        if axis is None:
+        producer = _producer(x)
+        if producer is None:
             continue
-        w_node = x.args[1]
-        b_node = x.args[2] if len(x.args) > 2 else x.kwargs.get("bias")
+        kind, axis = producer
+        w_node = kind.arg(x.args, "weight")
+        b_node = kind.arg(x.args, "bias") if kind.bias is not None and kind.bias < len(x.args) else x.kwargs.get("bias")
         if w_node not in traced.source or len(w_node.users) != 1:
             continue
         if b_node is not None and (b_node not in traced.source or len(b_node.users) != 1):
             continue
-        if axis == 1 and (x.args[6] if len(x.args) > 6 else 1) != 1:
-            continue  # grouped transposed conv: out channels are not weight dim 1 alone
+        if b_node is None and kind.bias is None:
+            continue  # no argument to put the folded bias in
         tensors = traced.tensors
         names = {k: traced.source.get(v) if isinstance(v, fx.Node) else None
                  for k, v in (("weight", weight), ("bias", bias), ("mean", mean), ("var", var))}
@@ -115,12 +135,12 @@ def fuse_batch_norms(traced: Traced) -> list[str]:
             ph.meta["val"] = w_node.meta["val"].new_empty(new_bias.shape)
             traced.source[ph] = b_name
             args = list(x.args)
-            while len(args) < 3:
+            while len(args) <= kind.bias:
                 args.append(None)
-            args[2] = ph
+            args[kind.bias] = ph
             x.args = tuple(args)
             x.kwargs = {k: v for k, v in x.kwargs.items() if k != "bias"}
-        out = node if node.target.overloadpacket is aten.batch_norm else next(iter(node.users))
+        out = next(iter(node.users)) if _returns_tuple(node) else node
         out.replace_all_uses_with(x)
         for n in ([out, node] if out is not node else [node]):
             graph.erase_node(n)

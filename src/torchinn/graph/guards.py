@@ -9,7 +9,7 @@ the integral model checks before running (a ``ValueError``), and :func:`insert_c
 to a graph as ``aten._assert_scalar`` nodes, so the discrete network refuses such inputs too.
 
 An expression is a nested tuple: ``("dim", i, d)`` is dimension ``d`` of flattened input ``i``,
-``("input", i)`` the input itself, ``(op, *args)`` an operation of :data:`OPS`, and ints, floats,
+``("input", i)`` the input itself, ``(op, *args)`` an operation of :data:`GUARD_OPS`, and ints, floats,
 bools, strings and ``None`` are constants. A guard torchinn cannot express makes the sizes it
 reads static instead (the existing shape check then refuses other sizes).
 """
@@ -27,12 +27,12 @@ import sympy
 import torch
 from torch import Tensor, fx
 
-__all__ = ["Guard", "collect", "evaluate", "graph_only", "insert_checks", "violation"]
+__all__ = ["GUARD_OPS", "Guard", "collect", "evaluate", "graph_only", "insert_checks", "violation"]
 
 log = logging.getLogger(__name__)
 
 #: operation name -> (Python function, infix symbol for messages)
-OPS: dict[str, tuple[Callable[..., Any], str]] = {
+GUARD_OPS: dict[str, tuple[Callable[..., Any], str]] = {
     "add": (operator.add, "+"), "mul": (operator.mul, "*"), "floordiv": (operator.floordiv, "//"),
     "mod": (operator.mod, "%"), "pow": (operator.pow, "**"),
     "eq": (operator.eq, "=="), "ne": (operator.ne, "!="), "lt": (operator.lt, "<"),
@@ -98,7 +98,7 @@ def show(expr: Any, names: Sequence[str]) -> str:
             return f"{names[expr[1]]}.shape[{expr[2]}]"
         if head == "input":
             return names[expr[1]]
-        sym = OPS[head][1]
+        sym = GUARD_OPS[head][1]
         args = [show(a, names) for a in expr[1:]]
         if head == "not":
             return f"not ({args[0]})"
@@ -148,7 +148,7 @@ def evaluate(expr: Any, flat: Sequence[Any]) -> Any:
                         isinstance(base, int) and base.bit_length() * exp > MAX_BITS):
                     raise ValueError(f"guard power past {MAX_BITS} bits or with exponent {exp!r} outside [0, 64]")
         try:
-            return _number(OPS[head][0](*args))
+            return _number(GUARD_OPS[head][0](*args))
         except OverflowError as err:
             raise ValueError(f"guard arithmetic overflows ({err})") from None
     return expr
@@ -321,7 +321,7 @@ def _node(graph: fx.Graph, expr: Any, inputs: Sequence[fx.Node], memo: dict) -> 
     elif head == "input":
         out = inputs[expr[1]]
     else:
-        out = graph.call_function(OPS[head][0], tuple(_node(graph, a, inputs, memo) for a in expr[1:]))
+        out = graph.call_function(GUARD_OPS[head][0], tuple(_node(graph, a, inputs, memo) for a in expr[1:]))
     memo[expr] = out
     return out
 

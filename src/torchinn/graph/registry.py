@@ -1,13 +1,24 @@
 """The op registry: which handler says what an operation does to channel axes.
 
 Handlers are registered with :func:`register_op` when :mod:`torchinn.graph` is imported (the
-built-in ones in :mod:`.ops`, :mod:`.linear_ops` and :mod:`.shape_ops`), so a user's handler
+built-in ones in :mod:`.ops`), so a user's handler
 registered later stays; registering a second handler for an op needs ``override=True``.
 
 A handler may also declare its op *view-like* (``view=``): the output is the input seen through a
 dimension-preserving view (``contiguous``, ``transpose``, ``permute``, the pieces of a ``split``),
 with a rule mapping an output dimension to the input's. The analysis follows parameters through
-these views (a transposed weight is still the weight) and nothing else keeps a list of them.
+these views (a transposed weight is still the weight).
+
+A handler may also say what *kind* of op it is (``kind=``: a linear layer, a convolution, a view,
+a batch norm, with where its weight and bias are): the code that acts on whole layers (the class
+rebuild, the refit, the importance scores, the batch-norm folding) reads the table of kinds in
+:mod:`.kinds`, and nothing else keeps a list of ops. So a user's op registered with its kind,
+
+    @torchinn.register_op(torch.ops.mylib.scaled_linear, kind="linear")
+    def _(an, node): ...
+
+converts, resizes, comes back in the user's class, and is refit by ``prune(..., "reconstruct")``
+like ``nn.Linear``.
 
 Every op that ``torch.Tag.pointwise`` marks, and its in-place variant (``relu6_`` of ``relu6``),
 needs no registration: it is elementwise with broadcasting (:func:`handler`).
@@ -21,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import fx
+
+from .kinds import KINDS, Kind, check_kind
 
 if TYPE_CHECKING:
     from .analysis import Analysis
@@ -54,14 +67,18 @@ def _name(fn: Any) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
-def register_op(*targets: Any, view: ViewRule | None = None,
+def register_op(*targets: Any, view: ViewRule | None = None, kind: Kind | str | None = None,
                 override: bool = False) -> Callable[[Handler], Handler]:
     """Decorator: ``handler(analysis, node) -> output label`` for the given ops.
 
     Targets may be ``torch.ops.aten.x`` packets (all overloads), single overloads (which win over
     their packet) or Python callables. An op that already has a handler is an error unless
     ``override=True``. ``view``: the op is view-like (see :mod:`torchinn.graph.registry`); ``view(node, d)``
-    is the input dimension that output dimension ``d`` shows.
+    is the input dimension that output dimension ``d`` shows. ``kind``: what the op is for the
+    code that acts on layers, a :class:`~torchinn.graph.kinds.Kind` or one of its names
+    (``"linear"``, ``"conv"``, ``"view"``, ... with ``aten``'s argument layout: ``"linear"`` is
+    ``(input, weight, bias, ...)``); without it, the op keeps the kind it had (if any). A kind
+    that differs from the op's current one needs ``override=True`` too.
     """
     if not targets:
         raise TypeError("register_op needs at least one op, got none")
@@ -73,6 +90,8 @@ def register_op(*targets: Any, view: ViewRule | None = None,
                              "to replace it")
     if view is not None and not callable(view):
         raise TypeError(f"view must be a function (node, output dim) -> input dim, got {view!r}")
+    if kind is not None:
+        kind = check_kind(targets, kind, override)
 
     def deco(fn: Handler) -> Handler:
         if not callable(fn):
@@ -83,6 +102,8 @@ def register_op(*targets: Any, view: ViewRule | None = None,
                 VIEWS[t] = view
             else:
                 VIEWS.pop(t, None)
+            if kind is not None:
+                KINDS[t] = kind
         return fn
 
     return deco

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..graph.guards import OPS
+from ..graph.guards import GUARD_OPS
 from .ops import FormatError
 
 __all__ = ["guard_expr", "guard_shape", "check_guards", "MAX_GUARDS"]
@@ -67,8 +67,8 @@ def guard_expr(value: Any, field: str, num_inputs: int, depth: int = 0, count: l
         if head == "dim":
             _index(value[2], f"{field}[2]", _MAX_NDIM)
         return tuple(value)
-    if not isinstance(head, str) or head not in OPS:
-        raise FormatError(f"{field}: unknown operation {head!r}; known: {sorted(OPS)}"[:300])
+    if not isinstance(head, str) or head not in GUARD_OPS:
+        raise FormatError(f"{field}: unknown operation {head!r}; known: {sorted(GUARD_OPS)}"[:300])
     arity = 1 if head == "not" else 2
     if len(value) != arity + 1:
         raise FormatError(f"{field}: {head!r} takes {arity} argument(s), got {len(value) - 1}")

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from ..graph.norms import is_batch_norm
+from ..graph.norms import batch_norm_kind
 from .inputs import batch_inputs, input_problem
 from .integral_model import IntegralModel
 from ..maths.partition import Partition
@@ -124,9 +124,10 @@ def _calibration_graph(runtime: fx.GraphModule) -> fx.GraphModule:
     the batch's (momentum 1)."""
     gm = copy.deepcopy(runtime)
     for node in gm.graph.nodes:
-        if is_batch_norm(node) and len(node.args) > 6:
+        kind = batch_norm_kind(node)
+        if kind is not None and kind.momentum < len(node.args):
             args = list(node.args)
-            args[6] = 1.0
+            args[kind.momentum] = 1.0
             node.args = tuple(args)
     gm.recompile()
     return gm

@@ -1,8 +1,10 @@
 """Handlers: what each ATen operation does to channel axes (see :mod:`.analysis`).
 
 Grouped by kind: pass-through and elementwise ops, normalisations, reductions and softmax, and
-spatial ops. Linear maps (linear, convolutions, matmul, einsum, attention, embedding) are in
-:mod:`.linear_ops`, shape ops (view, cat, split, ...) in :mod:`.shape_ops`. A handler returns
+spatial ops, and the helpers the other handler modules share (:func:`arg_label`,
+:func:`node_arg`, :func:`pin_fixed`). Linear maps (linear, convolutions, matmul, einsum,
+attention, embedding) are in :mod:`.linear`, shape ops (view, cat, ...) in :mod:`.shape`,
+split/slice/index in :mod:`.slicing`. A handler returns
 the output label and may register a rewrite for arguments that hold channel counts.
 """
 
@@ -21,7 +23,7 @@ from ..registry import register_op, same_dim
 
 aten = torch.ops.aten
 
-__all__: list[str] = []
+__all__ = ["arg_label", "node_arg", "pin_fixed"]
 
 
 def _packets(*names: str) -> list[Any]:
@@ -29,14 +31,22 @@ def _packets(*names: str) -> list[Any]:
     return [getattr(aten, n) for n in names if hasattr(aten, n)]
 
 
-def _lab(an: Analysis, node: fx.Node, i: int = 0) -> list[Struct]:
+def arg_label(an: Analysis, node: fx.Node, i: int = 0) -> list[Struct]:
+    """The label of ``node``'s positional argument ``i``, a tensor (a RuntimeError if it has none)."""
     lab = an.tensor_label(node.args[i])
     if lab is None:
         raise RuntimeError(f"node '{node.name}' ({node.target}): argument {i} has no tensor label")
     return lab
 
 
-def _arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
+def pin_fixed(an: Analysis, node: fx.Node, lab: list[Struct], why: str) -> Label:
+    """Pin every axis of ``lab`` (``why``: the reason shown) and return ``node``'s output as fixed."""
+    an.pin(lab, node, why)
+    return an.fixed_label(node.meta.get("val"))
+
+
+def node_arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
+    """``node``'s argument at position ``i`` or named ``name``, else ``default``."""
     if len(node.args) > i:
         return node.args[i]
     return node.kwargs.get(name, default)
@@ -74,7 +84,7 @@ def _broadcast(an: Analysis, node: fx.Node) -> Label:
 
 @register_op(aten.prelu, aten._prelu_kernel)
 def _prelu(an: Analysis, node: fx.Node) -> Label:
-    x, w = _lab(an, node, 0), _lab(an, node, 1)
+    x, w = arg_label(an, node, 0), arg_label(an, node, 1)
     if len(w) == 1 and an.size(w[0]) > 1:
         an.unify(w[0], x[1 if len(x) > 1 else 0], node)
     return list(x)
@@ -126,12 +136,12 @@ def _factory(an: Analysis, node: fx.Node) -> Label:
 
 @register_op(aten.batch_norm, aten.instance_norm)
 def _batch_norm(an: Analysis, node: fx.Node) -> Label:
-    x = _lab(an, node, 0)
+    x = arg_label(an, node, 0)
     c = x[1] if len(x) > 1 else x[0]
     for i in range(1, 5):
-        arg = _arg(node, i, "")
+        arg = node_arg(node, i, "")
         if isinstance(arg, fx.Node):
-            an.unify(_lab(an, node, i)[0], c, node)
+            an.unify(arg_label(an, node, i)[0], c, node)
     return list(x)
 
 
@@ -145,13 +155,13 @@ def _native_batch_norm(an: Analysis, node: fx.Node) -> Label:
 
 @register_op(aten.layer_norm, aten.rms_norm)
 def _layer_norm(an: Analysis, node: fx.Node) -> Label:
-    x = _lab(an, node, 0)
+    x = arg_label(an, node, 0)
     shape = list(node.args[1])
     k = len(shape)
     for i in (2, 3) if node.target.overloadpacket is aten.layer_norm else (2,):
-        arg = _arg(node, i, "")
+        arg = node_arg(node, i, "")
         if isinstance(arg, fx.Node):
-            w = _lab(an, node, i)
+            w = arg_label(an, node, i)
             for j in range(k):
                 an.unify(w[j], x[len(x) - k + j], node)
     dims = x[len(x) - k:]
@@ -173,16 +183,16 @@ def _native_layer_norm(an: Analysis, node: fx.Node) -> Label:
 
 @register_op(aten.group_norm)
 def _group_norm(an: Analysis, node: fx.Node) -> Label:
-    x = _lab(an, node, 0)
+    x = arg_label(an, node, 0)
     groups = node.args[1]
     c = x[1]
     size = an.size(c)
     if groups > 1:
         an.unify(c, Prod((Fixed(groups), an.axes.new(size // groups))), node)
     for i in (2, 3):
-        arg = _arg(node, i, "")
+        arg = node_arg(node, i, "")
         if isinstance(arg, fx.Node):
-            an.unify(_lab(an, node, i)[0], c, node)
+            an.unify(arg_label(an, node, i)[0], c, node)
     return list(x)
 
 
@@ -190,14 +200,14 @@ def _group_norm(an: Analysis, node: fx.Node) -> Label:
 
 def _reduce(an: Analysis, node: fx.Node, kind: str, dim_at: int = 1) -> Label:
     """A reduction whose ``dim`` is argument ``dim_at`` and ``keepdim`` the next one."""
-    x = _lab(an, node, 0)
-    dims = _arg(node, dim_at, "dim")
+    x = arg_label(an, node, 0)
+    dims = node_arg(node, dim_at, "dim")
     if dims is None or dims == []:
         dims = list(range(len(x)))
     if isinstance(dims, int):
         dims = [dims]
     dims = [d % len(x) for d in dims] if x else []
-    keep = bool(_arg(node, dim_at + 1, "keepdim", False))
+    keep = bool(node_arg(node, dim_at + 1, "keepdim", False))
     for d in dims:
         if not an.has_var(an.resolve(x[d])):
             continue
@@ -252,10 +262,10 @@ def _norm(an: Analysis, node: fx.Node) -> Label:
 @register_op(aten.cumsum, aten.cumprod, aten.sort, aten.argsort, aten.topk)
 def _along(an: Analysis, node: fx.Node) -> Label:
     """Ops that keep every dimension but mix (or reorder) the values along one."""
-    x = _lab(an, node, 0)
+    x = arg_label(an, node, 0)
     packet = node.target.overloadpacket
     dim_at = 2 if packet is aten.topk else 1
-    d = _arg(node, dim_at, "dim", -1 if packet in (aten.sort, aten.argsort, aten.topk) else None)
+    d = node_arg(node, dim_at, "dim", -1 if packet in (aten.sort, aten.argsort, aten.topk) else None)
     d %= len(x)
     an.pin(x[d], node, f"{node.target} along channels")
     val = node.meta.get("val")
@@ -269,7 +279,7 @@ def _along(an: Analysis, node: fx.Node) -> Label:
 
 @register_op(aten.softmax, aten._softmax, aten.log_softmax, aten._log_softmax)
 def _softmax(an: Analysis, node: fx.Node) -> Label:
-    x = _lab(an, node, 0)
+    x = arg_label(an, node, 0)
     an.pin(x[node.args[1] % len(x)], node, "softmax over channels")
     return list(x)
 
@@ -277,7 +287,7 @@ def _softmax(an: Analysis, node: fx.Node) -> Label:
 # -- spatial ops ------------------------------------------------------------------------------
 
 def _spatial(an: Analysis, node: fx.Node, k: int) -> Label:
-    x = _lab(an, node, 0)
+    x = arg_label(an, node, 0)
     for d in x[len(x) - k:]:  # pooled, resampled or padded positions: they never change size
         an.pin(d, node, f"a spatial axis of {node.target}")
     val = node.meta.get("val")
@@ -307,7 +317,7 @@ for _k, _ops in _SPATIAL.items():
 
 @register_op(aten.constant_pad_nd, aten.pad)
 def _pad(an: Analysis, node: fx.Node) -> Label:
-    x = _lab(an, node, 0)
+    x = arg_label(an, node, 0)
     pad = list(node.args[1])
     k = len(pad) // 2
     for i in range(k):
@@ -319,7 +329,7 @@ def _pad(an: Analysis, node: fx.Node) -> Label:
 
 @register_op(aten.pixel_shuffle)
 def _pixel_shuffle(an: Analysis, node: fx.Node) -> Label:
-    x = _lab(an, node, 0)
+    x = arg_label(an, node, 0)
     r = node.args[1]
     c = len(x) - 3
     an.pin(x[c + 1:], node, "a spatial axis of a pixel shuffle")
@@ -331,7 +341,7 @@ def _pixel_shuffle(an: Analysis, node: fx.Node) -> Label:
 
 @register_op(aten.pixel_unshuffle)
 def _pixel_unshuffle(an: Analysis, node: fx.Node) -> Label:
-    x = _lab(an, node, 0)
+    x = arg_label(an, node, 0)
     r = node.args[1]
     c = len(x) - 3
     an.pin(x[c + 1:], node, "a spatial axis of a pixel unshuffle")
@@ -341,7 +351,7 @@ def _pixel_unshuffle(an: Analysis, node: fx.Node) -> Label:
 
 @register_op(aten.channel_shuffle, aten.native_channel_shuffle)
 def _channel_shuffle(an: Analysis, node: fx.Node) -> Label:
-    x = _lab(an, node, 0)
+    x = arg_label(an, node, 0)
     g = node.args[1]
     inner = an.axes.new(an.size(x[1]) // g)
     an.unify(x[1], Prod((Fixed(g), inner)), node)
@@ -350,7 +360,7 @@ def _channel_shuffle(an: Analysis, node: fx.Node) -> Label:
 
 @register_op(aten.roll, aten.flip, aten.fliplr, aten.flipud)
 def _roll(an: Analysis, node: fx.Node) -> Label:
-    x = _lab(an, node, 0)
+    x = arg_label(an, node, 0)
     packet = node.target.overloadpacket
     dims = {aten.roll: lambda: node.args[2] if len(node.args) > 2 else None,
             aten.flip: lambda: node.args[1], aten.fliplr: lambda: [1],

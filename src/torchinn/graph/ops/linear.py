@@ -5,7 +5,7 @@ These are the ops that contract a channel axis against a weight: each handler un
 input's channel axis with the weight's, records the integration (or contraction) over it, and
 returns the output label; a depthwise convolution's ``groups`` and an attention's default
 ``scale`` are rewritten from the current sizes. The other handlers are in :mod:`.ops` and
-:mod:`.shape_ops`.
+:mod:`.shape`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import fx
 
 from ..analysis import Analysis, Label
 from ..labels import Fixed, Prod, Struct
-from .core import _arg, _lab
+from .core import arg_label, node_arg
 from ..registry import register_op
 
 aten = torch.ops.aten
@@ -28,17 +28,17 @@ __all__: list[str] = []
 
 @register_op(aten.linear)
 def _linear(an: Analysis, node: fx.Node) -> Label:
-    x, w = _lab(an, node, 0), _lab(an, node, 1)
+    x, w = arg_label(an, node, 0), arg_label(an, node, 1)
     an.unify(x[-1], w[-1], node)
     an.integrate(node, 1, len(w) - 1, 0, len(x) - 1)
-    bias = _arg(node, 2, "bias")
+    bias = node_arg(node, 2, "bias")
     if isinstance(bias, fx.Node):
-        an.unify(_lab(an, node, 2)[0], w[0], node)
+        an.unify(arg_label(an, node, 2)[0], w[0], node)
     return list(x[:-1]) + [w[0]] if len(w) == 2 else list(x[:-1])
 
 
 def _conv(an: Analysis, node: fx.Node, transposed: bool, groups: int, bias: Any) -> Label:
-    x, w = _lab(an, node, 0), _lab(an, node, 1)
+    x, w = arg_label(an, node, 0), arg_label(an, node, 1)
     spatial = len(w) - 2
     c = len(x) - spatial - 1
     for k in w[2:]:
@@ -110,12 +110,12 @@ _DEFAULTS = {
 
 @register_op(aten.conv1d, aten.conv2d, aten.conv3d)
 def _conv_fwd(an: Analysis, node: fx.Node) -> Label:
-    return _conv(an, node, False, _arg(node, 6, "groups", 1), _arg(node, 2, "bias"))
+    return _conv(an, node, False, node_arg(node, 6, "groups", 1), node_arg(node, 2, "bias"))
 
 
 @register_op(aten.conv_transpose1d, aten.conv_transpose2d, aten.conv_transpose3d)
 def _conv_t(an: Analysis, node: fx.Node) -> Label:
-    return _conv(an, node, True, _arg(node, 6, "groups", 1), _arg(node, 2, "bias"))
+    return _conv(an, node, True, node_arg(node, 6, "groups", 1), node_arg(node, 2, "bias"))
 
 
 @register_op(aten.convolution)
@@ -124,7 +124,7 @@ def _convolution(an: Analysis, node: fx.Node) -> Label:
 
 
 def _matmul_like(an: Analysis, node: fx.Node, a_i: int, b_i: int) -> Label:
-    a, b = _lab(an, node, a_i), _lab(an, node, b_i)
+    a, b = arg_label(an, node, a_i), arg_label(an, node, b_i)
     a1, b1 = len(a) == 1, len(b) == 1
     ka = a[-1]
     kb = b[0] if b1 else b[-2]
@@ -206,12 +206,12 @@ def _contraction(node: fx.Node, operand: int, dim: int) -> Any:
 
 @register_op(aten.scaled_dot_product_attention)
 def _sdpa(an: Analysis, node: fx.Node) -> Label:
-    q, k, v = _lab(an, node, 0), _lab(an, node, 1), _lab(an, node, 2)
+    q, k, v = arg_label(an, node, 0), arg_label(an, node, 1), arg_label(an, node, 2)
     an.unify(q[-1], k[-1], node)
     an.unify(k[-2], v[-2], node)
     an.head_dim(q[-1])
     an.head_dim(v[-1])
-    gqa = bool(_arg(node, 7, "enable_gqa", False))
+    gqa = bool(node_arg(node, 7, "enable_gqa", False))
     for i in range(1, min(len(q), len(k), len(v)) - 1):
         dims = [lab[-1 - i] for lab in (q, k, v) if an.size(lab[-1 - i]) != 1]
         if gqa and i == 2 and an.size(q[-3]) != an.size(k[-3]):
@@ -223,7 +223,7 @@ def _sdpa(an: Analysis, node: fx.Node) -> Label:
         for s in dims[1:]:
             an.unify(dims[0], s, node)
     an.contract(node, 0, len(q) - 1)
-    if _arg(node, 6, "scale") is None:
+    if node_arg(node, 6, "scale") is None:
         full = an.size(q[-1])
 
         def rewrite(builder: Any, n: fx.Node, args: tuple, kwargs: dict, full: int = full) -> tuple:
@@ -238,6 +238,6 @@ def _sdpa(an: Analysis, node: fx.Node) -> Label:
 
 @register_op(aten.embedding)
 def _embedding(an: Analysis, node: fx.Node) -> Label:
-    w, idx = _lab(an, node, 0), _lab(an, node, 1)
+    w, idx = arg_label(an, node, 0), arg_label(an, node, 1)
     an.pin(w[0], node, "embedding rows (token ids)")
     return list(idx) + [w[1]]
