@@ -42,7 +42,8 @@ from torch.utils import _pytree as pytree
 
 from ..graph.groups import ContractionSpec, GroupInfo
 from ..graph.guards import Guard
-from ..model.integral_model import IntegralModel, module_key
+from ..model.groups import module_key
+from ..model.integral_model import IntegralModel
 from ..maths.partition import (
     FixedPartition,
     GaussLegendrePartition,

@@ -4,7 +4,8 @@ scratch (:mod:`.scratch`), the protocol and size rules both follow (:mod:`.proto
 :mod:`.network`), their inputs (:mod:`.inputs`) and batch norms (:mod:`.norms`).
 """
 
-from .integral_model import Group, Groups, IntegralModel
+from .groups import Group, Groups
+from .integral_model import IntegralModel
 from .network import integral_network, partitions, resize, to_discrete
 from .protocol import IntegralNetwork
 from .scratch import ScratchNetwork, from_scratch
