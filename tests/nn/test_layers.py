@@ -494,7 +494,7 @@ def test_state_dict_roundtrip_and_copies():
 # -- networks -------------------------------------------------------------------------------------
 
 def _net() -> tuple[nn.Sequential, UniformPartition, UniformPartition]:
-    p, q = UniformPartition(8), UniformPartition(7, "simpson")
+    p, q = UniformPartition(8), UniformPartition(7)
     net = nn.Sequential(
         IntegralConv2d(3, p, 3, padding=1), nn.ReLU(),
         IntegralConv2d(p, p, 3, padding=1, groups=p), nn.ReLU(),  # depthwise, shares p
@@ -515,8 +515,8 @@ def test_shared_partition_resizes_all_layers():
     assert net[4].out_size == net[8].in_size == 7
     y = net(x)
     assert y.shape == (4, 5)
-    assert torchinn.resize(net, {"0.out_partition": 5, "4.out_partition": 3}) == \
-        {"0.out_partition": 5, "4.out_partition": 3}
+    p.resize(5)
+    q.resize(3)
     assert net[2].to_discrete().groups == 5 and net[4].to_discrete().weight.shape == (3, 5, 1, 1)
 
 
@@ -533,7 +533,7 @@ def test_to_discrete_network(mode):
     getattr(net, mode)()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     types = [type(m) for m in net.modules()]
-    plain = to_discrete(net)
+    plain = to_discrete(torchinn.from_scratch(net, x))  # the one way from a network of layers
     # a plain module: nothing from torchinn inside
     for m in plain.modules():
         assert not type(m).__module__.startswith("torchinn"), type(m)
@@ -565,16 +565,19 @@ def test_to_discrete_network(mode):
     assert net(x).shape == (4, 5)
 
 
-def test_to_discrete_single_layer_and_nested():
+def test_a_network_of_layers_goes_through_from_scratch():
     layer = IntegralLinear(UniformPartition(4, size=2), 3)
-    d = to_discrete(layer)
+    d = layer.to_discrete()  # one layer's plain twin
     assert type(d) is nn.Linear and d.in_features == 2
-    inner = nn.Sequential(IntegralLinear(3, 4), nn.Tanh())
-    outer = nn.ModuleDict({"a": inner, "b": nn.Linear(4, 4)})
-    out = to_discrete(outer)
-    assert type(out["a"][0]) is nn.Linear and type(out["b"]) is nn.Linear
-    assert out["b"] is not outer["b"]
-    torch.testing.assert_close(out["b"].weight, outer["b"].weight)
+    outer = nn.ModuleDict({"a": nn.Sequential(IntegralLinear(3, 4), nn.Tanh()), "b": nn.Linear(4, 4)})
+    for module in (layer, outer):
+        with pytest.raises(TypeError, match=rf"^{type(module).__name__} is built from Integral\* layers, a declaration "
+                           r"of an integral network: torchinn.from_scratch\(model, example_inputs\) gives its "
+                           "IntegralModel"):
+            to_discrete(module)
+    with pytest.raises(TypeError, match=r"expected an integral network \(an IntegralModel from torchinn.convert "
+                       r"or torchinn.from_scratch\), got Linear"):
+        torchinn.resize(nn.Linear(2, 2), 0.5)
 
 
 def test_each_layer_names_its_discrete_twin():

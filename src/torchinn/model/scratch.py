@@ -140,7 +140,8 @@ def _from_layers(model: nn.Module, example_inputs: tuple | Tensor, options: dict
             if len(groups) != len(segments) or [n for _, n in groups] != [q.max_size for q in leaves]:
                 raise ValueError(f"layer {path!r}: the graph does not resize its {'output' if dim == layer.out_dim else 'input'} "
                                  f"channels as its {type(p).__name__} does (channel groups there: "
-                                 f"{[g for g, _ in groups] or 'none, kept at full size'}); give that dimension an int, "
+                                 f"{[a.group for seg in segments for a in seg if a.group] or 'none, kept at full size'}); "
+                                 "give that dimension an int, "
                                  "or build the plain network and call from_scratch on it")
             for (group, _), leaf in zip(groups, leaves):
                 if group in owner and owner[group] is not leaf:
