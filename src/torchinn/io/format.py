@@ -48,9 +48,9 @@ from ..maths.partition import (
     FixedPartition,
     GaussLegendrePartition,
     Partition,
-    TrainablePartition,
     UniformPartition,
 )
+from ..maths.trainable import TrainablePartition
 from .checks import check_meta, check_tensors
 from .guards import check_guards
 from .graph import FormatError, target_name
