@@ -29,7 +29,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .functions import interpolation_taps
 from .quadrature import GaussLegendre, Quadrature, check_points, get_quadrature
 
 __all__ = [

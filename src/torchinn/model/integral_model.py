@@ -31,17 +31,15 @@ from ..graph.build import specialize
 from ..graph.groups import ContractionSpec, GroupInfo
 from ..graph.guards import Guard
 from ..graph.norms import norm_statistics
-from ..discrete.heads import fix_heads
 from .inputs import input_problem
 from ..maths.partition import Partition, UniformPartition
-from ..discrete.rebuild import Original, RebuildError, example_for, rebuild, run_check, user_line
-from ..options import unknown_group
+from ..discrete.rebuild import Original
 from .protocol import SizeSpec, plan_sizes, set_sizes
 from ..sizing.rounding import Multiple
 from ..maths.sampling import SampleCache, ratio_vector, sample_tensors
 from ..maths.structured import StructuredFunction, plan_size, plan_vector
 from .groups import Group, Groups, module_key
-from ..discrete.tolerance import float_noise, judge
+from .user_module import user_module
 
 __all__ = ["Group", "Groups", "IntegralModel"]
 
@@ -320,7 +318,7 @@ class IntegralModel(nn.Module):
                         getattr(self, "input_names", [])).train(self.training)
         if graph:
             return gm
-        return self._user_module(gm, dict(zip(self.tensor_names, tensors)), "to_discrete()", sampled=True)
+        return user_module(self, gm, dict(zip(self.tensor_names, tensors)), "to_discrete()", sampled=True)
 
     def module_from(self, gm: fx.GraphModule) -> nn.Module:
         """The user's module (as :meth:`to_discrete` gives it back) carrying the tensors of
@@ -333,62 +331,7 @@ class IntegralModel(nn.Module):
                 named[n] = gm.get_parameter(n)
             except AttributeError:
                 named[n] = gm.get_buffer(n)
-        return self._user_module(gm, named, "module_from()")
-
-    def _user_module(self, gm: fx.GraphModule, named: dict[str, Tensor], caller: str,
-                     sampled: bool = False) -> nn.Module:
-        """A copy of the converted module with ``named`` tensors, checked against ``gm`` (or
-        ``gm`` with a warning); layers off the traced forward that read resized channels are
-        resized with them (``sampled``: ``named`` was sampled on the partitions) or named in a
-        warning (:mod:`torchinn.discrete.heads`)."""
-        tensors = list(named.values())
-        sizes = self.sizes()
-        for n, plan in self.plans().items():
-            want = tuple(plan_size(dim_plan, sizes) for dim_plan in plan)
-            if n in named and tuple(named[n].shape) != want:
-                raise ValueError(f"{caller}: tensor {n!r} has shape {tuple(named[n].shape)}, but at the model's "
-                                 f"current sizes it has {want}: resize the model to the sizes of the graph "
-                                 "module first")
-        original = getattr(self, "_original", None)
-        if original is None or original.module is None:
-            warnings.warn(f"{caller}: this IntegralModel does not hold the module it was converted "
-                          "from (it was loaded from a file), so it returns the graph module; pass "
-                          "graph=True to ask for it", UserWarning, stacklevel=3)
-            return gm
-        try:
-            module = rebuild(original, named, gm, getattr(self, "folded_norms", []), self.plans(), self.sizes())
-        except RebuildError as err:
-            warnings.warn(f"{caller}: cannot give back {type(original.module).__name__} at the current "
-                          f"sizes ({err}); returning the graph module instead (graph=True asks for it)",
-                          UserWarning, stacklevel=3)
-            return gm
-        mode = gm.training
-        error, failure = run_check(module, gm, original, named)
-        gm.train(mode)
-        like = next((t for t in tensors if t.is_floating_point()), None)
-        name = type(original.module).__name__
-        if failure is not None:
-            where = user_line(failure)
-            warnings.warn(f"{caller}: {name} fails at the current sizes"
-                          f"{f' at {where}' if where else ''} ({type(failure).__name__}: {failure}); a size "
-                          "there does not follow the module's attributes (e.g. x.view(-1, 1024) instead of "
-                          "x.flatten(1)). Returning the graph module instead (graph=True asks for it)",
-                          UserWarning, stacklevel=3)
-            return gm
-        ok, tol = judge(error, None if like is None else like.dtype,
-                        lambda: float_noise(module, *example_for(original, named)))
-        if not ok:
-            warnings.warn(f"{caller}: {name} at the current sizes differs from the integral model by "
-                          f"{error:.2g} (relative; at most {tol:g} allowed): a size its forward uses "
-                          "does not follow its attributes. Returning the graph module instead (graph=True "
-                          "asks for it)", UserWarning, stacklevel=3)
-            return gm
-        blocks = [b for f in self.functions.values() for b in f.blocks]
-        folded = {n for f in getattr(self, "folded_norms", []) for n in (f.mean, f.var, f.weight, f.bias) if n}
-        for message in fix_heads(module, set(self.tensor_names) | folded, self.plans(), self.partition_map(),
-                                 blocks[0].kind if blocks else "cubic", can_sample=sampled):
-            warnings.warn(f"{caller}: {message}", UserWarning, stacklevel=3)
-        return module.train(mode)
+        return user_module(self, gm, named, "module_from()")
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
