@@ -12,7 +12,7 @@ from torch import nn
 pytest.importorskip("mlxtend")
 pytest.importorskip("sklearn")
 
-from torchinn import resize, to_discrete  # noqa: E402
+from torchinn import from_scratch  # noqa: E402
 from torchinn.cli import main as cli  # noqa: E402
 from torchinn.cli import args as cli_args
 from torchinn_demo.data import load_digits  # noqa: E402
@@ -93,9 +93,9 @@ def test_naive_cut_keeps_the_first_k_channels():
 
 def test_naive_cut_fraction_matches_resize_sizes():
     for ratio in (1.0, 0.75, 0.5, 0.3, 0.25, 0.1):
-        inn = digits.integral_cnn((6, 10), 12)
-        resize(inn, ratio)
-        expected = digits.hidden_sizes(to_discrete(inn))
+        inn = from_scratch(digits.integral_cnn((6, 10), 12), torch.zeros(1, 1, 28, 28))
+        inn.resize(ratio)
+        expected = digits.hidden_sizes(inn.to_discrete())
         assert digits.hidden_sizes(digits.naive_cut(digits.discrete_cnn((6, 10), 12), ratio)) == expected
 
 
@@ -116,7 +116,7 @@ def test_naive_cut_slices_batchnorm_and_checks_input():
 
 def test_same_shapes_for_both_networks():
     inn, plain = digits.integral_cnn((6, 10), 12), digits.discrete_cnn((6, 10), 12)
-    small = to_discrete(inn)
+    small = from_scratch(inn, torch.zeros(1, 1, 28, 28)).to_discrete()
     assert [type(m) for m in small] == [type(m) for m in plain]
     assert digits.count_params(small) == digits.count_params(plain)
 

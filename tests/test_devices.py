@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 import torchinn as inn
-from torchinn.maths.partition import FixedPartition, TrainablePartition, UniformPartition
+from torchinn.maths.partition import FixedPartition, UniformPartition
+from torchinn.maths.trainable import TrainablePartition
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

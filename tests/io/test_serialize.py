@@ -414,7 +414,7 @@ def test_a_malformed_checksum_is_named_even_unverified(small, tmp_path: Path) ->
 
 
 def test_trainable_partition_tensors_are_checked(tmp_path: Path) -> None:
-    from torchinn.maths.partition import TrainablePartition
+    from torchinn.maths.trainable import TrainablePartition
 
     torch.manual_seed(0)
     imodel = inn.convert(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)),

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 import torchinn as inn
-from torchinn.maths.partition import TrainablePartition
+from torchinn.maths.trainable import TrainablePartition
 from torchinn.io.format import checksum
 
 CASES = 200  # per model and per test: 800 loads, a few seconds

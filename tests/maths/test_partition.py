@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from conftest import RULES, gap_partitions
+import torchinn as inn
 from torchinn import RandomSizes, resize
 from torchinn.maths import CompositePartition, FixedPartition, GaussLegendrePartition, TrainablePartition, UniformPartition
 from torchinn.nn import IntegralLinear
@@ -368,52 +369,55 @@ def test_composite_nested_and_errors():
 
 # -- partitions() / resize() ----------------------------------------------------------------------
 
-def _net(p: UniformPartition, q: UniformPartition | None = None) -> nn.Sequential:
+def _net(p: UniformPartition, q: UniformPartition | None = None) -> tuple[inn.IntegralModel, Partition, Partition]:
+    """The IntegralModel of three Integral* layers (from_scratch), ``q`` then given to its second
+    group (another quadrature than ``p``'s), and its two partitions."""
     q = q or UniformPartition(5, "simpson")
-    return nn.Sequential(IntegralLinear(3, p), nn.ReLU(), IntegralLinear(p, q), IntegralLinear(q, 2))
+    hidden = UniformPartition(q.max_size, p.quadrature)
+    net = nn.Sequential(IntegralLinear(3, p), nn.ReLU(), IntegralLinear(p, hidden), IntegralLinear(hidden, 2))
+    imodel = inn.from_scratch(net, torch.randn(2, 3))
+    imodel.set_partition("2.weight:0", q)
+    return imodel, imodel.partition("0.weight:0"), imodel.partition("2.weight:0")
 
 
 def test_partitions_found_once():
-    p, q = UniformPartition(8), UniformPartition(5, "simpson")
-    net = _net(p, q)
+    net, p, q = _net(UniformPartition(8), UniformPartition(5, "simpson"))
     found = partitions(net)
-    assert list(found) == ["0.out_partition", "2.out_partition"]
-    assert found["0.out_partition"] is p and found["2.out_partition"] is q
-    net.append(IntegralLinear(2, FixedPartition([0.0, 1.0])))
-    assert len(partitions(net)) == 3 and len(partitions(net, resizable_only=True)) == 2
+    assert list(found) == ["0.weight:0", "2.weight:0"]
+    assert found["0.weight:0"] is p and found["2.weight:0"] is q
+    net.set_partition("2.weight:0", FixedPartition(torch.linspace(0, 1, 5)))
+    assert len(partitions(net)) == 2 and list(partitions(net, resizable_only=True)) == ["0.weight:0"]
 
 
 def test_resize_ratio_and_mapping():
-    p, q = UniformPartition(8), UniformPartition(9, "simpson")
-    net = _net(p, q)
+    net, p, q = _net(UniformPartition(8), UniformPartition(9, "simpson"))
     # Simpson partitions are rounded down to an odd size: round(0.5 * 9) = 4 -> 3
-    assert resize(net, 0.5) == {"0.out_partition": 4, "2.out_partition": 3}
+    assert resize(net, 0.5) == {"0.weight:0": 4, "2.weight:0": 3}
     assert p.size == 4 and q.size == 3
-    assert net[0].out_size == net[2].in_size == 4 and net[2].out_size == net[3].in_size == 3
-    assert resize(net, 0.7) == {"0.out_partition": 6, "2.out_partition": 5}  # round(6.3) = 6 -> 5
-    assert resize(net, 0.75) == {"0.out_partition": 6, "2.out_partition": 7}  # round(6.75) = 7
+    assert net.to_discrete()[2].weight.shape == (3, 4)
+    assert resize(net, 0.7) == {"0.weight:0": 6, "2.weight:0": 5}  # round(6.3) = 6 -> 5
+    assert resize(net, 0.75) == {"0.weight:0": 6, "2.weight:0": 7}  # round(6.75) = 7
     resize(net, 0.45)
     assert q.size == 3
     # a mapping sets the groups it names; resize returns every group's size (as IntegralModel.resize)
-    assert resize(net, {"0.out_partition": 2}) == {"0.out_partition": 2, "2.out_partition": 3}
+    assert resize(net, {"0.weight:0": 2}) == {"0.weight:0": 2, "2.weight:0": 3}
     assert p.size == 2 and q.size == 3
-    assert resize(net, {"2.out_partition": 1.0}) == {"0.out_partition": 2, "2.out_partition": 9}
-    assert resize(net, 1.0) == {"0.out_partition": 8, "2.out_partition": 9}
-    assert resize(net, 0.01) == {"0.out_partition": 1, "2.out_partition": 1}
+    assert resize(net, {"2.weight:0": 1.0}) == {"0.weight:0": 2, "2.weight:0": 9}
+    assert resize(net, 1.0) == {"0.weight:0": 8, "2.weight:0": 9}
+    assert resize(net, 0.01) == {"0.weight:0": 1, "2.weight:0": 1}
 
 
 def test_resize_errors():
-    p = UniformPartition(8)
-    net = _net(p)
-    with pytest.raises(KeyError, match=r"no group named 'nope'; known groups: \['0.out_partition', '2.out_partition'\]"):
+    net, p, _ = _net(UniformPartition(8))
+    with pytest.raises(KeyError, match=r"no group named 'nope'; known groups: \['0.weight:0', '2.weight:0'\]"):
         resize(net, {"nope": 3})
     assert p.size == 8
     with pytest.raises(ValueError, match=r"ratio must be in \(0, 1\], got 1.5"):
         resize(net, 1.5)
     with pytest.raises(ValueError, match=r"ratio must be in \(0, 1\], got 0.0"):
         resize(net, 0.0)
-    with pytest.raises(ValueError, match=r"'0.out_partition' has 8 channels; size must be in \[1, 8\], got 9"):
-        resize(net, {"0.out_partition": 9})
+    with pytest.raises(ValueError, match=r"'0.weight:0' has 8 channels; size must be in \[1, 8\], got 9"):
+        resize(net, {"0.weight:0": 9})
 
 
 # -- RandomSizes ----------------------------------------------------------------------------------
@@ -448,7 +452,7 @@ def test_random_sizes_cover_range_uniformly():
 
 
 def test_random_sizes_reproducible():
-    net = _net(UniformPartition(16), UniformPartition(9, "simpson"))
+    net, _, _ = _net(UniformPartition(16), UniformPartition(9, "simpson"))
 
     def run(**kw):
         resize(net, 1.0)
@@ -471,15 +475,18 @@ def test_random_sizes_reproducible():
 
 def test_random_sizes_shared_partition_one_size():
     p = UniformPartition(12)
-    net = nn.Sequential(IntegralLinear(3, p), IntegralLinear(p, p), IntegralLinear(p, 2))
+    net = inn.from_scratch(nn.Sequential(IntegralLinear(3, p), IntegralLinear(p, p), IntegralLinear(p, 2)),
+                           torch.randn(2, 3))
     rs = RandomSizes(net, low=0.25, seed=0)
     seen = set()
     for _ in range(20):
         sizes = rs.step()
-        assert list(sizes) == ["0.out_partition"]
-        s = sizes["0.out_partition"]
+        # one size for the layers that share a channel group; layer 1's outputs, tied to nothing
+        # by the graph, are a group of their own (a copy of p)
+        assert list(sizes) == ["0.weight:0", "1.weight:0"]
+        s, t = sizes.values()
         seen.add(s)
-        assert net[0].out_size == net[1].in_size == net[1].out_size == net[2].in_size == s
+        assert [m.weight.shape for m in net.to_discrete()] == [(s, 3), (t, s), (2, t)]
         y = net(torch.randn(2, 3))
         assert y.shape == (2, 2)
     assert len(seen) > 3
@@ -516,4 +523,6 @@ def test_random_sizes_iter_and_errors():
     with pytest.raises(ValueError, match="either a generator or a seed"):
         RandomSizes({"p": p}, seed=1, generator=torch.Generator())
     with pytest.raises(ValueError, match="no resizable partitions"):
+        RandomSizes({})
+    with pytest.raises(TypeError, match=r"expected an integral network .*got Linear"):
         RandomSizes(nn.Linear(2, 2))

@@ -313,23 +313,22 @@ def test_integral_layers_become_the_same_integral_model(quad, kind, sizes, train
     with torch.no_grad():  # as after training: not what the initialisation gives
         for p in net.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=g))
-    inn.resize(net, {"c1.out_partition": a.quadrature.nearest_size(sizes[0], high=9),
-                     "up.out_partition": b.quadrature.nearest_size(sizes[1], high=11)})
+    a.resize(a.quadrature.nearest_size(sizes[0], high=9))
+    b.resize(b.quadrature.nearest_size(sizes[1], high=11))
     if trainable:  # trained points on b
         net.up.out_partition = net.mid.in_partition = inn.maths.TrainablePartition(b)
     x = torch.randn(3, 2, 5, 5, generator=g)
     before = copy.deepcopy(net.state_dict())
-    sizes_before = inn.model.integral_network(net).sizes()
+    sizes_before = {"a": a.size, "b": net.up.out_partition.size}
     imodel = inn.from_scratch(net, (x,))
     assert isinstance(imodel, inn.IntegralModel)
     with torch.no_grad():
         torch.testing.assert_close(imodel(x), net(x), rtol=1e-4, atol=1e-5)
         assert sorted(imodel.sizes().values()) == sorted([*sizes_before.values(), 5])  # + the fixed 5
         # the same network from then on: resize both, compare, take a plain network out
-        new = {"c1.out_partition": a.quadrature.nearest_size(max(1, sizes[0] - 2), high=9)}
-        inn.resize(net, new)
-        group = next(n for n, g in imodel.groups.items() if ("c1.weight", 0) in g.members)
-        imodel.resize({group: new["c1.out_partition"]})
+        new = a.quadrature.nearest_size(max(1, sizes[0] - 2), high=9)
+        a.resize(new)
+        assert imodel.resize({"c1": new})["c1.weight:0"] == new  # named as convert names it
         torch.testing.assert_close(imodel(x), net(x), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(imodel.to_discrete()(x), net(x), rtol=1e-4, atol=1e-5)
     fixed = next(n for n, g in imodel.groups.items() if ("mid.weight", 0) in g.members)
@@ -390,16 +389,27 @@ def test_integral_layers_that_the_graph_ties_need_one_partition():
         inn.from_scratch(nn.Sequential(inn.nn.IntegralLinear(4, 4), inner), torch.randn(2, 4))
 
 
-def test_integral_layers_that_do_not_carry_over_are_an_error(monkeypatch):
-    import torchinn.model.scratch as scratch
-
-    p = inn.maths.UniformPartition(6)
-    net = nn.Sequential(inn.nn.IntegralLinear(4, p), nn.ReLU(), inn.nn.IntegralLinear(p, 2))
+def test_integral_layers_the_graph_does_not_resize_are_an_error():
+    p, q = inn.maths.UniformPartition(6), inn.maths.UniformPartition(5)
+    net = nn.Sequential(inn.nn.IntegralLinear(4, p), nn.ReLU(), inn.nn.IntegralLinear(p, q))
     x = torch.randn(3, 4)
-    inn.from_scratch(net, (x,))  # carries over
-    # a partition that does not reach the model (as a CompositePartition might not): caught
-    monkeypatch.setattr(scratch, "_group_of", lambda imodel, tensor, dim: None)
-    p.resize(3)
-    with pytest.raises(ValueError, match=r"from_scratch: the integral model differs from Sequential by .* \(relative\)"):
+    # the network's output keeps its size: a partition there would resize nothing
+    with pytest.raises(ValueError, match=r"^layer '2': the graph does not resize its output channels as its "
+                       r"UniformPartition does \(channel groups there: none, kept at full size\); give that "
+                       "dimension an int, or build the plain network and call from_scratch on it$"):
         inn.from_scratch(net, (x,))
-    assert net.training  # its mode is given back
+
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = inn.nn.IntegralConv2d(1, inn.maths.UniformPartition(6), 3, padding=1)
+            self.fc = inn.nn.IntegralLinear(inn.maths.UniformPartition(24), 2)
+
+        def forward(self, x):
+            return self.fc(self.c(x).flatten(1))
+
+    # after flatten the linear's inputs are the conv's channels times 4 positions, not a group of 24
+    with pytest.raises(ValueError, match=r"^layer 'fc': the graph does not resize its input channels as its "
+                       r"UniformPartition does \(channel groups there: \['c.weight:0'\]\)"):
+        inn.from_scratch(Flat(), torch.randn(3, 1, 2, 2))
+    assert net.training  # the user's module is left as it was

@@ -1,5 +1,5 @@
 """One protocol for every integral network: the top-level functions agree with the methods, for a
-converted ``IntegralModel`` and for a module built from ``Integral*`` layers alike."""
+converted ``IntegralModel`` and for the one ``from_scratch`` makes of ``Integral*`` layers alike."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch import nn
 
 import torchinn as inn
 from torchinn.nn import IntegralLinear
-from torchinn.model import IntegralNetwork, ScratchNetwork
+from torchinn.model import IntegralNetwork
 from torchinn.maths import UniformPartition
 
 X = torch.randn(5, 6, generator=torch.Generator().manual_seed(0))
@@ -21,7 +21,7 @@ X = torch.randn(5, 6, generator=torch.Generator().manual_seed(0))
 
 def scratch_net() -> nn.Sequential:
     torch.manual_seed(0)
-    p, q = UniformPartition(12), UniformPartition(9, "simpson")
+    p, q = UniformPartition(12), UniformPartition(9)
     return nn.Sequential(IntegralLinear(6, p), nn.Tanh(), IntegralLinear(p, q), nn.Tanh(), IntegralLinear(q, 3))
 
 
@@ -40,25 +40,26 @@ def converted() -> inn.IntegralModel:
 def both(kind: str) -> tuple[nn.Module, IntegralNetwork]:
     """Two identical networks of one kind: the one the functions get, the one the methods get."""
     if kind == "scratch":
-        return scratch_net(), ScratchNetwork(scratch_net())
+        return inn.from_scratch(scratch_net(), (X,)), inn.from_scratch(scratch_net(), (X,))
     return converted(), converted()
 
 
 KINDS = ["scratch", "converted"]
-GROUPS = {"scratch": ["0.out_partition", "2.out_partition"], "converted": ["0.weight:0", "2.weight:0"]}
+GROUPS = {kind: ["0.weight:0", "2.weight:0"] for kind in KINDS}  # one naming, whichever way it was made
 
 
 def test_both_kinds_implement_the_protocol():
-    imodel, net = converted(), scratch_net()
-    assert isinstance(imodel, IntegralNetwork) and inn.model.integral_network(imodel) is imodel
-    view = inn.model.integral_network(net)
-    assert isinstance(view, ScratchNetwork) and isinstance(view, IntegralNetwork) and view.module is net
+    for imodel in (converted(), inn.from_scratch(scratch_net(), (X,))):
+        assert isinstance(imodel, IntegralNetwork) and inn.model.integral_network(imodel) is imodel
+    net = scratch_net()
     assert not isinstance(net, IntegralNetwork) and not isinstance(UniformPartition(3), IntegralNetwork)
-    assert inn.model.integral_network(nn.Linear(2, 2)).partition_map() == {}
-    with pytest.raises(TypeError, match="expected an integral network .* got int"):
-        inn.model.integral_network(3)
-    with pytest.raises(TypeError, match="IntegralModel is an integral network itself"):
-        ScratchNetwork(imodel)
+    with pytest.raises(TypeError, match=r"^Sequential is built from Integral\* layers, a declaration of an integral "
+                       r"network: torchinn.from_scratch\(model, example_inputs\) gives its IntegralModel"):
+        inn.model.integral_network(net)
+    for bad, name in ((nn.Linear(2, 2), "Linear"), (3, "int")):
+        with pytest.raises(TypeError, match=rf"^expected an integral network \(an IntegralModel from torchinn.convert "
+                           rf"or torchinn.from_scratch\), got {name}$"):
+            inn.model.integral_network(bad)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -82,10 +83,7 @@ def test_resize_ratio_function_equals_method(kind, ratio):
     assert list(got) == GROUPS[kind]
     first, second = got.values()
     assert first == max(1, round(ratio * 12))
-    if kind == "scratch":  # its second group uses Simpson's rule: odd sizes only
-        assert second % 2 == 1 and abs(second - ratio * 9) <= 1.5
-    else:
-        assert second == max(1, round(ratio * 9))
+    assert second == max(1, round(ratio * 9))
     x = X
     torch.testing.assert_close(inn.to_discrete(a)(x), b.to_discrete()(x), rtol=0, atol=0)
 
@@ -168,10 +166,6 @@ def test_same_errors_for_both_kinds(kind):
     with pytest.raises(ValueError, match=rf"group '{second}' has 9 channels; size must be in \[1, 9\], got 0"):
         inn.resize(a, {first: 4, second: 0})
     assert inn.model.integral_network(a).sizes() == before == {first: 12, second: 9}
-    if kind == "scratch":  # its second group uses Simpson's rule, which refuses even sizes
-        with pytest.raises(ValueError, match="odd number of points"):
-            inn.resize(a, {first: 4, second: 4})
-        assert inn.model.integral_network(a).sizes() == before
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -179,10 +173,7 @@ def test_a_ratio_leaves_fixed_groups_alone(kind):
     a, _ = both(kind)
     first, second = GROUPS[kind]
     trained = inn.maths.TrainablePartition(UniformPartition(9).resize(5))
-    if kind == "scratch":
-        a[2].out_partition = a[4].in_partition = trained
-    else:
-        a.set_partition(second, trained)
+    a.set_partition(second, trained)
     assert inn.resize(a, 0.5) == {first: 6, second: 5}
     with pytest.raises(ValueError, match=rf"group '{second}' has a TrainablePartition, which has a fixed size \(5\); got 3"):
         inn.resize(a, {second: 3})
@@ -192,23 +183,17 @@ def test_a_ratio_leaves_fixed_groups_alone(kind):
 
 
 def test_module_names_find_their_group_in_both_kinds():
-    net, imodel = scratch_net(), converted()
-    assert inn.resize(net, {"2": 5}) == {"0.out_partition": 12, "2.out_partition": 5}
-    assert inn.resize(imodel, {"2": 5}) == {"0.weight:0": 12, "2.weight:0": 5}
+    for imodel in (inn.from_scratch(scratch_net(), (X,)), converted()):
+        assert inn.resize(imodel, {"2": 5}) == {"0.weight:0": 12, "2.weight:0": 5}
 
 
-def test_nested_integral_model():
-    imodel = converted()
+def test_an_integral_model_inside_a_module_of_layers_is_not_an_integral_network():
     p = UniformPartition(4)
-    outer = nn.Sequential(imodel, nn.ReLU(), IntegralLinear(3, p), IntegralLinear(p, 2)).eval()
-    assert list(inn.model.partitions(outer)) == ["0.0.weight:0", "0.2.weight:0", "2.out_partition"]
-    assert inn.resize(outer, 0.5) == {"0.0.weight:0": 6, "0.2.weight:0": 4, "2.out_partition": 2}
-    assert imodel.sizes() == {"0.weight:0": 6, "2.weight:0": 4}
-    plain = inn.to_discrete(outer)
-    assert type(plain[0]) is nn.Sequential and isinstance(plain[2], nn.Linear)
-    assert plain[2].out_features == plain[3].in_features == 2
-    with torch.no_grad():
-        torch.testing.assert_close(plain(X), outer(X), rtol=1e-5, atol=1e-6)
+    outer = nn.Sequential(converted(), nn.ReLU(), IntegralLinear(3, p), IntegralLinear(p, 2)).eval()
+    with pytest.raises(TypeError, match=r"^Sequential is built from Integral\* layers"):
+        inn.resize(outer, 0.5)
+    with pytest.raises(TypeError, match=r"'0' is an integral network already"):
+        inn.from_scratch(outer, (X,))
 
 
 def test_one_meaning_for_weights_and_sampled():

@@ -99,7 +99,7 @@ def test_from_discrete_float64(name, kind):
     torch.manual_seed(2)
     ref = make_nn(name, 5, 3, dtype=F64)
     layer = SPECS[name][1].from_discrete(ref, part("simpson", 5), part("trapezoid", 3), kind=kind)
-    assert layer.weight_fn.values.dtype == F64
+    assert layer.weight_fn.blocks[0].values.dtype == F64
     x = make_input(name, 5, dtype=F64)
     assert rel_err(layer(x), ref(x)) <= 1e-13
     d = layer.to_discrete()
@@ -382,18 +382,18 @@ def test_eval_cache_reused_and_invalidated_by_resize():
     x = make_input("conv2d", 3)
     with torch.no_grad():
         y1 = layer(x)
-        cache = layer._cache
+        cache = layer._cache.value
         assert cache is not None
-        w = cache[1]
+        w = cache[0]
         y2 = layer(x)
-        assert layer._cache is cache and layer._cache[1] is w
+        assert layer._cache.value is cache and layer._cache.value[0] is w
         torch.testing.assert_close(y1, y2, rtol=0, atol=0)
         p.resize(5)
         y3 = layer(x)
-        assert layer._cache is not cache and layer._cache[1].shape[0] == 5 and y3.shape[1] == 5
+        assert layer._cache.value is not cache and layer._cache.value[0].shape[0] == 5 and y3.shape[1] == 5
         p.resize(8)
         y4 = layer(x)
-        assert layer._cache[1].shape[0] == 8
+        assert layer._cache.value[0].shape[0] == 8
         torch.testing.assert_close(y4, y1, rtol=0, atol=0)
 
 
@@ -406,23 +406,23 @@ def test_eval_cache_invalidated_by_optimizer_step():
     layer.eval()
     with torch.no_grad():
         y0 = layer(x)
-        cache = layer._cache
+        cache = layer._cache.value
     layer.train()
     layer(x).pow(2).sum().backward()
     opt.step()
     layer.eval()
     with torch.no_grad():
         y1 = layer(x)
-        assert layer._cache is not cache
+        assert layer._cache.value is not cache
         torch.testing.assert_close(y1, layer.to_discrete()(x), rtol=1e-6, atol=1e-6)
     assert float((y1 - y0).abs().max()) > 1e-3
     # also a plain in-place edit of the values (load_state_dict does the same)
     with torch.no_grad():
         layer(x)
-        cache = layer._cache
-        layer.weight_fn.values.mul_(2)
+        cache = layer._cache.value
+        layer.weight_fn.blocks[0].values.mul_(2)
         y2 = layer(x)
-        assert layer._cache is not cache
+        assert layer._cache.value is not cache
         torch.testing.assert_close(y2, layer.to_discrete()(x), rtol=1e-6, atol=1e-6)
 
 
@@ -432,10 +432,10 @@ def test_eval_cache_invalidated_by_trainable_partition_step():
     x = torch.randn(3, 5)
     with torch.no_grad():
         layer(x)
-        cache = layer._cache
+        cache = layer._cache.value
         t.delta.mul_(torch.linspace(0.5, 1.5, 6))
         y = layer(x)
-        assert layer._cache is not cache
+        assert layer._cache.value is not cache
     torch.testing.assert_close(y, layer.to_discrete()(x), rtol=1e-6, atol=1e-6)
 
 
@@ -443,16 +443,16 @@ def test_no_cache_when_gradients_are_needed():
     layer = IntegralLinear(UniformPartition(4), 2)
     x = torch.randn(3, 4)
     layer(x)
-    assert layer._cache is None  # train mode
+    assert layer._cache.value is None  # train mode
     layer.eval()
     y = layer(x)  # eval mode but grad enabled: the result must carry gradients
-    assert layer._cache is None and y.requires_grad
+    assert layer._cache.value is None and y.requires_grad
     with torch.no_grad():
         layer(x)
-    assert layer._cache is not None
+    assert layer._cache.value is not None
     layer.train()
     layer(x)
-    assert layer._cache is None
+    assert layer._cache.value is None
 
 
 def test_train_mode_gradients_reach_values_bias_and_partition():
@@ -462,12 +462,12 @@ def test_train_mode_gradients_reach_values_bias_and_partition():
     layer = IntegralLinear(t, q)
     x = torch.randn(7, 4)
     layer(x).pow(2).sum().backward()
-    for p in (layer.weight_fn.values, layer.bias_fn.values, t.delta):
+    for p in (layer.weight_fn.blocks[0].values, layer.bias_fn.blocks[0].values, t.delta):
         assert p.grad is not None and bool(torch.isfinite(p.grad).all())
         assert float(p.grad.abs().max()) > 0
     # only the control values next to the sampled points get gradient; all do here
-    assert layer.weight_fn.values.grad.shape == (5, 6)
-    assert layer._cache is None
+    assert layer.weight_fn.blocks[0].values.grad.shape == (5, 6)
+    assert layer._cache.value is None
 
 
 def test_state_dict_roundtrip_and_copies():
@@ -485,7 +485,7 @@ def test_state_dict_roundtrip_and_copies():
         net(x)  # fill the caches
     for cp in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
         assert cp[0].out_partition is cp[2].in_partition  # still shared
-        assert cp[0]._cache is None
+        assert cp[0]._cache.value is None
         torch.testing.assert_close(cp(x), y)
         cp[0].out_partition.resize(2)
         assert cp(x).shape == (2, 3, 5) and p.size == 4
@@ -494,7 +494,7 @@ def test_state_dict_roundtrip_and_copies():
 # -- networks -------------------------------------------------------------------------------------
 
 def _net() -> tuple[nn.Sequential, UniformPartition, UniformPartition]:
-    p, q = UniformPartition(8), UniformPartition(7, "simpson")
+    p, q = UniformPartition(8), UniformPartition(7)
     net = nn.Sequential(
         IntegralConv2d(3, p, 3, padding=1), nn.ReLU(),
         IntegralConv2d(p, p, 3, padding=1, groups=p), nn.ReLU(),  # depthwise, shares p
@@ -515,8 +515,8 @@ def test_shared_partition_resizes_all_layers():
     assert net[4].out_size == net[8].in_size == 7
     y = net(x)
     assert y.shape == (4, 5)
-    assert torchinn.resize(net, {"0.out_partition": 5, "4.out_partition": 3}) == \
-        {"0.out_partition": 5, "4.out_partition": 3}
+    p.resize(5)
+    q.resize(3)
     assert net[2].to_discrete().groups == 5 and net[4].to_discrete().weight.shape == (3, 5, 1, 1)
 
 
@@ -533,7 +533,7 @@ def test_to_discrete_network(mode):
     getattr(net, mode)()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     types = [type(m) for m in net.modules()]
-    plain = to_discrete(net)
+    plain = to_discrete(torchinn.from_scratch(net, x))  # the one way from a network of layers
     # a plain module: nothing from torchinn inside
     for m in plain.modules():
         assert not type(m).__module__.startswith("torchinn"), type(m)
@@ -558,23 +558,26 @@ def test_to_discrete_network(mode):
     with torch.no_grad():
         plain[0].weight.zero_()
         plain[9].running_mean.add_(1)
-    assert float(net[0].weight_fn.values.detach().abs().sum()) > 0
+    assert float(net[0].weight_fn.blocks[0].values.detach().abs().sum()) > 0
     assert torch.equal(net[9].running_mean, before["9.running_mean"])
     # the integral net still resizes after the conversion
     p.resize(8)
     assert net(x).shape == (4, 5)
 
 
-def test_to_discrete_single_layer_and_nested():
+def test_a_network_of_layers_goes_through_from_scratch():
     layer = IntegralLinear(UniformPartition(4, size=2), 3)
-    d = to_discrete(layer)
+    d = layer.to_discrete()  # one layer's plain twin
     assert type(d) is nn.Linear and d.in_features == 2
-    inner = nn.Sequential(IntegralLinear(3, 4), nn.Tanh())
-    outer = nn.ModuleDict({"a": inner, "b": nn.Linear(4, 4)})
-    out = to_discrete(outer)
-    assert type(out["a"][0]) is nn.Linear and type(out["b"]) is nn.Linear
-    assert out["b"] is not outer["b"]
-    torch.testing.assert_close(out["b"].weight, outer["b"].weight)
+    outer = nn.ModuleDict({"a": nn.Sequential(IntegralLinear(3, 4), nn.Tanh()), "b": nn.Linear(4, 4)})
+    for module in (layer, outer):
+        with pytest.raises(TypeError, match=rf"^{type(module).__name__} is built from Integral\* layers, a declaration "
+                           r"of an integral network: torchinn.from_scratch\(model, example_inputs\) gives its "
+                           "IntegralModel"):
+            to_discrete(module)
+    with pytest.raises(TypeError, match=r"expected an integral network \(an IntegralModel from torchinn.convert "
+                       r"or torchinn.from_scratch\), got Linear"):
+        torchinn.resize(nn.Linear(2, 2), 0.5)
 
 
 def test_each_layer_names_its_discrete_twin():
@@ -598,5 +601,5 @@ def test_stored_values_keep_the_weights_magnitude():
     lin = torch.nn.Linear(16, 3)
     for rule, interior in (("midpoint", 1.0), ("trapezoid", 15 / 16)):
         layer = IntegralLinear.from_discrete(lin, UniformPartition(16, rule), None)
-        ratio = layer.weight_fn.values.detach()[:, 1:-1] / lin.weight.detach()[:, 1:-1]
+        ratio = layer.weight_fn.blocks[0].values.detach()[:, 1:-1] / lin.weight.detach()[:, 1:-1]
         assert torch.allclose(ratio, torch.full_like(ratio, interior), rtol=1e-5)

@@ -18,12 +18,19 @@ from torchinn.training.train import kl_distillation_loss
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def mlp(quadrature: str = "trapezoid", n: tuple[int, int] = (16, 10)) -> tuple[nn.Module, inn.maths.Partition, inn.maths.Partition]:
+def mlp(quadrature: str = "trapezoid", n: tuple[int, int] = (16, 10),
+        head_scale: float = 1.0) -> tuple[inn.IntegralModel, inn.maths.Partition, inn.maths.Partition]:
+    """An MLP of Integral* layers as the IntegralModel from_scratch makes of it, and its two partitions."""
     torch.manual_seed(0)
     a, b = inn.maths.UniformPartition(n[0], quadrature=quadrature), inn.maths.UniformPartition(n[1], quadrature=quadrature)
     net = nn.Sequential(inn.nn.IntegralLinear(4, a), nn.Tanh(), inn.nn.IntegralLinear(a, b), nn.Tanh(),
                         inn.nn.IntegralLinear(b, 3))
-    return net, a, b
+    with torch.no_grad():
+        for p in net[4].parameters():
+            p.mul_(head_scale)
+    imodel = inn.from_scratch(net, torch.randn(2, 4))
+    parts = imodel.partition_map()
+    return imodel, parts["0.weight:0"], parts["2.weight:0"]
 
 
 @settings(max_examples=30, deadline=None)
@@ -36,10 +43,10 @@ def test_sandwich_yields_largest_smallest_then_the_draws_of_step(seed, low, widt
     twin = inn.RandomSizes(net, low, high, seed=seed)
     got = []
     for drawn in sizes.sandwich(random):
-        assert drawn == {"0.out_partition": a.size, "2.out_partition": b.size}  # set when yielded
+        assert drawn == {"0.weight:0": a.size, "2.weight:0": b.size}  # set when yielded
         got.append(drawn)
     assert len(got) == 2 + random
-    for name, n in (("0.out_partition", 16), ("2.out_partition", 10)):
+    for name, n in (("0.weight:0", 16), ("2.weight:0", 10)):
         lo, hi = max(1, math.ceil(low * n - 1e-9)), max(1, math.ceil(high * n - 1e-9))
         assert got[0][name] == max(lo, hi) and got[1][name] == lo
     # the random sizes are the draws step() makes from the same generator state
@@ -48,10 +55,10 @@ def test_sandwich_yields_largest_smallest_then_the_draws_of_step(seed, low, widt
 
 def test_sandwich_numbers_and_ranges():
     net, a, b = mlp()
-    sizes = inn.RandomSizes(net, low=0.25, seed=0, ranges={"2.out_partition": (0.5, 0.8)})
+    sizes = inn.RandomSizes(net, low=0.25, seed=0, ranges={"2.weight:0": (0.5, 0.8)})
     got = list(sizes.sandwich(1))
-    assert got[:2] == [{"0.out_partition": 16, "2.out_partition": 8}, {"0.out_partition": 4, "2.out_partition": 5}]
-    assert 4 <= got[2]["0.out_partition"] <= 16 and 5 <= got[2]["2.out_partition"] <= 8
+    assert got[:2] == [{"0.weight:0": 16, "2.weight:0": 8}, {"0.weight:0": 4, "2.weight:0": 5}]
+    assert 4 <= got[2]["0.weight:0"] <= 16 and 5 <= got[2]["2.weight:0"] <= 8
     assert (a.size, b.size) == tuple(got[2].values())  # the last sizes are kept
     sizes.full()
     assert (a.size, b.size) == (16, 10)
@@ -62,8 +69,8 @@ def test_sandwich_respects_the_quadrature():
     sizes = inn.RandomSizes(net, low=0.5, high=0.9, seed=0)
     largest, smallest = list(sizes.sandwich(0))
     # ranges [9, 16] and [6, 10]: the largest odd sizes in them, and the smallest
-    assert largest == {"0.out_partition": 15, "2.out_partition": 9}
-    assert smallest == {"0.out_partition": 9, "2.out_partition": 7}
+    assert largest == {"0.weight:0": 15, "2.weight:0": 9}
+    assert smallest == {"0.weight:0": 9, "2.weight:0": 7}
     assert sizes.largest() == largest and sizes.smallest() == smallest
 
 
@@ -117,10 +124,7 @@ def test_sandwich_backward_accumulates_the_passes_with_detached_teacher():
 
 
 def test_sandwich_backward_auto_and_without_distillation():
-    net, a, b = mlp()
-    with torch.no_grad():  # a classifier with a decided softmax (random weights give a nearly uniform one)
-        for p in net[4].parameters():
-            p.mul_(20.0)
+    net, a, b = mlp(head_scale=20.0)  # a classifier with a decided softmax (random weights give a nearly uniform one)
     x, y = torch.randn(16, 4, generator=torch.Generator().manual_seed(2)), torch.arange(16) % 3
     net.zero_grad()
     auto = inn.sandwich_backward(net, inn.RandomSizes(net, seed=3), x, lambda o: F.cross_entropy(o, y),
@@ -136,8 +140,8 @@ def test_sandwich_backward_auto_and_without_distillation():
     want = []
     with torch.no_grad():
         for s in order:
-            a.resize(s["0.out_partition"])
-            b.resize(s["2.out_partition"])
+            a.resize(s["0.weight:0"])
+            b.resize(s["2.weight:0"])
             want.append(float(F.cross_entropy(net(x), y)))
     assert plain == pytest.approx(want, rel=1e-6)
     assert len(set(plain)) == len({tuple(s.values()) for s in order}) == 3  # a draw repeats a size

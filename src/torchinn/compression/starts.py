@@ -44,7 +44,8 @@ from ..training.distill import Distillation
 from .importance import Importance, activation_importance, channel_importance, measure_importance
 from ..model.integral_model import IntegralModel
 from ..options import check_choice, check_number
-from ..maths.partition import Partition, TrainablePartition, UniformPartition
+from ..maths.partition import Partition, UniformPartition
+from ..maths.trainable import TrainablePartition
 from ..maths.quadrature import GaussLegendre
 
 __all__ = ["STARTS", "StartChoice", "activation_importance", "best_start", "check_starts", "distill_error", "full_outputs",

@@ -42,14 +42,15 @@ from torch.utils import _pytree as pytree
 
 from ..graph.groups import ContractionSpec, GroupInfo
 from ..graph.guards import Guard
-from ..model.integral_model import IntegralModel, module_key
+from ..model.groups import module_key
+from ..model.integral_model import IntegralModel
 from ..maths.partition import (
     FixedPartition,
     GaussLegendrePartition,
     Partition,
-    TrainablePartition,
     UniformPartition,
 )
+from ..maths.trainable import TrainablePartition
 from .checks import check_meta, check_tensors
 from .guards import check_guards
 from .graph import FormatError, target_name

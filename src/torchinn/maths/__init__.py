@@ -6,12 +6,12 @@ tensor as continuous functions of its channel groups).
 """
 
 from .functions import ContinuousFunction
+from .trainable import TrainablePartition
 from .partition import (
     CompositePartition,
     FixedPartition,
     GaussLegendrePartition,
     Partition,
-    TrainablePartition,
     UniformPartition,
 )
 from .quadrature import (

@@ -4,10 +4,11 @@ scratch (:mod:`.scratch`), the protocol and size rules both follow (:mod:`.proto
 :mod:`.network`), their inputs (:mod:`.inputs`) and batch norms (:mod:`.norms`).
 """
 
-from .integral_model import Group, Groups, IntegralModel
+from .groups import Group, Groups
+from .integral_model import IntegralModel
 from .network import integral_network, partitions, resize, to_discrete
 from .protocol import IntegralNetwork
-from .scratch import ScratchNetwork, from_scratch
+from .scratch import from_scratch
 
-__all__ = ["IntegralModel", "Group", "Groups", "IntegralNetwork", "ScratchNetwork", "from_scratch",
+__all__ = ["IntegralModel", "Group", "Groups", "IntegralNetwork", "from_scratch",
            "integral_network", "partitions", "resize", "to_discrete"]

@@ -20,107 +20,28 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
 from torch.utils import _pytree as pytree
 
-from ..maths.functions import interpolation_taps
 from ..graph.build import specialize
 from ..graph.groups import ContractionSpec, GroupInfo
 from ..graph.guards import Guard
 from ..graph.norms import norm_statistics
-from ..discrete.heads import fix_heads
 from .inputs import input_problem
 from ..maths.partition import Partition, UniformPartition
-from ..discrete.rebuild import Original, RebuildError, example_for, rebuild, run_check, user_line
-from ..options import unknown_group
+from ..discrete.rebuild import Original
 from .protocol import SizeSpec, plan_sizes, set_sizes
 from ..sizing.rounding import Multiple
+from ..maths.sampling import SampleCache, ratio_vector, sample_tensors
 from ..maths.structured import StructuredFunction, plan_size, plan_vector
-from ..discrete.tolerance import float_noise, judge
+from .groups import Group, Groups, module_key
+from .user_module import user_module
 
 __all__ = ["Group", "Groups", "IntegralModel"]
-
-
-def module_key(name: str) -> str:
-    """The ModuleDict key of a tensor or group name (dots are not allowed in keys)."""
-    return name.replace(".", "/")
-
-
-@dataclass
-class Group:
-    """A set of tensor dimensions that share one partition (one number of channels)."""
-
-    name: str
-    partition: Partition
-    members: list[tuple[str, int]]
-
-    @property
-    def size(self) -> int:
-        return self.partition.size
-
-    @property
-    def max_size(self) -> int:
-        return self.partition.max_size
-
-    @property
-    def modules(self) -> list[str]:
-        """Qualified names of the modules whose tensors are in the group."""
-        out: list[str] = []
-        for tensor, _ in self.members:
-            mod = tensor.rsplit(".", 1)[0] if "." in tensor else ""
-            if mod not in out:
-                out.append(mod)
-        return out
-
-    def __repr__(self) -> str:
-        return f"Group({self.name!r}, size={self.size}/{self.max_size}, members={len(self.members)})"
-
-
-class Groups(Mapping[str, Group]):
-    """Groups by name (``"layer1.0.conv1.weight:0"``); a module name that produces exactly one
-    group (``"layer1.0.conv1"``) finds it too. Unknown names raise ``KeyError`` with suggestions."""
-
-    def __init__(self, groups: list[Group]) -> None:
-        self._groups = {g.name: g for g in groups}
-
-    def __getitem__(self, name: str) -> Group:
-        if name in self._groups:
-            return self._groups[name]
-        if isinstance(name, str):
-            hits = [g for n, g in self._groups.items() if n.startswith(name + ".") and n.count(":") == 1
-                    and n[len(name) + 1:].split(":")[0].count(".") == 0]
-            produced = [g for g in hits if not g.name.endswith("'")]
-            if len(produced) == 1:
-                return produced[0]
-            if len(produced) > 1:
-                raise KeyError(f"{name!r} matches several groups: {[g.name for g in produced]}")
-        raise unknown_group(name, self._groups)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._groups)
-
-    def __len__(self) -> int:
-        return len(self._groups)
-
-    def __repr__(self) -> str:
-        lines = [f"  {n!r}: {g.size}/{g.max_size} channels, {len(g.members)} tensor dims"
-                 for n, g in self._groups.items()]
-        return "Groups(\n" + "\n".join(lines) + "\n)"
-
-
-def ratio_vector(p: Partition, like: Tensor) -> Tensor:
-    """Current quadrature weights over the full-size ones (interpolated): 1 at full size."""
-    if p.is_standard:
-        return torch.ones(p.size, dtype=like.dtype, device=like.device)
-    points = p.points(like.device, like.dtype)
-    inv_full = 1.0 / p.full_weights(like.device, like.dtype)
-    idx, w = interpolation_taps(points, p.control_points(like.device, like.dtype), "linear")
-    return p.weights(like.device, like.dtype) * (inv_full[idx] * w).sum(-1)
 
 
 class IntegralModel(nn.Module):
@@ -180,7 +101,7 @@ class IntegralModel(nn.Module):
         #: :func:`torchinn.recalibrate_bn`). ``False`` (converted networks): batch norms keep their
         #: trained running statistics in every mode, so fine-tuning does not disturb them.
         self.batch_statistics = False
-        self._cache: tuple[Any, list[Tensor], list[Tensor]] | None = None
+        self._cache = SampleCache()
         # the sizes the running statistics were estimated at ("any": as built; None: stale)
         self._stats_sizes: dict[str, int] | str | None = "any"
 
@@ -204,7 +125,7 @@ class IntegralModel(nn.Module):
         if like is not None:
             partition = partition.to(device=like.device, dtype=torch.float64 if like.dtype == torch.float64 else None)
         self.partitions[module_key(self.groups[group].name)] = partition
-        self._cache = None
+        self._cache.clear()
 
     def sizes(self) -> dict[str, int]:
         """Current size of every group."""
@@ -243,11 +164,11 @@ class IntegralModel(nn.Module):
         parts = self.partition_map()
         variances = {var for _, var in self.norm_statistics()}
         tensors = []
-        memo: dict = {}  # each partition's points, weights and taps computed once per pass
+        sampled = sample_tensors(self.functions, parts)  # the sampler of the Integral* layers too
         for name in self.tensor_names:
             key = module_key(name)
             if key in self.functions:
-                t = self.functions[key].sample(parts, memo)
+                t = sampled[key]
                 # buffers (e.g. batch-norm running statistics, which aten.batch_norm refuses to
                 # differentiate) follow the partitions but get no gradient
                 if name in variances:  # interpolation may overshoot below zero: no variance is
@@ -271,24 +192,10 @@ class IntegralModel(nn.Module):
             scales.append(v.reshape([-1] + [1] * (spec.ndim - spec.dim - 1)))
         return tensors, scales
 
-    def _cache_key(self) -> tuple:
-        return (tuple(p.cache_key() for p in self.partitions.values()),
-                tuple((t.data_ptr(), t._version) for t in self.parameters()),
-                tuple(type(p) for p in self.partitions.values()))
-
     def sampled(self) -> tuple[list[Tensor], list[Tensor]]:
         """Tensors and contraction scales at the current sizes (cached in eval mode while nothing
-        needs a gradient)."""
-        cacheable = not self.training and not (
-            torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))
-        if not cacheable:
-            self._cache = None
-            return self._sample()
-        key = self._cache_key()
-        if self._cache is None or self._cache[0] != key:
-            tensors, scales = self._sample()
-            self._cache = (key, tensors, scales)
-        return self._cache[1], self._cache[2]
+        needs a gradient: :class:`~torchinn.maths.sampling.SampleCache`, as the ``Integral*`` layers)."""
+        return self._cache.get(self, self.partitions.values(), self._sample)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         flat, problem = input_problem(self, args, kwargs)
@@ -336,11 +243,9 @@ class IntegralModel(nn.Module):
     def tensors(self, partitions: Mapping[str, Partition] | None = None) -> dict[str, Tensor]:
         """Every tensor of the network sampled on ``partitions`` (default: the current ones)."""
         parts = self.partition_map() if partitions is None else dict(partitions)
-        out, memo = {}, {}
-        for name in self.tensor_names:
-            key = module_key(name)
-            out[name] = self.functions[key].sample(parts, memo) if key in self.functions else getattr(self.fixed, key)
-        return out
+        sampled = sample_tensors(self.functions, parts)
+        return {name: sampled[module_key(name)] if module_key(name) in self.functions
+                else getattr(self.fixed, module_key(name)) for name in self.tensor_names}
 
     def num_parameters(self, sizes: Mapping[str, int] | None = None) -> int:
         """Parameters of :meth:`to_discrete` at ``sizes`` (group -> size; default: current)."""
@@ -413,7 +318,7 @@ class IntegralModel(nn.Module):
                         getattr(self, "input_names", [])).train(self.training)
         if graph:
             return gm
-        return self._user_module(gm, dict(zip(self.tensor_names, tensors)), "to_discrete()", sampled=True)
+        return user_module(self, gm, dict(zip(self.tensor_names, tensors)), "to_discrete()", sampled=True)
 
     def module_from(self, gm: fx.GraphModule) -> nn.Module:
         """The user's module (as :meth:`to_discrete` gives it back) carrying the tensors of
@@ -426,66 +331,10 @@ class IntegralModel(nn.Module):
                 named[n] = gm.get_parameter(n)
             except AttributeError:
                 named[n] = gm.get_buffer(n)
-        return self._user_module(gm, named, "module_from()")
-
-    def _user_module(self, gm: fx.GraphModule, named: dict[str, Tensor], caller: str,
-                     sampled: bool = False) -> nn.Module:
-        """A copy of the converted module with ``named`` tensors, checked against ``gm`` (or
-        ``gm`` with a warning); layers off the traced forward that read resized channels are
-        resized with them (``sampled``: ``named`` was sampled on the partitions) or named in a
-        warning (:mod:`torchinn.discrete.heads`)."""
-        tensors = list(named.values())
-        sizes = self.sizes()
-        for n, plan in self.plans().items():
-            want = tuple(plan_size(dim_plan, sizes) for dim_plan in plan)
-            if n in named and tuple(named[n].shape) != want:
-                raise ValueError(f"{caller}: tensor {n!r} has shape {tuple(named[n].shape)}, but at the model's "
-                                 f"current sizes it has {want}: resize the model to the sizes of the graph "
-                                 "module first")
-        original = getattr(self, "_original", None)
-        if original is None or original.module is None:
-            warnings.warn(f"{caller}: this IntegralModel does not hold the module it was converted "
-                          "from (it was loaded from a file), so it returns the graph module; pass "
-                          "graph=True to ask for it", UserWarning, stacklevel=3)
-            return gm
-        try:
-            module = rebuild(original, named, gm, getattr(self, "folded_norms", []), self.plans(), self.sizes())
-        except RebuildError as err:
-            warnings.warn(f"{caller}: cannot give back {type(original.module).__name__} at the current "
-                          f"sizes ({err}); returning the graph module instead (graph=True asks for it)",
-                          UserWarning, stacklevel=3)
-            return gm
-        mode = gm.training
-        error, failure = run_check(module, gm, original, named)
-        gm.train(mode)
-        like = next((t for t in tensors if t.is_floating_point()), None)
-        name = type(original.module).__name__
-        if failure is not None:
-            where = user_line(failure)
-            warnings.warn(f"{caller}: {name} fails at the current sizes"
-                          f"{f' at {where}' if where else ''} ({type(failure).__name__}: {failure}); a size "
-                          "there does not follow the module's attributes (e.g. x.view(-1, 1024) instead of "
-                          "x.flatten(1)). Returning the graph module instead (graph=True asks for it)",
-                          UserWarning, stacklevel=3)
-            return gm
-        ok, tol = judge(error, None if like is None else like.dtype,
-                        lambda: float_noise(module, *example_for(original, named)))
-        if not ok:
-            warnings.warn(f"{caller}: {name} at the current sizes differs from the integral model by "
-                          f"{error:.2g} (relative; at most {tol:g} allowed): a size its forward uses "
-                          "does not follow its attributes. Returning the graph module instead (graph=True "
-                          "asks for it)", UserWarning, stacklevel=3)
-            return gm
-        blocks = [b for f in self.functions.values() for b in f.blocks]
-        folded = {n for f in getattr(self, "folded_norms", []) for n in (f.mean, f.var, f.weight, f.bias) if n}
-        for message in fix_heads(module, set(self.tensor_names) | folded, self.plans(), self.partition_map(),
-                                 blocks[0].kind if blocks else "cubic", can_sample=sampled):
-            warnings.warn(f"{caller}: {message}", UserWarning, stacklevel=3)
-        return module.train(mode)
+        return user_module(self, gm, named, "module_from()")
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_cache"] = None
         state.pop("_norm_stats", None)
         # TreeSpecs as strings: copying the objects trips a deprecation warning in torch's pytree
         state["in_spec"] = pytree.treespec_dumps(self.in_spec)

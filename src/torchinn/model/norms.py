@@ -166,7 +166,7 @@ def _recalibrate_integral(model: Any, batches: Iterable[Any]) -> int:
     parts = model.partition_map()
     for n in names:
         _store(model, n, sums[n] / count, parts)
-    model._cache = None
+    model._cache.clear()
     model._stats_sizes = model.sizes()
     return count
 

@@ -1,17 +1,13 @@
 """The protocol every integral network implements, and the size rules they share.
 
-There are two kinds of integral network, and one way to talk to both:
-
-* an :class:`~torchinn.IntegralModel` (from :func:`torchinn.convert`) implements
-  :class:`IntegralNetwork` itself;
-* a module built from scratch with ``Integral*`` layers (an ``nn.Sequential`` of
-  :class:`~torchinn.nn.IntegralConv2d`, ...) is seen through :class:`~torchinn.model.scratch.ScratchNetwork`,
-  a view that implements it on the module (``torchinn.model.integral_network(net)`` wraps it).
+torchinn has one runtime: the :class:`~torchinn.IntegralModel`, made by :func:`torchinn.convert`
+from a trained network or by :func:`torchinn.from_scratch` from an untrained one (plain layers, or
+``Integral*`` layers: a module of those is a declaration of the model ``from_scratch`` builds). It
+implements :class:`IntegralNetwork`, and so may a class of your own.
 
 An :class:`IntegralNetwork` has *groups*: named sets of channels that share one partition, so one
-size. A converted network's groups are named by a tensor dimension in them
-(``"layer1.0.conv1.weight:0"``); a from-scratch network's by the first module path its partition
-is found at (``"0.out_partition"``). The four methods, and what they mean for every kind:
+size, named by a tensor dimension in them (``"layer1.0.conv1.weight:0"``) whichever way the model
+was made. The four methods, and what they mean:
 
 ``partition_map() -> dict[str, Partition]``
     every group's partition, by group name (resizable or not), in a fixed order;
@@ -29,13 +25,13 @@ is found at (``"0.out_partition"``). The four methods, and what they mean for ev
     ``m`` or the group's full size (:mod:`torchinn.sizing.rounding`);
 ``to_discrete() -> nn.Module``
     a fresh plain network at the current sizes, with no torchinn object inside; the integral
-    network is not modified. A converted network gives back a copy of the module it was
-    converted from (its own class, smaller layers of the same types; ``to_discrete(graph=True)``:
-    the ``torch.fx.GraphModule`` it runs), a from-scratch one its ``nn`` twin.
+    network is not modified. An :class:`~torchinn.IntegralModel` gives back a copy of the module it
+    was made from (its own class, smaller layers of the same types, ``nn`` twins for ``Integral*``
+    layers; ``to_discrete(graph=True)``: the ``torch.fx.GraphModule`` it runs).
 
 The top-level functions :func:`torchinn.model.partitions`, :func:`torchinn.resize` and
-:func:`torchinn.to_discrete`, and :class:`torchinn.RandomSizes`, take any integral network (either
-kind, or a plain module with ``Integral*`` layers inside) and give exactly what these methods give.
+:func:`torchinn.to_discrete`, and :class:`torchinn.RandomSizes`, take any integral network and give
+exactly what these methods give.
 Other words keep one meaning each: a partition's ``weights()`` are its quadrature weights; an
 integral layer's or model's ``sampled()`` are its tensors sampled at the current sizes.
 """
@@ -59,9 +55,9 @@ SizeSpec = float | int | Mapping[str, float | int]
 
 @runtime_checkable
 class IntegralNetwork(Protocol):
-    """A network whose channel groups can be resized: a converted
-    :class:`~torchinn.IntegralModel`, or a module built from ``Integral*`` layers seen through
-    :class:`~torchinn.model.scratch.ScratchNetwork`. The rules are in :mod:`torchinn.model.protocol`."""
+    """A network whose channel groups can be resized: an :class:`~torchinn.IntegralModel` (from
+    :func:`torchinn.convert` or :func:`torchinn.from_scratch`). The rules are in
+    :mod:`torchinn.model.protocol`."""
 
     def partition_map(self) -> dict[str, Partition]:
         """Every group's partition (resizable or not), by group name, in a fixed order."""

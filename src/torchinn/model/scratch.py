@@ -1,5 +1,5 @@
-"""Networks built from scratch: :func:`from_scratch`, and ``Integral*`` layers seen as an
-:class:`IntegralNetwork`.
+"""Networks built from scratch: :func:`from_scratch`, from a plain network or one of ``Integral*``
+layers.
 
 :func:`from_scratch` is the way to build any network from scratch: it converts a plain,
 untrained ``nn.Module`` into the same :class:`~torchinn.IntegralModel` that :func:`torchinn.convert`
@@ -19,22 +19,18 @@ those sizes with :func:`torchinn.recalibrate_bn` (:mod:`torchinn.model.norms`). 
 >>> imodel.training, imodel.batch_statistics, imodel.sizes()
 (True, True, {'0.weight:0': 16})
 
-:class:`ScratchNetwork` is a view of such a module that implements the protocol of
-:mod:`torchinn.model.protocol`: its groups are the module's leaf partitions, each named by the first
-path it is found at; resizing changes the partitions inside the module (every layer that holds a
-partition follows it); :meth:`ScratchNetwork.to_discrete` gives a fresh plain copy. An
-:class:`~torchinn.IntegralModel` nested inside the module counts too: its groups are listed under
-its path (``"backbone.0.weight:0"``) and ``to_discrete`` replaces it by its own discrete network.
+A network of ``Integral*`` layers is a declaration of such a model: :func:`from_scratch` turns
+it into its :class:`~torchinn.IntegralModel` (the groups named as :func:`torchinn.convert` names
+them), which resizes, trains and gives back the plain network; there is no second runtime.
 
->>> import torch
 >>> from torchinn.nn import IntegralLinear
 >>> from torchinn.maths import UniformPartition
 >>> p = UniformPartition(64)
 >>> net = torch.nn.Sequential(IntegralLinear(8, p), torch.nn.ReLU(), IntegralLinear(p, 2))
->>> view = ScratchNetwork(net)
->>> view.resize(0.25)
-{'0.out_partition': 16}
->>> view.to_discrete()
+>>> imodel = inn.from_scratch(net, torch.randn(2, 8))
+>>> imodel.resize(0.25)
+{'0.weight:0': 16}
+>>> imodel.to_discrete()
 Sequential(
   (0): Linear(in_features=8, out_features=16, bias=True)
   (1): ReLU()
@@ -51,15 +47,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..graph.trace import clone_inputs
 from .integral_model import IntegralModel
 from ..nn.layers import IntegralLayer
 from ..maths.partition import CompositePartition, FixedPartition, Partition, UniformPartition
-from ..options import unknown_group
-from .protocol import IntegralNetwork, SizeSpec, plan_sizes, set_sizes
-from ..sizing.rounding import Multiple
+from .protocol import IntegralNetwork
 
-__all__ = ["ScratchNetwork", "from_scratch"]
+__all__ = ["from_scratch"]
 
 _FIXED = {"permute": False, "fuse_batch_norm": False}
 
@@ -79,14 +72,16 @@ def from_scratch(model: nn.Module, example_inputs: tuple | Tensor, **options: An
     ``options`` are other :class:`~torchinn.ConvertConfig` fields (``quadrature``, ``kind``,
     ``keep_discrete``, ``unsupported``, ``check``).
 
-    ``model`` may also be built from ``Integral*`` layers (trained or not): they become the same
-    :class:`~torchinn.IntegralModel`, with the same outputs at every size. Each group takes a copy
+    ``model`` may also be built from ``Integral*`` layers (trained or not): such a module is a
+    declaration of the :class:`~torchinn.IntegralModel` this returns, which has the same outputs at
+    every size (both sample with :mod:`torchinn.maths.sampling`) and names its groups as
+    :func:`torchinn.convert` does (``"0.weight:0"``). Each group takes a copy
     of the partition of the layers in it (its points and current size; one quadrature for all
     partitions, since the stored values are relative to it); channels given as an ``int`` keep
     their size (a :class:`~torchinn.maths.FixedPartition`). Groups follow the
     graph: a partition shared by layers that the graph does not tie (two branches concatenated)
-    becomes one group per branch, and two partitions that the graph ties (a residual sum) are an
-    error.
+    becomes one group per branch; two partitions that the graph ties (a residual sum), or a
+    partition on channels the graph does not resize alike, are an error.
     """
     from .convert import ConvertConfig, convert
 
@@ -131,19 +126,29 @@ def _from_layers(model: nn.Module, example_inputs: tuple | Tensor, options: dict
     imodel.train(model.training)
     owner: dict[str, Partition] = {}  # group -> the user's partition
     where: dict[str, str] = {}
+    plans = imodel.plans()
     for path, layer in model.named_modules():
         if not isinstance(layer, IntegralLayer):
             continue
         dims = [(layer.out_dim, layer.out_partition)] + ([] if layer.depthwise else [(layer.in_dim, layer.in_partition)])
         for dim, p in dims:
-            group = _group_of(imodel, f"{path}.weight", dim)
-            if group is None or p is None:
+            if p is None:
                 continue
-            if group in owner and owner[group] is not p:
-                raise ValueError(f"layers {where[group]!r} and {path!r} have different partitions, but their "
-                                 f"channels must stay equal (group {group!r}, e.g. a residual sum): give them "
-                                 "one Partition object")
-            owner[group], where[group] = p, path
+            segments = plans.get(f"{path}.weight", ((),) * (dim + 1))[dim]
+            groups = [(seg[0].group, seg[0].size) for seg in segments if len(seg) == 1 and seg[0].group is not None]
+            leaves = p.leaves()
+            if len(groups) != len(segments) or [n for _, n in groups] != [q.max_size for q in leaves]:
+                raise ValueError(f"layer {path!r}: the graph does not resize its {'output' if dim == layer.out_dim else 'input'} "
+                                 f"channels as its {type(p).__name__} does (channel groups there: "
+                                 f"{[a.group for seg in segments for a in seg if a.group] or 'none, kept at full size'}); "
+                                 "give that dimension an int, "
+                                 "or build the plain network and call from_scratch on it")
+            for (group, _), leaf in zip(groups, leaves):
+                if group in owner and owner[group] is not leaf:
+                    raise ValueError(f"layers {where[group]!r} and {path!r} have different partitions, but their "
+                                     f"channels must stay equal (group {group!r}, e.g. a residual sum): give them "
+                                     "one Partition object")
+                owner[group], where[group] = leaf, path
     for group, g in imodel.groups.items():
         p = owner.get(group)
         if p is None:  # channels given as an int: they keep their size
@@ -151,139 +156,19 @@ def _from_layers(model: nn.Module, example_inputs: tuple | Tensor, options: dict
                                                        g.partition.quadrature))
         else:
             imodel.set_partition(group, copy.deepcopy(p))
-    _check_same(model, imodel, example_inputs)
     return imodel
 
 
-def _check_same(model: nn.Module, imodel: IntegralModel, example_inputs: tuple | Tensor) -> None:
-    """Raise unless ``imodel`` computes what ``model`` computes at its current sizes (eval mode;
-    both get their modes back)."""
-    from ..discrete.rebuild import relative_error
-
-    inputs = (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
-    modes = model.training, imodel.training
-    try:
-        model.eval()
-        imodel.eval()
-        with torch.no_grad():
-            want, got = model(*clone_inputs(inputs)), imodel(*clone_inputs(inputs))  # a forward may write to them
-    finally:
-        model.train(modes[0])
-        imodel.train(modes[1])
-    err = relative_error(want, got)
-    if not err <= 1e-4:
-        raise ValueError(f"from_scratch: the integral model differs from {type(model).__name__} by {err:.2g} "
-                         "(relative) at the current sizes; a partition it cannot carry over (e.g. a "
-                         "CompositePartition of concatenated channels): build the plain network and call "
-                         "from_scratch on it")
-
-
-def _group_of(imodel: IntegralModel, tensor: str, dim: int) -> str | None:
-    for name, g in imodel.groups.items():
-        if (tensor, dim) in g.members:
-            return name
-    return None
-
-
-def _nested(model: nn.Module) -> dict[str, IntegralNetwork]:
-    """The outermost submodules of ``model`` (not ``model`` itself) that implement the protocol."""
-    found: dict[str, IntegralNetwork] = {}
-    for name, module in model.named_modules():
-        if name and isinstance(module, IntegralNetwork) and not any(name.startswith(n + ".") for n in found):
-            found[name] = module
-    return found
-
-
-class ScratchNetwork:
-    """The :class:`~torchinn.model.protocol.IntegralNetwork` view of a module built from ``Integral*``
-    layers. It holds ``module`` (not a copy): :meth:`resize` changes the module's partitions, and
-    calling the view calls the module."""
-
-    def __init__(self, module: nn.Module) -> None:
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"ScratchNetwork needs an nn.Module, got {type(module).__name__}")
-        if isinstance(module, IntegralNetwork):
-            raise TypeError(f"{type(module).__name__} is an integral network itself; use it directly")
-        self.module = module
-
-    def partition_map(self) -> dict[str, Partition]:
-        """The module's leaf partitions, each named by the first path it is found at (a nested
-        integral network's by its path and its own group names)."""
-        nested = _nested(self.module)
-        found: dict[str, Partition] = {}
-        seen: set[int] = set()
-        for name, module in self.module.named_modules(remove_duplicate=False):
-            if name in nested:
-                for group, p in nested[name].partition_map().items():
-                    if id(p) not in seen:
-                        seen.add(id(p))
-                        found[f"{name}.{group}"] = p
-            elif (isinstance(module, Partition) and not isinstance(module, CompositePartition)
-                  and id(module) not in seen and not any(name.startswith(n + ".") for n in nested)):
-                seen.add(id(module))
-                found[name] = module
-        return found
-
-    def sizes(self) -> dict[str, int]:
-        """Every group's current size."""
-        return {name: p.size for name, p in self.partition_map().items()}
-
-    def resize(self, sizes: SizeSpec, *, multiple: Multiple = 1) -> dict[str, int]:
-        """Set group sizes (see :mod:`torchinn.model.protocol`), rounded to ``multiple`` (one int, or
-        group name -> int; :mod:`torchinn.sizing.rounding`); a name may also be an integral layer's path,
-        for the partition of its outputs. Returns every group's size."""
-        parts = self.partition_map()
-
-        def find(name: str) -> str:
-            if name in parts:
-                return name
-            try:
-                layer = self.module.get_submodule(name) if isinstance(name, str) else None
-            except AttributeError:
-                layer = None
-            out = getattr(layer, "out_partition", None) if isinstance(layer, IntegralLayer) else None
-            hit = [n for n, p in parts.items() if p is out]
-            if hit:
-                return hit[0]
-            raise unknown_group(name, parts)
-
-        set_sizes(plan_sizes(parts, sizes, find, multiple))
-        return self.sizes()
-
-    def to_discrete(self) -> nn.Module:
-        """A fresh plain copy of the module at the current sizes: every integral layer (and nested
-        integral network) replaced by its plain twin, no torchinn object left inside. The module
-        is not modified."""
-        return _discrete_copy(self.module)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.module(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"ScratchNetwork({type(self.module).__name__}, sizes={self.sizes()})"
-
-
 def _discrete_copy(model: nn.Module) -> nn.Module:
-    if isinstance(model, (IntegralLayer, IntegralNetwork)):
+    """A copy of ``model`` with every ``Integral*`` layer replaced by its plain twin (what
+    :func:`from_scratch` traces; the partitions are not copied)."""
+    if isinstance(model, IntegralLayer):
         return model.to_discrete()
-    swaps: dict[str, nn.Module] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, (IntegralLayer, IntegralNetwork)) and not any(name.startswith(s + ".") for s in swaps):
-            swaps[name] = module.to_discrete()
-    # Copy everything except what is replaced (integral layers, nested networks, partitions).
-    memo: dict[int, Any] = {}
-    for name in swaps:
-        memo[id(model.get_submodule(name))] = None
-    for m in model.modules():
-        if isinstance(m, Partition):
-            memo[id(m)] = None
+    swaps = {name: m.to_discrete() for name, m in model.named_modules() if isinstance(m, IntegralLayer)}
+    memo: dict[int, Any] = {id(model.get_submodule(name)): None for name in swaps}
+    memo.update({id(m): None for m in model.modules() if isinstance(m, Partition)})
     out = copy.deepcopy(model, memo)
     for name, new in swaps.items():
         parent_name, _, attr = name.rpartition(".")
-        parent = out.get_submodule(parent_name) if parent_name else out
-        setattr(parent, attr, new)
-    leftovers = [n for n, m in out.named_modules()
-                 if isinstance(m, (IntegralLayer, Partition, IntegralNetwork))]
-    if leftovers:
-        raise TypeError(f"torchinn modules left after to_discrete at {leftovers}")
+        setattr(out.get_submodule(parent_name) if parent_name else out, attr, new)
     return out

@@ -1,14 +1,17 @@
 """Integral operators: fully connected and convolution layers with continuous weights.
 
-Each layer keeps its weight (and bias) as a :class:`~torchinn.maths.functions.ContinuousFunction` of
-the output and input channel coordinates. A channel count given as an ``int`` is discrete (a
+Each layer keeps its weight (and bias) as a :class:`~torchinn.maths.structured.StructuredFunction` of
+the output and input channel coordinates, as an :class:`~torchinn.IntegralModel` keeps its tensors. A channel count given as an ``int`` is discrete (a
 network's input channels or its classes); given as a :class:`~torchinn.maths.partition.Partition` it is
 continuous, and every layer holding the same partition object is sampled on the same points.
 
 Forward (the Neural Integral Lemma): sample the weight on the current partitions, multiply it by
 the input partition's quadrature weights (fused into the weight, not applied to activations), and
-call ``F.linear`` / ``F.conv*``. In eval mode the sampled weight is cached until a size, a
-partition or a parameter changes. :meth:`IntegralLayer.to_discrete` returns the plain ``nn`` twin.
+call ``F.linear`` / ``F.conv*``. Sampling and its eval-mode cache are the ones of
+:class:`~torchinn.IntegralModel` (:mod:`torchinn.maths.sampling`). :meth:`IntegralLayer.to_discrete`
+returns one layer's plain ``nn`` twin; a network of these layers is a declaration that
+:func:`torchinn.from_scratch` turns into its :class:`~torchinn.IntegralModel`, which resizes it by
+group name, trains it with :class:`~torchinn.RandomSizes` and gives back the plain network.
 
 >>> import torch
 >>> from torchinn.nn import IntegralConv2d, IntegralLinear
@@ -32,8 +35,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
-from ..maths.functions import ContinuousFunction, Kind
+from ..maths.functions import Kind
 from ..maths.partition import Partition
+from ..maths.sampling import SampleCache, sample_tensors
+from ..maths.structured import Atom, StructuredFunction
 
 __all__ = [
     "IntegralLayer",
@@ -69,8 +74,9 @@ class IntegralLayer(nn.Module):
 
     def _setup(self, in_ch: Channels, out_ch: Channels, template: nn.Module,
                kind: Kind, depthwise: bool = False) -> None:
-        """Take weight and bias from ``template`` (an ``nn`` layer at full size) and fit the
-        continuous functions so that sampling at full size reproduces it exactly."""
+        """Take weight and bias from ``template`` (an ``nn`` layer at full size) and keep them as
+        continuous functions (:class:`~torchinn.maths.structured.StructuredFunction`, as an
+        :class:`~torchinn.IntegralModel` keeps its tensors) that sampling at full size gives back."""
         self.in_partition = in_ch if isinstance(in_ch, Partition) else None
         self.out_partition = out_ch if isinstance(out_ch, Partition) else None
         self._in_fixed = None if isinstance(in_ch, Partition) else in_ch
@@ -78,16 +84,18 @@ class IntegralLayer(nn.Module):
         self.depthwise = depthwise
         self.kind = kind
         weight = template.weight.detach()
-        q = self._in_quadrature(weight, full=True)
-        self.weight_fn = ContinuousFunction(weight / q if q is not None else weight,
-                                            list(self._continuous_dims()), kind)
+        dims = self._continuous_dims()
+        plan = tuple(((Atom(n, dims[d][0], integrate=dims[d][0] == "in"),),) if d in dims else ((Atom(n),),)
+                     for d, n in enumerate(weight.shape))
+        full = {"in": self.in_partition.full_weights(weight.device, torch.float64)} if "in" in self._parts() else {}
+        self.weight_fn = StructuredFunction(weight, plan, full, kind)
         bias = getattr(template, "bias", None)
         if bias is not None:
-            bias_dims = (0,) if self.out_partition is not None else ()
-            self.bias_fn: ContinuousFunction | None = ContinuousFunction(bias.detach(), bias_dims, kind)
+            atom = Atom(bias.shape[0], "out") if self.out_partition is not None else Atom(bias.shape[0])
+            self.bias_fn: StructuredFunction | None = StructuredFunction(bias.detach(), (((atom,),),), {}, kind)
         else:
             self.bias_fn = None
-        self._cache: tuple[Any, Tensor, Tensor | None] | None = None
+        self._cache = SampleCache()
 
     # -- sizes ----------------------------------------------------------------------------
     @property
@@ -105,67 +113,34 @@ class IntegralLayer(nn.Module):
         return self.out_size if self.depthwise else self.groups
 
     # -- sampling -------------------------------------------------------------------------
-    def _continuous_dims(self) -> dict[int, Partition]:
-        """Weight dimension -> the partition it is sampled on."""
+    def _continuous_dims(self) -> dict[int, tuple[str, Partition]]:
+        """Weight dimension -> ``("in" | "out", the partition it is sampled on)``."""
         if self.depthwise:  # weight (C, 1, *k) for both conv and transposed conv
-            return {0: self.out_partition}
+            return {0: ("out", self.out_partition)}
         dims = {}
         if self.out_partition is not None:
-            dims[self.out_dim] = self.out_partition
+            dims[self.out_dim] = ("out", self.out_partition)
         if self.in_partition is not None:
-            dims[self.in_dim] = self.in_partition
+            dims[self.in_dim] = ("in", self.in_partition)
         return dims
 
-    def _in_quadrature(self, like: Tensor, full: bool = False) -> Tensor | None:
-        """Quadrature weights of the input partition times its ``max_size`` (1 on average at full
-        size), shaped to broadcast along the input dimension. The stored values are the weight
-        divided by the full-size ones, so they keep the weight's magnitude (and learning rate)."""
-        p = self.in_partition
-        if p is None or self.depthwise:
-            return None
-        q = p.full_weights(like.device, like.dtype) if full else p.weights(like.device, like.dtype)
-        shape = [1] * like.ndim
-        shape[self.in_dim] = -1
-        return (q * p.max_size).reshape(shape)
+    def _parts(self) -> dict[str, Partition]:
+        """The layer's groups (``"in"``, ``"out"``) and their partitions."""
+        return {name: p for name, p in self._continuous_dims().values()}
 
     def sample(self) -> tuple[Tensor, Tensor | None]:
-        """The discrete weight (quadrature fused in) and bias at the current sizes."""
-        values = self.weight_fn.values
-        dev, dt = values.device, values.dtype
-        dims = self._continuous_dims()
-        # each partition's chunks and taps once, shared by the weight and the bias
-        parts = {id(p): p for p in (*dims.values(), self.out_partition) if p is not None}
-        chunks = {k: p.chunks(dev, dt) for k, p in parts.items()}
-        grids = {d: chunks[id(p)] for d, p in dims.items()}
-        memo: dict = {}
-        weight = self.weight_fn.sample(grids, memo)
-        q = self._in_quadrature(weight)
-        if q is not None:
-            weight = weight * q
-        bias = None
+        """The discrete weight (quadrature fused in) and bias at the current sizes, sampled as an
+        :class:`~torchinn.IntegralModel` samples its tensors (:mod:`torchinn.maths.sampling`)."""
+        functions = {"weight": self.weight_fn}
         if self.bias_fn is not None:
-            out_grid = chunks[id(self.out_partition)] if self.out_partition is not None else None
-            bias = self.bias_fn.sample({0: out_grid}, memo)
-        return weight, bias
-
-    def _cache_key(self) -> tuple:
-        parts = tuple(p.cache_key() if p is not None else None for p in (self.in_partition, self.out_partition))
-        params = tuple((t.data_ptr(), t._version) for t in self.parameters())
-        return parts + params + (torch.is_grad_enabled(),)
+            functions["bias"] = self.bias_fn
+        out = sample_tensors(functions, self._parts())
+        return out["weight"], out.get("bias")
 
     def sampled(self) -> tuple[Tensor, Tensor | None]:
-        """Like :meth:`sample`, but cached in eval mode while nothing needs a gradient (as
-        :meth:`torchinn.IntegralModel.sampled`)."""
-        cacheable = not self.training and not (
-            torch.is_grad_enabled() and any(t.requires_grad for t in self.parameters()))
-        if not cacheable:
-            self._cache = None
-            return self.sample()
-        key = self._cache_key()
-        if self._cache is None or self._cache[0] != key:
-            weight, bias = self.sample()
-            self._cache = (key, weight, bias)
-        return self._cache[1], self._cache[2]
+        """Like :meth:`sample`, but cached in eval mode while nothing needs a gradient (the cache
+        of :meth:`torchinn.IntegralModel.sampled`)."""
+        return self._cache.get(self, self._parts().values(), self.sample)
 
     def forward(self, input: Tensor) -> Tensor:
         weight, bias = self.sampled()
@@ -205,13 +180,7 @@ class IntegralLayer(nn.Module):
         return layer.train(self.training)
 
     def _discrete_kwargs(self) -> dict[str, Any]:
-        values = self.weight_fn.values
-        return {"device": values.device, "dtype": values.dtype}
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_cache"] = None
-        return state
+        return {"device": self.weight_fn.blocks[0].values.device, "dtype": self.weight_fn.out_dtype}
 
     def _channels_repr(self) -> str:
         def one(p: Partition | None, fixed: int | None) -> str:

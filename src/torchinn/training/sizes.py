@@ -2,9 +2,9 @@
 integral network at each training step (randomized discretization), from a generator the caller
 controls.
 
-It takes any integral network (:mod:`torchinn.model.protocol`: a converted
-:class:`~torchinn.IntegralModel` or a module built from ``Integral*`` layers) or a mapping from
-name to partition, and names the sizes it draws by group name. Finding and resizing groups:
+It takes any integral network (:mod:`torchinn.model.protocol`: an :class:`~torchinn.IntegralModel`
+from :func:`torchinn.convert` or :func:`torchinn.from_scratch`) or a mapping from name to
+partition, and names the sizes it draws by group name. Finding and resizing groups:
 :func:`torchinn.model.partitions` and :func:`torchinn.resize` (:mod:`torchinn.model.network`).
 """
 

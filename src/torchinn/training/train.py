@@ -52,7 +52,7 @@ from ..model.inputs import batch_inputs, check_batches
 from ..model.integral_model import IntegralModel
 from .loop import split_validation
 from ..options import check_choice, check_number
-from ..maths.partition import TrainablePartition
+from ..maths.trainable import TrainablePartition
 
 __all__ = ["TuneConfig", "make_grid_trainable", "tune_grid", "finetune", "distillation_loss", "batch_inputs",
            "sandwich_backward"]
