@@ -16,7 +16,7 @@ from torch import nn
 from conftest import RULES, gap_partitions
 import torchinn as inn
 from torchinn import RandomSizes, resize
-from torchinn.maths import CompositePartition, FixedPartition, GaussLegendrePartition, TrainablePartition, UniformPartition
+from torchinn.maths import CompositePartition, FixedPartition, GaussLegendrePartition, Partition, TrainablePartition, UniformPartition
 from torchinn.nn import IntegralLinear
 from torchinn.model import partitions
 from torchinn.maths.quadrature import GaussLegendre, get_quadrature
