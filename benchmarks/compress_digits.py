@@ -318,7 +318,7 @@ def run(s: Settings, *, retrain: bool = False, cache: bool = True, log: Callable
             tuned.resize(sizes)
             cfg = TuneConfig(seconds=s.seconds, lr=s.tune_lr, lr_params=s.tune_lr_params, train=train,
                              decay_every=s.decay_every, decay=s.decay, progress=False)
-            rep = tune_grid(tuned, batches, teacher=teacher, loss_fn=loss_fn, config=cfg)
+            rep = tune_grid(tuned, batches, teacher=teacher, loss_fn=loss_fn, tune=cfg)
             record(key, tuned.to_discrete(graph=True).eval(), rep)
         imodel.resize(full_sizes)
         for method in ("l1", "random", "reconstruct"):
@@ -330,7 +330,7 @@ def run(s: Settings, *, retrain: bool = False, cache: bool = True, log: Callable
             if f"{method}_ft" in s.methods:
                 ft = TuneConfig(seconds=s.seconds, lr_weights=s.baseline_lr, decay_every=s.decay_every,
                                 decay=s.decay if s.baseline_decay else 1.0, progress=False)
-                rep = finetune(pruned, batches, teacher=teacher, loss_fn=loss_fn, config=ft)
+                rep = finetune(pruned, batches, teacher=teacher, loss_fn=loss_fn, tune=ft)
                 record(f"{method}_ft", pruned, rep)
         for key, tune in (("compress", False), ("compress_tuned", TuneConfig(seconds=s.seconds, progress=False))):
             if key not in s.methods:

@@ -125,7 +125,7 @@ def hr_loss(output: Tensor, batch: Any, teacher_output: Tensor) -> Tensor:
 def _finetune(net: nn.Module, teacher: nn.Module, batches: Sequence[tuple], s: Settings) -> dict[str, Any]:
     """Adam on every weight of a plain pruned network for ``s.seconds``: :func:`torchinn.training.train.finetune`,
     the loop of ``tune_grid`` (distillation against the same teacher, the same held-out batches)."""
-    report = finetune(net, batches, teacher=teacher, config=TuneConfig(seconds=s.seconds, lr_weights=s.ft_lr,
+    report = finetune(net, batches, teacher=teacher, tune=TuneConfig(seconds=s.seconds, lr_weights=s.ft_lr,
                                                                        progress=False))
     for p in net.parameters():
         p.requires_grad_(False)

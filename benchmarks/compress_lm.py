@@ -97,7 +97,7 @@ def run(s: Settings) -> dict[str, Any]:
         for method in ("l1", "random", "activation"):
             pruned = inn.prune(imodel, sizes, method, calibration=cal).eval()
             row[method] = ppl(pruned)
-            rep = inn.finetune(pruned, cal, teacher=net, config=tune, loss_fn=LOSSES["kl"])
+            rep = inn.finetune(pruned, cal, teacher=net, tune=tune, loss_fn=LOSSES["kl"])
             row[method + "_ft"], row[method + "_ft_report"] = ppl(pruned), {"steps": rep["steps"]}
         log(f"{level:.0%} removed: " + json.dumps({k: v for k, v in row.items() if "report" not in k
                                                    and k != "sizes"}, default=lambda v: round(v, 3)))

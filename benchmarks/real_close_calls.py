@@ -66,7 +66,7 @@ def _setup(name: str, level: float, s: Settings) -> tuple[Any, nn.Module, inn.In
     net = mod.load()
     cal = mod.calibration(s.calib)
     imodel = inn.convert(net, mod.example_inputs())
-    sizes = inn.choose_sizes(imodel, 1.0 - level, "params", calibration=cal, batches=s.sens_batches)
+    sizes = inn.choose_sizes(imodel, 1.0 - level, "params", calibration=cal, max_batches=s.sens_batches)
     return mod, net, imodel, cal, sizes
 
 
@@ -84,7 +84,7 @@ def _baseline(net: nn.Module, imodel: inn.IntegralModel, cal: list, sizes: dict[
     if s.seconds > 0:
         with torch.no_grad():
             loss = loss_kind(net(*cal[0]))
-        steps = inn.finetune(pruned, cal, teacher=net, config=_tune(s), loss_fn=LOSSES[loss])["steps"]
+        steps = inn.finetune(pruned, cal, teacher=net, tune=_tune(s), loss_fn=LOSSES[loss])["steps"]
     return pruned.eval(), steps
 
 

@@ -84,7 +84,7 @@ def run_level(mod: Any, net: nn.Module, imodel: inn.IntegralModel, cal: list[tup
         loss = loss_kind(net(*cal[0]))
     row: dict[str, Any] = {"removed": level, "loss": loss}
     t0 = time.perf_counter()
-    sizes = inn.choose_sizes(imodel, target, "params", calibration=cal, batches=s.sens_batches,
+    sizes = inn.choose_sizes(imodel, target, "params", calibration=cal, max_batches=s.sens_batches,
                              method=s.sizes_method)
     uniform = inn.choose_sizes(imodel, target, "params", method="uniform")
     row["choose_seconds"] = time.perf_counter() - t0
@@ -113,7 +113,7 @@ def run_level(mod: Any, net: nn.Module, imodel: inn.IntegralModel, cal: list[tup
         row[name + "_cut_seconds"] = time.perf_counter() - t0
         row[name] = evaluate(pruned)
         t0 = time.perf_counter()
-        report = inn.finetune(pruned, cal, teacher=net, config=_tune(s), loss_fn=LOSSES[loss])
+        report = inn.finetune(pruned, cal, teacher=net, tune=_tune(s), loss_fn=LOSSES[loss])
         row[name + "_ft_report"] = dict(report, wall=time.perf_counter() - t0)
         row[name + "_ft"] = evaluate(pruned)
     for name, method in (("l1_uniform", "l1"), ("random_uniform", "random"), ("activation_uniform", "activation"),

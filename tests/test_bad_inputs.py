@@ -116,11 +116,11 @@ def unreachable_latency_target() -> None:
 def empty_calibration() -> None:
     m = converted()
     m.resize(0.5)
-    tune_grid(m, [], config=TuneConfig(steps=1, seconds=None, progress=False))
+    tune_grid(m, [], tune=TuneConfig(steps=1, seconds=None, progress=False))
 
 
 def not_converted() -> None:
-    tune_grid(small(), [X], config=TuneConfig(steps=1, seconds=None, progress=False))
+    tune_grid(small(), [X], tune=TuneConfig(steps=1, seconds=None, progress=False))
 
 
 def even_simpson() -> None:
@@ -614,9 +614,9 @@ CASES: list[tuple[str, Callable, type[BaseException], str]] = [
      r"the integral model has no batch norm with running statistics \(converted with "
      r"ConvertConfig\(fuse_batch_norm=True\)"),
     ("recalibrate_bn with no batches", recalibrate_no_batches, ValueError,
-     r"batches gave no batch: recalibrate_bn needs at least 1"),
-    ("from_scratch asked to permute or fold batch norms", from_scratch_folding, ValueError,
-     r"from_scratch builds with fuse_batch_norm=False, got fuse_batch_norm=True"),
+     r"calibration gave no batch: recalibrate_bn needs at least 1"),
+    ("from_scratch asked to permute or fold batch norms", from_scratch_folding, TypeError,
+     r"from_scratch\(\) got an unexpected keyword argument 'fuse_batch_norm'"),
     ("from_scratch of Integral* layers whose channels the graph ties, on different partitions",
      from_scratch_untied_partitions, ValueError,
      r"layers 'a' and 'b' have different partitions, but their channels must stay equal \(group "),
@@ -805,9 +805,9 @@ def test_nan_batch_and_one_shot_iterator_in_tuning() -> None:
     m.resize(0.5)
     bad = X.clone()
     bad[0, 0, 0, 0] = float("nan")
-    report = tune_grid(m, [X, bad], validation=[X], config=TuneConfig(steps=4, seconds=None, progress=False))
+    report = tune_grid(m, [X, bad], validation=[X], tune=TuneConfig(steps=4, seconds=None, progress=False))
     assert report["skipped_nonfinite"] == 2 and all(torch.isfinite(p).all() for p in m.parameters())
-    report = tune_grid(m, (x for x in [X, X, X]), config=TuneConfig(steps=None, seconds=60.0, progress=False))
+    report = tune_grid(m, (x for x in [X, X, X]), tune=TuneConfig(steps=None, seconds=60.0, progress=False))
     assert report["steps"] == 3 and report["stopped"] == "exhausted" and report["seconds"] < 30
 
 

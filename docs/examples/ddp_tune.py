@@ -31,7 +31,7 @@ def main() -> None:
     make_grid_trainable(imodel)
     teacher = inn.convert(model, (data[0][0],))  # the full-size network, frozen
     report = tune_grid(DDP(imodel), shard, teacher=teacher,
-                       config=TuneConfig(steps=20, seconds=None, progress=False))
+                       tune=TuneConfig(steps=20, seconds=None, progress=False))
 
     # 2. training with random sizes: the same seed draws the same sizes on every process
     trained = inn.convert(model, (data[0][0],))

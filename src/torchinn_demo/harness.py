@@ -122,7 +122,7 @@ def resample_and_tune(imodel: IntegralModel, sizes: Mapping[str, int], batches: 
     m = copy.deepcopy(imodel)
     m.resize(dict(sizes))
     untuned = m.to_discrete(graph=True).eval()
-    report = tune_grid(m, batches, teacher=teacher, loss_fn=loss_fn, config=config)
+    report = tune_grid(m, batches, teacher=teacher, loss_fn=loss_fn, tune=config)
     return untuned, m.to_discrete(graph=True).eval(), report
 
 

@@ -232,8 +232,8 @@ def refit_lowered(r: dict) -> bool:
 def test_reconstruct_beats_l1_on_held_out_inputs(case, ratio, request):
     net, imodel, cal, test = request.getfixturevalue(case)
     sizes = {n: max(1, round(ratio * g.max_size)) for n, g in imodel.groups.items()}
-    report = {}
-    rec = reconstruct(imodel, sizes, cal, report=report).eval()
+    rec = reconstruct(imodel, sizes, cal).eval()
+    report = rec.refit_report
     l1 = prune(imodel, sizes, "l1").eval()
     e_rec, e_l1 = relative_error(rec, net, test), relative_error(l1, net, test)
     # measured, L1 -> reconstruct: resnet 0.25: 0.646 -> 0.081, 0.5: 0.535 -> 0.069,
@@ -352,8 +352,8 @@ def test_reconstruct_through_matrix_products_and_skips_transposed_convs():
     assert set(imodel.groups) == {"w1:0", "w2:1"}
     sizes = {"w1:0": 12, "w2:1": 10}  # linear: 12 >= 9 channels span the first hidden space
     cal = [torch.randn(32, 8, dtype=torch.float64) for _ in range(4)]
-    report = {}
-    rec = reconstruct(imodel, sizes, cal, ridge=1e-10, report=report)
+    rec = reconstruct(imodel, sizes, cal, ridge=1e-10)
+    report = rec.refit_report
     assert set(report) == {"w2", "w3", "up.weight"}
     assert report["up.weight"] == {"skipped": "transposed convolution"}  # kept as selected
     plain = prune(imodel, sizes)
@@ -382,7 +382,7 @@ def test_finetune_lowers_the_loss_on_held_out_inputs(student):
     teacher, pruned, cal, test = student
     before = relative_error(pruned, teacher, test)
     pruned.train()
-    report = finetune(pruned, cal, teacher=teacher, config=_cfg(300, lr_weights=3e-3))
+    report = finetune(pruned, cal, teacher=teacher, tune=_cfg(300, lr_weights=3e-3))
     after = relative_error(pruned, teacher, test)
     assert report["steps"] == 300 and report["skipped_nonfinite"] == 0
     assert report["last_loss"] < 0.3 * report["first_loss"], report
@@ -396,7 +396,7 @@ def test_finetune_leaves_the_teacher_alone(student):
     saved = {n: p.clone() for n, p in teacher.named_parameters()}
     teacher.train()
     try:
-        finetune(pruned, cal, teacher=teacher, config=_cfg(5))
+        finetune(pruned, cal, teacher=teacher, tune=_cfg(5))
         assert teacher.training
         assert all(torch.equal(p, saved[n]) for n, p in teacher.named_parameters())
     finally:
@@ -405,21 +405,21 @@ def test_finetune_leaves_the_teacher_alone(student):
 
 def test_finetune_honours_the_time_budget(student):
     teacher, pruned, cal, _ = student
-    report = finetune(pruned, cal, teacher=teacher, config=_cfg(seconds=0.4))
+    report = finetune(pruned, cal, teacher=teacher, tune=_cfg(seconds=0.4))
     assert 0.4 <= report["seconds"] < 0.4 + 0.25  # one step here is ~1 ms
     assert report["steps"] > len(cal)  # the batches were cycled
-    report = finetune(pruned, cal, teacher=teacher, config=_cfg(7, 30.0))
+    report = finetune(pruned, cal, teacher=teacher, tune=_cfg(7, 30.0))
     assert report["steps"] == 7 and report["seconds"] < 5
 
 
 def test_finetune_stops_when_a_one_shot_generator_ends(student):
     teacher, pruned, cal, _ = student
-    report = finetune(pruned, (b for b in cal[:5]), teacher=teacher, config=_cfg(seconds=30.0))
+    report = finetune(pruned, (b for b in cal[:5]), teacher=teacher, tune=_cfg(seconds=30.0))
     assert report["steps"] == 5 and report["seconds"] < 5 and report["stopped"] == "exhausted"
     with pytest.raises(ValueError, match="loader is empty"):
-        finetune(pruned, iter([]), teacher=teacher, config=_cfg(seconds=1.0))
+        finetune(pruned, iter([]), teacher=teacher, tune=_cfg(seconds=1.0))
     with pytest.raises(ValueError, match="loader is empty"):
-        finetune(pruned, [], teacher=teacher, config=_cfg(3))
+        finetune(pruned, [], teacher=teacher, tune=_cfg(3))
 
 
 def test_finetune_skips_non_finite_losses(student):
@@ -432,7 +432,7 @@ def test_finetune_skips_non_finite_losses(student):
         return loss * float("nan") if len(calls) % 3 == 0 else loss
 
     saved = {n: p.clone() for n, p in pruned.named_parameters()}
-    report = finetune(pruned, cal, teacher=teacher, loss_fn=sometimes_nan, config=_cfg(9, holdout=0.0))
+    report = finetune(pruned, cal, teacher=teacher, loss_fn=sometimes_nan, tune=_cfg(9, holdout=0.0))
     assert report["skipped_nonfinite"] == 3 and report["steps"] == 9  # steps counts the batches drawn
     assert all(torch.isfinite(p).all() for p in pruned.parameters())
     assert any(not torch.equal(p, saved[n]) for n, p in pruned.named_parameters())
@@ -456,8 +456,8 @@ def test_reconstruct_on_zoo_networks(name):
     cal = [torch.randn_like(x) for _ in range(8)]  # 16 samples: the ridge is cross-validated
     test = torch.cat([torch.randn_like(x) for _ in range(8)])
     sizes = {n: max(1, g.max_size // 2) for n, g in imodel.groups.items()}
-    report = {}
-    rec = reconstruct(imodel, sizes, cal, report=report).eval()
+    rec = reconstruct(imodel, sizes, cal).eval()
+    report = rec.refit_report
     l1 = prune(imodel, sizes).eval()
     for n, p in l1.named_parameters():
         assert rec.get_parameter(n).shape == p.shape, n
@@ -518,14 +518,14 @@ def test_finetune_with_validation_never_ends_worse(student):
                 p.copy_(start[n])
 
     before = val_loss(pruned)
-    report = finetune(pruned, cal, teacher=teacher, validation=held, config=_cfg(60, lr_weights=5.0, eval_every=10))
+    report = finetune(pruned, cal, teacher=teacher, validation=held, tune=_cfg(60, lr_weights=5.0, eval_every=10))
     assert report["start_error"] == pytest.approx(before, rel=1e-5)
     assert report["best_error"] <= report["start_error"]
     assert val_loss(pruned) == pytest.approx(report["best_error"], rel=1e-5)  # the weights it reports
     assert report["lr_reductions"] >= 1  # measured: lr 5 makes the held-out loss jump at once
     # a good learning rate: the best state is a late one and the held-out loss falls
     reset()
-    report = finetune(pruned, cal, teacher=teacher, validation=held, config=_cfg(200, lr_weights=3e-3, eval_every=25))
+    report = finetune(pruned, cal, teacher=teacher, validation=held, tune=_cfg(200, lr_weights=3e-3, eval_every=25))
     assert report["best_step"] >= 100 and report["best_error"] < 0.5 * report["start_error"], report
     assert val_loss(pruned) == pytest.approx(report["best_error"], rel=1e-5)
 
@@ -564,8 +564,8 @@ def test_reconstruct_reports_3d_convolutions_kept_as_selected():
     net = nn.Sequential(nn.Conv3d(2, 8, 1), nn.ReLU(), nn.Conv3d(8, 4, 3, padding=1), nn.ReLU(),
                         nn.Conv3d(4, 3, 1)).eval()
     imodel = inn.convert(net, (torch.randn(2, 2, 4, 4, 4),), FAST)
-    report = {}
-    rec = reconstruct(imodel, {"0.weight:0": 4, "2.weight:0": 2}, [torch.randn(4, 2, 4, 4, 4)], report=report)
+    rec = reconstruct(imodel, {"0.weight:0": 4, "2.weight:0": 2}, [torch.randn(4, 2, 4, 4, 4)])
+    report = rec.refit_report
     assert report == {"2.weight": {"skipped": "3-d convolution"}, "4.weight": {"skipped": "3-d convolution"}}
     plain = prune(imodel, {"0.weight:0": 4, "2.weight:0": 2})
     assert all(torch.equal(p, rec.get_parameter(n)) for n, p in plain.named_parameters())
@@ -636,14 +636,14 @@ def test_finetune_asks_the_teacher_once_per_listed_batch(student, monkeypatch):
     handle = teacher.register_forward_hook(lambda m, i, o: seen.append(id(i[0])))
     try:
         pruned = copy.deepcopy(pruned)
-        report = finetune(pruned, cal, teacher=teacher, config=_cfg(40, holdout=0.0))
+        report = finetune(pruned, cal, teacher=teacher, tune=_cfg(40, holdout=0.0))
         assert report["steps"] == 40 and len(seen) == len(cal) == len(set(seen))  # cached after one epoch
         seen.clear()
-        finetune(pruned, iter(list(cal) * 5), teacher=teacher, config=_cfg(40, holdout=0.0))
+        finetune(pruned, iter(list(cal) * 5), teacher=teacher, tune=_cfg(40, holdout=0.0))
         assert len(seen) == 40  # a one-shot iterator: every batch is new
         seen.clear()
         monkeypatch.setattr(train, "TEACHER_CACHE_BYTES", 0)  # no room: asked at every step
-        finetune(pruned, cal, teacher=teacher, config=_cfg(40, holdout=0.0))
+        finetune(pruned, cal, teacher=teacher, tune=_cfg(40, holdout=0.0))
         assert len(seen) == 40
     finally:
         handle.remove()
@@ -669,8 +669,8 @@ def test_refit_skips_only_the_layer_over_the_memory_bound(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(NormalEquations, "add", recorded)
     bound = 2**20
-    report: dict = {}
-    bounded = inn.compression.reconstruct(imodel, sizes, calibration, report=report, max_system_bytes=bound)
+    bounded = inn.compression.reconstruct(imodel, sizes, calibration, max_system_bytes=bound)
+    report = bounded.refit_report
     assert report["4.weight"]["skipped"] == ("its normal equations would take 10.4 MiB, more than the bound of "
                                              "1.0 MiB")
     assert report["4.weight"]["bytes"] == refit.PEAK_COPIES * (8 * 65 + 1) ** 2 * 8 > bound
@@ -679,8 +679,7 @@ def test_refit_skips_only_the_layer_over_the_memory_bound(monkeypatch: pytest.Mo
     l1 = inn.prune(imodel, sizes, "l1")
     assert torch.equal(bounded.get_parameter("4.weight"), l1.get_parameter("4.weight"))  # kept as selected
     features.clear()
-    report_free: dict = {}
-    inn.compression.reconstruct(imodel, sizes, calibration, report=report_free)  # the default bound (512 MiB) fits it
+    report_free = inn.compression.reconstruct(imodel, sizes, calibration).refit_report  # the default bound (512 MiB) fits it
     assert "after" in report_free["4.weight"] and max(features) == 8 * 65 + 1
     test = torch.randn(16, 4, 128)
     with torch.no_grad():

@@ -361,14 +361,14 @@ def test_calibration_of_the_wrong_shape_or_dtype_is_named_before_anything_runs(b
     with pytest.raises(ValueError, match=pattern):
         compress(model, inputs, target=0.5, calibration=cal, config=FAST, tune=False)
     with pytest.raises(ValueError, match=pattern):
-        choose_sizes(imodel, 0.5, calibration=cal, method="sensitivity", batches=3)
+        choose_sizes(imodel, 0.5, calibration=cal, method="sensitivity", max_batches=3)
     imodel.resize(0.5)
     with pytest.raises(ValueError, match=pattern):  # a list: every batch checked before the first step
-        inn.tune_grid(imodel, cal, validation=[inputs], config=TuneConfig(steps=1, seconds=None, progress=False))
+        inn.tune_grid(imodel, cal, validation=[inputs], tune=TuneConfig(steps=1, seconds=None, progress=False))
     with pytest.raises(ValueError, match=pattern):  # a one-shot iterator: each batch as it is drawn
-        inn.tune_grid(imodel, iter(cal), validation=[inputs], config=TuneConfig(steps=5, seconds=None, progress=False))
+        inn.tune_grid(imodel, iter(cal), validation=[inputs], tune=TuneConfig(steps=5, seconds=None, progress=False))
     with pytest.raises(ValueError, match=pattern.replace("calibration batch 2", "validation batch 0")):
-        inn.tune_grid(imodel, cal[:1], validation=[bad], config=TuneConfig(steps=1, seconds=None, progress=False))
+        inn.tune_grid(imodel, cal[:1], validation=[bad], tune=TuneConfig(steps=1, seconds=None, progress=False))
 
 
 def test_compress_refuses_keyword_example_inputs():
@@ -380,5 +380,5 @@ def test_compress_refuses_keyword_example_inputs():
 def test_calibration_after_double_is_accepted():
     model, inputs, imodel = _mlp_and_converted()
     imodel.double()
-    sizes = choose_sizes(imodel, 0.5, calibration=[inputs[0].double()], method="sensitivity", batches=1)
+    sizes = choose_sizes(imodel, 0.5, calibration=[inputs[0].double()], method="sensitivity", max_batches=1)
     assert sum(sizes.values()) < sum(g.max_size for g in imodel.groups.values())

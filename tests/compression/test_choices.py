@@ -86,14 +86,13 @@ def test_a_reconstruction_out_of_time_keeps_the_selected_weights_of_the_layers_i
     model, inputs, cal = _mlp_and_batches(4)
     imodel = inn.convert(model, inputs, FAST)
     sizes = {n: g.max_size // 2 for n, g in imodel.groups.items()}
-    report: dict = {}
-    late = baselines.reconstruct(imodel, sizes, cal, max_seconds=0.0, report=report).eval()
+    late = baselines.reconstruct(imodel, sizes, cal, max_seconds=0.0).eval()
+    report = late.refit_report
     l1 = inn.prune(imodel, sizes, "l1").eval()
     x = cal[0][0]
     assert report and all(r["skipped"].startswith("out of time") for r in report.values())
     assert torch.equal(late(x), l1(x))
-    report = {}
-    baselines.reconstruct(imodel, sizes, cal, max_seconds=60.0, report=report)
+    report = baselines.reconstruct(imodel, sizes, cal, max_seconds=60.0).refit_report
     assert report and not any("skipped" in r for r in report.values())
 
 

@@ -42,8 +42,7 @@ PEAK = textwrap.dedent("""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets the peak resident size (VmHWM) to the current one
     before = status("VmRSS")
-    report = {}
-    inn.compression.reconstruct(imodel, sizes, calibration, ridge=1e-3, report=report)
+    report = inn.compression.reconstruct(imodel, sizes, calibration, ridge=1e-3).refit_report
     print(status("VmHWM") - before, report["2.weight"]["rows"], report["2.weight"]["after"])
 """)
 
@@ -70,10 +69,9 @@ def test_over_bound_layer_is_skipped_and_named_in_the_log(caplog: pytest.LogCapt
                         nn.Conv1d(16, 4, 65, padding=32)).eval()
     imodel = inn.convert(net, (torch.randn(2, 4, 128),), inn.ConvertConfig(permute=False))
     sizes = {n: 8 for n in imodel.groups}
-    report: dict = {}
     with caplog.at_level(logging.INFO, logger="torchinn.compression.refit"):
-        inn.compression.reconstruct(imodel, sizes, [torch.randn(8, 4, 128) for _ in range(4)], report=report,
-                        max_system_bytes=2**20)
+        report = inn.compression.reconstruct(imodel, sizes, [torch.randn(8, 4, 128) for _ in range(4)],
+                        max_system_bytes=2**20).refit_report
     assert set(report) == {"2.weight", "4.weight"}
     assert "after" in report["2.weight"] and report["2.weight"]["bytes"] == refit.PEAK_COPIES * (8 * 3 + 1) ** 2 * 8
     assert report["2.weight"]["seconds"] > 0 and report["2.weight"]["rows"] > 0

@@ -44,7 +44,7 @@ def test_overshooting_learning_rate_never_ends_worse():
     imodel.resize(0.4)
     cal = data(5, seed=1)
     start = error(imodel, net, cal[-1:])
-    report = tune_grid(imodel, cal, config=TuneConfig(steps=40, seconds=None, lr=5.0, progress=False,
+    report = tune_grid(imodel, cal, tune=TuneConfig(steps=40, seconds=None, lr=5.0, progress=False,
                                                       eval_every=5))
     end = error(imodel, net, cal[-1:])  # the held-out slice: the last of 5 batches
     assert report["start_error"] == pytest.approx(start, rel=1e-6)
@@ -60,7 +60,7 @@ def test_good_learning_rate_improves_and_is_kept():
     net, imodel = mlp()
     imodel.resize(0.4)
     cal = data(6, seed=2)
-    report = tune_grid(imodel, cal, config=TuneConfig(steps=60, seconds=None, lr=1e-2, progress=False))
+    report = tune_grid(imodel, cal, tune=TuneConfig(steps=60, seconds=None, lr=1e-2, progress=False))
     assert report["best_error"] < 0.9 * report["start_error"], report
     assert error(imodel, net, cal[-1:]) == pytest.approx(report["best_error"], rel=1e-6)
 
@@ -73,7 +73,7 @@ def test_nan_batch_is_skipped_and_counted():
     bad[3, 2] = float("nan")
     train = [cal[0], bad, cal[2]]
     report = tune_grid(imodel, train, validation=[cal[3]],
-                       config=TuneConfig(steps=9, seconds=None, lr=1e-2, progress=False))
+                       tune=TuneConfig(steps=9, seconds=None, lr=1e-2, progress=False))
     assert report["steps"] == 9
     assert report["skipped_nonfinite"] == 3  # the NaN batch comes round three times
     for name, p in points(imodel).items():
@@ -87,7 +87,7 @@ def test_one_shot_generator_stops_when_exhausted():
     imodel.resize(0.5)
     gen = (x for x in data(7, seed=4))
     t0 = time.perf_counter()
-    report = tune_grid(imodel, gen, config=TuneConfig(steps=None, seconds=30.0, progress=False))
+    report = tune_grid(imodel, gen, tune=TuneConfig(steps=None, seconds=30.0, progress=False))
     assert time.perf_counter() - t0 < 20.0  # the old loop spun forever on the empty generator
     assert report["steps"] == 7 and report["stopped"] == "exhausted"
 
@@ -101,7 +101,7 @@ def test_one_shot_generator_with_a_time_budget_stops_on_time():
         while True:
             yield torch.randn(16, 6, generator=g)
 
-    report = tune_grid(imodel, endless(), config=TuneConfig(steps=None, seconds=0.5, progress=False))
+    report = tune_grid(imodel, endless(), tune=TuneConfig(steps=None, seconds=0.5, progress=False))
     assert report["stopped"] == "seconds" and 0.5 <= report["seconds"] < 3.0
 
 
@@ -129,14 +129,14 @@ def test_finetune_weights_never_worse_and_improves():
     small = imodel.to_discrete()
     cal = data(6, seed=6)
     before = error(small, net, cal[-1:])
-    report = finetune(small, cal, teacher=net, config=TuneConfig(steps=80, seconds=None, lr_weights=1e-2,
+    report = finetune(small, cal, teacher=net, tune=TuneConfig(steps=80, seconds=None, lr_weights=1e-2,
                                                                  progress=False))
     after = error(small, net, cal[-1:])
     assert after <= before and report["best_error"] == pytest.approx(after, rel=1e-6)
     assert after < 0.8 * before, (before, after)
     crazy = copy.deepcopy(small)
     start = error(crazy, net, cal[-1:])
-    finetune(crazy, cal, teacher=net, config=TuneConfig(steps=30, seconds=None, lr_weights=10.0, progress=False))
+    finetune(crazy, cal, teacher=net, tune=TuneConfig(steps=30, seconds=None, lr_weights=10.0, progress=False))
     assert error(crazy, net, cal[-1:]) <= start * (1 + 1e-5)
 
 
@@ -177,7 +177,7 @@ def test_a_start_near_its_optimum_gets_smaller_steps_instead_of_none():
             p.add_(1e-3 * torch.randn(p.shape, generator=g))
     cal = data(6, seed=6)
     before = error(small, net, cal[-1:])
-    report = finetune(small, cal, teacher=net, config=TuneConfig(steps=40, seconds=None, lr_weights=3e-3,
+    report = finetune(small, cal, teacher=net, tune=TuneConfig(steps=40, seconds=None, lr_weights=3e-3,
                                                                  progress=False, eval_every=10))
     after = error(small, net, cal[-1:])
     assert report["lr_reductions"] >= 1 and report["evaluations"] >= 5  # start, step 3, 10, 20, 30, 40

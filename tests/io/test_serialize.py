@@ -44,7 +44,7 @@ def tuned(tmp_path_factory) -> tuple:
     model, inputs = ZOO["resnet_basic"]()
     imodel = inn.convert(model, inputs, inn.ConvertConfig(tsp_time_limit=0.05))
     imodel.resize({"layer1.0.conv1.weight:0": 5, "layer3.0.conv2.weight:0": 11})
-    tune_grid(imodel, [inputs[0]], config=TuneConfig(steps=5, seconds=None, progress=False))
+    tune_grid(imodel, [inputs[0]], tune=TuneConfig(steps=5, seconds=None, progress=False))
     imodel.eval()
     path = tmp_path_factory.mktemp("m") / "resnet.inn"
     inn.save(imodel, str(path))

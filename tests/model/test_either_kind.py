@@ -111,14 +111,14 @@ def test_tune_grid_and_finetune(kind):
     config = inn.TuneConfig(steps=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        report = inn.tune_grid(imodel, [X[:8], X[8:]], teacher=teacher, config=config)
+        report = inn.tune_grid(imodel, [X[:8], X[8:]], teacher=teacher, tune=config)
     assert isinstance(report, dict) and imodel.sizes() == {"0.weight:0": 4, "3.weight:0": 6}
     small = imodel.to_discrete(graph=True)
     with torch.no_grad():
         before = float(F.mse_loss(small(X), teacher(X)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        inn.finetune(small, [X[:8], X[8:]], teacher=teacher, config=inn.TuneConfig(steps=20))
+        inn.finetune(small, [X[:8], X[8:]], teacher=teacher, tune=inn.TuneConfig(steps=20))
     with torch.no_grad():
         after = float(F.mse_loss(small(X), teacher(X)))
     assert after <= before  # the loop never returns a worse network

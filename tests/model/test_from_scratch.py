@@ -183,10 +183,12 @@ def test_save_and_load_keep_batch_statistics():
 def test_errors_name_the_problem():
     net = Net(4)
     x = torch.randn(2, 2, 5, 5)
-    with pytest.raises(ValueError, match="from_scratch builds with permute=False, got permute=True"):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'permute'"):
         inn.from_scratch(net, x, permute=True)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'no_such_option'"):
         inn.from_scratch(net, x, no_such_option=1)
+    with pytest.raises(ValueError, match="quadrature must be one of .*did you mean .simpson."):
+        inn.from_scratch(net, x, quadrature="simpsons")
     folded = inn.convert(net.eval(), (x,))
     with pytest.raises(ValueError, match="no batch norm with running statistics"):
         inn.recalibrate_bn(folded, [x])

@@ -101,7 +101,7 @@ def main(model_path: str, data_path: str, out_path: str) -> None:
     imodel = load_for_tuning(model_path)
     make_grid_trainable(imodel)
     ddp = DDP(imodel)
-    report = tune_grid(ddp, [x.double() for x in tune], config=tune_config(len(tune)))
+    report = tune_grid(ddp, [x.double() for x in tune], tune=tune_config(len(tune)))
     tuned = partition_points(imodel)
     tuned_values = function_values(imodel)
     all_points: list = [None] * world

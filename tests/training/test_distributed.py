@@ -110,7 +110,7 @@ def test_grid_tuning_equals_one_process(ddp, files):
     imodel = W.load_for_tuning(files["model"])
     before = W.partition_points(imodel)
     values = W.function_values(imodel)
-    report = tune_grid(imodel, [x.double() for x in batches], config=W.tune_config(len(batches)))
+    report = tune_grid(imodel, [x.double() for x in batches], tune=W.tune_config(len(batches)))
     assert report["steps"] == STEPS
     want = W.partition_points(imodel)
     rank0, rank1 = ddp["tuned"]

@@ -224,7 +224,7 @@ def tuned_mlp():
     imodel.eval()
     err_before = rel_sq_err(imodel, ref, held_out)
     values = snapshot(imodel)
-    report = tune_grid(imodel, cal, config=TuneConfig(steps=60, seconds=None, progress=False, lr=1e-2))
+    report = tune_grid(imodel, cal, tune=TuneConfig(steps=60, seconds=None, progress=False, lr=1e-2))
     imodel.eval()
     return dict(model=model, imodel=imodel, flags=flags, values=values, report=report,
                 err_before=err_before, err_after=rel_sq_err(imodel, ref, held_out), held_out=held_out)
@@ -278,7 +278,7 @@ def test_tuning_biases_changes_only_biases_and_partitions():
     imodel.resize(0.5)
     values = snapshot(imodel)
     tune_grid(imodel, batches(inputs, 2, 32, seed=3),
-              config=TuneConfig(steps=20, seconds=None, progress=False, train=("biases",), lr_params=1e-2))
+              tune=TuneConfig(steps=20, seconds=None, progress=False, train=("biases",), lr_params=1e-2))
     after = snapshot(imodel)
     changed = {k for k in values if not torch.equal(values[k], after[k])}
     assert changed and all(is_bias(k) for k in changed), changed
@@ -289,7 +289,7 @@ def test_tuning_biases_changes_only_biases_and_partitions():
 def test_tuning_with_huge_learning_rate_keeps_partitions_valid():
     _, inputs, imodel = converted("mlp")
     imodel.resize({"0.weight:0": 5, "3.weight:0": 3})
-    tune_grid(imodel, batches(inputs, 2, 16, seed=4), config=TuneConfig(steps=15, seconds=None, lr=50.0,
+    tune_grid(imodel, batches(inputs, 2, 16, seed=4), tune=TuneConfig(steps=15, seconds=None, lr=50.0,
                                                                          progress=False))
     assert check_partitions_valid(imodel) == 2
     with torch.no_grad():
@@ -305,7 +305,7 @@ def test_tuning_a_conv_net():
     imodel.eval()
     before = rel_sq_err(imodel, ref, held_out)
     values = snapshot(imodel)
-    tune_grid(imodel, cal, config=TuneConfig(steps=25, seconds=None, progress=False, lr=1e-2))
+    tune_grid(imodel, cal, tune=TuneConfig(steps=25, seconds=None, progress=False, lr=1e-2))
     imodel.eval()
     after = rel_sq_err(imodel, ref, held_out)
     assert after < 0.8 * before, (before, after)  # measured: 437 -> 3.76
@@ -343,7 +343,7 @@ def test_unfolded_batch_norms_train_and_tune(name):
         ref = [model(h) for h in held_out]
     before = rel_sq_err(imodel, ref, held_out)
     values = snapshot(imodel)
-    tune_grid(imodel, cal, config=TuneConfig(steps=10, seconds=None, progress=False, lr=1e-2))
+    tune_grid(imodel, cal, tune=TuneConfig(steps=10, seconds=None, progress=False, lr=1e-2))
     imodel.eval()
     assert all(torch.equal(snapshot(imodel)[k], v) for k, v in values.items())
     assert check_partitions_valid(imodel) == len(imodel.groups)
@@ -357,9 +357,9 @@ def test_default_teacher_is_the_full_size_network():
     cal = batches(inputs, 2, 16, seed=6)
     config = TuneConfig(steps=5, seconds=None, progress=False)
     torch.manual_seed(0)  # the student tunes in train mode: same dropout masks in both runs
-    tune_grid(imodel, cal, config=config)
+    tune_grid(imodel, cal, tune=config)
     torch.manual_seed(0)
-    tune_grid(twin, cal, teacher=model, config=config)  # the network it was converted from
+    tune_grid(twin, cal, teacher=model, tune=config)  # the network it was converted from
     for n, p in imodel.partition_map().items():
         assert float((p.points() - twin.partition(n).points()).detach().abs().max()) < 1e-6, n
     assert imodel.sizes() == twin.sizes() == {"0.weight:0": 24, "3.weight:0": 12}
@@ -387,7 +387,7 @@ def test_steps_budget_exact(steps):
         return distillation_loss(out, batch, target)
 
     report = tune_grid(imodel, loader, loss_fn=loss_fn,
-                       config=TuneConfig(steps=steps, seconds=100.0, progress=False))
+                       tune=TuneConfig(steps=steps, seconds=100.0, progress=False))
     assert report["steps"] == steps == len(calls) == loader.served
 
 
@@ -396,7 +396,7 @@ def test_seconds_budget():
     imodel.resize(0.5)
     t0 = time.perf_counter()
     report = tune_grid(imodel, batches(inputs, 2, 8, seed=0),
-                       config=TuneConfig(steps=None, seconds=0.5, progress=False))
+                       tune=TuneConfig(steps=None, seconds=0.5, progress=False))
     wall = time.perf_counter() - t0
     assert report["steps"] > 1
     assert 0.5 <= report["seconds"] < 0.5 + 1.0, report
@@ -420,9 +420,9 @@ def test_tune_grid_errors():
     _, inputs, imodel = converted("mlp")
     imodel.resize(0.5)
     with pytest.raises(ValueError, match="empty"):
-        tune_grid(imodel, [], config=TuneConfig(steps=3, seconds=None, progress=False))
+        tune_grid(imodel, [], tune=TuneConfig(steps=3, seconds=None, progress=False))
     with pytest.raises(TypeError, match="IntegralModel"):
-        tune_grid(torch.nn.Linear(3, 3), [torch.randn(2, 3)], config=TuneConfig(steps=1, progress=False))
+        tune_grid(torch.nn.Linear(3, 3), [torch.randn(2, 3)], tune=TuneConfig(steps=1, progress=False))
     with pytest.raises(TypeError, match="IntegralModel"):
         make_grid_trainable(torch.nn.Sequential(torch.nn.Linear(3, 3)))
 
@@ -431,13 +431,13 @@ def test_gauss_legendre_groups_cannot_be_tuned():
     _, inputs, imodel = converted("mlp", inn.ConvertConfig(permute=False, quadrature="gauss-legendre"))
     imodel.resize(0.5)
     with pytest.raises(ValueError, match="Gauss-Legendre"):
-        tune_grid(imodel, [inputs[0]], config=TuneConfig(steps=2, seconds=None, progress=False))
+        tune_grid(imodel, [inputs[0]], tune=TuneConfig(steps=2, seconds=None, progress=False))
     with pytest.raises(ValueError, match="Gauss-Legendre"):
         make_grid_trainable(imodel)
 
 
 def test_full_size_model_has_nothing_to_tune():
     _, inputs, imodel = converted("mlp")
-    report = tune_grid(imodel, [inputs[0]], config=TuneConfig(steps=2, seconds=None, progress=False))
+    report = tune_grid(imodel, [inputs[0]], tune=TuneConfig(steps=2, seconds=None, progress=False))
     assert report["steps"] == 0
     assert not any(isinstance(p, inn.maths.TrainablePartition) for p in imodel.partition_map().values())

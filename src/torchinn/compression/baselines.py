@@ -135,7 +135,7 @@ def _selected(imodel: IntegralModel, sizes: Mapping[str, int] | None, method: st
 def reconstruct(imodel: IntegralModel, sizes: Mapping[str, int] | None, calibration: Iterable[Any], *,
                 select: Literal["l1", "random"] = "l1", seed: int = 0,
                 ridge: float | Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0),
-                report: dict[str, Any] | None = None, max_system_bytes: int = MAX_SYSTEM_BYTES,
+                max_system_bytes: int = MAX_SYSTEM_BYTES,
                 max_seconds: float | None = None, scores: Mapping[str, Tensor] | None = None) -> fx.GraphModule:
     """Channel selection followed by a least-squares refit of every layer that consumes pruned
     channels (ThiNet, Luo et al. 2017; channel pruning, He et al. 2017).
@@ -174,9 +174,9 @@ def reconstruct(imodel: IntegralModel, sizes: Mapping[str, int] | None, calibrat
     ``max_seconds``: the layers not started within it (counted from the call) keep their selected
     weights and are reported as skipped: a partly refit network, consistent, returned on time.
 
-    ``report``: a dict to fill with, per consuming layer's weight, the relative output error of the
-    layer on the calibration data before and after the refit (``before``, ``after``; held out:
-    ``held_out_before``, ``held_out_after``), the ``ridge`` used, or why it was ``skipped``.
+    The network returned carries ``refit_report``: per consuming layer's weight, the relative output error
+    of the layer on the calibration data before and after the refit (``before``, ``after``; held
+    out: ``held_out_before``, ``held_out_after``), the ``ridge`` used, or why it was ``skipped``.
     """
     check_choice(select, ("l1", "random"), "select")
     ridges = [ridge] if isinstance(ridge, (int, float)) else list(ridge)
@@ -205,6 +205,5 @@ def reconstruct(imodel: IntegralModel, sizes: Mapping[str, int] | None, calibrat
     result = refit_consumers(full, pruned, batches, kept, [float(r) for r in ridges], max_bytes=max_system_bytes,
                              deadline=deadline)
     pruned.train(was_training)
-    if report is not None:
-        report.update(result)
+    pruned.refit_report = result
     return pruned

@@ -227,7 +227,7 @@ def _batches(calibration: Iterable[Any] | None, example_inputs: tuple, n: int,
 
 def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params", *,
                  calibration: Iterable[Any] | None = None, example_inputs: tuple | None = None,
-                 batches: int = 2, min_ratio: float = 0.1, method: SizeMethod = "best",
+                 max_batches: int = 2, min_ratio: float = 0.1, method: SizeMethod = "best",
                  tolerance: float = 0.02, loss: str | Distillation = "auto", multiple: Multiple = 1,
                  importance: Importance | None = None) -> dict[str, int]:
     """Group sizes whose discrete network has ``target`` times the original ``metric``.
@@ -252,7 +252,7 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
     check_choice(method, ("sensitivity", "fisher", "uniform", "best"), "method")
     _check_loss(loss)
     check_number(tolerance, "tolerance", 0)
-    check_number(batches, "batches", 1, integer=True)
+    check_number(max_batches, "max_batches", 1, integer=True)
     if not isinstance(imodel, IntegralModel):
         raise TypeError(f"choose_sizes needs an IntegralModel (from torchinn.convert), got {type(imodel).__name__}")
     if metric != "params" and example_inputs is None:
@@ -261,8 +261,8 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
     multiples = resolve_multiple(multiple, list(groups), lambda name: groups[name].name)
     if method == "best":
         if calibration is not None and iter(calibration) is calibration:  # one shot: read it once
-            calibration = _batches(calibration, example_inputs or (), max(batches, 4), imodel)
-        cal = _batches(calibration, example_inputs or (), max(batches, 4), imodel)
+            calibration = _batches(calibration, example_inputs or (), max(max_batches, 4), imodel)
+        cal = _batches(calibration, example_inputs or (), max(max_batches, 4), imodel)
         reference = full_outputs(imodel, cal) if cal[0] else None  # no data: the sensitivity method says so
         if reference is not None:
             loss = resolve_loss(loss, reference)  # once, so that both methods and the comparison agree
@@ -270,7 +270,7 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
         for m in ("sensitivity", "fisher", "uniform"):
             try:
                 options[m] = choose_sizes(imodel, target, metric, calibration=calibration, example_inputs=example_inputs,
-                                          batches=batches, min_ratio=min_ratio, method=m, tolerance=tolerance, loss=loss,
+                                          max_batches=max_batches, min_ratio=min_ratio, method=m, tolerance=tolerance, loss=loss,
                                           multiple=multiples, importance=importance)
             except UnreachableTarget as err:  # e.g. one ratio for all cannot reach a latency target
                 errors.append(err)
@@ -283,7 +283,7 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
                  ", ".join(f"{m}: {e:.4g}" for m, e in table.items()))
         return options[winner]
     measured = method in ("sensitivity", "fisher")
-    cal = _batches(calibration, example_inputs or (), batches, imodel) if measured else []
+    cal = _batches(calibration, example_inputs or (), max_batches, imodel) if measured else []
     if measured and not cal[0]:
         raise ValueError(f"the {method} method needs calibration data or example_inputs")
     cost = Cost(imodel, metric, example_inputs or ())
@@ -318,19 +318,19 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
     return max(met, key=lambda t: t[0])[1] if met else sizes
 
 
-def compare_sizes(imodel: IntegralModel, options: Mapping[str, Mapping[str, int]], batches: Sequence[tuple],
+def compare_sizes(imodel: IntegralModel, options: Mapping[str, Mapping[str, int]], calibration: Sequence[tuple],
                   starts: Sequence[str] = STARTS, loss: str | Distillation = "auto",
                   reference: Sequence[Any] | None = None) -> tuple[str, dict[str, float]]:
     """The calibration error of each set of sizes at its best starting partition (all groups
     alike; ``loss="auto"``: KL divergence for class logits, else relative squared error, see
     :func:`torchinn.training.distill.resolve_loss`), and the name of the lowest. ``imodel`` is left as it was."""
     _check_loss(loss)
-    reference = full_outputs(imodel, batches) if reference is None else reference
+    reference = full_outputs(imodel, calibration) if reference is None else reference
     loss = resolve_loss(loss, reference)
     table = {}
     for name, sizes in options.items():
         with kept_partitions(imodel):
             imodel.resize(dict(sizes))
-            table[name] = best_start(imodel, batches, kinds=starts, per_group=False, reference=reference,
+            table[name] = best_start(imodel, calibration, kinds=starts, per_group=False, reference=reference,
                                      loss=loss).error
     return min(table, key=lambda m: table[m]), table

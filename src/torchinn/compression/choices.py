@@ -130,7 +130,7 @@ def _size_options(imodel: IntegralModel, target: float, metric: str, cal: Sequen
         try:
             options[m] = choose_sizes(imodel, target, metric, calibration=[(b,) for b in cal],
                                       example_inputs=example_inputs, min_ratio=min_ratio, method=m, loss=loss,
-                                      multiple=multiples, batches=len(cal), importance=importance)
+                                      multiple=multiples, max_batches=len(cal), importance=importance)
         except UnreachableTarget as err:  # e.g. one ratio for all cannot reach a latency target
             errors.append(err)
     if not options:
@@ -184,8 +184,9 @@ def _reconstruct(imodel: IntegralModel, sizes: Mapping[str, int], cal: Sequence[
             break
         t0 = time.perf_counter()
         try:
-            candidate = reconstruct(imodel, dict(sizes), data, report=fits, scores=scores,
+            candidate = reconstruct(imodel, dict(sizes), data, scores=scores,
                                     max_seconds=max(0.0, clock.left() - len(judge) * per_batch)).eval()
+            fits = candidate.refit_report
         except (RuntimeError, ValueError, NotImplementedError) as err:  # a candidate, not a requirement
             log.info("no reconstruction candidate (%s: %s)", type(err).__name__, err)
             skipped.append(f"reconstruction ({type(err).__name__}: {err})")

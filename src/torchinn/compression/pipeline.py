@@ -338,7 +338,7 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
         if grid_cfg is not None:
             t0 = time.perf_counter()
             make_grid_trainable(imodel)
-            stages["grid"] = tune_grid(imodel, train_source, teacher=full, config=grid_cfg, validation=held_out,
+            stages["grid"] = tune_grid(imodel, train_source, teacher=full, tune=grid_cfg, validation=held_out,
                                        loss_fn=loss)
             seconds["tune_grid"] = time.perf_counter() - t0
         imodel.eval()
@@ -348,7 +348,7 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
             if budget.seconds is not None:  # what grid tuning left unspent goes to the weights
                 weights_cfg = dataclasses.replace(weights_cfg, seconds=max(weights_cfg.seconds,
                                                                            budget.seconds - (t0 - t_tune)))
-            stages["weights"] = finetune(small, train_source, teacher=full, config=weights_cfg, validation=held_out,
+            stages["weights"] = finetune(small, train_source, teacher=full, tune=weights_cfg, validation=held_out,
                                          loss_fn=loss)
             seconds["tune_weights"] = time.perf_counter() - t0
     else:

@@ -201,10 +201,10 @@ def save(imodel: IntegralModel, path: str | os.PathLike) -> None:
         "training": imodel.training,
         "input_shapes": [list(s) if s is not None else None for s in imodel.input_shapes],
         "pinned": imodel.pinned,
-        "batch_statistics": bool(getattr(imodel, "batch_statistics", False)),
-        "input_names": list(getattr(imodel, "input_names", [])),
+        "batch_statistics": bool(imodel.batch_statistics),
+        "input_names": list(imodel.input_names),
         "input_guards": [{"expr": _guard_json(g.expr), "text": g.text, "kind": g.kind}
-                         for g in getattr(imodel, "input_guards", [])],
+                         for g in imodel.input_guards],
     }
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     on_meta = [k for k, v in tensors.items() if v.device.type == "meta"]

@@ -26,11 +26,17 @@ def module_key(name: str) -> str:
 
 @dataclass
 class Group:
-    """A set of tensor dimensions that share one partition (one number of channels)."""
+    """A set of tensor dimensions that share one partition (one number of channels). ``partition``
+    is the model's current one for the group (read from ``partitions`` at each access, so a group
+    follows :meth:`~torchinn.IntegralModel.set_partition`)."""
 
     name: str
-    partition: Partition
+    partitions: Mapping[str, Partition]
     members: list[tuple[str, int]]
+
+    @property
+    def partition(self) -> Partition:
+        return self.partitions[module_key(self.name)]
 
     @property
     def size(self) -> int:

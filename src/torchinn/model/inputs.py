@@ -131,14 +131,14 @@ def input_problem(imodel: IntegralModel, args: tuple, kwargs: Mapping[str, Any],
     flat, spec = pytree.tree_flatten((tuple(args), traced_order(kwargs, imodel.in_spec)))
     if spec != imodel.in_spec:
         return flat, _structure_problem(imodel.in_spec, tuple(args), kwargs, spec)
-    problem = _shape_problem(flat, getattr(imodel, "input_shapes", []))
+    problem = _shape_problem(flat, imodel.input_shapes)
     if problem is None and dtypes:
         tensors = chain(imodel.functions.parameters(), imodel.fixed.parameters(), imodel.fixed.buffers())
         like = next((t.dtype for t in tensors if t.is_floating_point()), None)
-        problem = _dtype_problem(flat, getattr(imodel, "input_dtypes", []), like)
-    guards = getattr(imodel, "input_guards", None)
+        problem = _dtype_problem(flat, imodel.input_dtypes, like)
+    guards = imodel.input_guards
     if problem is None and guards:
-        names = getattr(imodel, "input_names", None) or [f"input{i}" for i in range(len(flat))]
+        names = imodel.input_names or [f"input{i}" for i in range(len(flat))]
         problem = violation(guards, flat, names)
     return flat, problem
 

@@ -104,11 +104,17 @@ class IntegralModel(nn.Module):
         self._cache = SampleCache()
         # the sizes the running statistics were estimated at ("any": as built; None: stale)
         self._stats_sizes: dict[str, int] | str | None = "any"
+        #: the traced inputs: guards on their sizes and their names (set by :func:`torchinn.convert`)
+        self.input_guards: list = []
+        self.input_names: list[str] = []
 
     # -- groups and sizes -------------------------------------------------------------------
     @property
     def groups(self) -> Groups:
-        return Groups([Group(n, self.partitions[module_key(n)], self._members[n]) for n in self.group_names])
+        """The channel groups by name (one object, built once: each group reads its current partition)."""
+        if self.__dict__.get("_groups_view") is None:
+            self.__dict__["_groups_view"] = Groups([Group(n, self.partitions, self._members[n]) for n in self.group_names])
+        return self.__dict__["_groups_view"]
 
     def partition(self, group: str) -> Partition:
         return self.partitions[module_key(self.groups[group].name)]
@@ -203,7 +209,7 @@ class IntegralModel(nn.Module):
             raise ValueError(problem)
         tensors, scales = self.sampled()
         sizes = [self.partitions[module_key(n)].size for n in self.group_names]
-        norm_training = self.training and getattr(self, "batch_statistics", False)
+        norm_training = self.training and self.batch_statistics
         if norm_training and self.norm_statistics():
             # batch norms write running statistics into the tensors they get: give them copies
             # (they must not move the continuous ones: sizes change at every step)
@@ -213,13 +219,13 @@ class IntegralModel(nn.Module):
                 for n in pair:
                     tensors[index[n]] = tensors[index[n]].clone()
             self._stats_sizes = None
-        elif not self.training and getattr(self, "batch_statistics", False):
+        elif not self.training and self.batch_statistics:
             self._warn_stale_statistics()
         out = self.runtime(tensors, sizes, scales, self.training, norm_training, *flat)
         return pytree.tree_unflatten(list(out), self.out_spec)
 
     def _warn_stale_statistics(self, stacklevel: int = 5) -> None:
-        done = getattr(self, "_stats_sizes", "any")
+        done = self._stats_sizes
         if done == "any" or not self.norm_statistics():
             return
         sizes = self.sizes()
@@ -272,8 +278,8 @@ class IntegralModel(nn.Module):
                       .reshape([-1] + [1] * (c.ndim - c.dim - 1)) for c in self.contractions]
         return specialize(self.runtime, self.tensor_names, [tensors[n] for n in self.tensor_names],
                           [sizes[n] for n in self.group_names], scales, self.trainable,
-                          self.in_spec, self.out_spec, getattr(self, "input_guards", []),
-                          getattr(self, "input_names", [])).train(self.training)
+                          self.in_spec, self.out_spec, self.input_guards,
+                          self.input_names).train(self.training)
 
     # -- discrete ---------------------------------------------------------------------------
     def to_discrete(self, graph: bool = False) -> nn.Module:
@@ -308,14 +314,14 @@ class IntegralModel(nn.Module):
         and ``recompile()``; and ``torch.jit.trace`` keeps the traced batch size in graphs
         that compute shapes from it (ViT reshapes), so use torch.export or ONNX for those.
         """
-        if getattr(self, "batch_statistics", False):
+        if self.batch_statistics:
             self._warn_stale_statistics(stacklevel=3)
         with torch.no_grad():
             tensors, scales = self._sample()
         sizes = [self.partitions[module_key(n)].size for n in self.group_names]
         gm = specialize(self.runtime, self.tensor_names, tensors, sizes, scales, self.trainable,
-                        self.in_spec, self.out_spec, getattr(self, "input_guards", []),
-                        getattr(self, "input_names", [])).train(self.training)
+                        self.in_spec, self.out_spec, self.input_guards,
+                        self.input_names).train(self.training)
         if graph:
             return gm
         return user_module(self, gm, dict(zip(self.tensor_names, tensors)), "to_discrete()", sampled=True)
@@ -336,6 +342,7 @@ class IntegralModel(nn.Module):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state.pop("_norm_stats", None)
+        state.pop("_groups_view", None)  # rebuilt on the next access
         # TreeSpecs as strings: copying the objects trips a deprecation warning in torch's pytree
         state["in_spec"] = pytree.treespec_dumps(self.in_spec)
         state["out_spec"] = pytree.treespec_dumps(self.out_spec)

@@ -50,10 +50,10 @@ log = logging.getLogger(__name__)
 aten = torch.ops.aten
 
 
-def recalibrate_bn(model: nn.Module, batches: Iterable[Any], *, max_batches: int | None = None) -> int:
+def recalibrate_bn(model: nn.Module, calibration: Iterable[Any], *, max_batches: int | None = None) -> int:
     """Re-estimate the running statistics of every batch norm of ``model`` at its current sizes
-    from ``batches`` (each a tensor, or an ``(inputs, labels)`` pair); returns how many batches it
-    used. The mean and the (unbiased) variance are averaged over the batches, as
+    from the batches of ``calibration`` (each a tensor, or an ``(inputs, labels)`` pair); returns how
+    many batches it used. The mean and the (unbiased) variance are averaged over the batches, as
     ``nn.BatchNorm2d(momentum=None)`` does; dropout is off meanwhile.
 
     ``model`` is changed in place, like :meth:`~torchinn.IntegralModel.resize` changes it:
@@ -64,20 +64,20 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[Any], *, max_batches: int
       before ``to_discrete()``;
     * any other ``nn.Module``: its ``nn.BatchNorm*`` modules' running statistics.
 
-    ``max_batches`` stops after that many batches (``batches`` may be an endless loader).
+    ``max_batches`` stops after that many batches (``calibration`` may be an endless loader).
     """
     if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)
                                     or max_batches < 1):
         raise ValueError(f"max_batches must be an int >= 1 or None, got {max_batches!r}")
-    if isinstance(batches, Tensor):
-        raise TypeError("batches must be an iterable of batches (e.g. a DataLoader or a list of "
+    if isinstance(calibration, Tensor):
+        raise TypeError("calibration must be an iterable of batches (e.g. a DataLoader or a list of "
                         "tensors), got one tensor: wrap it in a list")
     if max_batches is not None:
-        batches = itertools.islice(batches, max_batches)
+        calibration = itertools.islice(calibration, max_batches)
     if isinstance(model, IntegralModel):
-        return _recalibrate_integral(model, batches)
+        return _recalibrate_integral(model, calibration)
     if isinstance(model, nn.Module):
-        return _recalibrate_plain(model, batches)
+        return _recalibrate_plain(model, calibration)
     raise TypeError(f"recalibrate_bn needs an IntegralModel or an nn.Module, got {type(model).__name__}")
 
 
@@ -86,7 +86,7 @@ def _inputs(batch: Any) -> tuple:
 
 
 def _no_batches() -> ValueError:
-    return ValueError("batches gave no batch: recalibrate_bn needs at least 1")
+    return ValueError("calibration gave no batch: recalibrate_bn needs at least 1")
 
 
 def _recalibrate_plain(model: nn.Module, batches: Iterable[Any]) -> int:

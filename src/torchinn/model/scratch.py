@@ -42,11 +42,14 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from ..maths.functions import Kind
+from .convert import ConvertConfig, convert
 from .integral_model import IntegralModel
 from ..nn.layers import IntegralLayer
 from ..maths.partition import CompositePartition, FixedPartition, Partition, UniformPartition
@@ -54,10 +57,10 @@ from .protocol import IntegralNetwork
 
 __all__ = ["from_scratch"]
 
-_FIXED = {"permute": False, "fuse_batch_norm": False}
-
-
-def from_scratch(model: nn.Module, example_inputs: tuple | Tensor, **options: Any) -> IntegralModel:
+def from_scratch(model: nn.Module, example_inputs: tuple | Tensor, *, quadrature: str | None = None,
+                 kind: Kind | None = None, keep_discrete: Sequence[str] = (),
+                 unsupported: Literal["error", "keep"] = "error", hidden: bool | None = None,
+                 check: bool = True) -> IntegralModel:
     """An :class:`~torchinn.IntegralModel` to train from scratch, built from the plain network
     ``model`` (not modified): :func:`torchinn.convert` with no channel permutation and with the
     batch norms kept (their weight, bias and running statistics continuous along their group).
@@ -69,8 +72,10 @@ def from_scratch(model: nn.Module, example_inputs: tuple | Tensor, **options: An
     :func:`torchinn.recalibrate_bn` on a few batches before evaluating or calling
     ``to_discrete()``.
 
-    ``options`` are other :class:`~torchinn.ConvertConfig` fields (``quadrature``, ``kind``,
-    ``keep_discrete``, ``unsupported``, ``check``).
+    The keywords mean what the :class:`~torchinn.ConvertConfig` fields of the same names mean
+    (``quadrature`` and ``kind``: ``None`` for the default, or for the one of the ``Integral*``
+    layers); there is no ``permute`` or ``fuse_batch_norm`` (a network to be trained has nothing
+    to smooth or fold: use :func:`torchinn.convert` for a trained one).
 
     ``model`` may also be built from ``Integral*`` layers (trained or not): such a module is a
     declaration of the :class:`~torchinn.IntegralModel` this returns, which has the same outputs at
@@ -83,16 +88,11 @@ def from_scratch(model: nn.Module, example_inputs: tuple | Tensor, **options: An
     becomes one group per branch; two partitions that the graph ties (a residual sum), or a
     partition on channels the graph does not resize alike, are an error.
     """
-    from .convert import ConvertConfig, convert
-
+    options: dict[str, Any] = {k: v for k, v in (("quadrature", quadrature), ("kind", kind)) if v is not None}
+    options.update(keep_discrete=keep_discrete, unsupported=unsupported, hidden=hidden, check=check)
     if any(isinstance(m, IntegralLayer) for m in model.modules()):
         return _from_layers(model, example_inputs, options)
-    for name, value in _FIXED.items():
-        if name in options and options[name] != value:
-            raise ValueError(f"from_scratch builds with {name}={value}, got {name}={options[name]!r}; "
-                             f"use torchinn.convert(model, example_inputs, ConvertConfig({name}=...)) "
-                             "for a trained network")
-    config = ConvertConfig(**{**options, **_FIXED})
+    config = ConvertConfig(**options, permute=False, fuse_batch_norm=False)
     with warnings.catch_warnings():  # a fresh network is in training mode: expected here
         warnings.filterwarnings("ignore", message=".* is in training mode; it is converted as in eval mode")
         imodel = convert(model, example_inputs, config)

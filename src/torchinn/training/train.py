@@ -232,22 +232,22 @@ def _frozen(imodel: IntegralModel, train: Sequence[str], freeze: bool = True) ->
     return grid, extra
 
 
-def tune_grid(model: nn.Module, loader: Iterable[Any], *, teacher: nn.Module | None = None,
-              loss_fn: LossFn | None = None, config: TuneConfig | None = None,
+def tune_grid(model: nn.Module, calibration: Iterable[Any], *, teacher: nn.Module | None = None,
+              loss_fn: LossFn | None = None, tune: TuneConfig | None = None,
               validation: Sequence[Any] | None = None) -> dict[str, Any]:
     """Tune the integration grids of ``model`` (an :class:`IntegralModel`, possibly wrapped in
     ``DistributedDataParallel``) at its current sizes, in place.
 
-    ``loader`` yields batches (a tensor of inputs, or ``(inputs, labels)``); a list or a
+    ``calibration`` yields batches (a tensor of inputs, or ``(inputs, labels)``); a list or a
     DataLoader is cycled until the step or time budget is spent, a one-shot iterator (a
     generator) is used until it ends. ``loss_fn(output, batch, teacher_output)`` defaults to
     :func:`distillation_loss` against ``teacher`` (default: the model at full size, frozen).
     The state returned is the best one on ``validation`` (default: the last
-    ``config.holdout`` of a list of batches), so it is never worse there than the start.
+    ``tune.holdout`` of a list of batches), so it is never worse there than the start.
     Returns a report: steps, seconds, first and last loss, validation errors at the start and
     returned (``start_error``, ``best_error``), skipped non-finite steps, learning-rate cuts.
     """
-    config = config or TuneConfig()
+    tune = tune or TuneConfig()
     imodel = _unwrap(model)
     if not imodel.group_names:
         raise ValueError("the model has no channel groups to tune")
@@ -265,15 +265,15 @@ def tune_grid(model: nn.Module, loader: Iterable[Any], *, teacher: nn.Module | N
     teacher.eval()
     saved = {id(p): p.requires_grad for p in imodel.parameters()}
     wrapped = model is not imodel
-    grid, extra = _frozen(imodel, config.train, freeze=not wrapped)
+    grid, extra = _frozen(imodel, tune.train, freeze=not wrapped)
     tuned = {id(p) for p in grid + extra}
-    groups = [{"params": grid, "lr": config.lr}]
+    groups = [{"params": grid, "lr": tune.lr}]
     if extra:
-        groups.append({"params": extra, "lr": config.lr_params})
+        groups.append({"params": extra, "lr": tune.lr_params})
     was_training = model.training
     model.eval()  # the network as it will be used: no dropout; gradients still flow
     try:
-        return _fit(model, imodel, groups, loader, teacher, loss_fn, config, validation, "tuning grids",
+        return _fit(model, imodel, groups, calibration, teacher, loss_fn, tune, validation, "tuning grids",
                     functools.partial(check_batches, imodel))
     finally:
         model.train(was_training)
@@ -283,18 +283,18 @@ def tune_grid(model: nn.Module, loader: Iterable[Any], *, teacher: nn.Module | N
                 p.grad = None  # computed for DistributedDataParallel, not used
 
 
-def finetune(model: nn.Module, loader: Iterable[Any], *, teacher: nn.Module,
-             loss_fn: LossFn | None = None, config: TuneConfig | None = None,
+def finetune(model: nn.Module, calibration: Iterable[Any], *, teacher: nn.Module,
+             loss_fn: LossFn | None = None, tune: TuneConfig | None = None,
              validation: Sequence[Any] | None = None) -> dict[str, Any]:
     """Distil every floating-point parameter of a plain network (``model``, e.g. from
     ``to_discrete()`` or a pruning baseline) towards ``teacher``, in place, with Adam at
-    ``config.lr_weights`` for ``config``'s budget; the same loop, validation and guarantees as
+    ``tune.lr_weights`` for ``tune``'s budget; the same loop, validation and guarantees as
     :func:`tune_grid`: the returned weights are the best on the validation batches, a step with
     a non-finite loss is skipped and counted. ``model`` and ``teacher`` get their training
     flags back, and ``model`` its ``requires_grad`` flags. Returns the same report. The
     teacher is frozen: its outputs on a list of batches are computed once (up to
     ``TEACHER_CACHE_BYTES``), so change the batches by making new ones, not in place."""
-    config = config or TuneConfig()
+    tune = tune or TuneConfig()
     params = [p for p in model.parameters() if p.is_floating_point()]
     if not params:
         raise ValueError(f"{type(model).__name__} has no floating-point parameters to fine-tune")
@@ -305,8 +305,8 @@ def finetune(model: nn.Module, loader: Iterable[Any], *, teacher: nn.Module,
     model.eval()
     teacher.eval()
     try:
-        return _fit(model, model, [{"params": params, "lr": config.lr_weights}], loader, teacher,
-                    loss_fn or distillation_loss, config, validation, "tuning weights")
+        return _fit(model, model, [{"params": params, "lr": tune.lr_weights}], calibration, teacher,
+                    loss_fn or distillation_loss, tune, validation, "tuning weights")
     finally:
         model.train(was_training)
         teacher.train(teacher_training)
