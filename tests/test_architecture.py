@@ -5,6 +5,7 @@
 * no private name (``_x``) imported from another sub-package;
 * no module over 400 lines unless its docstring gives the reason (a line starting
   ``Longer than 400 lines:``);
+* the sub-packages are layers: each imports only from the ones below it (:data:`LAYERS`);
 * a small top level: ``torchinn.__all__`` has at most 24 names, and every sub-package says what it
   exports in its own ``__all__``.
 """
@@ -170,3 +171,19 @@ def test_small_top_level():
             names = [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
                      if isinstance(t, ast.Name)]
             assert "__all__" in names, f"{module} does not say what it exports (__all__)"
+
+
+#: the sub-packages from the bottom up (docs/architecture.md): each imports only from those before it
+LAYERS = ["", "maths", "sizing", "graph", "nn", "discrete", "model", "training", "compression", "io", "cli"]
+
+
+def test_subpackages_import_only_downwards():
+    assert {_subpackage(m) for m in MODULES} == set(LAYERS)
+    bad = []
+    for module, targets in _graph().items():
+        if module == "torchinn":  # the top level gathers the public names of every layer
+            continue
+        here = LAYERS.index(_subpackage(module))
+        bad += [f"{module} imports {t}" for t in sorted(targets)
+                if t != "torchinn" and LAYERS.index(_subpackage(t)) > here]
+    assert not bad, bad

@@ -111,7 +111,7 @@ def test_latency_target_is_met_on_the_measured_latency(monkeypatch):
     # that does not follow the FLOPs (a fixed 40% overhead at full size), so only the rescaling
     # can meet the target; whether smaller is faster on a given machine is for benchmarks
     # (RESULTS.md: EDSR's speed table), not for a timed test.
-    from torchinn.compression import budget
+    from torchinn.compression import cost
 
     _, _, imodel = converted("resnet_basic")
     x = (torch.randn(4, 3, 16, 16),)
@@ -123,7 +123,7 @@ def test_latency_target_is_met_on_the_measured_latency(monkeypatch):
         timed.append(t)
         return t
 
-    monkeypatch.setattr(budget, "measure_latency", fake_latency)
+    monkeypatch.setattr(cost, "measure_latency", fake_latency)
     sizes = choose_sizes(imodel, 0.6, "latency", example_inputs=x, method="uniform")
     assert set(sizes) == set(imodel.groups) and len(timed) >= 3  # measured, and rescaled at least once
     small = discrete_at(imodel, sizes)
@@ -185,7 +185,7 @@ def test_compress_for_latency(monkeypatch):
     # a stand-in clock that follows the FLOPs (plus a fixed overhead): a real clock on a loaded
     # machine made the sizes, the start, and even whether the target is reachable vary from run to
     # run; how latency is met is tested above, whether smaller is faster is for the benchmarks
-    from torchinn.compression import budget
+    from torchinn.compression import cost
 
     from torchinn.compression import pipeline as compression
     torch.manual_seed(0)
@@ -196,7 +196,7 @@ def test_compress_for_latency(monkeypatch):
     def fake_latency(m, inputs, **_):
         return 0.2 + count_flops(m, inputs) / flops0
 
-    monkeypatch.setattr(budget, "measure_latency", fake_latency)
+    monkeypatch.setattr(cost, "measure_latency", fake_latency)
     monkeypatch.setattr(compression, "measure_latency", fake_latency)
     small, report = compress(model, x, target=0.5, metric="latency", config=FAST,
                              tune=TuneConfig(steps=2, seconds=None, progress=False))

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import torchinn as inn
-from torchinn.compression import budget
+from torchinn.compression import budget, cost
 from torchinn.compression.budget import choose_sizes
 from torchinn.sizing.metrics import count_flops
 from torchinn.cli.main import main
@@ -89,9 +89,10 @@ def test_resize_rounds_ratios_and_sizes():
     small = imodel.to_discrete()
     assert small.get_parameter("0.weight").shape[0] == 50
     p = inn.maths.UniformPartition(64)
-    net = nn.Sequential(inn.nn.IntegralLinear(8, p), nn.ReLU(), inn.nn.IntegralLinear(p, 2))
-    assert inn.resize(net, 0.3, multiple=16) == {"0.out_partition": 16}  # 19 -> 16
-    assert inn.resize(net, 0.4, multiple=16) == {"0.out_partition": 32}  # 26 -> 32
+    net = inn.from_scratch(nn.Sequential(inn.nn.IntegralLinear(8, p), nn.ReLU(), inn.nn.IntegralLinear(p, 2)),
+                           torch.randn(2, 8))
+    assert inn.resize(net, 0.3, multiple=16) == {"0.weight:0": 16}  # 19 -> 16
+    assert inn.resize(net, 0.4, multiple=16) == {"0.weight:0": 32}  # 26 -> 32
 
 
 def test_resize_rounds_simpson_groups_to_odd_sizes():
@@ -175,7 +176,7 @@ def test_latency_is_timed_on_rounded_sizes(monkeypatch):
         timed.append([p.shape[0] for n, p in model.named_parameters() if n.endswith("weight")][:3])
         return count_flops(model, inputs) * 1e-9
 
-    monkeypatch.setattr(budget, "measure_latency", fake_latency)
+    monkeypatch.setattr(cost, "measure_latency", fake_latency)
     imodel = inn.convert(mlp(), (X,), FAST)
     sizes = choose_sizes(imodel, 0.4, "latency", example_inputs=(X,), method="uniform", multiple=16)
     assert rounded(sizes, imodel, 16)

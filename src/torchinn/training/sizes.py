@@ -45,12 +45,10 @@ class RandomSizes:
     smallest and ``random`` drawn sizes, one forward/backward pass each; see
     :func:`torchinn.sandwich_backward`).
 
-    >>> import torch
-    >>> from torchinn.nn import IntegralLinear
-    >>> from torchinn.maths import UniformPartition
-    >>> p = UniformPartition(16)
-    >>> net = torch.nn.Sequential(IntegralLinear(4, p), IntegralLinear(p, 2))
-    >>> sizes = RandomSizes(net, low=0.5, seed=0)
+    >>> import torch, torchinn as inn
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    >>> imodel = inn.from_scratch(net, torch.randn(2, 4))
+    >>> sizes = RandomSizes(imodel, low=0.5, seed=0)
     >>> all(8 <= s <= 16 for s in sizes.step().values())
     True
     """
@@ -117,11 +115,10 @@ class RandomSizes:
         step the optimizer once after the last; :func:`torchinn.sandwich_backward` does that.
         The partitions keep the last sizes: call :meth:`full` before evaluating at full size.
 
-        >>> from torchinn.nn import IntegralLinear
-        >>> from torchinn.maths import UniformPartition
-        >>> p = UniformPartition(16)
-        >>> net = torch.nn.Sequential(IntegralLinear(4, p), IntegralLinear(p, 2))
-        >>> [s["0.out_partition"] for s in RandomSizes(net, low=0.5, seed=0).sandwich(2)][:2]
+        >>> import torchinn as inn
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+        >>> imodel = inn.from_scratch(net, torch.randn(2, 4))
+        >>> [s["0.weight:0"] for s in RandomSizes(imodel, low=0.5, seed=0).sandwich(2)][:2]
         [16, 8]
         """
         if isinstance(random, bool) or not isinstance(random, int) or random < 0:
