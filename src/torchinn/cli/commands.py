@@ -16,7 +16,7 @@ from typing import Any
 from .args import available_cores
 from .output import check_output, created_folders, printable, report_paths, save_checked
 from ..io.fileio import write_text
-from .loading import (IMAGE_SUFFIXES, CLIError, Loaded, _convertible, _dtype_of, _random_inputs, _shapes_text,
+from .loading import (IMAGE_SUFFIXES, CLIError, Loaded, convertible, dtype_of, random_inputs, shapes_text,
                       load_images, load_model)
 
 __all__ = ["inspect", "compress", "bench"]
@@ -38,12 +38,12 @@ def _check_integral_inputs(loaded: Loaded, shapes: list, inputs: tuple) -> None:
     expected = getattr(imodel, "input_shapes", None)
     if expected is not None and len(expected) != len(shapes):
         raise CLIError(f"{loaded.source!r} takes {len(expected)} input(s), got {len(shapes)} "
-                       f"--input-shape ({_shapes_text(shapes)})")
+                       f"--input-shape ({shapes_text(shapes)})")
     try:
         with torch.no_grad():
             imodel.eval()(*inputs)
     except (ValueError, TypeError) as err:
-        raise CLIError(f"{loaded.source!r} cannot run on --input-shape {_shapes_text(shapes)}: {err}") from err
+        raise CLIError(f"{loaded.source!r} cannot run on --input-shape {shapes_text(shapes)}: {err}") from err
 
 
 # -- inspect ------------------------------------------------------------------------------------
@@ -70,12 +70,12 @@ def inspect(args: argparse.Namespace) -> int:
     original = None
     if loaded.kind == "integral":
         imodel = loaded.obj
-        inputs = _random_inputs(args.input_shape, _dtype_of(imodel), args.seed)
+        inputs = random_inputs(args.input_shape, dtype_of(imodel), args.seed)
         _check_integral_inputs(loaded, args.input_shape, inputs)
     else:
-        model = _convertible(loaded, "inspect")
+        model = convertible(loaded, "inspect")
         original = sum(p.numel() for p in model.parameters())
-        inputs = _random_inputs(args.input_shape, _dtype_of(model), args.seed)
+        inputs = random_inputs(args.input_shape, dtype_of(model), args.seed)
         imodel = convert(model, inputs, ConvertConfig(permute=False, progress=False))
     small = imodel.to_discrete(graph=True).eval()
     params = {n: t.numel() for n, t in small.named_parameters()}
@@ -100,7 +100,7 @@ def inspect(args: argparse.Namespace) -> int:
     folded = "" if original is None or original == total_params else f" ({original:,} before folding batch norms)"
     at = "" if all(g["size"] == g["max_size"] for g in groups) else " at its saved sizes"
     print(f"{printable(loaded.source)}: {len(groups)} channel groups, {total_params:,} parameters{folded}, "
-          f"{_human(total_flops)} FLOPs for inputs {_shapes_text(args.input_shape)}{at}")
+          f"{_human(total_flops)} FLOPs for inputs {shapes_text(args.input_shape)}{at}")
     print("(params / FLOPs of a group: of the tensors with a dimension in it; a weight counts in its input and "
           "output groups)\n")
     names = [printable(g["name"]) for g in groups]
@@ -178,16 +178,16 @@ def _compress(args: argparse.Namespace, out: Path) -> int:
     if loaded.kind == "integral":
         raise CLIError(f"{loaded.source!r} is an integral model: compress needs the original network "
                        "(a torch.save(module) file or module:callable)")
-    model = _convertible(loaded, "compress")
-    dtype = _dtype_of(model)
+    model = convertible(loaded, "compress")
+    dtype = dtype_of(model)
     if args.calibration is not None:
         loader, calibration, described = _calibration(args, dtype)
         example = (loader[0],)
     else:
         print("torchinn: warning: no --calibration folder: choosing sizes and tuning on random normal "
-              f"inputs of shape {_shapes_text(args.input_shape)}; this is only a smoke test of the pipeline, not a "
+              f"inputs of shape {shapes_text(args.input_shape)}; this is only a smoke test of the pipeline, not a "
               "real compression", file=sys.stderr)
-        loader = [_random_inputs(args.input_shape, dtype, args.seed + i) for i in range(4)]
+        loader = [random_inputs(args.input_shape, dtype, args.seed + i) for i in range(4)]
         example = loader[0]
         calibration = {"source": "random normal inputs (smoke test)", "batches": len(loader)}
         described = calibration["source"]
@@ -249,14 +249,14 @@ def bench(args: argparse.Namespace) -> int:
         if spec is None:
             continue
         loaded = load_model(spec, args.trust_code)
-        inputs = _random_inputs(args.input_shape, _dtype_of(loaded.obj), args.seed)
+        inputs = random_inputs(args.input_shape, dtype_of(loaded.obj), args.seed)
         if loaded.kind == "integral":
             _check_integral_inputs(loaded, args.input_shape, inputs)
         model, kind = _runnable(loaded)
         try:
             seconds = measure_latency(model, inputs, repeats=args.repeats, warmup=args.warmup)
         except Exception as err:
-            raise CLIError(f"running {spec!r} on inputs of shape {_shapes_text(args.input_shape)} failed: "
+            raise CLIError(f"running {spec!r} on inputs of shape {shapes_text(args.input_shape)} failed: "
                            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
         batch = args.input_shape[0][0]
         rows.append({"role": role, "model": spec, "kind": kind,
@@ -271,7 +271,7 @@ def bench(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     print(printable(f"machine: {info['cpu']}, {info['cores']} cores available; torch {info['torch']} with "
-                    f"{info['threads']} thread(s); inputs {_shapes_text(args.input_shape)}; "
+                    f"{info['threads']} thread(s); inputs {shapes_text(args.input_shape)}; "
                     f"median of {args.repeats} runs after {args.warmup} warm-up"))
     names = [printable(f"{r['model']} ({r['kind']})") for r in rows]
     width = max(len(n) for n in names)

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CLIError", "Loaded", "load_model", "load_images", "IMAGE_SUFFIXES"]
+__all__ = ["CLIError", "Loaded", "load_model", "load_images", "IMAGE_SUFFIXES", "convertible", "dtype_of",
+           "random_inputs", "shapes_text"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -208,7 +209,7 @@ def load_model(spec: str, trust_code: bool = False, convert: bool = False) -> Lo
     ``trust_code``, nothing is unpickled or run: pickles are read with ``torch.load(weights_only=True)``
     and TorchScript files and torch.export programs are refused before they are opened. With
     ``convert`` (the caller converts the model), a TorchScript or torch.export file is never
-    opened: it comes back with ``obj=None`` for :func:`_convertible` to refuse."""
+    opened: it comes back with ``obj=None`` for :func:`convertible` to refuse."""
     path = Path(spec)
     if path.exists():
         return _load_file(path, trust_code, convert)
@@ -217,7 +218,7 @@ def load_model(spec: str, trust_code: bool = False, convert: bool = False) -> Lo
     raise CLIError(f"MODEL {spec!r}: no such file (or give module:callable)")
 
 
-def _convertible(loaded: Loaded, command: str) -> Any:
+def convertible(loaded: Loaded, command: str) -> Any:
     """The nn.Module to convert; a clear error for what torch.export cannot trace."""
     if loaded.kind == "torchscript":
         raise CLIError(f"{loaded.source!r} is a TorchScript file: torch.export (which torchinn uses to trace) "
@@ -230,7 +231,7 @@ def _convertible(loaded: Loaded, command: str) -> Any:
 
 
 # -- inputs -------------------------------------------------------------------------------------
-def _dtype_of(model: Any) -> Any:
+def dtype_of(model: Any) -> Any:
     import torch
 
     for t in list(model.parameters()) + list(model.buffers()):
@@ -239,11 +240,11 @@ def _dtype_of(model: Any) -> Any:
     return torch.get_default_dtype()
 
 
-def _shapes_text(shapes: Sequence[tuple[int, ...]]) -> str:
+def shapes_text(shapes: Sequence[tuple[int, ...]]) -> str:
     return ", ".join("x".join(map(str, s)) for s in shapes)
 
 
-def _random_inputs(shapes: Sequence[tuple[int, ...]], dtype: Any, seed: int) -> tuple:
+def random_inputs(shapes: Sequence[tuple[int, ...]], dtype: Any, seed: int) -> tuple:
     import torch
 
     gen = torch.Generator().manual_seed(seed)
