@@ -33,7 +33,7 @@ it is the loop :func:`torchinn.compress` tunes its weights with).
 >>> refit.get_parameter("2.weight").shape  # same shapes, the consumer refit by least squares
 torch.Size([4, 8])
 >>> from torchinn.training.train import TuneConfig, finetune
->>> report = finetune(refit, calibration, teacher=net, config=TuneConfig(steps=10, seconds=None, progress=False))
+>>> report = finetune(refit, calibration, teacher=net, tune=TuneConfig(steps=10, seconds=None, progress=False))
 >>> report["steps"]
 10
 """
