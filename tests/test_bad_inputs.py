@@ -713,8 +713,27 @@ def calibration_with_an_empty_batch() -> None:
     inn.compress(small(), (X,), 0.5, calibration=[X, X, X[:0]], config=inn.ConvertConfig(permute=False), tune=False)
 
 
-def compress_keyword_example_inputs() -> None:
-    inn.compress(small(), {"input": X}, 0.5, tune=False)
+def compress_example_inputs_of_a_wrong_type() -> None:
+    inn.compress(small(), "x", 0.5, tune=False)
+
+
+def dict_batches_for_positional_inputs() -> None:
+    inn.compress(small(), (X,), 0.5, tune=False, calibration=[{"input": X}])
+
+
+class _Tokens(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.a, self.b = nn.Embedding(10, 8), nn.Linear(8, 8), nn.Linear(8, 4)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(self.emb(input_ids)))) * attention_mask[..., None]
+
+
+def calibration_all_padding() -> None:
+    ids, mask = torch.randint(0, 10, (2, 5)), torch.ones(2, 5, dtype=torch.long)
+    cal = [{"input_ids": ids, "attention_mask": mask}, {"input_ids": ids, "attention_mask": mask * 0}]
+    inn.compress(_Tokens().eval(), cal[0], 0.5, tune=False, calibration=cal)
 
 
 CASES += [
@@ -729,9 +748,16 @@ CASES += [
      r"calibration batch 1: input 0 has dtype torch\.float64, but the network was converted for torch\.float32"),
     ("an empty calibration batch", calibration_with_an_empty_batch, ValueError,
      r"calibration batch 2: input 0 has shape \(0, 3, 8, 8\): an empty batch \(0 rows\); drop it"),
-    ("keyword example inputs (a dict) given to compress", compress_keyword_example_inputs, TypeError,
-     r"compress passes inputs by position: give example_inputs as a tensor or a tuple \(in the order of "
-     r"forward's parameters\), got a dict of keyword inputs \['input'\]"),
+    ("example inputs of a wrong type given to compress", compress_example_inputs_of_a_wrong_type, TypeError,
+     r"^example_inputs must be a tensor, a tuple of positional inputs or a dict of keyword inputs "
+     r"\(\{'input_ids': ids, 'attention_mask': mask\}\), got str$"),
+    ("dict calibration batches for a network converted with positional inputs", dict_batches_for_positional_inputs,
+     ValueError, r"^calibration batch 0: the network was called with keyword input 'input', which it was not "
+     r"converted with; 0 positional input\(s\), but it was converted with 1 positional input\(s\) and the "
+     r"keyword input\(s\) \[\]"),
+    ("a calibration batch whose attention_mask is all 0", calibration_all_padding, ValueError,
+     r"^calibration batch 1: its attention_mask of shape \(2, 5\) is all 0: every position is padding, so "
+     r"there is nothing to compare; drop the batch$"),
 ]
 
 
