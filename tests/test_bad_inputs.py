@@ -439,6 +439,18 @@ def cli_std_not_finite() -> None:
     std_values("inf")
 
 
+def cli_input_ids_not_two_numbers() -> None:
+    from torchinn.cli.args import token_shape
+
+    token_shape("4,128,2")
+
+
+def cli_input_ids_without_embedding() -> None:
+    from torchinn.cli.loading import vocabulary
+
+    vocabulary(small())
+
+
 def cli_threads_too_many() -> None:
     from torchinn.cli.args import threads
 
@@ -627,6 +639,11 @@ CASES: list[tuple[str, Callable, type[BaseException], str]] = [
     ("a TorchScript file given to the command line without --trust-code", cli_torchscript, CLIError,
      r"MODEL '.*x\.ts' is a TorchScript file, which is code: torch\.jit\.load runs its __setstate__ methods .*"
      r"pass --trust-code if you trust its source"),
+    ("a --input-ids that is not N,L", cli_input_ids_not_two_numbers, argparse.ArgumentTypeError,
+     r"^--input-ids is two positive integers N,L \(N sequences of L tokens\), like 4,128; got '4,128,2'$"),
+    ("--input-ids for a model without a token embedding", cli_input_ids_without_embedding, CLIError,
+     r"^--input-ids makes token ids below the vocabulary size, read from the model's get_input_embeddings\(\) "
+     r"\(an nn\.Embedding, as transformers models have\); Sequential has none: give --input-shape for float inputs$"),
     ("a --std or --mean that is not finite, or a --std <= 0", cli_std_not_finite, argparse.ArgumentTypeError,
      r"every std must be a finite number > 0 \(the images are divided by it\), got 'inf'"),
     ("--threads outside [1, 4 x the logical CPUs]", cli_threads_too_many, argparse.ArgumentTypeError,
