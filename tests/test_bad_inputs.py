@@ -439,6 +439,18 @@ def cli_std_not_finite() -> None:
     std_values("inf")
 
 
+def cli_input_ids_not_two_numbers() -> None:
+    from torchinn.cli.args import token_shape
+
+    token_shape("4,128,2")
+
+
+def cli_input_ids_without_embedding() -> None:
+    from torchinn.cli.loading import vocabulary
+
+    vocabulary(small())
+
+
 def cli_threads_too_many() -> None:
     from torchinn.cli.args import threads
 
@@ -627,6 +639,11 @@ CASES: list[tuple[str, Callable, type[BaseException], str]] = [
     ("a TorchScript file given to the command line without --trust-code", cli_torchscript, CLIError,
      r"MODEL '.*x\.ts' is a TorchScript file, which is code: torch\.jit\.load runs its __setstate__ methods .*"
      r"pass --trust-code if you trust its source"),
+    ("a --input-ids that is not N,L", cli_input_ids_not_two_numbers, argparse.ArgumentTypeError,
+     r"^--input-ids is two positive integers N,L \(N sequences of L tokens\), like 4,128; got '4,128,2'$"),
+    ("--input-ids for a model without a token embedding", cli_input_ids_without_embedding, CLIError,
+     r"^--input-ids makes token ids below the vocabulary size, read from the model's get_input_embeddings\(\) "
+     r"\(an nn\.Embedding, as transformers models have\); Sequential has none: give --input-shape for float inputs$"),
     ("a --std or --mean that is not finite, or a --std <= 0", cli_std_not_finite, argparse.ArgumentTypeError,
      r"every std must be a finite number > 0 \(the images are divided by it\), got 'inf'"),
     ("--threads outside [1, 4 x the logical CPUs]", cli_threads_too_many, argparse.ArgumentTypeError,
@@ -713,8 +730,27 @@ def calibration_with_an_empty_batch() -> None:
     inn.compress(small(), (X,), 0.5, calibration=[X, X, X[:0]], config=inn.ConvertConfig(permute=False), tune=False)
 
 
-def compress_keyword_example_inputs() -> None:
-    inn.compress(small(), {"input": X}, 0.5, tune=False)
+def compress_example_inputs_of_a_wrong_type() -> None:
+    inn.compress(small(), "x", 0.5, tune=False)
+
+
+def dict_batches_for_positional_inputs() -> None:
+    inn.compress(small(), (X,), 0.5, tune=False, calibration=[{"input": X}])
+
+
+class _Tokens(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.a, self.b = nn.Embedding(10, 8), nn.Linear(8, 8), nn.Linear(8, 4)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(self.emb(input_ids)))) * attention_mask[..., None]
+
+
+def calibration_all_padding() -> None:
+    ids, mask = torch.randint(0, 10, (2, 5)), torch.ones(2, 5, dtype=torch.long)
+    cal = [{"input_ids": ids, "attention_mask": mask}, {"input_ids": ids, "attention_mask": mask * 0}]
+    inn.compress(_Tokens().eval(), cal[0], 0.5, tune=False, calibration=cal)
 
 
 CASES += [
@@ -729,9 +765,16 @@ CASES += [
      r"calibration batch 1: input 0 has dtype torch\.float64, but the network was converted for torch\.float32"),
     ("an empty calibration batch", calibration_with_an_empty_batch, ValueError,
      r"calibration batch 2: input 0 has shape \(0, 3, 8, 8\): an empty batch \(0 rows\); drop it"),
-    ("keyword example inputs (a dict) given to compress", compress_keyword_example_inputs, TypeError,
-     r"compress passes inputs by position: give example_inputs as a tensor or a tuple \(in the order of "
-     r"forward's parameters\), got a dict of keyword inputs \['input'\]"),
+    ("example inputs of a wrong type given to compress", compress_example_inputs_of_a_wrong_type, TypeError,
+     r"^example_inputs must be a tensor, a tuple of positional inputs or a dict of keyword inputs "
+     r"\(\{'input_ids': ids, 'attention_mask': mask\}\), got str$"),
+    ("dict calibration batches for a network converted with positional inputs", dict_batches_for_positional_inputs,
+     ValueError, r"^calibration batch 0: the network was called with keyword input 'input', which it was not "
+     r"converted with; 0 positional input\(s\), but it was converted with 1 positional input\(s\) and the "
+     r"keyword input\(s\) \[\]"),
+    ("a calibration batch whose attention_mask is all 0", calibration_all_padding, ValueError,
+     r"^calibration batch 1: its attention_mask of shape \(2, 5\) is all 0: every position is padding, so "
+     r"there is nothing to compare; drop the batch$"),
 ]
 
 

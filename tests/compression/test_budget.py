@@ -371,10 +371,15 @@ def test_calibration_of_the_wrong_shape_or_dtype_is_named_before_anything_runs(b
         inn.tune_grid(imodel, cal[:1], validation=[bad], tune=TuneConfig(steps=1, seconds=None, progress=False))
 
 
-def test_compress_refuses_keyword_example_inputs():
+def test_compress_takes_keyword_example_inputs():
+    """A dict of keyword inputs (forward's parameter by name) compresses as the same input by position."""
     model, inputs, _ = _mlp_and_converted()
-    with pytest.raises(TypeError, match=r"compress passes inputs by position: .*got a dict of keyword inputs \['input'\]"):
-        compress(model, {"input": inputs[0]}, target=0.5, config=FAST, tune=False)
+    by_name, named = compress(model, {"input": inputs[0]}, target=0.5, config=FAST, tune=False)
+    by_position, positional = compress(model, (inputs[0],), target=0.5, config=FAST, tune=False)
+    assert named.sizes == positional.sizes and named.params_after == positional.params_after
+    assert named.params_after < 0.6 * named.params_before
+    with torch.no_grad():
+        assert torch.equal(by_name(inputs[0]), by_position(inputs[0]))
 
 
 def test_calibration_after_double_is_accepted():

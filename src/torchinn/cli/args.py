@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable
 
 __all__ = ["MAX_SEED", "available_cores", "max_threads", "widths", "positive", "multiple", "shape", "fraction",
-           "levels", "seconds", "non_negative_seconds", "share", "mean_values", "std_values", "seed", "threads"]
+           "levels", "seconds", "token_shape", "non_negative_seconds", "share", "mean_values", "std_values", "seed", "threads"]
 
 #: the largest --seed: numpy / scikit-learn seeds (the demo) are 32-bit unsigned
 MAX_SEED = 2**32 - 1
@@ -78,6 +78,18 @@ def shape(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"a shape is comma-separated positive integers like 1,3,224,224; got {text!r}")
     if not dims or any(d < 1 for d in dims):
         raise argparse.ArgumentTypeError(f"every dimension must be a positive integer; got {text!r}")
+    return dims
+
+
+def token_shape(text: str) -> tuple[int, int]:
+    """--input-ids: ``N,L``, a batch of N sequences of L token ids."""
+    try:
+        dims = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--input-ids is N,L: N sequences of L tokens, like 4,128; got {text!r}")
+    if len(dims) != 2 or any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"--input-ids is two positive integers N,L (N sequences of L tokens), "
+                                         f"like 4,128; got {text!r}")
     return dims
 
 

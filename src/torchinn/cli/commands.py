@@ -16,8 +16,9 @@ from typing import Any
 from .args import available_cores
 from .output import check_output, created_folders, printable, report_paths, save_checked
 from ..io.fileio import write_text
-from .loading import (IMAGE_SUFFIXES, CLIError, Loaded, convertible, dtype_of, random_inputs, shapes_text,
-                      load_images, load_model)
+from .loading import (IMAGE_SUFFIXES, CLIError, Loaded, convertible, dtype_of, random_inputs, random_tokens,
+                      shapes_text, load_images, load_model, vocabulary)
+from ..model.inputs import as_inputs
 
 __all__ = ["inspect", "compress", "bench"]
 
@@ -180,7 +181,18 @@ def _compress(args: argparse.Namespace, out: Path) -> int:
                        "(a torch.save(module) file or module:callable)")
     model = convertible(loaded, "compress")
     dtype = dtype_of(model)
-    if args.calibration is not None:
+    if args.input_ids is not None:
+        if args.calibration is not None:
+            raise CLIError("--calibration is a folder of images, for --input-shape; --input-ids makes random "
+                           "token ids (for text, call torchinn.compress from Python with tokenized batches)")
+        vocab = vocabulary(model)
+        loader = [random_tokens(args.input_ids, vocab, args.seed + i) for i in range(4)]
+        example = loader[0]
+        described = f"random token ids below {vocab} (smoke test)"
+        calibration = {"source": described, "batches": len(loader)}
+        print(f"torchinn: warning: choosing sizes and tuning on random token ids of shape "
+              f"{shapes_text([args.input_ids])}; this is only a smoke test of the pipeline", file=sys.stderr)
+    elif args.calibration is not None:
         loader, calibration, described = _calibration(args, dtype)
         example = (loader[0],)
     else:
@@ -197,10 +209,11 @@ def _compress(args: argparse.Namespace, out: Path) -> int:
     small, report = compress_model(model, example, args.target, args.metric, calibration=loader, tune=tune,
                                    reconstruct=not args.no_reconstruct, multiple=args.multiple,
                                    graph=True)  # the graph module: its pickle loads without the model's code
-    save_checked(small, out, example)
+    save_checked(small, out, as_inputs(example))
     data = dataclasses.asdict(report)
     data.update(ratio=report.ratio, model=loaded.source, output=str(out),
-                input_shapes=[list(s) for s in args.input_shape], calibration=calibration,
+                input_shapes=[list(s) for s in args.input_shape or []], calibration=calibration,
+                input_ids=list(args.input_ids) if args.input_ids is not None else None,
                 load_with="torch.load(path, weights_only=False)", torchinn=__version__, torch=torch.__version__)
     rounded = f", sizes in multiples of {args.multiple}" if args.multiple > 1 else ""
     text = printable(f"torchinn compress {loaded.source} -> {out} (target {args.target:g} of the {args.metric}"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["CLIError", "Loaded", "load_model", "load_images", "IMAGE_SUFFIXES", "convertible", "dtype_of",
-           "random_inputs", "shapes_text"]
+           "random_inputs", "random_tokens", "shapes_text", "vocabulary"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -242,6 +242,32 @@ def dtype_of(model: Any) -> Any:
 
 def shapes_text(shapes: Sequence[tuple[int, ...]]) -> str:
     return ", ".join("x".join(map(str, s)) for s in shapes)
+
+
+def vocabulary(model: Any) -> int:
+    """The number of token ids ``model`` embeds: its ``get_input_embeddings()`` (a transformers model)."""
+    from torch import nn
+
+    get = getattr(model, "get_input_embeddings", None)
+    try:
+        embedding = get() if callable(get) else None
+    except (NotImplementedError, AttributeError):
+        embedding = None
+    if not isinstance(embedding, nn.Embedding):
+        raise CLIError(f"--input-ids makes token ids below the vocabulary size, read from the model's "
+                       f"get_input_embeddings() (an nn.Embedding, as transformers models have); "
+                       f"{type(model).__name__} has none: give --input-shape for float inputs")
+    return embedding.num_embeddings
+
+
+def random_tokens(shape: tuple[int, int], vocab: int, seed: int) -> dict[str, Any]:
+    """Keyword inputs of ``shape = (N, L)`` random token ids in ``[0, vocab)``: ``input_ids`` and an
+    ``attention_mask`` of ones."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, shape, generator=gen)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
 def random_inputs(shapes: Sequence[tuple[int, ...]], dtype: Any, seed: int) -> tuple:

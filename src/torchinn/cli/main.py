@@ -133,8 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "not needed to load it) with a report next to it (OUT.report.json, OUT.report.txt: after "
                     "the whole name, so -o small.pt writes small.pt.report.json).")
     com.add_argument("model", metavar="MODEL", help=_MODEL_HELP.format(extra=""))
-    com.add_argument("--input-shape", type=ca.shape, action="append", required=True, metavar="N,C,H,W",
-                     help=_SHAPE_HELP + "; with --calibration, N images make one batch")
+    given = com.add_mutually_exclusive_group(required=True)
+    given.add_argument("--input-shape", type=ca.shape, action="append", metavar="N,C,H,W",
+                       help=_SHAPE_HELP + "; with --calibration, N images make one batch")
+    given.add_argument("--input-ids", type=ca.token_shape, metavar="N,L",
+                       help="token inputs instead (a transformers language model): batches of N sequences of L "
+                            "random token ids below the vocabulary size of the model's input embedding, passed "
+                            "as input_ids= with an attention_mask= of ones; a smoke test, as random --input-shape "
+                            "inputs are (for real text, call torchinn.compress from Python with tokenized "
+                            "batches: docs/decisions/transformers.md)")
     com.add_argument("--target", type=ca.fraction, required=True,
                      help="fraction of the metric to keep, in (0, 1): 0.5 halves it")
     com.add_argument("--metric", choices=("params", "flops", "latency"), default="params",

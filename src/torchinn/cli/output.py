@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io.fileio import atomic_open, check_target
+from ..model.inputs import run
 from .loading import CLIError
 
 __all__ = ["printable", "report_paths", "check_output", "created_folders", "save_checked", "nan_equal"]
@@ -142,7 +143,7 @@ def save_checked(small: Any, out: Path, example: tuple) -> None:
         f.seek(0)
         again = torch.load(f, weights_only=False)  # our own file, just written
         with torch.no_grad():
-            ref, got = small(*example), again(*example)
+            ref, got = run(small, example), run(again, example)
         leaves = list(zip(torch.utils._pytree.tree_leaves(ref), torch.utils._pytree.tree_leaves(got)))
         if not all(nan_equal(a, b) for a, b in leaves):
             raise CLIError(f"internal error: the network written for {out} does not load back to the same "

@@ -28,7 +28,7 @@ from ..sizing.metrics import Metric
 from ..options import check_choice, check_number
 from ..sizing.rounding import Multiple, ceil_size, floor_size, resolve_multiple, round_size
 from .starts import STARTS, best_start, distill_error, full_outputs, kept_partitions, start_partition
-from ..model.inputs import batch_inputs
+from ..model.inputs import as_inputs, batch_inputs, padding_mask
 
 __all__ = ["UnreachableTarget", "choose_sizes", "compare_sizes"]
 
@@ -57,7 +57,7 @@ def sensitivities(imodel: IntegralModel, batches: Sequence[tuple], loss: str | D
     network's confidence, else squared error: :func:`torchinn.training.distill.resolve_loss`)."""
     _check_loss(loss)
     reference = full_outputs(imodel, batches)
-    loss = resolve_loss(loss, reference)
+    loss = resolve_loss(loss, reference, masks=[padding_mask(b) for b in batches])
     scores = channel_importance(imodel)
     out: dict[str, list[tuple[float, float]]] = {}
     with kept_partitions(imodel):
@@ -226,7 +226,7 @@ def _batches(calibration: Iterable[Any] | None, example_inputs: tuple, n: int,
 
 
 def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params", *,
-                 calibration: Iterable[Any] | None = None, example_inputs: tuple | None = None,
+                 calibration: Iterable[Any] | None = None, example_inputs: tuple | Mapping[str, Any] | None = None,
                  max_batches: int = 2, min_ratio: float = 0.1, method: SizeMethod = "best",
                  tolerance: float = 0.02, loss: str | Distillation = "auto", multiple: Multiple = 1,
                  importance: Importance | None = None) -> dict[str, int]:
@@ -255,6 +255,8 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
     check_number(max_batches, "max_batches", 1, integer=True)
     if not isinstance(imodel, IntegralModel):
         raise TypeError(f"choose_sizes needs an IntegralModel (from torchinn.convert), got {type(imodel).__name__}")
+    if example_inputs is not None:
+        example_inputs = as_inputs(example_inputs)
     if metric != "params" and example_inputs is None:
         raise ValueError(f"metric={metric!r} needs example_inputs to count or time the network")
     groups = imodel.groups
@@ -265,7 +267,8 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
         cal = _batches(calibration, example_inputs or (), max(max_batches, 4), imodel)
         reference = full_outputs(imodel, cal) if cal[0] else None  # no data: the sensitivity method says so
         if reference is not None:
-            loss = resolve_loss(loss, reference)  # once, so that both methods and the comparison agree
+            # once, so that both methods and the comparison agree
+            loss = resolve_loss(loss, reference, masks=[padding_mask(b) for b in cal])
         options, errors = {}, []
         for m in ("sensitivity", "fisher", "uniform"):
             try:
@@ -295,7 +298,8 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
     elif method == "fisher":
         if importance is None or not importance.fisher:
             reference = full_outputs(imodel, cal)
-            importance = measure_importance(imodel, cal, resolve_loss(loss, reference), reference)
+            loss = resolve_loss(loss, reference, masks=[padding_mask(b) for b in cal])
+            importance = measure_importance(imodel, cal, loss, reference)
         curves = fisher_curves(imodel, importance.fisher)
     else:
         curves = {}
@@ -326,7 +330,7 @@ def compare_sizes(imodel: IntegralModel, options: Mapping[str, Mapping[str, int]
     :func:`torchinn.training.distill.resolve_loss`), and the name of the lowest. ``imodel`` is left as it was."""
     _check_loss(loss)
     reference = full_outputs(imodel, calibration) if reference is None else reference
-    loss = resolve_loss(loss, reference)
+    loss = resolve_loss(loss, reference, masks=[padding_mask(b) for b in calibration])
     table = {}
     for name, sizes in options.items():
         with kept_partitions(imodel):

@@ -119,7 +119,10 @@ class Capture(fx.Interpreter):
             else:  # placeholders take the inputs again, in order; the nodes before the stop
                 # whose values were freed (every user ran) are marked done
                 env = {n: env.get(n) for n in self.graph.nodes if self.order[n.name] < last and n.op != "placeholder"}
-        flat = self.module.graph._codegen.process_inputs(*inputs)
+        kwargs = getattr(inputs, "kwargs", None) or {}  # keyword inputs follow, in the traced order
+        info = getattr(self.module.graph._codegen, "pytree_info", None)
+        order = [n for n in info.orig_args if n in kwargs] if info is not None and kwargs else list(kwargs)
+        flat = self.module.graph._codegen.process_inputs(*inputs, *(kwargs[n] for n in order))
         try:
             self.run(*flat, initial_env=env)
         except Stop as stop:

@@ -39,6 +39,7 @@ from torch.utils import _pytree as pytree
 
 from ..graph.kinds import node_kind
 from ..training.distill import Distillation
+from ..model.inputs import padding_mask, position_mask, run
 from ..model.integral_model import IntegralModel
 
 __all__ = ["Importance", "activation_importance", "channel_importance", "fisher_curves", "measure_importance"]
@@ -196,6 +197,10 @@ def activation_importance(imodel: IntegralModel, batches: Sequence[tuple]) -> di
     return measure_importance(imodel, batches, fisher=False).activation
 
 
+def _masked(t: Tensor, mask: Tensor | None) -> Tensor:
+    return t if mask is None else t * mask
+
+
 def _cotangent(out: Tensor, ref: Tensor, loss: Distillation, gen: torch.Generator) -> Tensor:
     """A random cotangent whose covariance is half the loss's Hessian at ``out == ref``."""
     if loss.kind == "kl":
@@ -237,13 +242,15 @@ def measure_importance(imodel: IntegralModel, batches: Sequence[tuple], loss: Di
         for i, b in enumerate(batches):
             mode.taylor = {}
             with torch.set_grad_enabled(fisher), mode:
-                out = full(*b)
+                out = run(full, b)
             if fisher:
                 ref = reference[i] if reference is not None and i < len(reference) else pytree.tree_map(
                     lambda t: t.detach() if isinstance(t, Tensor) else t, out)
                 outs = [o for o in pytree.tree_leaves(out) if isinstance(o, Tensor) and o.is_floating_point()]
                 refs = [r for r in pytree.tree_leaves(ref) if isinstance(r, Tensor) and r.is_floating_point()]
-                total = sum((o * _cotangent(o, r, loss, gen)).sum() for o, r in zip(outs, refs))
+                mask = padding_mask(b)  # padded positions carry no gradient
+                total = sum((o * _masked(_cotangent(o, r, loss, gen), position_mask(mask, o))).sum()
+                            for o, r in zip(outs, refs))
                 terms.clear()
                 read.clear()
                 read.update(a.group for name, d in mode.dims.items() for seg in plans[name][d] for a in seg

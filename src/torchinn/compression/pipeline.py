@@ -46,7 +46,7 @@ from ..training.loop import split_validation
 from ..sizing.metrics import count_flops, measure_latency
 from ..sizing.rounding import Multiple, check_multiple, resolve_multiple
 from .starts import STARTS, check_starts, distill_error, kept_partitions
-from ..model.inputs import batch_inputs
+from ..model.inputs import as_inputs, batch_inputs, padding_mask, run
 from ..training.train import TuneConfig, finetune, make_grid_trainable, tune_grid
 
 __all__ = ["CompressReport", "compress"]
@@ -167,7 +167,7 @@ def _calibration(calibration: Iterable[Any] | None, example_inputs: tuple, tune:
     """(all the batches, the training ones, the held-out ones or ``None``): a one-shot iterator is
     read into a list first; a list's last ``holdout`` share is held out (:func:`split_validation`)."""
     if calibration is None:  # one batch: (inputs, no labels), so that several inputs stay inputs
-        return [(tuple(example_inputs),)], [(tuple(example_inputs),)], None
+        return [(example_inputs,)], [(example_inputs,)], None
     if iter(calibration) is calibration:  # one shot: keep what is needed to choose, validate and tune
         kept = []
         for batch in calibration:
@@ -205,7 +205,7 @@ def _choice_batches(full: nn.Module, train: Iterable[Any], example_inputs: tuple
     t0 = time.perf_counter()
     with torch.no_grad():
         for b in batches:
-            reference.append(full(*b))
+            reference.append(run(full, b))
             per_batch = (time.perf_counter() - t0) / len(reference)
             if per_batch * (len(reference) + 1) > CHOICE_PASSES_SHARE * bound:
                 break
@@ -221,7 +221,7 @@ def _split(total: TuneConfig, share: float) -> TuneConfig | None:
     return dataclasses.replace(total, steps=steps, seconds=seconds)
 
 
-def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0.5,
+def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any], target: float = 0.5,
              metric: Metric = "params", *, calibration: Iterable[Any] | None = None,
              tune: TuneConfig | None | Literal[False] = None, config: ConvertConfig | None = None,
              min_ratio: float = 0.1, sizes: Mapping[str, int] | None = None,
@@ -229,6 +229,13 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
              multiple: Multiple = 1, graph: bool = False) -> tuple[nn.Module, CompressReport]:
     """Convert ``model``, shrink it to ``target`` times the ``metric``, tune on ``calibration``
     (default: the example inputs) and return ``(plain_model, report)``.
+
+    ``example_inputs`` is a tensor, a tuple of positional inputs or a dict of keyword inputs
+    (``{"input_ids": ids, "attention_mask": mask}``: a transformers model is converted and called
+    with them, as :func:`torchinn.convert` does). ``calibration`` yields batches: tensors,
+    ``(inputs, labels)`` pairs or dicts of keyword inputs as a Hugging Face collator gives them
+    (``labels`` left out; :func:`torchinn.model.inputs.batch_inputs`). Where a batch has an
+    ``attention_mask``, its padded positions count in no loss or choice (docs/decisions/transformers.md).
 
     ``tune=None`` tunes for 60 s (half grid, half weights: ``TuneConfig.weights_share``).
     ``TuneConfig.seconds`` bounds everything after the conversion: the choices of sizes and
@@ -260,12 +267,7 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
     graph module. ``report.after`` is the metric of the graph module, batch norms folded: what
     the budget counts.
     """
-    if isinstance(example_inputs, Tensor):
-        example_inputs = (example_inputs,)
-    if isinstance(example_inputs, Mapping):
-        raise TypeError(f"compress passes inputs by position: give example_inputs as a tensor or a tuple "
-                        f"(in the order of forward's parameters), got a dict of keyword inputs "
-                        f"{sorted(example_inputs)}")
+    example_inputs = as_inputs(example_inputs)
     check_budget(target, metric, min_ratio)  # before the conversion, and also when sizes are given
     check_starts(starts)
     if not isinstance(multiple, Mapping):
@@ -293,11 +295,13 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor, target: float = 0
     if tune is False or tune.seconds is None:  # no time budget given: a bound that one pass fits in
         bound = max(bound, NO_TUNE_PASSES * per_batch)
     # one loss (and temperature) for every choice and both tuning stages, from the teacher's outputs
-    loss = resolve_loss(tune.loss, reference, tune.temperature) if tune is not False else resolve_loss("auto", reference)
+    masks = [padding_mask(b) for b in cal]  # padded positions tell nothing about the loss to use
+    loss = resolve_loss(tune.loss if tune is not False else "auto", reference,
+                        tune.temperature if tune is not False else None, masks)
     # held out from every choice; a loader that is not a list: the two batches after the choice ones
     judge = [batch_inputs(b) for b in ((held_out or []) if isinstance(source, Sequence) else _first(source, 2, len(cal)))]
     with torch.no_grad():
-        judged = [full(*b) for b in judge]
+        judged = [run(full, b) for b in judge]
     fit = ([batch_inputs(b) for b in train_source[:FIT_BATCHES]] if isinstance(train_source, Sequence) else list(cal))
     if sizes is not None:
         with kept_partitions(imodel):  # checked and rounded as resize does it

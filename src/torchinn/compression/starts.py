@@ -42,6 +42,7 @@ from torch import Tensor
 
 from ..training.distill import Distillation
 from .importance import Importance, activation_importance, channel_importance, measure_importance
+from ..model.inputs import padding_mask, run
 from ..model.integral_model import IntegralModel
 from ..options import check_choice, check_number
 from ..maths.partition import Partition, UniformPartition
@@ -77,7 +78,7 @@ def distill_error(imodel: Any, batches: Sequence[tuple], reference: Sequence[Any
     err = 0.0
     with torch.no_grad():
         for inputs, ref in zip(batches, reference):
-            err += loss.error(imodel(*inputs), ref)
+            err += loss.error(run(imodel, inputs), ref, padding_mask(inputs))
     return err / max(1, len(batches))
 
 
@@ -105,7 +106,7 @@ def full_outputs(imodel: IntegralModel, batches: Sequence[tuple]) -> list[Any]:
         for n, p in imodel.full_partitions().items():
             imodel.set_partition(n, p)
         with torch.no_grad():
-            return [imodel(*b) for b in batches]
+            return [run(imodel, b) for b in batches]
 
 
 def start_partition(p: Partition, size: int, kind: str, scores: Tensor | None) -> Partition:

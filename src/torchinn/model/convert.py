@@ -41,6 +41,7 @@ from ..maths.quadrature import QUADRATURES
 from ..discrete.rebuild import make_original
 from ..maths.structured import DimPlan, StructuredFunction
 from .exactness import check_exact, same_at_batch_one
+from .inputs import Inputs
 from .tsp import check_solver
 
 __all__ = ["ConvertConfig", "convert", "UnsupportedOpError"]
@@ -239,11 +240,16 @@ def _inputs(example_inputs: object, kwargs: Mapping[str, object] | None) -> tupl
     keyword inputs (``{"input_ids": ids}``), plus optional ``kwargs``."""
     if isinstance(example_inputs, Tensor):
         example_inputs = (example_inputs,)
+    if isinstance(example_inputs, Inputs) and example_inputs.kwargs:  # what compress passes on
+        if kwargs:
+            raise TypeError("pass keyword inputs either in example_inputs or as kwargs, not both")
+        example_inputs, kwargs = tuple(example_inputs), example_inputs.kwargs
     if isinstance(example_inputs, Mapping):
         if kwargs:
             raise TypeError("pass keyword inputs either as example_inputs (a dict) or as kwargs, "
                             f"not both (got keys {sorted(example_inputs)} and {sorted(kwargs)})")
         example_inputs, kwargs = (), example_inputs
+    example_inputs = tuple(example_inputs) if isinstance(example_inputs, tuple) else example_inputs
     if not isinstance(example_inputs, tuple):
         raise TypeError(f"example_inputs must be a tuple of inputs, a tensor or a dict of keyword "
                         f"inputs, got {type(example_inputs).__name__}")

@@ -8,6 +8,13 @@ was not converted with, with close matches for typos; the missing ones; the inpu
 shape); :func:`check_batches` checks calibration batches with their dtypes before any of them
 runs, naming the batch (``compress``, ``choose_sizes``, ``tune_grid``, ``recalibrate_bn``).
 
+A batch is what a data loader yields: a tensor, an ``(inputs, labels)`` pair, or keyword inputs
+as a Hugging Face collator gives them (a dict or a ``BatchEncoding`` of ``input_ids``,
+``attention_mask``, ...; its ``labels`` are not an input). :func:`batch_inputs` reads the model's
+inputs out of any of them as :class:`Inputs` (positional ones, and keyword ones in ``.kwargs``),
+which :func:`run` calls a model with; :func:`padding_mask` is a batch's ``attention_mask``,
+with which the distillation losses leave out padded positions.
+
 >>> import torch, torchinn as inn
 >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
 >>> imodel = inn.convert(net, (torch.randn(2, 4),))
@@ -33,7 +40,69 @@ from ..graph.guards import violation
 if TYPE_CHECKING:
     from .integral_model import IntegralModel
 
-__all__ = ["batch_inputs", "check_batches", "input_problem", "traced_order"]
+__all__ = ["LABEL_KEYS", "Inputs", "as_inputs", "batch_inputs", "check_batches", "input_problem", "padding_mask",
+           "position_mask", "run", "traced_order"]
+
+#: keys of a dict batch that are labels, not inputs (what Hugging Face collators and ``Trainer`` use)
+LABEL_KEYS = ("labels", "label", "label_ids")
+
+
+class Inputs(tuple):
+    """The inputs of one call: a tuple of positional inputs with the keyword ones in ``kwargs``;
+    :func:`run` calls ``model(*inputs, **inputs.kwargs)``.
+
+    >>> x = Inputs((), {"input_ids": 1})
+    >>> len(x), x.kwargs
+    (0, {'input_ids': 1})
+    """
+
+    kwargs: dict[str, Any]
+
+    def __new__(cls, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None) -> Inputs:
+        self = super().__new__(cls, args)
+        self.kwargs = dict(kwargs or {})
+        return self
+
+    def __bool__(self) -> bool:  # keyword inputs alone are inputs
+        return bool(len(self) or self.kwargs)
+
+    def __repr__(self) -> str:
+        return f"Inputs({tuple(self)!r}, {self.kwargs!r})"
+
+    def __reduce__(self) -> tuple:
+        return (Inputs, (tuple(self), self.kwargs))
+
+
+def as_inputs(example_inputs: Any, what: str = "example_inputs") -> Inputs:
+    """:class:`Inputs` from what ``compress`` and ``choose_sizes`` take as the example: a tensor, a
+    tuple (or list) of positional inputs, or a dict (``BatchEncoding`` too) of keyword inputs
+    (``{"input_ids": ids, "attention_mask": mask}``), which is kept whole.
+
+    >>> as_inputs({"input_ids": 1}).kwargs
+    {'input_ids': 1}
+    >>> as_inputs("ids")
+    Traceback (most recent call last):
+    ...
+    TypeError: example_inputs must be a tensor, a tuple of positional inputs or a dict of keyword inputs ({'input_ids': ids, 'attention_mask': mask}), got str
+    """
+    if isinstance(example_inputs, Inputs):
+        return example_inputs
+    if isinstance(example_inputs, Tensor):
+        return Inputs((example_inputs,))
+    if isinstance(example_inputs, Mapping):
+        bad = [k for k in example_inputs if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"{what} as a dict holds keyword inputs, whose names must be str; got keys {bad!r}")
+        return Inputs((), example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return Inputs(tuple(example_inputs))
+    raise TypeError(f"{what} must be a tensor, a tuple of positional inputs or a dict of keyword inputs "
+                    f"({{'input_ids': ids, 'attention_mask': mask}}), got {type(example_inputs).__name__}")
+
+
+def run(model: Any, inputs: Sequence[Any]) -> Any:
+    """``model(*inputs, **inputs.kwargs)`` for :class:`Inputs`, ``model(*inputs)`` for a tuple."""
+    return model(*inputs, **getattr(inputs, "kwargs", {}))
 
 
 def _traced_call(in_spec: pytree.TreeSpec) -> tuple[int, list[str]] | None:
@@ -143,28 +212,74 @@ def input_problem(imodel: IntegralModel, args: tuple, kwargs: Mapping[str, Any],
     return flat, problem
 
 
-def batch_inputs(batch: Any) -> tuple:
-    """The model inputs in a batch: a tensor, or the first element of a ``(inputs, labels)`` pair."""
+def _keyword(batch: Mapping[Any, Any]) -> Inputs:
+    bad = [k for k in batch if not isinstance(k, str)]
+    if bad:
+        raise TypeError(f"a dict batch holds keyword inputs, whose names must be str; got keys {bad!r}")
+    return Inputs((), {k: v for k, v in batch.items() if k not in LABEL_KEYS})
+
+
+def batch_inputs(batch: Any) -> Inputs:
+    """The model inputs in a batch: a tensor; the first element of an ``(inputs, labels)`` pair
+    (a tensor, a tuple of them, or a dict of keyword inputs); or a dict of keyword inputs (a
+    ``BatchEncoding`` too) whose :data:`LABEL_KEYS` are left out.
+
+    >>> import torch
+    >>> batch_inputs({"input_ids": torch.ones(2, 3, dtype=torch.long), "labels": torch.zeros(2, 3)}).kwargs.keys()
+    dict_keys(['input_ids'])
+    """
+    if isinstance(batch, Inputs):
+        return batch
     if isinstance(batch, Tensor):
-        return (batch,)
+        return Inputs((batch,))
+    if isinstance(batch, Mapping):
+        return _keyword(batch)
     if isinstance(batch, (tuple, list)) and batch:
         first = batch[0]
-        return tuple(first) if isinstance(first, (tuple, list)) else (first,)
-    if isinstance(batch, dict):
-        raise TypeError("dict batches need a loss_fn and an inputs function; pass (inputs, labels) pairs")
-    raise TypeError(f"cannot find the inputs in a batch of type {type(batch).__name__}")
+        if isinstance(first, Inputs):
+            return first
+        if isinstance(first, Mapping):
+            return _keyword(first)
+        return Inputs(tuple(first)) if isinstance(first, (tuple, list)) else Inputs((first,))
+    raise TypeError(f"cannot find the inputs in a batch of type {type(batch).__name__}: give a tensor, an "
+                    "(inputs, labels) pair or a dict of keyword inputs")
+
+
+def padding_mask(inputs: Any) -> Tensor | None:
+    """The ``attention_mask`` keyword input of a batch (any form :func:`batch_inputs` reads) when it
+    is a ``(batch, positions)`` tensor of 0 (padding) and 1; else ``None``."""
+    try:
+        mask = batch_inputs(inputs).kwargs.get("attention_mask")
+    except TypeError:
+        return None
+    if not isinstance(mask, Tensor) or mask.ndim != 2:
+        return None
+    return mask
+
+
+def position_mask(mask: Tensor | None, output: Tensor) -> Tensor | None:
+    """``mask`` (``(batch, positions)``) shaped to multiply ``output`` when ``output`` has a vector
+    per position (``(batch, positions, ...)``: per-token logits, hidden states); else ``None``
+    (a pooled ``(batch, features)`` output is not masked, even where ``features`` is the length)."""
+    if mask is None or output.ndim < 3 or tuple(output.shape[:2]) != tuple(mask.shape):
+        return None
+    return (mask != 0).to(output.dtype).reshape(*mask.shape, *([1] * (output.ndim - 2)))
 
 
 def check_batches(imodel: IntegralModel, batches: Sequence[tuple], what: str = "calibration batch",
                   first: int = 0) -> None:
-    """Raise ``ValueError`` naming the first of ``batches`` (tuples of positional inputs, numbered
-    from ``first``) that ``imodel`` would refuse, whose dtypes differ from the converted ones, or
-    that is empty (a tensor of 0 rows: a loss over no samples is not a number)."""
+    """Raise ``ValueError`` naming the first of ``batches`` (:class:`Inputs` or tuples of positional
+    inputs, numbered from ``first``) that ``imodel`` would refuse, whose dtypes differ from the
+    converted ones, or that is empty (a tensor of 0 rows: a loss over no samples is not a number)."""
     for k, inputs in enumerate(batches, first):
-        flat, problem = input_problem(imodel, tuple(inputs), {}, dtypes=True)
+        flat, problem = input_problem(imodel, tuple(inputs), getattr(inputs, "kwargs", {}), dtypes=True)
         empty = next((i for i, x in enumerate(flat) if isinstance(x, Tensor) and x.ndim and not x.shape[0]), None)
         if problem is None and empty is not None:
             problem = (f"input {empty} has shape {tuple(flat[empty].shape)}: an empty batch (0 rows); "
                        "drop it (a slice past the end of the data gives one)")
+        mask = padding_mask(inputs)
+        if problem is None and mask is not None and not bool((mask != 0).any()):
+            problem = (f"its attention_mask of shape {tuple(mask.shape)} is all 0: every position is padding, so "
+                       "there is nothing to compare; drop the batch")
         if problem is not None:
             raise ValueError(f"{what} {k}: {problem}")

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from ..graph.norms import batch_norm_kind
-from .inputs import batch_inputs, input_problem
+from .inputs import batch_inputs, input_problem, run
 from .integral_model import IntegralModel
 from ..maths.partition import Partition
 from ..maths.structured import StructuredFunction
@@ -107,7 +107,7 @@ def _recalibrate_plain(model: nn.Module, batches: Iterable[Any]) -> int:
             m.train()
         with torch.no_grad():
             for batch in batches:
-                model(*_inputs(batch))
+                run(model, _inputs(batch))
                 count += 1
     finally:
         for m, mode in modes.items():
@@ -151,7 +151,8 @@ def _recalibrate_integral(model: Any, batches: Iterable[Any]) -> int:
         tensors = list(tensors)
         sizes = list(model.sizes().values())
         for batch in batches:
-            flat, problem = input_problem(model, _inputs(batch), {}, dtypes=True)
+            inputs = _inputs(batch)
+            flat, problem = input_problem(model, inputs, inputs.kwargs, dtypes=True)
             if problem is not None:
                 raise ValueError(f"batch {count}: {problem}")
             for n in names:  # fresh tensors: the graph writes the batch statistics into them

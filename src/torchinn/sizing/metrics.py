@@ -23,10 +23,16 @@ __all__ = ["Metric", "count_flops", "flops_by_tensor", "measure_latency"]
 Metric = Literal["params", "flops", "latency"]
 
 
+def _kwargs(inputs: tuple) -> dict[str, Any]:
+    """The keyword inputs of a :class:`torchinn.model.inputs.Inputs` (a tuple carrying them in
+    ``.kwargs``), none for a plain tuple."""
+    return dict(getattr(inputs, "kwargs", None) or {})
+
+
 def count_flops(model: nn.Module, inputs: tuple) -> int:
     """FLOPs of one forward pass, counted by ``torch.utils.flop_counter``."""
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(*inputs)
+        model(*inputs, **_kwargs(inputs))
     return counter.get_total_flops()
 
 
@@ -38,7 +44,7 @@ def measure_latency(model: nn.Module, inputs: tuple, *, repeats: int = 10, warmu
     with torch.no_grad():
         for i in range(warmup + repeats):
             t0 = time.perf_counter()
-            model(*inputs)
+            model(*inputs, **_kwargs(inputs))
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]
@@ -51,7 +57,7 @@ def flops_by_tensor(model: nn.Module, inputs: tuple) -> tuple[dict[str, int], in
               for n, t in list(model.named_parameters()) + list(model.named_buffers())}
     mode = _FlopsByTensor(owners)
     with mode, torch.no_grad():
-        model(*inputs)
+        model(*inputs, **_kwargs(inputs))
     return mode.by_tensor, mode.other
 
 

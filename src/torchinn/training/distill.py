@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils import _pytree as pytree
 
+from ..model.inputs import Inputs, padding_mask, position_mask
 from ..options import check_choice, check_number
 
 __all__ = ["CONFIDENCE", "Distillation", "LOGIT_ENTROPY", "LOSS_CHOICES", "MAX_TEMPERATURE", "MIN_ROWS",
@@ -72,9 +73,22 @@ def _leaves(output: Any) -> list[Tensor]:
     return [o for o in pytree.tree_leaves(output) if isinstance(o, Tensor) and o.is_floating_point()]
 
 
+def _mean(x: Tensor, mask: Tensor | None) -> Tensor:
+    """The mean of ``x``, over the positions ``mask`` keeps (:func:`position_mask`) when given;
+    what padded positions hold (even NaN) does not count."""
+    if mask is None:
+        return x.mean()
+    kept = mask.expand_as(x) != 0
+    return torch.where(kept, x, torch.zeros((), dtype=x.dtype, device=x.device)).sum() / kept.sum().clamp_min(1)
+
+
 def distillation_loss(output: Any, batch: Any, teacher_output: Any) -> Tensor:
-    """Mean squared error between the outputs and the teacher's, over every output tensor."""
-    losses = [F.mse_loss(o, t) for o, t in zip(_leaves(output), _leaves(teacher_output))]
+    """Mean squared error between the outputs and the teacher's, over every output tensor; an
+    output with a value per position leaves out the positions the batch's ``attention_mask``
+    marks as padding (:func:`torchinn.model.inputs.padding_mask`)."""
+    mask = padding_mask(batch)
+    losses = [F.mse_loss(o, t) if mask is None else _mean((o - t) ** 2, position_mask(mask, o))
+              for o, t in zip(_leaves(output), _leaves(teacher_output))]
     if not losses:
         raise ValueError("the model has no floating-point outputs to distil")
     return torch.stack(losses).sum()
@@ -84,13 +98,24 @@ def kl_distillation_loss(output: Any, batch: Any, teacher_output: Any, temperatu
     """``temperature**2`` times the KL divergence from the teacher's softmax at ``temperature``
     to the output's (over the last dimension; Hinton et al.'s distillation), summed over every
     output tensor: for class logits, where it follows accuracy far better than the squared error
-    (which punishes a uniform shrink of the logits that leaves every prediction as it was)."""
+    (which punishes a uniform shrink of the logits that leaves every prediction as it was).
+    Averaged over rows; per-position logits leave out the positions the batch's
+    ``attention_mask`` marks as padding."""
     # in float64: near the optimum float32 rounding makes the sum of p_t (log p_t - log p_s) come
     # out slightly negative
     t = float(temperature)
-    losses = [(F.kl_div(F.log_softmax(o.double() / t, -1), F.log_softmax(r.double() / t, -1), log_target=True,
-                        reduction="sum") * (t * t) / max(1, o[..., 0].numel())).clamp_min(0.0).to(o.dtype)
-              for o, r in zip(_leaves(output), _leaves(teacher_output))]
+    mask = padding_mask(batch)
+    losses = []
+    for o, r in zip(_leaves(output), _leaves(teacher_output)):
+        m = position_mask(mask, o)
+        if m is None:
+            kl = F.kl_div(F.log_softmax(o.double() / t, -1), F.log_softmax(r.double() / t, -1), log_target=True,
+                          reduction="sum") / max(1, o[..., 0].numel())
+        else:
+            rows = F.kl_div(F.log_softmax(o.double() / t, -1), F.log_softmax(r.double() / t, -1), log_target=True,
+                            reduction="none").sum(-1)
+            kl = _mean(rows, m[..., 0])
+        losses.append((kl * (t * t)).clamp_min(0.0).to(o.dtype))
     if not losses:
         raise ValueError("the model has no floating-point outputs to distil")
     return torch.stack(losses).sum()
@@ -180,10 +205,17 @@ class Distillation:
             return kl_distillation_loss(output, batch, teacher_output, self.temperature)
         return distillation_loss(output, batch, teacher_output)
 
-    def error(self, output: Any, reference: Any) -> float:
+    def error(self, output: Any, reference: Any, mask: Tensor | None = None) -> float:
+        """``mask``: the batch's ``attention_mask`` (:func:`torchinn.model.inputs.padding_mask`),
+        whose padded positions are left out."""
+        batch = None if mask is None else Inputs((), {"attention_mask": mask})
         if self.kind == "kl":
-            return float(kl_distillation_loss(output, None, reference, self.temperature))
-        return sum(float(((o - r) ** 2).mean() / (r**2).mean().clamp_min(1e-12))
+            return float(kl_distillation_loss(output, batch, reference, self.temperature))
+        if mask is None:
+            return sum(float(((o - r) ** 2).mean() / (r**2).mean().clamp_min(1e-12))
+                       for o, r in zip(_leaves(output), _leaves(reference)))
+        return sum(float(_mean((o - r) ** 2, position_mask(mask, o))
+                         / _mean(r**2, position_mask(mask, o)).clamp_min(1e-12))
                    for o, r in zip(_leaves(output), _leaves(reference)))
 
     def __str__(self) -> str:
@@ -191,15 +223,30 @@ class Distillation:
         return what + (f" ({self.note})" if self.note else "")
 
 
-def resolve_loss(loss: str | Distillation, reference: Sequence[Any], temperature: float | None = None) -> Distillation:
+def _unpadded(reference: Sequence[Any], masks: Sequence[Tensor | None]) -> list[Any]:
+    """The floating outputs of each batch, each with a vector per position cut down to the
+    positions its mask keeps (``(kept positions, ...)``)."""
+    out = []
+    for ref, mask in zip(reference, masks):
+        leaves = _leaves(ref)
+        kept = [position_mask(mask, o) for o in leaves]
+        out.append([o if m is None else o[(m.reshape(m.shape[:2]) != 0)] for o, m in zip(leaves, kept)])
+    return out
+
+
+def resolve_loss(loss: str | Distillation, reference: Sequence[Any], temperature: float | None = None,
+                 masks: Sequence[Tensor | None] | None = None) -> Distillation:
     """The :class:`Distillation` that ``loss`` (``"auto"``, ``"mse"``, ``"kl"`` or one already
     resolved, returned as it is) means for a teacher whose outputs on the calibration batches are
     ``reference``. ``temperature`` fixes the temperature of ``"kl"`` (and of ``"auto"`` for class
     logits); ``None`` fits it (:func:`fit_temperature`). ``"kl"`` with logits that stay saturated
     at :data:`MAX_TEMPERATURE` keeps that temperature; ``"auto"`` then compares the logits by
-    squared error."""
+    squared error. ``masks`` (one ``attention_mask`` or ``None`` per batch of ``reference``) leave
+    the outputs at padded positions out of these choices."""
     if isinstance(loss, Distillation):
         return loss
+    if masks is not None and any(m is not None for m in masks):
+        reference = _unpadded(reference, masks)
     check_choice(loss, LOSS_CHOICES, "loss")
     if temperature is not None:
         check_number(temperature, "temperature", 0, low_open=True)

@@ -48,7 +48,7 @@ from torch.utils import _pytree as pytree
 
 from . import loop
 from .distill import LOSS_CHOICES, distillation_loss, kl_distillation_loss, loss_kind
-from ..model.inputs import batch_inputs, check_batches
+from ..model.inputs import batch_inputs, check_batches, run
 from ..model.integral_model import IntegralModel
 from .loop import split_validation
 from ..options import check_choice, check_number
@@ -334,11 +334,11 @@ def _fit(model: nn.Module, inner: nn.Module, groups: list[dict], loader: Iterabl
     validate: Callable[[], float] | None = None
     if held_out:
         with torch.no_grad():
-            targets = [teacher(*batch_inputs(b)) for b in held_out]
+            targets = [run(teacher, batch_inputs(b)) for b in held_out]
 
         def validate_held_out() -> float:
             with torch.no_grad():
-                return sum(float(loss_fn(inner(*batch_inputs(b)), b, t)) for b, t in zip(held_out, targets)) / len(held_out)
+                return sum(float(loss_fn(run(inner, batch_inputs(b)), b, t)) for b, t in zip(held_out, targets)) / len(held_out)
 
         validate = validate_held_out
 
@@ -355,12 +355,12 @@ def _fit(model: nn.Module, inner: nn.Module, groups: list[dict], loader: Iterabl
         target = cache.get(id(batch)) if cache is not None else None
         if target is None:
             with torch.no_grad():
-                target = teacher(*inputs)
+                target = run(teacher, inputs)
             size = sum(t.numel() * t.element_size() for t in pytree.tree_leaves(target) if isinstance(t, Tensor))
             if cache is not None and size <= room[0]:
                 cache[id(batch)] = target
                 room[0] -= size
-        return loss_fn(model(*inputs), batch, target)
+        return loss_fn(run(model, inputs), batch, target)
 
     params = [p for g in groups for p in g["params"]]
     optimizer = torch.optim.Adam(groups)
