@@ -12,7 +12,6 @@ split). Arguments holding channel counts are rewritten from the current sizes.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -240,21 +239,16 @@ def _repeat(an: Analysis, node: fx.Node) -> Label:
     return out
 
 
-def _interleave_count(an: Analysis, node: fx.Node, x: list[Struct], d: int | None) -> int | None:
-    """How many times ``repeat_interleave`` repeats each element, if it is the same for all."""
+def _interleave_count(an: Analysis, node: fx.Node) -> int | None:
+    """How many times ``repeat_interleave`` repeats every element, if that is one count: an int,
+    or a one-element tensor of counts that is a constant of the network (a buffer)."""
     repeats = node.args[1]
-    if not isinstance(repeats, fx.Node) or isinstance(repeats.meta.get("val"), (int, torch.SymInt)):
+    if not isinstance(repeats, fx.Node) or not isinstance(repeats.meta.get("val"), torch.Tensor):
         return hint(repeats)
-    val = repeats.meta.get("val")
-    n_in = an.size(x[d]) if d is not None else math.prod(an.size(s) for s in x)
-    n_out = an.shape(node)[d if d is not None else 0]
-    if isinstance(val, torch.Tensor) and val.numel() == 1:  # one count for every element
-        return n_out // n_in
+    an.pin(an.tensor_label(repeats), node, "the counts of repeat_interleave")
     name = an.traced.source.get(repeats)
     counts = an.traced.tensors.get(name) if name is not None else None
-    if isinstance(counts, torch.Tensor) and counts.numel() == n_in and bool((counts == counts.flatten()[0]).all()):
-        return int(counts.flatten()[0])
-    return None
+    return int(counts.flatten()[0]) if isinstance(counts, torch.Tensor) and counts.numel() == 1 else None
 
 
 @register_op(aten.repeat_interleave)
@@ -264,7 +258,7 @@ def _repeat_interleave(an: Analysis, node: fx.Node) -> Label:
     ``x[:, :, None].expand(..., r, ...).reshape(...)`` (transformers' ``repeat_kv``): under
     grouped-query attention the query heads are ``(key/value heads x queries per key/value head)``
     and removing a key/value head removes its queries. Without ``dim`` the input is flattened
-    first. Counts that differ between elements (a tensor of counts) cannot follow channels."""
+    first. A tensor of one count per element keeps those elements whole (its length is theirs)."""
     if node.target is aten.repeat_interleave.Tensor:  # repeat_interleave(counts): indices
         lab = an.tensor_label(node.args[0])
         return an.fixed_label(node.meta.get("val")) if lab is None else pin_fixed(
@@ -272,12 +266,9 @@ def _repeat_interleave(an: Analysis, node: fx.Node) -> Label:
     x = arg_label(an, node)
     d = node_arg(node, 2, "dim")
     d = d % len(x) if d is not None and x else None
-    r = _interleave_count(an, node, x, d)
+    r = _interleave_count(an, node)
     if r is None:
-        touched = x if d is None else [x[d]]
-        if not any(an.has_var(an.resolve(s)) for s in touched):
-            return an.fixed_label(node.meta.get("val"))
-        return an.unsupported(node, "repeat_interleave with different counts per channel")
+        return pin_fixed(an, node, x if d is None else [x[d]], "repeat_interleave with a tensor of counts")
     out = [an.resolve(Prod(tuple(x) + (Fixed(r),)))] if d is None else (
         list(x[:d]) + [an.resolve(Prod((x[d], Fixed(r))))] + list(x[d + 1:]))
     k = 0 if d is None else d
