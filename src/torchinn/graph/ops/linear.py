@@ -1,5 +1,6 @@
 """Handlers for linear maps: linear, convolutions (plain, transposed, grouped, depthwise),
-matmul/bmm/addmm, einsum, scaled dot-product attention and embedding (see :mod:`.analysis`).
+matmul/bmm/addmm, the outer product, einsum, scaled dot-product attention and embedding (see
+:mod:`.analysis`).
 
 These are the ops that contract a channel axis against a weight: each handler unifies the
 input's channel axis with the weight's, records the integration (or contraction) over it, and
@@ -166,6 +167,21 @@ def _addmm(an: Analysis, node: fx.Node) -> Label:
             if an.size(s) == an.size(out[off + i]) and an.size(s) != 1:
                 an.unify(s, out[off + i], node)
     return out
+
+
+@register_op(*[getattr(aten, n) for n in ("outer", "ger") if hasattr(aten, n)])
+def _outer(an: Analysis, node: fx.Node) -> Label:
+    """``outer(a, b)[i, j] = a[i] * b[j]``: the first input's axis is the output's rows, the
+    second's its columns; nothing is summed. A buffer or constant operand (the inverse
+    frequencies of RoPE, ``outer(positions, inv_freq)``) is a table of frequencies or positions,
+    not channels: its axis stays at full size. A parameter's or an activation's axis goes
+    through."""
+    labs = [arg_label(an, node, 0), arg_label(an, node, 1)]
+    for i, lab in enumerate(labs):
+        name = an.traced.source.get(node.args[i])
+        if name is not None and name not in an.traced.trainable:
+            an.pin(lab, node, f"'{name}' is a table of positions or frequencies in an outer product")
+    return [labs[0][0], labs[1][0]]
 
 
 @register_op(aten.einsum)

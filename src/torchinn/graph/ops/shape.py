@@ -1,4 +1,5 @@
-"""Handlers for shape operations: view/reshape/flatten, permutations, expand, cat/stack (see
+"""Handlers for shape operations: view/reshape/flatten, permutations, expand, repeat and
+repeat_interleave, cat/stack (see
 :mod:`..analysis`; split, chunk, slicing and indexing are in :mod:`.slicing`).
 
 ``view`` and ``reshape`` are matched factor by factor (row-major): merging keeps each factor's
@@ -19,7 +20,7 @@ from torch import fx
 from ..analysis import Analysis, Label, hint
 from ..labels import Cat, Fixed, Prod, Struct, Var  # noqa: F401
 from ..registry import register_op
-from .core import arg_label, pin_fixed
+from .core import arg_label, node_arg, pin_fixed
 
 aten = torch.ops.aten
 
@@ -235,6 +236,51 @@ def _repeat(an: Analysis, node: fx.Node) -> Label:
             if i >= 0:
                 an.pin(x[i], node, "repeat along channels")
             out.append(Fixed(shape[j]))
+    return out
+
+
+def _interleave_count(an: Analysis, node: fx.Node) -> int | None:
+    """How many times ``repeat_interleave`` repeats every element, if that is one count: an int,
+    or a one-element tensor of counts that is a constant of the network (a buffer)."""
+    repeats = node.args[1]
+    if not isinstance(repeats, fx.Node) or not isinstance(repeats.meta.get("val"), torch.Tensor):
+        return hint(repeats)
+    an.pin(an.tensor_label(repeats), node, "the counts of repeat_interleave")
+    name = an.traced.source.get(repeats)
+    counts = an.traced.tensors.get(name) if name is not None else None
+    return int(counts.flatten()[0]) if isinstance(counts, torch.Tensor) and counts.numel() == 1 else None
+
+
+@register_op(aten.repeat_interleave)
+def _repeat_interleave(an: Analysis, node: fx.Node) -> Label:
+    """``repeat_interleave(x, r, dim)``: element ``i`` of ``dim`` becomes elements ``i * r`` to
+    ``i * r + r - 1``, so the output dimension is ``(x's dimension x r)`` row-major, the layout of
+    ``x[:, :, None].expand(..., r, ...).reshape(...)`` (transformers' ``repeat_kv``): under
+    grouped-query attention the query heads are ``(key/value heads x queries per key/value head)``
+    and removing a key/value head removes its queries. Without ``dim`` the input is flattened
+    first. A tensor of one count per element keeps those elements whole (its length is theirs)."""
+    if node.target is aten.repeat_interleave.Tensor:  # repeat_interleave(counts): indices
+        lab = an.tensor_label(node.args[0])
+        return an.fixed_label(node.meta.get("val")) if lab is None else pin_fixed(
+            an, node, lab, "the counts of repeat_interleave (its output is indices)")
+    x = arg_label(an, node)
+    d = node_arg(node, 2, "dim")
+    d = d % len(x) if d is not None and x else None
+    r = _interleave_count(an, node)
+    if r is None:
+        return pin_fixed(an, node, x if d is None else [x[d]], "repeat_interleave with a tensor of counts")
+    out = [an.resolve(Prod(tuple(x) + (Fixed(r),)))] if d is None else (
+        list(x[:d]) + [an.resolve(Prod((x[d], Fixed(r))))] + list(x[d + 1:]))
+    k = 0 if d is None else d
+    if node_arg(node, 3, "output_size") is not None and an.has_var(out[k]):
+        def rewrite(builder: Any, n: fx.Node, args: tuple, kwargs: dict, s: Struct = out[k]) -> tuple:
+            args, kwargs = list(args), dict(kwargs)
+            if len(args) > 3:
+                args[3] = builder.size_of(s)
+            else:
+                kwargs["output_size"] = builder.size_of(s)
+            return n.target, tuple(args), kwargs
+        an.rewrites[node] = rewrite
     return out
 
 
