@@ -133,7 +133,7 @@ def dequantize(shape: tuple[int, ...], kind: int, raw: memoryview) -> np.ndarray
     return (d * q + m).reshape(shape)
 
 
-def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
+def unpermute_rotary(w: np.ndarray, heads: int) -> np.ndarray:
     """Undo llama.cpp's rotary permutation of a query/key weight (rows per head: halves
     interleaved -> halves one after the other, as transformers' rotate_half expects)."""
     return w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
@@ -184,7 +184,7 @@ def state_dict() -> dict[str, Tensor]:
             _, layer, kind_name, _ = name.split(".")
             key = f"model.layers.{layer}.{_NAMES[kind_name]}.weight"
             if kind_name in ("attn_q", "attn_k"):
-                w = _unpermute(w, cfg.num_attention_heads if kind_name == "attn_q" else cfg.num_key_value_heads)
+                w = unpermute_rotary(w, cfg.num_attention_heads if kind_name == "attn_q" else cfg.num_key_value_heads)
         sd[key] = torch.from_numpy(np.ascontiguousarray(w))
     return sd
 
@@ -192,8 +192,10 @@ def state_dict() -> dict[str, Tensor]:
 def load() -> nn.Module:
     """``transformers.LlamaForCausalLM`` with the shipped weights, float32, eval mode."""
     import transformers
+    from transformers.initialization import no_init_weights
 
-    model = transformers.LlamaForCausalLM(config())
+    with no_init_weights():     # every weight is overwritten below (the rotary buffers are still computed)
+        model = transformers.LlamaForCausalLM(config())
     missing, unexpected = model.load_state_dict(state_dict(), strict=False)
     if unexpected or set(missing) - {"lm_head.weight"}:
         raise ValueError(f"{FILE}: weights do not fit LlamaForCausalLM: missing {missing}, unexpected {unexpected}")
