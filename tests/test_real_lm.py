@@ -102,7 +102,8 @@ def test_perplexity_reproduces_on_both_texts(model):
 def test_generates_and_converts_exactly_back_to_its_class(model):
     prompt = "The capital of France is"
     assert smollm2.generate(model, prompt, 3).startswith(" Paris")
-    imodel = inn.convert(model, smollm2.example_inputs())
+    # channels not reordered: the default (reordered) conversion takes ~25 s more; see RESULTS.md
+    imodel = inn.convert(model, smollm2.example_inputs(), inn.ConvertConfig(permute=False, progress=False))
     assert len(imodel.group_names) == 60        # per layer: the 3 key/value heads and the 1536 MLP channels
     x = smollm2.heldout("docstrings")[:1]
     with torch.no_grad():
