@@ -27,11 +27,20 @@ class Uniform(torch.nn.Module):
         return torch.zeros(*ids.shape, 49152)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _free_caches():
+    """The GGUF file, the tokenizer and the token windows are cached by the module: dropped after
+    these tests so that the rest of the suite does not carry them (the suite runs in one process)."""
+    yield
+    for f in (smollm2._gguf, smollm2.tokenizer, smollm2.windows):
+        f.cache_clear()
+
+
 @pytest.fixture(scope="module")
 def model():
     pytest.importorskip("transformers")
     try:
-        return smollm2.load()
+        yield smollm2.load()
     except ImportError as e:
         pytest.skip(str(e))
 
