@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["KINDS", "KIND_NAMES", "LAYER_KINDS", "Kind", "is_view", "check_kind", "kind_of", "node_kind"]
+__all__ = ["KINDS", "KIND_NAMES", "LAYER_KINDS", "Kind", "is_view", "check_kind", "kind_of", "lookup", "node_kind"]
 
 aten = torch.ops.aten
 
@@ -170,15 +170,21 @@ def _table() -> dict[Any, Kind]:
 KINDS: dict[Any, Kind] = _table()
 
 
-def kind_of(target: Any) -> Kind | None:
-    """The kind of ``target`` (an op overload or packet, or a node's target), else None."""
+def lookup(table: dict[Any, Any], target: Any) -> Any:
+    """``table``'s entry for ``target`` (an op overload, else its packet), else None: how the op
+    tables here and in :mod:`.registry` are read."""
     try:
-        if target in KINDS:
-            return KINDS[target]
+        if target in table:
+            return table[target]
     except TypeError:  # unhashable target
         return None
     packet = getattr(target, "overloadpacket", None)
-    return KINDS.get(packet) if packet is not None else None
+    return table.get(packet) if packet is not None else None
+
+
+def kind_of(target: Any) -> Kind | None:
+    """The kind of ``target`` (an op overload or packet, or a node's target), else None."""
+    return lookup(KINDS, target)
 
 
 def node_kind(target: Any, args: Sequence[Any]) -> Kind | None:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import fx
 
-from .kinds import KINDS, Kind, check_kind
+from .kinds import KINDS, Kind, check_kind, lookup
 
 if TYPE_CHECKING:
     from .analysis import Analysis
@@ -109,16 +109,6 @@ def register_op(*targets: Any, view: ViewRule | None = None, kind: Kind | str | 
     return deco
 
 
-def _lookup(table: dict[Any, Any], target: Any) -> Any:
-    try:
-        if target in table:
-            return table[target]
-    except TypeError:  # unhashable target
-        return None
-    packet = getattr(target, "overloadpacket", None)
-    return table.get(packet) if packet is not None else None
-
-
 @functools.cache
 def is_pointwise(target: Any) -> bool:
     """Whether ``torch.Tag.pointwise`` marks this overload, or it is the in-place variant
@@ -143,7 +133,7 @@ def _pointwise(an: Analysis, node: fx.Node) -> Any:
 
 def handler(target: Any) -> Handler | None:
     """The handler of ``target``: its own, its packet's, else the elementwise rule for pointwise ops."""
-    fn = _lookup(OPS, target)
+    fn = lookup(OPS, target)
     if fn is None and is_pointwise(target):
         return _pointwise
     return fn
@@ -151,4 +141,4 @@ def handler(target: Any) -> Handler | None:
 
 def view_rule(target: Any) -> ViewRule | None:
     """The view rule of a view-like op (see :func:`register_op`), else None."""
-    return _lookup(VIEWS, target)
+    return lookup(VIEWS, target)
