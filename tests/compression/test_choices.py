@@ -153,3 +153,32 @@ def test_a_budget_too_short_for_tuning_goes_to_the_choices(monkeypatch):
     _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=tune)
     assert any(s.startswith("tuning (about") and "the choices took the budget" in s for s in report.skipped)
     assert report.seconds["after_convert"] <= 1.05 * 6.0 + 0.5
+
+
+def test_importance_runs_on_the_first_samples_of_a_batch_when_a_whole_one_does_not_fit():
+    from torchinn.compression.importance import measure_importance
+    from torchinn.model.inputs import Inputs, leading_samples, run
+    from torchinn.training.distill import Distillation
+
+    model, inputs, cal = _mlp_and_batches(2, rows=8)
+    imodel = inn.convert(model, inputs, FAST)
+    teacher = imodel.to_discrete(graph=True).eval()
+    batches = [Inputs(b) for b in cal]
+    with torch.no_grad():
+        reference = [run(teacher, b) for b in batches]
+    loss, skipped = Distillation("mse"), []
+    # one batch is said to cost 1 s a pass; the share allows half of one batch's importance pass
+    got = choices._importance(imodel, batches, reference, loss, 0.5 * choices.IMPORTANCE_PASSES, skipped,
+                              teacher, per_batch=1.0)
+    assert got is not None and got.batches == 1
+    assert skipped == [f"importance on the first 4 of 8 samples of one batch only (a whole batch takes about "
+                       f"{choices.IMPORTANCE_PASSES:.1f} s, {0.5 * choices.IMPORTANCE_PASSES:.1f} s allowed)"]
+    alone = measure_importance(imodel, [leading_samples(batches[0], 4)], loss, network=teacher)
+    for g in imodel.group_names:
+        torch.testing.assert_close(got.activation[g], alone.activation[g], rtol=1e-6, atol=0)
+        torch.testing.assert_close(got.fisher[g], alone.fisher[g], rtol=1e-5, atol=1e-12)
+    # less than one sample's share: skipped, and said so
+    skipped.clear()
+    assert choices._importance(imodel, batches, reference, loss, 0.1 * choices.IMPORTANCE_PASSES, skipped,
+                               teacher, per_batch=1.0) is None
+    assert skipped[0].startswith("importance scores (one batch takes about")

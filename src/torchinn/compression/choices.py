@@ -31,12 +31,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
+from torch.utils import _pytree as pytree
 
 from .budget import UnreachableTarget, choose_sizes
 from ..training.distill import Distillation
 from .importance import Importance, measure_importance
 from ..model.integral_model import IntegralModel
+from ..model.inputs import leading_samples
 from .starts import StartChoice, best_start, distill_error, kept_partitions, refine_start
 
 __all__ = ["Choices", "choose"]
@@ -102,17 +104,32 @@ def _importance(imodel: IntegralModel, cal: Sequence[tuple], reference: Sequence
     """The importance scores on the choice batches ``cal``, then on the batches of ``more`` as
     long as ``seconds`` allow (a channel silent on a few batches may not be on others)."""
     guess = IMPORTANCE_PASSES * per_batch
-    if guess > seconds:
-        skipped.append(f"importance scores (one batch takes about {guess:.1f} s, {seconds:.1f} s allowed): "
-                       "sizes from one ratio, starts without data")
-        return None
+    batches, reference = list(cal) + list(more), list(reference)
+    if guess > seconds:  # the first samples of one batch, as many as the share allows
+        n = _samples(cal[0]) if cal else 0
+        k = int(n * seconds / guess) if guess > 0 else 0
+        part = leading_samples(cal[0], k) if k >= 1 else None
+        if part is None:
+            skipped.append(f"importance scores (one batch takes about {guess:.1f} s, {seconds:.1f} s allowed): "
+                           "sizes from one ratio, starts without data")
+            return None
+        skipped.append(f"importance on the first {k} of {n} samples of one batch only (a whole batch takes "
+                       f"about {guess:.1f} s, {seconds:.1f} s allowed)")
+        batches = [part]
+        reference = [pytree.tree_map(lambda t: t[:k] if isinstance(t, Tensor) and t.ndim and t.shape[0] == n else t,
+                                     reference[0])] if reference else []
     try:  # the choice batches first (their outputs are known), then the other training batches
-        return measure_importance(imodel, list(cal) + list(more), loss, reference, max_seconds=seconds,
-                                  network=teacher)
+        return measure_importance(imodel, batches, loss, reference, max_seconds=seconds, network=teacher)
     except Exception as err:  # noqa: BLE001 - the choices fall back on L1 scores and uniform sizes
         log.info("no importance scores (%s: %s)", type(err).__name__, err)
         skipped.append(f"importance ({type(err).__name__}: {err})")
         return None
+
+
+def _samples(batch: Sequence[Any]) -> int:
+    """The batch size of a batch of inputs (its first tensor's first dimension; 0 without one)."""
+    tensors = [v for v in (*batch, *getattr(batch, "kwargs", {}).values()) if isinstance(v, Tensor) and v.ndim]
+    return int(tensors[0].shape[0]) if tensors else 0
 
 
 def _size_options(imodel: IntegralModel, target: float, metric: str, cal: Sequence[tuple], example_inputs: tuple,

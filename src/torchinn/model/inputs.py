@@ -40,8 +40,8 @@ from ..graph.guards import violation
 if TYPE_CHECKING:
     from .integral_model import IntegralModel
 
-__all__ = ["LABEL_KEYS", "Inputs", "as_inputs", "batch_inputs", "check_batches", "input_problem", "padding_mask",
-           "position_mask", "run", "traced_order"]
+__all__ = ["LABEL_KEYS", "Inputs", "as_inputs", "batch_inputs", "check_batches", "input_problem", "leading_samples",
+           "padding_mask", "position_mask", "run", "traced_order"]
 
 #: keys of a dict batch that are labels, not inputs (what Hugging Face collators and ``Trainer`` use)
 LABEL_KEYS = ("labels", "label", "label_ids")
@@ -243,6 +243,25 @@ def batch_inputs(batch: Any) -> Inputs:
         return Inputs(tuple(first)) if isinstance(first, (tuple, list)) else Inputs((first,))
     raise TypeError(f"cannot find the inputs in a batch of type {type(batch).__name__}: give a tensor, an "
                     "(inputs, labels) pair or a dict of keyword inputs")
+
+
+def leading_samples(inputs: Inputs, k: int) -> Inputs | None:
+    """The first ``k`` samples of a batch: every tensor input whose first dimension is the batch
+    size (that of the first tensor input) cut to ``k`` rows, the other inputs as they are; ``None``
+    when the batch holds no tensor or has at most ``k`` samples.
+
+    >>> import torch
+    >>> x = Inputs((torch.zeros(4, 3),), {"attention_mask": torch.ones(4, 3), "scale": 2.0})
+    >>> y = leading_samples(x, 2)
+    >>> y[0].shape, y.kwargs["attention_mask"].shape, y.kwargs["scale"]
+    (torch.Size([2, 3]), torch.Size([2, 3]), 2.0)
+    """
+    tensors = [v for v in (*inputs, *inputs.kwargs.values()) if isinstance(v, Tensor) and v.ndim >= 1]
+    if not tensors or tensors[0].shape[0] <= k:
+        return None
+    n = tensors[0].shape[0]
+    cut = lambda v: v[:k] if isinstance(v, Tensor) and v.ndim >= 1 and v.shape[0] == n else v
+    return Inputs(tuple(cut(v) for v in inputs), {name: cut(v) for name, v in inputs.kwargs.items()})
 
 
 def padding_mask(inputs: Any) -> Tensor | None:
