@@ -209,8 +209,8 @@ def _compress(args: argparse.Namespace, out: Path) -> int:
         loader, calibration = load_token_batches(args.calibration, args.tokenizer, args.input_ids, args.batch_size,
                                                  embedding_size(model))
         example = loader[0]
-        padded = f", {calibration['padded']} padded positions masked" if calibration["padded"] else ""
-        described = (f"{calibration['sequences']} sequences of {calibration['length']} tokens from "
+        padded = f", {calibration['padded']:,} padded positions masked" if calibration["padded"] else ""
+        described = (f"{calibration['sequences']:,} sequences of {calibration['length']} tokens from "
                      f"{args.calibration}{padded}")
     elif args.input_ids is not None:
         vocab = vocabulary(model)
