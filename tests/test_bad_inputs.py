@@ -801,6 +801,75 @@ CASES += [
 ]
 
 
+# issue 23 (clicalib): compress --input-ids N,L --calibration FILE
+def _token_file(tmp: Path, **tensors: torch.Tensor) -> str:
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(tmp / "cal.safetensors"))
+    return str(tmp / "cal.safetensors")
+
+
+def cli_token_file_other_key(tmp: Path) -> None:
+    from torchinn.cli.tokens import load_token_batches
+
+    ids = torch.ones(4, 6, dtype=torch.long)
+    load_token_batches(_token_file(tmp, input_ids=ids, labels=ids.clone()), None, (2, 6), None, 64)
+
+
+def cli_token_ids_past_the_vocabulary(tmp: Path) -> None:
+    from torchinn.cli.tokens import load_token_batches
+
+    load_token_batches(_token_file(tmp, input_ids=torch.arange(60, 72).reshape(2, 6)), None, (2, 6), None, 64)
+
+
+def cli_token_mask_not_binary(tmp: Path) -> None:
+    from torchinn.cli.tokens import load_token_batches
+
+    ids = torch.ones(4, 6, dtype=torch.long)
+    load_token_batches(_token_file(tmp, input_ids=ids, attention_mask=ids * 2), None, (2, 6), None, 64)
+
+
+def cli_token_file_float_ids(tmp: Path) -> None:
+    from torchinn.cli.tokens import load_token_batches
+
+    load_token_batches(_token_file(tmp, input_ids=torch.ones(4, 6)), None, (2, 6), None, 64)
+
+
+def cli_token_file_too_few_rows(tmp: Path) -> None:
+    from torchinn.cli.tokens import load_token_batches
+
+    load_token_batches(_token_file(tmp, input_ids=torch.ones(3, 6, dtype=torch.long)), None, (4, 6), None, 64)
+
+
+def cli_text_without_tokenizer(tmp: Path) -> None:
+    from torchinn.cli.tokens import load_token_batches
+
+    (tmp / "cal.txt").write_text("some text")
+    load_token_batches(str(tmp / "cal.txt"), None, (2, 6), None, 64)
+
+
+CASES += [
+    ("a --calibration token file with a tensor other than input_ids / attention_mask", cli_token_file_other_key,
+     CLIError, r"^--calibration '.*cal\.safetensors' holds \['labels'\]: a token calibration file holds only "
+     r"\['input_ids', 'attention_mask'\] \(attention_mask optional\)$"),
+    ("--calibration token ids outside the model's vocabulary", cli_token_ids_past_the_vocabulary, CLIError,
+     r"^--calibration '.*cal\.safetensors': input_ids must be token ids in \[0, 64\) \(the vocabulary size of the "
+     r"model's input embedding\), got 64 at row 0, position 4$"),
+    ("a --calibration attention_mask that is not 0/1", cli_token_mask_not_binary, CLIError,
+     r"^--calibration '.*cal\.safetensors': attention_mask must be 0 \(padding\) or 1 \(a token\), got 2 at row 0, "
+     r"position 0$"),
+    ("a --calibration token file of float dtype or mismatched shapes", cli_token_file_float_ids, CLIError,
+     r"^--calibration '.*cal\.safetensors': input_ids has dtype F32; it must be an integer dtype \(I8, I16, I32, "
+     r"I64, U8, U16, U32, U64\)$"),
+    ("a --calibration token file with fewer sequences than a batch", cli_token_file_too_few_rows, CLIError,
+     r"^--calibration '.*cal\.safetensors' has 3 sequence\(s\) of 6 tokens; a batch needs 4 \(the N of "
+     r"--input-ids, or --batch-size\): give more text or a smaller batch$"),
+    ("a --calibration .txt file without --tokenizer", cli_text_without_tokenizer, CLIError,
+     r"^--calibration '.*cal\.txt' is text: give --tokenizer DIR \(a folder with the model's tokenizer\.json\) to "
+     r"tokenize it, or a \.safetensors file of input_ids$"),
+]
+
+
 @pytest.mark.parametrize("what,fn,exc,pattern", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_gets_a_clear_error(what: str, fn: Callable, exc: type, pattern: str, tmp_path: Path) -> None:
     with pytest.raises(exc, match=pattern):

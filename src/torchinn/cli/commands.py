@@ -16,8 +16,9 @@ from typing import Any
 from .args import available_cores
 from .output import check_output, created_folders, printable, report_paths, save_checked
 from ..io.fileio import write_text
-from .loading import (IMAGE_SUFFIXES, CLIError, Loaded, convertible, dtype_of, random_inputs, random_tokens,
-                      shapes_text, load_images, load_model, vocabulary)
+from .loading import (IMAGE_SUFFIXES, CLIError, Loaded, convertible, dtype_of, embedding_size, random_inputs,
+                      random_tokens, shapes_text, load_images, load_model, vocabulary)
+from .tokens import load_token_batches
 from ..model.inputs import as_inputs
 
 __all__ = ["inspect", "compress", "bench"]
@@ -137,12 +138,35 @@ def _input_files(args: argparse.Namespace) -> list[tuple[str, Path]]:
     if args.calibration is not None and Path(args.calibration).is_dir():
         files += [("--calibration image", p) for p in sorted(Path(args.calibration).rglob("*"))
                   if p.suffix.lower() in IMAGE_SUFFIXES]
+    elif args.calibration is not None and Path(args.calibration).is_file():
+        files.append(("--calibration", Path(args.calibration)))
+    if args.tokenizer is not None:
+        tok = Path(args.tokenizer)
+        files.append(("--tokenizer", tok / "tokenizer.json" if tok.is_dir() else tok))
     return files
+
+
+def _check_token_flags(args: argparse.Namespace) -> None:
+    """The flags that belong to token calibration (--input-ids with a --calibration file) or to images."""
+    if args.input_ids is None:
+        for flag, value in (("--tokenizer", args.tokenizer), ("--batch-size", args.batch_size)):
+            if value is not None:
+                raise CLIError(f"{flag} is for a language model's --calibration text (with --input-ids N,L); "
+                               "--input-shape batches take N images of --input-shape")
+    elif args.mean is not None or args.std is not None:
+        raise CLIError("--mean/--std normalise --calibration images (with --input-shape); token ids "
+                       "(--input-ids) are not normalised")
+    elif args.calibration is None:
+        for flag, value in (("--tokenizer", args.tokenizer), ("--batch-size", args.batch_size)):
+            if value is not None:
+                raise CLIError(f"{flag} goes with --calibration FILE (a .txt or .safetensors file of text); "
+                               f"without it, --input-ids N,L makes random token ids in batches of N")
 
 
 def compress(args: argparse.Namespace) -> int:
     """``torchinn compress``: the plain compressed network and its reports, written after the run;
     the folders it made for them are removed again if it fails."""
+    _check_token_flags(args)
     if args.calibration is None and (args.mean is not None or args.std is not None):
         raise CLIError("--mean/--std normalise --calibration images; give --calibration too")
     out, made = check_output(args.output, _input_files(args), args.force)
@@ -181,10 +205,14 @@ def _compress(args: argparse.Namespace, out: Path) -> int:
                        "(a torch.save(module) file or module:callable)")
     model = convertible(loaded, "compress")
     dtype = dtype_of(model)
-    if args.input_ids is not None:
-        if args.calibration is not None:
-            raise CLIError("--calibration is a folder of images, for --input-shape; --input-ids makes random "
-                           "token ids (for text, call torchinn.compress from Python with tokenized batches)")
+    if args.input_ids is not None and args.calibration is not None:
+        loader, calibration = load_token_batches(args.calibration, args.tokenizer, args.input_ids, args.batch_size,
+                                                 embedding_size(model))
+        example = loader[0]
+        padded = f", {calibration['padded']:,} padded positions masked" if calibration["padded"] else ""
+        described = (f"{calibration['sequences']:,} sequences of {calibration['length']} tokens from "
+                     f"{args.calibration}{padded}")
+    elif args.input_ids is not None:
         vocab = vocabulary(model)
         loader = [random_tokens(args.input_ids, vocab, args.seed + i) for i in range(4)]
         example = loader[0]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["CLIError", "Loaded", "load_model", "load_images", "IMAGE_SUFFIXES", "convertible", "dtype_of",
-           "random_inputs", "random_tokens", "shapes_text", "vocabulary"]
+           "embedding_size", "random_inputs", "random_tokens", "shapes_text", "vocabulary"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -244,8 +244,9 @@ def shapes_text(shapes: Sequence[tuple[int, ...]]) -> str:
     return ", ".join("x".join(map(str, s)) for s in shapes)
 
 
-def vocabulary(model: Any) -> int:
-    """The number of token ids ``model`` embeds: its ``get_input_embeddings()`` (a transformers model)."""
+def embedding_size(model: Any) -> int | None:
+    """The number of token ids ``model`` embeds, read from its ``get_input_embeddings()`` (an
+    ``nn.Embedding``, as transformers models have); None when it has none."""
     from torch import nn
 
     get = getattr(model, "get_input_embeddings", None)
@@ -253,11 +254,17 @@ def vocabulary(model: Any) -> int:
         embedding = get() if callable(get) else None
     except (NotImplementedError, AttributeError):
         embedding = None
-    if not isinstance(embedding, nn.Embedding):
+    return embedding.num_embeddings if isinstance(embedding, nn.Embedding) else None
+
+
+def vocabulary(model: Any) -> int:
+    """The number of token ids ``model`` embeds: its ``get_input_embeddings()`` (a transformers model)."""
+    size = embedding_size(model)
+    if size is None:
         raise CLIError(f"--input-ids makes token ids below the vocabulary size, read from the model's "
                        f"get_input_embeddings() (an nn.Embedding, as transformers models have); "
                        f"{type(model).__name__} has none: give --input-shape for float inputs")
-    return embedding.num_embeddings
+    return size
 
 
 def random_tokens(shape: tuple[int, int], vocab: int, seed: int) -> dict[str, Any]:
@@ -320,7 +327,9 @@ def load_images(folder: str, shape: tuple[int, ...], mean: Sequence[float] | Non
 
     root = Path(folder)
     if not root.is_dir():
-        raise CLIError(f"--calibration {folder!r} is not a directory of images")
+        tokens = (" (a .safetensors or .txt file of tokens goes with --input-ids N,L)"
+                  if root.suffix.lower() in (".safetensors", ".txt") else "")
+        raise CLIError(f"--calibration {folder!r} is not a directory of images{tokens}")
     if len(shape) != 4 or shape[1] not in (1, 3):
         raise CLIError(f"--calibration needs one image input of shape N,C,H,W with C = 1 or 3, got {shape}")
     try:

@@ -140,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="token inputs instead (a transformers language model): batches of N sequences of L "
                             "random token ids below the vocabulary size of the model's input embedding, passed "
                             "as input_ids= with an attention_mask= of ones; a smoke test, as random --input-shape "
-                            "inputs are (for real text, call torchinn.compress from Python with tokenized "
-                            "batches: docs/decisions/transformers.md)")
+                            "inputs are. With --calibration FILE: real text, in batches of N sequences of L "
+                            "tokens")
     com.add_argument("--target", type=ca.fraction, required=True,
                      help="fraction of the metric to keep, in (0, 1): 0.5 halves it")
     com.add_argument("--metric", choices=("params", "flops", "latency"), default="params",
@@ -150,11 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="round every group's size to a multiple of N channels, such as 8 or 16 (what fast "
                           "kernels want), or keep its full size; the sizes are chosen among those, so the target "
                           "still holds (default 1: any size)")
-    com.add_argument("--calibration", metavar="FOLDER",
-                     help="folder of images (png/jpg, searched recursively) to choose sizes and tune on: each "
-                          "is resized to cover H x W, centre-cropped, scaled to [0, 1] (RGB, or grey when C = 1), "
-                          "then normalised by --mean/--std if given. Without it, random inputs are used: a "
-                          "smoke test only")
+    com.add_argument("--calibration", metavar="FOLDER|FILE",
+                     help="the data to choose sizes and tune on. With --input-shape: a folder of images (png/jpg, "
+                          "searched recursively): each is resized to cover H x W, centre-cropped, scaled to [0, 1] "
+                          "(RGB, or grey when C = 1), then normalised by --mean/--std if given. With --input-ids: "
+                          "a .safetensors file of input_ids (integers, [rows, L]) and optionally attention_mask "
+                          "(0/1, 0 = padding), or a .txt file with --tokenizer, cut into windows of L tokens (the "
+                          "last one padded and masked); passed as input_ids= and attention_mask=. Without it, "
+                          "random inputs are used: a smoke test only")
+    com.add_argument("--tokenizer", metavar="DIR",
+                     help="a folder with a Hugging Face tokenizer.json (read by the tokenizers library: data, no "
+                          "code) that tokenizes a .txt --calibration file")
+    com.add_argument("--batch-size", type=ca.positive, default=None, metavar="N",
+                     help="sequences per batch of a --calibration text (default: the N of --input-ids)")
     com.add_argument("--mean", type=ca.mean_values, metavar="M1,M2,M3",
                      help="per-channel mean subtracted from the [0, 1] images (ImageNet: 0.485,0.456,0.406)")
     com.add_argument("--std", type=ca.std_values, metavar="S1,S2,S3",
