@@ -106,7 +106,7 @@ def padded(model: nn.Module) -> tuple[Any, dict[str, Tensor]]:
     differ = {k for k, t in mine.items() if tuple(t.shape) != full.get(k)}
     covered: set[str] = set()
     for label, value, setter in _fields(config):
-        more = copy.deepcopy(config)
+        more = copy.deepcopy(model.config)  # one field changed from the model's config
         setter(more, value + 1)
         try:
             other = _shapes(build(cls, more, "meta"))

@@ -179,6 +179,8 @@ def load_pretrained(directory: str | os.PathLike) -> nn.Module:
                               "from_pretrained)")
     cls, config = _model_class(_json(folder / CONFIG_FILE), folder / CONFIG_FILE)
     model = build(cls, config)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()  # as its config says (built without initialising, it is not tied yet)
     ties = _ties(model)
     shapes = _json(folder / SHAPES_FILE)
     apply_shapes(model, shapes, str(folder / SHAPES_FILE))
@@ -202,6 +204,8 @@ def load_pretrained(directory: str | os.PathLike) -> nn.Module:
         if tuple(tensors[k].shape) != tuple(t.shape):
             raise FormatError(f"{where}: tensor {k!r} has shape {tuple(tensors[k].shape)}, but {cls.__name__} at the "
                               f"sizes of {SHAPES_FILE} has {tuple(t.shape)} there")
+    for k in list(tensors):  # fresh, aligned memory: BLAS sums misaligned tensors in another order (4e-8)
+        tensors[k] = tensors.pop(k).clone()
     model.load_state_dict(tensors, strict=False, assign=True)
     for names in ties:
         src = next(n for n in names if n in tensors)
