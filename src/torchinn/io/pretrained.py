@@ -29,7 +29,7 @@ padded with zeros to one config (:mod:`torchinn.io.padding`) and loads with a pl
 >>> ids = torch.randint(0, 32, (1, 6))
 >>> imodel = inn.convert(model, {"input_ids": ids}, inn.ConvertConfig(permute=False))
 >>> mlp = sorted(g for g in imodel.groups if "mlp" in g)
->>> imodel.resize({mlp[0]: 12, mlp[1]: 20})  # a different MLP width in each layer
+>>> _ = imodel.resize({mlp[0]: 12, mlp[1]: 20})  # a different MLP width in each layer
 >>> import warnings; warnings.simplefilter("ignore", UserWarning)  # its config cannot say both
 >>> small = imodel.to_discrete()
 >>> folder = tempfile.mkdtemp()
