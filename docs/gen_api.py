@@ -21,7 +21,7 @@ MODULES = [
     "torchinn.model.norms",
     "torchinn.model.convert", "torchinn.model.integral_model", "torchinn.model.inputs",
     "torchinn.training.train", "torchinn.training.distill", "torchinn.compression.budget", "torchinn.compression.pipeline", "torchinn.compression.baselines", "torchinn.model.tsp", "torchinn.model.permute",
-    "torchinn.io.format", "torchinn.maths.structured", "torchinn.graph",
+    "torchinn.io.format", "torchinn.io.pretrained", "torchinn.maths.structured", "torchinn.graph",
 ]
 OUT = Path(__file__).resolve().parent / "api.md"
 

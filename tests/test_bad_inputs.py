@@ -541,6 +541,57 @@ def hf_fewer_heads_save_pretrained(tmp_path: Path) -> None:  # issue 20: wrote a
     small.save_pretrained(tmp_path / "bert")
 
 
+def _hf_folder(tmp_path: Path, file: str, change: Callable) -> None:  # issue 23: a tampered torchinn folder
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    tf = pytest.importorskip("transformers")
+    cfg = tf.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)
+    torch.manual_seed(0)
+    folder = tmp_path / "llama"
+    inn.io.save_pretrained(tf.LlamaForCausalLM(cfg), folder)
+    if file.endswith(".json"):
+        data = json.loads((folder / file).read_text())
+        change(data)
+        (folder / file).write_text(json.dumps(data))
+    else:
+        tensors = load_file(folder / file)
+        change(tensors)
+        save_file(tensors, folder / file)
+    inn.io.load_pretrained(folder)
+
+
+def hf_folder_unknown_attribute(tmp_path: Path) -> None:
+    _hf_folder(tmp_path, "torchinn_shapes.json",
+               lambda d: d["attributes"].update({"model.layers.0.self_attn": {"training": 0}}))
+
+
+def hf_folder_non_integer_size(tmp_path: Path) -> None:
+    entry = {"type": "torch.nn.modules.linear.Linear", "args": {"in_features": 16, "out_features": 20.5, "bias": False}}
+    _hf_folder(tmp_path, "torchinn_shapes.json", lambda d: d["modules"].update({"model.layers.0.mlp.up_proj": entry}))
+
+
+def hf_folder_not_a_model_class(tmp_path: Path) -> None:
+    _hf_folder(tmp_path, "config.json", lambda d: d.update(architectures=["os.system"]))
+
+
+def hf_folder_missing_tensor(tmp_path: Path) -> None:
+    _hf_folder(tmp_path, "model.safetensors", lambda t: t.pop("model.layers.0.mlp.up_proj.weight"))
+
+
+def hf_pad_gpt2_fewer_heads(tmp_path: Path) -> None:
+    tf = pytest.importorskip("transformers")
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    model = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=32, n_embd=32, n_layer=1, n_head=4, n_positions=16)).eval()
+    attn = model.transformer.h[0].attn  # 2 heads of 8 channels, as to_discrete() leaves them
+    attn.c_attn, attn.c_proj, attn.num_heads, attn.split_size = Conv1D(48, 32), Conv1D(32, 16), 2, 16
+    inn.io.save_pretrained(model, tmp_path / "gpt2", pad=True)
+
+
 # (what, how it is triggered, the exception, a regex of its message)
 CASES: list[tuple[str, Callable, type[BaseException], str]] = [
     ("NaN or Inf weights", nan_weights, ValueError, r"'0\.weight' has 1 NaN/Inf values"),
@@ -677,6 +728,23 @@ CASES: list[tuple[str, Callable, type[BaseException], str]] = [
     ("save_pretrained of a Hugging Face model whose config cannot say its new sizes", hf_fewer_heads_save_pretrained,
      ValueError, r"refusing to save_pretrained: BertModel at these sizes cannot be described by its BertConfig: its "
      r"config has no head size field: the head size is derived as hidden_size / num_attention_heads \(32 / 4\)"),
+    ("a torchinn Hugging Face folder whose shapes file sets an attribute off the allow-list",
+     hf_folder_unknown_attribute, inn.FormatError,
+     r"torchinn_shapes\.json: attributes\['model\.layers\.0\.self_attn'\]: 'training' is not an attribute a shapes "
+     r"file may set \(allowed: the integer attributes \["),
+    ("a torchinn Hugging Face folder whose shapes file gives a size that is not an int", hf_folder_non_integer_size,
+     inn.FormatError, r"modules\['model\.layers\.0\.mlp\.up_proj'\]\.args\.out_features must be an int in "
+     r"\[1, 2147483648\), got 20\.5"),
+    ("a torchinn Hugging Face folder whose config names a class that is not a transformers model",
+     hf_folder_not_a_model_class, inn.FormatError,
+     r"config\.json: architectures is \['os\.system'\], which does not name one transformers model class \(looked "
+     r"up in transformers' auto model mappings, an allow-list; torchinn imports no other name and runs no code"),
+    ("a torchinn Hugging Face folder with a tensor missing", hf_folder_missing_tensor, inn.FormatError,
+     r"model\.safetensors: tensor 'model\.layers\.0\.mlp\.up_proj\.weight' \(shape \(32, 16\)\) is missing"),
+    ("save_pretrained(pad=True) of GPT-2 or BERT with fewer heads", hf_pad_gpt2_fewer_heads, ValueError,
+     r"cannot pad tensor 'transformer\.h\.0\.attn\.c_attn\.bias' \(shape \(48,\), where the config builds "
+     r"\(96,\)\): .*GPT2Config has no head_dim field \(the head size is derived as hidden size / heads\), so "
+     r"fewer heads cannot be padded"),
     ("a .inn file whose graph calls an op outside the allow-list", load_op_off_the_list, inn.FormatError,
      r"graph node 'sp' calls 'aten::_sparse_coo_tensor_with_dims_and_tensors\.default', which is not on "
      r"torchinn's list .*torchinn\.io\.format\.allow_ops\(torch\.ops\.aten\._sparse_coo_tensor_with_dims"),

@@ -10,8 +10,9 @@ When no config describes the model (per-layer sizes, or fewer heads in GPT-2 or 
 configs derive the head size as hidden / heads), the config is left as it was, a
 ``UserWarning`` names the fields and why, and the copy's ``save_pretrained`` (and so
 ``push_to_hub``) raises :class:`ConfigMismatchError` instead of writing a config that
-``from_pretrained`` cannot load: the model is saved with ``torch.save`` or as a state dict of the
-returned module (see docs/decisions/transformers.md).
+``from_pretrained`` cannot load: the model is saved with :func:`torchinn.io.save_pretrained` (a
+folder with a shapes file, or padded to one config with ``pad=True``; see
+docs/decisions/per-layer-sizes.md).
 """
 
 from __future__ import annotations
@@ -78,8 +79,10 @@ def _unsaveable(module: nn.Module, config: Any, resized: Mapping[int, set[int]],
     name = type(module).__name__
     message = (f"{name} at these sizes cannot be described by its {type(config).__name__}: {_why(config, resized, changes)}. "
                f"model.config still says {now} (the full sizes), so a config saved by save_pretrained would not load "
-               "with from_pretrained; save it with torch.save(model), or save its state_dict and load "
-               "that into a copy of this model (docs/decisions/transformers.md)")
+               "with from_pretrained; save it with torchinn.io.save_pretrained(model, directory) (read back by "
+               "torchinn.io.load_pretrained; pad=True writes a folder plain transformers loads, where the sizes can be "
+               "padded: MLP widths, and heads where the config states head_dim) "
+               "(docs/decisions/per-layer-sizes.md)")
     warnings.warn(f"to_discrete(): {message}; save_pretrained and push_to_hub raise ConfigMismatchError on it",
                   UserWarning, stacklevel=6)  # the caller of to_discrete()
     module.save_pretrained = RefuseSave(f"refusing to save_pretrained: {message}")
