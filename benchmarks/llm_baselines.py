@@ -445,21 +445,142 @@ def prune_shortgpt(model, calibration, removed: int):
         gone = set(torch.argsort(bi, stable=True)[:k].tolist())
         model.model.layers = nn.ModuleList([l for i, l in enumerate(model.model.layers) if i not in gone])
         _sync_config(model)
-        rest = removed - k * lc
-        if rest:
-            _, mlp, _ = collect(model, calibration)
-            n = len(model.model.layers)
-            channels = -(-rest // cc)
-            if channels > n * (inter - 1):
-                raise ValueError(f"shortgpt: removed={removed} leaves {rest} after {k} layers, more than the MLP "
-                                 f"channels of the {n} remaining layers")
-            for i, layer in enumerate(model.model.layers):
-                c = channels // n + (i < channels % n)
-                cs = (layer.mlp.down_proj.weight.detach().abs() * mlp[i].norm()).sum(0)   # Wanda-sp channels
-                prune_layer(layer, torch.arange(_geometry(layer)[0]), _lowest(cs, c))
+        _fill_mlp(model, calibration, removed - k * lc, "shortgpt")
         model.shortgpt_removed_layers = sorted(gone)
     return _finish(model, original, removed, "shortgpt")
 
 
+def _fill_mlp(model, calibration, rest: int, method: str) -> None:
+    """Remove ``rest`` more parameters as MLP channels, uniform Wanda-sp over all layers (statistics
+    taken again on ``model``)."""
+    if rest <= 0:
+        return
+    _, mlp, _ = collect(model, calibration)
+    layers = model.model.layers
+    n, cc, inter = len(layers), channel_cost(layers[0]), layers[0].mlp.down_proj.in_features
+    channels = -(-rest // cc)
+    if channels > n * (inter - 1):
+        raise ValueError(f"{method}: {rest} parameters left to remove, more than the MLP channels of the {n} layers")
+    for i, layer in enumerate(layers):
+        cs = (layer.mlp.down_proj.weight.detach().abs() * mlp[i].norm()).sum(0)   # Wanda-sp on channels
+        prune_layer(layer, torch.arange(_geometry(layer)[0]), _lowest(cs, channels // n + (i < channels % n)))
+
+
+# ----------------------------------------------------------------------------------------------
+# SliceGPT with one rotation
+
+
+def _readers(model) -> list[nn.Linear]:
+    out = []
+    for l in model.model.layers:
+        out += [l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj, l.mlp.gate_proj, l.mlp.up_proj]
+    return out + [model.lm_head]
+
+
+def _writers(model) -> list[nn.Linear]:
+    return [m for l in model.model.layers for m in (l.self_attn.o_proj, l.mlp.down_proj)]
+
+
+def _per_hidden(model) -> int:
+    """Non-embedding parameters per unit of hidden size."""
+    norms = 2 * len(model.model.layers) + 1
+    return (sum(m.out_features for m in _readers(model)[:-1]) + norms
+            + sum(m.in_features + _nb(m) for m in _writers(model)))
+
+
+@torch.no_grad()
+def _fold_norms(model) -> None:
+    """Untie the output head and fold every RMSNorm scale into the linears that read it."""
+    model.lm_head.weight = nn.Parameter(model.model.embed_tokens.weight.detach().clone())
+    model.config.tie_word_embeddings = False
+    pairs = [(l.input_layernorm, (l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj))
+             for l in model.model.layers]
+    pairs += [(l.post_attention_layernorm, (l.mlp.gate_proj, l.mlp.up_proj)) for l in model.model.layers]
+    pairs.append((model.model.norm, (model.lm_head,)))
+    for norm, lins in pairs:
+        for lin in lins:
+            lin.weight.mul_(norm.weight[None])
+        norm.weight.fill_(1.0)
+
+
+@torch.no_grad()
+def _stream_covariance(model, calibration) -> Tensor:
+    """``sum x x^T`` over the inputs of every RMSNorm (the residual stream at every block), each
+    token scaled to unit RMS (the norms make every block see only the direction)."""
+    hidden = model.config.hidden_size
+    cov = torch.zeros(hidden, hidden, dtype=torch.float64)
+    state = {}
+
+    def add(m, a):
+        x = a[0][state["mask"]].double()
+        x = x / x.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12)
+        cov.add_(x.T @ x)
+    norms = [n for l in model.model.layers for n in (l.input_layernorm, l.post_attention_layernorm)]
+    hooks = [n.register_forward_pre_hook(add) for n in norms + [model.model.norm]]
+    try:
+        for ids, mask in _batches(calibration):
+            state["mask"] = mask.bool()
+            model(input_ids=ids, attention_mask=mask, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return cov
+
+
+@torch.no_grad()
+def slice_hidden(model, calibration, width: int):
+    """SliceGPT's rotate-and-slice in place with one orthogonal ``Q`` for the whole residual stream:
+    norms folded, ``Q`` the eigenvectors of :func:`_stream_covariance` (largest first), the
+    embedding and every linear that writes the stream (o/down) rotated by ``Q[:, :width]^T``,
+    every linear that reads it (q/k/v/gate/up/lm_head) by ``Q[:, :width]``; the RMSNorms keep
+    dividing by the original width (their scale becomes ``sqrt(hidden / width)``)."""
+    hidden = model.config.hidden_size
+    _fold_norms(model)
+    cov = _stream_covariance(model, calibration)
+    _, vecs = torch.linalg.eigh(cov)
+    q = vecs.flip(1)[:, :width].float()
+    emb = model.model.embed_tokens
+    emb.weight = nn.Parameter(emb.weight.detach() @ q)
+    emb.embedding_dim = width
+    for lin in _readers(model):
+        new = _linear(lin.weight.detach() @ q, None if lin.bias is None else lin.bias.detach())
+        _replace(model, lin, new)
+    for lin in _writers(model):
+        new = _linear(q.T @ lin.weight.detach(), None if lin.bias is None else q.T @ lin.bias.detach())
+        _replace(model, lin, new)
+    for norm in [n for l in model.model.layers for n in (l.input_layernorm, l.post_attention_layernorm)] + [
+            model.model.norm]:
+        norm.weight = nn.Parameter(torch.full((width,), math.sqrt(hidden / width)))
+    model.config.hidden_size = width
+    return model
+
+
+def _replace(model, old: nn.Module, new: nn.Module) -> None:
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if child is old:
+                setattr(parent, name, new)
+
+
+def prune_slicegpt(model, calibration, removed: int):
+    """SliceGPT, one-rotation variant (:func:`slice_hidden`): the hidden size ``d`` is the smallest
+    whose count is at most ``original - removed`` plus less than one unit of hidden size, the rest
+    removed as uniform Wanda-sp MLP channels (as ShortGPT's remainder). The output head is untied
+    (it is not counted). Differs from the paper: one ``Q`` for all layers instead of one per block
+    with ``Q_i^T Q_{i+1}`` shortcut matrices in the residual (those need a new decoder-layer
+    module; with one ``Q`` the result stays a plain ``LlamaForCausalLM`` with a smaller
+    ``hidden_size``); no shortcut parameters to count either."""
+    per = _per_hidden(model)
+    original = non_embedding_params(model)
+    fixed = original - per * model.config.hidden_size
+    model, original = _prepare(model, calibration, removed, "slicegpt", original - fixed - per,
+                               "all of the hidden size but one unit")
+    if removed:
+        width = -(-(original - removed - fixed) // per)
+        slice_hidden(model, calibration, width)
+        _fill_mlp(model, calibration, non_embedding_params(model) - (original - removed), "slicegpt")
+    return _finish(model, original, removed, "slicegpt")
+
+
 METHODS = {"wanda-sp": prune_wanda_sp, "flap": prune_flap, "llm-pruner": prune_llm_pruner,
-           "shortgpt": prune_shortgpt}
+           "shortgpt": prune_shortgpt, "slicegpt": prune_slicegpt}

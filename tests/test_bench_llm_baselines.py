@@ -165,3 +165,14 @@ def test_shortgpt_deletes_the_lowest_influence_layer(tiny, calib):
     assert out.shortgpt_removed_layers == [int(bi.argmin())]
     assert out.config.num_hidden_layers == 2 and [l.self_attn.layer_idx for l in out.model.layers] == [0, 1]
     assert all(l.mlp.down_proj.in_features == 96 for l in out.model.layers)
+
+
+def test_slicegpt_full_width_rotation_keeps_the_logits_and_slicing_shrinks_the_hidden_size(tiny, calib):
+    ref = tiny(X).logits
+    full = lb.slice_hidden(copy.deepcopy(tiny), calib, 64)
+    assert full.lm_head.weight is not full.model.embed_tokens.weight
+    torch.testing.assert_close(full(X).logits, ref, rtol=1e-4, atol=1e-4)
+    out = lb.prune_slicegpt(tiny, calib, int(0.3 * lb.non_embedding_params(tiny)))
+    width = out.config.hidden_size
+    assert width < 64 and out.model.embed_tokens.weight.shape == (VOCAB, width)
+    assert out.model.layers[0].self_attn.q_proj.weight.shape == (64, width) and not out.config.tie_word_embeddings
