@@ -60,8 +60,8 @@ from torch import Tensor, nn
 
 from .llm_slicegpt import prune_slicegpt, slice_hidden
 from .llm_structures import (Moments, batches, channel_cost, collect, compensate, fill_mlp, finish, geometry,
-                             group_cost,                              lowest, non_embedding_params, prepare, prune_layer, sync_config, uniform_max,
-                             uniform_split)
+                             group_cost, lowest, non_embedding_params, prepare, prune_layer, sync_config,
+                             uniform_max, uniform_split)
 
 __all__ = ["METHODS", "non_embedding_params", "collect", "compensate", "prune_layer", "group_cost", "channel_cost",
            "uniform_split", "slice_hidden", "prune_wanda_sp", "prune_flap", "prune_llm_pruner", "prune_shortgpt",
