@@ -49,6 +49,17 @@ Methods (``METHODS``):
   parameters fit in ``removed``. Since a layer is coarse, the remainder is removed by uniform
   Wanda-sp on MLP channels of the remaining layers (statistics taken again on the shortened model).
 
+* ``slicegpt`` (Ashkboos et al. 2024), one-rotation variant (:mod:`benchmarks.llm_slicegpt`): the
+  hidden size shrinks by one PCA rotation of the whole residual stream instead of the paper's one
+  per block with ``Q_i^T Q_{i+1}`` shortcut matrices (which need a new decoder-layer module); the
+  result stays a plain ``LlamaForCausalLM`` (output head untied, not counted); the remainder below
+  one unit of hidden size goes in uniform Wanda-sp MLP channels.
+
+Saving: the uniform methods, ShortGPT and SliceGPT update the config, so ``save_pretrained`` /
+``from_pretrained`` should round-trip (not tested here); FLAP's per-layer sizes and its
+``o_proj``/``down_proj`` biases do not fit a ``LlamaConfig`` (the per-layer round-trip is another
+item of issue 23).
+
 All statistics come from the unpruned model in one pass (FLAP does the same; Wanda's layer-by-layer
 re-propagation through already pruned layers is not done).
 """
