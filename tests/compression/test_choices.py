@@ -177,8 +177,12 @@ def test_importance_runs_on_the_first_samples_of_a_batch_when_a_whole_one_does_n
     for g in imodel.group_names:
         torch.testing.assert_close(got.activation[g], alone.activation[g], rtol=1e-6, atol=0)
         torch.testing.assert_close(got.fisher[g], alone.fisher[g], rtol=1e-5, atol=1e-12)
-    # less than one sample's share: skipped, and said so
+    # less than one sample's share: one sample when it fits in the whole choice budget, else skipped
+    skipped.clear()
+    one = choices._importance(imodel, batches, reference, loss, 0.1 * choices.IMPORTANCE_PASSES, skipped,
+                              teacher, per_batch=1.0, whole=0.2 * choices.IMPORTANCE_PASSES)
+    assert one is not None and skipped[0].startswith("importance on the first 1 of 8 samples")
     skipped.clear()
     assert choices._importance(imodel, batches, reference, loss, 0.1 * choices.IMPORTANCE_PASSES, skipped,
-                               teacher, per_batch=1.0) is None
+                               teacher, per_batch=1.0, whole=0.1 * choices.IMPORTANCE_PASSES) is None
     assert skipped[0].startswith("importance scores (one batch takes about")

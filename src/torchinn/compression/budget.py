@@ -201,9 +201,10 @@ def _uniform(imodel: IntegralModel, cost: Cost, target_cost: float, min_ratio: f
     # rounding leaves part of the budget unused: top up the group furthest below the common
     # ratio, one allowed size at a time, while the budget allows (the ratios stay as equal as can be)
     full = {n: g.max_size for n, g in groups.items()}
-    while True:
+    while True:  # a move re-counts only the tensors of the group it changes (Cost.saved)
+        now = cost.model(sizes)
         fits = [n for n in sizes if sizes[n] < full[n]
-                and cost.model(dict(sizes, **{n: grid.up(n, sizes[n] + 1)})) <= target_cost]
+                and now - cost.saved(sizes, n, grid.up(n, sizes[n] + 1)) <= target_cost]
         if not fits:
             return sizes
         n = min(fits, key=lambda k: (grid.up(k, sizes[k] + 1) / full[k], k))

@@ -100,14 +100,19 @@ class _Clock:
 
 def _importance(imodel: IntegralModel, cal: Sequence[tuple], reference: Sequence[Any], loss: Distillation,
                 seconds: float, skipped: list[str], teacher: Any, per_batch: float,
-                more: Sequence[tuple] = ()) -> Importance | None:
+                more: Sequence[tuple] = (), whole: float = 0.0) -> Importance | None:
     """The importance scores on the choice batches ``cal``, then on the batches of ``more`` as
-    long as ``seconds`` allow (a channel silent on a few batches may not be on others)."""
+    long as ``seconds`` allow (a channel silent on a few batches may not be on others). When one
+    batch does not fit in ``seconds``, its first samples that do; at least one sample when that
+    fits in ``whole`` (the choices' budget): without scores the starts select by weight norms
+    alone, which cost a real 135 M LM 3 orders of magnitude of perplexity (benchmarks/RESULTS.md)."""
     guess = IMPORTANCE_PASSES * per_batch
     batches, reference = list(cal) + list(more), list(reference)
     if guess > seconds:  # the first samples of one batch, as many as the share allows
         n = _samples(cal[0]) if cal else 0
         k = int(n * seconds / guess) if guess > 0 else 0
+        if k < 1 and n and guess / n <= whole:  # one sample even past the share: no scores is worse
+            k = 1
         part = leading_samples(cal[0], k) if k >= 1 else None
         if part is None:
             skipped.append(f"importance scores (one batch takes about {guess:.1f} s, {seconds:.1f} s allowed): "
@@ -157,11 +162,16 @@ def _size_options(imodel: IntegralModel, target: float, metric: str, cal: Sequen
 
 def _sizes_and_starts(imodel: IntegralModel, options: Mapping[str, Mapping[str, int]], cal: Sequence[tuple],
                       reference: Sequence[Any], loss: Distillation, kinds: Sequence[str], importance: Importance | None,
-                      clock: _Clock, share: float) -> tuple[str, dict[str, float], StartChoice]:
+                      clock: _Clock, share: float, per_batch: float, skipped: list[str]
+                      ) -> tuple[str, dict[str, float], StartChoice]:
     """The sizes and starts with the lowest error on ``cal``; ``imodel`` is left at them."""
     order = [k for k in START_ORDER if k in kinds] + [k for k in kinds if k not in START_ORDER]
     results: dict[str, StartChoice] = {}
     for i, (method, sizes) in enumerate(options.items()):
+        if results and clock.left() < len(cal) * per_batch:  # the first (most promising) is always measured
+            skipped.append(f"sizes {', '.join(list(options)[i:])} (measuring them takes about "
+                           f"{len(cal) * per_batch:.1f} s each, {max(0.0, clock.left()):.1f} s left)")
+            break
         seconds = share * max(0.0, clock.left()) / (len(options) - i)
         with kept_partitions(imodel):
             imodel.resize(dict(sizes))
@@ -249,7 +259,7 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
     skipped: list[str] = []
     t0 = time.perf_counter()
     importance = _importance(imodel, cal, reference, loss, IMPORTANCE_SHARE * seconds, skipped, teacher, per_batch,
-                             more=fit[len(cal):IMPORTANCE_BATCHES * len(cal)])
+                             more=fit[len(cal):IMPORTANCE_BATCHES * len(cal)], whole=seconds)
     spent["importance"] = time.perf_counter() - t0
     if importance is None:  # best_start would measure them again, without a bound
         kinds = [k for k in kinds if k not in ("activation", "fisher")] or ["l1"]
@@ -264,7 +274,8 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
     spent["choose_sizes"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     share = 0.5 if reconstruct and judge else 0.8
-    method, table, start = _sizes_and_starts(imodel, options, cal, reference, loss, kinds, importance, clock, share)
+    method, table, start = _sizes_and_starts(imodel, options, cal, reference, loss, kinds, importance, clock, share,
+                                             per_batch, skipped)
     if method == "given":
         table = {}
     spent["choose_start"] = time.perf_counter() - t0
@@ -273,7 +284,12 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
     recon, versus = None, {}
     if reconstruct and not judge:
         skipped.append("reconstruction (no held-out calibration batch to judge it on; pass 2 or more batches)")
-    if reconstruct and judge:
+    first = cal if len(fit) > 2 * len(cal) else fit  # what the reconstruction is fitted on first
+    need = (RECONSTRUCT_PASSES * len(first) + len(judge)) * per_batch
+    if reconstruct and judge and need > clock.left():  # not even the held-out error of the partitions
+        skipped.append(f"reconstruction on {len(first)} batches (about {need:.1f} s with its judging, "
+                       f"{max(0.0, clock.left()):.1f} s left)")
+    elif reconstruct and judge:
         t0 = time.perf_counter()
         mine = distill_error(imodel, judge, judged, loss)
         recon, versus = _reconstruct(imodel, chosen, cal, fit, judge, judged, mine, loss, clock, per_batch,
