@@ -29,6 +29,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -79,6 +80,14 @@ def one(method: str, level: float, seconds: float, threads: int, calib: int, qui
     row["rss_gb"] = _rss_gb()
     row["ppl"] = S.evaluate(small, quick=quick)
     row["generation"] = S.generate(small, PROMPT)
+    if method in COMPRESS:  # per-layer sizes saved and loaded back: identical logits and generation
+        with tempfile.TemporaryDirectory() as folder:
+            inn.io.save_pretrained(small, folder)
+            back = inn.io.load_pretrained(folder)
+        x = S.heldout("docstrings")[:1]
+        with torch.no_grad():
+            row["roundtrip_equal"] = bool(torch.equal(back(x).logits, small(x).logits))
+        row["roundtrip_generation"] = S.generate(back, PROMPT) == row["generation"]
     if method not in COMPRESS:
         t1 = time.perf_counter()
         small.train()
@@ -108,42 +117,43 @@ def _child(method: str, level: float, a: argparse.Namespace) -> dict[str, Any]:
     return {"method": method, "level": level, "error": out.stderr[-3000:]}
 
 
-def _cell(r: dict[str, Any] | None, key: str, best: dict[str, float]) -> str:
-    if r is None or "error" in r:
-        return "failed" if r else "-"
-    p = r[key]
-    bold = lambda t: f"**{p[t]:.2f}**" if p[t] <= best[t] + 1e-9 else f"{p[t]:.2f}"
-    return f"{bold('topics')} / {bold('docstrings')}"
+def _pair(p: dict[str, float] | None, best: dict[str, float]) -> str:
+    if not p:
+        return "-"
+    one = lambda t: f"**{p[t]:.2f}**" if p[t] <= best[t] + 1e-9 else f"{p[t]:.2f}"
+    return f"{one('topics')} / {one('docstrings')}"
+
+
+def _best(ppls: list[dict[str, float]]) -> dict[str, float]:
+    return {t: min(p[t] for p in ppls) for t in ("topics", "docstrings")} if ppls else {}
 
 
 def format_table(rows: list[dict[str, Any]], seconds: float) -> str:
-    """The markdown table: one line per level and method."""
-    out = ["| removed | method | non-emb. params | cut: perplexity topics / docstrings | seconds | peak RSS GB "
-           f"| + {seconds:g} s: perplexity topics / docstrings | steps | peak RSS GB |",
-           "|---|---|---:|---|---:|---:|---|---:|---:|"]
+    """The markdown table: per level and method, perplexity after the cut (``compress``: no tuning)
+    and after ``seconds`` (``compress``: its tuned call; a baseline: fine-tuning of its cut),
+    seconds and peak RSS of each; bold: the best of each column at each level."""
+    out = ["| removed | method | non-emb. params | no tuning: topics / docstrings | s | GB "
+           f"| {seconds:g} s: topics / docstrings | s | steps | GB |", "|---|---|---:|---|---:|---:|---|---:|---:|---:|"]
     for level in sorted({r["level"] for r in rows}):
-        at = [r for r in rows if r["level"] == level and "error" not in r]
-        cut = [r for r in at if r["method"] != "compress-tuned"]
-        tuned = [r for r in at if r["method"] != "compress"]
-        key_t = lambda r: "ppl" if r["method"] == "compress-tuned" else "ft_ppl"
-        best0 = {t: min(r["ppl"][t] for r in cut) for t in ("topics", "docstrings")} if cut else {}
-        best1 = {t: min(r[key_t(r)][t] for r in tuned) for t in ("topics", "docstrings")} if tuned else {}
-        by = {r["method"]: r for r in rows if r["level"] == level}
-        for m, r in by.items():
-            if m == "compress-tuned":
-                continue
-            t = by.get("compress-tuned") if m == "compress" else r
-            tkey = "ppl" if m == "compress" else "ft_ppl"
-            ok = "error" not in r
-            steps = (t or {}).get("report", {}).get("steps") if m == "compress" else r.get("ft_steps")
-            tsec = (t or {}).get("seconds") if m == "compress" else (r.get("seconds", 0) + r.get("ft_seconds", 0))
-            trss = (t or {}).get("rss_gb") if m == "compress" else r.get("ft_rss_gb")
+        by = {r["method"]: r for r in rows if r["level"] == level and "error" not in r}
+        failed = sorted(r["method"] for r in rows if r["level"] == level and "error" in r)
+        cut = {m: r for m, r in by.items() if m != "compress-tuned"}
+        tuned = {m: (by.get("compress-tuned") if m == "compress" else r) for m, r in cut.items()}
+        tuned_ppl = {m: (t.get("ppl") if m == "compress" else t.get("ft_ppl")) if t else None for m, t in tuned.items()}
+        b0, b1 = _best([r["ppl"] for r in cut.values()]), _best([p for p in tuned_ppl.values() if p])
+        for m, r in cut.items():
+            t = tuned[m]
+            if m == "compress":
+                t_sec, t_steps, t_gb = (t["seconds"], t["report"]["steps"], t["rss_gb"]) if t else (None, None, None)
+            else:
+                t_sec, t_steps, t_gb = r["seconds"] + r["ft_seconds"], r["ft_steps"], r["ft_rss_gb"]
+            fmt = lambda v, f: "-" if v is None else format(v, f)
             out.append("| " + " | ".join([
-                f"{level:.0%}", m, f"{r['non_embedding'] / 1e6:.2f} M" if ok else "-", _cell(r, "ppl", best0),
-                f"{r['seconds']:.0f}" if ok else "-", f"{r['rss_gb']:.2f}" if ok else "-",
-                _cell(t, tkey, best1) if t is not None and "error" not in t and tkey in t else "-",
-                f"{steps}" if steps is not None else "-",
-                f"{trss:.2f}" if trss else "-"]) + f" |<!-- {tsec and round(tsec)} s -->")
+                f"{level:.0%}", m, f"{r['non_embedding'] / 1e6:.2f} M", _pair(r["ppl"], b0), f"{r['seconds']:.0f}",
+                f"{r['rss_gb']:.2f}", _pair(tuned_ppl[m], b1), fmt(t_sec, ".0f"), fmt(t_steps, "d"),
+                fmt(t_gb, ".2f")]) + " |")
+        for m in failed:
+            out.append(f"| {level:.0%} | {m} | failed (see the JSON) | | | | | | | |")
     return "\n".join(out)
 
 
