@@ -176,3 +176,21 @@ def test_slicegpt_full_width_rotation_keeps_the_logits_and_slicing_shrinks_the_h
     width = out.config.hidden_size
     assert width < 64 and out.model.embed_tokens.weight.shape == (VOCAB, width)
     assert out.model.layers[0].self_attn.q_proj.weight.shape == (64, width) and not out.config.tie_word_embeddings
+
+
+def test_compress_llm_table_bolds_the_best_of_each_column_and_names_failures():
+    from benchmarks.compress_llm import format_table
+
+    def row(method, ppl, **kw):
+        return {"method": method, "level": 0.2, "non_embedding": 84_960_000, "seconds": 10.0, "rss_gb": 2.0,
+                "ppl": {"topics": ppl[0], "docstrings": ppl[1]}, **kw}
+    rows = [row("compress", (24.75, 21.41), report={"steps": 0}),
+            row("compress-tuned", (27.0, 20.0), report={"steps": 3}),
+            row("flap", (26.40, 21.76), ft_ppl={"topics": 26.30, "docstrings": 21.57}, ft_seconds=60.0, ft_steps=7,
+                ft_rss_gb=3.0),
+            {"method": "slicegpt", "level": 0.2, "error": "boom"}]
+    lines = format_table(rows, 60).splitlines()
+    assert lines[2] == ("| 20% | compress | 84.96 M | **24.75** / **21.41** | 10 | 2.00 | 27.00 / **20.00** | 10 | 3 "
+                        "| 2.00 |")
+    assert lines[3] == "| 20% | flap | 84.96 M | 26.40 / 21.76 | 10 | 2.00 | **26.30** / 21.57 | 70 | 7 | 3.00 |"
+    assert lines[4].startswith("| 20% | slicegpt | failed")
