@@ -162,17 +162,19 @@ def _size_options(imodel: IntegralModel, target: float, metric: str, cal: Sequen
 
 def _sizes_and_starts(imodel: IntegralModel, options: Mapping[str, Mapping[str, int]], cal: Sequence[tuple],
                       reference: Sequence[Any], loss: Distillation, kinds: Sequence[str], importance: Importance | None,
-                      clock: _Clock, share: float, per_batch: float, skipped: list[str]
+                      clock: _Clock, share: float, per_batch: float, skipped: list[str], hold: float = 0.0
                       ) -> tuple[str, dict[str, float], StartChoice]:
-    """The sizes and starts with the lowest error on ``cal``; ``imodel`` is left at them."""
+    """The sizes and starts with the lowest error on ``cal``; ``imodel`` is left at them. ``share``
+    of the time left, less ``hold`` seconds kept for what comes after, goes to the measurements
+    beyond the first."""
     order = [k for k in START_ORDER if k in kinds] + [k for k in kinds if k not in START_ORDER]
     results: dict[str, StartChoice] = {}
     for i, (method, sizes) in enumerate(options.items()):
-        if results and clock.left() < len(cal) * per_batch:  # the first (most promising) is always measured
+        if results and clock.left() - hold < len(cal) * per_batch:  # the first (most promising) is always measured
             skipped.append(f"sizes {', '.join(list(options)[i:])} (measuring them takes about "
                            f"{len(cal) * per_batch:.1f} s each, {max(0.0, clock.left()):.1f} s left)")
             break
-        seconds = share * max(0.0, clock.left()) / (len(options) - i)
+        seconds = share * max(0.0, clock.left() - hold) / (len(options) - i)
         with kept_partitions(imodel):
             imodel.resize(dict(sizes))
             results[method] = best_start(imodel, cal, kinds=order, per_group=False, reference=reference, loss=loss,
@@ -274,8 +276,13 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
     spent["choose_sizes"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     share = 0.5 if reconstruct and judge else 0.8
+    first = cal if len(fit) > 2 * len(cal) else fit  # what the reconstruction is fitted on first
+    need = (RECONSTRUCT_PASSES * len(first) + len(judge)) * per_batch
+    # the reconstruction's first fit is kept clear of the starts beyond the first one measured: where
+    # both do not fit, the refit gains more (on SmolLM2 with 60 s the starts took the time it needed)
+    hold = need if reconstruct and judge and need <= clock.left() else 0.0
     method, table, start = _sizes_and_starts(imodel, options, cal, reference, loss, kinds, importance, clock, share,
-                                             per_batch, skipped)
+                                             per_batch, skipped, hold)
     if method == "given":
         table = {}
     spent["choose_start"] = time.perf_counter() - t0
@@ -284,8 +291,6 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
     recon, versus = None, {}
     if reconstruct and not judge:
         skipped.append("reconstruction (no held-out calibration batch to judge it on; pass 2 or more batches)")
-    first = cal if len(fit) > 2 * len(cal) else fit  # what the reconstruction is fitted on first
-    need = (RECONSTRUCT_PASSES * len(first) + len(judge)) * per_batch
     if reconstruct and judge and need > clock.left():  # not even the held-out error of the partitions
         skipped.append(f"reconstruction on {len(first)} batches (about {need:.1f} s with its judging, "
                        f"{max(0.0, clock.left()):.1f} s left)")
