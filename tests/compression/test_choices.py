@@ -186,3 +186,15 @@ def test_importance_runs_on_the_first_samples_of_a_batch_when_a_whole_one_does_n
     assert choices._importance(imodel, batches, reference, loss, 0.1 * choices.IMPORTANCE_PASSES, skipped,
                                teacher, per_batch=1.0, whole=0.1 * choices.IMPORTANCE_PASSES) is None
     assert skipped[0].startswith("importance scores (one batch takes about")
+
+
+def test_a_budget_with_no_room_for_tuning_says_so_and_names_tune_false(monkeypatch, caplog):
+    model, inputs, cal = _mlp_and_batches(6)
+    monkeypatch.setattr(compression, "MIN_TUNING_STEPS", 10**9)  # no budget can hold that many steps
+    with caplog.at_level("WARNING", logger="torchinn.compression.pipeline"):
+        _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST,
+                                 tune=TuneConfig(seconds=2.0, progress=False))
+    assert report.tuning["steps"] == 0
+    assert any(s.startswith("tuning (about") for s in report.skipped)
+    msg = [r.getMessage() for r in caplog.records if "leaves no time for tuning" in r.getMessage()]
+    assert len(msg) == 1 and "TuneConfig(seconds=2)" in msg[0] and "tune=False chooses within 30 s" in msg[0]

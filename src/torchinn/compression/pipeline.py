@@ -314,6 +314,13 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
     few = tune is not False and tune.seconds is not None and steps < MIN_TUNING_STEPS
     if few:  # a handful of steps would not pay for what the choices give up to make room for them
         share = 1.0
+        no_tune = max(NO_TUNE_SECONDS, NO_TUNE_PASSES * per_batch)
+        if no_tune > tune.seconds:  # the user asked for less than tune=False would take
+            log.warning("compress: TuneConfig(seconds=%g) leaves no time for tuning on this network (a forward "
+                        "pass of a calibration batch takes %.1f s; %d tuning steps need about %.0f s): the budget "
+                        "goes to the choices; tune=False chooses within %.0f s, and a larger budget tunes",
+                        tune.seconds, per_batch, MIN_TUNING_STEPS, MIN_TUNING_STEPS * STEP_PASSES * per_batch,
+                        no_tune)
     made = choose(imodel, target=target, metric=metric, sizes=sizes, cal=cal, reference=reference, fit=fit,
                   judge=judge, judged=judged, loss=loss, example_inputs=example_inputs, min_ratio=min_ratio,
                   multiples=multiples, kinds=starts, reconstruct=reconstruct, seconds=max(0.0, share * left),
