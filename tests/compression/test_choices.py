@@ -3,6 +3,7 @@ reconstruction judged on batches it was never fitted on, and what the report say
 
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
@@ -198,3 +199,26 @@ def test_a_budget_with_no_room_for_tuning_says_so_and_names_tune_false(monkeypat
     assert any(s.startswith("tuning (about") for s in report.skipped)
     msg = [r.getMessage() for r in caplog.records if "leaves no time for tuning" in r.getMessage()]
     assert len(msg) == 1 and "TuneConfig(seconds=2)" in msg[0] and "tune=False chooses within 30 s" in msg[0]
+
+
+def test_size_options_beyond_the_first_leave_the_reconstruction_its_time():
+    from torchinn.model.inputs import Inputs, run
+    from torchinn.training.distill import Distillation
+
+    model, inputs, cal = _mlp_and_batches(2, rows=8)
+    imodel = inn.convert(model, inputs, FAST)
+    batches = [Inputs(b) for b in cal]
+    teacher = imodel.to_discrete(graph=True).eval()
+    with torch.no_grad():
+        reference = [run(teacher, b) for b in batches]
+    options = {"uniform": {n: g.max_size // 2 for n, g in imodel.groups.items()},
+               "other": {n: g.max_size // 2 + 1 for n, g in imodel.groups.items()}}
+    args = lambda: (copy.deepcopy(imodel), options, batches, reference, Distillation("mse"), ["l1"], None)
+    skipped: list[str] = []
+    # 100 s left, 99.5 of them held for the reconstruction: a second option (2 batches of 1 s) does not fit
+    method, table, _ = choices._sizes_and_starts(*args(), choices._Clock(100.0), 0.5, 1.0, skipped, hold=99.5)
+    assert list(table) == ["uniform"] and method == "uniform"
+    assert skipped[0].startswith("sizes other (measuring them takes about 2.0 s each,")
+    skipped.clear()
+    _, table, _ = choices._sizes_and_starts(*args(), choices._Clock(100.0), 0.5, 1.0, skipped, hold=0.0)
+    assert sorted(table) == ["other", "uniform"] and not skipped
