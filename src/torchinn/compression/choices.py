@@ -8,15 +8,19 @@ per second, and measures once what several choices share:
 1. **Importance** (:mod:`torchinn.compression.importance`): one forward and one backward pass per choice
    batch (and as many training batches again, time allowing) give every channel's activation
    and Fisher scores. They rank the channels for the
-   ``"activation"`` and ``"fisher"`` starts and give the Fisher size curves.
+   ``"activation"`` and ``"fisher"`` starts and give the Fisher size curves. Where one batch
+   does not fit its share (a language model on one core), its first samples that do (at least
+   one): without scores the starts select by weight norms alone.
 2. **Sizes**: one ratio for every group (``"uniform"``) and the Fisher greedy allocation cost no
    pass; the measured sensitivities (``"sensitivity"``: six passes per group and batch) join only
    when they fit in a quarter of what is left.
 3. **Sizes x starts**: each set of sizes is tried at its starts, the most promising first, each
-   set getting an equal share of the time left (its first start is always measured).
+   set getting an equal share of the time left (its first start is always measured; the sets
+   after the first only while a measurement fits, and the time the reconstruction's first fit
+   needs is kept clear of them).
 4. **Reconstruction** (:func:`torchinn.compression.baselines.reconstruct`), fitted on the training batches
    only and compared with the partitions on the held-out batches, which no candidate was fitted
-   or chosen on: first fitted on the choice batches (screening), refit on all the training
+   or chosen on (skipped, judging included, when its first fit does not fit the time left): first fitted on the choice batches (screening), refit on all the training
    batches when the screened fit is close and the time left allows.
 5. **Group by group** starts (:func:`torchinn.compression.starts.refine_start`) with the time left.
 
