@@ -71,7 +71,8 @@ def one(method: str, level: float, seconds: float, threads: int, calib: int, qui
                                   tune=tune if method == "compress-tuned" else False)
         row["seconds"] = time.perf_counter() - t0
         row["report"] = {"seconds": rep.seconds, "skipped": rep.skipped, "starts": sorted(set(rep.starts.values())),
-                         "sizes_method": rep.sizes_method, "steps": rep.tuning.get("steps", 0), "loss": rep.loss}
+                         "sizes_method": rep.sizes_method, "steps": rep.tuning.get("steps", 0), "loss": rep.loss,
+                         "bound": rep.bound}
     else:
         small = B.METHODS[method](net, cal, removed)
         row["seconds"] = time.perf_counter() - t0
