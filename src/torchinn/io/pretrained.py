@@ -199,8 +199,10 @@ def load_pretrained(directory: str | os.PathLike) -> nn.Module:
     if hasattr(model, "tie_weights"):
         model.tie_weights()  # as its config says (built without initialising, it is not tied yet)
     ties = _ties(model)
-    shapes = (_json(folder / SHAPES_FILE) if (folder / SHAPES_FILE).is_file() else  # a plain transformers folder
-              {"format": FORMAT, "version": VERSION, "architecture": cls.__name__, "modules": {}, "attributes": {}})
+    plain = not (folder / SHAPES_FILE).is_file()  # a plain transformers folder: the sizes of its config
+    shapes = ({"format": FORMAT, "version": VERSION, "architecture": cls.__name__, "modules": {}, "attributes": {}}
+              if plain else _json(folder / SHAPES_FILE))
+    sizes_of = f"{CONFIG_FILE} (the folder has no {SHAPES_FILE})" if plain else SHAPES_FILE
     apply_shapes(model, shapes, str(folder / SHAPES_FILE))
     try:
         tensors = load_file(folder / WEIGHTS_FILE)
@@ -211,7 +213,7 @@ def load_pretrained(directory: str | os.PathLike) -> nn.Module:
     unexpected = sorted(set(tensors) - set(expected))
     if unexpected:
         raise FormatError(f"{where}: tensor {unexpected[0]!r} is not a parameter or buffer of {cls.__name__} at the "
-                          f"sizes of {SHAPES_FILE} ({len(unexpected)} such tensors)")
+                          f"sizes of {sizes_of} ({len(unexpected)} such tensors)")
     tied_to = {n: names for names in ties for n in names}
     for k, t in expected.items():
         if k not in tensors:
@@ -221,7 +223,7 @@ def load_pretrained(directory: str | os.PathLike) -> nn.Module:
             continue
         if tuple(tensors[k].shape) != tuple(t.shape):
             raise FormatError(f"{where}: tensor {k!r} has shape {tuple(tensors[k].shape)}, but {cls.__name__} at the "
-                              f"sizes of {SHAPES_FILE} has {tuple(t.shape)} there")
+                              f"sizes of {sizes_of} has {tuple(t.shape)} there")
     for k in list(tensors):  # fresh, aligned memory: BLAS sums misaligned tensors in another order (4e-8)
         tensors[k] = tensors.pop(k).clone()
     model.load_state_dict(tensors, strict=False, assign=True)
