@@ -938,6 +938,54 @@ CASES += [
 ]
 
 
+
+def cli_folder_without_config(tmp: Path) -> None:
+    from torchinn.cli.loading import load_model
+
+    (tmp / "weights").mkdir()
+    load_model(str(tmp / "weights"))
+
+
+def cli_folder_output_for_a_plain_module(tmp: Path) -> None:
+    from torchinn.cli.main import build_parser
+
+    torch.save(nn.Sequential(nn.Embedding(8, 4), nn.Linear(4, 2)), tmp / "m.pt")
+    args = build_parser().parse_args(["compress", str(tmp / "m.pt"), "--input-ids", "2,4", "--target", "0.5",
+                                      "--trust-code", "-o", f"{tmp / 'small'}/"])
+    args.func(args)
+
+
+def cli_folder_output_not_empty(tmp: Path) -> None:
+    from torchinn.cli.output import check_output
+
+    (tmp / "out").mkdir()
+    (tmp / "out" / "notes.txt").write_text("mine")
+    check_output(str(tmp / "out"))
+
+
+def load_pretrained_sharded(tmp: Path) -> None:
+    (tmp / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}')
+    (tmp / "model.safetensors.index.json").write_text("{}")
+    inn.io.load_pretrained(tmp)
+
+
+CASES += [
+    ("a folder MODEL without config.json, given to the command line", cli_folder_without_config, CLIError,
+     r"^MODEL '.*weights' is a directory without config\.json; expected a Hugging Face model folder \(config\.json "
+     r"and model\.safetensors\), a model file or module:callable$"),
+    ("compress of a model that is not a transformers model to a folder -o", cli_folder_output_for_a_plain_module,
+     CLIError, r"^-o '.*small/' is a folder, and folders are for transformers models \(written as a Hugging Face "
+     r"folder\); Sequential is not one: give a file name like small\.pt$"),
+    ("compress -o a folder that is not empty, without --force", cli_folder_output_not_empty, CLIError,
+     r"^-o '.*out' is a folder that is not empty; give a new or empty folder, or pass --force to replace its "
+     r"contents$"),
+    ("load_pretrained of a folder whose weights are sharded", load_pretrained_sharded, inn.FormatError,
+     r"^.* has no model\.safetensors: its weights are sharded \(model\.safetensors\.index\.json\), which torchinn "
+     r"does not read; save the model again with a max_shard_size above its size for one file; a Hugging Face "
+     r"model folder holds config\.json and model\.safetensors \(and, from torchinn\.io\.save_pretrained, "
+     r"torchinn_shapes\.json\)$"),
+]
+
 @pytest.mark.parametrize("what,fn,exc,pattern", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_gets_a_clear_error(what: str, fn: Callable, exc: type, pattern: str, tmp_path: Path) -> None:
     with pytest.raises(exc, match=pattern):

@@ -247,5 +247,30 @@ def test_tampered_folder_gets_a_named_error(case: str, tmp_path: Path) -> None:
 def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match=r"needs a transformers model \(a PreTrainedModel with a config\), got Linear"):
         save_pretrained(torch.nn.Linear(2, 2), tmp_path)
-    with pytest.raises(FormatError, match=r"has no config\.json: a folder of torchinn\.io\.save_pretrained holds"):
+    with pytest.raises(FormatError, match=r"has no config\.json: a Hugging Face model folder holds config\.json and "
+                                          r"model\.safetensors \(and, from torchinn\.io\.save_pretrained, "
+                                          r"torchinn_shapes\.json\)$"):
         load_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80")
+    with pytest.raises(FormatError, match=r"has no model\.safetensors: its weights are in pytorch_model\.bin, a "
+                                          r"pickle that torchinn does not read; a Hugging Face model folder holds"):
+        load_pretrained(tmp_path)
+    with pytest.raises(FormatError, match=r"config\.json is not a folder: load_pretrained reads a Hugging Face model "
+                                          r"folder"):
+        load_pretrained(tmp_path / "config.json")
+
+
+def test_folder_without_shapes_file_loads_at_the_config_sizes(tmp_path: Path) -> None:
+    model, _ = _llama()
+    model.save_pretrained(tmp_path / "plain")  # transformers' own folder: no torchinn_shapes.json
+    back = load_pretrained(tmp_path / "plain")
+    ids = torch.randint(0, VOCAB, (1, 6), generator=torch.Generator().manual_seed(2))
+    assert type(back) is type(model) and torch.equal(back(ids).logits, model(ids).logits)
+    small = _per_layer_llama()
+    save_pretrained(small, tmp_path / "small")
+    (tmp_path / "small" / "torchinn_shapes.json").unlink()  # per-layer sizes without the file that says them
+    with pytest.raises(FormatError, match=r"tensor 'model\.layers\.0\.self_attn\.q_proj\.weight' has shape "
+                                          r"\(16, 32\), but LlamaForCausalLM at the sizes of config\.json \(the "
+                                          r"folder has no torchinn_shapes\.json\) has \(32, 32\) there"):  # 1 kv head
+        load_pretrained(tmp_path / "small")

@@ -10,11 +10,12 @@ import dataclasses
 import json
 import platform
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 from .args import available_cores
-from .output import check_output, created_folders, printable, report_paths, save_checked
+from .output import check_output, created_folders, is_folder, printable, report_paths, save_checked, save_folder_checked
 from ..io.fileio import write_text
 from .loading import (IMAGE_SUFFIXES, CLIError, Loaded, convertible, dtype_of, embedding_size, random_inputs,
                       random_tokens, shapes_text, load_images, load_model, vocabulary)
@@ -169,9 +170,17 @@ def compress(args: argparse.Namespace) -> int:
     _check_token_flags(args)
     if args.calibration is None and (args.mean is not None or args.std is not None):
         raise CLIError("--mean/--std normalise --calibration images; give --calibration too")
+    if args.pad and not is_folder(args.output):
+        raise CLIError(f"--pad pads a Hugging Face folder for transformers' from_pretrained; -o {args.output!r} is "
+                       "a file: give a folder (an existing directory or a name ending with '/')")
     out, made = check_output(args.output, _input_files(args), args.force)
     with created_folders(made):
         return _compress(args, out)
+
+
+def _is_transformers(model: Any) -> bool:
+    """A transformers model (a PreTrainedModel with a config), as torchinn.io.save_pretrained takes."""
+    return hasattr(getattr(model, "config", None), "save_pretrained") and hasattr(type(model), "_from_config")
 
 
 def _calibration(args: argparse.Namespace, dtype: Any) -> tuple[list, dict, str]:
@@ -204,6 +213,10 @@ def _compress(args: argparse.Namespace, out: Path) -> int:
         raise CLIError(f"{loaded.source!r} is an integral model: compress needs the original network "
                        "(a torch.save(module) file or module:callable)")
     model = convertible(loaded, "compress")
+    folder = is_folder(args.output)
+    if folder and not _is_transformers(model):
+        raise CLIError(f"-o {args.output!r} is a folder, and folders are for transformers models (written as a Hugging "
+                       f"Face folder); {type(model).__name__} is not one: give a file name like small.pt")
     dtype = dtype_of(model)
     if args.input_ids is not None and args.calibration is not None:
         loader, calibration = load_token_batches(args.calibration, args.tokenizer, args.input_ids, args.batch_size,
@@ -234,15 +247,28 @@ def _compress(args: argparse.Namespace, out: Path) -> int:
         loader = [(b,) if len(b) > 1 else b[0] for b in loader]  # batch_inputs: a tensor or ((inputs),)
     tune = (TuneConfig(seconds=args.seconds, progress=not args.no_progress, weights_share=args.weights_share,
                        loss=args.loss) if args.seconds > 0 else False)
-    small, report = compress_model(model, example, args.target, args.metric, calibration=loader, tune=tune,
-                                   reconstruct=not args.no_reconstruct, multiple=args.multiple,
-                                   graph=True)  # the graph module: its pickle loads without the model's code
-    save_checked(small, out, as_inputs(example))
+    with warnings.catch_warnings():
+        if folder:  # its advice (save with torchinn.io.save_pretrained) is what a folder -o does
+            warnings.filterwarnings("ignore", r"to_discrete\(\): .* cannot be described by its", UserWarning)
+        small, report = compress_model(model, example, args.target, args.metric, calibration=loader, tune=tune,
+                                       reconstruct=not args.no_reconstruct, multiple=args.multiple,
+                                       graph=not folder)  # a file: the graph module, whose pickle loads without code
+    if folder:
+        if not _is_transformers(small):
+            raise CLIError(f"the compressed {type(model).__name__} came back as a graph module (a warning above says "
+                           f"why), not a transformers model, so it cannot be written to the folder -o {args.output!r}: "
+                           "give a file name like small.pt")
+        save_folder_checked(small, out, as_inputs(example), pad=args.pad)
+        load_with = ("transformers' from_pretrained(path) (or torchinn.io.load_pretrained(path))" if args.pad
+                     else "torchinn.io.load_pretrained(path)")
+    else:
+        save_checked(small, out, as_inputs(example))
+        load_with = "torch.load(path, weights_only=False)"
     data = dataclasses.asdict(report)
     data.update(ratio=report.ratio, model=loaded.source, output=str(out),
                 input_shapes=[list(s) for s in args.input_shape or []], calibration=calibration,
                 input_ids=list(args.input_ids) if args.input_ids is not None else None,
-                load_with="torch.load(path, weights_only=False)", torchinn=__version__, torch=torch.__version__)
+                load_with=load_with, torchinn=__version__, torch=torch.__version__)
     rounded = f", sizes in multiples of {args.multiple}" if args.multiple > 1 else ""
     text = printable(f"torchinn compress {loaded.source} -> {out} (target {args.target:g} of the {args.metric}"
                      f"{rounded}, {args.seconds:g} s of tuning, calibration: {described})\n{report}\n",
@@ -251,7 +277,7 @@ def _compress(args: argparse.Namespace, out: Path) -> int:
     write_text(json_path, json.dumps(data, indent=2) + "\n")
     write_text(text_path, text)
     print(text, end="")
-    print(printable(f"wrote {out} (load with torch.load(path, weights_only=False)), {json_path.name}, "
+    print(printable(f"wrote {out} (load with {load_with}), {json_path.name}, "
                     f"{text_path.name}"))
     return 0
 

@@ -32,7 +32,8 @@ class CLIError(Exception):
 # -- loading models -----------------------------------------------------------------------------
 @dataclasses.dataclass
 class Loaded:
-    """A model read from a MODEL argument; ``kind`` is module, torchscript, exported or integral."""
+    """A model read from a MODEL argument; ``kind`` is module (a Hugging Face folder too),
+    torchscript, exported or integral."""
 
     obj: Any
     kind: str
@@ -117,7 +118,7 @@ def _load_file(path: Path, trust_code: bool = False, convert: bool = False) -> L
     from torch import nn
 
     if path.is_dir():
-        raise CLIError(f"MODEL {str(path)!r} is a directory; expected a model file or module:callable")
+        return _load_folder(path)
     if not path.is_file():
         raise CLIError(f"MODEL {str(path)!r} is not a regular file (a FIFO or device?); expected a model file")
     safetensors = _is_safetensors(path)
@@ -152,6 +153,21 @@ def _load_file(path: Path, trust_code: bool = False, convert: bool = False) -> L
     if not isinstance(obj, nn.Module):
         raise CLIError(f"{str(path)!r} holds {_a(type(obj).__name__)}, not an nn.Module")
     return Loaded(obj, "module", str(path))
+
+
+def _load_folder(path: Path) -> Loaded:
+    """A Hugging Face model folder (config.json + model.safetensors, with or without torchinn's
+    per-layer sizes), read by :func:`torchinn.io.load_pretrained`: data only, nothing is run."""
+    from ..io.ops import FormatError
+    from ..io.pretrained import CONFIG_FILE, WEIGHTS_FILE, load_pretrained
+
+    if not (path / CONFIG_FILE).is_file():
+        raise CLIError(f"MODEL {str(path)!r} is a directory without {CONFIG_FILE}; expected a Hugging Face model "
+                       f"folder ({CONFIG_FILE} and {WEIGHTS_FILE}), a model file or module:callable")
+    try:
+        return Loaded(load_pretrained(path), "module", str(path))
+    except (FormatError, ImportError) as err:
+        raise CLIError(f"cannot read MODEL {str(path)!r} as a Hugging Face model folder: {err}") from err
 
 
 def _first_line(err: Exception) -> str:

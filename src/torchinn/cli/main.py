@@ -14,6 +14,10 @@
   ``--trust-code`` (its loader unpickles the constants stored in it);
 * an integral model saved by torchinn (``.inn``, :func:`torchinn.save`; a safetensors file, never
   unpickled): ``inspect`` and ``bench``;
+* a Hugging Face model folder (``config.json`` and ``model.safetensors``; with
+  ``torchinn_shapes.json``, per-layer sizes as :func:`torchinn.io.save_pretrained` writes them),
+  read with :func:`torchinn.io.load_pretrained`: data only (the class comes from transformers'
+  auto mappings, nothing is unpickled or run), so no ``--trust-code``; sharded weights are refused;
 * ``package.module:callable`` or ``path/to/file.py:callable``: imported (the current directory
   is put on ``sys.path``) and called without arguments; it must return an ``nn.Module``
   (``module:name`` of an ``nn.Module`` instance uses the instance).
@@ -132,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "torch.fx.GraphModule: load it with torch.load(path, weights_only=False); torchinn is "
                     "not needed to load it) with a report next to it (OUT.report.json, OUT.report.txt: after "
                     "the whole name, so -o small.pt writes small.pt.report.json).")
-    com.add_argument("model", metavar="MODEL", help=_MODEL_HELP.format(extra=""))
+    com.add_argument("model", metavar="MODEL",
+                     help=_MODEL_HELP.format(extra="a Hugging Face model folder (config.json and model.safetensors), "))
     given = com.add_mutually_exclusive_group(required=True)
     given.add_argument("--input-shape", type=ca.shape, action="append", metavar="N,C,H,W",
                        help=_SHAPE_HELP + "; with --calibration, N images make one batch")
@@ -182,9 +187,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="do not try the least-squares reconstruction baseline as a starting point")
     com.add_argument("-o", "--output", required=True, metavar="OUT",
                      help="file for the compressed network (.pt); checked before the run and replaced atomically "
-                          "(a crash leaves the old file as it was); never one of the inputs unless --force")
+                          "(a crash leaves the old file as it was); never one of the inputs unless --force. A "
+                          "folder (an existing directory, or a name ending with '/') for a transformers model: "
+                          "written with torchinn.io.save_pretrained (config.json, model.safetensors and the "
+                          "per-layer sizes in torchinn_shapes.json; load with torchinn.io.load_pretrained), built "
+                          "next to it and renamed into place once it loads back; a folder that is not empty only "
+                          "with --force")
+    com.add_argument("--pad", action="store_true",
+                     help="with a folder -o: pad every layer with zeros to the largest sizes over the layers, so "
+                          "that plain transformers' from_pretrained loads it (outputs equal within float rounding; "
+                          "the model is larger than without --pad)")
     com.add_argument("--force", action="store_true",
-                     help="allow -o (or its reports) to replace an input: MODEL's file or a calibration image")
+                     help="allow -o (or its reports) to replace an input: MODEL's file or a calibration image; "
+                          "or a folder -o that is not empty")
     com.add_argument("--seed", type=ca.seed, default=0, help=_SEED_HELP)
     com.add_argument("--no-progress", action="store_true", help="hide the tuning progress bar")
     _trust_flag(com)

@@ -7,6 +7,12 @@ whole output name, so ``-o a.pt`` and ``-o a.pth`` do not share reports). None o
 of the command's inputs (the model's file, a ``file.py`` of ``file.py:callable``, a calibration
 image; also through a symbolic or hard link) unless ``--force``.
 
+An ``OUT`` that is an existing directory or ends with ``/`` is a folder (:func:`is_folder`): a
+``transformers`` model is written there as a Hugging Face folder by
+:func:`torchinn.io.save_pretrained` (:func:`save_folder_checked`), built in a temporary folder
+next to it and renamed into place once it loads back; a non-empty folder is replaced only with
+``--force``.
+
 Names and reasons read from a model file go to the terminal through :func:`printable`, so a crafted
 file cannot send terminal escape sequences:
 
@@ -20,6 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +36,8 @@ from ..io.fileio import atomic_open, check_target
 from ..model.inputs import run
 from .loading import CLIError
 
-__all__ = ["printable", "report_paths", "check_output", "created_folders", "save_checked", "nan_equal"]
+__all__ = ["printable", "report_paths", "is_folder", "check_output", "created_folders", "save_checked",
+           "save_folder_checked", "nan_equal"]
 
 
 def printable(text: object, keep_newlines: bool = False) -> str:
@@ -71,18 +80,28 @@ def _same_files(targets: Iterable[Path], inputs: Iterable[tuple[str, Path]]) -> 
     return None
 
 
+def is_folder(output: str) -> bool:
+    """Whether ``-o output`` names a folder: an existing directory, or a name ending with ``/``."""
+    return Path(output).is_dir() or output.endswith(("/", os.sep))
+
+
 def check_output(output: str, inputs: Iterable[tuple[str, Path]] = (), force: bool = False) -> tuple[Path, list[Path]]:
     """``-o`` and its two reports, checked before the long run: the folder exists (it is created:
     the folders made are returned, deepest first, for :func:`created_folders` to remove after a
-    failure) and can be written, no target is a directory, special file or read-only, and none is
-    one of ``inputs`` (``(role, path)`` pairs, e.g. ``("MODEL", model.pt)``) unless ``force``."""
+    failure) and can be written, no target is a special file or read-only, and none is one of
+    ``inputs`` (``(role, path)`` pairs, e.g. ``("MODEL", model.pt)``) unless ``force``. A folder
+    ``-o`` (:func:`is_folder`) must be empty or new unless ``force``."""
     out = Path(output)
-    if out.is_dir():
-        raise CLIError(f"-o {output!r} is a directory; give a file name like small.pt")
-    if out.suffix.lower() == ".inn":
+    folder = is_folder(output)
+    if folder and out.exists() and not out.is_dir():
+        raise CLIError(f"-o {output!r} ends with '/' (a folder), but {str(out)!r} is a file")
+    if folder and not force and out.is_dir() and any(out.iterdir()):
+        raise CLIError(f"-o {output!r} is a folder that is not empty; give a new or empty folder, or pass --force "
+                       "to replace its contents")
+    if not folder and out.suffix.lower() == ".inn":
         raise CLIError(f"-o {output!r}: compress writes a plain network with torch.save (a pickle), but .inn "
                        "is torchinn's safetensors format, which is never unpickled; give a name like small.pt")
-    targets = (out, *report_paths(out))
+    targets = report_paths(out) if folder else (out, *report_paths(out))
     same = None if force else _same_files(targets, inputs)
     if same is not None:
         target, role, path = same
@@ -148,3 +167,63 @@ def save_checked(small: Any, out: Path, example: tuple) -> None:
         if not all(nan_equal(a, b) for a, b in leaves):
             raise CLIError(f"internal error: the network written for {out} does not load back to the same "
                            "network; please report this (the old file, if any, is unchanged)")
+
+
+def _tensors(out: Any) -> list:
+    """The tensors of a model's output (a transformers ``ModelOutput`` through its ``to_tuple()``)."""
+    import torch
+
+    if hasattr(out, "to_tuple"):
+        out = out.to_tuple()
+    return [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def _close(a: Any, b: Any, exact: bool) -> bool:
+    if exact or not a.is_floating_point():
+        return nan_equal(a, b)
+    scale = float(a.abs().max()) if a.numel() else 0.0  # padding with zeros: equal within float rounding
+    return a.shape == b.shape and bool(((a - b).abs() <= 1e-4 * (1.0 + scale)).all())
+
+
+def save_folder_checked(small: Any, out: Path, example: Any, pad: bool = False) -> None:
+    """:func:`torchinn.io.save_pretrained` of ``small`` (a transformers model) to the folder ``out``:
+    written to a temporary folder next to it, read back with :func:`torchinn.io.load_pretrained`
+    and run on ``example`` (:class:`~torchinn.model.inputs.Inputs`; ``use_cache=False``), with the
+    same outputs (``pad=True``: within float rounding), then renamed to ``out``. Contents of ``out``
+    are replaced only then; if anything fails, ``out`` is left as it was and nothing half-written
+    stays."""
+    import torch
+
+    from ..io.pretrained import load_pretrained, save_pretrained
+
+    temp = Path(tempfile.mkdtemp(prefix=f".{out.name[:200]}.", suffix=".tmp", dir=out.parent))
+    old = None
+    try:
+        save_pretrained(small, temp, pad=pad)
+        again = load_pretrained(temp)
+        call = dict(example.kwargs, use_cache=False) if hasattr(small.config, "use_cache") else dict(example.kwargs)
+        with torch.no_grad():
+            ref, got = _tensors(small(*example, **call)), _tensors(again(*example, **call))
+        if len(ref) != len(got) or not all(_close(a, b, not pad) for a, b in zip(ref, got)):
+            raise CLIError(f"internal error: the folder written for {out} does not load back to the same "
+                           "network; please report this (the old folder, if any, is unchanged)")
+        os.chmod(temp, 0o777 & ~_umask())
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name[:200]}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / "x")  # the old folder moved aside, removed once the new one is in place
+        os.replace(temp, out)
+    except BaseException:
+        if old is not None and (old / "x").exists() and not out.exists():
+            os.replace(old / "x", out)
+        shutil.rmtree(temp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

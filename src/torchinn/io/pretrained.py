@@ -167,22 +167,42 @@ def _ties(model: nn.Module) -> list[list[str]]:
     return [names for names in by_id.values() if len(names) > 1]
 
 
+def _missing_hint(folder: Path, name: str) -> str:
+    """Why a folder has no ``name``: the weights sharded over several files, or only in a pickle."""
+    if name != WEIGHTS_FILE:
+        return ""
+    if (folder / f"{WEIGHTS_FILE}.index.json").is_file():
+        return (f"its weights are sharded ({WEIGHTS_FILE}.index.json), which torchinn does not read; save the "
+                "model again with a max_shard_size above its size for one file; ")
+    if (folder / "pytorch_model.bin").is_file():
+        return "its weights are in pytorch_model.bin, a pickle that torchinn does not read; "
+    return ""
+
+
 def load_pretrained(directory: str | os.PathLike) -> nn.Module:
     """The model saved by :func:`save_pretrained` in ``directory``, of its own ``transformers``
-    class, in eval mode (see the module docstring for what is checked). Raises
+    class, in eval mode (see the module docstring for what is checked). A folder without
+    ``torchinn_shapes.json`` (a plain ``transformers`` folder of one ``model.safetensors``; sharded
+    weights are refused) loads at the sizes its config says. Raises
     :class:`~torchinn.io.ops.FormatError` naming the file, entry or tensor that is wrong."""
     folder = Path(directory)
-    for f in (CONFIG_FILE, WEIGHTS_FILE, SHAPES_FILE):
+    if not folder.is_dir():
+        raise FormatError(f"{folder} is not a folder: load_pretrained reads a Hugging Face model folder "
+                          f"({CONFIG_FILE} and {WEIGHTS_FILE}, and {SHAPES_FILE} for per-layer sizes)")
+    for f in (CONFIG_FILE, WEIGHTS_FILE):
         if not (folder / f).is_file():
-            raise FormatError(f"{folder} has no {f}: a folder of torchinn.io.save_pretrained holds {CONFIG_FILE}, "
-                              f"{WEIGHTS_FILE} and {SHAPES_FILE} (a plain transformers folder loads with "
-                              "from_pretrained)")
+            raise FormatError(f"{folder} has no {f}: {_missing_hint(folder, f)}a Hugging Face model folder holds "
+                              f"{CONFIG_FILE} and {WEIGHTS_FILE} (and, from torchinn.io.save_pretrained, "
+                              f"{SHAPES_FILE})")
     cls, config = _model_class(_json(folder / CONFIG_FILE), folder / CONFIG_FILE)
     model = build(cls, config)
     if hasattr(model, "tie_weights"):
         model.tie_weights()  # as its config says (built without initialising, it is not tied yet)
     ties = _ties(model)
-    shapes = _json(folder / SHAPES_FILE)
+    plain = not (folder / SHAPES_FILE).is_file()  # a plain transformers folder: the sizes of its config
+    shapes = ({"format": FORMAT, "version": VERSION, "architecture": cls.__name__, "modules": {}, "attributes": {}}
+              if plain else _json(folder / SHAPES_FILE))
+    sizes_of = f"{CONFIG_FILE} (the folder has no {SHAPES_FILE})" if plain else SHAPES_FILE
     apply_shapes(model, shapes, str(folder / SHAPES_FILE))
     try:
         tensors = load_file(folder / WEIGHTS_FILE)
@@ -193,7 +213,7 @@ def load_pretrained(directory: str | os.PathLike) -> nn.Module:
     unexpected = sorted(set(tensors) - set(expected))
     if unexpected:
         raise FormatError(f"{where}: tensor {unexpected[0]!r} is not a parameter or buffer of {cls.__name__} at the "
-                          f"sizes of {SHAPES_FILE} ({len(unexpected)} such tensors)")
+                          f"sizes of {sizes_of} ({len(unexpected)} such tensors)")
     tied_to = {n: names for names in ties for n in names}
     for k, t in expected.items():
         if k not in tensors:
@@ -203,7 +223,7 @@ def load_pretrained(directory: str | os.PathLike) -> nn.Module:
             continue
         if tuple(tensors[k].shape) != tuple(t.shape):
             raise FormatError(f"{where}: tensor {k!r} has shape {tuple(tensors[k].shape)}, but {cls.__name__} at the "
-                              f"sizes of {SHAPES_FILE} has {tuple(t.shape)} there")
+                              f"sizes of {sizes_of} has {tuple(t.shape)} there")
     for k in list(tensors):  # fresh, aligned memory: BLAS sums misaligned tensors in another order (4e-8)
         tensors[k] = tensors.pop(k).clone()
     model.load_state_dict(tensors, strict=False, assign=True)
