@@ -202,6 +202,8 @@ def _in_new_process(path, x_path, out_path) -> str:
 
 def test_compress_random_inputs_report_and_reload(work, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(work))
+    # 1 s tunes: on a loaded machine fewer than the usual 20 steps may fit, which skips tuning
+    monkeypatch.setattr("torchinn.compression.pipeline.MIN_TUNING_STEPS", 1)
     out_file = work / "compressed" / "tiny.pt"
     code, out, err = run(["compress", "clinet_tiny:build", "--input-shape", SHAPE, "--target", "0.5",
                           "--seconds", "1", "--no-progress", "-o", out_file], capsys)
