@@ -108,7 +108,7 @@ def test_perplexity_reproduces_on_both_texts(model):
     assert uniform == pytest.approx(49152, rel=1e-4)
 
 
-def test_generates_and_converts_exactly_back_to_its_class(model, tmp_path):
+def test_generates_and_converts_exactly_back_to_its_class(model):
     prompt = "The capital of France is"
     assert smollm2.generate(model, prompt, 3).startswith(" Paris")
     # channels not reordered: the default (reordered) conversion takes ~25 s more; see RESULTS.md
@@ -123,27 +123,3 @@ def test_generates_and_converts_exactly_back_to_its_class(model, tmp_path):
     assert float((out - ref).abs().max() / ref.abs().max()) < 1e-5
     assert math.isclose(smollm2.perplexity(own, x), smollm2.perplexity(model, x), rel_tol=1e-4)
     assert smollm2.generate(own, prompt, 3) == smollm2.generate(model, prompt, 3)
-
-    # per-layer sizes (MLP widths and key/value heads that differ between layers) round-trip through
-    # a Hugging Face folder with identical logits and generations (docs/decisions/per-layer-sizes.md)
-    sizes = {}
-    for i, name in enumerate(imodel.group_names):
-        full = imodel.groups[name].max_size
-        sizes[name] = full - 64 * (i % 7) if full == 1536 else (2 if i % 4 == 0 else full)
-    imodel.resize(sizes)
-    with pytest.warns(UserWarning, match="sizes differ between layers"):
-        small = imodel.to_discrete()
-    inn.io.save_pretrained(small, tmp_path / "small")
-    back = inn.io.load_pretrained(tmp_path / "small")
-    assert type(back) is type(model)
-    assert sorted({layer.mlp.up_proj.out_features for layer in back.model.layers}) == [1152, 1216, 1280, 1344, 1408,
-                                                                                       1472, 1536]
-    with torch.no_grad():
-        assert torch.equal(back(x).logits, small(x).logits)
-    assert smollm2.generate(back, prompt, 6) == smollm2.generate(small, prompt, 6)
-    # padded to one config: plain transformers loads it, the same logits up to float rounding
-    inn.io.save_pretrained(small, tmp_path / "padded", pad=True)
-    plain = type(model).from_pretrained(tmp_path / "padded").eval()
-    with torch.no_grad():
-        ref = small(x).logits
-        assert float((plain(x).logits - ref).abs().max() / ref.abs().max()) < 1e-5
