@@ -42,7 +42,7 @@ from .budget import UnreachableTarget, choose_sizes
 from ..training.distill import Distillation
 from .importance import Importance, measure_importance
 from ..model.integral_model import IntegralModel
-from ..model.inputs import leading_samples
+from ..model.inputs import batch_size, leading_samples
 from .starts import StartChoice, best_start, distill_error, kept_partitions, refine_start
 
 __all__ = ["Choices", "choose"]
@@ -113,7 +113,7 @@ def _importance(imodel: IntegralModel, cal: Sequence[tuple], reference: Sequence
     guess = IMPORTANCE_PASSES * per_batch
     batches, reference = list(cal) + list(more), list(reference)
     if guess > seconds:  # the first samples of one batch, as many as the share allows
-        n = _samples(cal[0]) if cal else 0
+        n = batch_size(cal[0]) if cal else 0
         k = int(n * seconds / guess) if guess > 0 else 0
         if k < 1 and n and guess / n <= whole:  # one sample even past the share: no scores is worse
             k = 1
@@ -135,10 +135,10 @@ def _importance(imodel: IntegralModel, cal: Sequence[tuple], reference: Sequence
         return None
 
 
-def _samples(batch: Sequence[Any]) -> int:
-    """The batch size of a batch of inputs (its first tensor's first dimension; 0 without one)."""
-    tensors = [v for v in (*batch, *getattr(batch, "kwargs", {}).values()) if isinstance(v, Tensor) and v.ndim]
-    return int(tensors[0].shape[0]) if tensors else 0
+def _first_fit(cal: Sequence[tuple], fit: Sequence[tuple]) -> Sequence[tuple]:
+    """What the reconstruction is fitted on first: the choice batches (a screening) when the
+    training batches are more than twice as many, else all of them."""
+    return cal if len(fit) > 2 * len(cal) else fit
 
 
 def _size_options(imodel: IntegralModel, target: float, metric: str, cal: Sequence[tuple], example_inputs: tuple,
@@ -207,7 +207,7 @@ def _reconstruct(imodel: IntegralModel, sizes: Mapping[str, int], cal: Sequence[
     from .baselines import reconstruct
 
     errors = {"partitions": mine}
-    screens = [list(cal)] if len(fit) > 2 * len(cal) else []
+    screens = [list(cal)] if _first_fit(cal, fit) is cal else []
     recon = None
     fits: dict[str, Any] = {}
     for data in screens + [list(fit)]:
@@ -280,7 +280,7 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
     spent["choose_sizes"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     share = 0.5 if reconstruct and judge else 0.8
-    first = cal if len(fit) > 2 * len(cal) else fit  # what the reconstruction is fitted on first
+    first = _first_fit(cal, fit)
     need = (RECONSTRUCT_PASSES * len(first) + len(judge)) * per_batch
     # the reconstruction's first fit is kept clear of the starts beyond the first one measured: where
     # both do not fit, the refit gains more (on SmolLM2 with 60 s the starts took the time it needed)

@@ -40,7 +40,7 @@ from ..graph.guards import violation
 if TYPE_CHECKING:
     from .integral_model import IntegralModel
 
-__all__ = ["LABEL_KEYS", "Inputs", "as_inputs", "batch_inputs", "check_batches", "input_problem", "leading_samples",
+__all__ = ["LABEL_KEYS", "Inputs", "as_inputs", "batch_inputs", "check_batches", "input_problem", "batch_size", "leading_samples",
            "padding_mask", "position_mask", "run", "traced_order"]
 
 #: keys of a dict batch that are labels, not inputs (what Hugging Face collators and ``Trainer`` use)
@@ -245,6 +245,12 @@ def batch_inputs(batch: Any) -> Inputs:
                     "(inputs, labels) pair or a dict of keyword inputs")
 
 
+def batch_size(inputs: Inputs) -> int:
+    """The first dimension of the first tensor input with one (0 when there is none)."""
+    tensors = [v for v in (*inputs, *inputs.kwargs.values()) if isinstance(v, Tensor) and v.ndim >= 1]
+    return int(tensors[0].shape[0]) if tensors else 0
+
+
 def leading_samples(inputs: Inputs, k: int) -> Inputs | None:
     """The first ``k`` samples of a batch: every tensor input whose first dimension is the batch
     size (that of the first tensor input) cut to ``k`` rows, the other inputs as they are; ``None``
@@ -256,10 +262,9 @@ def leading_samples(inputs: Inputs, k: int) -> Inputs | None:
     >>> y[0].shape, y.kwargs["attention_mask"].shape, y.kwargs["scale"]
     (torch.Size([2, 3]), torch.Size([2, 3]), 2.0)
     """
-    tensors = [v for v in (*inputs, *inputs.kwargs.values()) if isinstance(v, Tensor) and v.ndim >= 1]
-    if not tensors or tensors[0].shape[0] <= k:
+    n = batch_size(inputs)
+    if n <= k:
         return None
-    n = tensors[0].shape[0]
     cut = lambda v: v[:k] if isinstance(v, Tensor) and v.ndim >= 1 and v.shape[0] == n else v
     return Inputs(tuple(cut(v) for v in inputs), {name: cut(v) for name, v in inputs.kwargs.items()})
 
