@@ -13,6 +13,7 @@ OUT the file rank 0 writes its results to.
 from __future__ import annotations
 
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ from torchinn.training.train import TuneConfig, make_grid_trainable, tune_grid
 SIZES_SEED = 7
 TRAIN_LR = 1e-2
 TUNE_RATIO = 0.5
+LATE = 0.5  # seconds rank 1 starts the time-bounded tuning after rank 0
 
 
 def train_random_sizes(model: torch.nn.Module, imodel: inn.IntegralModel,
@@ -107,9 +109,22 @@ def main(model_path: str, data_path: str, out_path: str) -> None:
     all_points: list = [None] * world
     dist.all_gather_object(all_points, tuned)
 
+    # (d) a time budget, with rank 1 starting late: its clock is behind rank 0's from the first
+    # collective on, so the ranks stop together only if the stop is agreed
+    imodel = load_for_tuning(model_path)
+    make_grid_trainable(imodel)
+    ddp = DDP(imodel)
+    if rank == 1:
+        time.sleep(LATE)
+    timed = tune_grid(ddp, [x.double() for x in tune],
+                      tune=TuneConfig(steps=None, seconds=4 * LATE, progress=False, lr=1e-3))
+    all_timed: list = [None] * world
+    dist.all_gather_object(all_timed, timed["steps"])
+
     if rank == 0:
         torch.save({"world": world, "draws": everyone, "train_sizes": all_trained, "trained": trained,
-                    "tuned": all_points, "tuned_values": tuned_values, "report": report}, out_path)
+                    "tuned": all_points, "tuned_values": tuned_values, "report": report,
+                    "timed_steps": all_timed}, out_path)
     dist.barrier()
     dist.destroy_process_group()
 

@@ -69,6 +69,13 @@ def ddp(files) -> dict:
     return torch.load(files["out"], weights_only=False)
 
 
+def test_time_budget_stops_every_rank_at_the_same_step(ddp):
+    # rank 1 started late, so the ranks' clocks disagree; a stop taken by one rank alone would
+    # have left the other waiting in its next all-reduce (the run would not have finished)
+    rank0, rank1 = ddp["timed_steps"]
+    assert rank0 == rank1 > 1
+
+
 def test_two_processes_ran(ddp):
     assert ddp["world"] == 2
     assert ddp["report"]["steps"] == STEPS

@@ -399,7 +399,8 @@ def test_seconds_budget():
                        tune=TuneConfig(steps=None, seconds=0.5, progress=False))
     wall = time.perf_counter() - t0
     assert report["steps"] > 1
-    assert 0.5 <= report["seconds"] < 0.5 + 1.0, report
+    # it stops when one more step and its check would not fit (tests/training/test_loop.py)
+    assert 0.25 <= report["seconds"] < 0.5 + 1.0, report
     assert wall < 0.5 + 3.0  # + copying the teacher
 
 

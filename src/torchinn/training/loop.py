@@ -94,12 +94,28 @@ def _all_mean(value: float) -> float:
     return value
 
 
+def _all_agree(flag: bool) -> bool:
+    """``flag`` as every process sees it: true if it is true in any (a stop that one process of a
+    distributed run takes alone would leave the others waiting in their next collective)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+        t = torch.tensor([float(flag)], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+    return flag
+
+
 def run(params: list[Tensor], optimizer: torch.optim.Optimizer, batches: Batches,
         step_loss: Callable[[Any], Tensor], validate: Callable[[], float] | None,
         config: LoopConfig) -> dict[str, Any]:
     """Train ``params`` with ``optimizer``: ``step_loss(batch)`` gives the loss of one batch;
     ``validate()`` the validation error (``None``: the mean training loss since the last check
-    stands in for it). Returns the report; ``params`` end at the best state validated."""
+    stands in for it). Returns the report; ``params`` end at the best state validated.
+
+    With ``config.seconds``, a step starts only if it and the check after it fit in what is left,
+    by the mean time of the steps and the last check so far, so the loop ends within its seconds
+    rather than one step and one check after them."""
     sched = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.decay_every, gamma=config.decay)
     start = time.perf_counter()
     window: list[float] = []
@@ -110,7 +126,10 @@ def run(params: list[Tensor], optimizer: torch.optim.Optimizer, batches: Batches
         return _all_mean(sum(window) / len(window)) if window else math.inf
 
     best_state = [p.detach().clone() for p in params]
+    t0 = time.perf_counter()
     start_error = check() if validate is not None else None
+    check_seconds = time.perf_counter() - t0  # of the last check
+    step_seconds = 0.0  # all the steps so far, without their checks
     best_error = start_error if start_error is not None else math.inf
     best_step, step, skipped, reductions, evaluations = 0, 0, 0, 0, 1 if validate is not None else 0
     first = last = None
@@ -138,9 +157,12 @@ def run(params: list[Tensor], optimizer: torch.optim.Optimizer, batches: Batches
             if config.steps is not None and step >= config.steps:
                 stopped = "steps"
                 break
-            if config.seconds is not None and time.perf_counter() - start >= config.seconds:
-                stopped = "seconds"
-                break
+            if config.seconds is not None:
+                need = step_seconds / step + check_seconds if step else 0.0
+                if _all_agree(time.perf_counter() - start + need >= config.seconds):
+                    stopped = "seconds"
+                    break
+            t_step = time.perf_counter()
             try:
                 batch = next(source)
             except StopIteration:
@@ -165,11 +187,14 @@ def run(params: list[Tensor], optimizer: torch.optim.Optimizer, batches: Batches
                 if not all(bool(torch.isfinite(p).all()) for p in params):
                     slow_down("parameters became non-finite")
             sched.step()
+            step_seconds += time.perf_counter() - t_step
             bar.update(1)
             if last is not None:
                 bar.set_postfix(loss=f"{last:.4g}")
             if step % config.eval_every == 0 or (step == EARLY_CHECK < config.eval_every and validate is not None):
+                t0 = time.perf_counter()
                 error = check()
+                check_seconds = time.perf_counter() - t0
                 evaluations += 1
                 window.clear()
                 if error < best_error:
