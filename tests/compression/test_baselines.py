@@ -406,7 +406,8 @@ def test_finetune_leaves_the_teacher_alone(student):
 def test_finetune_honours_the_time_budget(student):
     teacher, pruned, cal, _ = student
     report = finetune(pruned, cal, teacher=teacher, tune=_cfg(seconds=0.4))
-    assert 0.4 <= report["seconds"] < 0.4 + 0.25  # one step here is ~1 ms
+    # it stops when one more step (~1 ms here) and the check after it would not fit
+    assert 0.4 - 0.25 <= report["seconds"] < 0.4 + 0.25
     assert report["steps"] > len(cal)  # the batches were cycled
     report = finetune(pruned, cal, teacher=teacher, tune=_cfg(7, 30.0))
     assert report["steps"] == 7 and report["seconds"] < 5

@@ -102,7 +102,8 @@ def test_one_shot_generator_with_a_time_budget_stops_on_time():
             yield torch.randn(16, 6, generator=g)
 
     report = tune_grid(imodel, endless(), tune=TuneConfig(steps=None, seconds=0.5, progress=False))
-    assert report["stopped"] == "seconds" and 0.5 <= report["seconds"] < 3.0
+    # it stops when one more step and its check would not fit in the 0.5 s
+    assert report["stopped"] == "seconds" and 0.25 <= report["seconds"] <= 0.5 + 0.25
 
 
 def test_batches_tells_iterators_from_collections():

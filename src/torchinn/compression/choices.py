@@ -308,7 +308,7 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
         t0 = time.perf_counter()
         trial = len(start.options) * len(cal) * per_batch  # one group's trials
         if clock.left() > trial:
-            start = refine_start(imodel, cal, start, reference=reference, max_seconds=clock.left() - trial, loss=loss)
+            start = refine_start(imodel, cal, start, reference=reference, max_seconds=clock.left(), loss=loss)
             if recon is not None and start.changed_groups:
                 versus["partitions"] = distill_error(imodel, judge, judged, loss)
                 if versus["reconstruct"] >= versus["partitions"]:

@@ -206,7 +206,8 @@ def refine_start(imodel: IntegralModel, batches: Sequence[tuple], choice: StartC
                  loss: str | Distillation = "mse") -> StartChoice:
     """Try ``choice``'s other starts (from :func:`best_start` with ``per_group=False``) one
     group at a time, keeping each change that lowers the calibration error, within
-    ``max_seconds``; ``imodel`` keeps the result, which is returned."""
+    ``max_seconds`` (a trial starts only if one more at the mean time of those before it fits;
+    the first always does); ``imodel`` keeps the result, which is returned."""
     if not choice.options:
         raise ValueError("refine_start needs a StartChoice from best_start (it carries the candidate partitions); "
                          "this one has none")
@@ -218,19 +219,21 @@ def refine_start(imodel: IntegralModel, batches: Sequence[tuple], choice: StartC
     kinds, options = list(choice.options), choice.options
     best = min(choice.errors, key=lambda k: choice.errors[k])
     current, error = dict(choice.kinds), choice.error
-    for n in sizes:
-        if sizes[n] >= imodel.groups[n].max_size:
+    trials = [(n, k) for n in sizes if sizes[n] < imodel.groups[n].max_size for k in kinds]
+    done = 0
+    for n, k in trials:
+        if k == current[n]:
             continue
-        if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+        # a trial starts only if one more, at the mean time of those so far, fits (the first always)
+        elapsed = time.perf_counter() - t0
+        if max_seconds is not None and done and elapsed + elapsed / done > max_seconds:
             break
-        for k in kinds:
-            if k == current[n]:
-                continue
-            trial = dict(current, **{n: k})
-            _apply(imodel, options, trial)
-            e = distill_error(imodel, batches, reference, loss)
-            if e < error:
-                current, error = trial, e
+        trial = dict(current, **{n: k})
+        _apply(imodel, options, trial)
+        e = distill_error(imodel, batches, reference, loss)
+        done += 1
+        if e < error:
+            current, error = trial, e
     _apply(imodel, options, current)
     return StartChoice(kinds=current, error=error, errors=choice.errors,
                        changed_groups=sum(1 for k in current.values() if k != best),
