@@ -191,8 +191,10 @@ class UniformPartition(Partition):
         return out
 
     def chunks(self, device: Device = None, dtype: torch.dtype | None = None) -> list[Chunk]:
-        """As :meth:`Partition.chunks`, the same objects for the same size, device and dtype, with
-        a store for the interpolation taps: the standard nodes of a size never change."""
+        """The chunks of :meth:`Partition.chunks`, one object per size, device and dtype.
+
+        Each carries a store for its interpolation taps (the standard nodes of a size never
+        change), so that a training step does not recompute them."""
         dtype = dtype or torch.get_default_dtype()
         key = ("chunks", self._size, str(torch.device(device or "cpu")), dtype)
         out = self._cache.get(key)
