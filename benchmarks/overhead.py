@@ -4,11 +4,23 @@ Side by side in one run (interleaved rounds, medians), for a converted ResNet-18
 inputs) and the digits demo's from-scratch integral CNN:
 
 * training step (forward + backward + Adam) of the integral model vs its ``to_discrete()``
-  network trained the same way, at full size and at 50% of every group (goal: at most 1.3x);
+  network trained the same way, at full size and at 50% of every group (goal: at most 1.3x),
+  with ``torch.optim.Adam`` as it comes (``foreach``/``fused`` unset: one tensor at a time on
+  CPU) and with ``fused=True`` (one pass per tensor), the same optimizer on both sides;
 * grid-tuning step at 50% (only the partitions train) vs the same plain training step;
 * eval-mode forward at 50% of the integral model (cached sampled weights) vs ``to_discrete()``.
 
-    python benchmarks/overhead.py [--threads 2] [--batch 32] [--repeats 20]
+Where the time goes at 50% (measured with the profiler and CPU-time splits, RESULTS.md): the
+integral model has every control value as a parameter, 4x the plain network's at 50% of every
+group, and they are all used (cubic taps of a 2x coarser grid reach every control value), so
+(1) sampling reads the full tensors forward and writes full-size gradients backward, and (2)
+the optimizer updates 4x more values. Neither depends on the batch, so the ratio falls as the
+batch (or the input) grows; ``--batch 128`` shows it.
+
+``--clock cpu`` times with ``time.process_time`` (CPU time of this process) instead of the wall
+clock: on a shared machine it leaves out the time spent waiting for a core.
+
+    python benchmarks/overhead.py [--threads 2] [--batch 32] [--repeats 20] [--clock wall|cpu]
 """
 
 from __future__ import annotations
@@ -28,17 +40,21 @@ from torchinn_demo.harness import load_average
 from torchinn_demo.zoo import resnet18
 
 
+CLOCK: list[Callable[[], float]] = [time.perf_counter]
+
+
 def timed(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
     """Median seconds of each function, timed in interleaved rounds (so that a change in the
     machine's load hits all of them alike) after two warm-up calls each."""
+    clock = CLOCK[0]
     for fn in fns.values():
         fn(), fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
@@ -46,8 +62,9 @@ def row(name: str, what: str, t_int: float, t_dis: float) -> None:
     print(f"| {name} | {what} | {t_int * 1e3:.1f} | {t_dis * 1e3:.1f} | {t_int / t_dis:.2f} |")
 
 
-def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, params: list) -> Callable[[], None]:
-    opt = torch.optim.Adam(params, 1e-4)
+def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, params: list,
+               fused: bool = False) -> Callable[[], None]:
+    opt = torch.optim.Adam(params, 1e-4, fused=True) if fused else torch.optim.Adam(params, 1e-4)
 
     def step() -> None:
         loss = F.cross_entropy(model(x), y)
@@ -73,9 +90,11 @@ def compare(name: str, imodel: torch.nn.Module, resize: Callable[[float], None],
         resize(ratio)
         small = to_discrete(imodel)
         imodel.train(), small.train()
-        t = timed({"int": train_step(imodel, x, y, list(imodel.parameters())),
-                   "dis": train_step(small, x, y, list(small.parameters()))}, repeats)
-        row(name, f"training step, {ratio:.0%} of every group", t["int"], t["dis"])
+        for fused in (False, True):
+            t = timed({"int": train_step(imodel, x, y, list(imodel.parameters()), fused),
+                       "dis": train_step(small, x, y, list(small.parameters()), fused)}, repeats)
+            row(name, f"training step, {ratio:.0%} of every group{', fused Adam' if fused else ''}",
+                t["int"], t["dis"])
     if tunable is not None:
         tuned = tunable()
         tuned.eval()
@@ -101,12 +120,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     args = ap.parse_args()
+    CLOCK[0] = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     load = load_average()[0]
     print(f"# {platform.machine()}, {args.threads} threads, torch {torch.__version__}, batch {args.batch}, "
-          f"load average {load:.1f}")
+          f"load average {load:.1f}, {args.clock} clock")
     print("| model | what | integral ms | plain ms | ratio |")
     print("|---|---|---|---|---|")
 
@@ -125,9 +146,9 @@ def main() -> None:
     compare("ResNet-18 (converted)", imodel, imodel.resize, x, y, args.repeats, tunable)
 
     # the demo's from-scratch integral CNN at half width, on 28x28 digits
-    net = integral_cnn()
     xd = torch.randn(args.batch, 1, 28, 28)
-    compare("digits CNN (from scratch)", net, lambda r: inn.resize(net, r), xd, y, args.repeats, None)
+    net = inn.from_scratch(integral_cnn(), (xd[:2],))
+    compare("digits CNN (from scratch)", net, net.resize, xd, y, args.repeats, None)
 
 
 if __name__ == "__main__":

@@ -44,10 +44,15 @@ Device = torch.device | str | None
 
 
 class Chunk(NamedTuple):
-    """One continuous segment of a partition: where to sample, and where the control values sit."""
+    """One continuous segment of a partition: where to sample, and where the control values sit.
+
+    ``taps``: where the interpolation taps on these points may be kept from one pass to the next
+    (``None``: recomputed in every pass). A partition gives one only for points that never change
+    and need no gradient (the standard nodes of a size), with the chunk object itself kept."""
 
     points: Tensor
     control: Tensor
+    taps: dict | None = None
 
 
 def _check_size(size: object, max_size: int, what: str) -> int:
@@ -184,6 +189,20 @@ class UniformPartition(Partition):
         if out is None:
             out = self._cache[key] = super().control_points(device, dtype)
         return out
+
+    def chunks(self, device: Device = None, dtype: torch.dtype | None = None) -> list[Chunk]:
+        """The chunks of :meth:`Partition.chunks`, one object per size, device and dtype.
+
+        Each carries a store for its interpolation taps (the standard nodes of a size never
+        change), so that a training step does not recompute them."""
+        dtype = dtype or torch.get_default_dtype()
+        key = ("chunks", self._size, str(torch.device(device or "cpu")), dtype)
+        out = self._cache.get(key)
+        if out is None:
+            points = self.points(device, dtype)
+            control = points if self.is_standard else self.control_points(device, dtype)
+            out = self._cache[key] = [Chunk(points, control, {})]
+        return list(out)
 
     def cache_key(self) -> tuple:
         return (self._size,)

@@ -143,12 +143,9 @@ class StructuredFunction(nn.Module):
             atoms = self._atoms(key)
             grids = {pos: cached("chunks", partitions[a.group], dev, dt) for pos, a in enumerate(atoms)
                      if a.group is not None}
-            block = fn.sample(grids, memo)
-            for pos, a in enumerate(atoms):
-                if a.group is not None and a.integrate:
-                    shape = [1] * len(atoms)
-                    shape[pos] = -1
-                    block = block * cached("weights", partitions[a.group], dev, dt).reshape(shape)
+            scales = {pos: cached("weights", partitions[a.group], dev, dt) for pos, a in enumerate(atoms)
+                      if a.group is not None and a.integrate}
+            block = fn.sample(grids, memo, scales)
             lengths = []
             i = 0
             for d, s in enumerate(key):
