@@ -120,7 +120,8 @@ def test_the_bound_without_tuning_follows_the_time_of_a_forward_pass(monkeypatch
     assert quick.bound == compression.NO_TUNE_SECONDS  # the MLP's pass takes well under 30 / 40 s
     monkeypatch.setattr(compression, "NO_TUNE_SECONDS", 1e-6)
     _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=False)
-    assert 0 < report.bound < 1.0  # 40 forward passes of a 16-row batch through the MLP
+    # 40 forward passes of a 16-row batch through the MLP: ~0.05 s idle, 2.5 s seen at load 7 on 2 cores
+    assert 0 < report.bound < 10.0
 
 
 def test_the_reconstruction_selects_the_channels_of_the_chosen_start(monkeypatch):

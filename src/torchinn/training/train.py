@@ -139,6 +139,18 @@ class TuneConfig:
             raise ValueError(f"eval_every must be a positive int, got {self.eval_every!r}")
 
 
+def adam(groups: list[dict]) -> torch.optim.Optimizer:
+    """Adam with the fused update (one kernel over all tensors, the same update up to float
+    rounding) where this torch has it for these tensors, the default one otherwise. An integral
+    network trains its control values, more than the network at the size it runs has weights,
+    so the optimizer's step weighs more than in the plain network: at 50% of every group of a
+    ResNet-18 the fused update took the step from 2.17x to 1.76x the plain one (batch 32)."""
+    try:
+        return torch.optim.Adam(groups, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(groups)
+
+
 def _unwrap(model: nn.Module) -> IntegralModel:
     inner = getattr(model, "module", model)  # DistributedDataParallel / DataParallel
     if not isinstance(inner, IntegralModel):
@@ -363,7 +375,7 @@ def _fit(model: nn.Module, inner: nn.Module, groups: list[dict], loader: Iterabl
         return loss_fn(run(model, inputs), batch, target)
 
     params = [p for g in groups for p in g["params"]]
-    optimizer = torch.optim.Adam(groups)
+    optimizer = adam(groups)
     return loop.run(params, optimizer, loop.Batches(train_batches), step_loss, validate,
                     loop.LoopConfig(config.steps, config.seconds, config.eval_every, config.decay_every,
                                     config.decay, config.progress, desc))
