@@ -29,6 +29,7 @@ True
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,13 +38,14 @@ import torch
 from torch import Tensor, nn
 
 from ..compression.budget import choose_sizes
-from ..compression.starts import start_partition
+from ..compression.starts import distill_error, start_partition
 from ..maths.partition import Partition, UniformPartition
 from ..model.integral_model import IntegralModel
 from ..model.norms import recalibrate_bn
 from ..model.protocol import SizeSpec, plan_sizes
 from ..sizing.metrics import Metric
 from ..sizing.rounding import Multiple
+from ..training.distill import Distillation
 
 __all__ = ["ElasticNetwork", "SweepPoint", "check_order"]
 
@@ -96,6 +98,11 @@ class ElasticNetwork(nn.Module):
                          for n, p in imodel.full_partitions().items()}
         self._elastic = [n for n, p in imodel.partition_map().items()
                          if p.resizable or n in self.orders]
+        #: group -> ``[(ratio, error), ...]``: the error of the group alone at ``ratio`` of its
+        #: channels (:meth:`measure_curves`); :meth:`resize` with ``target`` shares a budget by them
+        self.curves: dict[str, list[tuple[float, float]]] = {}
+        #: the smallest share of every group's channels the network was trained for (``None``: not said)
+        self.low: float | None = None
         self.set_sizes({n: g.max_size for n, g in groups.items() if n in self._elastic})
 
     # -- the protocol -------------------------------------------------------------------------
@@ -131,21 +138,31 @@ class ElasticNetwork(nn.Module):
 
     def resize(self, sizes: SizeSpec | None = None, *, multiple: Multiple = 1, target: float | None = None,
                metric: Metric = "params", example_inputs: Any = None, calibration: Iterable[Any] | None = None,
-               method: str = "uniform", min_ratio: float = 0.1) -> dict[str, int]:
+               method: str = "auto", min_ratio: float | None = None) -> dict[str, int]:
         """Deploy a size: ``sizes`` as :meth:`torchinn.IntegralModel.resize` takes them (one ratio
         of every resizable group's channels, a size, or group -> size or ratio; ``multiple``
         rounds them), or ``target``, the fraction of ``metric`` (``"params"``, ``"flops"``,
         ``"latency"``; the last two need ``example_inputs``) to keep, sizes chosen by
-        :func:`torchinn.choose_sizes` with ``method`` (default ``"uniform"``: one ratio for every
-        group, no data needed; ``"sensitivity"``, ``"fisher"`` and ``"best"`` need
-        ``calibration``) among multiples of ``multiple``. Returns every group's size."""
+        :func:`torchinn.choose_sizes` among multiples of ``multiple``, no smaller than
+        ``min_ratio`` of a group (default: the ``low`` the network was trained down to, else 0.1).
+        ``method="auto"`` shares the budget by the network's own :attr:`curves` (measured by
+        :func:`torchinn.make_elastic`: no data needed), or by one ratio for every group
+        (``"uniform"``) where it has none; ``"sensitivity"``, ``"fisher"`` and ``"best"`` measure
+        on ``calibration``. Returns every group's size."""
         if (sizes is None) == (target is None):
             raise ValueError("resize needs either sizes (a ratio, a size, or group -> size) or target "
                              f"(a fraction of the {metric} to keep), not {'both' if sizes is not None else 'neither'}")
         if target is not None:
+            if min_ratio is None:
+                min_ratio = self.low if self.low is not None else 0.1
             self.set_sizes({n: self._uniform[n].max_size for n in self._elastic})
+            curves = None
+            if method == "auto":
+                method = "sensitivity" if self.curves else "uniform"
+                if self.curves:
+                    curves = {n: self.curves.get(n, [(min_ratio, math.inf), (1.0, 0.0)]) for n in self.imodel.groups}
             planned = choose_sizes(self.imodel, target, metric, calibration=calibration, example_inputs=example_inputs,
-                                   method=method, multiple=multiple, min_ratio=min_ratio)
+                                   method=method, multiple=multiple, min_ratio=min_ratio, curves=curves)
             self.set_sizes({n: planned[n] for n in self._elastic})
             return self.sizes()
         current = self.imodel.sizes()
@@ -156,6 +173,33 @@ class ElasticNetwork(nn.Module):
         names = {id(p): n for n, p in parts.items()}
         self.set_sizes({names[id(p)]: size for p, size in plan})
         return self.sizes()
+
+    def measure_curves(self, batches: Sequence[Any], reference: Sequence[Any], loss: Distillation,
+                       ratios: Sequence[float] = (0.75, 0.5, 0.25)) -> dict[str, list[tuple[float, float]]]:
+        """Measure and keep :attr:`curves`: every resizable group alone at each of ``ratios`` (and
+        at :attr:`low`) of its channels, the others at full size, ``loss``'s error against
+        ``reference`` (the original's outputs on ``batches``). The network is left at full size."""
+        full = {n: self._uniform[n].max_size for n in self._elastic}
+        ratios = sorted({*ratios, *([self.low] if self.low else [])}, reverse=True)
+        curves = {}
+        was = self.imodel.training
+        self.imodel.eval()
+        try:
+            for n in self._elastic:
+                m = full[n]
+                curve = {1.0: 0.0}
+                for r in ratios:
+                    size = self._uniform[n].quadrature.nearest_size(max(1, round(r * m)), high=m)
+                    if size >= m:
+                        continue
+                    self.set_sizes(dict(full, **{n: size}))
+                    curve[size / m] = distill_error(self.imodel, batches, reference, loss)
+                curves[n] = sorted(curve.items())
+        finally:
+            self.set_sizes(full)
+            self.imodel.train(was)
+        self.curves = curves
+        return curves
 
     def to_discrete(self, graph: bool = False, *, calibration: Iterable[Any] | None = None) -> nn.Module:
         """The plain network at the current sizes (the user's class; ``graph=True``: the graph
