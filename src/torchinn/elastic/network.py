@@ -105,6 +105,11 @@ class ElasticNetwork(nn.Module):
         self.low: float | None = None
         self.set_sizes({n: g.max_size for n, g in groups.items() if n in self._elastic})
 
+    @property
+    def elastic_groups(self) -> list[str]:
+        """The groups that resize (ranked or uniform), in the integral model's order."""
+        return list(self._elastic)
+
     # -- the protocol -------------------------------------------------------------------------
     def partition_map(self) -> dict[str, Partition]:
         """Every group's current partition (of the integral model)."""
