@@ -17,12 +17,13 @@ sizes, :meth:`sweep` the (size, parameters, quality) points of a Pareto front. I
 
 >>> import torch, torchinn as inn
 >>> net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
->>> elastic = ElasticNetwork(inn.convert(net, (torch.randn(2, 8),)), {"0.weight:0": list(range(31, -1, -1))})
+>>> imodel = inn.convert(net, (torch.randn(2, 8),), inn.ConvertConfig(permute=False))
+>>> elastic = ElasticNetwork(imodel, {"0.weight:0": list(range(31, -1, -1))})
 >>> elastic.resize(0.25)
 {'0.weight:0': 8}
 >>> elastic.to_discrete()[0].weight.shape
 torch.Size([8, 8])
->>> bool((elastic.to_discrete()[0].weight == net[0].weight[24:]).all())   # the top 8 channels
+>>> torch.allclose(elastic.to_discrete()[0].weight, net[0].weight[24:], atol=1e-6)   # the top 8 channels
 True
 """
 
@@ -231,7 +232,8 @@ class ElasticNetwork(nn.Module):
               example_inputs: Any = None, multiple: Multiple = 1, pareto: bool = False,
               calibration: Iterable[Any] | None = None) -> list[SweepPoint]:
         """Deploy every fraction of ``targets`` (of ``metric``; 1.0: full size) and return its
-        sizes, parameters and ``evaluate(plain_network)`` (higher is better), in the order of
+        sizes, parameters and ``evaluate(plain_network)`` (higher is better; run without
+        gradients), in the order of
         ``targets``; ``pareto=True`` keeps only the points no other beats on both parameters
         (fewer) and quality (higher). ``calibration`` re-estimates batch norms per size
         (:meth:`to_discrete`). The network is left at full size."""
@@ -245,7 +247,8 @@ class ElasticNetwork(nn.Module):
                     self.resize(target=t, metric=metric, example_inputs=example_inputs, multiple=multiple)
                 net = self.to_discrete(calibration=calibration).eval()
                 params = sum(p.numel() for p in net.parameters())
-                quality = None if evaluate is None else float(evaluate(net))
+                with torch.no_grad():
+                    quality = None if evaluate is None else float(evaluate(net))
                 points.append(SweepPoint(float(t), self.sizes(), params, quality))
         finally:
             self.set_sizes(full)
