@@ -18,7 +18,8 @@ docs/decisions/elastic.md):
 * **Distillation from the original network** (no labels needed): the loss of
   :func:`torchinn.training.distill.resolve_loss` (``"auto"``: KL at a fitted temperature for class
   logits, else squared error) between each size and the original's outputs.
-* **A small learning rate** (Adam, ``lr=1e-5``): at 1e-4 the issue's full network lost 13 dB.
+* **A small learning rate** (Adam, ``lr=1e-5``, decayed to 0 along a cosine over the budget, so
+  that the last steps settle): at 1e-4 the issue's full network lost 13 dB.
 * **The full size is guarded**: every ``eval_every`` steps the full-size error on held-out
   calibration batches is measured; the state returned is the one with the lowest mean held-out
   error over the report's sizes among those whose full-size error is within ``full_tolerance``
@@ -28,6 +29,7 @@ docs/decisions/elastic.md):
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -50,6 +52,8 @@ from ..training.train import sandwich_backward
 from .network import ElasticNetwork
 
 __all__ = ["RANKINGS", "ElasticReport", "NestedSizes", "make_elastic"]
+
+log = logging.getLogger(__name__)
 
 RANKINGS = ("auto", "l1", "activation", "fisher", "uniform")
 _FULL_METRIC = {"kl": "share of samples whose top class differs from the original's",
@@ -203,8 +207,8 @@ def _rankings(imodel: IntegralModel, kinds: Sequence[str], batches: list, refere
             scores["activation"] = {g: imp.activation.get(g, s) for g, s in scores["l1"].items()}
             if imp.fisher:
                 scores["fisher"] = {g: imp.fisher.get(g, s) for g, s in scores["l1"].items()}
-        except Exception:  # noqa: BLE001 - optional candidates: the L1 ranking still stands
-            pass
+        except Exception as err:  # noqa: BLE001 - optional candidates: the L1 ranking still stands
+            log.info("make_elastic: no activation or Fisher ranking (%s: %s)", type(err).__name__, err)
     return {k: {g: torch.argsort(s, descending=True, stable=True) for g, s in scores[k].items()}
             for k in kinds if k in scores}
 
@@ -328,13 +332,21 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
     imodel.train()
     t_train = time.perf_counter()
 
+    def progress() -> float:
+        """The share of the budget spent (of the steps or of the seconds, whichever is further)."""
+        by_steps = done / steps if steps is not None else 0.0
+        by_time = (time.perf_counter() - t_train) / seconds if seconds is not None else 0.0
+        return max(by_steps, by_time)
+
     def out_of_budget() -> bool:
-        return (steps is not None and done >= steps) or (seconds is not None and time.perf_counter() - t_train >= seconds)
+        return progress() >= 1.0
 
     weight = _FullWeight(dist)
     history: list[tuple[int, float, float, float]] = []
     while not out_of_budget():
         for inputs, ref in zip(train, ref_train):
+            for group in opt.param_groups:  # cosine decay to 0: the last steps settle the full size
+                group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress())))
             opt.zero_grad(set_to_none=True)
             weight.start(inputs, ref)
             sandwich_backward(imodel, sizes, inputs, weight, random=random)
