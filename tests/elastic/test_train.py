@@ -25,16 +25,16 @@ def _data() -> list[torch.Tensor]:
 def test_training_improves_small_sizes_within_the_full_size_tolerance():
     net, data = _net(), _data()
     before = copy.deepcopy(net.state_dict())
-    elastic, report = inn.make_elastic(net, data[0], data, steps=150, lr=1e-3, full_tolerance=0.03,
-                                       ranking="activation", eval_every=10)
-    assert isinstance(elastic, ElasticNetwork) and report.steps == 150 and report.ranking == "activation"
+    elastic, report = inn.make_elastic(net, data[0], data, steps=80, lr=1e-3, full_tolerance=0.03,
+                                       ranking="activation")
+    assert isinstance(elastic, ElasticNetwork) and report.steps == 80 and report.ranking == "activation"
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the user's model is untouched
     params, err_before, err_after = report.quality[0.25]
-    # measured: 0.558 -> 0.361 at a quarter of the channels (held-out relative squared error)
+    # measured: 0.558 -> 0.377 at a quarter of the channels (held-out relative squared error)
     assert err_after < 0.8 * err_before, report
     assert report.quality[0.5][2] < 0.85 * report.quality[0.5][1], report
-    assert 0 < report.kept_step <= 150 and report.full_error_after <= 0.03
-    assert report.full_error_before == 0.0 and report.history and report.history[-1][0] == 150
+    assert 0 < report.kept_step <= 80 and report.full_error_after <= 0.03
+    assert report.full_error_before == 0.0 and [h[0] for h in report.history] == [20, 40, 60, 80]
     # the report says what the network does: the full size, measured again here
     x = data[-1]
     with torch.no_grad():
@@ -47,7 +47,7 @@ def test_training_improves_small_sizes_within_the_full_size_tolerance():
 
 def test_zero_tolerance_keeps_the_converted_network_exactly():
     net, data = _net(), _data()
-    elastic, report = inn.make_elastic(net, data[0], data, steps=20, lr=1e-2, full_tolerance=0.0,
+    elastic, report = inn.make_elastic(net, data[0], data, steps=10, lr=1e-2, full_tolerance=0.0,
                                        ranking="l1", eval_every=5)
     assert report.kept_step == 0 and report.full_error_after <= 1e-10 and "kept the state of step 0" in report.note
     assert report.quality[0.25][1] == report.quality[0.25][2]
