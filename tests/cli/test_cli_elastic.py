@@ -56,6 +56,9 @@ def test_elastic_then_resize(tmp_path, capsys, monkeypatch):
     code, out, err = run(["resize", "net.inn", "--ratio", "0.5", "-o", "half.pt"], capsys)
     assert code == 0 and "'0.weight:0': 8, '2.weight:0': 8" in out
 
+    code, out, err = run(["inspect", "net.inn", "--input-shape", "2,3,12,12"], capsys)  # its integral model
+    assert code == 0 and "0.weight:0" in out, err
+
     code, out, err = run(["resize", "net.inn", "-o", "x.pt"], capsys)
     assert code == 1 and "resize needs one of --target" in err
     code, out, err = run(["elastic", "tinyelastic.py:build", "--input-shape", "4,3,12,12", "--steps", "1",
