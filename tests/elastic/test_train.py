@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -22,7 +23,17 @@ def _data() -> list[torch.Tensor]:
     return [torch.randn(64, 16, generator=g) for _ in range(10)]
 
 
-def test_training_improves_small_sizes_within_the_full_size_tolerance():
+@pytest.fixture
+def one_thread():
+    """Hundreds of passes of a tiny MLP: with two threads on a busy 2-core machine they wait on each
+    other (40 s instead of 2 s); the test passes with either."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_training_improves_small_sizes_within_the_full_size_tolerance(one_thread):
     net, data = _net(), _data()
     before = copy.deepcopy(net.state_dict())
     elastic, report = inn.make_elastic(net, data[0], data, steps=80, lr=1e-3, full_tolerance=0.03,
@@ -30,7 +41,7 @@ def test_training_improves_small_sizes_within_the_full_size_tolerance():
     assert isinstance(elastic, ElasticNetwork) and report.steps == 80 and report.ranking == "activation"
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the user's model is untouched
     params, err_before, err_after = report.quality[0.25]
-    # measured: 0.558 -> 0.377 at a quarter of the channels (held-out relative squared error)
+    # measured: 0.558 -> 0.366 at a quarter of the channels (held-out relative squared error)
     assert err_after < 0.8 * err_before, report
     assert report.quality[0.5][2] < 0.85 * report.quality[0.5][1], report
     assert 0 < report.kept_step <= 80 and report.full_error_after <= 0.03
