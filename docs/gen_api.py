@@ -20,7 +20,7 @@ MODULES = [
     "torchinn.nn.layers", "torchinn.model.protocol", "torchinn.sizing.rounding", "torchinn.model.network", "torchinn.model.scratch",
     "torchinn.model.norms",
     "torchinn.model.convert", "torchinn.model.integral_model", "torchinn.model.inputs",
-    "torchinn.training.train", "torchinn.training.distill", "torchinn.compression.budget", "torchinn.compression.pipeline", "torchinn.compression.baselines", "torchinn.model.tsp", "torchinn.model.permute",
+    "torchinn.training.train", "torchinn.training.distill", "torchinn.compression.budget", "torchinn.compression.pipeline", "torchinn.compression.baselines", "torchinn.elastic.train", "torchinn.elastic.network", "torchinn.model.tsp", "torchinn.model.permute",
     "torchinn.io.format", "torchinn.io.pretrained", "torchinn.maths.structured", "torchinn.graph",
 ]
 OUT = Path(__file__).resolve().parent / "api.md"

@@ -174,7 +174,7 @@ def test_small_top_level():
 
 
 #: the sub-packages from the bottom up (docs/architecture.md): each imports only from those before it
-LAYERS = ["", "maths", "sizing", "graph", "nn", "discrete", "model", "training", "compression", "io", "cli"]
+LAYERS = ["", "maths", "sizing", "graph", "nn", "discrete", "model", "training", "compression", "elastic", "io", "cli"]
 
 
 def test_subpackages_import_only_downwards():

@@ -986,6 +986,86 @@ CASES += [
      r"torchinn_shapes\.json\)$"),
 ]
 
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+
+
+def elastic_low_outside() -> None:
+    inn.make_elastic(_mlp(), torch.randn(2, 4), [torch.randn(8, 4)] * 3, low=1.5, steps=1)
+
+
+def elastic_no_budget() -> None:
+    inn.make_elastic(_mlp(), torch.randn(2, 4), [torch.randn(8, 4)] * 3)
+
+
+def elastic_one_batch() -> None:
+    inn.make_elastic(_mlp(), torch.randn(2, 4), [torch.randn(8, 4)], steps=1)
+
+
+def elastic_unknown_ranking() -> None:
+    inn.make_elastic(_mlp(), torch.randn(2, 4), [torch.randn(8, 4)] * 3, steps=1, ranking="fishr")
+
+
+def elastic_bad_order() -> None:
+    inn.elastic.ElasticNetwork(inn.convert(_mlp(), (torch.randn(2, 4),)), {"0.weight:0": [0, 0, 1]})
+
+
+def elastic_resize_both() -> None:
+    net = inn.elastic.ElasticNetwork(inn.convert(_mlp(), (torch.randn(2, 4),)), {})
+    net.resize(0.5, target=0.5)
+
+
+def elastic_file_bad_order(tmp: Path) -> None:
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    net = inn.elastic.ElasticNetwork(inn.convert(_mlp(), (torch.randn(2, 4),)), {"0.weight:0": list(range(16))})
+    inn.save(net, tmp / "e.inn")
+    with safe_open(tmp / "e.inn", framework="pt") as f:
+        meta = json.loads(f.metadata()["torchinn"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta["elastic"]["orders"]["0.weight:0"] = [0] * 16
+    save_file(tensors, tmp / "e.inn", metadata={"torchinn": json.dumps(meta)})
+    inn.load(tmp / "e.inn", verify=False)
+
+
+def cli_resize_not_elastic(tmp: Path) -> None:
+    from torchinn.cli.elastic import resize
+
+    inn.save(inn.convert(_mlp(), (torch.randn(2, 4),)), tmp / "m.inn")
+    resize(argparse.Namespace(model=str(tmp / "m.inn"), target=0.5, ratio=None, multiple=1, output=str(tmp / "s.pt"),
+                              force=False))
+
+
+CASES += [
+    ("make_elastic with low outside (0, 1]", elastic_low_outside, ValueError,
+     r"^low \(the smallest share of every group's channels to train\) must be in \(0, 1\], got 1\.5$"),
+    ("make_elastic without a budget", elastic_no_budget, ValueError,
+     r"^make_elastic needs a budget: seconds \(wall-clock time\) or steps \(optimizer steps\), or both$"),
+    ("make_elastic with one calibration batch", elastic_one_batch, ValueError,
+     r"^make_elastic needs at least 2 calibration batches: some to train on, at least one held out to measure the "
+     r"sizes and guard the full size; got 1$"),
+    ("make_elastic with an unknown ranking", elastic_unknown_ranking, ValueError,
+     r"^ranking must be one of \['auto', 'l1', 'activation', 'fisher', 'uniform'\], got 'fishr'; did you mean "
+     r"'fisher'\?$"),
+    ("an elastic ranking that is not a permutation of the channels", elastic_bad_order, ValueError,
+     r"^the ranking of group '0\.weight:0' must be a permutation of range\(16\) \(its channels, most important "
+     r"first\), got \[0, 0, 1\]$"),
+    ("ElasticNetwork.resize with both sizes and a target", elastic_resize_both, ValueError,
+     r"^resize needs either sizes \(a ratio, a size, or group -> size\) or target \(a fraction of the params to "
+     r"keep\), not both$"),
+    ("a .inn file whose elastic ranking is not a permutation", elastic_file_bad_order, inn.FormatError,
+     r"^.*e\.inn: elastic\.orders\['0\.weight:0'\] must be a permutation of range\(16\) \(the group's channels, "
+     r"most important first\), got \[0, 0, "),
+    ("torchinn resize of a .inn file that is not elastic", cli_resize_not_elastic, CLIError,
+     r"^'.*m\.inn' is an integral model without the rankings of an elastic network; make one with: torchinn "
+     r"elastic MODEL \.\.\. -o net\.inn$"),
+]
+
+
 @pytest.mark.parametrize("what,fn,exc,pattern", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_gets_a_clear_error(what: str, fn: Callable, exc: type, pattern: str, tmp_path: Path) -> None:
     with pytest.raises(exc, match=pattern):

@@ -9,12 +9,13 @@ The top level holds what a user calls; the rest lives in sub-packages (``docs/ar
 ``Integral*`` layers), :mod:`torchinn.graph` (tracing, channel groups, op handlers),
 :mod:`torchinn.model` (the integral model, conversion, resizing), :mod:`torchinn.discrete` (the
 user's class back), :mod:`torchinn.sizing` (rounding, FLOPs and latency),
-:mod:`torchinn.compression` (``compress`` and the baselines), :mod:`torchinn.training` (random sizes, tuning,
+:mod:`torchinn.compression` (``compress`` and the baselines), :mod:`torchinn.elastic` (one network for every size), :mod:`torchinn.training` (random sizes, tuning,
 fine-tuning, distillation), :mod:`torchinn.io` (the ``.inn`` format) and :mod:`torchinn.cli`.
 """
 
 from . import compression
 from . import discrete
+from . import elastic
 from . import graph
 from . import io
 from . import maths
@@ -25,6 +26,7 @@ from . import training
 from .compression.baselines import prune
 from .compression.budget import choose_sizes
 from .compression.pipeline import CompressReport, compress
+from .elastic.train import make_elastic
 from .graph import register_op
 from .io.format import FormatError, load, save
 from .model.convert import ConvertConfig, UnsupportedOpError, convert
@@ -59,6 +61,8 @@ __all__ = [
     "tune_grid",
     "finetune",
     "prune",
+    # one network for every size
+    "make_elastic",
     # files
     "save",
     "load",

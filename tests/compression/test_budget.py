@@ -387,3 +387,22 @@ def test_calibration_after_double_is_accepted():
     imodel.double()
     sizes = choose_sizes(imodel, 0.5, calibration=[inputs[0].double()], method="sensitivity", max_batches=1)
     assert sum(sizes.values()) < sum(g.max_size for g in imodel.groups.values())
+
+
+def test_given_curves_choose_the_sizes_without_data():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+    imodel = inn.convert(net, (torch.randn(2, 8),), inn.ConvertConfig(permute=False))
+    full = imodel.num_parameters()
+    cheap = {"0.weight:0": [(0.1, 100.0), (1.0, 0.0)], "2.weight:0": [(0.1, 1.0), (1.0, 0.0)]}
+    sizes = choose_sizes(imodel, 0.6, method="sensitivity", curves=cheap)  # no calibration, no example inputs
+    assert sizes["0.weight:0"] == 32 and sizes["2.weight:0"] < 32
+    assert imodel.num_parameters(sizes) <= 0.6 * full
+    flipped = {"0.weight:0": cheap["2.weight:0"], "2.weight:0": cheap["0.weight:0"]}
+    sizes = choose_sizes(imodel, 0.6, method="sensitivity", curves=flipped)
+    assert sizes["2.weight:0"] == 32 and sizes["0.weight:0"] < 32
+    with pytest.raises(ValueError, match=r"^curves are the measured sensitivities: they need method='sensitivity', "
+                                         r"got 'fisher'$"):
+        choose_sizes(imodel, 0.6, method="fisher", curves=cheap)
+    with pytest.raises(ValueError, match=r"^curves has no entry for group\(s\) \['2.weight:0'\]$"):
+        choose_sizes(imodel, 0.6, method="sensitivity", curves={"0.weight:0": cheap["0.weight:0"]})

@@ -138,9 +138,11 @@ def _load_file(path: Path, trust_code: bool = False, convert: bool = False) -> L
             if kind == "exported":
                 return Loaded(torch.export.load(str(path)).module(), "exported", str(path))
         elif safetensors:
+            from ..elastic.network import ElasticNetwork
             from ..io.format import load
 
-            return Loaded(load(path), "integral", str(path))
+            obj = load(path)  # an elastic network: its integral model, at the sizes it was saved at
+            return Loaded(obj.imodel if isinstance(obj, ElasticNetwork) else obj, "integral", str(path))
         obj = _torch_load(path, trust_code)
     except CLIError:
         raise

@@ -1,4 +1,5 @@
-"""The ``torchinn`` command line: ``inspect``, ``compress`` and ``bench`` a network, and ``demo``.
+"""The ``torchinn`` command line: ``inspect``, ``compress`` and ``bench`` a network, train one for every
+size (``elastic``) and deploy a size of it (``resize``), and ``demo``.
 
 ``MODEL`` is one of:
 
@@ -43,10 +44,23 @@ from collections.abc import Sequence
 
 from . import args as ca
 from .commands import bench, compress, inspect
+from .elastic import elastic, resize
 from .output import printable
 from .loading import CLIError, load_images, load_model
 
 __all__ = ["main", "build_parser", "load_model", "load_images", "CLIError"]
+
+
+def _elastic_command(args: argparse.Namespace) -> int:
+    if args.seconds is None and args.steps is None:
+        args.seconds = 600.0
+    if args.low <= 0:
+        raise CLIError(f"--low must be in (0, 1], got {args.low}")
+    return elastic(args)
+
+
+def _resize_command(args: argparse.Namespace) -> int:
+    return resize(args)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -204,6 +218,56 @@ def build_parser() -> argparse.ArgumentParser:
     com.add_argument("--no-progress", action="store_true", help="hide the tuning progress bar")
     _trust_flag(com)
     com.set_defaults(func=compress)
+
+    ela = sub.add_parser(
+        "elastic", help="train one network that works at every size, saved as one .inn file",
+        description="Convert MODEL and train it for --seconds (or --steps) on --calibration images so that every "
+                    "size from --low of each group's channels to full works (torchinn.make_elastic: channels "
+                    "ranked by importance, the sandwich rule, distillation from MODEL, the full size guarded), "
+                    "then save it as one .inn file (with OUT.report.json and OUT.report.txt). Deploy a size "
+                    "with: torchinn resize OUT --target 0.5 -o small.pt")
+    ela.add_argument("model", metavar="MODEL", help=_MODEL_HELP.format(extra=""))
+    ela.add_argument("--input-shape", type=ca.shape, action="append", required=True, metavar="N,C,H,W",
+                     help=_SHAPE_HELP + "; with --calibration, N images make one batch")
+    ela.add_argument("--calibration", metavar="FOLDER",
+                     help="a folder of images to train on, read as compress reads them (its last 20%% held out); "
+                          "without it, random inputs: a smoke test only")
+    ela.add_argument("--mean", type=ca.mean_values, metavar="M1,M2,M3", help="per-channel mean subtracted from the images")
+    ela.add_argument("--std", type=ca.std_values, metavar="S1,S2,S3", help="per-channel std the images are divided by")
+    ela.add_argument("--max-images", type=ca.positive, default=256, help="use at most this many images (default 256)")
+    ela.add_argument("--seconds", type=ca.seconds, default=None,
+                     help="seconds of training (default 600 when --steps is not given either)")
+    ela.add_argument("--steps", type=ca.positive, default=None, help="optimizer steps of training")
+    ela.add_argument("--low", type=ca.share, default=0.25,
+                     help="the smallest share of every group's channels to train for, in (0, 1] (default 0.25)")
+    ela.add_argument("--lr", type=float, default=1e-5, help="Adam learning rate of the shared weights (default 1e-5)")
+    ela.add_argument("--full-tolerance", type=float, default=None,
+                     help="how far from MODEL the full-size network may end up on held-out batches: share of "
+                          "samples whose top class differs (class logits; default 0.001), else relative squared "
+                          "error (default 1e-5)")
+    ela.add_argument("--loss", choices=("auto", "mse", "kl"), default="auto", help="distillation loss (default auto)")
+    ela.add_argument("-o", "--output", required=True, metavar="OUT.inn", help="the elastic network's file (.inn)")
+    ela.add_argument("--force", action="store_true", help="allow -o (or its reports) to replace an input")
+    ela.add_argument("--seed", type=ca.seed, default=0, help=_SEED_HELP)
+    _trust_flag(ela)
+    ela.set_defaults(func=_elastic_command)
+
+    res = sub.add_parser(
+        "resize", help="one size of an elastic .inn network as a plain network",
+        description="Load an elastic network (torchinn elastic -o net.inn), deploy one size of it and save the plain "
+                    "network (torch.save of a torch.fx.GraphModule: load it with torch.load(path, "
+                    "weights_only=False); torchinn is not needed to load it).")
+    res.add_argument("model", metavar="NET.inn", help="an elastic network saved by torchinn elastic")
+    res.add_argument("--target", type=ca.fraction, default=None,
+                     help="fraction of the parameters to keep, in (0, 1): the sizes are shared among the groups by "
+                          "the error curves measured when the network was trained")
+    res.add_argument("--ratio", type=ca.fraction, default=None,
+                     help="instead: this fraction of every group's channels, in (0, 1)")
+    res.add_argument("--multiple", type=ca.multiple, default=1, metavar="N",
+                     help="round every group's size to a multiple of N channels or its full size (default 1)")
+    res.add_argument("-o", "--output", required=True, metavar="OUT", help="file for the plain network (.pt)")
+    res.add_argument("--force", action="store_true", help="allow -o to replace NET.inn")
+    res.set_defaults(func=_resize_command)
 
     ben = sub.add_parser(
         "bench", help="latency and throughput of a network, and of its compressed version",

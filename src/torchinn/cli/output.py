@@ -85,12 +85,14 @@ def is_folder(output: str) -> bool:
     return Path(output).is_dir() or output.endswith(("/", os.sep))
 
 
-def check_output(output: str, inputs: Iterable[tuple[str, Path]] = (), force: bool = False) -> tuple[Path, list[Path]]:
+def check_output(output: str, inputs: Iterable[tuple[str, Path]] = (), force: bool = False, *,
+                 command: str = "compress", plain: bool = True) -> tuple[Path, list[Path]]:
     """``-o`` and its two reports, checked before the long run: the folder exists (it is created:
     the folders made are returned, deepest first, for :func:`created_folders` to remove after a
     failure) and can be written, no target is a special file or read-only, and none is one of
     ``inputs`` (``(role, path)`` pairs, e.g. ``("MODEL", model.pt)``) unless ``force``. A folder
-    ``-o`` (:func:`is_folder`) must be empty or new unless ``force``."""
+    ``-o`` (:func:`is_folder`) must be empty or new unless ``force``. ``command`` names the command
+    in the messages; ``plain=False`` for one that writes a torchinn file (``.inn``), not a pickle."""
     out = Path(output)
     folder = is_folder(output)
     if folder and out.exists() and not out.is_dir():
@@ -98,14 +100,14 @@ def check_output(output: str, inputs: Iterable[tuple[str, Path]] = (), force: bo
     if folder and not force and out.is_dir() and any(out.iterdir()):
         raise CLIError(f"-o {output!r} is a folder that is not empty; give a new or empty folder, or pass --force "
                        "to replace its contents")
-    if not folder and out.suffix.lower() == ".inn":
-        raise CLIError(f"-o {output!r}: compress writes a plain network with torch.save (a pickle), but .inn "
+    if plain and not folder and out.suffix.lower() == ".inn":
+        raise CLIError(f"-o {output!r}: {command} writes a plain network with torch.save (a pickle), but .inn "
                        "is torchinn's safetensors format, which is never unpickled; give a name like small.pt")
     targets = report_paths(out) if folder else (out, *report_paths(out))
     same = None if force else _same_files(targets, inputs)
     if same is not None:
         target, role, path = same
-        raise CLIError(f"-o {output!r}: {str(target)!r} is the same file as {role} {str(path)!r}, which compress "
+        raise CLIError(f"-o {output!r}: {str(target)!r} is the same file as {role} {str(path)!r}, which {command} "
                        "would replace with its output; write elsewhere, or pass --force to replace it")
     made = _missing_folders(out.parent)
     try:

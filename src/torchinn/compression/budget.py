@@ -230,7 +230,8 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
                  calibration: Iterable[Any] | None = None, example_inputs: tuple | Mapping[str, Any] | None = None,
                  max_batches: int = 2, min_ratio: float = 0.1, method: SizeMethod = "best",
                  tolerance: float = 0.02, loss: str | Distillation = "auto", multiple: Multiple = 1,
-                 importance: Importance | None = None) -> dict[str, int]:
+                 importance: Importance | None = None,
+                 curves: Mapping[str, Sequence[tuple[float, float]]] | None = None) -> dict[str, int]:
     """Group sizes whose discrete network has ``target`` times the original ``metric``.
 
     ``target`` is the fraction kept, in (0, 1): 0.5 halves the parameters (FLOPs, latency).
@@ -243,6 +244,10 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
     ``"best"`` (default) computes all three and keeps the one with the lower calibration error, each
     at its best starting partition (:func:`torchinn.compression.starts.best_start`); the comparison is
     logged, and :func:`compare_sizes` returns it.
+
+    ``curves`` (group -> ``[(ratio, error), ...]``, with ``(1.0, 0.0)``) gives ``"sensitivity"``
+    the error of each group shrunk alone, measured already (as an elastic network carries them:
+    :class:`torchinn.elastic.ElasticNetwork`), so that no network runs and no data is needed.
 
     ``multiple`` (one int such as 8 or 16, or group name -> int; default 1: any size) restricts
     every group to multiples of it or its full size (:mod:`torchinn.sizing.rounding`): both methods
@@ -262,6 +267,12 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
         raise ValueError(f"metric={metric!r} needs example_inputs to count or time the network")
     groups = imodel.groups
     multiples = resolve_multiple(multiple, list(groups), lambda name: groups[name].name)
+    if curves is not None:
+        if method != "sensitivity":
+            raise ValueError(f"curves are the measured sensitivities: they need method='sensitivity', got {method!r}")
+        missing = sorted(set(imodel.groups) - set(curves))
+        if missing:
+            raise ValueError(f"curves has no entry for group(s) {missing[:5]}")
     if method == "best":
         if calibration is not None and iter(calibration) is calibration:  # one shot: read it once
             calibration = _batches(calibration, example_inputs or (), max(max_batches, 4), imodel)
@@ -286,7 +297,7 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
         log.info("choose_sizes: %s sizes win (%s)", winner,
                  ", ".join(f"{m}: {e:.4g}" for m, e in table.items()))
         return options[winner]
-    measured = method in ("sensitivity", "fisher")
+    measured = method in ("sensitivity", "fisher") and curves is None
     cal = _batches(calibration, example_inputs or (), max_batches, imodel) if measured else []
     if measured and not cal[0]:
         raise ValueError(f"the {method} method needs calibration data or example_inputs")
@@ -295,7 +306,7 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
     original = cost.measure(full_sizes)
     goal = target * original
     if method == "sensitivity":
-        curves = sensitivities(imodel, cal, loss)
+        curves = {n: list(c) for n, c in curves.items()} if curves is not None else sensitivities(imodel, cal, loss)
     elif method == "fisher":
         if importance is None or not importance.fisher:
             reference = full_outputs(imodel, cal)
@@ -310,7 +321,7 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
     tried = []
     for _ in range(6):
         predicted_goal = goal * scale * cost.model(full_sizes) / original
-        sizes = (_greedy(imodel, cost, predicted_goal, curves, min_ratio, grid) if measured
+        sizes = (_greedy(imodel, cost, predicted_goal, curves, min_ratio, grid) if method in ("sensitivity", "fisher")
                  else _uniform(imodel, cost, predicted_goal, min_ratio, grid))
         got = cost.measure(sizes)
         if abs(got / goal - 1.0) <= tolerance or (metric == "params" and got <= goal):

@@ -38,7 +38,7 @@ _FLOAT_DTYPES = {"float16", "bfloat16", "float32", "float64"}
 _TOP_REQUIRED = {"format", "version", "graph", "tensor_names", "trainable", "groups", "partitions", "functions",
                  "contractions", "in_spec", "out_spec", "training"}
 _TOP_OPTIONAL = {"torch", "input_shapes", "pinned", "sha256", "input_names", "input_guards",
-                 "batch_statistics"}
+                 "batch_statistics", "elastic"}
 _PARTITION_KEYS = {"uniform": {"type", "max_size", "quadrature", "size"},
                    "fixed": {"type", "max_size", "quadrature"},
                    "trainable": {"type", "max_size", "quadrature", "eps"}}
@@ -229,6 +229,43 @@ def check_tensors(tensors: dict[str, Tensor], trainable: Any) -> None:
                               f"{'finite' if strict else 'no NaN in its'} tensors")
 
 
+_MAX_CURVE_POINTS = 64
+
+
+def check_elastic(value: Any, max_sizes: dict[str, int]) -> None:
+    """The ``elastic`` field of a file written from a :class:`torchinn.elastic.ElasticNetwork`:
+    ``{"orders": {group: a permutation of range(max_size)}, "curves": {group: [[ratio, error],
+    ...]}, "low": a ratio or null}``, every group one of the file's."""
+    _keys(value, "elastic", {"orders", "curves", "low"})
+    orders = _type(value["orders"], "elastic.orders", dict, "an object (group -> ranking of its channels)")
+    for g, order in orders.items():
+        field = f"elastic.orders[{g!r}]"[:200]
+        if not _among(g, max_sizes):
+            raise FormatError(f"{field} names unknown group")
+        n = max_sizes[g]
+        _type(order, field, list, f"a list of the {n} channel indices")
+        if len(order) != n or any(isinstance(i, bool) or not isinstance(i, int) for i in order) \
+                or sorted(order) != list(range(n)):
+            raise FormatError(f"{field} must be a permutation of range({n}) (the group's channels, most important "
+                              f"first), got {str(order)[:80]}")
+    curves = _type(value["curves"], "elastic.curves", dict, "an object (group -> [[ratio, error], ...])")
+    for g, curve in curves.items():
+        field = f"elastic.curves[{g!r}]"[:200]
+        if not _among(g, max_sizes):
+            raise FormatError(f"{field} names unknown group")
+        _type(curve, field, list, "a list of [ratio, error] pairs")
+        if not 1 <= len(curve) <= _MAX_CURVE_POINTS:
+            raise FormatError(f"{field} must have 1 to {_MAX_CURVE_POINTS} points, got {len(curve)}")
+        for i, pt in enumerate(curve):
+            ok = isinstance(pt, list) and len(pt) == 2 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in pt)
+            if not ok or not 0 < pt[0] <= 1 or pt[1] < 0:
+                raise FormatError(f"{field}[{i}] must be [ratio in (0, 1], error >= 0], got {pt!r}"[:300])
+    low = value["low"]
+    if low is not None and (isinstance(low, bool) or not isinstance(low, (int, float)) or not 0 < low <= 1):
+        raise FormatError(f"elastic.low must be null or a number in (0, 1], got {low!r}"[:300])
+
+
 def check_meta(meta: Any, tensors: dict[str, Tensor]) -> tuple[pytree.TreeSpec, pytree.TreeSpec, fx.Graph]:
     """Check every field of a version-1 file against its tensors; returns the input and output
     tree specs and the rebuilt graph. Sizes in the metadata are bounded by ``budget``: 4 times the
@@ -261,6 +298,8 @@ def check_meta(meta: Any, tensors: dict[str, Tensor]) -> tuple[pytree.TreeSpec, 
     for name in group_names:
         _partition(name, parts[name], tensors, budget, used)
     max_sizes = {n: parts[n]["max_size"] for n in group_names}
+    if "elastic" in meta:
+        check_elastic(meta["elastic"], max_sizes)
 
     functions = _type(meta["functions"], "functions", dict, "an object")
     if set(functions) - set(names):

@@ -43,6 +43,7 @@ from torch.utils import _pytree as pytree
 from ..graph.groups import ContractionSpec, GroupInfo
 from ..graph.guards import Guard
 from ..model.groups import module_key
+from ..elastic.network import ElasticNetwork
 from ..model.integral_model import IntegralModel
 from ..maths.partition import (
     FixedPartition,
@@ -169,12 +170,20 @@ def checksum(meta: dict, tensors: dict[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-def save(imodel: IntegralModel, path: str | os.PathLike) -> None:
-    """Write ``imodel`` to ``path`` (a single safetensors file, with a checksum of its contents)."""
+def save(imodel: IntegralModel | ElasticNetwork, path: str | os.PathLike) -> None:
+    """Write ``imodel`` to ``path`` (a single safetensors file, with a checksum of its contents).
+    An :class:`~torchinn.elastic.ElasticNetwork` is saved with its rankings and curves (the
+    ``elastic`` field), at its current sizes; :func:`load` gives it back."""
     from .fileio import save_safetensors
 
+    elastic = None
+    if isinstance(imodel, ElasticNetwork):
+        elastic = {"orders": {g: o.tolist() for g, o in imodel.orders.items()},
+                   "curves": {g: [[float(r), float(e)] for r, e in c] for g, c in imodel.curves.items()},
+                   "low": imodel.low}
+        imodel = imodel.imodel
     if not isinstance(imodel, IntegralModel):
-        raise TypeError(f"save() needs an IntegralModel, got {type(imodel).__name__}")
+        raise TypeError(f"save() needs an IntegralModel or an ElasticNetwork, got {type(imodel).__name__}")
     tensors: dict[str, Tensor] = {}
     functions = {}
     for name in imodel.tensor_names:
@@ -206,6 +215,8 @@ def save(imodel: IntegralModel, path: str | os.PathLike) -> None:
         "input_guards": [{"expr": _guard_json(g.expr), "text": g.text, "kind": g.kind}
                          for g in imodel.input_guards],
     }
+    if elastic is not None:
+        meta["elastic"] = elastic
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     on_meta = [k for k, v in tensors.items() if v.device.type == "meta"]
     if on_meta:
@@ -221,8 +232,11 @@ def save(imodel: IntegralModel, path: str | os.PathLike) -> None:
     save_safetensors(tensors, path, metadata={"torchinn": json.dumps(meta)})
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu", verify: bool = True) -> IntegralModel:
-    """Read an :class:`IntegralModel` written by :func:`save`, on ``device`` (``"meta"`` works too).
+def load(path: str | os.PathLike, device: str | torch.device = "cpu", verify: bool = True
+         ) -> IntegralModel | ElasticNetwork:
+    """Read an :class:`IntegralModel` written by :func:`save`, on ``device`` (``"meta"`` works too);
+    a file saved from an :class:`~torchinn.elastic.ElasticNetwork` gives one back, at the sizes
+    it was saved at.
 
     Every field is checked before anything is built (``path`` must be a regular file, not a FIFO
     or a device), the graph may only call the allow-listed ATen operators (:func:`allow_ops`) and
@@ -271,6 +285,8 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", verify: bo
         in_spec, out_spec, graph = check_meta(meta, tensors)
         check_tensors(tensors, set(meta["trainable"]))
         imodel = _build(meta, tensors, in_spec, out_spec, graph)
+        if "elastic" in meta:
+            imodel = _elastic(imodel, meta["elastic"])
     except FormatError as err:  # values quoted from a crafted file can be long: keep the message short
         text = str(err)
         raise FormatError(f"{path}: {text if len(text) <= 600 else text[:600] + '...'}") from None
@@ -279,6 +295,18 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", verify: bo
         # the checks above should catch every malformed file; this is a last line of defence
         raise FormatError(f"{path}: broken or incomplete torchinn model ({type(err).__name__}: {err})") from err
     return imodel if device.type == "cpu" else imodel.to(device)
+
+
+def _elastic(imodel: IntegralModel, info: dict) -> ElasticNetwork:
+    """The elastic network of a file (its field checked by :func:`~torchinn.io.checks.check_elastic`),
+    at the sizes saved."""
+    sizes = imodel.sizes()
+    training = imodel.training
+    elastic = ElasticNetwork(imodel, info["orders"])
+    elastic.curves = {g: [(float(r), float(e)) for r, e in c] for g, c in info["curves"].items()}
+    elastic.low = None if info["low"] is None else float(info["low"])
+    elastic.set_sizes({n: sizes[n] for n in elastic.elastic_groups})
+    return elastic.train(training)
 
 
 def _guard_json(expr: Any) -> Any:

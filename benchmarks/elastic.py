@@ -1,0 +1,153 @@
+"""One elastic network against compress once per size (issue 24), on real pretrained networks.
+
+For a network of ``benchmarks/realnets/`` (loaded, calibrated and evaluated as
+``benchmarks/real_networks.py`` does): ``torchinn.make_elastic`` trains for ``--seconds`` T on the
+calibration batches, then the one elastic network is deployed at every ``--targets`` fraction of
+the parameters (``ElasticNetwork.resize(target=...)``: sizes shared by the curves it measured)
+and evaluated; ``torchinn.compress`` runs once per fraction with T/5 s (equal total time) and with
+60 s (``--compress-seconds``), on the same calibration batches. "elastic 0 s" is the ranked
+network before training (its curves and sizes, no weight changed). Quality is the network's own
+metric on held-out data (higher is better). Prints a markdown table and writes JSON.
+
+    python benchmarks/elastic.py --network waifu2x_photo --seconds 300 --threads 1 --out elastic.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+try:  # imported as benchmarks.elastic (the tests) or run as a script from benchmarks/
+    from . import realnets
+except ImportError:
+    import realnets  # type: ignore[no-redef]
+
+import torchinn as inn
+from torchinn_demo import harness
+
+TARGETS = (0.25, 0.4, 0.5, 0.6, 0.75, 1.0)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _deploy(elastic: inn.elastic.ElasticNetwork, mod: Any, targets: Sequence[float], quick: bool) -> dict[str, Any]:
+    out = {}
+    for t in targets:
+        if t < 1.0:
+            elastic.resize(target=t)
+        else:
+            elastic.resize(1.0)
+        net = elastic.to_discrete(graph=True).eval()
+        out[str(t)] = {"quality": mod.evaluate(net, quick=quick), "params": harness.n_params(net),
+                       "sizes": elastic.sizes()}
+    elastic.resize(1.0)
+    return out
+
+
+def run(network: str, seconds: float, targets: Sequence[float], compress_seconds: Sequence[float], calib: int,
+        lr: float, low: float, quick: bool) -> dict[str, Any]:
+    mod = realnets.get(network)
+    net = mod.load()
+    x = mod.example_inputs()
+    cal = mod.calibration(calib)
+    res: dict[str, Any] = {"network": network, "metric": mod.metric_name, "params": harness.n_params(net),
+                           "seconds": seconds, "lr": lr, "low": low, "calibration_batches": len(cal),
+                           "machine": harness.machine_line()}
+    res["original"] = mod.evaluate(net, quick=quick)
+    log(f"{network}: {res['params']:,} parameters, original {res['original']:.2f} {mod.metric_name}")
+
+    t0 = time.perf_counter()
+    start, rep0 = inn.make_elastic(net, x, cal, steps=1, full_tolerance=0.0, low=low)
+    res["elastic_0s"] = _deploy(start, mod, targets, quick)
+    res["elastic_0s_report"] = {"ranking": rep0.ranking, "ranking_errors": rep0.ranking_errors,
+                                "wall": time.perf_counter() - t0}
+    log(f"  elastic 0 s ({rep0.ranking}): " + ", ".join(f"{t}: {v['quality']:.2f}" for t, v in res["elastic_0s"].items()))
+
+    t0 = time.perf_counter()
+    elastic, rep = inn.make_elastic(net, x, cal, seconds=seconds, lr=lr, low=low)
+    res["elastic_report"] = {"steps": rep.steps, "seconds": rep.seconds, "wall": time.perf_counter() - t0,
+                             "kept_step": rep.kept_step, "ranking": rep.ranking, "loss": rep.loss,
+                             "full_tolerance": rep.full_tolerance, "full_metric": rep.full_metric,
+                             "full_error_after": rep.full_error_after, "history": rep.history,
+                             "quality": {str(r): q for r, q in rep.quality.items()}}
+    log(str(rep))
+    res["elastic"] = _deploy(elastic, mod, targets, quick)
+    log("  elastic: " + ", ".join(f"{t}: {v['quality']:.2f}" for t, v in res["elastic"].items()))
+
+    res["compress"] = {}
+    for s in compress_seconds:
+        rows = {}
+        for t in targets:
+            if t >= 1.0:
+                continue
+            t0 = time.perf_counter()
+            small, report = inn.compress(net, x, t, "params", calibration=cal,
+                                         tune=inn.TuneConfig(seconds=s, progress=False))
+            rows[str(t)] = {"quality": mod.evaluate(small, quick=quick), "params": harness.n_params(small),
+                            "wall": time.perf_counter() - t0, "steps": report.tuning.get("steps", 0)}
+            log(f"  compress {s:g} s at {t}: {rows[str(t)]['quality']:.2f} ({rows[str(t)]['wall']:.0f} s)")
+        res["compress"][f"{s:g}"] = rows
+    res["machine_after"] = harness.machine_line()
+    return res
+
+
+def format_table(res: dict[str, Any]) -> str:
+    cols = ["params kept", "params (elastic)", "elastic 0 s", f"elastic {res['seconds']:g} s"]
+    cols += [f"compress {s} s each" for s in res["compress"]]
+    rep = res["elastic_report"]
+    out = [f"### {res['network']}: {res['metric']}", "",
+           f"Original {res['original']:.2f}; {res['params']:,} parameters; {res['calibration_batches']} calibration "
+           f"batches. Elastic: {rep['steps']} steps in {rep['seconds']:.0f} s (Adam lr {res['lr']:g}, sizes from "
+           f"{res['low']:g}), channels ranked by {rep['ranking']}, state of step {rep['kept_step']} kept "
+           f"(full-size {rep['full_metric']} {rep['full_error_after']:.3g}, tolerance {rep['full_tolerance']:g}). "
+           f"{res['machine']}", "",
+           "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for t, e in res["elastic"].items():
+        cells = [f"{float(t):.0%}", f"{e['params'] / res['params']:.1%}", f"{res['elastic_0s'][t]['quality']:.2f}",
+                 f"{e['quality']:.2f}"]
+        for rows in res["compress"].values():
+            c = rows.get(t)
+            cells.append("-" if c is None else f"{c['quality']:.2f} ({c['params'] / res['params']:.1%}, "
+                                               f"{c['wall']:.0f} s)")
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--network", default="waifu2x_photo", choices=realnets.NETWORKS)
+    ap.add_argument("--seconds", type=float, default=600.0, help="elastic training budget T (s)")
+    ap.add_argument("--targets", type=harness.fractions, default=TARGETS[:-1],
+                    help="fractions of the parameters kept, each in (0, 1) (1.0 is always added)")
+    ap.add_argument("--compress-seconds", default=None,
+                    help="comma-separated compress budgets per size (default: T/5 and 60)")
+    ap.add_argument("--calib", type=int, default=256, help="calibration examples")
+    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--low", type=float, default=0.25)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="small evaluation sets (tests)")
+    ap.add_argument("--out", default=None, help="also write the results as JSON to this file")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    targets = tuple(sorted(set(args.targets) | {1.0}))
+    budgets = ([float(s) for s in args.compress_seconds.split(",")] if args.compress_seconds
+               else sorted({args.seconds / 5, 60.0}))
+    res = run(args.network, args.seconds, targets, budgets, args.calib, args.lr, args.low, args.quick)
+    print(format_table(res))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1, default=str)
+    return res
+
+
+if __name__ == "__main__":
+    main()

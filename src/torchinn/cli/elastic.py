@@ -1,0 +1,109 @@
+"""The ``elastic`` and ``resize`` commands: train one network for every size
+(:func:`torchinn.make_elastic`) and save it as one ``.inn`` file; deploy a size of it as a plain
+network (``torch.save`` of the graph module, as ``compress`` writes).
+
+    torchinn elastic MODEL --input-shape 8,3,64,64 --calibration photos/ --seconds 600 -o net.inn
+    torchinn resize net.inn --target 0.5 -o small.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..elastic.network import ElasticNetwork
+from ..elastic.train import make_elastic
+from ..io.fileio import write_text
+from ..io.format import load, save
+from ..model.inputs import as_inputs
+from .commands import _calibration, _input_files
+from .loading import CLIError, convertible, dtype_of, load_model, random_inputs, shapes_text
+from .output import check_output, created_folders, printable, report_paths, save_checked
+
+__all__ = ["elastic", "resize"]
+
+
+def elastic(args: argparse.Namespace) -> int:
+    """``torchinn elastic``: train, then write the ``.inn`` file and its reports."""
+    if args.calibration is None and (args.mean is not None or args.std is not None):
+        raise CLIError("--mean/--std normalise --calibration images; give --calibration too")
+    if Path(args.output).suffix != ".inn":
+        raise CLIError(f"-o {args.output!r}: an elastic network is saved as a torchinn file; give a name ending "
+                       "with .inn")
+    args.tokenizer = None  # what _input_files reads: elastic takes images or random inputs only
+    out, made = check_output(args.output, _input_files(args), args.force, command="elastic", plain=False)
+    with created_folders(made):
+        return _elastic(args, out)
+
+
+def _elastic(args: argparse.Namespace, out: Path) -> int:
+    loaded = load_model(args.model, args.trust_code, convert=True)
+    if loaded.kind == "integral":
+        raise CLIError(f"{loaded.source!r} is an integral model: elastic needs the original network "
+                       "(a torch.save(module) file or module:callable)")
+    model = convertible(loaded, "elastic")
+    dtype = dtype_of(model)
+    if args.calibration is not None:
+        batches, calibration, described = _calibration(args, dtype)
+        example = (batches[0],)
+    else:
+        print("torchinn: warning: no --calibration folder: training on random normal inputs of shape "
+              f"{shapes_text(args.input_shape)}; this is only a smoke test", file=sys.stderr)
+        batches = [random_inputs(args.input_shape, dtype, args.seed + i) for i in range(8)]
+        example = batches[0]
+        batches = [(b,) if len(b) > 1 else b[0] for b in batches]
+        calibration = {"source": "random normal inputs (smoke test)", "batches": len(batches)}
+        described = calibration["source"]
+    net, report = make_elastic(model, example, batches, low=args.low, seconds=args.seconds, steps=args.steps,
+                               lr=args.lr, full_tolerance=args.full_tolerance, loss=args.loss, seed=args.seed)
+    save(net, out)
+    data = {k: v for k, v in vars(report).items() if k != "quality"}
+    data["quality"] = {str(r): {"params": p, "error_before": b, "error_after": a} for r, (p, b, a) in report.quality.items()}
+    data.update(model=loaded.source, output=str(out), calibration=calibration)
+    text = printable(f"torchinn elastic {loaded.source} -> {out} (calibration: {described})\n{report}\n",
+                     keep_newlines=True)
+    json_path, text_path = report_paths(out)
+    write_text(json_path, json.dumps(data, indent=2, default=str) + "\n")
+    write_text(text_path, text)
+    print(text, end="")
+    print(printable(f"wrote {out} (deploy a size with: torchinn resize {out} --target 0.5 -o small.pt), "
+                    f"{json_path.name}, {text_path.name}"))
+    return 0
+
+
+def resize(args: argparse.Namespace) -> int:
+    """``torchinn resize``: one size of an elastic (or integral) ``.inn`` file as a plain network."""
+    if (args.target is None) == (args.ratio is None):
+        raise CLIError("resize needs one of --target (a fraction of the parameters) or --ratio (of every group's "
+                       "channels)")
+    out, made = check_output(args.output, [("MODEL", Path(args.model))], args.force, command="resize")
+    with created_folders(made):
+        try:
+            net = load(args.model)
+        except FileNotFoundError:
+            raise CLIError(f"MODEL {args.model!r} does not exist") from None
+        if not isinstance(net, ElasticNetwork):
+            raise CLIError(f"{args.model!r} is an integral model without the rankings of an elastic network; "
+                           "make one with: torchinn elastic MODEL ... -o net.inn")
+        if args.target is not None:
+            net.resize(target=args.target, multiple=args.multiple)
+        else:
+            net.resize(args.ratio, multiple=args.multiple)
+        small = net.to_discrete(graph=True).eval()
+        shapes = net.imodel.input_shapes
+        if not shapes or any(s is None for s in shapes):
+            raise CLIError(f"{args.model!r} does not record the shapes of its inputs, so the written network cannot "
+                           "be checked")
+        import torch
+
+        dtypes = list(net.imodel.input_dtypes) + [None] * len(shapes)
+        example = as_inputs(tuple(torch.zeros([2 if d is None else d for d in s], dtype=t or torch.float32)
+                                  for s, t in zip(shapes, dtypes)))  # a free dimension (the batch): 2
+        save_checked(small, out, example)
+        params = sum(p.numel() for p in small.parameters())
+        full = net.num_parameters({n: net.groups[n].max_size for n in net.elastic_groups})
+        print(printable(f"torchinn resize {args.model} -> {out}: sizes {net.sizes()}, {params:,} parameters "
+                        f"({params / full:.1%} of {full:,}); load with torch.load(path, weights_only=False)"))
+    return 0

@@ -1,0 +1,9 @@
+"""One network for every size: :func:`torchinn.make_elastic` trains a pretrained network so that
+every size from ``low`` to full works (:mod:`.train`), and :class:`ElasticNetwork` deploys any
+size of it, by ratio, sizes or budget (:mod:`.network`).
+"""
+
+from .network import ElasticNetwork, SweepPoint
+from .train import ElasticReport, NestedSizes, make_elastic
+
+__all__ = ["ElasticNetwork", "ElasticReport", "NestedSizes", "SweepPoint", "make_elastic"]

@@ -1,0 +1,377 @@
+"""Train one network for every size: :func:`torchinn.make_elastic`.
+
+The recipe, and why (measured on mnist_cnn and waifu2x_photo, benchmarks/elastic.py and
+docs/decisions/elastic.md):
+
+* **Ranked, nested partitions** (``ranking``): each group's channels are ranked once by
+  importance on the calibration data (L1 norm, activation or Fisher scores of
+  :mod:`torchinn.compression.importance`; ``"auto"`` keeps the one whose top channels give the
+  lowest calibration error at ``low`` and at the middle size), and ``k`` channels are the top
+  ``k`` (:class:`~torchinn.elastic.network.ElasticNetwork`). Uniform resampling of a converted
+  network's continuous weights (``ranking="uniform"``, the paper's random discretization) starts
+  far worse below full size, since the weights of a network trained discrete are not smooth along
+  its channels, and the shared weights cannot fix every size at once: the issue measured 4.9 /
+  16.8 dB at 25 / 50% on waifu2x where the ranked start alone keeps most of the quality.
+* **The sandwich rule with the full size in every step** (:func:`torchinn.sandwich_backward`,
+  ``random`` draws between ``low`` and full per group, each group its own size): the full size
+  learns its teacher at every step, which holds it where it was.
+* **Distillation from the original network** (no labels needed): the loss of
+  :func:`torchinn.training.distill.resolve_loss` (``"auto"``: KL at a fitted temperature for class
+  logits, else squared error) between each size and the original's outputs.
+* **A small learning rate** (Adam, ``lr=1e-5``, constant: a cosine decay to 0 ended further from
+  the full-size tolerance on waifu2x): at 1e-4 the issue's full network lost 13 dB.
+* **The full size is guarded**: every ``eval_every`` steps the full-size error on held-out
+  calibration batches is measured; the state returned is the one with the lowest mean held-out
+  error over the report's sizes among those whose full-size error is within ``full_tolerance``
+  (the start always is: converting is exact).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils import _pytree as pytree
+
+from ..compression.importance import channel_importance, measure_importance
+from ..compression.starts import distill_error
+from ..model.convert import ConvertConfig, convert
+from ..model.inputs import as_inputs, batch_inputs, check_batches, padding_mask, run
+from ..model.integral_model import IntegralModel
+from ..options import check_choice, check_number
+from ..training.distill import LOSS_CHOICES, Distillation, resolve_loss
+from ..training.sizes import RandomSizes
+from ..training.train import sandwich_backward
+from .network import ElasticNetwork
+
+__all__ = ["RANKINGS", "ElasticReport", "NestedSizes", "make_elastic"]
+
+log = logging.getLogger(__name__)
+
+RANKINGS = ("auto", "l1", "activation", "fisher", "uniform")
+_FULL_METRIC = {"kl": "share of samples whose top class differs from the original's",
+                "mse": "relative squared error against the original"}
+
+
+class NestedSizes:
+    """The sizes of elastic training, for :func:`torchinn.sandwich_backward`: like
+    :class:`~torchinn.RandomSizes` (whose draws it uses: one size per group in ``[ceil(low * n),
+    n]``), but each size is set as the elastic network's partition (:meth:`ElasticNetwork.partition`)."""
+
+    def __init__(self, elastic: ElasticNetwork, low: float, seed: int = 0) -> None:
+        self.elastic = elastic
+        full = {n: p for n, p in elastic._uniform.items() if n in elastic._elastic}
+        self.random = RandomSizes(full, low=low, seed=seed)
+
+    def _set(self, sizes: Mapping[str, int]) -> dict[str, int]:
+        self.elastic.set_sizes(sizes)
+        return dict(sizes)
+
+    def step(self) -> dict[str, int]:
+        return self._set({n: self.random.draw(p, n) for n, p in sorted(self.random.partitions.items())})
+
+    def largest(self) -> dict[str, int]:
+        return self._set({n: p.max_size for n, p in self.random.partitions.items()})
+
+    def smallest(self) -> dict[str, int]:
+        return self._set({n: self.random.bounds(p, n)[0] for n, p in self.random.partitions.items()})
+
+    def full(self) -> None:
+        self.largest()
+
+    def sandwich(self, random: int = 2) -> Iterator[dict[str, int]]:
+        """Full size, the smallest, then ``random`` draws (as :meth:`RandomSizes.sandwich`)."""
+        yield self.largest()
+        yield self.smallest()
+        for _ in range(random):
+            yield self.step()
+
+
+@dataclass
+class ElasticReport:
+    """What :func:`torchinn.make_elastic` did. Errors are distillation errors against the
+    original network on held-out calibration batches (``loss``), before and after training."""
+
+    steps: int
+    seconds: float
+    loss: str
+    ranking: str
+    low: float
+    lr: float
+    full_tolerance: float
+    full_error_before: float
+    full_error_after: float
+    full_metric: str                                 # what the full-size errors measure (:func:`_full_change`)
+    kept_step: int                                   # the step whose state was returned
+    #: ratio of every group's channels -> (parameters, error before, error after)
+    quality: dict[float, tuple[int, float, float]] = field(default_factory=dict)
+    ranking_errors: dict[str, float] = field(default_factory=dict)
+    #: every held-out check: (step, seconds, full-size error, mean error over the sizes of ``quality``)
+    history: list[tuple[int, float, float, float]] = field(default_factory=list)
+    held_out_batches: int = 0
+    note: str = ""
+
+    def __str__(self) -> str:
+        lines = [f"elastic: {self.steps} steps in {self.seconds:.1f} s (Adam lr {self.lr:g}, sizes from "
+                 f"{self.low:g} to full, loss {self.loss}), channels ranked by {self.ranking}",
+                 f"full size: held-out {self.full_metric} {self.full_error_before:.4g} -> {self.full_error_after:.4g} "
+                 f"(tolerance {self.full_tolerance:g}); returned the state of step {self.kept_step}"]
+        for r, (params, before, after) in sorted(self.quality.items()):
+            lines.append(f"  {r:.0%} of the channels ({params:,} parameters): error {before:.4g} -> {after:.4g}")
+        if self.note:
+            lines.append(self.note)
+        return "\n".join(lines)
+
+
+def _check(low: object, seconds: object, steps: object, lr: object, full_tolerance: object, random: object,
+           ranking: object, loss: object, holdout: object) -> None:
+    check_number(low, "low (the smallest share of every group's channels to train)", 0, 1, low_open=True)
+    if seconds is None and steps is None:
+        raise ValueError("make_elastic needs a budget: seconds (wall-clock time) or steps (optimizer steps), or both")
+    if seconds is not None:
+        check_number(seconds, "seconds", 0, low_open=True)
+    if steps is not None:
+        check_number(steps, "steps", 1, integer=True)
+    check_number(lr, "lr", 0, low_open=True)
+    if full_tolerance is not None:
+        check_number(full_tolerance, "full_tolerance", 0)
+    check_number(random, "random (random sizes per sandwich step)", 0, integer=True)
+    check_choice(ranking, RANKINGS, "ranking")
+    if not isinstance(loss, Distillation):
+        check_choice(loss, LOSS_CHOICES, "loss")
+    check_number(holdout, "holdout", 0, 1, low_open=True, high_open=True)
+
+
+def _ratios(low: float) -> list[float]:
+    return sorted({low, *(r for r in (0.25, 0.5, 0.75) if r > low), 1.0})
+
+
+def _full_change(imodel: IntegralModel, batches: list, reference: list, loss: Distillation) -> float:
+    """How far the network (at its current sizes) is from the original on ``batches``: for class
+    logits (``loss`` KL), the share of samples whose top class differs; else the relative squared
+    error (``"mse"``'s :meth:`~torchinn.training.distill.Distillation.error`)."""
+    if loss.kind != "kl":
+        return distill_error(imodel, batches, reference, "mse")
+    differ, total = 0, 0
+    with torch.no_grad():
+        for b, ref in zip(batches, reference):
+            for o, r in zip(_leaves(run(imodel, b)), _leaves(ref)):
+                differ += int((o.argmax(-1) != r.argmax(-1)).sum())
+                total += r.argmax(-1).numel()
+    return differ / max(1, total)
+
+
+def _leaves(out: Any) -> list[Tensor]:
+    return [t for t in pytree.tree_leaves(out) if isinstance(t, Tensor) and t.is_floating_point()]
+
+
+def _errors(elastic: ElasticNetwork, ratios: Sequence[float], batches: list, reference: list,
+            loss: Distillation) -> tuple[dict[float, tuple[int, float]], float]:
+    """Per ratio of every group's channels, (parameters, ``loss``'s error); and the full size's
+    :func:`_full_change`. The network is left at full size."""
+    out = {}
+    was = elastic.imodel.training
+    elastic.imodel.eval()
+    try:
+        for r in ratios:
+            elastic.resize(r)
+            out[r] = (elastic.num_parameters(), distill_error(elastic.imodel, batches, reference, loss))
+        elastic.resize(1.0)
+        full = _full_change(elastic.imodel, batches, reference, loss)
+    finally:
+        elastic.resize(1.0)
+        elastic.imodel.train(was)
+    return out, full
+
+
+def _score(errors: Mapping[float, tuple[int, float]]) -> float:
+    """The geometric mean of the errors below full size (each size counts alike)."""
+    logs = [math.log(max(e, 1e-30)) for r, (_, e) in errors.items() if r < 1.0]
+    return sum(logs) / max(1, len(logs))
+
+
+def _rankings(imodel: IntegralModel, kinds: Sequence[str], batches: list, reference: list,
+              loss: Distillation) -> dict[str, dict[str, Tensor]]:
+    """Per kind of ranking, group -> channel indices, most important first."""
+    scores = {"l1": channel_importance(imodel)}
+    if "activation" in kinds or "fisher" in kinds:
+        try:
+            imp = measure_importance(imodel, batches, loss, reference, fisher="fisher" in kinds)
+            scores["activation"] = {g: imp.activation.get(g, s) for g, s in scores["l1"].items()}
+            if imp.fisher:
+                scores["fisher"] = {g: imp.fisher.get(g, s) for g, s in scores["l1"].items()}
+        except Exception as err:  # noqa: BLE001 - optional candidates: the L1 ranking still stands
+            log.info("make_elastic: no activation or Fisher ranking (%s: %s)", type(err).__name__, err)
+    return {k: {g: torch.argsort(s, descending=True, stable=True) for g, s in scores[k].items()}
+            for k in kinds if k in scores}
+
+
+def _batches(calibration: Iterable[Any], imodel: IntegralModel, holdout: float) -> tuple[list, list]:
+    if isinstance(calibration, (Tensor, str, bytes)) or not isinstance(calibration, Iterable):
+        raise TypeError(f"calibration must be a list (or iterable) of batches: tensors, (inputs, labels) pairs or "
+                        f"dicts of keyword inputs; got {type(calibration).__name__}")
+    batches = [batch_inputs(b) for b in calibration]
+    if not batches:
+        raise ValueError("calibration gave no batch: make_elastic needs at least 2 (training and held-out)")
+    check_batches(imodel, batches)
+    if len(batches) < 2:
+        raise ValueError("make_elastic needs at least 2 calibration batches: some to train on, at least one held out "
+                         f"to measure the sizes and guard the full size; got {len(batches)}")
+    n = min(len(batches) - 1, max(1, round(holdout * len(batches))))
+    return batches[:-n], batches[-n:]
+
+
+def _outputs(teacher: nn.Module, batches: list) -> list:
+    with torch.no_grad():
+        return [run(teacher, b) for b in batches]
+
+
+def _state(imodel: IntegralModel) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in imodel.state_dict().items() if not k.startswith("partitions.")}
+
+
+class _FullWeight:
+    """The loss of each pass of a sandwich step, the first (full size) weighted by ``weight``: a
+    penalty on the full-size error, 4 at first, that grows fourfold while its held-out error is
+    above half the tolerance and halves (down to 1) while it is below a tenth of it (:meth:`update`)."""
+
+    def __init__(self, dist: Distillation) -> None:
+        self.dist, self.weight, self.calls = dist, 4.0, 0
+        self.batch: Any = None
+        self.ref: Any = None
+
+    def start(self, batch: Any, ref: Any) -> None:
+        self.batch, self.ref, self.calls = batch, ref, 0
+
+    def __call__(self, output: Any) -> Tensor:
+        self.calls += 1
+        loss = self.dist(output, self.batch, self.ref)
+        return loss * self.weight if self.calls == 1 else loss
+
+    def update(self, full_error: float, tolerance: float) -> None:
+        if full_error > 0.5 * tolerance:
+            self.weight = min(self.weight * 4.0, 1e6)
+        elif full_error < 0.1 * tolerance:
+            self.weight = max(self.weight / 2.0, 1.0)
+
+
+def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibration: Iterable[Any], *,
+                 low: float = 0.25, seconds: float | None = None, steps: int | None = None, lr: float = 1e-5,
+                 full_tolerance: float | None = None, random: int = 2, ranking: str = "auto", loss: str | Distillation = "auto",
+                 holdout: float = 0.2, eval_every: int = 20, seed: int = 0,
+                 config: ConvertConfig | None = None) -> tuple[ElasticNetwork, ElasticReport]:
+    """Turn a pretrained ``model`` (or an :class:`~torchinn.IntegralModel`, copied) into one
+    :class:`~torchinn.elastic.network.ElasticNetwork` that works at every size from ``low`` of each
+    group's channels to full, trained for ``seconds`` and/or ``steps`` on ``calibration`` (a
+    list of at least 2 batches: tensors, ``(inputs, labels)`` pairs, whose labels are not used,
+    or dicts of keyword inputs; the last ``holdout`` share is held out). Returns the network (at
+    full size) and an :class:`ElasticReport`. The recipe and its defaults: the module notes.
+
+    ``full_tolerance``: how far from the original, on the held-out batches, the full-size network
+    of a returned state may be: for class logits (``loss`` resolved to KL), the share of samples
+    whose top class differs (default 0.001: 0.1 point of agreement); otherwise the relative
+    squared error (default 1e-5, about 0.05 dB of PSNR on a network at 35 dB). ``model`` is never
+    modified.
+
+    >>> import torch, torchinn as inn
+    >>> net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    >>> data = [torch.randn(16, 8) for _ in range(4)]
+    >>> elastic, report = inn.make_elastic(net, data[0], data, steps=3, ranking="l1")
+    >>> report.steps, report.full_error_after <= report.full_tolerance
+    (3, True)
+    >>> elastic.resize(0.5)
+    {'0.weight:0': 16}
+    """
+    _check(low, seconds, steps, lr, full_tolerance, random, ranking, loss, holdout)
+    check_number(eval_every, "eval_every", 1, integer=True)
+    t0 = time.perf_counter()
+    if isinstance(model, IntegralModel):
+        imodel = copy.deepcopy(model)
+        imodel.resize({n: g.max_size for n, g in imodel.groups.items() if g.partition.resizable})
+    elif isinstance(model, nn.Module):
+        imodel = convert(model, as_inputs(example_inputs), config)
+    else:
+        raise TypeError(f"make_elastic needs an nn.Module or an IntegralModel, got {type(model).__name__}")
+    train, held = _batches(calibration, imodel, holdout)
+    teacher = imodel.to_discrete(graph=True).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    ref_train, ref_held = _outputs(teacher, train), _outputs(teacher, held)
+    dist = resolve_loss(loss, ref_train, masks=[padding_mask(b) for b in train])
+
+    kinds = ("l1", "activation", "fisher") if ranking == "auto" else (ranking,)
+    orders = {} if ranking == "uniform" else _rankings(imodel, kinds, train[:4], ref_train[:4], dist)
+    ranking_errors = {}
+    if len(orders) > 1:  # the ranking whose top channels do best on the training batches
+        choice = _ratios(low)[:1] + [0.5 * (low + 1.0)]
+        for k, o in orders.items():
+            errs, _ = _errors(ElasticNetwork(imodel, o), choice, train[:4], ref_train[:4], dist)
+            ranking_errors[k] = math.exp(_score(errs))
+        kind = min(ranking_errors, key=lambda k: ranking_errors[k])
+    else:
+        kind = kinds[0] if orders or ranking == "uniform" else "l1"
+    elastic = ElasticNetwork(imodel, orders.get(kind, {}))
+    elastic.low = float(low)
+    ratios = _ratios(low)
+    before, full_before = _errors(elastic, ratios, held, ref_held, dist)
+    if full_tolerance is None:
+        full_tolerance = 1e-3 if dist.kind == "kl" else 1e-5
+
+    params = [p for n, p in imodel.named_parameters() if not n.startswith("partitions.") and p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    sizes = NestedSizes(elastic, low, seed)
+    best_score = _score(before)
+    best, kept, done = _state(imodel), 0, 0
+    imodel.train()
+    t_train = time.perf_counter()
+
+    def progress() -> float:
+        """The share of the budget spent (of the steps or of the seconds, whichever is further)."""
+        by_steps = done / steps if steps is not None else 0.0
+        by_time = (time.perf_counter() - t_train) / seconds if seconds is not None else 0.0
+        return max(by_steps, by_time)
+
+    def out_of_budget() -> bool:
+        return progress() >= 1.0
+
+    weight = _FullWeight(dist)
+    history: list[tuple[int, float, float, float]] = []
+    while not out_of_budget():
+        for inputs, ref in zip(train, ref_train):
+            opt.zero_grad(set_to_none=True)
+            weight.start(inputs, ref)
+            sandwich_backward(imodel, sizes, inputs, weight, random=random)
+            opt.step()
+            done += 1
+            last = out_of_budget()
+            if done % eval_every == 0 or last:
+                now, full = _errors(elastic, ratios, held, ref_held, dist)
+                imodel.train()
+                score = _score(now)
+                history.append((done, time.perf_counter() - t_train, full, math.exp(score)))
+                if full <= full_tolerance and score < best_score:
+                    best_score, best, kept = score, _state(imodel), done
+                weight.update(full, full_tolerance)
+            if last:
+                break
+    sizes.full()
+    imodel.load_state_dict(best, strict=False)
+    imodel.eval()
+    elastic.measure_curves(train[:4], ref_train[:4], dist)
+    after, full_after = _errors(elastic, ratios, held, ref_held, dist)
+    note = "" if kept == done else (
+        f"kept the state of step {kept} of {done}: later ones had a higher held-out error over the sizes"
+        f" or a full-size error above full_tolerance={full_tolerance:g}")
+    report = ElasticReport(steps=done, seconds=time.perf_counter() - t0, loss=str(dist), ranking=kind, low=low, lr=lr,
+                           full_tolerance=full_tolerance, full_error_before=full_before,
+                           full_error_after=full_after, full_metric=_FULL_METRIC[dist.kind], kept_step=kept,
+                           quality={r: (before[r][0], before[r][1], after[r][1]) for r in ratios},
+                           ranking_errors=ranking_errors, history=history, held_out_batches=len(held), note=note)
+    return elastic, report

@@ -1,0 +1,66 @@
+"""torchinn elastic and torchinn resize, end to end on a tiny network (smoke tests)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+import torchinn as inn
+from torchinn.cli.main import main
+
+MODULE = '''
+import torch
+from torch import nn
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(16, 3, 3, padding=1)).eval()
+'''
+
+
+def run(argv, capsys):
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_elastic_then_resize(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tinyelastic.py").write_text(MODULE)
+    threads = torch.get_num_threads()
+    code, out, err = run(["elastic", "tinyelastic.py:build", "--input-shape", "4,3,12,12", "--steps", "4",
+                          "-o", "net.inn"], capsys)
+    torch.set_num_threads(threads)
+    assert code == 0, err
+    assert "smoke test" in err and "elastic: 4 steps" in out and "wrote net.inn" in out
+    report = json.loads((tmp_path / "net.inn.report.json").read_text())
+    assert report["steps"] == 4 and set(report["quality"]) == {"0.25", "0.5", "0.75", "1.0"}
+    net = inn.load(tmp_path / "net.inn")
+    assert isinstance(net, inn.elastic.ElasticNetwork) and net.low == 0.25
+
+    code, out, err = run(["resize", "net.inn", "--target", "0.5", "-o", "small.pt"], capsys)
+    assert code == 0, err
+    small = torch.load(tmp_path / "small.pt", weights_only=False)
+    params = sum(p.numel() for p in small.parameters())
+    assert f"{params:,} parameters" in out and params <= 0.5 * 3203 and "of 3,203)" in out
+    net.resize(target=0.5)
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        assert torch.allclose(small(x), net.to_discrete(graph=True)(x), atol=1e-6)
+
+    code, out, err = run(["resize", "net.inn", "--ratio", "0.5", "-o", "half.pt"], capsys)
+    assert code == 0 and "'0.weight:0': 8, '2.weight:0': 8" in out
+
+    code, out, err = run(["inspect", "net.inn", "--input-shape", "2,3,12,12"], capsys)  # its integral model
+    assert code == 0 and "0.weight:0" in out, err
+
+    code, out, err = run(["resize", "net.inn", "-o", "x.pt"], capsys)
+    assert code == 1 and "resize needs one of --target" in err
+    code, out, err = run(["elastic", "tinyelastic.py:build", "--input-shape", "4,3,12,12", "--steps", "1",
+                          "-o", "net.pt"], capsys)
+    assert code == 1 and "give a name ending with .inn" in err
