@@ -48,7 +48,7 @@ from ..model.integral_model import IntegralModel
 from ..options import check_choice, check_number
 from ..training.distill import LOSS_CHOICES, Distillation, resolve_loss
 from ..training.sizes import RandomSizes
-from ..training.train import sandwich_backward
+from ..training.train import adam, sandwich_backward
 from .network import ElasticNetwork
 
 __all__ = ["RANKINGS", "ElasticReport", "NestedSizes", "make_elastic"]
@@ -325,7 +325,7 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
         full_tolerance = 1e-3 if dist.kind == "kl" else 1e-5
 
     params = [p for n, p in imodel.named_parameters() if not n.startswith("partitions.") and p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = adam([{"params": params, "lr": lr}])
     sizes = NestedSizes(elastic, low, seed)
     best_score = _score(before)
     best, kept, done = _state(imodel), 0, 0

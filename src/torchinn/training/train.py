@@ -55,7 +55,7 @@ from ..options import check_choice, check_number
 from ..maths.trainable import TrainablePartition
 
 __all__ = ["TuneConfig", "make_grid_trainable", "tune_grid", "finetune", "distillation_loss", "batch_inputs",
-           "sandwich_backward"]
+           "sandwich_backward", "adam"]
 
 log = logging.getLogger(__name__)
 
