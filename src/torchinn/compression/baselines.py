@@ -65,14 +65,17 @@ SELECTIONS = ("l1", "random", "activation")
 
 def select_channels(imodel: IntegralModel, sizes: Mapping[str, int], method: Method = "l1",
                     seed: int = 0, calibration: Iterable[Any] | None = None,
-                    scores: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+                    scores: Mapping[str, Tensor] | None = None, *,
+                    tensors: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
     """Sorted indices of the channels each group keeps (groups not in ``sizes`` keep all);
     ``"activation"`` needs ``calibration`` (batches of inputs). ``scores`` (group -> one score
-    per channel, the largest kept) overrides ``method`` for the groups it names."""
+    per channel, the largest kept) overrides ``method`` for the groups it names. ``tensors``: the
+    full-size tensors by name, when the caller holds them (the L1 norms read them instead of
+    sampling a copy)."""
     check_choice(method, SELECTIONS, "method")
     groups = imodel.groups
     gen = torch.Generator().manual_seed(seed)
-    base = channel_importance(imodel) if method != "random" else None
+    base = channel_importance(imodel, tensors) if method != "random" else None
     if method == "activation":
         from ..model.inputs import batch_inputs
 
@@ -118,25 +121,41 @@ def prune(imodel: IntegralModel, sizes: Mapping[str, int] | None = None, method:
 
 
 def _selected(imodel: IntegralModel, sizes: Mapping[str, int] | None, method: str, seed: int,
-              calibration: Iterable[Any] | None = None, scores: Mapping[str, Tensor] | None = None
-              ) -> tuple[fx.GraphModule, dict[str, Tensor], dict[str, Tensor]]:
-    """The network cut to ``sizes`` by ``method``, the full-size tensors, and the kept indices."""
+              calibration: Iterable[Any] | None = None, scores: Mapping[str, Tensor] | None = None,
+              full: Mapping[str, Tensor] | None = None) -> tuple[fx.GraphModule, dict[str, Tensor], dict[str, Tensor]]:
+    """The network cut to ``sizes`` by ``method``, the full-size tensors (``full`` when given:
+    they are not sampled again), and the kept indices."""
     groups = imodel.groups
     sizes = {groups[n].name: s for n, s in (sizes or imodel.sizes()).items()}
-    keep = select_channels(imodel, sizes, method, seed, calibration, scores)
-    with torch.no_grad():
-        full = imodel.tensors(imodel.full_partitions())
+    keep = select_channels(imodel, sizes, method, seed, calibration, scores, tensors=full)
+    if full is None:
+        with torch.no_grad():
+            full = imodel.tensors(imodel.full_partitions())
     plans = imodel.plans()
+    # each tensor copied once: the cut ones are new, the others cloned here (the network holds them)
     tensors = {n: take_channels(t, plans[n], keep) if n in plans else t for n, t in full.items()}
+    tensors = {n: t.detach().clone() if t is full[n] else t for n, t in tensors.items()}
     # groups not in ``sizes`` keep all their channels (not the model's current sizes)
-    return imodel.discrete_from(tensors, dict({n: g.max_size for n, g in groups.items()}, **sizes)), full, keep
+    pruned = imodel.discrete_from(tensors, dict({n: g.max_size for n, g in groups.items()}, **sizes), copy=False)
+    return pruned, dict(full), keep
+
+
+def _tensors_of(gm: fx.GraphModule, names: Sequence[str]) -> dict[str, Tensor]:
+    """The tensors of a graph module by name (parameters and buffers)."""
+    named = dict(gm.named_parameters(), **dict(gm.named_buffers()))
+    missing = [n for n in names if n not in named]
+    if missing:
+        raise ValueError(f"the teacher has no tensor named {missing[0]!r}: pass the full-size graph module of this "
+                         "model (to_discrete(graph=True) at full size)")
+    return {n: named[n].detach() for n in names}
 
 
 def reconstruct(imodel: IntegralModel, sizes: Mapping[str, int] | None, calibration: Iterable[Any], *,
                 select: Literal["l1", "random"] = "l1", seed: int = 0,
                 ridge: float | Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0),
                 max_system_bytes: int = MAX_SYSTEM_BYTES,
-                max_seconds: float | None = None, scores: Mapping[str, Tensor] | None = None) -> fx.GraphModule:
+                max_seconds: float | None = None, scores: Mapping[str, Tensor] | None = None,
+                teacher: fx.GraphModule | None = None) -> fx.GraphModule:
     """Channel selection followed by a least-squares refit of every layer that consumes pruned
     channels (ThiNet, Luo et al. 2017; channel pruning, He et al. 2017).
 
@@ -174,6 +193,10 @@ def reconstruct(imodel: IntegralModel, sizes: Mapping[str, int] | None, calibrat
     ``max_seconds``: the layers not started within it (counted from the call) keep their selected
     weights and are reported as skipped: a partly refit network, consistent, returned on time.
 
+    ``teacher``: the full-size graph module of ``imodel`` (``to_discrete(graph=True)`` at full
+    size, or :meth:`~torchinn.IntegralModel.shared_discrete`), when the caller holds one: the
+    selection and the refit read its tensors and run it instead of sampling a full-size copy.
+
     The network returned carries ``refit_report``: per consuming layer's weight, the relative output error
     of the layer on the calibration data before and after the refit (``before``, ``after``; held
     out: ``held_out_before``, ``held_out_after``), the ``ridge`` used, or why it was ``skipped``.
@@ -193,17 +216,24 @@ def reconstruct(imodel: IntegralModel, sizes: Mapping[str, int] | None, calibrat
     batches = list(calibration)
     if not batches:
         raise ValueError("the calibration loader is empty")
-    pruned, tensors, keep = _selected(imodel, sizes, select, seed, scores=scores)
+    given = None if teacher is None else _tensors_of(teacher, imodel.tensor_names)
+    pruned, tensors, keep = _selected(imodel, sizes, select, seed, scores=scores, full=given)
     plans = imodel.plans()
-    full = imodel.discrete_from(tensors, {n: g.max_size for n, g in imodel.groups.items()}).eval()
+    full = imodel.discrete_from(tensors, {n: g.max_size for n, g in imodel.groups.items()},
+                                copy=False) if teacher is None else teacher
+    del tensors
     kept = {}
     for name, plan in plans.items():
         kept[name] = [take_channels(torch.arange(plan_size(p)), (p,), keep) if any(
             a.group in keep for seg in p for a in seg) else None for p in plan]
-    was_training = pruned.training
+    was_training, teacher_training = pruned.training, full.training
     pruned.eval()
-    result = refit_consumers(full, pruned, batches, kept, [float(r) for r in ridges], max_bytes=max_system_bytes,
-                             deadline=deadline)
-    pruned.train(was_training)
+    full.eval()
+    try:
+        result = refit_consumers(full, pruned, batches, kept, [float(r) for r in ridges], max_bytes=max_system_bytes,
+                                 deadline=deadline)
+    finally:
+        pruned.train(was_training)
+        full.train(teacher_training)
     pruned.refit_report = result
     return pruned

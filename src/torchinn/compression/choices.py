@@ -43,6 +43,7 @@ from ..training.distill import Distillation
 from .importance import Importance, measure_importance
 from ..model.integral_model import IntegralModel
 from ..model.inputs import batch_size, leading_samples
+from ..model.memory import release_memory
 from .starts import StartChoice, best_start, distill_error, kept_partitions, refine_start
 
 __all__ = ["Choices", "choose"]
@@ -199,8 +200,8 @@ def _start_scores(start: StartChoice, importance: Importance | None) -> dict[str
 
 def _reconstruct(imodel: IntegralModel, sizes: Mapping[str, int], cal: Sequence[tuple], fit: Sequence[tuple],
                  judge: Sequence[tuple], judged: Sequence[Any], mine: float, loss: Distillation, clock: _Clock,
-                 per_batch: float, skipped: list[str], scores: Mapping[str, Any] | None = None
-                 ) -> tuple[nn.Module | None, dict[str, float]]:
+                 per_batch: float, skipped: list[str], scores: Mapping[str, Any] | None = None,
+                 teacher: Any = None) -> tuple[nn.Module | None, dict[str, float]]:
     """The reconstruction baseline at ``sizes`` (fitted on ``fit``, never on ``judge``; channels
     selected by ``scores`` where given, else L1) when it beats ``mine`` (the partitions' error on
     ``judge``), and the errors measured on the way."""
@@ -217,7 +218,7 @@ def _reconstruct(imodel: IntegralModel, sizes: Mapping[str, int], cal: Sequence[
             break
         t0 = time.perf_counter()
         try:
-            candidate = reconstruct(imodel, dict(sizes), data, scores=scores,
+            candidate = reconstruct(imodel, dict(sizes), data, scores=scores, teacher=teacher,
                                     max_seconds=max(0.0, clock.left() - len(judge) * per_batch)).eval()
             fits = candidate.refit_report
         except (RuntimeError, ValueError, NotImplementedError) as err:  # a candidate, not a requirement
@@ -252,20 +253,23 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
            cal: Sequence[tuple], reference: Sequence[Any], fit: Sequence[tuple], judge: Sequence[tuple],
            judged: Sequence[Any], loss: Distillation, example_inputs: tuple, min_ratio: float, multiples: Mapping[str, int],
            kinds: Sequence[str], reconstruct: bool, seconds: float, per_batch: float,
-           teacher: Any = None) -> Choices:
+           teacher: Any = None, nbytes: int = 0) -> Choices:
     """Sizes, starting partitions and possibly the reconstruction for ``imodel`` within
     ``seconds`` (see the module); ``imodel`` is left at the chosen sizes and partitions.
     ``cal``: the choice batches (with the full network's outputs ``reference``); ``fit``: the
     training batches; ``judge``: held-out batches, ``judged`` the full network's outputs on them
     (no held-out batches: no reconstruction, it could only be judged on what it was fitted on);
     ``per_batch``: seconds of one forward pass of a batch; ``teacher``: the full-size graph
-    module, when the caller holds one (the importance pass runs it instead of a copy)."""
+    module, when the caller holds one (the importance pass runs it, and the reconstruction reads
+    its tensors, instead of a copy); ``nbytes``: the bytes of the network's weights (memory is given
+    back to the system between the stages when they are many: :func:`~torchinn.model.memory.release_memory`)."""
     clock = _Clock(seconds)
     spent: dict[str, float] = {}
     skipped: list[str] = []
     t0 = time.perf_counter()
     importance = _importance(imodel, cal, reference, loss, IMPORTANCE_SHARE * seconds, skipped, teacher, per_batch,
                              more=fit[len(cal):IMPORTANCE_BATCHES * len(cal)], whole=seconds)
+    release_memory(nbytes)
     spent["importance"] = time.perf_counter() - t0
     if importance is None:  # best_start would measure them again, without a bound
         kinds = [k for k in kinds if k not in ("activation", "fisher")] or ["l1"]
@@ -289,6 +293,7 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
                                              per_batch, skipped, hold)
     if method == "given":
         table = {}
+    release_memory(nbytes)
     spent["choose_start"] = time.perf_counter() - t0
     chosen = imodel.sizes()
 
@@ -302,7 +307,8 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
         t0 = time.perf_counter()
         mine = distill_error(imodel, judge, judged, loss)
         recon, versus = _reconstruct(imodel, chosen, cal, fit, judge, judged, mine, loss, clock, per_batch,
-                                     skipped, _start_scores(start, importance))
+                                     skipped, _start_scores(start, importance), teacher)
+        release_memory(nbytes)
         spent["reconstruct"] = time.perf_counter() - t0
     if recon is None or REFINE_GAIN * versus["reconstruct"] >= versus["partitions"]:
         t0 = time.perf_counter()

@@ -163,10 +163,13 @@ def _activation(mode: _Reads, tensors: Mapping[str, Tensor], plans: Mapping[str,
     return out
 
 
-def channel_importance(imodel: IntegralModel) -> dict[str, Tensor]:
+def channel_importance(imodel: IntegralModel, tensors: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
     """Per group, the L1 norm of each channel over the tensors that *produce* it (dimensions not
-    summed over: filters and biases, not the next layer's input slices), at full size."""
-    tensors = imodel.tensors(imodel.full_partitions())
+    summed over: filters and biases, not the next layer's input slices), at full size.
+    ``tensors``: the full-size tensors by name, when the caller holds them (not sampled again)."""
+    if tensors is None:
+        with torch.no_grad():
+            tensors = imodel.tensors(imodel.full_partitions())
     plans = imodel.plans()
     scores = {g: torch.zeros(imodel.groups[g].max_size, dtype=torch.float64) for g in imodel.group_names}
     for name, plan in plans.items():

@@ -41,6 +41,7 @@ from .budget import check_budget
 from .choices import FIT_BATCHES, choose
 from ..model.convert import ConvertConfig, convert
 from ..model.inputs import check_batches
+from ..model.memory import release_memory, weight_bytes
 from ..training.distill import resolve_loss
 from ..training.loop import split_validation
 from ..sizing.metrics import count_flops, measure_latency
@@ -287,11 +288,14 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
     source, train_source, held_out = _calibration(calibration, example_inputs, tune)
     check_batches(imodel, [batch_inputs(b) for b in (source if isinstance(source, Sequence) else
                                                      _first(source, SELECT_BATCHES))])  # before anything runs
-    full = imodel.to_discrete(graph=True).eval()  # the teacher, and the metric before
+    # the teacher, and the metric before: it shares its tensors with imodel (no copy of the weights)
+    full = imodel.shared_discrete().eval()
     t0 = time.perf_counter()
     before = _metric(full, metric, example_inputs)
     metric_seconds = time.perf_counter() - t0
     cal, reference, per_batch = _choice_batches(full, train_source, example_inputs, bound)
+    nbytes = weight_bytes(model)
+    release_memory(nbytes)  # what the teacher's first passes left behind
     if tune is False or tune.seconds is None:  # no time budget given: a bound that one pass fits in
         bound = max(bound, NO_TUNE_PASSES * per_batch)
     # one loss (and temperature) for every choice and both tuning stages, from the teacher's outputs
@@ -324,7 +328,7 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
     made = choose(imodel, target=target, metric=metric, sizes=sizes, cal=cal, reference=reference, fit=fit,
                   judge=judge, judged=judged, loss=loss, example_inputs=example_inputs, min_ratio=min_ratio,
                   multiples=multiples, kinds=starts, reconstruct=reconstruct, seconds=max(0.0, share * left),
-                  per_batch=per_batch, teacher=full)
+                  per_batch=per_batch, teacher=full, nbytes=nbytes)
     seconds.update(made.seconds)
     if few:
         made.skipped.append(f"tuning (about {steps:.0f} steps would fit after the choices, fewer than "
@@ -363,7 +367,13 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
                                          loss_fn=loss)
             seconds["tune_weights"] = time.perf_counter() - t0
     else:
+        full = None  # no tuning: its outputs on the choice batches (reference) are all that is left of it
         small = recon if recon is not None else imodel.to_discrete(graph=True).eval()
+    # the teacher, the reconstruction (small, if it won) and the samples at the compressed sizes
+    # (small has its own copies) are not needed any more: their memory before the copy below
+    full = made.reconstruction = recon = None
+    imodel.clear_samples()
+    release_memory(nbytes)
     err1 = distill_error(small, cal, reference, loss)
     report = CompressReport(
         metric=metric, target=target,
@@ -381,7 +391,7 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
     if not math.isfinite(err1):
         log.warning("the compressed network's calibration error is not finite")
     if not graph:  # the user's own class (or the graph module, with a warning saying why)
-        small = imodel.module_from(small.eval()).eval()
+        small = imodel.module_from(small.eval(), share=True).eval()  # small is not kept: no copy of it
         report.params_after = sum(p.numel() for p in small.parameters())
     report.seconds["after_convert"] = time.perf_counter() - t_budget
     return small, report

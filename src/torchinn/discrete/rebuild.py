@@ -172,9 +172,10 @@ def unfold_norms(folded: list[Folded], tensors: dict[str, Tensor], own: set[str]
                 tensors[f.mean] = -bias
 
 
-def _assign(module: nn.Module, tensors: Mapping[str, Tensor]) -> None:
-    """Put ``tensors`` into ``module``'s parameters and buffers by name (tied tensors stay tied);
-    a tensor left on the meta device raises :class:`RebuildError`."""
+def _assign(module: nn.Module, tensors: Mapping[str, Tensor], share: bool = False) -> None:
+    """Put copies of ``tensors`` (``share``: the contiguous ones themselves) into ``module``'s
+    parameters and buffers by name (tied tensors stay tied); a tensor left on the meta device
+    raises :class:`RebuildError`."""
     new: dict[int, Any] = {}
     names: dict[int, list[str]] = {}
     for name, t in chain(module.named_parameters(remove_duplicate=False), module.named_buffers(remove_duplicate=False)):
@@ -192,7 +193,9 @@ def _assign(module: nn.Module, tensors: Mapping[str, Tensor]) -> None:
                             raise RebuildError(f"tensor {full!r} has no value at the new sizes")
                         new[id(old)] = old
                     else:
-                        value = value.detach().clone(memory_format=torch.contiguous_format)
+                        value = value.detach()
+                        if not (share and value.is_contiguous()):
+                            value = value.clone(memory_format=torch.contiguous_format)
                         new[id(old)] = (nn.Parameter(value, requires_grad=old.requires_grad)
                                         if isinstance(old, nn.Parameter) else value)
                 store[leaf] = new[id(old)]
@@ -206,9 +209,10 @@ def _assign(module: nn.Module, tensors: Mapping[str, Tensor]) -> None:
             setattr(mod, leaf, t.detach().clone())
 
 def rebuild(original: Original, tensors: dict[str, Tensor], gm: fx.GraphModule, folded: list[Folded],
-            plans: Mapping[str, tuple[DimPlan, ...]], sizes: Mapping[str, int]) -> nn.Module:
+            plans: Mapping[str, tuple[DimPlan, ...]], sizes: Mapping[str, int], share: bool = False) -> nn.Module:
     """A copy of the user's module carrying ``tensors`` (sampled at ``sizes``; ``gm`` is the graph
-    module at those sizes, whose contraction scales are folded into the tensors)."""
+    module at those sizes, whose contraction scales are folded into the tensors); ``share``: the
+    tensors themselves where they can be, not copies."""
     if original.module is None:
         raise RebuildError("the original module is not stored (the integral model was loaded from a file)")
     tensors = dict(tensors)
@@ -217,7 +221,7 @@ def rebuild(original: Original, tensors: dict[str, Tensor], gm: fx.GraphModule, 
     own = {n for n, _ in chain(module.named_parameters(remove_duplicate=False),
                                module.named_buffers(remove_duplicate=False))}
     unfold_norms(folded, tensors, own)
-    _assign(module, tensors)
+    _assign(module, tensors, share)
     resize_modules(module, Calls(gm), Atoms(plans, sizes))
     resized: dict[int, set[int]] = {}
     for plan in plans.values():

@@ -203,11 +203,13 @@ def _pytree_codegen(in_spec: pytree.TreeSpec, out_spec: pytree.TreeSpec) -> Any:
 def specialize(runtime: fx.GraphModule, tensor_names: list[str], tensors: list[Tensor],
                sizes: list[int], scales: list[Tensor], trainable: set[str],
                in_spec: pytree.TreeSpec, out_spec: pytree.TreeSpec, guards: Sequence[Guard] = (),
-               names: Sequence[str] = ()) -> fx.GraphModule:
+               names: Sequence[str] = (), copies: bool = True) -> fx.GraphModule:
     """The runtime graph at fixed sizes, as a plain ``GraphModule`` that owns its tensors (named
     as in the original network), is called and returns like the original network, and follows
     ``.train()``/``.eval()`` for dropout and norms. It checks the Python inputs of ``guards``
-    that the runtime graph leaves to the integral model (str, None, NaN: :func:`.guards.graph_only`)."""
+    that the runtime graph leaves to the integral model (str, None, NaN: :func:`.guards.graph_only`).
+    ``copies=False``: it holds ``tensors`` themselves (detached, sharing their storage) instead of
+    copies."""
     graph = copy.deepcopy(runtime.graph)
     root = nn.Module()
     placeholders = {n.name: n for n in graph.nodes if n.op == "placeholder"}
@@ -227,7 +229,8 @@ def specialize(runtime: fx.GraphModule, tensor_names: list[str], tensors: list[T
             node.replace_all_uses_with(sizes[i])
         elif src is placeholders["tensors"]:
             name = tensor_names[i]
-            _attach(root, name, tensors[i].detach().clone(), name in trainable)
+            value = tensors[i].detach()
+            _attach(root, name, value.clone() if copies else value, name in trainable)
             with graph.inserting_before(node):
                 node.replace_all_uses_with(graph.get_attr(name))
         elif src is placeholders["scales"]:

@@ -268,9 +268,11 @@ class IntegralModel(nn.Module):
         return total
 
     def discrete_from(self, tensors: Mapping[str, Tensor], sizes: Mapping[str, int],
-                      scales: list[Tensor] | None = None) -> fx.GraphModule:
+                      scales: list[Tensor] | None = None, copy: bool = True) -> fx.GraphModule:
         """A plain network from given tensors at given group sizes (used by the baselines);
-        contraction scales default to ones (plain channel selection does not rescale)."""
+        contraction scales default to ones (plain channel selection does not rescale).
+        ``copy=False``: it holds ``tensors`` themselves, not copies (for tensors the caller made
+        for it and does not keep)."""
         sizes = dict(self.sizes(), **sizes)
         if scales is None:
             like = next(t for t in tensors.values() if t.is_floating_point())
@@ -279,7 +281,30 @@ class IntegralModel(nn.Module):
         return specialize(self.runtime, self.tensor_names, [tensors[n] for n in self.tensor_names],
                           [sizes[n] for n in self.group_names], scales, self.trainable,
                           self.in_spec, self.out_spec, self.input_guards,
-                          self.input_names).train(self.training)
+                          self.input_names, copies=copy).train(self.training)
+
+    def shared_discrete(self) -> fx.GraphModule:
+        """``to_discrete(graph=True)`` without a copy of the weights: the graph module holds the
+        tensors this model runs with at the current sizes (:meth:`sampled`): its own where sampling
+        leaves them as they are (a channel that is not integrated, at full size), the cached samples
+        elsewhere. Biases and 1-D tensors (what ``TuneConfig.train`` may tune) and a tensor whose
+        storage another already holds are copies. A reference to read from (a teacher, scores):
+        training it, or changing its tensors in place, changes this model."""
+        with torch.no_grad():
+            tensors, scales = self.sampled()
+        held, own = set(), []
+        for name, t in zip(self.tensor_names, tensors):
+            ptr = t.untyped_storage().data_ptr()
+            own.append(t.clone() if ptr in held or t.ndim <= 1 or name.endswith("bias") else t)
+            held.add(ptr)
+        sizes = [self.partitions[module_key(n)].size for n in self.group_names]
+        return specialize(self.runtime, self.tensor_names, own, sizes, scales, self.trainable, self.in_spec,
+                          self.out_spec, self.input_guards, self.input_names, copies=False).train(self.training)
+
+    def clear_samples(self) -> None:
+        """Drop the tensors kept from the last run at the current sizes (:meth:`sampled`); the next
+        run samples them again."""
+        self._cache.clear()
 
     # -- discrete ---------------------------------------------------------------------------
     def to_discrete(self, graph: bool = False) -> nn.Module:
@@ -316,8 +341,8 @@ class IntegralModel(nn.Module):
         """
         if self.batch_statistics:
             self._warn_stale_statistics(stacklevel=3)
-        with torch.no_grad():
-            tensors, scales = self._sample()
+        with torch.no_grad():  # what the last run at these sizes sampled, if it is kept
+            tensors, scales = self.sampled()
         sizes = [self.partitions[module_key(n)].size for n in self.group_names]
         gm = specialize(self.runtime, self.tensor_names, tensors, sizes, scales, self.trainable,
                         self.in_spec, self.out_spec, self.input_guards,
@@ -326,18 +351,20 @@ class IntegralModel(nn.Module):
             return gm
         return user_module(self, gm, dict(zip(self.tensor_names, tensors)), "to_discrete()", sampled=True)
 
-    def module_from(self, gm: fx.GraphModule) -> nn.Module:
+    def module_from(self, gm: fx.GraphModule, *, share: bool = False) -> nn.Module:
         """The user's module (as :meth:`to_discrete` gives it back) carrying the tensors of
         ``gm``: a graph module of this model at any sizes, from ``to_discrete(graph=True)``,
         :func:`torchinn.prune` or :func:`torchinn.compress`, fine-tuned or not. Falls back to
-        ``gm`` itself, with a ``UserWarning`` saying why, where :meth:`to_discrete` would."""
+        ``gm`` itself, with a ``UserWarning`` saying why, where :meth:`to_discrete` would.
+        ``share=True``: the module holds ``gm``'s tensors where it can (no copy of the weights;
+        for a ``gm`` that is not used after)."""
         named = {}
         for n in self.tensor_names:
             try:
                 named[n] = gm.get_parameter(n)
             except AttributeError:
                 named[n] = gm.get_buffer(n)
-        return user_module(self, gm, named, "module_from()")
+        return user_module(self, gm, named, "module_from()", share=share)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

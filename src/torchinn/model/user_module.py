@@ -19,11 +19,12 @@ __all__ = ["user_module"]
 
 
 def user_module(imodel: Any, gm: fx.GraphModule, named: dict[str, Tensor], caller: str,
-                sampled: bool = False) -> nn.Module:
+                sampled: bool = False, share: bool = False) -> nn.Module:
     """A copy of the converted module with ``named`` tensors, checked against ``gm`` (or
     ``gm`` with a warning); layers off the traced forward that read resized channels are
     resized with them (``sampled``: ``named`` was sampled on the partitions) or named in a
-    warning (:mod:`torchinn.discrete.heads`)."""
+    warning (:mod:`torchinn.discrete.heads`). ``share``: the module holds ``named`` themselves
+    where it can, not copies."""
     tensors = list(named.values())
     sizes = imodel.sizes()
     for n, plan in imodel.plans().items():
@@ -39,7 +40,8 @@ def user_module(imodel: Any, gm: fx.GraphModule, named: dict[str, Tensor], calle
                       "graph=True to ask for it", UserWarning, stacklevel=3)
         return gm
     try:
-        module = rebuild(original, named, gm, getattr(imodel, "folded_norms", []), imodel.plans(), imodel.sizes())
+        module = rebuild(original, named, gm, getattr(imodel, "folded_norms", []), imodel.plans(), imodel.sizes(),
+                         share=share)
     except RebuildError as err:
         warnings.warn(f"{caller}: cannot give back {type(original.module).__name__} at the current "
                       f"sizes ({err}); returning the graph module instead (graph=True asks for it)",
