@@ -45,6 +45,23 @@ def train_random_sizes(model: torch.nn.Module, imodel: inn.IntegralModel,
     return drawn
 
 
+def train_sandwich(model: torch.nn.Module, imodel: inn.IntegralModel,
+                   batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[list[float]]:
+    """The sandwich rule (the largest, the smallest and one drawn size per step, gradients
+    accumulated over the three passes), Adam, mean cross-entropy; ``model`` is ``imodel`` or a
+    DDP wrapper of it (every pass's backward all-reduces its gradients). The losses per step."""
+    opt = torch.optim.Adam(model.parameters(), lr=TRAIN_LR)
+    sizes = inn.RandomSizes(imodel, low=0.4, high=1.0, seed=SIZES_SEED + 1)
+    model.train()
+    losses = []
+    for x, y in batches:
+        opt.zero_grad(set_to_none=True)
+        losses.append(inn.sandwich_backward(model, sizes, x, lambda out: F.cross_entropy(out, y), random=1))
+        opt.step()
+    sizes.full()
+    return losses
+
+
 def load_for_tuning(path: str) -> inn.IntegralModel:
     """The model in float64 at half size: Adam's first steps divide tiny gradients by their own
     magnitude, so float32 rounding differences of the all-reduce would reach ~1e-5 in the points;
@@ -99,6 +116,11 @@ def main(model_path: str, data_path: str, out_path: str) -> None:
     all_trained: list = [None] * world
     dist.all_gather_object(all_trained, trained_sizes)
 
+    # (b') the sandwich rule, DDP-wrapped
+    imodel = torch.load(model_path, weights_only=False)
+    sandwich_losses = train_sandwich(DDP(imodel), imodel, train)
+    sandwiched = function_values(imodel)
+
     # (c) grid tuning of a DDP-wrapped model at half size
     imodel = load_for_tuning(model_path)
     make_grid_trainable(imodel)
@@ -124,7 +146,8 @@ def main(model_path: str, data_path: str, out_path: str) -> None:
     if rank == 0:
         torch.save({"world": world, "draws": everyone, "train_sizes": all_trained, "trained": trained,
                     "tuned": all_points, "tuned_values": tuned_values, "report": report,
-                    "timed_steps": all_timed}, out_path)
+                    "timed_steps": all_timed, "sandwiched": sandwiched, "sandwich_losses": sandwich_losses},
+                   out_path)
     dist.barrier()
     dist.destroy_process_group()
 

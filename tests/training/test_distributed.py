@@ -111,6 +111,20 @@ def test_training_equals_one_process(ddp, files):
     assert diff < 1e-5, f"2 processes differ from 1 by {diff:.2e}"
 
 
+def test_sandwich_rule_equals_one_process(ddp, files):
+    data = torch.load(files["data"])
+    batches, _ = W.shard(data, 0, 1)
+    imodel = torch.load(files["model"], weights_only=False)
+    start = W.function_values(imodel)
+    losses = W.train_sandwich(imodel, imodel, batches)
+    assert len(losses) == STEPS and all(len(step) == 3 for step in losses)
+    got, want = ddp["sandwiched"], W.function_values(imodel)
+    moved = max(float((want[k] - start[k]).abs().max()) for k in want)
+    assert moved > 1e-2  # the training did something
+    diff = max(float((got[k] - want[k]).abs().max()) for k in want)
+    assert diff < 1e-5, f"2 processes differ from 1 by {diff:.2e}"
+
+
 def test_grid_tuning_equals_one_process(ddp, files):
     data = torch.load(files["data"])
     _, batches = W.shard(data, 0, 1)
