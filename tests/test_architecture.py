@@ -187,3 +187,16 @@ def test_subpackages_import_only_downwards():
         bad += [f"{module} imports {t}" for t in sorted(targets)
                 if t != "torchinn" and LAYERS.index(_subpackage(t)) > here]
     assert not bad, bad
+
+
+def test_test_modules_have_unique_basenames():
+    # the test folders are not packages: pytest imports each test module by its basename, so two
+    # test_x.py in different folders stop the collection of the whole suite ("import file mismatch")
+    tests = Path(__file__).parent
+    seen: dict[str, Path] = {}
+    clashes = []
+    for path in sorted(tests.rglob("test_*.py")):
+        if path.name in seen:
+            clashes.append(f"{seen[path.name].relative_to(tests)} and {path.relative_to(tests)}")
+        seen.setdefault(path.name, path)
+    assert not clashes, "test modules with the same basename: " + "; ".join(clashes)
