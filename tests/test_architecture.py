@@ -7,7 +7,8 @@
   ``Longer than 400 lines:``);
 * the sub-packages are layers: each imports only from the ones below it (:data:`LAYERS`);
 * a small top level: ``torchinn.__all__`` has at most 24 names, and every sub-package says what it
-  exports in its own ``__all__``.
+  exports in its own ``__all__``;
+* test modules have unique basenames (pytest imports them by basename).
 """
 
 from __future__ import annotations
