@@ -135,3 +135,17 @@ def test_uniform_chunks_per_device_and_dtype(dtype):
     chunk = p.chunks(dtype=dtype)[0]
     assert chunk.points.dtype == dtype and chunk.taps == {} and chunk is p.chunks(dtype=dtype)[0]
     assert p.resize(8).chunks(dtype=dtype)[0].points is p.chunks(dtype=dtype)[0].control  # full: no sampling
+
+
+def test_a_uniform_partition_keeps_a_bounded_number_of_sizes():
+    # random sizes draw many sizes of a group; their points, weights and taps are not all kept
+    from torchinn.maths import partition as P
+
+    p = P.UniformPartition(512)
+    for size in range(1, 400):
+        p.resize(size)
+        p.chunks()
+        p.weights()
+        assert len(p._cache) <= P.CACHE_ENTRIES
+    p.resize(37)
+    assert torch.equal(p.chunks()[0].points, P.UniformPartition(512).resize(37).points())

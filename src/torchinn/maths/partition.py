@@ -24,7 +24,7 @@ tensor([0.1250, 0.2500, 0.2500, 0.2500, 0.1250])
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +41,11 @@ __all__ = [
 ]
 
 Device = torch.device | str | None
+
+
+#: at most this many entries (a size's points, weights, chunks; one per device and dtype) are kept
+#: by a :class:`UniformPartition`
+CACHE_ENTRIES = 64
 
 
 class Chunk(NamedTuple):
@@ -171,7 +176,7 @@ class UniformPartition(Partition):
         key = (self._size, str(torch.device(device or "cpu")), dtype)
         out = self._cache.get(key)
         if out is None:
-            out = self._cache[key] = self.quadrature.nodes(self._size, device=device, dtype=dtype)
+            out = self._keep(key, self.quadrature.nodes(self._size, device=device, dtype=dtype))
         return out
 
     def weights(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
@@ -179,7 +184,7 @@ class UniformPartition(Partition):
         key = ("q", self._size, str(torch.device(device or "cpu")), dtype)
         out = self._cache.get(key)
         if out is None:
-            out = self._cache[key] = super().weights(device, dtype)
+            out = self._keep(key, super().weights(device, dtype))
         return out
 
     def control_points(self, device: Device = None, dtype: torch.dtype | None = None) -> Tensor:
@@ -187,8 +192,17 @@ class UniformPartition(Partition):
         key = ("c", self.max_size, str(torch.device(device or "cpu")), dtype)
         out = self._cache.get(key)
         if out is None:
-            out = self._cache[key] = super().control_points(device, dtype)
+            out = self._keep(key, super().control_points(device, dtype))
         return out
+
+    def _keep(self, key: tuple, value: Any) -> Any:
+        """``value`` kept under ``key``; the store is emptied first when it holds
+        :data:`CACHE_ENTRIES` (training with random sizes would otherwise keep the points, weights
+        and interpolation taps of every size ever drawn: for a group of n channels, O(n^2))."""
+        if len(self._cache) >= CACHE_ENTRIES:
+            self._cache.clear()
+        self._cache[key] = value
+        return value
 
     def chunks(self, device: Device = None, dtype: torch.dtype | None = None) -> list[Chunk]:
         """The chunks of :meth:`Partition.chunks`, one object per size, device and dtype.
@@ -201,7 +215,7 @@ class UniformPartition(Partition):
         if out is None:
             points = self.points(device, dtype)
             control = points if self.is_standard else self.control_points(device, dtype)
-            out = self._cache[key] = [Chunk(points, control, {})]
+            out = self._keep(key, [Chunk(points, control, {})])
         return list(out)
 
     def cache_key(self) -> tuple:
