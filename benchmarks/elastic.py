@@ -121,6 +121,22 @@ def format_table(res: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def plot(res: dict[str, Any], path: str) -> str:
+    """Quality against the fraction of the parameters kept: the elastic network before and after
+    its training, compress once per size (each budget), the original as a dashed line."""
+    from torchinn_demo.plots import compression_curve
+
+    kept = sorted((float(t) for t in res["elastic"] if float(t) < 1.0), reverse=True)
+    series = {f"elastic {res['seconds']:.0f} s": [res["elastic"][str(t)]["quality"] for t in kept],
+              "elastic 0 s": [res["elastic_0s"][str(t)]["quality"] for t in kept]}
+    for budget, cells in res["compress"].items():
+        if all(str(t) in cells for t in kept):
+            series[f"compress {budget} s each"] = [cells[str(t)]["quality"] for t in kept]
+    return str(compression_curve(path, kept, series, references={"original": res["original"]},
+                                 ylabel=res["metric"], title=f"{res['network']}: one elastic network against "
+                                 "compress per size", percent=False))
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--network", default="waifu2x_photo", choices=realnets.NETWORKS)
@@ -135,7 +151,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="small evaluation sets (tests)")
     ap.add_argument("--out", default=None, help="also write the results as JSON to this file")
+    ap.add_argument("--plot", nargs=2, metavar=("JSON", "PNG"), default=None,
+                    help="instead of a run: draw the results of an earlier run's JSON as a PNG")
     args = ap.parse_args(argv)
+    if args.plot:
+        with open(args.plot[0]) as f:
+            res = json.load(f)
+        log(plot(res, args.plot[1]))
+        return res
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     targets = tuple(sorted(set(args.targets) | {1.0}))

@@ -37,6 +37,9 @@ _STYLES = {  # label prefix -> (colour, marker, line style)
     "INN": ("tab:cyan", "s", "--"),
     "L1": ("tab:orange", "^", "-"),
     "random": ("tab:gray", "v", ":"),
+    "elastic 0 s": ("tab:gray", "s", "--"),
+    "elastic": ("tab:blue", "o", "-"),
+    "compress": ("tab:orange", "^", "-"),
 }
 
 
