@@ -73,3 +73,24 @@ def test_choose_sizes_on_dict_batches(llama) -> None:
     assert imodel.num_parameters(sizes) >= 0.6 * imodel.num_parameters()
     flops = inn.choose_sizes(imodel, 0.7, "flops", example_inputs=example, method="uniform")
     assert set(flops) == set(sizes)
+
+
+def test_activation_scores_leave_out_padded_positions(llama) -> None:
+    # right padding: the real tokens' activations are those of the unpadded rows (a causal model),
+    # so a padded batch scores like its rows run one by one, whatever the padded positions hold
+    from torchinn.compression.importance import measure_importance
+    from torchinn.model.inputs import batch_inputs
+
+    model, batches = llama
+    imodel = inn.convert(model, {"input_ids": batches[0]["input_ids"], "attention_mask": batches[0]["attention_mask"]},
+                         inn.ConvertConfig(permute=False))
+    batch = batches[0]
+    lengths = batch["attention_mask"].sum(1).tolist()
+    rows = [{"input_ids": batch["input_ids"][i:i + 1, :n], "attention_mask": batch["attention_mask"][i:i + 1, :n]}
+            for i, n in enumerate(lengths)]
+    junk = dict(batch, input_ids=batch["input_ids"].masked_fill(batch["attention_mask"] == 0, 7))
+    padded = measure_importance(imodel, [batch_inputs(junk)], fisher=False).activation
+    one_by_one = measure_importance(imodel, [batch_inputs(r) for r in rows], fisher=False).activation
+    assert padded.keys() == one_by_one.keys() and len(padded) > 0
+    for g in padded:
+        torch.testing.assert_close(padded[g], one_by_one[g], rtol=1e-4, atol=1e-9)

@@ -82,6 +82,7 @@ class _Reads(TorchFunctionMode):
         self.counts: dict[str, int] = {}
         self.dims: dict[str, int] = {}                       # weight -> the dimension that reads
         self.taylor: dict[str, Tensor] = {}                  # group -> (samples, channels), this batch
+        self.mask: Tensor | None = None                      # this batch's (batch, positions) padding mask
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None) -> Any:
         read = _reads(func, args)
@@ -104,13 +105,16 @@ class _Reads(TorchFunctionMode):
                 a.group is not None for seg in plan[weight_dim] for a in seg):
             return False
         xs = x.detach().movedim(channel_dim, -1)
-        sq = (xs.double() ** 2).reshape(-1, xs.shape[-1]).sum(0)
+        # a (batch, positions, channels) input of a padded batch: the padded positions do not count
+        keep = position_mask(self.mask, xs) if xs.ndim == 3 and channel_dim in (-1, 2) else None
+        count = xs.numel() // xs.shape[-1] if keep is None else int(keep.sum())
+        sq = ((xs.double() if keep is None else xs.double() * keep) ** 2).reshape(-1, xs.shape[-1]).sum(0)
         if name not in self.squares:
-            self.squares[name], self.counts[name] = sq, xs.numel() // xs.shape[-1]
+            self.squares[name], self.counts[name] = sq, count
             self.dims[name] = weight_dim
         elif self.squares[name].shape == sq.shape:
             self.squares[name] += sq
-            self.counts[name] += xs.numel() // xs.shape[-1]
+            self.counts[name] += count
         return True
 
     def _taylor(self, x: Tensor, g: Tensor, channel_dim: int, dim_plan: tuple) -> None:
@@ -244,6 +248,7 @@ def measure_importance(imodel: IntegralModel, batches: Sequence[tuple], loss: Di
     with _gradients(full, plans, fisher, terms, read):
         for i, b in enumerate(batches):
             mode.taylor = {}
+            mask = mode.mask = padding_mask(b)  # padded positions count in no score
             with torch.set_grad_enabled(fisher), mode:
                 out = run(full, b)
             if fisher:
@@ -251,7 +256,6 @@ def measure_importance(imodel: IntegralModel, batches: Sequence[tuple], loss: Di
                     lambda t: t.detach() if isinstance(t, Tensor) else t, out)
                 outs = [o for o in pytree.tree_leaves(out) if isinstance(o, Tensor) and o.is_floating_point()]
                 refs = [r for r in pytree.tree_leaves(ref) if isinstance(r, Tensor) and r.is_floating_point()]
-                mask = padding_mask(b)  # padded positions carry no gradient
                 total = sum((o * _masked(_cotangent(o, r, loss, gen), position_mask(mask, o))).sum()
                             for o, r in zip(outs, refs))
                 terms.clear()
