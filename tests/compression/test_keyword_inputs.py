@@ -94,3 +94,23 @@ def test_activation_scores_leave_out_padded_positions(llama) -> None:
     assert padded.keys() == one_by_one.keys() and len(padded) > 0
     for g in padded:
         torch.testing.assert_close(padded[g], one_by_one[g], rtol=1e-4, atol=1e-9)
+
+
+def test_the_refit_leaves_out_padded_positions(llama) -> None:
+    # whatever the padded positions of a batch hold, the reconstruction fits the same weights
+    from torchinn.compression.baselines import reconstruct
+
+    model, batches = llama
+    example = {"input_ids": batches[0]["input_ids"], "attention_mask": batches[0]["attention_mask"]}
+    imodel = inn.convert(model, example, inn.ConvertConfig(permute=False))
+    imodel.resize(0.5)
+
+    def filled(token):
+        return [dict(b, input_ids=b["input_ids"].masked_fill(b["attention_mask"] == 0, token)) for b in batches]
+
+    one, other = (dict(reconstruct(imodel, None, filled(t), ridge=1e-3).named_parameters()) for t in (7, 3))
+    assert one.keys() == other.keys()
+    refit = [n for n in one if "mlp.down_proj" in n or "o_proj" in n]
+    assert refit
+    for n in one:
+        torch.testing.assert_close(one[n], other[n], rtol=1e-5, atol=1e-6)

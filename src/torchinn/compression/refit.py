@@ -50,7 +50,7 @@ from .capture import Capture, bound_args
 from ..graph.kinds import Kind, is_view, node_kind
 from .regression import CHUNK, Layer, NormalEquations, current, features, in_channels, row_chunks, sample, \
     spatial_size, store
-from ..model.inputs import batch_inputs
+from ..model.inputs import batch_inputs, padding_mask
 
 __all__ = ["refit_consumers"]
 
@@ -258,30 +258,38 @@ def refit_consumers(full: fx.GraphModule, pruned: fx.GraphModule, calibration: S
     return report
 
 
-def _halves(x: Tensor, y: Tensor, batched: bool, index: int) -> list[tuple[int, Tensor, Tensor]]:
-    """(fold, inputs, outputs): even and odd samples of a batch go to the two folds (alternating
-    from batch to batch); a batch of one sample goes whole to fold ``index % 2``."""
+def _halves(x: Tensor, y: Tensor, batched: bool, index: int, mask: Tensor | None = None
+            ) -> list[tuple[int, Tensor, Tensor, Tensor | None]]:
+    """(fold, inputs, outputs, padding mask): even and odd samples of a batch go to the two folds
+    (alternating from batch to batch); a batch of one sample goes whole to fold ``index % 2``."""
     if not batched or x.shape[0] < 2:
-        return [(index % 2, x, y)]
-    return [((index + p) % 2, x[p::2], y[p::2]) for p in (0, 1)]
+        return [(index % 2, x, y, mask)]
+    return [((index + p) % 2, x[p::2], y[p::2], None if mask is None else mask[p::2]) for p in (0, 1)]
 
 
 def _keep_rows(features: int, n_batches: int) -> int:
     return max(ROWS_PER_BATCH, math.ceil(ROWS_PER_FEATURE * features / max(1, n_batches)))
 
 
-def _batch_sample(layer: Layer, x: Tensor, y: Tensor, w: Tensor, n_batches: int, index: int) -> Tensor | None:
+def _batch_sample(layer: Layer, x: Tensor, y: Tensor, w: Tensor, n_batches: int, index: int,
+                  mask: Tensor | None = None) -> Tensor | None:
     """The rows of a batch's regression to keep, at most about ``max(ROWS_PER_BATCH,
     ROWS_PER_FEATURE * features / n_batches)`` of them, drawn at random (seeded by the batch): a
     convolution gives a row per sample and output position, far more than a least-squares fit of
     its features needs (ThiNet and channel pruning sample 10 positions per image); a
     convolution's positions (the same for every sample) are drawn before anything is unfolded. On
     EDSR (433 features, 8,192 positions per batch of patches, 32 batches) the refit took 40 s of a
-    60 s budget with every row. None: all rows."""
+    60 s budget with every row. None: all rows. ``mask``: the batch's padding mask (a linear
+    layer's rows at padded positions are left out)."""
     keep = _keep_rows(features(layer, w), n_batches)
     if layer.conv:
         n, spatial = spatial_size(layer, y)
         return sample(spatial, math.ceil(keep / n), index)
+    if mask is not None and x.ndim == 3 and tuple(mask.shape) == tuple(x.shape[:2]):
+        # a padded batch's (batch, positions, features) input: rows at its real positions only
+        real = (mask.reshape(-1) != 0).nonzero().reshape(-1)
+        picked = sample(real.numel(), keep, index)
+        return real if picked is None else real[picked]
     return sample(x.numel() // max(1, x.shape[-1]), keep, index)
 
 
@@ -298,8 +306,8 @@ def _refit_layer(layer: Layer, cap_full: Capture, full_node: str, cap_pruned: Ca
             x, _ = cap_pruned.capture(inputs, layer.node, index)
             _, y = cap_full.capture(inputs, full_node, index)
             batched = x.ndim == w.ndim if layer.conv else x.ndim > 1
-            for fold, xh, yh in _halves(x, y, batched, index):
-                rows = _batch_sample(layer, xh, yh, w, n_batches, index)
+            for fold, xh, yh, mh in _halves(x, y, batched, index, padding_mask(inputs)):
+                rows = _batch_sample(layer, xh, yh, w, n_batches, index, mh)
                 for xs, ys in row_chunks(layer, xh, yh, w, kept, rows, bias=b is not None, chunk=chunk):
                     folds[fold].add(xs, ys)
     total = folds[0].merged(folds[1])
