@@ -64,3 +64,6 @@ def test_elastic_then_resize(tmp_path, capsys, monkeypatch):
     code, out, err = run(["elastic", "tinyelastic.py:build", "--input-shape", "4,3,12,12", "--steps", "1",
                           "-o", "net.pt"], capsys)
     assert code == 1 and "give a name ending with .inn" in err
+    code, out, err = run(["elastic", "net.inn", "--input-shape", "4,3,12,12", "--steps", "1", "-o", "again.inn"],
+                         capsys)
+    assert code == 1 and "'net.inn' is an integral model: elastic needs the original network" in err

@@ -209,10 +209,7 @@ def _compress(args: argparse.Namespace, out: Path) -> int:
     from ..training.train import TuneConfig
 
     loaded = load_model(args.model, args.trust_code, convert=True)
-    if loaded.kind == "integral":
-        raise CLIError(f"{loaded.source!r} is an integral model: compress needs the original network "
-                       "(a torch.save(module) file or module:callable)")
-    model = convertible(loaded, "compress")
+    model = convertible(loaded, "compress", original=True)
     folder = is_folder(args.output)
     if folder and not _is_transformers(model):
         raise CLIError(f"-o {args.output!r} is a folder, and folders are for transformers models (written as a Hugging "

@@ -40,10 +40,7 @@ def elastic(args: argparse.Namespace) -> int:
 
 def _elastic(args: argparse.Namespace, out: Path) -> int:
     loaded = load_model(args.model, args.trust_code, convert=True)
-    if loaded.kind == "integral":
-        raise CLIError(f"{loaded.source!r} is an integral model: elastic needs the original network "
-                       "(a torch.save(module) file or module:callable)")
-    model = convertible(loaded, "elastic")
+    model = convertible(loaded, "elastic", original=True)
     dtype = dtype_of(model)
     if args.calibration is not None:
         batches, calibration, described = _calibration(args, dtype)

@@ -236,8 +236,12 @@ def load_model(spec: str, trust_code: bool = False, convert: bool = False) -> Lo
     raise CLIError(f"MODEL {spec!r}: no such file (or give module:callable)")
 
 
-def convertible(loaded: Loaded, command: str) -> Any:
-    """The nn.Module to convert; a clear error for what torch.export cannot trace."""
+def convertible(loaded: Loaded, command: str, *, original: bool = False) -> Any:
+    """The nn.Module to convert; a clear error for what torch.export cannot trace, and with
+    ``original`` for an integral model (``command`` needs the network it was converted from)."""
+    if original and loaded.kind == "integral":
+        raise CLIError(f"{loaded.source!r} is an integral model: {command} needs the original network "
+                       "(a torch.save(module) file or module:callable)")
     if loaded.kind == "torchscript":
         raise CLIError(f"{loaded.source!r} is a TorchScript file: torch.export (which torchinn uses to trace) "
                        f"cannot trace a ScriptModule; pass the Python module to {command!r} instead "
