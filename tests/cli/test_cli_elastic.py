@@ -7,7 +7,7 @@ import json
 import torch
 
 import torchinn as inn
-from torchinn.cli.main import main
+from test_cli import run  # main(argv) -> (exit status, stdout, stderr)
 
 MODULE = '''
 import torch
@@ -18,15 +18,6 @@ def build():
     return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
                          nn.Conv2d(16, 3, 3, padding=1)).eval()
 '''
-
-
-def run(argv, capsys):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_elastic_then_resize(tmp_path, capsys, monkeypatch):
