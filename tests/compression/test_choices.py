@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import time
 
+import pytest
 import torch
 
 import torchinn as inn
@@ -223,3 +224,24 @@ def test_size_options_beyond_the_first_leave_the_reconstruction_its_time():
     skipped.clear()
     _, table, _ = choices._sizes_and_starts(*args(), choices._Clock(100.0), 0.5, 1.0, skipped, hold=0.0)
     assert sorted(table) == ["other", "uniform"] and not skipped
+
+
+def test_the_choices_give_up_part_of_their_share_so_that_the_tuning_steps_fit():
+    from torchinn.compression.pipeline import CHOICE_SHARE, MIN_CHOICE_SHARE, MIN_TUNING_STEPS, STEP_PASSES, \
+        _choice_share
+
+    step = STEP_PASSES * 0.1  # a forward pass of 0.1 s
+    # room for many steps: the usual share
+    share, steps = _choice_share(1000.0, 0.1, timed=True)
+    assert share == CHOICE_SHARE and steps == pytest.approx(0.6 * 1000.0 / step)
+    # 40% would leave fewer than MIN_TUNING_STEPS: the choices keep what leaves exactly that many
+    left = MIN_TUNING_STEPS * step / 0.7  # 70% of it holds MIN_TUNING_STEPS steps
+    share, steps = _choice_share(left, 0.1, timed=True)
+    assert share == pytest.approx(0.3) and steps == pytest.approx(MIN_TUNING_STEPS)
+    # not even with MIN_CHOICE_SHARE: the choices take everything (steps: what 40% would have left)
+    left = MIN_TUNING_STEPS * step / (1.0 - MIN_CHOICE_SHARE) * 0.99
+    share, steps = _choice_share(left, 0.1, timed=True)
+    assert share == 1.0 and steps == pytest.approx((1 - CHOICE_SHARE) * left / step)
+    assert _choice_share(-1.0, 0.1, timed=True) == (1.0, 0.0)
+    # no time budget (steps bound the tuning): the usual share whatever the time
+    assert _choice_share(0.01, 0.1, timed=False)[0] == CHOICE_SHARE

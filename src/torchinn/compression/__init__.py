@@ -1,4 +1,4 @@
-"""Post-training compression: :func:`torchinn.compress` (:mod:`.pipeline`), what it chooses before
+"""Post-training compression: :func:`torchinn.compress` (:mod:`.pipeline`, its report in :mod:`.report`), what it chooses before
 tuning (:mod:`.choices`, :mod:`.budget`, :mod:`.importance`, :mod:`.starts`), and the baselines on
 the same groups and sizes (:mod:`.baselines`, with the least-squares refit of :mod:`.refit` and
 :mod:`.regression`).

@@ -13,7 +13,9 @@ simplest baseline it could have produced:
    reconstruction baseline joins when it beats that on held-out batches it was not fitted on.
 2. **Time**: ``TuneConfig.seconds`` bounds everything after the conversion; without tuning the
    bound is :data:`NO_TUNE_SECONDS` or :data:`NO_TUNE_PASSES` forward passes, whichever is
-   longer. What cannot fit is skipped and named in ``report.skipped``.
+   longer. What cannot fit is skipped and named in ``report.skipped``. Where 40% would leave
+   fewer than :data:`MIN_TUNING_STEPS` steps of tuning, the choices get less (down to 20%); where
+   even that does not leave them, the choices get all of it and nothing is tuned.
 3. **Grid tuning** (:func:`torchinn.training.train.tune_grid`) of the partitions, then **weight
    tuning** (:func:`torchinn.training.train.finetune`): distillation of every weight of the compressed
    network; ``TuneConfig.weights_share`` splits the budget. Each stage keeps its best state on
@@ -30,13 +32,13 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from ..sizing.metrics import Metric
+from .report import CompressReport
 from .budget import check_budget
 from .choices import FIT_BATCHES, choose
 from ..model.convert import ConvertConfig, convert
@@ -64,88 +66,19 @@ CHOICE_PASSES_SHARE = 0.05
 #: the share of the bound (TuneConfig.seconds) the choices may take when there is tuning after them
 CHOICE_SHARE = 0.4
 #: with a time budget, when fewer than this many tuning steps (each about STEP_PASSES forward
-#: passes of a batch) would fit in what the choices leave, the choices take the whole budget: a
-#: few steps of tuning are worth less than choices cut short (docs/decisions/compress-constants.md)
+#: passes of a batch) would fit in what the choices leave, the choices give up part of their share,
+#: down to MIN_CHOICE_SHARE, to make room for them; when even that leaves fewer, the choices take
+#: the whole budget: a few steps of tuning are worth less than choices cut short
+#: (docs/decisions/compress-constants.md)
 MIN_TUNING_STEPS = 20
 STEP_PASSES = 3.0
+MIN_CHOICE_SHARE = 0.2
 #: the bound on everything after the conversion when there is no time budget: ``tune=False`` or a
 #: TuneConfig with ``seconds=None`` (the choices then take it all, or 40% before steps of tuning)
 NO_TUNE_SECONDS = 30.0
 #: ... or the time of this many forward passes of a calibration batch, when that is longer (a
 #: 1 B-parameter model's one pass takes seconds: 30 s would not hold one importance pass)
 NO_TUNE_PASSES = 40
-
-
-@dataclass
-class CompressReport:
-    """What :func:`compress` did."""
-
-    metric: str
-    target: float
-    sizes: dict[str, tuple[int, int]]          # group -> (before, after)
-    before: float                               # metric of the original network
-    after: float                                # metric of the compressed network
-    params_before: int
-    params_after: int
-    error_before_tuning: float                  # calibration loss vs the original outputs (``loss``)
-    error_after_tuning: float
-    tuning: dict[str, Any] = field(default_factory=dict)  # steps in all, and per stage
-    seconds: dict[str, float] = field(default_factory=dict)
-    sizes_method: str = "given"                 # which sizes won: "sensitivity", "uniform", "given"
-    sizes_errors: dict[str, float] = field(default_factory=dict)  # calibration error per sizes option
-    starts: dict[str, str] = field(default_factory=dict)          # group -> starting partition
-    start_errors: dict[str, float] = field(default_factory=dict)  # calibration error per start (all groups)
-    #: held-out calibration error of the best partitions and of the reconstruction baseline
-    reconstruct_errors: dict[str, float] = field(default_factory=dict)
-    stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # "grid" / "weights": what each did
-    loss: str = "mse"                           # "mse": relative squared error; "kl": KL of class probabilities
-    temperature: float | None = None            # the temperature of "kl" (torchinn.training.distill)
-    loss_note: str = ""                         # why loss="auto" chose that loss and temperature
-    multiple: dict[str, int] = field(default_factory=dict)  # group -> the multiple its size was rounded to (> 1)
-    skipped: list[str] = field(default_factory=list)        # choices the time bound left out, and why
-    bound: float | None = None                              # seconds after the conversion it was given
-
-    @property
-    def ratio(self) -> float:
-        return self.after / self.before
-
-    def __str__(self) -> str:
-        lines = [f"{'group':48s} {'before':>7s} {'after':>7s} start"]
-        lines += [f"{n[:48]:48s} {b:7d} {a:7d} {self.starts.get(n, '-')}" for n, (b, a) in self.sizes.items()]
-        lines.append(f"{self.metric}: {self.before:.4g} -> {self.after:.4g} ({self.ratio:.1%} of the original, "
-                     f"target {self.target:.0%})")
-        lines.append(f"parameters: {self.params_before:,} -> {self.params_after:,}")
-        if self.multiple:
-            ms = set(self.multiple.values())
-            lines.append("sizes rounded to multiples of " + (str(ms.pop()) if len(ms) == 1 else str(self.multiple))
-                         + " (or the full size)")
-        temp = f" at temperature {self.temperature:.4g}" if self.loss == "kl" and self.temperature else ""
-        lines.append(f"loss: {self.loss}{temp}" + (f" ({self.loss_note})" if self.loss_note else ""))
-        if self.sizes_errors:
-            lines.append("sizes: " + ", ".join(f"{m} {e:.4g}" for m, e in self.sizes_errors.items())
-                         + f" -> {self.sizes_method}")
-        if self.start_errors:
-            lines.append("starts: " + ", ".join(f"{k} {e:.4g}" for k, e in self.start_errors.items()))
-        if self.reconstruct_errors:
-            lines.append("held out: " + ", ".join(f"{k} {e:.4g}" for k, e in self.reconstruct_errors.items()))
-        what = "relative output error" if self.loss == "mse" else f"{self.loss} distillation loss"
-        lines.append(f"{what}: {self.error_before_tuning:.4g} before tuning, {self.error_after_tuning:.4g} after")
-        for name, st in self.stages.items():
-            lines.append(f"  {name} tuning: {st['steps']} steps in {st['seconds']:.1f} s, validation error "
-                         f"{_fmt(st.get('start_error'))} -> {_fmt(st.get('best_error'))}")
-        if self.skipped:
-            lines.append("skipped: " + "; ".join(self.skipped))
-        lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items()))
-        tuned = self.seconds.get("tune_grid", 0.0) + self.seconds.get("tune_weights", 0.0)
-        spent = self.seconds.get("after_convert")
-        if spent and self.bound:
-            lines.append(f"after the conversion: {spent:.1f} s of a {self.bound:.1f} s bound, {tuned:.1f} s "
-                         f"({tuned / spent:.0%}) tuning")
-        return "\n".join(lines)
-
-
-def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.4g}"
 
 
 def _metric(model: nn.Module, metric: str, inputs: tuple) -> float:
@@ -213,6 +146,22 @@ def _choice_batches(full: nn.Module, train: Iterable[Any], example_inputs: tuple
     return batches[:len(reference)], reference, per_batch
 
 
+def _choice_share(left: float, per_batch: float, timed: bool) -> tuple[float, float]:
+    """(the share of ``left`` seconds the choices get, the tuning steps that fit in the rest):
+    CHOICE_SHARE; less, down to MIN_CHOICE_SHARE, when MIN_TUNING_STEPS steps of STEP_PASSES
+    forward passes of ``per_batch`` seconds would not fit otherwise; all of it when they do not fit
+    even then (``timed``: a time budget; without one, the steps are not bounded by the time)."""
+    step = STEP_PASSES * per_batch
+    if not timed or step <= 0:
+        return CHOICE_SHARE, math.inf
+    if left <= 0:
+        return 1.0, 0.0
+    share = min(CHOICE_SHARE, 1.0 - MIN_TUNING_STEPS * step / left)
+    if share < MIN_CHOICE_SHARE:
+        return 1.0, (1.0 - CHOICE_SHARE) * left / step
+    return share, (1.0 - share) * left / step
+
+
 def _split(total: TuneConfig, share: float) -> TuneConfig | None:
     """A stage's share of the budget (``None`` when it gets nothing)."""
     steps = None if total.steps is None else round(total.steps * share)
@@ -240,7 +189,8 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
 
     ``tune=None`` tunes for 60 s (half grid, half weights: ``TuneConfig.weights_share``).
     ``TuneConfig.seconds`` bounds everything after the conversion: the choices of sizes and
-    start (at most 40% of it, :mod:`torchinn.compression.choices`), the reconstruction candidate, the tuning
+    start (at most 40% of it, less where that leaves fewer than 20 tuning steps,
+    :mod:`torchinn.compression.choices`), the reconstruction candidate, the tuning
     stages and the final checks share it (tuning gets what the choices left, see
     ``report.seconds``), so ``compress`` with 60 s takes about 60 s plus the conversion.
     ``tune=False`` does not tune: sizes and starting partitions are still chosen on the
@@ -312,12 +262,14 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
             sizes = imodel.resize(dict(sizes), multiple=multiples)
     # what comes after the tuning: the report's error, the metric and the user's class
     reserve = (len(cal) + 2) * per_batch + metric_seconds
-    share = CHOICE_SHARE if tune is not False else 1.0
     left = bound - (time.perf_counter() - t_budget) - reserve
-    steps = (1.0 - share) * left / (STEP_PASSES * per_batch) if per_batch > 0 else math.inf
-    few = tune is not False and tune.seconds is not None and steps < MIN_TUNING_STEPS
+    timed = tune is not False and tune.seconds is not None
+    share, steps = _choice_share(left, per_batch, timed) if tune is not False else (1.0, 0.0)
+    few = timed and share == 1.0
+    if timed and share < CHOICE_SHARE:
+        log.info("compress: the choices get %.0f%% of %.1f s so that %d tuning steps fit", 100 * share, left,
+                 MIN_TUNING_STEPS)
     if few:  # a handful of steps would not pay for what the choices give up to make room for them
-        share = 1.0
         no_tune = max(NO_TUNE_SECONDS, NO_TUNE_PASSES * per_batch)
         if no_tune > tune.seconds:  # the user asked for less than tune=False would take
             log.warning("compress: TuneConfig(seconds=%g) leaves no time for tuning on this network (a forward "
