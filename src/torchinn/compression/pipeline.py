@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ..sizing.metrics import Metric
-from .budget import check_budget
+from .budget import check_budget, check_resizable
 from .choices import FIT_BATCHES, choose
 from ..model.convert import ConvertConfig, convert
 from ..model.inputs import check_batches
@@ -281,6 +281,7 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
     t0 = time.perf_counter()
     imodel = convert(model, example_inputs, config)
     seconds["convert"] = time.perf_counter() - t0
+    check_resizable(imodel)
     groups = imodel.groups
     multiples = resolve_multiple(multiple, list(groups), lambda name: groups[name].name)
     t_budget = time.perf_counter()  # the bound counts from here
