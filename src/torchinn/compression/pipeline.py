@@ -333,7 +333,8 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
     seconds.update(made.seconds)
     if few:
         made.skipped.append(f"tuning (about {steps:.0f} steps would fit after the choices, fewer than "
-                            f"{MIN_TUNING_STEPS}: the choices took the budget, and no step is started after them)")
+                            f"{MIN_TUNING_STEPS}: the choices took the budget, and no step is started after them; "
+                            f"calibration batches of fewer rows make a step cheaper)")
     choice, recon, versus = made.start, made.reconstruction, made.held_out
     err0 = choice.error
     start_errors = dict(choice.errors)
