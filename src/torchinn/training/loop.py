@@ -38,8 +38,7 @@ DIVERGED = 1.5
 EARLY_CHECK = 3
 #: halvings of the learning rates after which the loop stops: 2**-20 (about 1e-6) of a learning
 #: rate of 1e-4 moves a weight by 1e-10 a step, below float32's resolution of any weight above 1e-3
-#: (the MTCNN ONet of facenet-pytorch, started from its reconstruction, was validated worse after
-#: every step and spent 47 s of a 60 s budget halving its rate 46 times)
+#: (docs/decisions/compress-constants.md)
 MAX_REDUCTIONS = 20
 
 
