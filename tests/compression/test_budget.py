@@ -406,3 +406,29 @@ def test_given_curves_choose_the_sizes_without_data():
         choose_sizes(imodel, 0.6, method="fisher", curves=cheap)
     with pytest.raises(ValueError, match=r"^curves has no entry for group\(s\) \['2.weight:0'\]$"):
         choose_sizes(imodel, 0.6, method="sensitivity", curves={"0.weight:0": cheap["0.weight:0"]})
+
+
+class _Recurrent(nn.Module):
+    """A linear layer into an LSTM (an op torchinn cannot follow) into a linear head: kept at full
+    size with unsupported='keep', no group is left to resize (resemblyzer's voice encoder)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.lstm, self.head = nn.Linear(6, 16), nn.LSTM(16, 8, batch_first=True), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, (h, _) = self.lstm(torch.relu(self.inp(x)))
+        return self.head(h[-1])
+
+
+def test_a_network_with_nothing_to_resize_says_so():
+    torch.manual_seed(0)
+    model, x = _Recurrent().eval(), torch.randn(4, 5, 6)
+    config = inn.ConvertConfig(unsupported="keep")
+    imodel = inn.convert(model, x, config)
+    assert len(imodel.groups) == 0
+    why = r"^cannot reach the target: the converted network has no group of channels that can be resized"
+    with pytest.raises(inn.compression.budget.UnreachableTarget, match=why):
+        compress(model, x, 0.5, tune=False, config=config)
+    with pytest.raises(inn.compression.budget.UnreachableTarget, match=why):
+        choose_sizes(imodel, 0.5, example_inputs=x)

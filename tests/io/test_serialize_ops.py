@@ -254,6 +254,31 @@ def test_sizes_from_input_sizes_load_and_run(small, tmp_path: Path) -> None:
         assert torch.equal(inn.load(path)(x), expected)  # the node is dead code here, but checked and kept
 
 
+def test_a_ceil_mode_pooling_before_a_flatten_saves_and_loads(tmp_path: Path) -> None:
+    """torch.export checks the input sizes of a ceil_mode max-pooling followed by a flatten with
+    Python's ``max(1, ...)`` in the graph (MTCNN's ONet in facenet-pytorch): save() refused it."""
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.pool = torch.nn.Conv2d(3, 8, 3), torch.nn.MaxPool2d(3, 2, ceil_mode=True)
+            self.conv2, self.fc = torch.nn.Conv2d(8, 8, 2), torch.nn.Linear(8 * 4 * 4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.conv2(self.pool(torch.relu(self.conv1(x)))).permute(0, 3, 2, 1).contiguous()
+            return self.fc(x.view(x.shape[0], -1))
+
+    torch.manual_seed(0)
+    imodel = inn.convert(Net().eval(), torch.randn(2, 3, 12, 12))
+    assert max in {n.target for n in imodel.runtime.graph.nodes}
+    inn.save(imodel, tmp_path / "m.inn")
+    back = inn.load(tmp_path / "m.inn")
+    x = torch.randn(3, 3, 12, 12)
+    with torch.no_grad():
+        assert torch.allclose(back(x), imodel(x), atol=1e-6)
+    assert target_name(max) == "py::builtins.max" and target_name(min) == "py::builtins.min"
+
+
 def test_huge_integer_arithmetic_is_refused(small, tmp_path: Path) -> None:
     nodes = [_node("s", "aten::sym_size.int", {"n": "input_1"}, 0)]
     for i in range(70):  # s ** (2 ** 70): a number of 2 ** 70 bits

@@ -65,3 +65,23 @@ def test_first_step_always_runs(clock):
     # no estimate before the first step: a step longer than the budget still runs once
     report = _run(clock, 5.0, 0.0, 1.0, validate=False)
     assert report["steps"] == 1
+
+
+def test_stops_when_the_learning_rate_is_float_noise(clock):
+    # a validation error never below the start's: the rates are halved at every check (steps 3,
+    # 10, 20, ... 190); after the 20th halving (lr 1e-3 * 2**-20) the loop stops instead of running
+    # out its 1000 s of one-second steps
+    w = torch.nn.Parameter(torch.ones(3))
+
+    def step_loss(batch):
+        clock.now += 1.0
+        return (w * batch).square().sum()
+
+    optimizer = torch.optim.SGD([w], lr=1e-3)
+    config = loop.LoopConfig(steps=None, seconds=1000.0, eval_every=10)
+    report = loop.run([w], optimizer, loop.Batches([torch.ones(3)]), step_loss, lambda: 1.0, config)
+    assert report["stopped"] == "learning rate"
+    assert report["lr_reductions"] == loop.MAX_REDUCTIONS == 20
+    assert report["steps"] == 190 and report["seconds"] == pytest.approx(190.0)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 2**-20)
+    assert torch.equal(w.detach(), torch.ones(3))  # the start, restored

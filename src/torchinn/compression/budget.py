@@ -30,12 +30,24 @@ from ..sizing.rounding import Multiple, ceil_size, floor_size, resolve_multiple,
 from .starts import STARTS, best_start, distill_error, full_outputs, kept_partitions, start_partition
 from ..model.inputs import as_inputs, batch_inputs, padding_mask
 
-__all__ = ["UnreachableTarget", "choose_sizes", "compare_sizes"]
+__all__ = ["UnreachableTarget", "check_resizable", "choose_sizes", "compare_sizes"]
 
 log = logging.getLogger(__name__)
 
 class UnreachableTarget(ValueError):
     """No sizes allowed (``min_ratio``) bring the network down to the target."""
+
+
+def check_resizable(imodel: IntegralModel) -> None:
+    """:class:`UnreachableTarget` when ``imodel`` has no group of channels to resize: no size,
+    however small, changes its cost (every channel count is fixed by the inputs and outputs, or
+    kept at full size around operations torchinn cannot follow)."""
+    if not imodel.groups:
+        raise UnreachableTarget(
+            "cannot reach the target: the converted network has no group of channels that can be resized, "
+            "so no size changes it (every channel count is fixed by an input or an output, or kept at full "
+            "size: by ConvertConfig(unsupported='keep') around operations torchinn cannot follow, such as an "
+            "LSTM, or by ConvertConfig(keep_discrete=...)); the conversion's log names what it kept")
 
 
 def check_budget(target: object, metric: object, min_ratio: object) -> None:
@@ -261,6 +273,7 @@ def choose_sizes(imodel: IntegralModel, target: float, metric: Metric = "params"
     check_number(max_batches, "max_batches", 1, integer=True)
     if not isinstance(imodel, IntegralModel):
         raise TypeError(f"choose_sizes needs an IntegralModel (from torchinn.convert), got {type(imodel).__name__}")
+    check_resizable(imodel)
     if example_inputs is not None:
         example_inputs = as_inputs(example_inputs)
     if metric != "params" and example_inputs is None:

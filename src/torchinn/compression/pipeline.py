@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from ..sizing.metrics import Metric
 from .report import CompressReport
-from .budget import check_budget
+from .budget import check_budget, check_resizable
 from .choices import FIT_BATCHES, choose
 from ..model.convert import ConvertConfig, convert
 from ..model.inputs import check_batches
@@ -231,6 +231,7 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
     t0 = time.perf_counter()
     imodel = convert(model, example_inputs, config)
     seconds["convert"] = time.perf_counter() - t0
+    check_resizable(imodel)
     groups = imodel.groups
     multiples = resolve_multiple(multiple, list(groups), lambda name: groups[name].name)
     t_budget = time.perf_counter()  # the bound counts from here
@@ -284,7 +285,8 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
     seconds.update(made.seconds)
     if few:
         made.skipped.append(f"tuning (about {steps:.0f} steps would fit after the choices, fewer than "
-                            f"{MIN_TUNING_STEPS}: the choices took the budget, and no step is started after them)")
+                            f"{MIN_TUNING_STEPS}: the choices took the budget, and no step is started after them; "
+                            f"calibration batches of fewer rows make a step cheaper)")
     choice, recon, versus = made.start, made.reconstruction, made.held_out
     err0 = choice.error
     start_errors = dict(choice.errors)

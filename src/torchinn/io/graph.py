@@ -12,6 +12,7 @@ lists and the output arity are checked before the graph exists. Every problem ra
 
 from __future__ import annotations
 
+import builtins
 import keyword
 import math
 import operator
@@ -37,10 +38,13 @@ _PY: dict[str, tuple[Callable, int]] = {
     **{f"math.{n}": (getattr(math, n), 1) for n in ("ceil", "floor", "sqrt", "trunc")},
     **{f"torch.{n}": (getattr(torch, n), 1) for n in ("sym_float", "sym_int", "sym_not")},
     **{f"torch.{n}": (getattr(torch, n), 2) for n in ("sym_max", "sym_min")},
+    # torch.export's runtime checks of input sizes write sympy's Max/Min as Python's (a max-pooling
+    # with ceil_mode=True before a flatten: max(1, (H - 5) // 4))
+    **{f"builtins.{n}": (getattr(builtins, n), 2) for n in ("max", "min")},
 }
 _PY_NAMES = {fn: name for name, (fn, _) in _PY.items()}
 _ALLOWED = ("allowed: the aten:: operators of torchinn.io.ops.ALLOWED, and torchinn's arithmetic "
-            "helpers py::operator.*, py::math.*, py::torch.sym_*")
+            "helpers py::operator.*, py::math.*, py::torch.sym_*, py::builtins.max/min")
 
 
 def target_name(target: Any) -> str:

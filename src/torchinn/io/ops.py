@@ -267,7 +267,7 @@ def _fresh(node: Any) -> bool:
 
 _ARITH = {operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv, operator.mod,
           operator.neg, math.ceil, math.floor, math.sqrt, math.trunc, torch.sym_float, torch.sym_int,
-          torch.sym_max, torch.sym_min}
+          torch.sym_max, torch.sym_min, max, min}
 _LOGIC = {operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge, torch.sym_not}
 _ARITH_LIMIT, _DEGREE_LIMIT = 2**256, 64
 

@@ -4,7 +4,9 @@ It trains some parameters of a network on calibration batches for a number of st
 and guarantees that what it returns is never worse than where it started on the validation
 batches: the best state seen there is kept and restored at the end. A learning rate that makes
 the validation error jump, or the parameters non-finite, is noticed: the best state comes back
-and the learning rates are halved. A step whose loss is not finite is skipped and counted.
+and the learning rates are halved; after :data:`MAX_REDUCTIONS` halvings the steps would be float
+noise, and the loop stops (``stopped: "learning rate"``) instead of spending the rest of its
+budget on them. A step whose loss is not finite is skipped and counted.
 
 Under ``torch.distributed`` the validation error is averaged over the processes, so that every
 process takes the same decisions.
@@ -34,6 +36,10 @@ DIVERGED = 1.5
 #: from its original) is made worse by the first steps at the configured learning rate, and a
 #: budget of a few dozen steps would otherwise see only two checks
 EARLY_CHECK = 3
+#: halvings of the learning rates after which the loop stops: 2**-20 (about 1e-6) of a learning
+#: rate of 1e-4 moves a weight by 1e-10 a step, below float32's resolution of any weight above 1e-3
+#: (docs/decisions/compress-constants.md)
+MAX_REDUCTIONS = 20
 
 
 @dataclass
@@ -156,6 +162,11 @@ def run(params: list[Tensor], optimizer: torch.optim.Optimizer, batches: Batches
         while True:
             if config.steps is not None and step >= config.steps:
                 stopped = "steps"
+                break
+            if reductions >= MAX_REDUCTIONS:
+                stopped = "learning rate"
+                log.info("learning rates halved %d times without a better validation: stopped after %d steps",
+                         reductions, step)
                 break
             if config.seconds is not None:
                 need = step_seconds / step + check_seconds if step else 0.0
