@@ -4,7 +4,8 @@ size of it, by ratio, sizes or budget (:mod:`.network`).
 """
 
 from .network import DeployedSize, ElasticNetwork, SweepPoint
+from .report import ElasticReport
 from .sizes import DeployedSizes, NestedSizes
-from .train import ElasticReport, make_elastic
+from .train import make_elastic
 
 __all__ = ["DeployedSize", "DeployedSizes", "ElasticNetwork", "ElasticReport", "NestedSizes", "SweepPoint", "make_elastic"]

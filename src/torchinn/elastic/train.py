@@ -33,7 +33,6 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -49,57 +48,16 @@ from ..options import check_choice, check_number
 from ..training.distill import LOSS_CHOICES, Distillation, resolve_loss
 from ..training.train import adam, sandwich_backward
 from .network import ElasticNetwork
+from .report import ElasticReport
 from .sizes import DeployedSizes, NestedSizes
 
-__all__ = ["RANKINGS", "ElasticReport", "make_elastic"]
+__all__ = ["RANKINGS", "make_elastic"]
 
 log = logging.getLogger(__name__)
 
 RANKINGS = ("auto", "l1", "activation", "fisher", "uniform")
 _FULL_METRIC = {"kl": "share of samples whose top class differs from the original's",
                 "mse": "relative squared error against the original"}
-
-
-@dataclass
-class ElasticReport:
-    """What :func:`torchinn.make_elastic` did. Errors are distillation errors against the
-    original network on held-out calibration batches (``loss``), before and after training."""
-
-    steps: int
-    seconds: float
-    loss: str
-    ranking: str
-    low: float
-    lr: float
-    full_tolerance: float
-    full_error_before: float
-    full_error_after: float
-    full_metric: str                                 # what the full-size errors measure (:func:`_full_change`)
-    kept_step: int                                   # the step whose state was returned
-    #: ratio of every group's channels -> (parameters, error before, error after)
-    quality: dict[float, tuple[int, float, float]] = field(default_factory=dict)
-    ranking_errors: dict[str, float] = field(default_factory=dict)
-    #: deployed fraction of the parameters -> (parameters, error before, error after), at its own
-    #: sizes and partitions (``deploy=``; the guard then scores these sizes)
-    deployed: dict[float, tuple[int, float, float]] = field(default_factory=dict)
-    #: every held-out check: (step, seconds, full-size error, mean error over the sizes of ``quality``)
-    history: list[tuple[int, float, float, float]] = field(default_factory=list)
-    held_out_batches: int = 0
-    note: str = ""
-
-    def __str__(self) -> str:
-        lines = [f"elastic: {self.steps} steps in {self.seconds:.1f} s (Adam lr {self.lr:g}, sizes from "
-                 f"{self.low:g} to full, loss {self.loss}), channels ranked by {self.ranking}",
-                 f"full size: held-out {self.full_metric} {self.full_error_before:.4g} -> {self.full_error_after:.4g} "
-                 f"(tolerance {self.full_tolerance:g}); returned the state of step {self.kept_step}"]
-        for r, (params, before, after) in sorted(self.quality.items()):
-            lines.append(f"  {r:.0%} of the channels ({params:,} parameters): error {before:.4g} -> {after:.4g}")
-        for t, (params, before, after) in sorted(self.deployed.items()):
-            lines.append(f"  deployed {t:.0%} of the parameters ({params:,}, own partitions): error {before:.4g} -> "
-                         f"{after:.4g}")
-        if self.note:
-            lines.append(self.note)
-        return "\n".join(lines)
 
 
 def _check(low: object, seconds: object, steps: object, lr: object, full_tolerance: object, random: object,
@@ -172,6 +130,17 @@ def _score(errors: Mapping[float, tuple[int, float]]) -> float:
     """The geometric mean of the errors below full size (each size counts alike)."""
     logs = [math.log(max(e, 1e-30)) for r, (_, e) in errors.items() if r < 1.0]
     return sum(logs) / max(1, len(logs))
+
+
+def _total(errors: Mapping[float, tuple[int, float]]) -> float:
+    """The sum of the errors of the deployed sizes (a geometric mean would let a size whose error is
+    near 0, as a deployed 75% of a classifier's parameters at 2e-10, outweigh all the others)."""
+    return sum(e for _, e in errors.values())
+
+
+def _own(elastic: ElasticNetwork, target: float) -> list[Tensor]:
+    """The trainable tensors of one deployed size's partitions."""
+    return [q for p in elastic.deployed[target].partitions.values() for q in p.parameters() if q.requires_grad]
 
 
 def _rankings(imodel: IntegralModel, kinds: Sequence[str], batches: list, reference: list,
@@ -333,8 +302,11 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
     opt = adam(groups)
     sizes: NestedSizes | DeployedSizes = DeployedSizes(elastic, seed, full=lr > 0) if deploy is not None \
         else NestedSizes(elastic, low, seed)
-    best_score = _score(guarded)
+    best_score = _score(guarded) if deploy is None else _total(guarded)
     best, kept, done = _state(imodel, extra), 0, 0
+    # frozen shared weights (lr=0): the deployed sizes are independent, each keeps its own best check
+    own = {t: (e, [q.detach().clone() for q in _own(elastic, t)]) for t, (_, e) in guarded.items()} \
+        if deploy is not None and lr == 0 else {}
     imodel.train()
     t_train = time.perf_counter()
 
@@ -364,10 +336,13 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
                 if deploy is not None:
                     now, _ = _errors(elastic, sorted(elastic.deployed), held, ref_held, dist, deployed=True)
                 imodel.train()
-                score = _score(now)
-                history.append((done, time.perf_counter() - t_train, full, math.exp(score)))
+                score = _score(now) if deploy is None else _total(now)
+                history.append((done, time.perf_counter() - t_train, full, math.exp(score) if deploy is None else score))
                 if full <= full_tolerance and score < best_score:
                     best_score, best, kept = score, _state(imodel, extra), done
+                for t, (e, _) in list(own.items()):
+                    if now[t][1] < e:
+                        own[t], kept = (now[t][1], [q.detach().clone() for q in _own(elastic, t)]), done
                 if lr > 0:
                     weight.update(full, full_tolerance)
             if last:
@@ -377,6 +352,9 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
     with torch.no_grad():
         for t, b in zip(extra, best[1]):
             t.copy_(b)
+        for t, (_, kept_own) in own.items():
+            for q, b in zip(_own(elastic, t), kept_own):
+                q.copy_(b)
     if lr == 0:
         for p in params:
             p.requires_grad_(True)
