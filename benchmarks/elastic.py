@@ -55,6 +55,7 @@ def _deploy(elastic: inn.elastic.ElasticNetwork, mod: Any, targets: Sequence[flo
 #: the designs ``--designs`` may compare, each trained for T: name -> make_elastic's keywords
 #: (``lr`` is the benchmark's ``--lr`` unless set; ``deploy`` the benchmark's targets below 1)
 DESIGNS = {"ranked": {}, "partitions": {"deploy": True}, "partitions-frozen": {"deploy": True, "lr": 0.0}}
+PARTITION_LR: list[float | None] = [None]  # --partition-lr (None: make_elastic's default)
 
 
 def _design(net: Any, x: Any, cal: Any, name: str, seconds: float, lr: float, low: float,
@@ -63,6 +64,8 @@ def _design(net: Any, x: Any, cal: Any, name: str, seconds: float, lr: float, lo
     if kw.pop("deploy", False):
         kw["deploy"] = [t for t in targets if t < 1.0]
     kw.setdefault("lr", lr)
+    if "deploy" in kw and PARTITION_LR[0] is not None:
+        kw["partition_lr"] = PARTITION_LR[0]
     t0 = time.perf_counter()
     elastic, rep = inn.make_elastic(net, x, cal, seconds=seconds, low=low, **kw)
     log(f"[{name}] {rep}")
@@ -134,14 +137,14 @@ def format_table(res: dict[str, Any]) -> str:
            f"(full-size {rep['full_metric']} {rep['full_error_after']:.3g}, tolerance {rep['full_tolerance']:g}). "
            f"{res['machine']}", "",
            "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    more = [n for n in res.get("designs", {}) if res["designs"][n]["report"] is not rep]
+    more = list(res.get("designs", {}))[1:]  # the first design is the "elastic" column
     if more:
         cols[4:4] = [f"{n} {res['seconds']:g} s" for n in more]
         out[-2] = "| " + " | ".join(cols) + " |"
         out[-1] = "|" + "---|" * len(cols)
-        for n in more:
+        for i, n in enumerate(more):
             r = res["designs"][n]["report"]
-            out.insert(3, f"{n}: {r['steps']} steps, lr {r['lr']:g}, state of step {r['kept_step']} kept, full-size "
+            out.insert(3 + i, f"{n}: {r['steps']} steps, lr {r['lr']:g}, state of step {r['kept_step']} kept, full-size "
                           f"{r['full_error_after']:.3g}; deployed errors " + ", ".join(
                               f"{float(t):.0%}: {b:.3g} -> {a:.3g}" for t, (_, b, a) in r["deployed"].items()) + ".")
     for t, e in res["elastic"].items():
@@ -186,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--designs", default="ranked",
                     help=f"comma-separated elastic designs, each trained for T, the first in the plot: {', '.join(DESIGNS)}")
+    ap.add_argument("--partition-lr", type=float, default=None,
+                    help="learning rate of the deployed sizes' partitions (default: make_elastic's)")
     ap.add_argument("--reuse-compress", default=None, metavar="JSON",
                     help="take the compress columns from an earlier run's JSON instead of running compress")
     ap.add_argument("--quick", action="store_true", help="small evaluation sets (tests)")
@@ -207,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     bad = [d for d in designs if d not in DESIGNS]
     if bad:
         ap.error(f"--designs: unknown {bad}; choose among {list(DESIGNS)}")
+    PARTITION_LR[0] = args.partition_lr
     reuse = None
     if args.reuse_compress:
         with open(args.reuse_compress) as f:
