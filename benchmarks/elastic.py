@@ -52,8 +52,34 @@ def _deploy(elastic: inn.elastic.ElasticNetwork, mod: Any, targets: Sequence[flo
     return out
 
 
+#: the designs ``--designs`` may compare, each trained for T: name -> make_elastic's keywords
+#: (``lr`` is the benchmark's ``--lr`` unless set; ``deploy`` the benchmark's targets below 1)
+DESIGNS = {"ranked": {}, "partitions": {"deploy": True}, "partitions-frozen": {"deploy": True, "lr": 0.0}}
+PARTITION_LR: list[float | None] = [None]  # --partition-lr (None: make_elastic's default)
+
+
+def _design(net: Any, x: Any, cal: Any, name: str, seconds: float, lr: float, low: float,
+            targets: Sequence[float]) -> tuple[inn.elastic.ElasticNetwork, dict[str, Any]]:
+    kw = dict(DESIGNS[name])
+    if kw.pop("deploy", False):
+        kw["deploy"] = [t for t in targets if t < 1.0]
+    kw.setdefault("lr", lr)
+    if "deploy" in kw and PARTITION_LR[0] is not None:
+        kw["partition_lr"] = PARTITION_LR[0]
+    t0 = time.perf_counter()
+    elastic, rep = inn.make_elastic(net, x, cal, seconds=seconds, low=low, **kw)
+    log(f"[{name}] {rep}")
+    return elastic, {"steps": rep.steps, "seconds": rep.seconds, "wall": time.perf_counter() - t0,
+                     "kept_step": rep.kept_step, "ranking": rep.ranking, "loss": rep.loss, "lr": kw["lr"],
+                     "full_tolerance": rep.full_tolerance, "full_metric": rep.full_metric,
+                     "full_error_after": rep.full_error_after, "history": rep.history,
+                     "quality": {str(r): q for r, q in rep.quality.items()},
+                     "deployed": {str(t): q for t, q in rep.deployed.items()}}
+
+
 def run(network: str, seconds: float, targets: Sequence[float], compress_seconds: Sequence[float], calib: int,
-        lr: float, low: float, quick: bool) -> dict[str, Any]:
+        lr: float, low: float, quick: bool, designs: Sequence[str] = ("ranked",),
+        reuse: dict[str, Any] | None = None) -> dict[str, Any]:
     mod = realnets.get(network)
     net = mod.load()
     x = mod.example_inputs()
@@ -71,18 +97,19 @@ def run(network: str, seconds: float, targets: Sequence[float], compress_seconds
                                 "wall": time.perf_counter() - t0}
     log(f"  elastic 0 s ({rep0.ranking}): " + ", ".join(f"{t}: {v['quality']:.2f}" for t, v in res["elastic_0s"].items()))
 
-    t0 = time.perf_counter()
-    elastic, rep = inn.make_elastic(net, x, cal, seconds=seconds, lr=lr, low=low)
-    res["elastic_report"] = {"steps": rep.steps, "seconds": rep.seconds, "wall": time.perf_counter() - t0,
-                             "kept_step": rep.kept_step, "ranking": rep.ranking, "loss": rep.loss,
-                             "full_tolerance": rep.full_tolerance, "full_metric": rep.full_metric,
-                             "full_error_after": rep.full_error_after, "history": rep.history,
-                             "quality": {str(r): q for r, q in rep.quality.items()}}
-    log(str(rep))
-    res["elastic"] = _deploy(elastic, mod, targets, quick)
-    log("  elastic: " + ", ".join(f"{t}: {v['quality']:.2f}" for t, v in res["elastic"].items()))
+    res["designs"] = {}
+    for name in designs:
+        elastic, report = _design(net, x, cal, name, seconds, lr, low, targets)
+        res["designs"][name] = {"report": report, "deployed": _deploy(elastic, mod, targets, quick)}
+        log(f"  {name}: " + ", ".join(f"{t}: {v['quality']:.2f}" for t, v in res["designs"][name]["deployed"].items()))
+    first = res["designs"][designs[0]]
+    res["elastic"], res["elastic_report"] = first["deployed"], first["report"]
 
     res["compress"] = {}
+    if reuse is not None:  # an earlier run's compress columns (same network, calibration, evaluation)
+        res["compress"] = reuse["compress"]
+        res["compress_reused_from"] = reuse.get("machine", "an earlier run")
+        compress_seconds = ()
     for s in compress_seconds:
         rows = {}
         for t in targets:
@@ -110,9 +137,20 @@ def format_table(res: dict[str, Any]) -> str:
            f"(full-size {rep['full_metric']} {rep['full_error_after']:.3g}, tolerance {rep['full_tolerance']:g}). "
            f"{res['machine']}", "",
            "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    more = list(res.get("designs", {}))[1:]  # the first design is the "elastic" column
+    if more:
+        cols[4:4] = [f"{n} {res['seconds']:g} s" for n in more]
+        out[-2] = "| " + " | ".join(cols) + " |"
+        out[-1] = "|" + "---|" * len(cols)
+        for i, n in enumerate(more):
+            r = res["designs"][n]["report"]
+            out.insert(3 + i, f"{n}: {r['steps']} steps, lr {r['lr']:g}, state of step {r['kept_step']} kept, full-size "
+                          f"{r['full_error_after']:.3g}; deployed errors " + ", ".join(
+                              f"{float(t):.0%}: {b:.3g} -> {a:.3g}" for t, (_, b, a) in r["deployed"].items()) + ".")
     for t, e in res["elastic"].items():
         cells = [f"{float(t):.0%}", f"{e['params'] / res['params']:.1%}", f"{res['elastic_0s'][t]['quality']:.2f}",
                  f"{e['quality']:.2f}"]
+        cells += [f"{res['designs'][n]['deployed'][t]['quality']:.2f}" for n in more]
         for rows in res["compress"].values():
             c = rows.get(t)
             cells.append("-" if c is None else f"{c['quality']:.2f} ({c['params'] / res['params']:.1%}, "
@@ -149,6 +187,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--low", type=float, default=0.25)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--designs", default="ranked",
+                    help=f"comma-separated elastic designs, each trained for T, the first in the plot: {', '.join(DESIGNS)}")
+    ap.add_argument("--partition-lr", type=float, default=None,
+                    help="learning rate of the deployed sizes' partitions (default: make_elastic's)")
+    ap.add_argument("--reuse-compress", default=None, metavar="JSON",
+                    help="take the compress columns from an earlier run's JSON instead of running compress")
     ap.add_argument("--quick", action="store_true", help="small evaluation sets (tests)")
     ap.add_argument("--out", default=None, help="also write the results as JSON to this file")
     ap.add_argument("--plot", nargs=2, metavar=("JSON", "PNG"), default=None,
@@ -164,7 +208,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     targets = tuple(sorted(set(args.targets) | {1.0}))
     budgets = ([float(s) for s in args.compress_seconds.split(",")] if args.compress_seconds
                else sorted({args.seconds / 5, 60.0}))
-    res = run(args.network, args.seconds, targets, budgets, args.calib, args.lr, args.low, args.quick)
+    designs = tuple(d.strip() for d in args.designs.split(","))
+    bad = [d for d in designs if d not in DESIGNS]
+    if bad:
+        ap.error(f"--designs: unknown {bad}; choose among {list(DESIGNS)}")
+    PARTITION_LR[0] = args.partition_lr
+    reuse = None
+    if args.reuse_compress:
+        with open(args.reuse_compress) as f:
+            reuse = json.load(f)
+    res = run(args.network, args.seconds, targets, budgets, args.calib, args.lr, args.low, args.quick, designs, reuse)
     print(format_table(res))
     if args.out:
         with open(args.out, "w") as f:

@@ -3,7 +3,9 @@ every size from ``low`` to full works (:mod:`.train`), and :class:`ElasticNetwor
 size of it, by ratio, sizes or budget (:mod:`.network`).
 """
 
-from .network import ElasticNetwork, SweepPoint
-from .train import ElasticReport, NestedSizes, make_elastic
+from .network import DeployedSize, ElasticNetwork, SweepPoint
+from .report import ElasticReport
+from .sizes import DeployedSizes, NestedSizes
+from .train import make_elastic
 
-__all__ = ["ElasticNetwork", "ElasticReport", "NestedSizes", "SweepPoint", "make_elastic"]
+__all__ = ["DeployedSize", "DeployedSizes", "ElasticNetwork", "ElasticReport", "NestedSizes", "SweepPoint", "make_elastic"]

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from ..compression.budget import choose_sizes
 from ..compression.starts import distill_error, start_partition
 from ..maths.partition import Partition, UniformPartition
+from ..maths.trainable import TrainablePartition
 from ..model.integral_model import IntegralModel
 from ..model.norms import recalibrate_bn
 from ..model.protocol import SizeSpec, plan_sizes
@@ -48,7 +49,7 @@ from ..sizing.metrics import Metric
 from ..sizing.rounding import Multiple
 from ..training.distill import Distillation
 
-__all__ = ["ElasticNetwork", "SweepPoint", "check_order"]
+__all__ = ["DeployedSize", "ElasticNetwork", "SweepPoint", "check_order"]
 
 
 def check_order(order: object, max_size: int, group: str) -> Tensor:
@@ -64,6 +65,16 @@ def check_order(order: object, max_size: int, group: str) -> Tensor:
         raise ValueError(f"the ranking of group {group!r} must be a permutation of range({max_size}) "
                          f"(its channels, most important first), got {str(order)[:80]}")
     return t.long().clone()
+
+
+@dataclass
+class DeployedSize:
+    """The state one deployed size carries beside the shared weights (:meth:`ElasticNetwork.deploy`):
+    every elastic group's size, and a trainable partition (points and mix, a few numbers) for each
+    group below its full size."""
+
+    sizes: dict[str, int]
+    partitions: dict[str, Partition]
 
 
 @dataclass
@@ -104,6 +115,8 @@ class ElasticNetwork(nn.Module):
         self.curves: dict[str, list[tuple[float, float]]] = {}
         #: the smallest share of every group's channels the network was trained for (``None``: not said)
         self.low: float | None = None
+        #: fraction of the parameters -> its own sizes and tuned partitions (:meth:`deploy`)
+        self.deployed: dict[float, DeployedSize] = {}
         self.set_sizes({n: g.max_size for n, g in groups.items() if n in self._elastic})
 
     @property
@@ -158,6 +171,13 @@ class ElasticNetwork(nn.Module):
         if (sizes is None) == (target is None):
             raise ValueError("resize needs either sizes (a ratio, a size, or group -> size) or target "
                              f"(a fraction of the {metric} to keep), not {'both' if sizes is not None else 'neither'}")
+        here = self._deployed_key(target) if metric == "params" and method == "auto" and min_ratio is None \
+            and isinstance(multiple, int) and multiple == 1 else None
+        if here is not None:
+            d = self.deployed[here]
+            for n, k in d.sizes.items():
+                self.imodel.set_partition(n, d.partitions[n] if n in d.partitions else self.partition(n, k))
+            return self.sizes()
         if target is not None:
             if min_ratio is None:
                 min_ratio = self.low if self.low is not None else 0.1
@@ -179,6 +199,53 @@ class ElasticNetwork(nn.Module):
         names = {id(p): n for n, p in parts.items()}
         self.set_sizes({names[id(p)]: size for p, size in plan})
         return self.sizes()
+
+    def _deployed_key(self, target: float | None) -> float | None:
+        if target is None or isinstance(target, bool) or not isinstance(target, (int, float)):
+            return None
+        return next((t for t in self.deployed if abs(t - float(target)) <= 1e-9), None)
+
+    def deploy(self, targets: Sequence[float]) -> dict[float, dict[str, int]]:
+        """Give each fraction of ``targets`` (of the parameters, each in (0, 1)) its own sizes
+        (chosen as ``resize(target=t)`` does now) and its own trainable partition per group below
+        full size, starting at the ranked top channels (:meth:`partition`), kept in
+        :attr:`deployed` (replacing earlier ones). From then on ``resize(target=t)`` (metric
+        ``"params"``, no ``multiple``, ``method`` or ``min_ratio``) deploys that state; other
+        sizes keep the ranked top-``k`` partitions. :func:`torchinn.make_elastic` (``deploy=``)
+        trains these partitions with the shared weights. Returns target -> sizes; the network is
+        left at full size."""
+        checked = []
+        for t in targets:
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1:
+                raise ValueError(f"deploy: every target must be a fraction of the parameters in (0, 1), got {t!r}")
+            checked.append(float(t))
+        self.deployed = {}
+        full = {n: self._uniform[n].max_size for n in self._elastic}
+        for t in sorted(set(checked)):
+            sizes = {n: s for n, s in self.resize(target=t).items() if n in full}
+            parts: dict[str, Partition] = {}
+            for n, k in sizes.items():
+                p = self.partition(n, k)
+                if k >= full[n] or p.quadrature.name == "gauss-legendre":
+                    continue
+                parts[n] = (p if isinstance(p, TrainablePartition) else TrainablePartition(p)).requires_grad_(True)
+            self.deployed[t] = DeployedSize(sizes, parts)
+        self.set_sizes(full)
+        return {t: dict(d.sizes) for t, d in self.deployed.items()}
+
+    def active_deployed(self) -> float | None:
+        """The deployed fraction whose sizes and partitions the network is at now, else ``None``."""
+        current = self.imodel.partition_map()
+        for t, d in self.deployed.items():
+            if all(current[n].size == k for n, k in d.sizes.items()) and \
+                    all(current[n] is p for n, p in d.partitions.items()):
+                return t
+        return None
+
+    def deployed_parameters(self) -> list[Tensor]:
+        """The trainable tensors of every deployed size's partitions."""
+        return [p for d in self.deployed.values() for part in d.partitions.values()
+                for p in part.parameters() if p.requires_grad]
 
     def measure_curves(self, batches: Sequence[Any], reference: Sequence[Any], loss: Distillation,
                        ratios: Sequence[float] = (0.75, 0.5, 0.25)) -> dict[str, list[tuple[float, float]]]:

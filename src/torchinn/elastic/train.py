@@ -32,8 +32,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -47,87 +46,18 @@ from ..model.inputs import as_inputs, batch_inputs, check_batches, padding_mask,
 from ..model.integral_model import IntegralModel
 from ..options import check_choice, check_number
 from ..training.distill import LOSS_CHOICES, Distillation, resolve_loss
-from ..training.sizes import RandomSizes
 from ..training.train import adam, sandwich_backward
 from .network import ElasticNetwork
+from .report import ElasticReport
+from .sizes import DeployedSizes, NestedSizes
 
-__all__ = ["RANKINGS", "ElasticReport", "NestedSizes", "make_elastic"]
+__all__ = ["RANKINGS", "make_elastic"]
 
 log = logging.getLogger(__name__)
 
 RANKINGS = ("auto", "l1", "activation", "fisher", "uniform")
 _FULL_METRIC = {"kl": "share of samples whose top class differs from the original's",
                 "mse": "relative squared error against the original"}
-
-
-class NestedSizes:
-    """The sizes of elastic training, for :func:`torchinn.sandwich_backward`: like
-    :class:`~torchinn.RandomSizes` (whose draws it uses: one size per group in ``[ceil(low * n),
-    n]``), but each size is set as the elastic network's partition (:meth:`ElasticNetwork.partition`)."""
-
-    def __init__(self, elastic: ElasticNetwork, low: float, seed: int = 0) -> None:
-        self.elastic = elastic
-        full = {n: p for n, p in elastic._uniform.items() if n in elastic._elastic}
-        self.random = RandomSizes(full, low=low, seed=seed)
-
-    def _set(self, sizes: Mapping[str, int]) -> dict[str, int]:
-        self.elastic.set_sizes(sizes)
-        return dict(sizes)
-
-    def step(self) -> dict[str, int]:
-        return self._set({n: self.random.draw(p, n) for n, p in sorted(self.random.partitions.items())})
-
-    def largest(self) -> dict[str, int]:
-        return self._set({n: p.max_size for n, p in self.random.partitions.items()})
-
-    def smallest(self) -> dict[str, int]:
-        return self._set({n: self.random.bounds(p, n)[0] for n, p in self.random.partitions.items()})
-
-    def full(self) -> None:
-        self.largest()
-
-    def sandwich(self, random: int = 2) -> Iterator[dict[str, int]]:
-        """Full size, the smallest, then ``random`` draws (as :meth:`RandomSizes.sandwich`)."""
-        yield self.largest()
-        yield self.smallest()
-        for _ in range(random):
-            yield self.step()
-
-
-@dataclass
-class ElasticReport:
-    """What :func:`torchinn.make_elastic` did. Errors are distillation errors against the
-    original network on held-out calibration batches (``loss``), before and after training."""
-
-    steps: int
-    seconds: float
-    loss: str
-    ranking: str
-    low: float
-    lr: float
-    full_tolerance: float
-    full_error_before: float
-    full_error_after: float
-    full_metric: str                                 # what the full-size errors measure (:func:`_full_change`)
-    kept_step: int                                   # the step whose state was returned
-    #: ratio of every group's channels -> (parameters, error before, error after)
-    quality: dict[float, tuple[int, float, float]] = field(default_factory=dict)
-    ranking_errors: dict[str, float] = field(default_factory=dict)
-    #: every held-out check: (step, seconds, full-size error, mean error over the sizes of ``quality``)
-    history: list[tuple[int, float, float, float]] = field(default_factory=list)
-    held_out_batches: int = 0
-    note: str = ""
-
-    def __str__(self) -> str:
-        lines = [f"elastic: {self.steps} steps in {self.seconds:.1f} s (Adam lr {self.lr:g}, sizes from "
-                 f"{self.low:g} to full, loss {self.loss}), channels ranked by {self.ranking}",
-                 f"full size: held-out {self.full_metric} {self.full_error_before:.4g} -> {self.full_error_after:.4g} "
-                 f"(tolerance {self.full_tolerance:g}); returned the state of step {self.kept_step}"]
-        for r, (params, before, after) in sorted(self.quality.items()):
-            lines.append(f"  {r:.0%} of the channels ({params:,} parameters): error {before:.4g} -> {after:.4g}")
-        if self.note:
-            lines.append(self.note)
-        return "\n".join(lines)
 
 
 def _check(low: object, seconds: object, steps: object, lr: object, full_tolerance: object, random: object,
@@ -139,7 +69,7 @@ def _check(low: object, seconds: object, steps: object, lr: object, full_toleran
         check_number(seconds, "seconds", 0, low_open=True)
     if steps is not None:
         check_number(steps, "steps", 1, integer=True)
-    check_number(lr, "lr", 0, low_open=True)
+    check_number(lr, "lr", 0)
     if full_tolerance is not None:
         check_number(full_tolerance, "full_tolerance", 0)
     check_number(random, "random (random sizes per sandwich step)", 0, integer=True)
@@ -173,16 +103,21 @@ def _leaves(out: Any) -> list[Tensor]:
 
 
 def _errors(elastic: ElasticNetwork, ratios: Sequence[float], batches: list, reference: list,
-            loss: Distillation) -> tuple[dict[float, tuple[int, float]], float]:
-    """Per ratio of every group's channels, (parameters, ``loss``'s error); and the full size's
+            loss: Distillation, deployed: bool = False) -> tuple[dict[float, tuple[int, float]], float]:
+    """Per ratio of every group's channels (``deployed``: per deployed fraction of the parameters,
+    at its own sizes and partitions), (parameters, ``loss``'s error); and the full size's
     :func:`_full_change`. The network is left at full size."""
     out = {}
     was = elastic.imodel.training
     elastic.imodel.eval()
     try:
         for r in ratios:
-            elastic.resize(r)
-            out[r] = (elastic.num_parameters(), distill_error(elastic.imodel, batches, reference, loss))
+            if deployed:
+                elastic.resize(target=r)
+            else:
+                elastic.resize(r)
+            with torch.no_grad():
+                out[r] = (elastic.num_parameters(), distill_error(elastic.imodel, batches, reference, loss))
         elastic.resize(1.0)
         full = _full_change(elastic.imodel, batches, reference, loss)
     finally:
@@ -195,6 +130,17 @@ def _score(errors: Mapping[float, tuple[int, float]]) -> float:
     """The geometric mean of the errors below full size (each size counts alike)."""
     logs = [math.log(max(e, 1e-30)) for r, (_, e) in errors.items() if r < 1.0]
     return sum(logs) / max(1, len(logs))
+
+
+def _total(errors: Mapping[float, tuple[int, float]]) -> float:
+    """The sum of the errors of the deployed sizes (a geometric mean would let a size whose error is
+    near 0, as a deployed 75% of a classifier's parameters at 2e-10, outweigh all the others)."""
+    return sum(e for _, e in errors.values())
+
+
+def _own(elastic: ElasticNetwork, target: float) -> list[Tensor]:
+    """The trainable tensors of one deployed size's partitions."""
+    return [q for p in elastic.deployed[target].partitions.values() for q in p.parameters() if q.requires_grad]
 
 
 def _rankings(imodel: IntegralModel, kinds: Sequence[str], batches: list, reference: list,
@@ -233,8 +179,10 @@ def _outputs(teacher: nn.Module, batches: list) -> list:
         return [run(teacher, b) for b in batches]
 
 
-def _state(imodel: IntegralModel) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in imodel.state_dict().items() if not k.startswith("partitions.")}
+def _state(imodel: IntegralModel, extra: Sequence[Tensor] = ()) -> tuple[dict[str, Tensor], list[Tensor]]:
+    """The shared weights (not the partitions) and copies of ``extra`` (the deployed partitions' tensors)."""
+    return ({k: v.detach().clone() for k, v in imodel.state_dict().items() if not k.startswith("partitions.")},
+            [t.detach().clone() for t in extra])
 
 
 class _FullWeight:
@@ -266,7 +214,8 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
                  low: float = 0.25, seconds: float | None = None, steps: int | None = None, lr: float = 1e-5,
                  full_tolerance: float | None = None, random: int = 2, ranking: str = "auto", loss: str | Distillation = "auto",
                  holdout: float = 0.2, eval_every: int = 20, seed: int = 0,
-                 config: ConvertConfig | None = None) -> tuple[ElasticNetwork, ElasticReport]:
+                 config: ConvertConfig | None = None, deploy: Sequence[float] | None = None,
+                 partition_lr: float = 1e-3) -> tuple[ElasticNetwork, ElasticReport]:
     """Turn a pretrained ``model`` (or an :class:`~torchinn.IntegralModel`, copied) into one
     :class:`~torchinn.elastic.network.ElasticNetwork` that works at every size from ``low`` of each
     group's channels to full, trained for ``seconds`` and/or ``steps`` on ``calibration`` (a
@@ -280,6 +229,13 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
     squared error (default 1e-5, about 0.05 dB of PSNR on a network at 35 dB). ``model`` is never
     modified.
 
+    ``deploy``: fractions of the parameters (each in (0, 1)) that get their own sizes and tuned
+    partitions (:meth:`ElasticNetwork.deploy`, sizes from curves measured before training);
+    each step then trains the full size and ``random`` (at least one) of them in turn, the
+    partitions at ``partition_lr`` and the shared weights at ``lr`` (``0``: the shared weights
+    stay the converted ones, so the full size is exact), and the guard scores those sizes. Other
+    sizes keep the ranked top-``k`` partitions. ``lr=0`` needs ``deploy``.
+
     >>> import torch, torchinn as inn
     >>> net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
     >>> data = [torch.randn(16, 8) for _ in range(4)]
@@ -291,6 +247,13 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
     """
     _check(low, seconds, steps, lr, full_tolerance, random, ranking, loss, holdout)
     check_number(eval_every, "eval_every", 1, integer=True)
+    check_number(partition_lr, "partition_lr", 0, low_open=True)
+    if deploy is not None and (isinstance(deploy, (str, bytes, Tensor)) or not isinstance(deploy, Iterable)
+                               or not list(deploy)):
+        raise ValueError(f"deploy must be a non-empty list of fractions of the parameters in (0, 1), got {deploy!r}")
+    if lr == 0 and deploy is None:
+        raise ValueError("lr=0 trains nothing without deploy (fractions of the parameters with their own "
+                         "partitions); give lr > 0 or deploy")
     t0 = time.perf_counter()
     if isinstance(model, IntegralModel):
         imodel = copy.deepcopy(model)
@@ -323,12 +286,27 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
     before, full_before = _errors(elastic, ratios, held, ref_held, dist)
     if full_tolerance is None:
         full_tolerance = 1e-3 if dist.kind == "kl" else 1e-5
+    guarded, dep_before = before, {}
+    if deploy is not None:
+        elastic.measure_curves(train[:4], ref_train[:4], dist)
+        elastic.deploy(list(deploy))
+        dep_before, _ = _errors(elastic, sorted(elastic.deployed), held, ref_held, dist, deployed=True)
+        guarded = dep_before
 
     params = [p for n, p in imodel.named_parameters() if not n.startswith("partitions.") and p.requires_grad]
-    opt = adam([{"params": params, "lr": lr}])
-    sizes = NestedSizes(elastic, low, seed)
-    best_score = _score(before)
-    best, kept, done = _state(imodel), 0, 0
+    extra = elastic.deployed_parameters()
+    groups = ([{"params": params, "lr": lr}] if lr > 0 else []) + ([{"params": extra, "lr": partition_lr}] if extra else [])
+    if lr == 0:
+        for p in params:
+            p.requires_grad_(False)
+    opt = adam(groups)
+    sizes: NestedSizes | DeployedSizes = DeployedSizes(elastic, seed, full=lr > 0) if deploy is not None \
+        else NestedSizes(elastic, low, seed)
+    best_score = _score(guarded) if deploy is None else _total(guarded)
+    best, kept, done = _state(imodel, extra), 0, 0
+    # frozen shared weights (lr=0): the deployed sizes are independent, each keeps its own best check
+    own = {t: (e, [q.detach().clone() for q in _own(elastic, t)]) for t, (_, e) in guarded.items()} \
+        if deploy is not None and lr == 0 else {}
     imodel.train()
     t_train = time.perf_counter()
 
@@ -342,6 +320,8 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
         return progress() >= 1.0
 
     weight = _FullWeight(dist)
+    if lr == 0:  # no full-size pass: every pass is a deployed size, weighted alike
+        weight.weight = 1.0
     history: list[tuple[int, float, float, float]] = []
     while not out_of_budget():
         for inputs, ref in zip(train, ref_train):
@@ -353,19 +333,35 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
             last = out_of_budget()
             if done % eval_every == 0 or last:
                 now, full = _errors(elastic, ratios, held, ref_held, dist)
+                if deploy is not None:
+                    now, _ = _errors(elastic, sorted(elastic.deployed), held, ref_held, dist, deployed=True)
                 imodel.train()
-                score = _score(now)
-                history.append((done, time.perf_counter() - t_train, full, math.exp(score)))
+                score = _score(now) if deploy is None else _total(now)
+                history.append((done, time.perf_counter() - t_train, full, math.exp(score) if deploy is None else score))
                 if full <= full_tolerance and score < best_score:
-                    best_score, best, kept = score, _state(imodel), done
-                weight.update(full, full_tolerance)
+                    best_score, best, kept = score, _state(imodel, extra), done
+                for t, (e, _) in list(own.items()):
+                    if now[t][1] < e:
+                        own[t], kept = (now[t][1], [q.detach().clone() for q in _own(elastic, t)]), done
+                if lr > 0:
+                    weight.update(full, full_tolerance)
             if last:
                 break
     sizes.full()
-    imodel.load_state_dict(best, strict=False)
+    imodel.load_state_dict(best[0], strict=False)
+    with torch.no_grad():
+        for t, b in zip(extra, best[1]):
+            t.copy_(b)
+        for t, (_, kept_own) in own.items():
+            for q, b in zip(_own(elastic, t), kept_own):
+                q.copy_(b)
+    if lr == 0:
+        for p in params:
+            p.requires_grad_(True)
     imodel.eval()
     elastic.measure_curves(train[:4], ref_train[:4], dist)
     after, full_after = _errors(elastic, ratios, held, ref_held, dist)
+    dep_after = _errors(elastic, sorted(elastic.deployed), held, ref_held, dist, deployed=True)[0] if deploy else {}
     note = "" if kept == done else (
         f"kept the state of step {kept} of {done}: later ones had a higher held-out error over the sizes"
         f" or a full-size error above full_tolerance={full_tolerance:g}")
@@ -373,5 +369,6 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
                            full_tolerance=full_tolerance, full_error_before=full_before,
                            full_error_after=full_after, full_metric=_FULL_METRIC[dist.kind], kept_step=kept,
                            quality={r: (before[r][0], before[r][1], after[r][1]) for r in ratios},
-                           ranking_errors=ranking_errors, history=history, held_out_batches=len(held), note=note)
+                           ranking_errors=ranking_errors, history=history, held_out_batches=len(held), note=note,
+                           deployed={t: (dep_before[t][0], dep_before[t][1], dep_after[t][1]) for t in dep_after})
     return elastic, report

@@ -131,8 +131,9 @@ def _stored(tensors: dict[str, Tensor], name: str, field: str, ndim: int | None 
     return t
 
 
-def _partition(name: str, info: Any, tensors: dict[str, Tensor], budget: int, used: set[str]) -> None:
-    field = f"partitions[{name!r}]"
+def _partition(name: str, info: Any, tensors: dict[str, Tensor], budget: int, used: set[str],
+               prefix: str | None = None, field: str | None = None) -> None:
+    field = field or f"partitions[{name!r}]"
     kind = info.get("type") if isinstance(info, dict) else None
     if not _among(kind, _PARTITION_KEYS):
         raise FormatError(f"{field}.type must be one of {sorted(_PARTITION_KEYS)}, got {kind!r}")
@@ -140,7 +141,7 @@ def _partition(name: str, info: Any, tensors: dict[str, Tensor], budget: int, us
     max_size = _int(info["max_size"], f"{field}.max_size", 1, budget, _BUDGET)
     if not _among(info["quadrature"], QUADRATURES):
         raise FormatError(f"{field}.quadrature must be one of {sorted(QUADRATURES)}, got {info['quadrature']!r}")
-    prefix = f"p/{name}/"
+    prefix = prefix or f"p/{name}/"
     if kind == "uniform":
         _int(info["size"], f"{field}.size", 1, max_size)
     elif kind == "fixed":
@@ -232,11 +233,18 @@ def check_tensors(tensors: dict[str, Tensor], trainable: Any) -> None:
 _MAX_CURVE_POINTS = 64
 
 
-def check_elastic(value: Any, max_sizes: dict[str, int]) -> None:
+def check_elastic(value: Any, max_sizes: dict[str, int], tensors: dict[str, Tensor] | None = None,
+                  budget: int = 0, used: set[str] | None = None) -> None:
     """The ``elastic`` field of a file written from a :class:`torchinn.elastic.ElasticNetwork`:
     ``{"orders": {group: a permutation of range(max_size)}, "curves": {group: [[ratio, error],
-    ...]}, "low": a ratio or null}``, every group one of the file's."""
-    _keys(value, "elastic", {"orders", "curves", "low"})
+    ...]}, "low": a ratio or null}``, every group one of the file's; optionally ``"deployed": [{"target",
+    "sizes", "partitions" (trainable, tensors e/<i>/<group>/)}]`` and ``"active"`` (null or a target)."""
+    _keys(value, "elastic", {"orders", "curves", "low"}, {"deployed", "active"})
+    targets = [_deployed(i, d, max_sizes, tensors or {}, budget, set() if used is None else used)
+               for i, d in enumerate(_type(value.get("deployed", []), "elastic.deployed", list, "a list"))]
+    active = value.get("active")
+    if active is not None and active not in targets:
+        raise FormatError(f"elastic.active must be null or one of the deployed targets {targets}, got {active!r}"[:300])
     orders = _type(value["orders"], "elastic.orders", dict, "an object (group -> ranking of its channels)")
     for g, order in orders.items():
         field = f"elastic.orders[{g!r}]"[:200]
@@ -264,6 +272,28 @@ def check_elastic(value: Any, max_sizes: dict[str, int]) -> None:
     low = value["low"]
     if low is not None and (isinstance(low, bool) or not isinstance(low, (int, float)) or not 0 < low <= 1):
         raise FormatError(f"elastic.low must be null or a number in (0, 1], got {low!r}"[:300])
+
+
+def _deployed(i: int, d: Any, max_sizes: dict[str, int], tensors: dict[str, Tensor], budget: int,
+              used: set[str]) -> float:
+    field = f"elastic.deployed[{i}]"
+    t = _keys(d, field, {"target", "sizes", "partitions"})["target"]
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1:
+        raise FormatError(f"{field}.target must be a fraction in (0, 1), got {t!r}"[:300])
+    sizes = _type(d["sizes"], f"{field}.sizes", dict, "an object (group -> size)")
+    for g, k in sizes.items():
+        if not _among(g, max_sizes):
+            raise FormatError(f"{field}.sizes names unknown group {g!r}"[:300])
+        _int(k, f"{field}.sizes[{g!r}]", 1, max_sizes[g])
+    for g, info in _type(d["partitions"], f"{field}.partitions", dict, "an object (group -> partition)").items():
+        where = f"{field}.partitions[{g!r}]"[:200]
+        if not _among(g, sizes) or not isinstance(info, dict) or info.get("type") != "trainable" \
+                or info.get("max_size") != max_sizes[g]:
+            raise FormatError(f"{where} must be a trainable partition of a group of {field}.sizes, at its max_size")
+        _partition(g, info, tensors, budget, used, f"e/{i}/{g}/", where)
+        if (n := tensors[f"e/{i}/{g}/delta"].numel() - 1) != sizes[g]:
+            raise FormatError(f"{where} has {n} points, its size is {sizes[g]}")
+    return t
 
 
 def check_meta(meta: Any, tensors: dict[str, Tensor]) -> tuple[pytree.TreeSpec, pytree.TreeSpec, fx.Graph]:
@@ -299,7 +329,7 @@ def check_meta(meta: Any, tensors: dict[str, Tensor]) -> tuple[pytree.TreeSpec, 
         _partition(name, parts[name], tensors, budget, used)
     max_sizes = {n: parts[n]["max_size"] for n in group_names}
     if "elastic" in meta:
-        check_elastic(meta["elastic"], max_sizes)
+        check_elastic(meta["elastic"], max_sizes, tensors, budget, used)
 
     functions = _type(meta["functions"], "functions", dict, "an object")
     if set(functions) - set(names):

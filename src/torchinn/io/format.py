@@ -43,7 +43,7 @@ from torch.utils import _pytree as pytree
 from ..graph.groups import ContractionSpec, GroupInfo
 from ..graph.guards import Guard
 from ..model.groups import module_key
-from ..elastic.network import ElasticNetwork
+from ..elastic.network import DeployedSize, ElasticNetwork
 from ..model.integral_model import IntegralModel
 from ..maths.partition import (
     FixedPartition,
@@ -177,14 +177,21 @@ def save(imodel: IntegralModel | ElasticNetwork, path: str | os.PathLike) -> Non
     from .fileio import save_safetensors
 
     elastic = None
+    tensors: dict[str, Tensor] = {}
     if isinstance(imodel, ElasticNetwork):
         elastic = {"orders": {g: o.tolist() for g, o in imodel.orders.items()},
                    "curves": {g: [[float(r), float(e)] for r, e in c] for g, c in imodel.curves.items()},
                    "low": imodel.low}
+        if imodel.deployed:
+            elastic["active"] = imodel.active_deployed()
+            elastic["deployed"] = [
+                {"target": t, "sizes": dict(d.sizes),
+                 "partitions": {g: _partition_state(p, f"e/{i}/{g}/", tensors) for g, p in d.partitions.items()}}
+                for i, (t, d) in enumerate(sorted(imodel.deployed.items()))]
+            tensors = {k: v.clone() for k, v in tensors.items()}  # the active ones are the model's too (p/...)
         imodel = imodel.imodel
     if not isinstance(imodel, IntegralModel):
         raise TypeError(f"save() needs an IntegralModel or an ElasticNetwork, got {type(imodel).__name__}")
-    tensors: dict[str, Tensor] = {}
     functions = {}
     for name in imodel.tensor_names:
         key = module_key(name)
@@ -286,7 +293,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", verify: bo
         check_tensors(tensors, set(meta["trainable"]))
         imodel = _build(meta, tensors, in_spec, out_spec, graph)
         if "elastic" in meta:
-            imodel = _elastic(imodel, meta["elastic"])
+            imodel = _elastic(imodel, meta["elastic"], tensors)
     except FormatError as err:  # values quoted from a crafted file can be long: keep the message short
         text = str(err)
         raise FormatError(f"{path}: {text if len(text) <= 600 else text[:600] + '...'}") from None
@@ -297,15 +304,22 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", verify: bo
     return imodel if device.type == "cpu" else imodel.to(device)
 
 
-def _elastic(imodel: IntegralModel, info: dict) -> ElasticNetwork:
+def _elastic(imodel: IntegralModel, info: dict, tensors: dict[str, Tensor]) -> ElasticNetwork:
     """The elastic network of a file (its field checked by :func:`~torchinn.io.checks.check_elastic`),
-    at the sizes saved."""
+    at the sizes saved (with the partitions of its deployed size, if it was at one)."""
     sizes = imodel.sizes()
     training = imodel.training
     elastic = ElasticNetwork(imodel, info["orders"])
     elastic.curves = {g: [(float(r), float(e)) for r, e in c] for g, c in info["curves"].items()}
     elastic.low = None if info["low"] is None else float(info["low"])
-    elastic.set_sizes({n: sizes[n] for n in elastic.elastic_groups})
+    elastic.deployed = {float(d["target"]): DeployedSize(
+        {g: int(k) for g, k in d["sizes"].items()},
+        {g: _partition_from(p, f"e/{i}/{g}/", tensors)
+         for g, p in d["partitions"].items()}) for i, d in enumerate(info.get("deployed", []))}
+    if info.get("active") is not None:
+        elastic.resize(target=float(info["active"]))
+    else:
+        elastic.set_sizes({n: sizes[n] for n in elastic.elastic_groups})
     return elastic.train(training)
 
 

@@ -1,0 +1,50 @@
+"""What :func:`torchinn.make_elastic` did: :class:`ElasticReport`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["ElasticReport"]
+
+
+@dataclass
+class ElasticReport:
+    """What :func:`torchinn.make_elastic` did. Errors are distillation errors against the
+    original network on held-out calibration batches (``loss``), before and after training."""
+
+    steps: int
+    seconds: float
+    loss: str
+    ranking: str
+    low: float
+    lr: float
+    full_tolerance: float
+    full_error_before: float
+    full_error_after: float
+    full_metric: str                                 # what the full-size errors measure (:func:`_full_change`)
+    kept_step: int                                   # the step whose state was returned
+    #: ratio of every group's channels -> (parameters, error before, error after)
+    quality: dict[float, tuple[int, float, float]] = field(default_factory=dict)
+    ranking_errors: dict[str, float] = field(default_factory=dict)
+    #: deployed fraction of the parameters -> (parameters, error before, error after), at its own
+    #: sizes and partitions (``deploy=``; the guard then scores these sizes)
+    deployed: dict[float, tuple[int, float, float]] = field(default_factory=dict)
+    #: every held-out check: (step, seconds, full-size error, geometric-mean error over the sizes of
+    #: ``quality``; with deployed sizes, the sum of their errors)
+    history: list[tuple[int, float, float, float]] = field(default_factory=list)
+    held_out_batches: int = 0
+    note: str = ""
+
+    def __str__(self) -> str:
+        lines = [f"elastic: {self.steps} steps in {self.seconds:.1f} s (Adam lr {self.lr:g}, sizes from "
+                 f"{self.low:g} to full, loss {self.loss}), channels ranked by {self.ranking}",
+                 f"full size: held-out {self.full_metric} {self.full_error_before:.4g} -> {self.full_error_after:.4g} "
+                 f"(tolerance {self.full_tolerance:g}); returned the state of step {self.kept_step}"]
+        for r, (params, before, after) in sorted(self.quality.items()):
+            lines.append(f"  {r:.0%} of the channels ({params:,} parameters): error {before:.4g} -> {after:.4g}")
+        for t, (params, before, after) in sorted(self.deployed.items()):
+            lines.append(f"  deployed {t:.0%} of the parameters ({params:,}, own partitions): error {before:.4g} -> "
+                         f"{after:.4g}")
+        if self.note:
+            lines.append(self.note)
+        return "\n".join(lines)
