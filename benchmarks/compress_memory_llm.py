@@ -39,7 +39,7 @@ def profile(level: float, seconds: float, threads: int, calib: int, census: bool
     import torchinn as inn
     from benchmarks import llm_baselines as B
     from benchmarks.realnets import smollm2 as S
-    from torchinn.compression import baselines, choices, importance, pipeline
+    from torchinn.compression import backward, baselines, choices, pipeline
     from torchinn.model.integral_model import IntegralModel
 
     torch.set_num_threads(threads)
@@ -67,8 +67,8 @@ def profile(level: float, seconds: float, threads: int, calib: int, census: bool
     wrap(pipeline, "_choice_batches", "teacher outputs")
     wrap(pipeline, "resolve_loss", "resolve loss", False)
     wrap(choices, "_importance", "importance")
-    wrap(importance, "run", "importance: forward", False)
-    wrap(importance, "_cotangent", "importance: cotangent", False)
+    wrap(backward, "run", "importance: forward", False)
+    wrap(backward, "cotangent", "importance: cotangent", False)
     wrap(torch.Tensor, "backward", "backward", False)
     wrap(choices, "_size_options", "sizes")
     wrap(choices, "_sizes_and_starts", "starts")

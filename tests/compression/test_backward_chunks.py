@@ -140,3 +140,16 @@ def test_the_kl_loss_in_chunks_of_rows_is_the_whole_loss(monkeypatch, shape, mas
     for a, b in zip(torch.autograd.grad(mine, (o, r)), torch.autograd.grad(want, (o, r))):
         assert float((a - b).abs().max()) <= 1e-6 * float(b.abs().max())
         assert float(b.abs().max()) > 0
+
+
+def test_the_choice_of_loss_over_chunks_of_rows_is_the_whole_ones(monkeypatch):
+    g = torch.Generator().manual_seed(5)
+    reference = [torch.randn(2, 9, 40, generator=g) * 20, torch.randn(2, 9, 40, generator=g) * 20]
+    whole = distill.resolve_loss("auto", reference)
+    confidence = distill.mean_confidence(reference, 1.7)
+    monkeypatch.setattr(distill, "KL_CHUNK_BYTES", 8 * 40 * 4)  # four rows at a time
+    parts = distill.resolve_loss("auto", reference)
+    assert parts == whole and whole.kind == "kl" and whole.temperature > 1.0
+    assert distill.mean_confidence(reference, 1.7) == confidence
+    flat = [torch.zeros(2, 9, 40)]  # a uniform softmax: not class logits, in chunks too
+    assert "nearly uniform" in distill.resolve_loss("auto", flat).note

@@ -188,21 +188,34 @@ def _not_logits(outputs: list[Any]) -> str:
         shape = tuple(leaves[0].shape)
         if not all(o.ndim in (2, 3) and o.shape[-1] >= 2 for o in leaves):
             return f"an output of shape {shape} is not (batch, classes) or (batch, positions, classes)"
-        rows = torch.cat([o.detach().double().reshape(-1, o.shape[-1]) for o in leaves])
-        logp = torch.log_softmax(rows, -1)
-        entropy = float(-(logp.exp() * logp).sum(-1).mean()) / math.log(rows.shape[-1])
+        classes = leaves[0].shape[-1]
+        per_row = torch.cat([_per_row(o, lambda x: _entropy(torch.log_softmax(x.double(), -1))) for o in leaves])
+        entropy = float(per_row.mean()) / math.log(classes)
         if entropy > LOGIT_ENTROPY:
             return (f"the softmax of an output of shape {shape} is nearly uniform (entropy {entropy:.4f} of "
                     f"the uniform one's, above {LOGIT_ENTROPY:g})")
-        if len(rows) >= MIN_ROWS and bool((rows.argmax(-1) == rows[0].argmax()).all()):
-            return f"an output of shape {shape} has the same top class on all {len(rows)} rows"
+        tops = torch.cat([_per_row(o, lambda x: x.argmax(-1)) for o in leaves])
+        if len(tops) >= MIN_ROWS and bool((tops == tops[0]).all()):
+            return f"an output of shape {shape} has the same top class on all {len(tops)} rows"
     return ""
+
+
+def _entropy(logp: Tensor) -> Tensor:
+    return -(logp.exp() * logp).sum(-1)
+
+
+def _per_row(o: Tensor, fn: Any) -> Tensor:
+    """``fn`` of the rows of ``o`` (every dimension but the last), applied to
+    :data:`KL_CHUNK_BYTES` of float64 rows at a time (a language model's logits are not copied
+    whole), as one flat tensor."""
+    rows = o.detach().reshape(-1, o.shape[-1])
+    return torch.cat([fn(rows[i]) for i in _row_chunks(rows)]) if len(rows) else fn(rows)
 
 
 def mean_confidence(reference: Sequence[Any], temperature: float = 1.0) -> float:
     """The mean top probability of the softmax at ``temperature`` over every row of every
     floating output in ``reference`` (a list of outputs, one per batch)."""
-    tops = [torch.softmax(o.detach().double() / temperature, -1).amax(-1).reshape(-1)
+    tops = [_per_row(o, lambda x: torch.softmax(x.double() / temperature, -1).amax(-1))
             for out in reference for o in _leaves(out)]
     return float(torch.cat(tops).mean()) if tops else 0.0
 
