@@ -5,6 +5,8 @@ and its gradient computed over chunks of rows are those of the formula on whole 
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -68,8 +70,8 @@ def test_importance_in_chunks_of_samples_is_the_whole_batchs(llama, monkeypatch,
         reference = [teacher(**batches[0].kwargs)]  # the first batch's outputs given, the second's not
     whole = measure_importance(imodel, batches, loss, reference, network=teacher)
     parts, sizes = _chunked(monkeypatch, imodel, batches, loss=loss, reference=reference, network=teacher)
-    # the whole batch refused, then its first 2 samples, then 1 at a time, kept for the second batch
-    assert sizes == [2] + [1] * 8
+    # one sample probed, then one at a time, for the second batch too
+    assert sizes == [1] * 9
     assert whole.batches == parts.batches == 2
     _close(parts.fisher, whole.fisher, 1e-5)
     _close(parts.activation, whole.activation, 1e-6)
@@ -83,7 +85,7 @@ def test_importance_in_chunks_on_a_cnn(monkeypatch):
     whole = measure_importance(imodel, batches)
     parts, sizes = _chunked(monkeypatch, imodel, batches)
     n = inputs[0].shape[0]
-    assert sizes == [n // 2] * (n > 2) + [1] * (2 * n)
+    assert sizes == [1] * (2 * n + 1)
     _close(parts.fisher, whole.fisher, 1e-5)
     _close(parts.activation, whole.activation, 1e-6)
 
@@ -91,9 +93,37 @@ def test_importance_in_chunks_on_a_cnn(monkeypatch):
 def test_a_batch_under_the_bound_is_not_cut(monkeypatch):
     _, inputs, imodel = converted("resnet_basic")
     cut = []
-    monkeypatch.setattr(backward, "sample_slice", lambda *a: cut.append(a))
-    before = measure_importance(imodel, [inputs])
-    assert not cut and before.batches == 1
+    real = backward.sample_slice
+    monkeypatch.setattr(backward, "sample_slice", lambda x, i, j: cut.append((i, j)) or real(x, i, j))
+    before = measure_importance(imodel, [inputs, inputs])
+    assert cut == [(0, 1)] and before.batches == 2  # the probe of one sample only
+
+
+def _live_bytes() -> int:
+    gc.collect()
+    seen, total = set(), 0
+    for o in gc.get_objects():
+        if issubclass(type(o), torch.Tensor) and o.device.type == "cpu":
+            try:
+                s = o.untyped_storage()
+                s.data_ptr()
+            except RuntimeError:  # fake tensors (export's) have no storage
+                continue
+            if s.data_ptr() not in seen:
+                seen.add(s.data_ptr())
+                total += s.nbytes()
+    return total
+
+
+def test_nothing_stays_alive_after_the_chunks(llama, monkeypatch):
+    imodel, batches = llama
+    teacher = imodel.shared_discrete().eval()
+    monkeypatch.setattr(backward, "BACKWARD_BYTES", 300_000)  # chunks of a few samples
+    measure_importance(imodel, batches, Distillation("kl"), network=teacher)
+    before = _live_bytes()
+    for _ in range(2):
+        measure_importance(imodel, batches, Distillation("kl"), network=teacher)
+    assert _live_bytes() == before
 
 
 def test_the_kl_cotangent_in_chunks_of_rows_is_the_whole_one(monkeypatch):

@@ -9,11 +9,12 @@ weights for a batch of 4). Two things bound them, without changing what is compu
 * :func:`cotangent` builds the random cotangent over chunks of rows (:data:`ROW_BYTES` of float64
   softmaxes at a time) with the same random draws as on the whole, where one float64 softmax of the
   logits alone would take 0.4 GB;
-* :func:`bounded_saves` counts the bytes a forward pass saves for its backward pass and raises
-  :class:`TooLarge` past a bound, so that :func:`torchinn.compression.importance.measure_importance`
-  can run the batch again in chunks of samples (:func:`sample_slice`), each forward and backward
-  on its own: the per-sample terms are per sample and the weight-gradient sums add over samples,
-  so the scores are the same to float rounding.
+* :func:`fisher_batch` counts the bytes one sample's forward pass saves for its backward pass
+  (:func:`saved_bytes`) and, when the batch would save more than :data:`BACKWARD_BYTES`, runs it
+  in chunks of samples (:func:`sample_slice`), each forward and backward on its own: the
+  per-sample terms are per sample and the weight-gradient sums add over samples, so the scores
+  are the same to float rounding. (The batch is not started whole and stopped: an exception in
+  the middle of a forward pass left the graph built so far alive.)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torch.utils import _pytree as pytree
 from ..model.inputs import Inputs, batch_size, padding_mask, position_mask, run
 from ..training.distill import Distillation
 
-__all__ = ["BACKWARD_BYTES", "ROW_BYTES", "TooLarge", "bounded_saves", "cotangent", "fisher_batch", "sample_slice"]
+__all__ = ["BACKWARD_BYTES", "ROW_BYTES", "cotangent", "fisher_batch", "sample_slice", "saved_bytes"]
 
 #: a batch whose forward pass saves more than this many bytes for its backward pass (the
 #: network's own tensors not counted) is run in chunks of samples
@@ -38,29 +39,25 @@ BACKWARD_BYTES = 512 * 2**20
 ROW_BYTES = 32 * 2**20
 
 
-class TooLarge(Exception):
-    """A forward pass saved more than the bound of :func:`bounded_saves` for its backward pass."""
-
-
 @contextlib.contextmanager
-def bounded_saves(bound: int, own: set[int]) -> Iterator[dict[str, int]]:
-    """While inside, the tensors autograd saves for the backward pass are counted (each storage
-    once, those in ``own`` not at all: the network's weights); :class:`TooLarge` is raised when
-    they pass ``bound`` bytes. Yields ``{"bytes": count}``."""
+def saved_bytes(own: set[int]) -> Iterator[dict[str, int]]:
+    """While inside, the tensors autograd would save for the backward pass are counted (each
+    storage once, those in ``own`` not at all: the network's weights) and NOT saved: for a
+    forward pass that is measured, never differentiated (nothing it computes keeps a reference
+    to its graph, which is freed with its outputs). Yields ``{"bytes": count}``."""
     seen: set[int] = set(own)
     count = {"bytes": 0}
 
-    def pack(t: Tensor) -> Tensor:
+    def pack(t: Tensor) -> None:
         storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr not in seen:
-            seen.add(ptr)
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
             count["bytes"] += storage.nbytes()
-            if count["bytes"] > bound:
-                raise TooLarge(f"{count['bytes']} bytes saved for the backward pass, bound {bound}")
-        return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    def unpack(_: None) -> Tensor:
+        raise RuntimeError("a forward pass run inside saved_bytes() cannot be differentiated")
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         yield count
 
 
@@ -125,65 +122,46 @@ def _squares(mode: Any, into: dict[str, Tensor]) -> None:
 
 
 def fisher_batch(full: Any, b: Any, ref: Any, loss: Distillation, gen: torch.Generator, mode: Any,
-                  chunk: list[int | None], reading: Any) -> dict[str, Tensor]:
+                 chunk: list[int | None], reading: Any) -> dict[str, Tensor]:
     """One batch's forward and backward passes; per group, the sum over samples of the squared
-    per-sample terms (the weights' hooks add the producer-side sums). A batch whose forward pass
-    saves more than :data:`BACKWARD_BYTES` for its backward pass
-    runs in chunks of samples, halved until the first fits (``chunk[0]``: the samples per chunk,
-    kept for the next batches); the cotangents are drawn on the whole batch first, as without chunks."""
+    per-sample terms (the weights' hooks add the producer-side sums). The first batch of more than
+    one sample is probed first: one sample's forward pass, whose tensors saved for the backward
+    pass are counted and dropped. When the batch would save more than :data:`BACKWARD_BYTES`, it
+    runs in chunks of as many samples as fit (at least one; ``chunk[0]``, kept for the next
+    batches); the cotangents are drawn on the whole batch first, as without chunks."""
     b = b if isinstance(b, Inputs) else Inputs(tuple(b))  # a tuple of positional inputs
     n = batch_size(b)
-    own = {t.untyped_storage().data_ptr() for t in [*full.parameters(), *full.buffers()]}
-    out_sums: dict[str, Tensor] = {}
+    if chunk[0] is None and n > 1:
+        own = {t.untyped_storage().data_ptr() for t in [*full.parameters(), *full.buffers()]}
+        with torch.enable_grad(), saved_bytes(own) as count:
+            run(full, sample_slice(b, 0, 1))
+        chunk[0] = max(1, BACKWARD_BYTES // max(1, count["bytes"]))
     k = chunk[0]
-    if k is None or k >= n:
-        saved = _snapshot(mode)
-        try:
-            with torch.enable_grad(), mode, bounded_saves(BACKWARD_BYTES if n > 1 else 2**62, own):
-                out = run(full, b)
-        except TooLarge:
-            _restore(mode, saved)
-            k = chunk[0] = max(1, n // 2)
-        else:
-            outs = _floats(out)
-            cots = [cotangent(r, loss, gen, o.dtype) for o, r in zip(outs, _floats(out if ref is None else ref))]
-            reading()
-            _backward(outs, cots, mode.mask)
-            _squares(mode, out_sums)
-            return out_sums
-    if ref is None:  # the cotangents need the outputs of the whole batch
-        with torch.no_grad():
-            ref = run(full, b)
-    refs = _floats(ref)
-    if any(r.ndim == 0 or r.shape[0] != n for r in refs):  # outputs not by sample: the whole batch at once
-        chunk[0] = n
-        return fisher_batch(full, b, ref, loss, gen, mode, [n + 1], reading)
-    cots = [cotangent(r, loss, gen, r.dtype) for r in refs]
-    start, first = 0, True
-    while start < n:
-        stop = min(n, start + k)
-        part = sample_slice(b, start, stop)
-        mode.taylor, mode.mask = {}, padding_mask(part)
-        saved = _snapshot(mode)
-        try:
-            with torch.enable_grad(), mode, bounded_saves(BACKWARD_BYTES if first and k > 1 else 2**62, own):
-                out = run(full, part)
-        except TooLarge:
-            _restore(mode, saved)
-            k = chunk[0] = max(1, k // 2)
-            continue
-        first = False
+    out_sums: dict[str, Tensor] = {}
+    refs = None if ref is None else _floats(ref)
+    if k is None or k >= n or (refs is not None and any(r.ndim == 0 or r.shape[0] != n for r in refs)):
+        with torch.enable_grad(), mode:
+            out = run(full, b)
+        outs = _floats(out)
+        cots = [cotangent(r, loss, gen, o.dtype) for o, r in zip(outs, _floats(out) if refs is None else refs)]
         reading()
-        _backward(_floats(out), [c[start:stop] for c in cots], mode.mask)
+        _backward(outs, cots, mode.mask)
         _squares(mode, out_sums)
-        start = stop
+        return out_sums
+    if refs is None:  # the cotangents need the outputs of the whole batch
+        with torch.no_grad():
+            refs = _floats(run(full, b))
+        if any(r.ndim == 0 or r.shape[0] != n for r in refs):  # outputs not by sample: the whole batch
+            return fisher_batch(full, b, None, loss, gen, mode, [n], reading)
+    cots = [cotangent(r, loss, gen, r.dtype) for r in refs]
+    del refs
+    for start in range(0, n, k):
+        part = sample_slice(b, start, min(n, start + k))
+        mode.taylor, mode.mask = {}, padding_mask(part)
+        with torch.enable_grad(), mode:
+            out = run(full, part)
+        reading()
+        _backward(_floats(out), [c[start:start + k] for c in cots], mode.mask)
+        del out
+        _squares(mode, out_sums)
     return out_sums
-
-
-def _snapshot(mode: Any) -> tuple[dict, dict, dict]:
-    return {k: v.clone() for k, v in mode.squares.items()}, dict(mode.counts), dict(mode.dims)
-
-
-def _restore(mode: Any, saved: tuple[dict, dict, dict]) -> None:
-    mode.squares, mode.counts, mode.dims = saved[0], saved[1], saved[2]
-    mode.taylor = {}
