@@ -20,6 +20,7 @@ weights for a batch of 4). Two things bound them, without changing what is compu
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -42,16 +43,20 @@ ROW_BYTES = 32 * 2**20
 @contextlib.contextmanager
 def saved_bytes(own: set[int]) -> Iterator[dict[str, int]]:
     """While inside, the tensors autograd would save for the backward pass are counted (each
-    storage once, those in ``own`` not at all: the network's weights) and NOT saved: for a
-    forward pass that is measured, never differentiated (nothing it computes keeps a reference
-    to its graph, which is freed with its outputs). Yields ``{"bytes": count}``."""
-    seen: set[int] = set(own)
+    storage once while it lives, those in ``own`` not at all: the network's weights) and NOT
+    saved: for a forward pass that is measured, never differentiated (nothing it computes keeps
+    a reference to its graph, which is freed with its outputs). Yields ``{"bytes": count}``."""
+    alive: dict[int, weakref.ref] = {}  # storage -> a tensor on it already counted, while it lives
     count = {"bytes": 0}
 
     def pack(t: Tensor) -> None:
         storage = t.untyped_storage()
-        if storage.data_ptr() not in seen:
-            seen.add(storage.data_ptr())
+        ptr = storage.data_ptr()
+        if ptr in own:
+            return
+        held = alive.get(ptr)
+        if held is None or held() is None:  # not counted, or freed and its memory used again
+            alive[ptr] = weakref.ref(t)
             count["bytes"] += storage.nbytes()
 
     def unpack(_: None) -> Tensor:
