@@ -183,3 +183,29 @@ def test_the_choice_of_loss_over_chunks_of_rows_is_the_whole_ones(monkeypatch):
     assert distill.mean_confidence(reference, 1.7) == confidence
     flat = [torch.zeros(2, 9, 40)]  # a uniform softmax: not class logits, in chunks too
     assert "nearly uniform" in distill.resolve_loss("auto", flat).note
+
+
+def test_the_probe_counts_what_the_backward_pass_would_keep(llama):
+    imodel, batches = llama
+    teacher = imodel.shared_discrete().eval()
+    for p in teacher.parameters():
+        p.requires_grad_(True)
+    own = {t.untyped_storage().data_ptr() for t in teacher.parameters()}
+    one = backward.sample_slice(batches[0], 0, 1)
+    kept, held = [], {}
+
+    def pack(t):  # what a real forward pass keeps, each storage once (held here, so none is reused)
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in own and ptr not in held:
+            held[ptr] = t
+            kept.append(t.untyped_storage().nbytes())
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        teacher(**one.kwargs)
+    held.clear()
+    with backward.saved_bytes(own) as count:
+        teacher(**one.kwargs)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    assert sum(kept) > 100_000
+    assert sum(kept) <= count["bytes"] <= 1.5 * sum(kept)
