@@ -39,6 +39,7 @@ from torch.utils import _pytree as pytree
 
 from ..graph.kinds import node_kind
 from ..training.distill import Distillation
+from .backward import fisher_batch
 from ..model.inputs import padding_mask, position_mask, run
 from ..model.integral_model import IntegralModel
 
@@ -204,23 +205,6 @@ def activation_importance(imodel: IntegralModel, batches: Sequence[tuple]) -> di
     return measure_importance(imodel, batches, fisher=False).activation
 
 
-def _masked(t: Tensor, mask: Tensor | None) -> Tensor:
-    return t if mask is None else t * mask
-
-
-def _cotangent(out: Tensor, ref: Tensor, loss: Distillation, gen: torch.Generator) -> Tensor:
-    """A random cotangent whose covariance is half the loss's Hessian at ``out == ref``."""
-    if loss.kind == "kl":
-        p = torch.softmax(ref.detach().double() / loss.temperature, -1).reshape(-1, ref.shape[-1])
-        draw = torch.multinomial(p.cpu().float(), 1, generator=gen).to(p.device)
-        onehot = torch.zeros_like(p).scatter_(1, draw, 1.0)
-        rows = max(1, ref[..., 0].numel())
-        return ((onehot - p) / (2 * rows) ** 0.5).reshape(ref.shape).to(out.dtype)
-    scale = (ref.detach().double() ** 2).mean().clamp_min(1e-12) * ref.numel()
-    noise = torch.randn(ref.shape, generator=gen, dtype=torch.float64).to(ref.device)
-    return (noise / scale.sqrt()).to(out.dtype)
-
-
 def measure_importance(imodel: IntegralModel, batches: Sequence[tuple], loss: Distillation | None = None,
                        reference: Sequence[Any] | None = None, *, fisher: bool = True,
                        max_seconds: float | None = None, seed: int = 0,
@@ -245,26 +229,20 @@ def measure_importance(imodel: IntegralModel, batches: Sequence[tuple], loss: Di
     gen = torch.Generator().manual_seed(seed)
     terms: dict[str, Tensor] = {}  # this batch's producer-side sums, group -> (channels,)
     read: set[str] = set()          # groups a layer reads in this batch: no producer-side sums needed
+    chunk: list[int | None] = [None]  # samples per chunk, once a batch has needed chunks
     with _gradients(full, plans, fisher, terms, read):
         for i, b in enumerate(batches):
             mode.taylor = {}
-            mask = mode.mask = padding_mask(b)  # padded positions count in no score
-            with torch.set_grad_enabled(fisher), mode:
-                out = run(full, b)
-            if fisher:
-                ref = reference[i] if reference is not None and i < len(reference) else pytree.tree_map(
-                    lambda t: t.detach() if isinstance(t, Tensor) else t, out)
-                outs = [o for o in pytree.tree_leaves(out) if isinstance(o, Tensor) and o.is_floating_point()]
-                refs = [r for r in pytree.tree_leaves(ref) if isinstance(r, Tensor) and r.is_floating_point()]
-                total = sum((o * _masked(_cotangent(o, r, loss, gen), position_mask(mask, o))).sum()
-                            for o, r in zip(outs, refs))
+            mode.mask = padding_mask(b)  # padded positions count in no score
+            if not fisher:
+                with torch.set_grad_enabled(False), mode:
+                    run(full, b)
+            else:
+                ref = reference[i] if reference is not None and i < len(reference) else None
                 terms.clear()
-                read.clear()
-                read.update(a.group for name, d in mode.dims.items() for seg in plans[name][d] for a in seg
-                            if a.group is not None)
-                total.backward()  # each weight's gradient is read (and dropped) as soon as it is complete
-                for group, t in mode.taylor.items():
-                    sums[group] += (t.cpu() ** 2).sum(0)
+                squares = fisher_batch(full, b, ref, loss, gen, mode, chunk, lambda: _reading(mode, plans, read))
+                for group, t in squares.items():
+                    sums[group] += t
                 for g, t in terms.items():
                     if g in producer and producer[g].shape == t.shape:
                         producer[g] += t**2
@@ -278,6 +256,12 @@ def measure_importance(imodel: IntegralModel, batches: Sequence[tuple], loss: Di
         result.fisher = {g: (sums[g] if g in scored else producer[g]) / result.batches for g in sums}
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _reading(mode: _Reads, plans: Mapping[str, tuple], read: set[str]) -> None:
+    """``read``: the groups a layer reads in this batch (no producer-side sums needed for them)."""
+    read.clear()
+    read.update(a.group for name, d in mode.dims.items() for seg in plans[name][d] for a in seg if a.group is not None)
 
 
 @contextlib.contextmanager

@@ -94,13 +94,59 @@ def distillation_loss(output: Any, batch: Any, teacher_output: Any) -> Tensor:
     return torch.stack(losses).sum()
 
 
+class _KLRows(torch.autograd.Function):
+    """Per row (every dimension but the last), the KL divergence from ``softmax(r / t)`` to
+    ``softmax(o / t)``, in float64, computed over :func:`_row_chunks` of rows at a time; the
+    backward pass recomputes the softmaxes chunk by chunk, so that neither pass holds float64
+    copies of the whole of ``o`` and ``r`` (a language model's logits: 4 x 256 x 49,152 floats are
+    201 MB, their float64 softmaxes 0.4 GB each)."""
+
+    @staticmethod
+    def forward(ctx: Any, o: Tensor, r: Tensor, t: float) -> Tensor:
+        ctx.save_for_backward(o, r)
+        ctx.t = t
+        o2, r2 = o.detach().reshape(-1, o.shape[-1]), r.detach().reshape(-1, r.shape[-1])
+        out = torch.empty(o2.shape[0], dtype=torch.float64, device=o.device)
+        for i in _row_chunks(o2):
+            out[i] = F.kl_div(F.log_softmax(o2[i].double() / t, -1), F.log_softmax(r2[i].double() / t, -1),
+                              log_target=True, reduction="none").sum(-1)
+        return out.reshape(o.shape[:-1])
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        o, r = ctx.saved_tensors
+        t = ctx.t
+        o2, r2, g = o.reshape(-1, o.shape[-1]), r.reshape(-1, r.shape[-1]), grad.reshape(-1, 1).double()
+        go = torch.empty_like(o2) if ctx.needs_input_grad[0] else None
+        gr = torch.empty_like(r2) if ctx.needs_input_grad[1] else None
+        for i in _row_chunks(o2):
+            lo, lr = F.log_softmax(o2[i].double() / t, -1), F.log_softmax(r2[i].double() / t, -1)
+            if go is not None:  # d KL / d o = (p_o - p_r) / t
+                go[i] = (g[i] * (lo.exp() - lr.exp()) / t).to(go.dtype)
+            if gr is not None:  # d KL / d r = p_r (log p_r - log p_o - KL) / t
+                kl = (lr.exp() * (lr - lo)).sum(-1, keepdim=True)
+                gr[i] = (g[i] * lr.exp() * (lr - lo - kl) / t).to(gr.dtype)
+        return (None if go is None else go.reshape(o.shape)), (None if gr is None else gr.reshape(r.shape)), None
+
+
+#: the KL divergence is computed over at most this many bytes of float64 logits at a time
+KL_CHUNK_BYTES = 32 * 2**20
+
+
+def _row_chunks(rows: Tensor) -> list[slice]:
+    """Slices of the rows of a ``(rows, classes)`` tensor, :data:`KL_CHUNK_BYTES` of float64 each."""
+    step = max(1, KL_CHUNK_BYTES // (8 * max(1, rows.shape[-1])))
+    return [slice(i, i + step) for i in range(0, rows.shape[0], step)]
+
+
 def kl_distillation_loss(output: Any, batch: Any, teacher_output: Any, temperature: float = 1.0) -> Tensor:
     """``temperature**2`` times the KL divergence from the teacher's softmax at ``temperature``
     to the output's (over the last dimension; Hinton et al.'s distillation), summed over every
     output tensor: for class logits, where it follows accuracy far better than the squared error
     (which punishes a uniform shrink of the logits that leaves every prediction as it was).
     Averaged over rows; per-position logits leave out the positions the batch's
-    ``attention_mask`` marks as padding."""
+    ``attention_mask`` marks as padding. Computed in float64 over chunks of rows
+    (:data:`KL_CHUNK_BYTES`), its gradient too: a language model's logits are not copied whole."""
     # in float64: near the optimum float32 rounding makes the sum of p_t (log p_t - log p_s) come
     # out slightly negative
     t = float(temperature)
@@ -108,13 +154,8 @@ def kl_distillation_loss(output: Any, batch: Any, teacher_output: Any, temperatu
     losses = []
     for o, r in zip(_leaves(output), _leaves(teacher_output)):
         m = position_mask(mask, o)
-        if m is None:
-            kl = F.kl_div(F.log_softmax(o.double() / t, -1), F.log_softmax(r.double() / t, -1), log_target=True,
-                          reduction="sum") / max(1, o[..., 0].numel())
-        else:
-            rows = F.kl_div(F.log_softmax(o.double() / t, -1), F.log_softmax(r.double() / t, -1), log_target=True,
-                            reduction="none").sum(-1)
-            kl = _mean(rows, m[..., 0])
+        rows = _KLRows.apply(o, r, t)
+        kl = rows.sum() / max(1, o[..., 0].numel()) if m is None else _mean(rows, m[..., 0])
         losses.append((kl * (t * t)).clamp_min(0.0).to(o.dtype))
     if not losses:
         raise ValueError("the model has no floating-point outputs to distil")
@@ -147,21 +188,34 @@ def _not_logits(outputs: list[Any]) -> str:
         shape = tuple(leaves[0].shape)
         if not all(o.ndim in (2, 3) and o.shape[-1] >= 2 for o in leaves):
             return f"an output of shape {shape} is not (batch, classes) or (batch, positions, classes)"
-        rows = torch.cat([o.detach().double().reshape(-1, o.shape[-1]) for o in leaves])
-        logp = torch.log_softmax(rows, -1)
-        entropy = float(-(logp.exp() * logp).sum(-1).mean()) / math.log(rows.shape[-1])
+        classes = leaves[0].shape[-1]
+        per_row = torch.cat([_per_row(o, lambda x: _entropy(torch.log_softmax(x.double(), -1))) for o in leaves])
+        entropy = float(per_row.mean()) / math.log(classes)
         if entropy > LOGIT_ENTROPY:
             return (f"the softmax of an output of shape {shape} is nearly uniform (entropy {entropy:.4f} of "
                     f"the uniform one's, above {LOGIT_ENTROPY:g})")
-        if len(rows) >= MIN_ROWS and bool((rows.argmax(-1) == rows[0].argmax()).all()):
-            return f"an output of shape {shape} has the same top class on all {len(rows)} rows"
+        tops = torch.cat([_per_row(o, lambda x: x.argmax(-1)) for o in leaves])
+        if len(tops) >= MIN_ROWS and bool((tops == tops[0]).all()):
+            return f"an output of shape {shape} has the same top class on all {len(tops)} rows"
     return ""
+
+
+def _entropy(logp: Tensor) -> Tensor:
+    return -(logp.exp() * logp).sum(-1)
+
+
+def _per_row(o: Tensor, fn: Any) -> Tensor:
+    """``fn`` of the rows of ``o`` (every dimension but the last), applied to
+    :data:`KL_CHUNK_BYTES` of float64 rows at a time (a language model's logits are not copied
+    whole), as one flat tensor."""
+    rows = o.detach().reshape(-1, o.shape[-1])
+    return torch.cat([fn(rows[i]) for i in _row_chunks(rows)]) if len(rows) else fn(rows)
 
 
 def mean_confidence(reference: Sequence[Any], temperature: float = 1.0) -> float:
     """The mean top probability of the softmax at ``temperature`` over every row of every
     floating output in ``reference`` (a list of outputs, one per batch)."""
-    tops = [torch.softmax(o.detach().double() / temperature, -1).amax(-1).reshape(-1)
+    tops = [_per_row(o, lambda x: torch.softmax(x.double() / temperature, -1).amax(-1))
             for out in reference for o in _leaves(out)]
     return float(torch.cat(tops).mean()) if tops else 0.0
 

@@ -1,0 +1,172 @@
+"""The backward pass of the Fisher importance scores (:mod:`torchinn.compression.importance`) within a
+memory bound.
+
+A language model's batch is large where these scores look at it: its logits (4 x 256 tokens x
+49,152 classes: 201 MB in float32) and the activations its forward pass saves for the backward
+pass (about 0.5 GB per 256-token window on SmolLM2-135M, two to three times the model's float32
+weights for a batch of 4). Two things bound them, without changing what is computed:
+
+* :func:`cotangent` builds the random cotangent over chunks of rows (:data:`ROW_BYTES` of float64
+  softmaxes at a time) with the same random draws as on the whole, where one float64 softmax of the
+  logits alone would take 0.4 GB;
+* :func:`fisher_batch` counts the bytes one sample's forward pass saves for its backward pass
+  (:func:`saved_bytes`) and, when the batch would save more than :data:`BACKWARD_BYTES`, runs it
+  in chunks of samples (:func:`sample_slice`), each forward and backward on its own: the
+  per-sample terms are per sample and the weight-gradient sums add over samples, so the scores
+  are the same to float rounding. (The batch is not started whole and stopped: an exception in
+  the middle of a forward pass left the graph built so far alive.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils import _pytree as pytree
+
+from ..model.inputs import Inputs, batch_size, padding_mask, position_mask, run
+from ..training.distill import Distillation
+
+__all__ = ["BACKWARD_BYTES", "ROW_BYTES", "cotangent", "fisher_batch", "sample_slice", "saved_bytes"]
+
+#: a batch whose forward pass saves more than this many bytes for its backward pass (the
+#: network's own tensors not counted) is run in chunks of samples
+BACKWARD_BYTES = 512 * 2**20
+#: the KL cotangent is built over at most this many bytes of float64 rows at a time
+ROW_BYTES = 32 * 2**20
+
+
+@contextlib.contextmanager
+def saved_bytes(own: set[int]) -> Iterator[dict[str, int]]:
+    """While inside, the tensors autograd would save for the backward pass are counted (each
+    storage once while it lives, those in ``own`` not at all: the network's weights) and NOT
+    saved: for a forward pass that is measured, never differentiated (nothing it computes keeps
+    a reference to its graph, which is freed with its outputs). Yields ``{"bytes": count}``."""
+    alive: dict[int, weakref.ref] = {}  # storage -> a tensor on it already counted, while it lives
+    count = {"bytes": 0}
+
+    def pack(t: Tensor) -> None:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr in own:
+            return
+        held = alive.get(ptr)
+        if held is None or held() is None:  # not counted, or freed and its memory used again
+            alive[ptr] = weakref.ref(t)
+            count["bytes"] += storage.nbytes()
+
+    def unpack(_: None) -> Tensor:
+        raise RuntimeError("a forward pass run inside saved_bytes() cannot be differentiated")
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        yield count
+
+
+def sample_slice(inputs: Inputs, start: int, stop: int) -> Inputs:
+    """Samples ``start`` to ``stop`` of a batch: every tensor input whose first dimension is the
+    batch size (that of the first tensor input) cut to those rows, the other inputs as they are."""
+    n = batch_size(inputs)
+    cut = lambda v: v[start:stop] if isinstance(v, Tensor) and v.ndim >= 1 and v.shape[0] == n else v  # noqa: E731
+    return Inputs(tuple(cut(v) for v in inputs), {name: cut(v) for name, v in inputs.kwargs.items()})
+
+
+def _rows(n: int, classes: int) -> list[slice]:
+    step = max(1, ROW_BYTES // (8 * max(1, classes)))
+    return [slice(i, i + step) for i in range(0, n, step)]
+
+
+def cotangent(ref: Tensor, loss: Distillation, gen: torch.Generator, dtype: Any) -> Tensor:
+    """A random cotangent (of ``dtype``) whose covariance is half the loss's Hessian at outputs
+    equal to ``ref``: for ``"kl"``, one class drawn per row from the teacher's probabilities at
+    the loss's temperature, minus those probabilities, over ``sqrt(2 rows)``; for ``"mse"``,
+    Gaussian noise over the square root of ``ref``'s sum of squares. The KL one is built
+    :data:`ROW_BYTES` of rows at a time: its values and draws are those of the whole."""
+    if loss.kind == "kl":
+        rows = ref.detach().reshape(-1, ref.shape[-1])
+        chunks = _rows(rows.shape[0], rows.shape[-1])
+        p32 = torch.empty(rows.shape, dtype=torch.float32)  # the draws are made on the CPU, in float32
+        for i in chunks:
+            p32[i] = torch.softmax(rows[i].double() / loss.temperature, -1).cpu().float()
+        draw = torch.multinomial(p32, 1, generator=gen).to(rows.device)
+        del p32
+        scale = (2 * max(1, ref[..., 0].numel())) ** 0.5
+        out = torch.empty(rows.shape, dtype=dtype, device=rows.device)
+        for i in chunks:
+            p = torch.softmax(rows[i].double() / loss.temperature, -1)
+            onehot = torch.zeros_like(p).scatter_(1, draw[i], 1.0)
+            out[i] = ((onehot - p) / scale).to(dtype)
+        return out.reshape(ref.shape)
+    scale = (ref.detach().double() ** 2).mean().clamp_min(1e-12) * ref.numel()
+    noise = torch.randn(ref.shape, generator=gen, dtype=torch.float64).to(ref.device)
+    return (noise / scale.sqrt()).to(dtype)
+
+
+def _floats(out: Any) -> list[Tensor]:
+    return [o for o in pytree.tree_leaves(out) if isinstance(o, Tensor) and o.is_floating_point()]
+
+
+def _backward(outs: Sequence[Tensor], cots: Sequence[Tensor], mask: Tensor | None) -> None:
+    """The backward pass of ``sum(o * cotangent)`` over the outputs (padded positions left out),
+    with the cotangents as the outputs' gradients: no product of the size of the outputs is made."""
+    pairs = [(o, c if position_mask(mask, o) is None else c * position_mask(mask, o))
+             for o, c in zip(outs, cots) if o.requires_grad]
+    if not pairs:
+        raise RuntimeError("no output of the network depends on its grouped weights")
+    # each weight's gradient is read (and dropped) as soon as it is complete
+    torch.autograd.backward([o for o, _ in pairs], [c for _, c in pairs])
+
+
+def _squares(mode: Any, into: dict[str, Tensor]) -> None:
+    for group, t in mode.taylor.items():  # per group, sum over samples of the squared per-sample terms
+        sq = (t.cpu() ** 2).sum(0)
+        into[group] = into[group] + sq if group in into else sq
+
+
+def fisher_batch(full: Any, b: Any, ref: Any, loss: Distillation, gen: torch.Generator, mode: Any,
+                 chunk: list[int | None], reading: Any) -> dict[str, Tensor]:
+    """One batch's forward and backward passes; per group, the sum over samples of the squared
+    per-sample terms (the weights' hooks add the producer-side sums). The first batch of more than
+    one sample is probed first: one sample's forward pass, whose tensors saved for the backward
+    pass are counted and dropped. When the batch would save more than :data:`BACKWARD_BYTES`, it
+    runs in chunks of as many samples as fit (at least one; ``chunk[0]``, kept for the next
+    batches); the cotangents are drawn on the whole batch first, as without chunks."""
+    b = b if isinstance(b, Inputs) else Inputs(tuple(b))  # a tuple of positional inputs
+    n = batch_size(b)
+    if chunk[0] is None and n > 1:
+        own = {t.untyped_storage().data_ptr() for t in [*full.parameters(), *full.buffers()]}
+        with torch.enable_grad(), saved_bytes(own) as count:
+            run(full, sample_slice(b, 0, 1))
+        chunk[0] = max(1, BACKWARD_BYTES // max(1, count["bytes"]))
+    k = chunk[0]
+    out_sums: dict[str, Tensor] = {}
+    refs = None if ref is None else _floats(ref)
+    if k is None or k >= n or (refs is not None and any(r.ndim == 0 or r.shape[0] != n for r in refs)):
+        with torch.enable_grad(), mode:
+            out = run(full, b)
+        outs = _floats(out)
+        cots = [cotangent(r, loss, gen, o.dtype) for o, r in zip(outs, _floats(out) if refs is None else refs)]
+        reading()
+        _backward(outs, cots, mode.mask)
+        _squares(mode, out_sums)
+        return out_sums
+    if refs is None:  # the cotangents need the outputs of the whole batch
+        with torch.no_grad():
+            refs = _floats(run(full, b))
+        if any(r.ndim == 0 or r.shape[0] != n for r in refs):  # outputs not by sample: the whole batch
+            return fisher_batch(full, b, None, loss, gen, mode, [n], reading)
+    cots = [cotangent(r, loss, gen, r.dtype) for r in refs]
+    del refs
+    for start in range(0, n, k):
+        part = sample_slice(b, start, min(n, start + k))
+        mode.taylor, mode.mask = {}, padding_mask(part)
+        with torch.enable_grad(), mode:
+            out = run(full, part)
+        reading()
+        _backward(_floats(out), [c[start:start + k] for c in cots], mode.mask)
+        del out
+        _squares(mode, out_sums)
+    return out_sums
