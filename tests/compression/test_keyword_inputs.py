@@ -36,7 +36,8 @@ def test_compress_with_keyword_inputs_generates_with_its_cache(llama, tmp_path) 
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # per-layer sizes: save_pretrained refused, said at return
-        small, report = inn.compress(model, example, 0.7, calibration=batches, tune=inn.TuneConfig(steps=4))
+        small, report = inn.compress(model, example, 0.7, calibration=batches,
+                                     tune=inn.TuneConfig(steps=4, seconds=None))  # steps, whatever the load
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert type(small) is type(model)
     assert report.params_after < 0.75 * report.params_before
