@@ -38,7 +38,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +48,7 @@ from torch.utils import _pytree as pytree
 
 from . import loop
 from .distill import LOSS_CHOICES, distillation_loss, kl_distillation_loss, loss_kind
-from ..model.inputs import batch_inputs, check_batches, run
+from ..model.inputs import Inputs, batch_inputs, check_batches, run
 from ..model.integral_model import IntegralModel
 from .loop import split_validation
 from ..options import check_choice, check_number
@@ -192,19 +192,22 @@ def sandwich_backward(model: nn.Module, sizes: Any, inputs: Any, loss_fn: Callab
     the largest learn its outputs, detached: ``"kl"`` (class logits), ``"mse"``, or ``"auto"``
     (:func:`loss_kind`).
 
-    ``inputs``: a tensor, or a tuple of the model's positional arguments. Returns the loss at
-    each size, in order. The partitions keep the last sizes drawn.
+    ``inputs``: a tensor, a tuple of the model's positional arguments, a dict of keyword inputs
+    or :class:`~torchinn.model.inputs.Inputs` (both). Returns the loss at each size, in order. The
+    partitions keep the last sizes drawn.
 
     Distillation needs a good teacher: on the digits transformer trained for 15-30 epochs the
     labels did better by 6-13 points (benchmarks/RESULTS.md, issue 12), hence the default.
     """
     check_choice(distill, (None, *LOSS_CHOICES), "distill")
-    args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    args = inputs if isinstance(inputs, Inputs) else (
+        Inputs((), dict(inputs)) if isinstance(inputs, Mapping) else
+        Inputs(tuple(inputs)) if isinstance(inputs, (tuple, list)) else Inputs((inputs,)))
     losses: list[float] = []
     teacher: Any = None
     kind = "mse"
     for i, _ in enumerate(sizes.sandwich(random)):
-        output = model(*args)
+        output = run(model, args)
         if i == 0 or distill is None:
             loss = loss_fn(output)
             if i == 0 and distill is not None:
