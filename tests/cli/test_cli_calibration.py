@@ -169,3 +169,29 @@ def test_a_model_without_an_embedding_skips_the_vocabulary_check(work) -> None:
     assert [b["input_ids"].shape for b in batches] == [(3, 12), (3, 12)] and info["tokens"] == 62
     with pytest.raises(CLIError, match=r"input_ids must be token ids in \[0, 10\) .*got \d+ at row 0, position 0"):
         load_token_batches(str(work / "ids.safetensors"), None, (3, 12), None, 10)
+
+
+def test_elastic_trains_a_language_model_on_token_text_and_resize_writes_it(work, capsys) -> None:
+    out_dir = work / "el"
+    code = main(["elastic", f"{work / 'clillama.py'}:build", "--input-ids", "2,12", "--calibration",
+                 str(work / "ids.safetensors"), "--steps", "2", "-o", str(out_dir / "lm.inn")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "smoke test" not in err and "6 sequences of 12 tokens from" in out and "elastic: 2 steps" in out
+    report = json.loads((out_dir / "lm.inn.report.json").read_text())
+    assert report["calibration"]["padded"] == 10 and report["steps"] == 2
+    code = main(["resize", str(out_dir / "lm.inn"), "--target", "0.7", "-o", str(out_dir / "small.pt")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    small = torch.load(out_dir / "small.pt", weights_only=False)
+    ids = torch.randint(1, 64, (2, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        logits = small(input_ids=ids, attention_mask=torch.ones_like(ids))["logits"]
+    assert logits.shape == (2, 12, 64) and torch.isfinite(logits).all()
+    assert f"{sum(p.numel() for p in small.parameters()):,} parameters" in out
+
+
+def test_elastic_token_flags_are_checked_as_compress_checks_them(work, capsys) -> None:
+    code = main(["elastic", f"{work / 'clillama.py'}:build", "--input-shape", "2,3,8,8", "--tokenizer",
+                 str(work / "tok"), "--steps", "1", "-o", str(work / "x.inn")])
+    assert code == 1 and "--tokenizer is for a language model's --calibration text" in capsys.readouterr().err

@@ -201,6 +201,40 @@ def _calibration(args: argparse.Namespace, dtype: Any) -> tuple[list, dict, str]
     return batches, calibration, f"{calibration['images']} images from {args.calibration}"
 
 
+def calibration_data(args: argparse.Namespace, model: Any, dtype: Any, doing: str) -> tuple[list, Any, dict, str]:
+    """(batches, example inputs, the data's description for the JSON report, and for the text) from
+    --input-ids / --input-shape with or without --calibration: token text, random token ids,
+    images or random inputs (the last two a smoke test, said on stderr; ``doing``: what the data is for)."""
+    if args.input_ids is not None and args.calibration is not None:
+        loader, calibration = load_token_batches(args.calibration, args.tokenizer, args.input_ids, args.batch_size,
+                                                 embedding_size(model))
+        example = loader[0]
+        padded = f", {calibration['padded']:,} padded positions masked" if calibration["padded"] else ""
+        described = (f"{calibration['sequences']:,} sequences of {calibration['length']} tokens from "
+                     f"{args.calibration}{padded}")
+    elif args.input_ids is not None:
+        vocab = vocabulary(model)
+        loader = [random_tokens(args.input_ids, vocab, args.seed + i) for i in range(4)]
+        example = loader[0]
+        described = f"random token ids below {vocab} (smoke test)"
+        calibration = {"source": described, "batches": len(loader)}
+        print(f"torchinn: warning: {doing} on random token ids of shape "
+              f"{shapes_text([args.input_ids])}; this is only a smoke test of the pipeline", file=sys.stderr)
+    elif args.calibration is not None:
+        loader, calibration, described = _calibration(args, dtype)
+        example = (loader[0],)
+    else:
+        print(f"torchinn: warning: no --calibration folder: {doing} on random normal inputs of shape "
+              f"{shapes_text(args.input_shape)}; this is only a smoke test of the pipeline, not a real run",
+              file=sys.stderr)
+        loader = [random_inputs(args.input_shape, dtype, args.seed + i) for i in range(4)]
+        example = loader[0]
+        calibration = {"source": "random normal inputs (smoke test)", "batches": len(loader)}
+        described = calibration["source"]
+        loader = [(b,) if len(b) > 1 else b[0] for b in loader]  # batch_inputs: a tensor or ((inputs),)
+    return loader, example, calibration, described
+
+
 def _compress(args: argparse.Namespace, out: Path) -> int:
     import torch
 
@@ -215,33 +249,7 @@ def _compress(args: argparse.Namespace, out: Path) -> int:
         raise CLIError(f"-o {args.output!r} is a folder, and folders are for transformers models (written as a Hugging "
                        f"Face folder); {type(model).__name__} is not one: give a file name like small.pt")
     dtype = dtype_of(model)
-    if args.input_ids is not None and args.calibration is not None:
-        loader, calibration = load_token_batches(args.calibration, args.tokenizer, args.input_ids, args.batch_size,
-                                                 embedding_size(model))
-        example = loader[0]
-        padded = f", {calibration['padded']:,} padded positions masked" if calibration["padded"] else ""
-        described = (f"{calibration['sequences']:,} sequences of {calibration['length']} tokens from "
-                     f"{args.calibration}{padded}")
-    elif args.input_ids is not None:
-        vocab = vocabulary(model)
-        loader = [random_tokens(args.input_ids, vocab, args.seed + i) for i in range(4)]
-        example = loader[0]
-        described = f"random token ids below {vocab} (smoke test)"
-        calibration = {"source": described, "batches": len(loader)}
-        print(f"torchinn: warning: choosing sizes and tuning on random token ids of shape "
-              f"{shapes_text([args.input_ids])}; this is only a smoke test of the pipeline", file=sys.stderr)
-    elif args.calibration is not None:
-        loader, calibration, described = _calibration(args, dtype)
-        example = (loader[0],)
-    else:
-        print("torchinn: warning: no --calibration folder: choosing sizes and tuning on random normal "
-              f"inputs of shape {shapes_text(args.input_shape)}; this is only a smoke test of the pipeline, not a "
-              "real compression", file=sys.stderr)
-        loader = [random_inputs(args.input_shape, dtype, args.seed + i) for i in range(4)]
-        example = loader[0]
-        calibration = {"source": "random normal inputs (smoke test)", "batches": len(loader)}
-        described = calibration["source"]
-        loader = [(b,) if len(b) > 1 else b[0] for b in loader]  # batch_inputs: a tensor or ((inputs),)
+    loader, example, calibration, described = calibration_data(args, model, dtype, "choosing sizes and tuning")
     tune = (TuneConfig(seconds=args.seconds, progress=not args.no_progress, weights_share=args.weights_share,
                        loss=args.loss) if args.seconds > 0 else False)
     with warnings.catch_warnings():

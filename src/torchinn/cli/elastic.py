@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+from typing import Any
 
 from ..elastic.network import ElasticNetwork
 from ..elastic.train import make_elastic
 from ..io.fileio import write_text
 from ..io.format import load, save
 from ..model.inputs import as_inputs
-from .commands import _calibration, _input_files
-from .loading import CLIError, convertible, dtype_of, load_model, random_inputs, shapes_text
+from .commands import _check_token_flags, _input_files, calibration_data
+from .loading import CLIError, convertible, dtype_of, load_model
 from .output import check_output, created_folders, printable, report_paths, save_checked
 
 __all__ = ["elastic", "resize"]
@@ -32,7 +32,7 @@ def elastic(args: argparse.Namespace) -> int:
     if Path(args.output).suffix != ".inn":
         raise CLIError(f"-o {args.output!r}: an elastic network is saved as a torchinn file; give a name ending "
                        "with .inn")
-    args.tokenizer = None  # what _input_files reads: elastic takes images or random inputs only
+    _check_token_flags(args)
     out, made = check_output(args.output, _input_files(args), args.force, command="elastic", plain=False)
     with created_folders(made):
         return _elastic(args, out)
@@ -42,17 +42,7 @@ def _elastic(args: argparse.Namespace, out: Path) -> int:
     loaded = load_model(args.model, args.trust_code, convert=True)
     model = convertible(loaded, "elastic", original=True)
     dtype = dtype_of(model)
-    if args.calibration is not None:
-        batches, calibration, described = _calibration(args, dtype)
-        example = (batches[0],)
-    else:
-        print("torchinn: warning: no --calibration folder: training on random normal inputs of shape "
-              f"{shapes_text(args.input_shape)}; this is only a smoke test", file=sys.stderr)
-        batches = [random_inputs(args.input_shape, dtype, args.seed + i) for i in range(8)]
-        example = batches[0]
-        batches = [(b,) if len(b) > 1 else b[0] for b in batches]
-        calibration = {"source": "random normal inputs (smoke test)", "batches": len(batches)}
-        described = calibration["source"]
+    batches, example, calibration, described = calibration_data(args, model, dtype, "training")
     net, report = make_elastic(model, example, batches, low=args.low, seconds=args.seconds, steps=args.steps,
                                lr=args.lr, full_tolerance=args.full_tolerance, loss=args.loss, seed=args.seed)
     save(net, out)
@@ -68,6 +58,25 @@ def _elastic(args: argparse.Namespace, out: Path) -> int:
     print(printable(f"wrote {out} (deploy a size with: torchinn resize {out} --target 0.5 -o small.pt), "
                     f"{json_path.name}, {text_path.name}"))
     return 0
+
+
+def _example(net: ElasticNetwork, path: str) -> Any:
+    """Inputs to check the written network with, from the shapes its file records (a free
+    dimension: 2); a language model converted with keyword token inputs gets token ids 0 (and an
+    attention mask of ones), 8 per sequence where the length is free."""
+    import torch
+
+    shapes, names = net.imodel.input_shapes, list(net.imodel.input_names)
+    if names and len(names) == len(shapes) and set(names) <= {"input_ids", "attention_mask"}:
+        def tokens(shape: Any, fill: int) -> torch.Tensor:
+            n, length = tuple(shape) if shape is not None and len(shape) == 2 else (None, None)
+            return torch.full((n or 2, length or 8), fill, dtype=torch.long)
+        return as_inputs({n: tokens(s, int(n == "attention_mask")) for n, s in zip(names, shapes)})
+    if not shapes or any(s is None for s in shapes):
+        raise CLIError(f"{path!r} does not record the shapes of its inputs, so the written network cannot be checked")
+    dtypes = list(net.imodel.input_dtypes) + [None] * len(shapes)
+    return as_inputs(tuple(torch.zeros([2 if d is None else d for d in s], dtype=t or torch.float32)
+                           for s, t in zip(shapes, dtypes)))
 
 
 def resize(args: argparse.Namespace) -> int:
@@ -89,16 +98,7 @@ def resize(args: argparse.Namespace) -> int:
         else:
             net.resize(args.ratio, multiple=args.multiple)
         small = net.to_discrete(graph=True).eval()
-        shapes = net.imodel.input_shapes
-        if not shapes or any(s is None for s in shapes):
-            raise CLIError(f"{args.model!r} does not record the shapes of its inputs, so the written network cannot "
-                           "be checked")
-        import torch
-
-        dtypes = list(net.imodel.input_dtypes) + [None] * len(shapes)
-        example = as_inputs(tuple(torch.zeros([2 if d is None else d for d in s], dtype=t or torch.float32)
-                                  for s, t in zip(shapes, dtypes)))  # a free dimension (the batch): 2
-        save_checked(small, out, example)
+        save_checked(small, out, _example(net, args.model))
         params = sum(p.numel() for p in small.parameters())
         full = net.num_parameters({n: net.groups[n].max_size for n in net.elastic_groups})
         print(printable(f"torchinn resize {args.model} -> {out}: sizes {net.sizes()}, {params:,} parameters "

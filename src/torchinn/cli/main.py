@@ -83,6 +83,41 @@ _SHAPE_HELP = "shape of the (random or calibration) input batch, like 1,3,224,22
 _SEED_HELP = f"seed of the random inputs, in [0, {ca.MAX_SEED}] (default 0)"
 
 
+def _input_flags(parser: argparse.ArgumentParser) -> None:
+    """--input-shape or --input-ids (compress and elastic)."""
+    given = parser.add_mutually_exclusive_group(required=True)
+    given.add_argument("--input-shape", type=ca.shape, action="append", metavar="N,C,H,W",
+                       help=_SHAPE_HELP + "; with --calibration, N images make one batch")
+    given.add_argument("--input-ids", type=ca.token_shape, metavar="N,L",
+                       help="token inputs instead (a transformers language model): batches of N sequences of L "
+                            "random token ids below the vocabulary size of the model's input embedding, passed "
+                            "as input_ids= with an attention_mask= of ones; a smoke test, as random --input-shape "
+                            "inputs are. With --calibration FILE: real text, in batches of N sequences of L "
+                            "tokens")
+
+
+def _data_flags(parser: argparse.ArgumentParser, purpose: str) -> None:
+    """--calibration (images or token text), --tokenizer, --batch-size, --mean, --std, --max-images."""
+    parser.add_argument("--calibration", metavar="FOLDER|FILE",
+                        help=f"the data {purpose}. With --input-shape: a folder of images (png/jpg, "
+                             "searched recursively): each is resized to cover H x W, centre-cropped, scaled to [0, 1] "
+                             "(RGB, or grey when C = 1), then normalised by --mean/--std if given. With --input-ids: "
+                             "a .safetensors file of input_ids (integers, [rows, L]) and optionally attention_mask "
+                             "(0/1, 0 = padding), or a .txt file with --tokenizer, cut into windows of L tokens (the "
+                             "last one padded and masked); passed as input_ids= and attention_mask=. Without it, "
+                             "random inputs are used: a smoke test only")
+    parser.add_argument("--tokenizer", metavar="DIR",
+                        help="a folder with a Hugging Face tokenizer.json (read by the tokenizers library: data, no "
+                             "code) that tokenizes a .txt --calibration file")
+    parser.add_argument("--batch-size", type=ca.positive, default=None, metavar="N",
+                        help="sequences per batch of a --calibration text (default: the N of --input-ids)")
+    parser.add_argument("--mean", type=ca.mean_values, metavar="M1,M2,M3",
+                        help="per-channel mean subtracted from the [0, 1] images (ImageNet: 0.485,0.456,0.406)")
+    parser.add_argument("--std", type=ca.std_values, metavar="S1,S2,S3",
+                        help="per-channel std the images are divided by (ImageNet: 0.229,0.224,0.225)")
+    parser.add_argument("--max-images", type=ca.positive, default=256, help="use at most this many images (default 256)")
+
+
 def _trust_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-code", "--trust-pickle", dest="trust_code", action="store_true", help=_TRUST_HELP)
 
@@ -152,15 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "the whole name, so -o small.pt writes small.pt.report.json).")
     com.add_argument("model", metavar="MODEL",
                      help=_MODEL_HELP.format(extra="a Hugging Face model folder (config.json and model.safetensors), "))
-    given = com.add_mutually_exclusive_group(required=True)
-    given.add_argument("--input-shape", type=ca.shape, action="append", metavar="N,C,H,W",
-                       help=_SHAPE_HELP + "; with --calibration, N images make one batch")
-    given.add_argument("--input-ids", type=ca.token_shape, metavar="N,L",
-                       help="token inputs instead (a transformers language model): batches of N sequences of L "
-                            "random token ids below the vocabulary size of the model's input embedding, passed "
-                            "as input_ids= with an attention_mask= of ones; a smoke test, as random --input-shape "
-                            "inputs are. With --calibration FILE: real text, in batches of N sequences of L "
-                            "tokens")
+    _input_flags(com)
     com.add_argument("--target", type=ca.fraction, required=True,
                      help="fraction of the metric to keep, in (0, 1): 0.5 halves it")
     com.add_argument("--metric", choices=("params", "flops", "latency"), default="params",
@@ -169,24 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="round every group's size to a multiple of N channels, such as 8 or 16 (what fast "
                           "kernels want), or keep its full size; the sizes are chosen among those, so the target "
                           "still holds (default 1: any size)")
-    com.add_argument("--calibration", metavar="FOLDER|FILE",
-                     help="the data to choose sizes and tune on. With --input-shape: a folder of images (png/jpg, "
-                          "searched recursively): each is resized to cover H x W, centre-cropped, scaled to [0, 1] "
-                          "(RGB, or grey when C = 1), then normalised by --mean/--std if given. With --input-ids: "
-                          "a .safetensors file of input_ids (integers, [rows, L]) and optionally attention_mask "
-                          "(0/1, 0 = padding), or a .txt file with --tokenizer, cut into windows of L tokens (the "
-                          "last one padded and masked); passed as input_ids= and attention_mask=. Without it, "
-                          "random inputs are used: a smoke test only")
-    com.add_argument("--tokenizer", metavar="DIR",
-                     help="a folder with a Hugging Face tokenizer.json (read by the tokenizers library: data, no "
-                          "code) that tokenizes a .txt --calibration file")
-    com.add_argument("--batch-size", type=ca.positive, default=None, metavar="N",
-                     help="sequences per batch of a --calibration text (default: the N of --input-ids)")
-    com.add_argument("--mean", type=ca.mean_values, metavar="M1,M2,M3",
-                     help="per-channel mean subtracted from the [0, 1] images (ImageNet: 0.485,0.456,0.406)")
-    com.add_argument("--std", type=ca.std_values, metavar="S1,S2,S3",
-                     help="per-channel std the images are divided by (ImageNet: 0.229,0.224,0.225)")
-    com.add_argument("--max-images", type=ca.positive, default=256, help="use at most this many images (default 256)")
+    _data_flags(com, "to choose sizes and tune on")
     com.add_argument("--seconds", type=ca.non_negative_seconds, default=60.0,
                      help="seconds of tuning (default 60): grid tuning, then the weights (--weights-share); 0: no "
                           "tuning (sizes and starting partitions are still chosen on the calibration data)")
@@ -227,14 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "then save it as one .inn file (with OUT.report.json and OUT.report.txt). Deploy a size "
                     "with: torchinn resize OUT --target 0.5 -o small.pt")
     ela.add_argument("model", metavar="MODEL", help=_MODEL_HELP.format(extra=""))
-    ela.add_argument("--input-shape", type=ca.shape, action="append", required=True, metavar="N,C,H,W",
-                     help=_SHAPE_HELP + "; with --calibration, N images make one batch")
-    ela.add_argument("--calibration", metavar="FOLDER",
-                     help="a folder of images to train on, read as compress reads them (its last 20%% held out); "
-                          "without it, random inputs: a smoke test only")
-    ela.add_argument("--mean", type=ca.mean_values, metavar="M1,M2,M3", help="per-channel mean subtracted from the images")
-    ela.add_argument("--std", type=ca.std_values, metavar="S1,S2,S3", help="per-channel std the images are divided by")
-    ela.add_argument("--max-images", type=ca.positive, default=256, help="use at most this many images (default 256)")
+    _input_flags(ela)
+    _data_flags(ela, "to train on (its last 20%% held out)")
     ela.add_argument("--seconds", type=ca.seconds, default=None,
                      help="seconds of training (default 600 when --steps is not given either)")
     ela.add_argument("--steps", type=ca.positive, default=None, help="optimizer steps of training")
