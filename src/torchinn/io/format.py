@@ -120,6 +120,9 @@ def _partition_state(p: Partition, prefix: str, tensors: dict[str, Tensor]) -> d
         tensors[prefix + "points"] = p._points.detach()
     elif isinstance(p, UniformPartition):
         info.update(type="uniform", size=p.size)
+    elif isinstance(p, ScaledPartition):
+        raise TypeError("a deployed size's ScaledPartition is saved with its ElasticNetwork: save the network "
+                        "(torchinn.save(elastic, path)), not its integral model alone")
     else:
         raise TypeError(f"cannot save a {type(p).__name__}")
     return info
@@ -325,16 +328,16 @@ def _elastic(imodel: IntegralModel, info: dict, tensors: dict[str, Tensor]) -> E
     elastic.low = None if info["low"] is None else float(info["low"])
     elastic.deployed = {}
     for i, d in enumerate(info.get("deployed", [])):
-        sizes = {g: int(k) for g, k in d["sizes"].items()}
+        own = {g: int(k) for g, k in d["sizes"].items()}
         if d.get("kind") == "scales":
             parts: dict[str, Partition] = {}
             for g in d["scales"]:
-                parts[g] = ScaledPartition(elastic.partition(g, sizes[g]))
+                parts[g] = ScaledPartition(elastic.partition(g, own[g]))
                 parts[g].log_scale = nn.Parameter(tensors[f"e/{i}/{g}/log_scale"].clone())
-            elastic.deployed[float(d["target"])] = DeployedSize(sizes, parts, "scales")
+            elastic.deployed[float(d["target"])] = DeployedSize(own, parts, "scales")
         else:
             elastic.deployed[float(d["target"])] = DeployedSize(
-                sizes, {g: _partition_from(p, f"e/{i}/{g}/", tensors) for g, p in d["partitions"].items()})
+                own, {g: _partition_from(p, f"e/{i}/{g}/", tensors) for g, p in d["partitions"].items()})
     if info.get("active") is not None:
         elastic.resize(target=float(info["active"]))
     else:
