@@ -59,6 +59,7 @@ def test_the_scales_lower_the_held_out_error_of_each_deployed_size_and_the_full_
     net, elastic, report = trained
     unseen = torch.cat(_data(4, seed=7))
     assert {t: d.kind for t, d in elastic.deployed.items()} == {0.25: "scales", 0.5: "scales"}
+    assert report.deploy_kind == "scales" and "own scales): error" in str(report)
     for t, d in elastic.deployed.items():
         assert elastic.resize(target=t) == d.sizes and elastic.active_deployed() == t
         parts = elastic.imodel.partition_map()

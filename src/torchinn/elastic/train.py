@@ -376,5 +376,6 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
                            full_error_after=full_after, full_metric=_FULL_METRIC[dist.kind], kept_step=kept,
                            quality={r: (before[r][0], before[r][1], after[r][1]) for r in ratios},
                            ranking_errors=ranking_errors, history=history, held_out_batches=len(held), note=note,
-                           deployed={t: (dep_before[t][0], dep_before[t][1], dep_after[t][1]) for t in dep_after})
+                           deployed={t: (dep_before[t][0], dep_before[t][1], dep_after[t][1]) for t in dep_after},
+                           deploy_kind=deploy_kind if deploy else "")
     return elastic, report
