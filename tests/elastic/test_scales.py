@@ -48,7 +48,7 @@ def trained():
     torch.set_num_threads(1)
     try:
         net, data = _net(), _data()
-        elastic, report = inn.make_elastic(net, data[0], data, steps=80, lr=0.0, deploy=[0.25, 0.5],
+        elastic, report = inn.make_elastic(net, data[0], data, steps=80, deploy=[0.25, 0.5],
                                            ranking="activation")
     finally:
         torch.set_num_threads(threads)
@@ -60,6 +60,7 @@ def test_the_scales_lower_the_held_out_error_of_each_deployed_size_and_the_full_
     unseen = torch.cat(_data(4, seed=7))
     assert {t: d.kind for t, d in elastic.deployed.items()} == {0.25: "scales", 0.5: "scales"}
     assert report.deploy_kind == "scales" and "own scales): error" in str(report)
+    assert report.lr == 0.0   # the default with deployed scales: the shared weights stay the converted ones
     for t, d in elastic.deployed.items():
         assert elastic.resize(target=t) == d.sizes and elastic.active_deployed() == t
         parts = elastic.imodel.partition_map()

@@ -211,7 +211,7 @@ class _FullWeight:
 
 
 def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibration: Iterable[Any], *,
-                 low: float = 0.25, seconds: float | None = None, steps: int | None = None, lr: float = 1e-5,
+                 low: float = 0.25, seconds: float | None = None, steps: int | None = None, lr: float | None = None,
                  full_tolerance: float | None = None, random: int = 2, ranking: str = "auto", loss: str | Distillation = "auto",
                  holdout: float = 0.2, eval_every: int = 20, seed: int = 0,
                  config: ConvertConfig | None = None, deploy: Sequence[float] | None = None,
@@ -229,6 +229,8 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
     whose top class differs (default 0.001: 0.1 point of agreement); otherwise the relative
     squared error (default 1e-5, about 0.05 dB of PSNR on a network at 35 dB). ``model`` is never
     modified.
+
+    ``lr``: the shared weights' learning rate (default 1e-5; 0 with deployed scales).
 
     ``deploy``: fractions of the parameters (each in (0, 1)) that get their own sizes and their
     own trained state (:meth:`ElasticNetwork.deploy`, sizes from curves measured before training):
@@ -248,6 +250,8 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
     >>> elastic.resize(0.5)
     {'0.weight:0': 16}
     """
+    if lr is None:  # the measured recipes: the shared weights train, or, with deployed scales, stay frozen
+        lr = 0.0 if deploy is not None and deploy_kind == "scales" else 1e-5
     _check(low, seconds, steps, lr, full_tolerance, random, ranking, loss, holdout)
     check_number(eval_every, "eval_every", 1, integer=True)
     check_choice(deploy_kind, DEPLOY_KINDS, "deploy_kind")
