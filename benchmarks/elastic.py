@@ -54,7 +54,10 @@ def _deploy(elastic: inn.elastic.ElasticNetwork, mod: Any, targets: Sequence[flo
 
 #: the designs ``--designs`` may compare, each trained for T: name -> make_elastic's keywords
 #: (``lr`` is the benchmark's ``--lr`` unless set; ``deploy`` the benchmark's targets below 1)
-DESIGNS = {"ranked": {}, "partitions": {"deploy": True}, "partitions-frozen": {"deploy": True, "lr": 0.0}}
+DESIGNS = {"ranked": {}, "partitions": {"deploy": True, "deploy_kind": "partitions"},
+           "partitions-frozen": {"deploy": True, "lr": 0.0, "deploy_kind": "partitions"},
+           "scales": {"deploy": True, "lr": 0.0, "deploy_kind": "scales"},
+           "scales-joint": {"deploy": True, "deploy_kind": "scales"}}
 PARTITION_LR: list[float | None] = [None]  # --partition-lr (None: make_elastic's default)
 
 

@@ -6,7 +6,9 @@ which carry a trained scale per kept channel instead (``log_scale``, multiplying
 weights: a per-size, per-channel scale of what each kept channel feeds the next layer, as
 slimmable networks' private batch norms give each width). Installed by replacing
 ``ElasticNetwork.deploy`` in this process. These partitions cannot be saved (``torchinn.save``
-would store them without their scales): building them into torchinn is the next step.
+would store them without their scales). Built into torchinn since (``make_elastic(deploy=...)``,
+``deploy_kind="scales"``, the default: :class:`torchinn.elastic.ScaledPartition`, saved and
+checked; ``benchmarks/elastic.py --designs scales``); this probe is kept to reproduce its runs.
 
     cd benchmarks && python elastic_scales_probe.py --network waifu2x_photo --seconds 200 --threads 1 \
         --designs partitions-frozen --partition-lr 1e-2 --reuse-compress elastic_runs/waifu2x_photo_300s.json
@@ -52,8 +54,8 @@ class Scaled(TrainablePartition):
 _deploy = ElasticNetwork.deploy
 
 
-def deploy(self: ElasticNetwork, targets: Any) -> dict:
-    out = _deploy(self, targets)
+def deploy(self: ElasticNetwork, targets: Any, kind: str = "partitions") -> dict:
+    out = _deploy(self, targets, "partitions")
     for d in self.deployed.values():
         d.partitions = {n: Scaled(p) for n, p in d.partitions.items()}
     return out

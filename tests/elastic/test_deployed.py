@@ -43,7 +43,7 @@ def test_tuned_partitions_beat_the_ranked_top_k_at_the_same_sizes(one_thread):
     net, data = _net(), _data()
     unseen = torch.cat(_data(4, seed=7))
     elastic, report = inn.make_elastic(net, data[0], data, steps=80, lr=0.0, deploy=[0.25, 0.5],
-                                       ranking="activation")
+                                       ranking="activation", deploy_kind="partitions")
     assert sorted(elastic.deployed) == [0.25, 0.5] and sorted(report.deployed) == [0.25, 0.5]
     for t, d in elastic.deployed.items():
         assert elastic.resize(target=t) == d.sizes and elastic.active_deployed() == t
@@ -68,7 +68,7 @@ def test_tuned_partitions_beat_the_ranked_top_k_at_the_same_sizes(one_thread):
 def test_joint_training_moves_weights_and_partitions_within_the_full_size_tolerance(one_thread):
     net, data = _net(), _data()
     elastic, report = inn.make_elastic(net, data[0], data, steps=60, lr=1e-3, full_tolerance=0.03,
-                                       deploy=[0.25, 0.5], ranking="activation")
+                                       deploy=[0.25, 0.5], ranking="activation", deploy_kind="partitions")
     assert report.full_error_after <= 0.03 and report.kept_step > 0
     for t in (0.25, 0.5):
         _, before, after = report.deployed[t]
@@ -76,10 +76,11 @@ def test_joint_training_moves_weights_and_partitions_within_the_full_size_tolera
     assert "deployed 25% of the parameters" in str(report)
 
 
-def test_saved_and_loaded_it_gives_identical_outputs_at_every_deployed_size(tmp_path, one_thread):
+@pytest.mark.parametrize("kind", ["scales", "partitions"])
+def test_saved_and_loaded_it_gives_identical_outputs_at_every_deployed_size(tmp_path, one_thread, kind):
     net, data = _net(), _data()
     elastic, _ = inn.make_elastic(net, data[0], data, steps=10, lr=1e-3, full_tolerance=1.0,
-                                  deploy=[0.3, 0.6], ranking="activation")
+                                  deploy=[0.3, 0.6], ranking="activation", deploy_kind=kind)
     x = _data(1, seed=3)[0]
     for at in (0.3, 1.0):
         elastic.resize(target=at) if at < 1 else elastic.resize(1.0)
@@ -94,11 +95,13 @@ def test_saved_and_loaded_it_gives_identical_outputs_at_every_deployed_size(tmp_
                 assert torch.equal(back(x), elastic(x))
                 assert torch.equal(back.to_discrete(graph=True)(x), elastic.to_discrete(graph=True)(x))
         assert {t: d.sizes for t, d in back.deployed.items()} == {t: d.sizes for t, d in elastic.deployed.items()}
+        assert {d.kind for d in back.deployed.values()} == {kind}
 
 
 def test_a_tampered_deployed_field_is_refused(tmp_path):
     net, data = _net(), _data(4)
-    elastic, _ = inn.make_elastic(net, data[0], data, steps=1, lr=1e-6, deploy=[0.5], ranking="l1")
+    elastic, _ = inn.make_elastic(net, data[0], data, steps=1, lr=1e-6, deploy=[0.5], ranking="l1",
+                                  deploy_kind="partitions")
     inn.save(elastic, tmp_path / "e.inn")
     from safetensors.torch import load_file, save_file
     from safetensors import safe_open

@@ -5,7 +5,9 @@ size of it, by ratio, sizes or budget (:mod:`.network`).
 
 from .network import DeployedSize, ElasticNetwork, SweepPoint
 from .report import ElasticReport
+from .scaled import ScaledPartition
 from .sizes import DeployedSizes, NestedSizes
 from .train import make_elastic
 
-__all__ = ["DeployedSize", "DeployedSizes", "ElasticNetwork", "ElasticReport", "NestedSizes", "SweepPoint", "make_elastic"]
+__all__ = ["DeployedSize", "DeployedSizes", "ElasticNetwork", "ElasticReport", "NestedSizes", "ScaledPartition", "SweepPoint",
+           "make_elastic"]

@@ -48,8 +48,12 @@ from ..model.protocol import SizeSpec, plan_sizes
 from ..sizing.metrics import Metric
 from ..sizing.rounding import Multiple
 from ..training.distill import Distillation
+from .scaled import ScaledPartition
 
-__all__ = ["DeployedSize", "ElasticNetwork", "SweepPoint", "check_order"]
+__all__ = ["DEPLOY_KINDS", "DeployedSize", "ElasticNetwork", "SweepPoint", "check_order"]
+
+#: what a deployed size trains beside the shared weights (:meth:`ElasticNetwork.deploy`)
+DEPLOY_KINDS = ("scales", "partitions")
 
 
 def check_order(order: object, max_size: int, group: str) -> Tensor:
@@ -70,11 +74,14 @@ def check_order(order: object, max_size: int, group: str) -> Tensor:
 @dataclass
 class DeployedSize:
     """The state one deployed size carries beside the shared weights (:meth:`ElasticNetwork.deploy`):
-    every elastic group's size, and a trainable partition (points and mix, a few numbers) for each
-    group below its full size."""
+    every elastic group's size, and for each group below its full size a partition: ``kind``
+    ``"partitions"``, a trainable one (points and mix, a few numbers); ``"scales"``, a
+    :class:`~torchinn.elastic.scaled.ScaledPartition` (the ranked top-``k`` points, a trained scale
+    per kept channel)."""
 
     sizes: dict[str, int]
     partitions: dict[str, Partition]
+    kind: str = "partitions"
 
 
 @dataclass
@@ -205,15 +212,18 @@ class ElasticNetwork(nn.Module):
             return None
         return next((t for t in self.deployed if abs(t - float(target)) <= 1e-9), None)
 
-    def deploy(self, targets: Sequence[float]) -> dict[float, dict[str, int]]:
+    def deploy(self, targets: Sequence[float], kind: str = "scales") -> dict[float, dict[str, int]]:
         """Give each fraction of ``targets`` (of the parameters, each in (0, 1)) its own sizes
-        (chosen as ``resize(target=t)`` does now) and its own trainable partition per group below
-        full size, starting at the ranked top channels (:meth:`partition`), kept in
-        :attr:`deployed` (replacing earlier ones). From then on ``resize(target=t)`` (metric
-        ``"params"``, no ``multiple``, ``method`` or ``min_ratio``) deploys that state; other
-        sizes keep the ranked top-``k`` partitions. :func:`torchinn.make_elastic` (``deploy=``)
-        trains these partitions with the shared weights. Returns target -> sizes; the network is
-        left at full size."""
+        (chosen as ``resize(target=t)`` does now) and its own state per group below full size,
+        kept in :attr:`deployed` (replacing earlier ones): ``kind="scales"`` (default), the ranked
+        top-``k`` points (:meth:`partition`) with a trainable scale per kept channel
+        (:class:`~torchinn.elastic.scaled.ScaledPartition`, starting at 1); ``"partitions"``, a
+        trainable partition (points and mix) starting there. From then on ``resize(target=t)``
+        (metric ``"params"``, no ``multiple``, ``method`` or ``min_ratio``) deploys that state;
+        other sizes keep the ranked top-``k`` partitions. :func:`torchinn.make_elastic`
+        (``deploy=``) trains it. Returns target -> sizes; the network is left at full size."""
+        if kind not in DEPLOY_KINDS:
+            raise ValueError(f"deploy: kind must be one of {list(DEPLOY_KINDS)}, got {kind!r}")
         checked = []
         for t in targets:
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1:
@@ -225,11 +235,14 @@ class ElasticNetwork(nn.Module):
             sizes = {n: s for n, s in self.resize(target=t).items() if n in full}
             parts: dict[str, Partition] = {}
             for n, k in sizes.items():
-                p = self.partition(n, k)
-                if k >= full[n] or p.quadrature.name == "gauss-legendre":
+                if k >= full[n]:
                     continue
-                parts[n] = (p if isinstance(p, TrainablePartition) else TrainablePartition(p)).requires_grad_(True)
-            self.deployed[t] = DeployedSize(sizes, parts)
+                p = self.partition(n, k)
+                if kind == "scales":
+                    parts[n] = ScaledPartition(p).requires_grad_(True)
+                elif p.quadrature.name != "gauss-legendre":
+                    parts[n] = (p if isinstance(p, TrainablePartition) else TrainablePartition(p)).requires_grad_(True)
+            self.deployed[t] = DeployedSize(sizes, parts, kind)
         self.set_sizes(full)
         return {t: dict(d.sizes) for t, d in self.deployed.items()}
 

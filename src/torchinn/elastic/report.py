@@ -34,6 +34,7 @@ class ElasticReport:
     history: list[tuple[int, float, float, float]] = field(default_factory=list)
     held_out_batches: int = 0
     note: str = ""
+    deploy_kind: str = ""                            # what the deployed sizes train ("scales", "partitions")
 
     def __str__(self) -> str:
         lines = [f"elastic: {self.steps} steps in {self.seconds:.1f} s (Adam lr {self.lr:g}, sizes from "
@@ -43,7 +44,7 @@ class ElasticReport:
         for r, (params, before, after) in sorted(self.quality.items()):
             lines.append(f"  {r:.0%} of the channels ({params:,} parameters): error {before:.4g} -> {after:.4g}")
         for t, (params, before, after) in sorted(self.deployed.items()):
-            lines.append(f"  deployed {t:.0%} of the parameters ({params:,}, own partitions): error {before:.4g} -> "
+            lines.append(f"  deployed {t:.0%} of the parameters ({params:,}, own {self.deploy_kind or 'partitions'}): error {before:.4g} -> "
                          f"{after:.4g}")
         if self.note:
             lines.append(self.note)

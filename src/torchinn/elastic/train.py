@@ -47,7 +47,7 @@ from ..model.integral_model import IntegralModel
 from ..options import check_choice, check_number
 from ..training.distill import LOSS_CHOICES, Distillation, resolve_loss
 from ..training.train import adam, sandwich_backward
-from .network import ElasticNetwork
+from .network import DEPLOY_KINDS, ElasticNetwork
 from .report import ElasticReport
 from .sizes import DeployedSizes, NestedSizes
 
@@ -211,11 +211,12 @@ class _FullWeight:
 
 
 def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibration: Iterable[Any], *,
-                 low: float = 0.25, seconds: float | None = None, steps: int | None = None, lr: float = 1e-5,
+                 low: float = 0.25, seconds: float | None = None, steps: int | None = None, lr: float | None = None,
                  full_tolerance: float | None = None, random: int = 2, ranking: str = "auto", loss: str | Distillation = "auto",
                  holdout: float = 0.2, eval_every: int = 20, seed: int = 0,
                  config: ConvertConfig | None = None, deploy: Sequence[float] | None = None,
-                 partition_lr: float = 1e-3) -> tuple[ElasticNetwork, ElasticReport]:
+                 deploy_kind: str = "scales", partition_lr: float | None = None
+                 ) -> tuple[ElasticNetwork, ElasticReport]:
     """Turn a pretrained ``model`` (or an :class:`~torchinn.IntegralModel`, copied) into one
     :class:`~torchinn.elastic.network.ElasticNetwork` that works at every size from ``low`` of each
     group's channels to full, trained for ``seconds`` and/or ``steps`` on ``calibration`` (a
@@ -229,12 +230,16 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
     squared error (default 1e-5, about 0.05 dB of PSNR on a network at 35 dB). ``model`` is never
     modified.
 
-    ``deploy``: fractions of the parameters (each in (0, 1)) that get their own sizes and tuned
-    partitions (:meth:`ElasticNetwork.deploy`, sizes from curves measured before training);
-    each step then trains the full size and ``random`` (at least one) of them in turn, the
-    partitions at ``partition_lr`` and the shared weights at ``lr`` (``0``: the shared weights
-    stay the converted ones, so the full size is exact), and the guard scores those sizes. Other
-    sizes keep the ranked top-``k`` partitions. ``lr=0`` needs ``deploy``.
+    ``lr``: the shared weights' learning rate (default 1e-5; 0 with deployed scales).
+
+    ``deploy``: fractions of the parameters (each in (0, 1)) that get their own sizes and their
+    own trained state (:meth:`ElasticNetwork.deploy`, sizes from curves measured before training):
+    ``deploy_kind="scales"`` (default), a scale per kept channel on the ranked top-``k`` points;
+    ``"partitions"``, trained points. Each step then trains the full size and ``random`` (at
+    least one) of them in turn, their state at ``partition_lr`` (default 1e-2 for scales, 1e-3
+    for partitions) and the shared weights at ``lr`` (``0``: the shared weights stay the
+    converted ones, so the full size is exact), and the guard scores those sizes. Other sizes
+    keep the ranked top-``k`` partitions. ``lr=0`` needs ``deploy``.
 
     >>> import torch, torchinn as inn
     >>> net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
@@ -245,8 +250,13 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
     >>> elastic.resize(0.5)
     {'0.weight:0': 16}
     """
+    if lr is None:  # the measured recipes: the shared weights train, or, with deployed scales, stay frozen
+        lr = 0.0 if deploy is not None and deploy_kind == "scales" else 1e-5
     _check(low, seconds, steps, lr, full_tolerance, random, ranking, loss, holdout)
     check_number(eval_every, "eval_every", 1, integer=True)
+    check_choice(deploy_kind, DEPLOY_KINDS, "deploy_kind")
+    if partition_lr is None:
+        partition_lr = 1e-2 if deploy_kind == "scales" else 1e-3
     check_number(partition_lr, "partition_lr", 0, low_open=True)
     if deploy is not None and (isinstance(deploy, (str, bytes, Tensor)) or not isinstance(deploy, Iterable)
                                or not list(deploy)):
@@ -289,7 +299,7 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
     guarded, dep_before = before, {}
     if deploy is not None:
         elastic.measure_curves(train[:4], ref_train[:4], dist)
-        elastic.deploy(list(deploy))
+        elastic.deploy(list(deploy), deploy_kind)
         dep_before, _ = _errors(elastic, sorted(elastic.deployed), held, ref_held, dist, deployed=True)
         guarded = dep_before
 
@@ -370,5 +380,6 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
                            full_error_after=full_after, full_metric=_FULL_METRIC[dist.kind], kept_step=kept,
                            quality={r: (before[r][0], before[r][1], after[r][1]) for r in ratios},
                            ranking_errors=ranking_errors, history=history, held_out_batches=len(held), note=note,
-                           deployed={t: (dep_before[t][0], dep_before[t][1], dep_after[t][1]) for t in dep_after})
+                           deployed={t: (dep_before[t][0], dep_before[t][1], dep_after[t][1]) for t in dep_after},
+                           deploy_kind=deploy_kind if deploy else "")
     return elastic, report

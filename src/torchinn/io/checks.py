@@ -22,8 +22,9 @@ from torch import Tensor, fx
 from torch.utils import _pytree as pytree
 
 from ..maths.functions import KINDS
-from ..maths.quadrature import QUADRATURES
 from .graph import FormatError, _among, graph_from_json, target_name
+from .elastic_checks import check_elastic
+from .fields import _BUDGET, _int, _keys, _partition, _stored, _type
 from .guards import check_guards
 from .ops import check_graph
 from .spec import spec_loads
@@ -39,40 +40,8 @@ _TOP_REQUIRED = {"format", "version", "graph", "tensor_names", "trainable", "gro
                  "contractions", "in_spec", "out_spec", "training"}
 _TOP_OPTIONAL = {"torch", "input_shapes", "pinned", "sha256", "input_names", "input_guards",
                  "batch_statistics", "elastic"}
-_PARTITION_KEYS = {"uniform": {"type", "max_size", "quadrature", "size"},
-                   "fixed": {"type", "max_size", "quadrature"},
-                   "trainable": {"type", "max_size", "quadrature", "eps"}}
 _FUNCTION_REQUIRED = {"plan", "kind", "shape", "block_dims"}
 _FUNCTION_OPTIONAL = {"dtype"}
-
-
-def _keys(obj: Any, field: str, required: set[str], optional: set[str] = frozenset()) -> dict:
-    if not isinstance(obj, dict):
-        raise FormatError(f"{field} must be a JSON object, got {type(obj).__name__}")
-    missing = sorted(required - set(obj))
-    if missing:
-        raise FormatError(f"{field} is missing key(s) {missing}")
-    unknown = sorted(set(obj) - required - optional)
-    if unknown:
-        raise FormatError(f"{field} has unknown key(s) {unknown}")
-    return obj
-
-
-_BUDGET = " (sizes are bounded by the elements the file stores)"
-
-
-def _int(value: Any, field: str, lo: int, hi: int, note: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise FormatError(f"{field} must be an int in [{lo}, {hi}]{note}, got {value!r}"[:300])
-    if not lo <= value <= hi:
-        raise FormatError(f"{field} must be in [{lo}, {hi}]{note}, got {value}")
-    return value
-
-
-def _type(value: Any, field: str, cls: type | tuple[type, ...], what: str) -> Any:
-    if not isinstance(value, cls) or (cls is not bool and isinstance(value, bool)):
-        raise FormatError(f"{field} must be {what}, got {value!r}"[:300])
-    return value
 
 
 def _names(value: Any, field: str) -> list[str]:
@@ -120,52 +89,6 @@ def _plan(value: Any, field: str, groups: dict[str, int], budget: int) -> list[l
 
 def _plan_size(plan: list) -> int:
     return sum(math.prod(a[0] for a in seg) for seg in plan)
-
-
-def _stored(tensors: dict[str, Tensor], name: str, field: str, ndim: int | None = None) -> Tensor:
-    if name not in tensors:
-        raise FormatError(f"{field}: the file has no tensor {name!r}")
-    t = tensors[name]
-    if ndim is not None and t.ndim != ndim:
-        raise FormatError(f"{field}: tensor {name!r} must have {ndim} dimension(s), got shape {tuple(t.shape)}")
-    return t
-
-
-def _partition(name: str, info: Any, tensors: dict[str, Tensor], budget: int, used: set[str],
-               prefix: str | None = None, field: str | None = None) -> None:
-    field = field or f"partitions[{name!r}]"
-    kind = info.get("type") if isinstance(info, dict) else None
-    if not _among(kind, _PARTITION_KEYS):
-        raise FormatError(f"{field}.type must be one of {sorted(_PARTITION_KEYS)}, got {kind!r}")
-    _keys(info, field, _PARTITION_KEYS[kind], {"mix", "train_mix"} if kind == "trainable" else set())
-    max_size = _int(info["max_size"], f"{field}.max_size", 1, budget, _BUDGET)
-    if not _among(info["quadrature"], QUADRATURES):
-        raise FormatError(f"{field}.quadrature must be one of {sorted(QUADRATURES)}, got {info['quadrature']!r}")
-    prefix = prefix or f"p/{name}/"
-    if kind == "uniform":
-        _int(info["size"], f"{field}.size", 1, max_size)
-    elif kind == "fixed":
-        pts = _stored(tensors, prefix + "points", field, 1)
-        used.add(prefix + "points")
-        if not pts.is_floating_point() or not 1 <= pts.numel() <= max_size:
-            raise FormatError(f"{field}: points must be 1 to {max_size} floats, got {pts.numel()} {pts.dtype}")
-    else:
-        eps = info["eps"]
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < 1:
-            raise FormatError(f"{field}.eps must be a number in [0, 1), got {eps!r}")
-        mix = info.get("mix", 1.0)
-        if isinstance(mix, bool) or not isinstance(mix, (int, float)) or not -1e6 <= mix <= 1e6:
-            raise FormatError(f"{field}.mix must be a finite number (1: quadrature weights, 0: selection), got {mix!r}"[:300])
-        _type(info.get("train_mix", False), f"{field}.train_mix", bool, "true or false")
-        delta = _stored(tensors, prefix + "delta", field, 1)
-        free = _stored(tensors, prefix + "free", field, 1)
-        used.update((prefix + "delta", prefix + "free"))
-        if not delta.is_floating_point() or not 2 <= delta.numel() <= max_size + 1:
-            raise FormatError(f"{field}: delta must hold 2 to {max_size + 1} floats (size + 1 gaps), got "
-                              f"{delta.numel()} {delta.dtype}")
-        if free.dtype != torch.uint8 or free.shape != delta.shape or bool((free > 1).any()) or not bool(free.any()):
-            raise FormatError(f"{field}: free must be {delta.numel()} uint8 flags (0 or 1, at least one 1), got "
-                              f"{free.numel()} {free.dtype} with {int(free.bool().sum())} ones")
 
 
 def _function(name: str, info: Any, tensors: dict[str, Tensor], groups: dict[str, int], budget: int,
@@ -228,72 +151,6 @@ def check_tensors(tensors: dict[str, Tensor], trainable: Any) -> None:
             what = "NaN/Inf" if strict else "NaN"
             raise FormatError(f"tensor {name!r} has {int((~ok).sum())} {what} values; a torchinn model has "
                               f"{'finite' if strict else 'no NaN in its'} tensors")
-
-
-_MAX_CURVE_POINTS = 64
-
-
-def check_elastic(value: Any, max_sizes: dict[str, int], tensors: dict[str, Tensor] | None = None,
-                  budget: int = 0, used: set[str] | None = None) -> None:
-    """The ``elastic`` field of a file written from a :class:`torchinn.elastic.ElasticNetwork`:
-    ``{"orders": {group: a permutation of range(max_size)}, "curves": {group: [[ratio, error],
-    ...]}, "low": a ratio or null}``, every group one of the file's; optionally ``"deployed": [{"target",
-    "sizes", "partitions" (trainable, tensors e/<i>/<group>/)}]`` and ``"active"`` (null or a target)."""
-    _keys(value, "elastic", {"orders", "curves", "low"}, {"deployed", "active"})
-    targets = [_deployed(i, d, max_sizes, tensors or {}, budget, set() if used is None else used)
-               for i, d in enumerate(_type(value.get("deployed", []), "elastic.deployed", list, "a list"))]
-    active = value.get("active")
-    if active is not None and active not in targets:
-        raise FormatError(f"elastic.active must be null or one of the deployed targets {targets}, got {active!r}"[:300])
-    orders = _type(value["orders"], "elastic.orders", dict, "an object (group -> ranking of its channels)")
-    for g, order in orders.items():
-        field = f"elastic.orders[{g!r}]"[:200]
-        if not _among(g, max_sizes):
-            raise FormatError(f"{field} names unknown group")
-        n = max_sizes[g]
-        _type(order, field, list, f"a list of the {n} channel indices")
-        if len(order) != n or any(isinstance(i, bool) or not isinstance(i, int) for i in order) \
-                or sorted(order) != list(range(n)):
-            raise FormatError(f"{field} must be a permutation of range({n}) (the group's channels, most important "
-                              f"first), got {str(order)[:80]}")
-    curves = _type(value["curves"], "elastic.curves", dict, "an object (group -> [[ratio, error], ...])")
-    for g, curve in curves.items():
-        field = f"elastic.curves[{g!r}]"[:200]
-        if not _among(g, max_sizes):
-            raise FormatError(f"{field} names unknown group")
-        _type(curve, field, list, "a list of [ratio, error] pairs")
-        if not 1 <= len(curve) <= _MAX_CURVE_POINTS:
-            raise FormatError(f"{field} must have 1 to {_MAX_CURVE_POINTS} points, got {len(curve)}")
-        for i, pt in enumerate(curve):
-            ok = isinstance(pt, list) and len(pt) == 2 and all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in pt)
-            if not ok or not 0 < pt[0] <= 1 or pt[1] < 0:
-                raise FormatError(f"{field}[{i}] must be [ratio in (0, 1], error >= 0], got {pt!r}"[:300])
-    low = value["low"]
-    if low is not None and (isinstance(low, bool) or not isinstance(low, (int, float)) or not 0 < low <= 1):
-        raise FormatError(f"elastic.low must be null or a number in (0, 1], got {low!r}"[:300])
-
-
-def _deployed(i: int, d: Any, max_sizes: dict[str, int], tensors: dict[str, Tensor], budget: int,
-              used: set[str]) -> float:
-    field = f"elastic.deployed[{i}]"
-    t = _keys(d, field, {"target", "sizes", "partitions"})["target"]
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1:
-        raise FormatError(f"{field}.target must be a fraction in (0, 1), got {t!r}"[:300])
-    sizes = _type(d["sizes"], f"{field}.sizes", dict, "an object (group -> size)")
-    for g, k in sizes.items():
-        if not _among(g, max_sizes):
-            raise FormatError(f"{field}.sizes names unknown group {g!r}"[:300])
-        _int(k, f"{field}.sizes[{g!r}]", 1, max_sizes[g])
-    for g, info in _type(d["partitions"], f"{field}.partitions", dict, "an object (group -> partition)").items():
-        where = f"{field}.partitions[{g!r}]"[:200]
-        if not _among(g, sizes) or not isinstance(info, dict) or info.get("type") != "trainable" \
-                or info.get("max_size") != max_sizes[g]:
-            raise FormatError(f"{where} must be a trainable partition of a group of {field}.sizes, at its max_size")
-        _partition(g, info, tensors, budget, used, f"e/{i}/{g}/", where)
-        if (n := tensors[f"e/{i}/{g}/delta"].numel() - 1) != sizes[g]:
-            raise FormatError(f"{where} has {n} points, its size is {sizes[g]}")
-    return t
 
 
 def check_meta(meta: Any, tensors: dict[str, Tensor]) -> tuple[pytree.TreeSpec, pytree.TreeSpec, fx.Graph]:

@@ -44,6 +44,7 @@ from ..graph.groups import ContractionSpec, GroupInfo
 from ..graph.guards import Guard
 from ..model.groups import module_key
 from ..elastic.network import DeployedSize, ElasticNetwork
+from ..elastic.scaled import ScaledPartition
 from ..model.integral_model import IntegralModel
 from ..maths.partition import (
     FixedPartition,
@@ -119,9 +120,23 @@ def _partition_state(p: Partition, prefix: str, tensors: dict[str, Tensor]) -> d
         tensors[prefix + "points"] = p._points.detach()
     elif isinstance(p, UniformPartition):
         info.update(type="uniform", size=p.size)
+    elif isinstance(p, ScaledPartition):
+        raise TypeError("a deployed size's ScaledPartition is saved with its ElasticNetwork: save the network "
+                        "(torchinn.save(elastic, path)), not its integral model alone")
     else:
         raise TypeError(f"cannot save a {type(p).__name__}")
     return info
+
+
+def _deployed_state(i: int, target: float, d: DeployedSize, tensors: dict[str, Tensor]) -> dict:
+    """The JSON of one deployed size (its tensors added to ``tensors`` under ``e/<i>/``)."""
+    if d.kind == "scales":
+        for g, p in d.partitions.items():
+            tensors[f"e/{i}/{g}/log_scale"] = p.log_scale.detach()
+        return {"target": target, "sizes": dict(d.sizes), "partitions": {}, "kind": "scales",
+                "scales": sorted(d.partitions)}
+    return {"target": target, "sizes": dict(d.sizes),
+            "partitions": {g: _partition_state(p, f"e/{i}/{g}/", tensors) for g, p in d.partitions.items()}}
 
 
 def _partition_from(info: dict, prefix: str, tensors: dict[str, Tensor]) -> Partition:
@@ -184,10 +199,7 @@ def save(imodel: IntegralModel | ElasticNetwork, path: str | os.PathLike) -> Non
                    "low": imodel.low}
         if imodel.deployed:
             elastic["active"] = imodel.active_deployed()
-            elastic["deployed"] = [
-                {"target": t, "sizes": dict(d.sizes),
-                 "partitions": {g: _partition_state(p, f"e/{i}/{g}/", tensors) for g, p in d.partitions.items()}}
-                for i, (t, d) in enumerate(sorted(imodel.deployed.items()))]
+            elastic["deployed"] = [_deployed_state(i, t, d, tensors) for i, (t, d) in enumerate(sorted(imodel.deployed.items()))]
             tensors = {k: v.clone() for k, v in tensors.items()}  # the active ones are the model's too (p/...)
         imodel = imodel.imodel
     if not isinstance(imodel, IntegralModel):
@@ -204,7 +216,9 @@ def save(imodel: IntegralModel | ElasticNetwork, path: str | os.PathLike) -> Non
                                "block_dims": [list(b.dims) for b in fn.blocks]}
         else:
             tensors[f"x/{name}"] = getattr(imodel.fixed, key).detach()
-    partitions = {n: _partition_state(p, f"p/{n}/", tensors) for n, p in imodel.partition_map().items()}
+    # a deployed size's scales are in the elastic field: the model's own partitions are their points
+    partitions = {n: _partition_state(p.base if elastic is not None and isinstance(p, ScaledPartition) else p,
+                                      f"p/{n}/", tensors) for n, p in imodel.partition_map().items()}
     meta = {
         "format": FORMAT, "version": FORMAT_VERSION, "torch": torch.__version__,
         "graph": graph_to_json(imodel.runtime.graph),
@@ -312,10 +326,18 @@ def _elastic(imodel: IntegralModel, info: dict, tensors: dict[str, Tensor]) -> E
     elastic = ElasticNetwork(imodel, info["orders"])
     elastic.curves = {g: [(float(r), float(e)) for r, e in c] for g, c in info["curves"].items()}
     elastic.low = None if info["low"] is None else float(info["low"])
-    elastic.deployed = {float(d["target"]): DeployedSize(
-        {g: int(k) for g, k in d["sizes"].items()},
-        {g: _partition_from(p, f"e/{i}/{g}/", tensors)
-         for g, p in d["partitions"].items()}) for i, d in enumerate(info.get("deployed", []))}
+    elastic.deployed = {}
+    for i, d in enumerate(info.get("deployed", [])):
+        own = {g: int(k) for g, k in d["sizes"].items()}
+        if d.get("kind") == "scales":
+            parts: dict[str, Partition] = {}
+            for g in d["scales"]:
+                parts[g] = ScaledPartition(elastic.partition(g, own[g]))
+                parts[g].log_scale = nn.Parameter(tensors[f"e/{i}/{g}/log_scale"].clone())
+            elastic.deployed[float(d["target"])] = DeployedSize(own, parts, "scales")
+        else:
+            elastic.deployed[float(d["target"])] = DeployedSize(
+                own, {g: _partition_from(p, f"e/{i}/{g}/", tensors) for g, p in d["partitions"].items()})
     if info.get("active") is not None:
         elastic.resize(target=float(info["active"]))
     else:
