@@ -58,3 +58,26 @@ def test_elastic_then_resize(tmp_path, capsys, monkeypatch):
     code, out, err = run(["elastic", "net.inn", "--input-shape", "4,3,12,12", "--steps", "1", "-o", "again.inn"],
                          capsys)
     assert code == 1 and "'net.inn' is an integral model: elastic needs the original network" in err
+
+
+def test_elastic_with_deployed_sizes_then_resize_at_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tinyelastic.py").write_text(MODULE)
+    code, out, err = run(["elastic", "tinyelastic.py:build", "--input-shape", "4,3,12,12", "--steps", "3",
+                          "--deploy", "0.4,0.7", "-o", "net.inn"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "net.inn.report.json").read_text())
+    assert report["deploy_kind"] == "scales" and report["lr"] == 0.0
+    net = inn.load(tmp_path / "net.inn")
+    assert sorted(net.deployed) == [0.4, 0.7] and all(d.kind == "scales" for d in net.deployed.values())
+    code, out, err = run(["resize", "net.inn", "--target", "0.4", "-o", "small.pt"], capsys)
+    assert code == 0, err
+    small = torch.load(tmp_path / "small.pt", weights_only=False)
+    net.resize(target=0.4)
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        assert torch.allclose(small(x), net.to_discrete(graph=True)(x), atol=1e-6)
+    for bad in ("0.4,1.5", "0.4,0.4", "half"):
+        code, out, err = run(["elastic", "tinyelastic.py:build", "--input-shape", "4,3,12,12", "--steps", "1",
+                              "--deploy", bad, "-o", "x.inn"], capsys)
+        assert code == 2 and "--deploy" in err, (bad, err)

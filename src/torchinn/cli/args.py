@@ -114,6 +114,19 @@ def levels(text: str) -> tuple[float, ...]:
     return values
 
 
+def kept_fractions(text: str) -> tuple[float, ...]:
+    """--deploy: fractions of the parameters kept, like 0.25,0.5,0.75."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--deploy is comma-separated fractions of the parameters kept, like "
+                                         f"0.25,0.5,0.75; got {text!r}")
+    if not values or any(not 0.0 < v < 1.0 for v in values) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"every --deploy fraction is a share of the parameters kept, in (0, 1), "
+                                         f"each once; got {text!r}")
+    return values
+
+
 def _float(text: str, ok: Callable[[float], bool], expected: str, rule: str) -> float:
     """``text`` as a finite float meeting ``ok``; argparse errors say ``expected`` / ``rule``."""
     try:

@@ -244,7 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
     ela.add_argument("--steps", type=ca.positive, default=None, help="optimizer steps of training")
     ela.add_argument("--low", type=ca.share, default=0.25,
                      help="the smallest share of every group's channels to train for, in (0, 1] (default 0.25)")
-    ela.add_argument("--lr", type=float, default=1e-5, help="Adam learning rate of the shared weights (default 1e-5)")
+    ela.add_argument("--lr", type=float, default=None,
+                     help="Adam learning rate of the shared weights (default 1e-5; 0 with --deploy scales: the "
+                          "shared weights stay as converted)")
+    ela.add_argument("--deploy", type=ca.kept_fractions, default=None, metavar="F1,F2,...",
+                     help="fractions of the parameters that get their own sizes and their own trained state beside "
+                          "the shared weights (torchinn resize --target F deploys them), like 0.25,0.5,0.75")
+    ela.add_argument("--deploy-kind", choices=("scales", "partitions"), default="scales",
+                     help="what each --deploy size trains: a scale per kept channel (default; measured best) or "
+                          "its partition's points")
     ela.add_argument("--full-tolerance", type=float, default=None,
                      help="how far from MODEL the full-size network may end up on held-out batches: share of "
                           "samples whose top class differs (class logits; default 0.001), else relative squared "
