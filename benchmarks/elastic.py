@@ -168,8 +168,9 @@ def plot(res: dict[str, Any], path: str) -> str:
     from torchinn_demo.plots import compression_curve
 
     kept = sorted((float(t) for t in res["elastic"] if float(t) < 1.0), reverse=True)
-    series = {f"elastic {res['seconds']:.0f} s": [res["elastic"][str(t)]["quality"] for t in kept],
-              "elastic 0 s": [res["elastic_0s"][str(t)]["quality"] for t in kept]}
+    design = next(iter(res.get("designs", {})), "ranked")  # res["elastic"] is the first design run
+    series = {f"elastic {res['seconds']:.0f} s ({design})": [res["elastic"][str(t)]["quality"] for t in kept],
+              "elastic 0 s (ranked)": [res["elastic_0s"][str(t)]["quality"] for t in kept]}
     for budget, cells in res["compress"].items():
         if all(str(t) in cells for t in kept):
             series[f"compress {budget} s each"] = [cells[str(t)]["quality"] for t in kept]
