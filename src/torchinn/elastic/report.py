@@ -35,9 +35,11 @@ class ElasticReport:
     held_out_batches: int = 0
     note: str = ""
     deploy_kind: str = ""                            # what the deployed sizes train ("scales", "partitions")
+    train_seconds: float = 0.0                       # of the training steps (``seconds``: the whole call)
 
     def __str__(self) -> str:
-        lines = [f"elastic: {self.steps} steps in {self.seconds:.1f} s (Adam lr {self.lr:g}, sizes from "
+        lines = [f"elastic: {self.steps} steps in {self.train_seconds:.1f} s of training, {self.seconds:.1f} s in all "
+                 f"(Adam lr {self.lr:g}, sizes from "
                  f"{self.low:g} to full, loss {self.loss}), channels ranked by {self.ranking}",
                  f"full size: held-out {self.full_metric} {self.full_error_before:.4g} -> {self.full_error_after:.4g} "
                  f"(tolerance {self.full_tolerance:g}); returned the state of step {self.kept_step}"]

@@ -219,7 +219,9 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
                  ) -> tuple[ElasticNetwork, ElasticReport]:
     """Turn a pretrained ``model`` (or an :class:`~torchinn.IntegralModel`, copied) into one
     :class:`~torchinn.elastic.network.ElasticNetwork` that works at every size from ``low`` of each
-    group's channels to full, trained for ``seconds`` and/or ``steps`` on ``calibration`` (a
+    group's channels to full, trained for ``seconds`` (of training steps: the conversion, the
+    rankings and the measurements before and after come on top; ``report.seconds`` is the whole
+    call, ``report.train_seconds`` the steps) and/or ``steps`` on ``calibration`` (a
     list of at least 2 batches: tensors, ``(inputs, labels)`` pairs, whose labels are not used,
     or dicts of keyword inputs; the last ``holdout`` share is held out). Returns the network (at
     full size) and an :class:`ElasticReport`. The recipe and its defaults: the module notes.
@@ -357,6 +359,7 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
                     weight.update(full, full_tolerance)
             if last:
                 break
+    train_seconds = time.perf_counter() - t_train
     sizes.full()
     imodel.load_state_dict(best[0], strict=False)
     with torch.no_grad():
@@ -375,7 +378,7 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
     note = "" if kept == done else (
         f"kept the state of step {kept} of {done}: later ones had a higher held-out error over the sizes"
         f" or a full-size error above full_tolerance={full_tolerance:g}")
-    report = ElasticReport(steps=done, seconds=time.perf_counter() - t0, loss=str(dist), ranking=kind, low=low, lr=lr,
+    report = ElasticReport(steps=done, seconds=time.perf_counter() - t0, train_seconds=train_seconds, loss=str(dist), ranking=kind, low=low, lr=lr,
                            full_tolerance=full_tolerance, full_error_before=full_before,
                            full_error_after=full_after, full_metric=_FULL_METRIC[dist.kind], kept_step=kept,
                            quality={r: (before[r][0], before[r][1], after[r][1]) for r in ratios},
