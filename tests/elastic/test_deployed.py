@@ -8,65 +8,41 @@ import json
 
 import pytest
 import torch
-from torch import nn
 
 import torchinn as inn
+from small_nets import rel_error, small_data, small_net
 from torchinn.elastic import DeployedSizes, ElasticNetwork
 from torchinn.io import FormatError
 
 
-def _net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
-
-
-def _data(n: int = 10, seed: int = 1) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(64, 16, generator=g) for _ in range(n)]
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _rel(model: nn.Module, net: nn.Module, x: torch.Tensor) -> float:
-    with torch.no_grad():
-        ref = net(x)
-        return float(((model(x) - ref) ** 2).mean() / (ref ** 2).mean())
-
-
-def test_tuned_partitions_beat_the_ranked_top_k_at_the_same_sizes(one_thread):
-    net, data = _net(), _data()
-    unseen = torch.cat(_data(4, seed=7))
+def test_tuned_partitions_beat_the_ranked_top_k_at_the_same_sizes(single_thread):
+    net, data = small_net(), small_data()
+    unseen = torch.cat(small_data(4, seed=7))
     elastic, report = inn.make_elastic(net, data[0], data, steps=80, lr=0.0, deploy=[0.25, 0.5],
                                        ranking="activation", deploy_kind="partitions")
     assert sorted(elastic.deployed) == [0.25, 0.5] and sorted(report.deployed) == [0.25, 0.5]
     for t, d in elastic.deployed.items():
         assert elastic.resize(target=t) == d.sizes and elastic.active_deployed() == t
-        tuned = _rel(elastic, net, unseen)
+        tuned = rel_error(elastic, net, unseen)
         # within 5% of the parameters asked, as choose_sizes gives
         assert abs(elastic.num_parameters() / sum(p.numel() for p in net.parameters()) - t) < 0.05
         elastic.set_sizes(d.sizes)   # the same sizes, the ranked top-k partitions
         assert elastic.active_deployed() is None
-        ranked = _rel(elastic, net, unseen)
+        ranked = rel_error(elastic, net, unseen)
         # measured (unseen inputs): 25%: 0.439 ranked -> 0.273 tuned; 50%: 0.186 -> 0.117
         assert tuned < 0.8 * ranked, (t, tuned, ranked)
         _, before, after = report.deployed[t]
         assert after < 0.8 * before, report
     # lr=0: the shared weights are the converted ones, the full size the original exactly
     elastic.resize(1.0)
-    assert report.full_error_after == 0.0 and _rel(elastic, net, unseen) < 1e-10
+    assert report.full_error_after == 0.0 and rel_error(elastic, net, unseen) < 1e-10
     # a size not deployed keeps the ranked top-k behaviour
     elastic.resize(target=0.4)
     assert elastic.active_deployed() is None
 
 
-def test_joint_training_moves_weights_and_partitions_within_the_full_size_tolerance(one_thread):
-    net, data = _net(), _data()
+def test_joint_training_moves_weights_and_partitions_within_the_full_size_tolerance(single_thread):
+    net, data = small_net(), small_data()
     elastic, report = inn.make_elastic(net, data[0], data, steps=60, lr=1e-3, full_tolerance=0.03,
                                        deploy=[0.25, 0.5], ranking="activation", deploy_kind="partitions")
     assert report.full_error_after <= 0.03 and report.kept_step > 0
@@ -77,11 +53,11 @@ def test_joint_training_moves_weights_and_partitions_within_the_full_size_tolera
 
 
 @pytest.mark.parametrize("kind", ["scales", "partitions"])
-def test_saved_and_loaded_it_gives_identical_outputs_at_every_deployed_size(tmp_path, one_thread, kind):
-    net, data = _net(), _data()
+def test_saved_and_loaded_it_gives_identical_outputs_at_every_deployed_size(tmp_path, single_thread, kind):
+    net, data = small_net(), small_data()
     elastic, _ = inn.make_elastic(net, data[0], data, steps=10, lr=1e-3, full_tolerance=1.0,
                                   deploy=[0.3, 0.6], ranking="activation", deploy_kind=kind)
-    x = _data(1, seed=3)[0]
+    x = small_data(1, seed=3)[0]
     for at in (0.3, 1.0):
         elastic.resize(target=at) if at < 1 else elastic.resize(1.0)
         inn.save(elastic, tmp_path / "e.inn")
@@ -99,7 +75,7 @@ def test_saved_and_loaded_it_gives_identical_outputs_at_every_deployed_size(tmp_
 
 
 def test_a_tampered_deployed_field_is_refused(tmp_path):
-    net, data = _net(), _data(4)
+    net, data = small_net(), small_data(4)
     elastic, _ = inn.make_elastic(net, data[0], data, steps=1, lr=1e-6, deploy=[0.5], ranking="l1",
                                   deploy_kind="partitions")
     inn.save(elastic, tmp_path / "e.inn")
@@ -121,7 +97,7 @@ def test_a_tampered_deployed_field_is_refused(tmp_path):
 
 
 def test_bad_deploy_arguments():
-    net, data = _net(), _data(3)
+    net, data = small_net(), small_data(3)
     with pytest.raises(ValueError, match=r"^deploy: every target must be a fraction of the parameters in \(0, 1\), got 1.5$"):
         inn.make_elastic(net, data[0], data, steps=1, deploy=[0.5, 1.5])
     with pytest.raises(ValueError, match=r"^lr=0 trains nothing without deploy"):

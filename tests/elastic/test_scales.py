@@ -12,34 +12,11 @@ import torch
 from torch import nn
 
 import torchinn as inn
+from small_nets import rel_error, small_data, small_net
 from torchinn.elastic import ElasticNetwork
 from torchinn.elastic.scaled import ScaledPartition
 from torchinn.io import FormatError
 from torchinn.maths import CompositePartition, UniformPartition
-
-
-def _net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
-
-
-def _data(n: int = 10, seed: int = 1) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(64, 16, generator=g) for _ in range(n)]
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _rel(model: nn.Module, net: nn.Module, x: torch.Tensor) -> float:
-    with torch.no_grad():
-        ref = net(x)
-        return float(((model(x) - ref) ** 2).mean() / (ref ** 2).mean())
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +24,7 @@ def trained():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        net, data = _net(), _data()
+        net, data = small_net(), small_data()
         elastic, report = inn.make_elastic(net, data[0], data, steps=80, deploy=[0.25, 0.5],
                                            ranking="activation")
     finally:
@@ -57,7 +34,7 @@ def trained():
 
 def test_the_scales_lower_the_held_out_error_of_each_deployed_size_and_the_full_size_stays_exact(trained):
     net, elastic, report = trained
-    unseen = torch.cat(_data(4, seed=7))
+    unseen = torch.cat(small_data(4, seed=7))
     assert {t: d.kind for t, d in elastic.deployed.items()} == {0.25: "scales", 0.5: "scales"}
     assert report.deploy_kind == "scales" and "own scales): error" in str(report)
     assert report.lr == 0.0   # the default with deployed scales: the shared weights stay the converted ones
@@ -65,22 +42,22 @@ def test_the_scales_lower_the_held_out_error_of_each_deployed_size_and_the_full_
         assert elastic.resize(target=t) == d.sizes and elastic.active_deployed() == t
         parts = elastic.imodel.partition_map()
         assert all(isinstance(parts[g], ScaledPartition) for g in d.partitions) and d.partitions
-        scaled = _rel(elastic, net, unseen)
+        scaled = rel_error(elastic, net, unseen)
         for g, p in d.partitions.items():   # the points are the ranked top-k ones
             assert torch.equal(p.points(), elastic.partition(g, d.sizes[g]).points())
         elastic.set_sizes(d.sizes)          # the same sizes and points, without the scales
-        ranked = _rel(elastic, net, unseen)
+        ranked = rel_error(elastic, net, unseen)
         # measured (unseen inputs): 25%: 0.439 ranked -> 0.326 scaled; 50%: 0.186 -> 0.139
         assert scaled < 0.85 * ranked, (t, scaled, ranked)
         _, before, after = report.deployed[t]
         assert after < 0.85 * before, report   # measured 0.387 -> 0.288 at 25%, 0.170 -> 0.124 at 50%
     elastic.resize(1.0)
-    assert report.full_error_after == 0.0 and _rel(elastic, net, unseen) < 1e-10
+    assert report.full_error_after == 0.0 and rel_error(elastic, net, unseen) < 1e-10
 
 
 def test_to_discrete_folds_the_scales_into_the_plain_weights(trained):
     net, elastic, _ = trained
-    x = _data(1, seed=5)[0]
+    x = small_data(1, seed=5)[0]
     try:
         elastic.resize(target=0.25)
         plain = elastic.to_discrete()
@@ -132,7 +109,7 @@ def test_a_tampered_scales_field_is_refused(tmp_path, trained):
 
 
 def test_bad_arguments_are_named():
-    net, data = _net(), _data(3)
+    net, data = small_net(), small_data(3)
     with pytest.raises(ValueError, match=r"^deploy_kind must be .*'scales'.*'partitions'.*, got 'points'"):
         inn.make_elastic(net, data[0], data, steps=1, deploy=[0.5], deploy_kind="points")
     elastic = ElasticNetwork(inn.convert(net, (data[0],)), {})
