@@ -231,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ela = sub.add_parser(
         "elastic", help="train one network that works at every size, saved as one .inn file",
-        description="Convert MODEL and train it for --seconds (or --steps) on --calibration images so that every "
+        description="Convert MODEL and train it for --seconds (or --steps) on --calibration data (images, or token "
+                    "text with --input-ids) so that every "
                     "size from --low of each group's channels to full works (torchinn.make_elastic: channels "
                     "ranked by importance, the sandwich rule, distillation from MODEL, the full size guarded), "
                     "then save it as one .inn file (with OUT.report.json and OUT.report.txt). Deploy a size "
