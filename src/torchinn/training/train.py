@@ -38,7 +38,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +48,7 @@ from torch.utils import _pytree as pytree
 
 from . import loop
 from .distill import LOSS_CHOICES, distillation_loss, kl_distillation_loss, loss_kind
-from ..model.inputs import Inputs, batch_inputs, check_batches, run
+from ..model.inputs import as_inputs, batch_inputs, check_batches, run
 from ..model.integral_model import IntegralModel
 from .loop import split_validation
 from ..options import check_choice, check_number
@@ -200,9 +200,7 @@ def sandwich_backward(model: nn.Module, sizes: Any, inputs: Any, loss_fn: Callab
     labels did better by 6-13 points (benchmarks/RESULTS.md, issue 12), hence the default.
     """
     check_choice(distill, (None, *LOSS_CHOICES), "distill")
-    args = inputs if isinstance(inputs, Inputs) else (
-        Inputs((), dict(inputs)) if isinstance(inputs, Mapping) else
-        Inputs(tuple(inputs)) if isinstance(inputs, (tuple, list)) else Inputs((inputs,)))
+    args = as_inputs(inputs, "inputs")
     losses: list[float] = []
     teacher: Any = None
     kind = "mse"
