@@ -7,6 +7,8 @@ grids of its DistributedDataParallel-wrapped copy on its shard of the calibratio
 trains with random sizes, drawing the same sizes as every other process from a shared seed.
 """
 
+import gc
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -18,7 +20,15 @@ from torchinn.training.train import TuneConfig, make_grid_trainable, tune_grid
 
 def main() -> None:
     dist.init_process_group("gloo")  # "nccl" on GPUs
-    rank, world = dist.get_rank(), dist.get_world_size()
+    tune_and_train(dist.get_rank(), dist.get_world_size())
+    # DDP wrappers keep the process group alive through reference cycles: collect them while the
+    # interpreter runs, or gloo's threads may be torn down at exit and abort the process
+    gc.collect()
+    dist.barrier()  # no process tears gloo down while another still talks to it
+    dist.destroy_process_group()
+
+
+def tune_and_train(rank: int, world: int) -> None:
     torch.manual_seed(0)  # the same network and data on every process
     model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64),
                                 torch.nn.ReLU(), torch.nn.Linear(64, 4)).eval()
@@ -53,8 +63,6 @@ def main() -> None:
     if rank == 0:
         same = all(torch.allclose(g, gathered[0], rtol=1e-6) for g in gathered)
         print(f"tuned {report['steps']} steps; processes agree: {same}")
-    dist.barrier()  # no process tears gloo down while another still talks to it
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

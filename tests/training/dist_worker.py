@@ -12,6 +12,7 @@ OUT the file rank 0 writes its results to.
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
 
@@ -95,10 +96,23 @@ def shard(data: dict, rank: int, world: int) -> tuple[list, list]:
 
 def main(model_path: str, data_path: str, out_path: str) -> None:
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
+    run(model_path, data_path, out_path)
+    # the DDP wrappers hold the process group through reference cycles: if they are collected only
+    # at interpreter exit, gloo's threads are torn down then and one run in ~10 under load aborted
+    # ("terminate called without an active exception") after everything had been saved
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def run(model_path: str, data_path: str, out_path: str) -> None:
+    """Everything both ranks compute; rank 0 saves it to ``out_path``."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
     rank, world = dist.get_rank(), dist.get_world_size()
     data = torch.load(data_path)
     train, tune = shard(data, rank, world)
@@ -148,8 +162,6 @@ def main(model_path: str, data_path: str, out_path: str) -> None:
                     "tuned": all_points, "tuned_values": tuned_values, "report": report,
                     "timed_steps": all_timed, "sandwiched": sandwiched, "sandwich_losses": sandwich_losses},
                    out_path)
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
