@@ -16,6 +16,7 @@ import torchinn as inn
 import torchinn.maths.functions as functions
 from torchinn.elastic import ElasticNetwork
 from torchinn.elastic.scaled import ScaledPartition
+from torchinn.maths import UniformPartition
 
 F64 = torch.float64
 
@@ -137,3 +138,26 @@ def test_the_kept_samples_are_bounded(monkeypatch, bound):
         assert torch.equal(cache.get((i,), (), lambda: torch.tensor(float(i))), torch.tensor(float(i)))
         assert len(cache) <= bound
     assert len(cache) == 1   # cleared when full: 0, 1 | 2, 3 | 4
+
+
+def test_a_new_uniform_partition_of_the_same_size_keeps_the_samples(monkeypatch):
+    """An elastic network gives the groups it does not scale a new uniform partition at every
+    resize: a block on a scaled group and such a group is not sampled again."""
+    cached, plain, x = scaled_pair()
+    first, second = cached.group_names
+    calls = []
+    tap_sum = functions.tap_sum
+    monkeypatch.setattr(functions, "tap_sum", lambda *a: calls.append(1) or tap_sum(*a))
+    opt = torch.optim.Adam(scales(cached), 1e-2)
+    counts = []
+    for _ in range(3):
+        for m in (cached, plain):
+            m.set_partition(second, UniformPartition(10, size=5))
+        before = len(calls)
+        step(cached, x, opt)
+        counts.append(len(calls) - before)
+    plain.set_partition(first, cached.partition(first))   # the trained scales on both
+    assert torch.allclose(cached(x), plain(x), rtol=1e-10, atol=1e-12)
+    # first step: conv 1's weight and bias, conv 2's weight (2), its bias and the classifier;
+    # then only the last two, which no scale reaches (sampled as before, without a gradient)
+    assert counts == [6, 2, 2]

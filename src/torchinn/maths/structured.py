@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .functions import ContinuousFunction, Kind
-from .partition import Partition
+from .partition import Partition, UniformPartition
 
 __all__ = ["Atom", "DimPlan", "StructuredFunction", "plan_size", "plan_vector", "take_channels"]
 
@@ -116,6 +116,15 @@ def _frozen(values: Tensor, grids: Mapping[int, Any], weights: Mapping[int, Tens
     return (torch.is_grad_enabled() and not values.requires_grad and bool(grids)
             and any(w.requires_grad for w in weights.values())
             and not any(c.points.requires_grad for chunks in grids.values() for c in chunks))
+
+
+def _points_key(p: Partition) -> tuple:
+    """What the points of ``p`` are: a uniform partition's follow from its type, size and rule
+    (an elastic network makes a new one at every resize), any other's from its identity and
+    :meth:`~torchinn.maths.partition.Partition.points_key`."""
+    if isinstance(p, UniformPartition):
+        return (type(p), p.max_size, p.quadrature.name, p.size)
+    return (id(p), type(p), p.points_key())
 
 
 def _scaled(block: Tensor, scales: Mapping[int, Tensor]) -> Tensor:
@@ -215,7 +224,7 @@ class StructuredFunction(nn.Module):
             if _frozen(values, grids, weights):  # only the weights train: sample once, scale every step
                 parts = tuple(partitions[a.group] for a in atoms if a.group is not None)
                 frozen_key = (index, id(values), values.data_ptr(), values._version, dt, fn.kind,
-                              tuple((id(p), type(p), p.points_key()) for p in parts))
+                              tuple(_points_key(p) for p in parts))
                 block = _scaled(self.frozen.get(frozen_key, (values, *parts), lambda: fn.sample(grids, memo, None)),
                                 scales)
             else:
