@@ -45,6 +45,15 @@ def scaled_pair(sizes: dict[str, int] | None = None):
     return cached, plain, x
 
 
+def count_sampling(monkeypatch) -> list:
+    """A list that grows by one at every interpolation along a dim."""
+    calls: list = []
+    for name in ("tap_sum", "middle_tap_sum"):
+        fn = getattr(functions, name)
+        monkeypatch.setattr(functions, name, lambda *a, fn=fn: calls.append(1) or fn(*a))
+    return calls
+
+
 def scales(model) -> list[torch.Tensor]:
     return [p.log_scale for p in model.partition_map().values() if isinstance(p, ScaledPartition)]
 
@@ -64,9 +73,7 @@ def step(model, x, opt) -> torch.Tensor:
 
 def test_only_scales_training_samples_once_with_the_outputs_and_gradients_of_sampling_every_step(monkeypatch):
     cached, plain, x = scaled_pair()
-    calls = []
-    tap_sum = functions.tap_sum
-    monkeypatch.setattr(functions, "tap_sum", lambda *a: calls.append(1) or tap_sum(*a))
+    calls = count_sampling(monkeypatch)
     opt_c = torch.optim.Adam(scales(cached), 1e-2)
     opt_p = torch.optim.Adam(scales(plain), 1e-2)
     for i in range(4):
@@ -145,9 +152,7 @@ def test_a_new_uniform_partition_of_the_same_size_keeps_the_samples(monkeypatch)
     resize: a block on a scaled group and such a group is not sampled again."""
     cached, plain, x = scaled_pair()
     first, second = cached.group_names
-    calls = []
-    tap_sum = functions.tap_sum
-    monkeypatch.setattr(functions, "tap_sum", lambda *a: calls.append(1) or tap_sum(*a))
+    calls = count_sampling(monkeypatch)
     opt = torch.optim.Adam(scales(cached), 1e-2)
     counts = []
     for _ in range(3):
