@@ -96,8 +96,10 @@ class Partition(nn.Module):
         raise NotImplementedError
 
     def points_key(self) -> tuple:
-        """Changes whenever :meth:`points` would change, but not (where :meth:`cache_key` does)
-        when only the weights do: what a sample before its quadrature weights depends on."""
+        """Changes whenever :meth:`points` would change, not when only the weights do.
+
+        What a sample before its quadrature weights depends on; :meth:`cache_key` (the default
+        here) may also follow the weights, as :class:`~torchinn.elastic.scaled.ScaledPartition`'s does."""
         return self.cache_key()
 
     @property
