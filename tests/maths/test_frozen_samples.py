@@ -14,6 +14,7 @@ from torch import nn
 
 import torchinn as inn
 import torchinn.maths.functions as functions
+import torchinn.maths.structured as structured
 from torchinn.elastic import ElasticNetwork
 from torchinn.elastic.scaled import ScaledPartition
 from torchinn.maths import UniformPartition
@@ -130,6 +131,8 @@ def test_two_deployed_sizes_keep_their_own_samples_and_a_copy_starts_empty():
     # weight on both: (other, first), (first, first), (first, other)
     assert frozen_entries(cached) == 4 * 2 + 3
     assert frozen_entries(copy.deepcopy(cached)) == 0
+    cached.clear_samples()   # IntegralModel.clear_samples drops them too
+    assert frozen_entries(cached) == 0
     with torch.no_grad():   # without gradients nothing is kept (eval caches are the model's own)
         fresh = copy.deepcopy(cached)
         fresh(x)
@@ -166,3 +169,18 @@ def test_a_new_uniform_partition_of_the_same_size_keeps_the_samples(monkeypatch)
     # first step: conv 1's weight and bias, conv 2's weight (2), its bias and the classifier;
     # then only the last two, which no scale reaches (sampled as before, without a gradient)
     assert counts == [6, 2, 2]
+
+
+def test_make_elastic_with_deployed_scales_keeps_no_samples_after_training(monkeypatch):
+    """Its steps use the kept samples (sampled once per deployed size and tensor) and it drops
+    them when training ends (they would hold memory for the user's network)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), nn.ReLU(), nn.Conv2d(12, 10, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(10, 5))
+    data = [torch.randn(8, 3, 8, 8) for _ in range(4)]
+    seen = []
+    get = structured.FrozenSamples.get
+    monkeypatch.setattr(structured.FrozenSamples, "get", lambda self, *a: seen.append(len(self)) or get(self, *a))
+    elastic, report = inn.make_elastic(net, data[0], data, steps=3, ranking="l1", deploy=[0.5])
+    assert report.steps == 3 and report.lr == 0.0 and max(seen) >= 1   # later steps found their samples
+    assert frozen_entries(elastic.imodel) == 0
