@@ -8,7 +8,11 @@ inputs) and the digits demo's from-scratch integral CNN:
   with ``torch.optim.Adam`` as it comes (``foreach``/``fused`` unset: one tensor at a time on
   CPU) and with ``fused=True`` (one pass per tensor), the same optimizer on both sides;
 * grid-tuning step at 50% (only the partitions train) vs the same plain training step;
-* eval-mode forward at 50% of the integral model (cached sampled weights) vs ``to_discrete()``.
+* eval-mode forward at 50% of the integral model (cached sampled weights) vs ``to_discrete()``;
+* the step of ``make_elastic(deploy=[...])``'s default design (``deploy_kind="scales"``): shared
+  weights frozen, the ranked top half of every group's channels
+  (:class:`~torchinn.elastic.scaled.ScaledPartition`), only a scale per kept channel trains, vs
+  the plain training step at that size.
 
 Where the time goes at 50% (measured with the profiler and CPU-time splits, RESULTS.md): the
 integral model has every control value as a parameter, 4x the plain network's at 50% of every
@@ -34,6 +38,8 @@ import torch
 import torch.nn.functional as F
 
 import torchinn as inn
+from torchinn.elastic import ElasticNetwork
+from torchinn.elastic.scaled import ScaledPartition
 from torchinn.training.train import make_grid_trainable
 from torchinn_demo.digits import integral_cnn
 from torchinn_demo.harness import load_average
@@ -84,8 +90,9 @@ def forward(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
 
 
 def compare(name: str, imodel: torch.nn.Module, resize: Callable[[float], None], x: torch.Tensor,
-            y: torch.Tensor, repeats: int, tunable: Callable[[], torch.nn.Module] | None) -> None:
-    """Training steps at full size and at 50%, grid tuning and eval forward at 50%."""
+            y: torch.Tensor, repeats: int, tunable: Callable[[], torch.nn.Module] | None,
+            scaled: Callable[[], torch.nn.Module] | None = None) -> None:
+    """Training steps at full size and at 50%, grid tuning, elastic scales and eval forward at 50%."""
     for ratio in (1.0, 0.5):
         resize(ratio)
         small = to_discrete(imodel)
@@ -106,6 +113,13 @@ def compare(name: str, imodel: torch.nn.Module, resize: Callable[[float], None],
         t = timed({"int": train_step(tuned, x, y, grid), "dis": train_step(small, x, y, list(small.parameters()))},
                   repeats)
         row(name, "grid-tuning step, 50% (vs plain training step)", t["int"], t["dis"])
+    if scaled is not None:
+        net = scaled()
+        net.train()
+        extra = [p for p in net.parameters() if p.requires_grad]
+        t = timed({"int": train_step(net, x, y, extra), "dis": train_step(small, x, y, list(small.parameters()))},
+                  repeats)
+        row(name, "elastic scales step, 50% (vs plain training step)", t["int"], t["dis"])
     imodel.eval(), small.eval()
     t = timed({"int": forward(imodel, x), "dis": forward(small, x)}, repeats)
     row(name, "eval forward, 50%", t["int"], t["dis"])
@@ -143,7 +157,21 @@ def main() -> None:
         make_grid_trainable(t)
         return t
 
-    compare("ResNet-18 (converted)", imodel, imodel.resize, x, y, args.repeats, tunable)
+    def scaled() -> torch.nn.Module:
+        """make_elastic's step with deployed scales (lr=0): the shared weights frozen, the top
+        half of every group (a random ranking: as good as any for timing) with a trained scale
+        per kept channel."""
+        t = inn.convert(model, (x[:2],), inn.ConvertConfig(tsp_time_limit=0.05))
+        orders = {n: torch.randperm(g.max_size, generator=torch.Generator().manual_seed(0))
+                  for n, g in t.groups.items() if g.partition.resizable}
+        elastic = ElasticNetwork(t, orders)
+        for p in t.parameters():
+            p.requires_grad_(False)
+        for n in orders:
+            t.set_partition(n, ScaledPartition(elastic.partition(n, t.groups[n].max_size // 2)).requires_grad_(True))
+        return t
+
+    compare("ResNet-18 (converted)", imodel, imodel.resize, x, y, args.repeats, tunable, scaled)
 
     # the demo's from-scratch integral CNN at half width, on 28x28 digits
     xd = torch.randn(args.batch, 1, 28, 28)

@@ -60,6 +60,10 @@ class ScaledPartition(Partition):
     def cache_key(self) -> tuple:
         return self.base.cache_key() + (self.log_scale._version, self.log_scale.data_ptr())
 
+    def points_key(self) -> tuple:
+        """The points are those of ``base``: the scales change only the weights."""
+        return self.base.cache_key()
+
     def requires_grad_(self, requires_grad: bool = True) -> ScaledPartition:
         """Train (or not) the scales; the points of ``base`` stay fixed."""
         self.log_scale.requires_grad_(requires_grad)

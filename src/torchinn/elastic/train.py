@@ -360,6 +360,7 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
             if last:
                 break
     train_seconds = time.perf_counter() - t_train
+    imodel.clear_samples()   # the samples kept for the deployed scales' steps (memory)
     sizes.full()
     imodel.load_state_dict(best[0], strict=False)
     with torch.no_grad():

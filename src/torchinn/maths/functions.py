@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 if TYPE_CHECKING:  # partition.py samples with interpolation_taps, so it imports this module
@@ -110,8 +111,64 @@ def tap_sum(values: Tensor, taps: Taps) -> Tensor:
     channels of a 256x512x3x3 conv weight, moving them to the front, ``embedding_bag`` and moving
     them back took 3.1 ms of CPU, a per-tap gather-and-accumulate along the middle dimension 6.0
     ms and a dense interpolation matrix 52 ms; a custom backward gathering the transposed taps
-    instead of scattering into zeros was no faster (and 3x slower for gradients to the points)."""
+    instead of scattering into zeros was no faster (and 3x slower for gradients to the points).
+    A dim after the first with rows of at least ``MIDDLE_MIN_ROW`` and no gradient to the points
+    goes to :func:`middle_tap_sum` instead, which moves nothing."""
     return F.embedding_bag(taps.idx, values, mode="sum", per_sample_weights=taps.w)
+
+
+#: the shortest rows (the product of the dims after the sampled one: a 3x3 kernel's 9) for which
+#: a dim after the first is sampled in place (:func:`middle_tap_sum`); shorter rows (a 1x1
+#: conv, a linear layer) measured faster moved to the front
+MIDDLE_MIN_ROW = 9
+
+
+class _MiddleTapSum(torch.autograd.Function):
+    """``embedding_bag`` over the rows of a ``(A * n, S)`` view, and its gradient as the same
+    sum with the transposed taps (a gather into each row, no zero-filled scatter)."""
+
+    @staticmethod
+    def forward(ctx, rows: Tensor, idx: Tensor, w: Tensor, t_idx: Tensor, t_offsets: Tensor,
+                t_w: Tensor) -> Tensor:
+        ctx.save_for_backward(t_idx, t_offsets, t_w)
+        return F.embedding_bag(idx, rows, mode="sum", per_sample_weights=w)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple:
+        t_idx, t_offsets, t_w = ctx.saved_tensors
+        g = F.embedding_bag(t_idx, grad.contiguous(), t_offsets, mode="sum", per_sample_weights=t_w)
+        return g, None, None, None, None, None
+
+
+def middle_tap_sum(values: Tensor, d: int, taps: Taps, memo: dict | None = None) -> Tensor:
+    """``values`` sampled along dim ``d`` with ``taps`` (weights without a gradient), in place:
+    for ``values`` of shape ``(A, n, S)`` around ``d``, bag ``(a, i)`` sums rows ``a * n + idx[i, t]``
+    of the ``(A * n, S)`` view. The result comes out in ``values``' layout, so neither the
+    values moved to the front nor the result moved back is copied (forward or backward);
+    measured 2-3x faster than :func:`tap_sum` on a moved 3x3 conv weight, forward and backward.
+    The index tensors (``A`` times the taps) are kept in ``memo`` for the pass."""
+    shape = values.shape
+    a, n, s = math.prod(shape[:d]), shape[d], math.prod(shape[d + 1:])
+    k, t = taps.idx.shape
+    key = ("middle", id(taps.idx), a)
+    if memo is not None and key in memo:
+        idx, t_idx, t_offsets, order = memo[key][0]
+    else:
+        base = torch.arange(a, device=values.device)
+        idx = (taps.idx[None] + (base * n)[:, None, None]).reshape(a * k, t)
+        flat = taps.idx.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        counts = torch.bincount(flat, minlength=n)
+        offsets = torch.cumsum(counts, 0) - counts
+        t_idx = ((order // t)[None] + (base * k)[:, None]).reshape(-1)
+        t_offsets = (offsets[None] + (base * (k * t))[:, None]).reshape(-1)
+        if memo is not None:  # the taps' index tensor is kept alive with the entry: its id stays unique
+            memo[key] = ((idx, t_idx, t_offsets, order), taps.idx)
+    w = taps.w.expand(a, k, t).reshape(a * k, t)
+    t_w = taps.w.reshape(-1)[order].expand(a, k * t).reshape(-1)
+    out = _MiddleTapSum.apply(values.reshape(a * n, s), idx, w, t_idx, t_offsets, t_w)
+    return out.reshape(*shape[:d], k, *shape[d + 1:])
 
 
 class ContinuousFunction(nn.Module):
@@ -172,6 +229,8 @@ class ContinuousFunction(nn.Module):
         if all(c.points is c.control for c in chunks):
             return values if scale is None else values * scale.reshape([-1] + [1] * (values.ndim - d - 1))
         taps = self._taps(chunks, values, memo, scale)
+        if d > 0 and not taps.w.requires_grad and math.prod(values.shape[d + 1:]) >= MIDDLE_MIN_ROW:
+            return middle_tap_sum(values.contiguous(), d, taps, memo)
         moved = values.movedim(d, 0)
         rest = moved.shape[1:]
         out = tap_sum(moved.reshape(values.shape[d], math.prod(rest)), taps)

@@ -95,6 +95,13 @@ class Partition(nn.Module):
         """Changes whenever :meth:`points` would change (used by layers' eval-mode caches)."""
         raise NotImplementedError
 
+    def points_key(self) -> tuple:
+        """Changes whenever :meth:`points` would change, not when only the weights do.
+
+        What a sample before its quadrature weights depends on; :meth:`cache_key` (the default
+        here) may also follow the weights, as :class:`~torchinn.elastic.scaled.ScaledPartition`'s does."""
+        return self.cache_key()
+
     @property
     def is_standard(self) -> bool:
         """True when :meth:`points` are exactly the control points (sampling is the identity)."""
@@ -312,6 +319,9 @@ class CompositePartition(Partition):
 
     def cache_key(self) -> tuple:
         return tuple(p.cache_key() for p in self.parts)
+
+    def points_key(self) -> tuple:
+        return tuple((type(p), p.points_key()) for p in self.parts)
 
     @property
     def is_standard(self) -> bool:

@@ -15,6 +15,12 @@ views each block with its atoms as separate dimensions, and keeps it as a
 (a layer's input channels) hold ``tensor / (n * q_full)`` (``n`` channels; ``n * q_full`` is 1 on
 average, so the values keep the tensor's magnitude) and are multiplied by ``n * q`` of the
 current partition when sampled, so at the full size the original tensor comes back.
+
+When only the quadrature weights of a sample need a gradient (the control values frozen, the
+points fixed: the per-channel scales of :class:`~torchinn.elastic.scaled.ScaledPartition`), the
+sample before those weights does not change from one step to the next: it is kept
+(:class:`FrozenSamples`) and each step multiplies it by the weights, one pass over the sampled
+tensor instead of interpolating the control values forward and backward.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .functions import ContinuousFunction, Kind
-from .partition import Partition
+from .partition import Partition, UniformPartition
 
 __all__ = ["Atom", "DimPlan", "StructuredFunction", "plan_size", "plan_vector", "take_channels"]
 
@@ -66,6 +72,66 @@ def plan_vector(plan: DimPlan, vectors: Mapping[str, Tensor], like: Tensor) -> T
             v = torch.outer(v.reshape(-1), w).reshape(-1)
         out.append(v.reshape(-1))
     return torch.cat(out)
+
+
+class FrozenSamples:
+    """A :class:`StructuredFunction`'s blocks sampled before their quadrature weights, kept
+    while the control values and the partitions' points stay the same (keys: the values'
+    storage and version, each partition's identity and :meth:`~torchinn.maths.partition.Partition.points_key`).
+    At most ``MAX_ENTRIES`` per block (one per deployed size, say: ``blocks`` blocks), cleared
+    when full. A copy or a pickle starts empty."""
+
+    MAX_ENTRIES = 8
+
+    def __init__(self, blocks: int = 1) -> None:
+        self.limit = self.MAX_ENTRIES * max(1, blocks)
+        self._entries: dict[tuple, tuple[Tensor, tuple]] = {}
+
+    def get(self, key: tuple, alive: tuple, sample: Any) -> Tensor:
+        """The kept tensor for ``key``, or ``sample()`` (run without gradients) kept under it;
+        ``alive`` (the objects whose ids are in ``key``) are kept with the entry, so that
+        their ids stay unique."""
+        hit = self._entries.get(key)
+        if hit is None:
+            with torch.no_grad():
+                value = sample()
+            if len(self._entries) >= self.limit:
+                self._entries.clear()
+            self._entries[key] = hit = (value, alive)
+        return hit[0]
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __reduce__(self) -> tuple:
+        return (FrozenSamples, (self.limit // self.MAX_ENTRIES,))
+
+
+def _frozen(values: Tensor, grids: Mapping[int, Any], weights: Mapping[int, Tensor]) -> bool:
+    """Whether, of this sample, only the quadrature weights of its partitions (``weights``, one
+    per dim in ``grids``) need a gradient: the control values and the points do not."""
+    return (torch.is_grad_enabled() and not values.requires_grad and bool(grids)
+            and any(w.requires_grad for w in weights.values())
+            and not any(c.points.requires_grad for chunks in grids.values() for c in chunks))
+
+
+def _points_key(p: Partition) -> tuple:
+    """What the points of ``p`` are: a uniform partition's follow from its type, size and rule
+    (an elastic network makes a new one at every resize), any other's from its identity and
+    :meth:`~torchinn.maths.partition.Partition.points_key`."""
+    if isinstance(p, UniformPartition):
+        return (type(p), p.max_size, p.quadrature.name, p.size)
+    return (id(p), type(p), p.points_key())
+
+
+def _scaled(block: Tensor, scales: Mapping[int, Tensor]) -> Tensor:
+    """``block`` times ``scales[d]`` along each dim ``d``."""
+    for d, scale in scales.items():
+        block = block * scale.reshape([-1] + [1] * (block.ndim - d - 1))
+    return block
 
 
 class StructuredFunction(nn.Module):
@@ -115,6 +181,14 @@ class StructuredFunction(nn.Module):
         self.out_dtype = fn(torch.empty(0, dtype=self.out_dtype)).dtype
         return super()._apply(fn, recurse)
 
+    @property
+    def frozen(self) -> FrozenSamples:
+        """The samples kept for steps where only the quadrature weights train (see the module)."""
+        cache = self.__dict__.get("_frozen")
+        if cache is None:  # made on first use (also for a module unpickled without one)
+            cache = self.__dict__["_frozen"] = FrozenSamples(len(self.blocks))
+        return cache
+
     def _atoms(self, key: tuple[int, ...]) -> list[Atom]:
         return [a for d, s in enumerate(key) for a in self.plan[d][s]]
 
@@ -137,7 +211,7 @@ class StructuredFunction(nn.Module):
             return memo[key][0]
 
         out: dict[tuple[int, ...], Tensor] = {}
-        for key, fn in zip(self.keys, self.blocks):
+        for index, (key, fn) in enumerate(zip(self.keys, self.blocks)):
             values = fn.values
             dev, dt = values.device, values.dtype
             atoms = self._atoms(key)
@@ -145,7 +219,16 @@ class StructuredFunction(nn.Module):
                      if a.group is not None}
             scales = {pos: cached("weights", partitions[a.group], dev, dt) for pos, a in enumerate(atoms)
                       if a.group is not None and a.integrate}
-            block = fn.sample(grids, memo, scales)
+            weights = {pos: cached("weights", partitions[a.group], dev, dt) for pos in grids
+                       for a in atoms[pos:pos + 1]}
+            if _frozen(values, grids, weights):  # only the weights train: sample once, scale every step
+                parts = tuple(partitions[a.group] for a in atoms if a.group is not None)
+                frozen_key = (index, id(values), values.data_ptr(), values._version, dt, fn.kind,
+                              tuple(_points_key(p) for p in parts))
+                block = _scaled(self.frozen.get(frozen_key, (values, *parts), lambda: fn.sample(grids, memo, None)),
+                                scales)
+            else:
+                block = fn.sample(grids, memo, scales)
             lengths = []
             i = 0
             for d, s in enumerate(key):
