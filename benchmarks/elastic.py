@@ -57,7 +57,8 @@ def _deploy(elastic: inn.elastic.ElasticNetwork, mod: Any, targets: Sequence[flo
 DESIGNS = {"ranked": {}, "partitions": {"deploy": True, "deploy_kind": "partitions"},
            "partitions-frozen": {"deploy": True, "lr": 0.0, "deploy_kind": "partitions"},
            "scales": {"deploy": True, "lr": 0.0, "deploy_kind": "scales"},
-           "scales-joint": {"deploy": True, "deploy_kind": "scales"}}
+           "scales-joint": {"deploy": True, "deploy_kind": "scales"},
+           "scales-bias": {"deploy": True, "lr": 0.0, "deploy_kind": "scales-bias"}}
 PARTITION_LR: list[float | None] = [None]  # --partition-lr (None: make_elastic's default)
 
 
