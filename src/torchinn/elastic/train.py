@@ -218,8 +218,8 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
                  full_tolerance: float | None = None, random: int = 2, ranking: str = "auto", loss: str | Distillation = "auto",
                  holdout: float = 0.2, eval_every: int = 20, seed: int = 0,
                  config: ConvertConfig | None = None, deploy: Sequence[float] | None = None,
-                 deploy_kind: str = "scales", partition_lr: float | None = None, bias_lr: float = 1e-3
-                 ) -> tuple[ElasticNetwork, ElasticReport]:
+                 deploy_kind: str = "scales", partition_lr: float | None = None, bias_lr: float = 1e-3,
+                 fit_scales: bool = False) -> tuple[ElasticNetwork, ElasticReport]:
     """Turn a pretrained ``model`` (or an :class:`~torchinn.IntegralModel`, copied) into one
     :class:`~torchinn.elastic.network.ElasticNetwork` that works at every size from ``low`` of each
     group's channels to full, trained for ``seconds`` (of training steps: the conversion, the
@@ -243,7 +243,8 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
     ``"partitions"``, trained points; ``"scales-bias"``, the scales and a per-size correction of
     the bias of every layer reading a resized group, started by a closed form on the training
     batches (:func:`torchinn.elastic.biases.fit_biases`) and trained at ``bias_lr`` (0: kept at
-    the closed form). Each step then trains the full size and ``random`` (at
+    the closed form; ``fit_scales=True``: the scales start at a per-channel least-squares fit, not
+    1). Each step then trains the full size and ``random`` (at
     least one) of them in turn, their state at ``partition_lr`` (default 1e-2 for scales, 1e-3
     for partitions) and the shared weights at ``lr`` (``0``: the shared weights stay the
     converted ones, so the full size is exact), and the guard scores those sizes. Other sizes
@@ -310,16 +311,15 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
         elastic.measure_curves(train[:4], ref_train[:4], dist)
         elastic.deploy(list(deploy), deploy_kind)
         if deploy_kind == "scales-bias":
-            fit_biases(elastic, train, teacher)
+            fit_biases(elastic, train, teacher, scales=fit_scales)
         dep_before, _ = _errors(elastic, sorted(elastic.deployed), held, ref_held, dist, deployed=True)
         guarded = dep_before
 
     params = [p for n, p in imodel.named_parameters() if not n.startswith(("partitions.", "offsets.")) and p.requires_grad]
     extra = elastic.deployed_parameters()
     biases = {id(b) for d in elastic.deployed.values() for b in d.biases.values()}
-    own_lr = [q for q in extra if id(q) not in biases]
-    groups = ([{"params": params, "lr": lr}] if lr > 0 else []) + ([{"params": own_lr, "lr": partition_lr}] if own_lr else []) \
-        + ([{"params": [q for q in extra if id(q) in biases], "lr": bias_lr}] if biases else [])
+    groups = [g for g in ([{"params": params, "lr": lr}] if lr > 0 else []) + [
+        {"params": [q for q in extra if (id(q) in biases) == b], "lr": bias_lr if b else partition_lr} for b in (0, 1)] if g["params"]]
     if lr == 0:
         for p in params:
             p.requires_grad_(False)
