@@ -94,7 +94,8 @@ DESIGNS = {"ranked": {}, "partitions": {"deploy": True, "deploy_kind": "partitio
            "partitions-frozen": {"deploy": True, "lr": 0.0, "deploy_kind": "partitions"},
            "scales": {"deploy": True, "lr": 0.0, "deploy_kind": "scales"},
            "scales-joint": {"deploy": True, "deploy_kind": "scales"},
-           "scales-bias": {"deploy": True, "lr": 0.0, "deploy_kind": "scales-bias"}}
+           "scales-bias": {"deploy": True, "lr": 0.0, "deploy_kind": "scales-bias"},
+           "scales-bias-fit": {"deploy": True, "lr": 0.0, "deploy_kind": "scales-bias", "fit_scales": True}}
 PARTITION_LR: list[float | None] = [None]  # --partition-lr (None: make_elastic's default)
 REFIT = [False]  # --refit
 
