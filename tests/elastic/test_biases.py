@@ -148,3 +148,29 @@ def test_the_integral_model_alone_with_corrections_is_not_saved(tmp_path):
     elastic.imodel.offsets[module_key("4.bias")] = nn.Parameter(torch.zeros(8))
     with pytest.raises(TypeError, match=r"^this integral model carries a deployed size's bias corrections"):
         inn.save(elastic.imodel, tmp_path / "i.inn")
+
+
+def test_the_scale_fit_recovers_the_multiplier_of_a_removed_duplicate_channel():
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+    c = torch.tensor([0.5, -0.25, 2.0, 1.0], dtype=torch.float64)
+    with torch.no_grad():   # channels 4-7 copy channels 0-3, and the next layer reads each copy c_j times as much
+        net[0].weight[4:] = net[0].weight[:4]
+        net[0].bias[4:] = net[0].bias[:4]
+        net[2].weight[:, 4:] = net[2].weight[:, :4] * c
+    data = [torch.randn(64, 4, dtype=torch.float64) for _ in range(3)]
+    elastic = ElasticNetwork(inn.convert(net, data[0], inn.ConvertConfig(permute=False)),
+                             {"0.weight:0": [0, 1, 2, 3, 4, 5, 6, 7]})
+    elastic.deploy([0.53], kind="scales-bias")
+    assert elastic.deployed[0.53].sizes == {"0.weight:0": 4}
+    fit_biases(elastic, data, scales=True)
+    d = elastic.deployed[0.53]
+    scales = d.partitions["0.weight:0"].scales().detach()
+    # the exact multipliers are 1 + c; the ridge (1e-3 of the mean diagonal) pulls them towards 1 by < 1%
+    assert torch.allclose(scales, 1 + c, rtol=0, atol=0.02), scales
+    assert float(d.biases["2.bias"].detach().abs().max()) < 0.02   # nothing is left for the bias
+    elastic.resize(target=0.53)
+    with torch.no_grad():
+        x = torch.randn(32, 4, dtype=torch.float64)
+        assert float((elastic(x) - net(x)).abs().max()) < 0.05 * float(net(x).abs().max())
+    elastic.resize(1.0)
