@@ -52,13 +52,52 @@ def _deploy(elastic: inn.elastic.ElasticNetwork, mod: Any, targets: Sequence[flo
     return out
 
 
+def _refit(elastic: inn.elastic.ElasticNetwork, mod: Any, targets: Sequence[float], cal: Any,
+           quick: bool) -> dict[str, Any]:
+    """Each deployed size (scales and corrections as trained) followed by the least-squares refit of
+    every layer reading a resized group (``torchinn.compression``'s reconstruction: per-size full
+    weights of those layers): the quality, and the bytes those per-size weights take."""
+    from torchinn.compression.refit import refit_consumers
+    from torchinn.maths.structured import plan_size, take_channels
+
+    elastic.resize(1.0)
+    full = elastic.to_discrete(graph=True).eval()
+    plans = elastic.imodel.plans()
+    out = {}
+    for t in targets:
+        if t >= 1.0:
+            continue
+        sizes = elastic.resize(target=t)
+        keep = {g: torch.sort(elastic.orders[g][:k]).values for g, k in sizes.items()
+                if g in elastic.orders and k < elastic.groups[g].max_size}
+        kept = {n: [take_channels(torch.arange(plan_size(p)), (p,), keep) if any(
+            a.group in keep for seg in p for a in seg) else None for p in plan] for n, plan in plans.items()}
+        pruned = elastic.to_discrete(graph=True).eval()
+        t0 = time.perf_counter()
+        rep = refit_consumers(full, pruned, [b for b in cal], kept)
+        named = dict(pruned.named_parameters())
+        refit = [n for n, r in rep.items() if "skipped" not in r]
+        nbytes = sum(named[n].numel() * named[n].element_size() for n in refit)
+        nbytes += sum(named[n.rsplit(".", 1)[0] + ".bias"].numel() * 4 for n in refit
+                      if n.rsplit(".", 1)[0] + ".bias" in named)
+        out[str(t)] = {"quality": mod.evaluate(pruned, quick=quick), "refit_layers": len(refit),
+                       "bytes": nbytes, "seconds": time.perf_counter() - t0}
+        log(f"  refit at {t}: {out[str(t)]['quality']:.2f} ({len(refit)} layers, {nbytes / 2**20:.2f} MiB, "
+            f"{out[str(t)]['seconds']:.0f} s)")
+    elastic.resize(1.0)
+    return out
+
+
 #: the designs ``--designs`` may compare, each trained for T: name -> make_elastic's keywords
 #: (``lr`` is the benchmark's ``--lr`` unless set; ``deploy`` the benchmark's targets below 1)
 DESIGNS = {"ranked": {}, "partitions": {"deploy": True, "deploy_kind": "partitions"},
            "partitions-frozen": {"deploy": True, "lr": 0.0, "deploy_kind": "partitions"},
            "scales": {"deploy": True, "lr": 0.0, "deploy_kind": "scales"},
-           "scales-joint": {"deploy": True, "deploy_kind": "scales"}}
+           "scales-joint": {"deploy": True, "deploy_kind": "scales"},
+           "scales-bias": {"deploy": True, "lr": 0.0, "deploy_kind": "scales-bias"},
+           "scales-bias-fit": {"deploy": True, "lr": 0.0, "deploy_kind": "scales-bias", "fit_scales": True}}
 PARTITION_LR: list[float | None] = [None]  # --partition-lr (None: make_elastic's default)
+REFIT = [False]  # --refit
 
 
 def _design(net: Any, x: Any, cal: Any, name: str, seconds: float, lr: float, low: float,
@@ -104,6 +143,8 @@ def run(network: str, seconds: float, targets: Sequence[float], compress_seconds
     for name in designs:
         elastic, report = _design(net, x, cal, name, seconds, lr, low, targets)
         res["designs"][name] = {"report": report, "deployed": _deploy(elastic, mod, targets, quick)}
+        if REFIT[0]:
+            res["designs"][name]["refit"] = _refit(elastic, mod, targets, cal, quick)
         log(f"  {name}: " + ", ".join(f"{t}: {v['quality']:.2f}" for t, v in res["designs"][name]["deployed"].items()))
     first = res["designs"][designs[0]]
     res["elastic"], res["elastic_report"] = first["deployed"], first["report"]
@@ -197,6 +238,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     help="learning rate of the deployed sizes' partitions (default: make_elastic's)")
     ap.add_argument("--reuse-compress", default=None, metavar="JSON",
                     help="take the compress columns from an earlier run's JSON instead of running compress")
+    ap.add_argument("--refit", action="store_true",
+                    help="also evaluate each design's deployed sizes after a least-squares refit of the layers "
+                         "reading resized groups (per-size full weights of those layers: a data point)")
     ap.add_argument("--quick", action="store_true", help="small evaluation sets (tests)")
     ap.add_argument("--out", default=None, help="also write the results as JSON to this file")
     ap.add_argument("--plot", nargs=2, metavar=("JSON", "PNG"), default=None,
@@ -217,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if bad:
         ap.error(f"--designs: unknown {bad}; choose among {list(DESIGNS)}")
     PARTITION_LR[0] = args.partition_lr
+    REFIT[0] = args.refit
     reuse = None
     if args.reuse_compress:
         with open(args.reuse_compress) as f:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -42,6 +42,7 @@ from ..compression.budget import choose_sizes
 from ..compression.starts import distill_error, start_partition
 from ..maths.partition import Partition, UniformPartition
 from ..maths.trainable import TrainablePartition
+from ..model.groups import module_key
 from ..model.integral_model import IntegralModel
 from ..model.norms import recalibrate_bn
 from ..model.protocol import SizeSpec, plan_sizes
@@ -53,7 +54,7 @@ from .scaled import ScaledPartition
 __all__ = ["DEPLOY_KINDS", "DeployedSize", "ElasticNetwork", "SweepPoint", "check_order"]
 
 #: what a deployed size trains beside the shared weights (:meth:`ElasticNetwork.deploy`)
-DEPLOY_KINDS = ("scales", "partitions")
+DEPLOY_KINDS = ("scales", "partitions", "scales-bias")
 
 
 def check_order(order: object, max_size: int, group: str) -> Tensor:
@@ -77,11 +78,14 @@ class DeployedSize:
     every elastic group's size, and for each group below its full size a partition: ``kind``
     ``"partitions"``, a trainable one (points and mix, a few numbers); ``"scales"``, a
     :class:`~torchinn.elastic.scaled.ScaledPartition` (the ranked top-``k`` points, a trained scale
-    per kept channel)."""
+    per kept channel); ``"scales-bias"``, the scales and ``biases``: per bias tensor of a layer that
+    reads a group below full size (by tensor name), a correction added to the sampled bias at this
+    size (:mod:`torchinn.elastic.biases`; folded into the plain bias by :meth:`ElasticNetwork.to_discrete`)."""
 
     sizes: dict[str, int]
     partitions: dict[str, Partition]
     kind: str = "partitions"
+    biases: dict[str, nn.Parameter] = field(default_factory=dict)
 
 
 @dataclass
@@ -158,7 +162,8 @@ class ElasticNetwork(nn.Module):
 
     def set_sizes(self, sizes: Mapping[str, int]) -> None:
         """Give the groups of ``sizes`` (group -> channels, checked by :meth:`resize`) their
-        elastic partitions."""
+        elastic partitions (and no deployed size's bias corrections)."""
+        self._offsets({})
         for name, size in sizes.items():
             self.imodel.set_partition(name, self.partition(name, size))
 
@@ -184,6 +189,7 @@ class ElasticNetwork(nn.Module):
             d = self.deployed[here]
             for n, k in d.sizes.items():
                 self.imodel.set_partition(n, d.partitions[n] if n in d.partitions else self.partition(n, k))
+            self._offsets(d.biases)
             return self.sizes()
         if target is not None:
             if min_ratio is None:
@@ -206,6 +212,16 @@ class ElasticNetwork(nn.Module):
         names = {id(p): n for n, p in parts.items()}
         self.set_sizes({names[id(p)]: size for p, size in plan})
         return self.sizes()
+
+    def _offsets(self, biases: Mapping[str, nn.Parameter]) -> None:
+        """The integral model's offsets: ``biases`` (tensor name -> correction; the same tensors)."""
+        offsets = self.imodel.offsets
+        if not biases and not len(offsets):
+            return
+        offsets.clear()
+        for n, b in biases.items():
+            offsets[module_key(n)] = b
+        self.imodel.clear_samples()
 
     def _deployed_key(self, target: float | None) -> float | None:
         if target is None or isinstance(target, bool) or not isinstance(target, (int, float)):
@@ -238,7 +254,7 @@ class ElasticNetwork(nn.Module):
                 if k >= full[n]:
                     continue
                 p = self.partition(n, k)
-                if kind == "scales":
+                if kind in ("scales", "scales-bias"):
                     parts[n] = ScaledPartition(p).requires_grad_(True)
                 elif p.quadrature.name != "gauss-legendre":
                     parts[n] = (p if isinstance(p, TrainablePartition) else TrainablePartition(p)).requires_grad_(True)
@@ -249,16 +265,19 @@ class ElasticNetwork(nn.Module):
     def active_deployed(self) -> float | None:
         """The deployed fraction whose sizes and partitions the network is at now, else ``None``."""
         current = self.imodel.partition_map()
+        offsets = {k: id(b) for k, b in self.imodel.offsets.items()}
         for t, d in self.deployed.items():
             if all(current[n].size == k for n, k in d.sizes.items()) and \
-                    all(current[n] is p for n, p in d.partitions.items()):
+                    all(current[n] is p for n, p in d.partitions.items()) and \
+                    offsets == {module_key(n): id(b) for n, b in d.biases.items()}:
                 return t
         return None
 
     def deployed_parameters(self) -> list[Tensor]:
-        """The trainable tensors of every deployed size's partitions."""
+        """The trainable tensors of every deployed size's partitions and bias corrections."""
         return [p for d in self.deployed.values() for part in d.partitions.values()
-                for p in part.parameters() if p.requires_grad]
+                for p in part.parameters() if p.requires_grad] + \
+            [b for d in self.deployed.values() for b in d.biases.values() if b.requires_grad]
 
     def measure_curves(self, batches: Sequence[Any], reference: Sequence[Any], loss: Distillation,
                        ratios: Sequence[float] = (0.75, 0.5, 0.25)) -> dict[str, list[tuple[float, float]]]:

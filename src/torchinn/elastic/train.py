@@ -47,6 +47,7 @@ from ..model.integral_model import IntegralModel
 from ..options import check_choice, check_number
 from ..training.distill import LOSS_CHOICES, Distillation, resolve_loss
 from ..training.train import adam, sandwich_backward
+from .biases import fit_biases
 from .network import DEPLOY_KINDS, ElasticNetwork
 from .report import ElasticReport
 from .sizes import DeployedSizes, NestedSizes
@@ -139,8 +140,10 @@ def _total(errors: Mapping[float, tuple[int, float]]) -> float:
 
 
 def _own(elastic: ElasticNetwork, target: float) -> list[Tensor]:
-    """The trainable tensors of one deployed size's partitions."""
-    return [q for p in elastic.deployed[target].partitions.values() for q in p.parameters() if q.requires_grad]
+    """The trainable tensors of one deployed size's partitions and bias corrections."""
+    d = elastic.deployed[target]
+    return [q for p in d.partitions.values() for q in p.parameters() if q.requires_grad] + \
+        [b for b in d.biases.values() if b.requires_grad]
 
 
 def _rankings(imodel: IntegralModel, kinds: Sequence[str], batches: list, reference: list,
@@ -181,7 +184,7 @@ def _outputs(teacher: nn.Module, batches: list) -> list:
 
 def _state(imodel: IntegralModel, extra: Sequence[Tensor] = ()) -> tuple[dict[str, Tensor], list[Tensor]]:
     """The shared weights (not the partitions) and copies of ``extra`` (the deployed partitions' tensors)."""
-    return ({k: v.detach().clone() for k, v in imodel.state_dict().items() if not k.startswith("partitions.")},
+    return ({k: v.detach().clone() for k, v in imodel.state_dict().items() if not k.startswith(("partitions.", "offsets."))},
             [t.detach().clone() for t in extra])
 
 
@@ -215,8 +218,8 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
                  full_tolerance: float | None = None, random: int = 2, ranking: str = "auto", loss: str | Distillation = "auto",
                  holdout: float = 0.2, eval_every: int = 20, seed: int = 0,
                  config: ConvertConfig | None = None, deploy: Sequence[float] | None = None,
-                 deploy_kind: str = "scales", partition_lr: float | None = None
-                 ) -> tuple[ElasticNetwork, ElasticReport]:
+                 deploy_kind: str = "scales", partition_lr: float | None = None, bias_lr: float = 1e-3,
+                 fit_scales: bool = False) -> tuple[ElasticNetwork, ElasticReport]:
     """Turn a pretrained ``model`` (or an :class:`~torchinn.IntegralModel`, copied) into one
     :class:`~torchinn.elastic.network.ElasticNetwork` that works at every size from ``low`` of each
     group's channels to full, trained for ``seconds`` (of training steps: the conversion, the
@@ -237,7 +240,11 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
     ``deploy``: fractions of the parameters (each in (0, 1)) that get their own sizes and their
     own trained state (:meth:`ElasticNetwork.deploy`, sizes from curves measured before training):
     ``deploy_kind="scales"`` (default), a scale per kept channel on the ranked top-``k`` points;
-    ``"partitions"``, trained points. Each step then trains the full size and ``random`` (at
+    ``"partitions"``, trained points; ``"scales-bias"``, the scales and a per-size correction of
+    the bias of every layer reading a resized group, started by a closed form on the training
+    batches (:func:`torchinn.elastic.biases.fit_biases`) and trained at ``bias_lr`` (0: kept at
+    the closed form; ``fit_scales=True``: the scales start at a per-channel least-squares fit, not
+    1). Each step then trains the full size and ``random`` (at
     least one) of them in turn, their state at ``partition_lr`` (default 1e-2 for scales, 1e-3
     for partitions) and the shared weights at ``lr`` (``0``: the shared weights stay the
     converted ones, so the full size is exact), and the guard scores those sizes. Other sizes
@@ -253,13 +260,14 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
     {'0.weight:0': 16}
     """
     if lr is None:  # the measured recipes: the shared weights train, or, with deployed scales, stay frozen
-        lr = 0.0 if deploy is not None and deploy_kind == "scales" else 1e-5
+        lr = 0.0 if deploy is not None and deploy_kind in ("scales", "scales-bias") else 1e-5
     _check(low, seconds, steps, lr, full_tolerance, random, ranking, loss, holdout)
     check_number(eval_every, "eval_every", 1, integer=True)
     check_choice(deploy_kind, DEPLOY_KINDS, "deploy_kind")
     if partition_lr is None:
-        partition_lr = 1e-2 if deploy_kind == "scales" else 1e-3
+        partition_lr = 1e-3 if deploy_kind == "partitions" else 1e-2
     check_number(partition_lr, "partition_lr", 0, low_open=True)
+    check_number(bias_lr, "bias_lr", 0)
     if deploy is not None and (isinstance(deploy, (str, bytes, Tensor)) or not isinstance(deploy, Iterable)
                                or not list(deploy)):
         raise ValueError(f"deploy must be a non-empty list of fractions of the parameters in (0, 1), got {deploy!r}")
@@ -302,12 +310,16 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
     if deploy is not None:
         elastic.measure_curves(train[:4], ref_train[:4], dist)
         elastic.deploy(list(deploy), deploy_kind)
+        if deploy_kind == "scales-bias":
+            fit_biases(elastic, train, teacher, scales=fit_scales)
         dep_before, _ = _errors(elastic, sorted(elastic.deployed), held, ref_held, dist, deployed=True)
         guarded = dep_before
 
-    params = [p for n, p in imodel.named_parameters() if not n.startswith("partitions.") and p.requires_grad]
+    params = [p for n, p in imodel.named_parameters() if not n.startswith(("partitions.", "offsets.")) and p.requires_grad]
     extra = elastic.deployed_parameters()
-    groups = ([{"params": params, "lr": lr}] if lr > 0 else []) + ([{"params": extra, "lr": partition_lr}] if extra else [])
+    biases = {id(b) for d in elastic.deployed.values() for b in d.biases.values()}
+    groups = [g for g in ([{"params": params, "lr": lr}] if lr > 0 else []) + [
+        {"params": [q for q in extra if (id(q) in biases) == b], "lr": bias_lr if b else partition_lr} for b in (0, 1)] if g["params"]]
     if lr == 0:
         for p in params:
             p.requires_grad_(False)

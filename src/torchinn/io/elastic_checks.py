@@ -24,7 +24,8 @@ def check_elastic(value: Any, max_sizes: dict[str, int], tensors: dict[str, Tens
     ``{"orders": {group: a permutation of range(max_size)}, "curves": {group: [[ratio, error],
     ...]}, "low": a ratio or null}``, every group one of the file's; optionally ``"deployed": [{"target",
     "sizes", "partitions" (trainable, tensors e/<i>/<group>/), "kind" ("partitions", the default, or
-    "scales": no partitions, "scales" the groups below full size, tensors e/<i>/<group>/log_scale)}]``
+    "scales": no partitions, "scales" the groups below full size, tensors e/<i>/<group>/log_scale; or
+    "scales-bias": the same and "biases", tensor names, tensors e/<i>/offset/<name>)}]``
     and ``"active"`` (null or a target)."""
     _keys(value, "elastic", {"orders", "curves", "low"}, {"deployed", "active"})
     targets = [_deployed(i, d, max_sizes, tensors or {}, budget, set() if used is None else used)
@@ -64,7 +65,7 @@ def check_elastic(value: Any, max_sizes: dict[str, int], tensors: dict[str, Tens
 def _deployed(i: int, d: Any, max_sizes: dict[str, int], tensors: dict[str, Tensor], budget: int,
               used: set[str]) -> float:
     field = f"elastic.deployed[{i}]"
-    t = _keys(d, field, {"target", "sizes", "partitions"}, {"kind", "scales"})["target"]
+    t = _keys(d, field, {"target", "sizes", "partitions"}, {"kind", "scales", "biases"})["target"]
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1:
         raise FormatError(f"{field}.target must be a fraction in (0, 1), got {t!r}"[:300])
     sizes = _type(d["sizes"], f"{field}.sizes", dict, "an object (group -> size)")
@@ -76,10 +77,17 @@ def _deployed(i: int, d: Any, max_sizes: dict[str, int], tensors: dict[str, Tens
     if not _among(kind, _KINDS):
         raise FormatError(f"{field}.kind must be one of {list(_KINDS)}, got {kind!r}"[:300])
     partitions = _type(d["partitions"], f"{field}.partitions", dict, "an object (group -> partition)")
-    if kind == "scales":
+    if kind in ("scales", "scales-bias"):
         _scales(field, d.get("scales"), partitions, sizes, max_sizes, tensors, used, i)
     elif "scales" in d:
-        raise FormatError(f"{field}.scales is only for kind 'scales', this deployed size is of kind {kind!r}")
+        raise FormatError(f"{field}.scales is only for kinds 'scales' and 'scales-bias', this deployed size is of "
+                          f"kind {kind!r}")
+    if kind == "scales-bias":  # the names and shapes are checked against the model's tensors on load
+        for n in _type(d.get("biases", []), f"{field}.biases", list, "a list of tensor names"):
+            used.add(f"e/{i}/offset/{n}")
+            _stored(tensors, f"e/{i}/offset/{n}", f"{field}.biases[{str(n)[:80]!r}]", 1)
+    elif "biases" in d:
+        raise FormatError(f"{field}.biases is only for kind 'scales-bias', this deployed size is of kind {kind!r}")
     for g, info in partitions.items():
         where = f"{field}.partitions[{g!r}]"[:200]
         if not _among(g, sizes) or not isinstance(info, dict) or info.get("type") != "trainable" \
@@ -91,7 +99,7 @@ def _deployed(i: int, d: Any, max_sizes: dict[str, int], tensors: dict[str, Tens
     return t
 
 
-_KINDS = ("partitions", "scales")
+_KINDS = ("partitions", "scales", "scales-bias")
 
 
 def _scales(field: str, scales: Any, partitions: dict, sizes: dict, max_sizes: dict[str, int],

@@ -54,6 +54,7 @@ from ..maths.partition import (
 )
 from ..maths.trainable import TrainablePartition
 from .checks import check_meta, check_tensors
+from .elastic_biases import biases_from, biases_state
 from .guards import check_guards
 from .graph import FormatError, target_name
 from .ops import allow_ops
@@ -130,11 +131,11 @@ def _partition_state(p: Partition, prefix: str, tensors: dict[str, Tensor]) -> d
 
 def _deployed_state(i: int, target: float, d: DeployedSize, tensors: dict[str, Tensor]) -> dict:
     """The JSON of one deployed size (its tensors added to ``tensors`` under ``e/<i>/``)."""
-    if d.kind == "scales":
+    if d.kind in ("scales", "scales-bias"):
         for g, p in d.partitions.items():
             tensors[f"e/{i}/{g}/log_scale"] = p.log_scale.detach()
-        return {"target": target, "sizes": dict(d.sizes), "partitions": {}, "kind": "scales",
-                "scales": sorted(d.partitions)}
+        return {"target": target, "sizes": dict(d.sizes), "partitions": {}, "kind": d.kind,
+                "scales": sorted(d.partitions), **biases_state(i, d, tensors)}
     return {"target": target, "sizes": dict(d.sizes),
             "partitions": {g: _partition_state(p, f"e/{i}/{g}/", tensors) for g, p in d.partitions.items()}}
 
@@ -204,6 +205,9 @@ def save(imodel: IntegralModel | ElasticNetwork, path: str | os.PathLike) -> Non
         imodel = imodel.imodel
     if not isinstance(imodel, IntegralModel):
         raise TypeError(f"save() needs an IntegralModel or an ElasticNetwork, got {type(imodel).__name__}")
+    if elastic is None and len(imodel.offsets):
+        raise TypeError("this integral model carries a deployed size's bias corrections (offsets): save its "
+                        "ElasticNetwork (torchinn.save(elastic, path)), not the integral model alone")
     functions = {}
     for name in imodel.tensor_names:
         key = module_key(name)
@@ -329,12 +333,12 @@ def _elastic(imodel: IntegralModel, info: dict, tensors: dict[str, Tensor]) -> E
     elastic.deployed = {}
     for i, d in enumerate(info.get("deployed", [])):
         own = {g: int(k) for g, k in d["sizes"].items()}
-        if d.get("kind") == "scales":
+        if d.get("kind") in ("scales", "scales-bias"):
             parts: dict[str, Partition] = {}
             for g in d["scales"]:
                 parts[g] = ScaledPartition(elastic.partition(g, own[g]))
                 parts[g].log_scale = nn.Parameter(tensors[f"e/{i}/{g}/log_scale"].clone())
-            elastic.deployed[float(d["target"])] = DeployedSize(own, parts, "scales")
+            elastic.deployed[float(d["target"])] = DeployedSize(own, parts, d["kind"], biases_from(i, d, imodel, own, tensors))
         else:
             elastic.deployed[float(d["target"])] = DeployedSize(
                 own, {g: _partition_from(p, f"e/{i}/{g}/", tensors) for g, p in d["partitions"].items()})

@@ -102,6 +102,9 @@ class IntegralModel(nn.Module):
         #: trained running statistics in every mode, so fine-tuning does not disturb them.
         self.batch_statistics = False
         self._cache = SampleCache()
+        #: tensor name (as :func:`module_key` spells it) -> a tensor added to it after sampling, of its
+        #: sampled shape (an elastic network's per-size bias corrections); none by default
+        self.offsets = nn.ParameterDict()
         # the sizes the running statistics were estimated at ("any": as built; None: stale)
         self._stats_sizes: dict[str, int] | str | None = "any"
         #: the traced inputs: guards on their sizes and their names (set by :func:`torchinn.convert`)
@@ -170,6 +173,7 @@ class IntegralModel(nn.Module):
         parts = self.partition_map()
         variances = {var for _, var in self.norm_statistics()}
         tensors = []
+        offsets = self._modules.get("offsets") or {}  # a model pickled before offsets existed has none
         sampled = sample_tensors(self.functions, parts)  # the sampler of the Integral* layers too
         for name in self.tensor_names:
             key = module_key(name)
@@ -182,6 +186,11 @@ class IntegralModel(nn.Module):
                 tensors.append(t if name in self.trainable else t.detach())
             else:
                 tensors.append(getattr(self.fixed, key))
+            if key in offsets:
+                if offsets[key].shape != tensors[-1].shape:
+                    raise ValueError(f"the offset of {name!r} has shape {tuple(offsets[key].shape)}, the tensor "
+                                     f"sampled at the current sizes {tuple(tensors[-1].shape)}")
+                tensors[-1] = tensors[-1] + offsets[key].to(tensors[-1].dtype)
         like = tensors[0] if tensors else torch.empty(0)
         like = next((t for t in tensors if t.is_floating_point()), like)
         scales = []
