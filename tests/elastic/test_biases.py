@@ -174,3 +174,14 @@ def test_the_scale_fit_recovers_the_multiplier_of_a_removed_duplicate_channel():
         x = torch.randn(32, 4, dtype=torch.float64)
         assert float((elastic(x) - net(x)).abs().max()) < 0.05 * float(net(x).abs().max())
     elastic.resize(1.0)
+
+
+def test_fit_scales_without_deployed_bias_corrections_is_refused():
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    data = [torch.randn(8, 8) for _ in range(4)]
+    with pytest.raises(ValueError, match="fit_scales=True .* deploy_kind='scales-bias'.*deploy_kind='scales'"):
+        inn.make_elastic(net, data[0], data, steps=1, deploy=[0.5], fit_scales=True)
+    with pytest.raises(ValueError, match="fit_scales=True .* deploy=None"):
+        inn.make_elastic(net, data[0], data, steps=1, fit_scales=True)
+    with pytest.raises(TypeError, match="fit_scales must be True or False, got 'yes'"):
+        inn.make_elastic(net, data[0], data, steps=1, deploy=[0.5], deploy_kind="scales-bias", fit_scales="yes")

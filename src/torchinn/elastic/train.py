@@ -3,8 +3,8 @@
 The recipe, and why (measured on mnist_cnn and waifu2x_photo, benchmarks/elastic.py and
 docs/decisions/elastic.md):
 
-* **Ranked, nested partitions** (``ranking``): each group's channels are ranked once by
-  importance on the calibration data (L1 norm, activation or Fisher scores of
+* **Ranked, nested partitions** (``ranking``): each group's channels are ranked once by importance
+  on the calibration data (L1 norm, activation or Fisher scores of
   :mod:`torchinn.compression.importance`; ``"auto"`` keeps the one whose top channels give the
   lowest calibration error at ``low`` and at the middle size), and ``k`` channels are the top
   ``k`` (:class:`~torchinn.elastic.network.ElasticNetwork`). Uniform resampling of a converted
@@ -44,11 +44,11 @@ from ..compression.starts import distill_error
 from ..model.convert import ConvertConfig, convert
 from ..model.inputs import as_inputs, batch_inputs, check_batches, padding_mask, run
 from ..model.integral_model import IntegralModel
-from ..options import check_choice, check_number
-from ..training.distill import LOSS_CHOICES, Distillation, resolve_loss
+from ..training.distill import Distillation, resolve_loss
 from ..training.train import adam, sandwich_backward
+from .arguments import RANKINGS, check_arguments
 from .biases import fit_biases
-from .network import DEPLOY_KINDS, ElasticNetwork
+from .network import ElasticNetwork
 from .report import ElasticReport
 from .sizes import DeployedSizes, NestedSizes
 
@@ -56,28 +56,8 @@ __all__ = ["RANKINGS", "make_elastic"]
 
 log = logging.getLogger(__name__)
 
-RANKINGS = ("auto", "l1", "activation", "fisher", "uniform")
 _FULL_METRIC = {"kl": "share of samples whose top class differs from the original's",
                 "mse": "relative squared error against the original"}
-
-
-def _check(low: object, seconds: object, steps: object, lr: object, full_tolerance: object, random: object,
-           ranking: object, loss: object, holdout: object) -> None:
-    check_number(low, "low (the smallest share of every group's channels to train)", 0, 1, low_open=True)
-    if seconds is None and steps is None:
-        raise ValueError("make_elastic needs a budget: seconds (wall-clock time) or steps (optimizer steps), or both")
-    if seconds is not None:
-        check_number(seconds, "seconds", 0, low_open=True)
-    if steps is not None:
-        check_number(steps, "steps", 1, integer=True)
-    check_number(lr, "lr", 0)
-    if full_tolerance is not None:
-        check_number(full_tolerance, "full_tolerance", 0)
-    check_number(random, "random (random sizes per sandwich step)", 0, integer=True)
-    check_choice(ranking, RANKINGS, "ranking")
-    if not isinstance(loss, Distillation):
-        check_choice(loss, LOSS_CHOICES, "loss")
-    check_number(holdout, "holdout", 0, 1, low_open=True, high_open=True)
 
 
 def _ratios(low: float) -> list[float]:
@@ -244,11 +224,11 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
     the bias of every layer reading a resized group, started by a closed form on the training
     batches (:func:`torchinn.elastic.biases.fit_biases`) and trained at ``bias_lr`` (0: kept at
     the closed form; ``fit_scales=True``: the scales start at a per-channel least-squares fit, not
-    1). Each step then trains the full size and ``random`` (at
-    least one) of them in turn, their state at ``partition_lr`` (default 1e-2 for scales, 1e-3
-    for partitions) and the shared weights at ``lr`` (``0``: the shared weights stay the
-    converted ones, so the full size is exact), and the guard scores those sizes. Other sizes
-    keep the ranked top-``k`` partitions. ``lr=0`` needs ``deploy``.
+    1). Each step then trains the full size and ``random`` (at least one) of them in turn, their
+    state at ``partition_lr`` (default 1e-2 for scales, 1e-3 for partitions) and the shared weights
+    at ``lr`` (``0``: the shared weights stay the converted ones, so the full size is exact), and
+    the guard scores those sizes. Other sizes keep the ranked top-``k`` partitions. ``lr=0`` needs
+    ``deploy``.
 
     >>> import torch, torchinn as inn
     >>> net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
@@ -259,21 +239,10 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
     >>> elastic.resize(0.5)
     {'0.weight:0': 16}
     """
-    if lr is None:  # the measured recipes: the shared weights train, or, with deployed scales, stay frozen
-        lr = 0.0 if deploy is not None and deploy_kind in ("scales", "scales-bias") else 1e-5
-    _check(low, seconds, steps, lr, full_tolerance, random, ranking, loss, holdout)
-    check_number(eval_every, "eval_every", 1, integer=True)
-    check_choice(deploy_kind, DEPLOY_KINDS, "deploy_kind")
-    if partition_lr is None:
-        partition_lr = 1e-3 if deploy_kind == "partitions" else 1e-2
-    check_number(partition_lr, "partition_lr", 0, low_open=True)
-    check_number(bias_lr, "bias_lr", 0)
-    if deploy is not None and (isinstance(deploy, (str, bytes, Tensor)) or not isinstance(deploy, Iterable)
-                               or not list(deploy)):
-        raise ValueError(f"deploy must be a non-empty list of fractions of the parameters in (0, 1), got {deploy!r}")
-    if lr == 0 and deploy is None:
-        raise ValueError("lr=0 trains nothing without deploy (fractions of the parameters with their own "
-                         "partitions); give lr > 0 or deploy")
+    lr, partition_lr = check_arguments(
+        low=low, seconds=seconds, steps=steps, lr=lr, full_tolerance=full_tolerance, random=random, ranking=ranking,
+        loss=loss, holdout=holdout, eval_every=eval_every, deploy=deploy, deploy_kind=deploy_kind,
+        partition_lr=partition_lr, bias_lr=bias_lr, fit_scales=fit_scales)
     t0 = time.perf_counter()
     if isinstance(model, IntegralModel):
         imodel = copy.deepcopy(model)
@@ -372,7 +341,7 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
             if last:
                 break
     train_seconds = time.perf_counter() - t_train
-    imodel.clear_samples()   # the samples kept for the deployed scales' steps (memory)
+    imodel.clear_samples()  # the samples kept for the deployed scales' steps (memory)
     sizes.full()
     imodel.load_state_dict(best[0], strict=False)
     with torch.no_grad():

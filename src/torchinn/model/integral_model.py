@@ -311,9 +311,8 @@ class IntegralModel(nn.Module):
                           self.out_spec, self.input_guards, self.input_names, copies=False).train(self.training)
 
     def clear_samples(self) -> None:
-        """Drop the tensors kept from the last run at the current sizes (:meth:`sampled`) and the
-        samples kept for steps that train only quadrature weights
-        (:class:`~torchinn.maths.structured.FrozenSamples`); the next run samples them again."""
+        """Drop the tensors kept from the last run (:meth:`sampled`) and for steps that train only
+        quadrature weights (:class:`~torchinn.maths.structured.FrozenSamples`): sampled again next."""
         self._cache.clear()
         for fn in self.functions.values():
             fn.frozen.clear()
