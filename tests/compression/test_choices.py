@@ -246,3 +246,29 @@ def test_the_choices_give_up_part_of_their_share_so_that_the_tuning_steps_fit():
     assert _choice_share(-1.0, 0.1, timed=True) == (1.0, 0.0)
     # no time budget (steps bound the tuning): the usual share whatever the time
     assert _choice_share(0.01, 0.1, timed=False)[0] == CHOICE_SHARE
+
+
+def test_slow_passes_judge_the_reconstruction_on_fewer_held_out_batches(monkeypatch):
+    # as the choice batches: when the held-out batches' passes would take more than 5% of the
+    # bound, fewer of them (at least one) judge the candidates; tune=False's bound holds them all
+    model, inputs, cal = _mlp_and_batches(10)  # 2 held out
+    fast = compression.run
+
+    def slow_run(module, batch):
+        time.sleep(0.05)
+        return fast(module, batch)
+
+    monkeypatch.setattr(compression, "run", slow_run)
+    judged: list[int] = []
+    original = compression.choose
+
+    def recording(imodel, **kwargs):
+        judged.append(len(kwargs["judge"]))
+        return original(imodel, **kwargs)
+
+    monkeypatch.setattr(compression, "choose", recording)
+    inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=TuneConfig(seconds=1.5, progress=False))
+    inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=False)  # bound 30 s: 0.05 x 30 > 2 x 0.05
+    monkeypatch.setattr(compression, "run", fast)
+    inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=TuneConfig(seconds=1.5, progress=False))
+    assert judged == [1, 2, 2]  # 0.05 x 1.5 s holds one 0.05 s pass
