@@ -272,3 +272,17 @@ def test_slow_passes_judge_the_reconstruction_on_fewer_held_out_batches(monkeypa
     monkeypatch.setattr(compression, "run", fast)
     inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=TuneConfig(seconds=1.5, progress=False))
     assert judged == [1, 2, 2]  # 0.05 x 1.5 s holds one 0.05 s pass
+
+
+def test_a_reconstruction_whose_whole_fit_does_not_fit_is_fitted_in_part(monkeypatch):
+    # the estimate of the whole fit exceeds the time (as a LM's with 60 s on one core): it is still
+    # fitted, under its deadline, and judged, where RECONSTRUCT_LEAST passes of it fit; skipped below
+    model, inputs, cal = _mlp_and_batches(10)
+    monkeypatch.setattr(choices, "RECONSTRUCT_PASSES", 1e9)
+    _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=False)
+    assert {"partitions", "reconstruct"} <= set(report.reconstruct_errors)
+    assert not any(s.startswith("reconstruction on") for s in report.skipped), report.skipped
+    monkeypatch.setattr(choices, "RECONSTRUCT_LEAST", 1e9)
+    _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=False)
+    assert report.reconstruct_errors == {}
+    assert any(s.startswith("reconstruction on 8 batches (about") for s in report.skipped), report.skipped
