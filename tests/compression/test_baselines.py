@@ -688,3 +688,29 @@ def test_refit_skips_only_the_layer_over_the_memory_bound(monkeypatch: pytest.Mo
         errors = [float((m(test) - ref).pow(2).mean() / ref.pow(2).mean()) for m in (l1, bounded)]
     assert all(math.isfinite(e) for e in errors)
     assert errors[1] < 0.95 * errors[0]  # no worse than no refit on the skipped layer (here better: layer 2)
+
+
+# issue 23: fewer rows than features (a LM's MLP on one batch of tokens): the solves run in the
+# rows' space and give the features' space solution
+def test_normal_equations_with_fewer_rows_than_features_solve_in_the_rows_space() -> None:
+    from torchinn.compression.regression import NormalEquations
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 40, 97, dtype=torch.float64)  # 2 groups, 40 rows, 97 features
+    y = torch.randn(2, 40, 5, dtype=torch.float64)
+    prior = 0.1 * torch.randn(2, 97, 5, dtype=torch.float64)
+    rows, feats = NormalEquations(), NormalEquations()
+    rows.add(x[:, :25], y[:, :25])
+    rows.add(x[:, 25:], y[:, 25:])
+    feats.add(x, y)
+    feats.x = feats.y = None  # the features' space only
+    assert rows._rows() is not None and feats._rows() is None
+    for ridge in (1e-4, 1e-2, 1.0):
+        a, b = rows.solve(ridge, prior), feats.solve(ridge, prior)
+        assert float((a - b).abs().max()) < 1e-8 * float(b.abs().max())
+        assert rows.sse(a) == pytest.approx(feats.sse(b), rel=1e-6, abs=1e-9)
+    more = NormalEquations()
+    more.add(torch.randn(1, 98, 97, dtype=torch.float64), torch.randn(1, 98, 5, dtype=torch.float64))
+    assert more.x is None and more._rows() is None  # as many rows as features: the features' space
+    merged = rows.merged(rows)  # 80 rows: still fewer
+    assert merged.rows == 80 and merged._rows() is not None and merged._rows()[0].shape == (2, 80, 97)

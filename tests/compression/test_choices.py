@@ -246,3 +246,41 @@ def test_the_choices_give_up_part_of_their_share_so_that_the_tuning_steps_fit():
     assert _choice_share(-1.0, 0.1, timed=True) == (1.0, 0.0)
     # no time budget (steps bound the tuning): the usual share whatever the time
     assert _choice_share(0.01, 0.1, timed=False)[0] == CHOICE_SHARE
+
+
+def test_slow_passes_judge_the_reconstruction_on_fewer_held_out_batches(monkeypatch):
+    # as the choice batches: when the held-out batches' passes would take more than 5% of the
+    # bound, fewer of them (at least one) judge the candidates; tune=False's bound holds them all
+    model, inputs, cal = _mlp_and_batches(10)  # 2 held out
+    fast = compression.run
+
+    def slow_run(module, batch):
+        time.sleep(0.05)
+        return fast(module, batch)
+
+    monkeypatch.setattr(compression, "run", slow_run)
+    judged: list[int] = []
+    original = compression.choose
+
+    def recording(imodel, **kwargs):
+        judged.append(len(kwargs["judge"]))
+        return original(imodel, **kwargs)
+
+    monkeypatch.setattr(compression, "choose", recording)
+    inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=TuneConfig(seconds=1.5, progress=False))
+    inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=False)  # bound 30 s: 0.05 x 30 > 2 x 0.05
+    assert judged == [1, 2]  # 0.05 x 1.5 s holds one pass of 0.05 s or more
+
+
+def test_a_reconstruction_whose_whole_fit_does_not_fit_is_fitted_in_part(monkeypatch):
+    # the estimate of the whole fit exceeds the time (as a LM's with 60 s on one core): it is still
+    # fitted, under its deadline, and judged, where RECONSTRUCT_LEAST passes of it fit; skipped below
+    model, inputs, cal = _mlp_and_batches(10)
+    monkeypatch.setattr(choices, "RECONSTRUCT_PASSES", 1e9)
+    _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=False)
+    assert {"partitions", "reconstruct"} <= set(report.reconstruct_errors)
+    assert not any(s.startswith("reconstruction on") for s in report.skipped), report.skipped
+    monkeypatch.setattr(choices, "RECONSTRUCT_LEAST", 1e9)
+    _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=False)
+    assert report.reconstruct_errors == {}
+    assert any(s.startswith("reconstruction on 8 batches (about") for s in report.skipped), report.skipped

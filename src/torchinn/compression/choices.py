@@ -20,7 +20,9 @@ per second, and measures once what several choices share:
    needs is kept clear of them).
 4. **Reconstruction** (:func:`torchinn.compression.baselines.reconstruct`), fitted on the training batches
    only and compared with the partitions on the held-out batches, which no candidate was fitted
-   or chosen on (skipped, judging included, when its first fit does not fit the time left): first fitted on the choice batches (screening), refit on all the training
+   or chosen on (when its whole first fit does not fit the time left, fitted in part: the layers it
+   does not reach keep their selected weights; skipped, judging included, when not even
+   ``RECONSTRUCT_LEAST`` passes of it fit): first fitted on the choice batches (screening), refit on all the training
    batches when the screened fit is close and the time left allows.
 5. **Group by group** starts (:func:`torchinn.compression.starts.refine_start`) with the time left.
 
@@ -78,6 +80,10 @@ FIT_BATCHES = 64
 #: through the full and the pruned network, then the solves); it is not tried when that would
 #: not fit in the time left
 RECONSTRUCT_PASSES = 4.0
+#: ... but where this many forward passes of it fit (with the judging of both candidates), it is fitted
+#: in part (its deadline leaves the layers it does not reach as selected): on a LM with a budget of
+#: a few passes, a partial refit beats the channels as selected (benchmarks/RESULTS.md)
+RECONSTRUCT_LEAST = 1.0
 
 
 @dataclass
@@ -201,10 +207,12 @@ def _start_scores(start: StartChoice, importance: Importance | None) -> dict[str
 def _reconstruct(imodel: IntegralModel, sizes: Mapping[str, int], cal: Sequence[tuple], fit: Sequence[tuple],
                  judge: Sequence[tuple], judged: Sequence[Any], mine: float, loss: Distillation, clock: _Clock,
                  per_batch: float, skipped: list[str], scores: Mapping[str, Any] | None = None,
-                 teacher: Any = None) -> tuple[nn.Module | None, dict[str, float]]:
+                 teacher: Any = None, least: float = 0.0) -> tuple[nn.Module | None, dict[str, float]]:
     """The reconstruction baseline at ``sizes`` (fitted on ``fit``, never on ``judge``; channels
     selected by ``scores`` where given, else L1) when it beats ``mine`` (the partitions' error on
-    ``judge``), and the errors measured on the way."""
+    ``judge``), and the errors measured on the way. The first fit starts when ``least`` seconds
+    are left even if the whole of it would not fit (a partial fit: the layers its deadline does not
+    reach keep their selected weights)."""
     from .baselines import reconstruct
 
     errors = {"partitions": mine}
@@ -213,7 +221,7 @@ def _reconstruct(imodel: IntegralModel, sizes: Mapping[str, int], cal: Sequence[
     fits: dict[str, Any] = {}
     for data in screens + [list(fit)]:
         guess = RECONSTRUCT_PASSES * len(data) * per_batch
-        if recon is None and guess > clock.left():
+        if recon is None and guess > clock.left() and (not least or least - len(judge) * per_batch > clock.left()):
             skipped.append(f"reconstruction on {len(data)} batches (about {guess:.1f} s, {clock.left():.1f} s left)")
             break
         t0 = time.perf_counter()
@@ -287,8 +295,12 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
     first = _first_fit(cal, fit)
     need = (RECONSTRUCT_PASSES * len(first) + len(judge)) * per_batch
     # the reconstruction's first fit is kept clear of the starts beyond the first one measured: where
-    # both do not fit, the refit gains more (on SmolLM2 with 60 s the starts took the time it needed)
-    hold = need if reconstruct and judge and need <= clock.left() else 0.0
+    # both do not fit, the refit gains more (on SmolLM2 with 60 s the starts took the time it needed);
+    # where the whole fit does not fit either, what is left after the first start goes to a partial one
+    # (its deadline leaves the last layers as selected), as long as RECONSTRUCT_LEAST passes of it fit
+    least = (RECONSTRUCT_LEAST + 2 * len(judge)) * per_batch
+    room = clock.left() - len(cal) * per_batch  # after the first start's measurement
+    hold = min(need, room) if reconstruct and judge and least <= room else 0.0
     method, table, start = _sizes_and_starts(imodel, options, cal, reference, loss, kinds, importance, clock, share,
                                              per_batch, skipped, hold)
     if method == "given":
@@ -300,14 +312,14 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
     recon, versus = None, {}
     if reconstruct and not judge:
         skipped.append("reconstruction (no held-out calibration batch to judge it on; pass 2 or more batches)")
-    if reconstruct and judge and need > clock.left():  # not even the held-out error of the partitions
+    if reconstruct and judge and least > clock.left():  # not even a partial fit and the judging
         skipped.append(f"reconstruction on {len(first)} batches (about {need:.1f} s with its judging, "
                        f"{max(0.0, clock.left()):.1f} s left)")
     elif reconstruct and judge:
         t0 = time.perf_counter()
         mine = distill_error(imodel, judge, judged, loss)
         recon, versus = _reconstruct(imodel, chosen, cal, fit, judge, judged, mine, loss, clock, per_batch,
-                                     skipped, _start_scores(start, importance), teacher)
+                                     skipped, _start_scores(start, importance), teacher, least)
         release_memory(nbytes)
         spent["reconstruct"] = time.perf_counter() - t0
     if recon is None or REFINE_GAIN * versus["reconstruct"] >= versus["partitions"]:

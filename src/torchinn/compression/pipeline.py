@@ -61,6 +61,7 @@ MAX_BATCHES = 256
 #: at most this many calibration batches choose sizes and starts (and measure the report's
 #: errors): the choices compare a few candidates, so a few batches tell them apart at a fraction of
 #: the cost; fewer when one forward pass of each would take more than CHOICE_PASSES_SHARE of the bound
+#: (so are the held-out batches that judge the reconstruction, at least one)
 SELECT_BATCHES = 4
 CHOICE_PASSES_SHARE = 0.05
 #: the share of the bound (TuneConfig.seconds) the choices may take when there is tuning after them
@@ -255,6 +256,9 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
                         tune.temperature if tune is not False else None, masks)
     # held out from every choice; a loader that is not a list: the two batches after the choice ones
     judge = [batch_inputs(b) for b in ((held_out or []) if isinstance(source, Sequence) else _first(source, 2, len(cal)))]
+    # as the choice batches: fewer when their passes would take more than CHOICE_PASSES_SHARE of the bound
+    # (each is run by the teacher here and by every candidate judged; at least one)
+    judge = judge[:max(1, int(CHOICE_PASSES_SHARE * bound / per_batch))] if per_batch > 0 else judge
     with torch.no_grad():
         judged = [run(full, b) for b in judge]
     fit = ([batch_inputs(b) for b in train_source[:FIT_BATCHES]] if isinstance(train_source, Sequence) else list(cal))
