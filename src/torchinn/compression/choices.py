@@ -180,16 +180,20 @@ def _sizes_and_starts(imodel: IntegralModel, options: Mapping[str, Mapping[str, 
     beyond the first."""
     order = [k for k in START_ORDER if k in kinds] + [k for k in kinds if k not in START_ORDER]
     results: dict[str, StartChoice] = {}
+    took: list[float] = []  # seconds of each measurement made
     for i, (method, sizes) in enumerate(options.items()):
-        if results and clock.left() - hold < len(cal) * per_batch:  # the first (most promising) is always measured
+        each = max(len(cal) * per_batch, sum(took) / max(1, len(took)))  # one more: its passes, or the mean so far
+        if results and clock.left() - hold < each:  # the first (most promising) is always measured
             skipped.append(f"sizes {', '.join(list(options)[i:])} (measuring them takes about "
-                           f"{len(cal) * per_batch:.1f} s each, {max(0.0, clock.left()):.1f} s left)")
+                           f"{each:.1f} s each, {max(0.0, clock.left()):.1f} s left)")
             break
         seconds = share * max(0.0, clock.left() - hold) / (len(options) - i)
+        t0 = time.perf_counter()
         with kept_partitions(imodel):
             imodel.resize(dict(sizes))
             results[method] = best_start(imodel, cal, kinds=order, per_group=False, reference=reference, loss=loss,
                                          importance=importance, max_seconds=seconds)
+        took.append(time.perf_counter() - t0)
     table = {m: c.error for m, c in results.items()}
     winner = min(table, key=lambda m: table[m])
     imodel.resize(dict(options[winner]))
