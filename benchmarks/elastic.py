@@ -95,7 +95,8 @@ DESIGNS = {"ranked": {}, "partitions": {"deploy": True, "deploy_kind": "partitio
            "scales": {"deploy": True, "lr": 0.0, "deploy_kind": "scales"},
            "scales-joint": {"deploy": True, "deploy_kind": "scales"},
            "scales-bias": {"deploy": True, "lr": 0.0, "deploy_kind": "scales-bias"},
-           "scales-bias-fit": {"deploy": True, "lr": 0.0, "deploy_kind": "scales-bias", "fit_scales": True}}
+           "scales-bias-fit": {"deploy": True, "lr": 0.0, "deploy_kind": "scales-bias", "fit_scales": True},
+           "scales-refit": {"deploy": True, "lr": 0.0, "deploy_kind": "scales-refit"}}
 PARTITION_LR: list[float | None] = [None]  # --partition-lr (None: make_elastic's default)
 REFIT = [False]  # --refit
 
@@ -116,7 +117,9 @@ def _design(net: Any, x: Any, cal: Any, name: str, seconds: float, lr: float, lo
                      "full_tolerance": rep.full_tolerance, "full_metric": rep.full_metric,
                      "full_error_after": rep.full_error_after, "history": rep.history,
                      "quality": {str(r): q for r, q in rep.quality.items()},
-                     "deployed": {str(t): q for t, q in rep.deployed.items()}}
+                     "deployed": {str(t): q for t, q in rep.deployed.items()},
+                     "deployed_bytes": {str(t): b for t, b in rep.deployed_bytes.items()},
+                     "refit": {str(t): r for t, r in rep.refit.items()}}
 
 
 def run(network: str, seconds: float, targets: Sequence[float], compress_seconds: Sequence[float], calib: int,

@@ -1057,7 +1057,7 @@ CASES += [
      r"'fisher'\?$"),
     ("make_elastic with fit_scales but no bias corrections", elastic_fit_scales_alone, ValueError,
      r"^fit_scales=True fits the scales of deployed sizes with bias corrections: it needs deploy=\[\.\.\.\] and "
-     r"deploy_kind='scales-bias', got deploy=\[0\.5\], deploy_kind='scales'$"),
+     r"deploy_kind='scales-bias' or 'scales-refit', got deploy=\[0\.5\], deploy_kind='scales'$"),
     ("an elastic ranking that is not a permutation of the channels", elastic_bad_order, ValueError,
      r"^the ranking of group '0\.weight:0' must be a permutation of range\(16\) \(its channels, most important "
      r"first\), got \[0, 0, 1\]$"),

@@ -94,7 +94,7 @@ def test_a_tampered_scales_field_is_refused(tmp_path, trained):
 
     bad = json.loads(json.dumps(meta))
     bad["elastic"]["deployed"][0]["kind"] = "points"
-    refused(bad, tensors, r"elastic.deployed\[0\].kind must be one of \['partitions', 'scales', 'scales-bias'\], got 'points'")
+    refused(bad, tensors, r"elastic.deployed\[0\].kind must be one of \['partitions', 'scales', 'scales-bias', 'scales-refit'\], got 'points'")
     bad = json.loads(json.dumps(meta))
     bad["elastic"]["deployed"][0]["scales"] = entry["scales"][1:]
     refused(bad, tensors, r"elastic.deployed\[0\].scales must list the groups of elastic.deployed\[0\].sizes below")
@@ -113,7 +113,7 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match=r"^deploy_kind must be .*'scales'.*'partitions'.*, got 'points'"):
         inn.make_elastic(net, data[0], data, steps=1, deploy=[0.5], deploy_kind="points")
     elastic = ElasticNetwork(inn.convert(net, (data[0],)), {})
-    with pytest.raises(ValueError, match=r"^deploy: kind must be one of \['scales', 'partitions', 'scales-bias'\], got 'bias'$"):
+    with pytest.raises(ValueError, match=r"^deploy: kind must be one of \['scales', 'partitions', 'scales-bias', 'scales-refit'\], got 'bias'$"):
         elastic.deploy([0.5], kind="bias")
     with pytest.raises(TypeError, match=r"^ScaledPartition needs a plain partition of one group .* got CompositePartition$"):
         ScaledPartition(CompositePartition([UniformPartition(4), UniformPartition(4)]))

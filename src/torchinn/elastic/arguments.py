@@ -25,7 +25,7 @@ def check_arguments(*, low: Any, seconds: Any, steps: Any, lr: Any, full_toleran
     partitions, else 1e-2)."""
     check_choice(deploy_kind, DEPLOY_KINDS, "deploy_kind")
     if lr is None:  # the measured recipes: the shared weights train, or, with deployed scales, stay frozen
-        lr = 0.0 if deploy is not None and deploy_kind in ("scales", "scales-bias") else 1e-5
+        lr = 0.0 if deploy is not None and deploy_kind in ("scales", "scales-bias", "scales-refit") else 1e-5
     check_number(low, "low (the smallest share of every group's channels to train)", 0, 1, low_open=True)
     if seconds is None and steps is None:
         raise ValueError("make_elastic needs a budget: seconds (wall-clock time) or steps (optimizer steps), or both")
@@ -54,8 +54,8 @@ def check_arguments(*, low: Any, seconds: Any, steps: Any, lr: Any, full_toleran
                          "partitions); give lr > 0 or deploy")
     if not isinstance(fit_scales, bool):
         raise TypeError(f"fit_scales must be True or False, got {fit_scales!r}")
-    if fit_scales and (deploy is None or deploy_kind != "scales-bias"):
+    if fit_scales and (deploy is None or deploy_kind not in ("scales-bias", "scales-refit")):
         raise ValueError(f"fit_scales=True fits the scales of deployed sizes with bias corrections: it needs "
-                         f"deploy=[...] and deploy_kind='scales-bias', got deploy={deploy!r}, "
+                         f"deploy=[...] and deploy_kind='scales-bias' or 'scales-refit', got deploy={deploy!r}, "
                          f"deploy_kind={deploy_kind!r}")
     return float(lr), float(partition_lr)

@@ -67,7 +67,7 @@ def _kept(elastic: ElasticNetwork, sizes: Mapping[str, int]) -> dict[str, Tensor
 
 def fit_biases(elastic: ElasticNetwork, batches: Sequence[Any], teacher: fx.GraphModule | None = None,
                scales: bool = False) -> dict[float, dict[str, float]]:
-    """Fit the bias corrections of every deployed size of kind ``"scales-bias"`` of ``elastic`` by
+    """Fit the bias corrections of every deployed size of kind ``"scales-bias"`` (or ``"scales-refit"``) of ``elastic`` by
     the closed form of the module (on ``batches``, calibration inputs; ``teacher``: the full-size
     graph module, default the elastic network's own at full size), each added to the size's
     current correction (starting at none), at its current scales. Returns per target, per bias
@@ -89,7 +89,7 @@ def fit_biases(elastic: ElasticNetwork, batches: Sequence[Any], teacher: fx.Grap
     was = elastic.imodel.training
     try:
         for target, d in sorted(elastic.deployed.items()):
-            if d.kind != "scales-bias":
+            if d.kind not in ("scales-bias", "scales-refit"):
                 continue
             elastic.resize(target=target)
             keep = _kept(elastic, d.sizes)

@@ -54,7 +54,7 @@ from .scaled import ScaledPartition
 __all__ = ["DEPLOY_KINDS", "DeployedSize", "ElasticNetwork", "SweepPoint", "check_order"]
 
 #: what a deployed size trains beside the shared weights (:meth:`ElasticNetwork.deploy`)
-DEPLOY_KINDS = ("scales", "partitions", "scales-bias")
+DEPLOY_KINDS = ("scales", "partitions", "scales-bias", "scales-refit")
 
 
 def check_order(order: object, max_size: int, group: str) -> Tensor:
@@ -80,7 +80,10 @@ class DeployedSize:
     :class:`~torchinn.elastic.scaled.ScaledPartition` (the ranked top-``k`` points, a trained scale
     per kept channel); ``"scales-bias"``, the scales and ``biases``: per bias tensor of a layer that
     reads a group below full size (by tensor name), a correction added to the sampled bias at this
-    size (:mod:`torchinn.elastic.biases`; folded into the plain bias by :meth:`ElasticNetwork.to_discrete`)."""
+    size (:mod:`torchinn.elastic.biases`; folded into the plain bias by :meth:`ElasticNetwork.to_discrete`);
+    ``"scales-refit"``, the same, then the layers reading resized groups refit by least squares, each
+    refit weight and bias kept in ``biases`` as its offset from the tensor sampled at this size
+    (:mod:`torchinn.elastic.refit`): ``biases`` holds every per-size offset, by tensor name."""
 
     sizes: dict[str, int]
     partitions: dict[str, Partition]
@@ -234,7 +237,8 @@ class ElasticNetwork(nn.Module):
         kept in :attr:`deployed` (replacing earlier ones): ``kind="scales"`` (default), the ranked
         top-``k`` points (:meth:`partition`) with a trainable scale per kept channel
         (:class:`~torchinn.elastic.scaled.ScaledPartition`, starting at 1); ``"partitions"``, a
-        trainable partition (points and mix) starting there. From then on ``resize(target=t)``
+        trainable partition (points and mix) starting there; ``"scales-bias"`` and ``"scales-refit"``,
+        the scales and per-size offsets (:class:`DeployedSize`). From then on ``resize(target=t)``
         (metric ``"params"``, no ``multiple``, ``method`` or ``min_ratio``) deploys that state;
         other sizes keep the ranked top-``k`` partitions. :func:`torchinn.make_elastic`
         (``deploy=``) trains it. Returns target -> sizes; the network is left at full size."""
@@ -254,7 +258,7 @@ class ElasticNetwork(nn.Module):
                 if k >= full[n]:
                     continue
                 p = self.partition(n, k)
-                if kind in ("scales", "scales-bias"):
+                if kind in ("scales", "scales-bias", "scales-refit"):
                     parts[n] = ScaledPartition(p).requires_grad_(True)
                 elif p.quadrature.name != "gauss-legendre":
                     parts[n] = (p if isinstance(p, TrainablePartition) else TrainablePartition(p)).requires_grad_(True)

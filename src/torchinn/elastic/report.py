@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["ElasticReport"]
 
@@ -36,6 +37,11 @@ class ElasticReport:
     note: str = ""
     deploy_kind: str = ""                            # what the deployed sizes train ("scales", "partitions")
     train_seconds: float = 0.0                       # of the training steps (``seconds``: the whole call)
+    #: deployed fraction -> bytes of the state it carries beside the shared weights (scales, offsets)
+    deployed_bytes: dict[float, int] = field(default_factory=dict)
+    #: deployed fraction -> its least-squares refit (``deploy_kind="scales-refit"``:
+    #: :func:`torchinn.elastic.refit.refit_deployed`'s report)
+    refit: dict[float, dict[str, Any]] = field(default_factory=dict)
 
     def __str__(self) -> str:
         lines = [f"elastic: {self.steps} steps in {self.train_seconds:.1f} s of training, {self.seconds:.1f} s in all "
@@ -46,8 +52,12 @@ class ElasticReport:
         for r, (params, before, after) in sorted(self.quality.items()):
             lines.append(f"  {r:.0%} of the channels ({params:,} parameters): error {before:.4g} -> {after:.4g}")
         for t, (params, before, after) in sorted(self.deployed.items()):
-            lines.append(f"  deployed {t:.0%} of the parameters ({params:,}, own {self.deploy_kind or 'partitions'}): error {before:.4g} -> "
-                         f"{after:.4g}")
+            size = f", {self.deployed_bytes[t]:,} bytes of its own" if t in self.deployed_bytes else ""
+            lines.append(f"  deployed {t:.0%} of the parameters ({params:,}, own {self.deploy_kind or 'partitions'}{size}): "
+                         f"error {before:.4g} -> {after:.4g}")
+            if t in self.refit:
+                r = self.refit[t]
+                lines.append(f"    refit: {len(r['layers'])} layers" + ("" if r["kept"] else f", not kept ({r.get('why', '')})"))
         if self.note:
             lines.append(self.note)
         return "\n".join(lines)

@@ -49,6 +49,7 @@ from ..training.train import adam, sandwich_backward
 from .arguments import RANKINGS, check_arguments
 from .biases import fit_biases
 from .network import ElasticNetwork
+from .refit import deployed_bytes, refit_deployed
 from .report import ElasticReport
 from .sizes import DeployedSizes, NestedSizes
 
@@ -224,7 +225,10 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
     the bias of every layer reading a resized group, started by a closed form on the training
     batches (:func:`torchinn.elastic.biases.fit_biases`) and trained at ``bias_lr`` (0: kept at
     the closed form; ``fit_scales=True``: the scales start at a per-channel least-squares fit, not
-    1). Each step then trains the full size and ``random`` (at least one) of them in turn, their
+    1); ``"scales-refit"``, the same, then after training the layers reading resized groups refit
+    by least squares per size, kept as per-size offsets where they lower the size's held-out error
+    (:func:`torchinn.elastic.refit.refit_deployed`: a copy of those layers' weights per size,
+    ``report.deployed_bytes``). Each step then trains the full size and ``random`` (at least one) of them in turn, their
     state at ``partition_lr`` (default 1e-2 for scales, 1e-3 for partitions) and the shared weights
     at ``lr`` (``0``: the shared weights stay the converted ones, so the full size is exact), and
     the guard scores those sizes. Other sizes keep the ranked top-``k`` partitions. ``lr=0`` needs
@@ -279,7 +283,7 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
     if deploy is not None:
         elastic.measure_curves(train[:4], ref_train[:4], dist)
         elastic.deploy(list(deploy), deploy_kind)
-        if deploy_kind == "scales-bias":
+        if deploy_kind in ("scales-bias", "scales-refit"):
             fit_biases(elastic, train, teacher, scales=fit_scales)
         dep_before, _ = _errors(elastic, sorted(elastic.deployed), held, ref_held, dist, deployed=True)
         guarded = dep_before
@@ -354,6 +358,8 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
         for p in params:
             p.requires_grad_(True)
     imodel.eval()
+    refits = refit_deployed(elastic, train, teacher, lambda t: _errors(
+        elastic, [t], held, ref_held, dist, deployed=True)[0][t][1]) if deploy and deploy_kind == "scales-refit" else {}
     elastic.measure_curves(train[:4], ref_train[:4], dist)
     after, full_after = _errors(elastic, ratios, held, ref_held, dist)
     dep_after = _errors(elastic, sorted(elastic.deployed), held, ref_held, dist, deployed=True)[0] if deploy else {}
@@ -366,5 +372,6 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
                            quality={r: (before[r][0], before[r][1], after[r][1]) for r in ratios},
                            ranking_errors=ranking_errors, history=history, held_out_batches=len(held), note=note,
                            deployed={t: (dep_before[t][0], dep_before[t][1], dep_after[t][1]) for t in dep_after},
-                           deploy_kind=deploy_kind if deploy else "")
+                           deploy_kind=deploy_kind if deploy else "", refit=refits,
+                           deployed_bytes={t: deployed_bytes(d) for t, d in elastic.deployed.items()})
     return elastic, report

@@ -1,5 +1,5 @@
-"""The per-size bias corrections of an elastic network's deployed sizes of kind ``"scales-bias"``
-in a ``.inn`` file (:mod:`torchinn.io.format`): written as tensors ``e/<i>/offset/<tensor name>``
+"""The per-size offsets of an elastic network's deployed sizes of kinds ``"scales-bias"`` (bias
+corrections) and ``"scales-refit"`` (bias corrections and refit weights) in a ``.inn`` file (:mod:`torchinn.io.format`): written as tensors ``e/<i>/offset/<tensor name>``
 with their names listed in ``elastic.deployed[i].biases``, and read back, each checked against
 the shape its tensor has at that size.
 """
@@ -18,13 +18,16 @@ from ..model.groups import module_key
 from ..model.integral_model import IntegralModel
 from .graph import FormatError
 
-__all__ = ["biases_from", "biases_state"]
+__all__ = ["OFFSET_KINDS", "biases_from", "biases_state"]
+
+#: the kinds of deployed size that carry per-size offsets
+OFFSET_KINDS = ("scales-bias", "scales-refit")
 
 
 def biases_state(i: int, d: DeployedSize, tensors: dict[str, Tensor]) -> dict[str, Any]:
-    """The JSON keys of deployed size ``i``'s bias corrections (none unless kind ``"scales-bias"``;
-    their tensors added to ``tensors``)."""
-    if d.kind != "scales-bias":
+    """The JSON keys of deployed size ``i``'s offsets (none unless kind ``"scales-bias"`` or
+    ``"scales-refit"``; their tensors added to ``tensors``)."""
+    if d.kind not in OFFSET_KINDS:
         return {}
     for n, b in d.biases.items():
         tensors[f"e/{i}/offset/{n}"] = b.detach()
@@ -33,13 +36,13 @@ def biases_state(i: int, d: DeployedSize, tensors: dict[str, Tensor]) -> dict[st
 
 def biases_from(i: int, info: Mapping[str, Any], imodel: IntegralModel, sizes: Mapping[str, int],
                 tensors: Mapping[str, Tensor]) -> dict[str, nn.Parameter]:
-    """The bias corrections of deployed size ``i`` (its JSON ``info``, at group ``sizes``), each a
+    """The offsets of deployed size ``i`` (its JSON ``info``, at group ``sizes``), each a
     tensor of the model whose stored correction has the tensor's shape at those sizes."""
     field = f"elastic.deployed[{i}].biases"
     names = info.get("biases", [])
-    if info.get("kind") != "scales-bias":
+    if info.get("kind") not in OFFSET_KINDS:
         if "biases" in info:
-            raise FormatError(f"{field} is only for kind 'scales-bias', got kind {info.get('kind')!r}"[:300])
+            raise FormatError(f"{field} is only for kinds {list(OFFSET_KINDS)}, got kind {info.get('kind')!r}"[:300])
         return {}
     if not isinstance(names, list) or any(not isinstance(n, str) for n in names) or len(set(names)) != len(names):
         raise FormatError(f"{field} must be a list of distinct tensor names, got {str(names)[:80]}")

@@ -25,7 +25,7 @@ def check_elastic(value: Any, max_sizes: dict[str, int], tensors: dict[str, Tens
     ...]}, "low": a ratio or null}``, every group one of the file's; optionally ``"deployed": [{"target",
     "sizes", "partitions" (trainable, tensors e/<i>/<group>/), "kind" ("partitions", the default, or
     "scales": no partitions, "scales" the groups below full size, tensors e/<i>/<group>/log_scale; or
-    "scales-bias": the same and "biases", tensor names, tensors e/<i>/offset/<name>)}]``
+    "scales-bias" / "scales-refit": the same and "biases", tensor names, tensors e/<i>/offset/<name>)}]``
     and ``"active"`` (null or a target)."""
     _keys(value, "elastic", {"orders", "curves", "low"}, {"deployed", "active"})
     targets = [_deployed(i, d, max_sizes, tensors or {}, budget, set() if used is None else used)
@@ -77,17 +77,18 @@ def _deployed(i: int, d: Any, max_sizes: dict[str, int], tensors: dict[str, Tens
     if not _among(kind, _KINDS):
         raise FormatError(f"{field}.kind must be one of {list(_KINDS)}, got {kind!r}"[:300])
     partitions = _type(d["partitions"], f"{field}.partitions", dict, "an object (group -> partition)")
-    if kind in ("scales", "scales-bias"):
+    if kind in ("scales", "scales-bias", "scales-refit"):
         _scales(field, d.get("scales"), partitions, sizes, max_sizes, tensors, used, i)
     elif "scales" in d:
-        raise FormatError(f"{field}.scales is only for kinds 'scales' and 'scales-bias', this deployed size is of "
+        raise FormatError(f"{field}.scales is only for kinds 'scales', 'scales-bias' and 'scales-refit', this deployed size is of "
                           f"kind {kind!r}")
-    if kind == "scales-bias":  # the names and shapes are checked against the model's tensors on load
+    if kind in ("scales-bias", "scales-refit"):  # the names and shapes are checked against the model's tensors on load
         for n in _type(d.get("biases", []), f"{field}.biases", list, "a list of tensor names"):
             used.add(f"e/{i}/offset/{n}")
-            _stored(tensors, f"e/{i}/offset/{n}", f"{field}.biases[{str(n)[:80]!r}]", 1)
+            # bias corrections are 1-d; a refit weight's offset has its weight's shape (checked on load)
+            _stored(tensors, f"e/{i}/offset/{n}", f"{field}.biases[{str(n)[:80]!r}]", 1 if kind == "scales-bias" else None)
     elif "biases" in d:
-        raise FormatError(f"{field}.biases is only for kind 'scales-bias', this deployed size is of kind {kind!r}")
+        raise FormatError(f"{field}.biases is only for kinds 'scales-bias' and 'scales-refit', this deployed size is of kind {kind!r}")
     for g, info in partitions.items():
         where = f"{field}.partitions[{g!r}]"[:200]
         if not _among(g, sizes) or not isinstance(info, dict) or info.get("type") != "trainable" \
@@ -99,7 +100,7 @@ def _deployed(i: int, d: Any, max_sizes: dict[str, int], tensors: dict[str, Tens
     return t
 
 
-_KINDS = ("partitions", "scales", "scales-bias")
+_KINDS = ("partitions", "scales", "scales-bias", "scales-refit")
 
 
 def _scales(field: str, scales: Any, partitions: dict, sizes: dict, max_sizes: dict[str, int],

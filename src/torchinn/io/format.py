@@ -131,7 +131,7 @@ def _partition_state(p: Partition, prefix: str, tensors: dict[str, Tensor]) -> d
 
 def _deployed_state(i: int, target: float, d: DeployedSize, tensors: dict[str, Tensor]) -> dict:
     """The JSON of one deployed size (its tensors added to ``tensors`` under ``e/<i>/``)."""
-    if d.kind in ("scales", "scales-bias"):
+    if d.kind in ("scales", "scales-bias", "scales-refit"):
         for g, p in d.partitions.items():
             tensors[f"e/{i}/{g}/log_scale"] = p.log_scale.detach()
         return {"target": target, "sizes": dict(d.sizes), "partitions": {}, "kind": d.kind,
@@ -333,7 +333,7 @@ def _elastic(imodel: IntegralModel, info: dict, tensors: dict[str, Tensor]) -> E
     elastic.deployed = {}
     for i, d in enumerate(info.get("deployed", [])):
         own = {g: int(k) for g, k in d["sizes"].items()}
-        if d.get("kind") in ("scales", "scales-bias"):
+        if d.get("kind") in ("scales", "scales-bias", "scales-refit"):
             parts: dict[str, Partition] = {}
             for g in d["scales"]:
                 parts[g] = ScaledPartition(elastic.partition(g, own[g]))

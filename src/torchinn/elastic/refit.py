@@ -1,0 +1,137 @@
+"""Per-size least-squares refits of an elastic network's deployed sizes of kind ``"scales-refit"``:
+:func:`refit_deployed`.
+
+A deployed size of kind ``"scales-refit"`` (:meth:`torchinn.elastic.ElasticNetwork.deploy`) is a
+size of kind ``"scales-bias"`` (a scale per kept channel, a per-size correction of the bias of every
+layer reading a resized group) whose layers reading resized groups are then refit by least
+squares against the original network's outputs, as :func:`torchinn.compress`'s reconstruction
+does (:func:`torchinn.compression.refit.refit_consumers`: layer by layer in graph order, each
+seeing the refit layers before it, the ridge chosen by two-fold cross-validation, a layer kept as
+it was where no ridge lowers its held-out error). Each refit weight (and bias) is stored as that
+size's offset: the refit tensor minus the tensor sampled at that size (``IntegralModel.offsets``,
+with the bias corrections), so the shared weights stay untouched (the full size stays exact),
+``resize(target=t)`` deploys it, :meth:`~torchinn.elastic.ElasticNetwork.to_discrete` folds it
+and :func:`torchinn.save` stores it. The price: per deployed size, a full copy of every refit
+layer's weight (on waifu2x_photo 0.4-0.8 MiB per size, the network being 2.1 MiB).
+
+The refit of a size is kept only if it lowers that size's held-out distillation error
+(``error``, measured before and after); otherwise the size keeps its scales and bias corrections.
+
+>>> import torch, torchinn as inn
+>>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+>>> data = [torch.randn(64, 4) for _ in range(3)]
+>>> elastic = inn.elastic.ElasticNetwork(inn.convert(net, data[0], inn.ConvertConfig(permute=False)),
+...                                      {"0.weight:0": list(range(8))})
+>>> _ = elastic.deploy([0.5], kind="scales-refit")
+>>> done = refit_deployed(elastic, data)
+>>> done[0.5]["layers"]
+['2.weight']
+>>> sorted(elastic.deployed[0.5].biases)
+['2.bias', '2.weight']
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+
+from ..compression.refit import refit_consumers
+from ..maths.structured import plan_size, take_channels
+from ..model.inputs import batch_inputs
+from .network import DeployedSize, ElasticNetwork
+from .scaled import ScaledPartition
+
+__all__ = ["deployed_bytes", "refit_deployed"]
+
+
+def deployed_bytes(d: DeployedSize) -> int:
+    """The bytes of the state deployed size ``d`` carries beside the shared weights (as saved): its
+    scales (a :class:`~torchinn.elastic.scaled.ScaledPartition`'s points are the ranked top-``k``,
+    not stored) or its partitions' tensors, and its offsets (bias corrections, refit weights)."""
+    tensors: list[Tensor] = []
+    for part in d.partitions.values():
+        tensors += [part.log_scale] if isinstance(part, ScaledPartition) else list(part.parameters())
+    return sum(t.numel() * t.element_size() for t in [*tensors, *d.biases.values()])
+
+
+def _kept(elastic: ElasticNetwork, sizes: dict[str, int]) -> dict[str, list[Tensor | None]] | None:
+    """Per tensor name, per dimension, the positions of the full tensor a deployed size keeps (None:
+    all); ``None`` if a group below full size is resampled (no ranking), not selected."""
+    groups = elastic.groups
+    below = {g for g, k in sizes.items() if k < groups[g].max_size}
+    if any(g not in elastic.orders for g in below):
+        return None
+    keep = {g: torch.sort(elastic.orders[g][:sizes[g]]).values for g in below}
+    return {n: [take_channels(torch.arange(plan_size(p)), (p,), keep)
+                if any(a.group in keep for seg in p for a in seg) else None for p in plan]
+            for n, plan in elastic.imodel.plans().items()}
+
+
+def _tensor(gm: fx.GraphModule, name: str) -> Tensor:
+    try:
+        return gm.get_parameter(name)
+    except AttributeError:
+        return gm.get_buffer(name)
+
+
+def refit_deployed(elastic: ElasticNetwork, batches: Sequence[Any], teacher: fx.GraphModule | None = None,
+                   error: Callable[[float], float] | None = None) -> dict[float, dict[str, Any]]:
+    """Refit every deployed size of kind ``"scales-refit"`` of ``elastic`` (at its current scales
+    and bias corrections) on ``batches`` (calibration inputs) against ``teacher`` (the original
+    network as a graph module; default: the elastic network's own at full size), storing each refit
+    weight and bias as the size's offset (see the module). ``error(target)``: the size's held-out
+    error (at its current state); where given, a refit that does not lower it is undone. Returns per
+    target: ``layers`` (the weights refit, empty if the refit was undone or none lowered its
+    layer's error), ``error_before`` / ``error_after`` (None without ``error``), ``kept`` (bool),
+    ``seconds``, and ``why`` where it was not kept. The network is left at full size."""
+    inputs = [batch_inputs(b) for b in batches]
+    if not inputs:
+        raise ValueError("refit_deployed needs at least one calibration batch")
+    elastic.resize(1.0)
+    was = elastic.imodel.training
+    elastic.imodel.eval()
+    report: dict[float, dict[str, Any]] = {}
+    try:
+        full = elastic.imodel.to_discrete(graph=True).eval() if teacher is None else teacher
+        for target, d in sorted(elastic.deployed.items()):
+            if d.kind != "scales-refit":
+                continue
+            t0 = time.perf_counter()
+            elastic.resize(target=target)
+            kept = _kept(elastic, d.sizes)
+            if kept is None:
+                report[target] = {"layers": [], "kept": False, "error_before": None, "error_after": None,
+                                  "seconds": time.perf_counter() - t0,
+                                  "why": "a group below full size has no ranking (resampled, not selected)"}
+                continue
+            before = error(target) if error is not None else None
+            elastic.resize(target=target)
+            pruned = elastic.imodel.to_discrete(graph=True).eval()
+            old = {n: _tensor(pruned, n).detach().clone() for n in elastic.imodel.tensor_names}
+            with torch.no_grad():
+                rep = refit_consumers(full, pruned, inputs, kept)
+            layers = [n for n, r in rep.items() if "skipped" not in r]
+            saved = dict(d.biases)
+            for n in elastic.imodel.tensor_names:  # the refit weights and biases: their change becomes an offset
+                delta = _tensor(pruned, n).detach() - old[n]
+                if not bool((delta != 0).any()):
+                    continue
+                prior = d.biases.get(n)
+                value = delta.float() + (prior.detach().float() if prior is not None else 0.0)
+                d.biases[n] = nn.Parameter(value.clone(), requires_grad=prior is not None and prior.requires_grad)
+            after = error(target) if error is not None and layers else before
+            info: dict[str, Any] = {"layers": layers, "kept": True, "error_before": before, "error_after": after}
+            if before is not None and after is not None and layers and not after < before:
+                d.biases.clear()
+                d.biases.update(saved)
+                info.update(layers=[], kept=False, why=f"the held-out error rose ({before:.4g} -> {after:.4g})")
+            info["seconds"] = time.perf_counter() - t0
+            report[target] = info
+    finally:
+        elastic.resize(1.0)
+        elastic.imodel.train(was)
+    return report
