@@ -36,7 +36,9 @@ def test_the_scales_lower_the_held_out_error_of_each_deployed_size_and_the_full_
     net, elastic, report = trained
     unseen = torch.cat(small_data(4, seed=7))
     assert {t: d.kind for t, d in elastic.deployed.items()} == {0.25: "scales", 0.5: "scales"}
-    assert report.deploy_kind == "scales" and "own scales): error" in str(report)
+    assert report.deploy_kind == "scales" and f"own scales, {report.deployed_bytes[0.5]:,} bytes of its own): error" in str(report)
+    # one float32 scale per kept channel of each group below full size
+    assert report.deployed_bytes == {t: 4 * sum(d.partitions[g].size for g in d.partitions) for t, d in elastic.deployed.items()}
     assert report.lr == 0.0   # the default with deployed scales: the shared weights stay the converted ones
     for t, d in elastic.deployed.items():
         assert elastic.resize(target=t) == d.sizes and elastic.active_deployed() == t
