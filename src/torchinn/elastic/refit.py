@@ -71,11 +71,11 @@ def _kept(elastic: ElasticNetwork, sizes: dict[str, int]) -> dict[str, list[Tens
             for n, plan in elastic.imodel.plans().items()}
 
 
-def _tensor(gm: fx.GraphModule, name: str) -> Tensor:
-    try:
-        return gm.get_parameter(name)
-    except AttributeError:
-        return gm.get_buffer(name)
+def _tensors(gm: fx.GraphModule, names: Sequence[str]) -> dict[str, Tensor]:
+    """The tensors of ``gm`` named ``names`` (those it holds)."""
+    held = dict(gm.named_parameters())
+    held.update(gm.named_buffers())
+    return {n: held[n] for n in names if n in held}
 
 
 def refit_deployed(elastic: ElasticNetwork, batches: Sequence[Any], teacher: fx.GraphModule | None = None,
@@ -111,13 +111,13 @@ def refit_deployed(elastic: ElasticNetwork, batches: Sequence[Any], teacher: fx.
             before = error(target) if error is not None else None
             elastic.resize(target=target)
             pruned = elastic.imodel.to_discrete(graph=True).eval()
-            old = {n: _tensor(pruned, n).detach().clone() for n in elastic.imodel.tensor_names}
+            old = {n: t.detach().clone() for n, t in _tensors(pruned, elastic.imodel.tensor_names).items()}
             with torch.no_grad():
                 rep = refit_consumers(full, pruned, inputs, kept)
             layers = [n for n, r in rep.items() if "skipped" not in r]
             saved = dict(d.biases)
-            for n in elastic.imodel.tensor_names:  # the refit weights and biases: their change becomes an offset
-                delta = _tensor(pruned, n).detach() - old[n]
+            for n, t in _tensors(pruned, list(old)).items():  # the refit weights and biases: their change, an offset
+                delta = t.detach() - old[n]
                 if not bool((delta != 0).any()):
                     continue
                 prior = d.biases.get(n)
