@@ -81,3 +81,24 @@ def test_elastic_with_deployed_sizes_then_resize_at_one(tmp_path, capsys, monkey
         code, out, err = run(["elastic", "tinyelastic.py:build", "--input-shape", "4,3,12,12", "--steps", "1",
                               "--deploy", bad, "-o", "x.inn"], capsys)
         assert code == 2 and "--deploy" in err, (bad, err)
+
+
+def test_elastic_with_a_refit_per_deployed_size_then_resize(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tinyelastic.py").write_text(MODULE)
+    code, out, err = run(["elastic", "tinyelastic.py:build", "--input-shape", "4,3,12,12", "--steps", "3",
+                          "--deploy", "0.5", "--deploy-kind", "scales-refit", "-o", "net.inn"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "net.inn.report.json").read_text())["deploy_kind"] == "scales-refit"
+    net = inn.load(tmp_path / "net.inn")
+    assert [d.kind for d in net.deployed.values()] == ["scales-refit"]
+    code, out, err = run(["resize", "net.inn", "--target", "0.5", "-o", "small.pt"], capsys)
+    assert code == 0, err
+    small = torch.load(tmp_path / "small.pt", weights_only=False)
+    net.resize(target=0.5)
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():  # the deployed size with its refit offsets, folded into the plain weights
+        assert torch.allclose(small(x), net(x), atol=1e-5)
+    code, out, err = run(["elastic", "tinyelastic.py:build", "--input-shape", "4,3,12,12", "--steps", "1",
+                          "--deploy-kind", "refit", "-o", "x.inn"], capsys)
+    assert code == 2 and "invalid choice: 'refit'" in err
