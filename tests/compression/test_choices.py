@@ -85,6 +85,37 @@ def test_without_tuning_the_choices_hold_their_own_bound(monkeypatch):
     assert report.stages == {}
 
 
+def test_a_slow_importance_pass_in_chunks_ends_within_its_share_and_the_call_within_its_bound(monkeypatch):
+    # as SmolLM2 with 60 s on one core (22.3 s for the importance pass where its share was 11 s): on a
+    # fake clock each chunk of one sample costs 5 s, a whole batch of 4 would take the whole 20 s bound;
+    # the passes' guess (4 forward passes, ~0 s on this clock) let main run it all
+    import torchinn.compression.backward as backward
+    from torchinn_demo import lm
+
+    model, _ = lm.load()
+    ids = lm.windows(lm.tokens(lm.texts()[0]), 32)[:20]
+    cal = [(ids[i:i + 4],) for i in range(0, 20, 4)]
+    clock, chunks, real = _Clock(), [], backward._backward
+
+    def slow(*args):
+        chunks.append(1)
+        clock.now += 5.0
+        return real(*args)
+
+    monkeypatch.setattr(backward, "BACKWARD_BYTES", 1)  # chunks of one sample, as a LM's batch
+    monkeypatch.setattr(backward, "_backward", slow)
+    monkeypatch.setattr(compression, "NO_TUNE_SECONDS", 20.0)
+    monkeypatch.setattr(compression, "NO_TUNE_PASSES", 1)
+    monkeypatch.setattr(time, "perf_counter", clock)
+    _, report = inn.compress(model, cal[0], 0.5, calibration=cal, config=FAST, tune=False)
+    assert report.bound == 20.0 and len(chunks) == 1  # the second would end past the share (6 s)
+    assert 5.0 <= report.seconds["importance"] <= choices.IMPORTANCE_SHARE * 20.0, report.seconds
+    assert any(s.startswith("importance on the first 1 of 4 samples of batch 1 (out of time: 5.0 s measured, ")
+               for s in report.skipped), report.skipped
+    assert "fisher" in report.start_errors  # the scores of one sample rank the channels
+    assert report.seconds["after_convert"] <= 1.05 * 20.0, report.seconds
+
+
 def test_a_tight_bound_skips_the_measured_sensitivities_and_says_so():
     model, inputs, cal = _mlp_and_batches(6)
     _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST,
