@@ -141,14 +141,10 @@ def _importance(imodel: IntegralModel, cal: Sequence[tuple], reference: Sequence
         log.info("no importance scores (%s: %s)", type(err).__name__, err)
         skipped.append(f"importance ({type(err).__name__}: {err})")
         return None
-    if got.cut is not None:
+    if got.cut is not None:  # by the guess (a batch not in chunks) or by the time its chunks took
         done, n = got.cut
-        if leading is not None and done == leading:
-            skipped.append(f"importance on the first {done} of {n} samples of one batch only (a whole batch takes "
-                           f"about {guess:.1f} s, {seconds:.1f} s allowed)")
-        else:
-            skipped.append(f"importance on the first {done} of {n} samples of batch {got.batches} (out of time: "
-                           f"{got.seconds:.1f} s measured, {seconds:.1f} s allowed)")
+        skipped.append(f"importance on the first {done} of {n} samples of batch {got.batches} only ({got.seconds:.1f} s "
+                       f"measured, {seconds:.1f} s allowed; a whole batch by the passes' guess: {guess:.1f} s)")
     return got
 
 
