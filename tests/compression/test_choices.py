@@ -141,6 +141,32 @@ def test_a_reconstruction_out_of_time_keeps_the_selected_weights_of_the_layers_i
     assert report and not any("skipped" in r for r in report.values())
 
 
+def test_a_refit_under_a_deadline_starts_no_layer_that_a_layer_of_its_shape_says_would_end_past_it(monkeypatch):
+    # each layer's refit costs 1 s on a fake clock, 2.5 s allowed: the first o_proj and down_proj are
+    # refit (0-2 s), the next o_proj would end at 3 s, past the deadline (main started it: 3 s in all)
+    import torchinn.compression.refit as refit
+    from torchinn_demo import lm
+
+    model, _ = lm.load()
+    ids = lm.windows(lm.tokens(lm.texts()[0]), 32)[:8]
+    cal = [(ids[i:i + 4],) for i in range(0, 8, 4)]
+    imodel = inn.convert(model, cal[0], FAST)
+    sizes = {n: g.max_size // 2 for n, g in imodel.groups.items()}
+    now, real = [0.0], refit._refit_layer
+
+    def slow(*args):
+        now[0] += 1.0
+        return real(*args)
+
+    monkeypatch.setattr(refit, "_refit_layer", slow)
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+    report = baselines.reconstruct(imodel, sizes, cal, max_seconds=2.5).refit_report
+    done = [n for n, r in report.items() if "skipped" not in r]
+    late = [r["skipped"] for r in report.values() if "skipped" in r]
+    assert now[0] == 2.0 and len(done) == 2 and len(late) == len(report) - 2 >= 2, report
+    assert late[0].startswith("out of time (a layer of this shape took 1.00 s: past the deadline)")
+
+
 def test_without_time_for_one_importance_batch_the_choices_need_no_data_and_hold_the_bound(monkeypatch):
     # a network whose importance pass does not fit (as a 1 B model's on 2 cores within 24 s) is
     # given one ratio and the starts that need no data, and the report says so
