@@ -6,6 +6,7 @@ and its gradient computed over chunks of rows are those of the formula on whole 
 from __future__ import annotations
 
 import gc
+import time
 
 import pytest
 import torch
@@ -209,3 +210,30 @@ def test_the_probe_counts_what_the_backward_pass_would_keep(llama):
         p.requires_grad_(False)
     assert sum(kept) > 100_000
     assert sum(kept) <= count["bytes"] <= 1.5 * sum(kept)
+
+
+def test_a_batch_stopped_between_its_chunks_scores_its_samples_as_if_measured_alone(llama, monkeypatch):
+    # a slow model (each chunk of one sample costs 1 s on a fake clock) with 2.5 s: two of the four
+    # samples are measured; their scores are those of the same two samples measured alone
+    imodel, batches = llama
+    loss = Distillation("kl", 2.0)
+    teacher = imodel.shared_discrete().eval()
+    with torch.no_grad():
+        reference = [teacher(**batches[0].kwargs)]
+    now, real = [0.0], backward._backward
+
+    def slow(*args):
+        now[0] += 1.0
+        return real(*args)
+
+    monkeypatch.setattr(backward, "BACKWARD_BYTES", 1)  # chunks of one sample
+    monkeypatch.setattr(backward, "_backward", slow)
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+    part = measure_importance(imodel, batches, loss, reference, network=teacher, max_seconds=2.5)
+    assert part.cut == (2, 4) and part.batches == 1 and now[0] == 2.0
+    first = Inputs((), {k: v[:2] for k, v in batches[0].kwargs.items()})
+    logits = reference[0].logits[:2]
+    alone = measure_importance(imodel, [first], loss, [logits], network=teacher)
+    assert alone.cut is None and now[0] == 4.0  # two more chunks, not stopped (no bound)
+    _close(part.fisher, alone.fisher, 1e-5)
+    _close(part.activation, alone.activation, 1e-6)  # (without the factor, the Fisher scores are half)

@@ -14,12 +14,15 @@ weights for a batch of 4). Two things bound them, without changing what is compu
   in chunks of samples (:func:`sample_slice`), each forward and backward on its own: the
   per-sample terms are per sample and the weight-gradient sums add over samples, so the scores
   are the same to float rounding. (The batch is not started whole and stopped: an exception in
-  the middle of a forward pass left the graph built so far alive.)
+  the middle of a forward pass left the graph built so far alive.) Between its chunks it stops
+  when the next would end past a deadline (the mean time of the chunks made): the samples done
+  are scored as if measured alone (their squared sums times the factor :func:`fisher_batch` returns).
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -126,14 +129,39 @@ def _squares(mode: Any, into: dict[str, Tensor]) -> None:
         into[group] = into[group] + sq if group in into else sq
 
 
+def _variances(ref: Tensor, loss: Distillation) -> Tensor:
+    """Per ``m``, the squared scale :func:`cotangent` divides by on the first ``m + 1`` samples of
+    ``ref`` (float64, one value per sample)."""
+    n = ref.shape[0]
+    if loss.kind == "kl":
+        rows = max(1, ref[..., 0].numel() // max(1, n))
+        return 2.0 * torch.arange(1, n + 1, dtype=torch.float64) * rows
+    per = (ref.detach().double() ** 2).reshape(n, -1).sum(1).cpu()
+    size = ref[0].numel()
+    counts = torch.arange(1, n + 1, dtype=torch.float64) * size
+    return torch.maximum(torch.cumsum(per, 0), 1e-12 * counts)
+
+
+def _leading(b: Inputs, ref: Any, k: int) -> tuple[Inputs, Any]:
+    n = batch_size(b)
+    cut = lambda t: t[:k] if isinstance(t, Tensor) and t.ndim and t.shape[0] == n else t  # noqa: E731
+    return sample_slice(b, 0, k), None if ref is None else pytree.tree_map(cut, ref)
+
+
 def fisher_batch(full: Any, b: Any, ref: Any, loss: Distillation, gen: torch.Generator, mode: Any,
-                 chunk: list[int | None], reading: Any) -> dict[str, Tensor]:
-    """One batch's forward and backward passes; per group, the sum over samples of the squared
-    per-sample terms (the weights' hooks add the producer-side sums). The first batch of more than
+                 chunk: list[int | None], reading: Any, *, limit: int | None = None,
+                 until: float | None = None) -> tuple[dict[str, Tensor], int, float]:
+    """One batch's forward and backward passes: per group, the sum over samples of the squared
+    per-sample terms (the weights' hooks add the producer-side sums), the samples measured and
+    the factor that makes the squared sums of a batch stopped part way those of its samples
+    measured alone (1 for a whole batch). The first batch of more than
     one sample is probed first: one sample's forward pass, whose tensors saved for the backward
     pass are counted and dropped. When the batch would save more than :data:`BACKWARD_BYTES`, it
     runs in chunks of as many samples as fit (at least one; ``chunk[0]``, kept for the next
-    batches); the cotangents are drawn on the whole batch first, as without chunks."""
+    batches); the cotangents are drawn on the whole batch first, as without chunks, and a chunk
+    after the first is not started when it would end past ``until`` (a ``time.perf_counter()``
+    value; at the mean time of the chunks made). A batch that does not run in chunks runs
+    whole, or its first ``limit`` samples (a guess of what fits, when no time is measured yet)."""
     b = b if isinstance(b, Inputs) else Inputs(tuple(b))  # a tuple of positional inputs
     n = batch_size(b)
     if chunk[0] is None and n > 1:
@@ -145,6 +173,10 @@ def fisher_batch(full: Any, b: Any, ref: Any, loss: Distillation, gen: torch.Gen
     out_sums: dict[str, Tensor] = {}
     refs = None if ref is None else _floats(ref)
     if k is None or k >= n or (refs is not None and any(r.ndim == 0 or r.shape[0] != n for r in refs)):
+        if limit is not None and 1 <= limit < n:
+            b, ref = _leading(b, ref, limit)
+            n, refs = limit, None if ref is None else _floats(ref)
+            mode.mask = padding_mask(b)
         with torch.enable_grad(), mode:
             out = run(full, b)
         outs = _floats(out)
@@ -152,15 +184,20 @@ def fisher_batch(full: Any, b: Any, ref: Any, loss: Distillation, gen: torch.Gen
         reading()
         _backward(outs, cots, mode.mask)
         _squares(mode, out_sums)
-        return out_sums
+        return out_sums, n, 1.0
     if refs is None:  # the cotangents need the outputs of the whole batch
         with torch.no_grad():
             refs = _floats(run(full, b))
         if any(r.ndim == 0 or r.shape[0] != n for r in refs):  # outputs not by sample: the whole batch
-            return fisher_batch(full, b, None, loss, gen, mode, [n], reading)
+            return fisher_batch(full, b, None, loss, gen, mode, [n], reading, limit=limit)
     cots = [cotangent(r, loss, gen, r.dtype) for r in refs]
+    scales = [_variances(r, loss) for r in refs] if until is not None else []
     del refs
+    done, took = 0, []
     for start in range(0, n, k):
+        if until is not None and took and time.perf_counter() + sum(took) / len(took) > until:
+            break  # the next chunk would end past the deadline
+        t0 = time.perf_counter()
         part = sample_slice(b, start, min(n, start + k))
         mode.taylor, mode.mask = {}, padding_mask(part)
         with torch.enable_grad(), mode:
@@ -169,4 +206,11 @@ def fisher_batch(full: Any, b: Any, ref: Any, loss: Distillation, gen: torch.Gen
         _backward(_floats(out), [c[start:start + k] for c in cots], mode.mask)
         del out
         _squares(mode, out_sums)
-    return out_sums
+        done = min(n, start + k)
+        took.append(time.perf_counter() - t0)
+    if done == n:
+        return out_sums, n, 1.0
+    # measured alone, the first samples' cotangents would be scaled for their own rows (for "kl" the
+    # class draws of the first rows are the same): exact for one output, else the summed scales' ratio
+    part = sum(float(v[done - 1]) for v in scales)
+    return out_sums, done, sum(float(v[-1]) for v in scales) / part if part > 0 else 1.0

@@ -10,7 +10,8 @@ per second, and measures once what several choices share:
    and Fisher scores. They rank the channels for the
    ``"activation"`` and ``"fisher"`` starts and give the Fisher size curves. Where one batch
    does not fit its share (a language model on one core), its first samples that do (at least
-   one): without scores the starts select by weight norms alone.
+   one; a batch run in chunks of samples stops between them at its deadline): without scores
+   the starts select by weight norms alone.
 2. **Sizes**: one ratio for every group (``"uniform"``) and the Fisher greedy allocation cost no
    pass; the measured sensitivities (``"sensitivity"``: six passes per group and batch) join only
    when they fit in a quarter of what is left.
@@ -37,8 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import Tensor, nn
-from torch.utils import _pytree as pytree
+from torch import nn
 
 from .budget import UnreachableTarget, choose_sizes
 from ..training.distill import Distillation
@@ -114,32 +114,38 @@ def _importance(imodel: IntegralModel, cal: Sequence[tuple], reference: Sequence
                 more: Sequence[tuple] = (), whole: float = 0.0) -> Importance | None:
     """The importance scores on the choice batches ``cal``, then on the batches of ``more`` as
     long as ``seconds`` allow (a channel silent on a few batches may not be on others). When one
-    batch does not fit in ``seconds``, its first samples that do; at least one sample when that
-    fits in ``whole`` (the choices' budget): without scores the starts select by weight norms
-    alone, which cost a real 135 M LM 3 orders of magnitude of perplexity (benchmarks/RESULTS.md)."""
+    batch does not fit in ``seconds`` (by :data:`IMPORTANCE_PASSES`), its first samples that do: where
+    the batch runs in chunks of samples (a LM), as many chunks as their measured time fits, else as
+    many samples as the guess allows; at least one sample when that fits in ``whole`` (the choices'
+    budget): without scores the starts select by weight norms alone, which cost a real 135 M LM 3
+    orders of magnitude of perplexity (benchmarks/RESULTS.md). A batch run in chunks stops between
+    them when the next would end past ``seconds`` (the samples measured are named in ``skipped``)."""
     guess = IMPORTANCE_PASSES * per_batch
     batches, reference = list(cal) + list(more), list(reference)
+    leading = None  # where the batch does not run in chunks: its first samples, as many as the guess allows
     if guess > seconds:  # the first samples of one batch, as many as the share allows
         n = batch_size(cal[0]) if cal else 0
         k = int(n * seconds / guess) if guess > 0 else 0
         if k < 1 and n and guess / n <= whole:  # one sample even past the share: no scores is worse
             k = 1
-        part = leading_samples(cal[0], k) if k >= 1 else None
-        if part is None:
+        if k < 1 or leading_samples(cal[0], k) is None:
             skipped.append(f"importance scores (one batch takes about {guess:.1f} s, {seconds:.1f} s allowed): "
                            "sizes from one ratio, starts without data")
             return None
-        skipped.append(f"importance on the first {k} of {n} samples of one batch only (a whole batch takes "
-                       f"about {guess:.1f} s, {seconds:.1f} s allowed)")
-        batches = [part]
-        reference = [pytree.tree_map(lambda t: t[:k] if isinstance(t, Tensor) and t.ndim and t.shape[0] == n else t,
-                                     reference[0])] if reference else []
+        # where the batch runs in chunks of samples, their measured time decides how many are made
+        batches, reference, leading = [cal[0]], reference[:1], k
     try:  # the choice batches first (their outputs are known), then the other training batches
-        return measure_importance(imodel, batches, loss, reference, max_seconds=seconds, network=teacher)
+        got = measure_importance(imodel, batches, loss, reference, max_seconds=seconds, network=teacher,
+                                 leading=leading)
     except Exception as err:  # noqa: BLE001 - the choices fall back on L1 scores and uniform sizes
         log.info("no importance scores (%s: %s)", type(err).__name__, err)
         skipped.append(f"importance ({type(err).__name__}: {err})")
         return None
+    if got.cut is not None:  # by the guess (a batch not in chunks) or by the time its chunks took
+        done, n = got.cut
+        skipped.append(f"importance on the first {done} of {n} samples of batch {got.batches} only ({got.seconds:.1f} s "
+                       f"measured, {seconds:.1f} s allowed; a whole batch by the passes' guess: {guess:.1f} s)")
+    return got
 
 
 def _first_fit(cal: Sequence[tuple], fit: Sequence[tuple]) -> Sequence[tuple]:

@@ -40,7 +40,7 @@ from torch.utils import _pytree as pytree
 from ..graph.kinds import node_kind
 from ..training.distill import Distillation
 from .backward import fisher_batch
-from ..model.inputs import padding_mask, position_mask, run
+from ..model.inputs import Inputs, batch_size, padding_mask, position_mask, run
 from ..model.integral_model import IntegralModel
 
 __all__ = ["Importance", "activation_importance", "channel_importance", "fisher_curves", "measure_importance"]
@@ -58,6 +58,8 @@ class Importance:
     fisher: dict[str, Tensor] = field(default_factory=dict)
     batches: int = 0
     seconds: float = 0.0
+    #: (samples measured, samples) of the last batch when the time bound stopped it part way
+    cut: tuple[int, int] | None = None
 
 
 def _reads(func: Any, args: tuple) -> tuple[Any, Any, int, int] | None:
@@ -208,10 +210,15 @@ def activation_importance(imodel: IntegralModel, batches: Sequence[tuple]) -> di
 def measure_importance(imodel: IntegralModel, batches: Sequence[tuple], loss: Distillation | None = None,
                        reference: Sequence[Any] | None = None, *, fisher: bool = True,
                        max_seconds: float | None = None, seed: int = 0,
-                       network: fx.GraphModule | None = None) -> Importance:
+                       network: fx.GraphModule | None = None, leading: int | None = None) -> Importance:
     """Activation and (with ``fisher``) Fisher importance of every channel at full size, one
     forward (and backward) pass per batch of ``batches``, stopping before a batch that would end
-    past ``max_seconds`` (at least one batch). ``reference``: the full network's outputs on the
+    past ``max_seconds`` (at least one batch), or, in a batch run in chunks of samples
+    (:func:`~torchinn.compression.backward.fisher_batch`), before a chunk that would (at least one):
+    the samples measured are scored as if they were the batch (:attr:`Importance.cut`).
+    ``leading``: with ``fisher``, where the first batch does not run in chunks, only its first
+    ``leading`` samples are measured (a guess of what fits ``max_seconds``; where it runs in
+    chunks, their measured time decides). ``reference``: the full network's outputs on the
     first batches (the others' are computed); ``loss``: the distillation loss the scores are in units of
     (default ``"mse"``). ``network``: ``imodel.to_discrete(graph=True)`` at full size, when the
     caller holds one (:func:`torchinn.compress`'s teacher), run instead of a new copy of every
@@ -240,16 +247,21 @@ def measure_importance(imodel: IntegralModel, batches: Sequence[tuple], loss: Di
             else:
                 ref = reference[i] if reference is not None and i < len(reference) else None
                 terms.clear()
-                squares = fisher_batch(full, b, ref, loss, gen, mode, chunk, lambda: _reading(mode, plans, read))
+                squares, done, factor = fisher_batch(
+                    full, b, ref, loss, gen, mode, chunk, lambda: _reading(mode, plans, read),
+                    limit=leading if i == 0 else None, until=None if max_seconds is None else t0 + max_seconds)
                 for group, t in squares.items():
-                    sums[group] += t
+                    sums[group] += t * factor if factor != 1.0 else t
                 for g, t in terms.items():
                     if g in producer and producer[g].shape == t.shape:
-                        producer[g] += t**2
+                        producer[g] += t**2 * factor if factor != 1.0 else t**2
+                n = batch_size(b if isinstance(b, Inputs) else Inputs(tuple(b)))
+                if done < n:
+                    result.cut = (done, n)
             result.batches = i + 1
             spent = time.perf_counter() - t0
-            if max_seconds is not None and spent + spent / result.batches > max_seconds:  # the next would not fit
-                break
+            if result.cut is not None or (max_seconds is not None and spent + spent / result.batches > max_seconds):
+                break  # out of time part way through a batch, or the next would not fit
     result.activation = _activation(mode, tensors, plans)
     if fisher:
         scored = {g for g, s in sums.items() if bool((s > 0).any())}

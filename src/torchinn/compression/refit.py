@@ -200,8 +200,10 @@ def refit_consumers(full: fx.GraphModule, pruned: fx.GraphModule, calibration: S
     ``seconds`` it took. ``max_bytes`` (default :data:`MAX_SYSTEM_BYTES`): a layer whose normal
     equations (:func:`system_bytes`) would take more keeps its selected weights (logged), the
     others are still refit. ``chunk``: values of the regression's rows built at once. ``deadline``
-    (a ``time.perf_counter()`` value): the layers not started by then keep their selected weights
-    (reported as skipped), so the network returned is still a consistent, partly refit one."""
+    (a ``time.perf_counter()`` value): the layers not started by then, or that would end past it
+    (by the time the last layer of the same full weight shape took: a LM's ``down_proj`` refits take
+    seconds each), keep their selected weights (reported as skipped), so the network returned is
+    still a consistent, partly refit one."""
     bound = MAX_SYSTEM_BYTES if max_bytes is None else max_bytes
     report: dict[str, dict[str, Any]] = {}
     full_layers = {}
@@ -213,6 +215,7 @@ def refit_consumers(full: fx.GraphModule, pruned: fx.GraphModule, calibration: S
                 full_layers[layer.weight] = layer
     cap_full, cap_pruned = Capture(full, SAVED_BYTES), Capture(pruned, SAVED_BYTES)
     uses: dict[str, int] = {}
+    took: dict[tuple, float] = {}  # full weight shape -> seconds of the last refit of a layer of that shape
     for node in pruned.graph.nodes:
         if node.op == "get_attr":
             uses[str(node.target)] = uses.get(str(node.target), 0) + len(node.users)
@@ -244,14 +247,17 @@ def refit_consumers(full: fx.GraphModule, pruned: fx.GraphModule, calibration: S
             log.warning("reconstruct: %r kept as selected: its normal equations would take %.1f MiB "
                         "(bound %.1f MiB)", name, need / 2**20, bound / 2**20)
             continue
-        if deadline is not None and time.perf_counter() > deadline:
-            report[name] = {"skipped": "out of time (the deadline passed before this layer)"}
+        shape = tuple(_tensor(full, name).shape)
+        if deadline is not None and time.perf_counter() + took.get(shape, 0.0) > deadline:
+            report[name] = {"skipped": "out of time (the deadline passed before this layer)" if shape not in took
+                            else f"out of time (a layer of this shape took {took[shape]:.2f} s: past the deadline)"}
             continue
         out_dim = 1 if layer.transposed else 0
         start = time.perf_counter()
         report[name] = _refit_layer(layer, cap_full, full_layers[name].node, cap_pruned, calibration,
                                     kept.get(name, [None] * w.ndim)[out_dim], ridge, chunk)
         report[name].update(bytes=need, seconds=time.perf_counter() - start)
+        took[shape] = report[name]["seconds"]
     skipped = {n: r["skipped"] for n, r in report.items() if "skipped" in r}
     log.info("reconstruct: %d layers refit, %d kept as selected%s", len(report) - len(skipped), len(skipped),
              "".join(f"; {n!r}: {why}" for n, why in skipped.items()))
