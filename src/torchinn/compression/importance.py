@@ -35,7 +35,6 @@ from typing import Any
 import torch
 from torch import Tensor, fx
 from torch.overrides import TorchFunctionMode
-from torch.utils import _pytree as pytree
 
 from ..graph.kinds import node_kind
 from ..training.distill import Distillation

@@ -52,7 +52,7 @@ from .regression import CHUNK, Layer, NormalEquations, current, features, in_cha
     spatial_size, store
 from ..model.inputs import batch_inputs, padding_mask
 
-__all__ = ["refit_consumers"]
+__all__ = ["graph_tensor", "refit_consumers"]
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _attr(n: Any) -> tuple[str | None, list[fx.Node]]:
 
 def _is_transposed(gm: fx.GraphModule, name: str, chain: list[fx.Node]) -> bool | None:
     """Whether the matrix the layer multiplies by is the stored tensor transposed (None: neither)."""
-    t = _tensor(gm, name)
+    t = graph_tensor(gm, name)
     if t.ndim != 2:
         return None
     idx = torch.arange(t.numel()).reshape(t.shape)
@@ -123,7 +123,7 @@ def find_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[Layer | None, str]:
         weight, chain = _attr(kind.arg(a, "weight"))
         if weight is None or chain:
             return None, "its weight is not a plain tensor"
-        w = _tensor(gm, weight)
+        w = graph_tensor(gm, weight)
         if w.ndim not in (3, 4):
             return None, f"{w.ndim - 2}-d convolution"
         k = w.ndim - 2
@@ -161,7 +161,8 @@ def find_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[Layer | None, str]:
     return Layer(node.name, weight, bias_name, False, transposed=transposed), ""
 
 
-def _tensor(gm: fx.GraphModule, name: str) -> Tensor:
+def graph_tensor(gm: fx.GraphModule, name: str) -> Tensor:
+    """The parameter or buffer of ``gm`` called ``name``."""
     mod, _, leaf = name.rpartition(".")
     return getattr(gm.get_submodule(mod), leaf)
 
@@ -176,7 +177,7 @@ def _unfit_consumer(full: fx.GraphModule, pruned: fx.GraphModule, node: fx.Node)
     if weight is None or chain:
         return None
     in_dim = kind.weight_in  # (in, out/g, ...) or (out, in/g, ...)
-    return weight if _tensor(pruned, weight).shape[in_dim] != _tensor(full, weight).shape[in_dim] else None
+    return weight if graph_tensor(pruned, weight).shape[in_dim] != graph_tensor(full, weight).shape[in_dim] else None
 
 
 def system_bytes(layer: Layer, w: Tensor, bias: bool) -> int:
@@ -229,12 +230,12 @@ def refit_consumers(full: fx.GraphModule, pruned: fx.GraphModule, calibration: S
                 report[weight] = {"skipped": why}
                 log.info("reconstruct: %r kept as selected: %s", weight, why)
             continue
-        w = _tensor(pruned, layer.weight)
+        w = graph_tensor(pruned, layer.weight)
         name = layer.weight
         if name not in full_layers:
             report[name] = {"skipped": "no layer with this weight in the full network"}
             continue
-        if in_channels(layer, w) == in_channels(full_layers[name], _tensor(full, name)):
+        if in_channels(layer, w) == in_channels(full_layers[name], graph_tensor(full, name)):
             continue  # its inputs did not shrink: not a consumer
         if uses.get(layer.weight, 0) > 1 or (layer.bias is not None and uses.get(layer.bias, 0) > 1):
             report[name] = {"skipped": "its weight or bias is used by more than one layer"}
@@ -247,7 +248,7 @@ def refit_consumers(full: fx.GraphModule, pruned: fx.GraphModule, calibration: S
             log.warning("reconstruct: %r kept as selected: its normal equations would take %.1f MiB "
                         "(bound %.1f MiB)", name, need / 2**20, bound / 2**20)
             continue
-        shape = tuple(_tensor(full, name).shape)
+        shape = tuple(graph_tensor(full, name).shape)
         if deadline is not None and time.perf_counter() + took.get(shape, 0.0) > deadline:
             report[name] = {"skipped": "out of time (the deadline passed before this layer)" if shape not in took
                             else f"out of time (a layer of this shape took {took[shape]:.2f} s: past the deadline)"}
@@ -304,7 +305,7 @@ def _refit_layer(layer: Layer, cap_full: Capture, full_node: str, cap_pruned: Ca
                  chunk: int) -> dict[str, Any]:
     pruned = cap_pruned.module
     n_batches = len(calibration) if isinstance(calibration, Sequence) else 1
-    w, b = _tensor(pruned, layer.weight), (_tensor(pruned, layer.bias) if layer.bias else None)
+    w, b = graph_tensor(pruned, layer.weight), (graph_tensor(pruned, layer.bias) if layer.bias else None)
     folds = [NormalEquations(), NormalEquations()]
     with torch.no_grad():
         for index, batch in enumerate(calibration):

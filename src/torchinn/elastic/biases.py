@@ -28,7 +28,7 @@ fed the layer.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import math
@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from ..compression.capture import Capture
-from ..compression.refit import SAVED_BYTES, find_layer
+from ..compression.refit import SAVED_BYTES, find_layer, graph_tensor
 from ..compression.regression import in_channels, row_chunks, sample, spatial_size
 from ..maths.structured import plan_size, take_channels
 from ..model.inputs import batch_inputs
@@ -56,13 +56,6 @@ def _layers(gm: fx.GraphModule) -> dict[str, Any]:
             if layer is not None:
                 out[layer.weight] = layer
     return out
-
-
-def _kept(elastic: ElasticNetwork, sizes: Mapping[str, int]) -> dict[str, Tensor]:
-    """Group -> the sorted channels a deployed size keeps (ranked groups below full size)."""
-    groups = elastic.groups
-    return {g: torch.sort(elastic.orders[g][:k]).values for g, k in sizes.items()
-            if k < groups[g].max_size and g in elastic.orders}
 
 
 def fit_biases(elastic: ElasticNetwork, batches: Sequence[Any], teacher: fx.GraphModule | None = None,
@@ -92,7 +85,7 @@ def fit_biases(elastic: ElasticNetwork, batches: Sequence[Any], teacher: fx.Grap
             if d.kind not in ("scales-bias", "scales-refit"):
                 continue
             elastic.resize(target=target)
-            keep = _kept(elastic, d.sizes)
+            keep = elastic.kept_channels(d.sizes)
             below = {g for g, k in d.sizes.items() if k < elastic.groups[g].max_size}
             pruned = elastic.imodel.to_discrete(graph=True).eval()
             cap_full, cap_pruned = Capture(full, SAVED_BYTES), Capture(pruned, SAVED_BYTES)
@@ -105,8 +98,8 @@ def fit_biases(elastic: ElasticNetwork, batches: Sequence[Any], teacher: fx.Grap
             for name, layer in layers.items():
                 if layer.bias is None or name not in full_layers:
                     continue
-                w = pruned.get_parameter(name) if _has(pruned, name) else pruned.get_buffer(name)
-                wf = full.get_parameter(name) if _has(full, name) else full.get_buffer(name)
+                w = graph_tensor(pruned, name)
+                wf = graph_tensor(full, name)
                 if in_channels(layer, w) == in_channels(full_layers[name], wf):
                     continue  # reads no resized group
                 plan = plans.get(layer.bias)
@@ -122,7 +115,7 @@ def fit_biases(elastic: ElasticNetwork, batches: Sequence[Any], teacher: fx.Grap
                         part = d.partitions[reads[0]]
                         part.log_scale.add_(torch.log(m).to(part.log_scale.dtype))
                 deltas[layer.bias] = _mean_gap(layer, full_layers[name].node, cap_full, cap_pruned, inputs, index)
-                bias = pruned.get_parameter(layer.bias) if _has(pruned, layer.bias) else pruned.get_buffer(layer.bias)
+                bias = graph_tensor(pruned, layer.bias)
                 with torch.no_grad():  # in place: the layers after it see the correction
                     bias.add_(deltas[layer.bias].to(bias.dtype))
             for n, delta in deltas.items():
@@ -136,32 +129,32 @@ def fit_biases(elastic: ElasticNetwork, batches: Sequence[Any], teacher: fx.Grap
     return report
 
 
-def _has(gm: fx.GraphModule, name: str) -> bool:
-    try:
-        gm.get_parameter(name)
-        return True
-    except AttributeError:
-        return False
+def _outputs(layer: Any, full_node: str, cap_full: Capture, cap_pruned: Capture, x: Any, i: int,
+             index: Tensor | None) -> tuple[Tensor, Tensor, Tensor, int]:
+    """On calibration input ``x`` (the ``i``-th), the deployed layer's input and output, the full
+    layer's output at the kept channels ``index`` (None: all), and the outputs' channel dim."""
+    x_in, y = cap_pruned.capture(x, layer.node, i)
+    _, y_full = cap_full.capture(x, full_node, i)
+    dim = 1 if layer.conv and y.ndim > len(layer.stride) + 1 else (0 if layer.conv else -1)
+    if index is not None:
+        y_full = y_full.index_select(dim, index.to(y_full.device))
+    return x_in, y, y_full, dim
 
 
 def _mean_gap(layer: Any, full_node: str, cap_full: Capture, cap_pruned: Capture, inputs: list,
               index: Tensor | None) -> Tensor:
-    """The mean over ``inputs`` (and output positions) of the full layer's output at the kept
-    channels ``index`` (None: all) minus the deployed layer's, one value per output channel (float64)."""
-    total: Tensor | None = None
+    """The mean over ``inputs`` (at least one; and output positions) of the full layer's output at
+    the kept channels ``index`` (None: all) minus the deployed layer's, one value per output
+    channel (float64)."""
+    total: Tensor | float = 0.0
     count = 0
     with torch.no_grad():
         for i, x in enumerate(inputs):
-            _, y = cap_pruned.capture(x, layer.node, i)
-            _, y_full = cap_full.capture(x, full_node, i)
-            dim = 1 if layer.conv and y.ndim > len(layer.stride) + 1 else (0 if layer.conv else -1)
-            if index is not None:
-                y_full = y_full.index_select(dim, index.to(y_full.device))
+            _, y, y_full, dim = _outputs(layer, full_node, cap_full, cap_pruned, x, i, index)
             gap = (y_full.double() - y.double()).movedim(dim, -1).reshape(-1, y.shape[dim])
-            total = gap.sum(0) if total is None else total + gap.sum(0)
+            total = total + gap.sum(0)
             count += gap.shape[0]
-    assert total is not None
-    return total / count
+    return torch.as_tensor(total) / count
 
 
 #: output positions (convolutions) or rows (linear layers) per calibration batch in :func:`_scale_fit`
@@ -184,11 +177,7 @@ def _scale_fit(layer: Any, w: Tensor, full_node: str, cap_full: Capture, cap_pru
     wd = w.detach().double().reshape(w.shape[0], n_in, -1)
     with torch.no_grad():
         for i, inp in enumerate(inputs):
-            x, _ = cap_pruned.capture(inp, layer.node, i)
-            _, y = cap_full.capture(inp, full_node, i)
-            dim = 1 if layer.conv and y.ndim > len(layer.stride) + 1 else (0 if layer.conv else -1)
-            if index is not None:
-                y = y.index_select(dim, index.to(y.device))
+            x, _, y, dim = _outputs(layer, full_node, cap_full, cap_pruned, inp, i, index)
             if layer.conv:
                 n, spatial = spatial_size(layer, y)
                 picked = sample(spatial, math.ceil(ROWS_PER_BATCH / n), i)

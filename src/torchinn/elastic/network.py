@@ -163,6 +163,12 @@ class ElasticNetwork(nn.Module):
         scores[order] = torch.arange(full.max_size, 0, -1, dtype=torch.float64)
         return start_partition(full, size, "activation", scores).requires_grad_(False)
 
+    def kept_channels(self, sizes: Mapping[str, int]) -> dict[str, Tensor]:
+        """Per ranked group of ``sizes`` below its full size, the channels its top ``k`` keep
+        (sorted); groups at full size or without a ranking are left out."""
+        return {g: torch.sort(self.orders[g][:k]).values for g, k in sizes.items()
+                if k < self.groups[g].max_size and g in self.orders}
+
     def set_sizes(self, sizes: Mapping[str, int]) -> None:
         """Give the groups of ``sizes`` (group -> channels, checked by :meth:`resize`) their
         elastic partitions (and no deployed size's bias corrections)."""

@@ -61,11 +61,9 @@ def deployed_bytes(d: DeployedSize) -> int:
 def _kept(elastic: ElasticNetwork, sizes: dict[str, int]) -> dict[str, list[Tensor | None]] | None:
     """Per tensor name, per dimension, the positions of the full tensor a deployed size keeps (None:
     all); ``None`` if a group below full size is resampled (no ranking), not selected."""
-    groups = elastic.groups
-    below = {g for g, k in sizes.items() if k < groups[g].max_size}
-    if any(g not in elastic.orders for g in below):
+    keep = elastic.kept_channels(sizes)
+    if any(k < elastic.groups[g].max_size and g not in keep for g, k in sizes.items()):
         return None
-    keep = {g: torch.sort(elastic.orders[g][:sizes[g]]).values for g in below}
     return {n: [take_channels(torch.arange(plan_size(p)), (p,), keep)
                 if any(a.group in keep for seg in p for a in seg) else None for p in plan]
             for n, plan in elastic.imodel.plans().items()}
