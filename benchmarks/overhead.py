@@ -125,6 +125,20 @@ def compare(name: str, imodel: torch.nn.Module, resize: Callable[[float], None],
     row(name, "eval forward, 50%", t["int"], t["dis"])
 
 
+def scaled_half(t: inn.IntegralModel) -> inn.IntegralModel:
+    """``t`` as make_elastic trains it with deployed scales (lr=0): the shared weights frozen, the
+    top half of every group (a random ranking: as good as any for timing) with a trained scale per
+    kept channel."""
+    orders = {n: torch.randperm(g.max_size, generator=torch.Generator().manual_seed(0))
+              for n, g in t.groups.items() if g.partition.resizable}
+    elastic = ElasticNetwork(t, orders)
+    for p in t.parameters():
+        p.requires_grad_(False)
+    for n in orders:
+        t.set_partition(n, ScaledPartition(elastic.partition(n, t.groups[n].max_size // 2)).requires_grad_(True))
+    return t
+
+
 def to_discrete(model: torch.nn.Module) -> torch.nn.Module:
     return model.to_discrete(graph=True) if isinstance(model, inn.IntegralModel) else inn.to_discrete(model)
 
@@ -158,18 +172,7 @@ def main() -> None:
         return t
 
     def scaled() -> torch.nn.Module:
-        """make_elastic's step with deployed scales (lr=0): the shared weights frozen, the top
-        half of every group (a random ranking: as good as any for timing) with a trained scale
-        per kept channel."""
-        t = inn.convert(model, (x[:2],), inn.ConvertConfig(tsp_time_limit=0.05))
-        orders = {n: torch.randperm(g.max_size, generator=torch.Generator().manual_seed(0))
-                  for n, g in t.groups.items() if g.partition.resizable}
-        elastic = ElasticNetwork(t, orders)
-        for p in t.parameters():
-            p.requires_grad_(False)
-        for n in orders:
-            t.set_partition(n, ScaledPartition(elastic.partition(n, t.groups[n].max_size // 2)).requires_grad_(True))
-        return t
+        return scaled_half(inn.convert(model, (x[:2],), inn.ConvertConfig(tsp_time_limit=0.05)))
 
     compare("ResNet-18 (converted)", imodel, imodel.resize, x, y, args.repeats, tunable, scaled)
 

@@ -20,8 +20,6 @@ import overhead as o
 import torchinn as inn
 import torchinn.maths.functions as functions
 import torchinn.maths.structured as structured
-from torchinn.elastic import ElasticNetwork
-from torchinn.elastic.scaled import ScaledPartition
 from torchinn.training.train import make_grid_trainable
 from torchinn_demo.harness import load_average
 from torchinn_demo.zoo import resnet18
@@ -58,15 +56,7 @@ def main() -> None:
     grid = list(tuned.partitions.parameters())
     for p in tuned.parameters():
         p.requires_grad_(p in set(grid))
-    scaled = inn.convert(model, (x[:2],), inn.ConvertConfig(permute=False))
-    orders = {n: torch.randperm(g.max_size, generator=torch.Generator().manual_seed(0))
-              for n, g in scaled.groups.items() if g.partition.resizable}
-    elastic = ElasticNetwork(scaled, orders)
-    for p in scaled.parameters():
-        p.requires_grad_(False)
-    for n in orders:
-        scaled.set_partition(n, ScaledPartition(elastic.partition(n, scaled.groups[n].max_size // 2)).requires_grad_(True))
-    scaled.train()
+    scaled = o.scaled_half(inn.convert(model, (x[:2],), inn.ConvertConfig(permute=False))).train()
     rows = {
         "training step, 50%": (imodel, list(imodel.parameters()), False),
         "training step, 50%, fused Adam": (imodel, list(imodel.parameters()), True),
