@@ -653,7 +653,7 @@ def test_finetune_asks_the_teacher_once_per_listed_batch(student, monkeypatch):
 # issue 21, item 4: the refit never builds a system larger than its memory bound
 def test_refit_skips_only_the_layer_over_the_memory_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     import torchinn.compression.refit as refit
-    from torchinn.compression.regression import NormalEquations
+    from torchinn.compression.ridge import NormalEquations
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv1d(4, 16, 3, padding=1), nn.ReLU(), nn.Conv1d(16, 16, 3, padding=1), nn.ReLU(),
@@ -693,7 +693,7 @@ def test_refit_skips_only_the_layer_over_the_memory_bound(monkeypatch: pytest.Mo
 # issue 23: fewer rows than features (a LM's MLP on one batch of tokens): the solves run in the
 # rows' space and give the features' space solution
 def test_normal_equations_with_fewer_rows_than_features_solve_in_the_rows_space() -> None:
-    from torchinn.compression.regression import NormalEquations
+    from torchinn.compression.ridge import NormalEquations
 
     torch.manual_seed(0)
     x = torch.randn(2, 40, 97, dtype=torch.float64)  # 2 groups, 40 rows, 97 features
@@ -703,7 +703,8 @@ def test_normal_equations_with_fewer_rows_than_features_solve_in_the_rows_space(
     rows.add(x[:, :25], y[:, :25])
     rows.add(x[:, 25:], y[:, 25:])
     feats.add(x, y)
-    feats.x = feats.y = None  # the features' space only
+    feats.xtx, feats.xty = feats._features_space()  # the features' space only
+    feats.x, feats.y = [], []
     assert rows._rows() is not None and feats._rows() is None
     for ridge in (1e-4, 1e-2, 1.0):
         a, b = rows.solve(ridge, prior), feats.solve(ridge, prior)
@@ -711,6 +712,76 @@ def test_normal_equations_with_fewer_rows_than_features_solve_in_the_rows_space(
         assert rows.sse(a) == pytest.approx(feats.sse(b), rel=1e-6, abs=1e-9)
     more = NormalEquations()
     more.add(torch.randn(1, 98, 97, dtype=torch.float64), torch.randn(1, 98, 5, dtype=torch.float64))
-    assert more.x is None and more._rows() is None  # as many rows as features: the features' space
+    assert more.xtx is not None and not more.x and more._rows() is None  # as many rows as features: the features' space
     merged = rows.merged(rows)  # 80 rows: still fewer
     assert merged.rows == 80 and merged._rows() is not None and merged._rows()[0].shape == (2, 80, 97)
+
+
+# issue 23: the ridges' held-out errors from one eigendecomposition equal solving and measuring each
+@settings(max_examples=40, deadline=None)
+@given(groups=st.integers(1, 3), rows=st.tuples(st.integers(1, 20), st.integers(1, 20)), extra=st.integers(1, 30),
+       outputs=st.integers(1, 6), repeated=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_held_out_errors_of_the_ridges_equal_solving_each(groups: int, rows: tuple[int, int], extra: int,
+                                                          outputs: int, repeated: bool, seed: int) -> None:
+    from torchinn.compression.ridge import NormalEquations, held_out_sse
+
+    gen = torch.Generator().manual_seed(seed)
+    n_features = max(rows) + extra
+    folds = [NormalEquations(), NormalEquations()]
+    for fold, n in zip(folds, rows):
+        x = torch.randn(groups, n, n_features, dtype=torch.float64, generator=gen)
+        if repeated and n > 1:
+            x[:, -1] = x[:, 0]  # a repeated row: X X^T is singular
+        y = torch.randn(groups, n, outputs, dtype=torch.float64, generator=gen)
+        fold.add(x, y)
+    prior = 0.3 * torch.randn(groups, n_features, outputs, dtype=torch.float64, generator=gen)
+    ridges = (1e-4, 1e-2, 1.0, 10.0)
+    fast = held_out_sse(folds[0], folds[1], ridges, prior)
+    assert fast is not None and len(fast) == len(ridges)
+    for ridge, err in zip(ridges, fast):
+        slow = folds[1].sse(folds[0].solve(ridge, prior))
+        assert err == pytest.approx(slow, rel=1e-8, abs=1e-8 * folds[1].sse(prior))
+
+
+def test_held_out_errors_need_the_rows_of_both_folds() -> None:
+    from torchinn.compression.ridge import NormalEquations, held_out_sse
+
+    few, many = NormalEquations(), NormalEquations()
+    few.add(torch.randn(1, 3, 8, dtype=torch.float64), torch.randn(1, 3, 2, dtype=torch.float64))
+    many.add(torch.randn(1, 9, 8, dtype=torch.float64), torch.randn(1, 9, 2, dtype=torch.float64))
+    prior = torch.zeros(1, 8, 2, dtype=torch.float64)
+    assert held_out_sse(few, many, (1.0,), prior) is None and held_out_sse(many, few, (1.0,), prior) is None
+    assert held_out_sse(few, few, (1.0,), prior) is not None
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.tuples(st.integers(1, 20), st.integers(1, 20)), extra=st.integers(-15, 15), chunk=st.integers(1, 7),
+       seed=st.integers(0, 2**31 - 1))
+def test_cross_validation_gives_the_equations_of_all_the_rows(rows: tuple[int, int], extra: int, chunk: int,
+                                                             seed: int) -> None:
+    """The rows added in chunks, crossing from the rows' space to the features' space or not; the
+    total that cross_validate returns (its products reused) solves like one built from all the rows."""
+    from torchinn.compression.ridge import NormalEquations, cross_validate
+
+    gen = torch.Generator().manual_seed(seed)
+    n_features = max(2, max(rows) + extra)
+    x = torch.randn(2, sum(rows), n_features, dtype=torch.float64, generator=gen)
+    y = torch.randn(2, sum(rows), 3, dtype=torch.float64, generator=gen)
+    halves = [NormalEquations(), NormalEquations()]
+    for half, part in zip(halves, (slice(0, rows[0]), slice(rows[0], sum(rows)))):
+        xs, ys = x[:, part], y[:, part]
+        for start in range(0, xs.shape[1], chunk):
+            half.add(xs[:, start:start + chunk], ys[:, start:start + chunk])
+    whole = NormalEquations()
+    whole.add(x, y)
+    prior = 0.2 * torch.randn(2, n_features, 3, dtype=torch.float64, generator=gen)
+    held, total = cross_validate(halves, (1e-3, 1.0), prior)
+    assert set(held) == {1e-3, 1.0} and total.rows == sum(rows)
+    assert (total._rows() is None) == (sum(rows) >= n_features)
+    for ridge in (1e-3, 1.0):
+        a, b = total.solve(ridge, prior), whole.solve(ridge, prior)
+        assert float((a - b).abs().max()) <= 1e-8 * (1 + float(b.abs().max()))
+        assert total.sse(a) == pytest.approx(whole.sse(b), rel=1e-7, abs=1e-9)
+        slow = halves[1].sse(halves[0].solve(ridge, prior)) + halves[0].sse(halves[1].solve(ridge, prior))
+        assert held[ridge] == pytest.approx(slow, rel=1e-8, abs=1e-9)
+    assert total.sse(prior) == pytest.approx(whole.sse(prior), rel=1e-9)

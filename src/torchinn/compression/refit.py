@@ -48,9 +48,10 @@ from torch import Tensor, fx
 
 from .capture import Capture, bound_args
 from ..graph.kinds import Kind, is_view, node_kind
-from .regression import CHUNK, Layer, NormalEquations, current, features, in_channels, row_chunks, sample, \
+from .regression import CHUNK, Layer, current, features, in_channels, row_chunks, sample, \
     spatial_size, store
 from ..model.inputs import batch_inputs, padding_mask
+from .ridge import NormalEquations, cross_validate
 
 __all__ = ["graph_tensor", "refit_consumers"]
 
@@ -317,22 +318,22 @@ def _refit_layer(layer: Layer, cap_full: Capture, full_node: str, cap_pruned: Ca
                 rows = _batch_sample(layer, xh, yh, w, n_batches, index, mh)
                 for xs, ys in row_chunks(layer, xh, yh, w, kept, rows, bias=b is not None, chunk=chunk):
                     folds[fold].add(xs, ys)
-    total = folds[0].merged(folds[1])
-    if total.xtx is None:
+    if all(f.empty for f in folds):
         raise ValueError("the calibration loader is empty")
-    prior = current(layer, w, b).to(total.xtx.device)
-    scale = max(total.yty, 1e-30)
-    out: dict[str, Any] = {"rows": total.rows}
+    prior = current(layer, w, b).to(next(f for f in folds if not f.empty).diag.device)
+    scale = max(folds[0].yty + folds[1].yty, 1e-30)
+    out: dict[str, Any] = {"rows": folds[0].rows + folds[1].rows}
     best = ridge[0]
-    if len(ridge) > 1 and all(f.xtx is not None for f in folds):
+    if len(ridge) > 1 and not any(f.empty for f in folds):
         # two-fold cross-validation of the ridge; infinite ridge = the selected weights
         held_sel = folds[0].sse(prior) + folds[1].sse(prior)
-        held = {r: folds[1].sse(folds[0].solve(r, prior)) + folds[0].sse(folds[1].solve(r, prior))
-                for r in ridge}
+        held, total = cross_validate(folds, ridge, prior)
         best = min(held, key=lambda r: held[r])
         out.update(held_out_before=math.sqrt(held_sel / scale), held_out_after=math.sqrt(held[best] / scale))
         if not held[best] < held_sel:
             return dict(out, skipped="no refit lowered the held-out calibration error")
+    else:
+        total = folds[0].merged(folds[1])
     sol = total.solve(best, prior)
     before, after = total.sse(prior), total.sse(sol)
     if not (math.isfinite(after) and after <= before):

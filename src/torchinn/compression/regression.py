@@ -7,11 +7,12 @@ first would take ``channels x taps`` times the input: 2 GB for a 1-d convolution
 and 64 taps on 8 signals of 2,048 samples, 12 GB for a 3x3 convolution of 1,024 channels on 8 maps
 of 64x64, most of it dropped again when only a sample of positions is kept. Here the patches are
 gathered from the padded input at the kept positions only, at most ``chunk`` values at a time, and
-added to the float64 normal equations (``X^T X``, ``X^T Y``) before the next chunk is gathered: a
+added to the float64 normal equations (:mod:`torchinn.compression.ridge`) before the next chunk is gathered: a
 chunk takes about :data:`BYTES_PER_VALUE` bytes per value (the gathered patches, their float64
 rows and the targets), 48 MiB at the default ``chunk`` of 2^22 values.
 
 >>> import torch
+>>> from torchinn.compression.ridge import NormalEquations
 >>> layer = Layer("conv", "w", None, True, stride=(1,), padding=(1,), dilation=(1,))
 >>> x, w = torch.randn(2, 3, 10, dtype=torch.float64), torch.randn(4, 3, 3, dtype=torch.float64)
 >>> y = torch.nn.functional.conv1d(x, w, padding=1)
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Layer", "NormalEquations", "row_chunks", "sample", "current", "store", "in_channels", "features"]
+__all__ = ["Layer", "row_chunks", "sample", "current", "store", "in_channels", "features"]
 
 #: bytes held per value of a chunk of rows: the gathered patches in the layer's dtype (at most 4
 #: bytes here; 8 for a float64 model), their float64 rows and a share for the targets
@@ -199,95 +200,3 @@ def store(layer: Layer, w: Tensor, b: Tensor | None, sol: Tensor) -> None:
         else:
             m = sol[0]
             w.copy_((m if layer.transposed else m.T).to(w.dtype))
-
-
-class NormalEquations:
-    """The normal equations of one layer's regression, accumulated over chunks of rows (float64).
-
-    While there are fewer rows than features (a language model's MLP fitted on one batch of
-    tokens: 1,024 rows, 1,537 features), the rows themselves are kept as well (no more bytes than
-    ``X^T X``) and :meth:`solve` and :meth:`sse` work in the rows' space: the same solution
-    (``W = P + X^T (X X^T + lam I)^-1 (Y - X P)``, the push-through identity) from a system of
-    ``rows`` instead of ``features`` unknowns. On SmolLM2-135M's refit on one batch the solves took
-    80% of the time in the features' space (benchmarks/RESULTS.md)."""
-
-    def __init__(self) -> None:
-        self.xtx: Tensor | None = None
-        self.xty: Tensor | None = None
-        self.yty = 0.0
-        self.rows = 0
-        self.x: list[Tensor] | None = []  # the rows, while they are fewer than the features
-        self.y: list[Tensor] | None = []
-        self._cache: dict[str, Any] = {}
-
-    def add(self, xs: Tensor, ys: Tensor) -> None:
-        """Add float64 rows ``(groups, rows, features)`` and targets ``(groups, rows, outputs)``."""
-        xt = xs.transpose(1, 2)
-        a, c = xt @ xs, xt @ ys
-        if self.xtx is None:
-            self.xtx, self.xty = a, c
-        else:
-            self.xtx += a
-            self.xty += c
-        self.yty += float((ys * ys).sum())
-        self.rows += xs.shape[1]
-        if self.x is not None and self.y is not None and self.rows < xs.shape[2]:
-            self.x.append(xs)
-            self.y.append(ys)
-        else:
-            self.x = self.y = None
-        self._cache = {}
-
-    def merged(self, other: NormalEquations) -> NormalEquations:
-        if other.xtx is None:
-            return self
-        if self.xtx is None:
-            return other
-        out = NormalEquations()
-        out.xtx, out.xty = self.xtx + other.xtx, self.xty + other.xty
-        out.yty, out.rows = self.yty + other.yty, self.rows + other.rows
-        if self.x is not None and other.x is not None and self.y is not None and other.y is not None \
-                and out.rows < out.xtx.shape[-1]:
-            out.x, out.y = self.x + other.x, self.y + other.y
-        else:
-            out.x = out.y = None
-        return out
-
-    def _rows(self) -> tuple[Tensor, Tensor] | None:
-        """The rows and targets, when kept and fewer than the features (the dual form pays)."""
-        if not self.x or not self.y or self.xtx is None or self.rows >= self.xtx.shape[-1]:
-            return None
-        if "rows" not in self._cache:
-            self._cache["rows"] = (torch.cat(self.x, 1), torch.cat(self.y, 1))
-        return self._cache["rows"]
-
-    def sse(self, m: Tensor) -> float:
-        """Sum of squared errors of the weights ``m`` (regression layout) on these rows."""
-        rows = self._rows()
-        if rows is not None:
-            x, y = rows
-            return float(((x @ m - y) ** 2).sum())
-        return max(0.0, float((m * (self.xtx @ m)).sum() - 2 * (m * self.xty).sum()) + self.yty)
-
-    def solve(self, ridge: float, prior: Tensor) -> Tensor:
-        """Least squares with a ridge (relative to the mean diagonal) pulling towards ``prior``."""
-        lam = ridge * torch.diagonal(self.xtx, dim1=1, dim2=2).mean(-1).clamp_min(1e-12)
-        rows = self._rows()
-        if rows is not None:  # fewer rows than features: solve in the rows' space
-            x, y = rows
-            if "gram" not in self._cache:
-                self._cache["gram"] = x @ x.transpose(1, 2)
-            if self._cache.get("prior") is not prior:
-                self._cache["prior"], self._cache["residual"] = prior, y - x @ prior
-            a, rhs = self._cache["gram"].clone(), self._cache["residual"]
-            a.diagonal(dim1=1, dim2=2).add_(lam[:, None])
-        else:
-            a = self.xtx.clone()
-            a.diagonal(dim1=1, dim2=2).add_(lam[:, None])
-            rhs = self.xty + lam[:, None, None] * prior
-        chol, info = torch.linalg.cholesky_ex(a)  # positive definite but for rounding
-        if bool((info == 0).all()):
-            out = torch.cholesky_solve(rhs, chol)
-        else:
-            out = torch.linalg.solve(a, rhs)
-        return prior + rows[0].transpose(1, 2) @ out if rows is not None else out

@@ -1,0 +1,208 @@
+"""The float64 normal equations of one layer's refit and the two-fold cross-validation of its ridge.
+
+A layer's rows (:mod:`torchinn.compression.regression`) are added chunk by chunk to a
+:class:`NormalEquations`; :func:`cross_validate` fits each relative ridge strength on one half of
+them, measures it on the other half and back, and returns the errors with the equations of all the
+rows, which :meth:`NormalEquations.solve` then solves at the chosen ridge.
+
+While a half has fewer rows than features (a language model's MLP fitted on one batch of tokens:
+512 rows per half, 1,232 features), the rows themselves are kept instead of ``X^T X``, and the
+solves and errors work in the rows' space: the same solution (``W = P + X^T (X X^T + lam I)^-1
+(Y - X P)``, the push-through identity) from ``rows`` instead of ``features`` unknowns, and every
+ridge's held-out error from one eigendecomposition of each half's ``X X^T``
+(:func:`held_out_sse`), whose products are reused for the equations of all the rows.
+
+>>> import torch
+>>> x = torch.randn(1, 40, 60, dtype=torch.float64)
+>>> y = x @ torch.randn(1, 60, 3, dtype=torch.float64)
+>>> halves = [NormalEquations(), NormalEquations()]
+>>> halves[0].add(x[:, :20], y[:, :20]); halves[1].add(x[:, 20:], y[:, 20:])
+>>> prior = torch.zeros(1, 60, 3, dtype=torch.float64)
+>>> held, total = cross_validate(halves, (1e-3, 1.0), prior)
+>>> held[1e-3] < held[1.0] < halves[0].sse(prior) + halves[1].sse(prior), total.rows
+(True, 40)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["NormalEquations", "cross_validate", "held_out_sse"]
+
+
+class NormalEquations:
+    """The normal equations of one layer's regression, accumulated over chunks of rows (float64):
+    rows ``(groups, rows, features)``, targets ``(groups, rows, outputs)``. While there are fewer
+    rows than features the rows are kept (no more bytes than ``X^T X``: see the module); from
+    then on ``X^T X`` and ``X^T Y``."""
+
+    def __init__(self) -> None:
+        self.xtx: Tensor | None = None  # once the rows are as many as the features
+        self.xty: Tensor | None = None
+        self.diag: Tensor | None = None  # the sum of squares of each feature (the diagonal of X^T X)
+        self.yty = 0.0
+        self.rows = 0
+        self.x: list[Tensor] = []  # the rows, while they are fewer than the features
+        self.y: list[Tensor] = []
+        self._cache: dict[str, Any] = {}
+
+    @property
+    def empty(self) -> bool:
+        return self.diag is None
+
+    def add(self, xs: Tensor, ys: Tensor) -> None:
+        """Add float64 rows ``(groups, rows, features)`` and targets ``(groups, rows, outputs)``."""
+        d = (xs * xs).sum(1)
+        self.diag = d if self.diag is None else self.diag + d
+        self.yty += float((ys * ys).sum())
+        self.rows += xs.shape[1]
+        if self.xtx is None:
+            self.x.append(xs)
+            self.y.append(ys)
+            if self.rows >= xs.shape[2]:  # as many rows as features: the features' space from now on
+                self.xtx, self.xty = _products(torch.cat(self.x, 1), torch.cat(self.y, 1))
+                self.x, self.y = [], []
+        else:
+            a, c = _products(xs, ys)
+            self.xtx += a
+            self.xty += c
+        self._cache = {}
+
+    def merged(self, other: NormalEquations) -> NormalEquations:
+        """The equations of both sets of rows (neither is changed)."""
+        if other.empty:
+            return self
+        if self.empty:
+            return other
+        out = NormalEquations()
+        out.yty, out.rows = self.yty + other.yty, self.rows + other.rows
+        out.diag = self.diag + other.diag
+        if self.xtx is None and other.xtx is None and out.rows < self.diag.shape[-1]:
+            out.x, out.y = self.x + other.x, self.y + other.y
+        else:
+            (a, c), (a2, c2) = self._features_space(), other._features_space()
+            out.xtx, out.xty = a + a2, c + c2
+        return out
+
+    def _features_space(self) -> tuple[Tensor, Tensor]:
+        if self.xtx is not None and self.xty is not None:
+            return self.xtx, self.xty
+        return _products(*self._rows())
+
+    def _rows(self) -> tuple[Tensor, Tensor] | None:
+        """The rows and targets, when kept (fewer than the features: the dual form pays)."""
+        if self.xtx is not None or not self.x:
+            return None
+        if "rows" not in self._cache:
+            self._cache["rows"] = (torch.cat(self.x, 1), torch.cat(self.y, 1))
+        return self._cache["rows"]
+
+    def _gram(self) -> Tensor:
+        if "gram" not in self._cache:
+            x, _ = self._rows()
+            self._cache["gram"] = x @ x.transpose(1, 2)
+        return self._cache["gram"]
+
+    def _residual(self, prior: Tensor) -> Tensor:
+        """``Y - X prior`` on the kept rows (cached for the last ``prior``)."""
+        if self._cache.get("prior") is not prior:
+            x, y = self._rows()
+            self._cache["prior"], self._cache["residual"] = prior, y - x @ prior
+        return self._cache["residual"]
+
+    def ridge(self, ridge: float) -> Tensor:
+        """The ridge of each group: ``ridge`` times the mean diagonal of ``X^T X``."""
+        return ridge * self.diag.mean(-1).clamp_min(1e-12)
+
+    def sse(self, m: Tensor) -> float:
+        """Sum of squared errors of the weights ``m`` (regression layout) on these rows."""
+        rows = self._rows()
+        if rows is not None:
+            if self._cache.get("prior") is m:
+                return float((self._residual(m) ** 2).sum())
+            x, y = rows
+            return float(((x @ m - y) ** 2).sum())
+        return max(0.0, float((m * (self.xtx @ m)).sum() - 2 * (m * self.xty).sum()) + self.yty)
+
+    def solve(self, ridge: float, prior: Tensor) -> Tensor:
+        """Least squares with a ridge (relative to the mean diagonal) pulling towards ``prior``."""
+        lam = self.ridge(ridge)
+        rows = self._rows()
+        if rows is not None:  # fewer rows than features: solve in the rows' space
+            a, rhs = self._gram().clone(), self._residual(prior)
+        else:
+            a, rhs = self.xtx.clone(), self.xty + lam[:, None, None] * prior
+        a.diagonal(dim1=1, dim2=2).add_(lam[:, None])
+        chol, info = torch.linalg.cholesky_ex(a)  # positive definite but for rounding
+        if bool((info == 0).all()):
+            out = torch.cholesky_solve(rhs, chol)
+        else:
+            out = torch.linalg.solve(a, rhs)
+        return prior + rows[0].transpose(1, 2) @ out if rows is not None else out
+
+
+def _products(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    xt = x.transpose(1, 2)
+    return xt @ x, xt @ y
+
+
+def held_out_sse(fit: NormalEquations, held: NormalEquations, ridges: Sequence[float],
+                 prior: Tensor) -> list[float] | None:
+    """The sum of squared errors on ``held``'s rows of ``fit.solve(r, prior)`` for every ``r`` in
+    ``ridges``, or None unless both keep their rows.
+
+    Equal to solving and measuring each ridge (to float64 rounding), from one eigendecomposition
+    ``X X^T = U diag(s) U^T`` of ``fit``'s rows: ``held``'s residual after the solve with ridge ``lam``
+    is ``R_h - K U diag(1 / (s + lam)) U^T R``, with ``K`` the products of ``held``'s rows with
+    ``fit``'s, and its squared norm expands into sums over ``rows x rows`` and ``rows x outputs``
+    per ridge."""
+    mine, theirs = fit._rows(), held._rows()
+    if mine is None or theirs is None:
+        return None
+    (x, _), (xh, _) = mine, theirs
+    r, rh = fit._residual(prior), held._residual(prior)
+    s, u = torch.linalg.eigh(fit._gram())
+    s = s.clamp_min(0.0)
+    k = fit._cache.setdefault("cross", {})  # by id: cleared by cross_validate while both are alive
+    if id(held) not in k:
+        other = held._cache.get("cross", {}).get(id(fit))
+        k[id(held)] = xh @ x.transpose(1, 2) if other is None else other.transpose(1, 2)
+    m = k[id(held)] @ u  # held's rows against fit's eigenvectors
+    q = u.transpose(1, 2) @ r
+    cross = ((m.transpose(1, 2) @ rh) * q).sum(-1)  # (groups, rows)
+    quad = (m.transpose(1, 2) @ m) * (q @ q.transpose(1, 2))  # (groups, rows, rows)
+    base = float((rh * rh).sum())
+    out = []
+    for ridge in ridges:
+        inv = 1.0 / (s + fit.ridge(ridge)[:, None])
+        err = base - 2 * float((cross * inv).sum()) + float((quad * inv[:, :, None] * inv[:, None, :]).sum())
+        out.append(max(0.0, err))
+    return out
+
+
+def cross_validate(halves: Sequence[NormalEquations], ridges: Sequence[float],
+                   prior: Tensor) -> tuple[dict[float, float], NormalEquations]:
+    """Each ridge's squared error on each half of the solve on the other half, summed, and the
+    equations of both halves (in the rows' space with their products already made)."""
+    a, b = halves
+    fast = [held_out_sse(a, b, ridges, prior), held_out_sse(b, a, ridges, prior)]
+    if fast[0] is not None and fast[1] is not None:
+        held = {r: e + f for r, e, f in zip(ridges, fast[0], fast[1])}
+    else:
+        held = {r: b.sse(a.solve(r, prior)) + a.sse(b.solve(r, prior)) for r in ridges}
+    total = a.merged(b)
+    if total._rows() is not None and total is not a and total is not b and a._rows() is not None \
+            and b._rows() is not None:
+        kab = a._cache.get("cross", {}).get(id(b))  # b's rows x a's rows
+        if kab is not None:
+            top = torch.cat([a._gram(), kab.transpose(1, 2)], 2)
+            total._cache["gram"] = torch.cat([top, torch.cat([kab, b._gram()], 2)], 1)
+        total._cache["prior"] = prior
+        total._cache["residual"] = torch.cat([a._residual(prior), b._residual(prior)], 1)
+    for half in halves:
+        half._cache.pop("cross", None)
+    return held, total
