@@ -717,41 +717,61 @@ def test_normal_equations_with_fewer_rows_than_features_solve_in_the_rows_space(
     assert merged.rows == 80 and merged._rows() is not None and merged._rows()[0].shape == (2, 80, 97)
 
 
-# issue 23: the ridges' held-out errors from one eigendecomposition equal solving and measuring each
-@settings(max_examples=40, deadline=None)
-@given(groups=st.integers(1, 3), rows=st.tuples(st.integers(1, 20), st.integers(1, 20)), extra=st.integers(1, 30),
+# issue 23: the ridges' held-out errors from one eigendecomposition equal solving and measuring each,
+# in the rows' space (fewer rows than features) and in the features' space
+@settings(max_examples=60, deadline=None)
+@given(groups=st.integers(1, 3), rows=st.tuples(st.integers(1, 20), st.integers(1, 20)), extra=st.integers(-19, 30),
        outputs=st.integers(1, 6), repeated=st.booleans(), seed=st.integers(0, 2**31 - 1))
 def test_held_out_errors_of_the_ridges_equal_solving_each(groups: int, rows: tuple[int, int], extra: int,
                                                           outputs: int, repeated: bool, seed: int) -> None:
-    from torchinn.compression.ridge import NormalEquations, held_out_sse
+    from torchinn.compression import ridge as R
 
     gen = torch.Generator().manual_seed(seed)
-    n_features = max(rows) + extra
-    folds = [NormalEquations(), NormalEquations()]
+    n_features = max(1, max(rows) + extra)
+    folds = [R.NormalEquations(), R.NormalEquations()]
     for fold, n in zip(folds, rows):
         x = torch.randn(groups, n, n_features, dtype=torch.float64, generator=gen)
         if repeated and n > 1:
-            x[:, -1] = x[:, 0]  # a repeated row: X X^T is singular
+            x[:, -1] = x[:, 0]  # a repeated row: X X^T (or X^T X) is singular
         y = torch.randn(groups, n, outputs, dtype=torch.float64, generator=gen)
         fold.add(x, y)
     prior = 0.3 * torch.randn(groups, n_features, outputs, dtype=torch.float64, generator=gen)
     ridges = (1e-4, 1e-2, 1.0, 10.0)
-    fast = held_out_sse(folds[0], folds[1], ridges, prior)
-    assert fast is not None and len(fast) == len(ridges)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(R, "eigen_pays", lambda *args: True)
+        fast = R.held_out_sse(folds[0], folds[1], ridges, prior)
+    mixed = (folds[0]._rows() is None) != (folds[1]._rows() is None)
+    assert (fast is None) == mixed
+    if fast is None:
+        return
+    assert len(fast) == len(ridges)
     for ridge, err in zip(ridges, fast):
         slow = folds[1].sse(folds[0].solve(ridge, prior))
         assert err == pytest.approx(slow, rel=1e-8, abs=1e-8 * folds[1].sse(prior))
 
 
-def test_held_out_errors_need_the_rows_of_both_folds() -> None:
-    from torchinn.compression.ridge import NormalEquations, held_out_sse
+def test_the_eigendecomposition_only_where_it_pays() -> None:
+    from torchinn.compression.ridge import eigen_pays
 
-    few, many = NormalEquations(), NormalEquations()
+    assert eigen_pays(512, 1232, 576, 6, rows_space=True)  # SmolLM2's down_proj on one batch, per half
+    assert eigen_pays(448, 448, 576, 6, rows_space=False)  # its o_proj (7 heads of 64 kept)
+    assert not eigen_pays(577, 577, 64, 6, rows_space=False)  # a 3x3 convolution of 64 channels
+    assert not eigen_pays(20, 50, 1, 4, rows_space=True)  # one output: six solves are cheap
+    assert not eigen_pays(448, 448, 576, 1, rows_space=False)  # one ridge
+
+
+def test_held_out_errors_need_both_folds_in_one_space(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchinn.compression import ridge as R
+
+    monkeypatch.setattr(R, "eigen_pays", lambda *args: True)
+    few, many = R.NormalEquations(), R.NormalEquations()
     few.add(torch.randn(1, 3, 8, dtype=torch.float64), torch.randn(1, 3, 2, dtype=torch.float64))
     many.add(torch.randn(1, 9, 8, dtype=torch.float64), torch.randn(1, 9, 2, dtype=torch.float64))
     prior = torch.zeros(1, 8, 2, dtype=torch.float64)
-    assert held_out_sse(few, many, (1.0,), prior) is None and held_out_sse(many, few, (1.0,), prior) is None
-    assert held_out_sse(few, few, (1.0,), prior) is not None
+    assert R.held_out_sse(few, many, (1.0,), prior) is None and R.held_out_sse(many, few, (1.0,), prior) is None
+    assert R.held_out_sse(few, few, (1.0,), prior) is not None and R.held_out_sse(many, many, (1.0,), prior) is not None
+    monkeypatch.setattr(R, "eigen_pays", lambda *args: False)
+    assert R.held_out_sse(few, few, (1.0,), prior) is None
 
 
 @settings(max_examples=25, deadline=None)

@@ -150,38 +150,75 @@ def _products(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return xt @ x, xt @ y
 
 
+#: the cost of one eigendecomposition of an ``n x n`` symmetric matrix, and of one Cholesky
+#: factorisation, in ``n^3`` multiply-adds of a matrix product (float64, one thread, n = 289-2,305:
+#: eigh 4.7-6.5, Cholesky 0.3); a Cholesky solve costs 1.5 products of its size
+EIGH_COST, CHOLESKY_COST, CHOLESKY_SOLVE_COST = 6.0, 0.3, 1.5
+
+
+def eigen_pays(basis: int, features: int, outputs: int, ridges: int, rows_space: bool) -> bool:
+    """Whether :func:`held_out_sse`'s eigendecomposition costs less than solving and measuring each
+    ridge: ``basis`` unknowns (the half's rows in the rows' space, else its features)."""
+    n, f, o = basis, features, outputs
+    if rows_space:  # per ridge: factorise, solve, map back to weights, predict the other half
+        each = CHOLESKY_COST * n**3 + CHOLESKY_SOLVE_COST * n * n * o + 2 * n * f * o
+        once = (EIGH_COST + 2) * n**3 + n * n * f + 3 * n * n * o
+    else:  # per ridge: factorise, solve, measure on the other half's X^T X
+        each = CHOLESKY_COST * n**3 + (CHOLESKY_SOLVE_COST + 1) * n * n * o
+        once = (EIGH_COST + 2) * n**3 + 5 * n * n * o
+    return once < ridges * each
+
+
 def held_out_sse(fit: NormalEquations, held: NormalEquations, ridges: Sequence[float],
                  prior: Tensor) -> list[float] | None:
     """The sum of squared errors on ``held``'s rows of ``fit.solve(r, prior)`` for every ``r`` in
-    ``ridges``, or None unless both keep their rows.
+    ``ridges``, or None where that is cheaper to compute by solving each (:func:`eigen_pays`) or
+    one half keeps its rows and the other ``X^T X``.
 
-    Equal to solving and measuring each ridge (to float64 rounding), from one eigendecomposition
-    ``X X^T = U diag(s) U^T`` of ``fit``'s rows: ``held``'s residual after the solve with ridge ``lam``
-    is ``R_h - K U diag(1 / (s + lam)) U^T R``, with ``K`` the products of ``held``'s rows with
-    ``fit``'s, and its squared norm expands into sums over ``rows x rows`` and ``rows x outputs``
-    per ridge."""
-    mine, theirs = fit._rows(), held._rows()
-    if mine is None or theirs is None:
+    Equal to solving and measuring each ridge (to float64 rounding), from one eigendecomposition.
+    In the rows' space, of ``X X^T = U diag(s) U^T`` (``fit``'s rows): ``held``'s residual after the
+    solve with ridge ``lam`` is ``R_h - K U diag(1 / (s + lam)) U^T R``, with ``K`` the products of
+    ``held``'s rows with ``fit``'s. In the features' space, of ``X^T X = V diag(s) V^T``: the solve
+    moves the prior by ``V diag(1 / (s + lam)) V^T (X^T Y - X^T X P)``. Either way the squared
+    error expands into a sum over the basis and one over its pairs per ridge."""
+    rows = fit._rows() is not None and held._rows() is not None
+    if not rows and (fit.xtx is None or held.xtx is None):
         return None
-    (x, _), (xh, _) = mine, theirs
-    r, rh = fit._residual(prior), held._residual(prior)
-    s, u = torch.linalg.eigh(fit._gram())
-    s = s.clamp_min(0.0)
-    k = fit._cache.setdefault("cross", {})  # by id: cleared by cross_validate while both are alive
-    if id(held) not in k:
-        other = held._cache.get("cross", {}).get(id(fit))
-        k[id(held)] = xh @ x.transpose(1, 2) if other is None else other.transpose(1, 2)
-    m = k[id(held)] @ u  # held's rows against fit's eigenvectors
-    q = u.transpose(1, 2) @ r
-    cross = ((m.transpose(1, 2) @ rh) * q).sum(-1)  # (groups, rows)
-    quad = (m.transpose(1, 2) @ m) * (q @ q.transpose(1, 2))  # (groups, rows, rows)
-    base = float((rh * rh).sum())
+    _, f, o = prior.shape
+    if not eigen_pays(fit.rows if rows else f, f, o, len(ridges), rows):
+        return None
+    base, cross, quad, s = (_rows_terms if rows else _features_terms)(fit, held, prior)
     out = []
     for ridge in ridges:
         inv = 1.0 / (s + fit.ridge(ridge)[:, None])
         err = base - 2 * float((cross * inv).sum()) + float((quad * inv[:, :, None] * inv[:, None, :]).sum())
         out.append(max(0.0, err))
     return out
+
+
+def _rows_terms(fit: NormalEquations, held: NormalEquations, prior: Tensor) -> tuple[float, Tensor, Tensor, Tensor]:
+    (x, _), (xh, _) = fit._rows(), held._rows()
+    r, rh = fit._residual(prior), held._residual(prior)
+    s, u = torch.linalg.eigh(fit._gram())
+    k = fit._cache.setdefault("cross", {})  # by id: cleared by cross_validate while both are alive
+    if id(held) not in k:
+        other = held._cache.get("cross", {}).get(id(fit))
+        k[id(held)] = xh @ x.transpose(1, 2) if other is None else other.transpose(1, 2)
+    m = k[id(held)] @ u  # held's rows against fit's eigenvectors
+    q = u.transpose(1, 2) @ r
+    cross = ((m.transpose(1, 2) @ rh) * q).sum(-1)  # (groups, basis)
+    quad = (m.transpose(1, 2) @ m) * (q @ q.transpose(1, 2))  # (groups, basis, basis)
+    return float((rh * rh).sum()), cross, quad, s.clamp_min(0.0)
+
+
+def _features_terms(fit: NormalEquations, held: NormalEquations, prior: Tensor) -> tuple[float, Tensor, Tensor, Tensor]:
+    s, v = torch.linalg.eigh(fit.xtx)
+    vt = v.transpose(1, 2)
+    z = vt @ (fit.xty - fit.xtx @ prior)  # the move of the prior, before the ridge's 1 / (s + lam)
+    e = held.xtx @ prior - held.xty
+    cross = -((vt @ e) * z).sum(-1)
+    quad = (vt @ held.xtx @ v) * (z @ z.transpose(1, 2))
+    return held.sse(prior), cross, quad, s.clamp_min(0.0)
 
 
 def cross_validate(halves: Sequence[NormalEquations], ridges: Sequence[float],
