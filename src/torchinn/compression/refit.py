@@ -14,7 +14,8 @@ patches, one per convolution group (stride, padding, dilation and groups respect
 sample of output positions when a batch has more than the fit needs. The normal equations are
 accumulated in float64 chunk by chunk of rows (:mod:`torchinn.compression.regression`: a convolution's patches
 are gathered at the kept positions only, never unfolded whole), so any amount of calibration data
-fits.
+fits. The ridge is chosen by two-fold cross-validation (:mod:`torchinn.compression.ridge`: every
+ridge's held-out error from one eigendecomposition where that is cheaper than solving each).
 
 Memory: refitting one layer holds, besides the activations of one calibration batch (the layer's
 input in the pruned network, its output in the full one, and a padded copy of half the input),
