@@ -168,6 +168,7 @@ def test_compress_reports_its_stages():
     assert report.error_after_tuning <= report.error_before_tuning * (1 + 1e-4)  # two forward paths
     text = str(report)
     assert "grid tuning: 10 steps" in text and "weights tuning: 10 steps" in text
+    assert "relative output error on the choice batches: " in text  # no reconstruction start: nothing fitted on them
     after = model.state_dict()  # the user's model is left alone
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -184,6 +185,8 @@ def test_compress_starts_from_the_reconstruction_when_it_wins_on_held_out_data()
     assert set(report.starts.values()) == {"reconstruct"}
     assert report.tuning == {"steps": 6, "weights": 6}  # no grid to tune: the budget goes to the weights
     assert "held out: partitions" in str(report)
+    # its error before tuning is on batches it was fitted on, and the report says so
+    assert "kl distillation loss on the choice batches (the reconstruction was fitted on them): " in str(report)
     _, report = compress(model, inputs, 0.5, calibration=cal, config=inn.ConvertConfig(permute=False), tune=tune,
                          reconstruct=False)
     assert report.reconstruct_errors == {} and "reconstruct" not in report.starts.values()

@@ -19,7 +19,9 @@ class CompressReport:
     after: float                                # metric of the compressed network
     params_before: int
     params_after: int
-    error_before_tuning: float                  # calibration loss vs the original outputs (``loss``)
+    #: the loss vs the original outputs on the choice batches (``loss``), which the reconstruction
+    #: start is fitted on: the tuning stages' validation errors are the held-out ones
+    error_before_tuning: float
     error_after_tuning: float
     tuning: dict[str, Any] = field(default_factory=dict)  # steps in all, and per stage
     seconds: dict[str, float] = field(default_factory=dict)
@@ -61,7 +63,9 @@ class CompressReport:
         if self.reconstruct_errors:
             lines.append("held out: " + ", ".join(f"{k} {e:.4g}" for k, e in self.reconstruct_errors.items()))
         what = "relative output error" if self.loss == "mse" else f"{self.loss} distillation loss"
-        lines.append(f"{what}: {self.error_before_tuning:.4g} before tuning, {self.error_after_tuning:.4g} after")
+        fitted = " (the reconstruction was fitted on them)" if "reconstruct" in self.starts.values() else ""
+        lines.append(f"{what} on the choice batches{fitted}: {self.error_before_tuning:.4g} before tuning, "
+                     f"{self.error_after_tuning:.4g} after")
         for name, st in self.stages.items():
             lines.append(f"  {name} tuning: {st['steps']} steps in {st['seconds']:.1f} s, validation error "
                          f"{_fmt(st.get('start_error'))} -> {_fmt(st.get('best_error'))}")
