@@ -15,6 +15,9 @@ import inspect
 import io
 import logging
 import operator
+import os
+import re
+import traceback
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -153,11 +156,40 @@ def _export(model: nn.Module, args: tuple, kwargs: dict[str, Any], double: bool 
     if "which is not a known type" in str(last_error):  # an output object pytree cannot open
         why = ("the model returns an object torch.export cannot put in a graph output (a key/value "
                "cache: convert with use_cache=False, or return tensors, tuples, dicts or dataclasses).")
+    elif (where := _value_read(last_error)) is not None:
+        why = (f"the forward reads the values of a tensor in Python{where} (.item(), .tolist(), "
+               ".numpy(), bool() or an if on a tensor). torch.export sees the inputs, parameters "
+               "and buffers by their shapes only, so even a constant buffer's values cannot be read "
+               "while tracing: keep such constants as Python numbers (networks converted from ONNX "
+               "read their Resize scales, Slice bounds and Reshape shapes from tensors this way).")
     else:
         why = ("torchinn needs a model that torch.export can trace (data-dependent Python control "
                "flow on tensor values is not traceable; shape checks are fine).")
     raise RuntimeError(f"torch.export could not trace {type(model).__name__}: {last_error}\n{why}"
                        ) from last_error
+
+
+#: the messages of torch.export's errors for a value read in Python (a guard on an unbacked
+#: symbol, ``.numpy()`` of a fake tensor, a value read passed on where a number is needed)
+_VALUE_READS = ("data-dependent", "is not supported for tensor subclasses", "found element of type Sym")
+
+
+def _value_read(err: Exception | None) -> str | None:
+    """Where ``err`` says the forward read a tensor's values in Python: " in module 'p/Resize/0'"
+    (a call_module of an fx.GraphModule), " at file.py:84 in forward", "" when it does not say,
+    or None when ``err`` is not about reading values."""
+    text = str(err)
+    if err is None or not any(m in text for m in _VALUE_READS):
+        return None
+    module = re.search(r"call_module\[target=([^\]]+)\]", text)
+    if module:
+        return f" in module '{module.group(1)}'"
+    line = re.search(r"Caused by: \((.+?)\)", text)
+    if line:
+        return f" at {line.group(1)}"
+    torch_dir = os.path.dirname(torch.__file__)
+    user = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith(torch_dir)]
+    return f" at {os.path.basename(user[-1].filename)}:{user[-1].lineno} in {user[-1].name}" if user else ""
 
 
 #: higher-order ops that only wrap a region of the forward in a grad or autocast mode
