@@ -55,9 +55,34 @@ class StaticOnly(nn.Module):
         self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
 
     def forward(self, x):
-        if not is_concrete_int(x.shape[-1]):
+        if not all(is_concrete_int(d) for d in x.shape):
             raise RuntimeError("this model needs static sizes")
         return self.b(self.a(x))
+
+
+class StaticImage(StaticOnly):
+    """Takes any batch but needs a static image size (a reshape to sizes of its own, a resize read
+    from a constant): exported with its batch dynamic."""
+
+    def forward(self, x):
+        if not all(is_concrete_int(d) for d in x.shape[1:]):
+            raise RuntimeError("this model needs a static image size")
+        return self.b(self.a(x))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_static_image_size_keeps_the_batch_dynamic(batch) -> None:
+    torch.manual_seed(0)
+    model = StaticImage().eval()
+    imodel = check_converts(model, torch.randn(batch, 3, 5, 5), 0.5)
+    assert imodel.input_shapes == [(None, 3, 5, 5)]
+    x = torch.randn(7, 3, 5, 5)  # another batch than the one traced: the resized network and its discrete one
+    with torch.no_grad():
+        y = imodel(x)
+        assert y.shape == (7, 4, 5, 5)
+        assert torch.allclose(imodel.to_discrete()(x), y, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"converted for inputs of shape \(any, 3, 5, 5\)"):
+        imodel(torch.randn(2, 3, 6, 6))
 
 
 def test_export_retries_with_static_shapes() -> None:

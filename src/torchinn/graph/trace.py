@@ -78,11 +78,14 @@ def node_location(node: fx.Node) -> str:
     return node.name
 
 
-def _dynamic_shapes(model: nn.Module, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+def _dynamic_shapes(model: nn.Module, args: Sequence[Any], kwargs: dict[str, Any], batch_only: bool = False
+                    ) -> Any:
+    """Every dimension dynamic, or only the batch (dimension 0) when ``batch_only``."""
     def spec(x: Any) -> Any:
         if isinstance(x, Tensor):
             # a dimension of size 0 or 1 would be specialized anyway (with a warning per convert)
-            return {d: Dim.AUTO for d in range(x.ndim) if x.shape[d] > 1} if x.ndim else None
+            dims = range(min(x.ndim, 1) if batch_only else x.ndim)
+            return {d: Dim.AUTO for d in dims if x.shape[d] > 1} if x.ndim else None
         return None
     if not kwargs:
         return tuple(pytree.tree_map(spec, a) if not isinstance(a, Tensor) else spec(a) for a in args)
@@ -133,23 +136,29 @@ def clone_inputs(args: Any) -> Any:
 def _export(model: nn.Module, args: tuple, kwargs: dict[str, Any], double: bool = True
             ) -> tuple[ExportedProgram, tuple[tuple, dict[str, Any]], bool]:
     """Export ``model`` on ``(args, kwargs)``: the batch (doubled when it is 1) and the other sizes
-    dynamic, then static. A static graph is traced on the user's own batch first: a batch of 2 made
-    from an example of 1 would then refuse the batch the user gave. Returns the program and the
-    inputs it was traced on, and whether they are the doubled ones."""
+    dynamic, then the batch only (a network that reshapes to sizes of its own, or an export that
+    reads the image size, still takes any batch), then static. A static graph is traced on the
+    user's own batch first: a batch of 2 made from an example of 1 would then refuse the batch the
+    user gave. Returns the program and the inputs it was traced on, and whether they are the
+    doubled ones."""
     doubled = _doubled_batch((args, kwargs)) if double else None
     user = (args, kwargs)
-    attempts = [(user, True, False), (user, False, False)]
-    if doubled is not None:
-        attempts = [(doubled, True, True)] + attempts + [(doubled, False, True)]
+    attempts = [(doubled, "all", True), (user, "all", False), (doubled, "batch", True), (user, "batch", False),
+                (user, None, False), (doubled, None, True)]
+    tried = []
     last_error: Exception | None = None
     for example, dynamic, is_doubled in attempts:
+        if example is None:
+            continue
         a, kw = clone_inputs(example)
+        shapes = _dynamic_shapes(model, a, kw, batch_only=dynamic == "batch") if dynamic else None
+        key = (is_doubled, repr(shapes) if pytree.tree_leaves(shapes) else "static")
+        if key in tried:  # the same export as one already tried (the batch was all that was dynamic)
+            continue
+        tried.append(key)
         with _quiet() as stderr:
             try:
-                return torch.export.export(
-                    model, a, kwargs=kw or None,
-                    dynamic_shapes=_dynamic_shapes(model, a, kw) if dynamic else None
-                ), example, is_doubled
+                return torch.export.export(model, a, kwargs=kw or None, dynamic_shapes=shapes), example, is_doubled
             except Exception as err:  # noqa: BLE001 - retried with fewer dynamic dims, then reported
                 last_error = err
         log.debug("export attempt failed (dynamic=%s): %s\n%s", dynamic, last_error, stderr.getvalue())
