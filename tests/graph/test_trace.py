@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import fx, nn
 from torch.fx.experimental.symbolic_shapes import is_concrete_int
 
 from torchinn.graph.trace import trace
@@ -54,9 +55,34 @@ class StaticOnly(nn.Module):
         self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
 
     def forward(self, x):
-        if not is_concrete_int(x.shape[-1]):
+        if not all(is_concrete_int(d) for d in x.shape):
             raise RuntimeError("this model needs static sizes")
         return self.b(self.a(x))
+
+
+class StaticImage(StaticOnly):
+    """Takes any batch but needs a static image size (a reshape to sizes of its own, a resize read
+    from a constant): exported with its batch dynamic."""
+
+    def forward(self, x):
+        if not all(is_concrete_int(d) for d in x.shape[1:]):
+            raise RuntimeError("this model needs a static image size")
+        return self.b(self.a(x))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_static_image_size_keeps_the_batch_dynamic(batch) -> None:
+    torch.manual_seed(0)
+    model = StaticImage().eval()
+    imodel = check_converts(model, torch.randn(batch, 3, 5, 5), 0.5)
+    assert imodel.input_shapes == [(None, 3, 5, 5)]
+    x = torch.randn(7, 3, 5, 5)  # another batch than the one traced: the resized network and its discrete one
+    with torch.no_grad():
+        y = imodel(x)
+        assert y.shape == (7, 4, 5, 5)
+        assert torch.allclose(imodel.to_discrete()(x), y, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"converted for inputs of shape \(any, 3, 5, 5\)"):
+        imodel(torch.randn(2, 3, 6, 6))
 
 
 def test_export_retries_with_static_shapes() -> None:
@@ -69,3 +95,47 @@ def test_export_retries_with_static_shapes() -> None:
     assert imodel.input_shapes == [(2, 3, 5, 5)]
     with pytest.raises(ValueError, match=r"converted for inputs of shape \(2, 3, 5, 5\)"):
         imodel(torch.randn(2, 3, 6, 6))
+
+
+class ScaledBy(nn.Module):
+    """Upsamples by factors read from a tensor's values in Python, as onnx2torch's Resize does."""
+
+    def __init__(self, read: str) -> None:
+        super().__init__()
+        self.read = read
+
+    def forward(self, x, scales):
+        factors = scales.tolist() if self.read == "tolist" else [float(v) for v in scales.numpy()]
+        if factors[:2] != [1, 1]:
+            raise NotImplementedError("cannot scale the batch or the channels")
+        return F.interpolate(x, scale_factor=factors[2:], mode="nearest")
+
+
+class ConstantScales(nn.Module):
+    def __init__(self, read: str) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.up = ScaledBy(read)
+        self.register_buffer("scales", torch.tensor([1.0, 1.0, 2.0, 2.0]))
+
+    def forward(self, x):
+        return self.up(self.conv(x), self.scales)
+
+
+class LeafScaledBy(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, ScaledBy) or super().is_leaf_module(m, qualname)
+
+
+@pytest.mark.parametrize("read", ["tolist", "numpy"])
+def test_reading_a_constant_buffer_in_python_is_named(read) -> None:
+    model = ConstantScales(read).eval()
+    x = torch.randn(2, 3, 6, 6)
+    reads = (r"(?s)could not trace ConstantScales: .*the forward reads the values of a tensor in Python "
+             r"at .*test_trace\.py:\d+ in forward .*even a constant buffer's values cannot be read")
+    with pytest.raises(RuntimeError, match=reads):
+        trace(model, (x,))
+    # an fx.GraphModule (what onnx2torch makes): the message names the module
+    gm = fx.GraphModule(model, LeafScaledBy().trace(model))
+    with pytest.raises(RuntimeError, match=r"reads the values of a tensor in Python in module 'up' \(\.item\(\)"):
+        trace(gm, (x,))

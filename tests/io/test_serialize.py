@@ -486,3 +486,24 @@ def test_selection_partition_round_trips(tmp_path):
         assert torch.equal(again(x), imodel(x))
     (p,) = again.partition_map().values()
     assert float(p.mix.detach()) == 0.25 and p.mix_raw.requires_grad
+
+
+def test_module_names_with_slashes_save_and_load(tmp_path: Path) -> None:
+    """onnx2torch names its modules after the ONNX nodes ('p2o/Conv/0'): such a network converts,
+    compresses and must save too, keeping its names."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential()
+    model.add_module("p2o/Conv/0", torch.nn.Conv2d(3, 8, 3, padding=1))
+    model.add_module("p2o/Relu/0", torch.nn.ReLU())
+    model.add_module("p2o/Conv/1", torch.nn.Conv2d(8, 4, 3, padding=1))
+    model.eval()
+    x = torch.randn(2, 3, 6, 6)
+    imodel = inn.convert(model, (x,))
+    assert "p2o/Conv/0.weight" in imodel.tensor_names
+    inn.resize(imodel, {imodel.group_names[0]: 5})
+    inn.save(imodel, tmp_path / "slash.inn")
+    back = inn.load(tmp_path / "slash.inn")
+    assert back.tensor_names == imodel.tensor_names and back.group_names == imodel.group_names
+    assert back.sizes() == imodel.sizes() == {imodel.group_names[0]: 5}
+    with torch.no_grad():
+        assert torch.equal(back(x), imodel(x))

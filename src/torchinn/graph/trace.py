@@ -15,6 +15,9 @@ import inspect
 import io
 import logging
 import operator
+import os
+import re
+import traceback
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -75,11 +78,14 @@ def node_location(node: fx.Node) -> str:
     return node.name
 
 
-def _dynamic_shapes(model: nn.Module, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+def _dynamic_shapes(model: nn.Module, args: Sequence[Any], kwargs: dict[str, Any], batch_only: bool = False
+                    ) -> Any:
+    """Every dimension dynamic, or only the batch (dimension 0) when ``batch_only``."""
     def spec(x: Any) -> Any:
         if isinstance(x, Tensor):
             # a dimension of size 0 or 1 would be specialized anyway (with a warning per convert)
-            return {d: Dim.AUTO for d in range(x.ndim) if x.shape[d] > 1} if x.ndim else None
+            dims = range(min(x.ndim, 1) if batch_only else x.ndim)
+            return {d: Dim.AUTO for d in dims if x.shape[d] > 1} if x.ndim else None
         return None
     if not kwargs:
         return tuple(pytree.tree_map(spec, a) if not isinstance(a, Tensor) else spec(a) for a in args)
@@ -130,34 +136,69 @@ def clone_inputs(args: Any) -> Any:
 def _export(model: nn.Module, args: tuple, kwargs: dict[str, Any], double: bool = True
             ) -> tuple[ExportedProgram, tuple[tuple, dict[str, Any]], bool]:
     """Export ``model`` on ``(args, kwargs)``: the batch (doubled when it is 1) and the other sizes
-    dynamic, then static. A static graph is traced on the user's own batch first: a batch of 2 made
-    from an example of 1 would then refuse the batch the user gave. Returns the program and the
-    inputs it was traced on, and whether they are the doubled ones."""
+    dynamic, then the batch only (a network that reshapes to sizes of its own, or an export that
+    reads the image size, still takes any batch), then static. A static graph is traced on the
+    user's own batch first: a batch of 2 made from an example of 1 would then refuse the batch the
+    user gave. Returns the program and the inputs it was traced on, and whether they are the
+    doubled ones."""
     doubled = _doubled_batch((args, kwargs)) if double else None
     user = (args, kwargs)
-    attempts = [(user, True, False), (user, False, False)]
-    if doubled is not None:
-        attempts = [(doubled, True, True)] + attempts + [(doubled, False, True)]
+    attempts = [(doubled, "all", True), (user, "all", False), (doubled, "batch", True), (user, "batch", False),
+                (user, None, False), (doubled, None, True)]
+    tried = []
     last_error: Exception | None = None
     for example, dynamic, is_doubled in attempts:
+        if example is None:
+            continue
         a, kw = clone_inputs(example)
+        shapes = _dynamic_shapes(model, a, kw, batch_only=dynamic == "batch") if dynamic else None
+        key = (is_doubled, repr(shapes) if pytree.tree_leaves(shapes) else "static")
+        if key in tried:  # the same export as one already tried (the batch was all that was dynamic)
+            continue
+        tried.append(key)
         with _quiet() as stderr:
             try:
-                return torch.export.export(
-                    model, a, kwargs=kw or None,
-                    dynamic_shapes=_dynamic_shapes(model, a, kw) if dynamic else None
-                ), example, is_doubled
+                return torch.export.export(model, a, kwargs=kw or None, dynamic_shapes=shapes), example, is_doubled
             except Exception as err:  # noqa: BLE001 - retried with fewer dynamic dims, then reported
                 last_error = err
         log.debug("export attempt failed (dynamic=%s): %s\n%s", dynamic, last_error, stderr.getvalue())
     if "which is not a known type" in str(last_error):  # an output object pytree cannot open
         why = ("the model returns an object torch.export cannot put in a graph output (a key/value "
                "cache: convert with use_cache=False, or return tensors, tuples, dicts or dataclasses).")
+    elif (where := _value_read(last_error)) is not None:
+        why = (f"the forward reads the values of a tensor in Python{where} (.item(), .tolist(), "
+               ".numpy(), bool() or an if on a tensor). torch.export sees the inputs, parameters "
+               "and buffers by their shapes only, so even a constant buffer's values cannot be read "
+               "while tracing: keep such constants as Python numbers (networks converted from ONNX "
+               "read their Resize scales, Slice bounds and Reshape shapes from tensors this way).")
     else:
         why = ("torchinn needs a model that torch.export can trace (data-dependent Python control "
                "flow on tensor values is not traceable; shape checks are fine).")
     raise RuntimeError(f"torch.export could not trace {type(model).__name__}: {last_error}\n{why}"
                        ) from last_error
+
+
+#: the messages of torch.export's errors for a value read in Python (a guard on an unbacked
+#: symbol, ``.numpy()`` of a fake tensor, a value read passed on where a number is needed)
+_VALUE_READS = ("data-dependent", "is not supported for tensor subclasses", "found element of type Sym")
+
+
+def _value_read(err: Exception | None) -> str | None:
+    """Where ``err`` says the forward read a tensor's values in Python: " in module 'p/Resize/0'"
+    (a call_module of an fx.GraphModule), " at file.py:84 in forward", "" when it does not say,
+    or None when ``err`` is not about reading values."""
+    text = str(err)
+    if err is None or not any(m in text for m in _VALUE_READS):
+        return None
+    module = re.search(r"call_module\[target=([^\]]+)\]", text)
+    if module:
+        return f" in module '{module.group(1)}'"
+    line = re.search(r"Caused by: \((.+?)\)", text)
+    if line:
+        return f" at {line.group(1)}"
+    torch_dir = os.path.dirname(torch.__file__)
+    user = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith(torch_dir)]
+    return f" at {os.path.basename(user[-1].filename)}:{user[-1].lineno} in {user[-1].name}" if user else ""
 
 
 #: higher-order ops that only wrap a region of the forward in a grad or autocast mode

@@ -48,8 +48,10 @@ def _names(value: Any, field: str) -> list[str]:
     _type(value, field, list, "a list of names")
     seen: set[str] = set()
     for i, n in enumerate(value):
-        if not isinstance(n, str) or not n or "/" in n:
-            raise FormatError(f"{field}[{i}] must be a non-empty name without '/', got {n!r}")
+        # '/' is allowed (onnx2torch names modules 'p2o/Conv/0'): every stored key ends with a
+        # fixed suffix or an index after the name, so keys of different names never meet
+        if not isinstance(n, str) or not n:
+            raise FormatError(f"{field}[{i}] must be a non-empty name, got {n!r}")
         if n in seen:
             raise FormatError(f"{field} lists {n!r} twice")
         seen.add(n)
