@@ -24,7 +24,10 @@ HEAD = HIDDEN // HEADS
 def _causal(kind: str, **extra):
     cfg_cls, model_cls = {"llama": (tf.LlamaConfig, tf.LlamaForCausalLM),
                           "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
-                          "mistral": (tf.MistralConfig, tf.MistralForCausalLM)}[kind]
+                          "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
+                          "phi3": (tf.Phi3Config, tf.Phi3ForCausalLM)}[kind]
+    if kind == "phi3":  # its default token ids are outside a vocabulary of 64
+        extra = {"pad_token_id": 0, "bos_token_id": 0, "eos_token_id": 0, **extra}
     cfg = cfg_cls(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
                   num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=64,
                   **extra)
@@ -54,7 +57,7 @@ def _vit():
 DERIVED_HEAD_SIZE = ("gpt2", "gpt2_eager", "bert")
 
 MODELS = {"llama": lambda: _causal("llama"), "qwen2": lambda: _causal("qwen2"),
-          "mistral": lambda: _causal("mistral"), "gpt2": _gpt2, "gpt2_eager": lambda: _gpt2("eager"),
+          "mistral": lambda: _causal("mistral"), "phi3": lambda: _causal("phi3"), "gpt2": _gpt2, "gpt2_eager": lambda: _gpt2("eager"),
           "bert": _bert, "vit": _vit}
 
 
@@ -196,6 +199,22 @@ def test_gpt2_fused_qkv_gets_head_groups() -> None:
     assert small.get_parameter("transformer.h.1.attn.c_attn.weight").shape == (HIDDEN, 3 * HIDDEN)
 
 
+def test_phi3_fused_qkv_and_gate_up_get_head_and_mlp_groups() -> None:
+    """Phi3 fuses q/k/v in ``qkv_proj`` and gate/up in ``gate_up_proj`` and slices them apart
+    (with ``q[..., rotary_dim:]`` empty at full rotary): each kv head takes its query heads and its
+    key and value rows; gate and up channels are one MLP group."""
+    _, imodel = _converted("phi3")
+    assert sorted(imodel.sizes().values()) == [KV_HEADS] * LAYERS + [FFN] * LAYERS
+    heads = imodel.groups["model.layers.0.self_attn.qkv_proj.weight:0"]
+    assert (heads.max_size, sorted(heads.members)) == (KV_HEADS, [("model.layers.0.self_attn.o_proj.weight", 1),
+                                                                  ("model.layers.0.self_attn.qkv_proj.weight", 0)])
+    q, kv = imodel.plans()["model.layers.0.self_attn.qkv_proj.weight"][0]
+    assert [(a.size, a.group) for a in q] == [(KV_HEADS, heads.name), (HEADS // KV_HEADS * HEAD, None)]
+    assert [(a.size, a.group) for a in kv] == [(2, None), (KV_HEADS, heads.name), (HEAD, None)]  # k | v
+    assert _plan(imodel, "model.layers.0.mlp.gate_up_proj.weight", 0) == [
+        (2, None), (FFN, "model.layers.0.mlp.gate_up_proj.weight:0")]
+
+
 @pytest.mark.parametrize("name", ["bert", "vit"])
 def test_encoders_head_groups(name: str) -> None:
     _, imodel = _converted(name)
@@ -311,7 +330,7 @@ def test_llama_back_round_trips_through_save_pretrained(tmp_path) -> None:
         again.save_pretrained(tmp_path / "again")
 
 
-@pytest.mark.parametrize("name", ["qwen2", "mistral", "gpt2", "bert", "vit"])
+@pytest.mark.parametrize("name", ["qwen2", "mistral", "phi3", "gpt2", "bert", "vit"])
 def test_uniform_sizes_round_trip_through_save_pretrained(name: str, tmp_path) -> None:
     """Every family survives save_pretrained / from_pretrained with identical outputs at uniform
     sizes its config can say: fewer kv heads and MLP channels for the GQA models (their config
@@ -320,7 +339,7 @@ def test_uniform_sizes_round_trip_through_save_pretrained(name: str, tmp_path) -
     model, imodel = _converted(name)
     kw = _inputs(name)
     full = imodel.sizes()
-    gqa = name in ("qwen2", "mistral")
+    gqa = name in ("qwen2", "mistral", "phi3")
     try:
         imodel.resize({g: (1 if s == KV_HEADS else FFN // 2) if gqa else (s if s == HEADS else FFN // 2)
                        for g, s in full.items()})

@@ -128,6 +128,9 @@ def _slice_like(an: Analysis, node: fx.Node, d: int, start: int, end: int, step:
     end = max(start, min(n, end + n if end < 0 else end))
     if start == 0 and end == n and step == 1:
         return x
+    if start == end:  # an empty slice (``q[..., rotary_dim:]`` under full rotary): no channels
+        x[d] = Fixed(0)
+        return x
     s = an.resolve(x[d])
     if not an.has_var(s):
         x[d] = Fixed(len(range(start, end, step)))
