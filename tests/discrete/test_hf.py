@@ -427,3 +427,36 @@ def test_fewer_heads_round_trip_where_the_config_has_a_head_size(name: str, tmp_
     back = type(model).from_pretrained(tmp_path / name).eval()
     with torch.no_grad():
         assert torch.equal(_main(back(**kw)), _main(small(**kw)))
+
+
+def test_falcon_multi_query_keeps_its_head_size_and_round_trips(tmp_path) -> None:
+    """Falcon's multi-query attention views its fused q/k/v as (heads + 2) x head size and picks
+    the key and value heads by index, so the head count is fixed; the head size must stay fixed
+    too (it was a channel group shared with the rotary ``inv_freq`` buffer of every layer, which
+    pruned rotary frequencies, fell back to a graph module and, permuted, did not survive
+    save_pretrained: ``inv_freq`` is not saved). Only the MLP widths are groups; half of them is
+    said by ``ffn_hidden_size`` and round-trips through save_pretrained."""
+    torch.manual_seed(0)
+    cfg = tf.FalconConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_attention_heads=HEADS, num_hidden_layers=LAYERS,
+                          multi_query=True, new_decoder_architecture=False)
+    model = tf.FalconForCausalLM(cfg).eval()
+    kw = _inputs("falcon")
+    imodel = inn.convert(model, kw, inn.ConvertConfig(tsp_time_limit=0.05))
+    full = imodel.sizes()
+    assert sorted(full.values()) == [4 * HIDDEN] * LAYERS
+    assert all(".mlp.dense_h_to_4h." in g for g in full)
+    try:
+        imodel.resize({g: 2 * HIDDEN for g in full})
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            want = imodel(**kw).logits
+            small = imodel.to_discrete()
+    finally:
+        imodel.resize(full)
+    assert type(small) is tf.FalconForCausalLM and small.config.ffn_hidden_size == 2 * HIDDEN
+    small.save_pretrained(tmp_path / "falcon")
+    back = tf.FalconForCausalLM.from_pretrained(tmp_path / "falcon").eval()
+    with torch.no_grad():
+        got = small(**kw).logits
+        assert torch.equal(back(**kw).logits, got)
+    assert _rel(want, got) <= 1e-5

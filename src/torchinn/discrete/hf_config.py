@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 
 #: config fields that count attention heads (the second follows the first under GQA)
 HEADS = ("num_key_value_heads", "num_attention_heads")
-#: config fields that hold an MLP width (``None`` in GPT-2's ``n_inner`` means 4 x hidden)
-WIDTHS = ("intermediate_size", "n_inner", "ffn_dim", "hidden_size")
+#: config fields that hold an MLP width (``None`` in GPT-2's ``n_inner`` means 4 x hidden; Falcon: ``ffn_hidden_size``)
+WIDTHS = ("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size", "hidden_size")
 
 
 class ConfigMismatchError(ValueError):
