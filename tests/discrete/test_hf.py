@@ -460,3 +460,40 @@ def test_falcon_multi_query_keeps_its_head_size_and_round_trips(tmp_path) -> Non
         got = small(**kw).logits
         assert torch.equal(back(**kw).logits, got)
     assert _rel(want, got) <= 1e-5
+
+
+def test_gptj_sin_cos_table_looked_up_by_position_converts(tmp_path) -> None:
+    """GPT-J looks its rotary sin/cos up as ``embed_positions[position_ids]`` (``aten.index`` with
+    one integer index): the table's rows stay whole and its columns follow the heads' rotary
+    channels. It converts exactly, each head (q, k, v rows, out_proj columns) is one group, and
+    per-layer head counts round-trip through torchinn.io.save_pretrained / load_pretrained."""
+    torch.manual_seed(0)
+    cfg = tf.GPTJConfig(vocab_size=VOCAB, n_embd=HIDDEN, n_head=HEADS, rotary_dim=4, n_layer=LAYERS, n_positions=64,
+                        bos_token_id=0, eos_token_id=0)
+    model = tf.GPTJForCausalLM(cfg).eval()
+    kw = _inputs("gptj")
+    imodel = inn.convert(model, kw, inn.ConvertConfig(permute=False))
+    with torch.no_grad():
+        assert _rel(model(**kw).logits, imodel(**kw).logits) <= 1e-5
+    full = imodel.sizes()
+    assert sorted(full.values()) == [HEADS] * LAYERS + [4 * HIDDEN] * LAYERS
+    heads = imodel.groups["transformer.h.0.attn.k_proj.weight:0"]
+    p = "transformer.h.0.attn."
+    assert sorted(heads.members) == [(p + "k_proj.weight", 0), (p + "out_proj.weight", 1), (p + "q_proj.weight", 0),
+                                     (p + "v_proj.weight", 0)]
+    assert _plan(imodel, p + "q_proj.weight", 0) == [(HEADS, heads.name), (HEAD, None)]
+    try:
+        imodel.resize({heads.name: 1})
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # n_head cannot say it: see the refusal tests
+            want = imodel(**kw).logits
+            small = imodel.to_discrete()
+    finally:
+        imodel.resize(full)
+    assert type(small) is tf.GPTJForCausalLM and small.transformer.h[0].attn.q_proj.out_features == HEAD
+    inn.io.save_pretrained(small, tmp_path / "gptj")
+    back = inn.io.load_pretrained(tmp_path / "gptj")
+    with torch.no_grad():
+        got = small(**kw).logits
+        assert torch.equal(back(**kw).logits, got)
+    assert _rel(want, got) <= 1e-5
