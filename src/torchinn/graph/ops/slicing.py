@@ -187,14 +187,14 @@ def _narrow(an: Analysis, node: fx.Node) -> Label:
     return _slice_like(an, node, d, start, start + length, 1, make_args)
 
 
-def packet_of(node: fx.Node) -> Any:
+def _packet_of(node: fx.Node) -> Any:
     return node.target.overloadpacket
 
 
 @register_op(aten.index_select, aten.gather, aten.index, aten.take_along_dim)
 def _index(an: Analysis, node: fx.Node) -> Label:
     x = arg_label(an, node)
-    packet = packet_of(node)
+    packet = _packet_of(node)
     if packet in (aten.index_select, aten.gather):
         d = node.args[1] % len(x)
         val = getattr(node.args[0], "meta", {}).get("val")
@@ -224,7 +224,7 @@ def _rows_looked_up(an: Analysis, node: fx.Node, x: Label) -> Label | None:
     keep their channels and the indexed one becomes the index's dimensions. ``None`` otherwise."""
     indices = list(node.args[1])
     used = [i for i, ix in enumerate(indices) if ix is not None]
-    if packet_of(node) is not aten.index or len(used) != 1:
+    if _packet_of(node) is not aten.index or len(used) != 1:
         return None
     (k,) = used
     ix = indices[k]
