@@ -533,3 +533,24 @@ def test_falcon_grouped_query_heads_follow_their_key_value_heads(tmp_path) -> No
         got = small(**kw).logits
         assert torch.equal(back(**kw).logits, got)
     assert _rel(want, got) <= 1e-5
+
+
+def test_falcon_fewer_heads_say_the_head_size_is_derived() -> None:
+    """FalconConfig's head_dim is a property (hidden_size // num_attention_heads): fewer heads at
+    the same hidden size are refused with the reason, not a bare 'no setting ... (tried ...)'."""
+    torch.manual_seed(0)
+    cfg = tf.FalconConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_attention_heads=HEADS, num_hidden_layers=LAYERS,
+                          multi_query=False, new_decoder_architecture=False)
+    model = tf.FalconForCausalLM(cfg).eval()
+    imodel = inn.convert(model, _inputs("falcon"), inn.ConvertConfig(permute=False))
+    full = imodel.sizes()
+    try:
+        imodel.resize({g: HEADS // 2 if s == HEADS else s for g, s in full.items()})
+        with pytest.warns(UserWarning, match=r"FalconForCausalLM at these sizes cannot be described by its FalconConfig: "
+                                             r"its config has no head size field \(head_dim is a property\): the head "
+                                             r"size is derived as hidden_size / num_attention_heads \(32 / 4\), so 2 "
+                                             r"heads of 8 channels"):
+            small = imodel.to_discrete()
+    finally:
+        imodel.resize(full)
+    assert type(small) is tf.FalconForCausalLM and small.transformer.h[0].self_attention.num_heads == HEADS // 2

@@ -62,9 +62,11 @@ def _why(config: Any, resized: Mapping[int, set[int]], changes: Mapping[str, Any
     if per_layer:
         return (f"the sizes differ between layers (channels of full size {', '.join(f'{f} now {n}' for f, n in per_layer.items())}), "
                 "and its config has one value for all layers")
-    if HEADS[1] in changes and getattr(config, "head_dim", None) is None:
+    derived = isinstance(getattr(type(config), "head_dim", None), property)  # Falcon: hidden_size // heads
+    if HEADS[1] in changes and (getattr(config, "head_dim", None) is None or derived):
         hidden = getattr(config, "hidden_size", None)
-        return (f"its config has no head size field: the head size is derived as {_field(config, 'hidden_size')} / "
+        return (f"its config has no head size field{' (head_dim is a property)' if derived else ''}: the head "
+                f"size is derived as {_field(config, 'hidden_size')} / "
                 f"{_field(config, HEADS[1])} ({hidden} / {heads}), so {changes[HEADS[1]]} heads of "
                 f"{hidden // heads if isinstance(hidden, int) and heads else '?'} channels at the same hidden size "
                 "cannot be said")
