@@ -554,3 +554,12 @@ def test_falcon_fewer_heads_say_the_head_size_is_derived() -> None:
     finally:
         imodel.resize(full)
     assert type(small) is tf.FalconForCausalLM and small.transformer.h[0].self_attention.num_heads == HEADS // 2
+    mlp = sorted(g for g, s in full.items() if s != HEADS)
+    try:
+        imodel.resize({mlp[0]: 40})  # per-layer MLP widths: the message names the MLP field, not the heads
+        with pytest.warns(UserWarning, match=r"the sizes differ between layers \(channels of full size 128 now "
+                                             r"\[40, 128\]\), .* model\.config still says ffn_hidden_size=128 \(the "
+                                             r"full sizes\)"):
+            imodel.to_discrete()
+    finally:
+        imodel.resize(full)

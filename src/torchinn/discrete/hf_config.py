@@ -75,7 +75,9 @@ def _why(config: Any, resized: Mapping[int, set[int]], changes: Mapping[str, Any
 
 def _unsaveable(module: nn.Module, config: Any, resized: Mapping[int, set[int]], changes: Mapping[str, Any]) -> None:
     """Warn that ``config`` does not describe ``module`` and make its ``save_pretrained`` refuse."""
+    changed = {full for full, new in resized.items() if new != {full}}  # per-layer sizes: the fields of those
     fields = sorted({_field(config, k) for k in changes if getattr(config, k, None) is not None}
+                    or {_field(config, k) for k in (*WIDTHS, *HEADS) if getattr(config, k, None) in changed}
                     or {_field(config, HEADS[1])})
     now = ", ".join(f"{f}={getattr(config, f, None)}" for f in fields)
     name = type(module).__name__
