@@ -34,6 +34,23 @@ def _causal(kind: str, **extra):
     return model_cls(cfg)
 
 
+def _decoder(kind: str):
+    """Qwen3 (q/k norms), Gemma2 (GeGLU, scaled embeddings, soft-capping, sliding window),
+    GPT-NeoX / Pythia (fused per-head q|k|v, parallel residual, partial rotary) and OPT (learned
+    positions, ReLU MLP)."""
+    gqa = {"num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "head_dim": HEAD}
+    common = {"vocab_size": VOCAB, "hidden_size": HIDDEN, "num_hidden_layers": LAYERS, "max_position_embeddings": 64}
+    if kind == "qwen3":
+        return tf.Qwen3ForCausalLM(tf.Qwen3Config(intermediate_size=FFN, **gqa, **common))
+    if kind == "gemma2":
+        return tf.Gemma2ForCausalLM(tf.Gemma2Config(intermediate_size=FFN, sliding_window=8, **gqa, **common))
+    if kind == "neox":
+        return tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(intermediate_size=FFN, num_attention_heads=HEADS,
+                                                      rotary_pct=0.25, **common))
+    return tf.OPTForCausalLM(tf.OPTConfig(ffn_dim=FFN, num_attention_heads=HEADS, word_embed_proj_dim=HIDDEN,
+                                          pad_token_id=1, **common))
+
+
 def _gpt2(attn: str = "sdpa"):
     cfg = tf.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=64,
                         bos_token_id=0, eos_token_id=0)
@@ -54,11 +71,11 @@ def _vit():
 
 
 #: configs with no head size field: the head size is hidden_size / heads (ViT's config has head_dim)
-DERIVED_HEAD_SIZE = ("gpt2", "gpt2_eager", "bert")
+DERIVED_HEAD_SIZE = ("gpt2", "gpt2_eager", "bert", "neox", "opt")
 
 MODELS = {"llama": lambda: _causal("llama"), "qwen2": lambda: _causal("qwen2"),
           "mistral": lambda: _causal("mistral"), "phi3": lambda: _causal("phi3"), "gpt2": _gpt2, "gpt2_eager": lambda: _gpt2("eager"),
-          "bert": _bert, "vit": _vit}
+          "bert": _bert, "vit": _vit, **{k: functools.partial(_decoder, k) for k in ("qwen3", "gemma2", "neox", "opt")}}
 
 
 def _inputs(name: str, batch: int = 2, length: int = 10) -> dict:
