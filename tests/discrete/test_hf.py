@@ -24,11 +24,31 @@ HEAD = HIDDEN // HEADS
 def _causal(kind: str, **extra):
     cfg_cls, model_cls = {"llama": (tf.LlamaConfig, tf.LlamaForCausalLM),
                           "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
-                          "mistral": (tf.MistralConfig, tf.MistralForCausalLM)}[kind]
+                          "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
+                          "phi3": (tf.Phi3Config, tf.Phi3ForCausalLM)}[kind]
+    if kind == "phi3":  # its default token ids are outside a vocabulary of 64
+        extra = {"pad_token_id": 0, "bos_token_id": 0, "eos_token_id": 0, **extra}
     cfg = cfg_cls(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
                   num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=64,
                   **extra)
     return model_cls(cfg)
+
+
+def _decoder(kind: str):
+    """Qwen3 (q/k norms), Gemma2 (GeGLU, scaled embeddings, soft-capping, sliding window),
+    GPT-NeoX / Pythia (fused per-head q|k|v, parallel residual, partial rotary) and OPT (learned
+    positions, ReLU MLP)."""
+    gqa = {"num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "head_dim": HEAD}
+    common = {"vocab_size": VOCAB, "hidden_size": HIDDEN, "num_hidden_layers": LAYERS, "max_position_embeddings": 64}
+    if kind == "qwen3":
+        return tf.Qwen3ForCausalLM(tf.Qwen3Config(intermediate_size=FFN, **gqa, **common))
+    if kind == "gemma2":
+        return tf.Gemma2ForCausalLM(tf.Gemma2Config(intermediate_size=FFN, sliding_window=8, **gqa, **common))
+    if kind == "neox":
+        return tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(intermediate_size=FFN, num_attention_heads=HEADS,
+                                                      rotary_pct=0.25, **common))
+    return tf.OPTForCausalLM(tf.OPTConfig(ffn_dim=FFN, num_attention_heads=HEADS, word_embed_proj_dim=HIDDEN,
+                                          pad_token_id=1, **common))
 
 
 def _gpt2(attn: str = "sdpa"):
@@ -51,11 +71,11 @@ def _vit():
 
 
 #: configs with no head size field: the head size is hidden_size / heads (ViT's config has head_dim)
-DERIVED_HEAD_SIZE = ("gpt2", "gpt2_eager", "bert")
+DERIVED_HEAD_SIZE = ("gpt2", "gpt2_eager", "bert", "neox", "opt")
 
 MODELS = {"llama": lambda: _causal("llama"), "qwen2": lambda: _causal("qwen2"),
-          "mistral": lambda: _causal("mistral"), "gpt2": _gpt2, "gpt2_eager": lambda: _gpt2("eager"),
-          "bert": _bert, "vit": _vit}
+          "mistral": lambda: _causal("mistral"), "phi3": lambda: _causal("phi3"), "gpt2": _gpt2, "gpt2_eager": lambda: _gpt2("eager"),
+          "bert": _bert, "vit": _vit, **{k: functools.partial(_decoder, k) for k in ("qwen3", "gemma2", "neox", "opt")}}
 
 
 def _inputs(name: str, batch: int = 2, length: int = 10) -> dict:
@@ -196,6 +216,22 @@ def test_gpt2_fused_qkv_gets_head_groups() -> None:
     assert small.get_parameter("transformer.h.1.attn.c_attn.weight").shape == (HIDDEN, 3 * HIDDEN)
 
 
+def test_phi3_fused_qkv_and_gate_up_get_head_and_mlp_groups() -> None:
+    """Phi3 fuses q/k/v in ``qkv_proj`` and gate/up in ``gate_up_proj`` and slices them apart
+    (with ``q[..., rotary_dim:]`` empty at full rotary): each kv head takes its query heads and its
+    key and value rows; gate and up channels are one MLP group."""
+    _, imodel = _converted("phi3")
+    assert sorted(imodel.sizes().values()) == [KV_HEADS] * LAYERS + [FFN] * LAYERS
+    heads = imodel.groups["model.layers.0.self_attn.qkv_proj.weight:0"]
+    assert (heads.max_size, sorted(heads.members)) == (KV_HEADS, [("model.layers.0.self_attn.o_proj.weight", 1),
+                                                                  ("model.layers.0.self_attn.qkv_proj.weight", 0)])
+    q, kv = imodel.plans()["model.layers.0.self_attn.qkv_proj.weight"][0]
+    assert [(a.size, a.group) for a in q] == [(KV_HEADS, heads.name), (HEADS // KV_HEADS * HEAD, None)]
+    assert [(a.size, a.group) for a in kv] == [(2, None), (KV_HEADS, heads.name), (HEAD, None)]  # k | v
+    assert _plan(imodel, "model.layers.0.mlp.gate_up_proj.weight", 0) == [
+        (2, None), (FFN, "model.layers.0.mlp.gate_up_proj.weight:0")]
+
+
 @pytest.mark.parametrize("name", ["bert", "vit"])
 def test_encoders_head_groups(name: str) -> None:
     _, imodel = _converted(name)
@@ -311,7 +347,7 @@ def test_llama_back_round_trips_through_save_pretrained(tmp_path) -> None:
         again.save_pretrained(tmp_path / "again")
 
 
-@pytest.mark.parametrize("name", ["qwen2", "mistral", "gpt2", "bert", "vit"])
+@pytest.mark.parametrize("name", ["qwen2", "mistral", "phi3", "gpt2", "bert", "vit"])
 def test_uniform_sizes_round_trip_through_save_pretrained(name: str, tmp_path) -> None:
     """Every family survives save_pretrained / from_pretrained with identical outputs at uniform
     sizes its config can say: fewer kv heads and MLP channels for the GQA models (their config
@@ -320,7 +356,7 @@ def test_uniform_sizes_round_trip_through_save_pretrained(name: str, tmp_path) -
     model, imodel = _converted(name)
     kw = _inputs(name)
     full = imodel.sizes()
-    gqa = name in ("qwen2", "mistral")
+    gqa = name in ("qwen2", "mistral", "phi3")
     try:
         imodel.resize({g: (1 if s == KV_HEADS else FFN // 2) if gqa else (s if s == HEADS else FFN // 2)
                        for g, s in full.items()})
@@ -408,3 +444,139 @@ def test_fewer_heads_round_trip_where_the_config_has_a_head_size(name: str, tmp_
     back = type(model).from_pretrained(tmp_path / name).eval()
     with torch.no_grad():
         assert torch.equal(_main(back(**kw)), _main(small(**kw)))
+
+
+def test_falcon_multi_query_keeps_its_head_size_and_round_trips(tmp_path) -> None:
+    """Falcon's multi-query attention views its fused q/k/v as (heads + 2) x head size and picks
+    the key and value heads by index, so the head count is fixed; the head size must stay fixed
+    too (it was a channel group shared with the rotary ``inv_freq`` buffer of every layer, which
+    pruned rotary frequencies, fell back to a graph module and, permuted, did not survive
+    save_pretrained: ``inv_freq`` is not saved). Only the MLP widths are groups; half of them is
+    said by ``ffn_hidden_size`` and round-trips through save_pretrained."""
+    torch.manual_seed(0)
+    cfg = tf.FalconConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_attention_heads=HEADS, num_hidden_layers=LAYERS,
+                          multi_query=True, new_decoder_architecture=False)
+    model = tf.FalconForCausalLM(cfg).eval()
+    kw = _inputs("falcon")
+    imodel = inn.convert(model, kw, inn.ConvertConfig(tsp_time_limit=0.05))
+    full = imodel.sizes()
+    assert sorted(full.values()) == [4 * HIDDEN] * LAYERS
+    assert all(".mlp.dense_h_to_4h." in g for g in full)
+    try:
+        imodel.resize({g: 2 * HIDDEN for g in full})
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            want = imodel(**kw).logits
+            small = imodel.to_discrete()
+    finally:
+        imodel.resize(full)
+    assert type(small) is tf.FalconForCausalLM and small.config.ffn_hidden_size == 2 * HIDDEN
+    small.save_pretrained(tmp_path / "falcon")
+    back = tf.FalconForCausalLM.from_pretrained(tmp_path / "falcon").eval()
+    with torch.no_grad():
+        got = small(**kw).logits
+        assert torch.equal(back(**kw).logits, got)
+    assert _rel(want, got) <= 1e-5
+
+
+def test_gptj_sin_cos_table_looked_up_by_position_converts(tmp_path) -> None:
+    """GPT-J looks its rotary sin/cos up as ``embed_positions[position_ids]`` (``aten.index`` with
+    one integer index): the table's rows stay whole and its columns follow the heads' rotary
+    channels. It converts exactly, each head (q, k, v rows, out_proj columns) is one group, and
+    per-layer head counts round-trip through torchinn.io.save_pretrained / load_pretrained."""
+    torch.manual_seed(0)
+    cfg = tf.GPTJConfig(vocab_size=VOCAB, n_embd=HIDDEN, n_head=HEADS, rotary_dim=4, n_layer=LAYERS, n_positions=64,
+                        bos_token_id=0, eos_token_id=0)
+    model = tf.GPTJForCausalLM(cfg).eval()
+    kw = _inputs("gptj")
+    imodel = inn.convert(model, kw, inn.ConvertConfig(permute=False))
+    with torch.no_grad():
+        assert _rel(model(**kw).logits, imodel(**kw).logits) <= 1e-5
+    full = imodel.sizes()
+    assert sorted(full.values()) == [HEADS] * LAYERS + [4 * HIDDEN] * LAYERS
+    heads = imodel.groups["transformer.h.0.attn.k_proj.weight:0"]
+    p = "transformer.h.0.attn."
+    assert sorted(heads.members) == [(p + "k_proj.weight", 0), (p + "out_proj.weight", 1), (p + "q_proj.weight", 0),
+                                     (p + "v_proj.weight", 0)]
+    assert _plan(imodel, p + "q_proj.weight", 0) == [(HEADS, heads.name), (HEAD, None)]
+    try:
+        imodel.resize({heads.name: 1})
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # n_head cannot say it: see the refusal tests
+            want = imodel(**kw).logits
+            small = imodel.to_discrete()
+    finally:
+        imodel.resize(full)
+    assert type(small) is tf.GPTJForCausalLM and small.transformer.h[0].attn.q_proj.out_features == HEAD
+    inn.io.save_pretrained(small, tmp_path / "gptj")
+    back = inn.io.load_pretrained(tmp_path / "gptj")
+    with torch.no_grad():
+        got = small(**kw).logits
+        assert torch.equal(back(**kw).logits, got)
+    assert _rel(want, got) <= 1e-5
+
+
+def test_falcon_grouped_query_heads_follow_their_key_value_heads(tmp_path) -> None:
+    """Falcon's new decoder architecture (Falcon-7B/40B) views its fused q/k/v as (kv heads x
+    (queries per kv head + 2) x head size) and reshapes the attention output with ``num_heads``:
+    with one of two kv heads, ``num_kv_heads`` follows the tensors and ``num_heads`` the kv heads
+    times ``num_key_value_groups`` (it fell back to a graph module, failing in sdpa); the model
+    round-trips through torchinn.io.save_pretrained / load_pretrained."""
+    torch.manual_seed(0)
+    cfg = tf.FalconConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_attention_heads=HEADS, num_kv_heads=KV_HEADS,
+                          num_hidden_layers=LAYERS, new_decoder_architecture=True)
+    model = tf.FalconForCausalLM(cfg).eval()
+    kw = _inputs("falcon")
+    imodel = inn.convert(model, kw, inn.ConvertConfig(permute=False))
+    full = imodel.sizes()
+    heads = "transformer.h.0.self_attention.query_key_value.weight:0"
+    assert full[heads] == KV_HEADS and _plan(imodel, "transformer.h.0.self_attention.query_key_value.weight", 0) == [
+        (KV_HEADS, heads), ((HEADS // KV_HEADS + 2) * HEAD, None)]
+    try:
+        imodel.resize({heads: 1})
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the config derives the head size: see the refusal tests
+            want = imodel(**kw).logits
+            small = imodel.to_discrete()
+    finally:
+        imodel.resize(full)
+    assert type(small) is tf.FalconForCausalLM
+    attn = small.transformer.h[0].self_attention
+    assert (attn.num_kv_heads, attn.num_heads, attn.num_key_value_groups) == (1, 2, 2)
+    assert small.transformer.h[1].self_attention.num_heads == HEADS
+    inn.io.save_pretrained(small, tmp_path / "falcon")
+    back = inn.io.load_pretrained(tmp_path / "falcon")
+    with torch.no_grad():
+        got = small(**kw).logits
+        assert torch.equal(back(**kw).logits, got)
+    assert _rel(want, got) <= 1e-5
+
+
+def test_falcon_fewer_heads_say_the_head_size_is_derived() -> None:
+    """FalconConfig's head_dim is a property (hidden_size // num_attention_heads): fewer heads at
+    the same hidden size are refused with the reason, not a bare 'no setting ... (tried ...)'."""
+    torch.manual_seed(0)
+    cfg = tf.FalconConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_attention_heads=HEADS, num_hidden_layers=LAYERS,
+                          multi_query=False, new_decoder_architecture=False)
+    model = tf.FalconForCausalLM(cfg).eval()
+    imodel = inn.convert(model, _inputs("falcon"), inn.ConvertConfig(permute=False))
+    full = imodel.sizes()
+    try:
+        imodel.resize({g: HEADS // 2 if s == HEADS else s for g, s in full.items()})
+        with pytest.warns(UserWarning, match=r"FalconForCausalLM at these sizes cannot be described by its FalconConfig: "
+                                             r"its config has no head size field \(head_dim is a property\): the head "
+                                             r"size is derived as hidden_size / num_attention_heads \(32 / 4\), so 2 "
+                                             r"heads of 8 channels"):
+            small = imodel.to_discrete()
+    finally:
+        imodel.resize(full)
+    assert type(small) is tf.FalconForCausalLM and small.transformer.h[0].self_attention.num_heads == HEADS // 2
+    mlp = sorted(g for g, s in full.items() if s != HEADS)
+    try:
+        imodel.resize({mlp[0]: 40})  # per-layer MLP widths: the message names the MLP field, not the heads
+        with pytest.warns(UserWarning, match=r"the sizes differ between layers \(channels of full size 128 now "
+                                             r"\[40, 128\]\), .* model\.config still says ffn_hidden_size=128 \(the "
+                                             r"full sizes\)"):
+            imodel.to_discrete()
+    finally:
+        imodel.resize(full)

@@ -30,12 +30,18 @@ aten = torch.ops.aten
 #: exactly one resized size (an atom or a segment of a channel plan) of the module's tensors
 SIZE_ATTRS = frozenset({
     "num_heads", "heads", "n_heads", "n_head", "head_dim", "head_size", "attention_head_size", "all_head_size",
-    "num_attention_heads", "num_key_value_heads", "hidden_size", "intermediate_size", "embed_dim", "dim", "hidden_dim",
+    "num_attention_heads", "num_key_value_heads", "num_kv_heads", "n_kv_heads", "hidden_size", "intermediate_size", "embed_dim", "dim", "hidden_dim",
     "inner_dim", "d_model", "d_head", "in_features", "out_features", "in_channels", "out_channels",
     "channels", "num_features", "hidden_features", "width", "nf",
 })
 #: size attributes that count attention heads, and that hold a head's size
-HEAD_COUNTS = frozenset({"num_heads", "heads", "num_attention_heads", "num_key_value_heads", "n_head", "n_heads"})
+HEAD_COUNTS = frozenset({"num_heads", "heads", "num_attention_heads", "num_key_value_heads", "num_kv_heads",
+                         "n_kv_heads", "n_head", "n_heads"})
+#: grouped-query attention: the key/value head count, the query head count, and the query heads
+#: per key/value head of a module that holds all three (Falcon's new decoder architecture)
+KV_HEADS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads")
+QUERY_HEADS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
+GROUPS = "num_key_value_groups"
 HEAD_SIZES = frozenset({"head_dim", "head_size", "attention_head_size", "d_head"})
 #: integer attributes that hold the piece size of a ``split`` in the module's forward (GPT-2's
 #: ``split_size`` cuts the fused c_attn output into q, k, v): they take the split's current size
@@ -188,6 +194,7 @@ def resize_modules(module: nn.Module, calls: Calls, atoms: Atoms) -> None:
         elif isinstance(m, nn.MultiheadAttention):
             _resize_mha(name, m, atoms)
         elif not type(m).__module__.startswith("torch."):
+            before = dict(vars(m))
             for attr, value in list(vars(m).items()):
                 if attr in SIZE_ATTRS and type(value) is int:
                     new = atoms.new_value(name, value, attr)
@@ -199,3 +206,17 @@ def resize_modules(module: nn.Module, calls: Calls, atoms: Atoms) -> None:
                     pieces = [pieces] if isinstance(pieces, int) else pieces
                     if isinstance(pieces, (list, tuple)) and len(set(pieces)) == 1 and isinstance(pieces[0], int):
                         setattr(m, attr, pieces[0])
+            _query_heads_follow(m, before)
+
+
+def _query_heads_follow(m: nn.Module, before: Mapping[str, Any]) -> None:
+    """Grouped-query attention: a removed key/value head takes its queries, so the query head
+    count is the new key/value head count times the (unchanged) query heads per key/value head.
+    The query count is no size of any tensor (the plans hold key/value heads x queries per head)."""
+    groups = before.get(GROUPS)
+    kv = next((a for a in KV_HEADS if type(before.get(a)) is int), None)
+    if type(groups) is not int or kv is None or getattr(m, GROUPS) != groups:
+        return
+    for q in QUERY_HEADS:
+        if type(before.get(q)) is int and before[q] == before[kv] * groups and getattr(m, q) == before[q]:
+            setattr(m, q, getattr(m, kv) * groups)

@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 
 #: config fields that count attention heads (the second follows the first under GQA)
 HEADS = ("num_key_value_heads", "num_attention_heads")
-#: config fields that hold an MLP width (``None`` in GPT-2's ``n_inner`` means 4 x hidden)
-WIDTHS = ("intermediate_size", "n_inner", "ffn_dim", "hidden_size")
+#: config fields that hold an MLP width (``None`` in GPT-2's ``n_inner`` means 4 x hidden; Falcon: ``ffn_hidden_size``)
+WIDTHS = ("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size", "hidden_size")
 
 
 class ConfigMismatchError(ValueError):
@@ -62,9 +62,11 @@ def _why(config: Any, resized: Mapping[int, set[int]], changes: Mapping[str, Any
     if per_layer:
         return (f"the sizes differ between layers (channels of full size {', '.join(f'{f} now {n}' for f, n in per_layer.items())}), "
                 "and its config has one value for all layers")
-    if HEADS[1] in changes and getattr(config, "head_dim", None) is None:
+    derived = isinstance(getattr(type(config), "head_dim", None), property)  # Falcon: hidden_size // heads
+    if HEADS[1] in changes and (getattr(config, "head_dim", None) is None or derived):
         hidden = getattr(config, "hidden_size", None)
-        return (f"its config has no head size field: the head size is derived as {_field(config, 'hidden_size')} / "
+        return (f"its config has no head size field{' (head_dim is a property)' if derived else ''}: the head "
+                f"size is derived as {_field(config, 'hidden_size')} / "
                 f"{_field(config, HEADS[1])} ({hidden} / {heads}), so {changes[HEADS[1]]} heads of "
                 f"{hidden // heads if isinstance(hidden, int) and heads else '?'} channels at the same hidden size "
                 "cannot be said")
@@ -73,7 +75,9 @@ def _why(config: Any, resized: Mapping[int, set[int]], changes: Mapping[str, Any
 
 def _unsaveable(module: nn.Module, config: Any, resized: Mapping[int, set[int]], changes: Mapping[str, Any]) -> None:
     """Warn that ``config`` does not describe ``module`` and make its ``save_pretrained`` refuse."""
+    changed = {full for full, new in resized.items() if new != {full}}  # per-layer sizes: the fields of those
     fields = sorted({_field(config, k) for k in changes if getattr(config, k, None) is not None}
+                    or {_field(config, k) for k in (*WIDTHS, *HEADS) if getattr(config, k, None) in changed}
                     or {_field(config, HEADS[1])})
     now = ", ".join(f"{f}={getattr(config, f, None)}" for f in fields)
     name = type(module).__name__

@@ -307,21 +307,27 @@ def split_heads(an: Analysis) -> None:
     head = {r for s in an.head_dims for r in axes.vars(s)}
     splits = [[p for p in parts if axes.vars(p)] for parts in axes.splits]
     heads: set[int] = set()
-    attention: set[int] = set()
+    attention: dict[int, Struct] = {}  # split -> its head size
     changed = True
     while changed:  # the heads of one attention split make another (values) one
         changed = False
         for i, parts in enumerate(splits):
-            if i in attention or len(parts) < 2:
+            # a split whose head count is already fixed (Falcon's multi-query view of its fused
+            # q/k/v as (heads + 2) x head size) still keeps its head size
+            if i in attention or len(parts) < (1 if len(axes.splits[i]) > 1 else 2):
                 continue
             inner = set(axes.vars(parts[-1]))
             outer = {r for p in parts[:-1] for r in axes.vars(p)}
             if inner <= head or outer & heads:
-                attention.add(i)
-                heads |= set(axes.vars(parts[-2]))
+                attention[i] = parts[-1]
+                heads |= set(axes.vars(parts[-2])) if len(parts) > 1 else set()
                 changed = True
     for i in reversed(range(len(splits))):
         parts = [p for p in splits[i] if axes.vars(p)]
+        if i in attention and len(parts) == 1 and len(splits[i]) == 1:
+            if set(axes.vars(parts[0])) <= set(axes.vars(attention[i])):
+                axes.pin(parts[0], "the head size of an attention (whole heads are removed)")
+            continue
         if len(parts) < 2:
             continue
         if i in attention:

@@ -128,6 +128,9 @@ def _slice_like(an: Analysis, node: fx.Node, d: int, start: int, end: int, step:
     end = max(start, min(n, end + n if end < 0 else end))
     if start == 0 and end == n and step == 1:
         return x
+    if start == end:  # an empty slice (``q[..., rotary_dim:]`` under full rotary): no channels
+        x[d] = Fixed(0)
+        return x
     s = an.resolve(x[d])
     if not an.has_var(s):
         x[d] = Fixed(len(range(start, end, step)))
@@ -184,10 +187,14 @@ def _narrow(an: Analysis, node: fx.Node) -> Label:
     return _slice_like(an, node, d, start, start + length, 1, make_args)
 
 
+def _packet_of(node: fx.Node) -> Any:
+    return node.target.overloadpacket
+
+
 @register_op(aten.index_select, aten.gather, aten.index, aten.take_along_dim)
 def _index(an: Analysis, node: fx.Node) -> Label:
     x = arg_label(an, node)
-    packet = node.target.overloadpacket
+    packet = _packet_of(node)
     if packet in (aten.index_select, aten.gather):
         d = node.args[1] % len(x)
         val = getattr(node.args[0], "meta", {}).get("val")
@@ -204,8 +211,30 @@ def _index(an: Analysis, node: fx.Node) -> Label:
             return pin_fixed(an, node, x, "gather")
         return out
     if any(an.has_var(an.resolve(s)) for s in x):
+        looked_up = _rows_looked_up(an, node, x)
+        if looked_up is not None:
+            return looked_up
         return an.unsupported(node, "advanced indexing of a tensor with channels")
     return an.fixed_label(node.meta.get("val"))
+
+
+def _rows_looked_up(an: Analysis, node: fx.Node, x: Label) -> Label | None:
+    """``table[ids]`` (``aten.index`` with one index tensor, GPT-J's sin/cos table looked up by
+    position ids with integer ids): the indexed dimension is rows (kept whole), the other dimensions
+    keep their channels and the indexed one becomes the index's dimensions. ``None`` otherwise."""
+    indices = list(node.args[1])
+    used = [i for i, ix in enumerate(indices) if ix is not None]
+    if _packet_of(node) is not aten.index or len(used) != 1:
+        return None
+    (k,) = used
+    ix = indices[k]
+    ix_label = an.tensor_label(ix) if isinstance(ix, fx.Node) else None
+    val = getattr(ix, "meta", {}).get("val")
+    if (not isinstance(val, torch.Tensor) or val.is_floating_point() or val.dtype is torch.bool
+            or (ix_label is not None and any(an.has_var(an.resolve(s)) for s in ix_label))):
+        return None
+    an.pin(x[k], node, "the rows of a table looked up with an index tensor")
+    return list(x[:k]) + [Fixed(int(n)) for n in val.shape] + list(x[k + 1:])
 
 
 @register_op(aten.expand_as)
