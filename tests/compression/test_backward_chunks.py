@@ -16,7 +16,7 @@ from conftest import converted
 import torchinn.compression.backward as backward
 import torchinn.training.distill as distill
 from torchinn.compression.importance import measure_importance
-from torchinn.model.inputs import Inputs, position_mask
+from torchinn.model.inputs import Inputs, batch_size, position_mask
 from torchinn.training.distill import Distillation, kl_distillation_loss
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -237,3 +237,33 @@ def test_a_batch_stopped_between_its_chunks_scores_its_samples_as_if_measured_al
     assert alone.cut is None and now[0] == 4.0  # two more chunks, not stopped (no bound)
     _close(part.fisher, alone.fisher, 1e-5)
     _close(part.activation, alone.activation, 1e-6)  # (without the factor, the Fisher scores are half)
+
+
+# a network exported with a guard against batch 1 (onnx2torch's PP-OCRv4 recognizer reshaped to
+# batch x 40): the importance pass probed one sample and was skipped; it now probes two, and no
+# chunk is smaller than what runs
+@pytest.mark.parametrize("bound", [None, 1])
+def test_a_network_that_refuses_one_sample_is_probed_with_two(monkeypatch, bound):
+    _, inputs, imodel = converted("resnet_basic")
+    g = torch.Generator().manual_seed(3)
+    batches = [(torch.randn((5, *inputs[0].shape[1:]), generator=g),) for _ in range(2)]
+    whole = measure_importance(imodel, batches)
+    real, sizes = backward.run, []
+
+    def guarded(network, b):
+        n = batch_size(b if isinstance(b, Inputs) else Inputs(tuple(b)))
+        if n == 1:
+            raise RuntimeError("Guard failed: s0 != 1")
+        sizes.append(n)
+        return real(network, b)
+
+    monkeypatch.setattr(backward, "run", guarded)
+    if bound is not None:
+        monkeypatch.setattr(backward, "BACKWARD_BYTES", bound)  # chunks of the probe's 2 samples
+    parts = measure_importance(imodel, batches)
+    # the probe of 2, then each batch of 5 whole, or (its outputs first, for the cotangents) in
+    # chunks of 2 and a last one of 3, not 1
+    assert sizes == ([2, 5, 5] if bound is None else [2, 5, 2, 3, 5, 2, 3])
+    assert parts.batches == 2 and parts.cut is None
+    _close(parts.fisher, whole.fisher, 1e-5)
+    _close(parts.activation, whole.activation, 1e-6)

@@ -148,28 +148,46 @@ def _leading(b: Inputs, ref: Any, k: int) -> tuple[Inputs, Any]:
     return sample_slice(b, 0, k), None if ref is None else pytree.tree_map(cut, ref)
 
 
+def _probe(full: Any, b: Inputs, n: int) -> tuple[int, int]:
+    """The bytes the forward pass of the smallest batch that runs (one sample, else two: a network
+    exported with a guard against batch 1) saves for its backward pass, and that batch's size."""
+    own = {t.untyped_storage().data_ptr() for t in [*full.parameters(), *full.buffers()]}
+    for k in (1, 2):
+        try:
+            with torch.enable_grad(), saved_bytes(own) as count:
+                run(full, sample_slice(b, 0, k))
+            return count["bytes"], k
+        except (RuntimeError, ValueError, AssertionError):  # refused at this batch size
+            if k >= min(2, n):
+                raise
+    raise AssertionError("unreachable")
+
+
 def fisher_batch(full: Any, b: Any, ref: Any, loss: Distillation, gen: torch.Generator, mode: Any,
                  chunk: list[int | None], reading: Any, *, limit: int | None = None,
                  until: float | None = None) -> tuple[dict[str, Tensor], int, float]:
     """One batch's forward and backward passes: per group, the sum over samples of the squared
-    per-sample terms (the weights' hooks add the producer-side sums), the samples measured and
-    the factor that makes the squared sums of a batch stopped part way those of its samples
-    measured alone (1 for a whole batch). The first batch of more than
-    one sample is probed first: one sample's forward pass, whose tensors saved for the backward
-    pass are counted and dropped. When the batch would save more than :data:`BACKWARD_BYTES`, it
-    runs in chunks of as many samples as fit (at least one; ``chunk[0]``, kept for the next
-    batches); the cotangents are drawn on the whole batch first, as without chunks, and a chunk
-    after the first is not started when it would end past ``until`` (a ``time.perf_counter()``
-    value; at the mean time of the chunks made). A batch that does not run in chunks runs
-    whole, or its first ``limit`` samples (a guess of what fits, when no time is measured yet)."""
+    per-sample terms (the weights' hooks add the producer-side sums), the samples measured and the
+    factor that makes the squared sums of a batch stopped part way those of its samples measured
+    alone (1 for a whole batch). The first batch of more than one sample is probed first: one
+    sample's forward pass (two where the network refuses one), whose tensors saved for the
+    backward pass are counted and dropped. When the batch would save more than
+    :data:`BACKWARD_BYTES`, it runs in chunks of as many samples as fit (at least the probe's;
+    ``chunk[0]``, and the probe's samples ``chunk[1]``, kept for the next batches; no chunk is
+    smaller than the probe); the cotangents are drawn on the whole batch first, as without
+    chunks, and a chunk after the first is not started when it would end past ``until`` (a
+    ``time.perf_counter()`` value; at the mean time of the chunks made). A batch that does not
+    run in chunks runs whole, or its first ``limit`` samples (a guess of what fits, when no time
+    is measured yet)."""
     b = b if isinstance(b, Inputs) else Inputs(tuple(b))  # a tuple of positional inputs
     n = batch_size(b)
+    if len(chunk) < 2:
+        chunk.append(1)
     if chunk[0] is None and n > 1:
-        own = {t.untyped_storage().data_ptr() for t in [*full.parameters(), *full.buffers()]}
-        with torch.enable_grad(), saved_bytes(own) as count:
-            run(full, sample_slice(b, 0, 1))
-        chunk[0] = max(1, BACKWARD_BYTES // max(1, count["bytes"]))
-    k = chunk[0]
+        nbytes, chunk[1] = _probe(full, b, n)
+        chunk[0] = chunk[1] * max(1, BACKWARD_BYTES // max(1, nbytes))
+    k, least = chunk[0], chunk[1]
+    limit = None if limit is None else max(limit, least)
     out_sums: dict[str, Tensor] = {}
     refs = None if ref is None else _floats(ref)
     if k is None or k >= n or (refs is not None and any(r.ndim == 0 or r.shape[0] != n for r in refs)):
@@ -194,19 +212,22 @@ def fisher_batch(full: Any, b: Any, ref: Any, loss: Distillation, gen: torch.Gen
     scales = [_variances(r, loss) for r in refs] if until is not None else []
     del refs
     done, took = 0, []
-    for start in range(0, n, k):
+    starts = list(range(0, n, k))
+    if len(starts) > 1 and n - starts[-1] < least:  # no last chunk smaller than a batch that runs
+        starts.pop()
+    for start, stop in zip(starts, starts[1:] + [n]):
         if until is not None and took and time.perf_counter() + sum(took) / len(took) > until:
             break  # the next chunk would end past the deadline
         t0 = time.perf_counter()
-        part = sample_slice(b, start, min(n, start + k))
+        part = sample_slice(b, start, stop)
         mode.taylor, mode.mask = {}, padding_mask(part)
         with torch.enable_grad(), mode:
             out = run(full, part)
         reading()
-        _backward(_floats(out), [c[start:start + k] for c in cots], mode.mask)
+        _backward(_floats(out), [c[start:stop] for c in cots], mode.mask)
         del out
         _squares(mode, out_sums)
-        done = min(n, start + k)
+        done = stop
         took.append(time.perf_counter() - t0)
     if done == n:
         return out_sums, n, 1.0
