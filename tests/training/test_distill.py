@@ -71,6 +71,12 @@ def test_auto_tells_class_logits_from_scores_and_embeddings():
     loss = resolve_loss("auto", [embedding])
     assert loss.kind == "mse" and "same top class on all 64 rows" in loss.note
     assert resolve_loss("auto", [embedding[:3]]).kind == "kl"  # too few rows to tell
+    # probabilities already (onnx2torch's PP-OCRv4 recognizer ends in a softmax): said as such, even
+    # where they are decided enough (2 classes) that their softmax is not nearly uniform
+    for probs in (torch.softmax(tokens, -1), torch.softmax(logits[:, :2] * 3, -1)):
+        loss = resolve_loss("auto", [probs])
+        assert loss.kind == "mse" and "already probabilities" in loss.note, loss.note
+    assert resolve_loss("auto", [torch.softmax(logits[:, :2] * 3, -1).log()]).kind == "kl"  # log-probabilities
     image = torch.randn(2, 3, 8, 8, generator=gen)
     assert "is not (batch, classes)" in resolve_loss("auto", [image]).note
     assert resolve_loss("kl", [scores]).kind == "kl"  # asked for: kept

@@ -189,6 +189,10 @@ def _not_logits(outputs: list[Any]) -> str:
         if not all(o.ndim in (2, 3) and o.shape[-1] >= 2 for o in leaves):
             return f"an output of shape {shape} is not (batch, classes) or (batch, positions, classes)"
         classes = leaves[0].shape[-1]
+        if all(bool((o >= 0).all()) for o in leaves) and all(
+                bool(((_per_row(o, lambda x: x.double().sum(-1)) - 1).abs() <= 1e-3).all()) for o in leaves):
+            return (f"an output of shape {shape} is already probabilities (every row is non-negative and sums "
+                    f"to 1): a softmax of them would flatten them")
         per_row = torch.cat([_per_row(o, lambda x: _entropy(torch.log_softmax(x.double(), -1))) for o in leaves])
         entropy = float(per_row.mean()) / math.log(classes)
         if entropy > LOGIT_ENTROPY:
