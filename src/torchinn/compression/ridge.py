@@ -13,8 +13,10 @@ ridge's held-out error from one eigendecomposition of each half's ``X X^T``
 (:func:`held_out_sse`), whose products are reused for the equations of all the rows.
 
 >>> import torch
->>> x = torch.randn(1, 40, 60, dtype=torch.float64)
->>> y = x @ torch.randn(1, 60, 3, dtype=torch.float64)
+>>> g = torch.Generator().manual_seed(0)
+>>> z = torch.randn(1, 40, 5, dtype=torch.float64, generator=g)  # 60 features that span 5 directions
+>>> x = z @ torch.randn(5, 60, dtype=torch.float64, generator=g)
+>>> y = z @ torch.randn(5, 3, dtype=torch.float64, generator=g)
 >>> halves = [NormalEquations(), NormalEquations()]
 >>> halves[0].add(x[:, :20], y[:, :20]); halves[1].add(x[:, 20:], y[:, 20:])
 >>> prior = torch.zeros(1, 60, 3, dtype=torch.float64)
