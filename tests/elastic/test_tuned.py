@@ -39,7 +39,7 @@ def refit_only():
 def test_the_offsets_train_and_the_held_out_error_falls(tuned, refit_only):
     net, elastic, report = tuned
     _, plain, plain_report = refit_only
-    assert report.steps == 40 and plain_report.steps == 20
+    assert report.steps == 40 and plain_report.steps == 20 and "tuned after it: error" in str(report)
     unseen = torch.cat(small_data(4, seed=7))
     for t, d in elastic.deployed.items():
         r, p = report.refit[t], plain_report.refit[t]
