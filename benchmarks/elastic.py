@@ -96,7 +96,9 @@ DESIGNS = {"ranked": {}, "partitions": {"deploy": True, "deploy_kind": "partitio
            "scales-joint": {"deploy": True, "deploy_kind": "scales"},
            "scales-bias": {"deploy": True, "lr": 0.0, "deploy_kind": "scales-bias"},
            "scales-bias-fit": {"deploy": True, "lr": 0.0, "deploy_kind": "scales-bias", "fit_scales": True},
-           "scales-refit": {"deploy": True, "lr": 0.0, "deploy_kind": "scales-refit"}}
+           "scales-refit": {"deploy": True, "lr": 0.0, "deploy_kind": "scales-refit"},
+           "scales-tuned": {"deploy": True, "lr": 0.0, "deploy_kind": "scales-refit", "tune_share": 0.7},
+           "scales-tuned-90": {"deploy": True, "lr": 0.0, "deploy_kind": "scales-refit", "tune_share": 0.9}}
 PARTITION_LR: list[float | None] = [None]  # --partition-lr (None: make_elastic's default)
 REFIT = [False]  # --refit
 

@@ -1011,6 +1011,10 @@ def elastic_fit_scales_alone() -> None:
     inn.make_elastic(_mlp(), torch.randn(2, 4), [torch.randn(8, 4)] * 3, steps=1, deploy=[0.5], fit_scales=True)
 
 
+def elastic_tune_share_alone() -> None:
+    inn.make_elastic(_mlp(), torch.randn(2, 4), [torch.randn(8, 4)] * 3, steps=1, deploy=[0.5], tune_share=0.5)
+
+
 def elastic_bad_order() -> None:
     inn.elastic.ElasticNetwork(inn.convert(_mlp(), (torch.randn(2, 4),)), {"0.weight:0": [0, 0, 1]})
 
@@ -1058,6 +1062,9 @@ CASES += [
     ("make_elastic with fit_scales but no bias corrections", elastic_fit_scales_alone, ValueError,
      r"^fit_scales=True fits the scales of deployed sizes with bias corrections: it needs deploy=\[\.\.\.\] and "
      r"deploy_kind='scales-bias' or 'scales-refit', got deploy=\[0\.5\], deploy_kind='scales'$"),
+    ("make_elastic with tune_share but no refit", elastic_tune_share_alone, ValueError,
+     r"^tune_share > 0 trains the refit weights of deployed sizes: it needs deploy=\[\.\.\.\] and "
+     r"deploy_kind='scales-refit', got deploy=\[0\.5\], deploy_kind='scales'$"),
     ("an elastic ranking that is not a permutation of the channels", elastic_bad_order, ValueError,
      r"^the ranking of group '0\.weight:0' must be a permutation of range\(16\) \(its channels, most important "
      r"first\), got \[0, 0, 1\]$"),

@@ -81,15 +81,23 @@ def test_elastic_with_deployed_sizes_then_resize_at_one(tmp_path, capsys, monkey
         code, out, err = run(["elastic", "tinyelastic.py:build", "--input-shape", "4,3,12,12", "--steps", "1",
                               "--deploy", bad, "-o", "x.inn"], capsys)
         assert code == 2 and "--deploy" in err, (bad, err)
+    code, out, err = run(["elastic", "tinyelastic.py:build", "--input-shape", "4,3,12,12", "--steps", "1",
+                          "--deploy", "0.5", "--deploy-kind", "scales-refit", "--tune-share", "1", "-o", "x.inn"], capsys)
+    assert code == 2 and "--tune-share must be in [0, 1), got 1" in err, err
+    code, out, err = run(["elastic", "tinyelastic.py:build", "--input-shape", "4,3,12,12", "--steps", "1",
+                          "--deploy", "0.5", "--tune-share", "0.5", "-o", "x.inn"], capsys)
+    assert code != 0 and "tune_share > 0 trains the refit weights of deployed sizes" in err, (code, err)
 
 
 def test_elastic_with_a_refit_per_deployed_size_then_resize(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tinyelastic.py").write_text(MODULE)
     code, out, err = run(["elastic", "tinyelastic.py:build", "--input-shape", "4,3,12,12", "--steps", "3",
-                          "--deploy", "0.5", "--deploy-kind", "scales-refit", "-o", "net.inn"], capsys)
+                          "--deploy", "0.5", "--deploy-kind", "scales-refit", "--tune-share", "0.5", "-o", "net.inn"],
+                         capsys)
     assert code == 0, err
-    assert json.loads((tmp_path / "net.inn.report.json").read_text())["deploy_kind"] == "scales-refit"
+    saved = json.loads((tmp_path / "net.inn.report.json").read_text())
+    assert saved["deploy_kind"] == "scales-refit" and "error_tuned" in saved["refit"]["0.5"], saved["refit"]
     net = inn.load(tmp_path / "net.inn")
     assert [d.kind for d in net.deployed.values()] == ["scales-refit"]
     code, out, err = run(["resize", "net.inn", "--target", "0.5", "-o", "small.pt"], capsys)

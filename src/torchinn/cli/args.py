@@ -146,6 +146,11 @@ def non_negative_seconds(text: str) -> float:
     return _float(text, lambda v: v >= 0, "a number of seconds", "seconds must be >= 0")
 
 
+def tune_share(text: str) -> float:
+    """--tune-share: the share of the training budget after the per-size refit, in [0, 1)."""
+    return _float(text, lambda v: 0.0 <= v < 1.0, "a share in [0, 1) like 0.7", "--tune-share must be in [0, 1)")
+
+
 def share(text: str) -> float:
     return _float(text, lambda v: 0.0 <= v <= 1.0, "a share in [0, 1]", "the share must be in [0, 1]")
 

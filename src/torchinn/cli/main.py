@@ -257,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "measured well), its partition's points, scales and bias corrections, or those and a "
                           "least-squares refit of the layers reading the resized channels (scales-refit: about "
                           "+0.3 dB on an image-to-image network, costs weights per size)")
+    ela.add_argument("--tune-share", type=ca.tune_share, default=0.0,
+                     help="with --deploy-kind scales-refit: the share of the budget spent after the refit, training "
+                          "each size's scales, bias corrections and refit weights by distillation (default 0: the "
+                          "refit comes last; 0.7 measured best on an image-to-image network)")
     ela.add_argument("--full-tolerance", type=float, default=None,
                      help="how far from MODEL the full-size network may end up on held-out batches: share of "
                           "samples whose top class differs (class logits; default 0.001), else relative squared "

@@ -19,7 +19,7 @@ RANKINGS = ("auto", "l1", "activation", "fisher", "uniform")
 
 def check_arguments(*, low: Any, seconds: Any, steps: Any, lr: Any, full_tolerance: Any, random: Any, ranking: Any,
                     loss: Any, holdout: Any, eval_every: Any, deploy: Any, deploy_kind: Any, partition_lr: Any,
-                    bias_lr: Any, fit_scales: Any) -> tuple[float, float]:
+                    bias_lr: Any, fit_scales: Any, tune_share: Any = 0.0, offset_lr: Any = 1e-4) -> tuple[float, float]:
     """Raise on the first bad argument; return ``lr`` and ``partition_lr`` with their defaults
     resolved (``lr``: 0 with deployed scales, else 1e-5; ``partition_lr``: 1e-3 for trained
     partitions, else 1e-2)."""
@@ -58,4 +58,9 @@ def check_arguments(*, low: Any, seconds: Any, steps: Any, lr: Any, full_toleran
         raise ValueError(f"fit_scales=True fits the scales of deployed sizes with bias corrections: it needs "
                          f"deploy=[...] and deploy_kind='scales-bias' or 'scales-refit', got deploy={deploy!r}, "
                          f"deploy_kind={deploy_kind!r}")
+    check_number(tune_share, "tune_share (the share of the budget after the refit)", 0, 1, high_open=True)
+    check_number(offset_lr, "offset_lr", 0)
+    if tune_share > 0 and (deploy is None or deploy_kind != "scales-refit"):
+        raise ValueError(f"tune_share > 0 trains the refit weights of deployed sizes: it needs deploy=[...] and "
+                         f"deploy_kind='scales-refit', got deploy={deploy!r}, deploy_kind={deploy_kind!r}")
     return float(lr), float(partition_lr)

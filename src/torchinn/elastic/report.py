@@ -40,7 +40,8 @@ class ElasticReport:
     #: deployed fraction -> bytes of the state it carries beside the shared weights (scales, offsets)
     deployed_bytes: dict[float, int] = field(default_factory=dict)
     #: deployed fraction -> its least-squares refit (``deploy_kind="scales-refit"``:
-    #: :func:`torchinn.elastic.refit.refit_deployed`'s report)
+    #: :func:`torchinn.elastic.refit.refit_deployed`'s report; with ``tune_share`` > 0 also
+    #: ``error_tuned``, the held-out error after the tuning that follows it)
     refit: dict[float, dict[str, Any]] = field(default_factory=dict)
 
     def __str__(self) -> str:
@@ -57,7 +58,9 @@ class ElasticReport:
                          f"error {before:.4g} -> {after:.4g}")
             if t in self.refit:
                 r = self.refit[t]
-                lines.append(f"    refit: {len(r['layers'])} layers" + ("" if r["kept"] else f", not kept ({r.get('why', '')})"))
+                lines.append(f"    refit: {len(r['layers'])} layers" + ("" if r["kept"] else f", not kept ({r.get('why', '')})")
+                             + (f"; tuned after it: error {r['error_after']:.4g} -> {r['error_tuned']:.4g}"
+                                if r.get("error_tuned") is not None and r.get("error_after") is not None else ""))
         if self.note:
             lines.append(self.note)
         return "\n".join(lines)

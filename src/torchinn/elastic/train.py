@@ -37,10 +37,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils import _pytree as pytree
 
 from ..compression.importance import channel_importance, measure_importance
-from ..compression.starts import distill_error
 from ..model.convert import ConvertConfig, convert
 from ..model.inputs import as_inputs, batch_inputs, check_batches, padding_mask, run
 from ..model.integral_model import IntegralModel
@@ -48,6 +46,7 @@ from ..training.distill import Distillation, resolve_loss
 from ..training.train import adam, sandwich_backward
 from .arguments import RANKINGS, check_arguments
 from .biases import fit_biases
+from .measure import _FULL_METRIC, _errors, _FullWeight, _own, _score, _state, _total
 from .network import ElasticNetwork
 from .refit import deployed_bytes, refit_deployed
 from .report import ElasticReport
@@ -57,74 +56,9 @@ __all__ = ["RANKINGS", "make_elastic"]
 
 log = logging.getLogger(__name__)
 
-_FULL_METRIC = {"kl": "share of samples whose top class differs from the original's",
-                "mse": "relative squared error against the original"}
-
 
 def _ratios(low: float) -> list[float]:
     return sorted({low, *(r for r in (0.25, 0.5, 0.75) if r > low), 1.0})
-
-
-def _full_change(imodel: IntegralModel, batches: list, reference: list, loss: Distillation) -> float:
-    """How far the network (at its current sizes) is from the original on ``batches``: for class
-    logits (``loss`` KL), the share of samples whose top class differs; else the relative squared
-    error (``"mse"``'s :meth:`~torchinn.training.distill.Distillation.error`)."""
-    if loss.kind != "kl":
-        return distill_error(imodel, batches, reference, "mse")
-    differ, total = 0, 0
-    with torch.no_grad():
-        for b, ref in zip(batches, reference):
-            for o, r in zip(_leaves(run(imodel, b)), _leaves(ref)):
-                differ += int((o.argmax(-1) != r.argmax(-1)).sum())
-                total += r.argmax(-1).numel()
-    return differ / max(1, total)
-
-
-def _leaves(out: Any) -> list[Tensor]:
-    return [t for t in pytree.tree_leaves(out) if isinstance(t, Tensor) and t.is_floating_point()]
-
-
-def _errors(elastic: ElasticNetwork, ratios: Sequence[float], batches: list, reference: list,
-            loss: Distillation, deployed: bool = False) -> tuple[dict[float, tuple[int, float]], float]:
-    """Per ratio of every group's channels (``deployed``: per deployed fraction of the parameters,
-    at its own sizes and partitions), (parameters, ``loss``'s error); and the full size's
-    :func:`_full_change`. The network is left at full size."""
-    out = {}
-    was = elastic.imodel.training
-    elastic.imodel.eval()
-    try:
-        for r in ratios:
-            if deployed:
-                elastic.resize(target=r)
-            else:
-                elastic.resize(r)
-            with torch.no_grad():
-                out[r] = (elastic.num_parameters(), distill_error(elastic.imodel, batches, reference, loss))
-        elastic.resize(1.0)
-        full = _full_change(elastic.imodel, batches, reference, loss)
-    finally:
-        elastic.resize(1.0)
-        elastic.imodel.train(was)
-    return out, full
-
-
-def _score(errors: Mapping[float, tuple[int, float]]) -> float:
-    """The geometric mean of the errors below full size (each size counts alike)."""
-    logs = [math.log(max(e, 1e-30)) for r, (_, e) in errors.items() if r < 1.0]
-    return sum(logs) / max(1, len(logs))
-
-
-def _total(errors: Mapping[float, tuple[int, float]]) -> float:
-    """The sum of the errors of the deployed sizes (a geometric mean would let a size whose error is
-    near 0, as a deployed 75% of a classifier's parameters at 2e-10, outweigh all the others)."""
-    return sum(e for _, e in errors.values())
-
-
-def _own(elastic: ElasticNetwork, target: float) -> list[Tensor]:
-    """The trainable tensors of one deployed size's partitions and bias corrections."""
-    d = elastic.deployed[target]
-    return [q for p in d.partitions.values() for q in p.parameters() if q.requires_grad] + \
-        [b for b in d.biases.values() if b.requires_grad]
 
 
 def _rankings(imodel: IntegralModel, kinds: Sequence[str], batches: list, reference: list,
@@ -163,44 +97,14 @@ def _outputs(teacher: nn.Module, batches: list) -> list:
         return [run(teacher, b) for b in batches]
 
 
-def _state(imodel: IntegralModel, extra: Sequence[Tensor] = ()) -> tuple[dict[str, Tensor], list[Tensor]]:
-    """The shared weights (not the partitions) and copies of ``extra`` (the deployed partitions' tensors)."""
-    return ({k: v.detach().clone() for k, v in imodel.state_dict().items() if not k.startswith(("partitions.", "offsets."))},
-            [t.detach().clone() for t in extra])
-
-
-class _FullWeight:
-    """The loss of each pass of a sandwich step, the first (full size) weighted by ``weight``: a
-    penalty on the full-size error, 4 at first, that grows fourfold while its held-out error is
-    above half the tolerance and halves (down to 1) while it is below a tenth of it (:meth:`update`)."""
-
-    def __init__(self, dist: Distillation) -> None:
-        self.dist, self.weight, self.calls = dist, 4.0, 0
-        self.batch: Any = None
-        self.ref: Any = None
-
-    def start(self, batch: Any, ref: Any) -> None:
-        self.batch, self.ref, self.calls = batch, ref, 0
-
-    def __call__(self, output: Any) -> Tensor:
-        self.calls += 1
-        loss = self.dist(output, self.batch, self.ref)
-        return loss * self.weight if self.calls == 1 else loss
-
-    def update(self, full_error: float, tolerance: float) -> None:
-        if full_error > 0.5 * tolerance:
-            self.weight = min(self.weight * 4.0, 1e6)
-        elif full_error < 0.1 * tolerance:
-            self.weight = max(self.weight / 2.0, 1.0)
-
-
 def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibration: Iterable[Any], *,
                  low: float = 0.25, seconds: float | None = None, steps: int | None = None, lr: float | None = None,
                  full_tolerance: float | None = None, random: int = 2, ranking: str = "auto", loss: str | Distillation = "auto",
                  holdout: float = 0.2, eval_every: int = 20, seed: int = 0,
                  config: ConvertConfig | None = None, deploy: Sequence[float] | None = None,
                  deploy_kind: str = "scales", partition_lr: float | None = None, bias_lr: float = 1e-3,
-                 fit_scales: bool = False) -> tuple[ElasticNetwork, ElasticReport]:
+                 fit_scales: bool = False, tune_share: float = 0.0,
+                 offset_lr: float = 1e-4) -> tuple[ElasticNetwork, ElasticReport]:
     """Turn a pretrained ``model`` (or an :class:`~torchinn.IntegralModel`, copied) into one
     :class:`~torchinn.elastic.network.ElasticNetwork` that works at every size from ``low`` of each
     group's channels to full, trained for ``seconds`` (of training steps: the conversion, the
@@ -228,7 +132,10 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
     1); ``"scales-refit"``, the same, then after training the layers reading resized groups refit
     by least squares per size, kept as per-size offsets where they lower the size's held-out error
     (:func:`torchinn.elastic.refit.refit_deployed`: a copy of those layers' weights per size,
-    ``report.deployed_bytes``). Each step then trains the full size and ``random`` (at least one) of them in turn, their
+    ``report.deployed_bytes``); with ``tune_share`` > 0, the refit comes after ``1 - tune_share``
+    of the budget and the rest of it (the refit's own time counted) trains each size's scales,
+    bias corrections and refit weights (at ``offset_lr``) by distillation, each size keeping its
+    best held-out state (``report.refit[t]["error_tuned"]``). Each step then trains the full size and ``random`` (at least one) of them in turn, their
     state at ``partition_lr`` (default 1e-2 for scales, 1e-3 for partitions) and the shared weights
     at ``lr`` (``0``: the shared weights stay the converted ones, so the full size is exact), and
     the guard scores those sizes. Other sizes keep the ranked top-``k`` partitions. ``lr=0`` needs
@@ -246,7 +153,7 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
     lr, partition_lr = check_arguments(
         low=low, seconds=seconds, steps=steps, lr=lr, full_tolerance=full_tolerance, random=random, ranking=ranking,
         loss=loss, holdout=holdout, eval_every=eval_every, deploy=deploy, deploy_kind=deploy_kind,
-        partition_lr=partition_lr, bias_lr=bias_lr, fit_scales=fit_scales)
+        partition_lr=partition_lr, bias_lr=bias_lr, fit_scales=fit_scales, tune_share=tune_share, offset_lr=offset_lr)
     t0 = time.perf_counter()
     if isinstance(model, IntegralModel):
         imodel = copy.deepcopy(model)
@@ -289,22 +196,30 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
         guarded = dep_before
 
     params = [p for n, p in imodel.named_parameters() if not n.startswith(("partitions.", "offsets.")) and p.requires_grad]
-    extra = elastic.deployed_parameters()
-    biases = {id(b) for d in elastic.deployed.values() for b in d.biases.values()}
-    groups = [g for g in ([{"params": params, "lr": lr}] if lr > 0 else []) + [
-        {"params": [q for q in extra if (id(q) in biases) == b], "lr": bias_lr if b else partition_lr} for b in (0, 1)] if g["params"]]
     if lr == 0:
         for p in params:
             p.requires_grad_(False)
-    opt = adam(groups)
+
+    def optimizer(weights: Sequence[Tensor] = ()) -> torch.optim.Optimizer:
+        """Adam over the shared weights (``lr`` > 0), the deployed sizes' partitions, their bias
+        corrections and their refit ``weights`` (offsets), each at its learning rate."""
+        biases = {id(b) for d in elastic.deployed.values() for b in d.biases.values()}
+        w = {id(q) for q in weights}
+        kind = [(lambda q: id(q) not in biases, partition_lr), (lambda q: id(q) in biases and id(q) not in w, bias_lr),
+                (lambda q: id(q) in w, offset_lr)]
+        extra = elastic.deployed_parameters()
+        groups = ([{"params": params, "lr": lr}] if lr > 0 else []) + [
+            {"params": [q for q in extra if pick(q)], "lr": rate} for pick, rate in kind]
+        return adam([g for g in groups if g["params"]])
+
     sizes: NestedSizes | DeployedSizes = DeployedSizes(elastic, seed, full=lr > 0) if deploy is not None \
         else NestedSizes(elastic, low, seed)
     best_score = _score(guarded) if deploy is None else _total(guarded)
+    extra = elastic.deployed_parameters()
     best, kept, done = _state(imodel, extra), 0, 0
     # frozen shared weights (lr=0): the deployed sizes are independent, each keeps its own best check
     own = {t: (e, [q.detach().clone() for q in _own(elastic, t)]) for t, (_, e) in guarded.items()} \
         if deploy is not None and lr == 0 else {}
-    imodel.train()
     t_train = time.perf_counter()
 
     def progress() -> float:
@@ -313,53 +228,74 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
         by_time = (time.perf_counter() - t_train) / seconds if seconds is not None else 0.0
         return max(by_steps, by_time)
 
-    def out_of_budget() -> bool:
-        return progress() >= 1.0
-
     weight = _FullWeight(dist)
     if lr == 0:  # no full-size pass: every pass is a deployed size, weighted alike
         weight.weight = 1.0
     history: list[tuple[int, float, float, float]] = []
-    while not out_of_budget():
-        for inputs, ref in zip(train, ref_train):
-            opt.zero_grad(set_to_none=True)
-            weight.start(inputs, ref)
-            sandwich_backward(imodel, sizes, inputs, weight, random=random)
-            opt.step()
-            done += 1
-            last = out_of_budget()
-            if done % eval_every == 0 or last:
-                now, full = _errors(elastic, ratios, held, ref_held, dist)
-                if deploy is not None:
-                    now, _ = _errors(elastic, sorted(elastic.deployed), held, ref_held, dist, deployed=True)
-                imodel.train()
-                score = _score(now) if deploy is None else _total(now)
-                history.append((done, time.perf_counter() - t_train, full, math.exp(score) if deploy is None else score))
-                if full <= full_tolerance and score < best_score:
-                    best_score, best, kept = score, _state(imodel, extra), done
-                for t, (e, _) in list(own.items()):
-                    if now[t][1] < e:
-                        own[t], kept = (now[t][1], [q.detach().clone() for q in _own(elastic, t)]), done
-                if lr > 0:
-                    weight.update(full, full_tolerance)
-            if last:
-                break
+
+    def phase(opt: torch.optim.Optimizer, until: float) -> None:
+        """Train until ``until`` of the budget is spent, keeping the best checked state(s)."""
+        nonlocal done, best_score, best, kept
+        imodel.train()
+        while progress() < until:
+            for inputs, ref in zip(train, ref_train):
+                opt.zero_grad(set_to_none=True)
+                weight.start(inputs, ref)
+                sandwich_backward(imodel, sizes, inputs, weight, random=random)
+                opt.step()
+                done += 1
+                last = progress() >= until
+                if done % eval_every == 0 or last:
+                    now, full = _errors(elastic, ratios, held, ref_held, dist)
+                    if deploy is not None:
+                        now, _ = _errors(elastic, sorted(elastic.deployed), held, ref_held, dist, deployed=True)
+                    imodel.train()
+                    score = _score(now) if deploy is None else _total(now)
+                    history.append((done, time.perf_counter() - t_train, full, math.exp(score) if deploy is None else score))
+                    if full <= full_tolerance and score < best_score:
+                        best_score, best, kept = score, _state(imodel, extra), done
+                    for t, (e, _) in list(own.items()):
+                        if now[t][1] < e:
+                            own[t], kept = (now[t][1], [q.detach().clone() for q in _own(elastic, t)]), done
+                    if lr > 0:
+                        weight.update(full, full_tolerance)
+                if last:
+                    break
+
+    def restore() -> None:
+        """Back to full size, at the best checked state (and each deployed size's own best)."""
+        imodel.clear_samples()  # the samples kept for the deployed scales' steps (memory)
+        sizes.full()
+        imodel.load_state_dict(best[0], strict=False)
+        with torch.no_grad():
+            for t, b in zip(extra, best[1]):
+                t.copy_(b)
+            for t, (_, kept_own) in own.items():
+                for q, b in zip(_own(elastic, t), kept_own):
+                    q.copy_(b)
+        imodel.eval()
+
+    phase(optimizer(), 1.0 - tune_share)
     train_seconds = time.perf_counter() - t_train
-    imodel.clear_samples()  # the samples kept for the deployed scales' steps (memory)
-    sizes.full()
-    imodel.load_state_dict(best[0], strict=False)
-    with torch.no_grad():
-        for t, b in zip(extra, best[1]):
-            t.copy_(b)
-        for t, (_, kept_own) in own.items():
-            for q, b in zip(_own(elastic, t), kept_own):
-                q.copy_(b)
+    restore()
+    refits = refit_deployed(elastic, train, teacher, lambda t: _errors(
+        elastic, [t], held, ref_held, dist, deployed=True)[0][t][1]) if deploy and deploy_kind == "scales-refit" else {}
+    if tune_share > 0:  # the rest of the budget: each size's scales, corrections and refit weights
+        weights = [b for d in elastic.deployed.values() for b in d.biases.values() if not b.requires_grad]
+        for b in weights:
+            b.requires_grad_(True)
+        now, _ = _errors(elastic, sorted(elastic.deployed), held, ref_held, dist, deployed=True)
+        extra = elastic.deployed_parameters()
+        best_score, best = _total(now), _state(imodel, extra)
+        own = {t: (e, [q.detach().clone() for q in _own(elastic, t)]) for t, (_, e) in now.items()} if lr == 0 else {}
+        phase(optimizer(weights), 1.0)
+        train_seconds = time.perf_counter() - t_train
+        restore()
+        for t, r in refits.items():
+            r["error_tuned"] = own[t][0] if t in own else None
     if lr == 0:
         for p in params:
             p.requires_grad_(True)
-    imodel.eval()
-    refits = refit_deployed(elastic, train, teacher, lambda t: _errors(
-        elastic, [t], held, ref_held, dist, deployed=True)[0][t][1]) if deploy and deploy_kind == "scales-refit" else {}
     elastic.measure_curves(train[:4], ref_train[:4], dist)
     after, full_after = _errors(elastic, ratios, held, ref_held, dist)
     dep_after = _errors(elastic, sorted(elastic.deployed), held, ref_held, dist, deployed=True)[0] if deploy else {}
