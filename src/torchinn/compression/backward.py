@@ -164,7 +164,7 @@ def _probe(full: Any, b: Inputs, n: int) -> tuple[int, int]:
 
 
 def fisher_batch(full: Any, b: Any, ref: Any, loss: Distillation, gen: torch.Generator, mode: Any,
-                 chunk: list[int | None], reading: Any, *, limit: int | None = None,
+                 chunk: list[Any], reading: Any, *, limit: int | None = None,
                  until: float | None = None) -> tuple[dict[str, Tensor], int, float]:
     """One batch's forward and backward passes: per group, the sum over samples of the squared
     per-sample terms (the weights' hooks add the producer-side sums), the samples measured and the
@@ -181,8 +181,6 @@ def fisher_batch(full: Any, b: Any, ref: Any, loss: Distillation, gen: torch.Gen
     is measured yet)."""
     b = b if isinstance(b, Inputs) else Inputs(tuple(b))  # a tuple of positional inputs
     n = batch_size(b)
-    if len(chunk) < 2:
-        chunk.append(1)
     if chunk[0] is None and n > 1:
         nbytes, chunk[1] = _probe(full, b, n)
         chunk[0] = chunk[1] * max(1, BACKWARD_BYTES // max(1, nbytes))
@@ -207,7 +205,7 @@ def fisher_batch(full: Any, b: Any, ref: Any, loss: Distillation, gen: torch.Gen
         with torch.no_grad():
             refs = _floats(run(full, b))
         if any(r.ndim == 0 or r.shape[0] != n for r in refs):  # outputs not by sample: the whole batch
-            return fisher_batch(full, b, None, loss, gen, mode, [n], reading, limit=limit)
+            return fisher_batch(full, b, None, loss, gen, mode, [n, chunk[1]], reading, limit=limit)
     cots = [cotangent(r, loss, gen, r.dtype) for r in refs]
     scales = [_variances(r, loss) for r in refs] if until is not None else []
     del refs

@@ -235,7 +235,7 @@ def measure_importance(imodel: IntegralModel, batches: Sequence[tuple], loss: Di
     gen = torch.Generator().manual_seed(seed)
     terms: dict[str, Tensor] = {}  # this batch's producer-side sums, group -> (channels,)
     read: set[str] = set()          # groups a layer reads in this batch: no producer-side sums needed
-    chunk: list[int | None] = [None]  # samples per chunk, once a batch has needed chunks
+    chunk: list[Any] = [None, 1]  # samples per chunk (once a batch has needed chunks), the fewest that run
     with _gradients(full, plans, fisher, terms, read):
         for i, b in enumerate(batches):
             mode.taylor = {}

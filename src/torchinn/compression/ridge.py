@@ -27,6 +27,7 @@ ridge's held-out error from one eigendecomposition of each half's ``X X^T``
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -199,18 +200,28 @@ def held_out_sse(fit: NormalEquations, held: NormalEquations, ridges: Sequence[f
 
 
 def _rows_terms(fit: NormalEquations, held: NormalEquations, prior: Tensor) -> tuple[float, Tensor, Tensor, Tensor]:
-    (x, _), (xh, _) = fit._rows(), held._rows()
     r, rh = fit._residual(prior), held._residual(prior)
     s, u = torch.linalg.eigh(fit._gram())
-    k = fit._cache.setdefault("cross", {})  # by id: cleared by cross_validate while both are alive
-    if id(held) not in k:
-        other = held._cache.get("cross", {}).get(id(fit))
-        k[id(held)] = xh @ x.transpose(1, 2) if other is None else other.transpose(1, 2)
-    m = k[id(held)] @ u  # held's rows against fit's eigenvectors
+    m = _cross(fit, held) @ u  # held's rows against fit's eigenvectors
     q = u.transpose(1, 2) @ r
     cross = ((m.transpose(1, 2) @ rh) * q).sum(-1)  # (groups, basis)
     quad = (m.transpose(1, 2) @ m) * (q @ q.transpose(1, 2))  # (groups, basis, basis)
     return float((rh * rh).sum()), cross, quad, s.clamp_min(0.0)
+
+
+def _cross(fit: NormalEquations, held: NormalEquations, make: bool = True) -> Tensor | None:
+    """``held``'s rows times ``fit``'s (transposed), made once per pair: kept on ``fit`` beside a weak
+    reference to ``held``, and read transposed from ``held`` when it was made the other way
+    (``make=False``: None when neither has it)."""
+    for owner, partner, flip in ((fit, held, False), (held, fit, True)):
+        kept = owner._cache.get("cross")
+        if kept is not None and kept[0]() is partner:
+            return kept[1].transpose(1, 2) if flip else kept[1]
+    if not make:
+        return None
+    (x, _), (xh, _) = fit._rows(), held._rows()
+    fit._cache["cross"] = (weakref.ref(held), xh @ x.transpose(1, 2))
+    return fit._cache["cross"][1]
 
 
 def _features_terms(fit: NormalEquations, held: NormalEquations, prior: Tensor) -> tuple[float, Tensor, Tensor, Tensor]:
@@ -236,12 +247,10 @@ def cross_validate(halves: Sequence[NormalEquations], ridges: Sequence[float],
     total = a.merged(b)
     if total._rows() is not None and total is not a and total is not b and a._rows() is not None \
             and b._rows() is not None:
-        kab = a._cache.get("cross", {}).get(id(b))  # b's rows x a's rows
+        kab = _cross(a, b, make=False)  # b's rows x a's rows, where the held-out errors made them
         if kab is not None:
             top = torch.cat([a._gram(), kab.transpose(1, 2)], 2)
             total._cache["gram"] = torch.cat([top, torch.cat([kab, b._gram()], 2)], 1)
         total._cache["prior"] = prior
         total._cache["residual"] = torch.cat([a._residual(prior), b._residual(prior)], 1)
-    for half in halves:
-        half._cache.pop("cross", None)
     return held, total
