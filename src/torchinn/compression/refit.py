@@ -205,8 +205,9 @@ def refit_consumers(full: fx.GraphModule, pruned: fx.GraphModule, calibration: S
     others are still refit. ``chunk``: values of the regression's rows built at once. ``deadline``
     (a ``time.perf_counter()`` value): the layers not started by then, or that would end past it
     (by the time the last layer of the same full weight shape took: a LM's ``down_proj`` refits take
-    seconds each), keep their selected weights (reported as skipped), so the network returned is
-    still a consistent, partly refit one."""
+    seconds each; a shape not refit yet, by the most seconds per feature a layer has taken, times its
+    own features: on a LM the refit's time grows about as its features, the rows being the tokens), keep their selected weights (reported as skipped), so the
+    network returned is still a consistent, partly refit one."""
     bound = MAX_SYSTEM_BYTES if max_bytes is None else max_bytes
     report: dict[str, dict[str, Any]] = {}
     full_layers = {}
@@ -219,6 +220,7 @@ def refit_consumers(full: fx.GraphModule, pruned: fx.GraphModule, calibration: S
     cap_full, cap_pruned = Capture(full, SAVED_BYTES), Capture(pruned, SAVED_BYTES)
     uses: dict[str, int] = {}
     took: dict[tuple, float] = {}  # full weight shape -> seconds of the last refit of a layer of that shape
+    rate = 0.0  # the most seconds per feature (the root of the bytes below) a refit has taken: for a new shape
     for node in pruned.graph.nodes:
         if node.op == "get_attr":
             uses[str(node.target)] = uses.get(str(node.target), 0) + len(node.users)
@@ -251,9 +253,14 @@ def refit_consumers(full: fx.GraphModule, pruned: fx.GraphModule, calibration: S
                         "(bound %.1f MiB)", name, need / 2**20, bound / 2**20)
             continue
         shape = tuple(graph_tensor(full, name).shape)
-        if deadline is not None and time.perf_counter() + took.get(shape, 0.0) > deadline:
-            report[name] = {"skipped": "out of time (the deadline passed before this layer)" if shape not in took
-                            else f"out of time (a layer of this shape took {took[shape]:.2f} s: past the deadline)"}
+        guess = took.get(shape, rate * math.sqrt(need))
+        if deadline is not None and time.perf_counter() + guess > deadline:
+            why = "the deadline passed before this layer"
+            if shape in took:
+                why = f"a layer of this shape took {took[shape]:.2f} s: past the deadline"
+            elif guess:
+                why = f"about {guess:.2f} s, by the layers refit so far per feature: past the deadline"
+            report[name] = {"skipped": f"out of time ({why})"}
             continue
         out_dim = 1 if layer.transposed else 0
         start = time.perf_counter()
@@ -261,6 +268,7 @@ def refit_consumers(full: fx.GraphModule, pruned: fx.GraphModule, calibration: S
                                     kept.get(name, [None] * w.ndim)[out_dim], ridge, chunk)
         report[name].update(bytes=need, seconds=time.perf_counter() - start)
         took[shape] = report[name]["seconds"]
+        rate = max(rate, took[shape] / math.sqrt(need))
     skipped = {n: r["skipped"] for n, r in report.items() if "skipped" in r}
     log.info("reconstruct: %d layers refit, %d kept as selected%s", len(report) - len(skipped), len(skipped),
              "".join(f"; {n!r}: {why}" for n, why in skipped.items()))
