@@ -267,3 +267,55 @@ def test_a_network_that_refuses_one_sample_is_probed_with_two(monkeypatch, bound
     assert parts.batches == 2 and parts.cut is None
     _close(parts.fisher, whole.fisher, 1e-5)
     _close(parts.activation, whole.activation, 1e-6)
+
+
+def test_after_the_first_chunk_only_weights_producing_a_group_no_layer_reads_compute_their_gradients(llama, monkeypatch):
+    # the first chunk's backward pass computes every grouped weight's gradient; once it has shown which
+    # groups a layer reads, only the weights that produce a group no layer reads keep them (none here),
+    # and the scores are those with every gradient (NARROW_GRADIENTS=False)
+    import torchinn.compression.importance as importance
+
+    imodel, batches = llama
+    loss = Distillation("kl", 2.0)
+    teacher = imodel.shared_discrete().eval()
+    names = {id(p): n for n, p in teacher.named_parameters()}
+    was = [p.requires_grad for p in teacher.parameters()]
+    calls: list[str] = []
+    real = importance._producer_terms
+
+    def spy(p, *args):
+        calls.append(names[id(p)])
+        return real(p, *args)
+
+    monkeypatch.setattr(importance, "_producer_terms", spy)
+    monkeypatch.setattr(importance, "NARROW_GRADIENTS", False)
+    every, _ = _chunked(monkeypatch, imodel, batches, loss=loss, network=teacher)
+    all_calls = list(calls)
+    calls.clear()
+    monkeypatch.setattr(importance, "NARROW_GRADIENTS", True)
+    narrowed, sizes = _chunked(monkeypatch, imodel, batches, loss=loss, network=teacher)
+    _close(narrowed.fisher, every.fisher, 1e-12)
+    _close(narrowed.activation, every.activation, 1e-12)
+    chunks = 8  # two batches of four samples, one at a time
+    assert len(sizes) == chunks + 1 and len(all_calls) == chunks * len(set(all_calls))  # the probe: no backward
+    # every group of this Llama is read by a layer (its heads by o_proj): after the first chunk no weight
+    # computes its gradient
+    assert sorted(calls) == sorted(set(all_calls))
+    assert all(p.grad is None for p in teacher.parameters())
+    assert [p.requires_grad for p in teacher.parameters()] == was  # as it was before
+
+
+def test_narrowed_gradients_score_a_cnn_as_every_gradient_does(monkeypatch):
+    # a CNN has no group that no layer reads: after the first batch no weight needs its gradient, and
+    # every read's dL/dx comes from a leaf made at the first layer that reads a group
+    import torchinn.compression.importance as importance
+
+    _, inputs, imodel = converted("resnet_basic")
+    g = torch.Generator().manual_seed(3)
+    batches = [(torch.randn(inputs[0].shape, generator=g),) for _ in range(3)]
+    monkeypatch.setattr(importance, "NARROW_GRADIENTS", False)
+    every = measure_importance(imodel, batches)
+    monkeypatch.setattr(importance, "NARROW_GRADIENTS", True)
+    narrowed = measure_importance(imodel, batches)
+    _close(narrowed.fisher, every.fisher, 1e-12)
+    assert all(bool((s > 0).any()) for s in narrowed.fisher.values())

@@ -113,3 +113,42 @@ def test_fisher_sizes_and_start():
     assert set(choice.errors) == {"fisher", "l1"}
     choice = best_start(imodel, batches, kinds=["fisher", "l1", "uniform"], per_group=False, max_seconds=0.0)
     assert list(choice.errors) == ["fisher"]  # the first is always measured, the rest did not fit
+
+
+class _ProducedOnly(nn.Module):
+    """A group (q and k's outputs) that no layer reads, only a product and a sum: scored on the
+    weights that produce it; and one (fc's outputs) that the head reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.fc, self.head = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(8, 12), nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.fc(x))) + (self.q(x) * self.k(x)).sum(-1, keepdim=True)
+
+
+def test_after_the_first_batch_only_the_weights_producing_a_group_no_layer_reads_compute_gradients(monkeypatch):
+    import torchinn.compression.importance as importance
+
+    torch.manual_seed(0)
+    x = torch.randn(32, 8)
+    imodel = inn.convert(_ProducedOnly().eval(), (x[:4],), inn.ConvertConfig(permute=False))
+    assert sorted(g.max_size for g in imodel.groups.values()) == [12, 16]
+    teacher = imodel.shared_discrete().eval()
+    names = {id(p): n for n, p in teacher.named_parameters()}
+    calls: list[str] = []
+    real = importance._producer_terms
+    monkeypatch.setattr(importance, "_producer_terms", lambda p, *a: (calls.append(names[id(p)]), real(p, *a))[1])
+    batches = [(x[i:i + 8],) for i in range(0, 32, 8)]
+    scores = {}
+    for narrow in (False, True):
+        monkeypatch.setattr(importance, "NARROW_GRADIENTS", narrow)
+        calls.clear()
+        scores[narrow] = measure_importance(imodel, batches, network=teacher).fisher
+        counts = {n: calls.count(n) for n in set(calls)}
+        produced = {n: c for n, c in counts.items() if n.startswith(("q.", "k."))}
+        assert produced == {"q.weight": 4, "q.bias": 4, "k.weight": 4, "k.bias": 4}
+        assert {n: c for n, c in counts.items() if n not in produced} == (
+            {"fc.weight": 1, "fc.bias": 1, "head.weight": 1} if narrow else {"fc.weight": 4, "fc.bias": 4, "head.weight": 4})
+    for g in scores[False]:
+        assert torch.allclose(scores[True][g], scores[False][g], rtol=1e-12, atol=0) and bool((scores[True][g] > 0).all())
