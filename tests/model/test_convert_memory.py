@@ -104,3 +104,35 @@ def test_convert_gives_the_same_parameters_and_leaves_the_network_alone(monkeypa
         for k in new:
             assert new[k].dtype == old[k].dtype and torch.equal(new[k], old[k]), (name, k)
         assert sum(float(v.abs().sum()) for v in new.values() if v.is_floating_point()) > 1.0
+
+
+def test_the_functions_hold_the_traced_storages(monkeypatch):
+    """No second copy: every one-block function of a float32 network holds the storage torch.export's
+    copy had (permuted in place), and the network's own tensors are none of them."""
+    seen = {}
+    real = convert_module.trace
+
+    def trace(*args, **kwargs):
+        traced = real(*args, **kwargs)
+        seen.update(traced.tensors)  # kept alive here: no later tensor can take their addresses
+        return traced
+
+    monkeypatch.setattr(convert_module, "trace", trace)
+    torch.manual_seed(0)
+    model, inputs = ZOO["vit_mha"]()
+    with monkeypatch.context() as m:  # the copying way holds none of them: the test tells the two apart
+        _old_way(m)
+        old = inn.convert(model, inputs)
+    copies = {fn.blocks[0].values.untyped_storage().data_ptr() for fn in old.functions.values()}
+    assert not copies & {t.untyped_storage().data_ptr() for t in seen.values()}
+    seen.clear()
+    imodel = inn.convert(model, inputs)
+    users = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    one_block = {n: f for n, f in imodel.functions.items() if len(f.blocks) == 1}
+    assert len(one_block) >= 10
+    for name, fn in one_block.items():
+        ptr = fn.blocks[0].values.untyped_storage().data_ptr()
+        assert ptr not in users, name
+    traced = {t.untyped_storage().data_ptr() for t in seen.values()}
+    held = {fn.blocks[0].values.untyped_storage().data_ptr() for fn in one_block.values()}
+    assert len(held) == len(one_block) and held <= traced
