@@ -327,9 +327,11 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
             seconds["tune_weights"] = time.perf_counter() - t0
     else:
         full = None  # no tuning: its outputs on the choice batches (reference) are all that is left of it
-        small = recon if recon is not None else imodel.to_discrete(graph=True).eval()
+        # imodel is dropped on return: small takes its tensors (the samples, and its own values where
+        # sampling leaves them as they are) instead of copies beside them
+        small = recon if recon is not None else imodel.shared_discrete().eval()
     # the teacher, the reconstruction (small, if it won) and the samples at the compressed sizes
-    # (small has its own copies) are not needed any more: their memory before the copy below
+    # (small holds what it uses) are not needed any more: their memory before the copy below
     full = made.reconstruction = recon = None
     imodel.clear_samples()
     release_memory(nbytes)

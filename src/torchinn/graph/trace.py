@@ -46,7 +46,7 @@ class Traced:
     """
 
     graph: fx.Graph
-    tensors: dict[str, Tensor]          # qualified name -> tensor (parameters, buffers, constants)
+    tensors: dict[str, Tensor]          # name -> tensor (parameters, buffers, constants), each its own storage
     trainable: set[str]                 # names of nn.Parameters
     source: dict[fx.Node, str]          # placeholder -> qualified name
     inputs: list[fx.Node]               # user-input placeholders
@@ -347,6 +347,7 @@ def trace(model: nn.Module, example_inputs: tuple, kwargs: dict[str, Any] | None
         raise RuntimeError("unexpected exported program: signature and placeholders differ")
     tensors: dict[str, Tensor] = {}
     storages: set[int] = set()  # the exported copy's storages taken as they are (it is ours)
+    own = {t.untyped_storage().data_ptr() for t in (*module.parameters(), *module.buffers())}
     trainable: set[str] = set()
     source: dict[fx.Node, str] = {}
     inputs: list[fx.Node] = []
@@ -359,10 +360,12 @@ def trace(model: nn.Module, example_inputs: tuple, kwargs: dict[str, Any] | None
             if not isinstance(value, Tensor):
                 raise TypeError(f"unsupported constant {name!r} of type {type(value).__name__}")
             # ``module`` is a private copy of the model: its tensors are taken without another copy
-            # of the whole state; one storage read under two names (tied weights) is cloned, so
-            # every name owns its values
+            # of the whole state; one storage read under two names (tied weights) is cloned, and so
+            # is a constant that is not the copy's (a tensor the forward reads from elsewhere), so
+            # every name owns its values (convert permutes them in place)
             ptr = value.untyped_storage().data_ptr()
-            tensors[name] = value.detach() if ptr and ptr not in storages else value.detach().clone()
+            taken = ptr and ptr not in storages and ptr in own
+            tensors[name] = value.detach() if taken else value.detach().clone()
             storages.add(ptr)
             if spec.kind == InputKind.PARAMETER:
                 trainable.add(name)

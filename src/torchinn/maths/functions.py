@@ -178,17 +178,19 @@ class ContinuousFunction(nn.Module):
         values: initial control values (copied into a trainable ``nn.Parameter``).
         dims: which dimensions of ``values`` are continuous.
         kind: ``"cubic"`` (default, the paper's choice), ``"catmull-rom"`` or ``"linear"``.
+        copy: ``False`` takes ``values``' storage as the control values instead of a copy (the
+            caller gives it away: a later write to one is a write to the other).
     """
 
     def __init__(self, values: Tensor, dims: Sequence[int],
-                 kind: Kind = "cubic") -> None:
+                 kind: Kind = "cubic", *, copy: bool = True) -> None:
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"unknown interpolation kind {kind!r}; choose one of {KINDS}")
         dims = tuple(int(d) % values.ndim for d in dims) if values.ndim else ()
         if len(set(dims)) != len(dims):
             raise ValueError(f"continuous dims must be distinct, got {dims}")
-        self.values = nn.Parameter(values.detach().clone())
+        self.values = nn.Parameter(values.detach().clone() if copy else values.detach())
         self.dims = dims
         self.kind = kind
 

@@ -83,6 +83,7 @@ class SampleCache:
         key = (tuple(p.cache_key() for p in parts), tuple(type(p) for p in parts),
                tuple((t.data_ptr(), t._version) for t in params))
         if self._entry is None or self._entry[0] != key:
+            self._entry = None  # the old samples are freed before the new ones are made
             self._entry = (key, sample())
         return self._entry[1]
 

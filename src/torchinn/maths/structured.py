@@ -134,11 +134,33 @@ def _scaled(block: Tensor, scales: Mapping[int, Tensor]) -> Tensor:
     return block
 
 
+#: elements per float64 pass of :func:`_divided` (32 MiB of float64 temporaries)
+_CHUNK = 2**22
+
+
+def _divided(values: Tensor, scale: Tensor, out: Tensor | None) -> Tensor:
+    """``(values.double() / scale).to(values.dtype)`` (``scale`` broadcast along one dim), into
+    ``out`` (``values`` itself: in place) or a new contiguous tensor, a few rows at a time: the
+    float64 temporaries are a chunk's, not twice and four times the tensor's bytes."""
+    out = torch.empty(values.shape, dtype=values.dtype, device=values.device) if out is None else out
+    if values.ndim == 0 or values.numel() == 0:
+        out.copy_((values.double() / scale).to(values.dtype))
+        return out
+    step = max(1, _CHUNK // max(1, values[0].numel()))
+    for s in range(0, values.shape[0], step):
+        sc = scale[s:s + step] if scale.shape[0] > 1 else scale
+        out[s:s + step] = (values[s:s + step].double() / sc).to(values.dtype)
+    return out
+
+
 class StructuredFunction(nn.Module):
     """The continuous version of one tensor, sampled on the partitions of its groups."""
 
     def __init__(self, tensor: Tensor, plan: tuple[DimPlan, ...], full_weights: Mapping[str, Tensor],
-                 kind: Kind = "cubic") -> None:
+                 kind: Kind = "cubic", *, take: bool = False) -> None:
+        """``take``: ``tensor`` is the caller's to give away: where it is one block, its storage
+        becomes the control values (divided in place where integrated) instead of a copy, so that
+        converting a network does not hold its weights twice."""
         super().__init__()
         if len(plan) != tensor.ndim:
             raise ValueError(f"plan has {len(plan)} dims but the tensor has {tensor.ndim}")
@@ -151,8 +173,11 @@ class StructuredFunction(nn.Module):
         # sampling at full size rounds back to exactly the original values
         self.out_dtype = tensor.dtype
         if tensor.dtype in (torch.float16, torch.bfloat16):
-            tensor = tensor.float()
+            tensor, take = tensor.float(), True  # a new tensor: ours to take
         self.keys = list(itertools.product(*(range(len(p)) for p in plan)))
+        # taken whole: one block, contiguous, alone in its storage (no other tensor's bytes kept)
+        take = take and len(self.keys) == 1 and tensor.is_contiguous() and not tensor.requires_grad and (
+            tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size())
         blocks = []
         for key in self.keys:
             block = tensor
@@ -162,6 +187,7 @@ class StructuredFunction(nn.Module):
                 block = block.narrow(d, start, length)
             atoms = self._atoms(key)
             values = block.reshape([a.size for a in atoms])
+            fresh = take
             for pos, a in enumerate(atoms):
                 if a.group is not None and a.integrate:
                     shape = [1] * len(atoms)
@@ -171,9 +197,10 @@ class StructuredFunction(nn.Module):
                     # original up to one rounding of the product, not a few ulps
                     q = full_weights[a.group].double()
                     scale = (q * q.numel()).to(values.dtype).double().reshape(shape)
-                    values = (values.double() / scale).to(values.dtype)
+                    values = _divided(values, scale, values if fresh else None)
+                    fresh = True
             dims = [pos for pos, a in enumerate(atoms) if a.group is not None]
-            blocks.append(ContinuousFunction(values, dims, kind))
+            blocks.append(ContinuousFunction(values, dims, kind, copy=not fresh))
         self.blocks = nn.ModuleList(blocks)
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]

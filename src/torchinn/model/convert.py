@@ -159,13 +159,15 @@ def _view(t: Tensor, d: int, start: int, length: int, sizes: list[int], k: int) 
     return block.movedim(d + k, 0)
 
 
-def _permuted(t: Tensor, d: int, start: int, length: int, sizes: list[int], k: int, perm: Tensor) -> Tensor:
-    """A copy of ``t`` with one segment's atom ``k`` reordered by ``perm``."""
+def _permute_(t: Tensor, d: int, start: int, length: int, sizes: list[int], k: int, perm: Tensor) -> Tensor:
+    """``t`` with one segment's atom ``k`` reordered by ``perm``: in place (one segment's worth of
+    new memory, not a copy of the tensor), or a copy where ``t`` is not contiguous."""
+    if not t.is_contiguous():
+        t = t.clone(memory_format=torch.contiguous_format)
     block = t.narrow(d, start, length)
-    shaped = block.reshape(list(t.shape[:d]) + sizes + list(t.shape[d + 1:]))
-    out = t.clone()
-    out.narrow(d, start, length).copy_(shaped.index_select(d + k, perm).reshape(block.shape))
-    return out
+    shaped = block.view(list(t.shape[:d]) + sizes + list(t.shape[d + 1:]))
+    block.copy_(shaped.index_select(d + k, perm).view(block.shape))
+    return t
 
 
 def _permute_groups(tensors: dict[str, Tensor], plan: Plan, config: ConvertConfig) -> dict[str, float]:
@@ -179,8 +181,9 @@ def _permute_groups(tensors: dict[str, Tensor], plan: Plan, config: ConvertConfi
         before = total_variation(members)
         perm = order_channels(members, seed=config.seed, time_limit=config.tsp_time_limit,
                               solver=config.tsp_solver)
-        for n, d, s, ln, sz, k in where:
-            tensors[n] = _permuted(tensors[n], d, s, ln, sz, k, perm)
+        del members
+        for n, d, s, ln, sz, k in where:  # the traced tensors are convert's own (graph.trace)
+            tensors[n] = _permute_(tensors[n], d, s, ln, sz, k, perm)
         after = total_variation([(_view(tensors[n], d, s, ln, sz, k), 0) for n, d, s, ln, sz, k in where])
         stats["tv_before"] += before
         stats["tv_after"] += after
@@ -319,8 +322,9 @@ def convert(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, obje
     full_weights = {n: p.full_weights(dtype=torch.float64) for n, p in partitions.items()}
     functions = {}
     for name, dim_plans in plan.tensors.items():
-        # popped: each traced tensor is freed once its function holds the control values
-        functions[name] = StructuredFunction(tensors.pop(name), dim_plans, full_weights, config.kind)
+        # popped and taken: a traced tensor (convert's own) becomes its function's control values
+        functions[name] = StructuredFunction(tensors.pop(name), dim_plans, full_weights, config.kind,
+                                             take=True)
         if name not in traced.trainable:  # a buffer (running statistics): follows sizes, never trained
             functions[name].requires_grad_(False)
     fixed = dict(tensors)  # what is left: the tensors no group reads

@@ -104,3 +104,4 @@ def check_exact(model: nn.Module, imodel: IntegralModel, example_inputs: tuple[t
                                    f"expected {tuple(r.shape)}")
     finally:
         imodel.resize(sizes)
+        imodel.clear_samples()  # the smaller sizes' samples, not kept after the check

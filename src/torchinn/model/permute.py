@@ -141,10 +141,27 @@ def _pairwise(x: Tensor) -> Tensor:
     with torch.no_grad():
         for start in range(0, k, _BLOCK):
             pairs += F.pdist(x[:, start:start + _BLOCK].contiguous(), p=1)
-    out = torch.zeros(n, n, dtype=torch.float64, device=x.device)
-    i, j = torch.triu_indices(n, n, offset=1, device=x.device)  # pdist's order
-    out[i, j] = pairs
-    out[j, i] = pairs
+    return _square(pairs, n)
+
+
+_ROWS = 256
+"""Rows per block when :func:`_square` mirrors the upper triangle."""
+
+
+def _square(pairs: Tensor, n: int) -> Tensor:
+    """The symmetric ``(n, n)`` matrix of ``pdist``'s condensed pairs (row by row of the upper
+    triangle), filled by slices: no index tensors (``triu_indices`` took twice the matrix's
+    bytes, 0.5 GB for 8192 channels, at the peak of a Llama's conversion)."""
+    out = torch.zeros(n, n, dtype=pairs.dtype, device=pairs.device)
+    at = 0
+    for i in range(n - 1):
+        out[i, i + 1:] = pairs[at:at + n - 1 - i]
+        at += n - 1 - i
+    for r in range(0, n, _ROWS):
+        e = min(n, r + _ROWS)
+        out[r:e, :r] = out[:r, r:e].T
+        diagonal = out[r:e, r:e]
+        diagonal += diagonal.T.clone()
     return out
 
 
@@ -173,11 +190,15 @@ def order_channels(members: Sequence[Member], *, seed: int = 0, time_limit: floa
     x = _rows(members)
     n, k = x.shape
     if n * (n - 1) // 2 * k <= MAX_DISTANCE_WORK:
-        return solve_path(_pairwise(x), seed=seed, time_limit=time_limit, solver=solver)
+        D = _pairwise(x)
+        del x  # the group's values side by side: freed before the search
+        return solve_path(D, seed=seed, time_limit=time_limit, solver=solver)
     # a huge group: distances on a seeded sample of the values, and the nearest-neighbour path
     keep = max(1, MAX_DISTANCE_WORK // (n * (n - 1) // 2))
     cols = torch.randperm(k, generator=torch.Generator().manual_seed(seed))[:keep].sort().values
-    D = _pairwise(x[:, cols.to(x.device)])
+    x = x[:, cols.to(x.device)]
+    D = _pairwise(x)
+    del x
     if solver != "local" or time_limit is not None:
         return solve_path(D, seed=seed, time_limit=time_limit, solver=solver)
     start = int(torch.randint(n, (1,), generator=torch.Generator().manual_seed(seed)))
