@@ -202,3 +202,29 @@ def test_a_missed_position_axis_is_named_at_batch_one_and_two(monkeypatch) -> No
                                                r"the channels of a group were reordered.*'c\.weight:0'"
                                                r".*keep_discrete"):
             inn.convert(Positions("module", "width").eval(), torch.randn(batch, 6, 10))
+
+
+class BroadcastMax(nn.Module):
+    """onnx2torch's element-wise ``Max``/``Min`` of several inputs: each broadcast with
+    ``Tensor.broadcast_to`` to the common shape, stacked, reduced over the stack (openWakeWord's
+    embedding network, whose ReLUs are written ``Max(x, 0)`` with a one-element constant, takes
+    this path). ``floor_channels``: 1 (one number for every channel) or 8 (one per channel)."""
+
+    def __init__(self, floor_channels: int) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.register_buffer("floor", torch.linspace(-0.2, 0.3, floor_channels).reshape(1, -1, 1, 1))
+
+    def forward(self, x):
+        y = self.a(x)
+        shape = torch.broadcast_shapes(y.shape, self.floor.shape)
+        y = torch.amax(torch.stack([y.broadcast_to(shape), self.floor.broadcast_to(shape)]), dim=0)
+        return self.b(y)
+
+
+@pytest.mark.parametrize("floor_channels", [1, 8])
+def test_broadcast_to_follows_the_channels_it_keeps(floor_channels) -> None:
+    torch.manual_seed(0)
+    imodel = check_converts(BroadcastMax(floor_channels), torch.randn(2, 3, 6, 6), 0.5)
+    assert imodel.sizes() == {"a.weight:0": 4}
+    assert not [why for why in imodel.pinned.values() if "stack" in why or "broadcast" in why]

@@ -222,6 +222,8 @@ def test_a_4kb_file_asking_for_16_gib_is_refused_at_load(small, tmp_path: Path) 
     _node("big", "aten::repeat.default", {"n": "relu_default"}, {"l": [4096, 4096, 1, 1]}),
     _node("big", "aten::arange.start_step", 0, 10**12, 1),
     _node("big", "aten::constant_pad_nd.default", {"n": "relu_default"}, {"l": [100000, 100000]}),
+    # broadcast_to is followed by the conversion since onnx2torch's Max / Min use it (as expand)
+    _node("big", "aten::broadcast_to.default", {"n": "relu_default"}, {"l": [65536, 65536, 8]}),
 ])
 def test_sizes_of_the_ops_added_to_the_list_are_bounded(small, tmp_path: Path, node: dict) -> None:
     """The ops :func:`serialize_ops._derive` adds have their size arguments bounded as well."""

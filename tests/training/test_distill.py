@@ -151,3 +151,19 @@ def test_auto_loss_carries_signal_on_a_saturated_classifier(saturated):
     rel = [float(((o - ref) ** 2).mean() / (ref**2).mean()) for o in (a, b)]
     assert agree[0] >= agree[1] - 0.005
     assert rel[0] < 0.5 * rel[1]
+
+
+def test_auto_does_not_read_non_negative_outputs_as_logits():
+    """A YOLO-style detector's output (batch, 4 box coordinates in pixels + class scores after a
+    sigmoid, anchors): rows of the last axis are not distributions, and its softmax over the anchors
+    is far from uniform, so the entropy rule let it through as logits (KL at temperature 1 over
+    2100 anchors, on NudeNet's YOLOv8n). Logits are defined up to a shift and take both signs."""
+    gen = torch.Generator().manual_seed(0)
+    boxes = 320 * torch.rand(16, 4, 300, generator=gen)
+    scores = torch.sigmoid(torch.randn(16, 18, 300, generator=gen) * 3 - 4)
+    out = torch.cat([boxes, scores], 1)
+    loss = resolve_loss("auto", [out[:8], out[8:]])
+    assert loss.kind == "mse", loss
+    assert "no negative value" in loss.note and "(8, 22, 300)" in loss.note, loss.note
+    assert resolve_loss("auto", [out - out.mean()]).kind == "kl"  # the same numbers shifted: could be logits
+    assert resolve_loss("kl", [out]).kind == "kl"  # asked for: kept

@@ -161,7 +161,7 @@ def _table() -> dict[Any, Kind]:
     view = Kind("view", exact=True)
     for name in ("view", "reshape", "_unsafe_view", "permute", "transpose", "t", "numpy_T", "unsqueeze", "squeeze",
                  "select", "slice", "unflatten", "flatten", "unbind", "split", "split_with_sizes", "chunk",
-                 "contiguous", "clone", "expand", "alias", "detach", "movedim", "narrow"):
+                 "contiguous", "clone", "expand", "broadcast_to", "alias", "detach", "movedim", "narrow"):
         table[getattr(aten, name)] = view
     return table
 

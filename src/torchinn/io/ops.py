@@ -137,7 +137,7 @@ _INDEX_ARGS = frozenset({
 _ENUMS = frozenset({"dtype", "out_dtype", "layout", "memory_format", "device"})
 #: ... except these, whose int arguments are the sizes of what they make
 _MAKERS = ("new_", "full", "ones", "zeros", "rand", "arange", "linspace", "eye", "repeat", "tile", "pad",
-           "expand", "upsample", "adaptive", "scalar_tensor")
+           "expand", "broadcast_to", "upsample", "adaptive", "scalar_tensor")
 
 
 def _tensor_typed(arg: Any) -> bool:

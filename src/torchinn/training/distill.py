@@ -170,7 +170,9 @@ def loss_kind(output: Any) -> str:
     Every floating output must look like class logits over its last axis: ``(batch, classes)``
     or ``(batch, positions, classes)`` (per-token logits) with ``classes >= 2``, whose softmax
     carries a decision: a mean entropy at most :data:`LOGIT_ENTROPY` of the uniform one's, and,
-    over at least :data:`MIN_ROWS` rows, more than one top class. Scores that a softmax would
+    over at least :data:`MIN_ROWS` rows, more than one top class and a negative value somewhere
+    (logits are defined up to a shift: boxes in pixels and sigmoid scores, a YOLO head's
+    ``(batch, 4 + classes, anchors)``, are not). Scores that a softmax would
     flatten (three quality ratings near 1.0 each, probabilities in ``[0, 1]``, small embeddings)
     or whose top class never changes (an embedding with one large coordinate) are compared by
     squared error, which keeps their level; where a softmax is nearly uniform the KL divergence
@@ -189,7 +191,8 @@ def _not_logits(outputs: list[Any]) -> str:
         if not all(o.ndim in (2, 3) and o.shape[-1] >= 2 for o in leaves):
             return f"an output of shape {shape} is not (batch, classes) or (batch, positions, classes)"
         classes = leaves[0].shape[-1]
-        if all(bool((o >= 0).all()) for o in leaves) and all(
+        non_negative = all(bool((o >= 0).all()) for o in leaves)
+        if non_negative and all(
                 bool(((_per_row(o, lambda x: x.double().sum(-1)) - 1).abs() <= 1e-3).all()) for o in leaves):
             return (f"an output of shape {shape} is already probabilities (every row is non-negative and sums "
                     f"to 1): a softmax of them would flatten them")
@@ -201,6 +204,10 @@ def _not_logits(outputs: list[Any]) -> str:
         tops = torch.cat([_per_row(o, lambda x: x.argmax(-1)) for o in leaves])
         if len(tops) >= MIN_ROWS and bool((tops == tops[0]).all()):
             return f"an output of shape {shape} has the same top class on all {len(tops)} rows"
+        if len(tops) >= MIN_ROWS and non_negative:  # logits are defined up to a shift and take both signs;
+            # boxes, scores after a sigmoid, counts and intensities do not (a YOLO head's (batch, 4 + classes, anchors))
+            return (f"an output of shape {shape} has no negative value on {len(tops)} rows (scores, boxes or "
+                    f"intensities, not logits)")
     return ""
 
 

@@ -204,7 +204,7 @@ def _squeeze(an: Analysis, node: fx.Node) -> Label:
     return [s for i, s in enumerate(x) if i not in dims]
 
 
-@register_op(aten.expand, aten.expand_copy)
+@register_op(aten.expand, aten.expand_copy, aten.broadcast_to)
 def _expand(an: Analysis, node: fx.Node) -> Label:
     x = arg_label(an, node)
     sizes = list(node.args[1])
@@ -215,6 +215,10 @@ def _expand(an: Analysis, node: fx.Node) -> Label:
         i = j - off
         if i >= 0 and (isinstance(target, int) and target == -1 or an.size(x[i]) == shape[j]):
             out.append(x[i])
+        elif i >= 0 and an.size(x[i]) == 1 and an.param_source(node.args[0], i) is not None:
+            # one element of a stored tensor repeated (onnx2torch's Max(x, 0)): any number of channels,
+            # as in broadcasting; what the inputs make (a mask, positions) keeps its fixed size
+            out.append(an.axes.new(shape[j]))
         else:
             out.append(Fixed(shape[j]))
     _shape_rewrite(an, node, 1, out)
