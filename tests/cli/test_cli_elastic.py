@@ -93,10 +93,12 @@ def test_elastic_with_a_refit_per_deployed_size_then_resize(tmp_path, capsys, mo
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tinyelastic.py").write_text(MODULE)
     code, out, err = run(["elastic", "tinyelastic.py:build", "--input-shape", "4,3,12,12", "--steps", "3",
-                          "--deploy", "0.5", "--deploy-kind", "scales-refit", "--tune-share", "0.5", "-o", "net.inn"],
-                         capsys)
+                          "--deploy", "0.5", "--deploy-kind", "scales-refit", "--tune-share", "0.5", "--deploy-sizes",
+                          "best", "-o", "net.inn"], capsys)
     assert code == 0, err
     saved = json.loads((tmp_path / "net.inn.report.json").read_text())
+    assert saved["deployed_sizes"]["0.5"]["method"] in ("curves", "fisher"), saved["deployed_sizes"]
+    assert set(saved["deployed_sizes"]["0.5"]["errors"]) <= {"curves", "fisher"}
     assert saved["deploy_kind"] == "scales-refit" and "error_tuned" in saved["refit"]["0.5"], saved["refit"]
     net = inn.load(tmp_path / "net.inn")
     assert [d.kind for d in net.deployed.values()] == ["scales-refit"]

@@ -45,7 +45,8 @@ def _elastic(args: argparse.Namespace, out: Path) -> int:
     batches, example, calibration, described = calibration_data(args, model, dtype, "training")
     net, report = make_elastic(model, example, batches, low=args.low, seconds=args.seconds, steps=args.steps,
                                lr=args.lr, full_tolerance=args.full_tolerance, loss=args.loss, seed=args.seed,
-                               deploy=args.deploy, deploy_kind=args.deploy_kind, tune_share=args.tune_share)
+                               deploy=args.deploy, deploy_kind=args.deploy_kind, tune_share=args.tune_share,
+                               deploy_sizes=args.deploy_sizes)
     save(net, out)
     data = {k: v for k, v in vars(report).items() if k != "quality"}
     data["quality"] = {str(r): {"params": p, "error_before": b, "error_after": a} for r, (p, b, a) in report.quality.items()}

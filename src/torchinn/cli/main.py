@@ -261,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --deploy-kind scales-refit: the share of the budget spent after the refit, training "
                           "each size's scales, bias corrections and refit weights by distillation (default 0: the "
                           "refit comes last; 0.7 measured best on an image-to-image network)")
+    ela.add_argument("--deploy-sizes", choices=("curves", "best"), default="curves",
+                     help="how each --deploy size's per-group sizes are chosen: shared by the measured error curves "
+                          "(default), or best: those or the Fisher greedy sizes (as compress chooses), whichever has "
+                          "the lower held-out error")
     ela.add_argument("--full-tolerance", type=float, default=None,
                      help="how far from MODEL the full-size network may end up on held-out batches: share of "
                           "samples whose top class differs (class logits; default 0.001), else relative squared "

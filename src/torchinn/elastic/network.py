@@ -237,7 +237,8 @@ class ElasticNetwork(nn.Module):
             return None
         return next((t for t in self.deployed if abs(t - float(target)) <= 1e-9), None)
 
-    def deploy(self, targets: Sequence[float], kind: str = "scales") -> dict[float, dict[str, int]]:
+    def deploy(self, targets: Sequence[float], kind: str = "scales",
+               sizes: Mapping[float, Mapping[str, int]] | None = None) -> dict[float, dict[str, int]]:
         """Give each fraction of ``targets`` (of the parameters, each in (0, 1)) its own sizes
         (chosen as ``resize(target=t)`` does now) and its own state per group below full size,
         kept in :attr:`deployed` (replacing earlier ones): ``kind="scales"`` (default), the ranked
@@ -247,7 +248,9 @@ class ElasticNetwork(nn.Module):
         the scales and per-size offsets (:class:`DeployedSize`). From then on ``resize(target=t)``
         (metric ``"params"``, no ``multiple``, ``method`` or ``min_ratio``) deploys that state;
         other sizes keep the ranked top-``k`` partitions. :func:`torchinn.make_elastic`
-        (``deploy=``) trains it. Returns target -> sizes; the network is left at full size."""
+        (``deploy=``) trains it. ``sizes``: target -> the elastic groups' sizes at it, where chosen
+        otherwise (:func:`torchinn.elastic.choose.choose_deployed_sizes`); a target it does not name
+        gets ``resize(target=t)``'s. Returns target -> sizes; the network is left at full size."""
         if kind not in DEPLOY_KINDS:
             raise ValueError(f"deploy: kind must be one of {list(DEPLOY_KINDS)}, got {kind!r}")
         checked = []
@@ -257,10 +260,16 @@ class ElasticNetwork(nn.Module):
             checked.append(float(t))
         self.deployed = {}
         full = {n: self._uniform[n].max_size for n in self._elastic}
+        given = {float(t): dict(s) for t, s in (sizes or {}).items()}
+        for t, s in given.items():
+            if set(s) != set(full) or any(isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= full[n]
+                                          for n, k in s.items()):
+                raise ValueError(f"deploy: sizes[{t!r}] must give every elastic group ({sorted(full)}) an int in "
+                                 f"[1, its channels], got {s!r}"[:400])
         for t in sorted(set(checked)):
-            sizes = {n: s for n, s in self.resize(target=t).items() if n in full}
+            here = given.get(t) or {n: s for n, s in self.resize(target=t).items() if n in full}
             parts: dict[str, Partition] = {}
-            for n, k in sizes.items():
+            for n, k in here.items():
                 if k >= full[n]:
                     continue
                 p = self.partition(n, k)
@@ -268,7 +277,7 @@ class ElasticNetwork(nn.Module):
                     parts[n] = ScaledPartition(p).requires_grad_(True)
                 elif p.quadrature.name != "gauss-legendre":
                     parts[n] = (p if isinstance(p, TrainablePartition) else TrainablePartition(p)).requires_grad_(True)
-            self.deployed[t] = DeployedSize(sizes, parts, kind)
+            self.deployed[t] = DeployedSize(here, parts, kind)
         self.set_sizes(full)
         return {t: dict(d.sizes) for t, d in self.deployed.items()}
 

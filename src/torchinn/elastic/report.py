@@ -43,6 +43,9 @@ class ElasticReport:
     #: :func:`torchinn.elastic.refit.refit_deployed`'s report; with ``tune_share`` > 0 also
     #: ``error_tuned``, the held-out error after the tuning that follows it)
     refit: dict[float, dict[str, Any]] = field(default_factory=dict)
+    #: deployed fraction -> how its sizes were chosen (``deploy_sizes="best"``: ``{"method": "curves"
+    #: or "fisher", "errors": method -> held-out error at the ranked top-k}``)
+    deployed_sizes: dict[float, dict[str, Any]] = field(default_factory=dict)
 
     def __str__(self) -> str:
         lines = [f"elastic: {self.steps} steps in {self.train_seconds:.1f} s of training, {self.seconds:.1f} s in all "
@@ -56,6 +59,9 @@ class ElasticReport:
             size = f", {self.deployed_bytes[t]:,} bytes of its own" if t in self.deployed_bytes else ""
             lines.append(f"  deployed {t:.0%} of the parameters ({params:,}, own {self.deploy_kind or 'partitions'}{size}): "
                          f"error {before:.4g} -> {after:.4g}")
+            if t in self.deployed_sizes:
+                c = self.deployed_sizes[t]
+                lines.append(f"    sizes: {c['method']} (" + ", ".join(f"{m} {e:.4g}" for m, e in c["errors"].items()) + ")")
             if t in self.refit:
                 r = self.refit[t]
                 lines.append(f"    refit: {len(r['layers'])} layers" + ("" if r["kept"] else f", not kept ({r.get('why', '')})")

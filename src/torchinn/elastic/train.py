@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..compression.importance import channel_importance, measure_importance
+from ..compression.importance import Importance, channel_importance, measure_importance
 from ..model.convert import ConvertConfig, convert
 from ..model.inputs import as_inputs, batch_inputs, check_batches, padding_mask, run
 from ..model.integral_model import IntegralModel
@@ -46,6 +46,7 @@ from ..training.distill import Distillation, resolve_loss
 from ..training.train import adam, sandwich_backward
 from .arguments import RANKINGS, check_arguments
 from .biases import fit_biases
+from .choose import choose_deployed_sizes
 from .measure import _FULL_METRIC, _errors, _FullWeight, _own, _score, _state, _total
 from .network import ElasticNetwork
 from .refit import deployed_bytes, refit_deployed
@@ -62,12 +63,15 @@ def _ratios(low: float) -> list[float]:
 
 
 def _rankings(imodel: IntegralModel, kinds: Sequence[str], batches: list, reference: list,
-              loss: Distillation) -> dict[str, dict[str, Tensor]]:
-    """Per kind of ranking, group -> channel indices, most important first."""
+              loss: Distillation, keep: list | None = None) -> dict[str, dict[str, Tensor]]:
+    """Per kind of ranking, group -> channel indices, most important first (``keep``: a list the
+    measured :class:`~torchinn.compression.importance.Importance` is appended to)."""
     scores = {"l1": channel_importance(imodel)}
     if "activation" in kinds or "fisher" in kinds:
         try:
             imp = measure_importance(imodel, batches, loss, reference, fisher="fisher" in kinds)
+            if keep is not None:
+                keep.append(imp)
             scores["activation"] = {g: imp.activation.get(g, s) for g, s in scores["l1"].items()}
             if imp.fisher:
                 scores["fisher"] = {g: imp.fisher.get(g, s) for g, s in scores["l1"].items()}
@@ -75,6 +79,15 @@ def _rankings(imodel: IntegralModel, kinds: Sequence[str], batches: list, refere
             log.info("make_elastic: no activation or Fisher ranking (%s: %s)", type(err).__name__, err)
     return {k: {g: torch.argsort(s, descending=True, stable=True) for g, s in scores[k].items()}
             for k in kinds if k in scores}
+
+
+def _fisher(imodel: IntegralModel, batches: list, reference: list, loss: Distillation) -> Importance | None:
+    """Fisher scores for the deployed sizes' choice, where the ranking did not measure them."""
+    try:
+        return measure_importance(imodel, batches, loss, reference, fisher=True)
+    except Exception as err:  # noqa: BLE001 - optional: the curves' sizes still stand
+        log.info("make_elastic: no Fisher scores for the deployed sizes (%s: %s)", type(err).__name__, err)
+        return None
 
 
 def _batches(calibration: Iterable[Any], imodel: IntegralModel, holdout: float) -> tuple[list, list]:
@@ -104,7 +117,7 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
                  config: ConvertConfig | None = None, deploy: Sequence[float] | None = None,
                  deploy_kind: str = "scales", partition_lr: float | None = None, bias_lr: float = 1e-3,
                  fit_scales: bool = False, tune_share: float = 0.0,
-                 offset_lr: float = 1e-4) -> tuple[ElasticNetwork, ElasticReport]:
+                 offset_lr: float = 1e-4, deploy_sizes: str = "curves") -> tuple[ElasticNetwork, ElasticReport]:
     """Turn a pretrained ``model`` (or an :class:`~torchinn.IntegralModel`, copied) into one
     :class:`~torchinn.elastic.network.ElasticNetwork` that works at every size from ``low`` of each
     group's channels to full, trained for ``seconds`` (of training steps: the conversion, the
@@ -135,7 +148,11 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
     ``report.deployed_bytes``); with ``tune_share`` > 0, the refit comes after ``1 - tune_share``
     of the budget and the rest of it (the refit's own time counted) trains each size's scales,
     bias corrections and refit weights (at ``offset_lr``) by distillation, each size keeping its
-    best held-out state (``report.refit[t]["error_tuned"]``). Each step then trains the full size and ``random`` (at least one) of them in turn, their
+    best held-out state (``report.refit[t]["error_tuned"]``). ``deploy_sizes``: how each deployed
+    fraction's sizes are chosen, ``"curves"`` (default: shared by the error curves, as
+    ``resize(target=t)``) or ``"best"`` (those or the Fisher greedy sizes, whichever has the lower
+    held-out error at the ranked top-``k``: :func:`torchinn.elastic.choose.choose_deployed_sizes`;
+    ``report.deployed_sizes``). Each step then trains the full size and ``random`` (at least one) of them in turn, their
     state at ``partition_lr`` (default 1e-2 for scales, 1e-3 for partitions) and the shared weights
     at ``lr`` (``0``: the shared weights stay the converted ones, so the full size is exact), and
     the guard scores those sizes. Other sizes keep the ranked top-``k`` partitions. ``lr=0`` needs
@@ -153,7 +170,8 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
     lr, partition_lr = check_arguments(
         low=low, seconds=seconds, steps=steps, lr=lr, full_tolerance=full_tolerance, random=random, ranking=ranking,
         loss=loss, holdout=holdout, eval_every=eval_every, deploy=deploy, deploy_kind=deploy_kind,
-        partition_lr=partition_lr, bias_lr=bias_lr, fit_scales=fit_scales, tune_share=tune_share, offset_lr=offset_lr)
+        partition_lr=partition_lr, bias_lr=bias_lr, fit_scales=fit_scales, tune_share=tune_share, offset_lr=offset_lr,
+        deploy_sizes=deploy_sizes)
     t0 = time.perf_counter()
     if isinstance(model, IntegralModel):
         imodel = copy.deepcopy(model)
@@ -170,7 +188,8 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
     dist = resolve_loss(loss, ref_train, masks=[padding_mask(b) for b in train])
 
     kinds = ("l1", "activation", "fisher") if ranking == "auto" else (ranking,)
-    orders = {} if ranking == "uniform" else _rankings(imodel, kinds, train[:4], ref_train[:4], dist)
+    measured: list = []
+    orders = {} if ranking == "uniform" else _rankings(imodel, kinds, train[:4], ref_train[:4], dist, measured)
     ranking_errors = {}
     if len(orders) > 1:  # the ranking whose top channels do best on the training batches
         choice = _ratios(low)[:1] + [0.5 * (low + 1.0)]
@@ -186,10 +205,14 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
     before, full_before = _errors(elastic, ratios, held, ref_held, dist)
     if full_tolerance is None:
         full_tolerance = 1e-3 if dist.kind == "kl" else 1e-5
-    guarded, dep_before = before, {}
+    guarded, dep_before, size_choice = before, {}, {}
     if deploy is not None:
         elastic.measure_curves(train[:4], ref_train[:4], dist)
-        elastic.deploy(list(deploy), deploy_kind)
+        chosen = None
+        if deploy_sizes == "best" and orders:
+            imp = measured[0] if measured and measured[0].fisher else _fisher(imodel, train[:4], ref_train[:4], dist)
+            chosen, size_choice = choose_deployed_sizes(elastic, list(deploy), imp, held, ref_held, dist)
+        elastic.deploy(list(deploy), deploy_kind, sizes=chosen)
         if deploy_kind in ("scales-bias", "scales-refit"):
             fit_biases(elastic, train, teacher, scales=fit_scales)
         dep_before, _ = _errors(elastic, sorted(elastic.deployed), held, ref_held, dist, deployed=True)
@@ -309,5 +332,6 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
                            ranking_errors=ranking_errors, history=history, held_out_batches=len(held), note=note,
                            deployed={t: (dep_before[t][0], dep_before[t][1], dep_after[t][1]) for t in dep_after},
                            deploy_kind=deploy_kind if deploy else "", refit=refits,
-                           deployed_bytes={t: deployed_bytes(d) for t, d in elastic.deployed.items()})
+                           deployed_bytes={t: deployed_bytes(d) for t, d in elastic.deployed.items()},
+                           deployed_sizes=size_choice)
     return elastic, report
