@@ -100,7 +100,11 @@ DESIGNS = {"ranked": {}, "partitions": {"deploy": True, "deploy_kind": "partitio
            "scales-tuned": {"deploy": True, "lr": 0.0, "deploy_kind": "scales-refit", "tune_share": 0.7},
            "scales-tuned-90": {"deploy": True, "lr": 0.0, "deploy_kind": "scales-refit", "tune_share": 0.9},
            "scales-tuned-best": {"deploy": True, "lr": 0.0, "deploy_kind": "scales-refit", "tune_share": 0.7,
-                                 "deploy_sizes": "best"}}
+                                 "deploy_sizes": "best"},
+           "scales-tuned-best-r90": {"deploy": True, "lr": 0.0, "deploy_kind": "scales-refit", "tune_share": 0.7,
+                                     "deploy_sizes": "best", "refit_share": 0.9},
+           "scales-tuned-r90": {"deploy": True, "lr": 0.0, "deploy_kind": "scales-refit", "tune_share": 0.7,
+                                "refit_share": 0.9}}
 PARTITION_LR: list[float | None] = [None]  # --partition-lr (None: make_elastic's default)
 REFIT = [False]  # --refit
 
@@ -124,7 +128,8 @@ def _design(net: Any, x: Any, cal: Any, name: str, seconds: float, lr: float, lo
                      "deployed": {str(t): q for t, q in rep.deployed.items()},
                      "deployed_bytes": {str(t): b for t, b in rep.deployed_bytes.items()},
                      "refit": {str(t): r for t, r in rep.refit.items()},
-                     "deployed_sizes": {str(t): c for t, c in rep.deployed_sizes.items()}}
+                     "deployed_sizes": {str(t): c for t, c in rep.deployed_sizes.items()},
+                     "stages": getattr(rep, "stages", {}), "skipped": getattr(rep, "skipped", [])}
 
 
 def run(network: str, seconds: float, targets: Sequence[float], compress_seconds: Sequence[float], calib: int,

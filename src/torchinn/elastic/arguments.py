@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..options import check_choice, check_number
 from ..training.distill import LOSS_CHOICES, Distillation
+from .budget import REFIT_SHARE
 from .choose import SIZE_CHOICES
 from .network import DEPLOY_KINDS
 
@@ -21,7 +22,7 @@ RANKINGS = ("auto", "l1", "activation", "fisher", "uniform")
 def check_arguments(*, low: Any, seconds: Any, steps: Any, lr: Any, full_tolerance: Any, random: Any, ranking: Any,
                     loss: Any, holdout: Any, eval_every: Any, deploy: Any, deploy_kind: Any, partition_lr: Any,
                     bias_lr: Any, fit_scales: Any, tune_share: Any = 0.0, offset_lr: Any = 1e-4,
-                    deploy_sizes: Any = "curves") -> tuple[float, float]:
+                    deploy_sizes: Any = "curves", refit_share: Any = REFIT_SHARE) -> tuple[float, float]:
     """Raise on the first bad argument; return ``lr`` and ``partition_lr`` with their defaults
     resolved (``lr``: 0 with deployed scales, else 1e-5; ``partition_lr``: 1e-3 for trained
     partitions, else 1e-2)."""
@@ -65,6 +66,8 @@ def check_arguments(*, low: Any, seconds: Any, steps: Any, lr: Any, full_toleran
     if tune_share > 0 and (deploy is None or deploy_kind != "scales-refit"):
         raise ValueError(f"tune_share > 0 trains the refit weights of deployed sizes: it needs deploy=[...] and "
                          f"deploy_kind='scales-refit', got deploy={deploy!r}, deploy_kind={deploy_kind!r}")
+    check_number(refit_share, "refit_share (the most of the time left after the shared training the refits take)",
+                 0, 1, low_open=True)
     check_choice(deploy_sizes, SIZE_CHOICES, "deploy_sizes")
     if deploy_sizes != "curves" and deploy is None:
         raise ValueError(f"deploy_sizes={deploy_sizes!r} chooses the sizes of deployed fractions: it needs deploy=[...]")

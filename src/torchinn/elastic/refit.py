@@ -76,8 +76,19 @@ def _tensors(gm: fx.GraphModule, names: Sequence[str]) -> dict[str, Tensor]:
     return {n: held[n] for n in names if n in held}
 
 
+def _pilot(full: fx.GraphModule, elastic: ElasticNetwork, kept: dict, batch: Any) -> float:
+    """The seconds a refit of the current size takes on one batch (on a throwaway copy): the
+    estimate of a refit's seconds per batch before any was timed (high: it counts the solves once)."""
+    pruned = elastic.imodel.to_discrete(graph=True).eval()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        refit_consumers(full, pruned, [batch], kept)
+    return time.perf_counter() - t0
+
+
 def refit_deployed(elastic: ElasticNetwork, batches: Sequence[Any], teacher: fx.GraphModule | None = None,
-                   error: Callable[[float], float] | None = None) -> dict[float, dict[str, Any]]:
+                   error: Callable[[float], float] | None = None,
+                   seconds: float | None = None) -> dict[float, dict[str, Any]]:
     """Refit every deployed size of kind ``"scales-refit"`` of ``elastic`` (at its current scales
     and bias corrections) on ``batches`` (calibration inputs) against ``teacher`` (the original
     network as a graph module; default: the elastic network's own at full size), storing each refit
@@ -85,7 +96,14 @@ def refit_deployed(elastic: ElasticNetwork, batches: Sequence[Any], teacher: fx.
     error (at its current state); where given, a refit that does not lower it is undone. Returns per
     target: ``layers`` (the weights refit, empty if the refit was undone or none lowered its
     layer's error), ``error_before`` / ``error_after`` (None without ``error``), ``kept`` (bool),
-    ``seconds``, and ``why`` where it was not kept. The network is left at full size."""
+    ``seconds``, ``batches`` (how many it was fitted on), and ``why`` where it was not kept.
+
+    ``seconds`` (None: no bound): the time all the refits may take. Each size in turn gets the time
+    left over the sizes left; its refit runs on as many of ``batches`` as fit in that share, by the
+    most seconds per batch a refit has taken (before the first, a refit on one batch is timed), and
+    layers that would end past the share keep their weights (``refit_consumers``'s ``deadline``);
+    a size for which not one batch fits is not refit (``why``). A size shortened or skipped so is
+    marked ``short``. The network is left at full size."""
     inputs = [batch_inputs(b) for b in batches]
     if not inputs:
         raise ValueError("refit_deployed needs at least one calibration batch")
@@ -95,9 +113,10 @@ def refit_deployed(elastic: ElasticNetwork, batches: Sequence[Any], teacher: fx.
     report: dict[float, dict[str, Any]] = {}
     try:
         full = elastic.imodel.to_discrete(graph=True).eval() if teacher is None else teacher
-        for target, d in sorted(elastic.deployed.items()):
-            if d.kind != "scales-refit":
-                continue
+        todo = [(t, d) for t, d in sorted(elastic.deployed.items()) if d.kind == "scales-refit"]
+        end = None if seconds is None else time.perf_counter() + seconds
+        rate = 0.0  # the most seconds per batch a refit has taken
+        for i, (target, d) in enumerate(todo):
             t0 = time.perf_counter()
             elastic.resize(target=target)
             kept = _kept(elastic, d.sizes)
@@ -106,12 +125,34 @@ def refit_deployed(elastic: ElasticNetwork, batches: Sequence[Any], teacher: fx.
                                   "seconds": time.perf_counter() - t0,
                                   "why": "a group below full size has no ranking (resampled, not selected)"}
                 continue
+            t_err = time.perf_counter()
             before = error(target) if error is not None else None
+            t_err = time.perf_counter() - t_err  # the error after the refit costs as much
             elastic.resize(target=target)
+            use, deadline, short = inputs, None, ""
+            if end is not None:
+                share = (end - t0) / (len(todo) - i)
+                if rate == 0.0:
+                    rate = _pilot(full, elastic, kept, inputs[0])
+                fit = t0 + share - t_err - time.perf_counter()  # the seconds its refit may take
+                n = min(len(inputs), int(max(0.0, fit) / rate))
+                if n < 1:
+                    report[target] = {"layers": [], "kept": False, "error_before": before, "error_after": before,
+                                      "seconds": time.perf_counter() - t0, "batches": 0, "short": True,
+                                      "why": f"no time: {rate:.1f} s a batch measured, {max(0.0, fit):.1f} s left for it"}
+                    continue
+                use, deadline = inputs[:n], t0 + share - t_err
+                if n < len(inputs):
+                    short = f"on {n} of {len(inputs)} batches ({rate:.1f} s a batch measured, {fit:.1f} s left for it)"
             pruned = elastic.imodel.to_discrete(graph=True).eval()
             old = {n: t.detach().clone() for n, t in _tensors(pruned, elastic.imodel.tensor_names).items()}
+            t_fit = time.perf_counter()
             with torch.no_grad():
-                rep = refit_consumers(full, pruned, inputs, kept)
+                rep = refit_consumers(full, pruned, use, kept, deadline=deadline)
+            rate = max(rate, (time.perf_counter() - t_fit) / len(use))
+            late = [n for n, r in rep.items() if "deadline" in str(r.get("skipped", ""))]
+            if late:
+                short = (short + "; " if short else "") + f"{len(late)} layers past its share kept as they were"
             layers = [n for n, r in rep.items() if "skipped" not in r]
             saved = dict(d.biases)
             for n, t in _tensors(pruned, list(old)).items():  # the refit weights and biases: their change, an offset
@@ -122,11 +163,15 @@ def refit_deployed(elastic: ElasticNetwork, batches: Sequence[Any], teacher: fx.
                 value = delta.float() + (prior.detach().float() if prior is not None else 0.0)
                 d.biases[n] = nn.Parameter(value.clone(), requires_grad=prior is not None and prior.requires_grad)
             after = error(target) if error is not None and layers else before
-            info: dict[str, Any] = {"layers": layers, "kept": True, "error_before": before, "error_after": after}
+            info: dict[str, Any] = {"layers": layers, "kept": True, "error_before": before, "error_after": after,
+                                    "batches": len(use)}
+            if short:
+                info.update(short=True, why=short)
             if before is not None and after is not None and layers and not after < before:
                 d.biases.clear()
                 d.biases.update(saved)
-                info.update(layers=[], kept=False, why=f"the held-out error rose ({before:.4g} -> {after:.4g})")
+                info.update(layers=[], kept=False, why=(short + "; " if short else "")
+                            + f"the held-out error rose ({before:.4g} -> {after:.4g})")
             info["seconds"] = time.perf_counter() - t0
             report[target] = info
     finally:

@@ -46,6 +46,11 @@ class ElasticReport:
     #: deployed fraction -> how its sizes were chosen (``deploy_sizes="best"``: ``{"method": "curves"
     #: or "fisher", "errors": method -> held-out error at the ranked top-k}``)
     deployed_sizes: dict[float, dict[str, Any]] = field(default_factory=dict)
+    #: seconds per stage: "convert" (not counted in ``seconds=``), "setup" (rankings, curves, sizes,
+    #: first checks), "train", "refit", "tune", "final" (:mod:`torchinn.elastic.budget`)
+    stages: dict[str, float] = field(default_factory=dict)
+    #: what did not fit in the budget and was skipped or shortened, and why
+    skipped: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [f"elastic: {self.steps} steps in {self.train_seconds:.1f} s of training, {self.seconds:.1f} s in all "
@@ -67,6 +72,9 @@ class ElasticReport:
                 lines.append(f"    refit: {len(r['layers'])} layers" + ("" if r["kept"] else f", not kept ({r.get('why', '')})")
                              + (f"; tuned after it: error {r['error_after']:.4g} -> {r['error_tuned']:.4g}"
                                 if r.get("error_tuned") is not None and r.get("error_after") is not None else ""))
+        if self.stages:
+            lines.append("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.stages.items()))
+        lines += [f"skipped: {s}" for s in self.skipped]
         if self.note:
             lines.append(self.note)
         return "\n".join(lines)

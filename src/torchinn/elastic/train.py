@@ -46,6 +46,7 @@ from ..training.distill import Distillation, resolve_loss
 from ..training.train import adam, sandwich_backward
 from .arguments import RANKINGS, check_arguments
 from .biases import fit_biases
+from .budget import REFIT_ALONE, REFIT_SHARE, Budget
 from .choose import choose_deployed_sizes
 from .measure import _FULL_METRIC, _errors, _FullWeight, _own, _score, _state, _total
 from .network import ElasticNetwork
@@ -117,12 +118,15 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
                  config: ConvertConfig | None = None, deploy: Sequence[float] | None = None,
                  deploy_kind: str = "scales", partition_lr: float | None = None, bias_lr: float = 1e-3,
                  fit_scales: bool = False, tune_share: float = 0.0,
-                 offset_lr: float = 1e-4, deploy_sizes: str = "curves") -> tuple[ElasticNetwork, ElasticReport]:
+                 offset_lr: float = 1e-4, deploy_sizes: str = "curves",
+                 refit_share: float = REFIT_SHARE) -> tuple[ElasticNetwork, ElasticReport]:
     """Turn a pretrained ``model`` (or an :class:`~torchinn.IntegralModel`, copied) into one
     :class:`~torchinn.elastic.network.ElasticNetwork` that works at every size from ``low`` of each
-    group's channels to full, trained for ``seconds`` (of training steps: the conversion, the
-    rankings and the measurements before and after come on top; ``report.seconds`` is the whole
-    call, ``report.train_seconds`` the steps) and/or ``steps`` on ``calibration`` (a
+    group's channels to full, trained for ``seconds`` (the whole call after the conversion: the
+    rankings, the training, the refits, the tuning and the final measurements, each stage checking
+    the clock before work it cannot finish, :mod:`torchinn.elastic.budget`; ``report.seconds`` is
+    the whole call, ``report.stages`` the split, ``report.skipped`` what did not fit) and/or
+    ``steps`` on ``calibration`` (a
     list of at least 2 batches: tensors, ``(inputs, labels)`` pairs, whose labels are not used,
     or dicts of keyword inputs; the last ``holdout`` share is held out). Returns the network (at
     full size) and an :class:`ElasticReport`. The recipe and its defaults: the module notes.
@@ -145,8 +149,10 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
     1); ``"scales-refit"``, the same, then after training the layers reading resized groups refit
     by least squares per size, kept as per-size offsets where they lower the size's held-out error
     (:func:`torchinn.elastic.refit.refit_deployed`: a copy of those layers' weights per size,
-    ``report.deployed_bytes``); with ``tune_share`` > 0, the refit comes after ``1 - tune_share``
-    of the budget and the rest of it (the refit's own time counted) trains each size's scales,
+    ``report.deployed_bytes``), in the last 0.4 of the budget (each size on fewer batches, or none,
+    where its share does not fit: ``report.skipped``); with ``tune_share`` > 0, the refit comes after
+    ``1 - tune_share`` of the budget, taking at most ``refit_share`` of what is left (default 0.9:
+    :mod:`torchinn.elastic.budget`), and the rest trains each size's scales,
     bias corrections and refit weights (at ``offset_lr``) by distillation, each size keeping its
     best held-out state (``report.refit[t]["error_tuned"]``). ``deploy_sizes``: how each deployed
     fraction's sizes are chosen, ``"curves"`` (default: shared by the error curves, as
@@ -171,7 +177,7 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
         low=low, seconds=seconds, steps=steps, lr=lr, full_tolerance=full_tolerance, random=random, ranking=ranking,
         loss=loss, holdout=holdout, eval_every=eval_every, deploy=deploy, deploy_kind=deploy_kind,
         partition_lr=partition_lr, bias_lr=bias_lr, fit_scales=fit_scales, tune_share=tune_share, offset_lr=offset_lr,
-        deploy_sizes=deploy_sizes)
+        deploy_sizes=deploy_sizes, refit_share=refit_share)
     t0 = time.perf_counter()
     if isinstance(model, IntegralModel):
         imodel = copy.deepcopy(model)
@@ -180,6 +186,8 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
         imodel = convert(model, as_inputs(example_inputs), config)
     else:
         raise TypeError(f"make_elastic needs an nn.Module or an IntegralModel, got {type(model).__name__}")
+    budget = Budget(seconds)  # the conversion is not counted
+    budget.stages["convert"] = budget.start - t0
     train, held = _batches(calibration, imodel, holdout)
     teacher = imodel.to_discrete(graph=True).eval()
     for p in teacher.parameters():
@@ -202,12 +210,18 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
     elastic = ElasticNetwork(imodel, orders.get(kind, {}))
     elastic.low = float(low)
     ratios = _ratios(low)
+    t_check = time.perf_counter()
     before, full_before = _errors(elastic, ratios, held, ref_held, dist)
+    t_check = time.perf_counter() - t_check  # the final measurements repeat these passes: kept aside
+    # the final curves, where the shared weights train: a pass per group and ratio on 4 batches
+    t_curves = t_check / ((len(ratios) + 1) * len(held)) * 4 * 4 * len(elastic.curves or imodel.groups)
     if full_tolerance is None:
         full_tolerance = 1e-3 if dist.kind == "kl" else 1e-5
     guarded, dep_before, size_choice = before, {}, {}
     if deploy is not None:
+        t_curves = time.perf_counter()
         elastic.measure_curves(train[:4], ref_train[:4], dist)
+        t_curves = time.perf_counter() - t_curves
         chosen = None
         if deploy_sizes == "best" and orders:
             imp = measured[0] if measured and measured[0].fisher else _fisher(imodel, train[:4], ref_train[:4], dist)
@@ -215,8 +229,12 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
         elastic.deploy(list(deploy), deploy_kind, sizes=chosen)
         if deploy_kind in ("scales-bias", "scales-refit"):
             fit_biases(elastic, train, teacher, scales=fit_scales)
+        t_dep = time.perf_counter()
         dep_before, _ = _errors(elastic, sorted(elastic.deployed), held, ref_held, dist, deployed=True)
+        t_check += time.perf_counter() - t_dep
         guarded = dep_before
+    budget.reserve = t_check + (t_curves if lr > 0 else 0.0)  # frozen shared weights: the curves stand
+    budget.stage("setup")
 
     params = [p for n, p in imodel.named_parameters() if not n.startswith(("partitions.", "offsets.")) and p.requires_grad]
     if lr == 0:
@@ -245,30 +263,34 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
         if deploy is not None and lr == 0 else {}
     t_train = time.perf_counter()
 
-    def progress() -> float:
-        """The share of the budget spent (of the steps or of the seconds, whichever is further)."""
-        by_steps = done / steps if steps is not None else 0.0
-        by_time = (time.perf_counter() - t_train) / seconds if seconds is not None else 0.0
-        return max(by_steps, by_time)
+    def over(until: float, end: float, need: float) -> bool:
+        """Whether the phase is done: ``until`` of the steps taken, or no time for ``need`` more
+        seconds before ``end`` (a ``time.perf_counter()`` value)."""
+        return (steps is not None and done >= until * steps) or time.perf_counter() + need > end
 
     weight = _FullWeight(dist)
     if lr == 0:  # no full-size pass: every pass is a deployed size, weighted alike
         weight.weight = 1.0
     history: list[tuple[int, float, float, float]] = []
 
-    def phase(opt: torch.optim.Optimizer, until: float) -> None:
-        """Train until ``until`` of the budget is spent, keeping the best checked state(s)."""
+    def phase(opt: torch.optim.Optimizer, until: float, end: float) -> None:
+        """Train until ``until`` of the steps are taken or the clock reaches ``end``, keeping the
+        best checked state(s): a step starts only if it and a check fit before ``end``."""
         nonlocal done, best_score, best, kept
         imodel.train()
-        while progress() < until:
+        step_s = check_s = 0.0  # the last step's and check's seconds
+        while not over(until, end, step_s + check_s):
             for inputs, ref in zip(train, ref_train):
+                t_step = time.perf_counter()
                 opt.zero_grad(set_to_none=True)
                 weight.start(inputs, ref)
                 sandwich_backward(imodel, sizes, inputs, weight, random=random)
                 opt.step()
                 done += 1
-                last = progress() >= until
+                step_s = time.perf_counter() - t_step
+                last = over(until, end, step_s + check_s)
                 if done % eval_every == 0 or last:
+                    t_eval = time.perf_counter()
                     now, full = _errors(elastic, ratios, held, ref_held, dist)
                     if deploy is not None:
                         now, _ = _errors(elastic, sorted(elastic.deployed), held, ref_held, dist, deployed=True)
@@ -282,6 +304,7 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
                             own[t], kept = (now[t][1], [q.detach().clone() for q in _own(elastic, t)]), done
                     if lr > 0:
                         weight.update(full, full_tolerance)
+                    check_s = time.perf_counter() - t_eval
                 if last:
                     break
 
@@ -298,11 +321,19 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
                     q.copy_(b)
         imodel.eval()
 
-    phase(optimizer(), 1.0 - tune_share)
+    refitting = bool(deploy) and deploy_kind == "scales-refit"
+    first = (1.0 - (tune_share if tune_share > 0 else REFIT_ALONE)) if refitting else 1.0
+    phase(optimizer(), 1.0 - tune_share, budget.end() if seconds is None else time.perf_counter() + first * budget.left())
     train_seconds = time.perf_counter() - t_train
     restore()
-    refits = refit_deployed(elastic, train, teacher, lambda t: _errors(
-        elastic, [t], held, ref_held, dist, deployed=True)[0][t][1]) if deploy and deploy_kind == "scales-refit" else {}
+    budget.stage("train")
+    refits = {}
+    if refitting:  # at most refit_share of what is left (all of it when no tuning follows)
+        refits = refit_deployed(elastic, train, teacher, lambda t: _errors(
+            elastic, [t], held, ref_held, dist, deployed=True)[0][t][1],
+            seconds=None if seconds is None else budget.left() * (refit_share if tune_share > 0 else 1.0))
+        budget.stage("refit")
+        budget.skipped += [f"refit at {t:.0%}: {r['why']}" for t, r in refits.items() if r.get("short")]
     if tune_share > 0:  # the rest of the budget: each size's scales, corrections and refit weights
         weights = [b for d in elastic.deployed.values() for b in d.biases.values() if not b.requires_grad]
         for b in weights:
@@ -311,15 +342,17 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
         extra = elastic.deployed_parameters()
         best_score, best = _total(now), _state(imodel, extra)
         own = {t: (e, [q.detach().clone() for q in _own(elastic, t)]) for t, (_, e) in now.items()} if lr == 0 else {}
-        phase(optimizer(weights), 1.0)
+        phase(optimizer(weights), 1.0, budget.end())
         train_seconds = time.perf_counter() - t_train
         restore()
+        budget.stage("tune")
         for t, r in refits.items():
             r["error_tuned"] = own[t][0] if t in own else None
     if lr == 0:
         for p in params:
             p.requires_grad_(True)
-    elastic.measure_curves(train[:4], ref_train[:4], dist)
+    if lr > 0 or not elastic.curves:  # frozen shared weights: the curves measured before stand
+        elastic.measure_curves(train[:4], ref_train[:4], dist)
     after, full_after = _errors(elastic, ratios, held, ref_held, dist)
     dep_after = _errors(elastic, sorted(elastic.deployed), held, ref_held, dist, deployed=True)[0] if deploy else {}
     note = "" if kept == done else (
@@ -333,5 +366,7 @@ def make_elastic(model: nn.Module | IntegralModel, example_inputs: Any, calibrat
                            deployed={t: (dep_before[t][0], dep_before[t][1], dep_after[t][1]) for t in dep_after},
                            deploy_kind=deploy_kind if deploy else "", refit=refits,
                            deployed_bytes={t: deployed_bytes(d) for t, d in elastic.deployed.items()},
-                           deployed_sizes=size_choice)
+                           deployed_sizes=size_choice, stages=budget.stages, skipped=budget.skipped)
+    budget.stage("final")
+    report.seconds = time.perf_counter() - t0
     return elastic, report
