@@ -14,12 +14,16 @@ tensors are channels too. :func:`channel_scales` measures each channel's mean sq
 teacher's outputs over the calibration batches (padded positions left out, as the loss does).
 
 **Weights.** Each channel's squared error is divided by its teacher mean square, floored at
-:data:`CHANNEL_FLOOR` times the loudest channel's (a channel that is near silent, or silent, on the
-calibration data is counted as if it were that loud, so it does not explode). The loss of one
-output is then the mean over its channels of their relative squared errors; the outputs' are
-summed, as the plain loss sums them. ``loss="auto"`` weighs the outputs that are not class logits
-so when the RMS of the loudest channel is more than :data:`CHANNEL_SPREAD` times that of the
-quietest one above the floor (:func:`channel_weights`); otherwise the loss is the plain squared
+:data:`CHANNEL_FLOOR` times the loudest channel's (RMS: 1e-4 of it). A channel quieter than that
+on the calibration data is counted as if it were that loud, so it does not explode: the score of a
+class that never shows in a YOLO head (sigmoid outputs near 1e-4) has its error counted against
+1e-4 of the boxes' RMS (0.03 for boxes in pixels), not against its own near-zero level, where
+every candidate's noise would look like a 100% error. The loss of one output is then the mean
+over its channels of their relative squared errors; the outputs' are summed, as the plain loss
+sums them. ``loss="auto"`` weighs the outputs that are not class logits so when the RMS of the
+loudest channel is more than :data:`CHANNEL_SPREAD` times that of the quietest one (counted at
+the floor when below it; channels below :data:`CHANNEL_SILENT` of the loudest, silent on the
+calibration data, do not count: :func:`channel_weights`); otherwise the loss is the plain squared
 error, exactly as before.
 
 >>> import torch
@@ -41,15 +45,19 @@ from torch.utils import _pytree as pytree
 
 from ..model.inputs import padding_mask, position_mask
 
-__all__ = ["CHANNEL_FLOOR", "CHANNEL_SPREAD", "channel_scales", "channel_weights", "format_spread",
+__all__ = ["CHANNEL_FLOOR", "CHANNEL_SILENT", "CHANNEL_SPREAD", "channel_scales", "channel_weights", "format_spread",
            "weight_shaped", "weighted_squared_error"]
 
 #: ``loss="auto"`` weighs the squared error per channel when the loudest channel's RMS is more than
 #: this many times the quietest's (of the channels above :data:`CHANNEL_FLOOR`): images, audio,
 #: scores and embeddings stay within it, boxes in pixels beside probabilities are 10^4 apart
 CHANNEL_SPREAD = 30.0
-#: a channel's mean square is floored at this share of the loudest channel's (RMS: 1e-6 of it)
-CHANNEL_FLOOR = 1e-12
+#: a channel's mean square is floored at this share of the loudest channel's (RMS: 1e-4 of it)
+CHANNEL_FLOOR = 1e-8
+#: channels whose mean square is at most this share of the loudest's (RMS 1e-6) are silent on the
+#: calibration data: they do not count in the spread (a dead channel of an image does not make
+#: its network weigh channels)
+CHANNEL_SILENT = 1e-12
 
 
 def _leaves(output: Any) -> list[Tensor]:
@@ -107,7 +115,8 @@ def channel_weights(reference: Sequence[Any], masks: Sequence[Tensor | None] | N
                     ) -> tuple[list[Tensor], float]:
     """The weight of every channel of every floating output (the inverse of its floored teacher
     mean square, :func:`channel_scales`), and the spread of the channels' RMS: the loudest over
-    the quietest one above the floor (1 when fewer than two are). ``ValueError`` when every
+    the quietest one that is not silent, at least the floor (1 when fewer than two are not
+    silent). ``ValueError`` when every
     output is zero on the calibration batches (no scale to weigh by)."""
     scales = channel_scales(reference, masks)
     if not scales:
@@ -118,8 +127,8 @@ def channel_weights(reference: Sequence[Any], masks: Sequence[Tensor | None] | N
         raise ValueError(f"the teacher's outputs have a largest channel mean square of {loud:g} on the calibration "
                          "batches: per-channel weights need a positive, finite one")
     floor = CHANNEL_FLOOR * loud
-    audible = every[every > floor]
-    spread = math.sqrt(loud / float(audible.min())) if audible.numel() >= 2 else 1.0
+    audible = every[every > CHANNEL_SILENT * loud]
+    spread = math.sqrt(loud / max(floor, float(audible.min()))) if audible.numel() >= 2 else 1.0
     return [1.0 / s.clamp_min(floor) for s in scales], spread
 
 
