@@ -717,7 +717,7 @@ CASES: list[tuple[str, Callable, type[BaseException], str]] = [
     ("a keep_discrete name with a typo", keep_discrete_typo, ValueError,
      r"'0\.wieght' is not the name of a module, parameter or buffer of Sequential; did you mean \['0\.weight'"),
     ("a loss, metric or method name with a typo", choose_sizes_loss_typo, ValueError,
-     r"^loss must be 'auto', 'mse' or 'kl', got 'klx'; did you mean 'kl'\?$"),
+     r"^loss must be 'auto', 'mse', 'mse-channels' or 'kl', got 'klx'; did you mean 'kl'\?$"),
     ("a metric with a typo, with sizes given to compress", compress_metric_typo_with_sizes, ValueError,
      r"^metric must be 'params', 'flops' or 'latency', got 'parmas'; did you mean 'params'\?$"),
     ("a NaN or infinite float option", choose_sizes_min_ratio_nan, ValueError,

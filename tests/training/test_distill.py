@@ -50,7 +50,7 @@ def test_resolve_loss_rules():
     beyond = [torch.tensor([[1e6, 0.0]])]  # still saturated at MAX_TEMPERATURE
     assert resolve_loss("auto", beyond).kind == "mse"
     assert resolve_loss("kl", beyond).temperature == MAX_TEMPERATURE
-    with pytest.raises(ValueError, match=r"loss must be 'auto', 'mse' or 'kl', got 'kll'; did you mean 'kl'\?"):
+    with pytest.raises(ValueError, match=r"loss must be 'auto', 'mse', 'mse-channels' or 'kl', got 'kll'; did you mean 'kl'\?"):
         resolve_loss("kll", confident)
 
 
@@ -163,7 +163,7 @@ def test_auto_does_not_read_non_negative_outputs_as_logits():
     scores = torch.sigmoid(torch.randn(16, 18, 300, generator=gen) * 3 - 4)
     out = torch.cat([boxes, scores], 1)
     loss = resolve_loss("auto", [out[:8], out[8:]])
-    assert loss.kind == "mse", loss
+    assert loss.kind == "mse-channels" and "scales span" in loss.note, loss  # boxes beside scores: weighed per channel
     assert "no negative value" in loss.note and "(8, 22, 300)" in loss.note, loss.note
     assert resolve_loss("auto", [out - out.mean()]).kind == "kl"  # the same numbers shifted: could be logits
     assert resolve_loss("kl", [out]).kind == "kl"  # asked for: kept

@@ -203,11 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "tuning (sizes and starting partitions are still chosen on the calibration data)")
     com.add_argument("--weights-share", type=ca.share, default=0.5,
                      help="share of --seconds spent tuning all the weights after grid tuning (default 0.5)")
-    com.add_argument("--loss", choices=("auto", "mse", "kl"), default="auto",
-                     help="distillation loss: kl for class logits, mse otherwise; auto picks kl when every output "
-                          "looks like class logits ((batch, classes) or (batch, positions, classes) with a "
-                          "softmax that is not nearly uniform), at a temperature set from the network's "
-                          "confidence on the calibration data (default auto)")
+    com.add_argument("--loss", choices=("auto", "mse", "mse-channels", "kl"), default="auto",
+                     help="distillation loss: kl for class logits, mse otherwise (mse-channels: each output "
+                          "channel's squared error over the original's mean square there, for outputs that mix "
+                          "scales); auto picks kl when every output looks like class logits ((batch, classes) or "
+                          "(batch, positions, classes) with a softmax that is not nearly uniform), at a temperature "
+                          "set from the network's confidence on the calibration data, else mse-channels when the "
+                          "output channels' RMS spans more than 30x, else mse (default auto)")
     com.add_argument("--no-reconstruct", action="store_true",
                      help="do not try the least-squares reconstruction baseline as a starting point")
     com.add_argument("-o", "--output", required=True, metavar="OUT",
@@ -269,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how far from MODEL the full-size network may end up on held-out batches: share of "
                           "samples whose top class differs (class logits; default 0.001), else relative squared "
                           "error (default 1e-5)")
-    ela.add_argument("--loss", choices=("auto", "mse", "kl"), default="auto", help="distillation loss (default auto)")
+    ela.add_argument("--loss", choices=("auto", "mse", "mse-channels", "kl"), default="auto",
+                     help="distillation loss (default auto; as compress's --loss)")
     ela.add_argument("-o", "--output", required=True, metavar="OUT.inn", help="the elastic network's file (.inn)")
     ela.add_argument("--force", action="store_true", help="allow -o (or its reports) to replace an input")
     ela.add_argument("--seed", type=ca.seed, default=0, help=_SEED_HELP)

@@ -32,6 +32,7 @@ from torch import Tensor
 from torch.utils import _pytree as pytree
 
 from ..model.inputs import Inputs, batch_size, padding_mask, position_mask, run
+from ..training.channels import weight_shaped
 from ..training.distill import Distillation
 
 __all__ = ["BACKWARD_BYTES", "ROW_BYTES", "cotangent", "fisher_batch", "sample_slice", "saved_bytes"]
@@ -82,11 +83,13 @@ def _rows(n: int, classes: int) -> list[slice]:
     return [slice(i, i + step) for i in range(0, n, step)]
 
 
-def cotangent(ref: Tensor, loss: Distillation, gen: torch.Generator, dtype: Any) -> Tensor:
+def cotangent(ref: Tensor, loss: Distillation, gen: torch.Generator, dtype: Any, index: int = 0) -> Tensor:
     """A random cotangent (of ``dtype``) whose covariance is half the loss's Hessian at outputs
-    equal to ``ref``: for ``"kl"``, one class drawn per row from the teacher's probabilities at
-    the loss's temperature, minus those probabilities, over ``sqrt(2 rows)``; for ``"mse"``,
-    Gaussian noise over the square root of ``ref``'s sum of squares. The KL one is built
+    equal to ``ref`` (floating output ``index`` of the network): for ``"kl"``, one class drawn
+    per row from the teacher's probabilities at the loss's temperature, minus those
+    probabilities, over ``sqrt(2 rows)``; for ``"mse"``, Gaussian noise over the square root of
+    ``ref``'s sum of squares; for ``"mse-channels"``, Gaussian noise times the square root of each
+    channel's weight over the number of values (:mod:`torchinn.training.channels`). The KL one is built
     :data:`ROW_BYTES` of rows at a time: its values and draws are those of the whole."""
     if loss.kind == "kl":
         rows = ref.detach().reshape(-1, ref.shape[-1])
@@ -103,8 +106,10 @@ def cotangent(ref: Tensor, loss: Distillation, gen: torch.Generator, dtype: Any)
             onehot = torch.zeros_like(p).scatter_(1, draw[i], 1.0)
             out[i] = ((onehot - p) / scale).to(dtype)
         return out.reshape(ref.shape)
-    scale = (ref.detach().double() ** 2).mean().clamp_min(1e-12) * ref.numel()
     noise = torch.randn(ref.shape, generator=gen, dtype=torch.float64).to(ref.device)
+    if loss.kind == "mse-channels":
+        return (noise * (weight_shaped(loss.weights[index], noise) / max(1, ref.numel())).sqrt()).to(dtype)
+    scale = (ref.detach().double() ** 2).mean().clamp_min(1e-12) * ref.numel()
     return (noise / scale.sqrt()).to(dtype)
 
 
@@ -139,6 +144,8 @@ def _variances(ref: Tensor, loss: Distillation) -> Tensor:
     per = (ref.detach().double() ** 2).reshape(n, -1).sum(1).cpu()
     size = ref[0].numel()
     counts = torch.arange(1, n + 1, dtype=torch.float64) * size
+    if loss.kind == "mse-channels":  # the weights stay; the number of values divided by grows
+        return counts
     return torch.maximum(torch.cumsum(per, 0), 1e-12 * counts)
 
 
@@ -196,7 +203,8 @@ def fisher_batch(full: Any, b: Any, ref: Any, loss: Distillation, gen: torch.Gen
         with torch.enable_grad(), mode:
             out = run(full, b)
         outs = _floats(out)
-        cots = [cotangent(r, loss, gen, o.dtype) for o, r in zip(outs, _floats(out) if refs is None else refs)]
+        cots = [cotangent(r, loss, gen, o.dtype, i) for i, (o, r) in enumerate(zip(outs, _floats(out) if refs is None
+                                                                                   else refs))]
         reading()
         _backward(outs, cots, mode.mask)
         _squares(mode, out_sums)
@@ -206,7 +214,7 @@ def fisher_batch(full: Any, b: Any, ref: Any, loss: Distillation, gen: torch.Gen
             refs = _floats(run(full, b))
         if any(r.ndim == 0 or r.shape[0] != n for r in refs):  # outputs not by sample: the whole batch
             return fisher_batch(full, b, None, loss, gen, mode, [n, chunk[1]], reading, limit=limit)
-    cots = [cotangent(r, loss, gen, r.dtype) for r in refs]
+    cots = [cotangent(r, loss, gen, r.dtype, i) for i, r in enumerate(refs)]
     scales = [_variances(r, loss) for r in refs] if until is not None else []
     del refs
     done, took = 0, []

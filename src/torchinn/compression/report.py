@@ -32,7 +32,8 @@ class CompressReport:
     #: held-out calibration error of the best partitions and of the reconstruction baseline
     reconstruct_errors: dict[str, float] = field(default_factory=dict)
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # "grid" / "weights": what each did
-    loss: str = "mse"                           # "mse": relative squared error; "kl": KL of class probabilities
+    loss: str = "mse"                           # "mse": relative squared error; "mse-channels": the same per output
+    #                                             channel, averaged over them; "kl": KL of class probabilities
     temperature: float | None = None            # the temperature of "kl" (torchinn.training.distill)
     loss_note: str = ""                         # why loss="auto" chose that loss and temperature
     multiple: dict[str, int] = field(default_factory=dict)  # group -> the multiple its size was rounded to (> 1)
@@ -62,7 +63,8 @@ class CompressReport:
             lines.append("starts: " + ", ".join(f"{k} {e:.4g}" for k, e in self.start_errors.items()))
         if self.reconstruct_errors:
             lines.append("held out: " + ", ".join(f"{k} {e:.4g}" for k, e in self.reconstruct_errors.items()))
-        what = "relative output error" if self.loss == "mse" else f"{self.loss} distillation loss"
+        what = {"mse": "relative output error", "mse-channels": "relative output error per channel"}.get(
+            self.loss, f"{self.loss} distillation loss")
         fitted = " (the reconstruction was fitted on them)" if "reconstruct" in self.starts.values() else ""
         lines.append(f"{what} on the choice batches{fitted}: {self.error_before_tuning:.4g} before tuning, "
                      f"{self.error_after_tuning:.4g} after")

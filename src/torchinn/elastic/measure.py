@@ -23,7 +23,8 @@ from .network import ElasticNetwork
 __all__: list[str] = []
 
 _FULL_METRIC = {"kl": "share of samples whose top class differs from the original's",
-                "mse": "relative squared error against the original"}
+                "mse": "relative squared error against the original",
+                "mse-channels": "relative squared error against the original"}
 
 
 

@@ -2,8 +2,9 @@
 choice among them.
 
 Every choice :func:`torchinn.compress` makes (sizes, starts, screening) and both tuning stages
-measure the same :class:`Distillation`: ``"mse"`` (squared error of every floating output) or
-``"kl"`` at a temperature ``T`` (Hinton et al.: ``T**2`` times the KL divergence of the
+measure the same :class:`Distillation`: ``"mse"`` (squared error of every floating output),
+``"mse-channels"`` (the same, each output channel weighted by the inverse of the teacher's mean
+square there: :mod:`torchinn.training.channels`) or ``"kl"`` at a temperature ``T`` (Hinton et al.: ``T**2`` times the KL divergence of the
 teacher's softmax at ``T`` to the output's).
 
 **Why a temperature.** A classifier that is confident on its calibration data puts a
@@ -13,7 +14,9 @@ reads the teacher's outputs on the calibration batches once (:func:`resolve_loss
 
 * outputs that are not class logits (:func:`loss_kind`: not ``(batch, classes)`` or
   ``(batch, positions, classes)``, or a softmax that is nearly uniform or never changes its top
-  class, as regression scores and embeddings give): ``"mse"``;
+  class, as regression scores and embeddings give): ``"mse"``, or ``"mse-channels"`` when the
+  RMS of their channels spans more than :data:`~torchinn.training.channels.CHANNEL_SPREAD`
+  (boxes in pixels beside scores in ``[0, 1]``);
 * class logits: ``"kl"`` at the temperature where the teacher's mean top probability on the
   calibration batches falls to :data:`CONFIDENCE` (0.9; found by bisection on the cached
   logits, :func:`fit_temperature`), and at ``T = 1`` when it is already at most that (a teacher
@@ -38,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -48,13 +51,14 @@ from torch.utils import _pytree as pytree
 
 from ..model.inputs import Inputs, padding_mask, position_mask
 from ..options import check_choice, check_number
+from .channels import CHANNEL_SPREAD, channel_weights, format_spread, weighted_squared_error
 
 __all__ = ["CONFIDENCE", "Distillation", "LOGIT_ENTROPY", "LOSS_CHOICES", "MAX_TEMPERATURE", "MIN_ROWS",
            "distillation_loss", "fit_temperature", "kl_distillation_loss", "loss_kind", "mean_confidence",
            "resolve_loss"]
 
 #: the kinds of :class:`Distillation`; a ``loss=`` option also takes ``"auto"`` (:func:`resolve_loss`)
-KINDS = ("mse", "kl")
+KINDS = ("mse", "mse-channels", "kl")
 LOSS_CHOICES = ("auto", *KINDS)
 #: ``loss="auto"`` distils class logits at the temperature where the teacher's mean top
 #: probability on the calibration batches is this (``T = 1`` when it already is at most this)
@@ -249,25 +253,35 @@ def fit_temperature(reference: Sequence[Any], confidence: float = CONFIDENCE,
 
 @dataclass(frozen=True)
 class Distillation:
-    """A distillation loss: ``kind`` ``"mse"`` or ``"kl"`` (at ``temperature``; see the module).
+    """A distillation loss: ``kind`` ``"mse"``, ``"mse-channels"`` (with ``weights``, one vector
+    of channel weights per floating output: :func:`~torchinn.training.channels.channel_weights`)
+    or ``"kl"`` (at ``temperature``; see the module).
 
     Called as ``loss(output, batch, teacher_output)`` it is the training loss of the tuning
     stages; :meth:`error` is the float the choices compare (``"mse"``: the squared error relative
-    to the teacher's mean square, per output; ``"kl"``: the loss itself). ``note`` says why
+    to the teacher's mean square, per output; ``"mse-channels"`` and ``"kl"``: the loss itself,
+    the first already relative per channel). ``note`` says why
     ``"auto"`` chose it (shown in :class:`torchinn.CompressReport`).
     """
 
     kind: str = "mse"
     temperature: float = 1.0
     note: str = ""
+    weights: tuple[Tensor, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_choice(self.kind, KINDS, "loss")
         check_number(self.temperature, "temperature", 0, low_open=True)
+        if (self.kind == "mse-channels") != bool(self.weights):
+            raise ValueError(f"Distillation('{self.kind}') takes " + (
+                "the channel weights of the teacher's outputs (resolve_loss('mse-channels', reference) makes them)"
+                if self.kind == "mse-channels" else "no channel weights (they are for 'mse-channels')"))
 
     def __call__(self, output: Any, batch: Any, teacher_output: Any) -> Tensor:
         if self.kind == "kl":
             return kl_distillation_loss(output, batch, teacher_output, self.temperature)
+        if self.kind == "mse-channels":
+            return weighted_squared_error(output, batch, teacher_output, self.weights)
         return distillation_loss(output, batch, teacher_output)
 
     def error(self, output: Any, reference: Any, mask: Tensor | None = None) -> float:
@@ -276,6 +290,8 @@ class Distillation:
         batch = None if mask is None else Inputs((), {"attention_mask": mask})
         if self.kind == "kl":
             return float(kl_distillation_loss(output, batch, reference, self.temperature))
+        if self.kind == "mse-channels":
+            return float(weighted_squared_error(output, batch, reference, self.weights))
         if mask is None:
             return sum(float(((o - r) ** 2).mean() / (r**2).mean().clamp_min(1e-12))
                        for o, r in zip(_leaves(output), _leaves(reference)))
@@ -284,7 +300,7 @@ class Distillation:
                    for o, r in zip(_leaves(output), _leaves(reference)))
 
     def __str__(self) -> str:
-        what = f"kl at temperature {self.temperature:.4g}" if self.kind == "kl" else "mse"
+        what = f"kl at temperature {self.temperature:.4g}" if self.kind == "kl" else self.kind
         return what + (f" ({self.note})" if self.note else "")
 
 
@@ -299,23 +315,45 @@ def _unpadded(reference: Sequence[Any], masks: Sequence[Tensor | None]) -> list[
     return out
 
 
+def _weighted_note(spread: float) -> str:
+    return f"mse weighted per output channel: their scales span {format_spread(spread)}x"
+
+
 def resolve_loss(loss: str | Distillation, reference: Sequence[Any], temperature: float | None = None,
                  masks: Sequence[Tensor | None] | None = None) -> Distillation:
-    """The :class:`Distillation` that ``loss`` (``"auto"``, ``"mse"``, ``"kl"`` or one already
-    resolved, returned as it is) means for a teacher whose outputs on the calibration batches are
+    """The :class:`Distillation` that ``loss`` (``"auto"``, ``"mse"``, ``"mse-channels"``, ``"kl"``
+    or one already resolved, returned as it is) means for a teacher whose outputs on the calibration batches are
     ``reference``. ``temperature`` fixes the temperature of ``"kl"`` (and of ``"auto"`` for class
     logits); ``None`` fits it (:func:`fit_temperature`). ``"kl"`` with logits that stay saturated
     at :data:`MAX_TEMPERATURE` keeps that temperature; ``"auto"`` then compares the logits by
     squared error. ``masks`` (one ``attention_mask`` or ``None`` per batch of ``reference``) leave
-    the outputs at padded positions out of these choices."""
+    the outputs at padded positions out of these choices. ``"mse-channels"`` (and ``"auto"`` on
+    outputs that are not class logits and whose channels' RMS spans more than
+    :data:`~torchinn.training.channels.CHANNEL_SPREAD`) weighs the channels by the teacher's
+    outputs in ``reference`` (:mod:`torchinn.training.channels`)."""
     if isinstance(loss, Distillation):
         return loss
+    check_choice(loss, LOSS_CHOICES, "loss")
+    padded = reference
     if masks is not None and any(m is not None for m in masks):
         reference = _unpadded(reference, masks)
-    check_choice(loss, LOSS_CHOICES, "loss")
     if temperature is not None:
         check_number(temperature, "temperature", 0, low_open=True)
+        if loss == "mse-channels":
+            raise ValueError(f"temperature={temperature!r} applies to the 'kl' loss (and 'auto' on class logits); "
+                             "loss='mse-channels' compares the outputs directly: leave temperature None")
+    if loss == "mse-channels":
+        weights, spread = channel_weights(padded, masks)
+        return Distillation("mse-channels", note=_weighted_note(spread), weights=tuple(weights))
     why = _not_logits(list(reference)) if loss == "auto" else ""
+    if why:
+        try:
+            weights, spread = channel_weights(padded, masks)
+        except ValueError:  # outputs of varying channels, or all zero: the plain squared error
+            weights, spread = [], 1.0
+        if spread > CHANNEL_SPREAD:
+            return Distillation("mse-channels", note=f"auto: not class logits, {why}; " + _weighted_note(spread),
+                                weights=tuple(weights))
     if loss == "mse" or why:
         return Distillation("mse", note=f"auto: not class logits, {why}" if why else "")
     if temperature is not None:

@@ -87,9 +87,12 @@ class TuneConfig:
             1: weights only). :func:`tune_grid` ignores it.
         lr_weights: Adam learning rate of that weight tuning.
         loss: distillation loss of :func:`torchinn.compress` (its choices and tuning):
-            ``"mse"``, ``"kl"`` (for class logits), or ``"auto"``: ``"kl"`` when every output
-            looks like class logits (:func:`torchinn.training.distill.loss_kind`), at a temperature set from the teacher's confidence on the
-            calibration data, else ``"mse"`` (:func:`torchinn.training.distill.resolve_loss`).
+            ``"mse"``, ``"mse-channels"`` (each output channel's squared error over the teacher's
+            mean square there: outputs that mix scales, :mod:`torchinn.training.channels`), ``"kl"``
+            (for class logits), or ``"auto"``: ``"kl"`` when every output looks like class logits
+            (:func:`torchinn.training.distill.loss_kind`), at a temperature set from the teacher's
+            confidence on the calibration data, else ``"mse-channels"`` when the channels' RMS spans
+            more than 30x, else ``"mse"`` (:func:`torchinn.training.distill.resolve_loss`).
         temperature: the temperature of ``"kl"`` (and of ``"auto"`` for class logits); ``None``
             (default): where the teacher's mean top probability on the calibration batches is
             0.9, or 1 when it is already below (:func:`torchinn.training.distill.fit_temperature`);
@@ -132,9 +135,9 @@ class TuneConfig:
         check_choice(self.loss, LOSS_CHOICES, "loss")
         if self.temperature is not None:
             check_number(self.temperature, "temperature", 0, low_open=True)
-            if self.loss == "mse":
+            if self.loss in ("mse", "mse-channels"):
                 raise ValueError(f"temperature={self.temperature!r} applies to the 'kl' loss (and 'auto' on class "
-                                 "logits); loss='mse' compares the outputs directly: leave temperature None")
+                                 f"logits); loss={self.loss!r} compares the outputs directly: leave temperature None")
         if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 1:
             raise ValueError(f"eval_every must be a positive int, got {self.eval_every!r}")
 
@@ -199,7 +202,7 @@ def sandwich_backward(model: nn.Module, sizes: Any, inputs: Any, loss_fn: Callab
     Distillation needs a good teacher: on the digits transformer trained for 15-30 epochs the
     labels did better by 6-13 points (benchmarks/RESULTS.md, issue 12), hence the default.
     """
-    check_choice(distill, (None, *LOSS_CHOICES), "distill")
+    check_choice(distill, (None, "auto", "mse", "kl"), "distill")
     args = as_inputs(inputs, "inputs")
     losses: list[float] = []
     teacher: Any = None
