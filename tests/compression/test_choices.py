@@ -15,6 +15,7 @@ from torchinn.compression import choices
 from torchinn.compression import pipeline as compression
 from torchinn.training.train import TuneConfig
 from torchinn_demo.zoo import ZOO
+from conftest import FakeClock as _Clock
 
 FAST = inn.ConvertConfig(permute=False)
 
@@ -50,17 +51,6 @@ def test_one_calibration_batch_has_nothing_to_judge_a_reconstruction_on():
     assert "reconstruct" not in report.starts.values() and report.reconstruct_errors == {}
     assert any("no held-out calibration batch" in s for s in report.skipped)
     assert "skipped: reconstruction (no held-out" in str(report)
-
-
-class _Clock:
-    """time.perf_counter for a test: 1 ms a read, plus what the test adds."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        self.now += 0.001
-        return self.now
 
 
 def test_without_tuning_the_choices_hold_their_own_bound(monkeypatch):

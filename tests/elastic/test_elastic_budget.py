@@ -13,20 +13,10 @@ import torchinn as inn
 import torchinn.elastic.refit as refit_module
 import torchinn.elastic.train as train_module
 from small_nets import small_data, small_net
+from conftest import FakeClock as _Clock
 
 SECONDS = 20.0
 STEP = 0.05  # fake seconds a training step costs
-
-
-class _Clock:
-    """time.perf_counter for a test: 1 ms a read, plus what the test adds."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        self.now += 0.001
-        return self.now
 
 
 def _run(monkeypatch, per_batch: float, **kwargs):
