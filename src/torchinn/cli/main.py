@@ -42,7 +42,9 @@ import os
 import sys
 from collections.abc import Sequence
 
+from ..elastic.choose import SIZE_CHOICES
 from ..elastic.network import DEPLOY_KINDS
+from ..training.distill import LOSS_CHOICES
 from . import args as ca
 from .commands import bench, compress, inspect
 from .elastic import elastic, resize
@@ -203,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "tuning (sizes and starting partitions are still chosen on the calibration data)")
     com.add_argument("--weights-share", type=ca.share, default=0.5,
                      help="share of --seconds spent tuning all the weights after grid tuning (default 0.5)")
-    com.add_argument("--loss", choices=("auto", "mse", "mse-channels", "kl"), default="auto",
+    com.add_argument("--loss", choices=LOSS_CHOICES, default="auto",
                      help="distillation loss: kl for class logits, mse otherwise (mse-channels: each output "
                           "channel's squared error over the original's mean square there, for outputs that mix "
                           "scales); auto picks kl when every output looks like class logits ((batch, classes) or "
@@ -263,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --deploy-kind scales-refit: the share of the budget spent after the refit, training "
                           "each size's scales, bias corrections and refit weights by distillation (default 0: the "
                           "refit comes last; 0.7 measured best on an image-to-image network)")
-    ela.add_argument("--deploy-sizes", choices=("curves", "best"), default="curves",
+    ela.add_argument("--deploy-sizes", choices=SIZE_CHOICES, default="curves",
                      help="how each --deploy size's per-group sizes are chosen: shared by the measured error curves "
                           "(default), or best: those or the Fisher greedy sizes (as compress chooses), whichever has "
                           "the lower held-out error")
@@ -271,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how far from MODEL the full-size network may end up on held-out batches: share of "
                           "samples whose top class differs (class logits; default 0.001), else relative squared "
                           "error (default 1e-5)")
-    ela.add_argument("--loss", choices=("auto", "mse", "mse-channels", "kl"), default="auto",
+    ela.add_argument("--loss", choices=LOSS_CHOICES, default="auto",
                      help="distillation loss (default auto; as compress's --loss)")
     ela.add_argument("-o", "--output", required=True, metavar="OUT.inn", help="the elastic network's file (.inn)")
     ela.add_argument("--force", action="store_true", help="allow -o (or its reports) to replace an input")
