@@ -92,10 +92,19 @@ def test_elastic_with_deployed_sizes_then_resize_at_one(tmp_path, capsys, monkey
 def test_elastic_with_a_refit_per_deployed_size_then_resize(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tinyelastic.py").write_text(MODULE)
+    import torchinn.cli.elastic as cli_elastic
+    seen = {}
+
+    def recording(*args, **kwargs):
+        seen.update(kwargs)
+        return inn.make_elastic(*args, **kwargs)
+
+    monkeypatch.setattr(cli_elastic, "make_elastic", recording)
     code, out, err = run(["elastic", "tinyelastic.py:build", "--input-shape", "4,3,12,12", "--steps", "3",
                           "--deploy", "0.5", "--deploy-kind", "scales-refit", "--tune-share", "0.5", "--deploy-sizes",
-                          "best", "-o", "net.inn"], capsys)
+                          "best", "--refit-share", "0.6", "-o", "net.inn"], capsys)
     assert code == 0, err
+    assert seen["refit_share"] == 0.6 and seen["tune_share"] == 0.5, seen
     saved = json.loads((tmp_path / "net.inn.report.json").read_text())
     assert saved["deployed_sizes"]["0.5"]["method"] in ("curves", "fisher"), saved["deployed_sizes"]
     assert set(saved["deployed_sizes"]["0.5"]["errors"]) <= {"curves", "fisher"}
@@ -112,3 +121,8 @@ def test_elastic_with_a_refit_per_deployed_size_then_resize(tmp_path, capsys, mo
     code, out, err = run(["elastic", "tinyelastic.py:build", "--input-shape", "4,3,12,12", "--steps", "1",
                           "--deploy-kind", "refit", "-o", "x.inn"], capsys)
     assert code == 2 and "invalid choice: 'refit'" in err
+    for bad in ("0", "1.5", "nan"):
+        code, out, err = run(["elastic", "tinyelastic.py:build", "--input-shape", "4,3,12,12", "--steps", "1",
+                              "--deploy", "0.5", "--deploy-kind", "scales-refit", "--refit-share", bad, "-o", "x.inn"],
+                             capsys)
+        assert code == 2 and f"--refit-share must be in (0, 1], got {bad}" in err, (bad, err)

@@ -151,6 +151,11 @@ def tune_share(text: str) -> float:
     return _float(text, lambda v: 0.0 <= v < 1.0, "a share in [0, 1) like 0.7", "--tune-share must be in [0, 1)")
 
 
+def refit_share(text: str) -> float:
+    """--refit-share: the most of the time left after the shared training the refits take, in (0, 1]."""
+    return _float(text, lambda v: 0.0 < v <= 1.0, "a share in (0, 1] like 0.9", "--refit-share must be in (0, 1]")
+
+
 def share(text: str) -> float:
     return _float(text, lambda v: 0.0 <= v <= 1.0, "a share in [0, 1]", "the share must be in [0, 1]")
 

@@ -46,7 +46,7 @@ def _elastic(args: argparse.Namespace, out: Path) -> int:
     net, report = make_elastic(model, example, batches, low=args.low, seconds=args.seconds, steps=args.steps,
                                lr=args.lr, full_tolerance=args.full_tolerance, loss=args.loss, seed=args.seed,
                                deploy=args.deploy, deploy_kind=args.deploy_kind, tune_share=args.tune_share,
-                               deploy_sizes=args.deploy_sizes)
+                               deploy_sizes=args.deploy_sizes, refit_share=args.refit_share)
     save(net, out)
     data = {k: v for k, v in vars(report).items() if k != "quality"}
     data["quality"] = {str(r): {"params": p, "error_before": b, "error_after": a} for r, (p, b, a) in report.quality.items()}

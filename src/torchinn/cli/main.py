@@ -42,6 +42,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from ..elastic.budget import REFIT_SHARE
 from ..elastic.choose import SIZE_CHOICES
 from ..elastic.network import DEPLOY_KINDS
 from ..training.distill import LOSS_CHOICES
@@ -265,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --deploy-kind scales-refit: the share of the budget spent after the refit, training "
                           "each size's scales, bias corrections and refit weights by distillation (default 0: the "
                           "refit comes last; 0.7 measured best on an image-to-image network)")
+    ela.add_argument("--refit-share", type=ca.refit_share, default=REFIT_SHARE,
+                     help="with --deploy-kind scales-refit: the most of the time left after the shared training "
+                          f"that the per-size refits take, in (0, 1] (default {REFIT_SHARE}; the tuning gets the rest)")
     ela.add_argument("--deploy-sizes", choices=SIZE_CHOICES, default="curves",
                      help="how each --deploy size's per-group sizes are chosen: shared by the measured error curves "
                           "(default), or best: those or the Fisher greedy sizes (as compress chooses), whichever has "
