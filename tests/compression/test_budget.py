@@ -432,3 +432,58 @@ def test_a_network_with_nothing_to_resize_says_so():
         compress(model, x, 0.5, tune=False, config=config)
     with pytest.raises(inn.compression.budget.UnreachableTarget, match=why):
         choose_sizes(imodel, 0.5, example_inputs=x)
+
+
+class _Pooled(nn.Module):
+    """A sentence embedder in miniature: a residual stream from the embedding to the output, so
+    the embedding table (800 of 1,080 parameters) is pinned and half the parameters is out of reach."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.fc1, self.fc2 = nn.Embedding(100, 8), nn.Linear(8, 16), nn.Linear(16, 8)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.emb(ids)
+        return (h + self.fc2(torch.relu(self.fc1(h)))).mean(1)
+
+
+def test_an_unreachable_budget_names_the_largest_pinned_tensor_and_why():
+    torch.manual_seed(0)
+    model, ids = _Pooled().eval(), torch.randint(0, 100, (4, 6))
+    imodel = inn.convert(model, ids, FAST)
+    assert {g.max_size for g in imodel.groups.values()} == {16}
+    with pytest.raises(inn.compression.budget.UnreachableTarget) as err:
+        choose_sizes(imodel, 0.5, example_inputs=ids)
+    text = str(err.value)
+    # 1,080 parameters, fc1/fc2's 280 resizable: 800 + fc2's bias 8 stay (75%); the embedding leads
+    assert "808 parameters (75%) change with no group size" in text, text
+    assert "the largest 'emb.weight' (800: embedding rows (token ids)" in text, text
+
+
+class _WithDeadHead(nn.Module):
+    """BERT's pooler under a sentence embedder: a head whose output the forward drops, so no op
+    of the compressed graph module reads its tensors (compress used to end in AttributeError)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.pool = nn.Linear(6, 32), nn.Linear(32, 4), nn.Linear(32, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.a(x))
+        return {"out": self.b(h), "pooled": torch.tanh(self.pool(h))}["out"]  # the pooled one dropped
+
+
+def test_compress_gives_back_the_users_class_when_a_head_is_dead():
+    torch.manual_seed(0)
+    model, x = _WithDeadHead().eval(), torch.randn(2, 6)
+    cal = [torch.randn(8, 6) for _ in range(3)]
+    small, report = compress(model, x, 0.5, "flops", calibration=cal, config=FAST, tune=False)
+    assert type(small) is _WithDeadHead
+    assert not any("reconstruction" in s for s in report.skipped), report.skipped  # its teacher lacked the head
+    assert len(report.reconstruct_errors) >= 1
+    graph, _ = compress(model, x, 0.5, "flops", calibration=cal, config=FAST, tune=False, graph=True)
+    with torch.no_grad():
+        a, b = small(cal[0]), graph(cal[0])
+    assert a.shape == (8, 4) and float((a - b).abs().max()) <= 1e-5 * float(b.abs().max())
+    # the dead head comes at the compressed sizes: its input width is a's output width
+    assert small.pool.weight.shape[1] == small.a.weight.shape[0] < 32

@@ -445,3 +445,35 @@ def test_batch_one_example_converts_and_runs_at_batch_one(make, shape, batch_fre
             with pytest.raises(ValueError, match=r"input 0 has shape \(2, 3, 8, 8\), but the network was "
                                                  r"converted for inputs of shape \(1, 3, any, any\)"):
                 imodel(torch.randn(2, 3, 8, 8))
+
+
+class _FixedRows(torch.nn.Module):
+    """CREPE's head (torchcrepe): features flattened with ``reshape(-1, 64)``, a width given as a
+    number. Traced on a doubled batch, torch.export's reshape checks the rows it computes against 1
+    (it takes sizes as >= 2); the batch of 1 broke that check and the graph was traced again static
+    at batch 1, so every calibration batch was refused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.bn = torch.nn.Conv1d(1, 8, 5, stride=2, padding=2), torch.nn.BatchNorm1d(8)
+        self.fc = torch.nn.Linear(64, 4)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.c1(x[:, None])))
+        return self.fc(y.permute(0, 2, 1).reshape(-1, 64))
+
+
+def test_a_reshape_to_a_fixed_width_keeps_the_batch_free_at_batch_one():
+    torch.manual_seed(0)
+    net = _real_scale_bn(_FixedRows())
+    imodel = inn.convert(net, torch.randn(1, 16))
+    assert imodel.input_shapes[0][0] is None
+    with torch.no_grad():
+        for n in (1, 5):
+            x = torch.randn(n, 16)
+            want = net(x)
+            assert want.shape == (n, 4)
+            assert torch.allclose(imodel(x), want, rtol=0, atol=1e-4 * float(want.abs().max()))
+        small = inn.compress(net, torch.randn(1, 16), 0.5, calibration=[torch.randn(6, 16) for _ in range(3)],
+                             tune=False)[0]
+        assert small(torch.randn(6, 16)).shape == (6, 4)

@@ -14,7 +14,7 @@ from torchinn.compression.backward import cotangent
 from torchinn.compression import pipeline
 from torchinn.compression.starts import distill_error
 from torchinn.model.inputs import Inputs
-from torchinn.training.channels import CHANNEL_FLOOR, channel_scales, channel_weights, format_spread
+from torchinn.training.channels import CHANNEL_FLOOR, channel_scales, channel_weights, format_spread, scale_drift
 from torchinn.training.distill import Distillation, distillation_loss, resolve_loss
 from torchinn.training.train import TuneConfig
 
@@ -218,3 +218,35 @@ def test_half_precision_outputs_do_not_overflow():
     value = float(loss(out, None, ref[0]))
     expected = float(resolve_loss("mse-channels", [r.float() for r in ref])(out.float(), None, ref[0].float()))
     assert value == pytest.approx(expected, rel=1e-2)  # weights up to 1e4 and more: float16 holds 6.5e4
+
+
+def _bumps(centres: torch.Tensor, bins: int = 120) -> torch.Tensor:
+    """CREPE-like outputs: per row, a sigmoid bump over ``bins`` pitch bins at its centre, 1e-4 elsewhere."""
+    k = torch.arange(bins, dtype=torch.float64)
+    return (0.9 * torch.exp(-((k - centres[:, None]) / 2.0) ** 2)).clamp_min(1e-4).float()
+
+
+def test_scales_that_move_with_the_data_are_not_weighted():
+    # pitch bins: the first batches' sounds sit low, the others' high, so the bins loud on one half of
+    # the batches are quiet on the other; weights fitted on one half would blow up on the other
+    gen = torch.Generator().manual_seed(0)
+    ref = [_bumps(torch.randint(0, 60, (16,), generator=gen)) for _ in range(2)]
+    ref += [_bumps(torch.randint(60, 120, (16,), generator=gen)) for _ in range(2)]
+    weights, spread = channel_weights(ref)
+    assert spread > 1e3  # 0.9 beside 1e-4: the spread alone would weigh them
+    assert scale_drift(ref) > 1e3
+    loss = resolve_loss("auto", ref)
+    assert loss.kind == "mse" and "move with the data" in loss.note, loss.note
+    # the same bins at the same pitches on both halves: stable scales, weighted as before
+    same = [_bumps(torch.randint(0, 120, (16,), generator=torch.Generator().manual_seed(1)))] * 4
+    assert scale_drift(same) == pytest.approx(1.0)
+    assert resolve_loss("auto", same).kind == "mse-channels"
+    # boxes in pixels beside scores, the case the weights are for: the scales stay put
+    boxes = [torch.cat([300 * torch.rand(2, 4, 50, generator=gen), torch.rand(2, 3, 50, generator=gen)], 1)
+             for _ in range(4)]
+    assert scale_drift(boxes) < 2.0
+    assert resolve_loss("auto", boxes).kind == "mse-channels"
+    # one batch (compress may choose on one): its two halves of rows, low pitches then high ones
+    one = [torch.cat([ref[0], ref[3]])]
+    assert scale_drift(one) > 1e3 and resolve_loss("auto", one).kind == "mse"
+    assert scale_drift([ref[0][:1]]) == 1.0  # one row: nothing to compare

@@ -140,14 +140,18 @@ def _selected(imodel: IntegralModel, sizes: Mapping[str, int] | None, method: st
     return pruned, dict(full), keep
 
 
-def _tensors_of(gm: fx.GraphModule, names: Sequence[str]) -> dict[str, Tensor]:
-    """The tensors of a graph module by name (parameters and buffers)."""
-    named = dict(gm.named_parameters(), **dict(gm.named_buffers()))
+def _tensors_of(gm: fx.GraphModule, imodel: IntegralModel) -> dict[str, Tensor]:
+    """The tensors of ``imodel`` held by its full-size graph module ``gm``, by name (parameters
+    and buffers). One that no op of ``gm`` reads is not in it (a dead branch: BERT's pooler
+    under a sentence embedder): those are sampled from ``imodel`` at full size."""
+    named = dict(gm.named_parameters(remove_duplicate=False), **dict(gm.named_buffers(remove_duplicate=False)))
+    names = imodel.tensor_names
     missing = [n for n in names if n not in named]
-    if missing:
+    if len(missing) == len(names):
         raise ValueError(f"the teacher has no tensor named {missing[0]!r}: pass the full-size graph module of this "
                          "model (to_discrete(graph=True) at full size)")
-    return {n: named[n].detach() for n in names}
+    spare = imodel.tensors(imodel.full_partitions()) if missing else {}
+    return {n: (named[n] if n in named else spare[n]).detach() for n in names}
 
 
 def reconstruct(imodel: IntegralModel, sizes: Mapping[str, int] | None, calibration: Iterable[Any], *,
@@ -216,7 +220,7 @@ def reconstruct(imodel: IntegralModel, sizes: Mapping[str, int] | None, calibrat
     batches = list(calibration)
     if not batches:
         raise ValueError("the calibration loader is empty")
-    given = None if teacher is None else _tensors_of(teacher, imodel.tensor_names)
+    given = None if teacher is None else _tensors_of(teacher, imodel)
     pruned, tensors, keep = _selected(imodel, sizes, select, seed, scores=scores, full=given)
     plans = imodel.plans()
     full = imodel.discrete_from(tensors, {n: g.max_size for n, g in imodel.groups.items()},

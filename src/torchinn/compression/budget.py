@@ -167,7 +167,7 @@ def _greedy(imodel: IntegralModel, cost: Cost, target_cost: float,
         if best is None:
             raise UnreachableTarget(f"cannot reach the target: at the smallest sizes allowed (min_ratio="
                                     f"{min_ratio}{grid.note}) the network still has {cost.amount(current)} > "
-                                    f"{cost.amount(target_cost)}{cost.note}")
+                                    f"{cost.amount(target_cost)}{cost.note}{cost.fixed_note()}")
         sizes[best[0]] = best[1]
         current = cost.model(sizes)
     # grow back one allowed size at a time where it helps most and still fits the budget
@@ -205,7 +205,7 @@ def _uniform(imodel: IntegralModel, cost: Cost, target_cost: float, min_ratio: f
     if cost.model(at(lo)) > target_cost:
         raise UnreachableTarget(f"cannot reach the target: at the smallest sizes allowed (min_ratio={min_ratio}"
                                 f"{grid.note}) the network still has {cost.amount(cost.model(at(lo)))} > "
-                                f"{cost.amount(target_cost)}{cost.note}")
+                                f"{cost.amount(target_cost)}{cost.note}{cost.fixed_note()}")
     for _ in range(30):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if cost.model(at(mid)) <= target_cost else (lo, mid)

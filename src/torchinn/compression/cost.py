@@ -9,6 +9,7 @@ import math
 from collections.abc import Iterable, Mapping
 
 from ..maths.structured import plan_size
+from ..model.groups import module_key
 from ..model.integral_model import IntegralModel
 from ..sizing.metrics import Metric, count_flops, flops_by_tensor, measure_latency
 
@@ -57,6 +58,28 @@ class Cost:
     @property
     def note(self) -> str:
         return " (latency is budgeted through the FLOPs it is measured to follow)" if self.metric == "latency" else ""
+
+    def fixed_note(self, top: int = 2) -> str:
+        """Why a budget can be out of reach: the share of the metric that no group changes and, for
+        parameters, the ``top`` largest tensors that no group resizes, with why they stay (the pin
+        reasons). A sentence-embedding BERT whose output width is the hidden size keeps its word
+        embeddings: more than half its parameters."""
+        full = {n: g.max_size for n, g in self.imodel.groups.items()}
+        total = self.model(full)
+        if total <= 0 or self.other <= 0:
+            return ""
+        text = f"; {self.amount(self.other)} ({100 * self.other / total:.0f}%) change with no group size"
+        if self.metric != "params":
+            return text
+        sizes = {n: getattr(self.imodel.fixed, module_key(n)).numel() for n in self.imodel.tensor_names
+                 if n in self.imodel.trainable and n not in self.plans}
+        largest = sorted(sizes, key=lambda n: -sizes[n])[:top]
+        if not largest:
+            return text
+        pins = self.imodel.pinned
+        why = [f"'{n}' ({sizes[n]:,}: " + "; ".join(sorted({r for k, r in pins.items() if k.rsplit(":", 1)[0] == n})
+                                                    or {"read by no group"}) + ")" for n in largest]
+        return f"{text}, the largest {', '.join(why)}"
 
     def _grouped(self, sizes: Mapping[str, int], names: Iterable[str]) -> float:
         return sum(self.per_element[name] * math.prod(plan_size(p, sizes) for p in self.plans[name])

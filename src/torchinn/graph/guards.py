@@ -216,10 +216,22 @@ _MECHANICS = ("torch/_refs/", "torch/_prims/", "torch/_prims_common/", "torch/_s
               "torch/_meta_registrations.py", "torch/fx/experimental/")
 
 
+#: where a C++ kernel's own shape checks surface (their innermost Python frame is the op's call)
+_OP_CALL = "torch/_ops.py"
+
+
 def _mechanical(guard: Any) -> bool:
+    """Whether ``guard`` (a shape-env guard) only served the fake tensors' shapes: raised in
+    :data:`_MECHANICS`, or a ``size != 1`` raised in a C++ kernel (torch.export traces sizes as
+    >= 2, so a size a kernel computes, such as the rows of CREPE's ``reshape(-1, 2048)``, is
+    checked against 1; a batch of 1 breaks it, yet the real op computes the same there)."""
     loc = getattr(getattr(guard, "sloc", None), "framework_loc", None)
     path = str(getattr(loc, "filename", loc) or "").replace("\\", "/")
-    return any(m in path for m in _MECHANICS)
+    if any(m in path for m in _MECHANICS):
+        return True
+    expr = getattr(guard, "expr", None)
+    return (path.endswith(_OP_CALL) and isinstance(expr, sympy.Ne) and len(expr.args) == 2
+            and any(a == 1 for a in expr.args))
 
 
 def _bound(v: Any) -> float:

@@ -368,13 +368,11 @@ class IntegralModel(nn.Module):
         :func:`torchinn.prune` or :func:`torchinn.compress`, fine-tuned or not. Falls back to
         ``gm`` itself, with a ``UserWarning`` saying why, where :meth:`to_discrete` would.
         ``share=True``: the module holds ``gm``'s tensors where it can (no copy of the weights;
-        for a ``gm`` that is not used after)."""
-        named = {}
-        for n in self.tensor_names:
-            try:
-                named[n] = gm.get_parameter(n)
-            except AttributeError:
-                named[n] = gm.get_buffer(n)
+        for a ``gm`` that is not used after). A tensor that no op of ``gm`` reads (a dead branch:
+        BERT's pooler under a sentence embedder) is not in ``gm``: it comes at the current sizes."""
+        held = dict(gm.named_parameters(remove_duplicate=False)) | dict(gm.named_buffers(remove_duplicate=False))
+        spare = self.tensors() if any(n not in held for n in self.tensor_names) else {}
+        named = {n: held[n] if n in held else spare[n].detach() for n in self.tensor_names}
         return user_module(self, gm, named, "module_from()", share=share)
 
     def __getstate__(self) -> dict:

@@ -45,8 +45,8 @@ from torch.utils import _pytree as pytree
 
 from ..model.inputs import padding_mask, position_mask
 
-__all__ = ["CHANNEL_FLOOR", "CHANNEL_SILENT", "CHANNEL_SPREAD", "channel_scales", "channel_weights", "format_spread",
-           "weight_shaped", "weighted_squared_error"]
+__all__ = ["CHANNEL_DRIFT", "CHANNEL_FLOOR", "CHANNEL_SILENT", "CHANNEL_SPREAD", "channel_scales", "channel_weights",
+           "format_spread", "scale_drift", "weight_shaped", "weighted_squared_error"]
 
 #: ``loss="auto"`` weighs the squared error per channel when the loudest channel's RMS is more than
 #: this many times the quietest's (of the channels above :data:`CHANNEL_FLOOR`): images, audio,
@@ -58,6 +58,12 @@ CHANNEL_FLOOR = 1e-8
 #: calibration data: they do not count in the spread (a dead channel of an image does not make
 #: its network weigh channels)
 CHANNEL_SILENT = 1e-12
+#: ``loss="auto"`` weighs the channels only when their scales belong to the channels, not to the
+#: data: measured on each half of the calibration batches, the median channel's mean square
+#: differs by at most this factor (:func:`scale_drift`). Boxes beside scores keep their scales
+#: whatever the photos; the 360 pitch bins of CREPE are loud where the sounds' pitches fall, so a
+#: bin quiet on one half is loud on the other, and weights fitted on one half blow up on the other
+CHANNEL_DRIFT = 10.0
 
 
 def _leaves(output: Any) -> list[Tensor]:
@@ -130,6 +136,37 @@ def channel_weights(reference: Sequence[Any], masks: Sequence[Tensor | None] | N
     audible = every[every > CHANNEL_SILENT * loud]
     spread = math.sqrt(loud / max(floor, float(audible.min()))) if audible.numel() >= 2 else 1.0
     return [1.0 / s.clamp_min(floor) for s in scales], spread
+
+
+def scale_drift(reference: Sequence[Any], masks: Sequence[Tensor | None] | None = None) -> float:
+    """How much the channels' scales depend on the data: the median, over the channels not silent
+    on either half, of the ratio of their mean squares on the first half of the batches of
+    ``reference`` and on the second (the larger over the smaller, each floored as
+    :func:`channel_weights` floors them). One batch is cut in two halves of its rows (``compress``
+    may choose on one); 1.0 when that cannot be done (a row, or outputs without a batch)."""
+    masks = list(masks) if masks is not None else [None] * len(reference)
+    if len(reference) == 1:
+        leaves = pytree.tree_leaves(reference[0])
+        rows = {int(o.shape[0]) for o in leaves if isinstance(o, Tensor) and o.ndim}
+        if len(rows) != 1 or min(rows) < 2 or any(isinstance(o, Tensor) and not o.ndim for o in leaves):
+            return 1.0
+        n = rows.pop() // 2
+        cut = lambda x, part: x if not isinstance(x, Tensor) else (x[:n] if part == 0 else x[n:])
+        reference = [pytree.tree_map(lambda x: cut(x, k), reference[0]) for k in (0, 1)]
+        masks = [None if masks[0] is None else cut(masks[0], k) for k in (0, 1)]
+    if len(reference) < 2:
+        return 1.0
+    half = len(reference) // 2
+    parts = [channel_scales(reference[:half], masks[:half]), channel_scales(reference[half:], masks[half:])]
+    a, b = (torch.cat(p) for p in parts)
+    loud = float(torch.maximum(a, b).max())
+    if not loud > 0 or not math.isfinite(loud):
+        return 1.0
+    audible = (a > CHANNEL_SILENT * loud) | (b > CHANNEL_SILENT * loud)
+    if not bool(audible.any()):
+        return 1.0
+    a, b = a[audible].clamp_min(CHANNEL_FLOOR * loud), b[audible].clamp_min(CHANNEL_FLOOR * loud)
+    return float(torch.maximum(a / b, b / a).median())
 
 
 def format_spread(spread: float) -> str:

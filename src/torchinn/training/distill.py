@@ -16,7 +16,9 @@ reads the teacher's outputs on the calibration batches once (:func:`resolve_loss
   ``(batch, positions, classes)``, or a softmax that is nearly uniform or never changes its top
   class, as regression scores and embeddings give): ``"mse"``, or ``"mse-channels"`` when the
   RMS of their channels spans more than :data:`~torchinn.training.channels.CHANNEL_SPREAD`
-  (boxes in pixels beside scores in ``[0, 1]``);
+  (boxes in pixels beside scores in ``[0, 1]``) and those scales belong to the channels, not to
+  the data (:data:`~torchinn.training.channels.CHANNEL_DRIFT`: CREPE's pitch bins are loud where
+  the sounds' pitches fall);
 * class logits: ``"kl"`` at the temperature where the teacher's mean top probability on the
   calibration batches falls to :data:`CONFIDENCE` (0.9; found by bisection on the cached
   logits, :func:`fit_temperature`), and at ``T = 1`` when it is already at most that (a teacher
@@ -51,7 +53,7 @@ from torch.utils import _pytree as pytree
 
 from ..model.inputs import Inputs, padding_mask, position_mask
 from ..options import check_choice, check_number
-from .channels import CHANNEL_SPREAD, channel_weights, format_spread, weighted_squared_error
+from .channels import CHANNEL_DRIFT, CHANNEL_SPREAD, channel_weights, format_spread, scale_drift, weighted_squared_error
 
 __all__ = ["CONFIDENCE", "Distillation", "LOGIT_ENTROPY", "LOSS_CHOICES", "MAX_TEMPERATURE", "MIN_ROWS",
            "distillation_loss", "fit_temperature", "kl_distillation_loss", "loss_kind", "mean_confidence",
@@ -351,9 +353,13 @@ def resolve_loss(loss: str | Distillation, reference: Sequence[Any], temperature
             weights, spread = channel_weights(padded, masks)
         except ValueError:  # outputs of varying channels, or all zero: the plain squared error
             weights, spread = [], 1.0
-        if spread > CHANNEL_SPREAD:
+        drift = scale_drift(padded, masks) if spread > CHANNEL_SPREAD else 1.0
+        if spread > CHANNEL_SPREAD and drift <= CHANNEL_DRIFT:
             return Distillation("mse-channels", note=f"auto: not class logits, {why}; " + _weighted_note(spread),
                                 weights=tuple(weights))
+        if spread > CHANNEL_SPREAD:  # the scales follow the data (pitch bins), not the channels
+            why += (f"; its channels' scales span {format_spread(spread)}x but move with the data (the median "
+                    f"channel's differs {format_spread(drift)}x between halves of the batches), so not weighted")
     if loss == "mse" or why:
         return Distillation("mse", note=f"auto: not class logits, {why}" if why else "")
     if temperature is not None:

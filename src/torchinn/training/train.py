@@ -92,7 +92,9 @@ class TuneConfig:
             (for class logits), or ``"auto"``: ``"kl"`` when every output looks like class logits
             (:func:`torchinn.training.distill.loss_kind`), at a temperature set from the teacher's
             confidence on the calibration data, else ``"mse-channels"`` when the channels' RMS spans
-            more than 30x, else ``"mse"`` (:func:`torchinn.training.distill.resolve_loss`).
+            more than 30x and those scales hold on both halves of the calibration batches (not
+            pitch bins, loud where the data's pitches fall), else ``"mse"``
+            (:func:`torchinn.training.distill.resolve_loss`).
         temperature: the temperature of ``"kl"`` (and of ``"auto"`` for class logits); ``None``
             (default): where the teacher's mean top probability on the calibration batches is
             0.9, or 1 when it is already below (:func:`torchinn.training.distill.fit_temperature`);
