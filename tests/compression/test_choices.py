@@ -347,5 +347,41 @@ def test_a_reconstruction_whose_whole_fit_does_not_fit_is_fitted_in_part(monkeyp
     assert not any(s.startswith("reconstruction on") for s in report.skipped), report.skipped
     monkeypatch.setattr(choices, "RECONSTRUCT_LEAST", 1e9)
     _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=False)
-    assert report.reconstruct_errors == {}
+    assert not {"partitions", "reconstruct"} & set(report.reconstruct_errors)  # the starts' held-out errors only
     assert any(s.startswith("reconstruction on 8 batches (about") for s in report.skipped), report.skipped
+
+
+def test_the_held_out_batches_decide_between_the_best_starts_on_the_choice_batches():
+    # hidden channel 0 reads input 0 only: silent on the choice batch (input 0 is 0), not on the held-out
+    # one; Fisher scores measured on the choice batch drop it (free there), activation scores keep it
+    from torch import nn
+    from torchinn.compression.importance import Importance
+    from torchinn.compression.starts import best_start, distill_error
+    from torchinn.training.distill import Distillation
+
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[2.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]]))
+        net[0].bias.zero_()
+        net[2].weight.copy_(torch.tensor([[1.0, 1.0, 1.0], [1.0, -1.0, 1.0]]))
+        net[2].bias.zero_()
+    g = torch.Generator().manual_seed(0)
+    quiet, loud = torch.rand(16, 4, generator=g), torch.rand(16, 4, generator=g)
+    quiet[:, 0] = 0.0
+    imodel = inn.convert(net, (quiet[:2],), FAST)
+    (group,) = imodel.group_names
+    imodel.resize({group: 2})
+    scores = Importance(activation={group: torch.tensor([3.0, 1.0, 2.0], dtype=torch.float64)},
+                        fisher={group: torch.tensor([0.0, 2.0, 1.0], dtype=torch.float64)})
+    loss = Distillation("mse")
+    with torch.no_grad():
+        ref, judged = [net(quiet)], [net(loud)]
+    start = best_start(imodel, [(quiet,)], kinds=["fisher", "activation"], per_group=False, reference=ref,
+                       loss=loss, importance=scores)
+    assert start.errors["fisher"] < 1e-12 < 1e-3 < start.errors["activation"]  # Fisher wins on the choice batch
+    chosen, held = choices._held_out_start(imodel, start, [(loud,)], judged, loss)
+    assert set(held) == {"fisher", "activation"}
+    # held out, dropping channel 0 (2 x input 0) costs about 4 times dropping channel 1 (input 1)
+    assert held["activation"] > 1e-3 and held["fisher"] > 2.5 * held["activation"]
+    assert set(chosen.kinds.values()) == {"activation"} and chosen.error == start.errors["activation"]
+    assert distill_error(imodel, [(loud,)], judged, loss) == pytest.approx(held["activation"], rel=1e-6)

@@ -152,3 +152,39 @@ def test_after_the_first_batch_only_the_weights_producing_a_group_no_layer_reads
             {"fc.weight": 1, "fc.bias": 1, "head.weight": 1} if narrow else {"fc.weight": 4, "fc.bias": 4, "head.weight": 4})
     for g in scores[False]:
         assert torch.allclose(scores[True][g], scores[False][g], rtol=1e-12, atol=0) and bool((scores[True][g] > 0).all())
+
+
+def test_forward_only_batches_add_to_the_activation_scores_and_not_to_the_fisher_ones():
+    imodel, batches = _cnn()
+    loss = Distillation("mse")
+    reference = full_outputs(imodel, batches[:1])
+    one = measure_importance(imodel, batches[:1], loss, reference)
+    more = measure_importance(imodel, batches[:1], loss, reference, activation_batches=batches[1:],
+                              activation_seconds=60.0)
+    every = activation_importance(imodel, batches)  # all four batches, as the activation baseline reads them
+    assert (one.batches, one.activation_batches) == (1, 0) and (more.batches, more.activation_batches) == (1, 3)
+    for g in every:
+        assert torch.allclose(more.activation[g], every[g], rtol=1e-5), g
+        assert not torch.allclose(one.activation[g], every[g], rtol=1e-3), g  # one batch alone differs
+        assert torch.equal(more.fisher[g], one.fisher[g])  # Fisher: the first stage's batch only
+    none = measure_importance(imodel, batches[:1], loss, reference, activation_batches=batches[1:],
+                              activation_seconds=0.0)
+    assert none.activation_batches == 0 and all(torch.equal(none.activation[g], one.activation[g]) for g in every)
+
+
+def test_a_channel_silent_on_the_first_batches_gets_its_score_from_the_forward_only_ones():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+    with torch.no_grad():  # hidden channel 0 reads input 0 only: silent while input 0 is 0
+        net[0].weight.copy_(torch.tensor([[2.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]]))
+        net[0].bias.zero_()
+    quiet, loud = torch.rand(8, 4), torch.rand(8, 4)
+    quiet[:, 0] = 0.0
+    imodel = inn.convert(net, (quiet[:2],), inn.ConvertConfig(permute=False))
+    (group,) = imodel.group_names
+    first = measure_importance(imodel, [(quiet,)], fisher=False).activation[group]
+    both = measure_importance(imodel, [(quiet,)], activation_batches=[(loud,)], activation_seconds=60.0,
+                              loss=Distillation("mse"), reference=full_outputs(imodel, [(quiet,)])).activation[group]
+    assert float(first[0]) == 0.0
+    rms = float(loud[:, 0].mul(2).pow(2).sum().div(16).sqrt())  # over both batches' 16 rows
+    assert float(both[0]) == pytest.approx(rms * float(net[2].weight[:, 0].detach().abs().sum()), rel=1e-5)

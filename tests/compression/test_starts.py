@@ -189,7 +189,7 @@ def test_compress_starts_from_the_reconstruction_when_it_wins_on_held_out_data()
     assert "kl distillation loss on the choice batches (the reconstruction was fitted on them): " in str(report)
     _, report = compress(model, inputs, 0.5, calibration=cal, config=inn.ConvertConfig(permute=False), tune=tune,
                          reconstruct=False)
-    assert report.reconstruct_errors == {} and "reconstruct" not in report.starts.values()
+    assert not {"partitions", "reconstruct"} & set(report.reconstruct_errors) and "reconstruct" not in report.starts.values()
 
 
 def test_choose_sizes_reads_a_one_shot_calibration_iterator_once():

@@ -35,7 +35,7 @@ from ..model.inputs import Inputs, batch_size, padding_mask, position_mask, run
 from ..training.channels import weight_shaped
 from ..training.distill import Distillation
 
-__all__ = ["BACKWARD_BYTES", "ROW_BYTES", "cotangent", "fisher_batch", "sample_slice", "saved_bytes"]
+__all__ = ["BACKWARD_BYTES", "ROW_BYTES", "cotangent", "fisher_batch", "forward_only", "sample_slice", "saved_bytes"]
 
 #: a batch whose forward pass saves more than this many bytes for its backward pass (the
 #: network's own tensors not counted) is run in chunks of samples
@@ -241,3 +241,23 @@ def fisher_batch(full: Any, b: Any, ref: Any, loss: Distillation, gen: torch.Gen
     # class draws of the first rows are the same): exact for one output, else the summed scales' ratio
     part = sum(float(v[done - 1]) for v in scales)
     return out_sums, done, sum(float(v[-1]) for v in scales) / part if part > 0 else 1.0
+
+
+def forward_only(full: Any, mode: Any, batches: Sequence[tuple], seconds: float, result: Any) -> None:
+    """Add the activation squares of ``batches`` to ``mode`` (importance's ``_Reads``), forward
+    passes only (no gradients), while the next, at the mean time of those before it, ends within
+    ``seconds`` (none when ``seconds <= 0``); ``result.activation_batches`` counts them."""
+    t0 = time.perf_counter()
+    grads, mode.grads = mode.grads, False
+    try:
+        for b in batches:
+            spent = time.perf_counter() - t0
+            done = result.activation_batches
+            if (done and spent + spent / done > seconds) or (not done and seconds <= 0):
+                break
+            mode.mask = padding_mask(b)
+            with torch.no_grad(), mode:
+                run(full, b)
+            result.activation_batches += 1  # an Importance
+    finally:
+        mode.grads = grads

@@ -7,8 +7,8 @@ per second, and measures once what several choices share:
 
 1. **Importance** (:mod:`torchinn.compression.importance`): one forward and one backward pass per choice
    batch (and as many training batches again, time allowing) give every channel's activation
-   and Fisher scores. They rank the channels for the
-   ``"activation"`` and ``"fisher"`` starts and give the Fisher size curves. Where one batch
+   and Fisher scores, then the activation scores read the other training batches forward only,
+   time allowing. They rank the channels of the ``"activation"`` and ``"fisher"`` starts. Where one batch
    does not fit its share (a language model on one core), its first samples that do (at least
    one; a batch run in chunks of samples stops between them at its deadline): without scores
    the starts select by weight norms alone.
@@ -18,7 +18,8 @@ per second, and measures once what several choices share:
 3. **Sizes x starts**: each set of sizes is tried at its starts, the most promising first, each
    set getting an equal share of the time left (its first start is always measured; the sets
    after the first only while a measurement fits, and the time the reconstruction's first fit
-   needs is kept clear of them).
+   needs is kept clear of them); the best two on the choice batches, which the scores were measured
+   on, are measured again on the held-out batches, which decide between them.
 4. **Reconstruction** (:func:`torchinn.compression.baselines.reconstruct`), fitted on the training batches
    only and compared with the partitions on the held-out batches, which no candidate was fitted
    or chosen on (when its whole first fit does not fit the time left, fitted in part: the layers it
@@ -32,6 +33,7 @@ Every stage that cannot fit its share is skipped and named in :attr:`Choices.ski
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -64,6 +66,13 @@ IMPORTANCE_PASSES = 4.0
 #: while its share of the time allows): channels silent on a few batches may not be on others
 #: (evidence for this and the other constants: docs/decisions/compress-constants.md)
 IMPORTANCE_BATCHES = 2
+#: share of the choice budget the activation scores may take after the Fisher pass, on the training batches
+#: it did not read, forward only (ACTIVATION_PASSES forward passes a batch): DNSMOS in benchmarks/RESULTS.md
+ACTIVATION_SHARE = 0.2
+ACTIVATION_PASSES = 1.5
+#: the best starts on the choice batches measured again on the held-out ones, which decide: the scores
+#: were measured on the choice batches, so their errors there flatter them (silent channels look free)
+HELD_OUT_STARTS = 2
 #: the measured sensitivities join the sizes only when their estimated cost is below this share
 #: of the time left
 SENSITIVITY_SHARE = 0.25
@@ -111,7 +120,8 @@ class _Clock:
 
 def _importance(imodel: IntegralModel, cal: Sequence[tuple], reference: Sequence[Any], loss: Distillation,
                 seconds: float, skipped: list[str], teacher: Any, per_batch: float,
-                more: Sequence[tuple] = (), whole: float = 0.0) -> Importance | None:
+                more: Sequence[tuple] = (), whole: float = 0.0, forward: Sequence[tuple] = (),
+                forward_seconds: float = 0.0) -> Importance | None:
     """The importance scores on the choice batches ``cal``, then on the batches of ``more`` as
     long as ``seconds`` allow (a channel silent on a few batches may not be on others). When one
     batch does not fit in ``seconds`` (by :data:`IMPORTANCE_PASSES`), its first samples that do: where
@@ -119,7 +129,9 @@ def _importance(imodel: IntegralModel, cal: Sequence[tuple], reference: Sequence
     many samples as the guess allows; at least one sample when that fits in ``whole`` (the choices'
     budget): without scores the starts select by weight norms alone, which cost a real 135 M LM 3
     orders of magnitude of perplexity (benchmarks/RESULTS.md). A batch run in chunks stops between
-    them when the next would end past ``seconds`` (the samples measured are named in ``skipped``)."""
+    them when the next would end past ``seconds`` (the samples measured are named in ``skipped``).
+    Then the activation scores alone read the batches of ``more`` left unread and ``forward``,
+    forward only, within ``forward_seconds`` (when one such pass fits in it)."""
     guess = IMPORTANCE_PASSES * per_batch
     batches, reference = list(cal) + list(more), list(reference)
     leading = None  # where the batch does not run in chunks: its first samples, as many as the guess allows
@@ -134,9 +146,11 @@ def _importance(imodel: IntegralModel, cal: Sequence[tuple], reference: Sequence
             return None
         # where the batch runs in chunks of samples, their measured time decides how many are made
         batches, reference, leading = [cal[0]], reference[:1], k
+    if leading is not None or ACTIVATION_PASSES * per_batch > forward_seconds:
+        forward, forward_seconds = (), 0.0
     try:  # the choice batches first (their outputs are known), then the other training batches
         got = measure_importance(imodel, batches, loss, reference, max_seconds=seconds, network=teacher,
-                                 leading=leading)
+                                 leading=leading, activation_batches=forward, activation_seconds=forward_seconds)
     except Exception as err:  # noqa: BLE001 - the choices fall back on L1 scores and uniform sizes
         log.info("no importance scores (%s: %s)", type(err).__name__, err)
         skipped.append(f"importance ({type(err).__name__}: {err})")
@@ -206,6 +220,25 @@ def _sizes_and_starts(imodel: IntegralModel, options: Mapping[str, Mapping[str, 
     for n, p in results[winner].partitions.items():
         imodel.set_partition(n, p)
     return winner, table, results[winner]
+
+
+def _held_out_start(imodel: IntegralModel, start: StartChoice, judge: Sequence[tuple], judged: Sequence[Any],
+                    loss: Distillation) -> tuple[StartChoice, dict[str, float]]:
+    """Of ``start``'s :data:`HELD_OUT_STARTS` starts with the lowest errors on the choice batches,
+    the one with the lowest error on the held-out batches ``judge`` (``imodel`` is left at it; a tie
+    keeps the better on the choice batches), and their held-out errors."""
+    ranked = sorted(start.errors, key=lambda k: start.errors[k])[:HELD_OUT_STARTS]
+    held = {}
+    for k in ranked:
+        for n in start.kinds:
+            imodel.set_partition(n, start.options[k][n])
+        held[k] = distill_error(imodel, judge, judged, loss)
+    best = min(ranked, key=lambda k: held[k])
+    parts = {n: start.options[best][n] for n in start.kinds}
+    for n, p in parts.items():
+        imodel.set_partition(n, p)
+    return dataclasses.replace(start, kinds={n: best for n in start.kinds}, error=start.errors[best],
+                               partitions=parts), held
 
 
 def _start_scores(start: StartChoice, importance: Importance | None) -> dict[str, Any]:
@@ -286,7 +319,8 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
     skipped: list[str] = []
     t0 = time.perf_counter()
     importance = _importance(imodel, cal, reference, loss, IMPORTANCE_SHARE * seconds, skipped, teacher, per_batch,
-                             more=fit[len(cal):IMPORTANCE_BATCHES * len(cal)], whole=seconds)
+                             more=fit[len(cal):IMPORTANCE_BATCHES * len(cal)], whole=seconds,
+                             forward=fit[IMPORTANCE_BATCHES * len(cal):], forward_seconds=ACTIVATION_SHARE * seconds)
     release_memory(nbytes)
     spent["importance"] = time.perf_counter() - t0
     if importance is None:  # best_start would measure them again, without a bound
@@ -318,6 +352,12 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
     release_memory(nbytes)
     spent["choose_start"] = time.perf_counter() - t0
     chosen = imodel.sizes()
+    mine, held = None, {}  # the chosen partitions' error on the held-out batches, every start's measured there
+    if judge and len(start.errors) > 1 and HELD_OUT_STARTS * len(judge) * per_batch < clock.left():
+        t0 = time.perf_counter()
+        start, held = _held_out_start(imodel, start, judge, judged, loss)
+        mine = held[next(iter(start.kinds.values()))] if start.kinds else None
+        spent["held_out_starts"] = time.perf_counter() - t0
 
     recon, versus = None, {}
     if reconstruct and not judge:
@@ -327,7 +367,7 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
                        f"{max(0.0, clock.left()):.1f} s left)")
     elif reconstruct and judge:
         t0 = time.perf_counter()
-        mine = distill_error(imodel, judge, judged, loss)
+        mine = distill_error(imodel, judge, judged, loss) if mine is None else mine
         recon, versus = _reconstruct(imodel, chosen, cal, fit, judge, judged, mine, loss, clock, per_batch,
                                      skipped, _start_scores(start, importance), teacher, least)
         release_memory(nbytes)
@@ -336,12 +376,24 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
         t0 = time.perf_counter()
         trial = len(start.options) * len(cal) * per_batch  # one group's trials
         if clock.left() > trial:
+            before = start
             start = refine_start(imodel, cal, start, reference=reference, max_seconds=clock.left(), loss=loss)
-            if recon is not None and start.changed_groups:
-                versus["partitions"] = distill_error(imodel, judge, judged, loss)
-                if versus["reconstruct"] >= versus["partitions"]:
-                    recon = None
+            if (recon is not None or mine is not None) and start.kinds != before.kinds:
+                refined = distill_error(imodel, judge, judged, loss)
+                if mine is not None and refined > mine:  # lower on the choice batches only, where the scores came from
+                    start = before
+                    for n, p in before.partitions.items():
+                        imodel.set_partition(n, p)
+                    skipped.append(f"the starts group by group ({refined:.4g} on held-out batches, "
+                                   f"{mine:.4g} before)")
+                else:
+                    mine = refined
+                if recon is not None:
+                    versus["partitions"] = mine
+                    if versus["reconstruct"] >= versus["partitions"]:
+                        recon = None
         else:
             skipped.append("starts group by group (no time left)")
         spent["refine_start"] = time.perf_counter() - t0
+    versus.update({f"start {k}": e for k, e in held.items()})
     return Choices(chosen, method, table, start, recon, versus, spent, skipped, importance)

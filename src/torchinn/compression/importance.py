@@ -38,7 +38,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..graph.kinds import node_kind
 from ..training.distill import Distillation
-from .backward import fisher_batch
+from .backward import fisher_batch, forward_only
 from ..model.inputs import Inputs, batch_size, padding_mask, position_mask, run
 from ..model.integral_model import IntegralModel
 
@@ -63,6 +63,8 @@ class Importance:
     seconds: float = 0.0
     #: (samples measured, samples) of the last batch when the time bound stopped it part way
     cut: tuple[int, int] | None = None
+    #: batches read forward only, for the activation scores alone, after the ``batches`` above
+    activation_batches: int = 0
 
 
 def _reads(func: Any, args: tuple) -> tuple[Any, Any, int, int] | None:
@@ -116,7 +118,11 @@ class _Reads(TorchFunctionMode):
         # a (batch, positions, channels) input of a padded batch: the padded positions do not count
         keep = position_mask(self.mask, xs) if xs.ndim == 3 and channel_dim in (-1, 2) else None
         count = xs.numel() // xs.shape[-1] if keep is None else int(keep.sum())
-        sq = ((xs.double() if keep is None else xs.double() * keep) ** 2).reshape(-1, xs.shape[-1]).sum(0)
+        if keep is None:  # no copy: squares summed in float32 over the other dims (their order is kept)
+            dims = [i for i in range(x.ndim) if i != channel_dim % x.ndim]
+            sq = x.detach().float().square().sum(dims).double()
+        else:
+            sq = ((xs.double() * keep) ** 2).reshape(-1, xs.shape[-1]).sum(0)
         if name not in self.squares:
             self.squares[name], self.counts[name] = sq, count
             self.dims[name] = weight_dim
@@ -215,7 +221,8 @@ def activation_importance(imodel: IntegralModel, batches: Sequence[tuple]) -> di
 def measure_importance(imodel: IntegralModel, batches: Sequence[tuple], loss: Distillation | None = None,
                        reference: Sequence[Any] | None = None, *, fisher: bool = True,
                        max_seconds: float | None = None, seed: int = 0,
-                       network: fx.GraphModule | None = None, leading: int | None = None) -> Importance:
+                       network: fx.GraphModule | None = None, leading: int | None = None,
+                       activation_batches: Sequence[tuple] = (), activation_seconds: float = 0.0) -> Importance:
     """Activation and (with ``fisher``) Fisher importance of every channel at full size, one
     forward (and backward) pass per batch of ``batches``, stopping before a batch that would end
     past ``max_seconds`` (at least one batch), or, in a batch run in chunks of samples
@@ -227,7 +234,13 @@ def measure_importance(imodel: IntegralModel, batches: Sequence[tuple], loss: Di
     first batches (the others' are computed); ``loss``: the distillation loss the scores are in units of
     (default ``"mse"``). ``network``: ``imodel.to_discrete(graph=True)`` at full size, when the
     caller holds one (:func:`torchinn.compress`'s teacher), run instead of a new copy of every
-    weight; it is left as it was (no gradients kept, ``requires_grad`` restored)."""
+    weight; it is left as it was (no gradients kept, ``requires_grad`` restored).
+
+    ``activation_batches``: after those, the activation scores also read these batches (and the
+    batches of ``batches`` the time bound left unread), forward only (no backward: a few times
+    cheaper than a Fisher batch), while the next would end within ``activation_seconds`` of the
+    end of the first stage (:attr:`Importance.activation_batches` counts them): a channel silent on
+    the few batches the Fisher pass reads may not be on others."""
     t0 = time.perf_counter()
     loss = loss or Distillation("mse")
     plans = imodel.plans()
@@ -267,6 +280,8 @@ def measure_importance(imodel: IntegralModel, batches: Sequence[tuple], loss: Di
             spent = time.perf_counter() - t0
             if result.cut is not None or (max_seconds is not None and spent + spent / result.batches > max_seconds):
                 break  # out of time part way through a batch, or the next would not fit
+        forward_only(full, mode, list(batches[result.batches:]) + list(activation_batches), activation_seconds,
+                      result)
     result.activation = _activation(mode, tensors, plans)
     if fisher:
         scored = {g for g, s in sums.items() if bool((s > 0).any())}

@@ -29,7 +29,8 @@ class CompressReport:
     sizes_errors: dict[str, float] = field(default_factory=dict)  # calibration error per sizes option
     starts: dict[str, str] = field(default_factory=dict)          # group -> starting partition
     start_errors: dict[str, float] = field(default_factory=dict)  # calibration error per start (all groups)
-    #: held-out calibration error of the best partitions and of the reconstruction baseline
+    #: held-out calibration error of the best partitions and of the reconstruction baseline, and of the
+    #: two best starts on the choice batches ("start fisher", ...: the held-out error chose between them)
     reconstruct_errors: dict[str, float] = field(default_factory=dict)
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # "grid" / "weights": what each did
     loss: str = "mse"                           # "mse": relative squared error; "mse-channels": the same per output
