@@ -385,3 +385,27 @@ def test_the_held_out_batches_decide_between_the_best_starts_on_the_choice_batch
     assert held["activation"] > 1e-3 and held["fisher"] > 2.5 * held["activation"]
     assert set(chosen.kinds.values()) == {"activation"} and chosen.error == start.errors["activation"]
     assert distill_error(imodel, [(loud,)], judged, loss) == pytest.approx(held["activation"], rel=1e-6)
+
+
+def test_forward_only_activation_batches_only_where_the_choices_hold_enough_passes():
+    from torchinn.model.inputs import Inputs, run
+    from torchinn.training.distill import Distillation
+
+    model, inputs, cal = _mlp_and_batches(6, rows=8)
+    imodel = inn.convert(model, inputs, FAST)
+    teacher = imodel.to_discrete(graph=True).eval()
+    batches = [Inputs(b) for b in cal]
+    with torch.no_grad():
+        reference = [run(teacher, b) for b in batches[:1]]
+    loss = Distillation("mse")
+    # a pass is said to cost 0.01 s: the Fisher pass reads the choice batch, the others are forward only
+    many = choices.ACTIVATION_MIN_PASSES * 0.01
+    got = choices._importance(imodel, batches[:1], reference, loss, 60.0, [], teacher, per_batch=0.01,
+                              forward=batches[1:], forward_seconds=60.0, whole=many)
+    assert (got.batches, got.activation_batches) == (1, 5)
+    # a choice budget of fewer passes (a LM on one core): the Fisher batch only
+    few = choices._importance(imodel, batches[:1], reference, loss, 60.0, [], teacher, per_batch=0.01,
+                              forward=batches[1:], forward_seconds=60.0, whole=0.99 * many)
+    assert (few.batches, few.activation_batches) == (1, 0)
+    for g in imodel.group_names:
+        assert torch.equal(few.fisher[g], got.fisher[g]) and not torch.allclose(few.activation[g], got.activation[g])

@@ -70,6 +70,11 @@ IMPORTANCE_BATCHES = 2
 #: it did not read, forward only (ACTIVATION_PASSES forward passes a batch): DNSMOS in benchmarks/RESULTS.md
 ACTIVATION_SHARE = 0.2
 ACTIVATION_PASSES = 1.5
+#: ... only where the choices' budget holds at least this many forward passes of a choice batch: with
+#: fewer, the Fisher start and the reconstruction take them all and the starts the activation scores
+#: rank are never measured (SmolLM2-135M with 60 s on one core: 17 passes; 5.3-5.8 s of forward-only
+#: batches came out of the refit). DNSMOS, whose fix these batches are, holds about 40
+ACTIVATION_MIN_PASSES = 25
 #: the best starts on the choice batches measured again on the held-out ones, which decide: the scores
 #: were measured on the choice batches, so their errors there flatter them (silent channels look free)
 HELD_OUT_STARTS = 2
@@ -131,7 +136,8 @@ def _importance(imodel: IntegralModel, cal: Sequence[tuple], reference: Sequence
     orders of magnitude of perplexity (benchmarks/RESULTS.md). A batch run in chunks stops between
     them when the next would end past ``seconds`` (the samples measured are named in ``skipped``).
     Then the activation scores alone read the batches of ``more`` left unread and ``forward``,
-    forward only, within ``forward_seconds`` (when one such pass fits in it)."""
+    forward only, within ``forward_seconds`` (when one such pass fits in it and ``whole`` holds
+    :data:`ACTIVATION_MIN_PASSES` forward passes of a batch)."""
     guess = IMPORTANCE_PASSES * per_batch
     batches, reference = list(cal) + list(more), list(reference)
     leading = None  # where the batch does not run in chunks: its first samples, as many as the guess allows
@@ -146,7 +152,8 @@ def _importance(imodel: IntegralModel, cal: Sequence[tuple], reference: Sequence
             return None
         # where the batch runs in chunks of samples, their measured time decides how many are made
         batches, reference, leading = [cal[0]], reference[:1], k
-    if leading is not None or ACTIVATION_PASSES * per_batch > forward_seconds:
+    if (leading is not None or ACTIVATION_PASSES * per_batch > forward_seconds
+            or whole < ACTIVATION_MIN_PASSES * per_batch):
         forward, forward_seconds = (), 0.0
     try:  # the choice batches first (their outputs are known), then the other training batches
         got = measure_importance(imodel, batches, loss, reference, max_seconds=seconds, network=teacher,
