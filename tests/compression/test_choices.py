@@ -356,7 +356,7 @@ def test_the_held_out_batches_decide_between_the_best_starts_on_the_choice_batch
     # one; Fisher scores measured on the choice batch drop it (free there), activation scores keep it
     from torch import nn
     from torchinn.compression.importance import Importance
-    from torchinn.compression.starts import best_start, distill_error
+    from torchinn.compression.starts import best_start, distill_error, held_out_start
     from torchinn.training.distill import Distillation
 
     net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
@@ -379,7 +379,7 @@ def test_the_held_out_batches_decide_between_the_best_starts_on_the_choice_batch
     start = best_start(imodel, [(quiet,)], kinds=["fisher", "activation"], per_group=False, reference=ref,
                        loss=loss, importance=scores)
     assert start.errors["fisher"] < 1e-12 < 1e-3 < start.errors["activation"]  # Fisher wins on the choice batch
-    chosen, held = choices._held_out_start(imodel, start, [(loud,)], judged, loss)
+    chosen, held = held_out_start(imodel, start, [(loud,)], judged, loss, choices.HELD_OUT_STARTS)
     assert set(held) == {"fisher", "activation"}
     # held out, dropping channel 0 (2 x input 0) costs about 4 times dropping channel 1 (input 1)
     assert held["activation"] > 1e-3 and held["fisher"] > 2.5 * held["activation"]

@@ -33,7 +33,6 @@ Every stage that cannot fit its share is skipped and named in :attr:`Choices.ski
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -48,7 +47,7 @@ from .importance import Importance, measure_importance
 from ..model.integral_model import IntegralModel
 from ..model.inputs import batch_size, leading_samples
 from ..model.memory import release_memory
-from .starts import StartChoice, best_start, distill_error, kept_partitions, refine_start
+from .starts import StartChoice, best_start, distill_error, held_out_start, kept_partitions, refine_start
 
 __all__ = ["Choices", "choose"]
 
@@ -70,10 +69,8 @@ IMPORTANCE_BATCHES = 2
 #: it did not read, forward only (ACTIVATION_PASSES forward passes a batch): DNSMOS in benchmarks/RESULTS.md
 ACTIVATION_SHARE = 0.2
 ACTIVATION_PASSES = 1.5
-#: ... only where the choices' budget holds at least this many forward passes of a choice batch: with
-#: fewer, the Fisher start and the reconstruction take them all and the starts the activation scores
-#: rank are never measured (SmolLM2-135M with 60 s on one core: 17 passes; 5.3-5.8 s of forward-only
-#: batches came out of the refit). DNSMOS, whose fix these batches are, holds about 40
+#: ... only where the choices' budget holds this many forward passes of a choice batch (with fewer, the
+#: Fisher start and the reconstruction take them all: SmolLM2-135M with 60 s on one core holds 17)
 ACTIVATION_MIN_PASSES = 25
 #: the best starts on the choice batches measured again on the held-out ones, which decide: the scores
 #: were measured on the choice batches, so their errors there flatter them (silent channels look free)
@@ -229,25 +226,6 @@ def _sizes_and_starts(imodel: IntegralModel, options: Mapping[str, Mapping[str, 
     return winner, table, results[winner]
 
 
-def _held_out_start(imodel: IntegralModel, start: StartChoice, judge: Sequence[tuple], judged: Sequence[Any],
-                    loss: Distillation) -> tuple[StartChoice, dict[str, float]]:
-    """Of ``start``'s :data:`HELD_OUT_STARTS` starts with the lowest errors on the choice batches,
-    the one with the lowest error on the held-out batches ``judge`` (``imodel`` is left at it; a tie
-    keeps the better on the choice batches), and their held-out errors."""
-    ranked = sorted(start.errors, key=lambda k: start.errors[k])[:HELD_OUT_STARTS]
-    held = {}
-    for k in ranked:
-        for n in start.kinds:
-            imodel.set_partition(n, start.options[k][n])
-        held[k] = distill_error(imodel, judge, judged, loss)
-    best = min(ranked, key=lambda k: held[k])
-    parts = {n: start.options[best][n] for n in start.kinds}
-    for n, p in parts.items():
-        imodel.set_partition(n, p)
-    return dataclasses.replace(start, kinds={n: best for n in start.kinds}, error=start.errors[best],
-                               partitions=parts), held
-
-
 def _start_scores(start: StartChoice, importance: Importance | None) -> dict[str, Any]:
     """Per group whose chosen start selects by activation or Fisher scores, those scores."""
     found = {"activation": importance.activation, "fisher": importance.fisher} if importance else {}
@@ -362,7 +340,7 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
     mine, held = None, {}  # the chosen partitions' error on the held-out batches, every start's measured there
     if judge and len(start.errors) > 1 and HELD_OUT_STARTS * len(judge) * per_batch < clock.left():
         t0 = time.perf_counter()
-        start, held = _held_out_start(imodel, start, judge, judged, loss)
+        start, held = held_out_start(imodel, start, judge, judged, loss, HELD_OUT_STARTS)
         mine = held[next(iter(start.kinds.values()))] if start.kinds else None
         spent["held_out_starts"] = time.perf_counter() - t0
 

@@ -30,6 +30,7 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -50,7 +51,7 @@ from ..maths.trainable import TrainablePartition
 from ..maths.quadrature import GaussLegendre
 
 __all__ = ["STARTS", "StartChoice", "activation_importance", "best_start", "check_starts", "distill_error", "full_outputs",
-           "kept_partitions", "refine_start", "start_partition"]
+           "held_out_start", "kept_partitions", "refine_start", "start_partition"]
 
 log = logging.getLogger(__name__)
 aten = torch.ops.aten
@@ -239,3 +240,22 @@ def refine_start(imodel: IntegralModel, batches: Sequence[tuple], choice: StartC
                        changed_groups=sum(1 for k in current.values() if k != best),
                        seconds=choice.seconds + time.perf_counter() - t0,
                        partitions={n: options[k][n] for n, k in current.items()}, options=options)
+
+
+def held_out_start(imodel: IntegralModel, start: StartChoice, judge: Sequence[tuple], judged: Sequence[Any],
+                   loss: Distillation, count: int = 2) -> tuple[StartChoice, dict[str, float]]:
+    """Of ``start``'s ``count`` starts with the lowest errors on the choice batches,
+    the one with the lowest error on the held-out batches ``judge`` (``imodel`` is left at it; a tie
+    keeps the better on the choice batches), and their held-out errors."""
+    ranked = sorted(start.errors, key=lambda k: start.errors[k])[:count]
+    held = {}
+    for k in ranked:
+        for n in start.kinds:
+            imodel.set_partition(n, start.options[k][n])
+        held[k] = distill_error(imodel, judge, judged, loss)
+    best = min(ranked, key=lambda k: held[k])
+    parts = {n: start.options[best][n] for n in start.kinds}
+    for n, p in parts.items():
+        imodel.set_partition(n, p)
+    return dataclasses.replace(start, kinds={n: best for n in start.kinds}, error=start.errors[best],
+                               partitions=parts), held
