@@ -285,7 +285,7 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
     made = choose(imodel, target=target, metric=metric, sizes=sizes, cal=cal, reference=reference, fit=fit,
                   judge=judge, judged=judged, loss=loss, example_inputs=example_inputs, min_ratio=min_ratio,
                   multiples=multiples, kinds=starts, reconstruct=reconstruct, seconds=max(0.0, share * left),
-                  per_batch=per_batch, teacher=full, nbytes=nbytes)
+                  per_batch=per_batch, teacher=full, nbytes=nbytes, after_passes=len(cal) + 2)
     judged = None  # the teacher's outputs on the held-out batches judged the choices only (a LM's: 201 MB a batch)
     seconds.update(made.seconds)
     if few:
@@ -335,7 +335,8 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
     full = made.reconstruction = recon = None
     imodel.clear_samples()
     release_memory(nbytes)
-    err1 = distill_error(small, cal, reference, loss)
+    # without tuning, small is the network err0 was measured on (the reconstruction, or the chosen partitions)
+    err1 = distill_error(small, cal, reference, loss) if stages else err0
     report = CompressReport(
         metric=metric, target=target,
         sizes={n: (g.max_size, g.size) for n, g in imodel.groups.items()},
