@@ -284,12 +284,11 @@ def test_size_options_beyond_the_first_leave_the_reconstruction_its_time():
     args = lambda: (copy.deepcopy(imodel), options, batches, reference, Distillation("mse"), ["l1"], None)
     skipped: list[str] = []
     # 100 s left, 99.5 of them held for the reconstruction: a second option (2 batches of 1 s) does not fit
-    method, table, _, pace = choices._sizes_and_starts(*args(), choices._Clock(100.0), 0.5, 1.0, skipped, hold=99.5)
-    assert 0.0 < pace < 1.0  # the seconds a pass of a batch took: an 8-row MLP, far under the 1 s said
+    method, table, _ = choices._sizes_and_starts(*args(), choices._Clock(100.0), 0.5, 1.0, skipped, hold=99.5)
     assert list(table) == ["uniform"] and method == "uniform"
     assert skipped[0].startswith("sizes other (measuring them takes about 2.0 s each,")
     skipped.clear()
-    _, table, _, _ = choices._sizes_and_starts(*args(), choices._Clock(100.0), 0.5, 1.0, skipped, hold=0.0)
+    _, table, _ = choices._sizes_and_starts(*args(), choices._Clock(100.0), 0.5, 1.0, skipped, hold=0.0)
     assert sorted(table) == ["other", "uniform"] and not skipped
 
 
@@ -412,35 +411,19 @@ def test_forward_only_activation_batches_only_where_the_choices_hold_enough_pass
         assert torch.equal(few.fisher[g], got.fisher[g]) and not torch.allclose(few.activation[g], got.activation[g])
 
 
-def test_passes_slower_than_planned_move_the_choices_end_for_the_passes_after_them(monkeypatch):
-    # the starts' measurements say a pass takes 3 s where 1 s was planned (a machine that got busier):
-    # the reconstruction is planned at 3 s a pass, and the choices end 2 s sooner per pass made after them
-    model, inputs, cal = _mlp_and_batches(4, rows=8)
-    imodel = inn.convert(model, inputs, FAST)
-    real = choices._sizes_and_starts
-    seen = {}
-
-    def slow(*args, **kwargs):
-        method, table, start, _ = real(*args, **kwargs)
-        seen["clock"] = args[7]
-        seen["end"] = args[7].end
-        return method, table, start, 3.0
-
-    def no_recon(imodel, sizes, cal, fit, judge, judged, mine, loss, clock, per_batch, *rest, **kw):
-        seen["per_batch"], seen["end_after"] = per_batch, clock.end
-        return None, {"partitions": mine}
-
-    monkeypatch.setattr(choices, "_sizes_and_starts", slow)
-    monkeypatch.setattr(choices, "_reconstruct", no_recon)
+def test_without_tuning_the_error_after_is_the_error_before_and_that_of_the_network_returned():
+    from torchinn.compression.starts import distill_error
     from torchinn.model.inputs import Inputs, run
     from torchinn.training.distill import Distillation
-    batches = [Inputs(b) for b in cal]
-    teacher = imodel.to_discrete(graph=True).eval()
-    with torch.no_grad():
-        reference = [run(teacher, b) for b in batches]
-    choices.choose(imodel, target=0.5, metric="params", sizes=None, cal=batches[:1], reference=reference[:1],
-                   fit=batches[:3], judge=batches[3:], judged=reference[3:], loss=Distillation("mse"),
-                   example_inputs=inputs, min_ratio=0.1, multiples={}, kinds=["l1"], reconstruct=True,
-                   seconds=1000.0, per_batch=1.0, teacher=teacher, after_passes=4)
-    assert seen["per_batch"] == 3.0
-    assert seen["end_after"] == pytest.approx(seen["end"] - 4 * (3.0 - 1.0), abs=1e-9)
+
+    model, inputs, cal = _mlp_and_batches(5, rows=8)
+    for reconstruct in (False, True):
+        small, report = inn.compress(model, inputs, 0.5, calibration=cal, tune=False, config=FAST, graph=True,
+                                     reconstruct=reconstruct)
+        assert report.error_after_tuning == report.error_before_tuning  # the same network: not measured again
+        choice = [Inputs(b) for b in cal[:compression.SELECT_BATCHES]]  # the first training batches
+        with torch.no_grad():
+            reference = [run(model, b) for b in choice]
+        # what it stands for: the returned network's error on the choice batches, to float rounding
+        measured = distill_error(small, choice, reference, Distillation(report.loss))
+        assert measured == pytest.approx(report.error_after_tuning, rel=1e-4, abs=1e-9), (reconstruct, report.starts)

@@ -198,10 +198,10 @@ def _size_options(imodel: IntegralModel, target: float, metric: str, cal: Sequen
 def _sizes_and_starts(imodel: IntegralModel, options: Mapping[str, Mapping[str, int]], cal: Sequence[tuple],
                       reference: Sequence[Any], loss: Distillation, kinds: Sequence[str], importance: Importance | None,
                       clock: _Clock, share: float, per_batch: float, skipped: list[str], hold: float = 0.0
-                      ) -> tuple[str, dict[str, float], StartChoice, float]:
-    """The sizes and starts with the lowest error on ``cal``, and the seconds a forward pass of a
-    batch took in their measurements; ``imodel`` is left at them. ``share`` of the time left, less
-    ``hold`` seconds kept for what comes after, goes to the measurements beyond the first."""
+                      ) -> tuple[str, dict[str, float], StartChoice]:
+    """The sizes and starts with the lowest error on ``cal``; ``imodel`` is left at them. ``share``
+    of the time left, less ``hold`` seconds kept for what comes after, goes to the measurements
+    beyond the first."""
     order = [k for k in START_ORDER if k in kinds] + [k for k in kinds if k not in START_ORDER]
     results: dict[str, StartChoice] = {}
     took: list[float] = []  # seconds of each measurement made
@@ -223,8 +223,7 @@ def _sizes_and_starts(imodel: IntegralModel, options: Mapping[str, Mapping[str, 
     imodel.resize(dict(options[winner]))
     for n, p in results[winner].partitions.items():
         imodel.set_partition(n, p)
-    passes = sum(len(c.errors) for c in results.values()) * len(cal)
-    return winner, table, results[winner], sum(took) / passes if passes else 0.0
+    return winner, table, results[winner]
 
 
 def _start_scores(start: StartChoice, importance: Importance | None) -> dict[str, Any]:
@@ -290,7 +289,7 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
            cal: Sequence[tuple], reference: Sequence[Any], fit: Sequence[tuple], judge: Sequence[tuple],
            judged: Sequence[Any], loss: Distillation, example_inputs: tuple, min_ratio: float, multiples: Mapping[str, int],
            kinds: Sequence[str], reconstruct: bool, seconds: float, per_batch: float,
-           teacher: Any = None, nbytes: int = 0, after_passes: float = 0.0) -> Choices:
+           teacher: Any = None, nbytes: int = 0) -> Choices:
     """Sizes, starting partitions and possibly the reconstruction for ``imodel`` within
     ``seconds`` (see the module); ``imodel`` is left at the chosen sizes and partitions.
     ``cal``: the choice batches (with the full network's outputs ``reference``); ``fit``: the
@@ -299,10 +298,7 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
     ``per_batch``: seconds of one forward pass of a batch; ``teacher``: the full-size graph
     module, when the caller holds one (the importance pass runs it, and the reconstruction reads
     its tensors, instead of a copy); ``nbytes``: the bytes of the network's weights (memory is given
-    back to the system between the stages when they are many: :func:`~torchinn.model.memory.release_memory`).
-    Where the starts' measurements show a forward pass slower than ``per_batch`` (a machine that got
-    busier), what follows is planned at their pace, and the ``after_passes`` passes the caller makes
-    after the choices end that much sooner."""
+    back to the system between the stages when they are many: :func:`~torchinn.model.memory.release_memory`)."""
     clock = _Clock(seconds)
     spent: dict[str, float] = {}
     skipped: list[str] = []
@@ -334,11 +330,8 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
     least = (RECONSTRUCT_LEAST + 2 * len(judge)) * per_batch
     room = clock.left() - len(cal) * per_batch  # after the first start's measurement
     hold = min(need, room) if reconstruct and judge and least <= room else 0.0
-    method, table, start, pace = _sizes_and_starts(imodel, options, cal, reference, loss, kinds, importance, clock,
-                                                   share, per_batch, skipped, hold)
-    if pace > per_batch:  # the machine got slower since the first pass: what comes after is planned at this pace,
-        clock.end -= after_passes * (pace - per_batch)  # and the passes after the choices take longer too
-        per_batch = pace
+    method, table, start = _sizes_and_starts(imodel, options, cal, reference, loss, kinds, importance, clock, share,
+                                             per_batch, skipped, hold)
     if method == "given":
         table = {}
     release_memory(nbytes)
