@@ -27,6 +27,20 @@ def _mlp_and_batches(n: int, rows: int = 16):
     return model, inputs, [(torch.randn(rows, 32, generator=g),) for _ in range(n)]
 
 
+def _teacher_and_outputs(n: int):
+    """An MLP converted without permutation, its full-size teacher, ``n`` batches of 8 rows as
+    Inputs and the teacher's outputs on them."""
+    from torchinn.model.inputs import Inputs, run
+
+    model, inputs, cal = _mlp_and_batches(n, rows=8)
+    imodel = inn.convert(model, inputs, FAST)
+    teacher = imodel.to_discrete(graph=True).eval()
+    batches = [Inputs(b) for b in cal]
+    with torch.no_grad():
+        reference = [run(teacher, b) for b in batches]
+    return imodel, teacher, batches, reference
+
+
 def test_the_reconstruction_is_fitted_on_training_batches_and_judged_on_the_others(monkeypatch):
     model, inputs, cal = _mlp_and_batches(10)
     fitted: list[list] = []
@@ -225,15 +239,10 @@ def test_a_budget_too_short_for_tuning_goes_to_the_choices(monkeypatch):
 
 def test_importance_runs_on_the_first_samples_of_a_batch_when_a_whole_one_does_not_fit():
     from torchinn.compression.importance import measure_importance
-    from torchinn.model.inputs import Inputs, leading_samples, run
+    from torchinn.model.inputs import leading_samples
     from torchinn.training.distill import Distillation
 
-    model, inputs, cal = _mlp_and_batches(2, rows=8)
-    imodel = inn.convert(model, inputs, FAST)
-    teacher = imodel.to_discrete(graph=True).eval()
-    batches = [Inputs(b) for b in cal]
-    with torch.no_grad():
-        reference = [run(teacher, b) for b in batches]
+    imodel, teacher, batches, reference = _teacher_and_outputs(2)
     loss, skipped = Distillation("mse"), []
     # one batch is said to cost 1 s a pass; the share allows half of one batch's importance pass
     got = choices._importance(imodel, batches, reference, loss, 0.5 * choices.IMPORTANCE_PASSES, skipped,
@@ -388,15 +397,10 @@ def test_the_held_out_batches_decide_between_the_best_starts_on_the_choice_batch
 
 
 def test_forward_only_activation_batches_only_where_the_choices_hold_enough_passes():
-    from torchinn.model.inputs import Inputs, run
     from torchinn.training.distill import Distillation
 
-    model, inputs, cal = _mlp_and_batches(6, rows=8)
-    imodel = inn.convert(model, inputs, FAST)
-    teacher = imodel.to_discrete(graph=True).eval()
-    batches = [Inputs(b) for b in cal]
-    with torch.no_grad():
-        reference = [run(teacher, b) for b in batches[:1]]
+    imodel, teacher, batches, reference = _teacher_and_outputs(6)
+    reference = reference[:1]
     loss = Distillation("mse")
     # a pass is said to cost 0.01 s: the Fisher pass reads the choice batch, the others are forward only
     many = choices.ACTIVATION_MIN_PASSES * 0.01
