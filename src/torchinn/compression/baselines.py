@@ -150,7 +150,7 @@ def _tensors_of(gm: fx.GraphModule, imodel: IntegralModel) -> dict[str, Tensor]:
     if len(missing) == len(names):
         raise ValueError(f"the teacher has no tensor named {missing[0]!r}: pass the full-size graph module of this "
                          "model (to_discrete(graph=True) at full size)")
-    spare = imodel.tensors(imodel.full_partitions()) if missing else {}
+    spare = imodel.tensors(imodel.full_partitions(), missing) if missing else {}  # only those are sampled
     return {n: (named[n] if n in named else spare[n]).detach() for n in names}
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -255,12 +255,14 @@ class IntegralModel(nn.Module):
         """Fresh full-size standard partitions for every group (the converted network's)."""
         return {n: UniformPartition(p.max_size, p.quadrature) for n, p in self.partition_map().items()}
 
-    def tensors(self, partitions: Mapping[str, Partition] | None = None) -> dict[str, Tensor]:
-        """Every tensor of the network sampled on ``partitions`` (default: the current ones)."""
-        parts = self.partition_map() if partitions is None else dict(partitions)
-        sampled = sample_tensors(self.functions, parts)
+    def tensors(self, partitions: Mapping[str, Partition] | None = None,
+                names: Sequence[str] | None = None) -> dict[str, Tensor]:
+        """Every tensor (or those of ``names``) sampled on ``partitions`` (default: the current ones)."""
+        names, keys = (self.tensor_names, None) if names is None else (list(names), {module_key(n) for n in names})
+        sampled = sample_tensors({k: f for k, f in self.functions.items() if keys is None or k in keys},
+                                 self.partition_map() if partitions is None else dict(partitions))
         return {name: sampled[module_key(name)] if module_key(name) in self.functions
-                else getattr(self.fixed, module_key(name)) for name in self.tensor_names}
+                else getattr(self.fixed, module_key(name)) for name in names}
 
     def num_parameters(self, sizes: Mapping[str, int] | None = None) -> int:
         """Parameters of :meth:`to_discrete` at ``sizes`` (group -> size; default: current)."""
@@ -371,7 +373,7 @@ class IntegralModel(nn.Module):
         for a ``gm`` that is not used after). A tensor that no op of ``gm`` reads (a dead branch:
         BERT's pooler under a sentence embedder) is not in ``gm``: it comes at the current sizes."""
         held = dict(gm.named_parameters(remove_duplicate=False)) | dict(gm.named_buffers(remove_duplicate=False))
-        spare = self.tensors() if any(n not in held for n in self.tensor_names) else {}
+        spare = self.tensors(names=[n for n in self.tensor_names if n not in held])  # only the missing are sampled
         named = {n: held[n] if n in held else spare[n].detach() for n in self.tensor_names}
         return user_module(self, gm, named, "module_from()", share=share)
 
