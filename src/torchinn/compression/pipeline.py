@@ -245,6 +245,7 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
     t0 = time.perf_counter()
     before = _metric(full, metric, example_inputs)
     metric_seconds = time.perf_counter() - t0
+    t_ref = time.perf_counter()  # the teacher's passes and the loss: "reference" in report.seconds
     cal, reference, per_batch = _choice_batches(full, train_source, example_inputs, bound)
     nbytes = weight_bytes(model)
     release_memory(nbytes)  # what the teacher's first passes left behind
@@ -261,6 +262,7 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
     judge = judge[:max(1, int(CHOICE_PASSES_SHARE * bound / per_batch))] if per_batch > 0 else judge
     with torch.no_grad():
         judged = [run(full, b) for b in judge]
+    seconds["reference"] = time.perf_counter() - t_ref
     fit = ([batch_inputs(b) for b in train_source[:FIT_BATCHES]] if isinstance(train_source, Sequence) else list(cal))
     if sizes is not None:
         with kept_partitions(imodel):  # checked and rounded as resize does it
