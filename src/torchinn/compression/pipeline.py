@@ -290,10 +290,12 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
                   per_batch=per_batch, teacher=full, nbytes=nbytes)
     judged = None  # the teacher's outputs on the held-out batches judged the choices only (a LM's: 201 MB a batch)
     seconds.update(made.seconds)
-    if few:
+    if few:  # the choices may end early (a faster pass than measured): say what was left unused
+        unused = bound - (time.perf_counter() - t_budget) - reserve
+        ended = f" and ended with {unused:.0f} s of it unused" if unused >= 1.0 else ""
         made.skipped.append(f"tuning (about {steps:.0f} steps would fit after the choices, fewer than "
-                            f"{MIN_TUNING_STEPS}: the choices took the budget, and no step is started after them; "
-                            f"calibration batches of fewer rows make a step cheaper)")
+                            f"{MIN_TUNING_STEPS}: the choices were given the budget{ended}, and no step is started "
+                            f"after them; calibration batches of fewer rows make a step cheaper)")
     choice, recon, versus = made.start, made.reconstruction, made.held_out
     err0 = choice.error
     start_errors = dict(choice.errors)
