@@ -202,7 +202,7 @@ def test_choose_sizes_reads_a_one_shot_calibration_iterator_once():
 def test_compress_screens_the_reconstruction_on_the_choice_batches(monkeypatch):
     # with many calibration batches the refit is first fitted on the few choice batches; it is
     # refit on all of them only when that screened fit is not clearly behind the partitions
-    import torchinn.compression.choices as choices
+    import torchinn.compression.refit_candidate as refit_candidate
     import torchinn.compression.pipeline as compression
 
     torch.manual_seed(0)
@@ -213,8 +213,8 @@ def test_compress_screens_the_reconstruction_on_the_choice_batches(monkeypatch):
     _, report = compress(model, inputs, 0.5, **args)
     held = report.reconstruct_errors
     assert {"partitions", "reconstruct_screened", "reconstruct"} <= set(held)
-    assert held["reconstruct_screened"] <= choices.SCREEN_MARGIN * held["partitions"]
-    monkeypatch.setattr(choices, "SCREEN_MARGIN", 0.0)  # every screened fit is "clearly behind"
+    assert held["reconstruct_screened"] <= refit_candidate.SCREEN_MARGIN * held["partitions"]
+    monkeypatch.setattr(refit_candidate, "SCREEN_MARGIN", 0.0)  # every screened fit is "clearly behind"
     _, report = compress(model, inputs, 0.5, **args)
     assert "reconstruct" not in report.reconstruct_errors and "reconstruct_screened" in report.reconstruct_errors
     assert "reconstruct" not in report.starts.values()

@@ -25,7 +25,8 @@ per second, and measures once what several choices share:
    or chosen on (when its whole first fit does not fit the time left, fitted in part: the layers it
    does not reach keep their selected weights; skipped, judging included, when not even
    ``RECONSTRUCT_LEAST`` passes of it fit): first fitted on the choice batches (screening), refit on all the training
-   batches when the screened fit is close and the time left allows.
+   batches when the screened fit is close and the time left allows; where no tuning follows, fitted again on
+   the held-out runner-up start's channels when the time allows (:mod:`torchinn.compression.refit_candidate`).
 5. **Group by group** starts (:func:`torchinn.compression.starts.refine_start`) with the time left.
 
 Every stage that cannot fit its share is skipped and named in :attr:`Choices.skipped`.
@@ -47,6 +48,7 @@ from .importance import Importance, measure_importance
 from ..model.integral_model import IntegralModel
 from ..model.inputs import batch_size, leading_samples
 from ..model.memory import release_memory
+from . import refit_candidate
 from .starts import StartChoice, best_start, distill_error, held_out_start, kept_partitions, refine_start
 
 __all__ = ["Choices", "choose"]
@@ -78,23 +80,11 @@ HELD_OUT_STARTS = 2
 #: the measured sensitivities join the sizes only when their estimated cost is below this share
 #: of the time left
 SENSITIVITY_SHARE = 0.25
-#: the reconstruction is refit on all the training batches only when, fitted on the choice
-#: batches, its held-out error is below this many times the partitions' (a screened fit is a
-#: little worse than the full one)
-SCREEN_MARGIN = 2.0
 #: trying the starts group by group is skipped when the reconstruction's held-out error is below
 #: the partitions' divided by this (it could not make up the difference)
 REFINE_GAIN = 4.0
 #: at most this many training batches fit the reconstruction
 FIT_BATCHES = 64
-#: a reconstruction costs about this many forward passes per batch it is fitted on (the capture
-#: through the full and the pruned network, then the solves); it is not tried when that would
-#: not fit in the time left
-RECONSTRUCT_PASSES = 4.0
-#: ... but where this many forward passes of it fit (with the judging of both candidates), it is fitted
-#: in part (its deadline leaves the layers it does not reach as selected): on a LM with a budget of
-#: a few passes, a partial refit beats the channels as selected (benchmarks/RESULTS.md)
-RECONSTRUCT_LEAST = 1.0
 
 
 @dataclass
@@ -166,12 +156,6 @@ def _importance(imodel: IntegralModel, cal: Sequence[tuple], reference: Sequence
     return got
 
 
-def _first_fit(cal: Sequence[tuple], fit: Sequence[tuple]) -> Sequence[tuple]:
-    """What the reconstruction is fitted on first: the choice batches (a screening) when the
-    training batches are more than twice as many, else all of them."""
-    return cal if len(fit) > 2 * len(cal) else fit
-
-
 def _size_options(imodel: IntegralModel, target: float, metric: str, cal: Sequence[tuple], example_inputs: tuple,
                   min_ratio: float, loss: Distillation, multiples: Mapping[str, int], importance: Importance | None,
                   sensitivity_seconds: float, clock: _Clock, skipped: list[str]) -> dict[str, dict[str, int]]:
@@ -226,70 +210,11 @@ def _sizes_and_starts(imodel: IntegralModel, options: Mapping[str, Mapping[str, 
     return winner, table, results[winner]
 
 
-def _start_scores(start: StartChoice, importance: Importance | None) -> dict[str, Any]:
-    """Per group whose chosen start selects by activation or Fisher scores, those scores."""
-    found = {"activation": importance.activation, "fisher": importance.fisher} if importance else {}
-    return {n: found[k][n] for n, k in start.kinds.items() if n in found.get(k, {})}
-
-
-def _reconstruct(imodel: IntegralModel, sizes: Mapping[str, int], cal: Sequence[tuple], fit: Sequence[tuple],
-                 judge: Sequence[tuple], judged: Sequence[Any], mine: float, loss: Distillation, clock: _Clock,
-                 per_batch: float, skipped: list[str], scores: Mapping[str, Any] | None = None,
-                 teacher: Any = None, least: float = 0.0) -> tuple[nn.Module | None, dict[str, float]]:
-    """The reconstruction baseline at ``sizes`` (fitted on ``fit``, never on ``judge``; channels
-    selected by ``scores`` where given, else L1) when it beats ``mine`` (the partitions' error on
-    ``judge``), and the errors measured on the way. The first fit starts when ``least`` seconds
-    are left even if the whole of it would not fit (a partial fit: the layers its deadline does not
-    reach keep their selected weights)."""
-    from .baselines import reconstruct
-
-    errors = {"partitions": mine}
-    screens = [list(cal)] if _first_fit(cal, fit) is cal else []
-    recon = None
-    fits: dict[str, Any] = {}
-    for data in screens + [list(fit)]:
-        guess = RECONSTRUCT_PASSES * len(data) * per_batch
-        if recon is None and guess > clock.left() and (not least or least - len(judge) * per_batch > clock.left()):
-            skipped.append(f"reconstruction on {len(data)} batches (about {guess:.1f} s, {clock.left():.1f} s left)")
-            break
-        t0 = time.perf_counter()
-        try:
-            candidate = reconstruct(imodel, dict(sizes), data, scores=scores, teacher=teacher,
-                                    max_seconds=max(0.0, clock.left() - len(judge) * per_batch)).eval()
-            fits = candidate.refit_report
-        except (RuntimeError, ValueError, NotImplementedError) as err:  # a candidate, not a requirement
-            log.info("no reconstruction candidate (%s: %s)", type(err).__name__, err)
-            skipped.append(f"reconstruction ({type(err).__name__}: {err})")
-            break
-        late = [n for n, r in fits.items() if str(r.get("skipped", "")).startswith("out of time")]
-        if late:
-            skipped.append(f"the refit of {len(late)} layers (out of time: they keep their selected weights)")
-        theirs = distill_error(candidate, judge, judged, loss)
-        recon = candidate
-        if data is fit or len(data) == len(fit):
-            errors["reconstruct"] = theirs
-            break
-        errors["reconstruct_screened"] = theirs
-        if theirs > SCREEN_MARGIN * mine:
-            log.info("reconstruction screened out: %.4g vs best partitions %.4g", theirs, mine)
-            return None, errors
-        spent = time.perf_counter() - t0
-        if spent * len(fit) / len(data) > clock.left():
-            skipped.append(f"reconstruction on all {len(fit)} training batches (about "
-                           f"{spent * len(fit) / len(data):.1f} s): the screened fit is the candidate")
-            errors["reconstruct"] = theirs
-            break
-    if recon is None or errors.get("reconstruct", float("inf")) >= mine:
-        return None, errors
-    log.info("reconstruction %.4g vs best partitions %.4g on held-out calibration batches", errors["reconstruct"], mine)
-    return recon, errors
-
-
 def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[str, int] | None,
            cal: Sequence[tuple], reference: Sequence[Any], fit: Sequence[tuple], judge: Sequence[tuple],
            judged: Sequence[Any], loss: Distillation, example_inputs: tuple, min_ratio: float, multiples: Mapping[str, int],
            kinds: Sequence[str], reconstruct: bool, seconds: float, per_batch: float,
-           teacher: Any = None, nbytes: int = 0) -> Choices:
+           teacher: Any = None, nbytes: int = 0, spare: bool = False) -> Choices:
     """Sizes, starting partitions and possibly the reconstruction for ``imodel`` within
     ``seconds`` (see the module); ``imodel`` is left at the chosen sizes and partitions.
     ``cal``: the choice batches (with the full network's outputs ``reference``); ``fit``: the
@@ -298,7 +223,9 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
     ``per_batch``: seconds of one forward pass of a batch; ``teacher``: the full-size graph
     module, when the caller holds one (the importance pass runs it, and the reconstruction reads
     its tensors, instead of a copy); ``nbytes``: the bytes of the network's weights (memory is given
-    back to the system between the stages when they are many: :func:`~torchinn.model.memory.release_memory`)."""
+    back to the system between the stages when they are many: :func:`~torchinn.model.memory.release_memory`);
+    ``spare``: no tuning follows, so the time the choices leave would go unused (a second reconstruction
+    may take it)."""
     clock = _Clock(seconds)
     spent: dict[str, float] = {}
     skipped: list[str] = []
@@ -321,13 +248,13 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
     spent["choose_sizes"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     share = 0.5 if reconstruct and judge else 0.8
-    first = _first_fit(cal, fit)
-    need = (RECONSTRUCT_PASSES * len(first) + len(judge)) * per_batch
+    first = refit_candidate.first_fit(cal, fit)
+    need = (refit_candidate.RECONSTRUCT_PASSES * len(first) + len(judge)) * per_batch
     # the reconstruction's first fit is kept clear of the starts beyond the first one measured: where
     # both do not fit, the refit gains more (on SmolLM2 with 60 s the starts took the time it needed);
     # where the whole fit does not fit either, what is left after the first start goes to a partial one
     # (its deadline leaves the last layers as selected), as long as RECONSTRUCT_LEAST passes of it fit
-    least = (RECONSTRUCT_LEAST + 2 * len(judge)) * per_batch
+    least = (refit_candidate.RECONSTRUCT_LEAST + 2 * len(judge)) * per_batch
     room = clock.left() - len(cal) * per_batch  # after the first start's measurement
     hold = min(need, room) if reconstruct and judge and least <= room else 0.0
     method, table, start = _sizes_and_starts(imodel, options, cal, reference, loss, kinds, importance, clock, share,
@@ -353,10 +280,17 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
     elif reconstruct and judge:
         t0 = time.perf_counter()
         mine = distill_error(imodel, judge, judged, loss) if mine is None else mine
-        recon, versus = _reconstruct(imodel, chosen, cal, fit, judge, judged, mine, loss, clock, per_batch,
-                                     skipped, _start_scores(start, importance), teacher, least)
+        scores = refit_candidate.start_scores(start, importance)
+        recon, versus = refit_candidate.reconstruct_candidate(imodel, chosen, cal, fit, judge, judged, mine, loss,
+                                                              clock, per_batch, skipped, scores, teacher, least)
         release_memory(nbytes)
         spent["reconstruct"] = time.perf_counter() - t0
+        if spare and recon is not None:  # time no tuning would use: the runner-up start's channels, refit too
+            recon = refit_candidate.runner_up(imodel, chosen, cal, fit, judge, judged, loss, clock, per_batch,
+                                              skipped, start, importance, held, teacher, recon, versus,
+                                              spent["reconstruct"])
+            release_memory(nbytes)
+            spent["reconstruct"] = time.perf_counter() - t0
     if recon is None or REFINE_GAIN * versus["reconstruct"] >= versus["partitions"]:
         t0 = time.perf_counter()
         trial = len(start.options) * len(cal) * per_batch  # one group's trials

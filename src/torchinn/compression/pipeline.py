@@ -287,7 +287,7 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
     made = choose(imodel, target=target, metric=metric, sizes=sizes, cal=cal, reference=reference, fit=fit,
                   judge=judge, judged=judged, loss=loss, example_inputs=example_inputs, min_ratio=min_ratio,
                   multiples=multiples, kinds=starts, reconstruct=reconstruct, seconds=max(0.0, share * left),
-                  per_batch=per_batch, teacher=full, nbytes=nbytes)
+                  per_batch=per_batch, teacher=full, nbytes=nbytes, spare=tune is False or few)
     judged = None  # the teacher's outputs on the held-out batches judged the choices only (a LM's: 201 MB a batch)
     seconds.update(made.seconds)
     if few:  # the choices may end early (a faster pass than measured): say what was left unused

@@ -1,0 +1,142 @@
+"""The reconstruction candidate among :func:`torchinn.compress`'s choices.
+
+L1 (or score) selection followed by a least-squares refit of the layers that read pruned channels
+(:func:`torchinn.compression.baselines.reconstruct`), fitted on the training batches only and
+judged against the partitions on held-out batches that no candidate was fitted or chosen on: first
+fitted on the choice batches (a screening), refit on all the training batches when the screened
+fit is close and the time left allows; fitted in part when its whole fit does not fit the time
+(the layers its deadline does not reach keep their selected weights). Where no tuning follows and
+the time allows, it is fitted again on the channels of the held-out runner-up start
+(:func:`runner_up`), and the one with the lower held-out error is kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from ..model.integral_model import IntegralModel
+from ..training.distill import Distillation
+from .importance import Importance
+from .starts import StartChoice, distill_error
+
+__all__ = ["first_fit", "start_scores", "reconstruct_candidate", "runner_up"]
+
+log = logging.getLogger(__name__)
+
+#: the reconstruction is refit on all the training batches only when, fitted on the choice
+#: batches, its held-out error is below this many times the partitions' (a screened fit is a
+#: little worse than the full one)
+SCREEN_MARGIN = 2.0
+#: a reconstruction costs about this many forward passes per batch it is fitted on (the capture
+#: through the full and the pruned network, then the solves); it is not tried when that would
+#: not fit in the time left
+RECONSTRUCT_PASSES = 4.0
+#: ... but where this many forward passes of it fit (with the judging of both candidates), it is fitted
+#: in part (its deadline leaves the layers it does not reach as selected): on a LM with a budget of
+#: a few passes, a partial refit beats the channels as selected (benchmarks/RESULTS.md)
+RECONSTRUCT_LEAST = 1.0
+#: with time no tuning would use, the reconstruction is fitted again on the held-out runner-up start's
+#: channels when this many times the first fit's seconds are left (it is kept when its held-out error is lower)
+RUNNER_UP_MARGIN = 1.2
+
+
+def first_fit(cal: Sequence[tuple], fit: Sequence[tuple]) -> Sequence[tuple]:
+    """What the reconstruction is fitted on first: the choice batches (a screening) when the
+    training batches are more than twice as many, else all of them."""
+    return cal if len(fit) > 2 * len(cal) else fit
+
+
+def start_scores(start: StartChoice, importance: Importance | None) -> dict[str, Any]:
+    """Per group whose chosen start selects by activation or Fisher scores, those scores."""
+    found = {"activation": importance.activation, "fisher": importance.fisher} if importance else {}
+    return {n: found[k][n] for n, k in start.kinds.items() if n in found.get(k, {})}
+
+
+def reconstruct_candidate(imodel: IntegralModel, sizes: Mapping[str, int], cal: Sequence[tuple], fit: Sequence[tuple],
+                 judge: Sequence[tuple], judged: Sequence[Any], mine: float, loss: Distillation, clock: Any,
+                 per_batch: float, skipped: list[str], scores: Mapping[str, Any] | None = None,
+                 teacher: Any = None, least: float = 0.0) -> tuple[nn.Module | None, dict[str, float]]:
+    """The reconstruction baseline at ``sizes`` (fitted on ``fit``, never on ``judge``; channels
+    selected by ``scores`` where given, else L1) when it beats ``mine`` (the partitions' error on
+    ``judge``), and the errors measured on the way. The first fit starts when ``least`` seconds
+    are left even if the whole of it would not fit (a partial fit: the layers its deadline does not
+    reach keep their selected weights)."""
+    from .baselines import reconstruct
+
+    errors = {"partitions": mine}
+    screens = [list(cal)] if first_fit(cal, fit) is cal else []
+    recon = None
+    fits: dict[str, Any] = {}
+    for data in screens + [list(fit)]:
+        guess = RECONSTRUCT_PASSES * len(data) * per_batch
+        if recon is None and guess > clock.left() and (not least or least - len(judge) * per_batch > clock.left()):
+            skipped.append(f"reconstruction on {len(data)} batches (about {guess:.1f} s, {clock.left():.1f} s left)")
+            break
+        t0 = time.perf_counter()
+        try:
+            candidate = reconstruct(imodel, dict(sizes), data, scores=scores, teacher=teacher,
+                                    max_seconds=max(0.0, clock.left() - len(judge) * per_batch)).eval()
+            fits = candidate.refit_report
+        except (RuntimeError, ValueError, NotImplementedError) as err:  # a candidate, not a requirement
+            log.info("no reconstruction candidate (%s: %s)", type(err).__name__, err)
+            skipped.append(f"reconstruction ({type(err).__name__}: {err})")
+            break
+        late = [n for n, r in fits.items() if str(r.get("skipped", "")).startswith("out of time")]
+        if late:
+            skipped.append(f"the refit of {len(late)} layers (out of time: they keep their selected weights)")
+        theirs = distill_error(candidate, judge, judged, loss)
+        recon = candidate
+        if data is fit or len(data) == len(fit):
+            errors["reconstruct"] = theirs
+            break
+        errors["reconstruct_screened"] = theirs
+        if theirs > SCREEN_MARGIN * mine:
+            log.info("reconstruction screened out: %.4g vs best partitions %.4g", theirs, mine)
+            return None, errors
+        spent = time.perf_counter() - t0
+        if spent * len(fit) / len(data) > clock.left():
+            skipped.append(f"reconstruction on all {len(fit)} training batches (about "
+                           f"{spent * len(fit) / len(data):.1f} s): the screened fit is the candidate")
+            errors["reconstruct"] = theirs
+            break
+    if recon is None or errors.get("reconstruct", float("inf")) >= mine:
+        return None, errors
+    log.info("reconstruction %.4g vs best partitions %.4g on held-out calibration batches", errors["reconstruct"], mine)
+    return recon, errors
+
+
+def runner_up(imodel: IntegralModel, sizes: Mapping[str, int], cal: Sequence[tuple], fit: Sequence[tuple],
+               judge: Sequence[tuple], judged: Sequence[Any], loss: Distillation, clock: Any, per_batch: float,
+               skipped: list[str], start: StartChoice, importance: Importance | None, held: Mapping[str, float],
+               teacher: Any, recon: nn.Module, versus: dict[str, float], took: float) -> nn.Module:
+    """``recon``, or the reconstruction on the channels of the held-out runner-up start (the
+    scores it selects by) where that fits in ``clock`` and has the lower held-out error: a
+    start's partitions and its refit need not rank alike (an unseen recognizer: 0.76 against
+    1.41 by the start the time allowed)."""
+    def channels(kind: str) -> str:  # the starts other than these select their points by L1 norm
+        return kind if kind in ("activation", "fisher") else "l1"
+    chosen = channels(next(iter(start.kinds.values()), "l1"))
+    other = next((k for k in sorted(held, key=held.get) if channels(k) != chosen), None)
+    if other is None or clock.left() < RUNNER_UP_MARGIN * took:
+        if other is not None:
+            skipped.append(f"the reconstruction on the {other} start's channels (about {took:.1f} s, "
+                           f"{max(0.0, clock.left()):.1f} s left)")
+        return recon
+    scores = start_scores(dataclasses.replace(start, kinds={n: other for n in start.kinds}), importance)
+    versus[f"reconstruct {chosen}"] = versus["reconstruct"]
+    best = min(versus["reconstruct"], versus["partitions"])
+    second, errors = reconstruct_candidate(imodel, sizes, cal, fit, judge, judged, best, loss, clock, per_batch, skipped,
+                                  scores, teacher)
+    if "reconstruct" in errors:
+        versus[f"reconstruct {channels(other)}"] = errors["reconstruct"]
+    if second is None:
+        return recon
+    log.info("reconstruction on the %s start's channels: %.4g against %.4g", other, errors["reconstruct"], best)
+    versus["reconstruct"] = errors["reconstruct"]
+    return second
