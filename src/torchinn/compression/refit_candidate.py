@@ -119,7 +119,8 @@ def runner_up(imodel: IntegralModel, sizes: Mapping[str, int], cal: Sequence[tup
     scores it selects by) where that fits in ``clock`` and has the lower held-out error: a
     start's partitions and its refit need not rank alike (waifu2x at 25%: the activation start
     beats the Fisher one on held-out batches, 1.45e-4 against 1.48e-4, and its refit loses to
-    Fisher's, 8.5e-5 against 7.2e-5)."""
+    Fisher's, 8.5e-5 against 7.2e-5). While the second is fitted, both candidates are held: one
+    more copy of the compressed network's weights."""
     def channels(kind: str) -> str:  # the starts other than these select their points by L1 norm
         return kind if kind in ("activation", "fisher") else "l1"
     chosen = channels(next(iter(start.kinds.values()), "l1"))
