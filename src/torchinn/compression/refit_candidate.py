@@ -133,8 +133,8 @@ def runner_up(imodel: IntegralModel, sizes: Mapping[str, int], cal: Sequence[tup
     scores = start_scores(dataclasses.replace(start, kinds={n: other for n in start.kinds}), importance)
     versus[f"reconstruct {chosen}"] = versus["reconstruct"]
     best = min(versus["reconstruct"], versus["partitions"])
-    second, errors = reconstruct_candidate(imodel, sizes, cal, fit, judge, judged, best, loss, clock, per_batch, skipped,
-                                  scores, teacher)
+    second, errors = reconstruct_candidate(imodel, sizes, cal, fit, judge, judged, best, loss, clock, per_batch,
+                                           skipped, scores, teacher)
     if "reconstruct" in errors:
         versus[f"reconstruct {channels(other)}"] = errors["reconstruct"]
     if second is None:
