@@ -280,14 +280,14 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
     elif reconstruct and judge:
         t0 = time.perf_counter()
         mine = distill_error(imodel, judge, judged, loss) if mine is None else mine
-        scores = refit_candidate.start_scores(start, importance)
-        recon, versus = refit_candidate.reconstruct_candidate(imodel, chosen, cal, fit, judge, judged, mine, loss,
-                                                              clock, per_batch, skipped, scores, teacher, least)
+        def refit(scores: Mapping[str, Any], error: float, least: float = 0.0) -> tuple[Any, dict[str, float]]:
+            return refit_candidate.reconstruct_candidate(imodel, chosen, cal, fit, judge, judged, error, loss, clock,
+                                                         per_batch, skipped, scores, teacher, least)
+        recon, versus = refit(refit_candidate.start_scores(start, importance), mine, least)
         release_memory(nbytes)
         spent["reconstruct"] = time.perf_counter() - t0
         if spare and recon is not None:  # time no tuning would use: the runner-up start's channels, refit too
-            recon = refit_candidate.runner_up(imodel, chosen, cal, fit, judge, judged, loss, clock, per_batch,
-                                              skipped, start, importance, held, teacher, recon, versus,
+            recon = refit_candidate.runner_up(refit, clock, skipped, start, importance, held, recon, versus,
                                               spent["reconstruct"])
             release_memory(nbytes)
             spent["reconstruct"] = time.perf_counter() - t0

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -111,16 +111,16 @@ def reconstruct_candidate(imodel: IntegralModel, sizes: Mapping[str, int], cal: 
     return recon, errors
 
 
-def runner_up(imodel: IntegralModel, sizes: Mapping[str, int], cal: Sequence[tuple], fit: Sequence[tuple],
-               judge: Sequence[tuple], judged: Sequence[Any], loss: Distillation, clock: Any, per_batch: float,
-               skipped: list[str], start: StartChoice, importance: Importance | None, held: Mapping[str, float],
-               teacher: Any, recon: nn.Module, versus: dict[str, float], took: float) -> nn.Module:
+def runner_up(refit: Callable[[Mapping[str, Any], float], tuple[nn.Module | None, dict[str, float]]],
+              clock: Any, skipped: list[str], start: StartChoice, importance: Importance | None,
+              held: Mapping[str, float], recon: nn.Module, versus: dict[str, float], took: float) -> nn.Module:
     """``recon``, or the reconstruction on the channels of the held-out runner-up start (the
     scores it selects by) where that fits in ``clock`` and has the lower held-out error: a
     start's partitions and its refit need not rank alike (waifu2x at 25%: the activation start
     beats the Fisher one on held-out batches, 1.45e-4 against 1.48e-4, and its refit loses to
     Fisher's, 8.5e-5 against 7.2e-5). While the second is fitted, both candidates are held: one
-    more copy of the compressed network's weights."""
+    more copy of the compressed network's weights. ``refit(scores, error)``:
+    :func:`reconstruct_candidate` on the channels of ``scores``, kept when below ``error``."""
     def channels(kind: str) -> str:  # the starts other than these select their points by L1 norm
         return kind if kind in ("activation", "fisher") else "l1"
     chosen = channels(next(iter(start.kinds.values()), "l1"))
@@ -133,8 +133,7 @@ def runner_up(imodel: IntegralModel, sizes: Mapping[str, int], cal: Sequence[tup
     scores = start_scores(dataclasses.replace(start, kinds={n: other for n in start.kinds}), importance)
     versus[f"reconstruct {chosen}"] = versus["reconstruct"]
     best = min(versus["reconstruct"], versus["partitions"])
-    second, errors = reconstruct_candidate(imodel, sizes, cal, fit, judge, judged, best, loss, clock, per_batch,
-                                           skipped, scores, teacher)
+    second, errors = refit(scores, best)
     if "reconstruct" in errors:
         versus[f"reconstruct {channels(other)}"] = errors["reconstruct"]
     if second is None:
