@@ -22,7 +22,6 @@ weights for a batch of 4). Two things bound them, without changing what is compu
 from __future__ import annotations
 
 import contextlib
-import time
 import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -31,6 +30,7 @@ import torch
 from torch import Tensor
 from torch.utils import _pytree as pytree
 
+from . import clock as timer
 from ..model.inputs import Inputs, batch_size, padding_mask, position_mask, run
 from ..training.channels import weight_shaped
 from ..training.distill import Distillation
@@ -183,7 +183,7 @@ def fisher_batch(full: Any, b: Any, ref: Any, loss: Distillation, gen: torch.Gen
     ``chunk[0]``, and the probe's samples ``chunk[1]``, kept for the next batches; no chunk is
     smaller than the probe); the cotangents are drawn on the whole batch first, as without
     chunks, and a chunk after the first is not started when it would end past ``until`` (a
-    ``time.perf_counter()`` value; at the mean time of the chunks made). A batch that does not
+    :func:`~torchinn.compression.clock.now` value; at the mean time of the chunks made). A batch that does not
     run in chunks runs whole, or its first ``limit`` samples (a guess of what fits, when no time
     is measured yet)."""
     b = b if isinstance(b, Inputs) else Inputs(tuple(b))  # a tuple of positional inputs
@@ -222,9 +222,9 @@ def fisher_batch(full: Any, b: Any, ref: Any, loss: Distillation, gen: torch.Gen
     if len(starts) > 1 and n - starts[-1] < least:  # no last chunk smaller than a batch that runs
         starts.pop()
     for start, stop in zip(starts, starts[1:] + [n]):
-        if until is not None and took and time.perf_counter() + sum(took) / len(took) > until:
+        if until is not None and took and timer.now() + sum(took) / len(took) > until:
             break  # the next chunk would end past the deadline
-        t0 = time.perf_counter()
+        t0 = timer.now()
         part = sample_slice(b, start, stop)
         mode.taylor, mode.mask = {}, padding_mask(part)
         with torch.enable_grad(), mode:
@@ -234,7 +234,7 @@ def fisher_batch(full: Any, b: Any, ref: Any, loss: Distillation, gen: torch.Gen
         del out
         _squares(mode, out_sums)
         done = stop
-        took.append(time.perf_counter() - t0)
+        took.append(timer.now() - t0)
     if done == n:
         return out_sums, n, 1.0
     # measured alone, the first samples' cotangents would be scaled for their own rows (for "kl" the
@@ -247,11 +247,11 @@ def forward_only(full: Any, mode: Any, batches: Sequence[tuple], seconds: float,
     """Add the activation squares of ``batches`` to ``mode`` (importance's ``_Reads``), forward
     passes only (no gradients), while the next, at the mean time of those before it, ends within
     ``seconds`` (none when ``seconds <= 0``); ``result.activation_batches`` counts them."""
-    t0 = time.perf_counter()
+    t0 = timer.now()
     grads, mode.grads = mode.grads, False
     try:
         for b in batches:
-            spent = time.perf_counter() - t0
+            spent = timer.now() - t0
             done = result.activation_batches
             if (done and spent + spent / done > seconds) or (not done and seconds <= 0):
                 break

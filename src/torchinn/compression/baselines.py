@@ -42,13 +42,13 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, fx
 
+from . import clock as timer
 from ..model.integral_model import IntegralModel
 from .importance import activation_importance, channel_importance
 from ..options import check_choice, check_number
@@ -216,7 +216,7 @@ def reconstruct(imodel: IntegralModel, sizes: Mapping[str, int] | None, calibrat
         raise ValueError("ridge must be a finite number > 0 (or a sequence of them), got []")
     if max_seconds is not None:
         check_number(max_seconds, "max_seconds", 0)
-    deadline = None if max_seconds is None else time.perf_counter() + max_seconds
+    deadline = None if max_seconds is None else timer.now() + max_seconds
     batches = list(calibration)
     if not batches:
         raise ValueError("the calibration loader is empty")

@@ -35,13 +35,13 @@ Every stage that cannot fit its share is skipped and named in :attr:`Choices.ski
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
+from . import clock as timer
 from .budget import UnreachableTarget, choose_sizes
 from ..training.distill import Distillation
 from .importance import Importance, measure_importance
@@ -104,10 +104,10 @@ class Choices:
 
 class _Clock:
     def __init__(self, seconds: float) -> None:
-        self.end = time.perf_counter() + seconds
+        self.end = timer.now() + seconds
 
     def left(self) -> float:
-        return self.end - time.perf_counter()
+        return self.end - timer.now()
 
 
 def _importance(imodel: IntegralModel, cal: Sequence[tuple], reference: Sequence[Any], loss: Distillation,
@@ -196,12 +196,12 @@ def _sizes_and_starts(imodel: IntegralModel, options: Mapping[str, Mapping[str, 
                            f"{each:.1f} s each, {max(0.0, clock.left()):.1f} s left)")
             break
         seconds = share * max(0.0, clock.left() - hold) / (len(options) - i)
-        t0 = time.perf_counter()
+        t0 = timer.now()
         with kept_partitions(imodel):
             imodel.resize(dict(sizes))
             results[method] = best_start(imodel, cal, kinds=order, per_group=False, reference=reference, loss=loss,
                                          importance=importance, max_seconds=seconds)
-        took.append(time.perf_counter() - t0)
+        took.append(timer.now() - t0)
     table = {m: c.error for m, c in results.items()}
     winner = min(table, key=lambda m: table[m])
     imodel.resize(dict(options[winner]))
@@ -229,24 +229,24 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
     clock = _Clock(seconds)
     spent: dict[str, float] = {}
     skipped: list[str] = []
-    t0 = time.perf_counter()
+    t0 = timer.now()
     importance = _importance(imodel, cal, reference, loss, IMPORTANCE_SHARE * seconds, skipped, teacher, per_batch,
                              more=fit[len(cal):IMPORTANCE_BATCHES * len(cal)], whole=seconds,
                              forward=fit[IMPORTANCE_BATCHES * len(cal):], forward_seconds=ACTIVATION_SHARE * seconds)
     release_memory(nbytes)
-    spent["importance"] = time.perf_counter() - t0
+    spent["importance"] = timer.now() - t0
     if importance is None:  # best_start would measure them again, without a bound
         kinds = [k for k in kinds if k not in ("activation", "fisher")] or ["l1"]
 
-    t0 = time.perf_counter()
+    t0 = timer.now()
     if sizes is None:
         sens_cost = len(imodel.groups) * 6 * len(cal) * per_batch
         options = _size_options(imodel, target, metric, cal, example_inputs, min_ratio, loss, multiples,
                                 importance, sens_cost, clock, skipped)
     else:
         options = {"given": dict(sizes)}
-    spent["choose_sizes"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    spent["choose_sizes"] = timer.now() - t0
+    t0 = timer.now()
     share = 0.5 if reconstruct and judge else 0.8
     first = refit_candidate.first_fit(cal, fit)
     need = (refit_candidate.RECONSTRUCT_PASSES * len(first) + len(judge)) * per_batch
@@ -262,14 +262,14 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
     if method == "given":
         table = {}
     release_memory(nbytes)
-    spent["choose_start"] = time.perf_counter() - t0
+    spent["choose_start"] = timer.now() - t0
     chosen = imodel.sizes()
     mine, held = None, {}  # the chosen partitions' error on the held-out batches, every start's measured there
     if judge and len(start.errors) > 1 and HELD_OUT_STARTS * len(judge) * per_batch < clock.left():
-        t0 = time.perf_counter()
+        t0 = timer.now()
         start, held = held_out_start(imodel, start, judge, judged, loss, HELD_OUT_STARTS)
         mine = held[next(iter(start.kinds.values()))] if start.kinds else None
-        spent["held_out_starts"] = time.perf_counter() - t0
+        spent["held_out_starts"] = timer.now() - t0
 
     recon, versus = None, {}
     if reconstruct and not judge:
@@ -278,21 +278,21 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
         skipped.append(f"reconstruction on {len(first)} batches (about {need:.1f} s with its judging, "
                        f"{max(0.0, clock.left()):.1f} s left)")
     elif reconstruct and judge:
-        t0 = time.perf_counter()
+        t0 = timer.now()
         mine = distill_error(imodel, judge, judged, loss) if mine is None else mine
         def refit(scores: Mapping[str, Any], error: float, least: float = 0.0) -> tuple[Any, dict[str, float]]:
             return refit_candidate.reconstruct_candidate(imodel, chosen, cal, fit, judge, judged, error, loss, clock,
                                                          per_batch, skipped, scores, teacher, least)
         recon, versus = refit(refit_candidate.start_scores(start, importance), mine, least)
         release_memory(nbytes)
-        spent["reconstruct"] = time.perf_counter() - t0
+        spent["reconstruct"] = timer.now() - t0
         if spare and recon is not None:  # time no tuning would use: the runner-up start's channels, refit too
             recon = refit_candidate.runner_up(refit, clock, skipped, start, importance, held, recon, versus,
                                               spent["reconstruct"])
             release_memory(nbytes)
-            spent["reconstruct"] = time.perf_counter() - t0
+            spent["reconstruct"] = timer.now() - t0
     if recon is None or REFINE_GAIN * versus["reconstruct"] >= versus["partitions"]:
-        t0 = time.perf_counter()
+        t0 = timer.now()
         trial = len(start.options) * len(cal) * per_batch  # one group's trials
         if clock.left() > trial:
             before = start
@@ -313,6 +313,6 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
                         recon = None
         else:
             skipped.append("starts group by group (no time left)")
-        spent["refine_start"] = time.perf_counter() - t0
+        spent["refine_start"] = timer.now() - t0
     versus.update({f"start {k}": e for k, e in held.items()})
     return Choices(chosen, method, table, start, recon, versus, spent, skipped, importance)

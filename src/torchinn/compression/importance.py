@@ -27,7 +27,6 @@ network again.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +35,7 @@ import torch
 from torch import Tensor, fx
 from torch.overrides import TorchFunctionMode
 
+from . import clock as timer
 from ..graph.kinds import node_kind
 from ..training.distill import Distillation
 from .backward import fisher_batch, forward_only
@@ -241,7 +241,7 @@ def measure_importance(imodel: IntegralModel, batches: Sequence[tuple], loss: Di
     cheaper than a Fisher batch), while the next would end within ``activation_seconds`` of the
     end of the first stage (:attr:`Importance.activation_batches` counts them): a channel silent on
     the few batches the Fisher pass reads may not be on others."""
-    t0 = time.perf_counter()
+    t0 = timer.now()
     loss = loss or Distillation("mse")
     plans = imodel.plans()
     full = _full_network(imodel) if network is None else network
@@ -277,7 +277,7 @@ def measure_importance(imodel: IntegralModel, batches: Sequence[tuple], loss: Di
                 if done < n:
                     result.cut = (done, n)
             result.batches = i + 1
-            spent = time.perf_counter() - t0
+            spent = timer.now() - t0
             if result.cut is not None or (max_seconds is not None and spent + spent / result.batches > max_seconds):
                 break  # out of time part way through a batch, or the next would not fit
         forward_only(full, mode, list(batches[result.batches:]) + list(activation_batches), activation_seconds,
@@ -286,7 +286,7 @@ def measure_importance(imodel: IntegralModel, batches: Sequence[tuple], loss: Di
     if fisher:
         scored = {g for g, s in sums.items() if bool((s > 0).any())}
         result.fisher = {g: (sums[g] if g in scored else producer[g]) / result.batches for g in sums}
-    result.seconds = time.perf_counter() - t0
+    result.seconds = timer.now() - t0
     return result
 
 

@@ -13,7 +13,8 @@ simplest baseline it could have produced:
    reconstruction baseline joins when it beats that on held-out batches it was not fitted on.
 2. **Time**: ``TuneConfig.seconds`` bounds everything after the conversion; without tuning the
    bound is :data:`NO_TUNE_SECONDS` or :data:`NO_TUNE_PASSES` forward passes, whichever is
-   longer. What cannot fit is skipped and named in ``report.skipped``. Where 40% would leave
+   longer, counted in the time the call ran, not the time it waited for a CPU
+   (:mod:`torchinn.compression.clock`). What cannot fit is skipped and named in ``report.skipped``. Where 40% would leave
    fewer than :data:`MIN_TUNING_STEPS` steps of tuning, the choices get less (down to 20%); where
    even that does not leave them, the choices get all of it and nothing is tuned.
 3. **Grid tuning** (:func:`torchinn.training.train.tune_grid`) of the partitions, then **weight
@@ -38,10 +39,12 @@ import torch
 from torch import Tensor, nn
 
 from ..sizing.metrics import Metric
+from . import clock as timer
 from .report import CompressReport
 from .budget import check_budget, check_resizable
 from .choices import FIT_BATCHES, choose
 from ..model.convert import ConvertConfig, convert
+from ..model.integral_model import IntegralModel
 from ..model.inputs import check_batches
 from ..model.memory import release_memory, weight_bytes
 from ..training.distill import resolve_loss
@@ -137,11 +140,11 @@ def _choice_batches(full: nn.Module, train: Iterable[Any], example_inputs: tuple
     batches = [batch_inputs(b) for b in (train[:SELECT_BATCHES] if isinstance(train, Sequence)
                                          else _first(train, SELECT_BATCHES))]
     reference: list[Any] = []
-    t0 = time.perf_counter()
+    t0 = timer.now()
     with torch.no_grad():
         for b in batches:
             reference.append(run(full, b))
-            per_batch = (time.perf_counter() - t0) / len(reference)
+            per_batch = (timer.now() - t0) / len(reference)
             if per_batch * (len(reference) + 1) > CHOICE_PASSES_SHARE * bound:
                 break
     return batches[:len(reference)], reference, per_batch
@@ -197,7 +200,10 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
     ``tune=False`` does not tune: sizes and starting partitions are still chosen on the
     calibration data, within :data:`NO_TUNE_SECONDS` (30 s) or :data:`NO_TUNE_PASSES` (40)
     forward passes of a calibration batch, whichever is longer (also the bound of a
-    ``TuneConfig`` with ``seconds=None``, whose steps are then not bounded in time). The choices use the
+    ``TuneConfig`` with ``seconds=None``, whose steps are then not bounded in time). That bound
+    counts the seconds the call ran, not those it waited for a CPU (on Linux;
+    :mod:`torchinn.compression.clock`): on a loaded machine it takes longer and makes the same
+    choices, and ``report.seconds["waited"]`` says how long it waited. The choices use the
     training share of a list of calibration batches; its held-out share (``TuneConfig.holdout``)
     judges the reconstruction and validates the tuning. ``sizes`` (group -> size) skips the choice of sizes. ``starts`` limits
     the starting partitions tried (see :mod:`torchinn.compression.starts`); ``reconstruct`` also tries L1
@@ -235,17 +241,35 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
     check_resizable(imodel)
     groups = imodel.groups
     multiples = resolve_multiple(multiple, list(groups), lambda name: groups[name].name)
-    t_budget = time.perf_counter()  # the bound counts from here
+    wall = time.perf_counter()
+    # the bound of a call without a time budget is counted in the time it ran, not in the time it
+    # waited for a CPU: a loaded machine takes longer and does the same work (compression/clock.py)
+    with timer.run_time(tune is False or tune.seconds is None):
+        small, report = _compress(imodel, model, example_inputs, target, metric, calibration, tune, min_ratio,
+                                  sizes, starts, reconstruct, multiples, graph, seconds)
+        report.seconds["after_convert"] = time.perf_counter() - wall
+        if timer.waited() >= 0.05:
+            report.seconds["waited"] = timer.waited()
+    return small, report
+
+
+def _compress(imodel: IntegralModel, model: nn.Module, example_inputs: tuple, target: float, metric: Metric,
+              calibration: Iterable[Any] | None, tune: TuneConfig | Literal[False], min_ratio: float,
+              sizes: Mapping[str, int] | None, starts: Sequence[str], reconstruct: bool,
+              multiples: Mapping[str, int], graph: bool, seconds: dict[str, float]
+              ) -> tuple[nn.Module, CompressReport]:
+    """:func:`compress` after the conversion (``imodel``), on the clock of :mod:`torchinn.compression.clock`."""
+    t_budget = timer.now()  # the bound counts from here
     bound = _bound(tune)
     source, train_source, held_out = _calibration(calibration, example_inputs, tune)
     check_batches(imodel, [batch_inputs(b) for b in (source if isinstance(source, Sequence) else
                                                      _first(source, SELECT_BATCHES))])  # before anything runs
     # the teacher, and the metric before: it shares its tensors with imodel (no copy of the weights)
     full = imodel.shared_discrete().eval()
-    t0 = time.perf_counter()
+    t0 = timer.now()
     before = _metric(full, metric, example_inputs)
-    metric_seconds = time.perf_counter() - t0
-    t_ref = time.perf_counter()  # the teacher's passes and the loss: "reference" in report.seconds
+    metric_seconds = timer.now() - t0
+    t_ref = timer.now()  # the teacher's passes and the loss: "reference" in report.seconds
     cal, reference, per_batch = _choice_batches(full, train_source, example_inputs, bound)
     nbytes = weight_bytes(model)
     release_memory(nbytes)  # what the teacher's first passes left behind
@@ -262,14 +286,14 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
     judge = judge[:max(1, int(CHOICE_PASSES_SHARE * bound / per_batch))] if per_batch > 0 else judge
     with torch.no_grad():
         judged = [run(full, b) for b in judge]
-    seconds["reference"] = time.perf_counter() - t_ref
+    seconds["reference"] = timer.now() - t_ref
     fit = ([batch_inputs(b) for b in train_source[:FIT_BATCHES]] if isinstance(train_source, Sequence) else list(cal))
     if sizes is not None:
         with kept_partitions(imodel):  # checked and rounded as resize does it
             sizes = imodel.resize(dict(sizes), multiple=multiples)
     # what comes after the tuning: the report's error, the metric and the user's class
     reserve = (len(cal) + 2) * per_batch + metric_seconds
-    left = bound - (time.perf_counter() - t_budget) - reserve
+    left = bound - (timer.now() - t_budget) - reserve
     timed = tune is not False and tune.seconds is not None
     share, steps = _choice_share(left, per_batch, timed) if tune is not False else (1.0, 0.0)
     few = timed and share == 1.0
@@ -291,7 +315,7 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
     judged = None  # the teacher's outputs on the held-out batches judged the choices only (a LM's: 201 MB a batch)
     seconds.update(made.seconds)
     if few:  # the choices may end early (a faster pass than measured): say what was left unused
-        unused = bound - (time.perf_counter() - t_budget) - reserve
+        unused = bound - (timer.now() - t_budget) - reserve
         ended = f" and ended with {unused:.0f} s of it unused" if unused >= 1.0 else ""
         made.skipped.append(f"tuning (about {steps:.0f} steps would fit after the choices, fewer than "
                             f"{MIN_TUNING_STEPS}: the choices were given the budget{ended}, and no step is started "
@@ -306,29 +330,29 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
     stages: dict[str, dict[str, Any]] = {}
     budget = tune  # what the tuning stages get: what the choices left of the bound, less the reserve
     if tune is not False and tune.seconds is not None:
-        left = bound - (time.perf_counter() - t_budget) - reserve
+        left = bound - (timer.now() - t_budget) - reserve
         log.info("%.1f s of the %.1f s budget left for tuning", max(0.0, left), tune.seconds)
         budget = dataclasses.replace(tune, seconds=left) if left > 0.05 and not few else False
     if budget is not False:
         share = 1.0 if recon is not None else budget.weights_share  # a refit network has no grid to tune
         grid_cfg, weights_cfg = _split(budget, 1.0 - share), _split(budget, share)
-        t_tune = time.perf_counter()
+        t_tune = timer.now()
         if grid_cfg is not None:
-            t0 = time.perf_counter()
+            t0 = timer.now()
             make_grid_trainable(imodel)
             stages["grid"] = tune_grid(imodel, train_source, teacher=full, tune=grid_cfg, validation=held_out,
                                        loss_fn=loss)
-            seconds["tune_grid"] = time.perf_counter() - t0
+            seconds["tune_grid"] = timer.now() - t0
         imodel.eval()
         small = recon if recon is not None else imodel.to_discrete(graph=True).eval()
         if weights_cfg is not None:
-            t0 = time.perf_counter()
+            t0 = timer.now()
             if budget.seconds is not None:  # what grid tuning left unspent goes to the weights
                 weights_cfg = dataclasses.replace(weights_cfg, seconds=max(weights_cfg.seconds,
                                                                            budget.seconds - (t0 - t_tune)))
             stages["weights"] = finetune(small, train_source, teacher=full, tune=weights_cfg, validation=held_out,
                                          loss_fn=loss)
-            seconds["tune_weights"] = time.perf_counter() - t0
+            seconds["tune_weights"] = timer.now() - t0
     else:
         full = None  # no tuning: its outputs on the choice batches (reference) are all that is left of it
         # imodel is dropped on return: small takes its tensors (the samples, and its own values where
@@ -359,5 +383,4 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
     if not graph:  # the user's own class (or the graph module, with a warning saying why)
         small = imodel.module_from(small.eval(), share=True).eval()  # small is not kept: no copy of it
         report.params_after = sum(p.numel() for p in small.parameters())
-    report.seconds["after_convert"] = time.perf_counter() - t_budget
     return small, report

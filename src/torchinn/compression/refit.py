@@ -40,13 +40,13 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, fx
 
+from . import clock as timer
 from .capture import Capture, bound_args
 from ..graph.kinds import Kind, is_view, node_kind
 from .regression import CHUNK, Layer, current, features, in_channels, row_chunks, sample, \
@@ -203,7 +203,7 @@ def refit_consumers(full: fx.GraphModule, pruned: fx.GraphModule, calibration: S
     ``seconds`` it took. ``max_bytes`` (default :data:`MAX_SYSTEM_BYTES`): a layer whose normal
     equations (:func:`system_bytes`) would take more keeps its selected weights (logged), the
     others are still refit. ``chunk``: values of the regression's rows built at once. ``deadline``
-    (a ``time.perf_counter()`` value): the layers not started by then, or that would end past it
+    (a :func:`~torchinn.compression.clock.now` value): the layers not started by then, or that would end past it
     (by the time the last layer of the same full weight shape took: a LM's ``down_proj`` refits take
     seconds each; a shape not refit yet, by the most seconds per feature a layer has taken, times its
     own features: on a LM the refit's time grows about as its features, the rows being the tokens), keep their selected weights (reported as skipped), so the
@@ -254,7 +254,7 @@ def refit_consumers(full: fx.GraphModule, pruned: fx.GraphModule, calibration: S
             continue
         shape = tuple(graph_tensor(full, name).shape)
         guess = took.get(shape, rate * math.sqrt(need))
-        if deadline is not None and time.perf_counter() + guess > deadline:
+        if deadline is not None and timer.now() + guess > deadline:
             why = "the deadline passed before this layer"
             if shape in took:
                 why = f"a layer of this shape took {took[shape]:.2f} s: past the deadline"
@@ -263,10 +263,10 @@ def refit_consumers(full: fx.GraphModule, pruned: fx.GraphModule, calibration: S
             report[name] = {"skipped": f"out of time ({why})"}
             continue
         out_dim = 1 if layer.transposed else 0
-        start = time.perf_counter()
+        start = timer.now()
         report[name] = _refit_layer(layer, cap_full, full_layers[name].node, cap_pruned, calibration,
                                     kept.get(name, [None] * w.ndim)[out_dim], ridge, chunk)
-        report[name].update(bytes=need, seconds=time.perf_counter() - start)
+        report[name].update(bytes=need, seconds=timer.now() - start)
         took[shape] = report[name]["seconds"]
         rate = max(rate, took[shape] / math.sqrt(need))
     skipped = {n: r["skipped"] for n, r in report.items() if "skipped" in r}

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
 
+from . import clock as timer
 from ..model.integral_model import IntegralModel
 from ..training.distill import Distillation
 from .importance import Importance
@@ -78,7 +78,7 @@ def reconstruct_candidate(imodel: IntegralModel, sizes: Mapping[str, int], cal: 
         if recon is None and guess > clock.left() and (not least or least - len(judge) * per_batch > clock.left()):
             skipped.append(f"reconstruction on {len(data)} batches (about {guess:.1f} s, {clock.left():.1f} s left)")
             break
-        t0 = time.perf_counter()
+        t0 = timer.now()
         try:
             candidate = reconstruct(imodel, dict(sizes), data, scores=scores, teacher=teacher,
                                     max_seconds=max(0.0, clock.left() - len(judge) * per_batch)).eval()
@@ -99,7 +99,7 @@ def reconstruct_candidate(imodel: IntegralModel, sizes: Mapping[str, int], cal: 
         if theirs > SCREEN_MARGIN * mine:
             log.info("reconstruction screened out: %.4g vs best partitions %.4g", theirs, mine)
             return None, errors
-        spent = time.perf_counter() - t0
+        spent = timer.now() - t0
         if spent * len(fit) / len(data) > clock.left():
             skipped.append(f"reconstruction on all {len(fit)} training batches (about "
                            f"{spent * len(fit) / len(data):.1f} s): the screened fit is the candidate")

@@ -24,6 +24,8 @@ class CompressReport:
     error_before_tuning: float
     error_after_tuning: float
     tuning: dict[str, Any] = field(default_factory=dict)  # steps in all, and per stage
+    #: per stage; "after_convert": wall time after the conversion; "waited": of that, the seconds the
+    #: call waited for a CPU, which the bound of a call without a time budget does not count
     seconds: dict[str, float] = field(default_factory=dict)
     sizes_method: str = "given"                 # which sizes won: "sensitivity", "uniform", "given"
     sizes_errors: dict[str, float] = field(default_factory=dict)  # calibration error per sizes option
@@ -78,7 +80,10 @@ class CompressReport:
         tuned = self.seconds.get("tune_grid", 0.0) + self.seconds.get("tune_weights", 0.0)
         spent = self.seconds.get("after_convert")
         if spent and self.bound:
-            lines.append(f"after the conversion: {spent:.1f} s of a {self.bound:.1f} s bound, {tuned:.1f} s "
+            waited = self.seconds.get("waited", 0.0)
+            note = (f" ({waited:.1f} s of it waiting for a CPU: without a time budget the bound counts the "
+                    f"time the call ran)") if waited else ""
+            lines.append(f"after the conversion: {spent:.1f} s of a {self.bound:.1f} s bound{note}, {tuned:.1f} s "
                          f"({tuned / spent:.0%}) tuning")
         return "\n".join(lines)
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import clock as timer
 from ..training.distill import Distillation
 from .importance import Importance, activation_importance, channel_importance, measure_importance
 from ..model.inputs import padding_mask, run
@@ -150,7 +150,7 @@ def best_start(imodel: IntegralModel, batches: Sequence[tuple], *, kinds: Sequen
     bounds it all: starts are measured in the order of ``kinds`` while the next one fits (the first
     always is), and the trials group by group stop when it is spent. ``importance`` (from :func:`torchinn.compression.importance.measure_importance` on
     these batches) saves measuring the activation and Fisher scores again."""
-    t0 = time.perf_counter()
+    t0 = timer.now()
     loss = _distance(loss)
     if max_seconds is not None:
         check_number(max_seconds, "max_seconds", 0)
@@ -178,9 +178,9 @@ def best_start(imodel: IntegralModel, batches: Sequence[tuple], *, kinds: Sequen
                for k in kinds}
 
     errors = {}
-    t_kinds = time.perf_counter()  # after the importance scores
+    t_kinds = timer.now()  # after the importance scores
     for i, k in enumerate(kinds):
-        now = time.perf_counter()
+        now = timer.now()
         if i and max_seconds is not None and now - t0 + (now - t_kinds) / i > max_seconds:
             log.info("best_start: measured %s of the starts %s within %.1f s", list(errors), list(kinds), max_seconds)
             break
@@ -190,7 +190,7 @@ def best_start(imodel: IntegralModel, batches: Sequence[tuple], *, kinds: Sequen
     choice = StartChoice(kinds={n: best for n in sizes}, error=errors[best], errors=errors,
                          partitions={n: options[best][n] for n in sizes}, options=options)
     _apply(imodel, options, choice.kinds)
-    choice.seconds = time.perf_counter() - t0
+    choice.seconds = timer.now() - t0
     if per_group:
         return refine_start(imodel, batches, choice, reference=reference, loss=loss,
                             max_seconds=None if max_seconds is None else max_seconds - choice.seconds)
@@ -215,7 +215,7 @@ def refine_start(imodel: IntegralModel, batches: Sequence[tuple], choice: StartC
     loss = _distance(loss)
     if max_seconds is not None:  # below 0 (what compress passes when the choices took longer): no trial
         check_number(max_seconds, "max_seconds")
-    t0 = time.perf_counter()
+    t0 = timer.now()
     sizes = imodel.sizes()
     kinds, options = list(choice.options), choice.options
     best = min(choice.errors, key=lambda k: choice.errors[k])
@@ -226,7 +226,7 @@ def refine_start(imodel: IntegralModel, batches: Sequence[tuple], choice: StartC
         if k == current[n]:
             continue
         # a trial starts only if one more, at the mean time of those so far, fits (the first always)
-        elapsed = time.perf_counter() - t0
+        elapsed = timer.now() - t0
         if max_seconds is not None and done and elapsed + elapsed / done > max_seconds:
             break
         trial = dict(current, **{n: k})
@@ -238,7 +238,7 @@ def refine_start(imodel: IntegralModel, batches: Sequence[tuple], choice: StartC
     _apply(imodel, options, current)
     return StartChoice(kinds=current, error=error, errors=choice.errors,
                        changed_groups=sum(1 for k in current.values() if k != best),
-                       seconds=choice.seconds + time.perf_counter() - t0,
+                       seconds=choice.seconds + timer.now() - t0,
                        partitions={n: options[k][n] for n, k in current.items()}, options=options)
 
 
