@@ -64,11 +64,12 @@ def test_now_leaves_out_the_waits_inside_run_time_only(tmp_path, monkeypatch):
         waited[0] = 7.5  # of those 10 s, 7.5 waiting for a CPU
         assert clock.now() - t0 == pytest.approx(2.5, abs=0.01)
         assert clock.waited() == pytest.approx(7.5)
-        with clock.run_time(False):  # a time budget: wall time
-            assert clock.waited() == 0.0
+        with clock.run_time(leave_out=False):  # a time budget: wall time, the waits still read
             t1 = clock.now()
             fake.now += 1.0
+            waited[0] = 8.0
             assert clock.now() - t1 == pytest.approx(1.0, abs=0.01)
+            assert clock.waited() == pytest.approx(0.5)  # since this block began
     assert clock.waited() == 0.0
     t2 = clock.now()
     fake.now += 1.0
@@ -91,7 +92,8 @@ def test_the_report_says_how_long_the_call_waited_for_a_cpu(tmp_path, monkeypatc
     waited = [0.0]
     _schedstat(tmp_path, monkeypatch, waited)
     _, report = _slow_call(monkeypatch, False, 3.0, waited)
-    assert "s of a 2.0 s bound (3.2 s of it waiting for a CPU" in str(report), str(report)
+    assert "s of a 2.0 s bound (3.2 s of it waiting for a CPU, not counted" in str(report), str(report)
+    assert report.clock == "run"
 
 
 def _slow_call(monkeypatch, tune, load: float, waited: list[float]):
@@ -130,14 +132,19 @@ def test_without_a_time_budget_a_loaded_machine_makes_the_same_choices_and_takes
     assert "waited" not in quiet.seconds
 
 
-def test_a_time_budget_is_wall_time_on_a_loaded_machine(tmp_path, monkeypatch):
+def test_a_time_budget_is_wall_time_on_a_loaded_machine_and_the_waits_are_reported(tmp_path, monkeypatch, caplog):
     # the user's seconds are the user's: the waits count, and leave no time for tuning here
     tune = TuneConfig(seconds=2.0, progress=False)
     quiet_calls, quiet = _slow_call(monkeypatch, tune, 1.0, [0.0])
+    assert "waited" not in quiet.seconds  # the conftest's schedstat file does not exist: no waits known
+    caplog.set_level("WARNING", logger="torchinn.compression.pipeline")
     waited = [0.0]
     _schedstat(tmp_path, monkeypatch, waited)
     loaded_calls, loaded = _slow_call(monkeypatch, tune, 3.0, waited)
     assert loaded.seconds["choose_start"] == pytest.approx(0.8 * 3.0, abs=0.1)  # its waits counted
     assert loaded.tuning["steps"] == 0 < quiet.tuning["steps"], (quiet.tuning, loaded.seconds)
-    assert "waited" not in loaded.seconds and waited[0] > 0
+    assert loaded.seconds["waited"] == pytest.approx(1.6) and loaded.clock == "wall"
+    assert "of it waiting for a CPU, counted: a time budget is wall time" in str(loaded), str(loaded)
     assert loaded.seconds["after_convert"] <= 2.0 * 1.05 + 0.8 * 3.0, loaded.seconds
+    warned = [r.getMessage() for r in caplog.records if "for a CPU" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("compress waited 1.6 s of its 2.4 s for a CPU"), warned

@@ -27,21 +27,23 @@ __all__ = ["now", "run_time", "waited"]
 
 #: the kernel's scheduler statistics of a thread (``{tid}``: its native id)
 SCHEDSTAT = "/proc/self/task/{tid}/schedstat"
-#: seconds the calling thread has waited for a CPU since :func:`run_time` began (None: wall time)
-_WAITED: ContextVar[Callable[[], float] | None] = ContextVar("torchinn_waited", default=None)
+#: (seconds the calling thread has waited for a CPU since :func:`run_time` began, or None where
+#: unknown; whether :func:`now` leaves them out)
+_WAITED: ContextVar[tuple[Callable[[], float] | None, bool]] = ContextVar("torchinn_waited", default=(None, False))
 
 
 def now() -> float:
-    """``time.perf_counter()``, less the time waited for a CPU inside :func:`run_time`."""
+    """``time.perf_counter()``, less the time waited for a CPU inside :func:`run_time` (when it
+    leaves it out)."""
     t = time.perf_counter()
-    reader = _WAITED.get()
-    return t if reader is None else t - reader()
+    reader, leave_out = _WAITED.get()
+    return t - reader() if reader is not None and leave_out else t
 
 
 def waited() -> float:
     """Seconds the calling thread has waited for a CPU since :func:`run_time` began (0 outside it,
-    or where the kernel does not say)."""
-    reader = _WAITED.get()
+    or where the kernel does not say), left out of :func:`now` or not."""
+    reader, _ = _WAITED.get()
     return 0.0 if reader is None else reader()
 
 
@@ -67,11 +69,10 @@ def _reader(path: str) -> Callable[[], float] | None:
 
 
 @contextlib.contextmanager
-def run_time(enabled: bool = True) -> Iterator[None]:
-    """Within this block (when ``enabled``), :func:`now` leaves out the time the calling thread
-    waited for a CPU."""
-    reader = _reader(SCHEDSTAT.format(tid=threading.get_native_id())) if enabled else None
-    token = _WAITED.set(reader)
+def run_time(leave_out: bool = True) -> Iterator[None]:
+    """Within this block :func:`waited` counts the time the calling thread waited for a CPU, and
+    (when ``leave_out``) :func:`now` leaves it out."""
+    token = _WAITED.set((_reader(SCHEDSTAT.format(tid=threading.get_native_id())), leave_out))
     try:
         yield
     finally:

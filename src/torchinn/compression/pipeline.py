@@ -83,6 +83,8 @@ NO_TUNE_SECONDS = 30.0
 #: ... or the time of this many forward passes of a calibration batch, when that is longer (a
 #: 1 B-parameter model's one pass takes seconds: 30 s would not hold one importance pass)
 NO_TUNE_PASSES = 40
+#: with a time budget, a warning when the call waited for a CPU more than this share of its seconds
+WAITED_WARNING = 0.25
 
 
 def _metric(model: nn.Module, metric: str, inputs: tuple) -> float:
@@ -244,12 +246,20 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
     wall = time.perf_counter()
     # the bound of a call without a time budget is counted in the time it ran, not in the time it
     # waited for a CPU: a loaded machine takes longer and does the same work (compression/clock.py)
-    with timer.run_time(tune is False or tune.seconds is None):
+    untimed = tune is False or tune.seconds is None
+    with timer.run_time(leave_out=untimed):
         small, report = _compress(imodel, model, example_inputs, target, metric, calibration, tune, min_ratio,
                                   sizes, starts, reconstruct, multiples, graph, seconds)
-        report.seconds["after_convert"] = time.perf_counter() - wall
-        if timer.waited() >= 0.05:
-            report.seconds["waited"] = timer.waited()
+        spent, waited = time.perf_counter() - wall, timer.waited()
+    report.seconds["after_convert"] = spent
+    report.clock = "run" if untimed else "wall"
+    if waited >= 0.05:
+        report.seconds["waited"] = waited
+    if not untimed and waited > WAITED_WARNING * spent:
+        log.warning("compress waited %.1f s of its %.1f s for a CPU (other jobs on this machine): a time budget "
+                    "is wall time, so less was chosen and tuned than an idle machine would in %g s; give it more "
+                    "seconds, or tune=False, whose own bound counts only the time the call ran", waited, spent,
+                    tune.seconds)
     return small, report
 
 

@@ -42,6 +42,9 @@ class CompressReport:
     multiple: dict[str, int] = field(default_factory=dict)  # group -> the multiple its size was rounded to (> 1)
     skipped: list[str] = field(default_factory=list)        # choices the time bound left out, and why
     bound: float | None = None                              # seconds after the conversion it was given
+    #: what the bound counts: "wall" seconds (a time budget) or the seconds the call "run" (without one,
+    #: the time waited for a CPU left out: torchinn.compression.clock)
+    clock: str = "wall"
 
     @property
     def ratio(self) -> float:
@@ -81,8 +84,9 @@ class CompressReport:
         spent = self.seconds.get("after_convert")
         if spent and self.bound:
             waited = self.seconds.get("waited", 0.0)
-            note = (f" ({waited:.1f} s of it waiting for a CPU: without a time budget the bound counts the "
-                    f"time the call ran)") if waited else ""
+            why = ("not counted: without a time budget the bound counts the time the call ran" if self.clock == "run"
+                   else "counted: a time budget is wall time")
+            note = f" ({waited:.1f} s of it waiting for a CPU, {why})" if waited else ""
             lines.append(f"after the conversion: {spent:.1f} s of a {self.bound:.1f} s bound{note}, {tuned:.1f} s "
                          f"({tuned / spent:.0%}) tuning")
         return "\n".join(lines)
