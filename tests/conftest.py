@@ -21,10 +21,10 @@ RULES = ("left", "right", "midpoint", "trapezoid", "simpson", "gauss-legendre")
 def wall_clock_bounds(monkeypatch):
     """compress's own bound (``tune=False``) on wall time in every test: what a test asserts of the
     time (often on a fake ``time.perf_counter``) must not move with the load of the machine that
-    runs it. tests/compression/test_clock.py tests the waits left out, on a schedstat file of its own."""
+    runs it. tests/compression/test_clock.py tests the waits left out, on threads of its own."""
     from torchinn.compression import clock
 
-    monkeypatch.setattr(clock, "SCHEDSTAT", "/nonexistent/torchinn-test/{tid}/schedstat")
+    monkeypatch.setattr(clock, "TASKS", "/nonexistent/torchinn-test/task")
 
 
 @st.composite

@@ -83,8 +83,6 @@ NO_TUNE_SECONDS = 30.0
 #: ... or the time of this many forward passes of a calibration batch, when that is longer (a
 #: 1 B-parameter model's one pass takes seconds: 30 s would not hold one importance pass)
 NO_TUNE_PASSES = 40
-#: with a time budget, a warning when the call waited for a CPU more than this share of its seconds
-WAITED_WARNING = 0.25
 
 
 def _metric(model: nn.Module, metric: str, inputs: tuple) -> float:
@@ -204,8 +202,9 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
     forward passes of a calibration batch, whichever is longer (also the bound of a
     ``TuneConfig`` with ``seconds=None``, whose steps are then not bounded in time). That bound
     counts the seconds the call ran, not those it waited for a CPU (on Linux;
-    :mod:`torchinn.compression.clock`): on a loaded machine it takes longer and makes the same
-    choices, and ``report.seconds["waited"]`` says how long it waited. The choices use the
+    :mod:`torchinn.compression.clock`): on a loaded machine it takes longer and, with one thread,
+    makes the same choices (with several, threads spinning at barriers count as running: a
+    warning says so), and ``report.seconds["waited"]`` says how long it waited. The choices use the
     training share of a list of calibration batches; its held-out share (``TuneConfig.holdout``)
     judges the reconstruction and validates the tuning. ``sizes`` (group -> size) skips the choice of sizes. ``starts`` limits
     the starting partitions tried (see :mod:`torchinn.compression.starts`); ``reconstruct`` also tries L1
@@ -255,11 +254,9 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
     report.clock = "run" if untimed else "wall"
     if waited >= 0.05:
         report.seconds["waited"] = waited
-    if not untimed and waited > WAITED_WARNING * spent:
-        log.warning("compress waited %.1f s of its %.1f s for a CPU (other jobs on this machine): a time budget "
-                    "is wall time, so less was chosen and tuned than an idle machine would in %g s; give it more "
-                    "seconds, or tune=False, whose own bound counts only the time the call ran", waited, spent,
-                    tune.seconds)
+    warning = timer.waits_warning(waited, spent, None if untimed else tune.seconds)
+    if warning:
+        log.warning("compress %s", warning)
     return small, report
 
 
