@@ -24,8 +24,8 @@ class CompressReport:
     error_before_tuning: float
     error_after_tuning: float
     tuning: dict[str, Any] = field(default_factory=dict)  # steps in all, and per stage
-    #: per stage; "after_convert": wall time after the conversion; "waited": of that, the seconds the
-    #: call waited for a CPU, which the bound of a call without a time budget does not count
+    #: per stage, on the bound's clock (``clock``); "after_convert": wall time after the conversion;
+    #: "waited": of that, the seconds the call waited for a CPU, which a "run" clock leaves out
     seconds: dict[str, float] = field(default_factory=dict)
     sizes_method: str = "given"                 # which sizes won: "sensitivity", "uniform", "given"
     sizes_errors: dict[str, float] = field(default_factory=dict)  # calibration error per sizes option
