@@ -80,7 +80,7 @@ class _RunClock:
         t = time.perf_counter()
         dt = t - self.wall
         if self.stats is None or dt < SAMPLE_SECONDS:
-            return self.run + max(0.0, dt) * (self.pace if self.stats is not None else 1.0)
+            return self.run + max(0.0, dt) * self.pace  # no schedstat: pace stays 1, wall time
         stats = _threads() or {}
         shares = []
         for tid, (cpu, wait) in stats.items():
