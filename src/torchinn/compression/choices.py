@@ -26,7 +26,7 @@ per second, and measures once what several choices share:
    does not reach keep their selected weights; skipped, judging included, when not even
    ``RECONSTRUCT_LEAST`` passes of it fit): first fitted on the choice batches (screening), refit on all the training
    batches when the screened fit is close and the time left allows; where no tuning follows, fitted again on
-   the held-out runner-up start's channels when the time allows (:mod:`torchinn.compression.refit_candidate`).
+   the other starts' channels (the held-out runner-up's, then L1's) while the time allows (:mod:`torchinn.compression.refit_candidate`).
 5. **Group by group** starts (:func:`torchinn.compression.starts.refine_start`) with the time left.
 
 Every stage that cannot fit its share is skipped and named in :attr:`Choices.skipped`.
@@ -286,7 +286,7 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
         recon, versus = refit(refit_candidate.start_scores(start, importance), mine, least)
         release_memory(nbytes)
         spent["reconstruct"] = timer.now() - t0
-        if spare and recon is not None:  # time no tuning would use: the runner-up start's channels, refit too
+        if spare and recon is not None:  # time no tuning would use: other starts' channels, refit too
             recon = refit_candidate.runner_up(refit, clock, skipped, start, importance, held, recon, versus,
                                               spent["reconstruct"])
             release_memory(nbytes)
