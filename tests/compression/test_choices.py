@@ -487,6 +487,9 @@ def test_without_tuning_the_runner_up_starts_channels_are_refit_and_the_better_r
             for j, other in enumerate(made):
                 if j != i:
                     assert not torch.allclose(small(x), other(x), atol=1e-3)
+    # only the channel sets of the starts the user allows
+    _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST, tune=False, starts=("activation", "fisher"))
+    assert {k.split()[1] for k in report.reconstruct_errors if k.startswith("reconstruct ")} == {"activation", "fisher"}
     # with tuning to follow, the time goes to the tuning: one refit
     made.clear()
     _, report = inn.compress(model, inputs, 0.5, calibration=cal, config=FAST,

@@ -288,7 +288,7 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
         spent["reconstruct"] = timer.now() - t0
         if spare and recon is not None:  # time no tuning would use: other starts' channels, refit too
             recon = refit_candidate.runner_up(refit, clock, skipped, start, importance, held, recon, versus,
-                                              spent["reconstruct"])
+                                              spent["reconstruct"], kinds)
             release_memory(nbytes)
             spent["reconstruct"] = timer.now() - t0
     if recon is None or REFINE_GAIN * versus["reconstruct"] >= versus["partitions"]:

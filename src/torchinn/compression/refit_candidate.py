@@ -113,22 +113,24 @@ def reconstruct_candidate(imodel: IntegralModel, sizes: Mapping[str, int], cal: 
 
 def runner_up(refit: Callable[[Mapping[str, Any], float], tuple[nn.Module | None, dict[str, float]]],
               clock: Any, skipped: list[str], start: StartChoice, importance: Importance | None,
-              held: Mapping[str, float], recon: nn.Module, versus: dict[str, float], took: float) -> nn.Module:
+              held: Mapping[str, float], recon: nn.Module, versus: dict[str, float], took: float,
+              kinds: Sequence[str] = ("l1", "activation", "fisher")) -> nn.Module:
     """``recon``, or the reconstruction on the channels of another start, where that fits in
     ``clock`` and has the lower held-out error: a start's partitions and its refit need not rank
     alike (waifu2x at 25%: the activation start beats the Fisher one on held-out batches, 1.45e-4
     against 1.48e-4, and its refit loses to Fisher's, 8.5e-5 against 7.2e-5; the MNIST MLP at 50%:
     the L1 start's partitions are 7x worse than the activation start's, its refit 0.2% better).
     The other channel sets are tried in turn while the time allows: the held-out runner-up start's,
-    then L1's (which no data chose), then the remaining scores'. While one is fitted, two
+    then L1's (which no data chose), then the remaining scores', of the start ``kinds`` allowed. While one is fitted, two
     candidates are held: one more copy of the compressed network's weights. ``refit(scores, error)``:
     :func:`reconstruct_candidate` on the channels of ``scores``, kept when below ``error``."""
     def channels(kind: str) -> str:  # the starts other than these select their points by L1 norm
         return kind if kind in ("activation", "fisher") else "l1"
     chosen = channels(next(iter(start.kinds.values()), "l1"))
     scored = [k for k, found in (("activation", importance.activation if importance else {}),
-                                 ("fisher", importance.fisher if importance else {})) if found]
-    order = [channels(k) for k in sorted(held, key=held.get)] + ["l1"] + scored
+                                 ("fisher", importance.fisher if importance else {})) if found and k in kinds]
+    order = ([channels(k) for k in sorted(held, key=held.get)] + ["l1"] * any(channels(k) == "l1" for k in kinds)
+             + scored)
     others = [k for i, k in enumerate(order) if k != chosen and k not in order[:i]]
     first = versus["reconstruct"]
     for other in others:
