@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ..sizing.metrics import Metric
-from . import clock as timer
+from . import clock as timer, coverage
 from .report import CompressReport
 from .budget import check_budget, check_resizable
 from .choices import FIT_BATCHES, choose
@@ -286,6 +286,9 @@ def _compress(imodel: IntegralModel, model: nn.Module, example_inputs: tuple, ta
     masks = [padding_mask(b) for b in cal]  # padded positions tell nothing about the loss to use
     loss = resolve_loss(tune.loss if tune is not False else "auto", reference,
                         tune.temperature if tune is not False else None, masks)
+    shown = coverage.narrow(reference, loss)
+    if shown:
+        log.warning("compress: %s", coverage.warning(*shown))
     # held out from every choice; a loader that is not a list: the two batches after the choice ones
     judge = [batch_inputs(b) for b in ((held_out or []) if isinstance(source, Sequence) else _first(source, 2, len(cal)))]
     # as the choice batches: fewer when their passes would take more than CHOICE_PASSES_SHARE of the bound
