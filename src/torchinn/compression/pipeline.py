@@ -212,9 +212,10 @@ def compress(model: nn.Module, example_inputs: tuple | Tensor | Mapping[str, Any
     (:func:`torchinn.compression.baselines.reconstruct`, fitted on the training batches), and starts from it
     when it beats the best partitions on the held-out ones (then all the tuning budget goes to
     the weights; with a single calibration batch there is nothing held out, and no
-    reconstruction); the refit fits the calibration data, so when that is unlike the data the network
-    will see, ``reconstruct=False`` is safer (on EfficientNet-Lite0 calibrated on other photos, the
-    partitions alone stayed closer to the original: benchmarks/RESULTS.md). ``multiple`` (one int
+    reconstruction). Every choice made from data fits the calibration data: where they do not show
+    the classes the network will see (a warning says so: :mod:`torchinn.compression.coverage`),
+    ``starts=("l1",), reconstruct=False`` selects by weights alone (EfficientNet-Lite0 in
+    benchmarks/RESULTS.md). ``multiple`` (one int
     such as 8 or 16, or group name -> int; default 1) keeps every group at a multiple of it or at
     its full size (:mod:`torchinn.sizing.rounding`): the sizes are chosen among those, and given ``sizes``
     are rounded to them. ``model`` is not modified.
