@@ -413,6 +413,27 @@ def test_finetune_honours_the_time_budget(student):
     assert report["steps"] == 7 and report["seconds"] < 5
 
 
+def test_finetune_counts_the_teachers_passes_on_the_held_out_batches_in_its_seconds(student):
+    # on an unseen U-Net the teacher's 13 held-out batches took 5 s before the loop's clock started,
+    # and compress(60 s) ended at 63.7 s; here they take 0.3 s of a 0.5 s budget
+    import time as time_module
+
+    teacher, pruned, cal, _ = student
+    slow = nn.Sequential(teacher)
+    handle = slow.register_forward_hook(lambda m, i, o: time_module.sleep(0.3 / 2))
+    try:
+        t0 = time_module.perf_counter()
+        report = finetune(copy.deepcopy(pruned), cal[:6], teacher=slow, validation=cal[6:8],
+                          tune=_cfg(seconds=0.5, holdout=0.0))
+        spent = time_module.perf_counter() - t0
+    finally:
+        handle.remove()
+    # the training batches' teacher passes (cached, 0.15 s each) are inside the loop; the held-out
+    # ones (0.3 s) before it: the call ends near its 0.5 s, not 0.8 s
+    assert spent < 0.5 + 0.2, (spent, report)
+    assert report["seconds"] < 0.5 - 0.3 + 0.1, report
+
+
 def test_finetune_stops_when_a_one_shot_generator_ends(student):
     teacher, pruned, cal, _ = student
     report = finetune(pruned, (b for b in cal[:5]), teacher=teacher, tune=_cfg(seconds=30.0))

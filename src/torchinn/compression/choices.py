@@ -283,12 +283,13 @@ def choose(imodel: IntegralModel, *, target: float, metric: str, sizes: Mapping[
         def refit(scores: Mapping[str, Any], error: float, least: float = 0.0) -> tuple[Any, dict[str, float]]:
             return refit_candidate.reconstruct_candidate(imodel, chosen, cal, fit, judge, judged, error, loss, clock,
                                                          per_batch, skipped, scores, teacher, least)
-        recon, versus = refit(refit_candidate.start_scores(start, importance), mine, least)
+        channels = refit_candidate.refit_channels(start, held, importance)
+        recon, versus = refit(refit_candidate.kind_scores(channels, start, importance), mine, least)
         release_memory(nbytes)
         spent["reconstruct"] = timer.now() - t0
         if spare and recon is not None:  # time no tuning would use: other starts' channels, refit too
             recon = refit_candidate.runner_up(refit, clock, skipped, start, importance, held, recon, versus,
-                                              spent["reconstruct"], kinds)
+                                              spent["reconstruct"], kinds, channels)
             release_memory(nbytes)
             spent["reconstruct"] = timer.now() - t0
     if recon is None or REFINE_GAIN * versus["reconstruct"] >= versus["partitions"]:
