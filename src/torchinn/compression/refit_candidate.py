@@ -142,10 +142,11 @@ def runner_up(refit: Callable[[Mapping[str, Any], float], tuple[nn.Module | None
     against 1.48e-4, and its refit loses to Fisher's, 8.5e-5 against 7.2e-5; the MNIST MLP at 50%:
     the L1 start's partitions are 7x worse than the activation start's, its refit 0.2% better).
     The other channel sets are tried in turn while the time allows: the held-out runner-up start's,
-    then L1's (which no data chose), then the remaining scores', of the start ``kinds`` allowed. While one is fitted, two
-    candidates are held: one more copy of the compressed network's weights. ``refit(scores, error)``:
-    :func:`reconstruct_candidate` on the channels of ``scores``, kept when below ``error``; ``first``:
-    the start whose channels ``recon`` was fitted on (default: the chosen start's)."""
+    then L1's (which no data chose), then the remaining scores', of the start ``kinds`` allowed.
+    While one is fitted, two candidates are held: one more copy of the compressed network's
+    weights. ``refit(scores, error)``: :func:`reconstruct_candidate` on the channels of ``scores``,
+    kept when below ``error``; ``first``: the start whose channels ``recon`` was fitted on
+    (default: the chosen start's)."""
     def channels(kind: str) -> str:  # the starts other than these select their points by L1 norm
         return kind if kind in ("activation", "fisher") else "l1"
     chosen = channels(first or next(iter(start.kinds.values()), "l1"))
@@ -154,20 +155,21 @@ def runner_up(refit: Callable[[Mapping[str, Any], float], tuple[nn.Module | None
     order = ([channels(k) for k in sorted(held, key=held.get)] + ["l1"] * any(channels(k) == "l1" for k in kinds)
              + scored)
     others = [k for i, k in enumerate(order) if k != chosen and k not in order[:i]]
-    first = versus["reconstruct"]
+    first_error = versus["reconstruct"]
     for other in others:
         if clock.left() < RUNNER_UP_MARGIN * took:
             skipped.append(f"the reconstruction on the {other} start's channels (about {took:.1f} s, "
                            f"{max(0.0, clock.left()):.1f} s left)")
             break
         scores = kind_scores(other, start, importance)
-        versus[f"reconstruct {chosen}"] = first
+        versus[f"reconstruct {chosen}"] = first_error
         best = min(versus["reconstruct"], versus["partitions"])
         said = len(skipped)
         second, errors = refit(scores, best)
         if "reconstruct" not in errors and "reconstruct_screened" not in errors:  # its own estimate did not fit
             del skipped[said:]
-            skipped.append(f"the reconstruction on the {other} start's channels (its estimate, {clock.left():.1f} s left)")
+            skipped.append(f"the reconstruction on the {other} start's channels (its estimate, "
+                           f"{clock.left():.1f} s left)")
             break
         if "reconstruct" in errors:
             versus[f"reconstruct {other}"] = errors["reconstruct"]
