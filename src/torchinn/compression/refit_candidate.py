@@ -53,9 +53,14 @@ def first_fit(cal: Sequence[tuple], fit: Sequence[tuple]) -> Sequence[tuple]:
     return cal if len(fit) > 2 * len(cal) else fit
 
 
+def _scores(importance: Importance | None) -> dict[str, dict[str, Any]]:
+    """The scores of the starts that select by data, by start kind (empty without ``importance``)."""
+    return {"activation": importance.activation, "fisher": importance.fisher} if importance else {}
+
+
 def start_scores(start: StartChoice, importance: Importance | None) -> dict[str, Any]:
     """Per group whose chosen start selects by activation or Fisher scores, those scores."""
-    found = {"activation": importance.activation, "fisher": importance.fisher} if importance else {}
+    found = _scores(importance)
     return {n: found[k][n] for n, k in start.kinds.items() if n in found.get(k, {})}
 
 
@@ -69,7 +74,7 @@ def refit_channels(start: StartChoice, held: Mapping[str, float], importance: Im
     on held-out batches, 0.128 against 0.134, and its refit, on L1 channels, was 5.6x worse than
     the refit on Fisher's, 0.049 against 0.0088; the MNIST MLP at 50% the exception, by 0.2%:
     benchmarks/RESULTS.md)."""
-    found = {"activation": importance.activation, "fisher": importance.fisher} if importance else {}
+    found = _scores(importance)
     ranked = sorted(held, key=held.get) + [k for k in sorted(start.errors, key=start.errors.get) if k not in held]
     return next((k for k in ranked if found.get(k)), next(iter(start.kinds.values()), "l1"))
 
@@ -150,8 +155,7 @@ def runner_up(refit: Callable[[Mapping[str, Any], float], tuple[nn.Module | None
     def channels(kind: str) -> str:  # the starts other than these select their points by L1 norm
         return kind if kind in ("activation", "fisher") else "l1"
     chosen = channels(first or next(iter(start.kinds.values()), "l1"))
-    scored = [k for k, found in (("activation", importance.activation if importance else {}),
-                                 ("fisher", importance.fisher if importance else {})) if found and k in kinds]
+    scored = [k for k, found in _scores(importance).items() if found and k in kinds]
     order = ([channels(k) for k in sorted(held, key=held.get)] + ["l1"] * any(channels(k) == "l1" for k in kinds)
              + scored)
     others = [k for i, k in enumerate(order) if k != chosen and k not in order[:i]]
